@@ -1,0 +1,106 @@
+"""Tiny random editor checkpoints in the real on-disk formats (diffusers folder, single-file Wan keys).
+
+The loading code under test is the real one (`from_pretrained`, safetensors single files); only the sizes are tiny.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+WORDS = ("a the red green blue dog fox cat circle square ball move remove replace add make it into with of "
+         "scene video background color bright dark left right top bottom show hour after ship left").split()
+TEXT_DIM = 64
+
+
+def tiny_transformer(in_channels: int = 32, out_channels: int = 16, seed: int = 0):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
+                                 in_channels=in_channels, out_channels=out_channels, text_dim=TEXT_DIM, freq_dim=32,
+                                 ffn_dim=64, num_layers=2, rope_max_seq_len=64)
+
+
+def tiny_vae(seed: int = 0, **kw):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    cfg = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+    cfg.update(kw)
+    return AutoencoderKLWan(**cfg)
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_text_encoder(seed: int = 0):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = UMT5Config(vocab_size=64, d_model=TEXT_DIM, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
+                     relative_attention_num_buckets=8, relative_attention_max_distance=16)
+    return UMT5EncoderModel(cfg)
+
+
+def build_editor_folder(root: Path, *, in_channels: int = 32, with_text_encoder: bool = True, seed: int = 0) -> Path:
+    """A diffusers-format editor folder: transformer/, vae/ [, text_encoder/, tokenizer/], model_index.json."""
+    root = Path(root)
+    tiny_transformer(in_channels=in_channels, seed=seed).save_pretrained(root / "transformer")
+    tiny_vae(seed=seed + 1).save_pretrained(root / "vae")
+    if with_text_encoder:
+        tiny_text_encoder(seed=seed + 2).save_pretrained(root / "text_encoder")
+        tiny_tokenizer().save_pretrained(root / "tokenizer")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "LucyEditPipeline"}))
+    return root
+
+
+def diffusers_to_original_keys(diffusers_sd: dict[str, torch.Tensor], original_candidates: list[str]) -> dict:
+    """Invert diffusers' own Wan converter on a list of original key names, by tensor identity."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    probes = {k: torch.zeros(1) for k in original_candidates}
+    converted = convert_wan_transformer_to_diffusers(dict(probes))
+    back = {}
+    for dkey, t in converted.items():
+        okey = next(k for k, p in probes.items() if p is t)
+        back[okey] = diffusers_sd[dkey]
+    assert len(back) == len(diffusers_sd), sorted(set(diffusers_sd) - set(converted))
+    return back
+
+
+def original_wan_keys(num_layers: int) -> list[str]:
+    keys = ["patch_embedding.weight", "patch_embedding.bias", "head.head.weight", "head.head.bias", "head.modulation"]
+    for m in ("text_embedding.0", "text_embedding.2", "time_embedding.0", "time_embedding.2", "time_projection.1"):
+        keys += [f"{m}.weight", f"{m}.bias"]
+    for i in range(num_layers):
+        b = f"blocks.{i}"
+        keys += [f"{b}.modulation", f"{b}.norm3.weight", f"{b}.norm3.bias"]
+        for a in ("self_attn", "cross_attn"):
+            keys += [f"{b}.{a}.{p}.{w}" for p in "qkvo" for w in ("weight", "bias")]
+            keys += [f"{b}.{a}.norm_q.weight", f"{b}.{a}.norm_k.weight"]
+        keys += [f"{b}.ffn.{j}.{w}" for j in (0, 2) for w in ("weight", "bias")]
+    return keys
+
+
+def build_single_file_dit(path: Path, *, prefix: str = "model.diffusion_model.", in_channels: int = 32,
+                          seed: int = 0, with_config_metadata: bool = True) -> tuple[Path, torch.nn.Module]:
+    """The tiny DiT saved in ComfyUI's single-file layout; returns (path, the diffusers model it came from)."""
+    model = tiny_transformer(in_channels=in_channels, seed=seed)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    orig = diffusers_to_original_keys(sd, original_wan_keys(model.config.num_layers))
+    meta = {"config": json.dumps({"attention_head_dim": 16, "num_attention_heads": 2, "rope_max_seq_len": 64})}
+    save_file({prefix + k: v for k, v in orig.items()}, str(path), metadata=meta if with_config_metadata else None)
+    return Path(path), model

@@ -1,0 +1,421 @@
+"""The DiT video editor: Wan transformer + Wan VAE (+ UMT5 text encoder), loaded from local files only.
+
+Two on-disk layouts are read:
+- a diffusers folder (``transformer/``, ``vae/`` [, ``text_encoder/``, ``tokenizer/``]), e.g. Lucy-Edit-Dev or a
+  Wan2.1/2.2 diffusers checkout;
+- single files in ComfyUI's folders: the DiT in original Wan / ComfyUI keys (``models/diffusion_models``), the
+  Wan2.1 VAE (``models/vae``); the text encoder then comes from a transformers folder or, in ComfyUI, from the
+  built-in CLIP Text Encode node's CONDITIONING.
+
+The source video conditions the DiT by channel concat, so an editor has ``in_channels == 2 * z_dim``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+from .errors import InputError, ModelLoadError
+from .lora import LoraSpec
+from .runtime import parse_device, parse_dtype
+from .safe_io import check_safetensors_path, load_safetensors, read_metadata_json
+
+log = logging.getLogger(__name__)
+
+OFFLOAD_MODES = ("none", "model", "block")
+ATTENTION_BACKENDS = ("sdpa", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "flash", "sage", "flex")
+COMPILE_MODES = ("off", "blocks", "full")
+WAN_HEAD_DIM = 128  # every released Wan DiT (1.3B, 5B, 14B) uses 128-dim heads; weights do not record it
+SINGLE_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
+
+
+@dataclass(frozen=True)
+class EditorOptions:
+    """How the editor runs; every field maps to one loader input of the ComfyUI node."""
+
+    dtype: str = "bf16"  # Wan must run in bf16, not fp16 (fp16 overflows in its FFN)
+    device: str = "auto"
+    offload: str = "none"  # none | model (whole parts to CPU between uses) | block (DiT blocks streamed)
+    attention: str = "sdpa"
+    compile: str = "off"
+    fp8_storage: bool = False  # store DiT weights in float8_e4m3fn, compute in `dtype`
+    vae_tiling: bool = False
+    vae_dtype: str = "fp32"
+    allow_t2v: bool = False  # accept a plain T2V DiT by zero-initialising the extra input channels (for SFT)
+
+
+@dataclass
+class Conditioning:
+    """Cross-attention tokens for the DiT, [1, L, text_dim], plus how they were made (shown to users)."""
+
+    embeds: torch.Tensor
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.embeds.ndim == 2:
+            self.embeds = self.embeds.unsqueeze(0)
+        if self.embeds.ndim != 3 or self.embeds.shape[0] != 1:
+            raise InputError(f"conditioning must be [1, L, D] tokens, got shape {tuple(self.embeds.shape)}.")
+
+    def concat(self, other: "Conditioning") -> "Conditioning":
+        """Text tokens followed by instructor tokens (VIVA conditions the DiT on both)."""
+        if other.embeds.shape[-1] != self.embeds.shape[-1]:
+            raise InputError(f"cannot join conditionings of width {self.embeds.shape[-1]} and {other.embeds.shape[-1]}: "
+                             "the token refiner's output size must equal the DiT's text_dim.")
+        emb = torch.cat([self.embeds, other.embeds.to(self.embeds)], dim=1)
+        return Conditioning(emb, " + ".join(d for d in (self.description, other.description) if d))
+
+
+@dataclass
+class Editor:
+    """The loaded parts and options. Immutable in spirit: `with_lora` returns a new Editor sharing the modules."""
+
+    transformer: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: Optional[torch.nn.Module]
+    tokenizer: object
+    options: EditorOptions
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    loras: tuple[LoraSpec, ...] = ()
+    max_text_tokens: int = 512
+    notes: list[str] = field(default_factory=list)
+
+    # ---- geometry -------------------------------------------------------------------------------------------
+    @property
+    def z_dim(self) -> int:
+        return int(self.vae.config.z_dim)
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.transformer.config.text_dim)
+
+    @property
+    def temporal_factor(self) -> int:
+        return int(getattr(self.vae.config, "scale_factor_temporal", None) or 4)
+
+    @property
+    def spatial_factor(self) -> int:
+        return int(getattr(self.vae.config, "scale_factor_spatial", None) or 8)
+
+    @property
+    def spatial_multiple(self) -> int:
+        """Frame sides must be multiples of VAE stride x DiT patch."""
+        return self.spatial_factor * int(self.transformer.config.patch_size[1])
+
+    def with_lora(self, path: str, strength: float) -> "Editor":
+        return dataclasses.replace(self, loras=self.loras + (LoraSpec(str(path), float(strength)),))
+
+    def describe(self) -> str:
+        cfg = self.transformer.config
+        parts = [f"{self.name}: Wan DiT {cfg.num_layers} layers, dim {cfg.num_attention_heads * cfg.attention_head_dim}, "
+                 f"in {cfg.in_channels}/out {cfg.out_channels}, VAE z_dim {self.z_dim} (x{self.temporal_factor} time, "
+                 f"x{self.spatial_factor} space), {self.dtype} on {self.device}, offload {self.options.offload}, "
+                 f"attention {self.options.attention}, compile {self.options.compile}"]
+        parts += [f"LoRA {Path(s.path).name} @ {s.strength:g}" for s in self.loras]
+        return "; ".join(parts + self.notes)
+
+    # ---- placement ------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def on_device(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """With model offload, a part lives on the CPU and visits the GPU only while it is used."""
+        if self.options.offload == "none" or self.device.type == "cpu" or getattr(module, "_viva_block_offload", False):
+            yield module
+            return
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            module.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    # ---- text -----------------------------------------------------------------------------------------------
+    def encode_text(self, prompt: str) -> Conditioning:
+        """UMT5 tokens of `prompt`, unpadded (padding to `max_text_tokens` happens once, in the sampler)."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ModelLoadError(
+                f"{self.name}: this editor has no text encoder. Load it from a diffusers folder with text_encoder/ and "
+                "tokenizer/, pass a UMT5 folder as the text encoder, or (in ComfyUI) connect a CONDITIONING from "
+                "CLIP Text Encode with the Wan UMT5 text encoder.")
+        tok = self.tokenizer(
+            [prompt], padding="max_length", max_length=self.max_text_tokens, truncation=True,
+            add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        n = int(tok.attention_mask.sum())
+        with self.on_device(self.text_encoder) as te:
+            dev = next(te.parameters()).device
+            out = te(tok.input_ids.to(dev), tok.attention_mask.to(dev)).last_hidden_state
+        return Conditioning(out[:, :n].float().cpu(), f"text: {prompt!r}")
+
+
+# ---- loading --------------------------------------------------------------------------------------------------
+
+def load_editor(
+    folder: str | None = None,
+    *,
+    transformer_file: str | None = None,
+    vae_file: str | None = None,
+    text_encoder_folder: str | None = None,
+    options: EditorOptions = EditorOptions(),
+) -> Editor:
+    """Load an editor from a diffusers folder, or from single files (+ an optional UMT5 folder)."""
+    _check_options(options)
+    dtype, device = parse_dtype(options.dtype), parse_device(options.device)
+    if folder is not None:
+        root = Path(folder)
+        if not root.is_dir():
+            raise ModelLoadError(f"{root}: editor folder not found. Give a diffusers folder with transformer/ and vae/.")
+        transformer = _load_diffusers_part(root, "transformer", dtype)
+        vae = _load_diffusers_part(root, "vae", parse_dtype(options.vae_dtype))
+        te_root = Path(text_encoder_folder) if text_encoder_folder else root
+        name = root.name
+    elif transformer_file is not None:
+        if vae_file is None:
+            raise ModelLoadError(f"{transformer_file}: a single-file DiT needs its VAE file too (models/vae, e.g. "
+                                 "wan_2.1_vae.safetensors).")
+        transformer = load_transformer_file(transformer_file, dtype)
+        vae = load_vae_file(vae_file, parse_dtype(options.vae_dtype))
+        te_root = Path(text_encoder_folder) if text_encoder_folder else None
+        name = Path(transformer_file).stem
+    else:
+        raise InputError("load_editor needs a diffusers folder or a transformer file.")
+
+    notes: list[str] = []
+    transformer = _check_editor_channels(transformer, vae, name, options.allow_t2v, notes)
+    text_encoder, tokenizer = _load_text_encoder(te_root, dtype) if te_root is not None else (None, None)
+    editor = Editor(transformer.eval().requires_grad_(False), vae.eval().requires_grad_(False), text_encoder, tokenizer,
+                    options, name, device, dtype, notes=notes)
+    _place(editor)
+    return editor
+
+
+def _check_options(o: EditorOptions) -> None:
+    for value, allowed, what in ((o.offload, OFFLOAD_MODES, "offload"), (o.attention, ATTENTION_BACKENDS, "attention"),
+                                 (o.compile, COMPILE_MODES, "compile")):
+        if value not in allowed:
+            raise InputError(f"{what} '{value}' is not one of {allowed}.")
+
+
+def _load_diffusers_part(root: Path, sub: str, dtype: torch.dtype) -> torch.nn.Module:
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    cls = {"transformer": WanTransformer3DModel, "vae": AutoencoderKLWan}[sub]
+    part = root / sub
+    if not (part / "config.json").is_file():
+        raise ModelLoadError(f"{root}: missing {sub}/config.json. An editor folder needs transformer/ and vae/ "
+                             "subfolders in diffusers format (as in a Wan2.1/2.2 or Lucy-Edit diffusers checkout).")
+    cfg = json.loads((part / "config.json").read_text())
+    if cfg.get("_class_name") not in (None, cls.__name__):
+        raise ModelLoadError(f"{part}: is a {cfg.get('_class_name')}, expected {cls.__name__}. This folder is not a "
+                             "Wan-architecture editor.")
+    weights = list(part.glob("*.safetensors"))
+    if not weights:
+        pickles = [p.name for p in part.iterdir() if p.suffix in (".bin", ".pt", ".ckpt", ".pth")]
+        why = f" (found {pickles}: pickle weights are refused; convert them to safetensors)" if pickles else ""
+        raise ModelLoadError(f"{part}: no *.safetensors weights{why}.")
+    try:
+        return cls.from_pretrained(str(root), subfolder=sub, torch_dtype=dtype, use_safetensors=True,
+                                   local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise ModelLoadError(f"{part}: cannot load {cls.__name__} ({e}). The folder is incomplete or its weights do "
+                             "not match its config.json.") from e
+
+
+def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in SINGLE_FILE_PREFIXES:
+        if any(k.startswith(prefix + "blocks.") for k in sd):
+            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return sd
+
+
+def _dequantize_scaled_fp8(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI 'scaled fp8' files store W/scale in fp8 plus `<name>.scale_weight`; undo that."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k.endswith((".scale_weight", ".scale_input")) or k == "scaled_fp8":
+            continue
+        scale = sd.get(k[: -len(".weight")] + ".scale_weight") if k.endswith(".weight") else None
+        out[k] = v.float() * scale.float() if scale is not None else v
+    return out
+
+
+def infer_transformer_config(sd: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict:
+    """Read the WanTransformer3DModel config off diffusers-named weight shapes (heads from metadata or 128-dim)."""
+    pe = sd["patch_embedding.weight"]
+    inner, in_ch, patch = pe.shape[0], pe.shape[1], tuple(pe.shape[2:])
+    layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
+    stored = read_metadata_json(metadata, "config") or {}
+    head_dim = int(stored.get("attention_head_dim", WAN_HEAD_DIM))
+    if inner % head_dim:
+        raise ModelLoadError(f"DiT width {inner} is not a multiple of the head size {head_dim}; store the config in the "
+                             "file's __metadata__['config'] (attention_head_dim, num_attention_heads).")
+    cfg = {
+        "patch_size": list(patch), "in_channels": in_ch, "num_layers": layers,
+        "attention_head_dim": head_dim, "num_attention_heads": int(stored.get("num_attention_heads", inner // head_dim)),
+        "out_channels": sd["proj_out.weight"].shape[0] // (patch[0] * patch[1] * patch[2]),
+        "text_dim": sd["condition_embedder.text_embedder.linear_1.weight"].shape[1],
+        "freq_dim": sd["condition_embedder.time_embedder.linear_1.weight"].shape[1],
+        "ffn_dim": sd["blocks.0.ffn.net.0.proj.weight"].shape[0],
+        "cross_attn_norm": "blocks.0.norm2.weight" in sd,
+    }
+    if "blocks.0.attn2.add_k_proj.weight" in sd:
+        cfg["added_kv_proj_dim"] = sd["blocks.0.attn2.add_k_proj.weight"].shape[1]
+        cfg["image_dim"] = sd["condition_embedder.image_embedder.norm1.weight"].shape[0]
+    if "condition_embedder.image_embedder.pos_embed" in sd:
+        cfg["pos_embed_seq_len"] = sd["condition_embedder.image_embedder.pos_embed"].shape[1]
+    for key in ("rope_max_seq_len", "eps", "qk_norm"):
+        if key in stored:
+            cfg[key] = stored[key]
+    return cfg
+
+
+def load_transformer_file(path: str, dtype: torch.dtype) -> torch.nn.Module:
+    """Single-file Wan DiT in original / ComfyUI keys (optionally fp8 or scaled fp8) -> diffusers model."""
+    from diffusers import WanTransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    sd, metadata = load_safetensors(path, "DiT weights")
+    sd = _dequantize_scaled_fp8(_strip_prefix(sd))
+    if "head.head.weight" not in sd or "patch_embedding.weight" not in sd:
+        raise ModelLoadError(f"{path}: not a Wan DiT checkpoint (no head.head / patch_embedding keys; first keys: "
+                             f"{sorted(sd)[:3]}). Put a Wan2.1/2.2 diffusion model file in models/diffusion_models.")
+    sd = convert_wan_transformer_to_diffusers(sd)
+    cfg = infer_transformer_config(sd, metadata)
+    with torch.device("meta"):
+        model = WanTransformer3DModel.from_config(cfg)
+    try:
+        model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"{path}: weights do not fit the inferred Wan config {cfg} ({str(e)[:400]}).") from e
+    return model.to(dtype)
+
+
+def load_vae_file(path: str, dtype: torch.dtype) -> torch.nn.Module:
+    """Single-file Wan2.1 VAE (ComfyUI's wan_2.1_vae.safetensors layout) -> diffusers AutoencoderKLWan."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    sd, _ = load_safetensors(path, "VAE weights")
+    if "decoder.middle.0.residual.0.gamma" not in sd:
+        raise ModelLoadError(f"{path}: not a Wan VAE checkpoint in original keys (first keys: {sorted(sd)[:3]}).")
+    if sd["encoder.conv1.weight"].shape[1] != 3:
+        raise ModelLoadError(f"{path}: looks like a Wan2.2 VAE; its single-file layout is not supported. Use the "
+                             "vae/ folder of a Wan2.2 diffusers checkout (or Lucy-Edit-Dev) instead.")
+    # Wan2.1 layout (dim_mult 1,2,4,4; 2 res blocks), the only one diffusers' converter maps; widths are read off
+    cfg = {"base_dim": sd["encoder.conv1.weight"].shape[0], "z_dim": sd["conv1.weight"].shape[0] // 2}
+    vae = AutoencoderKLWan(**cfg)
+    missing, unexpected = vae.load_state_dict(convert_wan_vae_to_diffusers(sd), strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(f"{path}: VAE weights do not match the Wan2.1 VAE layout ({len(missing)} missing, "
+                             f"{len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]}).")
+    return vae.to(dtype)
+
+
+def _load_text_encoder(root: Path, dtype: torch.dtype) -> tuple[Optional[torch.nn.Module], object]:
+    """UMT5 encoder + tokenizer from `root/text_encoder` + `root/tokenizer`, or a transformers folder itself."""
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    te_dir = root / "text_encoder" if (root / "text_encoder").is_dir() else root
+    tok_dir = root / "tokenizer" if (root / "tokenizer").is_dir() else root
+    if not (te_dir / "config.json").is_file():
+        return None, None  # an editor folder without a text encoder (e.g. conditioning comes from ComfyUI)
+    if not any(te_dir.glob("*.safetensors")):
+        raise ModelLoadError(f"{te_dir}: no *.safetensors weights for the text encoder (pickle weights are refused).")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+        encoder = UMT5EncoderModel.from_pretrained(str(te_dir), dtype=dtype, use_safetensors=True,
+                                                   local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"{te_dir}: cannot load the UMT5 text encoder / tokenizer ({e}). It needs config.json, "
+                             "*.safetensors and a tokenizer (tokenizer/ beside it or in the same folder).") from e
+    return encoder.eval().requires_grad_(False), tokenizer
+
+
+def _check_editor_channels(transformer: torch.nn.Module, vae: torch.nn.Module, name: str, allow_t2v: bool,
+                           notes: list[str]) -> torch.nn.Module:
+    z, cin, cout = int(vae.config.z_dim), int(transformer.config.in_channels), int(transformer.config.out_channels)
+    if cout != z:
+        raise ModelLoadError(f"{name}: the DiT predicts {cout} latent channels but the VAE has {z}; they are from "
+                             "different model families (Wan2.1 VAE: 16, Wan2.2 VAE: 48).")
+    if cin == 2 * z:
+        return transformer
+    if cin == z and allow_t2v:
+        notes.append(f"T2V base: added {z} zero-initialised source channels (train them with SFT before use)")
+        return expand_input_channels(transformer, z)
+    if cin == z:
+        raise ModelLoadError(f"{name}: this DiT takes {cin} input channels = the VAE's z_dim, so it is a plain "
+                             f"text-to-video model, not an editor (an editor takes {2 * z}: noise + source latents). "
+                             "Load an editing checkpoint (e.g. Lucy-Edit-Dev), or opt in to zero-initialised source "
+                             "channels (allow_t2v) to fine-tune it with SFT.")
+    raise ModelLoadError(f"{name}: the DiT takes {cin} input channels; an editor for this VAE takes {2 * z}. "
+                         "Image-to-video or VACE checkpoints are not editors.")
+
+
+def expand_input_channels(transformer: torch.nn.Module, extra: int) -> torch.nn.Module:
+    """Grow patch_embedding by `extra` zero input channels: outputs are unchanged until those weights are trained."""
+    old = transformer.patch_embedding
+    new = torch.nn.Conv3d(old.in_channels + extra, old.out_channels, old.kernel_size, old.stride,
+                          dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels].copy_(old.weight)
+        new.bias.copy_(old.bias)
+    transformer.patch_embedding = new
+    transformer.register_to_config(in_channels=old.in_channels + extra)
+    return transformer
+
+
+def available_attention_backends() -> list[str]:
+    """Attention options usable here: the SDPA family always; flash / sage only if their packages import."""
+    import importlib.util
+
+    found = ["sdpa", "flex"]
+    if torch.cuda.is_available():
+        found += ["sdpa_cudnn", "sdpa_flash", "sdpa_efficient"]
+    found += [b for b, mod in (("flash", "flash_attn"), ("sage", "sageattention")) if importlib.util.find_spec(mod)]
+    return found
+
+
+_BACKEND_NAMES = {"sdpa": "native", "sdpa_cudnn": "_native_cudnn", "sdpa_flash": "_native_flash",
+                  "sdpa_efficient": "_native_efficient", "flash": "flash", "sage": "sage", "flex": "flex"}
+
+
+def _place(editor: Editor) -> None:
+    """Apply dtype storage, attention backend, offload and compile options once, at load time."""
+    o, t = editor.options, editor.transformer
+    if o.attention != "sdpa":
+        if o.attention not in available_attention_backends():
+            raise InputError(f"attention '{o.attention}' is not usable here (available: "
+                             f"{available_attention_backends()}); install its package or pick sdpa.")
+        t.set_attention_backend(_BACKEND_NAMES[o.attention])
+    if o.fp8_storage:
+        if not hasattr(torch, "float8_e4m3fn"):
+            raise InputError("fp8 weight storage needs torch >= 2.1 with float8 types.")
+        t.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=editor.dtype)
+    if o.vae_tiling:
+        editor.vae.enable_tiling()
+    keep_on_device = o.offload == "none" or editor.device.type == "cpu"
+    target = editor.device if keep_on_device else torch.device("cpu")
+    editor.vae.to(target)
+    if editor.text_encoder is not None:
+        editor.text_encoder.to(target)
+    if o.offload == "block" and editor.device.type == "cuda":
+        from diffusers.hooks import apply_group_offloading
+
+        apply_group_offloading(t, onload_device=editor.device, offload_device=torch.device("cpu"),
+                               offload_type="block_level", num_blocks_per_group=1)
+        t._viva_block_offload = True
+    else:
+        t.to(target)
+    if o.compile == "blocks":
+        t.compile_repeated_blocks(fullgraph=True)
+    elif o.compile == "full":
+        t.compile()  # in place: module names (LoRA targets) stay the same

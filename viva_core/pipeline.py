@@ -1,0 +1,131 @@
+"""The edit, top to bottom: check inputs -> conform frames -> encode source -> sample -> decode -> check output.
+
+`edit` is what the CLI, the ComfyUI Edit node and best-of-N all call; nothing else runs the DiT for inference.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .editor import Conditioning, Editor
+from .errors import InputError, NonFiniteError
+from .lora import LoraKeyReport, applied_loras
+from .runtime import ProgressFn, no_progress
+from .sampling import SAMPLERS, sample
+from .video import Audio, ConformReport, conform_frames
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    steps: int = 30
+    cfg: float = 5.0  # classifier-free guidance on the text/instructor conditioning; 1 = off (one pass per step)
+    seed: int = 0
+    shift: float = 5.0  # Wan's sigma shift; ~3 for 480p, 5 for 720p
+    strength: float = 1.0  # < 1 starts from the source latents noised to that level
+    sampler: str = "unipc"
+
+    def check(self) -> None:
+        if self.steps < 1 or self.steps > 1000:
+            raise InputError(f"steps must be in 1..1000, got {self.steps}.")
+        if self.cfg < 0:
+            raise InputError(f"cfg must be >= 0, got {self.cfg}.")
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"sampler '{self.sampler}' is not one of {SAMPLERS}.")
+
+
+@dataclass
+class EditResult:
+    frames: torch.Tensor  # [T,H,W,C] float32 0..1 on CPU
+    fps: float
+    audio: Optional[Audio]
+    conform: ConformReport
+    lora_reports: list[LoraKeyReport] = field(default_factory=list)
+    seed: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"seed {self.seed}, {self.frames.shape[0]} frames {self.frames.shape[1]}x{self.frames.shape[2]} "
+                 f"@ {self.fps:g} fps in {self.seconds:.1f} s", self.conform.message()]
+        lines += [r.summary() for r in self.lora_reports]
+        return "\n".join(line for line in lines if line)
+
+
+def pad_tokens(embeds: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad [1, L, D] tokens to `length` (Wan was trained on zero-padded 512-token text); longer inputs are kept."""
+    if embeds.shape[1] >= length:
+        return embeds
+    return torch.cat([embeds, embeds.new_zeros(1, length - embeds.shape[1], embeds.shape[2])], dim=1)
+
+
+def normalize_latents(vae: torch.nn.Module, z: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    mean = torch.tensor(vae.config.latents_mean, dtype=z.dtype, device=z.device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, dtype=z.dtype, device=z.device).view(1, -1, 1, 1, 1)
+    return z * std + mean if inverse else (z - mean) / std
+
+
+def encode_frames(editor: Editor, frames: torch.Tensor) -> torch.Tensor:
+    """[T,H,W,C] 0..1 -> normalized latents [1, z, T', H', W'] fp32 (posterior mode, as Lucy-Edit does)."""
+    with editor.on_device(editor.vae) as vae:
+        dev, dt = next(vae.parameters()).device, next(vae.parameters()).dtype
+        x = frames.permute(3, 0, 1, 2).unsqueeze(0).to(dev, dt) * 2 - 1
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+    return normalize_latents(vae, z.float())
+
+
+def decode_latents(editor: Editor, z: torch.Tensor) -> torch.Tensor:
+    """Normalized latents -> [T,H,W,C] 0..1 fp32 on CPU."""
+    with editor.on_device(editor.vae) as vae:
+        dev, dt = next(vae.parameters()).device, next(vae.parameters()).dtype
+        with torch.no_grad():
+            video = vae.decode(normalize_latents(vae, z.to(dev, torch.float32), inverse=True).to(dt)).sample
+    return ((video[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).cpu()
+
+
+def edit(
+    editor: Editor, frames: torch.Tensor, cond: Conditioning, *, negative: Optional[Conditioning] = None,
+    settings: EditSettings = EditSettings(), fps: float = 16.0, audio: Optional[Audio] = None,
+    resize_to: Optional[tuple[int, int]] = None, progress: ProgressFn = no_progress,
+) -> EditResult:
+    """Edit `frames` [T,H,W,C] (0..1) following `cond`. Frame count and size are snapped and reported."""
+    settings.check()
+    t0 = time.perf_counter()
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise InputError(f"source frames must be [T,H,W,3] with T >= 1, got shape {tuple(frames.shape)}.")
+    if not torch.isfinite(frames).all():
+        raise InputError("source frames contain NaN/Inf.")
+    frames, report = conform_frames(frames.float(), editor.temporal_factor, editor.spatial_multiple,
+                                    resize_to=resize_to)
+    use_cfg = settings.cfg != 1.0
+    if use_cfg and negative is None:
+        negative = editor.encode_text("") if editor.text_encoder is not None else Conditioning(
+            torch.zeros(1, 1, editor.text_dim), "empty")
+    source = encode_frames(editor, frames)
+
+    gen = torch.Generator("cpu").manual_seed(int(settings.seed))
+    noise = torch.randn(source.shape, generator=gen, dtype=torch.float32)
+    length = max(editor.max_text_tokens, cond.embeds.shape[1], negative.embeds.shape[1] if use_cfg else 0)
+    tokens = [pad_tokens(cond.embeds, length)] + ([pad_tokens(negative.embeds, length)] if use_cfg else [])
+
+    with applied_loras(editor.transformer, editor.loras) as lora_reports, editor.on_device(editor.transformer) as dit:
+        dev = editor.device
+        text = torch.cat(tokens).to(dev, editor.dtype)
+        src = source.to(dev)
+
+        def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            inp = torch.cat([x.to(dev), src], dim=1).to(editor.dtype)
+            batch = inp.expand(text.shape[0], -1, -1, -1, -1)
+            t = torch.full((text.shape[0],), sigma * 1000.0, device=dev)
+            with torch.no_grad():
+                out = dit(hidden_states=batch, timestep=t, encoder_hidden_states=text, return_dict=False)[0].float()
+            return out[1:] + settings.cfg * (out[:1] - out[1:]) if use_cfg else out
+
+        latents = sample(velocity, noise.to(dev), src, steps=settings.steps, shift=settings.shift,
+                         strength=settings.strength, sampler=settings.sampler, progress=progress)
+    out = decode_latents(editor, latents)
+    if not torch.isfinite(out).all():
+        raise NonFiniteError("the VAE decoded NaN/Inf frames; nothing was saved. Decode in fp32 (vae_dtype).")
+    return EditResult(out, fps, audio, report, lora_reports, int(settings.seed), time.perf_counter() - t0)

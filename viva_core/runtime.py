@@ -1,0 +1,52 @@
+"""Device, dtype and progress plumbing shared by every model role.
+
+ComfyUI services (progress bar, interrupt, device choice) reach the core only through these small
+arguments; the core never imports ComfyUI.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol
+
+import torch
+
+from .errors import InputError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+          "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise InputError(f"dtype '{name}' is not one of {sorted(set(DTYPES))}.") from None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_device(name: str | torch.device | None) -> torch.device:
+    if name is None or name == "auto":
+        return default_device()
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device '{name}' was asked for but CUDA is not available; use 'cpu' or 'auto'.")
+    return dev
+
+
+class ProgressFn(Protocol):
+    """Called after each unit of work: (done, total, preview_frames_or_None).
+
+    May raise to interrupt (ComfyUI's interrupt exception propagates unchanged)."""
+
+    def __call__(self, done: int, total: int, preview: Optional[torch.Tensor] = None) -> None: ...
+
+
+def no_progress(done: int, total: int, preview: Optional[torch.Tensor] = None) -> None:
+    return None
+
+
+Callback = Callable[..., None]

@@ -104,3 +104,52 @@ def build_single_file_dit(path: Path, *, prefix: str = "model.diffusion_model.",
     meta = {"config": json.dumps({"attention_head_dim": 16, "num_attention_heads": 2, "rope_max_seq_len": 64})}
     save_file({prefix + k: v for k, v in orig.items()}, str(path), metadata=meta if with_config_metadata else None)
     return Path(path), model
+
+
+_RES = (("norm1.gamma", "residual.0.gamma"), ("conv1.", "residual.2."), ("norm2.gamma", "residual.3.gamma"),
+        ("conv2.", "residual.6."), ("conv_shortcut.", "shortcut."))
+
+
+def _vae_key_to_original(key: str) -> str:
+    """diffusers AutoencoderKLWan key -> original Wan2.1 VAE key (inverse of diffusers' converter)."""
+    import re
+
+    fixed = {"quant_conv.": "conv1.", "post_quant_conv.": "conv2.", "encoder.conv_in.": "encoder.conv1.",
+             "decoder.conv_in.": "decoder.conv1.", "encoder.norm_out.gamma": "encoder.head.0.gamma",
+             "decoder.norm_out.gamma": "decoder.head.0.gamma", "encoder.conv_out.": "encoder.head.2.",
+             "decoder.conv_out.": "decoder.head.2."}
+    for a, b in fixed.items():
+        if key.startswith(a):
+            return b + key[len(a):]
+
+    def res(rest: str) -> str:
+        for a, b in _RES:
+            if rest.startswith(a):
+                return b + rest[len(a):]
+        return rest
+
+    if m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(.*)", key):
+        return f"{m[1]}.middle.{2 * int(m[2])}.{res(m[3])}"
+    if m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)", key):
+        return f"{m[1]}.middle.1.{m[2]}"
+    if m := re.match(r"encoder\.down_blocks\.(\d+)\.(.*)", key):
+        return f"encoder.downsamples.{m[1]}.{res(m[2])}"
+    if m := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
+        return f"decoder.upsamples.{4 * int(m[1]) + int(m[2])}.{res(m[3])}"
+    if m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.*)", key):
+        return f"decoder.upsamples.{4 * int(m[1]) + 3}.{m[2]}"
+    raise KeyError(key)
+
+
+def build_single_file_vae(path: Path, seed: int = 3) -> Path:
+    """A tiny Wan2.1-layout VAE (dim_mult 1,2,4,4; 2 res blocks) saved in original single-file keys; the inverse
+    mapping is checked against diffusers' own converter before saving."""
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    vae = tiny_vae(seed=seed, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
+    sd = {k: v.contiguous() for k, v in vae.state_dict().items()}
+    orig = {_vae_key_to_original(k): v for k, v in sd.items()}
+    back = convert_wan_vae_to_diffusers(dict(orig))
+    assert back.keys() == sd.keys() and all(back[k] is sd[k] for k in sd), sorted(set(back) ^ set(sd))[:5]
+    save_file(orig, str(path))
+    return Path(path)

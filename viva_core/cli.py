@@ -55,46 +55,29 @@ def load_editor_from_args(args: argparse.Namespace):
     raise InputError(f"{src}: --editor must be a diffusers folder or a .safetensors DiT file.")
 
 
-def build_conditioning(editor, instruction: str, first_frame, args: argparse.Namespace):
-    """Text tokens, plus instructor tokens (with a refiner) or a VLM-rewritten prompt (without one)."""
-    if not args.instructor:
-        return editor.encode_text(instruction)
-    from .instructor import Instructor, load_refiner
-    from .vlm import load_vlm
-
-    vlm = load_vlm(args.instructor, dtype=args.vlm_dtype, device=args.device)
-    reference = None
-    if args.reference:
-        from .video import read_image
-
-        reference = read_image(args.reference)
-    if args.refiner:
-        instructor = Instructor(vlm, load_refiner(args.refiner))
-        tokens = instructor.encode(instruction, first_frame, reference)
-        from .editor import Conditioning
-
-        return editor.encode_text(instruction).concat(Conditioning(tokens, "instructor tokens"))
-    prompt = Instructor(vlm, None).rewrite(instruction, first_frame, reference)
-    logging.getLogger("viva").info("instructor rewrote the instruction as: %s", prompt)
-    return editor.encode_text(prompt)
-
-
 def cmd_edit(args: argparse.Namespace) -> int:
+    from .conditioning import build_conditioning, negative_conditioning
     from .pipeline import EditSettings, edit
-    from .video import read_video, write_video
+    from .video import read_image, read_video, write_video
+    from .vlm import load_vlm
 
     video = read_video(args.source, max_frames=args.max_frames, stride=args.stride, max_bytes=args.max_bytes)
     editor = load_editor_from_args(args)
     for spec in args.lora or []:
         editor = editor.with_lora(*parse_lora_arg(spec))
-    cond = build_conditioning(editor, args.instruction, video.frames[0], args)
-    negative = editor.encode_text(args.negative) if editor.text_encoder is not None else None
+    vlm = load_vlm(args.instructor, dtype=args.vlm_dtype, device=args.device) if args.instructor else None
+    mode = "text" if vlm is None else ("instructor" if args.refiner else "rewrite")
+    reference = read_image(args.reference) if args.reference else None
+    cond, prompt = build_conditioning(editor, args.instruction, video.frames[0], mode=mode, vlm=vlm,
+                                      refiner_path=args.refiner, reference=reference)
+    if prompt != args.instruction:
+        print(f"instructor prompt: {prompt}")
+    negative = negative_conditioning(editor, args.negative)
     settings = EditSettings(steps=args.steps, cfg=args.cfg, seed=args.seed, shift=args.shift,
                             strength=args.strength, sampler=args.sampler)
     judge = None
     if args.judge:
         from .judge import Judge
-        from .vlm import load_vlm
 
         judge = Judge(load_vlm(args.judge, dtype=args.vlm_dtype, device=args.device))
     if judge is not None and args.candidates > 1:

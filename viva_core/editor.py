@@ -289,13 +289,17 @@ def load_transformer_file(path: str, dtype: torch.dtype) -> torch.nn.Module:
                              f"{sorted(sd)[:3]}). Put a Wan2.1/2.2 diffusion model file in models/diffusion_models.")
     sd = convert_wan_transformer_to_diffusers(sd)
     cfg = infer_transformer_config(sd, metadata)
-    with torch.device("meta"):
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():  # parameters on meta, buffers (RoPE tables) real
         model = WanTransformer3DModel.from_config(cfg)
+    keep_fp32 = set(model._keep_in_fp32_modules or ())
+    typed = {k: v.to(torch.float32 if keep_fp32 & set(k.split(".")) else dtype) for k, v in sd.items()}
     try:
-        model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+        model.load_state_dict(typed, strict=True, assign=True)
     except RuntimeError as e:
         raise ModelLoadError(f"{path}: weights do not fit the inferred Wan config {cfg} ({str(e)[:400]}).") from e
-    return model.to(dtype)
+    return model
 
 
 def load_vae_file(path: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -316,7 +320,7 @@ def load_vae_file(path: str, dtype: torch.dtype) -> torch.nn.Module:
     if missing or unexpected:
         raise ModelLoadError(f"{path}: VAE weights do not match the Wan2.1 VAE layout ({len(missing)} missing, "
                              f"{len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]}).")
-    return vae.to(dtype)
+    return vae if dtype == torch.float32 else vae.to(dtype)
 
 
 def _load_text_encoder(root: Path, dtype: torch.dtype) -> tuple[Optional[torch.nn.Module], object]:

@@ -1,0 +1,168 @@
+"""Adapters between ComfyUI and viva_core: model folders, file-name safety, progress/interrupt, type conversion.
+
+Nothing here edits, judges or loads weights; it only turns ComfyUI values into core arguments and back.
+"""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Optional
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import InputImpl, Types, io
+
+from ..viva_core.errors import InputError
+from ..viva_core.video import Audio, Video, read_video
+from ..viva_core.vlm import find_vlm_folders
+
+# Custom socket types of this pack (frozen: renaming one breaks saved workflows).
+Editor = io.Custom("VIVA_EDITOR")
+VLM = io.Custom("VIVA_VLM")
+Cond = io.Custom("VIVA_CONDITIONING")
+
+CATEGORY = "VIVA video editing"
+VLM_FOLDER = "viva_vlm"  # models/vlm: transformers folders of Qwen2.5-VL / Qwen3-VL style VLMs
+REFINER_FOLDER = "viva_refiners"  # models/viva/refiners: token refiner .safetensors
+FROM_EDITOR = "(from editor folder)"
+NONE = "(none)"
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".gif")
+
+
+def register_model_folders() -> None:
+    """Register this pack's model folders once, beside ComfyUI's own."""
+    for name, sub in ((VLM_FOLDER, "vlm"), (REFINER_FOLDER, os.path.join("viva", "refiners"))):
+        if name not in folder_paths.folder_names_and_paths:
+            folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, sub), is_default=True)
+    for base in folder_paths.get_folder_paths(VLM_FOLDER):
+        os.makedirs(base, exist_ok=True)
+
+
+def _sub_dirs(bases: Iterable[str], marker, depth: int = 3) -> list[str]:
+    """Relative names of folders below `bases` (up to `depth` levels) for which marker(path) is true."""
+    found: set[str] = set()
+    for base in bases:
+        base_p = Path(base)
+        if not base_p.is_dir():
+            continue
+        frontier = [base_p]
+        for _ in range(depth):
+            nxt = []
+            for d in frontier:
+                for child in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                    if marker(child):
+                        found.add(child.relative_to(base_p).as_posix())
+                    else:
+                        nxt.append(child)
+            frontier = nxt
+    return sorted(found)
+
+
+def editor_folders() -> list[str]:
+    return _sub_dirs(folder_paths.get_folder_paths("diffusers"), lambda p: (p / "transformer" / "config.json").is_file())
+
+
+def vlm_folders() -> list[str]:
+    names: set[str] = set()
+    for base in folder_paths.get_folder_paths(VLM_FOLDER):
+        names.update(Path(f).relative_to(base).as_posix() for f in find_vlm_folders(base))
+    return sorted(names)
+
+
+def text_encoder_folders() -> list[str]:
+    return _sub_dirs(folder_paths.get_folder_paths("text_encoders"),
+                     lambda p: (p / "config.json").is_file() and any(p.glob("*.safetensors")))
+
+
+def safetensors_files(folder: str) -> list[str]:
+    return [f for f in folder_paths.get_filename_list(folder) if f.lower().endswith(".safetensors")]
+
+
+def resolve_dir(folder: str, name: str) -> str:
+    """Resolve a listed folder name inside one of ComfyUI's `folder` paths; names may not leave them."""
+    for base in folder_paths.get_folder_paths(folder):
+        candidate = os.path.realpath(os.path.join(base, name))
+        if os.path.commonpath([candidate, os.path.realpath(base)]) == os.path.realpath(base) and os.path.isdir(candidate):
+            return candidate
+    raise InputError(f"'{name}' is not a folder inside ComfyUI's models/{folder} folders "
+                     f"({folder_paths.get_folder_paths(folder)}); put the model there and refresh.")
+
+
+def resolve_file(folder: str, name: str) -> str:
+    """folder_paths.get_full_path refuses names outside the folder; say so in our words."""
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        raise InputError(f"'{name}' is not a file in ComfyUI's models/{folder} folders; put it there and refresh.")
+    return path
+
+
+def resolve_input_file(name: str) -> str:
+    """A user input file (video/image) that must stay inside ComfyUI's input folder."""
+    path = os.path.realpath(folder_paths.get_annotated_filepath(name))
+    allowed = [os.path.realpath(folder_paths.get_input_directory()), os.path.realpath(folder_paths.get_temp_directory()),
+               os.path.realpath(folder_paths.get_output_directory())]
+    if not any(os.path.commonpath([path, a]) == a for a in allowed):
+        raise InputError(f"'{name}' leaves ComfyUI's input/output folders; only files inside them can be used.")
+    if not os.path.isfile(path):
+        raise InputError(f"'{name}' was not found in ComfyUI's input folder; upload it again.")
+    return path
+
+
+def input_videos() -> list[str]:
+    base = folder_paths.get_input_directory()
+    files = [f for f in os.listdir(base) if os.path.isfile(os.path.join(base, f))] if os.path.isdir(base) else []
+    return sorted(f for f in files if f.lower().endswith(VIDEO_EXTENSIONS))
+
+
+def memory_budget_bytes() -> int:
+    """Half the free RAM: the most a decoded source may take as float32 frames."""
+    return int(mm.get_free_memory(torch.device("cpu")) * 0.5)
+
+
+class Progress:
+    """viva_core ProgressFn backed by ComfyUI's progress bar; every update is an interrupt point."""
+
+    def __init__(self, total: int = 1, offset: int = 0, grand_total: Optional[int] = None) -> None:
+        self.offset, self.grand_total = offset, grand_total
+        self.bar = comfy.utils.ProgressBar(grand_total or total)
+
+    def __call__(self, done: int, total: int, preview: Optional[torch.Tensor] = None) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        self.bar.update_absolute(self.offset + done, self.grand_total or total)
+
+
+def interrupt_check() -> None:
+    mm.throw_exception_if_processing_interrupted()
+
+
+def comfy_audio_to_core(audio: Optional[dict]) -> Optional[Audio]:
+    if not audio or audio.get("waveform") is None:
+        return None
+    return Audio(audio["waveform"][0].float().cpu(), int(audio["sample_rate"]))
+
+
+def core_audio_to_comfy(audio: Optional[Audio]) -> Optional[dict]:
+    return None if audio is None else {"waveform": audio.waveform.unsqueeze(0), "sample_rate": audio.sample_rate}
+
+
+def source_video(images: Optional[torch.Tensor], video, fps: float, max_frames: int) -> Video:
+    """IMAGE batch or VIDEO input -> core Video. A file-backed VIDEO is streamed with the frame cap."""
+    if video is not None:
+        src = video.get_stream_source() if hasattr(video, "get_stream_source") else None
+        if isinstance(src, str):
+            return read_video(src, max_frames=max_frames or None, max_bytes=memory_budget_bytes())
+        comp = video.get_components()
+        frames = comp.images[:max_frames] if max_frames else comp.images
+        return Video(frames.float().cpu(), float(comp.frame_rate), comfy_audio_to_core(comp.audio))
+    if images is None:
+        raise InputError("connect either `images` (an IMAGE batch of frames) or `video`.")
+    frames = images[:max_frames] if max_frames else images
+    return Video(frames[..., :3].float().cpu(), float(fps), None)
+
+
+def to_video_output(frames: torch.Tensor, fps: float, audio: Optional[Audio]):
+    return InputImpl.VideoFromComponents(Types.VideoComponents(
+        images=frames, audio=core_audio_to_comfy(audio), frame_rate=Fraction(fps).limit_denominator(1000)))

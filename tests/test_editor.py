@@ -1,0 +1,184 @@
+"""Editor loading from real on-disk formats and the edit pipeline, on tiny random checkpoints."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tiny_editor import build_editor_folder, build_single_file_dit, tiny_transformer, tiny_vae
+from viva_core.editor import Conditioning, EditorOptions, load_editor
+from viva_core.errors import InputError, ModelLoadError, NonFiniteError
+from viva_core.pipeline import EditSettings, edit, encode_frames, pad_tokens
+
+FP32 = EditorOptions(dtype="fp32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def editor_dir(tmp_path_factory):
+    return build_editor_folder(tmp_path_factory.mktemp("editor") / "tiny-editor")
+
+
+def frames(t=9, h=32, w=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(t, h, w, 3, generator=g)
+
+
+def test_diffusers_folder_loads_with_geometry(editor_dir):
+    ed = load_editor(str(editor_dir), options=FP32)
+    assert ed.z_dim == 16 and ed.transformer.config.in_channels == 32
+    assert ed.temporal_factor == 4 and ed.spatial_factor == 8 and ed.spatial_multiple == 16
+    assert ed.text_encoder is not None and "tiny-editor" in ed.describe()
+    cond = ed.encode_text("replace the dog with a fox")
+    assert cond.embeds.shape == (1, 7, 64)  # 6 words + </s>
+
+
+def test_single_file_dit_equals_its_diffusers_source(tmp_path, editor_dir):
+    path, ref = build_single_file_dit(tmp_path / "wan_tiny.safetensors")
+    ed = load_editor(transformer_file=str(path), vae_file=_vae_file(tmp_path), options=FP32)
+    sd_loaded, sd_ref = ed.transformer.state_dict(), ref.state_dict()
+    assert sd_loaded.keys() == sd_ref.keys()
+    assert all(torch.equal(sd_loaded[k], sd_ref[k]) for k in sd_ref)
+
+
+def _vae_file(tmp_path):
+    """A Wan2.1-layout VAE in original keys, made by inverting diffusers' converter on a tiny model."""
+    from tiny_editor import build_single_file_vae
+
+    return str(build_single_file_vae(tmp_path / "vae.safetensors"))
+
+
+def test_single_file_without_head_metadata_uses_wan_head_dim(tmp_path):
+    path, _ = build_single_file_dit(tmp_path / "dit.safetensors", with_config_metadata=False)
+    with pytest.raises(ModelLoadError, match="multiple of the head size"):
+        load_editor(transformer_file=str(path), vae_file=_vae_file(tmp_path), options=FP32)
+
+
+def test_t2v_checkpoint_is_rejected_unless_opted_in(tmp_path):
+    root = build_editor_folder(tmp_path / "t2v", in_channels=16, with_text_encoder=False)
+    with pytest.raises(ModelLoadError, match="not an editor"):
+        load_editor(str(root), options=FP32)
+    ed = load_editor(str(root), options=EditorOptions(dtype="fp32", device="cpu", allow_t2v=True))
+    assert ed.transformer.config.in_channels == 32
+    w = ed.transformer.patch_embedding.weight
+    assert torch.count_nonzero(w[:, 16:]) == 0 and "zero-initialised" in ed.describe()
+
+
+def test_broken_folders_name_the_missing_part(tmp_path, editor_dir):
+    broken = tmp_path / "broken"
+    shutil.copytree(editor_dir, broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(ModelLoadError, match="vae/config.json"):
+        load_editor(str(broken), options=FP32)
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_editor(str(tmp_path / "nope"), options=FP32)
+    pickled = tmp_path / "pickled"
+    shutil.copytree(editor_dir, pickled)
+    st = next((pickled / "transformer").glob("*.safetensors"))
+    st.rename(st.with_suffix(".bin"))
+    with pytest.raises(ModelLoadError, match="pickle"):
+        load_editor(str(pickled), options=FP32)
+    with pytest.raises(ModelLoadError, match="pickle"):
+        load_editor(transformer_file=str(tmp_path / "x.ckpt"), vae_file="v.safetensors", options=FP32)
+
+
+def test_mismatched_vae_is_named(tmp_path):
+    root = tmp_path / "mix"
+    tiny_transformer(in_channels=96, out_channels=48).save_pretrained(root / "transformer")
+    tiny_vae().save_pretrained(root / "vae")
+    with pytest.raises(ModelLoadError, match="different model families"):
+        load_editor(str(root), options=FP32)
+
+
+def test_not_a_wan_file_is_refused(tmp_path):
+    bogus = tmp_path / "bogus.safetensors"
+    save_file({"foo.weight": torch.zeros(2, 2)}, str(bogus))
+    with pytest.raises(ModelLoadError, match="not a Wan DiT"):
+        load_editor(transformer_file=str(bogus), vae_file=str(bogus), options=FP32)
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelLoadError, match="corrupt"):
+        load_editor(transformer_file=str(corrupt), vae_file=str(bogus), options=FP32)
+
+
+def test_bad_options_are_refused(editor_dir):
+    with pytest.raises(InputError, match="offload"):
+        load_editor(str(editor_dir), options=EditorOptions(offload="sometimes", device="cpu"))
+    with pytest.raises(InputError, match="attention"):
+        load_editor(str(editor_dir), options=EditorOptions(attention="flash", device="cpu")) \
+            if not _has("flash_attn") else pytest.skip("flash_attn installed")
+
+
+def _has(mod):
+    import importlib.util
+
+    return importlib.util.find_spec(mod) is not None
+
+
+def test_edit_is_deterministic_and_snaps_frames(editor_dir):
+    ed = load_editor(str(editor_dir), options=FP32)
+    cond = ed.encode_text("make the ball red")
+    src = frames(t=11, h=40, w=36)
+    s = EditSettings(steps=3, cfg=3.0, seed=7, sampler="euler")
+    steps_seen = []
+    a = edit(ed, src, cond, settings=s, fps=12.0, progress=lambda d, t, p=None: steps_seen.append((d, t)))
+    b = edit(ed, src, cond, settings=s, fps=12.0)
+    assert a.frames.shape == (9, 32, 32, 3) and torch.equal(a.frames, b.frames)
+    assert steps_seen == [(1, 3), (2, 3), (3, 3)]
+    assert "9" in a.conform.message() and "11" in a.conform.message()
+    assert a.frames.min() >= 0 and a.frames.max() <= 1
+    c = edit(ed, src, cond, settings=EditSettings(steps=3, cfg=3.0, seed=8, sampler="euler"))
+    assert not torch.equal(a.frames, c.frames)
+
+
+def test_edit_uses_the_source_and_the_conditioning(editor_dir):
+    ed = load_editor(str(editor_dir), options=FP32)
+    s = EditSettings(steps=2, cfg=1.0, seed=0, sampler="euler")
+    base = edit(ed, frames(seed=1), ed.encode_text("make the ball red"), settings=s).frames
+    other_src = edit(ed, frames(seed=2), ed.encode_text("make the ball red"), settings=s).frames
+    other_text = edit(ed, frames(seed=1), ed.encode_text("remove the dog"), settings=s).frames
+    assert not torch.equal(base, other_src) and not torch.equal(base, other_text)
+
+
+def test_cfg_matches_two_separate_passes(editor_dir, monkeypatch):
+    """Batched CFG equals uncond + cfg * (cond - uncond) from two single-prompt DiT calls."""
+    import viva_core.pipeline as pl
+
+    ed = load_editor(str(editor_dir), options=FP32)
+    cond, neg, src = ed.encode_text("make the ball red"), ed.encode_text("blurry"), frames()
+    z = encode_frames(ed, src)
+    x = torch.randn_like(z)
+    inp, t = torch.cat([x, z], 1), torch.tensor([700.0])
+    with torch.no_grad():
+        vc = ed.transformer(inp, t, pad_tokens(cond.embeds, 512), return_dict=False)[0]
+        vu = ed.transformer(inp, t, pad_tokens(neg.embeds, 512), return_dict=False)[0]
+    captured = {}
+
+    def fake_sample(velocity, noise, source, **kw):
+        captured["v"] = velocity(x, 0.7)
+        return noise
+
+    monkeypatch.setattr(pl, "sample", fake_sample)
+    edit(ed, src, cond, negative=neg, settings=EditSettings(steps=1, cfg=4.0, sampler="euler"))
+    torch.testing.assert_close(captured["v"], vu + 4.0 * (vc - vu), rtol=1e-5, atol=1e-5)
+
+
+def test_nan_from_the_model_is_reported(editor_dir):
+    ed = load_editor(str(editor_dir), options=FP32)
+    with torch.no_grad():
+        ed.transformer.proj_out.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="NaN"):
+        edit(ed, frames(), ed.encode_text("make it red"), settings=EditSettings(steps=2, sampler="euler"))
+
+
+def test_bad_frames_and_conditioning(editor_dir):
+    ed = load_editor(str(editor_dir), options=FP32)
+    cond = ed.encode_text("make it red")
+    with pytest.raises(InputError, match=r"\[T,H,W,3\]"):
+        edit(ed, torch.rand(9, 32, 32), cond)
+    bad = frames()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        edit(ed, bad, cond)
+    with pytest.raises(InputError, match="text_dim"):
+        cond.concat(Conditioning(torch.zeros(1, 3, 32)))

@@ -392,9 +392,8 @@ _BACKEND_NAMES = {"sdpa": "native", "sdpa_cudnn": "_native_cudnn", "sdpa_flash":
                   "sdpa_efficient": "_native_efficient", "flash": "flash", "sage": "sage", "flex": "flex"}
 
 
-def _place(editor: Editor) -> None:
-    """Apply dtype storage, attention backend, offload and compile options once, at load time."""
-    o, t = editor.options, editor.transformer
+def configure_dit(t: torch.nn.Module, o: EditorOptions, compute_dtype: torch.dtype) -> None:
+    """Attention backend and fp8 weight storage: the DiT options that do not depend on placement."""
     if o.attention != "sdpa":
         if o.attention not in available_attention_backends():
             raise InputError(f"attention '{o.attention}' is not usable here (available: "
@@ -403,7 +402,22 @@ def _place(editor: Editor) -> None:
     if o.fp8_storage:
         if not hasattr(torch, "float8_e4m3fn"):
             raise InputError("fp8 weight storage needs torch >= 2.1 with float8 types.")
-        t.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=editor.dtype)
+        t.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
+
+
+def compile_dit(t: torch.nn.Module, mode: str) -> None:
+    """'blocks' compiles the repeated transformer block once (short compile); 'full' the whole DiT, in place so
+    module names (LoRA targets) stay the same."""
+    if mode == "blocks":
+        t.compile_repeated_blocks(fullgraph=True)
+    elif mode == "full":
+        t.compile()
+
+
+def _place(editor: Editor) -> None:
+    """Apply the options once, at load time: DiT options, placement / offload, then compile."""
+    o, t = editor.options, editor.transformer
+    configure_dit(t, o, editor.dtype)
     if o.vae_tiling:
         editor.vae.enable_tiling()
     keep_on_device = o.offload == "none" or editor.device.type == "cpu"
@@ -419,7 +433,4 @@ def _place(editor: Editor) -> None:
         t._viva_block_offload = True
     else:
         t.to(target)
-    if o.compile == "blocks":
-        t.compile_repeated_blocks(fullgraph=True)
-    elif o.compile == "full":
-        t.compile()  # in place: module names (LoRA targets) stay the same
+    compile_dit(t, o.compile)

@@ -15,7 +15,7 @@ from .errors import InputError, NonFiniteError
 from .lora import LoraKeyReport, applied_loras
 from .runtime import ProgressFn, no_progress
 from .sampling import SAMPLERS, sample
-from .video import Audio, ConformReport, conform_frames
+from .video import Audio, ConformReport, conform_frames, trim_audio
 
 
 @dataclass(frozen=True)
@@ -128,4 +128,5 @@ def edit(
     out = decode_latents(editor, latents)
     if not torch.isfinite(out).all():
         raise NonFiniteError("the VAE decoded NaN/Inf frames; nothing was saved. Decode in fp32 (vae_dtype).")
-    return EditResult(out, fps, audio, report, lora_reports, int(settings.seed), time.perf_counter() - t0)
+    return EditResult(out, fps, trim_audio(audio, out.shape[0] / fps), report, lora_reports, int(settings.seed),
+                      time.perf_counter() - t0)

@@ -1,0 +1,139 @@
+"""`viva edit` / `viva judge` end to end on tiny checkpoints in the real formats."""
+import json
+import math
+
+import pytest
+import torch
+
+from tiny_editor import build_editor_folder
+from tiny_vlm import build_tiny_vlm
+from viva_core.cli import main, parse_lora_arg
+from viva_core.instructor import RefinerConfig, TokenRefiner, save_refiner
+from viva_core.lora import LoraLayer, lora_target_names, save_lora
+from viva_core.video import Audio, probe_video, read_video, write_video
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    editor = build_editor_folder(root / "editor")
+    vlm = build_tiny_vlm(root / "vlm")
+    t = torch.arange(11).float()
+    frames = torch.zeros(11, 36, 40, 3)
+    for i in range(11):  # a bright square moving right on a gradient
+        frames[i] = torch.linspace(0, 0.5, 40).view(1, 40, 1)
+        frames[i, 10:20, 2 + 2 * i: 12 + 2 * i] = 1.0
+    sr = 16000
+    wave = torch.sin(2 * math.pi * 440 * torch.arange(int(sr * 11 / 8)) / sr).unsqueeze(0) * 0.3
+    src = write_video(root / "src.mp4", frames, 8.0, Audio(wave, sr))
+    from diffusers import WanTransformer3DModel
+
+    dit = WanTransformer3DModel.from_pretrained(str(editor), subfolder="transformer")
+    g = torch.Generator().manual_seed(0)
+    layers = {}
+    for name in lora_target_names(dit):
+        w = dit.get_submodule(name).weight
+        layers[name] = LoraLayer(torch.randn(4, w.shape[1], generator=g) * 0.1,
+                                 torch.randn(w.shape[0], 4, generator=g) * 0.1, 4.0)
+    lora = save_lora(root / "style.safetensors", layers, metadata={"rank": 4})
+    refiner = save_refiner(root / "refiner.safetensors",
+                           TokenRefiner(RefinerConfig(in_dim=32, out_dim=64, hidden_dim=32, depth=1, heads=4)))
+    return dict(root=root, editor=editor, vlm=vlm, src=src, lora=lora, refiner=refiner)
+
+
+def _edit_args(a, out, *extra):
+    return ["edit", str(a["src"]), "make the square red", "-o", str(out), "--editor", str(a["editor"]),
+            "--steps", "2", "--dtype", "fp32", "--device", "cpu", "--sampler", "euler", *extra]
+
+
+def test_edit_writes_mp4_with_source_fps_and_audio(assets, capsys):
+    out = assets["root"] / "out.mp4"
+    assert main(_edit_args(assets, out, "--lora", f"{assets['lora']}:0.8")) == 0
+    info = probe_video(out)
+    assert info.num_frames == 9 and math.isclose(info.fps, 8.0) and info.has_audio  # 11 -> 4k+1 = 9
+    assert (info.height, info.width) == (32, 32)
+    video = read_video(out)
+    assert abs(video.audio.waveform.shape[-1] / video.audio.sample_rate - 9 / 8) < 0.1  # trimmed to 9 frames
+    text = capsys.readouterr().out
+    assert "9 frames kept of 11" in text and "style.safetensors" in text and "matched" in text
+
+
+def test_lora_changes_the_edit_and_strength_zero_does_not(assets):
+    outs = {}
+    for tag, extra in (("base", []), ("zero", ["--lora", f"{assets['lora']}:0"]), ("lora", ["--lora", str(assets["lora"])])):
+        out = assets["root"] / f"{tag}.mp4"
+        assert main(_edit_args(assets, out, *extra)) == 0
+        outs[tag] = read_video(out, with_audio=False).frames
+    assert torch.equal(outs["base"], outs["zero"])
+    assert not torch.equal(outs["base"], outs["lora"])
+
+
+def test_edit_with_instructor_and_judge(assets, capsys):
+    out = assets["root"] / "instr.mp4"
+    args = _edit_args(assets, out, "--instructor", str(assets["vlm"]), "--refiner", str(assets["refiner"]),
+                      "--judge", str(assets["vlm"]), "--vlm-dtype", "fp32", "--candidates", "2")
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "overall" in text and "*" in text  # best-of-N table with the best row marked
+    report = json.loads(text[text.index("{"): text.rindex("}") + 1])
+    assert set(report["scores"]) == {"EA", "PC", "GN", "GR"}
+    assert probe_video(out).num_frames == 9
+
+
+def test_rewrite_mode_without_refiner(assets, capsys):
+    out = assets["root"] / "rewrite.mp4"
+    assert main(_edit_args(assets, out, "--instructor", str(assets["vlm"]), "--vlm-dtype", "fp32")) == 0
+    assert out.is_file()
+
+
+def test_judge_command_writes_report(assets, capsys):
+    report = assets["root"] / "judge.json"
+    assert main(["judge", str(assets["src"]), str(assets["src"]), "make the square red", "--judge",
+                 str(assets["vlm"]), "--vlm-dtype", "fp32", "--device", "cpu", "--frames", "3",
+                 "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert all(0.0 <= data["scores"][d] <= 1.0 for d in ("EA", "PC", "GN", "GR"))
+    assert math.isclose(data["overall"], sum(data["scores"].values()) / 4, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["corrupt", "empty", "missing", "pickle_lora", "foreign_lora", "no_editor"])
+def test_bad_inputs_fail_cleanly_without_output(assets, capsys, case):
+    root = assets["root"]
+    out = root / f"bad_{case}.mp4"
+    args = _edit_args(assets, out)
+    if case == "corrupt":
+        bad = root / "corrupt.mp4"
+        bad.write_bytes(b"\x00\x01garbage" * 100)
+        args[1] = str(bad)
+    elif case == "empty":
+        bad = root / "empty.mp4"
+        bad.write_bytes(b"")
+        args[1] = str(bad)
+    elif case == "missing":
+        args[1] = str(root / "nope.mp4")
+    elif case == "pickle_lora":
+        bad = root / "evil.pt"
+        bad.write_bytes(b"not really a pickle")
+        args += ["--lora", str(bad)]
+    elif case == "foreign_lora":
+        from safetensors.torch import save_file
+
+        bad = root / "sdxl_lora.safetensors"
+        save_file({"lora_unet_down_blocks_0_attn.lora_down.weight": torch.zeros(4, 8),
+                   "lora_unet_down_blocks_0_attn.lora_up.weight": torch.zeros(8, 4)}, str(bad))
+        args += ["--lora", str(bad)]
+    elif case == "no_editor":
+        args[args.index("--editor") + 1] = str(root / "no_such_editor")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "viva: error:" in err
+    named = {"corrupt": "corrupt.mp4", "empty": "empty.mp4", "missing": "nope.mp4", "pickle_lora": "evil.pt",
+             "foreign_lora": "sdxl_lora.safetensors", "no_editor": "no_such_editor"}[case]
+    assert named in err
+    assert not out.exists() and not list(root.glob(f".bad_{case}*"))
+
+
+def test_parse_lora_arg():
+    assert parse_lora_arg("a.safetensors:0.5") == ("a.safetensors", 0.5)
+    assert parse_lora_arg("a.safetensors") == ("a.safetensors", 1.0)
+    assert parse_lora_arg("C:\\loras\\a.safetensors") == ("C:\\loras\\a.safetensors", 1.0)

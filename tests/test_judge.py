@@ -1,0 +1,160 @@
+"""Self-reflection judge: P(Yes) pinned to an independent forward, sampling, result format, gradients."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+import viva_core.judge as judge_mod
+from tiny_vlm import build_tiny_vlm
+from viva_core.errors import InputError, ModelLoadError
+from viva_core.judge import DIMENSIONS, QUESTIONS, Judge, JudgeResult, yes_no_token_ids, yes_probability
+from viva_core.vlm import VLM, build_inputs, load_vlm, to_pil_image
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory):
+    return load_vlm(build_tiny_vlm(tmp_path_factory.mktemp("judge") / "vlm"), dtype="fp32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def judge(vlm):
+    return Judge(vlm)
+
+
+@pytest.fixture(scope="module")
+def videos():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(5, 48, 64, 3, generator=g), torch.rand(5, 48, 64, 3, generator=g)
+
+
+def test_dimension_table():
+    assert DIMENSIONS == ("EA", "PC", "GN", "GR")
+    assert [d.name for d in QUESTIONS] == ["edit accuracy", "preservation consistency", "generation naturalness",
+                                           "generation realism"]
+    assert "'{instruction}'" in QUESTIONS[0].question
+
+
+def test_yes_no_ids_are_the_single_token_variants(vlm):
+    tok = vlm.tokenizer
+    yes, no = yes_no_token_ids(tok)
+    # The tiny tokenizer is byte-level BPE: " Yes" is the token "ĠYes".
+    assert yes == tok.convert_tokens_to_ids(["Yes", "ĠYes", "yes"])
+    assert no == tok.convert_tokens_to_ids(["No", "ĠNo", "no"])
+
+
+def test_p_yes_equals_independent_softmax(vlm, judge, videos):
+    source, edited = videos
+    instruction = "make the sky red"
+    result = judge.score(source, edited, instruction, num_frames=2)
+
+    # Independent computation: the same prompt, a plain full forward, softmax over the Yes/No ids.
+    tok = vlm.tokenizer
+    yes_ids = [tok.convert_tokens_to_ids(t) for t in ("Yes", "ĠYes", "yes")]
+    no_ids = [tok.convert_tokens_to_ids(t) for t in ("No", "ĠNo", "no")]
+    src_imgs = [to_pil_image(source[i], max_side=448) for i in (0, 4)]
+    edit_imgs = [to_pil_image(edited[i], max_side=448) for i in (0, 4)]
+    for code in DIMENSIONS:
+        question = QUESTIONS[DIMENSIONS.index(code)].question.format(instruction=instruction) + " Answer Yes or No."
+        inputs = build_inputs(vlm, Judge.messages(src_imgs, edit_imgs, question))
+        text = tok.decode(inputs["input_ids"][0])
+        assert text.endswith(f"{question}<|im_end|>\n<|im_start|>assistant\n")
+        assert text.count("<|vision_start|>") == 4
+        with torch.no_grad():
+            logits = vlm.model(**inputs).logits[0, -1]
+        probs = torch.softmax(logits[yes_ids + no_ids].double(), dim=0)
+        expected = float(probs[: len(yes_ids)].sum())
+        assert result.scores[code] == pytest.approx(expected, abs=1e-5)
+
+
+def test_batched_and_sequential_questions_agree(vlm, judge, videos):
+    a = judge.score(*videos, "turn the car blue", num_frames=2)
+    b = Judge(vlm, batch_questions=False).score(*videos, "turn the car blue", num_frames=2)
+    for d in DIMENSIONS:
+        assert a.scores[d] == pytest.approx(b.scores[d], abs=1e-5)
+
+
+def test_result_format(judge, videos):
+    r = judge.score(*videos, "  remove the dog ", num_frames=4)
+    assert set(r.scores) == set(DIMENSIONS)
+    assert all(math.isfinite(s) and 0.0 <= s <= 1.0 for s in r.scores.values())
+    assert r.overall == pytest.approx(sum(r.scores.values()) / 4)
+    assert r.rationale is None and r.num_frames == 4 and r.instruction == "remove the dog"
+    parsed = json.loads(r.to_json())
+    assert parsed["scores"] == r.scores and parsed["overall"] == r.overall
+    assert JudgeResult.from_json(r.to_json()) == r
+    row = r.table_row()
+    assert list(row) == ["instruction", "EA", "PC", "GN", "GR", "overall", "num_frames"]
+    assert row["EA"] == round(r.scores["EA"], 4)
+
+
+def test_rationale_is_a_string(judge, videos):
+    r = judge.score(*videos, "add a cat", num_frames=1, rationale=True, max_rationale_tokens=6)
+    assert isinstance(r.rationale, str)
+
+
+def test_single_images_accepted(judge):
+    r = judge.score(torch.rand(32, 32, 3), torch.rand(1, 32, 32, 3), "make it green")
+    assert r.num_frames == 1 and all(0 <= s <= 1 for s in r.scores.values())
+
+
+def test_frames_sampled_uniformly(judge, monkeypatch):
+    # Frame i is filled with the value i/255, so the pixel value tells which frame was shown.
+    frames = torch.arange(9, dtype=torch.float32).div(255).view(9, 1, 1, 1).expand(9, 28, 28, 3).contiguous()
+    shown = []
+    real = judge_mod.to_pil_image
+
+    def spy(frame, **kw):
+        shown.append(round(float(frame[0, 0, 0]) * 255))
+        return real(frame, **kw)
+
+    monkeypatch.setattr(judge_mod, "to_pil_image", spy)
+    judge.score(frames, frames[:5], "make the sky blue", num_frames=4)
+    assert shown == [0, 3, 5, 8] + [0, 1, 3, 4]  # first to last of 9 frames, then of 5
+    shown.clear()
+    judge.score(frames[:3], frames[:3], "make the sky blue", num_frames=4)  # fewer frames than asked: all
+    assert shown == [0, 1, 2, 0, 1, 2]
+
+
+def test_bad_inputs(judge, videos):
+    with pytest.raises(InputError):
+        judge.score(*videos, "   ")
+    with pytest.raises(InputError):
+        judge.score(videos[0][..., 0], videos[1], "x")
+    with pytest.raises(InputError):
+        judge.score(*videos, "x", num_frames=0)
+
+
+def test_yes_probability_formula_and_gradient():
+    logits = torch.randn(2, 10, generator=torch.Generator().manual_seed(0), dtype=torch.bfloat16).requires_grad_(True)
+    p = yes_probability(logits, [1, 2], [3])
+    assert p.dtype == torch.float32 and p.shape == (2,)
+    lf = logits.detach().float()
+    e = lf[:, [1, 2, 3]].exp()
+    torch.testing.assert_close(p.detach(), (e[:, 0] + e[:, 1]) / e.sum(-1))
+    p.sum().backward()
+    g = logits.grad.float()
+    assert g[:, [1, 2]].gt(0).all() and g[:, 3].lt(0).all()
+    assert g[:, [0, 4, 5, 6, 7, 8, 9]].eq(0).all()
+
+
+def test_tokenizer_without_single_token_yes_refused():
+    class SplitEverything:
+        unk_token_id = None
+
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) for c in text]
+
+        def decode(self, ids):
+            return "".join(map(chr, ids))
+
+    fake = VLM(model=None, processor=SplitEverything(), path="/models/fake", device=torch.device("cpu"),
+               dtype=torch.float32)
+    with pytest.raises(ModelLoadError, match="single-token"):
+        Judge(fake)
+

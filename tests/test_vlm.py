@@ -1,0 +1,127 @@
+"""VLM folder checks, loading through the real transformers path, folder discovery, chat inputs."""
+from __future__ import annotations
+
+import os
+import shutil
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from tiny_vlm import build_tiny_text_lm, build_tiny_vlm
+from viva_core.errors import InputError, ModelLoadError
+from viva_core.vlm import build_inputs, check_vlm_folder, find_vlm_folders, generate_text, load_vlm, to_pil_image
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-qwen2.5-vl")
+
+
+@pytest.fixture(scope="module")
+def vlm(tiny_dir):
+    return load_vlm(tiny_dir, dtype="fp32", device="cpu")
+
+
+@pytest.fixture
+def broken(tiny_dir, tmp_path):
+    """A fresh copy of the tiny VLM folder to damage."""
+    return shutil.copytree(tiny_dir, tmp_path / "broken")
+
+
+def _conversation(*images, text="Describe the image."):
+    return [{"role": "user", "content": [*({"type": "image", "image": im} for im in images),
+                                         {"type": "text", "text": text}]}]
+
+
+def test_load_ok(vlm, tiny_dir):
+    assert vlm.path == str(tiny_dir)
+    assert vlm.device == torch.device("cpu") and vlm.dtype == torch.float32
+    assert not vlm.model.training
+    assert all(not p.requires_grad for p in vlm.model.parameters())
+    assert next(vlm.model.parameters()).dtype == torch.float32
+    assert vlm.hidden_size == 32
+    assert vlm.processor.chat_template
+    assert vlm.tokenizer.convert_tokens_to_ids("<|image_pad|>") == vlm.model.config.image_token_id
+
+
+def test_load_default_dtype_is_bf16(tiny_dir):
+    v = load_vlm(tiny_dir, device="cpu")
+    assert v.dtype == torch.bfloat16 and next(v.model.parameters()).dtype == torch.bfloat16
+
+
+def test_build_inputs_one_and_batch(vlm):
+    g = torch.Generator().manual_seed(0)
+    a, b = to_pil_image(torch.rand(64, 64, 3, generator=g)), to_pil_image(torch.rand(1, 56, 56, 3, generator=g))
+    one = build_inputs(vlm, _conversation(a, b))
+    grid = one["image_grid_thw"]
+    assert grid.shape == (2, 3)
+    n_image_tokens = int((one["input_ids"] == vlm.model.config.image_token_id).sum())
+    assert n_image_tokens == int(grid.prod(-1).sum()) // 4  # spatial_merge_size 2 -> 4 patches per token
+    assert one["pixel_values"].dtype == torch.float32
+    batch = build_inputs(vlm, [_conversation(a, text="Is this a long question about the sky?"),
+                               _conversation(b, text="Yes?")])
+    assert batch["input_ids"].shape[0] == 2
+    assert bool(batch["attention_mask"][:, -1].all())  # left padding: position -1 is real in every row
+    assert not bool(batch["attention_mask"][1, 0])
+
+
+def test_generate_text_is_str(vlm):
+    img = to_pil_image(torch.full((56, 56, 3), 0.5))
+    assert isinstance(generate_text(vlm, _conversation(img), max_new_tokens=4), str)
+
+
+def test_to_pil_image_checks_shape():
+    assert to_pil_image(torch.zeros(10, 20, 3)).size == (20, 10)
+    assert to_pil_image(torch.zeros(100, 50, 3), max_side=40).size == (20, 40)
+    with pytest.raises(InputError, match="shape"):
+        to_pil_image(torch.zeros(2, 10, 10, 3))
+
+
+def test_missing_folder():
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_vlm("/nonexistent/vlm-folder")
+
+
+@pytest.mark.parametrize("remove, expected", [
+    (["config.json"], "config.json"),
+    (["model.safetensors"], r"\*\.safetensors"),
+    (["tokenizer.json"], "no tokenizer"),
+    (["chat_template.jinja"], "no chat template"),
+    (["preprocessor_config.json"], "no image preprocessor"),
+])
+def test_broken_folder_names_missing_part(broken, remove, expected):
+    for name in remove:
+        (broken / name).unlink()
+    with pytest.raises(ModelLoadError, match=expected) as err:
+        load_vlm(broken, dtype="fp32", device="cpu")
+    assert str(broken) in str(err.value)
+
+
+def test_pickle_only_weights_refused(broken):
+    (broken / "model.safetensors").unlink()
+    (broken / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelLoadError, match="pickle") as err:
+        check_vlm_folder(broken)
+    assert "pytorch_model.bin" in str(err.value) and "safetensors" in str(err.value)
+
+
+def test_wrong_architecture_refused(tmp_path):
+    folder = build_tiny_text_lm(tmp_path / "text-lm")
+    with pytest.raises(ModelLoadError) as err:
+        load_vlm(folder, dtype="fp32", device="cpu")
+    msg = str(err.value)
+    assert "qwen2" in msg and "Qwen2ForCausalLM" in msg  # what was found
+    assert "Qwen2.5-VL" in msg and "Qwen3-VL" in msg  # what is supported
+
+
+def test_find_vlm_folders(tiny_dir, tmp_path):
+    root = tmp_path / "models"
+    shutil.copytree(tiny_dir, root / "vlm" / "qwen" / "tiny-a")
+    shutil.copytree(tiny_dir, root / "tiny-b")
+    build_tiny_text_lm(root / "llm" / "text-only")
+    (root / "empty").mkdir()
+    assert find_vlm_folders(root) == sorted([str(root / "tiny-b"), str(root / "vlm" / "qwen" / "tiny-a")])
+    assert find_vlm_folders(root, max_depth=1) == [str(root / "tiny-b")]
+    assert find_vlm_folders(tmp_path / "missing") == []

@@ -1,0 +1,125 @@
+"""Tiny random VLM folders for tests: real files, loaded through the real `load_vlm` path.
+
+`build_tiny_vlm(dir)` writes a Qwen2.5-VL-shaped model (DESIGN §5 tiny config, random weights), a small
+byte-level BPE tokenizer with the Qwen special tokens and chat template, and a Qwen2-VL image processor
+of 56×56 pixels (4 visual tokens for a square image), all via `save_pretrained`, so that
+`AutoModelForImageTextToText.from_pretrained(dir)` and `AutoProcessor.from_pretrained(dir)` work offline
+(without torchvision, `load_vlm` builds the image-only processor from the same files).
+`build_tiny_text_lm(dir)` writes a plain text LM (no vision) for wrong-architecture tests.
+Both are seeded and deterministic and take well under 2 s after `transformers` is imported.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>")
+
+# The chat template of Qwen2-VL / Qwen2.5-VL (images as <|vision_start|><|image_pad|><|vision_end|>).
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Words the tests and prompts use; BPE merges make each of these (with and without a leading space)
+# a single token, so "Yes"/" Yes"/"No"/" No" exist as single tokens like in real Qwen tokenizers.
+_CORPUS_WORDS = (
+    "Yes No yes no the a an of and to in is are video frame frames source edited edit instruction "
+    "make turn sky red blue green car cat dog replace remove add background person it with into "
+    "answer or does follow unchanged realistic natural smooth first image reference describe rewrite "
+    "description you see full color scene"
+).split()
+
+
+def _build_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    corpus = [" " + " ".join(_CORPUS_WORDS)] * 4 + list(_CORPUS_WORDS) * 4
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   padding_side="left", additional_special_tokens=list(SPECIAL_TOKENS[1:]))
+    fast.chat_template = QWEN_VL_CHAT_TEMPLATE
+    return fast
+
+
+def _save_tokenizer(tokenizer, out: Path) -> None:
+    """Save with the portable class name (transformers 4.x and 5.x both read PreTrainedTokenizerFast)."""
+    tokenizer.save_pretrained(out)
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+
+
+def build_tiny_vlm(dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 512) -> Path:
+    """Write a tiny random Qwen2.5-VL folder (config, model.safetensors, tokenizer, processor) and return it."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    out = Path(dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_tokenizer(vocab_size)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 1, 1]),
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=32, num_heads=4, out_hidden_size=32,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[1],
+                           window_size=112),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.save_pretrained(out, safe_serialization=True)
+    # Saved part by part, as in the Qwen2.5-VL hub folders (preprocessor_config.json + tokenizer files +
+    # chat template): building a Qwen2_5_VLProcessor object needs its video processor, i.e. torchvision.
+    # preprocessor_config.json names "Qwen2VLImageProcessor", so with torchvision installed
+    # AutoProcessor also infers the Qwen2-VL video processor from it.
+    _save_tokenizer(tokenizer, out)
+    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56).save_pretrained(out)
+    return out
+
+
+def build_tiny_text_lm(dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 512) -> Path:
+    """Write a tiny random text-only Qwen2 causal LM folder (no vision) with a tokenizer and chat template."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_tokenizer(vocab_size)
+    config = Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    torch.manual_seed(seed)
+    Qwen2ForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    _save_tokenizer(tokenizer, out)
+    return out

@@ -1,0 +1,188 @@
+"""Self-reflection judge (ReViSE): a VLM answers four Yes/No questions about an edit; the score is P(Yes).
+
+For each dimension the VLM sees a few frames of the source video, then of the edited video, the instruction
+and one question, and must answer Yes or No. The score is the probability of "Yes" at the answer position
+(right after the assistant prefix of the chat template), restricted to the Yes/No tokens:
+
+    P(Yes) = Σ_{y∈Yes} exp(l_y) / Σ_{t∈Yes∪No} exp(l_t)        (softmax over the Yes/No token ids, fp32)
+
+where Yes/No are the single-token spellings "Yes", " Yes", "yes" / "No", " No", "no" the tokenizer has.
+`yes_probability` is that formula alone; it is differentiable, so a trainer can use it as a reward.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import NamedTuple, Sequence
+
+import torch
+from PIL import Image
+
+from .errors import InputError, ModelLoadError, NonFiniteError
+from .video import uniform_frame_indices
+from .vlm import VLM, build_inputs, forward, generate_text, to_pil_image
+
+
+class Dimension(NamedTuple):
+    code: str
+    name: str
+    question: str  # formatted with {instruction}
+
+
+# The four ReViSE dimensions: the one table of codes, names and questions.
+QUESTIONS: tuple[Dimension, ...] = (
+    Dimension("EA", "edit accuracy",
+              "Does the edited video follow the instruction '{instruction}'?"),
+    Dimension("PC", "preservation consistency",
+              "Apart from what the instruction '{instruction}' asks to change, are all other parts of the edited "
+              "video (background, other objects, layout, camera) unchanged compared with the source video?"),
+    Dimension("GN", "generation naturalness",
+              "Is the edited video temporally smooth and natural, without flicker, jitter or visual artifacts?"),
+    Dimension("GR", "generation realism",
+              "Does the edited video look realistic, like a real recorded video?"),
+)
+DIMENSIONS = tuple(d.code for d in QUESTIONS)  # ("EA", "PC", "GN", "GR")
+DIMENSION_NAMES = {d.code: d.name for d in QUESTIONS}
+
+YES_VARIANTS = ("Yes", " Yes", "yes")
+NO_VARIANTS = ("No", " No", "no")
+
+RATIONALE_PROMPT = ("The instruction was '{instruction}'. In one or two sentences, say how well the edited video "
+                    "follows it, whether the rest of the source video is preserved, and whether the result looks "
+                    "natural and realistic.")
+
+
+@dataclass
+class JudgeResult:
+    """Scores in [0, 1] per dimension code, their mean, and an optional generated explanation."""
+
+    scores: dict[str, float]
+    overall: float
+    rationale: str | None
+    num_frames: int  # frames shown from each video
+    instruction: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "JudgeResult":
+        return cls(**json.loads(text))
+
+    def table_row(self) -> dict[str, str | float | int]:
+        """One row for a results table / CSV (`csv.DictWriter(f, fieldnames=row.keys())`)."""
+        return {"instruction": self.instruction, **{d: round(self.scores[d], 4) for d in DIMENSIONS},
+                "overall": round(self.overall, 4), "num_frames": self.num_frames}
+
+
+def yes_probability(last_logits: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence[int]) -> torch.Tensor:
+    """P(Yes) from next-token logits [..., V]: softmax restricted to the Yes/No ids, in fp32. Differentiable."""
+    logits = last_logits.float()
+    yes = logits[..., list(yes_ids)]
+    both = logits[..., list(yes_ids) + list(no_ids)]
+    return torch.exp(torch.logsumexp(yes, dim=-1) - torch.logsumexp(both, dim=-1))
+
+
+def yes_no_token_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """Ids of the Yes/No spellings the tokenizer encodes as a single (non-unknown) token."""
+    def single(variants: Sequence[str], word: str) -> list[int]:
+        ids: list[int] = []
+        for v in variants:
+            enc = tokenizer.encode(v, add_special_tokens=False)
+            if len(enc) == 1 and enc[0] != tokenizer.unk_token_id and enc[0] not in ids \
+                    and tokenizer.decode(enc).strip().lower() == word:
+                ids.append(enc[0])
+        return ids
+
+    return single(YES_VARIANTS, "yes"), single(NO_VARIANTS, "no")
+
+
+def _as_video(frames: torch.Tensor, what: str) -> torch.Tensor:
+    if isinstance(frames, Image.Image) or not isinstance(frames, torch.Tensor):
+        raise InputError(f"{what}: expected frames as a tensor [T,H,W,C] float 0..1, got {type(frames).__name__}.")
+    if frames.ndim == 3:
+        frames = frames.unsqueeze(0)
+    if frames.ndim != 4 or frames.shape[0] < 1 or frames.shape[-1] not in (1, 3, 4):
+        raise InputError(f"{what}: expected frames [T,H,W,C] (or one image [H,W,C]), got shape {tuple(frames.shape)}.")
+    return frames
+
+
+class Judge:
+    """Scores (source, edited, instruction) with a VLM on the four ReViSE dimensions.
+
+    `max_side` shrinks frames (longest side, pixels) before the processor sees them, which bounds the
+    number of visual tokens; `batch_questions` runs the four questions as one left-padded batch (same
+    scores as one at a time, more memory)."""
+
+    def __init__(self, vlm: VLM, *, max_side: int | None = 448, batch_questions: bool = True):
+        self.vlm = vlm
+        self.max_side = max_side
+        self.batch_questions = batch_questions
+        self.yes_ids, self.no_ids = yes_no_token_ids(vlm.tokenizer)
+        if not self.yes_ids or not self.no_ids:
+            raise ModelLoadError(f"{vlm.path}: the tokenizer has no single-token spelling of "
+                                 f"{'Yes' if not self.yes_ids else 'No'} (tried {YES_VARIANTS + NO_VARIANTS}), so "
+                                 "P(Yes) cannot be read from the logits. Use a chat VLM such as Qwen2.5-VL.")
+
+    # ------------------------------------------------------------------------------------------ prompts
+    def _frames(self, frames: torch.Tensor, num_frames: int) -> list[Image.Image]:
+        return [to_pil_image(frames[i], max_side=self.max_side)
+                for i in uniform_frame_indices(frames.shape[0], num_frames)]
+
+    @staticmethod
+    def messages(source: list[Image.Image], edited: list[Image.Image], text: str) -> list[dict]:
+        """One user turn: labelled source frames, labelled edited frames, then `text` (question or request)."""
+        content: list[dict] = [{"type": "text", "text": "Source video, before the edit (frames in time order):\n"}]
+        for i, img in enumerate(source):
+            content += [{"type": "text", "text": f"Source frame {i + 1}: "}, {"type": "image", "image": img}]
+        content.append({"type": "text", "text": "\nEdited video, after the edit (frames in time order):\n"})
+        for i, img in enumerate(edited):
+            content += [{"type": "text", "text": f"Edited frame {i + 1}: "}, {"type": "image", "image": img}]
+        content.append({"type": "text", "text": "\n" + text})
+        return [{"role": "user", "content": content}]
+
+    @staticmethod
+    def question_text(code: str, instruction: str) -> str:
+        dim = QUESTIONS[DIMENSIONS.index(code)]
+        return dim.question.format(instruction=instruction) + " Answer Yes or No."
+
+    # ------------------------------------------------------------------------------------------ scoring
+    def yes_probabilities(self, source_images: list[Image.Image], edited_images: list[Image.Image],
+                          instruction: str) -> dict[str, torch.Tensor]:
+        """P(Yes) per dimension as 0-d fp32 tensors, under the caller's grad mode."""
+        conversations = [self.messages(source_images, edited_images, self.question_text(d, instruction))
+                         for d in DIMENSIONS]
+        groups = [conversations] if self.batch_questions else [[c] for c in conversations]
+        probs: list[torch.Tensor] = []
+        for group in groups:
+            inputs = build_inputs(self.vlm, group, add_generation_prompt=True)
+            logits = forward(self.vlm, inputs).logits[:, -1]
+            probs.extend(yes_probability(logits, self.yes_ids, self.no_ids).unbind(0))
+        return dict(zip(DIMENSIONS, probs))
+
+    @torch.no_grad()
+    def score(self, source: torch.Tensor, edited: torch.Tensor, instruction: str, *, num_frames: int = 4,
+              rationale: bool = False, max_rationale_tokens: int = 64) -> JudgeResult:
+        """Score an edit. `source`/`edited`: frames [T,H,W,C] (or one image [H,W,C]); `num_frames` of each
+        are shown, spread uniformly from first to last."""
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise InputError("the judge needs the edit instruction (it is empty).")
+        if num_frames < 1:
+            raise InputError(f"num_frames must be ≥ 1, got {num_frames}.")
+        source, edited = _as_video(source, "source"), _as_video(edited, "edited")
+        instruction = instruction.strip()
+        src_imgs, edit_imgs = self._frames(source, num_frames), self._frames(edited, num_frames)
+        probs = self.yes_probabilities(src_imgs, edit_imgs, instruction)
+        scores = {d: float(p) for d, p in probs.items()}
+        for d, s in scores.items():
+            if not math.isfinite(s):
+                raise NonFiniteError(f"{self.vlm.path}: the judge produced a non-finite P(Yes) for {d}; load the "
+                                     "VLM in bf16 or fp32 instead of fp16.")
+        text = None
+        if rationale:
+            text = generate_text(self.vlm, self.messages(src_imgs, edit_imgs,
+                                                         RATIONALE_PROMPT.format(instruction=instruction)),
+                                 max_new_tokens=max_rationale_tokens)
+        return JudgeResult(scores=scores, overall=sum(scores.values()) / len(scores), rationale=text,
+                           num_frames=max(len(src_imgs), len(edit_imgs)), instruction=instruction)

@@ -1,0 +1,299 @@
+"""The vision-language model (VLM) shared by the instructor and the judge: folder checks, loading, chat inputs.
+
+A VLM is an HF-style folder (config.json, *.safetensors, tokenizer, chat template, image preprocessor) that
+`transformers.AutoModelForImageTextToText` loads: Qwen2.5-VL, Qwen3-VL, or any other image-text-to-text
+model with a chat template. Loading is local only and safetensors only. Video frames are always fed as
+images (Qwen's video processor needs torchvision); without torchvision the processor is built without its
+video part from the same files.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError, ModelLoadError
+from .runtime import parse_device, parse_dtype
+from .safe_io import PICKLE_SUFFIXES
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_VLMS = ("Qwen2.5-VL, Qwen3-VL, or any model that transformers' AutoModelForImageTextToText loads "
+                  "and whose folder has a chat template")
+
+# Files that make a folder a complete VLM; each part is satisfied by any one of its files.
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
+_PREPROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+_CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+
+@dataclass
+class VLM:
+    """A loaded, frozen VLM: the model in eval mode on `device`/`dtype` and its processor."""
+
+    model: Any
+    processor: Any
+    path: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the language model's hidden states (what `hidden_states[-1]` has as last dimension)."""
+        return int(self.model.config.get_text_config().hidden_size)
+
+
+# --------------------------------------------------------------------------------------------- folder checks
+
+def _read_config(folder: Path) -> dict:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ModelLoadError(f"{folder}: VLM folder has no config.json. Point to the folder of a downloaded "
+                             f"model (e.g. Qwen2.5-VL-3B-Instruct) that contains config.json.")
+    try:
+        return json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{cfg_path}: cannot read config.json ({e}). Download the model folder again.") from e
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if any((folder / name).is_file() for name in _CHAT_TEMPLATE_FILES):
+        return True
+    if (folder / "additional_chat_templates").is_dir():
+        return True
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        f = folder / name
+        if f.is_file():
+            try:
+                if json.loads(f.read_text(encoding="utf-8")).get("chat_template"):
+                    return True
+            except (OSError, json.JSONDecodeError):
+                pass
+    return False
+
+
+def check_vlm_folder(path: str | os.PathLike) -> Path:
+    """Check that `path` is a complete, safetensors, image-text-to-text model folder; return it as a Path.
+
+    Raises ModelLoadError naming the folder and the missing or wrong part."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder}: VLM folder not found. Give the path of a model folder "
+                             f"(config.json, *.safetensors, tokenizer, preprocessor_config.json).")
+    config = _read_config(folder)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        found = f"model_type '{model_type}'" + (f" ({', '.join(config['architectures'])})"
+                                                  if config.get("architectures") else "")
+        raise ModelLoadError(f"{folder}: config.json describes {found}, which is not an image-text-to-text "
+                             f"model. Supported: {SUPPORTED_VLMS}.")
+    files = [p.name for p in folder.iterdir() if p.is_file()]
+    if not any(name.endswith(".safetensors") for name in files):
+        pickles = sorted(n for n in files if n.lower().endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise ModelLoadError(f"{folder}: the weights are in pickle format ({', '.join(pickles)}), which is "
+                                 "refused because loading it can run arbitrary code. Use the model's .safetensors "
+                                 "release or convert the weights to .safetensors.")
+        raise ModelLoadError(f"{folder}: no weights (*.safetensors) in the VLM folder. Download the model's "
+                             "model*.safetensors files into it.")
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelLoadError(f"{folder}: no tokenizer in the VLM folder (expected one of "
+                             f"{', '.join(_TOKENIZER_FILES)}). Download the tokenizer files too.")
+    if not _has_chat_template(folder):
+        raise ModelLoadError(f"{folder}: no chat template in the VLM folder (expected chat_template.jinja, "
+                             "chat_template.json, or 'chat_template' in tokenizer_config.json). Use an "
+                             "instruction-tuned (-Instruct) model folder.")
+    if not any((folder / name).is_file() for name in _PREPROCESSOR_FILES):
+        raise ModelLoadError(f"{folder}: no image preprocessor in the VLM folder (expected "
+                             f"{' or '.join(_PREPROCESSOR_FILES)}). Download it with the model.")
+    return folder
+
+
+def find_vlm_folders(root: str | os.PathLike, *, max_depth: int = 4) -> list[str]:
+    """Sub-folders of `root` (up to `max_depth` levels, links followed) that look like VLMs, sorted.
+
+    A folder looks like a VLM when its config.json has a `vision_config` or it has an image preprocessor
+    file. Folders inside a found VLM and hidden folders are not searched."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found: list[str] = []
+    base_depth = len(root.parts)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if "config.json" in filenames and _looks_like_vlm(here, filenames):
+            found.append(str(here))
+            dirnames[:] = []
+            continue
+        if len(here.parts) - base_depth >= max_depth:
+            dirnames[:] = []
+    return sorted(found)
+
+
+def _looks_like_vlm(folder: Path, filenames: Sequence[str]) -> bool:
+    if any(name in filenames for name in _PREPROCESSOR_FILES):
+        return True
+    try:
+        return "vision_config" in json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+def load_vlm(path: str | os.PathLike, *, dtype: str | torch.dtype = "bf16", device: str | torch.device = "auto") -> VLM:
+    """Load a VLM folder (local files only, safetensors only) frozen in eval mode on `device`."""
+    folder = check_vlm_folder(path)
+    torch_dtype = parse_dtype(dtype)
+    dev = parse_device(device)
+    from transformers import AutoModelForImageTextToText
+
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True, dtype=torch_dtype,
+                                                            use_safetensors=True)
+    except Exception as e:  # transformers raises OSError / ValueError / KeyError / RuntimeError on bad folders
+        raise ModelLoadError(f"{folder}: cannot load the VLM ({type(e).__name__}: {e}). Check that the folder is "
+                             f"complete and that the installed transformers supports it.") from e
+    model.requires_grad_(False)
+    model.eval().to(dev)
+    processor = _load_processor(folder)
+    return VLM(model=model, processor=processor, path=str(folder), device=dev, dtype=torch_dtype)
+
+
+def _load_processor(folder: Path):
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    except ImportError as e:
+        if "torchvision" not in str(e).lower():
+            raise ModelLoadError(f"{folder}: cannot load the processor ({e}).") from e
+        logger.info("%s: torchvision is not installed; loading the processor without its video part "
+                    "(frames are fed as images).", folder)
+        processor = _image_only_processor(folder)
+    except Exception as e:
+        raise ModelLoadError(f"{folder}: cannot load the processor ({type(e).__name__}: {e}).") from e
+    if getattr(processor, "chat_template", None) is None and getattr(processor, "tokenizer", None) is not None:
+        processor.chat_template = processor.tokenizer.chat_template
+    if getattr(processor, "chat_template", None) is None:
+        raise ModelLoadError(f"{folder}: the processor has no chat template. Use an instruction-tuned model folder.")
+    return processor
+
+
+def _image_only_processor(folder: Path):
+    """The model's processor class built from its tokenizer and image processor, without a video processor.
+
+    Multimodal processors (Qwen2.5-VL, Qwen3-VL) require a video processor, which requires torchvision; we
+    never feed videos, so a subclass whose signature lacks `video_processor` is built instead."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        processor_cls = PROCESSOR_MAPPING[type(config)]
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"{folder}: cannot load the processor without torchvision ({type(e).__name__}: {e}). "
+                             "Install torchvision or use a Qwen2.5-VL / Qwen3-VL folder.") from e
+
+    class ImageOnlyProcessor(processor_cls):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+
+    ImageOnlyProcessor.__name__ = ImageOnlyProcessor.__qualname__ = f"ImageOnly{processor_cls.__name__}"
+    processor = ImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                   chat_template=tokenizer.chat_template)
+    processor.video_processor = None
+    return processor
+
+
+# ---------------------------------------------------------------------------------------------- chat inputs
+
+def to_pil_image(image: torch.Tensor | Image.Image, *, max_side: int | None = None) -> Image.Image:
+    """One frame [H,W,C] or [1,H,W,C] float 0..1 (or a PIL image) -> RGB PIL image, shrunk to `max_side`."""
+    if isinstance(image, Image.Image):
+        pil = image.convert("RGB")
+    else:
+        if not isinstance(image, torch.Tensor):
+            raise InputError(f"expected an image tensor [H,W,C] or a PIL image, got {type(image).__name__}.")
+        t = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
+        if t.ndim != 3 or t.shape[-1] not in (1, 3, 4):
+            raise InputError(f"expected one image [H,W,C] with C in (1,3,4), got shape {tuple(image.shape)}.")
+        arr = (t.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        if arr.shape[-1] == 1:
+            arr = np.repeat(arr, 3, axis=-1)
+        pil = Image.fromarray(np.ascontiguousarray(arr[..., :3]))  # uint8 [H,W,3] -> RGB
+    if max_side is not None and max(pil.size) > max_side:
+        scale = max_side / max(pil.size)
+        pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BICUBIC)
+    return pil
+
+
+def _images_of(conversation: list[dict]) -> list[Image.Image]:
+    images = []
+    for message in conversation:
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if part.get("type") == "image":
+                    images.append(to_pil_image(part["image"]))
+    return images
+
+
+def build_inputs(vlm: VLM, messages: list[dict] | list[list[dict]], *, add_generation_prompt: bool = True):
+    """Chat messages with PIL images -> the processor's BatchFeature on the model's device.
+
+    `messages` is one conversation (`[{"role": "user", "content": [{"type": "image", "image": pil},
+    {"type": "text", "text": "..."}]}]`) or a list of them (a batch, left-padded so that position -1 is the
+    last real token of every row). Whatever the processor returns is passed through (Qwen3-VL's
+    `mm_token_type_ids` included); pixel values are cast to the model dtype."""
+    conversations = messages if messages and isinstance(messages[0], list) else [messages]
+    processor = vlm.processor
+    texts = [processor.apply_chat_template(conv, add_generation_prompt=add_generation_prompt, tokenize=False)
+             for conv in conversations]
+    images = [img for conv in conversations for img in _images_of(conv)]
+    kwargs: dict[str, Any] = dict(text=texts, return_tensors="pt", padding=True, padding_side="left")
+    if images:
+        kwargs["images"] = images
+    inputs = processor(**kwargs)
+    inputs = inputs.to(vlm.device)
+    for key in ("pixel_values", "pixel_values_videos"):
+        if key in inputs and torch.is_floating_point(inputs[key]):
+            inputs[key] = inputs[key].to(vlm.dtype)
+    return inputs
+
+
+def forward(vlm: VLM, inputs, **kwargs):
+    """`vlm.model(**inputs, **kwargs)` computing logits for the last position only when the model allows it
+    (a [B, L, 150k] fp32 logits tensor is gigabytes; the judge and the instructor need at most the last row)."""
+    if "logits_to_keep" in inspect.signature(vlm.model.forward).parameters:
+        kwargs.setdefault("logits_to_keep", 1)
+    return vlm.model(**inputs, **kwargs)
+
+
+@torch.no_grad()
+def generate_text(vlm: VLM, messages: list[dict], *, max_new_tokens: int = 64) -> str:
+    """Greedy decoding of the assistant's answer to one conversation; special tokens dropped, stripped."""
+    inputs = build_inputs(vlm, messages, add_generation_prompt=True)
+    tokenizer = vlm.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                             top_p=None, top_k=None, pad_token_id=pad_id)
+    new_tokens = out[0, inputs["input_ids"].shape[1]:]
+    return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import InputError, VivaError
+from .runtime import available_memory_bytes
 
 
 def _tqdm_progress(desc: str):
@@ -61,7 +62,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .video import read_image, read_video, write_video
     from .vlm import load_vlm
 
-    video = read_video(args.source, max_frames=args.max_frames, stride=args.stride, max_bytes=args.max_bytes)
+    budget = args.max_bytes or available_memory_bytes() // 2
+    video = read_video(args.source, max_frames=args.max_frames, stride=args.stride, max_bytes=budget)
     editor = load_editor_from_args(args)
     for spec in args.lora or []:
         editor = editor.with_lora(*parse_lora_arg(spec))
@@ -152,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--strength", type=float, default=1.0)
     e.add_argument("--sampler", default="unipc", choices=["unipc", "euler"])
     e.add_argument("--stride", type=int, default=1, help="keep every Nth source frame")
-    e.add_argument("--max-bytes", type=int, default=None, help="refuse sources whose frames need more RAM")
+    e.add_argument("--max-bytes", type=int, default=None, help="refuse sources whose decoded frames need more RAM "
+                   "(default: half the free RAM)")
     e.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     e.add_argument("--offload", default="none", choices=["none", "model", "block"])
     e.add_argument("--attention", default="sdpa")

@@ -30,7 +30,7 @@ from .safe_io import check_safetensors_path, load_safetensors, read_metadata_jso
 log = logging.getLogger(__name__)
 
 OFFLOAD_MODES = ("none", "model", "block")
-ATTENTION_BACKENDS = ("sdpa", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "flash", "sage", "flex")
+ATTENTION_BACKENDS = ("sdpa", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "flash", "sage")
 COMPILE_MODES = ("off", "blocks", "full")
 WAN_HEAD_DIM = 128  # every released Wan DiT (1.3B, 5B, 14B) uses 128-dim heads; weights do not record it
 SINGLE_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
@@ -381,7 +381,7 @@ def available_attention_backends() -> list[str]:
     """Attention options usable here: the SDPA family always; flash / sage only if their packages import."""
     import importlib.util
 
-    found = ["sdpa", "flex"]
+    found = ["sdpa"]
     if torch.cuda.is_available():
         found += ["sdpa_cudnn", "sdpa_flash", "sdpa_efficient"]
     found += [b for b, mod in (("flash", "flash_attn"), ("sage", "sageattention")) if importlib.util.find_spec(mod)]
@@ -389,16 +389,17 @@ def available_attention_backends() -> list[str]:
 
 
 _BACKEND_NAMES = {"sdpa": "native", "sdpa_cudnn": "_native_cudnn", "sdpa_flash": "_native_flash",
-                  "sdpa_efficient": "_native_efficient", "flash": "flash", "sage": "sage", "flex": "flex"}
+                  "sdpa_efficient": "_native_efficient", "flash": "flash", "sage": "sage"}
 
 
 def configure_dit(t: torch.nn.Module, o: EditorOptions, compute_dtype: torch.dtype) -> None:
     """Attention backend and fp8 weight storage: the DiT options that do not depend on placement."""
-    if o.attention != "sdpa":
-        if o.attention not in available_attention_backends():
-            raise InputError(f"attention '{o.attention}' is not usable here (available: "
-                             f"{available_attention_backends()}); install its package or pick sdpa.")
-        t.set_attention_backend(_BACKEND_NAMES[o.attention])
+    if o.attention not in available_attention_backends():
+        raise InputError(f"attention '{o.attention}' is not usable here (available: "
+                         f"{available_attention_backends()}); install its package or pick sdpa.")
+    # Always set it: diffusers also switches a process-wide default, which a model left unset would inherit
+    # from the last editor loaded with another backend (seen on the GPU: flex leaking into the next editor).
+    t.set_attention_backend(_BACKEND_NAMES[o.attention])
     if o.fp8_storage:
         if not hasattr(torch, "float8_e4m3fn"):
             raise InputError("fp8 weight storage needs torch >= 2.1 with float8 types.")

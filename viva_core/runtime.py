@@ -50,3 +50,17 @@ def no_progress(done: int, total: int, preview: Optional[torch.Tensor] = None) -
 
 
 Callback = Callable[..., None]
+
+
+def available_memory_bytes() -> int:
+    """Free RAM (Linux /proc/meminfo MemAvailable; elsewhere total physical memory as an upper bound)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

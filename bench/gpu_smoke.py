@@ -1,0 +1,68 @@
+"""GPU check of the editor options CI cannot run (no GPU there): offload modes, fp8 storage, attention backends,
+compile, and LoRA merge/restore under each, on the tiny test editor. Prints one row per option set with the
+max difference to the plain bf16 run and whether the base weights came back bit-exactly.
+
+    python bench/gpu_smoke.py
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from tiny_editor import build_editor_folder  # noqa: E402
+from viva_core.editor import EditorOptions, load_editor  # noqa: E402
+from viva_core.lora import LoraLayer, lora_target_names, save_lora  # noqa: E402
+from viva_core.pipeline import EditSettings, edit  # noqa: E402
+
+VARIANTS = {
+    "bf16": {},
+    "offload=model": {"offload": "model"},
+    "offload=block": {"offload": "block"},
+    "fp8_storage": {"fp8_storage": True},
+    "attention=sdpa_cudnn": {"attention": "sdpa_cudnn"},
+    "compile=blocks": {"compile": "blocks"},
+    "vae_tiling": {"vae_tiling": True},
+}
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp())
+    folder = build_editor_folder(tmp / "editor")
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(9, 64, 64, 3, generator=g)
+    ref_editor = load_editor(str(folder), options=EditorOptions(dtype="bf16", device="cuda"))
+    layers = {n: LoraLayer(torch.randn(4, ref_editor.transformer.get_submodule(n).weight.shape[1], generator=g) * 0.2,
+                           torch.randn(ref_editor.transformer.get_submodule(n).weight.shape[0], 4, generator=g) * 0.2, 4.0)
+              for n in lora_target_names(ref_editor.transformer)}
+    lora = str(save_lora(tmp / "l.safetensors", layers))
+    settings = EditSettings(steps=4, cfg=3.0, seed=1, sampler="unipc")
+    cond = ref_editor.encode_text("make the ball red")
+    ref = edit(ref_editor, frames, cond, settings=settings).frames
+    ref_lora = edit(ref_editor.with_lora(lora, 1.0), frames, cond, settings=settings).frames
+    print(f"lora effect on bf16 output: max |d| = {(ref - ref_lora).abs().max():.4f}")
+    print("| variant | max |out - bf16| | with LoRA: max |out - bf16 LoRA| | weights restored | peak MiB |")
+    print("|---|---|---|---|---|")
+    for name, kw in VARIANTS.items():
+        try:
+            torch.cuda.reset_peak_memory_stats()
+            ed = load_editor(str(folder), options=EditorOptions(dtype="bf16", device="cuda", **kw))
+            before = {k: v.detach().clone().cpu() for k, v in ed.transformer.state_dict().items()}
+            out = edit(ed, frames, cond, settings=settings).frames
+            out_l = edit(ed.with_lora(lora, 1.0), frames, cond, settings=settings).frames
+            after = {k: v.detach().cpu() for k, v in ed.transformer.state_dict().items()}
+            restored = all(torch.equal(before[k], after[k]) for k in before)
+            peak = torch.cuda.max_memory_allocated() / 2**20
+            print(f"| {name} | {(out - ref).abs().max():.4f} | {(out_l - ref_lora).abs().max():.4f} | {restored} | "
+                  f"{peak:.0f} |")
+        except Exception as e:  # report and continue: this script exists to find what breaks
+            print(f"| {name} | FAILED: {type(e).__name__}: {str(e)[:300]} | | | |")
+
+
+if __name__ == "__main__":
+    main()

@@ -35,8 +35,7 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".gif")
 def register_model_folders() -> None:
     """Register this pack's model folders once, beside ComfyUI's own."""
     for name, sub in ((VLM_FOLDER, "vlm"), (REFINER_FOLDER, os.path.join("viva", "refiners"))):
-        if name not in folder_paths.folder_names_and_paths:
-            folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, sub), is_default=True)
+        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, sub), is_default=True)
     for base in folder_paths.get_folder_paths(VLM_FOLDER):
         os.makedirs(base, exist_ok=True)
 
@@ -151,7 +150,9 @@ def core_audio_to_comfy(audio: Optional[Audio]) -> Optional[dict]:
 def source_video(images: Optional[torch.Tensor], video, fps: float, max_frames: int) -> Video:
     """IMAGE batch or VIDEO input -> core Video. A file-backed VIDEO is streamed with the frame cap."""
     if video is not None:
-        src = video.get_stream_source() if hasattr(video, "get_stream_source") else None
+        # Only a file-backed VIDEO streams from its path; the base get_stream_source() of other VIDEOs
+        # (e.g. VideoFromComponents) re-encodes everything into memory, the opposite of what we want.
+        src = video.get_stream_source() if isinstance(video, InputImpl.VideoFromFile) else None
         if isinstance(src, str):
             return read_video(src, max_frames=max_frames or None, max_bytes=memory_budget_bytes())
         comp = video.get_components()
@@ -166,3 +167,9 @@ def source_video(images: Optional[torch.Tensor], video, fps: float, max_frames: 
 def to_video_output(frames: torch.Tensor, fps: float, audio: Optional[Audio]):
     return InputImpl.VideoFromComponents(Types.VideoComponents(
         images=frames, audio=core_audio_to_comfy(audio), frame_rate=Fraction(fps).limit_denominator(1000)))
+
+
+def text_and_scores_ui(text: str, scores: dict[str, float], label: str = "") -> dict:
+    """UI payload for nodes that judge: the text (shown like PreviewText) and the four scores for web/js/viva.js's
+    bar chart. Every value is a list, as ComfyUI merges UI outputs list-wise."""
+    return {"text": [text], "viva_scores": [{"scores": {k: float(v) for k, v in scores.items()}, "label": label}]}

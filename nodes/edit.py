@@ -5,13 +5,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..viva_core.best_of_n import best_of_n
 from ..viva_core.conditioning import MODES, build_conditioning, negative_conditioning
 from ..viva_core.editor import Conditioning
 from ..viva_core.errors import InputError
-from ..viva_core.judge import Judge
+from ..viva_core.judge import DIMENSIONS, Judge
 from ..viva_core.pipeline import EditSettings, edit
 from ..viva_core.sampling import SAMPLERS
 from ..viva_core.video import read_video
@@ -41,9 +41,17 @@ class LoadVideo(io.ComfyNode):
                 io.Int.Input("max_frames", default=81, min=0, max=10000, tooltip="Frames to keep (0 = all). Wan "
                              "editors want 4k+1 frames (17, 33, 49, 81); extra frames are dropped later, reported."),
                 io.Int.Input("stride", default=1, min=1, max=64, tooltip="Keep every Nth frame (fps divides by N)."),
-                io.Int.Input("start_frame", default=0, min=0, max=1_000_000),
+                io.Int.Input("start_frame", default=0, min=0, max=1_000_000, tooltip="First frame to keep (skips "
+                             "the frames before it)."),
             ],
-            outputs=[io.Image.Output("frames"), io.Float.Output("fps"), io.Audio.Output("audio"), io.Video.Output("video")],
+            outputs=[io.Image.Output("frames", display_name="frames",
+                                     tooltip="Kept frames as an IMAGE batch [T,H,W,3]."),
+                     io.Float.Output("fps", display_name="fps",
+                                     tooltip="Frame rate of the kept frames (source fps / stride)."),
+                     io.Audio.Output("audio", display_name="audio",
+                                     tooltip="The audio of the kept time span (None when silent)."),
+                     io.Video.Output("video_out", display_name="video",
+                                     tooltip="Frames + fps + audio as a VIDEO (connect to Edit Video's video).")],
         )
 
     @classmethod
@@ -62,10 +70,12 @@ class EncodeInstruction(io.ComfyNode):
                         "instructor: + VLM tokens grounded on the first frame through a trained token refiner (VIVA). "
                         "rewrite: the VLM writes a grounded target description (no extra weights).",
             inputs=[
-                c.Editor.Input("editor"),
-                io.String.Input("instruction", multiline=True, default="replace the dog with a fox"),
+                c.Editor.Input("editor", tooltip="The editor (its UMT5 text encoder encodes the prompt)."),
+                io.String.Input("instruction", multiline=True, default="replace the dog with a fox",
+                                tooltip="What to change, as an imperative sentence."),
                 io.Image.Input("source", tooltip="Source frames; the first one grounds the instructor."),
-                io.Combo.Input("mode", options=list(MODES), default="text"),
+                io.Combo.Input("mode", options=list(MODES), default="text", tooltip="text: the instruction as is. "
+                               "instructor: + VLM tokens through a token refiner. rewrite: the VLM rewrites it first."),
                 io.String.Input("negative_prompt", multiline=True, default="", tooltip="Used when cfg != 1."),
                 c.VLM.Input("vlm", optional=True, tooltip="Needed by the instructor and rewrite modes."),
                 io.Combo.Input("refiner", options=[c.NONE] + c.safetensors_files(c.REFINER_FOLDER), default=c.NONE,
@@ -74,7 +84,10 @@ class EncodeInstruction(io.ComfyNode):
                 io.Conditioning.Input("text_conditioning", optional=True, tooltip="CONDITIONING from CLIP Text Encode "
                                       "with Wan's UMT5; replaces the editor's own text encoder for the instruction."),
             ],
-            outputs=[c.Cond.Output("conditioning"), io.String.Output("prompt")],
+            outputs=[c.Cond.Output("conditioning", display_name="conditioning",
+                                   tooltip="Positive (+ negative) tokens for Edit Video / Best-of-N."),
+                     io.String.Output("prompt", display_name="prompt",
+                                      tooltip="The text the encoder saw (the rewrite in mode rewrite).")],
         )
 
     @classmethod
@@ -86,18 +99,24 @@ class EncodeInstruction(io.ComfyNode):
         reference = reference_image[0] if reference_image is not None else None
         cond, prompt = build_conditioning(editor, instruction, source[0], mode=mode, vlm=vlm,
                                           refiner_path=refiner_path, reference=reference, text_cond=text_cond)
-        return io.NodeOutput(CondPair(cond, negative_conditioning(editor, negative_prompt), instruction, prompt), prompt)
+        pair = CondPair(cond, negative_conditioning(editor, negative_prompt), instruction, prompt)
+        return io.NodeOutput(pair, prompt, ui=ui.PreviewText(prompt))
+
+
+_EDITOR_TIP = "The editor from VIVA Load Editor / VIVA LoRA Loader."
+_COND_TIP = "From VIVA Encode Instruction."
 
 
 def _sampling_inputs() -> list:
     return [
-        io.Int.Input("steps", default=30, min=1, max=200),
+        io.Int.Input("steps", default=30, min=1, max=200, tooltip="Sampler steps (time grows linearly)."),
         io.Float.Input("cfg", default=5.0, min=0.0, max=20.0, step=0.1, tooltip="Guidance; 1 = off (half the time)."),
-        io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True),
+        io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
+                     tooltip="Noise seed; best-of-N uses seed, seed+1, ..."),
         io.Float.Input("shift", default=5.0, min=0.1, max=20.0, step=0.1, tooltip="Wan sigma shift (3 for 480p)."),
         io.Float.Input("strength", default=1.0, min=0.01, max=1.0, step=0.01,
                        tooltip="1 = full edit from noise; lower keeps more of the source's layout."),
-        io.Combo.Input("sampler", options=list(SAMPLERS), default="unipc"),
+        io.Combo.Input("sampler", options=list(SAMPLERS), default="unipc", tooltip="Flow-matching ODE solver."),
         io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=0.5, tooltip="Frame rate for IMAGE input "
                        "(a VIDEO input keeps its own fps and audio)."),
         io.Int.Input("max_frames", default=81, min=0, max=10000, tooltip="Frames taken from the source (0 = all)."),
@@ -117,8 +136,13 @@ class EditVideo(io.ComfyNode):
             node_id="VIVA_EditVideo", display_name="VIVA Edit Video", category=c.CATEGORY,
             description="Edits the source video following the conditioning (flow-matching sampler). Frame count is "
                         "snapped to 4k+1 and sides to the model's multiple; the report says what changed.",
-            inputs=[c.Editor.Input("editor"), c.Cond.Input("conditioning"), *_sampling_inputs()],
-            outputs=[io.Image.Output("frames"), io.Video.Output("video"), io.String.Output("report")],
+            inputs=[c.Editor.Input("editor", tooltip=_EDITOR_TIP), c.Cond.Input("conditioning", tooltip=_COND_TIP),
+                    *_sampling_inputs()],
+            outputs=[io.Image.Output("frames", display_name="frames", tooltip="Edited frames (IMAGE batch)."),
+                     io.Video.Output("edited_video", display_name="video",
+                                     tooltip="Edited frames + fps + source audio."),
+                     io.String.Output("report", display_name="report",
+                                      tooltip="Seed, size, time, frame/size snapping and LoRA key reports.")],
         )
 
     @classmethod
@@ -128,7 +152,9 @@ class EditVideo(io.ComfyNode):
         result = edit(editor, src.frames, conditioning.positive, negative=conditioning.negative,
                       settings=_settings(steps, cfg, seed, shift, strength, sampler), fps=src.fps, audio=src.audio,
                       progress=c.Progress(steps))
-        return io.NodeOutput(result.frames, c.to_video_output(result.frames, result.fps, result.audio), result.summary())
+        report = result.summary()
+        return io.NodeOutput(result.frames, c.to_video_output(result.frames, result.fps, result.audio), report,
+                             ui=ui.PreviewText(report))
 
 
 class BestOfN(io.ComfyNode):
@@ -138,12 +164,21 @@ class BestOfN(io.ComfyNode):
             node_id="VIVA_BestOfN", display_name="VIVA Best-of-N (self-reflection)", category=c.CATEGORY,
             description="Edits with N seeds (seed, seed+1, ...), scores each with the self-reflection judge "
                         "(P(Yes) on edit accuracy, preservation, naturalness, realism) and keeps the best.",
-            inputs=[c.Editor.Input("editor"), c.Cond.Input("conditioning"), c.VLM.Input("judge_vlm"),
-                    io.Int.Input("candidates", default=4, min=1, max=64),
-                    io.Int.Input("judge_frames", default=4, min=1, max=32),
+            inputs=[c.Editor.Input("editor", tooltip=_EDITOR_TIP), c.Cond.Input("conditioning", tooltip=_COND_TIP),
+                    c.VLM.Input("judge_vlm", tooltip="The VLM that scores each candidate (VIVA Load VLM)."),
+                    io.Int.Input("candidates", default=4, min=1, max=64,
+                                 tooltip="N edits with seeds seed..seed+N-1; time grows N times."),
+                    io.Int.Input("judge_frames", default=4, min=1, max=32,
+                                 tooltip="Frames of each video shown to the judge (uniformly spread)."),
                     *_sampling_inputs()],
-            outputs=[io.Image.Output("frames"), io.Video.Output("video"), io.String.Output("table"),
-                     io.Float.Output("best_score"), io.Int.Output("best_seed")],
+            outputs=[io.Image.Output("frames", display_name="frames", tooltip="Frames of the best candidate."),
+                     io.Video.Output("best_video", display_name="video", tooltip="The best candidate as a VIDEO."),
+                     io.String.Output("table", display_name="table",
+                                      tooltip="Scores of every candidate; the best is marked '*'."),
+                     io.Float.Output("best_score", display_name="best_score",
+                                     tooltip="Overall score (mean P(Yes)) of the best candidate."),
+                     io.Int.Output("best_seed", display_name="best_seed",
+                                   tooltip="Seed of the best candidate (reuse it in Edit Video).")],
         )
 
     @classmethod
@@ -156,9 +191,10 @@ class BestOfN(io.ComfyNode):
                             n=candidates, settings=_settings(steps, cfg, seed, shift, strength, sampler),
                             negative=conditioning.negative, num_frames=judge_frames,
                             progress_factory=lambda i: c.Progress(offset=i * steps, grand_total=total))
-        best = outcome.best
-        return io.NodeOutput(best.frames, c.to_video_output(best.frames, best.fps, best.audio),
-                             outcome.table() + "\n" + best.summary(), outcome.best_judgement.overall, best.seed)
+        best, judged = outcome.best, outcome.best_judgement
+        table = outcome.table() + "\n" + best.summary()
+        return io.NodeOutput(best.frames, c.to_video_output(best.frames, best.fps, best.audio), table, judged.overall,
+                             best.seed, ui=c.text_and_scores_ui(table, judged.scores, f"best seed {best.seed}"))
 
 
 class JudgeEdit(io.ComfyNode):
@@ -168,12 +204,24 @@ class JudgeEdit(io.ComfyNode):
             node_id="VIVA_Judge", display_name="VIVA Judge Edit (self-reflection)", category=c.CATEGORY,
             description="Asks the VLM Yes/No questions about the edit and reads P(Yes) from its answer logits: EA edit "
                         "accuracy, PC preservation, GN naturalness, GR realism; overall is their mean.",
-            inputs=[c.VLM.Input("vlm"), io.Image.Input("source"), io.Image.Input("edited"),
-                    io.String.Input("instruction", multiline=True, default=""),
+            inputs=[c.VLM.Input("vlm", tooltip="The judging VLM (VIVA Load VLM)."),
+                    io.Image.Input("source", tooltip="Source frames (IMAGE batch)."),
+                    io.Image.Input("edited", tooltip="Edited frames (IMAGE batch)."),
+                    io.String.Input("instruction", multiline=True, default="",
+                                    tooltip="The instruction the edit was made for."),
                     io.Int.Input("num_frames", default=4, min=1, max=32, tooltip="Frames sampled uniformly from each."),
                     io.Boolean.Input("rationale", default=False, tooltip="Also generate a short explanation.")],
-            outputs=[io.Float.Output("edit_accuracy"), io.Float.Output("preservation"), io.Float.Output("naturalness"),
-                     io.Float.Output("realism"), io.Float.Output("overall"), io.String.Output("report")],
+            outputs=[io.Float.Output("edit_accuracy", display_name="edit_accuracy",
+                                     tooltip="EA: P(Yes) that the edit follows the instruction."),
+                     io.Float.Output("preservation", display_name="preservation",
+                                     tooltip="PC: P(Yes) that the rest is unchanged."),
+                     io.Float.Output("naturalness", display_name="naturalness",
+                                     tooltip="GN: P(Yes) that the motion/look is natural."),
+                     io.Float.Output("realism", display_name="realism",
+                                     tooltip="GR: P(Yes) that the result looks real."),
+                     io.Float.Output("overall", display_name="overall", tooltip="Mean of the four scores."),
+                     io.String.Output("report", display_name="report",
+                                      tooltip="The scores as JSON (+ rationale when asked).")],
         )
 
     @classmethod
@@ -184,4 +232,8 @@ class JudgeEdit(io.ComfyNode):
         c.interrupt_check()
         r = Judge(vlm).score(source[..., :3], edited[..., :3], instruction, num_frames=num_frames, rationale=rationale)
         s = r.scores
-        return io.NodeOutput(s["EA"], s["PC"], s["GN"], s["GR"], r.overall, r.to_json())
+        text = "  ".join(f"{d} {s[d]:.3f}" for d in DIMENSIONS) + f"  overall {r.overall:.3f}"
+        if r.rationale:
+            text += "\n" + r.rationale
+        return io.NodeOutput(s["EA"], s["PC"], s["GN"], s["GR"], r.overall, r.to_json(),
+                             ui=c.text_and_scores_ui(text, s))

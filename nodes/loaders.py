@@ -1,12 +1,12 @@
 """Loader nodes: editor (DiT + VAE + UMT5), VLM (instructor / judge), LoRA. Declarations and calls only."""
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..viva_core.editor import (ATTENTION_BACKENDS, COMPILE_MODES, OFFLOAD_MODES, EditorOptions,
                                 available_attention_backends, load_editor)
 from ..viva_core.errors import InputError
-from ..viva_core.lora import key_report
+from ..viva_core.lora import check_lora_fits
 from ..viva_core.vlm import load_vlm
 from . import common as c
 
@@ -46,7 +46,10 @@ class LoadEditor(io.ComfyNode):
                 io.Boolean.Input("allow_t2v", default=False, tooltip="Accept a text-to-video DiT by adding zero source "
                                  "channels. It will ignore the source until fine-tuned with SFT."),
             ],
-            outputs=[c.Editor.Output("editor"), io.String.Output("info")],
+            outputs=[c.Editor.Output("editor_out", display_name="editor", tooltip="The loaded editor; chain LoRA "
+                                     "loaders after it, then Encode Instruction and Edit Video."),
+                     io.String.Output("info", display_name="info",
+                                      tooltip="What was loaded: layers, channels, VAE, dtype, device.")],
         )
 
     @classmethod
@@ -67,7 +70,8 @@ class LoadEditor(io.ComfyNode):
         else:
             raise InputError("no editor found: put a diffusers editor folder in models/diffusers or a Wan DiT file in "
                              "models/diffusion_models, then refresh.")
-        return io.NodeOutput(loaded, loaded.describe())
+        info = loaded.describe()
+        return io.NodeOutput(loaded, info, ui=ui.PreviewText(info))
 
 
 class LoadVLM(io.ComfyNode):
@@ -80,9 +84,11 @@ class LoadVLM(io.ComfyNode):
             inputs=[
                 io.Combo.Input("model", options=c.vlm_folders() or [c.NONE],
                                tooltip="A transformers folder under models/vlm (sub-folders are scanned)."),
-                io.Combo.Input("dtype", options=DTYPES, default="bf16"),
+                io.Combo.Input("dtype", options=DTYPES, default="bf16", tooltip="bf16 on GPU; fp32 on CPU. fp16 can "
+                               "give non-finite judge scores."),
             ],
-            outputs=[c.VLM.Output("vlm")],
+            outputs=[c.VLM.Output("vlm", display_name="vlm",
+                                  tooltip="For Encode Instruction (instructor/rewrite), Judge and Best-of-N.")],
         )
 
     @classmethod
@@ -102,11 +108,14 @@ class LoraLoader(io.ComfyNode):
             description="Adds a LoRA to the editor (chain several). Reads ComfyUI/original Wan, kohya/musubi and "
                         "diffusers/PEFT keys; merged only while sampling, so the base weights stay untouched.",
             inputs=[
-                c.Editor.Input("editor"),
+                c.Editor.Input("editor", tooltip="The editor from VIVA Load Editor (or another LoRA loader)."),
                 io.Combo.Input("lora", options=c.safetensors_files("loras") or [c.NONE], tooltip="File in models/loras."),
                 io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.05, tooltip="0 turns it off."),
             ],
-            outputs=[c.Editor.Output("editor"), io.String.Output("key_report")],
+            outputs=[c.Editor.Output("editor_with_lora", display_name="editor",
+                                     tooltip="The same editor with this LoRA added to its stack."),
+                     io.String.Output("key_report", display_name="key_report",
+                                      tooltip="How the file's keys matched the DiT's modules.")],
         )
 
     @classmethod
@@ -114,5 +123,5 @@ class LoraLoader(io.ComfyNode):
         if lora == c.NONE:
             raise InputError("no LoRA found in models/loras; put a .safetensors LoRA there and refresh.")
         path = c.resolve_file("loras", lora)
-        report = key_report(path, editor.transformer)
-        return io.NodeOutput(editor.with_lora(path, strength), report.summary())
+        text = check_lora_fits(path, editor.transformer).summary()
+        return io.NodeOutput(editor.with_lora(path, strength), text, ui=ui.PreviewText(text))

@@ -121,6 +121,27 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.config import load_config
+    from .train.trainer import Trainer, install_sigint_handler
+
+    cfg = load_config(args.config, args.set)
+    bar = _tqdm_progress(f"train {cfg.method}")
+
+    def on_log(step: int, metrics: dict) -> None:
+        shown = {k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "reward", "grad_norm") and v is not None}
+        logging.getLogger("viva").info("step %d %s", step, shown)
+
+    trainer = Trainer(cfg, progress=bar, on_log=on_log)
+    install_sigint_handler(trainer)
+    result = trainer.run(resume=args.resume if args.resume != "latest" else True)
+    bar.close()
+    state = "interrupted at" if result.interrupted else "finished"
+    print(f"{state} step {result.steps}; LoRA: {result.lora_path}" +
+          (f"; refiner: {result.refiner_path}" if result.refiner_path else ""))
+    return 130 if result.interrupted else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="viva", description="Instruction-based video editing (VIVA) with a "
                                 "self-reflection judge (ReViSE). Models load from local files only.")
@@ -175,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--report", help="write the JSON report here too")
     common(j)
     j.set_defaults(func=cmd_judge)
+
+    t = sub.add_parser("train", help="train an editing LoRA (sft, grpo, rwo) from a TOML config",
+                       description="Methods: sft (mask-weighted flow matching, VIVA), grpo (Edit-GRPO: Flow-SDE "
+                       "rollouts, group-relative rewards), rwo (reward-weighted flow matching, a reconstruction of "
+                       "ReViSE's RWO). Data: a JSONL manifest, one edit per line: source_video, instruction, "
+                       "[target_video, mask_video, reference_image, source_caption, target_caption, type]. "
+                       "Multi-GPU: torchrun --nproc_per_node=K -m viva_core.cli train CONFIG.")
+    t.add_argument("config", nargs="?", help="TOML config (sections: model, data, lora, optim, sft, rollout, "
+                   "rewards, log)")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    t.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue from the latest checkpoint in output_dir (or from the given checkpoint folder)")
+    t.add_argument("-v", "--verbose", action="store_true")
+    t.set_defaults(func=cmd_train)
     return p
 
 

@@ -23,7 +23,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from .errors import InputError, ModelLoadError
-from .lora import LoraSpec
+from .lora import LoraSpec, check_lora_fits
 from .runtime import parse_device, parse_dtype
 from .safe_io import check_safetensors_path, load_safetensors, read_metadata_json
 
@@ -112,6 +112,9 @@ class Editor:
         return self.spatial_factor * int(self.transformer.config.patch_size[1])
 
     def with_lora(self, path: str, strength: float) -> "Editor":
+        """A new Editor with one more LoRA in its stack; a file that does not fit this DiT fails here."""
+        if strength != 0:
+            check_lora_fits(path, self.transformer)
         return dataclasses.replace(self, loras=self.loras + (LoraSpec(str(path), float(strength)),))
 
     def describe(self) -> str:

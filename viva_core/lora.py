@@ -423,6 +423,27 @@ def key_report(path: str | os.PathLike, transformer: torch.nn.Module) -> LoraKey
     return _report(path, _load(path), _linear_modules(transformer))
 
 
+def check_lora_fits(path: str | os.PathLike, transformer: torch.nn.Module) -> LoraKeyReport:
+    """The key report, or LoraError when the file matches no module or has wrong shapes: callers use it to
+    fail where the user picked the file, not later inside the sampler."""
+    return _checked_report(path, _load(path), _linear_modules(transformer))
+
+
+def _checked_report(path: str | os.PathLike, f: "_LoraFile", targets: dict[str, torch.nn.Linear]) -> LoraKeyReport:
+    rep = _report(path, f, targets)
+    if rep.shape_mismatch:
+        raise LoraError(
+            f"{path}: {len(rep.shape_mismatch)} of its modules have the wrong shape for this model: "
+            f"{_compact(rep.shape_mismatch, 3)}. It is probably for another size or variant of the model "
+            "(e.g. Wan 14B vs 1.3B/5B); pick a LoRA trained for this one.")
+    if not rep.matched:
+        raise LoraError(
+            f"{path}: matches none of the model's {len(targets)} LoRA-able modules; it is probably for "
+            f"another model (format {f.format}, first keys {_first_keys(f)}). Remove it from the LoRA stack "
+            "or pick a LoRA trained for Wan.")
+    return rep
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Applying
 # ---------------------------------------------------------------------------------------------------------
@@ -459,17 +480,7 @@ def applied_loras(transformer: torch.nn.Module, specs: Sequence[LoraSpec], *,
     reports: list[LoraKeyReport] = []
     for spec in active:
         f = _load(spec.path)
-        rep = _report(spec.path, f, targets)
-        if rep.shape_mismatch:
-            raise LoraError(
-                f"{spec.path}: {len(rep.shape_mismatch)} of its modules have the wrong shape for this model: "
-                f"{_compact(rep.shape_mismatch, 3)}. It is probably for another size or variant of the model "
-                "(e.g. Wan 14B vs 1.3B/5B); pick a LoRA trained for this one.")
-        if not rep.matched:
-            raise LoraError(
-                f"{spec.path}: matches none of the model's {len(targets)} LoRA-able modules; it is probably for "
-                f"another model (format {f.format}, first keys {_first_keys(f)}). Remove it from the LoRA stack "
-                "or pick a LoRA trained for Wan.")
+        rep = _checked_report(spec.path, f, targets)
         for name in rep.matched:
             plan[name].append((f.layers[name], float(spec.strength)))
         reports.append(rep)

@@ -48,7 +48,9 @@ class EditResult:
 
     def summary(self) -> str:
         lines = [f"seed {self.seed}, {self.frames.shape[0]} frames {self.frames.shape[1]}x{self.frames.shape[2]} "
-                 f"@ {self.fps:g} fps in {self.seconds:.1f} s", self.conform.message()]
+                 f"@ {self.fps:g} fps in {self.seconds:.1f} s"]
+        if self.conform.changed:
+            lines.append(self.conform.message())
         lines += [r.summary() for r in self.lora_reports]
         return "\n".join(line for line in lines if line)
 

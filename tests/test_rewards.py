@@ -1,0 +1,277 @@
+"""Reward terms pinned to hand computations and independent model forwards (tiny random VLM and CLIP)."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tiny_vlm import build_tiny_vlm
+from viva_core.errors import InputError, ModelLoadError, NonFiniteError
+from viva_core.judge import DIMENSIONS, Judge
+from viva_core.train.rewards import (CallableReward, ClipReward, JudgeReward, PreservationReward, RewardInput,
+                                     build_rewards, load_callable, score_all)
+from viva_core.vlm import load_vlm
+
+CLIP_WORDS = "a photo of red blue green car cat dog sky the road".split()
+
+
+def _close(a, b, rtol=1.3e-6, atol=1e-5):
+    """torch.allclose with a message (torch.testing.assert_close costs a 2 s lazy import)."""
+    assert a.shape == b.shape and torch.allclose(a, b, rtol=rtol, atol=atol), f"{a} != {b}"
+
+
+def _videos(n=2, t=5, h=40, w=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, t, h, w, 3, generator=g), torch.rand(n, t, h, w, 3, generator=g)
+
+
+def _batch(source, edited, **kw):
+    return RewardInput(source=source, edited=edited, instructions=["make the sky red"] * source.shape[0], **kw)
+
+
+# ------------------------------------------------------------------------------------------- RewardInput
+
+def test_reward_input_checks_and_defaults():
+    src, edit = _videos()
+    b = _batch(src, edit)
+    assert b.n == 2 and b.source_captions == [None, None] and b.target_captions == [None, None]
+    with pytest.raises(InputError, match="N,T,H,W,3"):
+        _batch(src[..., :2], edit)
+    with pytest.raises(InputError, match="instructions"):
+        RewardInput(source=src, edited=edit, instructions=["x"])
+    with pytest.raises(InputError, match="masks"):
+        _batch(src, edit, masks=torch.zeros(2, 5, 40, 47))
+    with pytest.raises(InputError, match="captions"):
+        _batch(src, edit, target_captions=["a"])
+
+
+# ------------------------------------------------------------------------------------------- preservation
+
+def test_preservation_hand_computed_with_masks():
+    # One frame of 1x2 pixels; source black. Pixel 0 changes by 0.6 in every channel (mean 0.6), pixel 1 by
+    # (0.3, 0, 0) (mean 0.1).
+    src = torch.zeros(4, 1, 1, 2, 3)
+    edit = torch.zeros(4, 1, 1, 2, 3)
+    edit[:, 0, 0, 0] = 0.6
+    edit[:, 0, 0, 1, 0] = 0.3
+    masks = torch.tensor([[0.0, 0.0],   # nothing masked: 1 - (0.6 + 0.1)/2 = 0.65
+                          [1.0, 0.0],   # pixel 0 is the edit: only pixel 1 counts, 1 - 0.1 = 0.9
+                          [1.0, 1.0],   # everything edited: nothing to preserve -> 1
+                          [0.5, 0.0]]).view(4, 1, 1, 2)  # soft: 1 - (0.5*0.6 + 1*0.1)/1.5 = 0.7333...
+    got = PreservationReward()(_batch(src, edit, masks=masks))
+    assert got.tolist() == pytest.approx([0.65, 0.9, 1.0, 1 - 0.4 / 1.5], abs=1e-6)
+    whole = PreservationReward(outside_mask=False)(_batch(src, edit, masks=masks))
+    assert whole.tolist() == pytest.approx([0.65] * 4, abs=1e-6)
+    assert PreservationReward()(_batch(src, edit)).tolist() == pytest.approx([0.65] * 4, abs=1e-6)
+
+
+def test_preservation_identical_is_one_and_range():
+    src, edit = _videos(seed=3)
+    assert PreservationReward()(_batch(src, src.clone())).tolist() == [1.0, 1.0]
+    r = PreservationReward()(_batch(src, edit))
+    assert bool(((r >= 0) & (r <= 1)).all())
+    # independent plain computation over all pixels
+    expected = [1 - float(np.abs(src[i].numpy() - edit[i].numpy()).mean()) for i in range(2)]
+    assert r.tolist() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(InputError, match="same frames"):
+        PreservationReward()(_batch(src, edit[:, :3]))
+
+
+# ------------------------------------------------------------------------------------------- callables
+
+@pytest.fixture
+def reward_module(tmp_path, monkeypatch):
+    (tmp_path / "viva_test_reward_mod.py").write_text(
+        "import torch\n"
+        "def brightness(batch):\n"
+        "    return batch.edited.mean(dim=(1, 2, 3, 4))\n"
+        "def broken(batch):\n"
+        "    return torch.full((batch.n,), float('nan'))\n"
+        "def wrong_shape(batch):\n"
+        "    return torch.zeros(batch.n, 2)\n"
+        "class Scores:\n"
+        "    @staticmethod\n"
+        "    def as_list(batch):\n"
+        "        return [0.25] * batch.n\n"
+        "NOT_A_FUNCTION = 3\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "viva_test_reward_mod"
+
+
+def test_load_callable_and_callable_reward(reward_module):
+    src, edit = _videos()
+    fn = load_callable(f"{reward_module}:brightness")
+    r = CallableReward(fn, "bright")
+    assert r.name == "bright"
+    _close(r(_batch(src, edit)), torch.stack([edit[0].mean(), edit[1].mean()]))
+    listed = CallableReward(load_callable(f"{reward_module}:Scores.as_list"), "listed")(_batch(src, edit))
+    assert listed.tolist() == [0.25, 0.25]
+    with pytest.raises(InputError, match="package.module:function"):
+        load_callable(reward_module)
+    with pytest.raises(InputError, match="cannot import"):
+        load_callable("viva_no_such_module_xyz:fn")
+    with pytest.raises(InputError, match="has no 'missing'"):
+        load_callable(f"{reward_module}:missing")
+    with pytest.raises(InputError, match="not a function"):
+        load_callable(f"{reward_module}:NOT_A_FUNCTION")
+
+
+def test_build_rewards_order_weights_and_score_all(reward_module):
+    spec = {f"callable:{reward_module}:brightness": 0.2, "preservation": 0.5}
+    rewards, weights = build_rewards(spec)
+    assert [r.name for r in rewards] == list(spec)
+    assert isinstance(rewards[1], PreservationReward)
+    assert weights.dtype == torch.float32 and weights.tolist() == pytest.approx([0.2, 0.5])
+    src, edit = _videos()
+    table = score_all(rewards, _batch(src, edit))
+    assert table.shape == (2, 2)
+    _close(table[:, 0], edit.mean(dim=(1, 2, 3, 4)))
+    _close(table[:, 1], 1 - (src - edit).abs().mean(dim=(1, 2, 3, 4)))
+
+
+def test_build_rewards_errors():
+    with pytest.raises(InputError, match="valid names: judge.*preservation.*clip.*callable"):
+        build_rewards({"preservation": 1.0, "pickscore": 1.0})
+    with pytest.raises(InputError, match="judge"):
+        build_rewards({"judge": 1.0})
+    with pytest.raises(InputError, match="clip_dir"):
+        build_rewards({"clip": 1.0})
+    with pytest.raises(InputError, match="finite"):
+        build_rewards({"preservation": float("nan")})
+    with pytest.raises(InputError):
+        build_rewards({})
+
+
+def test_score_all_rejects_nan_and_bad_shapes(reward_module):
+    src, edit = _videos()
+    batch = _batch(src, edit)
+    broken = CallableReward(load_callable(f"{reward_module}:broken"), "callable:broken")
+    with pytest.raises(NonFiniteError, match="callable:broken"):
+        score_all([PreservationReward(), broken], batch)
+    wrong = CallableReward(load_callable(f"{reward_module}:wrong_shape"), "wrong")
+    with pytest.raises(InputError, match="'wrong' returned shape"):
+        score_all([wrong], batch)
+
+
+# ------------------------------------------------------------------------------------------- judge
+
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory):
+    return Judge(load_vlm(build_tiny_vlm(tmp_path_factory.mktemp("rw") / "vlm"), dtype="fp32", device="cpu"))
+
+
+def test_judge_reward_is_mean_p_yes_of_chosen_dimensions(judge):
+    src, edit = _videos(n=2, t=3, h=32, w=32, seed=5)
+    instructions = ["make the sky red", "turn the car blue"]
+    some = JudgeReward(judge, dimensions=("EA", "GR"), num_frames=2)(
+        RewardInput(source=src, edited=edit, instructions=instructions))
+    one = RewardInput(source=src[:1], edited=edit[:1], instructions=instructions[:1])
+    every = JudgeReward(judge, num_frames=2)(one)
+    for i in range(2):
+        scores = judge.score(src[i], edit[i], instructions[i], num_frames=2).scores
+        assert float(some[i]) == pytest.approx((scores["EA"] + scores["GR"]) / 2, abs=1e-6)
+        if i == 0:
+            assert float(every[0]) == pytest.approx(sum(scores[d] for d in DIMENSIONS) / 4, abs=1e-6)
+    assert bool(((some >= 0) & (some <= 1)).all()) and 0 <= float(every[0]) <= 1
+    rewards, _ = build_rewards({"judge:EA+PC": 1.0}, judge=judge)
+    assert rewards[0].dimensions == ("EA", "PC") and rewards[0].name == "judge:EA+PC"
+    with pytest.raises(InputError, match="subset"):
+        JudgeReward(judge, dimensions=("EA", "XX"))
+
+
+# ------------------------------------------------------------------------------------------- CLIP
+
+def _build_tiny_clip(out):
+    """A random tiny CLIP folder: CLIPModel safetensors, a WordLevel tokenizer, a 32 px image processor."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+    try:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # transformers 4.x
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    out.mkdir(parents=True, exist_ok=True)
+    special = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+    vocab = {t: i for i, t in enumerate(special + CLIP_WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A [EOS]",
+                                                       special_tokens=[("[BOS]", 2), ("[EOS]", 3)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
+                            eos_token="[EOS]", model_max_length=16).save_pretrained(out)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=16, pad_token_id=0, bos_token_id=2,
+                         eos_token_id=3),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4),
+        projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(out, safe_serialization=True)
+    ImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return _build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip")
+
+
+def _pooled(out):
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def test_clip_reward_equals_independent_cosines(clip_dir):
+    from transformers import CLIPModel, CLIPProcessor
+
+    src, edit = _videos(n=2, t=5, h=40, w=48, seed=7)
+    batch = _batch(src, edit, source_captions=["a photo of the road", "a green car"],
+                   target_captions=["a photo of a red sky", "a blue cat"])
+    got = ClipReward(clip_dir, "cpu", num_frames=2)(batch)
+
+    model = CLIPModel.from_pretrained(clip_dir, local_files_only=True).eval()
+    proc = CLIPProcessor.from_pretrained(clip_dir, local_files_only=True)
+
+    def text_vec(caption):  # one caption at a time, no padding
+        ids = proc.tokenizer(caption, return_tensors="pt")
+        with torch.no_grad():
+            return _pooled(model.get_text_features(**ids))[0].double()
+
+    def image_vec(frame):  # one frame at a time, converted to 8-bit here
+        img = Image.fromarray((np.clip(frame.numpy(), 0, 1) * 255).round().astype(np.uint8))
+        with torch.no_grad():
+            return _pooled(model.get_image_features(**proc(images=img, return_tensors="pt")))[0].double()
+
+    cos = torch.nn.functional.cosine_similarity
+    for i in range(2):
+        t_tgt, t_src = text_vec(batch.target_captions[i]), text_vec(batch.source_captions[i])
+        diffs = [float(cos(image_vec(edit[i, f]), t_tgt, dim=0) - cos(image_vec(edit[i, f]), t_src, dim=0))
+                 for f in (0, 4)]  # 2 frames of 5, spread from first to last
+        assert float(got[i]) == pytest.approx(sum(diffs) / 2, abs=1e-5)
+    assert bool((got.abs() <= 2).all()) and float(got.abs().max()) > 0
+
+    same = _batch(src, edit, source_captions=["a red car"] * 2, target_captions=["a red car"] * 2)
+    assert ClipReward(clip_dir, "cpu")(same).tolist() == [0.0, 0.0]
+
+
+def test_clip_reward_errors(clip_dir, tmp_path):
+    src, edit = _videos()
+    reward = ClipReward(clip_dir, "cpu")
+    with pytest.raises(InputError, match="target_captions"):
+        reward(_batch(src, edit, source_captions=["a car", "a cat"], target_captions=["a red car", None]))
+    with pytest.raises(InputError, match="source_captions"):
+        reward(_batch(src, edit, target_captions=["a car", "a cat"]))
+    with pytest.raises(ModelLoadError, match="not found"):
+        ClipReward(tmp_path / "nowhere")
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "config.json").write_text("{}")
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="pickle"):
+        ClipReward(tmp_path / "pickled")
+    rewards, weights = build_rewards({"clip": 1.0, "preservation": 0.5}, clip_dir=clip_dir)
+    assert isinstance(rewards[0], ClipReward) and weights.tolist() == [1.0, 0.5]

@@ -1,0 +1,177 @@
+"""`viva train` on tiny checkpoints: learning, resume equivalence, atomic checkpoints, interrupts, LoRA output."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiny_data import build_dataset
+from tiny_editor import build_editor_folder
+from viva_core.errors import InputError
+from viva_core.train.config import load_config
+from viva_core.train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return {"root": root, "editor": build_editor_folder(root / "editor"),
+            "train": build_dataset(root / "train", 4), "val": build_dataset(root / "val", 2)}
+
+
+def config(assets, out, *extra):
+    return load_config(None, [f"model.editor={assets['editor']}", f"data.manifest={assets['train']}",
+                              "model.dtype=fp32", "model.device=cpu", f"output_dir={out}", "lora.rank=4",
+                              "lora.alpha=4", "optim.lr=3e-3", f"data.cache_dir={assets['root'] / 'cache'}",
+                              "log.tensorboard=false", *extra])
+
+
+def rows(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_config_file_and_overrides(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('method = "grpo"\n[model]\neditor = "e"\n[data]\nmanifest = "m.jsonl"\n'
+                    '[rewards]\nweights = { preservation = 0.5 }\n')
+    cfg = load_config(str(toml), ["rollout.group_size=4", "optim.lr=2e-5", "log.plot=false"])
+    assert cfg.method == "grpo" and cfg.rollout.group_size == 4 and cfg.optim.lr == 2e-5
+    assert cfg.rewards.weights == {"preservation": 0.5} and cfg.log.plot is False
+    with pytest.raises(InputError, match="unknown config key 'optim.learning_rate'"):
+        toml.write_text('[model]\neditor = "e"\n[data]\nmanifest = "m"\n[optim]\nlearning_rate = 1\n')
+        load_config(str(toml))
+    with pytest.raises(InputError, match="method 'dpo'"):
+        load_config(None, ["method=dpo", "model.editor=e", "data.manifest=m"])
+    with pytest.raises(InputError, match="group_size"):
+        load_config(None, ["method=grpo", "model.editor=e", "data.manifest=m", "rollout.group_size=1"])
+
+
+def test_sft_lowers_held_out_loss_and_writes_a_comfyui_lora(assets):
+    out = assets["root"] / "sft"
+    cfg = config(assets, out, "optim.steps=12", "optim.batch_size=2", f"data.val_manifest={assets['val']}",
+                 "log.checkpoint_every=6")
+    result = Trainer(cfg).run()
+    val = [r["val_loss"] for r in rows(out) if r.get("val_loss") is not None]
+    assert val[0] > val[-1] * 1.05, val  # held-out loss falls by more than 5%
+    assert not result.interrupted and result.steps == 12
+    sd = load_file(str(result.lora_path))
+    assert sd and all(k.startswith("diffusion_model.blocks.") for k in sd)
+    assert any(k.endswith(".self_attn.q.lora_A.weight") for k in sd) and any(k.endswith(".alpha") for k in sd)
+    assert (out / "curves.png").stat().st_size > 1000 and (out / "checkpoints").is_dir()
+
+
+def test_trained_lora_reloads_with_the_same_effect(assets):
+    """The file the trainer writes, merged by the inference LoRA loader, reproduces the trained PEFT model."""
+    from viva_core.editor import EditorOptions, load_editor
+    from viva_core.lora import LoraSpec, applied_loras
+
+    out = assets["root"] / "reload"
+    trainer = Trainer(config(assets, out, "optim.steps=3", "optim.lr=5e-2", "log.checkpoint_every=0"))
+    result = trainer.run()
+    dit = trainer.editor.transformer  # still carries the trained PEFT adapter
+    fresh = load_editor(str(assets["editor"]), options=EditorOptions(dtype="fp32", device="cpu")).transformer
+    g = torch.Generator().manual_seed(0)
+    x, text, t = torch.randn(1, 32, 3, 4, 4, generator=g), torch.randn(1, 7, 64, generator=g), torch.tensor([500.0])
+    with torch.no_grad():
+        want = dit(x, t, text, return_dict=False)[0]
+        base = fresh(x, t, text, return_dict=False)[0]
+        with applied_loras(fresh, [LoraSpec(str(result.lora_path), 1.0)]):
+            got = fresh(x, t, text, return_dict=False)[0]
+    assert (want - base).abs().max() > 1e-4  # the LoRA does something
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_matches_an_uninterrupted_run(assets):
+    straight = assets["root"] / "straight"
+    Trainer(config(assets, straight, "optim.steps=4", "log.checkpoint_every=2")).run()
+    split = assets["root"] / "split"
+    first = Trainer(config(assets, split, "optim.steps=2", "log.checkpoint_every=2")).run()
+    assert first.steps == 2
+    second = Trainer(config(assets, split, "optim.steps=4", "log.checkpoint_every=2")).run(resume=True)
+    a, b = load_file(str(straight / "viva_lora.safetensors")), load_file(str(second.lora_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in rows(split)] == [r["step"] for r in rows(straight)]
+
+
+def test_stop_request_saves_a_checkpoint_and_exits_cleanly(assets):
+    out = assets["root"] / "stopped"
+    done = []
+    trainer = Trainer(config(assets, out, "optim.steps=10", "log.checkpoint_every=0"),
+                      should_stop=lambda: len(done) >= 2, progress=lambda d, t, p=None: done.append(d))
+    result = trainer.run()
+    assert result.interrupted and result.steps == 2
+    assert result.lora_path.name == "viva_lora_interrupted.safetensors" and result.lora_path.is_file()
+    ck = sorted((out / "checkpoints").iterdir())
+    assert [p.name for p in ck] == ["step-0000002"]
+    resumed = Trainer(config(assets, out, "optim.steps=3", "log.checkpoint_every=0")).run(resume=True)
+    assert resumed.steps == 3 and not resumed.interrupted
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(assets, monkeypatch):
+    import viva_core.train.checkpoint as ckpt
+
+    out = assets["root"] / "crash"
+    Trainer(config(assets, out, "optim.steps=2", "log.checkpoint_every=2")).run()
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        Trainer(config(assets, out, "optim.steps=4", "log.checkpoint_every=1")).run(resume=True)
+    after = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert after == before == ["step-0000002"]  # no half-written folder, previous one intact
+    assert load_file(str(out / "checkpoints" / "step-0000002" / "trainable.safetensors"))
+
+
+def test_grpo_first_update_is_on_policy(assets):
+    out = assets["root"] / "grpo"
+    cfg = config(assets, out, "method=grpo", "optim.steps=1", "rollout.group_size=3", "rollout.steps=3",
+                 "rollout.window=1", "log.checkpoint_every=0", 'rewards.weights={"preservation": 1.0}')
+    Trainer(cfg).run()
+    first = rows(out)[0]
+    assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and first["clip_frac"] == 0.0
+    assert first["approx_kl"] == pytest.approx(0.0, abs=1e-10)
+    assert 0.0 <= first["reward"] <= 1.0 and first["zero_var_groups"] < 1.0
+
+
+def test_bad_manifest_fails_before_any_compute(assets, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"source_video": "nope.mp4", "instruction": "x"}\nnot json\n')
+    cfg = load_config(None, [f"model.editor={assets['editor']}", f"data.manifest={bad}", "model.device=cpu",
+                             f"output_dir={tmp_path / 'o'}"])
+    import viva_core.train.trainer as tr
+
+    monkeypatch_load = pytest.MonkeyPatch()
+    monkeypatch_load.setattr(tr, "load_editor", lambda *a, **k: pytest.fail("a model was loaded before the check"))
+    try:
+        with pytest.raises(InputError, match=r"(?s)line 1: source_video 'nope.mp4' not found.*line 2: not JSON"):
+            Trainer(cfg).run()
+    finally:
+        monkeypatch_load.undo()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")
+def test_ddp_two_processes_equal_one_process(assets):
+    """Two gloo ranks with batch 1 each == one process with batch 2 (same global batch), weights agree."""
+    one = assets["root"] / "ddp1"
+    Trainer(config(assets, one, "optim.steps=2", "optim.batch_size=2", "log.checkpoint_every=0")).run()
+    two = assets["root"] / "ddp2"
+    sets = [f"model.editor={assets['editor']}", f"data.manifest={assets['train']}", "model.dtype=fp32",
+            "model.device=cpu", f"output_dir={two}", "lora.rank=4", "lora.alpha=4", "optim.lr=3e-3",
+            f"data.cache_dir={assets['root'] / 'cache'}", "log.tensorboard=false", "optim.steps=2",
+            "optim.batch_size=1", "log.checkpoint_every=0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+           "-m", "viva_core.cli", "train"] + [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = load_file(str(one / "viva_lora.safetensors")), load_file(str(two / "viva_lora.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)

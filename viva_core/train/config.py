@@ -1,0 +1,213 @@
+"""Training configuration: one TOML file, overridable with `--set section.key=value`; validated before any work."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import InputError
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+METHODS = ("sft", "grpo", "rwo")
+LORA_TARGETS = {  # diffusers module-name suffixes inside Wan blocks
+    "attn": ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+             "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"],
+    "attn+ffn": ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2"],
+}
+
+
+@dataclass
+class ModelConfig:
+    editor: str = ""  # diffusers editor folder or single-file DiT
+    vae: str = ""  # VAE file for a single-file DiT
+    text_encoder: str = ""  # UMT5 folder if the editor folder has none
+    dtype: str = "bf16"
+    device: str = "auto"
+    allow_t2v: bool = False  # zero-init source channels of a T2V base and train them (SFT only)
+    instructor: str = ""  # VLM folder: condition on instructor tokens through the refiner
+    refiner: str = ""  # start from this refiner (.safetensors); empty = new refiner when train_refiner
+    train_refiner: bool = False
+    refiner_depth: int = 2
+    refiner_hidden: int = 1024
+    refiner_heads: int = 8
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""
+    val_manifest: str = ""
+    max_frames: int = 17
+    height: int = 0  # 0 = keep the source size (snapped to the model's multiple)
+    width: int = 0
+    cache_dir: str = ""  # default: <output_dir>/cache
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 32
+    alpha: float = 64.0
+    targets: str = "attn"
+    init_from: str = ""  # continue from a LoRA file (any supported format)
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+    batch_size: int = 1  # records per step per process
+
+
+@dataclass
+class SFTConfig:
+    mask_weight: float = 1.0  # VIVA's (1 + w * M) edit-mask weight
+    sigma_sampling: str = "logit_normal"
+    shift: float = 1.0
+
+
+@dataclass
+class RolloutConfig:
+    """Edit-GRPO and RWO rollouts: Flow-SDE sampling with log-probs, groups of G samples per record."""
+
+    group_size: int = 8
+    steps: int = 10
+    shift: float = 5.0
+    cfg: float = 1.0
+    noise_level: float = 0.7
+    window: int = 0  # 0: SDE (and training) on every step; k: SDE on k steps in the high-noise half, ODE elsewhere
+    window_start: int = 1  # first step of the window (fixed for the run: per-sample random windows destabilize)
+    clip_range: float = 1e-3
+    kl_beta: float = 0.0
+    rwo_mode: str = "softmax"
+    rwo_temperature: float = 1.0
+
+
+@dataclass
+class RewardConfig:
+    weights: dict[str, float] = field(default_factory=lambda: {"preservation": 1.0})
+    judge_vlm: str = ""
+    clip_dir: str = ""
+
+
+@dataclass
+class LogConfig:
+    every: int = 1
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    tensorboard: bool = True
+    plot: bool = True
+
+
+@dataclass
+class TrainConfig:
+    method: str = "sft"
+    output_dir: str = "runs/viva_lora"
+    output_name: str = "viva_lora"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def check(self) -> None:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method '{self.method}' is not one of {METHODS}")
+        if not self.model.editor:
+            problems.append("model.editor is empty (a diffusers editor folder or a Wan DiT .safetensors)")
+        if not self.data.manifest:
+            problems.append("data.manifest is empty (a JSONL manifest, see `viva train --help`)")
+        if self.lora.targets not in LORA_TARGETS:
+            problems.append(f"lora.targets '{self.lora.targets}' is not one of {sorted(LORA_TARGETS)}")
+        if self.lora.rank < 1:
+            problems.append("lora.rank must be >= 1")
+        if self.method != "sft" and self.rollout.group_size < 2:
+            problems.append("rollout.group_size must be >= 2 (advantages are relative within a group)")
+        if self.method != "sft" and self.model.allow_t2v:
+            problems.append("model.allow_t2v needs method sft: GRPO/RWO train LoRAs only")
+        if self.optim.schedule not in ("constant", "cosine"):
+            problems.append(f"optim.schedule '{self.optim.schedule}' is not constant or cosine")
+        if self.rollout.window and not 0 <= self.rollout.window_start < self.rollout.steps:
+            problems.append("rollout.window_start must be a step index below rollout.steps")
+        if problems:
+            raise InputError("invalid training config:\n  - " + "\n  - ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: str, current: Any) -> Any:
+    """`--set` values arrive as text: parse them as the type the field already has (JSON for dicts/lists)."""
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise InputError(f"'{value}' is not a boolean")
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if isinstance(current, (dict, list)):
+        return json.loads(value)
+    return value
+
+
+def _apply(section: Any, data: dict, where: str) -> None:
+    for key, value in data.items():
+        if not hasattr(section, key):
+            valid = [f.name for f in dataclasses.fields(section)]
+            raise InputError(f"unknown config key '{where}{key}'; valid keys here: {valid}")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise InputError(f"config '{where}{key}' must be a table")
+            _apply(current, value, f"{where}{key}.")
+        else:
+            setattr(section, key, value)
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> TrainConfig:
+    """TOML file (optional) then `section.key=value` overrides; relative paths stay relative to the CWD."""
+    cfg = TrainConfig()
+    if path:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{p}: config file not found.") from None
+        except tomllib.TOMLDecodeError as e:
+            raise InputError(f"{p}: not valid TOML ({e}).") from e
+        _apply(cfg, data, "")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--set '{item}' must look like section.key=value")
+        *parents, leaf = key.strip().split(".")
+        section = cfg
+        for name in parents:
+            section = getattr(section, name, None)
+            if not dataclasses.is_dataclass(section):
+                raise InputError(f"--set '{item}': no config section '{name}'")
+        if not hasattr(section, leaf):
+            raise InputError(f"--set '{item}': unknown key '{key}'")
+        try:
+            setattr(section, leaf, _coerce(value, getattr(section, leaf)))
+        except (ValueError, json.JSONDecodeError) as e:
+            raise InputError(f"--set '{item}': {e}") from e
+    cfg.check()
+    return cfg

@@ -1,0 +1,297 @@
+"""Reward terms for Edit-GRPO and RWO: small callable objects, combined with weights (DESIGN §3).
+
+Each reward maps a batch of N edits (`RewardInput`) to N scores, higher is better, and has a `name` used in
+logs. `build_rewards` turns a config mapping such as {"judge": 1.0, "preservation": 0.5} into the reward
+objects and a weight vector; `score_all` runs them into an [N, K] table that `losses.group_advantages`
+normalizes per group and term. Scores are plain numbers (no grad): the policy gradient needs no reward grad.
+
+Built-in names:
+    judge[:EA+PC+...]    mean P(Yes) of the ReViSE judge over all (or the listed) dimensions, in [0, 1]
+    preservation         1 - mean |source - edit| outside the edit mask, in [0, 1]
+    clip                 VIVA instruction following: CLIP(V_edit, t_edit) - CLIP(V_edit, t_src), in [-2, 2]
+    callable:mod:fn      any Python function (RewardInput) -> Tensor[N], imported by name (never eval'd)
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+
+import torch
+
+from ..errors import InputError, ModelLoadError, NonFiniteError
+from ..judge import DIMENSIONS, Judge
+from ..runtime import parse_device, parse_dtype
+from ..safe_io import PICKLE_SUFFIXES
+from ..video import uniform_frame_indices
+from ..vlm import to_pil_image
+
+REWARD_NAMES = ("judge", "judge:<EA+PC+GN+GR subset>", "preservation", "clip", "callable:<module>:<function>")
+
+
+@dataclass
+class RewardInput:
+    """N edits to score. Videos are CPU float32 frames in 0..1: `source`/`edited` [N, T, H, W, 3] (a shared
+    source may be an `expand`ed view), `masks` [N, T, H, W] (1 = edited region) or None; one instruction and
+    optional source/target caption per sample (CLIP rewards need the captions)."""
+
+    source: torch.Tensor
+    edited: torch.Tensor
+    instructions: Sequence[str]
+    masks: Optional[torch.Tensor] = None
+    source_captions: Optional[Sequence[Optional[str]]] = None
+    target_captions: Optional[Sequence[Optional[str]]] = None
+
+    def __post_init__(self) -> None:
+        for what in ("source", "edited"):
+            v = getattr(self, what)
+            if not isinstance(v, torch.Tensor) or v.ndim != 5 or v.shape[-1] != 3:
+                shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                raise InputError(f"RewardInput.{what}: expected frames [N,T,H,W,3] float 0..1, got {shape}.")
+            setattr(self, what, v.detach().float().cpu())
+        n = self.n
+        if self.edited.shape[0] != n:
+            raise InputError(f"RewardInput: {n} source videos but {self.edited.shape[0]} edited videos.")
+        self.instructions = list(self.instructions)
+        if len(self.instructions) != n:
+            raise InputError(f"RewardInput: {len(self.instructions)} instructions for {n} samples.")
+        if self.masks is not None:
+            if tuple(self.masks.shape) != tuple(self.source.shape[:4]):
+                raise InputError(f"RewardInput.masks: expected [N,T,H,W] = {tuple(self.source.shape[:4])} (the "
+                                 f"source's frames), got {tuple(self.masks.shape)}.")
+            self.masks = self.masks.detach().float().cpu()
+        for what in ("source_captions", "target_captions"):
+            caps = getattr(self, what)
+            caps = [None] * n if caps is None else list(caps)
+            if len(caps) != n:
+                raise InputError(f"RewardInput.{what}: {len(caps)} captions for {n} samples.")
+            setattr(self, what, caps)
+
+    @property
+    def n(self) -> int:
+        return int(self.source.shape[0])
+
+
+class Reward(Protocol):
+    """What the trainer needs from a reward term."""
+
+    name: str
+
+    def __call__(self, batch: RewardInput) -> torch.Tensor: ...
+
+
+# ------------------------------------------------------------------------------------------- judge
+
+class JudgeReward:
+    """Mean P(Yes) of the self-reflection judge over `dimensions` (ReViSE's critic as a reward), in [0, 1]."""
+
+    def __init__(self, judge: Judge, dimensions: Sequence[str] = DIMENSIONS, num_frames: int = 4,
+                 name: str = "judge"):
+        dims = tuple(dimensions)
+        unknown = [d for d in dims if d not in DIMENSIONS]
+        if not dims or unknown:
+            raise InputError(f"judge reward: dimensions {list(dims)} must be a non-empty subset of {list(DIMENSIONS)}.")
+        if num_frames < 1:
+            raise InputError(f"judge reward: num_frames must be >= 1, got {num_frames}.")
+        self.judge, self.dimensions, self.num_frames, self.name = judge, dims, num_frames, name
+
+    @torch.no_grad()
+    def __call__(self, batch: RewardInput) -> torch.Tensor:
+        out = []
+        for i in range(batch.n):
+            res = self.judge.score(batch.source[i], batch.edited[i], batch.instructions[i], num_frames=self.num_frames)
+            out.append(sum(res.scores[d] for d in self.dimensions) / len(self.dimensions))
+        return torch.tensor(out, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------- preservation
+
+class PreservationReward:
+    """1 - mean |source - edit| (over pixels and channels) outside the edit mask, in [0, 1].
+
+    Penalizes changes where the instruction asked for none. With no mask (or `outside_mask=False`) the whole
+    frame counts, which also penalizes the edit itself: weight it lower than the instruction term then.
+    Soft masks weigh each pixel by (1 - M); a mask covering everything leaves nothing to preserve: 1."""
+
+    def __init__(self, outside_mask: bool = True, name: str = "preservation"):
+        self.outside_mask, self.name = outside_mask, name
+
+    @torch.no_grad()
+    def __call__(self, batch: RewardInput) -> torch.Tensor:
+        if batch.source.shape != batch.edited.shape:
+            raise InputError(f"preservation reward: source {tuple(batch.source.shape)} and edit "
+                             f"{tuple(batch.edited.shape)} must have the same frames and size.")
+        diff = (batch.source - batch.edited).abs().mean(dim=-1)  # [N, T, H, W]
+        keep = (1.0 - batch.masks) if (self.outside_mask and batch.masks is not None) else torch.ones_like(diff)
+        den = keep.sum(dim=(1, 2, 3))
+        mean_diff = (keep * diff).sum(dim=(1, 2, 3)) / den.clamp(min=1e-12)
+        return torch.where(den > 0, 1.0 - mean_diff, torch.ones_like(den)).clamp(0.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------------- CLIP
+
+def _check_clip_folder(path: str | os.PathLike) -> Path:
+    folder = Path(path)
+    need = "config.json, model.safetensors, tokenizer files and preprocessor_config.json (a CLIP model folder " \
+           "such as openai/clip-vit-large-patch14)"
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder}: CLIP folder not found. Give the folder with {need}.")
+    files = {p.name for p in folder.iterdir() if p.is_file()}
+    if "config.json" not in files:
+        raise ModelLoadError(f"{folder}: CLIP folder has no config.json. Expected {need}.")
+    if not any(n.endswith(".safetensors") for n in files):
+        pickles = sorted(n for n in files if n.lower().endswith(PICKLE_SUFFIXES))
+        why = (f"the weights are in pickle format ({', '.join(pickles)}), refused because loading it can run "
+               "arbitrary code" if pickles else "no *.safetensors weights")
+        raise ModelLoadError(f"{folder}: {why}. Use the model's .safetensors release.")
+    if "preprocessor_config.json" not in files:
+        raise ModelLoadError(f"{folder}: CLIP folder has no preprocessor_config.json. Expected {need}.")
+    return folder
+
+
+def _features(out: Any) -> torch.Tensor:
+    """get_*_features returns a tensor (transformers 4) or an output whose pooler_output is projected (5)."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+class ClipReward:
+    """VIVA's instruction-following reward: mean over sampled edited frames of
+    cos(CLIP_img(frame), CLIP_txt(target caption)) - cos(CLIP_img(frame), CLIP_txt(source caption)).
+
+    Rewards moving the video toward the target description and away from the source one; raw cosines
+    (no logit scale), so the value lies in [-2, 2]. Loaded from a local folder only."""
+
+    def __init__(self, clip_dir: str | os.PathLike, device: str | torch.device = "cpu", *, num_frames: int = 4,
+                 dtype: str | torch.dtype = "fp32", name: str = "clip"):
+        folder = _check_clip_folder(clip_dir)
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.device, self.num_frames, self.name = parse_device(device), num_frames, name
+        try:
+            self.model = CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                   dtype=parse_dtype(dtype)).to(self.device).eval()
+            self.processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
+        except Exception as e:  # transformers raises OSError / ValueError / KeyError on foreign folders
+            raise ModelLoadError(f"{folder}: cannot load a CLIP model and processor ({type(e).__name__}: {e}).") from e
+        self.model.requires_grad_(False)
+        self.max_text_tokens = int(self.model.config.text_config.max_position_embeddings)
+
+    def _text(self, texts: list[str]) -> torch.Tensor:
+        tok = self.processor(text=texts, padding=True, truncation=True, max_length=self.max_text_tokens,
+                             return_tensors="pt")
+        feats = _features(self.model.get_text_features(**{k: v.to(self.device) for k, v in tok.items()}))
+        return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+    def _images(self, frames: torch.Tensor) -> torch.Tensor:
+        pix = self.processor(images=[to_pil_image(f) for f in frames], return_tensors="pt")["pixel_values"]
+        feats = _features(self.model.get_image_features(pixel_values=pix.to(self.device, self.model.dtype)))
+        return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+    @torch.no_grad()
+    def __call__(self, batch: RewardInput) -> torch.Tensor:
+        for what in ("target_captions", "source_captions"):
+            missing = [i for i, c in enumerate(getattr(batch, what)) if not (isinstance(c, str) and c.strip())]
+            if missing:
+                raise InputError(f"reward '{self.name}' needs {what} for every sample (it scores CLIP(edit, target "
+                                 f"caption) - CLIP(edit, source caption)); missing for samples {missing}. Add "
+                                 "source_caption and target_caption to the data, or drop the clip reward.")
+        out = []
+        for i in range(batch.n):
+            frames = batch.edited[i][uniform_frame_indices(batch.edited.shape[1], self.num_frames)]
+            img = self._images(frames)  # [F, D]
+            txt = self._text([batch.target_captions[i].strip(), batch.source_captions[i].strip()])  # [2, D]
+            sim = img @ txt.T
+            out.append(float((sim[:, 0] - sim[:, 1]).mean()))
+        return torch.tensor(out, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------- user callables
+
+def load_callable(spec: str) -> Callable[[RewardInput], Any]:
+    """Import "package.module:function" (attribute paths like "mod:Class.method" too) with importlib."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InputError(f"callable reward '{spec}': expected 'package.module:function'.")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise InputError(f"callable reward '{spec}': cannot import module '{module_name}' ({e}). Put it on "
+                         "PYTHONPATH or install its package.") from e
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise InputError(f"callable reward '{spec}': module '{module_name}' has no '{attr}'.") from None
+    if not callable(obj):
+        raise InputError(f"callable reward '{spec}': '{attr}' is a {type(obj).__name__}, not a function.")
+    return obj
+
+
+class CallableReward:
+    """A user function (RewardInput) -> Tensor[N] (or a sequence of N numbers) as a reward term."""
+
+    def __init__(self, fn: Callable[[RewardInput], Any], name: str):
+        self.fn, self.name = fn, name
+
+    def __call__(self, batch: RewardInput) -> torch.Tensor:
+        out = self.fn(batch)
+        return out if isinstance(out, torch.Tensor) else torch.as_tensor(out, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------- assembly
+
+def build_rewards(spec: Mapping[str, float], *, judge: Optional[Judge] = None,
+                  clip_dir: Optional[str | os.PathLike] = None, device: str | torch.device = "cpu"
+                  ) -> tuple[list[Reward], torch.Tensor]:
+    """Reward objects and their weights [K] (fp32), in the order of `spec` ({name: weight}). Each reward's
+    name is its key in `spec`. The judge is passed in already loaded (it is shared with evaluation)."""
+    if not spec:
+        raise InputError(f"no rewards given; name at least one of {list(REWARD_NAMES)}.")
+    rewards: list[Reward] = []
+    weights: list[float] = []
+    for key, weight in spec.items():
+        try:
+            w = float(weight)
+        except (TypeError, ValueError):
+            w = math.nan
+        if not math.isfinite(w):
+            raise InputError(f"reward '{key}': weight must be a finite number, got {weight!r}.")
+        kind, _, arg = key.partition(":")
+        if kind == "judge":
+            if judge is None:
+                raise InputError(f"reward '{key}' needs a judge VLM (rewards.judge_vlm).")
+            dims = [d.strip() for d in arg.replace(",", "+").split("+") if d.strip()] if arg else list(DIMENSIONS)
+            rewards.append(JudgeReward(judge, dims, name=key))
+        elif key == "preservation":
+            rewards.append(PreservationReward(name=key))
+        elif key == "clip":
+            if not clip_dir:
+                raise InputError("reward 'clip' needs a local CLIP model folder (rewards.clip_dir).")
+            rewards.append(ClipReward(clip_dir, device, name=key))
+        elif kind == "callable" and arg:
+            rewards.append(CallableReward(load_callable(arg), name=key))
+        else:
+            raise InputError(f"unknown reward '{key}'; valid names: {', '.join(REWARD_NAMES)}.")
+        weights.append(w)
+    return rewards, torch.tensor(weights, dtype=torch.float32)
+
+
+def score_all(rewards: Sequence[Reward], batch: RewardInput) -> torch.Tensor:
+    """Run every reward on the batch: [N, K] fp32 on CPU, column k = rewards[k]. Each output must be [N]
+    and finite; NaN/Inf raises NonFiniteError naming the reward (it would poison the group statistics)."""
+    if not rewards:
+        raise InputError("score_all: no rewards to compute.")
+    cols = []
+    for r in rewards:
+        out = torch.as_tensor(r(batch)).detach().float().cpu()
+        if tuple(out.shape) != (batch.n,):
+            raise InputError(f"reward '{r.name}' returned shape {tuple(out.shape)}; expected [N] = [{batch.n}].")
+        bad = torch.nonzero(~torch.isfinite(out)).flatten().tolist()
+        if bad:
+            raise NonFiniteError(f"reward '{r.name}' returned NaN/Inf for samples {bad}; nothing was trained on "
+                                 "this batch. Check the reward's inputs (empty masks, blank frames) or its code.")
+        cols.append(out)
+    return torch.stack(cols, dim=1)

@@ -1,0 +1,494 @@
+"""The trainer behind `viva train` and the ComfyUI Train LoRA node: SFT, Edit-GRPO and RWO share the model
+setup, data, rollouts, rewards, logging and checkpoints here; the formulas live in `losses.py`.
+
+Determinism: every random draw of a sample is seeded from (seed, step, global sample index), and the data order
+from (seed, epoch), so a resumed run, or the same global batch split over K processes, reproduces a straight run.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..data import EditRecord, TensorCache, file_identity, load_manifest, load_sample, model_identity
+from ..editor import Conditioning, EditorOptions, load_editor
+from ..errors import InputError, NonFiniteError
+from ..pipeline import decode_latents, encode_frames, pad_tokens
+from ..runtime import ProgressFn, no_progress
+from ..sampling import euler_step, sde_step_with_logprob, shifted_sigmas
+from . import losses as L
+from .adapters import adapter_disabled, add_lora, load_trainable_state, save_trained_lora, trainable_state
+from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .config import TrainConfig
+from .distributed import World, all_gather_cat, init_world, shutdown
+from .metrics import MetricsLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    lora_path: Path
+    refiner_path: Optional[Path]
+    steps: int
+    interrupted: bool
+    last_metrics: dict = field(default_factory=dict)
+
+
+def _seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def _gen(*parts: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(_seed(*parts))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, progress: ProgressFn = no_progress,
+                 should_stop: Callable[[], bool] = lambda: False,
+                 on_log: Callable[[int, dict], None] = lambda step, metrics: None) -> None:
+        cfg.check()
+        self.cfg, self.progress, self.should_stop, self.on_log = cfg, progress, should_stop, on_log
+        self.out = Path(cfg.output_dir)
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        # the data is checked first: a bad manifest fails before any model is loaded
+        self.records = load_manifest(cfg.data.manifest, max_frames=cfg.data.max_frames)
+        self.val_records = load_manifest(cfg.data.val_manifest, max_frames=cfg.data.max_frames) \
+            if cfg.data.val_manifest else []
+        want_cuda = cfg.model.device in ("auto", "cuda") and torch.cuda.is_available() or cfg.model.device.startswith("cuda:")
+        self.world: World = init_world("cuda" if want_cuda else "cpu")
+        device = f"cuda:{self.world.local_rank}" if want_cuda else "cpu"
+        opts = EditorOptions(dtype=cfg.model.dtype, device=device, allow_t2v=cfg.model.allow_t2v)
+        src = Path(cfg.model.editor)
+        self.editor = (load_editor(str(src), text_encoder_folder=cfg.model.text_encoder or None, options=opts)
+                       if src.is_dir() else
+                       load_editor(transformer_file=str(src), vae_file=cfg.model.vae or None,
+                                   text_encoder_folder=cfg.model.text_encoder or None, options=opts))
+        self.device = self.editor.device
+        dit = self.editor.transformer
+        self.params = add_lora(dit, cfg.lora, seed=cfg.seed)
+        if cfg.model.allow_t2v:
+            dit.patch_embedding.requires_grad_(True)
+            self.params += list(dit.patch_embedding.parameters())
+        self.refiner, self.instructor = None, None
+        if cfg.model.instructor:
+            self._setup_instructor()
+        self.dit = dit
+        if self.world.active:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.dit = DDP(dit, device_ids=[self.world.local_rank] if want_cuda else None)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.cache = TensorCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.out / "cache")
+        self.vae_id = model_identity(self.editor.vae, "vae")
+        self.te_id = model_identity(self.editor.text_encoder, "text_encoder") if self.editor.text_encoder else "none"
+        self.rewards, self.reward_weights = [], torch.ones(0)
+        if cfg.method != "sft":
+            self._setup_rewards()
+
+    def _setup_instructor(self) -> None:
+        from ..instructor import Instructor, RefinerConfig, TokenRefiner, load_refiner
+        from ..vlm import load_vlm
+
+        cfg = self.cfg
+        vlm = load_vlm(cfg.model.instructor, dtype=cfg.model.dtype, device=str(self.device))
+        if cfg.model.refiner:
+            refiner = load_refiner(cfg.model.refiner, in_dim=vlm.hidden_size)
+        else:
+            refiner = TokenRefiner(RefinerConfig(in_dim=vlm.hidden_size, out_dim=self.editor.text_dim,
+                                                 hidden_dim=cfg.model.refiner_hidden, depth=cfg.model.refiner_depth,
+                                                 heads=cfg.model.refiner_heads))
+        self.refiner = refiner.to(self.device).float()
+        self.instructor = Instructor(vlm, self.refiner)
+        self.refiner.requires_grad_(cfg.model.train_refiner)
+        if cfg.model.train_refiner:
+            self.params += list(self.refiner.parameters())
+
+    def _setup_rewards(self) -> None:
+        from .rewards import build_rewards
+
+        judge = None
+        if any(k.startswith("judge") for k in self.cfg.rewards.weights):
+            if not self.cfg.rewards.judge_vlm:
+                raise InputError("reward 'judge' needs rewards.judge_vlm (a VLM folder).")
+            from ..judge import Judge
+            from ..vlm import load_vlm
+
+            judge = Judge(load_vlm(self.cfg.rewards.judge_vlm, dtype=self.cfg.model.dtype, device=str(self.device)))
+        self.rewards, self.reward_weights = build_rewards(self.cfg.rewards.weights, judge=judge,
+                                                          clip_dir=self.cfg.rewards.clip_dir or None,
+                                                          device=str(self.device))
+
+    # ------------------------------------------------------------------ data
+    def _global_batch(self, step: int) -> list[tuple[int, EditRecord]]:
+        """(global index, record) of this step's global batch; order is a seeded permutation per epoch."""
+        n, b = len(self.records), self.cfg.optim.batch_size * self.world.size
+        out = []
+        for j in range(b):
+            flat = step * b + j
+            epoch, pos = divmod(flat, n)
+            perm = torch.randperm(n, generator=_gen(self.cfg.seed, epoch))
+            out.append((flat, self.records[int(perm[pos])]))
+        return out
+
+    def _local_batch(self, step: int) -> list[tuple[int, EditRecord]]:
+        return self._global_batch(step)[self.world.rank::self.world.size]
+
+    def _encoded(self, rec: EditRecord) -> dict[str, torch.Tensor]:
+        """Latents of source/target, latent edit mask and text tokens, cached on disk by content and model."""
+        cfg = self.cfg
+        size = (cfg.data.height, cfg.data.width) if cfg.data.height and cfg.data.width else None
+        files = tuple(file_identity(p) for p in (rec.source_video, rec.target_video, rec.mask_video) if p)
+
+        def compute() -> dict[str, torch.Tensor]:
+            s = load_sample(rec, max_frames=cfg.data.max_frames, size=size,
+                            temporal_factor=self.editor.temporal_factor, spatial_multiple=self.editor.spatial_multiple)
+            out = {"source": encode_frames(self.editor, s.source).cpu(), "source_frames": s.source.contiguous()}
+            if s.target is not None:
+                out["target"] = encode_frames(self.editor, s.target).cpu()
+            if s.mask is not None:
+                out["mask"] = L.latent_mask(s.mask, tuple(out["source"].shape[2:]), self.editor.temporal_factor)
+                out["mask_frames"] = s.mask.contiguous()
+            return out
+
+        latents = self.cache.get_or_compute("latents", (files, cfg.data.max_frames, size, self.vae_id), compute)
+        text = self.cache.get_or_compute("text", (rec.instruction, self.te_id),
+                                         lambda: {"tokens": self.editor.encode_text(rec.instruction).embeds})
+        return {**latents, "text": text["tokens"]}
+
+    def _condition(self, rec: EditRecord, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Text tokens (+ instructor tokens through the refiner, with grad when the refiner trains), padded."""
+        cond = Conditioning(enc["text"])
+        if self.instructor is not None:
+            hidden = self.instructor.hidden_states(rec.instruction, enc["source_frames"][0])
+            with torch.set_grad_enabled(self.cfg.model.train_refiner and torch.is_grad_enabled()):
+                tokens = self.refiner(hidden.to(self.device).float())
+            cond = Conditioning(torch.cat([cond.embeds.to(self.device), tokens.to(cond.embeds.dtype)], dim=1))
+        return pad_tokens(cond.embeds, self.editor.max_text_tokens).to(self.device, self.editor.dtype)
+
+    def _velocity(self, model, x: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor | float,
+                  text: torch.Tensor) -> torch.Tensor:
+        inp = torch.cat([x.to(self.device), source.to(self.device)], dim=1).to(self.editor.dtype)
+        t = (torch.as_tensor(sigma, dtype=torch.float32, device=self.device) * 1000.0).reshape(-1).expand(x.shape[0])
+        return model(hidden_states=inp, timestep=t, encoder_hidden_states=text, return_dict=False)[0].float()
+
+    # ------------------------------------------------------------------ schedule
+    def _lr(self, step: int) -> float:
+        o = self.cfg.optim
+        warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+        if o.schedule == "cosine":
+            return o.lr * warm * 0.5 * (1 + math.cos(math.pi * min(step, o.steps) / o.steps))
+        return o.lr * warm
+
+    # ------------------------------------------------------------------ SFT
+    def _fm_loss(self, model, rec: EditRecord, enc: dict, gi: int, step: int, weight: float = 1.0,
+                 x0: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Flow-matching loss of one sample: target latents (or a rollout's result), mask-weighted (VIVA)."""
+        x0 = enc["target"] if x0 is None else x0
+        if x0 is None:
+            raise InputError(f"record {rec.index} ({rec.source_video.name}) has no target_video; SFT needs one.")
+        g = _gen(self.cfg.seed, step, gi, 1)
+        sigma = L.sample_sigmas(1, g, shift=self.cfg.sft.shift, mode=self.cfg.sft.sigma_sampling)
+        noise = torch.randn(x0.shape, generator=g)
+        x_t, v_target = L.flow_matching_pair(x0.float(), noise, sigma)
+        v = self._velocity(model, x_t, enc["source"], sigma, self._condition(rec, enc))
+        mask = enc.get("mask")
+        per = L.masked_fm_loss(v, v_target.to(self.device), mask.to(self.device) if mask is not None else None,
+                               self.cfg.sft.mask_weight, reduce=False)
+        return (per * weight).mean()
+
+    def _sft_step(self, step: int) -> dict:
+        batch = self._local_batch(step)
+        total = 0.0
+        for k, (gi, rec) in enumerate(batch):
+            sync = contextlib.nullcontext() if (k == len(batch) - 1 or not self.world.active) else self.dit.no_sync()
+            with sync:
+                loss = self._fm_loss(self.dit, rec, self._encoded(rec), gi, step) / len(batch)
+                loss.backward()
+            total += float(loss.detach())
+        return {"loss": total}
+
+    @torch.no_grad()
+    def validation_loss(self) -> Optional[float]:
+        """Held-out FM loss with fixed sigmas/noise per record (comparable across steps)."""
+        if not self.val_records:
+            return None
+        model = self.dit.module if self.world.active else self.dit
+        vals = [float(self._fm_loss(model, r, self._encoded(r), i, -1)) for i, r in enumerate(self.val_records)]
+        return sum(vals) / len(vals)
+
+    # ------------------------------------------------------------------ rollouts (GRPO / RWO)
+    def _sde_steps(self) -> list[int]:
+        r = self.cfg.rollout
+        return list(range(r.steps)) if not r.window else list(range(r.window_start, r.window_start + r.window))
+
+    @torch.no_grad()
+    def _rollout(self, rec: EditRecord, enc: dict, gi: int, step: int, member: int) -> dict:
+        """One Flow-SDE sample with the current policy: stored transitions of the SDE steps and the result."""
+        r = self.cfg.rollout
+        model = self.dit.module if self.world.active else self.dit
+        sigmas = shifted_sigmas(r.steps, r.shift)
+        text = self._condition(rec, enc)
+        g = _gen(self.cfg.seed, step, gi, member, 2)
+        x = torch.randn(enc["source"].shape, generator=g).to(self.device)
+        sde = set(self._sde_steps())
+        trans = []
+        for i in range(r.steps):
+            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+            v = self._velocity(model, x, enc["source"], s, text)
+            if i in sde:
+                st = sde_step_with_logprob(x, v, s, s_next, r.noise_level, float(sigmas[1]),
+                                           noise=torch.randn(x.shape, generator=g).to(self.device))
+                trans.append((i, x.cpu(), st.sample.cpu(), st.log_prob.cpu()))
+                x = st.sample
+            else:
+                x = euler_step(x, v, s, s_next)
+        if not torch.isfinite(x).all():
+            raise NonFiniteError(f"rollout of record {rec.index} produced NaN/Inf; lower the lr or check the data.")
+        return {"latents": x.cpu(), "transitions": trans}
+
+    def _rollouts_and_advantages(self, step: int) -> tuple[list, torch.Tensor, dict]:
+        """G rollouts per local record, rewards on decoded frames, advantages over the gathered global batch."""
+        from .rewards import RewardInput, score_all
+
+        r = self.cfg.rollout
+        items, rewards, groups = [], [], []
+        for gi, rec in self._local_batch(step):
+            enc = self._encoded(rec)
+            samples = [self._rollout(rec, enc, gi, step, m) for m in range(r.group_size)]
+            frames = [decode_latents(self.editor, s["latents"]) for s in samples]
+            n, mask = len(frames), enc.get("mask_frames")
+            batch = RewardInput(source=enc["source_frames"].expand(n, -1, -1, -1, -1), edited=torch.stack(frames),
+                                instructions=[rec.instruction] * n,
+                                masks=mask.expand(n, -1, -1, -1) if mask is not None else None,
+                                source_captions=[rec.source_caption] * n, target_captions=[rec.target_caption] * n)
+            rewards.append(score_all(self.rewards, batch))
+            groups.append(torch.full((n,), gi))
+            items += [(gi, rec, enc, s) for s in samples]
+        local_r, local_g = torch.cat(rewards).float(), torch.cat(groups)
+        dev = self.device if self.world.active and self.device.type == "cuda" else torch.device("cpu")
+        all_r = all_gather_cat(self.world, local_r.to(dev)).cpu()
+        all_g = all_gather_cat(self.world, local_g.to(dev)).cpu()
+        adv, zero_frac = L.group_advantages(all_r, all_g, self.reward_weights)
+        start = self.world.rank * local_r.shape[0]
+        weighted = (all_r * self.reward_weights).sum(-1)
+        stats = {"reward": float(weighted.mean()), "reward_std": float(weighted.std()) if len(weighted) > 1 else 0.0,
+                 "zero_var_groups": zero_frac}
+        for k, rw in enumerate(self.rewards):
+            stats[f"reward_{rw.name}"] = float(all_r[:, k].mean())
+        return items, adv[start:start + local_r.shape[0]], {**stats, "_all_rewards": all_r, "_all_groups": all_g}
+
+    def _grpo_step(self, step: int) -> dict:
+        r = self.cfg.rollout
+        items, adv, stats = self._rollouts_and_advantages(step)
+        stats.pop("_all_rewards"), stats.pop("_all_groups")
+        n_terms = sum(len(s["transitions"]) for *_, s in items)
+        agg = {"loss": 0.0, "loss_policy": 0.0, "loss_kl": 0.0, "ratio_mean": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
+        ratios = []
+        sigmas = shifted_sigmas(r.steps, r.shift)
+        k = 0
+        for (gi, rec, enc, sample), a in zip(items, adv):
+            text = self._condition(rec, enc)
+            for (i, x, x_next, logp_old) in sample["transitions"]:
+                k += 1
+                s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+                sync = contextlib.nullcontext() if (k == n_terms or not self.world.active) else self.dit.no_sync()
+                with sync:
+                    v = self._velocity(self.dit, x, enc["source"], s, text)
+                    st = sde_step_with_logprob(x.to(self.device), v, s, s_next, r.noise_level, float(sigmas[1]),
+                                               prev_sample=x_next.to(self.device))
+                    pl, pst = L.clipped_policy_loss(st.log_prob, logp_old.to(self.device), a.view(1).to(self.device),
+                                                    r.clip_range)
+                    loss = pl
+                    if r.kl_beta > 0:
+                        base = self.dit.module if self.world.active else self.dit
+                        with torch.no_grad(), adapter_disabled(base):
+                            v_ref = self._velocity(base, x, enc["source"], s, text)
+                        ref = sde_step_with_logprob(x.to(self.device), v_ref, s, s_next, r.noise_level,
+                                                    float(sigmas[1]), prev_sample=x_next.to(self.device))
+                        kl = L.kl_to_reference(st.mean, ref.mean, st.std).mean()
+                        loss = loss + r.kl_beta * kl
+                        agg["loss_kl"] += float(kl) / n_terms
+                    (loss / n_terms).backward()
+                agg["loss"] += float(loss.detach()) / n_terms
+                agg["loss_policy"] += float(pl.detach()) / n_terms
+                agg["clip_frac"] += float(pst["clip_frac"]) / n_terms
+                agg["approx_kl"] += float(pst["approx_kl"]) / n_terms
+                ratios.append(float(pst["ratio_mean"]))
+        agg["ratio_mean"] = sum(ratios) / max(1, len(ratios))
+        agg["ratio_std"] = float(torch.tensor(ratios).std()) if len(ratios) > 1 else 0.0
+        return {**stats, **agg}
+
+    def _rwo_step(self, step: int) -> dict:
+        r = self.cfg.rollout
+        items, _, stats = self._rollouts_and_advantages(step)
+        all_r, all_g = stats.pop("_all_rewards"), stats.pop("_all_groups")
+        weights = L.rwo_weights((all_r * self.reward_weights).sum(-1), all_g, temperature=r.rwo_temperature,
+                                mode=r.rwo_mode)
+        start = self.world.rank * len(items)
+        local_w = weights[start:start + len(items)]
+        total = 0.0
+        for k, ((gi, rec, enc, sample), w) in enumerate(zip(items, local_w)):
+            sync = contextlib.nullcontext() if (k == len(items) - 1 or not self.world.active) else self.dit.no_sync()
+            with sync:
+                loss = self._fm_loss(self.dit, rec, enc, gi * 1000 + k, step, weight=float(w),
+                                     x0=sample["latents"]) / len(items)
+                loss.backward()
+            total += float(loss.detach())
+        return {**stats, "loss": total, "loss_fm": total}
+
+    # ------------------------------------------------------------------ loop
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def _metadata(self, step: int) -> dict:
+        c = self.cfg
+        return {"base_model": Path(c.model.editor).name, "method": c.method, "rank": c.lora.rank,
+                "alpha": c.lora.alpha, "targets": c.lora.targets, "steps": step, "lr": c.optim.lr,
+                "rewards": c.rewards.weights if c.method != "sft" else None,
+                "mask_weight": c.sft.mask_weight if c.method == "sft" else None, "trainer": "viva_core"}
+
+    def _save(self, step: int, metrics: MetricsLog) -> None:
+        if not self.world.is_main:
+            return
+        base = self.dit.module if self.world.active else self.dit
+        lora = save_trained_lora(base, self.out / "lora_latest.safetensors", self._metadata(step))
+        png = metrics.plot(self.out / "curves.png", title=f"{self.cfg.method} · step {step}")
+        extra = {"lora.safetensors": lora, **({"curves.png": png} if png else {})}
+        save_checkpoint(self.out / "checkpoints", step, trainable=trainable_state(base, self.refiner),
+                        rng=self._rng_state(), optimizer=self.optimizer.state_dict(),
+                        state={"config": self.cfg.to_dict()}, extra_files=extra, keep=self.cfg.log.keep_checkpoints)
+
+    def _resume(self, resume: bool | str, metrics: MetricsLog) -> int:
+        if not resume:
+            return 0
+        path = Path(resume) if isinstance(resume, str) else latest_checkpoint(self.out / "checkpoints")
+        if path is None:
+            log.warning("no checkpoint in %s; starting from step 0", self.out / "checkpoints")
+            return 0
+        ck = load_checkpoint(path)
+        base = self.dit.module if self.world.active else self.dit
+        load_trainable_state(base, self.refiner, ck.trainable)
+        self.optimizer.load_state_dict(ck.optimizer)
+        torch.set_rng_state(ck.rng["torch"])
+        metrics.truncate_after(ck.step)
+        log.info("resumed from %s (step %d)", path, ck.step)
+        return ck.step
+
+    def _stop(self) -> bool:
+        return self.stop_requested or self.should_stop()
+
+    def run(self, resume: bool | str = False) -> TrainResult:
+        """Train for optim.steps; saves checkpoints, the final LoRA (and refiner). A stop request (Ctrl-C, ComfyUI
+        interrupt) saves a checkpoint of the last finished step and returns with interrupted=True."""
+        self._setup()
+        cfg, out = self.cfg, self.out
+        if self.world.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(out / "checkpoints")
+        metrics = MetricsLog(out, tensorboard=cfg.log.tensorboard and self.world.is_main, resume=bool(resume))
+        start = self._resume(resume, metrics)
+        if start == 0 and self.val_records and self.world.is_main:
+            metrics.log(0, {"val_loss": self.validation_loss()})  # the curve starts at the base model's loss
+        step_fn = {"sft": self._sft_step, "grpo": self._grpo_step, "rwo": self._rwo_step}[cfg.method]
+        interrupted, last = False, {}
+        step = start
+        try:
+            for step in range(start, cfg.optim.steps):
+                if self._stop():
+                    interrupted = True
+                    break
+                t0 = time.perf_counter()
+                if torch.cuda.is_available():
+                    torch.cuda.reset_peak_memory_stats()
+                lr = self._lr(step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.optimizer.zero_grad(set_to_none=True)
+                stats = step_fn(step)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
+                if not torch.isfinite(grad_norm):
+                    raise NonFiniteError(f"step {step + 1}: gradient norm is {float(grad_norm)}; nothing was applied. "
+                                         "Lower optim.lr or check the data; the last checkpoint is intact.")
+                self.optimizer.step()
+                dt = time.perf_counter() - t0
+                n = cfg.optim.batch_size * self.world.size * (1 if cfg.method == "sft" else cfg.rollout.group_size)
+                last = {**stats, "grad_norm": float(grad_norm), "lr": lr, "step_time": dt, "samples_per_s": n / dt,
+                        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+                done = step + 1
+                if self.world.is_main and (done % cfg.log.every == 0 or done == cfg.optim.steps):
+                    if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0 and self.val_records:
+                        last["val_loss"] = self.validation_loss()
+                    metrics.log(done, last)
+                    self.on_log(done, last)
+                if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0 and done < cfg.optim.steps:
+                    self._save(done, metrics)
+                self.progress(done, cfg.optim.steps, None)
+            else:
+                step = cfg.optim.steps
+        except KeyboardInterrupt:
+            interrupted = True
+        finished = step if interrupted else cfg.optim.steps
+        if self.val_records and self.world.is_main and not interrupted:
+            metrics.log(finished, {"val_loss": self.validation_loss()})
+        self._check_ranks_agree()
+        self._save(finished, metrics)
+        lora_path, refiner_path = self._write_outputs(finished, interrupted)
+        metrics.close()
+        shutdown(self.world)
+        return TrainResult(lora_path, refiner_path, finished, interrupted, last)
+
+    def _check_ranks_agree(self) -> None:
+        """DDP keeps replicas identical; verify it (a silent divergence would make the saved LoRA rank 0's alone)."""
+        if not self.world.active:
+            return
+        sums = torch.stack([p.detach().double().sum() for p in self.params]).to(self.device)
+        gathered = all_gather_cat(self.world, sums.unsqueeze(0))
+        if not torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-6, atol=1e-9):
+            raise RuntimeError(f"trained weights differ between ranks ({gathered.sum(1).tolist()}); this is a bug.")
+
+    def _write_outputs(self, step: int, interrupted: bool) -> tuple[Path, Optional[Path]]:
+        name = self.cfg.output_name + ("_interrupted" if interrupted else "")
+        lora_path = self.out / f"{name}.safetensors"
+        refiner_path = None
+        if self.world.is_main:
+            base = self.dit.module if self.world.active else self.dit
+            save_trained_lora(base, lora_path, self._metadata(step))
+            if self.refiner is not None and self.cfg.model.train_refiner:
+                from ..instructor import save_refiner
+
+                refiner_path = save_refiner(self.out / f"{name}_refiner.safetensors", self.refiner,
+                                            metadata={"instructor": Path(self.cfg.model.instructor).name,
+                                                      "editor": Path(self.cfg.model.editor).name, "steps": step})
+        return lora_path, refiner_path
+
+
+def install_sigint_handler(trainer: Trainer) -> None:
+    """First Ctrl-C: finish the current step, save a checkpoint, exit cleanly. Second: stop at once."""
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        log.warning("stop requested: saving a checkpoint after this step (Ctrl-C again to abort)")
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def train(cfg: TrainConfig, resume: bool | str = False, **kw) -> TrainResult:
+    return Trainer(cfg, **kw).run(resume=resume)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -137,8 +138,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = trainer.run(resume=args.resume if args.resume != "latest" else True)
     bar.close()
     state = "interrupted at" if result.interrupted else "finished"
-    print(f"{state} step {result.steps}; LoRA: {result.lora_path}" +
-          (f"; refiner: {result.refiner_path}" if result.refiner_path else ""))
+    if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{state} step {result.steps}; LoRA: {result.lora_path}" +
+              (f"; refiner: {result.refiner_path}" if result.refiner_path else ""))
     return 130 if result.interrupted else 0
 
 

@@ -31,6 +31,7 @@ class ModelConfig:
     dtype: str = "bf16"
     device: str = "auto"
     allow_t2v: bool = False  # zero-init source channels of a T2V base and train them (SFT only)
+    max_text_tokens: int = 512  # text padding length; Wan was trained with 512 (small models can use fewer)
     instructor: str = ""  # VLM folder: condition on instructor tokens through the refiner
     refiner: str = ""  # start from this refiner (.safetensors); empty = new refiner when train_refiner
     train_refiner: bool = False

@@ -36,7 +36,8 @@ REWARD_NAMES = ("judge", "judge:<EA+PC+GN+GR subset>", "preservation", "clip", "
 class RewardInput:
     """N edits to score. Videos are CPU float32 frames in 0..1: `source`/`edited` [N, T, H, W, 3] (a shared
     source may be an `expand`ed view), `masks` [N, T, H, W] (1 = edited region) or None; one instruction and
-    optional source/target caption per sample (CLIP rewards need the captions)."""
+    optional source/target caption per sample (CLIP rewards need the captions). `latents` [N, C, T', H', W'] are
+    the normalized latents the edit was decoded from, for rewards that look at the latent space (cheap)."""
 
     source: torch.Tensor
     edited: torch.Tensor
@@ -44,6 +45,7 @@ class RewardInput:
     masks: Optional[torch.Tensor] = None
     source_captions: Optional[Sequence[Optional[str]]] = None
     target_captions: Optional[Sequence[Optional[str]]] = None
+    latents: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         for what in ("source", "edited"):
@@ -63,6 +65,11 @@ class RewardInput:
                 raise InputError(f"RewardInput.masks: expected [N,T,H,W] = {tuple(self.source.shape[:4])} (the "
                                  f"source's frames), got {tuple(self.masks.shape)}.")
             self.masks = self.masks.detach().float().cpu()
+        if self.latents is not None:
+            if self.latents.ndim != 5 or self.latents.shape[0] != n:
+                raise InputError(f"RewardInput.latents: expected [N,C,T',H',W'] with N={n}, got "
+                                 f"{tuple(self.latents.shape)}.")
+            self.latents = self.latents.detach().float().cpu()
         for what in ("source_captions", "target_captions"):
             caps = getattr(self, what)
             caps = [None] * n if caps is None else list(caps)

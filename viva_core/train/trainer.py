@@ -78,6 +78,7 @@ class Trainer:
                        load_editor(transformer_file=str(src), vae_file=cfg.model.vae or None,
                                    text_encoder_folder=cfg.model.text_encoder or None, options=opts))
         self.device = self.editor.device
+        self.editor.max_text_tokens = cfg.model.max_text_tokens
         dit = self.editor.transformer
         self.params = add_lora(dit, cfg.lora, seed=cfg.seed)
         if cfg.model.allow_t2v:
@@ -274,7 +275,8 @@ class Trainer:
             batch = RewardInput(source=enc["source_frames"].expand(n, -1, -1, -1, -1), edited=torch.stack(frames),
                                 instructions=[rec.instruction] * n,
                                 masks=mask.expand(n, -1, -1, -1) if mask is not None else None,
-                                source_captions=[rec.source_caption] * n, target_captions=[rec.target_caption] * n)
+                                source_captions=[rec.source_caption] * n, target_captions=[rec.target_caption] * n,
+                                latents=torch.cat([s["latents"] for s in samples]))
             rewards.append(score_all(self.rewards, batch))
             groups.append(torch.full((n,), gi))
             items += [(gi, rec, enc, s) for s in samples]

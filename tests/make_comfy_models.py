@@ -9,7 +9,10 @@ writes, under OUT_DIR:
     models/loras/tiny_lora.safetensors         ComfyUI-native LoRA for the tiny DiT (viva_core.lora.save_lora)
     models/loras/sd_unet_lora.safetensors      a kohya LoRA for an SD UNet: matches no key of a Wan DiT
     input/viva_square.mp4                      9 frames 32x32 @ 8 fps, a moving square, a 440 Hz sine track
-    extra_model_paths.yaml                     points ComfyUI's diffusers / loras / viva_vlm folders here
+    input/viva_edits/                          3 recolouring edits for training: editN.mp4 + editN.txt (instruction)
+                                               + editN_target.mp4 + editN_mask.mp4 (tests/tiny_data.py)
+    extra_model_paths.yaml                     points ComfyUI's diffusers / loras / viva_vlm folders here, first
+                                               (is_default), so a trained LoRA is written here, not into ComfyUI
 
 Start ComfyUI with ``--extra-model-paths-config OUT_DIR/extra_model_paths.yaml --input-directory OUT_DIR/input``.
 Everything is seeded, so the files are the same on every run.
@@ -28,6 +31,7 @@ for p in (HERE, HERE.parent):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+from tiny_data import build_dataset  # noqa: E402
 from tiny_editor import build_editor_folder, tiny_transformer  # noqa: E402
 from tiny_vlm import build_tiny_vlm  # noqa: E402
 from viva_core.lora import LoraLayer, lora_target_names, save_lora  # noqa: E402
@@ -38,6 +42,7 @@ VLM = "tiny-vlm"
 LORA = "tiny_lora.safetensors"
 BAD_LORA = "sd_unet_lora.safetensors"
 VIDEO = "viva_square.mp4"
+DATASET = "viva_edits"
 FRAMES, SIZE, FPS, SAMPLE_RATE = 9, 32, 8, 16000
 
 
@@ -94,6 +99,7 @@ def write_extra_model_paths(root: Path) -> Path:
     yaml.write_text(
         "viva_tests:\n"
         f"  base_path: {json.dumps(str(models))}\n"
+        "  is_default: true\n"
         "  diffusers: diffusers\n"
         "  loras: loras\n"
         "  viva_vlm: vlm\n"
@@ -101,6 +107,23 @@ def write_extra_model_paths(root: Path) -> Path:
         "  vae: vae\n"
         "  text_encoders: text_encoders\n", encoding="utf-8")
     return yaml
+
+
+def write_edit_folder(folder: Path, n: int = 3) -> Path:
+    """tests/tiny_data.py's edits renamed into the sidecar convention of viva_core.data.dataset_from_folder:
+    editN.mp4 (source), editN.txt (instruction), editN_target.mp4, editN_mask.mp4. No manifest: the
+    VIVA Dataset From Folder node writes it."""
+    staging = folder.parent / f".{folder.name}_staging"
+    manifest = build_dataset(staging, n, frames=FRAMES)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, line in enumerate(manifest.read_text().splitlines()):
+        item = json.loads(line)
+        for field, suffix in (("source_video", ""), ("target_video", "_target"), ("mask_video", "_mask")):
+            (staging / item[field]).replace(folder / f"edit{i}{suffix}.mp4")
+        (folder / f"edit{i}.txt").write_text(item["instruction"] + "\n", encoding="utf-8")
+    manifest.unlink()
+    staging.rmdir()
+    return folder
 
 
 def build_all(root: str | Path) -> dict[str, str]:
@@ -113,9 +136,11 @@ def build_all(root: str | Path) -> dict[str, str]:
     lora = write_tiny_lora(models / "loras" / LORA)
     bad = write_bad_lora(models / "loras" / BAD_LORA)
     video = write_video(root / "input" / VIDEO, square_video(), FPS, sine_audio(FRAMES / FPS))
+    dataset = write_edit_folder(root / "input" / DATASET)
     yaml = write_extra_model_paths(root)
     return {"root": str(root), "models": str(models), "input_dir": str(root / "input"), "yaml": str(yaml),
-            "editor": str(editor), "vlm": str(vlm), "lora": str(lora), "bad_lora": str(bad), "video": str(video)}
+            "editor": str(editor), "vlm": str(vlm), "lora": str(lora), "bad_lora": str(bad), "video": str(video),
+            "dataset": str(dataset)}
 
 
 if __name__ == "__main__":

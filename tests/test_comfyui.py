@@ -1,4 +1,5 @@
-"""The pack inside a real ComfyUI: nodes listed, the edit and best-of-N prompts run, a bad LoRA fails cleanly.
+"""The pack inside a real ComfyUI: nodes listed, the edit and best-of-N prompts run, a bad LoRA fails cleanly,
+a LoRA trained by a prompt loads in the next one, and an interrupted training run resumes from its checkpoint.
 
 Needs a ComfyUI checkout outside the repo (DESIGN §4):
 
@@ -24,8 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 PROMPTS = Path(__file__).resolve().parent / "comfy_prompts"
 PACK_NAME = "comfyui-viva"  # folder name under custom_nodes ([project].name, so the JS is served once)
 NODE_IDS = ("VIVA_LoadEditor", "VIVA_LoadVLM", "VIVA_LoraLoader", "VIVA_LoadVideo", "VIVA_EncodeInstruction",
-            "VIVA_EditVideo", "VIVA_BestOfN", "VIVA_Judge")
-EXIT_OK, EXIT_EXEC = 0, 3
+            "VIVA_EditVideo", "VIVA_BestOfN", "VIVA_Judge", "VIVA_DatasetFromFolder", "VIVA_TrainLoRA")
+EXIT_OK, EXIT_EXEC, EXIT_TIMEOUT = 0, 3, 4
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: point it at a ComfyUI checkout "
@@ -54,12 +55,15 @@ def models(tmp_path_factory):
     return build_all(tmp_path_factory.mktemp("comfy_models"))
 
 
-def run_harness(models: dict, tmp_path: Path, *prompts: str, timeout: int = 240) -> tuple[int, str, dict]:
-    """Runs the harness on the given prompt files; returns (exit code, stdout+stderr, the --report JSON)."""
+def run_harness(models: dict, tmp_path: Path, *prompts: str | Path, timeout: int = 240,
+                prompt_timeout: int = 150) -> tuple[int, str, dict]:
+    """Runs the harness on the given prompt files (names in tests/comfy_prompts, or paths); returns (exit code,
+    stdout+stderr, the --report JSON). Runs in one test share tmp_path/run, so the output folder carries over.
+    A prompt still running after `prompt_timeout` seconds is interrupted (POST /interrupt)."""
     report = tmp_path / "report.json"
     cmd = [str(_harness()), str(REPO), "--name", PACK_NAME, "--input-dir", models["input_dir"],
            "--extra-arg=--extra-model-paths-config", f"--extra-arg={models['yaml']}",
-           "--run-dir", str(tmp_path / "run"), "--report", str(report), "-t", "150"]
+           "--run-dir", str(tmp_path / "run"), "--report", str(report), "-t", str(prompt_timeout)]
     for name in prompts:
         cmd += ["-w", str(PROMPTS / name)]
     env = dict(os.environ, COMFYUI_DIR=COMFYUI_DIR, COMFY_PY=_comfy_py())
@@ -76,6 +80,11 @@ def output_text(stdout: str, node_id: str) -> str:
                   re.M | re.S)
     assert m, f"no text output of node {node_id} in:\n{stdout[-3000:]}"
     return m.group(1)
+
+
+def prompt_sections(stdout: str) -> list[str]:
+    """The harness output of each submitted prompt, in order (node ids repeat across prompts)."""
+    return stdout.split("[harness] submitting workflow ")[1:]
 
 
 def check_mp4(path: str, frames: int, fps: float) -> None:
@@ -136,3 +145,68 @@ def test_lora_matching_no_key_is_an_execution_error_and_comfyui_keeps_running(mo
     # the next prompt in the same server still runs
     assert report["execution"]["status"] == "success", report.get("execution")
     assert len(saved_mp4s(report)) == 1
+
+
+def lora_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def test_trained_lora_is_listed_and_loads_in_the_next_prompt(models, tmp_path):
+    """Dataset From Folder -> Train LoRA (sft, 3 steps) -> PreviewAny; then VIVA LoRA Loader picks the new file by
+    name (a combo value ComfyUI checks against the folder's list) and the edit runs with it."""
+    rc, out, report = run_harness(models, tmp_path, "train.json", "train_edit.json")
+    assert rc == EXIT_OK, out[-4000:]
+    train, edit = prompt_sections(out)
+    assert output_text(train, "4").startswith("3 edits: 3 with target, 3 with mask\nviva_edits/manifest.jsonl")
+    assert output_text(train, "3").strip() == "viva_test_lora.safetensors"
+    metrics = output_text(train, "2")
+    assert "viva_test_lora.safetensors: sft, 3 steps, rank 4" in metrics and re.search(r"loss \d", metrics), metrics
+    lora = Path(models["models"]) / "loras" / "viva_test_lora.safetensors"
+    meta = lora_metadata(lora)
+    assert meta.get("trainer") == "viva_core" and meta.get("steps") == "3" and meta.get("method") == "sft", meta
+    run = tmp_path / "run" / "output" / "viva_training" / "viva_test_lora"
+    assert (run / "checkpoints" / "step-0000003").is_dir() and (run / "metrics.jsonl").is_file()
+    # the next prompt loads it: all of its modules match the DiT, and the edit is saved
+    assert "viva_test_lora.safetensors: comfyui format, 16/16 modules matched, rank 4" in output_text(edit, "3")
+    assert report["execution"]["status"] == "success"
+    mp4s = saved_mp4s(report)
+    assert len(mp4s) == 1, report["execution"]
+    check_mp4(mp4s[0], frames=9, fps=8)
+
+
+def test_interrupted_training_keeps_a_checkpoint_and_resume_continues_it(models, tmp_path):
+    # a run of a million steps, interrupted by the harness after 12 s (POST /interrupt, as the UI's cancel)
+    rc, out, _ = run_harness(models, tmp_path, "train_interrupt.json", prompt_timeout=12)
+    assert rc == EXIT_TIMEOUT, out[-4000:]
+    assert "execution_interrupted at node 2 (VIVA_TrainLoRA)" in out, out[-4000:]
+    run = tmp_path / "run" / "output" / "viva_training" / "viva_interrupted_lora"
+    checkpoints = sorted((run / "checkpoints").glob("step-*"))
+    assert checkpoints, out[-4000:]
+    step = int(checkpoints[-1].name.removeprefix("step-"))
+    assert (run / "viva_interrupted_lora_interrupted.safetensors").is_file()
+    loras = Path(models["models"]) / "loras"
+    assert not (loras / "viva_interrupted_lora.safetensors").exists()  # only a finished run lands in models/loras
+
+    prompt = json.loads((PROMPTS / "train_interrupt.json").read_text())
+    outside = json.loads(json.dumps(prompt))
+    outside["2"]["inputs"]["manifest"] = "../../../../etc/hosts"
+    resume = json.loads(json.dumps(prompt))
+    resume["2"]["inputs"].update(steps=step + 2, resume=True)
+    for name, p in (("outside.json", outside), ("resume.json", resume)):
+        (tmp_path / name).write_text(json.dumps(p))
+    # same output folder: a fresh start would mix with the old checkpoints and is refused; a manifest outside
+    # ComfyUI's folders is refused; resume continues from the checkpoint to step+2
+    rc, out, report = run_harness(models, tmp_path, "train_interrupt.json", tmp_path / "outside.json",
+                                  tmp_path / "resume.json")
+    fresh, bad, resumed = prompt_sections(out)
+    for section, says in ((fresh, "turn on resume to continue it"), (bad, "leaves ComfyUI's input/output folders")):
+        errors = [line for line in section.splitlines() if "EXECUTION ERROR in node 2 (VIVA_TrainLoRA)" in line]
+        assert len(errors) == 1 and "InputError" in errors[0] and says in errors[0], section[-3000:]
+    assert report["execution"]["status"] == "success", resumed
+    assert f"viva_interrupted_lora.safetensors: sft, {step + 2} steps" in output_text(resumed, "2")
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, step + 3)), logged  # one row per step, no gap or repeat across the interrupt
+    assert lora_metadata(loras / "viva_interrupted_lora.safetensors").get("steps") == str(step + 2)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -166,6 +167,31 @@ def _coerce(value: str, current: Any) -> Any:
     if isinstance(current, (dict, list)):
         return json.loads(value)
     return value
+
+
+def parse_reward_weights(text: str) -> dict[str, float]:
+    """`"preservation=1.0, judge=0.5"` → {"preservation": 1.0, "judge": 0.5} (the ComfyUI node's `rewards` text).
+
+    Pairs are separated by commas or new lines; a name without `=weight` weighs 1. Names keep their order and
+    are checked by `rewards.build_rewards`; here only the form is: empty names, non-numbers, repeats."""
+    weights: dict[str, float] = {}
+    for item in text.replace("\n", ",").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not name:
+            raise InputError(f"rewards: '{item.strip()}' has no reward name; write name=weight, e.g. preservation=1.0")
+        try:
+            weight = float(value) if sep else 1.0
+        except ValueError:
+            raise InputError(f"rewards: the weight of '{name}' is '{value.strip()}', not a number") from None
+        if not math.isfinite(weight):
+            raise InputError(f"rewards: the weight of '{name}' must be a finite number, got {value.strip()}")
+        if name in weights:
+            raise InputError(f"rewards: '{name}' is given twice; keep one")
+        weights[name] = weight
+    return weights
 
 
 def _apply(section: Any, data: dict, where: str) -> None:

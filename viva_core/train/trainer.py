@@ -24,13 +24,14 @@ from ..editor import Conditioning, EditorOptions, load_editor
 from ..errors import InputError, NonFiniteError
 from ..pipeline import decode_latents, encode_frames, pad_tokens
 from ..runtime import ProgressFn, no_progress
-from ..sampling import euler_step, sde_step_with_logprob, shifted_sigmas
+from ..sampling import sde_step_with_logprob, shifted_sigmas
 from . import losses as L
 from .adapters import adapter_disabled, add_lora, load_trainable_state, save_trained_lora, trainable_state
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig
 from .distributed import World, all_gather_cat, init_world, shutdown
 from .metrics import MetricsLog
+from .rollout import sde_rollout
 
 log = logging.getLogger(__name__)
 
@@ -236,30 +237,18 @@ class Trainer:
         r = self.cfg.rollout
         return list(range(r.steps)) if not r.window else list(range(r.window_start, r.window_start + r.window))
 
-    @torch.no_grad()
-    def _rollout(self, rec: EditRecord, enc: dict, gi: int, step: int, member: int) -> dict:
-        """One Flow-SDE sample with the current policy: stored transitions of the SDE steps and the result."""
+    def _rollout_group(self, rec: EditRecord, enc: dict, gi: int, step: int) -> tuple[torch.Tensor, list]:
+        """G Flow-SDE samples of the current policy for one record, batched per DiT call."""
         r = self.cfg.rollout
         model = self.dit.module if self.world.active else self.dit
-        sigmas = shifted_sigmas(r.steps, r.shift)
         text = self._condition(rec, enc)
-        g = _gen(self.cfg.seed, step, gi, member, 2)
-        x = torch.randn(enc["source"].shape, generator=g).to(self.device)
-        sde = set(self._sde_steps())
-        trans = []
-        for i in range(r.steps):
-            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-            v = self._velocity(model, x, enc["source"], s, text)
-            if i in sde:
-                st = sde_step_with_logprob(x, v, s, s_next, r.noise_level, float(sigmas[1]),
-                                           noise=torch.randn(x.shape, generator=g).to(self.device))
-                trans.append((i, x.cpu(), st.sample.cpu(), st.log_prob.cpu()))
-                x = st.sample
-            else:
-                x = euler_step(x, v, s, s_next)
-        if not torch.isfinite(x).all():
-            raise NonFiniteError(f"rollout of record {rec.index} produced NaN/Inf; lower the lr or check the data.")
-        return {"latents": x.cpu(), "transitions": trans}
+        g = r.group_size
+        source, texts = enc["source"].expand(g, -1, -1, -1, -1), text.expand(g, -1, -1)
+        gens = [_gen(self.cfg.seed, step, gi, m, 2) for m in range(g)]
+        with torch.no_grad():
+            return sde_rollout(lambda x, s: self._velocity(model, x, source, s, texts), enc["source"].shape[1:],
+                               shifted_sigmas(r.steps, r.shift), self._sde_steps(), r.noise_level, gens,
+                               self.device)
 
     def _rollouts_and_advantages(self, step: int) -> tuple[list, torch.Tensor, dict]:
         """G rollouts per local record, rewards on decoded frames, advantages over the gathered global batch."""
@@ -269,17 +258,17 @@ class Trainer:
         items, rewards, groups = [], [], []
         for gi, rec in self._local_batch(step):
             enc = self._encoded(rec)
-            samples = [self._rollout(rec, enc, gi, step, m) for m in range(r.group_size)]
-            frames = [decode_latents(self.editor, s["latents"]) for s in samples]
+            latents, transitions = self._rollout_group(rec, enc, gi, step)
+            frames = [decode_latents(self.editor, z.unsqueeze(0)) for z in latents]
             n, mask = len(frames), enc.get("mask_frames")
             batch = RewardInput(source=enc["source_frames"].expand(n, -1, -1, -1, -1), edited=torch.stack(frames),
                                 instructions=[rec.instruction] * n,
                                 masks=mask.expand(n, -1, -1, -1) if mask is not None else None,
                                 source_captions=[rec.source_caption] * n, target_captions=[rec.target_caption] * n,
-                                latents=torch.cat([s["latents"] for s in samples]))
+                                latents=latents)
             rewards.append(score_all(self.rewards, batch))
             groups.append(torch.full((n,), gi))
-            items += [(gi, rec, enc, s) for s in samples]
+            items += [(gi, rec, enc, m, latents[m:m + 1], transitions) for m in range(n)]
         local_r, local_g = torch.cat(rewards).float(), torch.cat(groups)
         dev = self.device if self.world.active and self.device.type == "cuda" else torch.device("cpu")
         all_r = all_gather_cat(self.world, local_r.to(dev)).cpu()
@@ -297,21 +286,22 @@ class Trainer:
         r = self.cfg.rollout
         items, adv, stats = self._rollouts_and_advantages(step)
         stats.pop("_all_rewards"), stats.pop("_all_groups")
-        n_terms = sum(len(s["transitions"]) for *_, s in items)
+        n_terms = sum(len(trans) for *_, trans in items)
         agg = {"loss": 0.0, "loss_policy": 0.0, "loss_kl": 0.0, "ratio_mean": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
         ratios = []
         sigmas = shifted_sigmas(r.steps, r.shift)
         k = 0
-        for (gi, rec, enc, sample), a in zip(items, adv):
+        for (gi, rec, enc, m, _, transitions), a in zip(items, adv):
             text = self._condition(rec, enc)
-            for (i, x, x_next, logp_old) in sample["transitions"]:
+            for tr in transitions:
                 k += 1
-                s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+                x, x_next, logp_old = tr.x[m:m + 1], tr.x_next[m:m + 1].to(self.device), tr.log_prob[m:m + 1]
+                s, s_next = float(sigmas[tr.step]), float(sigmas[tr.step + 1])
                 sync = contextlib.nullcontext() if (k == n_terms or not self.world.active) else self.dit.no_sync()
                 with sync:
                     v = self._velocity(self.dit, x, enc["source"], s, text)
                     st = sde_step_with_logprob(x.to(self.device), v, s, s_next, r.noise_level, float(sigmas[1]),
-                                               prev_sample=x_next.to(self.device))
+                                               prev_sample=x_next)
                     pl, pst = L.clipped_policy_loss(st.log_prob, logp_old.to(self.device), a.view(1).to(self.device),
                                                     r.clip_range)
                     loss = pl
@@ -320,7 +310,7 @@ class Trainer:
                         with torch.no_grad(), adapter_disabled(base):
                             v_ref = self._velocity(base, x, enc["source"], s, text)
                         ref = sde_step_with_logprob(x.to(self.device), v_ref, s, s_next, r.noise_level,
-                                                    float(sigmas[1]), prev_sample=x_next.to(self.device))
+                                                    float(sigmas[1]), prev_sample=x_next)
                         kl = L.kl_to_reference(st.mean, ref.mean, st.std).mean()
                         loss = loss + r.kl_beta * kl
                         agg["loss_kl"] += float(kl) / n_terms
@@ -343,11 +333,10 @@ class Trainer:
         start = self.world.rank * len(items)
         local_w = weights[start:start + len(items)]
         total = 0.0
-        for k, ((gi, rec, enc, sample), w) in enumerate(zip(items, local_w)):
+        for k, ((gi, rec, enc, m, latents, _), w) in enumerate(zip(items, local_w)):
             sync = contextlib.nullcontext() if (k == len(items) - 1 or not self.world.active) else self.dit.no_sync()
             with sync:
-                loss = self._fm_loss(self.dit, rec, enc, gi * 1000 + k, step, weight=float(w),
-                                     x0=sample["latents"]) / len(items)
+                loss = self._fm_loss(self.dit, rec, enc, gi * 1000 + k, step, weight=float(w), x0=latents) / len(items)
                 loss.backward()
             total += float(loss.detach())
         return {**stats, "loss": total, "loss_fm": total}

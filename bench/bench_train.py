@@ -1,0 +1,195 @@
+"""Training-step benchmark at the Wan2.1-1.3B editor shape (in 32 / out 16), bf16 base + fp32 LoRA (rank 32 on
+self/cross-attention q,k,v,o), random weights, 480x832x33 frames (14,040 tokens) + 512 text tokens.
+
+Times with CUDA events, using the trainer's own pieces (add_lora, sde_step_with_logprob, the losses):
+  sft     one SFT step: mask-weighted flow-matching forward + backward + AdamW;
+  grpo    one Edit-GRPO iteration: G rollouts x S steps (no grad, SDE on a window of W steps), then the update
+          on the window steps (forward + backward per stored transition), then AdamW.
+VAE and reward time are not included (they depend on the reward); the DiT is what dominates at this size.
+Under torchrun the SFT step runs data-parallel (DDP) and reports samples/s per GPU count.
+
+    python bench/bench_train.py [--frames 33] [--group 8 --steps 10 --window 2] [--checkpointing]
+    torchrun --nproc_per_node=2 bench/bench_train.py --only sft
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_dit import WAN_1_3B, dit_flops, matmul_rate  # noqa: E402
+
+
+def cuda_time(fn) -> float:
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    fn()
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b) / 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, default=33)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=832)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--window", type=int, default=2)
+    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--only", default="sft,grpo")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    from diffusers import WanTransformer3DModel
+
+    from viva_core.sampling import sde_step_with_logprob, shifted_sigmas
+    from viva_core.train.rollout import Transition, sde_rollout
+    from viva_core.train import losses as L
+    from viva_core.train.adapters import add_lora
+    from viva_core.train.config import LoraConfig
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        torch.distributed.init_process_group("nccl")
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(**WAN_1_3B).to(dev, dt)
+    params = add_lora(model, LoraConfig(rank=args.rank, alpha=2 * args.rank, targets="attn"))
+    if args.checkpointing:
+        model.enable_gradient_checkpointing()
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])])
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    lt, lh, lw = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
+    tokens = lt * (lh // 2) * (lw // 2)
+    z_src = torch.randn(1, 16, lt, lh, lw, device=dev)
+    text = torch.randn(1, 512, 4096, device=dev, dtype=dt)
+    mask = torch.zeros(1, 1, lt, lh, lw, device=dev)
+    mask[..., lh // 4: lh // 2, lw // 4: lw // 2] = 1
+    fwd = dit_flops(WAN_1_3B, tokens, 512)
+    rate = matmul_rate()
+    results = {"tokens": tokens, "fwd_tflop": fwd / 1e12, "matmul_tflops": rate / 1e12, "world": world,
+               "gpu": torch.cuda.get_device_name(), "checkpointing": args.checkpointing}
+
+    def velocity(m, x, sigma, batch=1):
+        t = torch.full((batch,), sigma * 1000.0, device=dev)
+        return m(hidden_states=torch.cat([x, z_src.expand(batch, -1, -1, -1, -1)], 1).to(dt), timestep=t,
+                 encoder_hidden_states=text.expand(batch, -1, -1), return_dict=False)[0].float()
+
+    if "forward" in args.only:  # what the LoRA costs per DiT call (rollouts are all forward)
+        x1 = torch.randn_like(z_src)
+
+        def fwd_once():
+            with torch.no_grad():
+                velocity(model, x1, 0.7)
+
+        def timed() -> float:
+            fwd_once()
+            return statistics.median(cuda_time(fwd_once) for _ in range(5))
+
+        model.disable_adapters()
+        base = timed()
+        model.enable_adapters()
+        lora32 = timed()
+        for p in params:
+            p.data = p.data.to(dt)
+        lora16 = timed()
+        for p in params:
+            p.data = p.data.float()
+        results["forward"] = {"no_lora_s": base, "lora_fp32_s": lora32, "lora_bf16_s": lora16,
+                              "floor_s": fwd / rate}
+
+    if "sft" in args.only:
+        def sft_step():
+            opt.zero_grad(set_to_none=True)
+            sigma = torch.rand(1, device=dev)
+            x0, eps = torch.randn_like(z_src), torch.randn_like(z_src)
+            x_t, v_t = L.flow_matching_pair(x0, eps, sigma)
+            loss = L.masked_fm_loss(velocity(net, x_t, float(sigma)), v_t, mask, 1.0)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+
+        sft_step()
+        torch.cuda.reset_peak_memory_stats()
+        times = [cuda_time(sft_step) for _ in range(args.repeats)]
+        t = statistics.median(times)
+        results["sft"] = {"seconds": t, "samples_per_s_total": world / t, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                          "mfu_3x": 3 * fwd / t / rate, "floor_3x_s": 3 * fwd / rate}
+
+    if "grpo" in args.only and world == 1:
+        sigmas = shifted_sigmas(args.steps, 5.0)
+        window = list(range(1, 1 + args.window))  # the trainer's window: fixed, high-noise half
+
+        def rollouts(batched: bool = True):
+            gens = [torch.Generator().manual_seed(m) for m in range(args.group)]
+
+            def vel(x, sig):
+                return velocity(model, x, sig, x.shape[0])
+
+            if batched:
+                return sde_rollout(vel, z_src.shape[1:], sigmas, window, 0.7, gens, dev)
+            parts = [sde_rollout(vel, z_src.shape[1:], sigmas, window, 0.7, [g], dev) for g in gens]
+            return torch.cat([p[0] for p in parts]), [
+                Transition(t.step, torch.cat([p[1][k].x for p in parts]), torch.cat([p[1][k].x_next for p in parts]),
+                           torch.cat([p[1][k].log_prob for p in parts])) for k, t in enumerate(parts[0][1])]
+
+        def update(rollout):
+            _, transitions = rollout
+            opt.zero_grad(set_to_none=True)
+            adv = torch.randn(args.group, device=dev)
+            n = args.group * len(transitions)
+            for m in range(args.group):
+                for tr in transitions:
+                    s, s2 = float(sigmas[tr.step]), float(sigmas[tr.step + 1])
+                    x = tr.x[m:m + 1].to(dev)
+                    st = sde_step_with_logprob(x, velocity(model, x, s), s, s2, 0.7, float(sigmas[1]),
+                                               prev_sample=tr.x_next[m:m + 1].to(dev))
+                    loss, _ = L.clipped_policy_loss(st.log_prob, tr.log_prob[m:m + 1].to(dev), adv[m].view(1), 1e-3)
+                    (loss / n).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+
+        update(rollouts())  # warm-up
+        torch.cuda.reset_peak_memory_stats()
+        roll, seq, upd = [], [], []
+        for _ in range(max(1, args.repeats - 1)):
+            holder = {}
+            seq.append(cuda_time(lambda: rollouts(batched=False)))
+            roll.append(cuda_time(lambda: holder.setdefault("r", rollouts())))
+            upd.append(cuda_time(lambda: update(holder["r"])))
+        r, q, u = statistics.median(roll), statistics.median(seq), statistics.median(upd)
+        n_fwd, n_upd = args.group * args.steps, args.group * args.window
+        results["grpo"] = {"rollout_s": r, "rollout_sequential_s": q, "update_s": u, "iteration_s": r + u,
+                           "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                           "rollout_mfu": n_fwd * fwd / r / rate, "update_mfu_3x": n_upd * 3 * fwd / u / rate,
+                           "floor_s": (n_fwd * fwd + n_upd * 3 * fwd) / rate}
+
+    if rank == 0:
+        print(json.dumps(results, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

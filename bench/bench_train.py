@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,16 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_dit import WAN_1_3B, dit_flops, matmul_rate  # noqa: E402
+from bench_dit import WAN_1_3B, dit_flops, matmul_rate, time_cuda  # noqa: E402
 
 
 def cuda_time(fn) -> float:
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    fn()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) / 1e3
+    """One timed call (the callers do their own warm-up and repeats)."""
+    return time_cuda(fn, 0, 1)[0]
 
 
 def main() -> None:

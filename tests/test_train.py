@@ -212,3 +212,42 @@ def test_grpo_follows_the_sign_of_the_reward(assets, small_data):
     """Control: with the reward negated the same quantity falls, so the rise above is the reward's doing."""
     first, last = _reward_curve(assets, small_data, assets["root"] / "learn_neg", "grpo", -1.0)
     assert last < first - 0.3, (first, last)
+
+
+def test_sft_trains_the_token_refiner_with_a_vlm_instructor(assets):
+    from tiny_vlm import build_tiny_vlm
+    from viva_core.instructor import load_refiner
+
+    vlm = build_tiny_vlm(assets["root"] / "vlm")
+    out = assets["root"] / "refiner"
+    cfg = config(assets, out, "optim.steps=3", "optim.batch_size=2", "optim.lr=1e-2", "log.checkpoint_every=0",
+                 f"model.instructor={vlm}",
+                 "model.train_refiner=true", "model.refiner_hidden=32", "model.refiner_heads=4",
+                 "model.refiner_depth=1")
+    trainer = Trainer(cfg)
+    result = trainer.run()
+    refiner = load_refiner(str(result.refiner_path), in_dim=32)
+    trained = dict(trainer.refiner.state_dict())
+    assert all(torch.equal(v.cpu(), trained[k].cpu()) for k, v in refiner.state_dict().items())
+    assert refiner.config.out_dim == 64  # the DiT's text_dim
+    assert trainer.cache.hits > 0  # second epoch: latents, text and VLM states come from the disk cache
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits(assets, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "sigint"
+    sets = [f"model.editor={assets['editor']}", f"data.manifest={assets['train']}", "model.dtype=fp32",
+            "model.device=cpu", f"output_dir={out}", "lora.rank=4", "optim.steps=500", "log.checkpoint_every=0",
+            f"data.cache_dir={assets['root'] / 'cache'}", "log.tensorboard=false", "log.plot=false"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "viva_core.cli", "train", "-v"] +
+                            [a for s in sets for a in ("--set", s)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err[-2000:]
+    assert list((out / "checkpoints").glob("step-*")) and (out / "viva_lora_interrupted.safetensors").is_file()

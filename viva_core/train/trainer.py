@@ -175,7 +175,11 @@ class Trainer:
         """Text tokens (+ instructor tokens through the refiner, with grad when the refiner trains), padded."""
         cond = Conditioning(enc["text"])
         if self.instructor is not None:
-            hidden = self.instructor.hidden_states(rec.instruction, enc["source_frames"][0])
+            hidden = self.cache.get_or_compute(
+                "vlm_hidden", (rec.instruction, file_identity(rec.source_video), self.cfg.data.max_frames,
+                               self.cfg.model.instructor),
+                lambda: {"hidden": self.instructor.hidden_states(rec.instruction, enc["source_frames"][0]).cpu()}
+            )["hidden"]
             with torch.set_grad_enabled(self.cfg.model.train_refiner and torch.is_grad_enabled()):
                 tokens = self.refiner(hidden.to(self.device).float())
             cond = Conditioning(torch.cat([cond.embeds.to(self.device), tokens.to(cond.embeds.dtype)], dim=1))

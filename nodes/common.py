@@ -98,15 +98,37 @@ def resolve_file(folder: str, name: str) -> str:
     return path
 
 
+def inside_user_folders(path: str) -> bool:
+    """True when `path` (links resolved) lies inside ComfyUI's input, temp or output folder."""
+    path = os.path.realpath(path)
+    allowed = [os.path.realpath(folder_paths.get_input_directory()), os.path.realpath(folder_paths.get_temp_directory()),
+               os.path.realpath(folder_paths.get_output_directory())]
+    return any(os.path.commonpath([path, a]) == a for a in allowed)
+
+
 def resolve_input_file(name: str) -> str:
     """A user input file (video/image) that must stay inside ComfyUI's input folder."""
     path = os.path.realpath(folder_paths.get_annotated_filepath(name))
-    allowed = [os.path.realpath(folder_paths.get_input_directory()), os.path.realpath(folder_paths.get_temp_directory()),
-               os.path.realpath(folder_paths.get_output_directory())]
-    if not any(os.path.commonpath([path, a]) == a for a in allowed):
+    if not inside_user_folders(path):
         raise InputError(f"'{name}' leaves ComfyUI's input/output folders; only files inside them can be used.")
     if not os.path.isfile(path):
         raise InputError(f"'{name}' was not found in ComfyUI's input folder; upload it again.")
+    return path
+
+
+def input_folders(marker, depth: int = 2) -> list[str]:
+    """Sub-folders of ComfyUI's input folder (relative names, up to `depth` levels) for which marker(path) is true."""
+    return _sub_dirs([folder_paths.get_input_directory()], marker, depth)
+
+
+def resolve_input_dir(name: str) -> str:
+    """A sub-folder of ComfyUI's input folder; names that leave it (.., absolute paths, links out) are refused."""
+    base = os.path.realpath(folder_paths.get_input_directory())
+    path = os.path.realpath(os.path.join(base, name))
+    if path == base or os.path.commonpath([path, base]) != base:
+        raise InputError(f"'{name}' is not a sub-folder of ComfyUI's input folder; only folders inside it can be used.")
+    if not os.path.isdir(path):
+        raise InputError(f"'{name}' was not found in ComfyUI's input folder ({base}); put the folder there and refresh.")
     return path
 
 

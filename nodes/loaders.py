@@ -1,6 +1,9 @@
 """Loader nodes: editor (DiT + VAE + UMT5), VLM (instructor / judge), LoRA. Declarations and calls only."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 from comfy_api.latest import io, ui
 
 from ..viva_core.editor import (ATTENTION_BACKENDS, COMPILE_MODES, OFFLOAD_MODES, EditorOptions,
@@ -14,10 +17,39 @@ DTYPES = ["bf16", "fp16", "fp32"]
 FOLDER_TAG, FILE_TAG = "folder: ", "file: "
 
 
+def editor_choices() -> list[str]:
+    """The `editor` combo of VIVA Load Editor and VIVA Train LoRA: diffusers folders, then single-file DiTs."""
+    return [FOLDER_TAG + f for f in c.editor_folders()] + [FILE_TAG + f for f in c.safetensors_files("diffusion_models")]
+
+
+@dataclass(frozen=True)
+class EditorFiles:
+    """Absolute paths behind an `editor` / `vae` / `text_encoder` choice: a folder, or a DiT file + VAE file."""
+
+    folder: Optional[str]
+    transformer_file: Optional[str]
+    vae_file: Optional[str]
+    text_encoder: Optional[str]
+
+
+def resolve_editor(editor: str, vae: str, text_encoder: str) -> EditorFiles:
+    """Turn the combo values into paths inside ComfyUI's model folders (names may not leave them)."""
+    te = None if text_encoder == c.FROM_EDITOR else c.resolve_dir("text_encoders", text_encoder)
+    if editor.startswith(FOLDER_TAG):
+        return EditorFiles(c.resolve_dir("diffusers", editor[len(FOLDER_TAG):]), None, None, te)
+    if editor.startswith(FILE_TAG):
+        if vae == c.FROM_EDITOR:
+            raise InputError("a single-file DiT needs a VAE file: pick one in `vae` (models/vae).")
+        return EditorFiles(None, c.resolve_file("diffusion_models", editor[len(FILE_TAG):]), c.resolve_file("vae", vae),
+                           te)
+    raise InputError("no editor found: put a diffusers editor folder in models/diffusers or a Wan DiT file in "
+                     "models/diffusion_models, then refresh.")
+
+
 class LoadEditor(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        editors = [FOLDER_TAG + f for f in c.editor_folders()] + [FILE_TAG + f for f in c.safetensors_files("diffusion_models")]
+        editors = editor_choices()
         return io.Schema(
             node_id="VIVA_LoadEditor", display_name="VIVA Load Editor", category=c.CATEGORY,
             description="Loads a Wan-architecture video editor (DiT whose input is noise + source latents, Wan VAE, "
@@ -58,18 +90,9 @@ class LoadEditor(io.ComfyNode):
         options = EditorOptions(dtype=dtype, offload=offload, attention=attention, compile=compile,
                                 fp8_storage=fp8_storage, vae_tiling=vae_tiling, allow_t2v=allow_t2v,
                                 device=str(c.mm.get_torch_device()))
-        te = None if text_encoder == c.FROM_EDITOR else c.resolve_dir("text_encoders", text_encoder)
-        if editor.startswith(FOLDER_TAG):
-            loaded = load_editor(c.resolve_dir("diffusers", editor[len(FOLDER_TAG):]), text_encoder_folder=te,
-                                 options=options)
-        elif editor.startswith(FILE_TAG):
-            if vae == c.FROM_EDITOR:
-                raise InputError("a single-file DiT needs a VAE file: pick one in `vae` (models/vae).")
-            loaded = load_editor(transformer_file=c.resolve_file("diffusion_models", editor[len(FILE_TAG):]),
-                                 vae_file=c.resolve_file("vae", vae), text_encoder_folder=te, options=options)
-        else:
-            raise InputError("no editor found: put a diffusers editor folder in models/diffusers or a Wan DiT file in "
-                             "models/diffusion_models, then refresh.")
+        files = resolve_editor(editor, vae, text_encoder)
+        loaded = load_editor(files.folder, transformer_file=files.transformer_file, vae_file=files.vae_file,
+                             text_encoder_folder=files.text_encoder, options=options)
         info = loaded.describe()
         return io.NodeOutput(loaded, info, ui=ui.PreviewText(info))
 

@@ -159,15 +159,17 @@ def test_bad_manifest_fails_before_any_compute(assets, tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")
-def test_ddp_two_processes_equal_one_process(assets):
-    """Two gloo ranks with batch 1 each == one process with batch 2 (same global batch), weights agree."""
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_equal_one_process(assets, parallel):
+    """Two gloo ranks with batch 1 each == one process with batch 2 (same global batch): DDP replicas and FSDP2
+    shards both give the 1-process weights."""
     one = assets["root"] / "ddp1"
     Trainer(config(assets, one, "optim.steps=2", "optim.batch_size=2", "log.checkpoint_every=0")).run()
-    two = assets["root"] / "ddp2"
+    two = assets["root"] / f"{parallel}2"
     sets = [f"model.editor={assets['editor']}", f"data.manifest={assets['train']}", "model.dtype=fp32",
             "model.device=cpu", f"output_dir={two}", "lora.rank=4", "lora.alpha=4", "optim.lr=3e-3",
             f"data.cache_dir={assets['root'] / 'cache'}", "log.tensorboard=false", "optim.steps=2",
-            "optim.batch_size=1", "log.checkpoint_every=0"]
+            "optim.batch_size=1", "log.checkpoint_every=0", f"optim.parallel={parallel}"]
     import socket
 
     with socket.socket() as sock:  # torchrun's --master_port=0 hangs the rendezvous: pick a free port here
@@ -251,3 +253,18 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(assets, tmp_path):
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err[-2000:]
     assert list((out / "checkpoints").glob("step-*")) and (out / "viva_lora_interrupted.safetensors").is_file()
+
+
+def test_continue_from_a_lora_file_keeps_its_effect(assets):
+    """lora.init_from loads A/B (rescaled to this run's alpha): with lr 0 the output has the same effect."""
+    from viva_core.lora import lora_delta, read_lora
+
+    first = Trainer(config(assets, assets["root"] / "init_a", "optim.steps=2", "optim.lr=5e-2",
+                           "log.checkpoint_every=0")).run()
+    second = Trainer(config(assets, assets["root"] / "init_b", "optim.steps=1", "optim.lr=0", "lora.alpha=8",
+                            f"lora.init_from={first.lora_path}", "log.checkpoint_every=0")).run()
+    a, _, _ = read_lora(first.lora_path)
+    b, _, _ = read_lora(second.lora_path)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(lora_delta(b[name], 1.0), lora_delta(a[name], 1.0), rtol=1e-5, atol=1e-7)

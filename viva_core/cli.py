@@ -122,6 +122,44 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval import evaluate
+
+    if not args.outputs and not args.editor:
+        raise InputError("viva eval needs --outputs DIR (edits named <index>.mp4) or --editor (run it on every "
+                         "record).")
+    editor_fn = None
+    if args.editor:
+        from .conditioning import build_conditioning, negative_conditioning
+        from .pipeline import EditSettings, edit
+
+        editor = load_editor_from_args(args)
+        for spec in args.lora or []:
+            editor = editor.with_lora(*parse_lora_arg(spec))
+        negative = negative_conditioning(editor, args.negative)
+        settings = EditSettings(steps=args.steps, cfg=args.cfg, seed=args.seed, shift=args.shift,
+                                strength=args.strength, sampler=args.sampler)
+
+        def editor_fn(record, frames):
+            cond, _ = build_conditioning(editor, record.instruction, frames[0], mode="text")
+            return edit(editor, frames, cond, negative=negative, settings=settings).frames
+    judge = None
+    if args.judge:
+        from .judge import Judge
+        from .vlm import load_vlm
+
+        judge = Judge(load_vlm(args.judge, dtype=args.vlm_dtype, device=args.device))
+    outputs = args.outputs or str(Path(args.report) / "outputs")
+    bar = _tqdm_progress("eval")
+    report = evaluate(args.manifest, editor_fn, outputs_dir=outputs, judge=judge, limit=args.limit, progress=bar,
+                      max_frames=args.max_frames, judge_frames=args.judge_frames, previews=args.previews)
+    bar.close()
+    out = report.write(args.report)
+    print(report.table())
+    print(f"wrote {out / 'report.json'} and {out / 'report.html'}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train.config import load_config
     from .train.trainer import Trainer, install_sigint_handler
@@ -142,6 +180,32 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{state} step {result.steps}; LoRA: {result.lora_path}" +
               (f"; refiner: {result.refiner_path}" if result.refiner_path else ""))
     return 130 if result.interrupted else 0
+
+
+def _name_list(text: str | None) -> list[str] | None:
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    import time
+
+    from .synth import CATEGORIES, generate
+
+    try:
+        splits = tuple(float(x) for x in args.splits.split(","))
+    except ValueError:
+        raise InputError(f"--splits '{args.splits}' must be three numbers, e.g. 0.8,0.1,0.1.") from None
+    bar = _tqdm_progress("synth")
+    start = time.perf_counter()
+    manifests = generate(args.out, n=args.n, seed=args.seed, frames=args.frames, size=args.size,
+                         categories=_name_list(args.categories) or CATEGORIES, ops=_name_list(args.ops),
+                         format=args.format, splits=splits, fps=args.fps, overwrite=args.overwrite, progress=bar)
+    bar.close()
+    seconds = time.perf_counter() - start
+    for split, path in manifests.items():
+        print(f"{split}: {sum(1 for line in path.read_text().splitlines() if line.strip())} clips -> {path}")
+    print(f"{args.n} clips in {seconds:.1f} s ({args.n / seconds * 60:.0f} clips/minute, {args.format})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +263,38 @@ def build_parser() -> argparse.ArgumentParser:
     common(j)
     j.set_defaults(func=cmd_judge)
 
+    v = sub.add_parser("eval", help="exact benchmark: score edits against a manifest's ground truth",
+                       description="Scores per edit (EA, PC, GN, GR in [0, 1], PSNR, SSIM) from the output vs the "
+                       "manifest's source, target and mask (and its per-operation 'verify' entries), aggregated per "
+                       "category and operation; writes report.json and a self-contained report.html.")
+    v.add_argument("manifest", help="JSONL manifest with target_video (and mask_video) per edit")
+    v.add_argument("--outputs", help="folder of edits named <index>.mp4 (with --editor: where they are saved; "
+                   "default REPORT/outputs)")
+    v.add_argument("--editor", help="diffusers editor folder or single-file DiT: edit every record (text mode)")
+    v.add_argument("--report", required=True, help="folder for report.json and report.html")
+    v.add_argument("--limit", type=int, default=None, help="score only the first N records")
+    v.add_argument("--judge", help="VLM folder: also measure the judge's agreement with the verifiers")
+    v.add_argument("--judge-frames", type=int, default=4)
+    v.add_argument("--previews", type=int, default=8, help="edits shown as frame strips in the HTML report")
+    v.add_argument("--vae", help="Wan VAE .safetensors (with a single-file --editor)")
+    v.add_argument("--text-encoder", help="UMT5 folder (transformers format) if the editor folder has none")
+    v.add_argument("--lora", action="append", metavar="FILE[:STRENGTH]", help="LoRA file, repeatable")
+    v.add_argument("--negative", default="", help="negative prompt for CFG")
+    v.add_argument("--steps", type=int, default=30)
+    v.add_argument("--cfg", type=float, default=5.0)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--shift", type=float, default=5.0)
+    v.add_argument("--strength", type=float, default=1.0)
+    v.add_argument("--sampler", default="unipc", choices=["unipc", "euler"])
+    v.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    v.add_argument("--offload", default="none", choices=["none", "model", "block"])
+    v.add_argument("--attention", default="sdpa")
+    v.add_argument("--compile", default="off", choices=["off", "blocks", "full"])
+    v.add_argument("--fp8", action="store_true", help="store DiT weights in fp8")
+    v.add_argument("--vae-tiling", action="store_true")
+    common(v)
+    v.set_defaults(func=cmd_eval)
+
     t = sub.add_parser("train", help="train an editing LoRA (sft, grpo, rwo) from a TOML config",
                        description="Methods: sft (mask-weighted flow matching, VIVA), grpo (Edit-GRPO: Flow-SDE "
                        "rollouts, group-relative rewards), rwo (reward-weighted flow matching, a reconstruction of "
@@ -212,6 +308,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from the latest checkpoint in output_dir (or from the given checkpoint folder)")
     t.add_argument("-v", "--verbose", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("synth", help="generate synthetic paired-edit data (source, instruction, target, mask)",
+                       description="Seeded procedural clips of moving shapes with exact edits: basic, hybrid, and "
+                       "reasoning-informed (temporal, causal, spatial, commonsense). Writes train/val/heldout "
+                       "JSONL manifests (heldout holds unseen (operation, attribute/referring) pairs) and "
+                       "synth_config.json under --out.")
+    s.add_argument("--out", required=True, help="output folder (manifests, media, synth_config.json)")
+    s.add_argument("--n", type=int, default=1000, help="number of clips over all splits")
+    s.add_argument("--seed", type=int, default=0, help="the same seed gives identical clips and text")
+    s.add_argument("--frames", type=int, default=17, help="frames per clip (4k+1 suits Wan)")
+    s.add_argument("--size", type=int, default=64, help="frame side in pixels (square)")
+    s.add_argument("--fps", type=float, default=8.0, help="frame rate written into mp4 files")
+    s.add_argument("--format", default="mp4", choices=["mp4", "npz"],
+                   help="mp4: load_manifest records (lossy h264); npz: exact uint8 arrays, ~10x faster")
+    s.add_argument("--categories", help="comma list of basic,hybrid,temporal,causal,spatial,commonsense (default all)")
+    s.add_argument("--ops", help="comma list of operations to allow (default all), e.g. recolour,remove,time_shift")
+    s.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,heldout fractions")
+    s.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier data set")
+    s.add_argument("-v", "--verbose", action="store_true")
+    s.set_defaults(func=cmd_synth)
     return p
 
 

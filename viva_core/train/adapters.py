@@ -9,10 +9,24 @@ from typing import Iterator, Optional
 import torch
 
 from ..errors import InputError
-from ..lora import LoraLayer, read_lora, save_lora
+from ..lora import LoraLayer, read_lora
 from .config import LORA_TARGETS, LoraConfig
 
 ADAPTER = "default"
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A whole tensor from a possibly FSDP2-sharded one (a collective: every rank must call it)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def shard_like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`value` laid out like `param` (a DTensor under FSDP2, else the same tensor on param's device)."""
+    if hasattr(param, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(value.to(param.dtype), param.device_mesh, param.placements)
+    return value.to(param.device, param.dtype)
 
 
 def add_lora(transformer: torch.nn.Module, cfg: LoraConfig, *, seed: int = 0) -> list[torch.nn.Parameter]:
@@ -48,8 +62,8 @@ def export_lora(transformer: torch.nn.Module) -> dict[str, LoraLayer]:
     """The adapter as {diffusers module name: LoraLayer} (fp32 copies), ready for `save_lora`."""
     layers = {}
     for name, m in _peft_modules(transformer):
-        layers[name] = LoraLayer(m.lora_A[ADAPTER].weight.detach().float().cpu().clone(),
-                                 m.lora_B[ADAPTER].weight.detach().float().cpu().clone(),
+        layers[name] = LoraLayer(full_tensor(m.lora_A[ADAPTER].weight.detach()).float().cpu().clone(),
+                                 full_tensor(m.lora_B[ADAPTER].weight.detach()).float().cpu().clone(),
                                  float(m.lora_alpha[ADAPTER]))
     return layers
 
@@ -70,12 +84,27 @@ def load_lora_into_adapter(transformer: torch.nn.Module, path: str) -> None:
                                  f"{m.lora_A[ADAPTER].weight.shape[0]}; set lora.rank to {layer.rank}.")
             own_scale = float(m.lora_alpha[ADAPTER]) / layer.rank
             file_scale = (layer.alpha if layer.alpha is not None else layer.rank) / layer.rank
-            m.lora_A[ADAPTER].weight.copy_(layer.down)
-            m.lora_B[ADAPTER].weight.copy_(layer.up * (file_scale / own_scale))
+            m.lora_A[ADAPTER].weight.copy_(shard_like(layer.down, m.lora_A[ADAPTER].weight))
+            m.lora_B[ADAPTER].weight.copy_(shard_like(layer.up * (file_scale / own_scale), m.lora_B[ADAPTER].weight))
 
 
-def save_trained_lora(transformer: torch.nn.Module, path: str | Path, metadata: dict) -> Path:
-    return save_lora(path, export_lora(transformer), metadata=metadata)
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """optimizer.state_dict() with FSDP2-sharded moments gathered to whole CPU tensors (collective)."""
+    sd = optimizer.state_dict()
+    for st in sd["state"].values():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                st[k] = full_tensor(v).cpu()
+    return sd
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, sd: dict) -> None:
+    """Inverse of full_optimizer_state: whole moments are re-sharded like their parameters."""
+    optimizer.load_state_dict(sd)
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape and k != "step":
+                st[k] = shard_like(v, p)
 
 
 @contextlib.contextmanager
@@ -90,7 +119,8 @@ def adapter_disabled(transformer: torch.nn.Module) -> Iterator[None]:
 
 def trainable_state(transformer: torch.nn.Module, refiner: Optional[torch.nn.Module]) -> dict[str, torch.Tensor]:
     """Everything training changes (LoRA, opt-in source channels, refiner), by stable names, for checkpoints."""
-    state = {f"dit.{n}": p.detach().cpu().clone() for n, p in transformer.named_parameters() if p.requires_grad}
+    state = {f"dit.{n}": full_tensor(p.detach()).cpu().clone() for n, p in transformer.named_parameters()
+             if p.requires_grad}
     if refiner is not None:
         state.update({f"refiner.{k}": v.detach().cpu().clone() for k, v in refiner.state_dict().items()})
     return state
@@ -107,4 +137,4 @@ def load_trainable_state(transformer: torch.nn.Module, refiner: Optional[torch.n
             if target is None:
                 raise InputError(f"checkpoint entry '{key}' has no place in this model; was it made with another "
                                  "config (lora.rank, lora.targets, model.train_refiner)?")
-            target.copy_(value)
+            target.copy_(shard_like(value, target))

@@ -68,6 +68,7 @@ class OptimConfig:
     warmup_steps: int = 0
     schedule: str = "constant"  # constant | cosine
     batch_size: int = 1  # records per step per process
+    parallel: str = "ddp"  # under torchrun: ddp (replicas) or fsdp (FSDP2, blocks sharded: for DiTs >= 5B)
 
 
 @dataclass
@@ -141,6 +142,8 @@ class TrainConfig:
             problems.append("rollout.group_size must be >= 2 (advantages are relative within a group)")
         if self.method != "sft" and self.model.allow_t2v:
             problems.append("model.allow_t2v needs method sft: GRPO/RWO train LoRAs only")
+        if self.optim.parallel not in ("ddp", "fsdp"):
+            problems.append(f"optim.parallel '{self.optim.parallel}' is not ddp or fsdp")
         if self.optim.schedule not in ("constant", "cosine"):
             problems.append(f"optim.schedule '{self.optim.schedule}' is not constant or cosine")
         if self.rollout.window and not 0 <= self.rollout.window_start < self.rollout.steps:

@@ -26,7 +26,9 @@ from ..pipeline import decode_latents, encode_frames, pad_tokens
 from ..runtime import ProgressFn, no_progress
 from ..sampling import sde_step_with_logprob, shifted_sigmas
 from . import losses as L
-from .adapters import adapter_disabled, add_lora, load_trainable_state, save_trained_lora, trainable_state
+from ..lora import save_lora
+from .adapters import (adapter_disabled, full_tensor, add_lora, export_lora, full_optimizer_state, load_optimizer_state,
+                       load_trainable_state, trainable_state)
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig
 from .distributed import World, all_gather_cat, init_world, shutdown
@@ -88,8 +90,16 @@ class Trainer:
         self.refiner, self.instructor = None, None
         if cfg.model.instructor:
             self._setup_instructor()
-        self.dit = dit
-        if self.world.active:
+        self.base, self.dit = dit, dit  # base: the module itself; dit: what training calls (DDP wrapper)
+        if self.world.active and cfg.optim.parallel == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for block in dit.blocks:  # FSDP2: each block's parameters sharded over the ranks
+                fully_shard(block)
+            fully_shard(dit)
+            self.params = [p for p in dit.parameters() if p.requires_grad] + (
+                list(self.refiner.parameters()) if self.refiner is not None and cfg.model.train_refiner else [])
+        elif self.world.active:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.dit = DDP(dit, device_ids=[self.world.local_rank] if want_cuda else None)
@@ -185,6 +195,10 @@ class Trainer:
             cond = Conditioning(torch.cat([cond.embeds.to(self.device), tokens.to(cond.embeds.dtype)], dim=1))
         return pad_tokens(cond.embeds, self.editor.max_text_tokens).to(self.device, self.editor.dtype)
 
+    def _grad_sync(self, last: bool):
+        """DDP all-reduces gradients on the last backward of a step only; FSDP2 reduces every backward."""
+        return self.dit.no_sync() if (not last and self.dit is not self.base) else contextlib.nullcontext()
+
     def _velocity(self, model, x: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor | float,
                   text: torch.Tensor) -> torch.Tensor:
         inp = torch.cat([x.to(self.device), source.to(self.device)], dim=1).to(self.editor.dtype)
@@ -220,7 +234,7 @@ class Trainer:
         batch = self._local_batch(step)
         total = 0.0
         for k, (gi, rec) in enumerate(batch):
-            sync = contextlib.nullcontext() if (k == len(batch) - 1 or not self.world.active) else self.dit.no_sync()
+            sync = self._grad_sync(k == len(batch) - 1)
             with sync:
                 loss = self._fm_loss(self.dit, rec, self._encoded(rec), gi, step) / len(batch)
                 loss.backward()
@@ -232,7 +246,7 @@ class Trainer:
         """Held-out FM loss with fixed sigmas/noise per record (comparable across steps)."""
         if not self.val_records:
             return None
-        model = self.dit.module if self.world.active else self.dit
+        model = self.base
         vals = [float(self._fm_loss(model, r, self._encoded(r), i, -1)) for i, r in enumerate(self.val_records)]
         return sum(vals) / len(vals)
 
@@ -244,7 +258,7 @@ class Trainer:
     def _rollout_group(self, rec: EditRecord, enc: dict, gi: int, step: int) -> tuple[torch.Tensor, list]:
         """G Flow-SDE samples of the current policy for one record, batched per DiT call."""
         r = self.cfg.rollout
-        model = self.dit.module if self.world.active else self.dit
+        model = self.base
         text = self._condition(rec, enc)
         g = r.group_size
         source, texts = enc["source"].expand(g, -1, -1, -1, -1), text.expand(g, -1, -1)
@@ -301,7 +315,7 @@ class Trainer:
                 k += 1
                 x, x_next, logp_old = tr.x[m:m + 1], tr.x_next[m:m + 1].to(self.device), tr.log_prob[m:m + 1]
                 s, s_next = float(sigmas[tr.step]), float(sigmas[tr.step + 1])
-                sync = contextlib.nullcontext() if (k == n_terms or not self.world.active) else self.dit.no_sync()
+                sync = self._grad_sync(k == n_terms)
                 with sync:
                     v = self._velocity(self.dit, x, enc["source"], s, text)
                     st = sde_step_with_logprob(x.to(self.device), v, s, s_next, r.noise_level, float(sigmas[1]),
@@ -310,7 +324,7 @@ class Trainer:
                                                     r.clip_range)
                     loss = pl
                     if r.kl_beta > 0:
-                        base = self.dit.module if self.world.active else self.dit
+                        base = self.base
                         with torch.no_grad(), adapter_disabled(base):
                             v_ref = self._velocity(base, x, enc["source"], s, text)
                         ref = sde_step_with_logprob(x.to(self.device), v_ref, s, s_next, r.noise_level,
@@ -338,7 +352,7 @@ class Trainer:
         local_w = weights[start:start + len(items)]
         total = 0.0
         for k, ((gi, rec, enc, m, latents, _), w) in enumerate(zip(items, local_w)):
-            sync = contextlib.nullcontext() if (k == len(items) - 1 or not self.world.active) else self.dit.no_sync()
+            sync = self._grad_sync(k == len(items) - 1)
             with sync:
                 loss = self._fm_loss(self.dit, rec, enc, gi * 1000 + k, step, weight=float(w), x0=latents) / len(items)
                 loss.backward()
@@ -360,15 +374,18 @@ class Trainer:
                 "mask_weight": c.sft.mask_weight if c.method == "sft" else None, "trainer": "viva_core"}
 
     def _save(self, step: int, metrics: MetricsLog) -> None:
+        # gathering is collective under FSDP2: every rank takes part, rank 0 writes
+        layers, trainable = export_lora(self.base), trainable_state(self.base, self.refiner)
+        optimizer = full_optimizer_state(self.optimizer)
         if not self.world.is_main:
             return
-        base = self.dit.module if self.world.active else self.dit
-        lora = save_trained_lora(base, self.out / "lora_latest.safetensors", self._metadata(step))
-        png = metrics.plot(self.out / "curves.png", title=f"{self.cfg.method} · step {step}")
+        lora = save_lora(self.out / "lora_latest.safetensors", layers, metadata=self._metadata(step))
+        png = metrics.plot(self.out / "curves.png", title=f"{self.cfg.method} · step {step}") if self.cfg.log.plot \
+            else None
         extra = {"lora.safetensors": lora, **({"curves.png": png} if png else {})}
-        save_checkpoint(self.out / "checkpoints", step, trainable=trainable_state(base, self.refiner),
-                        rng=self._rng_state(), optimizer=self.optimizer.state_dict(),
-                        state={"config": self.cfg.to_dict()}, extra_files=extra, keep=self.cfg.log.keep_checkpoints)
+        save_checkpoint(self.out / "checkpoints", step, trainable=trainable, rng=self._rng_state(),
+                        optimizer=optimizer, state={"config": self.cfg.to_dict()}, extra_files=extra,
+                        keep=self.cfg.log.keep_checkpoints)
 
     def _resume(self, resume: bool | str, metrics: MetricsLog) -> int:
         if not resume:
@@ -378,11 +395,12 @@ class Trainer:
             log.warning("no checkpoint in %s; starting from step 0", self.out / "checkpoints")
             return 0
         ck = load_checkpoint(path)
-        base = self.dit.module if self.world.active else self.dit
+        base = self.base
         load_trainable_state(base, self.refiner, ck.trainable)
-        self.optimizer.load_state_dict(ck.optimizer)
+        load_optimizer_state(self.optimizer, ck.optimizer)
         torch.set_rng_state(ck.rng["torch"])
-        metrics.truncate_after(ck.step)
+        if self.world.is_main:
+            metrics.truncate_after(ck.step)
         log.info("resumed from %s (step %d)", path, ck.step)
         return ck.step
 
@@ -397,10 +415,13 @@ class Trainer:
         if self.world.is_main:
             out.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(out / "checkpoints")
-        metrics = MetricsLog(out, tensorboard=cfg.log.tensorboard and self.world.is_main, resume=bool(resume))
+        metrics = MetricsLog(out, tensorboard=cfg.log.tensorboard and self.world.is_main,
+                             resume=bool(resume) or not self.world.is_main)  # only rank 0 writes the log
         start = self._resume(resume, metrics)
-        if start == 0 and self.val_records and self.world.is_main:
-            metrics.log(0, {"val_loss": self.validation_loss()})  # the curve starts at the base model's loss
+        if start == 0 and self.val_records:
+            val = self.validation_loss()  # every rank runs it: FSDP2 forwards are collective
+            if self.world.is_main:
+                metrics.log(0, {"val_loss": val})  # the curve starts at the base model's loss
         step_fn = {"sft": self._sft_step, "grpo": self._grpo_step, "rwo": self._rwo_step}[cfg.method]
         interrupted, last = False, {}
         step = start
@@ -427,21 +448,23 @@ class Trainer:
                 last = {**stats, "grad_norm": float(grad_norm), "lr": lr, "step_time": dt, "samples_per_s": n / dt,
                         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
                 done = step + 1
+                if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0 and self.val_records:
+                    last["val_loss"] = self.validation_loss()
                 if self.world.is_main and (done % cfg.log.every == 0 or done == cfg.optim.steps):
-                    if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0 and self.val_records:
-                        last["val_loss"] = self.validation_loss()
                     metrics.log(done, last)
                     self.on_log(done, last)
                 if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0 and done < cfg.optim.steps:
                     self._save(done, metrics)
                 self.progress(done, cfg.optim.steps, None)
             else:
-                step = cfg.optim.steps
+                step = max(cfg.optim.steps, start)  # resuming past `steps` trains nothing more
         except KeyboardInterrupt:
             interrupted = True
-        finished = step if interrupted else cfg.optim.steps
-        if self.val_records and self.world.is_main and not interrupted:
-            metrics.log(finished, {"val_loss": self.validation_loss()})
+        finished = step
+        if self.val_records and not interrupted:
+            val = self.validation_loss()
+            if self.world.is_main:
+                metrics.log(finished, {"val_loss": val})
         self._check_ranks_agree()
         self._save(finished, metrics)
         lora_path, refiner_path = self._write_outputs(finished, interrupted)
@@ -453,7 +476,7 @@ class Trainer:
         """DDP keeps replicas identical; verify it (a silent divergence would make the saved LoRA rank 0's alone)."""
         if not self.world.active:
             return
-        sums = torch.stack([p.detach().double().sum() for p in self.params]).to(self.device)
+        sums = torch.stack([full_tensor(p.detach()).double().sum() for p in self.params]).to(self.device)
         gathered = all_gather_cat(self.world, sums.unsqueeze(0))
         if not torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-6, atol=1e-9):
             raise RuntimeError(f"trained weights differ between ranks ({gathered.sum(1).tolist()}); this is a bug.")
@@ -462,9 +485,9 @@ class Trainer:
         name = self.cfg.output_name + ("_interrupted" if interrupted else "")
         lora_path = self.out / f"{name}.safetensors"
         refiner_path = None
+        layers = export_lora(self.base)  # collective under FSDP2
         if self.world.is_main:
-            base = self.dit.module if self.world.active else self.dit
-            save_trained_lora(base, lora_path, self._metadata(step))
+            save_lora(lora_path, layers, metadata=self._metadata(step))
             if self.refiner is not None and self.cfg.model.train_refiner:
                 from ..instructor import save_refiner
 

@@ -1,22 +1,37 @@
 // VIVA for ComfyUI: show each node's result on the node after it runs.
 //
-// The Python nodes return UI data (see nodes/*.py):   {"text": [str], "viva_scores": [{scores: {EA, PC, GN, GR}, label}]}
+// The Python nodes return UI data (see nodes/*.py):   {"text": [str], "viva_scores": [{scores: {EA, PC, GN, GR}, label}],
+// "viva_curve": [{points: [[step, loss, reward], ...], total}]}
 // - "text" goes into a read-only multiline box at the bottom of the node (like core's Preview Any);
-// - "viva_scores" (Judge, Best-of-N) is drawn as a small bar chart of P(Yes) per question.
-// Both widgets are added on the first result, are never saved in the workflow nor sent with the prompt,
+// - "viva_scores" (Judge, Best-of-N) is drawn as a small bar chart of P(Yes) per question;
+// - Train LoRA draws a live loss (and reward) curve: the server sends a "viva.train" websocket event per logged
+//   step ({node, total, start, history} when a run starts, then {node, total, step, loss, reward}, and
+//   {node, total, step, interrupted} when it is cancelled), and the final "viva_curve" of the run when it ends.
+// The widgets are added on the first result, are never saved in the workflow nor sent with the prompt,
 // and any error here is caught and logged, so the graph keeps working whatever happens.
 // web/js/viva.js is served at /extensions/<pack>/js/viva.js, so the frontend's scripts are three levels up.
+import { api } from "../../../scripts/api.js";
 import { app } from "../../../scripts/app.js";
 import { ComfyWidgets } from "../../../scripts/widgets.js";
 
+const TRAIN_NODE = "VIVA_TrainLoRA";
 const TEXT_NODES = new Set([
   "VIVA_LoadEditor", "VIVA_LoraLoader", "VIVA_EncodeInstruction", "VIVA_EditVideo", "VIVA_BestOfN", "VIVA_Judge",
+  "VIVA_DatasetFromFolder", TRAIN_NODE,
 ]);
 const CHART_NODES = new Set(["VIVA_BestOfN", "VIVA_Judge"]);
 const DIMENSIONS = ["EA", "PC", "GN", "GR"]; // edit accuracy, preservation, naturalness, realism
 const TEXT_WIDGET = "viva_result";
 const CHART_WIDGET = "viva_scores";
 const CHART_HEIGHT = 4 * 14 + 18;
+const CURVE_WIDGET = "viva_curve";
+const CURVE_HEIGHT = 112;
+const CURVE_EVENT = "viva.train";
+const MAX_POINTS = 2000; // a long run keeps every other point once this many are stored
+const SERIES = [ // [index in a point, label, colour]
+  [1, "loss", "#5fb4ff"],
+  [2, "reward", "#f2b33d"],
+];
 
 const nodeId = (node) => node.comfyClass ?? node.type;
 
@@ -93,6 +108,137 @@ function chartWidget(node) {
   return widget;
 }
 
+function fmt(v) {
+  if (!Number.isFinite(v)) return "n/a";
+  const a = Math.abs(v);
+  return a !== 0 && (a < 1e-3 || a >= 1e4) ? v.toExponential(2) : v.toPrecision(4);
+}
+
+// Exponential moving average of a series (as TensorBoard's smoothing), so a noisy loss still shows its trend.
+function smoothed(values, weight = 0.8) {
+  let acc = null;
+  return values.map((v) => (acc = acc === null ? v : weight * acc + (1 - weight) * v));
+}
+
+function drawCurve(ctx, data, width, y) {
+  const points = data?.points || [];
+  const present = SERIES.filter(([i]) => points.some((p) => Number.isFinite(p[i])));
+  const gutter = 40; // value labels left (first series) and right (second series) of the plot
+  const x0 = 14 + gutter, top = y + 16, h = CURVE_HEIGHT - 30;
+  const w = Math.max(40, width - 28 - gutter * (present.length > 1 ? 2 : 1));
+  const last = points[points.length - 1];
+  const maxStep = Math.max(1, ...points.map((p) => p[0] || 0)); // the axis grows with the run (total may be huge)
+  ctx.save();
+  ctx.font = "11px monospace";
+  ctx.textBaseline = "middle";
+  ctx.textAlign = "left";
+  // header: latest value of each series in its colour, then the step count
+  let hx = 14;
+  for (const [i, label, colour] of present) {
+    const text = `${label} ${fmt(last?.[i])}`;
+    ctx.fillStyle = colour;
+    ctx.fillText(text, hx, y + 7);
+    hx += ctx.measureText(text).width + 12;
+  }
+  ctx.textAlign = "right";
+  if (Number.isFinite(data?.interrupted)) {
+    ctx.fillStyle = "#e8a33d";
+    ctx.fillText(`interrupted at step ${data.interrupted} · resume continues`, width - 14, y + 7);
+  } else {
+    ctx.fillStyle = "#aaa";
+    ctx.fillText(points.length ? `step ${last[0]}/${data.total ?? "?"}` : "waiting for the first step", width - 14, y + 7);
+  }
+  // plot area, with the step axis (0 .. total) below it
+  ctx.fillStyle = "#222";
+  ctx.fillRect(x0, top, w, h);
+  ctx.strokeStyle = "#444";
+  ctx.lineWidth = 1;
+  ctx.strokeRect(x0 + 0.5, top + 0.5, w - 1, h - 1);
+  ctx.font = "9px monospace";
+  ctx.fillStyle = "#888";
+  ctx.textAlign = "left";
+  ctx.fillText("0", x0, top + h + 7);
+  ctx.textAlign = "right";
+  ctx.fillText(String(maxStep), x0 + w, top + h + 7);
+  // each series on its own scale (min at the bottom, max at the top): raw values faint, smoothed trend solid
+  present.forEach(([i, , colour], k) => {
+    const pts = points.filter((p) => Number.isFinite(p[i]));
+    let lo = Math.min(...pts.map((p) => p[i])), hi = Math.max(...pts.map((p) => p[i]));
+    if (hi - lo < 1e-12) { lo -= 0.5 * (Math.abs(lo) || 1); hi += 0.5 * (Math.abs(hi) || 1); }
+    const px = (s) => x0 + 3 + (w - 6) * (s / maxStep);
+    const py = (v) => top + h - 4 - (h - 8) * ((v - lo) / (hi - lo));
+    const line = (values, alpha, lw) => {
+      ctx.globalAlpha = alpha;
+      ctx.lineWidth = lw;
+      ctx.beginPath();
+      pts.forEach((p, j) => (j ? ctx.lineTo(px(p[0]), py(values[j])) : ctx.moveTo(px(p[0]), py(values[j]))));
+      ctx.stroke();
+    };
+    ctx.strokeStyle = colour;
+    ctx.fillStyle = colour;
+    const raw = pts.map((p) => p[i]);
+    if (pts.length > 3) {
+      line(raw, 0.35, 1);
+      line(smoothed(raw), 1, 1.8);
+    } else {
+      line(raw, 1, 1.5);
+    }
+    ctx.globalAlpha = 1;
+    if (pts.length === 1) ctx.fillRect(px(pts[0][0]) - 2, py(pts[0][i]) - 2, 4, 4);
+    ctx.font = "9px monospace";
+    ctx.textAlign = k === 0 ? "right" : "left";
+    const lx = k === 0 ? x0 - 4 : x0 + w + 4;
+    ctx.fillText(fmt(hi), lx, top + 5);
+    ctx.fillText(fmt(lo), lx, top + h - 5);
+  });
+  ctx.restore();
+}
+
+function curveWidget(node) {
+  let widget = node.widgets?.find((w) => w.name === CURVE_WIDGET);
+  if (!widget) {
+    widget = notSaved(node.addCustomWidget({
+      name: CURVE_WIDGET,
+      type: "viva_curve",
+      value: null,
+      computeSize: (width) => [width, CURVE_HEIGHT],
+      draw(ctx, _node, width, y) {
+        drawCurve(ctx, this.value, width, y);
+      },
+    }));
+    fitContent(node);
+  }
+  return widget;
+}
+
+// The node a server-side unique id names: "12", or "4:12" for a node inside subgraph node 4.
+function findNode(id) {
+  let graph = app.graph, node = null;
+  for (const part of String(id).split(":")) {
+    node = graph?.getNodeById?.(part) ?? graph?.getNodeById?.(Number(part)) ?? null;
+    graph = node?.subgraph;
+  }
+  return node;
+}
+
+function onTrainEvent(detail) {
+  const node = detail && findNode(detail.node);
+  if (!node || nodeId(node) !== TRAIN_NODE) return;
+  const widget = curveWidget(node);
+  if (detail.start || !widget.value) {
+    widget.value = { points: Array.isArray(detail.history) ? detail.history.slice() : [], total: detail.total };
+  }
+  if (detail.interrupted) {
+    widget.value.interrupted = detail.step; // a checkpoint of this step was kept
+  } else if (Number.isFinite(detail.step)) {
+    const points = widget.value.points;
+    points.push([detail.step, detail.loss ?? null, detail.reward ?? null]);
+    if (points.length > MAX_POINTS) widget.value.points = points.filter((_, j) => j % 2 === 0 || j === points.length - 1);
+    widget.value.total = detail.total;
+  }
+  node.setDirtyCanvas?.(true, true);
+}
+
 function fitContent(node) {
   const [w, h] = node.computeSize();
   node.setSize([Math.max(node.size[0], w), Math.max(node.size[1], h)]);
@@ -104,6 +250,10 @@ function showResult(node, message) {
   const scores = message?.viva_scores;
   if (CHART_NODES.has(nodeId(node)) && Array.isArray(scores) && scores.length) {
     chartWidget(node).value = scores[scores.length - 1];
+  }
+  const curve = message?.viva_curve;
+  if (nodeId(node) === TRAIN_NODE && Array.isArray(curve) && curve.length) {
+    curveWidget(node).value = { points: (curve[curve.length - 1].points || []).slice(), total: curve[curve.length - 1].total };
   }
   if (Array.isArray(text) && text.length) {
     const value = text.join("\n");
@@ -121,6 +271,15 @@ function showResult(node, message) {
 
 app.registerExtension({
   name: "VIVA.NodeResults",
+  async setup() {
+    api.addEventListener(CURVE_EVENT, (event) => {
+      try {
+        onTrainEvent(event.detail);
+      } catch (err) {
+        console.warn("[VIVA] could not draw the training curve:", err);
+      }
+    });
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!TEXT_NODES.has(nodeData?.name)) return;
     const onExecuted = nodeType.prototype.onExecuted;

@@ -233,6 +233,10 @@ def test_sft_trains_the_token_refiner_with_a_vlm_instructor(assets):
     assert all(torch.equal(v.cpu(), trained[k].cpu()) for k, v in refiner.state_dict().items())
     assert refiner.config.out_dim == 64  # the DiT's text_dim
     assert trainer.cache.hits > 0  # second epoch: latents, text and VLM states come from the disk cache
+    only = Trainer(config(assets, assets["root"] / "refiner_only", "optim.steps=1", "lora.rank=0",
+                          f"model.instructor={vlm}", "model.train_refiner=true", "model.refiner_hidden=32",
+                          "model.refiner_heads=4", "model.refiner_depth=1", "log.checkpoint_every=0")).run()
+    assert only.lora_path is None and only.refiner_path.is_file()  # "a LoRA and/or the token refiner"
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits(assets, tmp_path):

@@ -53,7 +53,7 @@ class DataConfig:
 
 @dataclass
 class LoraConfig:
-    rank: int = 32
+    rank: int = 32  # 0: no LoRA (SFT of the token refiner and/or the source channels only)
     alpha: float = 64.0
     targets: str = "attn"
     init_from: str = ""  # continue from a LoRA file (any supported format)
@@ -136,8 +136,11 @@ class TrainConfig:
             problems.append("data.manifest is empty (a JSONL manifest, see `viva train --help`)")
         if self.lora.targets not in LORA_TARGETS:
             problems.append(f"lora.targets '{self.lora.targets}' is not one of {sorted(LORA_TARGETS)}")
-        if self.lora.rank < 1:
-            problems.append("lora.rank must be >= 1")
+        if self.lora.rank < 0:
+            problems.append("lora.rank must be >= 0")
+        if self.lora.rank == 0 and not (self.method == "sft" and (self.model.train_refiner or self.model.allow_t2v)):
+            problems.append("lora.rank 0 (no LoRA) needs method sft with model.train_refiner or model.allow_t2v: "
+                            "otherwise nothing would train")
         if self.method != "sft" and self.rollout.group_size < 2:
             problems.append("rollout.group_size must be >= 2 (advantages are relative within a group)")
         if self.method != "sft" and self.model.allow_t2v:

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    lora_path: Path
+    lora_path: Optional[Path]  # None when only the refiner / source channels were trained (lora.rank 0)
     refiner_path: Optional[Path]
     steps: int
     interrupted: bool
@@ -83,7 +83,8 @@ class Trainer:
         self.device = self.editor.device
         self.editor.max_text_tokens = cfg.model.max_text_tokens
         dit = self.editor.transformer
-        self.params = add_lora(dit, cfg.lora, seed=cfg.seed)
+        dit.requires_grad_(False)
+        self.params = add_lora(dit, cfg.lora, seed=cfg.seed) if cfg.lora.rank > 0 else []
         if cfg.model.allow_t2v:
             dit.patch_embedding.requires_grad_(True)
             self.params += list(dit.patch_embedding.parameters())
@@ -379,10 +380,10 @@ class Trainer:
         optimizer = full_optimizer_state(self.optimizer)
         if not self.world.is_main:
             return
-        lora = save_lora(self.out / "lora_latest.safetensors", layers, metadata=self._metadata(step))
+        lora = save_lora(self.out / "lora_latest.safetensors", layers, metadata=self._metadata(step)) if layers else None
         png = metrics.plot(self.out / "curves.png", title=f"{self.cfg.method} · step {step}") if self.cfg.log.plot \
             else None
-        extra = {"lora.safetensors": lora, **({"curves.png": png} if png else {})}
+        extra = {name: f for name, f in (("lora.safetensors", lora), ("curves.png", png)) if f}
         save_checkpoint(self.out / "checkpoints", step, trainable=trainable, rng=self._rng_state(),
                         optimizer=optimizer, state={"config": self.cfg.to_dict()}, extra_files=extra,
                         keep=self.cfg.log.keep_checkpoints)
@@ -481,20 +482,21 @@ class Trainer:
         if not torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-6, atol=1e-9):
             raise RuntimeError(f"trained weights differ between ranks ({gathered.sum(1).tolist()}); this is a bug.")
 
-    def _write_outputs(self, step: int, interrupted: bool) -> tuple[Path, Optional[Path]]:
+    def _write_outputs(self, step: int, interrupted: bool) -> tuple[Optional[Path], Optional[Path]]:
         name = self.cfg.output_name + ("_interrupted" if interrupted else "")
         lora_path = self.out / f"{name}.safetensors"
         refiner_path = None
         layers = export_lora(self.base)  # collective under FSDP2
         if self.world.is_main:
-            save_lora(lora_path, layers, metadata=self._metadata(step))
+            if layers:
+                save_lora(lora_path, layers, metadata=self._metadata(step))
             if self.refiner is not None and self.cfg.model.train_refiner:
                 from ..instructor import save_refiner
 
                 refiner_path = save_refiner(self.out / f"{name}_refiner.safetensors", self.refiner,
                                             metadata={"instructor": Path(self.cfg.model.instructor).name,
                                                       "editor": Path(self.cfg.model.editor).name, "steps": step})
-        return lora_path, refiner_path
+        return (lora_path if layers else None), refiner_path
 
 
 def install_sigint_handler(trainer: Trainer) -> None:

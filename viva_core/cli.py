@@ -208,6 +208,26 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sampling_options(sp: argparse.ArgumentParser) -> None:
+    """The fields of EditSettings."""
+    sp.add_argument("--steps", type=int, default=30)
+    sp.add_argument("--cfg", type=float, default=5.0)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--shift", type=float, default=5.0)
+    sp.add_argument("--strength", type=float, default=1.0)
+    sp.add_argument("--sampler", default="unipc", choices=["unipc", "euler"])
+
+
+def add_editor_options(sp: argparse.ArgumentParser) -> None:
+    """How the editor runs (the options of EditorOptions), shared by every command that loads one."""
+    sp.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    sp.add_argument("--offload", default="none", choices=["none", "model", "block"])
+    sp.add_argument("--attention", default="sdpa")
+    sp.add_argument("--compile", default="off", choices=["off", "blocks", "full"])
+    sp.add_argument("--fp8", action="store_true", help="store DiT weights in fp8")
+    sp.add_argument("--vae-tiling", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="viva", description="Instruction-based video editing (VIVA) with a "
                                 "self-reflection judge (ReViSE). Models load from local files only.")
@@ -234,21 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--candidates", type=int, default=1, help="best-of-N: edit N seeds and keep the judge's best")
     e.add_argument("--judge-frames", type=int, default=4)
     e.add_argument("--negative", default="", help="negative prompt for CFG")
-    e.add_argument("--steps", type=int, default=30)
-    e.add_argument("--cfg", type=float, default=5.0)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--shift", type=float, default=5.0)
-    e.add_argument("--strength", type=float, default=1.0)
-    e.add_argument("--sampler", default="unipc", choices=["unipc", "euler"])
+    add_sampling_options(e)
     e.add_argument("--stride", type=int, default=1, help="keep every Nth source frame")
     e.add_argument("--max-bytes", type=int, default=None, help="refuse sources whose decoded frames need more RAM "
                    "(default: half the free RAM)")
-    e.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    e.add_argument("--offload", default="none", choices=["none", "model", "block"])
-    e.add_argument("--attention", default="sdpa")
-    e.add_argument("--compile", default="off", choices=["off", "blocks", "full"])
-    e.add_argument("--fp8", action="store_true", help="store DiT weights in fp8")
-    e.add_argument("--vae-tiling", action="store_true")
+    add_editor_options(e)
     common(e)
     e.set_defaults(func=cmd_edit)
 
@@ -280,18 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--text-encoder", help="UMT5 folder (transformers format) if the editor folder has none")
     v.add_argument("--lora", action="append", metavar="FILE[:STRENGTH]", help="LoRA file, repeatable")
     v.add_argument("--negative", default="", help="negative prompt for CFG")
-    v.add_argument("--steps", type=int, default=30)
-    v.add_argument("--cfg", type=float, default=5.0)
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--shift", type=float, default=5.0)
-    v.add_argument("--strength", type=float, default=1.0)
-    v.add_argument("--sampler", default="unipc", choices=["unipc", "euler"])
-    v.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    v.add_argument("--offload", default="none", choices=["none", "model", "block"])
-    v.add_argument("--attention", default="sdpa")
-    v.add_argument("--compile", default="off", choices=["off", "blocks", "full"])
-    v.add_argument("--fp8", action="store_true", help="store DiT weights in fp8")
-    v.add_argument("--vae-tiling", action="store_true")
+    add_sampling_options(v)
+    add_editor_options(v)
     common(v)
     v.set_defaults(func=cmd_eval)
 

@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import InputError, VideoError
 from .video import conform_frames, probe_video, read_image, read_video
+from .safe_io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -302,16 +303,6 @@ def load_manifest(path: PathLike, *, check_videos: bool = True, max_frames: int 
 
 # ========================================================================================== folder → manifest
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write into a hidden temp file beside `path`, then rename it over `path` (no half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _manifest_path_value(path: Path, manifest_dir: Path) -> str:
@@ -394,7 +385,7 @@ def dataset_from_folder(folder: PathLike, *, instruction_file_suffix: str = ".tx
     if not lines:
         raise InputError(f"{root}: no video or image with an instruction file found. Put X.mp4 and "
                          f"X{instruction_file_suffix} (the instruction) side by side.")
-    _write_text_atomic(manifest, "\n".join(lines) + "\n")
+    write_text_atomic(manifest, "\n".join(lines) + "\n")
     return manifest
 
 

@@ -60,7 +60,6 @@ import io
 import json
 import math
 import os
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,6 +73,7 @@ from .data import EditRecord, load_manifest
 from .errors import InputError
 from .runtime import ProgressFn
 from .video import read_video, uniform_frame_indices, write_video
+from .safe_io import write_text_atomic
 
 if TYPE_CHECKING:
     from .judge import Judge
@@ -721,8 +721,8 @@ class EvalReport:
         """Write report.json and report.html (self-contained) into `out_dir`; return the folder."""
         out = Path(out_dir).expanduser()
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "report.json", self.to_json())
-        _write_atomic(out / "report.html", render_html(self))
+        write_text_atomic(out / "report.json", self.to_json())
+        write_text_atomic(out / "report.html", render_html(self))
         return out
 
 
@@ -730,14 +730,6 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def manifest_extras(path: PathLike) -> dict[int, dict]:

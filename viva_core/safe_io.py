@@ -1,8 +1,9 @@
-"""The one place weights are read from disk: safetensors only, never pickle."""
+"""Safe file I/O: weights are read from safetensors only (never pickle); text files are written atomically."""
 from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 import torch
@@ -51,3 +52,17 @@ def read_metadata_json(metadata: dict[str, str], key: str) -> dict | None:
         return json.loads(raw)
     except json.JSONDecodeError:
         return None
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write into a hidden temp file beside `path`, then rename it over `path`: never a half-written file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return p

@@ -72,6 +72,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .safe_io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -1083,14 +1084,6 @@ def _write_npz(folder: Path, stem: str, clip: Clip) -> dict[str, str]:
     return {"npz": f"{folder.name}/{path.name}"}
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _check_names(kind: str, given: Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
@@ -1171,12 +1164,12 @@ def generate(out_dir: PathLike, *, n: int, seed: int, frames: int = 17, size: in
     for split in SPLITS:
         if records[split]:
             manifests[split] = out / f"{split}.jsonl"
-            _write_text(manifests[split], "\n".join(records[split]) + "\n")
+            write_text_atomic(manifests[split], "\n".join(records[split]) + "\n")
     config = {"generator": "viva_core.synth", "version": 1, "seed": seed, "n": n, "frames": frames, "size": size,
               "fps": fps, "format": format, "categories": list(usable), "ops": list(ops),
               "splits": dict(zip(SPLITS, map(float, splits))), "counts": counts,
               "heldout": [list(h) for h in held], "palette": {k: list(v) for k, v in PALETTE.items()},
               "shapes": list(SHAPES), "sizes": SIZES, "manifests": {k: v.name for k, v in manifests.items()},
               "clip_seed": "numpy.random.default_rng([seed, clip_index]); clip_index runs over train, val, heldout"}
-    _write_text(out / "synth_config.json", json.dumps(config, indent=2) + "\n")
+    write_text_atomic(out / "synth_config.json", json.dumps(config, indent=2) + "\n")
     return manifests

@@ -210,3 +210,28 @@ def test_interrupted_training_keeps_a_checkpoint_and_resume_continues_it(models,
     logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, step + 3)), logged  # one row per step, no gap or repeat across the interrupt
     assert lora_metadata(loras / "viva_interrupted_lora.safetensors").get("steps") == str(step + 2)
+
+
+def test_lora_written_by_viva_loads_in_native_comfyui(tmp_path):
+    """ComfyUI's own Wan loader and LoRA code read our LoRA files: every module mapped, none unloaded, and the
+    patched weights equal W + alpha/r * B @ A."""
+    import json as _json
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_editor import build_single_file_dit, comfy_native_wan
+    from viva_core.lora import LoraLayer, lora_target_names, save_lora
+
+    dit_path, dit = build_single_file_dit(tmp_path / "wan_tiny.safetensors", prefix="", model=comfy_native_wan())
+    g = torch.Generator().manual_seed(0)
+    layers = {n: LoraLayer(torch.randn(4, dit.get_submodule(n).weight.shape[1], generator=g) * 0.1,
+                           torch.randn(dit.get_submodule(n).weight.shape[0], 4, generator=g) * 0.1, 8.0)
+              for n in lora_target_names(dit, blocks_only=False)}
+    lora = save_lora(tmp_path / "viva_lora.safetensors", layers, metadata={"rank": 4})
+    proc = subprocess.run([_comfy_py(), str(Path(__file__).parent / "comfy_native_lora.py"), str(dit_path), str(lora)],
+                          cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = _json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["modules"] == len(layers) and result["mapped"] == len(layers), result
+    assert result["unloaded"] == [] and result["max_diff"] < 1e-3, result

@@ -96,12 +96,16 @@ def original_wan_keys(num_layers: int) -> list[str]:
 
 
 def build_single_file_dit(path: Path, *, prefix: str = "model.diffusion_model.", in_channels: int = 32,
-                          seed: int = 0, with_config_metadata: bool = True) -> tuple[Path, torch.nn.Module]:
-    """The tiny DiT saved in ComfyUI's single-file layout; returns (path, the diffusers model it came from)."""
-    model = tiny_transformer(in_channels=in_channels, seed=seed)
+                          seed: int = 0, with_config_metadata: bool = True,
+                          model: torch.nn.Module | None = None) -> tuple[Path, torch.nn.Module]:
+    """The tiny DiT (or `model`) saved in ComfyUI's single-file layout; returns (path, the diffusers model)."""
+    model = model if model is not None else tiny_transformer(in_channels=in_channels, seed=seed)
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     orig = diffusers_to_original_keys(sd, original_wan_keys(model.config.num_layers))
-    meta = {"config": json.dumps({"attention_head_dim": 16, "num_attention_heads": 2, "rope_max_seq_len": 64})}
+    cfg = model.config
+    meta = {"config": json.dumps({"attention_head_dim": cfg.attention_head_dim,
+                                  "num_attention_heads": cfg.num_attention_heads,
+                                  "rope_max_seq_len": cfg.rope_max_seq_len})}
     save_file({prefix + k: v for k, v in orig.items()}, str(path), metadata=meta if with_config_metadata else None)
     return Path(path), model
 
@@ -153,3 +157,13 @@ def build_single_file_vae(path: Path, seed: int = 3) -> Path:
     assert back.keys() == sd.keys() and all(back[k] is sd[k] for k in sd), sorted(set(back) ^ set(sd))[:5]
     save_file(orig, str(path))
     return Path(path)
+
+
+def comfy_native_wan(seed: int = 0):
+    """The smallest DiT ComfyUI's own Wan loader accepts: it fixes 128-dim heads, freq_dim 256, text_dim 4096."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=128,
+                                 in_channels=32, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=64,
+                                 num_layers=2, rope_max_seq_len=64)

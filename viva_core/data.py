@@ -46,6 +46,9 @@ TEXT_FIELDS = ("instruction", "source_caption", "target_caption", "type")
 REQUIRED_FIELDS = ("source_video", "instruction")
 # ReViSE spells path fields with a `_path` suffix; every path field may be spelled that way.
 FIELD_ALIASES = {f"{name}_path": name for name in PATH_FIELDS}
+# Labels `viva synth` writes for the exact benchmark (`viva eval` reads them from the raw lines); training
+# ignores them without a warning.
+BENCHMARK_FIELDS = ("operation", "attribute", "referring", "verify")
 KNOWN_KEYS = frozenset(PATH_FIELDS + TEXT_FIELDS) | frozenset(FIELD_ALIASES)
 # Video files (decoded by PyAV) and image files (a 1-frame video) a record may point at.
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
@@ -154,7 +157,7 @@ def _parse_line(obj: object, base: Path) -> tuple[dict | None, list[str], list[s
     """(fields with resolved paths, problems, unknown keys) of one parsed JSON line."""
     if not isinstance(obj, dict):
         return None, [f"expected a JSON object {{...}}, got {type(obj).__name__}"], []
-    unknown = sorted(k for k in obj if k not in KNOWN_KEYS)
+    unknown = sorted(k for k in obj if k not in KNOWN_KEYS and k not in BENCHMARK_FIELDS)
     if len(unknown) == len(obj):
         got = ", ".join(unknown) or "no keys"
         optional = ", ".join(PATH_FIELDS[1:] + TEXT_FIELDS[1:])

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import secrets
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -24,6 +23,7 @@ from server import PromptServer
 
 from ..viva_core.data import IMAGE_SUFFIXES, PATH_FIELDS, VIDEO_SUFFIXES, dataset_from_folder, load_manifest
 from ..viva_core.errors import InputError
+from ..viva_core.safe_io import atomic_path
 from ..viva_core.train.checkpoint import PREFIX as CHECKPOINT_PREFIX
 from ..viva_core.train.checkpoint import latest_checkpoint
 from ..viva_core.train.config import METHODS, load_config, parse_reward_weights
@@ -158,14 +158,8 @@ def _check_lora_destination(path: Path) -> None:
 
 def _install_lora(src: Path, dest: Path) -> None:
     """Copy the trained LoRA into models/loras atomically (a LoRA loader never sees half a file)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-    try:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _resolve_manifest(manifest: str) -> str:

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import secrets
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,11 +30,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .errors import InputError, VideoError
 from .video import conform_frames, probe_video, read_image, read_video
-from .safe_io import write_text_atomic
+from .safe_io import save_safetensors_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -569,15 +568,8 @@ class TensorCache:
             return None
 
     def _write(self, path: Path, tensors: dict[str, torch.Tensor], key_text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp")
-        try:
-            save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp),
-                      metadata={"format": CACHE_FORMAT, "key": key_text})
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        save_safetensors_atomic(path, {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
+                                {"format": CACHE_FORMAT, "key": key_text})
 
     def get_or_compute(self, kind: str, key_parts: tuple,
                        compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 from torch import nn
 
 from .errors import InputError, ModelLoadError
-from .safe_io import load_safetensors, read_metadata_json
+from .safe_io import load_safetensors, read_metadata_json, save_safetensors_atomic
 from .vlm import VLM, build_inputs, forward, generate_text, to_pil_image
 
 logger = logging.getLogger(__name__)
@@ -94,14 +93,7 @@ def save_refiner(path: str | os.PathLike, refiner: TokenRefiner, metadata: dict[
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     meta.update(format=REFINER_FORMAT, config=json.dumps(asdict(refiner.config)))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in refiner.state_dict().items()}
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p
+    return save_safetensors_atomic(p, tensors, meta)
 
 
 def load_refiner(path: str | os.PathLike, *, in_dim: int | None = None,

@@ -43,17 +43,15 @@ import json
 import math
 import os
 import re
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from safetensors.torch import save_file
 
 from .errors import InputError, LoraError, ModelLoadError
-from .safe_io import check_safetensors_path, load_safetensors
+from .safe_io import check_safetensors_path, load_safetensors, save_safetensors_atomic
 
 __all__ = [
     "WAN_NAME_TABLE", "LoraSpec", "LoraLayer", "LoraKeyReport", "wan_to_diffusers", "diffusers_to_wan",
@@ -553,13 +551,4 @@ def save_lora(path: str | os.PathLike, layers: dict[str, LoraLayer], *,
     meta["format"] = "pt"
     meta["viva_format"] = FILE_FORMAT
 
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return save_safetensors_atomic(p, tensors, meta)

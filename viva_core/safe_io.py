@@ -1,14 +1,16 @@
-"""Safe file I/O: weights are read from safetensors only (never pickle); text files are written atomically."""
+"""Safe file I/O: weights are read from safetensors only (never pickle); files are written atomically."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from .errors import ModelLoadError
 
@@ -54,15 +56,30 @@ def read_metadata_json(metadata: dict[str, str], key: str) -> dict | None:
         return None
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write into a hidden temp file beside `path`, then rename it over `path`: never a half-written file."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A hidden temp path beside `path` (same suffix, so writers that pick a format by suffix still work).
+    When the block succeeds it is renamed over `path`; on any error it is removed and `path` is untouched, so a
+    reader never sees half a file."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
+    tmp = p.with_name(f".{p.stem}.{secrets.token_hex(4)}.tmp{p.suffix}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        yield tmp
         os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return p
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def save_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                            metadata: dict[str, str] | None = None) -> Path:
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)

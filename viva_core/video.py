@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from av.video.reformatter import ColorRange, Colorspace
 
 from .errors import InputError, NonFiniteError, VideoError
 from .runtime import ProgressFn
+from .safe_io import atomic_path
 
 PathLike = str | os.PathLike
 
@@ -429,21 +429,14 @@ def write_video(path: PathLike, frames: torch.Tensor, fps: float, audio: Audio |
     if size != (height, width):
         warnings.warn(f"{p}: {height}x{width} frames padded to {size[0]}x{size[1]} by repeating the last "
                       f"row/column; {pix_fmt} needs even sides.", stacklevel=2)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.stem}.{secrets.token_hex(4)}.tmp{p.suffix}")
     try:
-        with av.open(str(tmp), "w", format="mp4" if p.suffix.lower() != ".mov" else "mov",
-                     options={"movflags": "+faststart"}) as container:
+        with atomic_path(p) as tmp, av.open(str(tmp), "w", format="mp4" if p.suffix.lower() != ".mov" else "mov",
+                                            options={"movflags": "+faststart"}) as container:
             _encode(container, p, frames, Fraction(fps).limit_denominator(1001), audio, crf, codec,
                     pix_fmt, size, progress)
-        os.replace(tmp, p)
     except (av.error.FFmpegError, OSError) as e:
-        tmp.unlink(missing_ok=True)
         raise VideoError(f"{p}: writing failed ({e}); nothing was written. Check that the folder is "
                          "writable and has free space, and that codec/pix_fmt/crf suit each other.") from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return p
 
 

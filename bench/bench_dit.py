@@ -149,7 +149,7 @@ def main() -> None:
     print(f"\nshape: {args.frames}x{args.height}x{args.width} -> {tokens} tokens + {args.text} text; "
           f"{flops / 1e12:.1f} TFLOP/forward; bf16 matmul {rate / 1e12:.0f} TFLOP/s; floor {floor:.3f} s; "
           f"{torch.cuda.get_device_name()}")
-    print(f"| variant | s (median) | spread | x floor | vs baseline | peak GiB |\n|---|---|---|---|---|---|")
+    print("| variant | s (median) | spread | x floor | vs baseline | peak GiB |\n|---|---|---|---|---|---|")
     for r in rows:
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] else ""
         print(f"| {r['name']} | {r['seconds']:.3f} | {r['spread']:.1%} | {r['x_floor']:.2f} | "

@@ -18,7 +18,6 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     editor = build_editor_folder(root / "editor")
     vlm = build_tiny_vlm(root / "vlm")
-    t = torch.arange(11).float()
     frames = torch.zeros(11, 36, 40, 3)
     for i in range(11):  # a bright square moving right on a gradient
         frames[i] = torch.linspace(0, 0.5, 40).view(1, 40, 1)

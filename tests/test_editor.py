@@ -1,5 +1,4 @@
 """Editor loading from real on-disk formats and the edit pipeline, on tiny random checkpoints."""
-import json
 import shutil
 
 import pytest

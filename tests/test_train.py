@@ -199,7 +199,7 @@ def _reward_curve(assets, small_data, out, method, weight):
                  "optim.batch_size=1", "optim.steps=14", "optim.lr=3e-2", "log.checkpoint_every=0",
                  f'rewards.weights={{"callable:brightness_reward:latent_brightness": {weight}}}')
     Trainer(cfg).run()
-    r = [row[f"reward_callable:brightness_reward:latent_brightness"] for row in rows(out)]
+    r = [row["reward_callable:brightness_reward:latent_brightness"] for row in rows(out)]
     return sum(r[:3]) / 3, sum(r[-3:]) / 3
 
 

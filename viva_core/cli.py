@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -57,6 +56,13 @@ def load_editor_from_args(args: argparse.Namespace):
     raise InputError(f"{src}: --editor must be a diffusers folder or a .safetensors DiT file.")
 
 
+def load_judge_from_args(args: argparse.Namespace):
+    from .judge import Judge
+    from .vlm import load_vlm
+
+    return Judge(load_vlm(args.judge, dtype=args.vlm_dtype, device=args.device))
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     from .conditioning import build_conditioning, negative_conditioning
     from .pipeline import EditSettings, edit
@@ -80,9 +86,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
                             strength=args.strength, sampler=args.sampler)
     judge = None
     if args.judge:
-        from .judge import Judge
-
-        judge = Judge(load_vlm(args.judge, dtype=args.vlm_dtype, device=args.device))
+        judge = load_judge_from_args(args)
     if judge is not None and args.candidates > 1:
         from .best_of_n import best_of_n
 
@@ -107,13 +111,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from .judge import Judge
     from .video import read_video
-    from .vlm import load_vlm
 
     src = read_video(args.source, max_frames=args.max_frames, with_audio=False)
     out = read_video(args.edited, max_frames=args.max_frames, with_audio=False)
-    judge = Judge(load_vlm(args.judge, dtype=args.vlm_dtype, device=args.device))
+    judge = load_judge_from_args(args)
     verdict = judge.score(src.frames, out.frames, args.instruction, num_frames=args.frames, rationale=args.rationale)
     text = verdict.to_json()
     if args.report:
@@ -145,10 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             return edit(editor, frames, cond, negative=negative, settings=settings).frames
     judge = None
     if args.judge:
-        from .judge import Judge
-        from .vlm import load_vlm
-
-        judge = Judge(load_vlm(args.judge, dtype=args.vlm_dtype, device=args.device))
+        judge = load_judge_from_args(args)
     outputs = args.outputs or str(Path(args.report) / "outputs")
     bar = _tqdm_progress("eval")
     report = evaluate(args.manifest, editor_fn, outputs_dir=outputs, judge=judge, limit=args.limit, progress=bar,

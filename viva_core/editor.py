@@ -18,14 +18,14 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import torch
 
 from .errors import InputError, ModelLoadError
 from .lora import LoraSpec, check_lora_fits
 from .runtime import parse_device, parse_dtype
-from .safe_io import check_safetensors_path, load_safetensors, read_metadata_json
+from .safe_io import load_safetensors, read_metadata_json
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,6 @@ ComfyUI-native file format that `viva_core.lora` reads back."""
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Iterator, Optional
 
 import torch

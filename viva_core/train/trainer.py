@@ -7,7 +7,6 @@ from (seed, epoch), so a resumed run, or the same global batch split over K proc
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import math
@@ -63,6 +62,8 @@ class Trainer:
         self.cfg, self.progress, self.should_stop, self.on_log = cfg, progress, should_stop, on_log
         self.out = Path(cfg.output_dir)
         self.stop_requested = False
+        self._orders: dict[int, torch.Tensor] = {}
+        self._ids: dict[int, tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -153,9 +154,22 @@ class Trainer:
         for j in range(b):
             flat = step * b + j
             epoch, pos = divmod(flat, n)
-            perm = torch.randperm(n, generator=_gen(self.cfg.seed, epoch))
-            out.append((flat, self.records[int(perm[pos])]))
+            out.append((flat, self.records[int(self._epoch_order(epoch)[pos])]))
         return out
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """The seeded permutation of an epoch, drawn once (a step's batch may span two epochs)."""
+        if epoch not in self._orders:
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
+            self._orders[epoch] = torch.randperm(len(self.records), generator=_gen(self.cfg.seed, epoch))
+        return self._orders[epoch]
+
+    def _file_ids(self, rec: EditRecord) -> tuple[str, ...]:
+        """Content identities of a record's videos, hashed once per run (the cache keys of its tensors)."""
+        if rec.index not in self._ids:
+            self._ids[rec.index] = tuple(file_identity(p) for p in (rec.source_video, rec.target_video,
+                                                                     rec.mask_video) if p)
+        return self._ids[rec.index]
 
     def _local_batch(self, step: int) -> list[tuple[int, EditRecord]]:
         return self._global_batch(step)[self.world.rank::self.world.size]
@@ -164,7 +178,7 @@ class Trainer:
         """Latents of source/target, latent edit mask and text tokens, cached on disk by content and model."""
         cfg = self.cfg
         size = (cfg.data.height, cfg.data.width) if cfg.data.height and cfg.data.width else None
-        files = tuple(file_identity(p) for p in (rec.source_video, rec.target_video, rec.mask_video) if p)
+        files = self._file_ids(rec)
 
         def compute() -> dict[str, torch.Tensor]:
             s = load_sample(rec, max_frames=cfg.data.max_frames, size=size,
@@ -187,7 +201,7 @@ class Trainer:
         cond = Conditioning(enc["text"])
         if self.instructor is not None:
             hidden = self.cache.get_or_compute(
-                "vlm_hidden", (rec.instruction, file_identity(rec.source_video), self.cfg.data.max_frames,
+                "vlm_hidden", (rec.instruction, self._file_ids(rec)[0], self.cfg.data.max_frames,
                                self.cfg.model.instructor),
                 lambda: {"hidden": self.instructor.hidden_states(rec.instruction, enc["source_frames"][0]).cpu()}
             )["hidden"]
@@ -227,9 +241,8 @@ class Trainer:
         x_t, v_target = L.flow_matching_pair(x0.float(), noise, sigma)
         v = self._velocity(model, x_t, enc["source"], sigma, self._condition(rec, enc))
         mask = enc.get("mask")
-        per = L.masked_fm_loss(v, v_target.to(self.device), mask.to(self.device) if mask is not None else None,
-                               self.cfg.sft.mask_weight, reduce=False)
-        return (per * weight).mean()
+        return L.reward_weighted_fm_loss(v, v_target.to(self.device), torch.tensor([weight]),
+                                         mask.to(self.device) if mask is not None else None, self.cfg.sft.mask_weight)
 
     def _sft_step(self, step: int) -> dict:
         batch = self._local_batch(step)
@@ -269,11 +282,11 @@ class Trainer:
                                shifted_sigmas(r.steps, r.shift), self._sde_steps(), r.noise_level, gens,
                                self.device)
 
-    def _rollouts_and_advantages(self, step: int) -> tuple[list, torch.Tensor, dict]:
-        """G rollouts per local record, rewards on decoded frames, advantages over the gathered global batch."""
+    def _rollouts_and_advantages(self, step: int) -> tuple[list, torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+        """G rollouts per local record, rewards on decoded frames, advantages over the gathered global batch.
+        Returns (local items, local advantages, stats, global rewards [N, K], global group ids [N])."""
         from .rewards import RewardInput, score_all
 
-        r = self.cfg.rollout
         items, rewards, groups = [], [], []
         for gi, rec in self._local_batch(step):
             enc = self._encoded(rec)
@@ -299,12 +312,11 @@ class Trainer:
                  "zero_var_groups": zero_frac}
         for k, rw in enumerate(self.rewards):
             stats[f"reward_{rw.name}"] = float(all_r[:, k].mean())
-        return items, adv[start:start + local_r.shape[0]], {**stats, "_all_rewards": all_r, "_all_groups": all_g}
+        return items, adv[start:start + local_r.shape[0]], stats, all_r, all_g
 
     def _grpo_step(self, step: int) -> dict:
         r = self.cfg.rollout
-        items, adv, stats = self._rollouts_and_advantages(step)
-        stats.pop("_all_rewards"), stats.pop("_all_groups")
+        items, adv, stats, _, _ = self._rollouts_and_advantages(step)
         n_terms = sum(len(trans) for *_, trans in items)
         agg = {"loss": 0.0, "loss_policy": 0.0, "loss_kl": 0.0, "ratio_mean": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
         ratios = []
@@ -345,8 +357,7 @@ class Trainer:
 
     def _rwo_step(self, step: int) -> dict:
         r = self.cfg.rollout
-        items, _, stats = self._rollouts_and_advantages(step)
-        all_r, all_g = stats.pop("_all_rewards"), stats.pop("_all_groups")
+        items, _, stats, all_r, all_g = self._rollouts_and_advantages(step)
         weights = L.rwo_weights((all_r * self.reward_weights).sum(-1), all_g, temperature=r.rwo_temperature,
                                 mode=r.rwo_mode)
         start = self.world.rank * len(items)

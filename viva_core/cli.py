@@ -181,6 +181,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .train.scratch import load_scratch_config, run_stage
+
+    overrides = ([f"stage={args.stage}"] if args.stage else []) + args.set
+    cfg = load_scratch_config(args.config, overrides)
+    bar = _tqdm_progress(f"pretrain {cfg.stage}")
+    out = run_stage(cfg, progress=bar)
+    bar.close()
+    print(f"{cfg.stage}: wrote {out}")
+    return 0
+
+
 def _name_list(text: str | None) -> list[str] | None:
     return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
 
@@ -198,7 +210,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     manifests = generate(args.out, n=args.n, seed=args.seed, frames=args.frames, size=args.size,
                          categories=_name_list(args.categories) or CATEGORIES, ops=_name_list(args.ops),
-                         format=args.format, splits=splits, fps=args.fps, overwrite=args.overwrite, progress=bar)
+                         format=args.format, splits=splits, fps=args.fps, overwrite=args.overwrite,
+                         workers=args.workers, progress=bar)
     bar.close()
     seconds = time.perf_counter() - start
     for split, path in manifests.items():
@@ -308,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-v", "--verbose", action="store_true")
     t.set_defaults(func=cmd_train)
 
+    pt = sub.add_parser("pretrain", help="train the small from-scratch models (vae, editor, judge) on synth clips",
+                        description="Stages: vae (Wan-architecture VAE), editor (Wan DiT + UMT5 text encoder "
+                        "[+ Qwen2.5-VL-architecture instructor and token refiner], mask-weighted flow matching), "
+                        "judge (Qwen2.5-VL-architecture judge on verifier labels). Data: `viva synth --format npz`. "
+                        "The recipes that made the bundled models are in recipes/small/.")
+    pt.add_argument("config", help="TOML config (stage, output_dir, seed, device; sections data, optim, vae, "
+                    "editor, judge)")
+    pt.add_argument("--stage", choices=["vae", "editor", "judge"], help="override the config's stage")
+    pt.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    pt.add_argument("-v", "--verbose", action="store_true")
+    pt.set_defaults(func=cmd_pretrain)
+
     s = sub.add_parser("synth", help="generate synthetic paired-edit data (source, instruction, target, mask)",
                        description="Seeded procedural clips of moving shapes with exact edits: basic, hybrid, and "
                        "reasoning-informed (temporal, causal, spatial, commonsense). Writes train/val/heldout "
@@ -325,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ops", help="comma list of operations to allow (default all), e.g. recolour,remove,time_shift")
     s.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,heldout fractions")
     s.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier data set")
+    s.add_argument("--workers", type=int, default=1, help="processes making clips (same files for any number)")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=cmd_synth)
     return p

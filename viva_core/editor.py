@@ -88,6 +88,7 @@ class Editor:
     loras: tuple[LoraSpec, ...] = ()
     max_text_tokens: int = 512
     notes: list[str] = field(default_factory=list)
+    native_size: Optional[tuple[int, int]] = None  # (H, W) a small model was trained at; sources are resized to it
 
     # ---- geometry -------------------------------------------------------------------------------------------
     @property
@@ -196,6 +197,8 @@ def load_editor(
     text_encoder, tokenizer = _load_text_encoder(te_root, dtype) if te_root is not None else (None, None)
     editor = Editor(transformer.eval().requires_grad_(False), vae.eval().requires_grad_(False), text_encoder, tokenizer,
                     options, name, device, dtype, notes=notes)
+    if folder is not None:
+        _apply_editor_info(editor, Path(folder))
     _place(editor)
     return editor
 
@@ -344,6 +347,23 @@ def _load_text_encoder(root: Path, dtype: torch.dtype) -> tuple[Optional[torch.n
         raise ModelLoadError(f"{te_dir}: cannot load the UMT5 text encoder / tokenizer ({e}). It needs config.json, "
                              "*.safetensors and a tokenizer (tokenizer/ beside it or in the same folder).") from e
     return encoder.eval().requires_grad_(False), tokenizer
+
+
+EDITOR_INFO_FILE = "viva_editor.json"  # written by `viva pretrain editor`: how the DiT was trained
+
+
+def _apply_editor_info(editor: Editor, root: Path) -> None:
+    """Text padding length and native frame size of a project-trained editor (Wan folders have no such file)."""
+    path = root / EDITOR_INFO_FILE
+    if not path.is_file():
+        return
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        editor.max_text_tokens = int(info.get("max_text_tokens", editor.max_text_tokens))
+        size = info.get("native_size")
+        editor.native_size = (int(size[0]), int(size[1])) if size else None
+    except (OSError, ValueError, TypeError, IndexError) as e:
+        raise ModelLoadError(f"{path}: unreadable editor info ({e}). Restore the file from the model release.") from e
 
 
 def _check_editor_channels(transformer: torch.nn.Module, vae: torch.nn.Module, name: str, allow_t2v: bool,

@@ -100,7 +100,7 @@ def edit(
     if not torch.isfinite(frames).all():
         raise InputError("source frames contain NaN/Inf.")
     frames, report = conform_frames(frames.float(), editor.temporal_factor, editor.spatial_multiple,
-                                    resize_to=resize_to)
+                                    resize_to=resize_to or editor.native_size)
     use_cfg = settings.cfg != 1.0
     if use_cfg and negative is None:
         negative = editor.encode_text("") if editor.text_encoder is not None else Conditioning(

@@ -1080,6 +1080,41 @@ def _write_npz(folder: Path, stem: str, clip: Clip) -> dict[str, str]:
 
 
 
+@dataclass(frozen=True)
+class _ClipJob:
+    """Make and write clip i of a data set (picklable: worker processes run it)."""
+
+    out: Path
+    seed: int
+    frames: int
+    size: int
+    categories: tuple[str, ...]
+    ops: tuple[str, ...]
+    held: tuple
+    reachable: tuple
+    format: str
+    fps: float
+
+    def __call__(self, item: tuple[int, tuple[str, int]]) -> str:
+        i, (split, j) = item
+        rng = np.random.default_rng([self.seed, i])
+        # Heldout clip j carries held-out triple j mod len: every triple gets an equal share.
+        require = self.reachable[j % len(self.reachable)] if split == "heldout" else None
+        clip = make_clip(rng, frames=self.frames, size=self.size, categories=self.categories, ops=self.ops,
+                         require=require, exclude=() if split == "heldout" else self.held)
+        stem, folder = f"{j:06d}", self.out / split
+        paths = _write_npz(folder, stem, clip) if self.format == "npz" else _write_mp4s(folder, stem, clip, self.fps)
+        return json.dumps({**paths, **clip.record()}, ensure_ascii=False)
+
+
+@contextlib.contextmanager
+def _pool(workers: int):
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield pool
+
+
 def _check_names(kind: str, given: Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
     bad = [x for x in given if x not in known]
     if bad or not given:
@@ -1091,12 +1126,12 @@ def _check_names(kind: str, given: Sequence[str], known: Sequence[str]) -> tuple
 def generate(out_dir: PathLike, *, n: int, seed: int, frames: int = 17, size: int = 64,
              categories: Sequence[str] = CATEGORIES, ops: Sequence[str] | None = None, format: str = "mp4",
              splits: Sequence[float] = (0.8, 0.1, 0.1), heldout: Iterable[tuple[str, str, str]] = DEFAULT_HELDOUT,
-             fps: float = 8.0, overwrite: bool = False,
+             fps: float = 8.0, overwrite: bool = False, workers: int = 1,
              progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:
     """Write `n` clips into train / val / heldout manifests under `out_dir`; return {split: manifest path}.
 
     Clip i is `make_clip(np.random.default_rng([seed, i]), ...)`, so a seed fixes every array and text, and
-    clips do not depend on each other. Train and val never contain a `heldout` triple; every heldout clip
+    clips do not depend on each other (so `workers` processes give the same files). Train and val never contain a `heldout` triple; every heldout clip
     contains at least one (in turn, among those the categories and ops can make). Splits with no clips
     get no manifest. `synth_config.json` records the seed and settings. An `out_dir` that already holds a
     synth_config.json is refused unless `overwrite` (stale media of a larger earlier run are not deleted)."""
@@ -1138,20 +1173,14 @@ def generate(out_dir: PathLike, *, n: int, seed: int, frames: int = 17, size: in
         if count:
             (out / split).mkdir(parents=True, exist_ok=True)
 
+    labels = [(s, j) for s in SPLITS for j in range(counts[s])]
+    job = _ClipJob(out, seed, frames, size, tuple(usable), tuple(ops), held, tuple(reachable), format, fps)
     records: dict[str, list[str]] = {s: [] for s in SPLITS}
-    labels = [s for s in SPLITS for _ in range(counts[s])]
     writer = contextlib.nullcontext() if format == "npz" else _one_torch_thread()
-    with writer:
-        for i, split in enumerate(labels):
-            rng = np.random.default_rng([seed, i])
-            # Heldout clip j carries held-out triple j mod len: every triple gets an equal share.
-            require = reachable[len(records["heldout"]) % len(reachable)] if split == "heldout" else None
-            clip = make_clip(rng, frames=frames, size=size, categories=usable, ops=ops, require=require,
-                             exclude=() if split == "heldout" else held)
-            stem = f"{len(records[split]):06d}"
-            folder = out / split
-            paths = _write_npz(folder, stem, clip) if format == "npz" else _write_mp4s(folder, stem, clip, fps)
-            records[split].append(json.dumps({**paths, **clip.record()}, ensure_ascii=False))
+    with writer, (_pool(workers) if workers > 1 else contextlib.nullcontext()) as pool:
+        lines = pool.imap(job, enumerate(labels), chunksize=16) if pool is not None else map(job, enumerate(labels))
+        for i, ((split, _), line) in enumerate(zip(labels, lines)):
+            records[split].append(line)
             if progress is not None:
                 progress(i + 1, n)
     manifests: dict[str, Path] = {}

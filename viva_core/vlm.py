@@ -29,6 +29,30 @@ logger = logging.getLogger(__name__)
 SUPPORTED_VLMS = ("Qwen2.5-VL, Qwen3-VL, or any model that transformers' AutoModelForImageTextToText loads "
                   "and whose folder has a chat template")
 
+# Special tokens and chat template of Qwen2-VL / Qwen2.5-VL, for folders this project builds (tests, small models).
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>")
+
+# The chat template of Qwen2-VL / Qwen2.5-VL (images as <|vision_start|><|image_pad|><|vision_end|>).
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 # Files that make a folder a complete VLM; each part is satisfied by any one of its files.
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
 _PREPROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
@@ -256,6 +280,27 @@ def _images_of(conversation: list[dict]) -> list[Image.Image]:
     return images
 
 
+def processor_inputs(processor, conversations: list[list[dict]], *, add_generation_prompt: bool = True):
+    """Chat conversations with PIL images -> the processor's BatchFeature on the CPU (left-padded, so that
+    position -1 is the last real token of every row). Picklable work: trainers call it in loader workers."""
+    texts = [processor.apply_chat_template(conv, add_generation_prompt=add_generation_prompt, tokenize=False)
+             for conv in conversations]
+    images = [img for conv in conversations for img in _images_of(conv)]
+    kwargs: dict[str, Any] = dict(text=texts, return_tensors="pt", padding=True, padding_side="left")
+    if images:
+        kwargs["images"] = images
+    return processor(**kwargs)
+
+
+def to_model(vlm: VLM, inputs):
+    """A BatchFeature moved to the model's device, pixel values cast to the model dtype."""
+    inputs = inputs.to(vlm.device)
+    for key in ("pixel_values", "pixel_values_videos"):
+        if key in inputs and torch.is_floating_point(inputs[key]):
+            inputs[key] = inputs[key].to(vlm.dtype)
+    return inputs
+
+
 def build_inputs(vlm: VLM, messages: list[dict] | list[list[dict]], *, add_generation_prompt: bool = True):
     """Chat messages with PIL images -> the processor's BatchFeature on the model's device.
 
@@ -264,19 +309,7 @@ def build_inputs(vlm: VLM, messages: list[dict] | list[list[dict]], *, add_gener
     last real token of every row). Whatever the processor returns is passed through (Qwen3-VL's
     `mm_token_type_ids` included); pixel values are cast to the model dtype."""
     conversations = messages if messages and isinstance(messages[0], list) else [messages]
-    processor = vlm.processor
-    texts = [processor.apply_chat_template(conv, add_generation_prompt=add_generation_prompt, tokenize=False)
-             for conv in conversations]
-    images = [img for conv in conversations for img in _images_of(conv)]
-    kwargs: dict[str, Any] = dict(text=texts, return_tensors="pt", padding=True, padding_side="left")
-    if images:
-        kwargs["images"] = images
-    inputs = processor(**kwargs)
-    inputs = inputs.to(vlm.device)
-    for key in ("pixel_values", "pixel_values_videos"):
-        if key in inputs and torch.is_floating_point(inputs[key]):
-            inputs[key] = inputs[key].to(vlm.dtype)
-    return inputs
+    return to_model(vlm, processor_inputs(vlm.processor, conversations, add_generation_prompt=add_generation_prompt))
 
 
 def forward(vlm: VLM, inputs, **kwargs):

@@ -32,7 +32,7 @@ class ModelConfig:
     dtype: str = "bf16"
     device: str = "auto"
     allow_t2v: bool = False  # zero-init source channels of a T2V base and train them (SFT only)
-    max_text_tokens: int = 512  # text padding length; Wan was trained with 512 (small models can use fewer)
+    max_text_tokens: int = 0  # text padding length; 0 = the editor's own (512 for Wan, viva_editor.json for ours)
     instructor: str = ""  # VLM folder: condition on instructor tokens through the refiner
     refiner: str = ""  # start from this refiner (.safetensors); empty = new refiner when train_refiner
     train_refiner: bool = False
@@ -214,9 +214,8 @@ def _apply(section: Any, data: dict, where: str) -> None:
             setattr(section, key, value)
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> TrainConfig:
-    """TOML file (optional) then `section.key=value` overrides; relative paths stay relative to the CWD."""
-    cfg = TrainConfig()
+def fill_config(cfg: Any, path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Any:
+    """Fill a config dataclass from a TOML file (optional), then `section.key=value` overrides; returns `cfg`."""
     if path:
         p = Path(path)
         try:
@@ -242,5 +241,11 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
             setattr(section, leaf, _coerce(value, getattr(section, leaf)))
         except (ValueError, json.JSONDecodeError) as e:
             raise InputError(f"--set '{item}': {e}") from e
+    return cfg
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> TrainConfig:
+    """TOML file (optional) then `section.key=value` overrides; relative paths stay relative to the CWD."""
+    cfg = fill_config(TrainConfig(), path, overrides)
     cfg.check()
     return cfg

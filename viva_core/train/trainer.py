@@ -82,7 +82,8 @@ class Trainer:
                        load_editor(transformer_file=str(src), vae_file=cfg.model.vae or None,
                                    text_encoder_folder=cfg.model.text_encoder or None, options=opts))
         self.device = self.editor.device
-        self.editor.max_text_tokens = cfg.model.max_text_tokens
+        if cfg.model.max_text_tokens:
+            self.editor.max_text_tokens = cfg.model.max_text_tokens
         dit = self.editor.transformer
         dit.requires_grad_(False)
         self.params = add_lora(dit, cfg.lora, seed=cfg.seed) if cfg.lora.rank > 0 else []

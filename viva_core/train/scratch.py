@@ -1,0 +1,749 @@
+"""Small models from scratch on `viva synth` clips, with the project's own code (`viva pretrain STAGE CONFIG`).
+
+Stages, in order (each writes real-format folders that the normal loaders read):
+- vae:    a Wan-architecture VAE (diffusers AutoencoderKLWan, 8x space / 4x time) -> `<out>/vae/`, with the
+          per-channel latent mean/std measured on the data written into its config;
+- editor: a Wan DiT editor (source channel-concatenated) + a UMT5 text encoder with a word-level tokenizer, and
+          optionally a Qwen2.5-VL-architecture instructor + token refiner, all trained jointly from scratch with
+          VIVA's edit-mask-weighted flow-matching loss -> `<out>/editor/` (diffusers folder), `<out>/instructor/`
+          (VLM folder), `<out>/refiner.safetensors`;
+- judge:  a Qwen2.5-VL-architecture judge trained to answer the four ReViSE questions, with labels from the exact
+          verifiers of `viva_core.eval` on ground-truth edits and corrupted ones -> `<out>/judge/` (VLM folder).
+Edit-GRPO / RWO LoRAs on the editor then come from `viva train`. Training feeds every model through the same
+calls inference uses (`Judge.messages`, `Instructor.messages`, the chat processor, `pad_tokens`), so what is
+learned here is what the loaders serve.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..runtime import ProgressFn, no_progress
+from .config import fill_config
+from .metrics import MetricsLog
+
+log = logging.getLogger(__name__)
+
+STAGES = ("vae", "editor", "judge")
+IMAGE_SIDE = 64  # the VLMs see frames at 64x64: patch 8, merge 2 -> 16 visual tokens per frame
+UMT5_SPECIALS = ("<pad>", "</s>", "<unk>")
+
+
+# ============================================================================================== config
+
+@dataclass
+class DataSection:
+    manifest: str = ""  # `viva synth --format npz` manifest (train split)
+    val_manifest: str = ""
+    limit: int = 0  # use at most this many clips (0 = all)
+
+
+@dataclass
+class OptimSection:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    workers: int = 4  # data-loader processes (chat processor, verifier labels)
+    max_minutes: float = 0.0  # stop (and save) after this much wall time; 0 = run all steps
+
+
+@dataclass
+class VaeSection:
+    base_dim: int = 16
+    z_dim: int = 16
+    num_res_blocks: int = 1
+    kl_weight: float = 1e-6
+
+
+@dataclass
+class VLMSection:
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    vision_hidden: int = 64
+    vision_depth: int = 2
+
+
+@dataclass
+class EditorSection:
+    vae: str = ""  # folder written by the vae stage
+    layers: int = 6
+    heads: int = 4
+    head_dim: int = 64
+    ffn_dim: int = 1024
+    patch: list = field(default_factory=lambda: [1, 1, 1])
+    text_dim: int = 128  # UMT5 width = DiT cross-attention input
+    text_layers: int = 2
+    text_heads: int = 4
+    text_ff: int = 256
+    max_text_tokens: int = 192  # text (+ instructor) tokens are zero-padded to this, in training and inference
+    instructor: bool = True
+    vlm: VLMSection = field(default_factory=VLMSection)
+    refiner_hidden: int = 128
+    refiner_depth: int = 1
+    refiner_heads: int = 4
+    mask_weight: float = 1.0  # VIVA's (1 + w M) edit-mask weight; 0 = plain flow matching
+    cond_dropout: float = 0.1  # share of samples trained on the empty prompt (what CFG's negative is)
+    sigma_shift: float = 1.0
+
+
+@dataclass
+class JudgeSection:
+    vlm: VLMSection = field(default_factory=VLMSection)
+    frames: int = 4  # frames of each video the judge sees (as at inference)
+    threshold: float = 0.5  # verifier score >= threshold -> "Yes"
+
+
+@dataclass
+class ScratchConfig:
+    stage: str = "vae"
+    output_dir: str = "runs/small"
+    seed: int = 0
+    device: str = "auto"
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    vae: VaeSection = field(default_factory=VaeSection)
+    editor: EditorSection = field(default_factory=EditorSection)
+    judge: JudgeSection = field(default_factory=JudgeSection)
+
+    def check(self) -> None:
+        problems = []
+        if self.stage not in STAGES:
+            problems.append(f"stage '{self.stage}' is not one of {STAGES}")
+        if not self.data.manifest:
+            problems.append("data.manifest is empty (a `viva synth --format npz` manifest)")
+        if self.stage == "editor" and not self.editor.vae:
+            problems.append("editor.vae is empty (the folder the vae stage wrote)")
+        if self.optim.steps < 1 or self.optim.batch_size < 1:
+            problems.append("optim.steps and optim.batch_size must be >= 1")
+        if len(self.editor.patch) != 3:
+            problems.append("editor.patch must be [t, h, w]")
+        if problems:
+            raise InputError("invalid pretrain config:\n  - " + "\n  - ".join(problems))
+
+
+def load_scratch_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> ScratchConfig:
+    cfg = fill_config(ScratchConfig(), path, overrides)
+    cfg.check()
+    return cfg
+
+
+# ================================================================================================ data
+
+@dataclass
+class ClipSet:
+    """Clips of a synth npz manifest in memory: uint8 frames [N,T,H,W,3], masks [N,T,H,W], manifest lines."""
+
+    source: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+    records: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def load_clip_set(manifest: str | Path, limit: int = 0) -> ClipSet:
+    path = Path(manifest)
+    if not path.is_file():
+        raise InputError(f"{path}: manifest not found. Make one with `viva synth --format npz --out DIR`.")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if limit:
+        records = records[:limit]
+    if not records:
+        raise InputError(f"{path}: the manifest has no clips.")
+    if "npz" not in records[0]:
+        raise InputError(f"{path}: pretraining reads npz clips; make the data with `viva synth --format npz`.")
+    arrays: dict[str, list[np.ndarray]] = {"source": [], "target": [], "mask": []}
+    for i, rec in enumerate(records):
+        npz = path.parent / rec["npz"]
+        try:
+            with np.load(npz, allow_pickle=False) as z:
+                for k in arrays:
+                    arrays[k].append(z[k])
+        except (OSError, KeyError, ValueError) as e:
+            raise InputError(f"{npz} (line {i + 1} of {path}): unreadable clip ({e}). Re-run `viva synth`.") from e
+    shapes = {a.shape for a in arrays["source"]}
+    if len(shapes) != 1:
+        raise InputError(f"{path}: clips have different shapes {sorted(shapes)}; pretraining needs one size.")
+    return ClipSet(*(torch.from_numpy(np.stack(arrays[k])) for k in ("source", "target", "mask")), records)
+
+
+def frames_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., T,H,W,3] -> float [..., T,H,W,3] in 0..1."""
+    return x.float() / 255.0
+
+
+def video_batch(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,T,H,W,3] -> [B,3,T,H,W] in -1..1 (the VAE's input)."""
+    return frames_float(x).permute(0, 4, 1, 2, 3) * 2 - 1
+
+
+# ========================================================================================== tokenizers
+
+def _pre_tokenizer():
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+
+
+def vocabulary(texts: Iterable[str]) -> list[str]:
+    """Lower-cased words and punctuation of `texts`, sorted (deterministic ids)."""
+    pre = _pre_tokenizer()
+    words = {w for t in texts for w, _ in pre.pre_tokenize_str(t.lower())}
+    return sorted(words)
+
+
+def word_tokenizer(words: Sequence[str], *, kind: str):
+    """A word-level fast tokenizer: `umt5` (ids 0..2 = pad, </s>, unk; </s> appended) or `qwen` (Qwen's chat
+    special tokens, chat template, left padding)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from ..vlm import QWEN_SPECIAL_TOKENS, QWEN_VL_CHAT_TEMPLATE
+
+    specials = UMT5_SPECIALS if kind == "umt5" else ("<unk>",) + QWEN_SPECIAL_TOKENS
+    vocab = {t: i for i, t in enumerate(list(specials) + [w for w in words if w not in specials])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = _pre_tokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    if kind == "umt5":
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                       unk_token="<unk>", padding_side="right")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", padding_side="left",
+                                   additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]))
+    fast.chat_template = QWEN_VL_CHAT_TEMPLATE
+    return fast
+
+
+def prompt_texts(records: Sequence[dict]) -> list[str]:
+    """Every text a model of this project reads: instructions, captions and the fixed instructor/judge prompts."""
+    from ..instructor import INSTRUCTOR_SYSTEM_PROMPT, REWRITE_PROMPT
+    from ..judge import QUESTIONS, RATIONALE_PROMPT, Judge
+    from ..instructor import Instructor
+
+    fixed = [INSTRUCTOR_SYSTEM_PROMPT, REWRITE_PROMPT, RATIONALE_PROMPT, "system user assistant you are a helpful "
+             "assistant. yes no", *(q.question for q in QUESTIONS)]
+    fixed += [part["text"] for m in Instructor.messages("x", None, None) for part in
+              (m["content"] if isinstance(m["content"], list) else []) if part.get("type") == "text"]
+    fixed += [part["text"] for m in Judge.messages([None] * 9, [None] * 9, "answer yes or no.")
+              for part in m["content"] if part.get("type") == "text"]
+    texts = [r.get(k, "") or "" for r in records for k in ("instruction", "source_caption", "target_caption")]
+    return fixed + texts
+
+
+# ===================================================================================== model builders
+
+def new_vae(sec: VaeSection):
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=sec.base_dim, z_dim=sec.z_dim, dim_mult=[1, 2, 4, 4],
+                            num_res_blocks=sec.num_res_blocks, attn_scales=[], temperal_downsample=[False, True, True],
+                            latents_mean=[0.0] * sec.z_dim, latents_std=[1.0] * sec.z_dim)
+
+
+def new_dit(sec: EditorSection, z_dim: int):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=tuple(sec.patch), num_attention_heads=sec.heads, attention_head_dim=sec.head_dim,
+        in_channels=2 * z_dim, out_channels=z_dim, text_dim=sec.text_dim, freq_dim=256, ffn_dim=sec.ffn_dim,
+        num_layers=sec.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+
+
+def new_text_encoder(sec: EditorSection, vocab_size: int):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    cfg = UMT5Config(vocab_size=vocab_size, d_model=sec.text_dim, d_kv=sec.text_dim // sec.text_heads,
+                     d_ff=sec.text_ff, num_layers=sec.text_layers, num_heads=sec.text_heads,
+                     relative_attention_num_buckets=32, dropout_rate=0.0, feed_forward_proj="gated-gelu",
+                     pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    return UMT5EncoderModel(cfg)
+
+
+def write_vlm_folder(out: Path, tokenizer, sec: VLMSection, seed: int) -> Path:
+    """A fresh Qwen2.5-VL-architecture folder (random weights, word-level tokenizer, 64x64 image processor),
+    in the layout `load_vlm` reads; trainers then load it through `load_vlm` like any VLM."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    out.mkdir(parents=True, exist_ok=True)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
+    half = sec.hidden // sec.heads // 2
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=sec.hidden, intermediate_size=2 * sec.hidden,
+                         num_hidden_layers=sec.layers, num_attention_heads=sec.heads,
+                         num_key_value_heads=max(1, sec.heads // 2), max_position_embeddings=1024,
+                         rope_parameters=dict(rope_type="default", rope_theta=1e4,
+                                              mrope_section=[half - 2 * (half // 4), half // 4, half // 4]),
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True),
+        vision_config=dict(depth=sec.vision_depth, hidden_size=sec.vision_hidden, intermediate_size=2 * sec.vision_hidden,
+                           num_heads=4, out_hidden_size=sec.hidden, patch_size=8, spatial_merge_size=2,
+                           temporal_patch_size=2, fullatt_block_indexes=[sec.vision_depth - 1], window_size=32),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.save_pretrained(out, safe_serialization=True)
+    save_tokenizer(tokenizer, out)
+    Qwen2VLImageProcessorPil(min_pixels=IMAGE_SIDE * IMAGE_SIDE, max_pixels=IMAGE_SIDE * IMAGE_SIDE, patch_size=8,
+                             merge_size=2, temporal_patch_size=2).save_pretrained(out)
+    return out
+
+
+def save_tokenizer(tokenizer, out: Path) -> None:
+    """save_pretrained with the portable class name (transformers 4.x and 5.x both read PreTrainedTokenizerFast)."""
+    tokenizer.save_pretrained(out)
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+
+
+def save_small(model: torch.nn.Module, out: Path, dtype: torch.dtype = torch.bfloat16) -> None:
+    """save_pretrained (safetensors) of a copy in `dtype`: shipped weights are half-size; loaders upcast."""
+    import copy
+
+    copy.deepcopy(model).to("cpu", dtype).save_pretrained(out, safe_serialization=True)
+
+
+# ============================================================================================ helpers
+
+def _device(name: str) -> torch.device:
+    from ..runtime import parse_device
+
+    return parse_device(name)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
+                                                                                                       enabled=False)
+
+
+def _lr_at(o: OptimSection, step: int) -> float:
+    warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+    return o.lr * warm * 0.5 * (1 + math.cos(math.pi * step / o.steps))
+
+
+class _StopFlag:
+    """Ctrl-C ends the loop after the current step; the stage then saves what it has."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        log.warning("interrupt: stopping after this step and saving the models trained so far")
+        self.stop = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _loop(cfg: ScratchConfig, params: list[torch.nn.Parameter], step_fn: Callable[[int], dict], out: Path,
+          progress: ProgressFn, title: str, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """AdamW + warmup/cosine + grad clipping; `step_fn(step)` returns metrics incl. a differentiable 'loss'."""
+    o = cfg.optim
+    opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=(0.9, 0.99))
+    metrics = MetricsLog(out, tensorboard=False)
+    start, last = time.perf_counter(), {}
+    with _StopFlag() as flag:
+        for step in range(o.steps):
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(o, step)
+            opt.zero_grad(set_to_none=True)
+            values = step_fn(step)
+            loss = values.pop("loss")
+            if not torch.isfinite(loss):
+                raise InputError(f"{title}: the loss became {float(loss)} at step {step}; lower optim.lr.")
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+            opt.step()
+            if step % 10 == 0 or step == o.steps - 1:
+                last = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": _lr_at(o, step),
+                        **{k: float(v) for k, v in values.items()}}
+                metrics.log(step, last)
+            progress(step + 1, o.steps)
+            over_time = o.max_minutes and time.perf_counter() - start > 60 * o.max_minutes
+            if flag.stop or should_stop() or over_time:
+                log.warning("%s stopped at step %d of %d", title, step + 1, o.steps)
+                break
+    last["seconds"] = time.perf_counter() - start
+    last["steps_done"] = step + 1
+    metrics.plot(out / "curves.png", title=title)
+    metrics.close()
+    return last
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from ..safe_io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+# ================================================================================================ VAE
+
+def train_vae(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
+    out = Path(cfg.output_dir)
+    device = _device(cfg.device)
+    clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
+    videos = torch.cat([clips.source, clips.target]).to(device)  # both sides are valid videos to reconstruct
+    torch.manual_seed(cfg.seed)
+    vae = new_vae(cfg.vae).to(device).train()
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+
+    def step(i: int) -> dict:
+        idx = torch.randint(len(videos), (cfg.optim.batch_size,), generator=gen)
+        x = video_batch(videos[idx.to(device)])
+        with _autocast(device):
+            posterior = vae.encode(x).latent_dist
+            rec = vae.decode(posterior.sample()).sample.float()
+        l1, mse = (rec - x).abs().mean(), ((rec - x) ** 2).mean()
+        kl = posterior.kl().mean() / x[0].numel()
+        return {"loss": l1 + mse + cfg.vae.kl_weight * kl, "recon_l1": l1.detach(), "kl": kl.detach()}
+
+    summary = _loop(cfg, list(vae.parameters()), step, out, progress, "VAE")
+    vae.eval()
+    mean, std = latent_statistics(vae, videos, device)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    summary["val_psnr"] = vae_psnr(vae, load_clip_set(cfg.data.val_manifest).source if cfg.data.val_manifest
+                                   else videos[:64].cpu(), device)
+    save_small(vae, out / "vae")
+    _write_json(out / "vae_summary.json", {"config": dataclasses.asdict(cfg), "result": summary})
+    log.info("VAE: %s", summary)
+    return out / "vae"
+
+
+@torch.no_grad()
+def encode_clips(vae, frames: torch.Tensor, device: torch.device, batch: int = 64) -> torch.Tensor:
+    """uint8 [N,T,H,W,3] -> normalized posterior-mode latents [N,z,T',H',W'] fp32 on `device` (as encode_frames)."""
+    from ..pipeline import normalize_latents
+
+    out = []
+    for i in range(0, len(frames), batch):
+        x = video_batch(frames[i:i + batch].to(device)).to(next(vae.parameters()).dtype)
+        out.append(normalize_latents(vae, vae.encode(x).latent_dist.mode().float()))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def latent_statistics(vae, videos: torch.Tensor, device: torch.device, n: int = 512) -> tuple[list, list]:
+    z = encode_clips(vae, videos[:n], device)  # config still mean 0 / std 1: these are raw latents
+    return z.mean(dim=(0, 2, 3, 4)).tolist(), z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist()
+
+
+@torch.no_grad()
+def vae_psnr(vae, videos: torch.Tensor, device: torch.device, n: int = 64) -> float:
+    from ..pipeline import normalize_latents
+
+    x = video_batch(videos[:n].to(device))
+    z = normalize_latents(vae, vae.encode(x).latent_dist.mode(), inverse=False)
+    rec = vae.decode(normalize_latents(vae, z, inverse=True)).sample.clamp(-1, 1)
+    mse = float((((rec - x) / 2) ** 2).mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+# ============================================================================================= editor
+
+class _InstructorData(torch.utils.data.Dataset):
+    """Item i: (i, the instructor chat of clip i); collate runs the VLM chat processor in the worker."""
+
+    def __init__(self, clips: ClipSet):
+        self.first = clips.source[:, 0]
+        self.instructions = [r["instruction"] for r in clips.records]
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    def __getitem__(self, i: int):
+        from ..instructor import Instructor
+        from ..vlm import to_pil_image
+
+        return i, Instructor.messages(self.instructions[i], to_pil_image(frames_float(self.first[i])), None)
+
+
+def _collate_chats(processor):
+    from ..vlm import processor_inputs
+
+    def collate(items):
+        return torch.tensor([i for i, _ in items]), processor_inputs(processor, [c for _, c in items])
+    return collate
+
+
+def _one_thread(_worker: int) -> None:
+    """Loader workers are many; each runs single-threaded so they do not fight over the cores."""
+    torch.set_num_threads(1)
+
+
+def _endless(loader):
+    while True:
+        yield from loader
+
+
+def conditioning_tokens(text_hidden: torch.Tensor, text_lengths: torch.Tensor, extra: Optional[torch.Tensor],
+                        extra_lengths: Optional[torch.Tensor], length: int) -> torch.Tensor:
+    """Per row: its real text tokens, then its real instructor tokens, zero-padded to `length` — the same
+    sequence `Conditioning.concat` + `pad_tokens` give at inference for one sample."""
+    from ..pipeline import pad_tokens
+
+    rows = []
+    for b in range(text_hidden.shape[0]):
+        parts = [text_hidden[b, :int(text_lengths[b])]]
+        if extra is not None and int(extra_lengths[b]):
+            parts.append(extra[b, :int(extra_lengths[b])].to(text_hidden.dtype))
+        rows.append(pad_tokens(torch.cat(parts)[None], length))
+    longest = max(r.shape[1] for r in rows)
+    return torch.cat([pad_tokens(r, longest) for r in rows])
+
+
+def instructor_hidden(vlm, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last hidden states of left-padded chats, re-packed right-padded: [B, L, H] and the real lengths [B]."""
+    from ..vlm import forward
+
+    hidden = forward(vlm, inputs, output_hidden_states=True).hidden_states[-1].float()
+    keep = inputs["attention_mask"].bool()
+    rows = [hidden[b][keep[b]] for b in range(hidden.shape[0])]
+    lengths = torch.tensor([r.shape[0] for r in rows], device=hidden.device)
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths
+
+
+def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
+    from diffusers import AutoencoderKLWan
+
+    from ..editor import EDITOR_INFO_FILE
+    from . import losses as L
+
+    sec, out, device = cfg.editor, Path(cfg.output_dir), _device(cfg.device)
+    clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
+    vae = AutoencoderKLWan.from_pretrained(sec.vae, torch_dtype=torch.float32).to(device).eval()
+    t_factor = int(vae.config.scale_factor_temporal)
+    source, target = encode_clips(vae, clips.source, device), encode_clips(vae, clips.target, device)
+    masks = torch.cat([L.latent_mask(frames_float(m), tuple(source.shape[2:]), t_factor) for m in clips.mask]).to(device)
+
+    words = vocabulary(prompt_texts(clips.records))
+    text_tok = word_tokenizer(words, kind="umt5")
+    torch.manual_seed(cfg.seed)
+    text_encoder = new_text_encoder(sec, len(text_tok)).to(device).train()
+    dit = new_dit(sec, int(vae.config.z_dim)).to(device).train()
+    params = list(text_encoder.parameters()) + list(dit.parameters())
+    vlm = refiner = None
+    if sec.instructor:
+        from ..instructor import RefinerConfig, TokenRefiner
+        from ..vlm import load_vlm
+
+        folder = write_vlm_folder(out / "instructor", word_tokenizer(words, kind="qwen"), sec.vlm, cfg.seed)
+        vlm = load_vlm(folder, dtype="fp32", device=device)
+        vlm.model.train().requires_grad_(True)
+        refiner = TokenRefiner(RefinerConfig(in_dim=vlm.hidden_size, out_dim=sec.text_dim, hidden_dim=sec.refiner_hidden,
+                                             depth=sec.refiner_depth, heads=sec.refiner_heads)).to(device).train()
+        params += list(vlm.model.parameters()) + list(refiner.parameters())
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sampler = torch.utils.data.RandomSampler(range(len(clips)), replacement=True,
+                                             num_samples=cfg.optim.steps * cfg.optim.batch_size, generator=gen)
+    if vlm is not None:
+        loader = torch.utils.data.DataLoader(_InstructorData(clips), batch_size=cfg.optim.batch_size, sampler=sampler,
+                                             num_workers=cfg.optim.workers, collate_fn=_collate_chats(vlm.processor),
+                                             worker_init_fn=_one_thread,
+                                             persistent_workers=cfg.optim.workers > 0)
+    else:
+        loader = torch.utils.data.DataLoader(range(len(clips)), batch_size=cfg.optim.batch_size, sampler=sampler,
+                                             collate_fn=lambda ix: (torch.tensor(ix), None))
+    batches = iter(_endless(loader))
+    instructions = [r["instruction"] for r in clips.records]
+
+    def step(i: int) -> dict:
+        idx, chats = next(batches)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
+        drop = torch.rand(len(idx), generator=g) < sec.cond_dropout
+        texts = ["" if d else instructions[int(j)] for j, d in zip(idx, drop)]
+        tok = text_tok(texts, padding="max_length", max_length=sec.max_text_tokens, truncation=True,
+                       return_tensors="pt").to(device)
+        idx = idx.to(device)
+        with _autocast(device):
+            text_hidden = text_encoder(tok.input_ids, tok.attention_mask).last_hidden_state.float()
+            extra = extra_len = None
+            if vlm is not None:
+                hidden, lengths = instructor_hidden(vlm, chats.to(device))
+                pad = torch.arange(hidden.shape[1], device=device)[None] >= lengths[:, None]
+                extra = refiner(hidden, pad).float()
+                extra_len = torch.where(drop.to(device), torch.zeros_like(lengths), lengths)
+            cond = conditioning_tokens(text_hidden, tok.attention_mask.sum(1), extra, extra_len, sec.max_text_tokens)
+            sigma = L.sample_sigmas(len(idx), g, shift=sec.sigma_shift).to(device)
+            noise = torch.randn(target[idx].shape, generator=g).to(device)
+            x_t, v_target = L.flow_matching_pair(target[idx], noise, sigma)
+            v = dit(hidden_states=torch.cat([x_t, source[idx]], dim=1), timestep=sigma * 1000.0,
+                    encoder_hidden_states=cond, return_dict=False)[0].float()
+        loss = L.masked_fm_loss(v, v_target, masks[idx], sec.mask_weight)
+        plain = L.masked_fm_loss(v.detach(), v_target, None, 0.0)
+        return {"loss": loss, "loss_fm": plain}
+
+    summary = _loop(cfg, params, step, out, progress, "editor (DiT + UMT5" + (" + instructor)" if vlm else ")"))
+    editor_dir = out / "editor"
+    save_small(dit.eval(), editor_dir / "transformer")
+    save_small(text_encoder.eval(), editor_dir / "text_encoder")
+    save_tokenizer(text_tok, editor_dir / "tokenizer")
+    shutil.copytree(sec.vae, editor_dir / "vae", dirs_exist_ok=True)
+    _write_json(editor_dir / EDITOR_INFO_FILE, {
+        "max_text_tokens": sec.max_text_tokens, "native_size": list(clips.source.shape[2:4]),
+        "frames": int(clips.source.shape[1]), "trained_by": "viva pretrain editor", "instructor": bool(vlm),
+        "mask_weight": sec.mask_weight})
+    if vlm is not None:
+        from ..instructor import save_refiner
+
+        save_small(vlm.model.eval(), out / "instructor")
+        save_refiner(out / "refiner.safetensors", refiner.eval(), {"trained_by": "viva pretrain editor"})
+    _write_json(out / "editor_summary.json", {"config": dataclasses.asdict(cfg), "result": summary})
+    log.info("editor: %s", summary)
+    return editor_dir
+
+
+# ============================================================================================== judge
+
+CANDIDATES = ("target", "source", "other", "blend", "flicker", "blur", "shifted")
+
+
+def corrupt(kind: str, source: torch.Tensor, target: torch.Tensor, other: torch.Tensor, rng: np.random.Generator
+            ) -> torch.Tensor:
+    """A candidate edit [T,H,W,3] 0..1 of one clip: the truth, the unedited source, another clip's target, a
+    half-way blend, the truth with one frame swapped for the source's, a blurred truth, or a shifted truth."""
+    if kind == "target":
+        return target
+    if kind == "source":
+        return source
+    if kind == "other":
+        return other
+    if kind == "blend":
+        return 0.5 * source + 0.5 * target
+    if kind == "flicker":
+        out = target.clone()
+        t = int(rng.integers(1, target.shape[0]))
+        out[t] = source[t] if not torch.equal(source[t], target[t]) else 1 - target[t]
+        return out
+    if kind == "blur":
+        x = target.permute(0, 3, 1, 2)
+        return F.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False).permute(0, 2, 3, 1)
+    if kind == "shifted":
+        return torch.roll(target, shifts=(int(rng.integers(3, 8)), int(rng.integers(3, 8))), dims=(1, 2))
+    raise InputError(f"unknown candidate kind '{kind}'; one of {CANDIDATES}.")
+
+
+class _JudgeData(torch.utils.data.Dataset):
+    """Item i: four (question chat, verifier label) pairs for one candidate edit of a clip."""
+
+    def __init__(self, clips: ClipSet, sec: JudgeSection, seed: int, size: int):
+        self.clips, self.sec, self.seed, self.size = clips, sec, seed, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def example(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, dict, str]:
+        """(clip index, source, candidate, verifier scores, kind) of item i (seeded by item)."""
+        from ..eval import score_edit
+
+        rng = np.random.default_rng([self.seed, i])
+        n = len(self.clips)
+        c, o = int(rng.integers(n)), int(rng.integers(n))
+        kind = CANDIDATES[int(rng.integers(len(CANDIDATES)))]
+        src, tgt = frames_float(self.clips.source[c]), frames_float(self.clips.target[c])
+        cand = corrupt(kind, src, tgt, frames_float(self.clips.target[o]), rng).clamp(0, 1)
+        rec = self.clips.records[c]
+        s = score_edit(src, cand, tgt, self.clips.mask[c].bool(), rec.get("verify"), rec.get("operation"))
+        scores = {"EA": s.ea, "PC": s.pc, "GN": s.gn, "GR": s.gr}
+        return c, src, cand, scores, kind
+
+    def __getitem__(self, i: int):
+        from ..judge import DIMENSIONS, Judge
+        from ..video import uniform_frame_indices
+        from ..vlm import to_pil_image
+
+        c, src, cand, scores, _ = self.example(i)
+        instruction = self.clips.records[c]["instruction"]
+        picks = uniform_frame_indices(src.shape[0], self.sec.frames)
+        s_img = [to_pil_image(src[k]) for k in picks]
+        e_img = [to_pil_image(cand[k]) for k in picks]
+        chats, labels = [], []
+        for d in DIMENSIONS:
+            if scores[d] is None:
+                continue
+            chats.append(Judge.messages(s_img, e_img, Judge.question_text(d, instruction)))
+            labels.append(float(scores[d] >= self.sec.threshold))
+        return chats, labels
+
+
+def _collate_judge(processor):
+    from ..vlm import processor_inputs
+
+    def collate(items):
+        chats = [c for cs, _ in items for c in cs]
+        labels = torch.tensor([y for _, ys in items for y in ys])
+        return processor_inputs(processor, chats), labels
+    return collate
+
+
+def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
+    from ..judge import yes_no_token_ids
+    from ..vlm import forward, load_vlm
+
+    sec, out, device = cfg.judge, Path(cfg.output_dir), _device(cfg.device)
+    clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
+    folder = write_vlm_folder(out / "judge", word_tokenizer(vocabulary(prompt_texts(clips.records)), kind="qwen"),
+                              sec.vlm, cfg.seed)
+    vlm = load_vlm(folder, dtype="fp32", device=device)
+    vlm.model.train().requires_grad_(True)
+    yes_ids, no_ids = yes_no_token_ids(vlm.tokenizer)
+    per_item = cfg.optim.batch_size
+    data = _JudgeData(clips, sec, cfg.seed, cfg.optim.steps * per_item)
+    loader = torch.utils.data.DataLoader(data, batch_size=per_item, shuffle=False, num_workers=cfg.optim.workers,
+                                         collate_fn=_collate_judge(vlm.processor), worker_init_fn=_one_thread)
+    batches = iter(loader)
+
+    def step(i: int) -> dict:
+        inputs, labels = next(batches)
+        labels = labels.to(device)
+        with _autocast(device):
+            logits = forward(vlm, inputs.to(device)).logits[:, -1].float()
+        margin = torch.logsumexp(logits[:, yes_ids], -1) - torch.logsumexp(logits[:, no_ids], -1)
+        loss = F.binary_cross_entropy_with_logits(margin, labels)
+        acc = ((margin > 0).float() == labels).float().mean()
+        return {"loss": loss, "accuracy": acc.detach()}
+
+    summary = _loop(cfg, list(vlm.model.parameters()), step, out, progress, "judge")
+    save_small(vlm.model.eval(), folder)
+    _write_json(out / "judge_summary.json", {"config": dataclasses.asdict(cfg), "result": summary})
+    log.info("judge: %s", summary)
+    return folder
+
+
+def run_stage(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
+    return {"vae": train_vae, "editor": train_editor, "judge": train_judge}[cfg.stage](cfg, progress)

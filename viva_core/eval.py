@@ -176,7 +176,10 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, *, window: int = SSIM_WINDOW, sig
     size = min(window, x.shape[1], x.shape[2])
     size -= 1 - size % 2
     g = _gaussian_1d(size, sigma)
-    gx, gy = g.view(1, 1, 1, size), g.view(1, 1, size, 1)
+    # the 1-D passes as banded matrices ("valid" correlation): one matmul each, ~10x faster than conv2d with
+    # a single channel and thousands of planes on the CPU
+    band_h = torch.stack([F.pad(g, (i, x.shape[1] - size - i)) for i in range(x.shape[1] - size + 1)])
+    band_w = torch.stack([F.pad(g, (i, x.shape[2] - size - i)) for i in range(x.shape[2] - size + 1)])
     out = []
     for i in range(0, x.shape[0], chunk):
         a = x[i:i + chunk].permute(0, 3, 1, 2).float()
@@ -184,7 +187,7 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, *, window: int = SSIM_WINDOW, sig
         n, c, h, w = a.shape
         # the five blurred quantities of all frames and channels in one separable convolution
         stack = torch.stack([a, b, a * a, b * b, a * b]).reshape(5 * n * c, 1, h, w)
-        blurred = F.conv2d(F.conv2d(stack, gx), gy).reshape(5, n, c, h - size + 1, w - size + 1)
+        blurred = (band_h @ stack.reshape(5 * n * c, h, w) @ band_w.T).reshape(5, n, c, h - size + 1, w - size + 1)
         mu_a, mu_b, aa, bb, ab = blurred
         var_a, var_b, cov = aa - mu_a * mu_a, bb - mu_b * mu_b, ab - mu_a * mu_b
         s = ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)) / \

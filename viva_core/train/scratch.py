@@ -69,6 +69,7 @@ class VaeSection:
     z_dim: int = 16
     num_res_blocks: int = 1
     kl_weight: float = 1e-6
+    frames: int = 5  # train on random windows of 1 + 4k frames (the causal VAE codes any length the same way)
 
 
 @dataclass
@@ -421,10 +422,15 @@ def train_vae(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     torch.manual_seed(cfg.seed)
     vae = new_vae(cfg.vae).to(device).train()
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    window = min(cfg.vae.frames, videos.shape[1])
+    if (window - 1) % 4:
+        raise InputError(f"vae.frames={cfg.vae.frames}: windows must have 1 + 4k frames (Wan's causal VAE).")
 
     def step(i: int) -> dict:
         idx = torch.randint(len(videos), (cfg.optim.batch_size,), generator=gen)
-        x = video_batch(videos[idx.to(device)])
+        starts = torch.randint(videos.shape[1] - window + 1, (cfg.optim.batch_size,), generator=gen)
+        frames = starts[:, None] + torch.arange(window)
+        x = video_batch(videos[idx[:, None].to(device), frames.to(device)])
         with _autocast(device):
             posterior = vae.encode(x).latent_dist
             rec = vae.decode(posterior.sample()).sample.float()

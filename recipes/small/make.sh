@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # How the bundled small models were made (one GPU; each phase fits a 10-minute job). Run from the repo root:
-#   bash recipes/small/make.sh data vae judge       # phase 1
+#   bash recipes/small/make.sh data vae editor_text  # phase 1 (editor_text there used the 5-frame VAE: redone)
+#   bash recipes/small/make.sh data vae_long judge  # phase 2
 #   bash recipes/small/make.sh data editor_text editor_instr   # ablation rows without the full recipe
 #   bash recipes/small/make.sh data data_mp4 editor grpo rwo
 # Optional: N (clips, default 10000), WORKERS, SET / TSET (extra --set overrides for pretrain / train stages).
@@ -17,6 +18,7 @@ for phase in "$@"; do
     data_mp4) [ -f data/small_mp4/train.jsonl ] || $V synth --out data/small_mp4 --n 600 --seed 1 --format mp4 \
                 --splits 1,0,0 --workers "${WORKERS:-14}" ;;
     vae) run_pretrain recipes/small/vae.toml ;;
+    vae_long) run_pretrain recipes/small/vae_long.toml ;;
     judge) run_pretrain recipes/small/judge.toml ;;
     editor) run_pretrain recipes/small/editor.toml ;;
     editor_text) run_pretrain recipes/small/editor.toml --set output_dir=runs/small/editor_text \

@@ -15,6 +15,7 @@ import folder_paths
 import torch
 from comfy_api.latest import InputImpl, Types, io
 
+from ..viva_core import bundled
 from ..viva_core.errors import InputError
 from ..viva_core.video import Audio, Video, read_video
 from ..viva_core.vlm import find_vlm_folders
@@ -38,6 +39,10 @@ def register_model_folders() -> None:
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, sub), is_default=True)
     for base in folder_paths.get_folder_paths(VLM_FOLDER):
         os.makedirs(base, exist_ok=True)
+    # The small models shipped in the package: listed after the user's own (e.g. "folder: viva-small-editor").
+    for name, sub in (("diffusers", "diffusers"), (VLM_FOLDER, "vlm"), (REFINER_FOLDER, "refiners")):
+        if (bundled.ROOT / sub).is_dir():
+            folder_paths.add_model_folder_path(name, str(bundled.ROOT / sub), is_default=False)
 
 
 def _sub_dirs(bases: Iterable[str], marker, depth: int = 3) -> list[str]:

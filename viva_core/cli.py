@@ -63,12 +63,39 @@ def load_judge_from_args(args: argparse.Namespace):
     return Judge(load_vlm(args.judge, dtype=args.vlm_dtype, device=args.device))
 
 
+def use_bundled_models(args: argparse.Namespace) -> None:
+    """No --editor: the small bundled editor with its instructor and refiner (and the bundled judge when
+    --judge is given as 'bundled')."""
+    from . import bundled
+
+    if args.source == bundled.EXAMPLE_ALIAS:
+        args.source = bundled.path(bundled.EXAMPLE)
+    if getattr(args, "judge", None) == "bundled":
+        args.judge = bundled.path(bundled.JUDGE)
+    if args.editor:
+        return
+    args.editor = bundled.path(bundled.EDITOR)
+    if not args.instructor:
+        args.instructor, args.refiner = bundled.path(bundled.INSTRUCTOR), bundled.path(bundled.REFINER)
+    if args.dtype == "bf16" and args.device in ("auto", "cpu") and not _cuda():
+        args.dtype = args.vlm_dtype = "fp32"  # bf16 matmuls are slow on CPUs; the small models are tiny
+    print("using the bundled small models (64x64 synthetic shapes world); pass --editor for a real editor",
+          file=sys.stderr)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     from .conditioning import build_conditioning, negative_conditioning
     from .pipeline import EditSettings, edit
     from .video import read_image, read_video, write_video
     from .vlm import load_vlm
 
+    use_bundled_models(args)
     budget = args.max_bytes or available_memory_bytes() // 2
     video = read_video(args.source, max_frames=args.max_frames, stride=args.stride, max_bytes=budget)
     editor = load_editor_from_args(args)
@@ -111,7 +138,13 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
+    from . import bundled
     from .video import read_video
+
+    if not args.judge:
+        args.judge = bundled.path(bundled.JUDGE)
+        if args.vlm_dtype == "bf16" and not _cuda():
+            args.vlm_dtype = "fp32"
 
     src = read_video(args.source, max_frames=args.max_frames, with_audio=False)
     out = read_video(args.edited, max_frames=args.max_frames, with_audio=False)
@@ -134,6 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.editor:
         from .conditioning import build_conditioning, negative_conditioning
         from .pipeline import EditSettings, edit
+        from .vlm import load_vlm
 
         editor = load_editor_from_args(args)
         for spec in args.lora or []:
@@ -141,9 +175,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         negative = negative_conditioning(editor, args.negative)
         settings = EditSettings(steps=args.steps, cfg=args.cfg, seed=args.seed, shift=args.shift,
                                 strength=args.strength, sampler=args.sampler)
+        vlm = load_vlm(args.instructor, dtype=args.vlm_dtype, device=args.device) if args.instructor else None
+        mode = "text" if vlm is None else ("instructor" if args.refiner else "rewrite")
 
         def editor_fn(record, frames):
-            cond, _ = build_conditioning(editor, record.instruction, frames[0], mode="text")
+            cond, _ = build_conditioning(editor, record.instruction, frames[0], mode=mode, vlm=vlm,
+                                         refiner_path=args.refiner)
             return edit(editor, frames, cond, negative=negative, settings=settings).frames
     judge = None
     if args.judge:
@@ -252,17 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-v", "--verbose", action="store_true")
 
     e = sub.add_parser("edit", help="edit a video following an instruction")
-    e.add_argument("source", help="source video file")
+    e.add_argument("source", help="source video file ('example': the bundled example clip)")
     e.add_argument("instruction")
     e.add_argument("-o", "--output", required=True, help="output .mp4 (h264, source fps and audio)")
-    e.add_argument("--editor", required=True, help="diffusers editor folder, or a single-file Wan DiT .safetensors")
+    e.add_argument("--editor", help="diffusers editor folder, or a single-file Wan DiT .safetensors (default: the "
+                   "bundled small editor, with its instructor and refiner)")
     e.add_argument("--vae", help="Wan VAE .safetensors (with a single-file --editor)")
     e.add_argument("--text-encoder", help="UMT5 folder (transformers format) if the editor folder has none")
     e.add_argument("--instructor", help="VLM folder: grounded instructor tokens (with --refiner) or a rewritten prompt")
     e.add_argument("--refiner", help="token refiner .safetensors trained for this instructor and editor")
     e.add_argument("--reference", help="optional reference image for the instructor")
     e.add_argument("--lora", action="append", metavar="FILE[:STRENGTH]", help="LoRA file, repeatable")
-    e.add_argument("--judge", help="VLM folder: score the edit (and pick the best of --candidates)")
+    e.add_argument("--judge", help="VLM folder: score the edit (and pick the best of --candidates); 'bundled' for the "
+                   "bundled small judge")
     e.add_argument("--candidates", type=int, default=1, help="best-of-N: edit N seeds and keep the judge's best")
     e.add_argument("--judge-frames", type=int, default=4)
     e.add_argument("--negative", default="", help="negative prompt for CFG")
@@ -278,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("source")
     j.add_argument("edited")
     j.add_argument("instruction")
-    j.add_argument("--judge", required=True, help="VLM folder")
+    j.add_argument("--judge", help="VLM folder (default: the bundled small judge)")
     j.add_argument("--frames", type=int, default=4, help="frames sampled uniformly from each video")
     j.add_argument("--rationale", action="store_true", help="also generate a short explanation")
     j.add_argument("--report", help="write the JSON report here too")
@@ -292,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("manifest", help="JSONL manifest with target_video (and mask_video) per edit")
     v.add_argument("--outputs", help="folder of edits named <index>.mp4 (with --editor: where they are saved; "
                    "default REPORT/outputs)")
-    v.add_argument("--editor", help="diffusers editor folder or single-file DiT: edit every record (text mode)")
+    v.add_argument("--editor", help="diffusers editor folder or single-file DiT: edit every record")
+    v.add_argument("--instructor", help="VLM folder: condition with instructor tokens (with --refiner) or a rewrite")
+    v.add_argument("--refiner", help="token refiner .safetensors trained for this instructor and editor")
     v.add_argument("--report", required=True, help="folder for report.json and report.html")
     v.add_argument("--limit", type=int, default=None, help="score only the first N records")
     v.add_argument("--judge", help="VLM folder: also measure the judge's agreement with the verifiers")

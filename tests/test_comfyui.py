@@ -235,3 +235,13 @@ def test_lora_written_by_viva_loads_in_native_comfyui(tmp_path):
     result = _json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["modules"] == len(layers) and result["mapped"] == len(layers), result
     assert result["unloaded"] == [] and result["max_diff"] < 1e-3, result
+
+
+def test_bundled_small_models_are_listed_and_edit(models, tmp_path):
+    """The package's small models appear in the loaders' lists (beside the user's) and run an instructor edit."""
+    rc, out, report = run_harness(models, tmp_path, "bundled_edit.json")
+    assert rc == EXIT_OK, out[-4000:]
+    assert report["execution"]["status"] == "success"
+    mp4s = saved_mp4s(report)
+    assert len(mp4s) == 1, report["execution"]
+    assert "64x64" in output_text(out, "5")  # resized to the small editor's native size

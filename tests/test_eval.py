@@ -372,3 +372,22 @@ def test_synth_clips_ground_truth_scores_one():
         assert truth.ea == pytest.approx(1.0), (clip.operation, truth.details["ea"])
         assert "fallback" not in json.dumps(truth.details["ea"]), (clip.operation, truth.details["ea"])
         assert score_edit(clip.source, clip.source, *args[1:]).ea < 0.3, clip.operation
+
+
+def test_ssim_map_equals_a_conv2d_reference() -> None:
+    """The banded-matmul blur must equal the textbook separable gaussian convolution."""
+    import torch.nn.functional as F
+
+    from viva_core.eval import SSIM_C1, SSIM_C2, _gaussian_1d, ssim_map
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 40, 48, 3, generator=g)
+    y = (x + 0.2 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    k = _gaussian_1d(11, 1.5)
+    a, b = x.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2)
+    st = torch.stack([a, b, a * a, b * b, a * b]).reshape(-1, 1, 40, 48)
+    bl = F.conv2d(F.conv2d(st, k.view(1, 1, 1, 11)), k.view(1, 1, 11, 1)).reshape(5, 3, 3, 30, 38)
+    ma, mb, aa, bb, ab = bl
+    ref = ((2 * ma * mb + SSIM_C1) * (2 * (ab - ma * mb) + SSIM_C2)) / \
+        ((ma * ma + mb * mb + SSIM_C1) * (aa - ma * ma + bb - mb * mb + SSIM_C2))
+    torch.testing.assert_close(ssim_map(x, y), ref.mean(1), rtol=0, atol=1e-5)

@@ -394,3 +394,14 @@ def test_mp4_round_trip_keeps_frames_and_size(cli_dataset):
             assert np.abs(decoded - frames).mean() < 6  # h264 is lossy; npz is the exact format
         mask = read_video(cli_dataset / line["mask_video"]).frames.numpy().mean(-1) > 0.5
         assert (mask == clip.mask).mean() > 0.97
+
+
+def test_worker_processes_write_the_same_data_set(tmp_path) -> None:
+    from viva_core.synth import generate
+
+    one = generate(tmp_path / "one", n=12, seed=4, format="npz")
+    two = generate(tmp_path / "two", n=12, seed=4, format="npz", workers=2)
+    for split, manifest in one.items():
+        assert manifest.read_text() == two[split].read_text()
+        for f in (tmp_path / "one" / split).iterdir():
+            assert f.read_bytes() == (tmp_path / "two" / split / f.name).read_bytes(), f.name

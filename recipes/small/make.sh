@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How the bundled small models were made (one GPU; each phase fits a 10-minute job). Run from the repo root:
-#   bash recipes/small/make.sh data vae editor_text  # phase 1 (editor_text there used the 5-frame VAE: redone)
+#   bash recipes/small/make.sh data vae editor_text  # phase 1 (its editor_text used this 5-frame VAE; not yet redone on vae17)
 #   bash recipes/small/make.sh data vae_long judge  # phase 2
 #   bash recipes/small/make.sh data editor_text editor_instr   # ablation rows without the full recipe
 #   bash recipes/small/make.sh data editor          # phase 3: the shipped editor (H200, 1,337 steps in 6.2 min)

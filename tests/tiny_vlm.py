@@ -10,12 +10,12 @@ Both are seeded and deterministic and take well under 2 s after `transformers` i
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
+from viva_core.train.scratch import save_tokenizer  # noqa: E402
 from viva_core.vlm import QWEN_SPECIAL_TOKENS as SPECIAL_TOKENS, QWEN_VL_CHAT_TEMPLATE  # noqa: E402
 
 # Words the tests and prompts use; BPE merges make each of these (with and without a leading space)
@@ -43,15 +43,6 @@ def _build_tokenizer(vocab_size: int):
                                    padding_side="left", additional_special_tokens=list(SPECIAL_TOKENS[1:]))
     fast.chat_template = QWEN_VL_CHAT_TEMPLATE
     return fast
-
-
-def _save_tokenizer(tokenizer, out: Path) -> None:
-    """Save with the portable class name (transformers 4.x and 5.x both read PreTrainedTokenizerFast)."""
-    tokenizer.save_pretrained(out)
-    cfg_path = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
 
 
 def build_tiny_vlm(dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 512) -> Path:
@@ -84,7 +75,7 @@ def build_tiny_vlm(dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 5
     # chat template): building a Qwen2_5_VLProcessor object needs its video processor, i.e. torchvision.
     # preprocessor_config.json names "Qwen2VLImageProcessor", so with torchvision installed
     # AutoProcessor also infers the Qwen2-VL video processor from it.
-    _save_tokenizer(tokenizer, out)
+    save_tokenizer(tokenizer, out)
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56).save_pretrained(out)
     return out
 
@@ -100,5 +91,5 @@ def build_tiny_text_lm(dir: str | os.PathLike, *, seed: int = 0, vocab_size: int
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
     torch.manual_seed(seed)
     Qwen2ForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    _save_tokenizer(tokenizer, out)
+    save_tokenizer(tokenizer, out)
     return out

@@ -56,6 +56,16 @@ def load_editor_from_args(args: argparse.Namespace):
     raise InputError(f"{src}: --editor must be a diffusers folder or a .safetensors DiT file.")
 
 
+def load_instructor_from_args(args: argparse.Namespace):
+    """(VLM or None, conditioning mode): --instructor with --refiner gives instructor tokens, without it a rewrite."""
+    from .vlm import load_vlm
+
+    if not args.instructor:
+        return None, "text"
+    vlm = load_vlm(args.instructor, dtype=args.vlm_dtype, device=args.device)
+    return vlm, "instructor" if args.refiner else "rewrite"
+
+
 def load_judge_from_args(args: argparse.Namespace):
     from .judge import Judge
     from .vlm import load_vlm
@@ -93,7 +103,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .conditioning import build_conditioning, negative_conditioning
     from .pipeline import EditSettings, edit
     from .video import read_image, read_video, write_video
-    from .vlm import load_vlm
 
     use_bundled_models(args)
     budget = args.max_bytes or available_memory_bytes() // 2
@@ -101,8 +110,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     editor = load_editor_from_args(args)
     for spec in args.lora or []:
         editor = editor.with_lora(*parse_lora_arg(spec))
-    vlm = load_vlm(args.instructor, dtype=args.vlm_dtype, device=args.device) if args.instructor else None
-    mode = "text" if vlm is None else ("instructor" if args.refiner else "rewrite")
+    vlm, mode = load_instructor_from_args(args)
     reference = read_image(args.reference) if args.reference else None
     cond, prompt = build_conditioning(editor, args.instruction, video.frames[0], mode=mode, vlm=vlm,
                                       refiner_path=args.refiner, reference=reference)
@@ -167,7 +175,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.editor:
         from .conditioning import build_conditioning, negative_conditioning
         from .pipeline import EditSettings, edit
-        from .vlm import load_vlm
 
         editor = load_editor_from_args(args)
         for spec in args.lora or []:
@@ -175,8 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         negative = negative_conditioning(editor, args.negative)
         settings = EditSettings(steps=args.steps, cfg=args.cfg, seed=args.seed, shift=args.shift,
                                 strength=args.strength, sampler=args.sampler)
-        vlm = load_vlm(args.instructor, dtype=args.vlm_dtype, device=args.device) if args.instructor else None
-        mode = "text" if vlm is None else ("instructor" if args.refiner else "rewrite")
+        vlm, mode = load_instructor_from_args(args)
 
         def editor_fn(record, frames):
             cond, _ = build_conditioning(editor, record.instruction, frames[0], mode=mode, vlm=vlm,

@@ -151,11 +151,24 @@ class TrainConfig:
             problems.append(f"optim.schedule '{self.optim.schedule}' is not constant or cosine")
         if self.rollout.window and not 0 <= self.rollout.window_start < self.rollout.steps:
             problems.append("rollout.window_start must be a step index below rollout.steps")
-        if problems:
-            raise InputError("invalid training config:\n  - " + "\n  - ".join(problems))
+        raise_problems(problems, "training config")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def scheduled_lr(lr: float, step: int, steps: int, warmup_steps: int, schedule: str = "cosine") -> float:
+    """Linear warm-up over `warmup_steps`, then constant or cosine decay to 0 at `steps` (both trainers)."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if schedule == "cosine":
+        return lr * warm * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+    return lr * warm
+
+
+def raise_problems(problems: list[str], what: str) -> None:
+    """One InputError listing every problem of a config (none: returns)."""
+    if problems:
+        raise InputError(f"invalid {what}:\n  - " + "\n  - ".join(problems))
 
 
 def _coerce(value: str, current: Any) -> Any:

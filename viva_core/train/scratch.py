@@ -24,15 +24,15 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..runtime import ProgressFn, no_progress
-from .config import fill_config
+from ..runtime import ProgressFn, no_progress, parse_device
+from .config import fill_config, raise_problems, scheduled_lr
 from .metrics import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,7 @@ class ScratchConfig:
             problems.append("optim.steps and optim.batch_size must be >= 1")
         if len(self.editor.patch) != 3:
             problems.append("editor.patch must be [t, h, w]")
-        if problems:
-            raise InputError("invalid pretrain config:\n  - " + "\n  - ".join(problems))
+        raise_problems(problems, "pretrain config")
 
 
 def load_scratch_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> ScratchConfig:
@@ -240,9 +239,8 @@ def word_tokenizer(words: Sequence[str], *, kind: str):
 
 def prompt_texts(records: Sequence[dict]) -> list[str]:
     """Every text a model of this project reads: instructions, captions and the fixed instructor/judge prompts."""
-    from ..instructor import INSTRUCTOR_SYSTEM_PROMPT, REWRITE_PROMPT
+    from ..instructor import INSTRUCTOR_SYSTEM_PROMPT, REWRITE_PROMPT, Instructor
     from ..judge import QUESTIONS, RATIONALE_PROMPT, Judge
-    from ..instructor import Instructor
 
     fixed = [INSTRUCTOR_SYSTEM_PROMPT, REWRITE_PROMPT, RATIONALE_PROMPT, "system user assistant you are a helpful "
              "assistant. yes no", *(q.question for q in QUESTIONS)]
@@ -335,20 +333,9 @@ def save_small(model: torch.nn.Module, out: Path, dtype: torch.dtype = torch.bfl
 
 # ============================================================================================ helpers
 
-def _device(name: str) -> torch.device:
-    from ..runtime import parse_device
-
-    return parse_device(name)
-
-
 def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
                                                                                                        enabled=False)
-
-
-def _lr_at(o: OptimSection, step: int) -> float:
-    warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
-    return o.lr * warm * 0.5 * (1 + math.cos(math.pi * step / o.steps))
 
 
 class _StopFlag:
@@ -383,7 +370,7 @@ def _loop(cfg: ScratchConfig, params: list[torch.nn.Parameter], step_fn: Callabl
     with _StopFlag() as flag:
         for step in range(o.steps):
             for g in opt.param_groups:
-                g["lr"] = _lr_at(o, step)
+                g["lr"] = lr = scheduled_lr(o.lr, step, o.steps, o.warmup_steps)
             opt.zero_grad(set_to_none=True)
             values = step_fn(step)
             loss = values.pop("loss")
@@ -393,7 +380,7 @@ def _loop(cfg: ScratchConfig, params: list[torch.nn.Parameter], step_fn: Callabl
             grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
             opt.step()
             if step % 10 == 0 or step == o.steps - 1:
-                last = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": _lr_at(o, step),
+                last = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": lr,
                         **{k: float(v) for k, v in values.items()}}
                 metrics.log(step, last)
             progress(step + 1, o.steps)
@@ -418,7 +405,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def train_vae(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     out = Path(cfg.output_dir)
-    device = _device(cfg.device)
+    device = parse_device(cfg.device)
     clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
     videos = torch.cat([clips.source, clips.target]).to(device)  # both sides are valid videos to reconstruct
     torch.manual_seed(cfg.seed)
@@ -451,8 +438,8 @@ def train_vae(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     vae.eval()
     mean, std = latent_statistics(vae, videos, device)
     vae.register_to_config(latents_mean=mean, latents_std=std)
-    summary["val_psnr"] = vae_psnr(vae, load_clip_set(cfg.data.val_manifest).source if cfg.data.val_manifest
-                                   else videos[:64].cpu(), device)
+    summary["val_psnr"] = vae_psnr(vae, load_clip_set(cfg.data.val_manifest, limit=64).source
+                                   if cfg.data.val_manifest else videos, device, n=64)
     save_small(vae, out / "vae")
     _write_json(out / "vae_summary.json", {"config": dataclasses.asdict(cfg), "result": summary})
     log.info("VAE: %s", summary)
@@ -479,11 +466,9 @@ def latent_statistics(vae, videos: torch.Tensor, device: torch.device, n: int = 
 
 @torch.no_grad()
 def vae_psnr(vae, videos: torch.Tensor, device: torch.device, n: int = 64) -> float:
-    from ..pipeline import normalize_latents
-
+    """PSNR (dB) of the posterior-mode reconstruction of the first `n` clips."""
     x = video_batch(videos[:n].to(device))
-    z = normalize_latents(vae, vae.encode(x).latent_dist.mode(), inverse=False)
-    rec = vae.decode(normalize_latents(vae, z, inverse=True)).sample.clamp(-1, 1)
+    rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
     mse = float((((rec - x) / 2) ** 2).mean())
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
@@ -558,7 +543,7 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
     from ..editor import EDITOR_INFO_FILE
     from . import losses as L
 
-    sec, out, device = cfg.editor, Path(cfg.output_dir), _device(cfg.device)
+    sec, out, device = cfg.editor, Path(cfg.output_dir), parse_device(cfg.device)
     clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
     vae = AutoencoderKLWan.from_pretrained(sec.vae, torch_dtype=torch.float32).to(device).eval()
     t_factor = int(vae.config.scale_factor_temporal)
@@ -730,7 +715,7 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     from ..judge import yes_no_token_ids
     from ..vlm import forward, load_vlm
 
-    sec, out, device = cfg.judge, Path(cfg.output_dir), _device(cfg.device)
+    sec, out, device = cfg.judge, Path(cfg.output_dir), parse_device(cfg.device)
     clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
     folder = write_vlm_folder(out / "judge", word_tokenizer(vocabulary(prompt_texts(clips.records)), kind="qwen"),
                               sec.vlm, cfg.seed)

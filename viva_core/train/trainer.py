@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from ..lora import save_lora
 from .adapters import (adapter_disabled, full_tensor, add_lora, export_lora, full_optimizer_state, load_optimizer_state,
                        load_trainable_state, trainable_state)
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, scheduled_lr
 from .distributed import World, all_gather_cat, init_world, shutdown
 from .metrics import MetricsLog
 from .rollout import sde_rollout
@@ -224,10 +223,7 @@ class Trainer:
     # ------------------------------------------------------------------ schedule
     def _lr(self, step: int) -> float:
         o = self.cfg.optim
-        warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
-        if o.schedule == "cosine":
-            return o.lr * warm * 0.5 * (1 + math.cos(math.pi * min(step, o.steps) / o.steps))
-        return o.lr * warm
+        return scheduled_lr(o.lr, step, o.steps, o.warmup_steps, o.schedule)
 
     # ------------------------------------------------------------------ SFT
     def _fm_loss(self, model, rec: EditRecord, enc: dict, gi: int, step: int, weight: float = 1.0,

@@ -275,6 +275,59 @@ def test_load_sample_shapes_mask_range_and_resize(tmp_path):
     assert s2.source.shape == (9, 32, 64, 3) and s2.target.shape == (9, 32, 64, 3) and s2.mask.shape == (9, 32, 64)
 
 
+def npz_clip(path: Path, t: int = 9, h: int = H, w: int = W, mask_scale: int = 1, **override) -> Path:
+    """An npz clip as `viva synth --format npz` writes it: source/target uint8 [T,H,W,3], mask uint8 [T,H,W]."""
+    rng = np.random.default_rng(0)
+    arrays = {"source": rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8),
+              "target": rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8),
+              "mask": (rng.random((t, h, w)) > 0.5).astype(np.uint8) * mask_scale, **override}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("mask_scale", [1, 255])
+def test_npz_clips_load_exactly_as_source_target_and_mask(tmp_path, mask_scale):
+    clip = npz_clip(tmp_path / "c" / "a.npz", t=10, mask_scale=mask_scale)
+    m = manifest(tmp_path / "m.jsonl", {"npz": "c/a.npz", "instruction": "x", "operation": "recolour"})
+    (r,) = load_manifest(m)
+    assert r.source_video == r.target_video == r.mask_video == clip.resolve()
+    s = load_sample(r)
+    with np.load(clip) as z:
+        assert torch.equal((s.source * 255).round().to(torch.uint8), torch.from_numpy(z["source"][:9]))
+        assert torch.equal((s.target * 255).round().to(torch.uint8), torch.from_numpy(z["target"][:9]))
+        assert torch.equal(s.mask, torch.from_numpy(z["mask"][:9] > 0).float())
+    assert s.conform == "9 frames kept of 10 (4k+1)" and s.fps is None
+    # max_frames caps every array alike
+    assert load_sample(r, max_frames=5).target.shape == (5, H, W, 3)
+
+
+def test_bad_npz_clips_are_named_in_one_error(tmp_path):
+    npz_clip(tmp_path / "short_target.npz", target=np.zeros((4, H, W, 3), np.uint8))
+    npz_clip(tmp_path / "float.npz", source=np.zeros((9, H, W, 3), np.float32))
+    npz_clip(tmp_path / "no_mask.npz").replace(tmp_path / "tmp.npz")
+    with np.load(tmp_path / "tmp.npz") as z:
+        np.savez(tmp_path / "no_mask.npz", source=z["source"], target=z["target"])
+    (tmp_path / "broken.npz").write_bytes(b"PK not a zip")
+    npz_clip(tmp_path / "ok.npz")
+    video(tmp_path / "s.mp4")
+    m = manifest(tmp_path / "m.jsonl",
+                 {"npz": "short_target.npz", "instruction": "a"}, {"npz": "float.npz", "instruction": "b"},
+                 {"npz": "no_mask.npz", "instruction": "c"}, {"npz": "broken.npz", "instruction": "d"},
+                 {"npz": "ok.npz", "source_video": "s.mp4", "instruction": "e"},
+                 {"npz": "ok.mp4", "instruction": "f"}, {"npz": "ok.npz", "instruction": "fine"})
+    with pytest.raises(ManifestError) as e:
+        load_manifest(m)
+    lines: dict[int, list[str]] = {}
+    for line, text in e.value.problems:
+        lines.setdefault(line, []).append(text)
+    assert sorted(lines) == [1, 2, 3, 4, 5, 6] and all(len(texts) == 1 for n, texts in lines.items() if n < 6)
+    (t1,), (t2,), (t3,), (t4,), (t5,) = (lines[n] for n in range(1, 6))
+    assert "npz 'short_target.npz' is unreadable" in t1 and "shapes" in t1
+    assert "float32" in t2 and "'mask.npy'" in t3 and "not a readable npz clip" in t4 and "keep one" in t5
+    assert any(".npz clip" in t for t in lines[6])
+
+
 def test_source_target_and_mask_take_the_same_frames(tmp_path):
     video(tmp_path / "s.mp4", t=12), video(tmp_path / "t.mp4", t=12), video(tmp_path / "m.mp4", t=12)
     m = manifest(tmp_path / "m.jsonl",

@@ -390,3 +390,28 @@ def test_conform_unchanged_and_resize():
     assert out.shape == (1, 48, 80, 3) and report.message() == "48x80 from 90x160 (resized to 48x80)"
     with pytest.raises(InputError, match="resize_to"):
         conform_frames(torch.rand(1, 8, 8, 3), 4, 16)
+
+
+def test_without_pyav_npz_training_data_still_loads_and_videos_say_what_to_install(tmp_path):
+    """The GPU box trains from npz clips without PyAV; reading a video there names the missing package."""
+    import subprocess
+    import sys
+    np.savez(tmp_path / "c.npz", source=np.zeros((5, 16, 16, 3), np.uint8), target=np.ones((5, 16, 16, 3), np.uint8),
+             mask=np.ones((5, 16, 16), np.uint8))
+    (tmp_path / "m.jsonl").write_text('{"npz": "c.npz", "instruction": "x"}\n')
+    (tmp_path / "v.mp4").write_bytes(b"\0" * 64)
+    code = f"""
+import sys; sys.modules["av"] = None
+from viva_core.data import load_manifest, load_sample
+from viva_core.errors import VideoError
+from viva_core.video import read_video
+(r,) = load_manifest({str(tmp_path / "m.jsonl")!r})
+assert load_sample(r).target.shape == (5, 16, 16, 3)
+try:
+    read_video({str(tmp_path / "v.mp4")!r})
+except VideoError as e:
+    assert "pip install av" in str(e), e
+    print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

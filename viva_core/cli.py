@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=64, help="frame side in pixels (square)")
     s.add_argument("--fps", type=float, default=8.0, help="frame rate written into mp4 files")
     s.add_argument("--format", default="mp4", choices=["mp4", "npz"],
-                   help="mp4: load_manifest records (lossy h264); npz: exact uint8 arrays, ~10x faster")
+                   help="mp4: video files (lossy h264); npz: exact uint8 arrays in one file per clip, ~10x faster to write and read (train, eval and pretrain read both)")
     s.add_argument("--categories", help="comma list of basic,hybrid,temporal,causal,spatial,commonsense (default all)")
     s.add_argument("--ops", help="comma list of operations to allow (default all), e.g. recolour,remove,time_shift")
     s.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,heldout fractions")

@@ -69,7 +69,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import EditRecord, load_manifest
+from .data import EditRecord, load_manifest, read_frames
 from .errors import InputError
 from .runtime import ProgressFn
 from .video import read_video, uniform_frame_indices, write_video
@@ -95,6 +95,7 @@ SEARCH_MARGIN = 2           # pixels the object search of replace/move looks bey
 JUDGE_THRESHOLD = 0.5
 DIMENSION_KEYS = ("ea", "pc", "gn", "gr", "overall", "psnr", "ssim")
 UNCATEGORISED = "uncategorised"
+CLIP_FPS = 8.0              # frame rate of saved outputs when the source is an npz clip (`viva synth`'s default)
 OPERATION_ALIASES = {"recolor": "recolour", "color": "recolour", "colour": "recolour", "delete": "remove",
                      "insert": "add", "translate": "move", "scale": "resize", "swap": "replace"}
 
@@ -846,20 +847,20 @@ def evaluate(manifest: PathLike, editor_fn: Callable[[EditRecord, torch.Tensor],
     judged: list[dict] = []
     for done, record in enumerate(records, start=1):
         extra = extras.get(record.line, {})
-        source_video = read_video(record.source_video, max_frames=max_frames, with_audio=False)
-        target = read_video(record.target_video, max_frames=max_frames, with_audio=False).frames
+        source_frames, fps = read_frames(record.source_video, max_frames)
+        target = read_frames(record.target_video, max_frames, "target_video")[0]
         mask = None if record.mask_video is None else \
-            read_video(record.mask_video, max_frames=max_frames, with_audio=False).frames.mean(dim=-1)
+            read_frames(record.mask_video, max_frames, "mask_video")[0].mean(dim=-1)
         if editor_fn is not None:
-            output = _as_output(editor_fn(record, source_video.frames))
+            output = _as_output(editor_fn(record, source_frames))
             if out_dir is not None:
-                write_video(out_dir / f"{record.index}.mp4", output, source_video.fps)
+                write_video(out_dir / f"{record.index}.mp4", output, fps or CLIP_FPS)
         else:
             output = read_video(out_dir / f"{record.index}.mp4", max_frames=max_frames, with_audio=False).frames
-        output, source, target, mask, how = align(output, source_video.frames, target, mask)
+        output, source, target, mask, how = align(output, source_frames, target, mask)
         verify = extra.get("verify") if isinstance(extra.get("verify"), dict) else None
-        if verify is not None and (how["top"] or how["left"] or how["frames"] < source_video.frames.shape[0]):
-            verify = _shift_boxes(verify, how["frames"], how["top"], how["left"], *source_video.frames.shape[1:3])
+        if verify is not None and (how["top"] or how["left"] or how["frames"] < source_frames.shape[0]):
+            verify = _shift_boxes(verify, how["frames"], how["top"], how["left"], *source_frames.shape[1:3])
         operation = extra.get("operation") if isinstance(extra.get("operation"), str) else None
         score = score_edit(source, output, target, mask, verify, operation, index=record.index,
                            category=record.type)

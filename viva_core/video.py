@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
-from av.stream import Disposition
-from av.video.reformatter import ColorRange, Colorspace
+
+try:
+    import av
+except ImportError:  # av is a dependency; only a GPU box that trains from npz clips runs without it
+    av = None
 
 from .errors import InputError, NonFiniteError, VideoError
 from .runtime import ProgressFn
@@ -79,6 +81,11 @@ class Video:
 
 # ---------------------------------------------------------------------------------------------- reading
 
+def _require_av(p: Path) -> None:
+    if av is None:
+        raise VideoError(f"{p}: reading and writing videos needs PyAV, which is not installed: pip install av")
+
+
 def _open_for_reading(path: PathLike) -> tuple[Path, av.container.InputContainer]:
     """Open a video file, turning every way it can be unreadable into a VideoError that says what to do."""
     p = Path(path)
@@ -88,6 +95,7 @@ def _open_for_reading(path: PathLike) -> tuple[Path, av.container.InputContainer
         raise VideoError(f"{p}: is a folder, not a video file. Pick a video file inside it.")
     if p.stat().st_size == 0:
         raise VideoError(f"{p}: file is empty (0 bytes); its download or export did not finish. Export it again.")
+    _require_av(p)
     try:
         return p, av.open(str(p))
     except (av.error.FFmpegError, OSError) as e:
@@ -97,7 +105,8 @@ def _open_for_reading(path: PathLike) -> tuple[Path, av.container.InputContainer
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
     """The first real video stream: cover art in a music file is stored as a one-picture video stream."""
-    return next((s for s in container.streams.video if not s.disposition & Disposition.attached_pic), None)
+    attached_pic = av.stream.Disposition.attached_pic
+    return next((s for s in container.streams.video if not s.disposition & attached_pic), None)
 
 
 def _count_frames(p: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
@@ -122,7 +131,7 @@ def _probe_container(p: Path, container: av.container.InputContainer) -> VideoIn
     """VideoInfo from stream headers and the index; raises VideoError for anything that cannot be edited."""
     stream = _video_stream(container)
     if stream is None:
-        kinds = ", ".join(sorted({"cover picture" if s.disposition & Disposition.attached_pic else s.type
+        kinds = ", ".join(sorted({"cover picture" if s.disposition & av.stream.Disposition.attached_pic else s.type
                                   for s in container.streams})) or "none"
         raise VideoError(f"{p}: has no video stream (only: {kinds}). Audio-only or data files cannot be "
                          "edited; pick a file with video in it.")
@@ -383,7 +392,9 @@ def _encode(container: av.container.OutputContainer, p: Path, frames: torch.Tens
         cc = video.codec_context
         cc.colorspace = cc.color_primaries = cc.color_trc = _AVCOL_BT709
         cc.color_range = _AVCOL_RANGE_MPEG
-    convert = {"dst_colorspace": Colorspace.ITU709, "dst_color_range": ColorRange.MPEG} if yuv else {}
+    reformatter = av.video.reformatter
+    convert = ({"dst_colorspace": reformatter.Colorspace.ITU709, "dst_color_range": reformatter.ColorRange.MPEG}
+               if yuv else {})
     sound = container.add_stream("aac", rate=int(audio.sample_rate),
                                  layout=AAC_LAYOUTS[audio.waveform.shape[0]]) if audio else None
     waveform = audio.waveform.detach().to("cpu", torch.float32).clamp(-1, 1).numpy() if audio else None
@@ -423,6 +434,7 @@ def write_video(path: PathLike, frames: torch.Tensor, fps: float, audio: Audio |
     The folder is created if missing. Returns the written path.
     """
     p = Path(path)
+    _require_av(p)
     _check_write_args(p, frames, fps, audio, crf, codec, pix_fmt)
     height, width = frames.shape[1], frames.shape[2]
     size = _even_size(height, width, pix_fmt)

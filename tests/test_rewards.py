@@ -275,3 +275,41 @@ def test_clip_reward_errors(clip_dir, tmp_path):
         ClipReward(tmp_path / "pickled")
     rewards, weights = build_rewards({"clip": 1.0, "preservation": 0.5}, clip_dir=clip_dir)
     assert isinstance(rewards[0], ClipReward) and weights.tolist() == [1.0, 0.5]
+
+
+# ------------------------------------------------------------------------------------------- verifier
+
+def test_verifier_reward_is_the_exact_benchmark_score(tmp_path):
+    """On `viva synth` clips: the ground truth earns EA+PC = 1, the unedited source a low EA, and each value is
+    eval.score_edit's mean over the named dimensions (the same labels `viva eval` reads)."""
+    from viva_core.data import load_manifest, load_sample
+    from viva_core.eval import manifest_extras, score_edit
+    from viva_core.synth import generate
+    from viva_core.train.rewards import VerifierReward
+
+    manifest = generate(tmp_path, n=6, seed=3, format="npz", splits=(1, 0, 0), categories=("basic",))["train"]
+    extras = manifest_extras(manifest)
+    samples = [(load_sample(r), extras[r.line]) for r in load_manifest(manifest)]
+    src = torch.stack([s.source for s, _ in samples])
+    tgt = torch.stack([s.target for s, _ in samples])
+    masks = torch.stack([s.mask for s, _ in samples])
+    labels = [{"operation": e["operation"], "verify": e["verify"]} for _, e in samples]
+    (reward,), weights = build_rewards({"verifier:EA+PC": 2.0})
+    assert isinstance(reward, VerifierReward) and reward.dimensions == ("EA", "PC") and weights.tolist() == [2.0]
+    truth = reward(_batch(src, tgt, masks=masks, targets=tgt, labels=labels))
+    unedited = reward(_batch(src, src, masks=masks, targets=tgt, labels=labels))
+    _close(truth, torch.ones(6), atol=1e-4)
+    assert float(unedited.max()) <= 0.75  # EA of the source is ~0, PC is 1: mean about 0.5
+    half = 0.5 * (src + tgt)
+    got = VerifierReward(("EA", "GN"))(_batch(src, half, masks=masks, targets=tgt, labels=labels))
+    want = []
+    for i, lab in enumerate(labels):
+        s = score_edit(src[i], half[i], tgt[i], masks[i], lab["verify"], lab["operation"])
+        want.append(np.mean([v for v in (s.ea, s.gn) if v is not None]))
+    _close(got, torch.tensor(want, dtype=torch.float32))
+    with pytest.raises(InputError, match="no target_video"):
+        reward(_batch(src, tgt))
+    with pytest.raises(InputError, match="subset"):
+        build_rewards({"verifier:EA+XY": 1.0})
+    with pytest.raises(InputError, match="targets"):
+        _batch(src, tgt, targets=tgt[:, :2])

@@ -7,6 +7,8 @@ normalizes per group and term. Scores are plain numbers (no grad): the policy gr
 
 Built-in names:
     judge[:EA+PC+...]    mean P(Yes) of the ReViSE judge over all (or the listed) dimensions, in [0, 1]
+    verifier[:EA+PC+...] mean of `viva eval`'s exact scores against the data's ground truth (EA edit accuracy, PC
+                         preservation, GN naturalness, GR realism), in [0, 1]: synthetic data's perfect reward
     preservation         1 - mean |source - edit| outside the edit mask, in [0, 1]
     clip                 VIVA instruction following: CLIP(V_edit, t_edit) - CLIP(V_edit, t_src), in [-2, 2]
     callable:mod:fn      any Python function (RewardInput) -> Tensor[N], imported by name (never eval'd)
@@ -29,7 +31,8 @@ from ..safe_io import PICKLE_SUFFIXES
 from ..video import uniform_frame_indices
 from ..vlm import to_pil_image
 
-REWARD_NAMES = ("judge", "judge:<EA+PC+GN+GR subset>", "preservation", "clip", "callable:<module>:<function>")
+REWARD_NAMES = ("judge", "judge:<EA+PC+GN+GR subset>", "verifier", "verifier:<EA+PC+GN+GR subset>", "preservation",
+                "clip", "callable:<module>:<function>")
 
 
 @dataclass
@@ -37,7 +40,9 @@ class RewardInput:
     """N edits to score. Videos are CPU float32 frames in 0..1: `source`/`edited` [N, T, H, W, 3] (a shared
     source may be an `expand`ed view), `masks` [N, T, H, W] (1 = edited region) or None; one instruction and
     optional source/target caption per sample (CLIP rewards need the captions). `latents` [N, C, T', H', W'] are
-    the normalized latents the edit was decoded from, for rewards that look at the latent space (cheap)."""
+    the normalized latents the edit was decoded from, for rewards that look at the latent space (cheap).
+    `targets` [N, T, H, W, 3] are the ground-truth edits when the data has them, and `labels` the manifest's
+    benchmark fields per sample (operation, verify: what `viva synth` writes) for the exact verifiers."""
 
     source: torch.Tensor
     edited: torch.Tensor
@@ -46,6 +51,8 @@ class RewardInput:
     source_captions: Optional[Sequence[Optional[str]]] = None
     target_captions: Optional[Sequence[Optional[str]]] = None
     latents: Optional[torch.Tensor] = None
+    targets: Optional[torch.Tensor] = None
+    labels: Optional[Sequence[Mapping[str, Any]]] = None
 
     def __post_init__(self) -> None:
         for what in ("source", "edited"):
@@ -70,6 +77,14 @@ class RewardInput:
                 raise InputError(f"RewardInput.latents: expected [N,C,T',H',W'] with N={n}, got "
                                  f"{tuple(self.latents.shape)}.")
             self.latents = self.latents.detach().float().cpu()
+        if self.targets is not None:
+            if tuple(self.targets.shape) != tuple(self.source.shape):
+                raise InputError(f"RewardInput.targets: expected [N,T,H,W,3] = {tuple(self.source.shape)} (the "
+                                 f"source's shape), got {tuple(self.targets.shape)}.")
+            self.targets = self.targets.detach().float().cpu()
+        self.labels = [{} for _ in range(n)] if self.labels is None else [dict(x) for x in self.labels]
+        if len(self.labels) != n:
+            raise InputError(f"RewardInput: {len(self.labels)} label sets for {n} samples.")
         for what in ("source_captions", "target_captions"):
             caps = getattr(self, what)
             caps = [None] * n if caps is None else list(caps)
@@ -111,6 +126,45 @@ class JudgeReward:
         for i in range(batch.n):
             res = self.judge.score(batch.source[i], batch.edited[i], batch.instructions[i], num_frames=self.num_frames)
             out.append(sum(res.scores[d] for d in self.dimensions) / len(self.dimensions))
+        return torch.tensor(out, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------- verifier
+
+class VerifierReward:
+    """Mean of the exact benchmark's scores (`eval.score_edit`) over `dimensions`, in [0, 1].
+
+    Needs the ground-truth edit (`targets`); the per-operation EA verifiers also read the `operation` and
+    `verify` labels `viva synth` writes (without them EA falls back to the distance-to-target check). A
+    dimension that is undefined for a sample (PC when the mask covers every pixel) is left out of its mean."""
+
+    needs_labels = True
+    FIELDS = {"EA": "ea", "PC": "pc", "GN": "gn", "GR": "gr"}
+
+    def __init__(self, dimensions: Sequence[str] = tuple(FIELDS), name: str = "verifier"):
+        dims = tuple(dimensions)
+        unknown = [d for d in dims if d not in self.FIELDS]
+        if not dims or unknown:
+            raise InputError(f"verifier reward: dimensions {list(dims)} must be a non-empty subset of "
+                             f"{list(self.FIELDS)}.")
+        self.dimensions, self.name = dims, name
+
+    @torch.no_grad()
+    def __call__(self, batch: RewardInput) -> torch.Tensor:
+        from ..eval import score_edit
+
+        if batch.targets is None:
+            raise InputError(f"reward '{self.name}' scores edits against the ground truth, but the data has no "
+                             "target_video; use a manifest with targets (e.g. `viva synth`) or another reward.")
+        out = []
+        for i in range(batch.n):
+            label = batch.labels[i]
+            verify = label.get("verify") if isinstance(label.get("verify"), dict) else None
+            operation = label.get("operation") if isinstance(label.get("operation"), str) else None
+            mask = batch.masks[i] if batch.masks is not None else None
+            score = score_edit(batch.source[i], batch.edited[i], batch.targets[i], mask, verify, operation)
+            values = [v for v in (getattr(score, self.FIELDS[d]) for d in self.dimensions) if v is not None]
+            out.append(sum(values) / len(values) if values else 0.0)
         return torch.tensor(out, dtype=torch.float32)
 
 
@@ -272,6 +326,10 @@ def build_rewards(spec: Mapping[str, float], *, judge: Optional[Judge] = None,
                 raise InputError(f"reward '{key}' needs a judge VLM (rewards.judge_vlm).")
             dims = [d.strip() for d in arg.replace(",", "+").split("+") if d.strip()] if arg else list(DIMENSIONS)
             rewards.append(JudgeReward(judge, dims, name=key))
+        elif kind == "verifier":
+            dims = [d.strip() for d in arg.replace(",", "+").split("+") if d.strip()] if arg else list(
+                VerifierReward.FIELDS)
+            rewards.append(VerifierReward(dims, name=key))
         elif key == "preservation":
             rewards.append(PreservationReward(name=key))
         elif key == "clip":

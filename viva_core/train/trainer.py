@@ -61,6 +61,7 @@ class Trainer:
         self.cfg, self.progress, self.should_stop, self.on_log = cfg, progress, should_stop, on_log
         self.out = Path(cfg.output_dir)
         self.stop_requested = False
+        self._negative: Optional[torch.Tensor] = None
         self._orders: dict[int, torch.Tensor] = {}
         self._ids: dict[int, tuple[str, ...]] = {}
 
@@ -145,6 +146,13 @@ class Trainer:
         self.rewards, self.reward_weights = build_rewards(self.cfg.rewards.weights, judge=judge,
                                                           clip_dir=self.cfg.rewards.clip_dir or None,
                                                           device=str(self.device))
+        self.labels: dict[int, dict] = {}
+        if any(getattr(rw, "needs_labels", False) for rw in self.rewards):
+            from ..data import BENCHMARK_FIELDS
+            from ..eval import manifest_extras
+
+            self.labels = {line: {k: extra[k] for k in BENCHMARK_FIELDS if k in extra}
+                           for line, extra in manifest_extras(self.cfg.data.manifest).items()}
 
     # ------------------------------------------------------------------ data
     def _global_batch(self, step: int) -> list[tuple[int, EditRecord]]:
@@ -186,12 +194,14 @@ class Trainer:
             out = {"source": encode_frames(self.editor, s.source).cpu(), "source_frames": s.source.contiguous()}
             if s.target is not None:
                 out["target"] = encode_frames(self.editor, s.target).cpu()
+                out["target_frames"] = s.target.contiguous()
             if s.mask is not None:
                 out["mask"] = L.latent_mask(s.mask, tuple(out["source"].shape[2:]), self.editor.temporal_factor)
                 out["mask_frames"] = s.mask.contiguous()
             return out
 
-        latents = self.cache.get_or_compute("latents", (files, cfg.data.max_frames, size, self.vae_id), compute)
+        latents = self.cache.get_or_compute("latents", (files, cfg.data.max_frames, size, self.vae_id, "frames-v2"),
+                                            compute)
         text = self.cache.get_or_compute("text", (rec.instruction, self.te_id),
                                          lambda: {"tokens": self.editor.encode_text(rec.instruction).embeds})
         return {**latents, "text": text["tokens"]}
@@ -219,6 +229,26 @@ class Trainer:
         inp = torch.cat([x.to(self.device), source.to(self.device)], dim=1).to(self.editor.dtype)
         t = (torch.as_tensor(sigma, dtype=torch.float32, device=self.device) * 1000.0).reshape(-1).expand(x.shape[0])
         return model(hidden_states=inp, timestep=t, encoder_hidden_states=text, return_dict=False)[0].float()
+
+    def _policy_velocity(self, model, x: torch.Tensor, source: torch.Tensor, sigma: float,
+                         text: torch.Tensor) -> torch.Tensor:
+        """The velocity rollouts sample with: guided by rollout.cfg against the empty prompt as `pipeline.edit`
+        guides (uncond + cfg (cond - uncond), one batched call), so GRPO trains the sampler users run."""
+        guidance, b = self.cfg.rollout.cfg, x.shape[0]
+        if guidance == 1.0:
+            return self._velocity(model, x, source.expand(b, -1, -1, -1, -1), sigma, text.expand(b, -1, -1))
+        if self._negative is None:
+            neg = (self.editor.encode_text("").embeds if self.editor.text_encoder is not None
+                   else torch.zeros(1, 1, self.editor.text_dim))
+            self._negative = pad_tokens(neg, text.shape[1]).to(self.device, self.editor.dtype)
+        neg = self._negative
+        if neg.shape[1] != text.shape[1]:
+            width = max(neg.shape[1], text.shape[1])
+            text, neg = pad_tokens(text[:1], width).expand(text.shape[0], -1, -1), pad_tokens(neg, width)
+        both = self._velocity(model, torch.cat([x, x]), source.expand(b, -1, -1, -1, -1).repeat(2, 1, 1, 1, 1),
+                              sigma, torch.cat([text.expand(b, -1, -1), neg.expand(b, -1, -1)]))
+        cond, uncond = both[:b], both[b:]
+        return uncond + guidance * (cond - uncond)
 
     # ------------------------------------------------------------------ schedule
     def _lr(self, step: int) -> float:
@@ -270,12 +300,12 @@ class Trainer:
         """G Flow-SDE samples of the current policy for one record, batched per DiT call."""
         r = self.cfg.rollout
         model = self.base
-        text = self._condition(rec, enc)
         g = r.group_size
-        source, texts = enc["source"].expand(g, -1, -1, -1, -1), text.expand(g, -1, -1)
         gens = [_gen(self.cfg.seed, step, gi, m, 2) for m in range(g)]
         with torch.no_grad():
-            return sde_rollout(lambda x, s: self._velocity(model, x, source, s, texts), enc["source"].shape[1:],
+            text = self._condition(rec, enc)
+            return sde_rollout(lambda x, s: self._policy_velocity(model, x, enc["source"], s, text),
+                               enc["source"].shape[1:],
                                shifted_sigmas(r.steps, r.shift), self._sde_steps(), r.noise_level, gens,
                                self.device)
 
@@ -294,7 +324,10 @@ class Trainer:
                                 instructions=[rec.instruction] * n,
                                 masks=mask.expand(n, -1, -1, -1) if mask is not None else None,
                                 source_captions=[rec.source_caption] * n, target_captions=[rec.target_caption] * n,
-                                latents=latents)
+                                latents=latents,
+                                targets=enc["target_frames"].expand(n, -1, -1, -1, -1) if "target_frames" in enc
+                                else None,
+                                labels=[self.labels.get(rec.line, {})] * n)
             rewards.append(score_all(self.rewards, batch))
             groups.append(torch.full((n,), gi))
             items += [(gi, rec, enc, m, latents[m:m + 1], transitions) for m in range(n)]
@@ -312,42 +345,44 @@ class Trainer:
         return items, adv[start:start + local_r.shape[0]], stats, all_r, all_g
 
     def _grpo_step(self, step: int) -> dict:
+        """PPO-clip on the rollouts' SDE transitions; the G samples of a record go through the DiT as one batch
+        (they share source, conditioning and step), so a step costs records x window calls, not x G."""
         r = self.cfg.rollout
         items, adv, stats, _, _ = self._rollouts_and_advantages(step)
-        n_terms = sum(len(trans) for *_, trans in items)
+        g = r.group_size
+        groups = [(items[i], adv[i:i + g]) for i in range(0, len(items), g)]
+        n_terms = sum(len(trans) for *_, trans in items)  # per-sample transitions: the loss is their mean
+        n_calls = sum(len(first[-1]) for first, _ in groups)
         agg = {"loss": 0.0, "loss_policy": 0.0, "loss_kl": 0.0, "ratio_mean": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
-        ratios = []
+        ratios: list[float] = []
         sigmas = shifted_sigmas(r.steps, r.shift)
         k = 0
-        for (gi, rec, enc, m, _, transitions), a in zip(items, adv):
-            text = self._condition(rec, enc)
+        for (gi, rec, enc, _, _, transitions), a in groups:
+            share = a.shape[0] / n_terms  # this batch's samples' share of the mean
             for tr in transitions:
                 k += 1
-                x, x_next, logp_old = tr.x[m:m + 1], tr.x_next[m:m + 1].to(self.device), tr.log_prob[m:m + 1]
+                x, x_next = tr.x.to(self.device), tr.x_next.to(self.device)
                 s, s_next = float(sigmas[tr.step]), float(sigmas[tr.step + 1])
-                sync = self._grad_sync(k == n_terms)
-                with sync:
-                    v = self._velocity(self.dit, x, enc["source"], s, text)
-                    st = sde_step_with_logprob(x.to(self.device), v, s, s_next, r.noise_level, float(sigmas[1]),
-                                               prev_sample=x_next)
-                    pl, pst = L.clipped_policy_loss(st.log_prob, logp_old.to(self.device), a.view(1).to(self.device),
-                                                    r.clip_range)
+                with self._grad_sync(k == n_calls):
+                    text = self._condition(rec, enc)
+                    v = self._policy_velocity(self.dit, x, enc["source"], s, text)
+                    st = sde_step_with_logprob(x, v, s, s_next, r.noise_level, float(sigmas[1]), prev_sample=x_next)
+                    pl, pst = L.clipped_policy_loss(st.log_prob, tr.log_prob, a.to(self.device), r.clip_range)
                     loss = pl
                     if r.kl_beta > 0:
-                        base = self.base
-                        with torch.no_grad(), adapter_disabled(base):
-                            v_ref = self._velocity(base, x, enc["source"], s, text)
-                        ref = sde_step_with_logprob(x.to(self.device), v_ref, s, s_next, r.noise_level,
-                                                    float(sigmas[1]), prev_sample=x_next)
+                        with torch.no_grad(), adapter_disabled(self.base):
+                            v_ref = self._policy_velocity(self.base, x, enc["source"], s, text)
+                        ref = sde_step_with_logprob(x, v_ref, s, s_next, r.noise_level, float(sigmas[1]),
+                                                    prev_sample=x_next)
                         kl = L.kl_to_reference(st.mean, ref.mean, st.std).mean()
                         loss = loss + r.kl_beta * kl
-                        agg["loss_kl"] += float(kl) / n_terms
-                    (loss / n_terms).backward()
-                agg["loss"] += float(loss.detach()) / n_terms
-                agg["loss_policy"] += float(pl.detach()) / n_terms
-                agg["clip_frac"] += float(pst["clip_frac"]) / n_terms
-                agg["approx_kl"] += float(pst["approx_kl"]) / n_terms
-                ratios.append(float(pst["ratio_mean"]))
+                        agg["loss_kl"] += float(kl.detach()) * share
+                    (loss * share).backward()
+                agg["loss"] += float(loss.detach()) * share
+                agg["loss_policy"] += float(pl.detach()) * share
+                agg["clip_frac"] += pst["clip_frac"] * share
+                agg["approx_kl"] += pst["approx_kl"] * share
+                ratios += torch.exp(st.log_prob.detach().float().cpu() - tr.log_prob.float().cpu()).tolist()
         agg["ratio_mean"] = sum(ratios) / max(1, len(ratios))
         agg["ratio_std"] = float(torch.tensor(ratios).std()) if len(ratios) > 1 else 0.0
         return {**stats, **agg}

@@ -222,8 +222,8 @@ class TrainLoRA(io.ComfyNode):
                 io.Int.Input("group_size", default=8, min=2, max=64, tooltip="grpo/rwo: samples per edit whose "
                              "rewards are compared with each other. Ignored by sft."),
                 io.String.Input("rewards", default="preservation=1.0", tooltip="grpo/rwo: name=weight pairs, e.g. "
-                                "'preservation=1.0, judge=0.5' (judge or judge:EA+PC needs judge_vlm). "
-                                "Ignored by sft."),
+                                "'preservation=1.0, judge=0.5' (judge or judge:EA+PC needs judge_vlm; verifier:EA+PC "
+                                "scores against the data's ground truth, e.g. `viva synth` clips). Ignored by sft."),
                 io.Combo.Input("judge_vlm", options=[c.NONE] + c.vlm_folders(), default=c.NONE,
                                tooltip="VLM folder (models/vlm) scoring edits for the 'judge' reward."),
                 io.Int.Input("max_frames", default=17, min=1, max=1000, tooltip="Frames read per video (snapped to "

@@ -360,6 +360,20 @@ def test_cli_eval_with_editor(bench, tmp_path, capsys):
     assert len(data["scores"]) == 1 and 0.0 <= data["scores"][0]["ea"] <= 1.0
 
 
+def test_cli_eval_on_npz_clips_without_saving_outputs(tmp_path):
+    """`viva synth --format npz` sets score directly; --no-outputs writes the report only (no video encoding)."""
+    from tiny_editor import build_editor_folder
+    from viva_core.synth import generate
+
+    manifest = generate(tmp_path / "d", n=2, seed=1, format="npz", splits=(1, 0, 0), frames=5, size=32)["train"]
+    report = tmp_path / "r"
+    assert main(["eval", str(manifest), "--editor", str(build_editor_folder(tmp_path / "editor")), "--no-outputs",
+                 "--report", str(report), "--steps", "1", "--dtype", "fp32", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in report.iterdir()) == ["report.html", "report.json"]
+    assert len(json.loads((report / "report.json").read_text())["scores"]) == 2
+    assert main(["eval", str(manifest), "--outputs", str(tmp_path), "--no-outputs", "--report", str(report)]) == 2
+
+
 def test_synth_clips_ground_truth_scores_one():
     synth = pytest.importorskip("viva_core.synth")
     plans = [("basic", op) for op in ("recolour", "replace_shape", "remove", "add", "move", "resize")] + \

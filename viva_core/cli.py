@@ -191,7 +191,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     judge = None
     if args.judge:
         judge = load_judge_from_args(args)
-    outputs = args.outputs or str(Path(args.report) / "outputs")
+    if args.no_outputs and not args.editor:
+        raise InputError("--no-outputs goes with --editor (it skips saving the edits that --editor makes).")
+    outputs = None if args.no_outputs else args.outputs or str(Path(args.report) / "outputs")
     bar = _tqdm_progress("eval")
     report = evaluate(args.manifest, editor_fn, outputs_dir=outputs, judge=judge, limit=args.limit, progress=bar,
                       max_frames=args.max_frames, judge_frames=args.judge_frames, previews=args.previews)
@@ -340,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--editor", help="diffusers editor folder or single-file DiT: edit every record")
     v.add_argument("--instructor", help="VLM folder: condition with instructor tokens (with --refiner) or a rewrite")
     v.add_argument("--refiner", help="token refiner .safetensors trained for this instructor and editor")
+    v.add_argument("--no-outputs", action="store_true", help="with --editor: keep only the scores and the HTML "
+                   "report, not the edited videos (no video encoding: npz manifests then need no PyAV)")
     v.add_argument("--report", required=True, help="folder for report.json and report.html")
     v.add_argument("--limit", type=int, default=None, help="score only the first N records")
     v.add_argument("--judge", help="VLM folder: also measure the judge's agreement with the verifiers")

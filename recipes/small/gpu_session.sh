@@ -3,7 +3,8 @@
 # several 10-minute device calls can watch one pipeline. Run from the repo root; everything lands in runs/small.
 #   phase 1 (parallel): the three editor rows at equal steps and seed (text only | + instructor | + edit-mask
 #                       loss), and the judge (longer than the first one);
-#   phase 2 (parallel, on the + mask-loss editor): Edit-GRPO at two learning rates, and RWO.
+#   phase 2 (parallel, on the + mask-loss editor): Edit-GRPO at two learning rates, and RWO;
+#   phase 3: recipes/small/eval_all.sh (every variant on two unseen sets, the judges' agreement).
 # Each run's wall time is capped (timeout INT: the trainer saves its LoRA as *_interrupted) and logged.
 set -uo pipefail
 V="python3 -m viva_core.cli"
@@ -29,4 +30,6 @@ rl recipes/small/grpo.toml > runs/small/grpo.log 2>&1 &
 rl recipes/small/grpo.toml --set optim.lr=1e-3 --set output_dir=runs/small/grpo_lr1e-3 > runs/small/grpo_lr1e-3.log 2>&1 &
 rl recipes/small/rwo.toml > runs/small/rwo.log 2>&1 &
 wait
+stamp eval
+bash recipes/small/eval_all.sh
 stamp done

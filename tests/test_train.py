@@ -357,3 +357,19 @@ def test_grpo_with_the_verifier_reward_reads_npz_clips_and_their_labels(assets, 
     ops = {json.loads(line)["operation"] for line in Path(manifest).read_text().splitlines()}
     assert len(seen) == 2 and {op for op, _ in seen} == ops and all(has for _, has in seen)
     assert 0.0 <= rows(out)[0]["reward_verifier:EA+PC"] <= 1.0
+
+
+def test_checkpointing_the_optimizer_leaves_its_live_state_alone():
+    """full_optimizer_state copies moments to CPU for the checkpoint; it once wrote those CPU copies back into
+    the optimizer's own state (state_dict shares its per-parameter dicts), and the next CUDA step failed with
+    'found at least two devices'. The live state must keep its own dicts and tensors."""
+    from viva_core.train.adapters import full_optimizer_state
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    live = {k: v for k, v in opt.state[p].items()}
+    sd = full_optimizer_state(opt)
+    assert sd["state"][0] is not opt.state[p]
+    assert all(opt.state[p][k] is v for k, v in live.items())

@@ -1,35 +1,31 @@
 #!/usr/bin/env bash
-# The ablation and post-training runs of one GPU session (one H200, 16 cores), in the background so that
-# several 10-minute device calls can watch one pipeline. Run from the repo root; everything lands in runs/small.
-#   phase 1 (parallel): the three editor rows at equal steps and seed (text only | + instructor | + edit-mask
-#                       loss), and the judge (longer than the first one);
-#   phase 2 (parallel, on the + mask-loss editor): Edit-GRPO at two learning rates, and RWO;
-#   phase 3: recipes/small/eval_all.sh (every variant on two unseen sets, the judges' agreement).
-# Each run's wall time is capped (timeout INT: the trainer saves its LoRA as *_interrupted) and logged.
+# The ablation and post-training runs of one GPU session (one H200, 16 cores). Run from the repo root; it
+# copies the repo to $WORK (default /tmp/viva_session) and works there, in the background if started with
+# setsid, so that several 10-minute device calls can watch one pipeline; results land in $WORK/runs/small.
+#   1. the shipped editor row (instructor + edit-mask loss, recipes/small/editor.toml);
+#   2. in pairs (two processes share the GPU; four slowed each ~3x, the work is launch-bound):
+#      + instructor without mask loss | Edit-GRPO on (1);   text only | RWO on (1).
+# Every editor row runs the same 1,000 steps and seed; GRPO/RWO wall time is capped (timeout INT: the
+# trainer saves its LoRA as *_interrupted). Evaluate the results with recipes/small/eval_all.sh.
 set -uo pipefail
+WORK="${WORK:-/tmp/viva_session}"
+mkdir -p "$WORK" && cp -r viva_core recipes "$WORK"/ && cd "$WORK" || exit 1
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"  # two processes on 16 cores; 16 threads each oversubscribe
 V="python3 -m viva_core.cli"
-EDITOR_SET="optim.max_minutes=${EDITOR_MINUTES:-8} editor.vae=${VAE:-runs/small/vae17/vae}"
-RL_SECONDS="${RL_SECONDS:-510}"
+SET="editor.vae=${VAE:-runs/small/vae17/vae}"
+export SET
 mkdir -p runs/small
 stamp() { echo "== $* $(date +%T)"; }
+rl() { timeout -k 60 -s INT "$1" $V train "${@:2}" -v; }
 
-stamp data
-N="${N:-10000}" WORKERS=14 bash recipes/small/make.sh data
-stamp phase1
-SET="optim.max_minutes=${JUDGE_MINUTES:-14} optim.workers=6" bash recipes/small/make.sh judge \
-  > runs/small/judge.log 2>&1 &
-rows=()
-for row in editor editor_text editor_instr; do
-  SET="$EDITOR_SET" bash recipes/small/make.sh "$row" > "runs/small/$row.log" 2>&1 &
-  rows+=($!)
-done
-wait "${rows[@]}"
-stamp phase2
-rl() { timeout -k 60 -s INT "$RL_SECONDS" $V train "$@" -v; }
-rl recipes/small/grpo.toml > runs/small/grpo.log 2>&1 &
-rl recipes/small/grpo.toml --set optim.lr=1e-3 --set output_dir=runs/small/grpo_lr1e-3 > runs/small/grpo_lr1e-3.log 2>&1 &
-rl recipes/small/rwo.toml > runs/small/rwo.log 2>&1 &
+stamp data; N="${N:-10000}" WORKERS=14 bash recipes/small/make.sh data
+stamp editor; bash recipes/small/make.sh editor > runs/small/editor.log 2>&1
+stamp pair1
+bash recipes/small/make.sh editor_instr > runs/small/editor_instr.log 2>&1 &
+rl "${GRPO_SECONDS:-540}" recipes/small/grpo.toml > runs/small/grpo.log 2>&1 &
 wait
-stamp eval
-bash recipes/small/eval_all.sh
+stamp pair2
+bash recipes/small/make.sh editor_text > runs/small/editor_text.log 2>&1 &
+rl "${RWO_SECONDS:-360}" recipes/small/rwo.toml > runs/small/rwo.log 2>&1 &
+wait
 stamp done

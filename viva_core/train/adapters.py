@@ -89,11 +89,9 @@ def load_lora_into_adapter(transformer: torch.nn.Module, path: str) -> None:
 
 def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     """optimizer.state_dict() with FSDP2-sharded moments gathered to whole CPU tensors (collective)."""
-    sd = optimizer.state_dict()
-    for st in sd["state"].values():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                st[k] = full_tensor(v).cpu()
+    sd = optimizer.state_dict()  # its per-parameter dicts are the optimizer's own: build new ones
+    sd["state"] = {i: {k: full_tensor(v).cpu() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+                   for i, st in sd["state"].items()}
     return sd
 
 

@@ -7,6 +7,12 @@
 #      + instructor without mask loss | Edit-GRPO on (1);   text only | RWO on (1).
 # Every editor row runs the same 1,000 steps and seed; GRPO/RWO wall time is capped (timeout INT: the
 # trainer saves its LoRA as *_interrupted). Evaluate the results with recipes/small/eval_all.sh.
+# As run for the README table (H200): editor rows 283 / 280 / 103 s for 1,000 steps each; GRPO and RWO stopped at
+# step 25 on a checkpoint bug (fixed since) and were resumed (viva train CONFIG --resume) to steps 151 and 89; the
+# GRPO LoRA was then continued alone for 137 steps with
+#   viva train recipes/small/grpo.toml --set lora.init_from=runs/small/grpo/viva_small_edit_grpo_interrupted.safetensors \
+#     --set optim.lr=1e-3 --set output_dir=runs/small/grpo2
+# beside a longer judge run (viva pretrain recipes/small/judge.toml --set optim.max_minutes=7.8).
 set -uo pipefail
 WORK="${WORK:-/tmp/viva_session}"
 mkdir -p "$WORK" && cp -r viva_core recipes "$WORK"/ && cd "$WORK" || exit 1

@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # How the bundled small models were made (one GPU; each phase fits a 10-minute job). Run from the repo root:
-#   bash recipes/small/make.sh data vae editor_text  # phase 1 (its editor_text used this 5-frame VAE; not yet redone on vae17)
-#   bash recipes/small/make.sh data vae_long judge  # phase 2
-#   bash recipes/small/make.sh data editor_text editor_instr   # ablation rows without the full recipe
-#   bash recipes/small/make.sh data editor          # phase 3: the shipped editor (H200, 1,337 steps in 6.2 min)
-#   bash recipes/small/make.sh data data_mp4 grpo rwo   # not completed yet (GPU budget); see README
+#   bash recipes/small/make.sh data vae vae_long   # the VAE: 5-frame windows, then whole 17-frame clips
+#   bash recipes/small/make.sh judge               # the judge (at chance so far; see README)
+#   bash recipes/small/gpu_session.sh              # the shipped editor, the ablation rows, Edit-GRPO and RWO
+#   bash recipes/small/eval_all.sh                 # the README's benchmark table (then recipes/small/table.py)
 # Optional: N (clips, default 10000), WORKERS, SET / TSET (extra --set overrides for pretrain / train stages).
 set -euo pipefail
 V="python3 -m viva_core.cli"

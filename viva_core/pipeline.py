@@ -62,6 +62,13 @@ def pad_tokens(embeds: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([embeds, embeds.new_zeros(1, length - embeds.shape[1], embeds.shape[2])], dim=1)
 
 
+def unconditional(editor: Editor) -> Conditioning:
+    """CFG's negative when none is given: the empty prompt (what cond dropout trains), zeros without a text encoder."""
+    if editor.text_encoder is not None:
+        return editor.encode_text("")
+    return Conditioning(torch.zeros(1, 1, editor.text_dim), "empty")
+
+
 def normalize_latents(vae: torch.nn.Module, z: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     mean = torch.tensor(vae.config.latents_mean, dtype=z.dtype, device=z.device).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std, dtype=z.dtype, device=z.device).view(1, -1, 1, 1, 1)
@@ -103,8 +110,7 @@ def edit(
                                     resize_to=resize_to or editor.native_size)
     use_cfg = settings.cfg != 1.0
     if use_cfg and negative is None:
-        negative = editor.encode_text("") if editor.text_encoder is not None else Conditioning(
-            torch.zeros(1, 1, editor.text_dim), "empty")
+        negative = unconditional(editor)
     source = encode_frames(editor, frames)
 
     gen = torch.Generator("cpu").manual_seed(int(settings.seed))

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -24,14 +25,23 @@ def load(args: list[str]) -> list[tuple[str, dict]]:
     return out
 
 
+def bootstrap_ci(values: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean over clips (percentile bootstrap): how far two rows must differ to count."""
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(draws))
+    return means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
+
+
 def by_variant(reports: list[tuple[str, dict]]) -> None:
-    head = ["variant", "n", "EA", "PC", "GN", "GR", "overall", *(f"EA {c}" for c in CATEGORIES)]
+    head = ["variant", "n", "EA", "EA 95% CI", "PC", "GN", "GR", "overall", *(f"EA {c}" for c in CATEGORIES)]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     judges = []
     for label, r in reports:
         o, cats = r["overall"], r["by_category"]
-        row = [label, str(o["count"]), *(fmt(o[k]) for k in ("ea", "pc", "gn", "gr", "overall")),
+        low, high = bootstrap_ci([score["ea"] for score in r["scores"]])
+        row = [label, str(o["count"]), fmt(o["ea"]), f"{low:.2f}-{high:.2f}",
+               *(fmt(o[k]) for k in ("pc", "gn", "gr", "overall")),
                *(f"{fmt(cats[c]['ea'])} ({cats[c]['count']})" if c in cats else "-" for c in CATEGORIES)]
         print("| " + " | ".join(row) + " |")
         j = r.get("judge_agreement")
@@ -43,12 +53,20 @@ def by_variant(reports: list[tuple[str, dict]]) -> None:
 
 
 def by_operation(reports: list[tuple[str, dict]]) -> None:
-    ops = sorted({op for _, r in reports for op in r["by_operation"]})
-    print("| operation | n | " + " | ".join(f"EA {label}" for label, _ in reports) + " |")
-    print("|" + "---|" * (len(reports) + 2))
+    """EA per single operation; every combination of two or three (`a+b`) is pooled into one 'hybrid' row."""
+    def pooled(r: dict) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for score in r["scores"]:
+            out.setdefault("hybrid" if "+" in score["operation"] else score["operation"], []).append(score["ea"])
+        return out
+
+    tables = [(label, pooled(r)) for label, r in reports]
+    ops = sorted({op for _, t in tables for op in t}, key=lambda op: (op == "hybrid", op))
+    print("| operation | n | " + " | ".join(f"EA {label}" for label, _ in tables) + " |")
+    print("|" + "---|" * (len(tables) + 2))
     for op in ops:
-        n = next(r["by_operation"][op]["count"] for _, r in reports if op in r["by_operation"])
-        cells = [fmt(r["by_operation"][op]["ea"]) if op in r["by_operation"] else "-" for _, r in reports]
+        n = next(len(t[op]) for _, t in tables if op in t)
+        cells = [fmt(sum(t[op]) / len(t[op])) if op in t else "-" for _, t in tables]
         print(f"| {op} | {n} | " + " | ".join(cells) + " |")
 
 

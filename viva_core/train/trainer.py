@@ -20,7 +20,7 @@ import torch
 from ..data import EditRecord, TensorCache, file_identity, load_manifest, load_sample, model_identity
 from ..editor import Conditioning, EditorOptions, load_editor
 from ..errors import InputError, NonFiniteError
-from ..pipeline import decode_latents, encode_frames, pad_tokens
+from ..pipeline import decode_latents, encode_frames, pad_tokens, unconditional
 from ..runtime import ProgressFn, no_progress
 from ..sampling import sde_step_with_logprob, shifted_sigmas
 from . import losses as L
@@ -238,9 +238,8 @@ class Trainer:
         if guidance == 1.0:
             return self._velocity(model, x, source.expand(b, -1, -1, -1, -1), sigma, text.expand(b, -1, -1))
         if self._negative is None:
-            neg = (self.editor.encode_text("").embeds if self.editor.text_encoder is not None
-                   else torch.zeros(1, 1, self.editor.text_dim))
-            self._negative = pad_tokens(neg, text.shape[1]).to(self.device, self.editor.dtype)
+            self._negative = pad_tokens(unconditional(self.editor).embeds, text.shape[1]).to(self.device,
+                                                                                           self.editor.dtype)
         neg = self._negative
         if neg.shape[1] != text.shape[1]:
             width = max(neg.shape[1], text.shape[1])

@@ -199,3 +199,20 @@ def test_cli_edit_without_editor_uses_bundled_models(tmp_path, capsys) -> None:
     out = tmp_path / "edited.mp4"
     assert main(["edit", "example", "Invert the colours.", "-o", str(out), "--steps", "4", "--device", "cpu"]) == 0
     assert out.is_file() and "bundled small models" in capsys.readouterr().err
+
+
+def test_editor_loss_weights_are_the_clip_masks_at_latent_size(tmp_path) -> None:
+    """npz clips store the mask as 0/1: the loss weights must reach 1 where an object was edited and 0 elsewhere
+    (they were once divided by 255, which silently turned VIVA's mask loss into plain flow matching)."""
+    from viva_core.synth import generate
+
+    manifest = generate(tmp_path, n=3, seed=2, format="npz", splits=(1, 0, 0), categories=("basic",))["train"]
+    clips = S.load_clip_set(manifest)
+    weights = S.latent_masks(clips.mask, (5, 8, 8), 4)
+    assert weights.shape == (3, 1, 5, 8, 8)
+    for w, m in zip(weights, clips.mask):
+        assert float(w.max()) == 1.0 and set(w.unique().tolist()) <= {0.0, 1.0}
+        # latent cell (t', i, j) is edited iff a pixel of its 8x8 block in its frames is: frame 0 -> latent 0
+        assert bool(w[0, 0].bool().any()) == bool(m[0].bool().any())
+        block = m[0].reshape(8, 8, 8, 8).amax(dim=(1, 3)).bool()
+        assert torch.equal(w[0, 0].bool(), block)

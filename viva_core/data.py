@@ -463,6 +463,12 @@ class EditSample:
     conform: str  # what conform_frames changed, e.g. "9 frames kept of 10 (4k+1)" or "unchanged"
 
 
+def mask_unit(mask: torch.Tensor) -> torch.Tensor:
+    """An edit mask stored as integers, 0/1 (npz clips) or 0/255 (8-bit mask videos), as float 0..1."""
+    m = mask.float()
+    return m.div_(255.0) if m.numel() and float(m.max()) > 1.0 else m
+
+
 def read_frames(path: PathLike, max_frames: int | None = None, field: str = "source_video"
                 ) -> tuple[torch.Tensor, float | None]:
     """[T,H,W,3] float frames in 0..1 of a video (the first `max_frames`), an image (T=1) or the `field`'s array
@@ -475,12 +481,10 @@ def read_frames(path: PathLike, max_frames: int | None = None, field: str = "sou
         except (OSError, KeyError, ValueError) as e:
             raise VideoError(f"{path}: not a readable npz clip ({e}); write it again with `viva synth --format npz`."
                              ) from e
-        frames = torch.from_numpy(np.ascontiguousarray(arr)).float()
+        frames = torch.from_numpy(np.ascontiguousarray(arr))
         if field == "mask_video":
-            frames = frames.div_(255.0 if arr.max(initial=0) > 1 else 1.0).unsqueeze(-1).expand(*arr.shape, 3)
-        else:
-            frames = frames.div_(255.0)
-        return frames, None
+            return mask_unit(frames).unsqueeze(-1).expand(*arr.shape, 3), None
+        return frames.float().div_(255.0), None
     if is_image_path(path):
         return read_image(path).unsqueeze(0), None
     video = read_video(path, max_frames=max_frames, with_audio=False)

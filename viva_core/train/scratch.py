@@ -537,6 +537,14 @@ def instructor_hidden(vlm, inputs) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths
 
 
+def latent_masks(masks: torch.Tensor, latent_shape: tuple[int, int, int], temporal_factor: int) -> torch.Tensor:
+    """Clip masks [N,T,H,W] (integers, 1 = edited) -> VIVA's loss weights at latent size [N,1,T',H',W'] in 0..1."""
+    from ..data import mask_unit
+    from .losses import latent_mask
+
+    return torch.cat([latent_mask(mask_unit(m), latent_shape, temporal_factor) for m in masks])
+
+
 def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     from diffusers import AutoencoderKLWan
 
@@ -548,7 +556,7 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
     vae = AutoencoderKLWan.from_pretrained(sec.vae, torch_dtype=torch.float32).to(device).eval()
     t_factor = int(vae.config.scale_factor_temporal)
     source, target = encode_clips(vae, clips.source, device), encode_clips(vae, clips.target, device)
-    masks = torch.cat([L.latent_mask(frames_float(m), tuple(source.shape[2:]), t_factor) for m in clips.mask]).to(device)
+    masks = latent_masks(clips.mask, tuple(source.shape[2:]), t_factor).to(device)
 
     words = vocabulary(prompt_texts(clips.records))
     text_tok = word_tokenizer(words, kind="umt5")

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import zipfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -129,7 +130,6 @@ class _Media:
 
 def _probe_clip(path: Path) -> _Media | str:
     """Frame count and size of an npz clip from its array headers (nothing decompressed)."""
-    import zipfile
     shapes = {}
     try:
         with zipfile.ZipFile(path) as zf:

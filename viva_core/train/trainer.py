@@ -238,12 +238,9 @@ class Trainer:
         if guidance == 1.0:
             return self._velocity(model, x, source.expand(b, -1, -1, -1, -1), sigma, text.expand(b, -1, -1))
         if self._negative is None:
-            self._negative = pad_tokens(unconditional(self.editor).embeds, text.shape[1]).to(self.device,
-                                                                                           self.editor.dtype)
-        neg = self._negative
-        if neg.shape[1] != text.shape[1]:
-            width = max(neg.shape[1], text.shape[1])
-            text, neg = pad_tokens(text[:1], width).expand(text.shape[0], -1, -1), pad_tokens(neg, width)
+            self._negative = unconditional(self.editor).embeds.to(self.device, self.editor.dtype)
+        width = max(text.shape[1], self._negative.shape[1])  # as pipeline.edit pads cond and negative
+        text, neg = pad_tokens(text, width), pad_tokens(self._negative, width)
         both = self._velocity(model, torch.cat([x, x]), source.expand(b, -1, -1, -1, -1).repeat(2, 1, 1, 1, 1),
                               sigma, torch.cat([text.expand(b, -1, -1), neg.expand(b, -1, -1)]))
         cond, uncond = both[:b], both[b:]

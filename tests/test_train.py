@@ -238,8 +238,17 @@ def test_two_processes_equal_one_process(assets, parallel):
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = load_file(str(one / "viva_lora.safetensors")), load_file(str(two / "viva_lora.safetensors"))
     assert a.keys() == b.keys()
+    # Norm-wise, not element-wise: the ranks sum the batch's gradients in another order, so an element whose
+    # gradient nearly cancels carries a large *relative* rounding error, which Adam's per-element normalisation
+    # turns into an update error of up to ~lr on that element (measured: 1.9% on 1 of 128 elements). Norm-wise the
+    # tensors agree to 3e-5..1.4e-4 (measured); a real replica/shard bug (a rank's gradient lost, the wrong rows)
+    # moves every element by O(lr), a norm-wise error of O(1), 100x the bound.
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+        if "lora_B" in k or "lora_A" in k:
+            err = float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12))
+            assert err < 1e-2, f"{k}: relative error {err:.2e} between 1 process and 2 {parallel} ranks"
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)  # alpha: a constant
 
 
 @pytest.fixture(scope="module")

@@ -240,11 +240,12 @@ class ClipReward:
         self.model.requires_grad_(False)
         self.max_text_tokens = int(self.model.config.text_config.max_position_embeddings)
 
-    def _text(self, texts: list[str]) -> torch.Tensor:
-        tok = self.processor(text=texts, padding=True, truncation=True, max_length=self.max_text_tokens,
-                             return_tensors="pt")
+    def _text(self, caption: str) -> torch.Tensor:
+        """One caption alone (no padding): equal captions give bit-equal vectors, so an unchanged caption scores
+        exactly 0 whatever order a batched kernel would sum in."""
+        tok = self.processor(text=[caption], truncation=True, max_length=self.max_text_tokens, return_tensors="pt")
         feats = _features(self.model.get_text_features(**{k: v.to(self.device) for k, v in tok.items()}))
-        return torch.nn.functional.normalize(feats.float(), dim=-1)
+        return torch.nn.functional.normalize(feats.float(), dim=-1)[0]
 
     def _images(self, frames: torch.Tensor) -> torch.Tensor:
         pix = self.processor(images=[to_pil_image(f) for f in frames], return_tensors="pt")["pixel_values"]
@@ -259,13 +260,15 @@ class ClipReward:
                 raise InputError(f"reward '{self.name}' needs {what} for every sample (it scores CLIP(edit, target "
                                  f"caption) - CLIP(edit, source caption)); missing for samples {missing}. Add "
                                  "source_caption and target_caption to the data, or drop the clip reward.")
-        out = []
+        out, text = [], {}
         for i in range(batch.n):
             frames = batch.edited[i][uniform_frame_indices(batch.edited.shape[1], self.num_frames)]
             img = self._images(frames)  # [F, D]
-            txt = self._text([batch.target_captions[i].strip(), batch.source_captions[i].strip()])  # [2, D]
-            sim = img @ txt.T
-            out.append(float((sim[:, 0] - sim[:, 1]).mean()))
+            tgt, src = (c.strip() for c in (batch.target_captions[i], batch.source_captions[i]))
+            for c in (tgt, src):
+                if c not in text:
+                    text[c] = self._text(c)
+            out.append(float((img @ text[tgt] - img @ text[src]).mean()))  # two mat-vecs: tgt == src gives 0.0
         return torch.tensor(out, dtype=torch.float32)
 
 

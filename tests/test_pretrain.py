@@ -216,3 +216,40 @@ def test_editor_loss_weights_are_the_clip_masks_at_latent_size(tmp_path) -> None
         assert bool(w[0, 0].bool().any()) == bool(m[0].bool().any())
         block = m[0].reshape(8, 8, 8, 8).amax(dim=(1, 3)).bool()
         assert torch.equal(w[0, 0].bool(), block)
+
+
+def test_eval_ceiling_scores_the_vae_round_trip_of_the_ground_truth(tmp_path) -> None:
+    """`viva eval --ceiling`: outputs are VAE(ground truth), so they are near the target and far from the source."""
+    from viva_core.cli import main
+    from viva_core.data import load_manifest, read_frames
+    from viva_core.editor import EditorOptions, load_editor
+    from viva_core.eval import psnr
+    from viva_core.pipeline import reconstruct
+    from viva_core.synth import generate
+
+    manifest = generate(tmp_path / "d", n=2, seed=3, format="npz", splits=(1, 0, 0), categories=("basic",))["train"]
+    editor = load_editor(bundled.path(bundled.EDITOR), options=EditorOptions(dtype="fp32", device="cpu"))
+    for record in load_manifest(manifest):
+        source = read_frames(record.source_video, None, "source_video")[0]
+        target = read_frames(record.target_video, None, "target_video")[0]
+        out = reconstruct(editor, target)
+        assert out.shape == target.shape
+        assert psnr(out, target) > 20 and psnr(out, target) > psnr(out, source) + 3
+    report = tmp_path / "r"
+    assert main(["eval", str(manifest), "--editor", bundled.path(bundled.EDITOR), "--ceiling", "--report",
+                 str(report), "--no-outputs", "--device", "cpu"]) == 0
+    assert len(json.loads((report / "report.json").read_text())["scores"]) == 2
+    assert main(["eval", str(manifest), "--ceiling", "--report", str(tmp_path / "x")]) == 2  # needs --editor
+
+
+def test_vae_levels_give_the_stated_latent_grid() -> None:
+    """vae.spatial=4 keeps a 16x16 latent grid at 64x64 (8x: 8x8), 4x in time either way, and says so in its config
+    (the editor reads scale_factor_spatial to snap sizes)."""
+    x = torch.rand(1, 3, 9, 64, 64) * 2 - 1
+    for spatial, side in ((8, 8), (4, 16)):
+        vae = S.new_vae(S.VaeSection(base_dim=8, spatial=spatial))
+        assert vae.config.scale_factor_spatial == spatial
+        with torch.no_grad():
+            assert vae.encode(x).latent_dist.mode().shape == (1, 16, 3, side, side)
+    with pytest.raises(InputError, match="vae.spatial"):
+        S.load_scratch_config(None, ["data.manifest=x.jsonl", "vae.spatial=2"])

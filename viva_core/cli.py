@@ -172,7 +172,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InputError("viva eval needs --outputs DIR (edits named <index>.mp4) or --editor (run it on every "
                          "record).")
     editor_fn = None
-    if args.editor:
+    if args.ceiling and not args.editor:
+        raise InputError("--ceiling scores an editor's VAE round trip of the ground truth: name the --editor.")
+    if args.ceiling:
+        from .data import read_frames
+        from .pipeline import reconstruct
+
+        editor = load_editor_from_args(args)
+
+        def editor_fn(record, frames):
+            return reconstruct(editor, read_frames(record.target_video, args.max_frames, "target_video")[0])
+    elif args.editor:
         from .conditioning import build_conditioning, negative_conditioning
         from .pipeline import EditSettings, edit
 
@@ -344,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--refiner", help="token refiner .safetensors trained for this instructor and editor")
     v.add_argument("--no-outputs", action="store_true", help="with --editor: keep only the scores and the HTML "
                    "report, not the edited videos (no video encoding: npz manifests then need no PyAV)")
+    v.add_argument("--ceiling", action="store_true", help="with --editor: score its VAE's round trip of the ground "
+                   "truth instead of edits (the most any edit decoded by that VAE can score)")
     v.add_argument("--report", required=True, help="folder for report.json and report.html")
     v.add_argument("--limit", type=int, default=None, help="score only the first N records")
     v.add_argument("--judge", help="VLM folder: also measure the judge's agreement with the verifiers")

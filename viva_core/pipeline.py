@@ -94,6 +94,16 @@ def decode_latents(editor: Editor, z: torch.Tensor) -> torch.Tensor:
     return ((video[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).cpu()
 
 
+def reconstruct(editor: Editor, frames: torch.Tensor) -> torch.Tensor:
+    """`frames` [T,H,W,C] 0..1 through the editor's VAE and back (conformed as `edit` conforms them): the best any
+    edit decoded by this VAE can look, so scoring the ground truth this way measures the codec's ceiling."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise InputError(f"frames must be [T,H,W,3] with T >= 1, got shape {tuple(frames.shape)}.")
+    frames, _ = conform_frames(frames.float(), editor.temporal_factor, editor.spatial_multiple,
+                               resize_to=editor.native_size)
+    return decode_latents(editor, encode_frames(editor, frames))
+
+
 def edit(
     editor: Editor, frames: torch.Tensor, cond: Conditioning, *, negative: Optional[Conditioning] = None,
     settings: EditSettings = EditSettings(), fps: float = 16.0, audio: Optional[Audio] = None,

@@ -54,10 +54,11 @@ def sample_sigmas(batch: int, generator: Optional[torch.Generator] = None, *, sh
         raise InputError(f"sigma sampling mode '{mode}' is not one of {SIGMA_MODES}.")
     if shift <= 0 or std <= 0:
         raise InputError(f"sample_sigmas: shift and std must be > 0, got shift={shift}, std={std}.")
+    device = generator.device if generator is not None else None  # a CUDA generator draws on the GPU: no copy
     if mode == "logit_normal":
-        u = torch.sigmoid(mean + std * torch.randn(batch, generator=generator, dtype=torch.float32))
+        u = torch.sigmoid(mean + std * torch.randn(batch, generator=generator, dtype=torch.float32, device=device))
     else:
-        u = torch.rand(batch, generator=generator, dtype=torch.float32)
+        u = torch.rand(batch, generator=generator, dtype=torch.float32, device=device)
     s = shift * u / (1 + (shift - 1) * u)
     return s.clamp(_SIGMA_EPS, 1 - _SIGMA_EPS)
 

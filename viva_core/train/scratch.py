@@ -61,12 +61,14 @@ class OptimSection:
     grad_clip: float = 1.0
     workers: int = 4  # data-loader processes (chat processor, verifier labels)
     max_minutes: float = 0.0  # stop (and save) after this much wall time; 0 = run all steps
+    compile: bool = False  # editor stage: torch.compile the DiT (CUDA; worth it for runs of minutes)
 
 
 @dataclass
 class VaeSection:
     base_dim: int = 16
     z_dim: int = 16
+    spatial: int = 8  # 8 (Wan's 8x) or 4: 16x16 latents at 64x64, which keep what the 8x one loses (docs/small_models.md)
     num_res_blocks: int = 1
     kl_weight: float = 1e-6
     frames: int = 17  # random windows of 1 + 4k frames; later chunks lean on the causal cache, so train on the
@@ -137,6 +139,8 @@ class ScratchConfig:
             problems.append("optim.steps and optim.batch_size must be >= 1")
         if len(self.editor.patch) != 3:
             problems.append("editor.patch must be [t, h, w]")
+        if self.vae.spatial not in VAE_LEVELS:
+            problems.append(f"vae.spatial must be one of {sorted(VAE_LEVELS)}, got {self.vae.spatial}")
         raise_problems(problems, "pretrain config")
 
 
@@ -254,11 +258,18 @@ def prompt_texts(records: Sequence[dict]) -> list[str]:
 
 # ===================================================================================== model builders
 
+VAE_LEVELS = {  # spatial factor -> (dim_mult, temperal_downsample): 4x in time either way
+    8: ([1, 2, 4, 4], [False, True, True]),  # Wan2.1's layout
+    4: ([1, 2, 4], [True, True]),
+}
+
+
 def new_vae(sec: VaeSection):
     from diffusers import AutoencoderKLWan
 
-    return AutoencoderKLWan(base_dim=sec.base_dim, z_dim=sec.z_dim, dim_mult=[1, 2, 4, 4],
-                            num_res_blocks=sec.num_res_blocks, attn_scales=[], temperal_downsample=[False, True, True],
+    dim_mult, temporal = VAE_LEVELS[sec.spatial]
+    return AutoencoderKLWan(base_dim=sec.base_dim, z_dim=sec.z_dim, dim_mult=dim_mult, num_res_blocks=sec.num_res_blocks,
+                            attn_scales=[], temperal_downsample=temporal, scale_factor_spatial=sec.spatial,
                             latents_mean=[0.0] * sec.z_dim, latents_std=[1.0] * sec.z_dim)
 
 
@@ -364,7 +375,8 @@ def _loop(cfg: ScratchConfig, params: list[torch.nn.Parameter], step_fn: Callabl
           progress: ProgressFn, title: str, should_stop: Callable[[], bool] = lambda: False) -> dict:
     """AdamW + warmup/cosine + grad clipping; `step_fn(step)` returns metrics incl. a differentiable 'loss'."""
     o = cfg.optim
-    opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=(0.9, 0.99))
+    fused = all(p.is_cuda for p in params)  # one kernel for the whole update instead of several per tensor
+    opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=(0.9, 0.99), fused=fused or None)
     metrics = MetricsLog(out, tensorboard=False)
     start, last = time.perf_counter(), {}
     with _StopFlag() as flag:
@@ -374,14 +386,14 @@ def _loop(cfg: ScratchConfig, params: list[torch.nn.Parameter], step_fn: Callabl
             opt.zero_grad(set_to_none=True)
             values = step_fn(step)
             loss = values.pop("loss")
-            if not torch.isfinite(loss):
-                raise InputError(f"{title}: the loss became {float(loss)} at step {step}; lower optim.lr.")
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
             opt.step()
-            if step % 10 == 0 or step == o.steps - 1:
+            if step % 10 == 0 or step == o.steps - 1:  # the only host syncs: reading values every 10 steps
+                if not torch.isfinite(loss):
+                    raise InputError(f"{title}: the loss became {float(loss)} by step {step}; lower optim.lr.")
                 last = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": lr,
-                        **{k: float(v) for k, v in values.items()}}
+                        "elapsed_s": time.perf_counter() - start, **{k: float(v) for k, v in values.items()}}
                 metrics.log(step, last)
             progress(step + 1, o.steps)
             over_time = o.max_minutes and time.perf_counter() - start > 60 * o.max_minutes
@@ -505,36 +517,75 @@ def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)
 
 
-def _endless(loader):
-    while True:
-        yield from loader
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # per-token processor outputs (left-padded)
+
+
+def prepare_instructor_inputs(clips: ClipSet, processor, workers: int = 0, chunk: int = 256) -> dict[str, torch.Tensor]:
+    """Every clip's instructor chat (its instruction + first frame, fixed per clip) through the VLM chat processor
+    once, before training: per-token keys [N, L] left-padded to the longest chat, `pixel_values` [N, P, D],
+    `image_grid_thw` [N, 3]. Training then gathers rows on the GPU instead of running the processor every step
+    (the host-side processor was the editor stage's bottleneck)."""
+    loader = torch.utils.data.DataLoader(_InstructorData(clips), batch_size=chunk, num_workers=workers,
+                                         collate_fn=_collate_chats(processor), worker_init_fn=_one_thread)
+    parts = [dict(inputs) for _, inputs in loader]
+    width = max(p["input_ids"].shape[1] for p in parts)
+    pad_id = processor.tokenizer.pad_token_id
+    out: dict[str, list[torch.Tensor]] = {}
+    for p in parts:
+        n = p["input_ids"].shape[0]
+        grid = p["image_grid_thw"]
+        if not bool((grid == grid[:1]).all()):
+            raise InputError("instructor images of different sizes: pretraining needs clips of one size.")
+        for key, value in p.items():
+            if key in TOKEN_KEYS:
+                fill = pad_id if key == "input_ids" else 0
+                value = F.pad(value, (width - value.shape[1], 0), value=fill)
+            elif key == "pixel_values":
+                value = value.reshape(n, -1, value.shape[-1])
+            elif value.shape[0] != n:
+                raise InputError(f"the VLM processor returned '{key}' of shape {tuple(value.shape)}; pretraining "
+                                 "knows per-token keys, pixel_values and image_grid_thw.")
+            out.setdefault(key, []).append(value)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def instructor_rows(prepared: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The processor inputs of clips `idx` as one left-padded batch (what `processor_inputs` gives for them)."""
+    rows = {k: v[idx] for k, v in prepared.items()}
+    rows["pixel_values"] = rows["pixel_values"].flatten(0, 1)
+    return rows
 
 
 def conditioning_tokens(text_hidden: torch.Tensor, text_lengths: torch.Tensor, extra: Optional[torch.Tensor],
                         extra_lengths: Optional[torch.Tensor], length: int) -> torch.Tensor:
     """Per row: its real text tokens, then its real instructor tokens, zero-padded to `length` — the same
-    sequence `Conditioning.concat` + `pad_tokens` give at inference for one sample."""
-    from ..pipeline import pad_tokens
-
-    rows = []
-    for b in range(text_hidden.shape[0]):
-        parts = [text_hidden[b, :int(text_lengths[b])]]
-        if extra is not None and int(extra_lengths[b]):
-            parts.append(extra[b, :int(extra_lengths[b])].to(text_hidden.dtype))
-        rows.append(pad_tokens(torch.cat(parts)[None], length))
-    longest = max(r.shape[1] for r in rows)
-    return torch.cat([pad_tokens(r, longest) for r in rows])
+    sequence `Conditioning.concat` + `pad_tokens` give at inference for one sample. `length` must hold the longest
+    row (callers check it once, before training); built by gathers, so no host sync."""
+    dev, (b, _, d) = text_hidden.device, text_hidden.shape
+    tl = text_lengths.to(dev)[:, None]
+    pos = torch.arange(length, device=dev)[None].expand(b, -1)
+    out = text_hidden.gather(1, pos.clamp(max=text_hidden.shape[1] - 1)[..., None].expand(-1, -1, d))
+    out = out * (pos < tl)[..., None]
+    if extra is not None:
+        el = extra_lengths.to(dev)[:, None]
+        j = pos - tl
+        part = extra.to(text_hidden.dtype).gather(1, j.clamp(0, extra.shape[1] - 1)[..., None].expand(-1, -1, d))
+        out = out + part * ((j >= 0) & (j < el))[..., None]
+    return out
 
 
 def instructor_hidden(vlm, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last hidden states of left-padded chats, re-packed right-padded: [B, L, H] and the real lengths [B]."""
+    """Last hidden states of left-padded chats, re-packed right-padded (zeros after): [B, L, H] and the real
+    lengths [B] (a device tensor: no host sync)."""
     from ..vlm import forward
 
     hidden = forward(vlm, inputs, output_hidden_states=True).hidden_states[-1].float()
-    keep = inputs["attention_mask"].bool()
-    rows = [hidden[b][keep[b]] for b in range(hidden.shape[0])]
-    lengths = torch.tensor([r.shape[0] for r in rows], device=hidden.device)
-    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths
+    lengths = inputs["attention_mask"].sum(1)
+    width = hidden.shape[1]
+    j = torch.arange(width, device=hidden.device)[None]
+    src = (width - lengths)[:, None] + j  # left padding: the real tokens are the last `length` positions
+    packed = hidden.gather(1, src.clamp(max=width - 1)[..., None].expand(-1, -1, hidden.shape[2]))
+    return packed * (j < lengths[:, None])[..., None], lengths
 
 
 def latent_masks(masks: torch.Tensor, latent_shape: tuple[int, int, int], temporal_factor: int) -> torch.Tensor:
@@ -545,18 +596,53 @@ def latent_masks(masks: torch.Tensor, latent_shape: tuple[int, int, int], tempor
     return torch.cat([latent_mask(mask_unit(m), latent_shape, temporal_factor) for m in masks])
 
 
+@dataclass
+class EditorData:
+    """Everything the editor stage reads per step, resident on the training device and indexed by clip."""
+
+    source: torch.Tensor  # normalized latents [N, z, T', H', W'] fp32
+    target: torch.Tensor
+    masks: torch.Tensor  # [N, 1, T', H', W'] 0..1
+    text_ids: torch.Tensor  # UMT5 ids [N + 1, max_text_tokens]; row N is the empty prompt (CFG's negative)
+    text_mask: torch.Tensor
+    chats: Optional[dict[str, torch.Tensor]]  # prepared instructor inputs, or None (text only)
+
+    @property
+    def empty(self) -> int:
+        return self.source.shape[0]
+
+
+def prepare_editor_data(clips: ClipSet, vae, text_tok, sec: EditorSection, device: torch.device,
+                        processor=None, workers: int = 0) -> EditorData:
+    """Encode every clip with the frozen VAE, tokenize every instruction and run the instructor's chat processor,
+    once; check that each clip's text + instructor tokens fit `max_text_tokens` (so training pads every row exactly
+    as inference pads it)."""
+    source, target = encode_clips(vae, clips.source, device), encode_clips(vae, clips.target, device)
+    masks = latent_masks(clips.mask, tuple(source.shape[2:]), int(vae.config.scale_factor_temporal)).to(device)
+    texts = [r["instruction"] for r in clips.records] + [""]
+    tok = text_tok(texts, padding="max_length", max_length=sec.max_text_tokens, truncation=True, return_tensors="pt")
+    chats = None
+    longest = int(tok.attention_mask[:-1].sum(1).max())
+    if processor is not None:
+        chats = prepare_instructor_inputs(clips, processor, workers)
+        longest = int((tok.attention_mask[:-1].sum(1) + chats["attention_mask"].sum(1)).max())
+        chats = {k: v.to(device) for k, v in chats.items()}
+    if longest > sec.max_text_tokens:
+        raise InputError(f"a clip's text + instructor tokens number {longest}, more than editor.max_text_tokens="
+                         f"{sec.max_text_tokens}; raise it to at least {longest}.")
+    return EditorData(source, target, masks, tok.input_ids.to(device), tok.attention_mask.to(device), chats)
+
+
 def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     from diffusers import AutoencoderKLWan
 
     from ..editor import EDITOR_INFO_FILE
+    from ..sampling import NUM_TRAIN_TIMESTEPS
     from . import losses as L
 
     sec, out, device = cfg.editor, Path(cfg.output_dir), parse_device(cfg.device)
     clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
     vae = AutoencoderKLWan.from_pretrained(sec.vae, torch_dtype=torch.float32).to(device).eval()
-    t_factor = int(vae.config.scale_factor_temporal)
-    source, target = encode_clips(vae, clips.source, device), encode_clips(vae, clips.target, device)
-    masks = latent_masks(clips.mask, tuple(source.shape[2:]), t_factor).to(device)
 
     words = vocabulary(prompt_texts(clips.records))
     text_tok = word_tokenizer(words, kind="umt5")
@@ -575,48 +661,38 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
         refiner = TokenRefiner(RefinerConfig(in_dim=vlm.hidden_size, out_dim=sec.text_dim, hidden_dim=sec.refiner_hidden,
                                              depth=sec.refiner_depth, heads=sec.refiner_heads)).to(device).train()
         params += list(vlm.model.parameters()) + list(refiner.parameters())
+    data = prepare_editor_data(clips, vae, text_tok, sec, device, vlm.processor if vlm else None, cfg.optim.workers)
+    del vae
+    model = torch.compile(dit) if cfg.optim.compile else dit
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    sampler = torch.utils.data.RandomSampler(range(len(clips)), replacement=True,
-                                             num_samples=cfg.optim.steps * cfg.optim.batch_size, generator=gen)
-    if vlm is not None:
-        loader = torch.utils.data.DataLoader(_InstructorData(clips), batch_size=cfg.optim.batch_size, sampler=sampler,
-                                             num_workers=cfg.optim.workers, collate_fn=_collate_chats(vlm.processor),
-                                             worker_init_fn=_one_thread,
-                                             persistent_workers=cfg.optim.workers > 0)
-    else:
-        loader = torch.utils.data.DataLoader(range(len(clips)), batch_size=cfg.optim.batch_size, sampler=sampler,
-                                             collate_fn=lambda ix: (torch.tensor(ix), None))
-    batches = iter(_endless(loader))
-    instructions = [r["instruction"] for r in clips.records]
+    gen = torch.Generator(device).manual_seed(cfg.seed)  # every draw on the training device: no host round trips
+    n, batch = len(clips), cfg.optim.batch_size
 
     def step(i: int) -> dict:
-        idx, chats = next(batches)
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
-        drop = torch.rand(len(idx), generator=g) < sec.cond_dropout
-        texts = ["" if d else instructions[int(j)] for j, d in zip(idx, drop)]
-        tok = text_tok(texts, padding="max_length", max_length=sec.max_text_tokens, truncation=True,
-                       return_tensors="pt").to(device)
-        idx = idx.to(device)
+        idx = torch.randint(n, (batch,), generator=gen, device=device)
+        drop = torch.rand(batch, generator=gen, device=device) < sec.cond_dropout
+        text_row = torch.where(drop, torch.full_like(idx, data.empty), idx)
+        ids, mask = data.text_ids[text_row], data.text_mask[text_row]
         with _autocast(device):
-            text_hidden = text_encoder(tok.input_ids, tok.attention_mask).last_hidden_state.float()
+            text_hidden = text_encoder(ids, mask).last_hidden_state.float()
             extra = extra_len = None
             if vlm is not None:
-                hidden, lengths = instructor_hidden(vlm, chats.to(device))
+                hidden, lengths = instructor_hidden(vlm, instructor_rows(data.chats, idx))
                 pad = torch.arange(hidden.shape[1], device=device)[None] >= lengths[:, None]
                 extra = refiner(hidden, pad).float()
-                extra_len = torch.where(drop.to(device), torch.zeros_like(lengths), lengths)
-            cond = conditioning_tokens(text_hidden, tok.attention_mask.sum(1), extra, extra_len, sec.max_text_tokens)
-            sigma = L.sample_sigmas(len(idx), g, shift=sec.sigma_shift).to(device)
-            noise = torch.randn(target[idx].shape, generator=g).to(device)
-            x_t, v_target = L.flow_matching_pair(target[idx], noise, sigma)
-            v = dit(hidden_states=torch.cat([x_t, source[idx]], dim=1), timestep=sigma * 1000.0,
-                    encoder_hidden_states=cond, return_dict=False)[0].float()
-        loss = L.masked_fm_loss(v, v_target, masks[idx], sec.mask_weight)
+                extra_len = torch.where(drop, torch.zeros_like(lengths), lengths)
+            cond = conditioning_tokens(text_hidden, mask.sum(1), extra, extra_len, sec.max_text_tokens)
+            sigma = L.sample_sigmas(batch, gen, shift=sec.sigma_shift)
+            noise = torch.randn(data.target[idx].shape, generator=gen, device=device)
+            x_t, v_target = L.flow_matching_pair(data.target[idx], noise, sigma)
+            v = model(hidden_states=torch.cat([x_t, data.source[idx]], dim=1), timestep=sigma * NUM_TRAIN_TIMESTEPS,
+                      encoder_hidden_states=cond, return_dict=False)[0].float()
+        loss = L.masked_fm_loss(v, v_target, data.masks[idx], sec.mask_weight)
         plain = L.masked_fm_loss(v.detach(), v_target, None, 0.0)
         return {"loss": loss, "loss_fm": plain}
 
     summary = _loop(cfg, params, step, out, progress, "editor (DiT + UMT5" + (" + instructor)" if vlm else ")"))
+    summary["clips_per_second"] = summary["steps_done"] * batch / summary["seconds"]
     editor_dir = out / "editor"
     save_small(dit.eval(), editor_dir / "transformer")
     save_small(text_encoder.eval(), editor_dir / "text_encoder")

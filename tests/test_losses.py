@@ -279,3 +279,19 @@ def test_reward_weighted_fm_loss_equals_weighted_loop():
     assert float(got) == pytest.approx(total / 3, rel=1e-5)
     ones = reward_weighted_fm_loss(v_pred, v_tgt, torch.ones(3))
     assert float(ones) == pytest.approx(float(masked_fm_loss(v_pred, v_tgt)), rel=1e-6)
+
+
+def test_scheduled_lr_reaches_lr_after_warmup_then_cosine_to_zero():
+    """The warm-up ends at the set rate whatever its share of the run (a run of 594 steps with 300 warm-up steps
+    once peaked at half of it), then the cosine falls from there to 0 at the last step."""
+    from viva_core.train.config import scheduled_lr
+
+    lr, steps, warm = 5e-4, 594, 300
+    got = [scheduled_lr(lr, s, steps, warm) for s in range(steps + 1)]
+    assert max(got) == pytest.approx(lr) and got[warm - 1] == pytest.approx(lr)
+    assert got[0] == pytest.approx(lr / warm)
+    for s in (warm, 400, 500, steps):  # independent form: half-cosine over the post-warm-up steps
+        assert got[s] == pytest.approx(lr * (1 + math.cos(math.pi * (s - warm) / (steps - warm))) / 2, abs=1e-12)
+    assert got[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(got[warm:], got[warm + 1:]))  # never rises after the warm-up
+    assert scheduled_lr(lr, 10, 100, 0, "constant") == lr and scheduled_lr(lr, 4, 100, 10, "constant") == lr / 2

@@ -10,6 +10,12 @@
 #   editor  editor4.toml, optim.steps from the bench's steady rate so the schedule ends in EDITOR_SECONDS
 #   eval    viva eval (20 steps, CFG 5, seed 0, fp32 on the GPU) of: the bundled editor (same-run check of the
 #           README's row), the new editor, and both VAEs' ceilings (--ceiling: VAE round trip of the ground truth)
+# As run on 2026-12-02 (H200, results and reading in docs/small_models.md): data 35 s; bench 7.3 min (too long:
+# six processes, each preparing data and compiling); VAE 3.0 + 3.5 min (val PSNR 25.0 dB); editor 594 steps x 256
+# with compile in 5.5 min, then evaluated on the CPU with eval_all.sh's protocol instead of the eval phase (device
+# time ran out). That editor run kept the TOML's 300 warm-up steps, and the schedule then multiplied warm-up and
+# cosine, so its rate peaked at 2.6e-4 of 5e-4; both are fixed (warm-up = steps / 10 here; scheduled_lr decays
+# after the warm-up).
 set -uo pipefail
 WORK="${WORK:-/tmp/viva_v2}"
 PHASES="${PHASES:-data bench vae editor eval pack}"
@@ -59,7 +65,8 @@ EOF
 )
   read -r n_steps use_compile <<< "$steps"
   echo "editor steps $n_steps compile $use_compile" | tee -a runs/stamps.log
-  $V pretrain recipes/small/editor4.toml --set "optim.steps=$n_steps" --set "optim.compile=$use_compile" \
+  $V pretrain recipes/small/editor4.toml --set "optim.steps=$n_steps" --set "optim.warmup_steps=$((n_steps / 10))" \
+    --set "optim.compile=$use_compile" \
     ${EDITOR_SET:-} > runs/editor4.log 2>&1
   tail -2 runs/editor4.log
 fi

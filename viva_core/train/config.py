@@ -158,11 +158,15 @@ class TrainConfig:
 
 
 def scheduled_lr(lr: float, step: int, steps: int, warmup_steps: int, schedule: str = "cosine") -> float:
-    """Linear warm-up over `warmup_steps`, then constant or cosine decay to 0 at `steps` (both trainers)."""
-    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    """Linear warm-up to `lr` over `warmup_steps`, then constant, or cosine decay from `lr` to 0 at `steps` over the
+    steps after the warm-up (both trainers). The decay starts where the warm-up ends, so the run reaches `lr`
+    whatever the ratio of warm-up to steps (an earlier form multiplied the two and peaked at half of it)."""
+    if warmup_steps and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
     if schedule == "cosine":
-        return lr * warm * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
-    return lr * warm
+        done = min(step - warmup_steps, steps - warmup_steps) / max(1, steps - warmup_steps)
+        return lr * 0.5 * (1 + math.cos(math.pi * done))
+    return lr
 
 
 def raise_problems(problems: list[str], what: str) -> None:

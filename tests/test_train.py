@@ -197,6 +197,28 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
 
 
+def test_sft_loss_weights_the_edit_mask(assets):
+    """VIVA's (1 + w M) weight reaches the trainer's loss: L(w) - L(0) = w mean(M err^2) is linear in w, positive,
+    and about w * L(0) * (edited share of the latents). Fails if the weight is forced to 0, the mask is dropped,
+    or the mask is rescaled (the /255 bug once made w act as w/255)."""
+    t = Trainer(config(assets, assets["root"] / "mask_w", "optim.steps=1"))
+    t._setup()
+    rec = t.records[0]
+    enc = t._encoded(rec)
+    mask = enc["mask"]
+    share = float(mask.mean())
+    assert 0.0 < share < 1.0 and float(mask.max()) == 1.0  # the square moves: some latents edited, not all
+
+    def loss(w: float) -> float:
+        t.cfg.sft.mask_weight = w
+        with torch.no_grad():
+            return float(t._fm_loss(t.dit, rec, enc, 0, 0))
+
+    base, one, two = loss(0.0), loss(1.0), loss(2.0)
+    assert one > base and two - base == pytest.approx(2 * (one - base), rel=1e-4)
+    assert 0.2 * share < (one - base) / base < 5 * share
+
+
 def test_bad_manifest_fails_before_any_compute(assets, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"source_video": "nope.mp4", "instruction": "x"}\nnot json\n')

@@ -171,7 +171,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.outputs and not args.editor:
         raise InputError("viva eval needs --outputs DIR (edits named <index>.mp4) or --editor (run it on every "
                          "record).")
-    editor_fn = None
     if args.ceiling and not args.editor:
         raise InputError("--ceiling scores an editor's VAE round trip of the ground truth: name the --editor.")
     if args.ceiling:
@@ -198,6 +197,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             cond, _ = build_conditioning(editor, record.instruction, frames[0], mode=mode, vlm=vlm,
                                          refiner_path=args.refiner)
             return edit(editor, frames, cond, negative=negative, settings=settings).frames
+    else:
+        editor_fn = None
     judge = None
     if args.judge:
         judge = load_judge_from_args(args)

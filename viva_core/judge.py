@@ -43,7 +43,6 @@ QUESTIONS: tuple[Dimension, ...] = (
               "Does the edited video look realistic, like a real recorded video?"),
 )
 DIMENSIONS = tuple(d.code for d in QUESTIONS)  # ("EA", "PC", "GN", "GR")
-DIMENSION_NAMES = {d.code: d.name for d in QUESTIONS}
 
 YES_VARIANTS = ("Yes", " Yes", "yes")
 NO_VARIANTS = ("No", " No", "no")

@@ -56,7 +56,6 @@ from .safe_io import check_safetensors_path, load_safetensors, save_safetensors_
 __all__ = [
     "WAN_NAME_TABLE", "LoraSpec", "LoraLayer", "LoraKeyReport", "wan_to_diffusers", "diffusers_to_wan",
     "lora_target_names", "read_lora", "key_report", "lora_delta", "applied_loras", "save_lora",
-    "clear_lora_cache",
 ]
 
 FILE_FORMAT = "viva-lora-v1"
@@ -361,11 +360,6 @@ def _load(path: str | os.PathLike) -> _LoraFile:
         raise LoraError(str(e)) from e
     st = p.stat()
     return _read_cached(str(p.resolve()), st.st_mtime_ns, st.st_size)
-
-
-def clear_lora_cache() -> None:
-    """Forget the files kept by ``read_lora`` (up to 8, keyed by path, mtime and size)."""
-    _read_cached.cache_clear()
 
 
 def read_lora(path: str | os.PathLike) -> tuple[dict[str, LoraLayer], str, dict[str, str]]:

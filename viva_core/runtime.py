@@ -5,7 +5,7 @@ arguments; the core never imports ComfyUI.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol
+from typing import Optional, Protocol
 
 import torch
 
@@ -47,9 +47,6 @@ class ProgressFn(Protocol):
 
 def no_progress(done: int, total: int, preview: Optional[torch.Tensor] = None) -> None:
     return None
-
-
-Callback = Callable[..., None]
 
 
 def available_memory_bytes() -> int:

@@ -45,11 +45,6 @@ def all_gather_cat(world: World, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def barrier(world: World) -> None:
-    if world.active:
-        dist.barrier()
-
-
 def shutdown(world: World) -> None:
     if world.active and dist.is_initialized():
         dist.destroy_process_group()

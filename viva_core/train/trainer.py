@@ -439,6 +439,8 @@ class Trainer:
         load_trainable_state(base, self.refiner, ck.trainable)
         load_optimizer_state(self.optimizer, ck.optimizer)
         torch.set_rng_state(ck.rng["torch"])
+        if "cuda" in ck.rng and torch.cuda.is_available():  # a checkpoint from a CPU run has none
+            torch.cuda.set_rng_state(ck.rng["cuda"])
         if self.world.is_main:
             metrics.truncate_after(ck.step)
         log.info("resumed from %s (step %d)", path, ck.step)
@@ -547,7 +549,3 @@ def install_sigint_handler(trainer: Trainer) -> None:
         log.warning("stop requested: saving a checkpoint after this step (Ctrl-C again to abort)")
 
     signal.signal(signal.SIGINT, handler)
-
-
-def train(cfg: TrainConfig, resume: bool | str = False, **kw) -> TrainResult:
-    return Trainer(cfg, **kw).run(resume=resume)

@@ -14,7 +14,7 @@ from .editor import Conditioning, Editor
 from .errors import InputError, NonFiniteError
 from .lora import LoraKeyReport, applied_loras
 from .runtime import ProgressFn, no_progress
-from .sampling import SAMPLERS, sample
+from .sampling import NUM_TRAIN_TIMESTEPS, SAMPLERS, sample
 from .video import Audio, ConformReport, conform_frames, trim_audio
 
 
@@ -73,6 +73,25 @@ def normalize_latents(vae: torch.nn.Module, z: torch.Tensor, inverse: bool = Fal
     mean = torch.tensor(vae.config.latents_mean, dtype=z.dtype, device=z.device).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std, dtype=z.dtype, device=z.device).view(1, -1, 1, 1, 1)
     return z * std + mean if inverse else (z - mean) / std
+
+
+def dit_velocity(dit: torch.nn.Module, x: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor | float,
+                 text: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The editor's DiT call, the one place for it (inference, Edit-GRPO, pretraining): noise latents `x` and
+    source latents channel-concatenated (VIVA / Lucy-Edit), Wan's timestep sigma * 1000, velocity out in fp32.
+    `x` and `source` broadcast over the batch of `text` [B, L, D] (CFG's cond + negative rows share one x);
+    `sigma` is a scalar or [B]; `dtype` casts the input (None: as given, e.g. under autocast)."""
+    dev, b = text.device, max(x.shape[0], source.shape[0], text.shape[0])
+    inp = torch.cat([x.to(dev).expand(b, *x.shape[1:]), source.to(dev).expand(b, *source.shape[1:])], dim=1)
+    t = (torch.as_tensor(sigma, dtype=torch.float32, device=dev) * NUM_TRAIN_TIMESTEPS).reshape(-1).expand(b)
+    out = dit(hidden_states=inp if dtype is None else inp.to(dtype), timestep=t, encoder_hidden_states=text,
+              return_dict=False)[0]
+    return out.float()
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: uncond + scale (cond - uncond)."""
+    return uncond + scale * (cond - uncond)
 
 
 def encode_frames(editor: Editor, frames: torch.Tensor) -> torch.Tensor:
@@ -134,12 +153,9 @@ def edit(
         src = source.to(dev)
 
         def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
-            inp = torch.cat([x.to(dev), src], dim=1).to(editor.dtype)
-            batch = inp.expand(text.shape[0], -1, -1, -1, -1)
-            t = torch.full((text.shape[0],), sigma * 1000.0, device=dev)
             with torch.no_grad():
-                out = dit(hidden_states=batch, timestep=t, encoder_hidden_states=text, return_dict=False)[0].float()
-            return out[1:] + settings.cfg * (out[:1] - out[1:]) if use_cfg else out
+                out = dit_velocity(dit, x, src, sigma, text, editor.dtype)
+            return guide(out[:1], out[1:], settings.cfg) if use_cfg else out
 
         latents = sample(velocity, noise.to(dev), src, steps=settings.steps, shift=settings.shift,
                          strength=settings.strength, sampler=settings.sampler, progress=progress)

@@ -637,7 +637,7 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
     from diffusers import AutoencoderKLWan
 
     from ..editor import EDITOR_INFO_FILE
-    from ..sampling import NUM_TRAIN_TIMESTEPS
+    from ..pipeline import dit_velocity
     from . import losses as L
 
     sec, out, device = cfg.editor, Path(cfg.output_dir), parse_device(cfg.device)
@@ -685,8 +685,7 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
             sigma = L.sample_sigmas(batch, gen, shift=sec.sigma_shift)
             noise = torch.randn(data.target[idx].shape, generator=gen, device=device)
             x_t, v_target = L.flow_matching_pair(data.target[idx], noise, sigma)
-            v = model(hidden_states=torch.cat([x_t, data.source[idx]], dim=1), timestep=sigma * NUM_TRAIN_TIMESTEPS,
-                      encoder_hidden_states=cond, return_dict=False)[0].float()
+            v = dit_velocity(model, x_t, data.source[idx], sigma, cond)
         loss = L.masked_fm_loss(v, v_target, data.masks[idx], sec.mask_weight)
         plain = L.masked_fm_loss(v.detach(), v_target, None, 0.0)
         return {"loss": loss, "loss_fm": plain}

@@ -20,7 +20,7 @@ import torch
 from ..data import EditRecord, TensorCache, file_identity, load_manifest, load_sample, model_identity
 from ..editor import Conditioning, EditorOptions, load_editor
 from ..errors import InputError, NonFiniteError
-from ..pipeline import decode_latents, encode_frames, pad_tokens, unconditional
+from ..pipeline import decode_latents, dit_velocity, encode_frames, guide, pad_tokens, unconditional
 from ..runtime import ProgressFn, no_progress
 from ..sampling import sde_step_with_logprob, shifted_sigmas
 from . import losses as L
@@ -226,9 +226,7 @@ class Trainer:
 
     def _velocity(self, model, x: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor | float,
                   text: torch.Tensor) -> torch.Tensor:
-        inp = torch.cat([x.to(self.device), source.to(self.device)], dim=1).to(self.editor.dtype)
-        t = (torch.as_tensor(sigma, dtype=torch.float32, device=self.device) * 1000.0).reshape(-1).expand(x.shape[0])
-        return model(hidden_states=inp, timestep=t, encoder_hidden_states=text, return_dict=False)[0].float()
+        return dit_velocity(model, x, source, sigma, text.to(self.device), self.editor.dtype)
 
     def _policy_velocity(self, model, x: torch.Tensor, source: torch.Tensor, sigma: float,
                          text: torch.Tensor) -> torch.Tensor:
@@ -243,8 +241,7 @@ class Trainer:
         text, neg = pad_tokens(text, width), pad_tokens(self._negative, width)
         both = self._velocity(model, torch.cat([x, x]), source.expand(b, -1, -1, -1, -1).repeat(2, 1, 1, 1, 1),
                               sigma, torch.cat([text.expand(b, -1, -1), neg.expand(b, -1, -1)]))
-        cond, uncond = both[:b], both[b:]
-        return uncond + guidance * (cond - uncond)
+        return guide(both[:b], both[b:], guidance)
 
     # ------------------------------------------------------------------ schedule
     def _lr(self, step: int) -> float:

@@ -253,3 +253,15 @@ def test_vae_levels_give_the_stated_latent_grid() -> None:
             assert vae.encode(x).latent_dist.mode().shape == (1, 16, 3, side, side)
     with pytest.raises(InputError, match="vae.spatial"):
         S.load_scratch_config(None, ["data.manifest=x.jsonl", "vae.spatial=2"])
+
+
+def test_unknown_words_of_the_bundled_text_encoder_are_named(caplog) -> None:
+    """The README's headline instruction is outside the bundled vocabulary: say which words become <unk>."""
+    from viva_core.editor import EditorOptions, load_editor, unknown_words
+
+    editor = load_editor(bundled.path(bundled.EDITOR), options=EditorOptions(dtype="fp32", device="cpu"))
+    assert unknown_words(editor.tokenizer, "Replace the dog with a fox.") == ["dog", "fox"]
+    assert unknown_words(editor.tokenizer, "Invert the colours.") == []
+    with caplog.at_level("WARNING"):
+        editor.encode_text("replace the dog with a fox")
+    assert "'dog', 'fox'" in caplog.text and "<unk>" in caplog.text

@@ -154,6 +154,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
         if args.vlm_dtype == "bf16" and not _cuda():
             args.vlm_dtype = "fp32"
 
+    if args.source == bundled.EXAMPLE_ALIAS:  # as `viva edit example` accepts it
+        args.source = bundled.path(bundled.EXAMPLE)
     src = read_video(args.source, max_frames=args.max_frames, with_audio=False)
     out = read_video(args.edited, max_frames=args.max_frames, with_audio=False)
     judge = load_judge_from_args(args)
@@ -333,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_edit)
 
     j = sub.add_parser("judge", help="score an edit with the self-reflection judge (P(Yes) per question)")
-    j.add_argument("source")
+    j.add_argument("source", help="source video file ('example': the bundled example clip)")
     j.add_argument("edited")
     j.add_argument("instruction")
     j.add_argument("--judge", help="VLM folder (default: the bundled small judge)")
@@ -409,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=64, help="frame side in pixels (square)")
     s.add_argument("--fps", type=float, default=8.0, help="frame rate written into mp4 files")
     s.add_argument("--format", default="mp4", choices=["mp4", "npz"],
-                   help="mp4: video files (lossy h264); npz: exact uint8 arrays in one file per clip, ~10x faster to write and read (train, eval and pretrain read both)")
+                   help="mp4: video files (lossy h264); npz: exact uint8 arrays in one file per clip, ~8x faster to write and read (train, eval and pretrain read both)")
     s.add_argument("--categories", help="comma list of basic,hybrid,temporal,causal,spatial,commonsense (default all)")
     s.add_argument("--ops", help="comma list of operations to allow (default all), e.g. recolour,remove,time_shift")
     s.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,heldout fractions")

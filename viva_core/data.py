@@ -297,7 +297,7 @@ def load_manifest(path: PathLike, *, check_videos: bool = True, max_frames: int 
     if not manifest.is_file():
         what = "is a folder, not a manifest file" if manifest.is_dir() else "not found"
         raise ManifestError(manifest, [(0, f"{what}. Pass the .jsonl manifest (build one from a folder of videos "
-                                           "with dataset_from_folder).")])
+                                           "with viva_core.data.dataset_from_folder, or the VIVA Dataset From Folder node).")])
     try:
         text = manifest.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

@@ -153,11 +153,26 @@ class Editor:
         tok = self.tokenizer(
             [prompt], padding="max_length", max_length=self.max_text_tokens, truncation=True,
             add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        unknown = unknown_words(self.tokenizer, prompt)
+        if unknown:
+            log.warning("%s: the text encoder does not know %s (each becomes <unk>, so the edit cannot follow it); "
+                        "this model knows %d words.", self.name, ", ".join(repr(w) for w in unknown),
+                        len(self.tokenizer))
         n = int(tok.attention_mask.sum())
         with self.on_device(self.text_encoder) as te:
             dev = next(te.parameters()).device
             out = te(tok.input_ids.to(dev), tok.attention_mask.to(dev)).last_hidden_state
         return Conditioning(out[:, :n].float().cpu(), f"text: {prompt!r}")
+
+
+def unknown_words(tokenizer, text: str) -> list[str]:
+    """Words of `text` the tokenizer can only map to its unknown token (the bundled word-level tokenizer knows the
+    synthetic world's vocabulary only; sentencepiece UMT5 knows nearly everything), in order, once each."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or unk not in tokenizer(text, add_special_tokens=False).input_ids:
+        return []
+    words = dict.fromkeys(w.strip(".,;:!?\"'()") for w in text.split())
+    return [w for w in words if w and unk in tokenizer(w, add_special_tokens=False).input_ids]
 
 
 # ---- loading --------------------------------------------------------------------------------------------------

@@ -158,3 +158,39 @@ def test_tokenizer_without_single_token_yes_refused():
     with pytest.raises(ModelLoadError, match="single-token"):
         Judge(fake)
 
+
+
+def test_difference_frames_formula_and_resize():
+    from viva_core.judge import difference_frames
+
+    g = torch.Generator().manual_seed(3)
+    src, edit = torch.rand(3, 8, 8, 3, generator=g), torch.rand(3, 8, 8, 3, generator=g)
+    want = torch.clamp(4.0 * (edit - src).abs(), 0, 1)
+    torch.testing.assert_close(difference_frames(src, edit), want, rtol=0, atol=0)
+    assert float(difference_frames(src, src).abs().max()) == 0.0  # unchanged -> black
+    big = edit.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # the same frames at 16x16
+    assert difference_frames(src, big).shape == (3, 8, 8, 3)
+    assert difference_frames(src[:2], edit).shape[0] == 2  # the shorter video sets T
+
+
+def test_judge_shows_difference_frames_when_its_folder_says_so(vlm, videos, tmp_path):
+    """viva_judge.json (what `viva pretrain judge` writes) switches the difference frames on; they are extra images
+    in every question, so the prompt is longer and the scores differ from the plain judge."""
+    import shutil
+
+    from viva_core.judge import JUDGE_INFO_FILE
+
+    folder = tmp_path / "judge"
+    shutil.copytree(vlm.path, folder)
+    (folder / JUDGE_INFO_FILE).write_text(json.dumps({"difference_frames": True}))
+    with_diff = Judge(load_vlm(folder, dtype="fp32", device="cpu"))
+    assert with_diff.difference and not Judge(vlm).difference
+    src, edit = videos
+    plain = Judge(vlm).score(src, edit, "make it blue", num_frames=2).scores
+    shown = with_diff.score(src, edit, "make it blue", num_frames=2).scores
+    assert plain.keys() == shown.keys() and any(abs(plain[d] - shown[d]) > 1e-6 for d in plain)
+    chat = Judge.messages([None], [None], "q?", [None, None])
+    assert sum(part["type"] == "image" for part in chat[0]["content"]) == 4
+    (folder / JUDGE_INFO_FILE).write_text("[1, 2]")
+    with pytest.raises(ModelLoadError, match=JUDGE_INFO_FILE):
+        Judge(load_vlm(folder, dtype="fp32", device="cpu"))

@@ -131,7 +131,9 @@ def test_stages_write_models_the_normal_loaders_use(synth_npz, tmp_path) -> None
     assert out.shape == (9, 64, 64, 3) and torch.isfinite(out).all()
 
     judge_dir = S.run_stage(_cfg("judge", tmp_path / "judge", manifest, **{"judge.vlm.hidden": 32}))
-    verdict = Judge(load_vlm(judge_dir, dtype="fp32", device="cpu")).score(frames, out, "make it blue")
+    judge = Judge(load_vlm(judge_dir, dtype="fp32", device="cpu"))
+    assert judge.difference  # trained with difference frames (the default), and its folder says so
+    verdict = judge.score(frames, out, "make it blue")
     assert all(0 <= v <= 1 for v in verdict.scores.values())
 
 

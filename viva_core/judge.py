@@ -8,6 +8,10 @@ and one question, and must answer Yes or No. The score is the probability of "Ye
 
 where Yes/No are the single-token spellings "Yes", " Yes", "yes" / "No", " No", "no" the tokenizer has.
 `yes_probability` is that formula alone; it is differentiable, so a trainer can use it as a reward.
+
+Optionally (`difference=True`, or a judge folder whose `viva_judge.json` says `"difference_frames": true`, as
+`viva pretrain judge` writes) the VLM also sees |edited - source| frames: a small judge learns from them what it
+cannot learn from the two videos side by side (docs/small_models.md, section 5).
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 from PIL import Image
+
+from pathlib import Path
 
 from .errors import InputError, ModelLoadError, NonFiniteError
 from .video import uniform_frame_indices
@@ -43,6 +49,8 @@ QUESTIONS: tuple[Dimension, ...] = (
               "Does the edited video look realistic, like a real recorded video?"),
 )
 DIMENSIONS = tuple(d.code for d in QUESTIONS)  # ("EA", "PC", "GN", "GR")
+JUDGE_INFO_FILE = "viva_judge.json"  # in a judge's VLM folder: how it was trained to see edits
+DIFFERENCE_GAIN = 4.0  # |edited - source| x 4: a change of a quarter of the range shows as white
 
 YES_VARIANTS = ("Yes", " Yes", "yes")
 NO_VARIANTS = ("No", " No", "no")
@@ -97,6 +105,38 @@ def yes_no_token_ids(tokenizer) -> tuple[list[int], list[int]]:
     return single(YES_VARIANTS, "yes"), single(NO_VARIANTS, "no")
 
 
+def difference_frames(source: torch.Tensor, edited: torch.Tensor, gain: float = DIFFERENCE_GAIN) -> torch.Tensor:
+    """Frame by frame |edited - source| x gain in 0..1 [T,H,W,3]: bright where the edit changed the video, black where
+    it kept it. `edited` is resized to the source's size when they differ; T is the shorter of the two."""
+    t = min(source.shape[0], edited.shape[0])
+    src, edit = source[:t, ..., :3].float(), edited[:t, ..., :3].float()
+    if edit.shape[1:3] != src.shape[1:3]:
+        edit = torch.nn.functional.interpolate(edit.permute(0, 3, 1, 2), size=src.shape[1:3], mode="bilinear",
+                                               align_corners=False).permute(0, 2, 3, 1)
+    return ((edit - src).abs() * gain).clamp(0, 1)
+
+
+def difference_images(source: torch.Tensor, edited: torch.Tensor, num_frames: int,
+                      max_side: int | None = None) -> list[Image.Image]:
+    """The difference frames a judge sees, at the moments of the source and edited frames it is shown (the judge
+    trainer builds its inputs with this too)."""
+    k = min(len(uniform_frame_indices(source.shape[0], num_frames)), len(uniform_frame_indices(edited.shape[0],
+                                                                                              num_frames)))
+    pairs = zip(uniform_frame_indices(source.shape[0], k), uniform_frame_indices(edited.shape[0], k))
+    return [to_pil_image(difference_frames(source[i:i + 1], edited[j:j + 1])[0], max_side=max_side) for i, j in pairs]
+
+
+def reads_difference_frames(vlm_path: str | Path) -> bool:
+    """Whether the judge folder says it was trained with difference frames (`viva_judge.json`)."""
+    info = Path(vlm_path) / JUDGE_INFO_FILE
+    if not info.is_file():
+        return False
+    try:
+        return bool(json.loads(info.read_text(encoding="utf-8")).get("difference_frames", False))
+    except (ValueError, AttributeError) as e:
+        raise ModelLoadError(f"{info}: not a JSON object ({e}); rewrite it or delete it.") from e
+
+
 def _as_video(frames: torch.Tensor, what: str) -> torch.Tensor:
     if isinstance(frames, Image.Image) or not isinstance(frames, torch.Tensor):
         raise InputError(f"{what}: expected frames as a tensor [T,H,W,C] float 0..1, got {type(frames).__name__}.")
@@ -112,10 +152,13 @@ class Judge:
 
     `max_side` shrinks frames (longest side, pixels) before the processor sees them, which bounds the
     number of visual tokens; `batch_questions` runs the four questions as one left-padded batch (same
-    scores as one at a time, more memory)."""
+    scores as one at a time, more memory); `difference` also shows |edited - source| frames (None: what the
+    judge folder's viva_judge.json says, else off)."""
 
-    def __init__(self, vlm: VLM, *, max_side: int | None = 448, batch_questions: bool = True):
+    def __init__(self, vlm: VLM, *, max_side: int | None = 448, batch_questions: bool = True,
+                 difference: bool | None = None):
         self.vlm = vlm
+        self.difference = reads_difference_frames(vlm.path) if difference is None else difference
         self.max_side = max_side
         self.batch_questions = batch_questions
         self.yes_ids, self.no_ids = yes_no_token_ids(vlm.tokenizer)
@@ -129,15 +172,21 @@ class Judge:
         return [to_pil_image(frames[i], max_side=self.max_side)
                 for i in uniform_frame_indices(frames.shape[0], num_frames)]
 
+
     @staticmethod
-    def messages(source: list[Image.Image], edited: list[Image.Image], text: str) -> list[dict]:
-        """One user turn: labelled source frames, labelled edited frames, then `text` (question or request)."""
+    def messages(source: list[Image.Image], edited: list[Image.Image], text: str,
+                 difference: Sequence[Image.Image] = ()) -> list[dict]:
+        """One user turn: labelled source frames, labelled edited frames, [difference frames,] then `text`."""
         content: list[dict] = [{"type": "text", "text": "Source video, before the edit (frames in time order):\n"}]
         for i, img in enumerate(source):
             content += [{"type": "text", "text": f"Source frame {i + 1}: "}, {"type": "image", "image": img}]
         content.append({"type": "text", "text": "\nEdited video, after the edit (frames in time order):\n"})
         for i, img in enumerate(edited):
             content += [{"type": "text", "text": f"Edited frame {i + 1}: "}, {"type": "image", "image": img}]
+        if difference:
+            content.append({"type": "text", "text": "\nDifference, edited minus source (bright = changed):\n"})
+            for i, img in enumerate(difference):
+                content += [{"type": "text", "text": f"Difference frame {i + 1}: "}, {"type": "image", "image": img}]
         content.append({"type": "text", "text": "\n" + text})
         return [{"role": "user", "content": content}]
 
@@ -148,10 +197,10 @@ class Judge:
 
     # ------------------------------------------------------------------------------------------ scoring
     def yes_probabilities(self, source_images: list[Image.Image], edited_images: list[Image.Image],
-                          instruction: str) -> dict[str, torch.Tensor]:
+                          instruction: str, difference_images: Sequence[Image.Image] = ()) -> dict[str, torch.Tensor]:
         """P(Yes) per dimension as 0-d fp32 tensors, under the caller's grad mode."""
-        conversations = [self.messages(source_images, edited_images, self.question_text(d, instruction))
-                         for d in DIMENSIONS]
+        conversations = [self.messages(source_images, edited_images, self.question_text(d, instruction),
+                                       difference_images) for d in DIMENSIONS]
         groups = [conversations] if self.batch_questions else [[c] for c in conversations]
         probs: list[torch.Tensor] = []
         for group in groups:
@@ -172,7 +221,8 @@ class Judge:
         source, edited = _as_video(source, "source"), _as_video(edited, "edited")
         instruction = instruction.strip()
         src_imgs, edit_imgs = self._frames(source, num_frames), self._frames(edited, num_frames)
-        probs = self.yes_probabilities(src_imgs, edit_imgs, instruction)
+        diff_imgs = difference_images(source, edited, num_frames, self.max_side) if self.difference else []
+        probs = self.yes_probabilities(src_imgs, edit_imgs, instruction, diff_imgs)
         scores = {d: float(p) for d, p in probs.items()}
         for d, s in scores.items():
             if not math.isfinite(s):
@@ -181,7 +231,7 @@ class Judge:
         text = None
         if rationale:
             text = generate_text(self.vlm, self.messages(src_imgs, edit_imgs,
-                                                         RATIONALE_PROMPT.format(instruction=instruction)),
+                                                         RATIONALE_PROMPT.format(instruction=instruction), diff_imgs),
                                  max_new_tokens=max_rationale_tokens)
         return JudgeResult(scores=scores, overall=sum(scores.values()) / len(scores), rationale=text,
                            num_frames=max(len(src_imgs), len(edit_imgs)), instruction=instruction)

@@ -113,6 +113,7 @@ class JudgeSection:
     vlm: VLMSection = field(default_factory=VLMSection)
     frames: int = 4  # frames of each video the judge sees (as at inference)
     threshold: float = 0.5  # verifier score >= threshold -> "Yes"
+    difference: bool = True  # also show |edited - source| frames (written to viva_judge.json; docs/small_models.md)
 
 
 @dataclass
@@ -250,7 +251,7 @@ def prompt_texts(records: Sequence[dict]) -> list[str]:
              "assistant. yes no", *(q.question for q in QUESTIONS)]
     fixed += [part["text"] for m in Instructor.messages("x", None, None) for part in
               (m["content"] if isinstance(m["content"], list) else []) if part.get("type") == "text"]
-    fixed += [part["text"] for m in Judge.messages([None] * 9, [None] * 9, "answer yes or no.")
+    fixed += [part["text"] for m in Judge.messages([None] * 9, [None] * 9, "answer yes or no.", [None] * 9)
               for part in m["content"] if part.get("type") == "text"]
     texts = [r.get(k, "") or "" for r in records for k in ("instruction", "source_caption", "target_caption")]
     return fixed + texts
@@ -766,7 +767,7 @@ class _JudgeData(torch.utils.data.Dataset):
         return c, src, cand, scores, kind
 
     def __getitem__(self, i: int):
-        from ..judge import DIMENSIONS, Judge
+        from ..judge import DIMENSIONS, Judge, difference_images
         from ..video import uniform_frame_indices
         from ..vlm import to_pil_image
 
@@ -775,11 +776,12 @@ class _JudgeData(torch.utils.data.Dataset):
         picks = uniform_frame_indices(src.shape[0], self.sec.frames)
         s_img = [to_pil_image(src[k]) for k in picks]
         e_img = [to_pil_image(cand[k]) for k in picks]
+        d_img = difference_images(src, cand, self.sec.frames) if self.sec.difference else []
         chats, labels = [], []
         for d in DIMENSIONS:
             if scores[d] is None:
                 continue
-            chats.append(Judge.messages(s_img, e_img, Judge.question_text(d, instruction)))
+            chats.append(Judge.messages(s_img, e_img, Judge.question_text(d, instruction), d_img))
             labels.append(float(scores[d] >= self.sec.threshold))
         return chats, labels
 
@@ -795,7 +797,7 @@ def _collate_judge(processor):
 
 
 def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
-    from ..judge import yes_no_token_ids
+    from ..judge import JUDGE_INFO_FILE, yes_no_token_ids
     from ..vlm import forward, load_vlm
 
     sec, out, device = cfg.judge, Path(cfg.output_dir), parse_device(cfg.device)
@@ -823,6 +825,8 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
 
     summary = _loop(cfg, list(vlm.model.parameters()), step, out, progress, "judge")
     save_small(vlm.model.eval(), folder)
+    _write_json(folder / JUDGE_INFO_FILE, {"difference_frames": sec.difference, "frames": sec.frames,
+                                           "trained_by": "viva pretrain judge"})
     _write_json(out / "judge_summary.json", {"config": dataclasses.asdict(cfg), "result": summary})
     log.info("judge: %s", summary)
     return folder

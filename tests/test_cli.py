@@ -136,3 +136,13 @@ def test_parse_lora_arg():
     assert parse_lora_arg("a.safetensors:0.5") == ("a.safetensors", 0.5)
     assert parse_lora_arg("a.safetensors") == ("a.safetensors", 1.0)
     assert parse_lora_arg("C:\\loras\\a.safetensors") == ("C:\\loras\\a.safetensors", 1.0)
+
+
+def test_cli_help_does_not_import_torch():
+    """`viva --help` answers at once: the CLI module imports torch (1-9 s) only inside the commands."""
+    import subprocess
+    import sys
+
+    code = "import sys, viva_core.cli as c; assert 'torch' not in sys.modules, 'torch imported at start'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import InputError, VivaError
-from .runtime import available_memory_bytes
 
 
 def _tqdm_progress(desc: str):
@@ -102,6 +101,7 @@ def _cuda() -> bool:
 def cmd_edit(args: argparse.Namespace) -> int:
     from .conditioning import build_conditioning, negative_conditioning
     from .pipeline import EditSettings, edit
+    from .runtime import available_memory_bytes
     from .video import read_image, read_video, write_video
 
     use_bundled_models(args)

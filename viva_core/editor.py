@@ -430,6 +430,18 @@ _BACKEND_NAMES = {"sdpa": "native", "sdpa_cudnn": "_native_cudnn", "sdpa_flash":
                   "sdpa_efficient": "_native_efficient", "flash": "flash", "sage": "sage"}
 
 
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Drop one library logger's warnings for the duration (its level restored after)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def configure_dit(t: torch.nn.Module, o: EditorOptions, compute_dtype: torch.dtype) -> None:
     """Attention backend and fp8 weight storage: the DiT options that do not depend on placement."""
     if o.attention not in available_attention_backends():
@@ -437,7 +449,8 @@ def configure_dit(t: torch.nn.Module, o: EditorOptions, compute_dtype: torch.dty
                          f"{available_attention_backends()}); install its package or pick sdpa.")
     # Always set it: diffusers also switches a process-wide default, which a model left unset would inherit
     # from the last editor loaded with another backend (seen on the GPU: flex leaking into the next editor).
-    t.set_attention_backend(_BACKEND_NAMES[o.attention])
+    with _quiet("diffusers.models.modeling_utils"):  # its "experimental feature" warning on every load
+        t.set_attention_backend(_BACKEND_NAMES[o.attention])
     if o.fp8_storage:
         if not hasattr(torch, "float8_e4m3fn"):
             raise InputError("fp8 weight storage needs torch >= 2.1 with float8 types.")

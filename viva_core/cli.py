@@ -12,16 +12,19 @@ from .errors import InputError, VivaError
 
 
 def _tqdm_progress(desc: str):
+    """A ProgressFn drawing a tqdm bar, opened at the first report (when the total is known: no '0step' line)."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc=desc, unit="step", leave=False)
+    bars: list = []
 
     def progress(done: int, total: int, preview=None) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(desc=desc, unit="step", leave=False, total=total))
+        bars[0].total = total
+        bars[0].n = done
+        bars[0].refresh()
 
-    progress.close = bar.close  # type: ignore[attr-defined]
+    progress.close = lambda: bars and bars[0].close()  # type: ignore[attr-defined]
     return progress
 
 

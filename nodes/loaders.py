@@ -13,7 +13,7 @@ from ..viva_core.lora import check_lora_fits
 from ..viva_core.vlm import load_vlm
 from . import common as c
 
-DTYPES = ["bf16", "fp16", "fp32"]
+DTYPES = ["auto", "bf16", "fp16", "fp32"]  # auto: bf16 on a GPU, fp32 on a CPU
 FOLDER_TAG, FILE_TAG = "folder: ", "file: "
 
 
@@ -62,8 +62,9 @@ class LoadEditor(io.ComfyNode):
                 io.Combo.Input("text_encoder", options=[c.FROM_EDITOR] + c.text_encoder_folders(),
                                tooltip="UMT5 folder (transformers format) under models/text_encoders. Without one, "
                                        "connect CONDITIONING from CLIP Text Encode to the Encode Instruction node."),
-                io.Combo.Input("dtype", options=DTYPES, default="bf16",
-                               tooltip="Compute dtype of the DiT. Wan needs bf16 or fp32 (fp16 overflows)."),
+                io.Combo.Input("dtype", options=DTYPES, default="auto",
+                               tooltip="Compute dtype of the DiT. auto: bf16 on a GPU, fp32 on a CPU (bf16 is slow "
+                                       "there). Wan needs bf16 or fp32 (fp16 overflows)."),
                 io.Boolean.Input("fp8_storage", default=False,
                                  tooltip="Store DiT weights in fp8 (half the VRAM of bf16), compute in dtype."),
                 io.Combo.Input("offload", options=list(OFFLOAD_MODES), default="none",
@@ -107,8 +108,8 @@ class LoadVLM(io.ComfyNode):
             inputs=[
                 io.Combo.Input("model", options=c.vlm_folders() or [c.NONE],
                                tooltip="A transformers folder under models/vlm (sub-folders are scanned)."),
-                io.Combo.Input("dtype", options=DTYPES, default="bf16", tooltip="bf16 on GPU; fp32 on CPU. fp16 can "
-                               "give non-finite judge scores."),
+                io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip="auto: bf16 on a GPU, fp32 on a CPU. "
+                               "fp16 can give non-finite judge scores."),
             ],
             outputs=[c.VLM.Output("vlm", display_name="vlm",
                                   tooltip="For Encode Instruction (instructor/rewrite), Judge and Best-of-N.")],

@@ -181,3 +181,15 @@ def test_bad_frames_and_conditioning(editor_dir):
         edit(ed, bad, cond)
     with pytest.raises(InputError, match="text_dim"):
         cond.concat(Conditioning(torch.zeros(1, 3, 32)))
+
+
+def test_auto_dtype_is_fp32_on_cpu_and_bf16_on_cuda(editor_dir):
+    """The loader nodes default to "auto": bf16 matmuls are slow on CPUs (246 s vs 146 s for one ComfyUI graph)."""
+    from viva_core.runtime import parse_dtype
+
+    assert parse_dtype("auto", "cpu") == torch.float32
+    assert parse_dtype("auto", "cuda") == torch.bfloat16  # the dtype for that device, whether or not it is here
+    editor = load_editor(str(editor_dir), options=EditorOptions(dtype="auto", device="cpu"))
+    assert editor.dtype == torch.float32 and next(editor.transformer.parameters()).dtype == torch.float32
+    with pytest.raises(InputError, match="auto"):
+        parse_dtype("half-ish")

@@ -187,7 +187,8 @@ def load_editor(
 ) -> Editor:
     """Load an editor from a diffusers folder, or from single files (+ an optional UMT5 folder)."""
     _check_options(options)
-    dtype, device = parse_dtype(options.dtype), parse_device(options.device)
+    device = parse_device(options.device)
+    dtype = parse_dtype(options.dtype, device)
     if folder is not None:
         root = Path(folder)
         if not root.is_dir():

@@ -183,8 +183,8 @@ def _looks_like_vlm(folder: Path, filenames: Sequence[str]) -> bool:
 def load_vlm(path: str | os.PathLike, *, dtype: str | torch.dtype = "bf16", device: str | torch.device = "auto") -> VLM:
     """Load a VLM folder (local files only, safetensors only) frozen in eval mode on `device`."""
     folder = check_vlm_folder(path)
-    torch_dtype = parse_dtype(dtype)
     dev = parse_device(device)
+    torch_dtype = parse_dtype(dtype, dev)
     from transformers import AutoModelForImageTextToText
 
     try:

@@ -91,7 +91,7 @@ def resolve_dir(folder: str, name: str) -> str:
         candidate = os.path.realpath(os.path.join(base, name))
         if os.path.commonpath([candidate, os.path.realpath(base)]) == os.path.realpath(base) and os.path.isdir(candidate):
             return candidate
-    raise InputError(f"'{name}' is not a folder inside ComfyUI's models/{folder} folders "
+    raise InputError(f"'{name}' is not a folder inside the {folder} model folders "
                      f"({folder_paths.get_folder_paths(folder)}); put the model there and refresh.")
 
 

@@ -146,3 +146,14 @@ def test_cli_help_does_not_import_torch():
     code = "import sys, viva_core.cli as c; assert 'torch' not in sys.modules, 'torch imported at start'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_readme_node_table_uses_the_ui_names():
+    """The README's node table names each node as the ComfyUI menu shows it (display_name in nodes/)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    shown = set(re.findall(r'display_name="(VIVA[^"]*)"', "".join(p.read_text() for p in (root / "nodes").glob("*.py"))))
+    table = set(re.findall(r"^\| (VIVA [^|]*?) \|", (root / "README.md").read_text(), flags=re.M))
+    assert shown and table == shown, (sorted(table - shown), sorted(shown - table))

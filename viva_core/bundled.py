@@ -18,7 +18,7 @@ INSTRUCTOR = ROOT / "vlm" / "viva-small-instructor"
 JUDGE = ROOT / "vlm" / "viva-small-judge"
 REFINER = ROOT / "refiners" / "viva-small-refiner.safetensors"
 EXAMPLE = ROOT / "examples" / "shapes.mp4"
-EXAMPLE_ALIAS = "example"  # what `viva edit` accepts in place of a source path
+EXAMPLE_ALIAS = "example"  # what `viva edit` and `viva judge` accept in place of a source path
 
 
 def path(p: Path) -> str:
@@ -27,3 +27,8 @@ def path(p: Path) -> str:
         raise ModelLoadError(f"{p}: the bundled small model is missing from this installation. Reinstall the "
                              "package from the repository (`pip install -e .`), or name your own model.")
     return str(p)
+
+
+def source_path(name: str) -> str:
+    """A source video argument: the bundled example clip for EXAMPLE_ALIAS, else the name unchanged."""
+    return path(EXAMPLE) if name == EXAMPLE_ALIAS else name

@@ -80,8 +80,7 @@ def use_bundled_models(args: argparse.Namespace) -> None:
     --judge is given as 'bundled')."""
     from . import bundled
 
-    if args.source == bundled.EXAMPLE_ALIAS:
-        args.source = bundled.path(bundled.EXAMPLE)
+    args.source = bundled.source_path(args.source)
     if getattr(args, "judge", None) == "bundled":
         args.judge = bundled.path(bundled.JUDGE)
     if args.editor:
@@ -157,8 +156,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
         if args.vlm_dtype == "bf16" and not _cuda():
             args.vlm_dtype = "fp32"
 
-    if args.source == bundled.EXAMPLE_ALIAS:  # as `viva edit example` accepts it
-        args.source = bundled.path(bundled.EXAMPLE)
+    args.source = bundled.source_path(args.source)
     src = read_video(args.source, max_frames=args.max_frames, with_audio=False)
     out = read_video(args.edited, max_frames=args.max_frames, with_audio=False)
     judge = load_judge_from_args(args)

@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import torch
 from PIL import Image
-
-from pathlib import Path
 
 from .errors import InputError, ModelLoadError, NonFiniteError
 from .video import uniform_frame_indices
@@ -120,8 +119,7 @@ def difference_images(source: torch.Tensor, edited: torch.Tensor, num_frames: in
                       max_side: int | None = None) -> list[Image.Image]:
     """The difference frames a judge sees, at the moments of the source and edited frames it is shown (the judge
     trainer builds its inputs with this too)."""
-    k = min(len(uniform_frame_indices(source.shape[0], num_frames)), len(uniform_frame_indices(edited.shape[0],
-                                                                                              num_frames)))
+    k = min(num_frames, source.shape[0], edited.shape[0])  # as many as the shorter video shows
     pairs = zip(uniform_frame_indices(source.shape[0], k), uniform_frame_indices(edited.shape[0], k))
     return [to_pil_image(difference_frames(source[i:i + 1], edited[j:j + 1])[0], max_side=max_side) for i, j in pairs]
 
@@ -171,7 +169,6 @@ class Judge:
     def _frames(self, frames: torch.Tensor, num_frames: int) -> list[Image.Image]:
         return [to_pil_image(frames[i], max_side=self.max_side)
                 for i in uniform_frame_indices(frames.shape[0], num_frames)]
-
 
     @staticmethod
     def messages(source: list[Image.Image], edited: list[Image.Image], text: str,

@@ -622,12 +622,13 @@ def prepare_editor_data(clips: ClipSet, vae, text_tok, sec: EditorSection, devic
     masks = latent_masks(clips.mask, tuple(source.shape[2:]), int(vae.config.scale_factor_temporal)).to(device)
     texts = [r["instruction"] for r in clips.records] + [""]
     tok = text_tok(texts, padding="max_length", max_length=sec.max_text_tokens, truncation=True, return_tensors="pt")
+    lengths = tok.attention_mask[:-1].sum(1)  # per clip: its text tokens (+ its instructor tokens below)
     chats = None
-    longest = int(tok.attention_mask[:-1].sum(1).max())
     if processor is not None:
         chats = prepare_instructor_inputs(clips, processor, workers)
-        longest = int((tok.attention_mask[:-1].sum(1) + chats["attention_mask"].sum(1)).max())
+        lengths = lengths + chats["attention_mask"].sum(1)
         chats = {k: v.to(device) for k, v in chats.items()}
+    longest = int(lengths.max())
     if longest > sec.max_text_tokens:
         raise InputError(f"a clip's text + instructor tokens number {longest}, more than editor.max_text_tokens="
                          f"{sec.max_text_tokens}; raise it to at least {longest}.")
@@ -684,8 +685,9 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
                 extra_len = torch.where(drop, torch.zeros_like(lengths), lengths)
             cond = conditioning_tokens(text_hidden, mask.sum(1), extra, extra_len, sec.max_text_tokens)
             sigma = L.sample_sigmas(batch, gen, shift=sec.sigma_shift)
-            noise = torch.randn(data.target[idx].shape, generator=gen, device=device)
-            x_t, v_target = L.flow_matching_pair(data.target[idx], noise, sigma)
+            x0 = data.target[idx]
+            noise = torch.randn(x0.shape, generator=gen, device=device)
+            x_t, v_target = L.flow_matching_pair(x0, noise, sigma)
             v = dit_velocity(model, x_t, data.source[idx], sigma, cond)
         loss = L.masked_fm_loss(v, v_target, data.masks[idx], sec.mask_weight)
         plain = L.masked_fm_loss(v.detach(), v_target, None, 0.0)

@@ -184,7 +184,8 @@ def test_bad_frames_and_conditioning(editor_dir):
 
 
 def test_auto_dtype_is_fp32_on_cpu_and_bf16_on_cuda(editor_dir):
-    """The loader nodes default to "auto": bf16 matmuls are slow on CPUs (246 s vs 146 s for one ComfyUI graph)."""
+    """The loader nodes default to "auto": bf16 matmuls are slow on CPUs (246 s vs 146 s for one ComfyUI graph,
+    measured for the ComfyUI issue)."""
     from viva_core.runtime import parse_dtype
 
     assert parse_dtype("auto", "cpu") == torch.float32

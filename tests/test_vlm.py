@@ -125,3 +125,48 @@ def test_find_vlm_folders(tiny_dir, tmp_path):
     assert find_vlm_folders(root) == sorted([str(root / "tiny-b"), str(root / "vlm" / "qwen" / "tiny-a")])
     assert find_vlm_folders(root, max_depth=1) == [str(root / "tiny-b")]
     assert find_vlm_folders(tmp_path / "missing") == []
+
+
+def _reference_chunked_attention(q, k, v, lengths, scale):
+    """Softmax attention written out per chunk: an independent reference for the packed kernel."""
+    outs, start = [], 0
+    for n in lengths:
+        qs, ks, vs = (t[0, :, start:start + n].double() for t in (q, k, v))
+        w = torch.softmax(qs @ ks.transpose(-1, -2) * scale, dim=-1)
+        outs.append((w @ vs).transpose(0, 1))  # [n, heads, D]
+        start += n
+    return torch.cat(outs)[None]
+
+
+@pytest.mark.parametrize("lengths", [[16, 16, 16], [16, 9, 23]])
+def test_packed_vision_attention_matches_per_chunk_softmax(lengths):
+    from viva_core.vision_attention import packed_sdpa
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, sum(lengths), 8, generator=g) for _ in range(3))
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    out, _ = packed_sdpa(None, q, k, v, None, cu_seq_lens_q=cu, scaling=8 ** -0.5)
+    assert out.shape == (1, sum(lengths), 2, 8)
+    ref = _reference_chunked_attention(q, k, v, lengths, 8 ** -0.5)
+    assert torch.allclose(out.double(), ref, atol=1e-6)
+    with pytest.raises(ValueError, match="packed vision attention"):
+        packed_sdpa(None, q, k, v, torch.ones(1), cu_seq_lens_q=cu)
+
+
+def test_vlm_vision_tower_runs_packed_and_equals_sdpa(tiny_dir, vlm):
+    """load_vlm switches the vision tower to one attention call per layer; logits equal transformers' SDPA path."""
+    from viva_core.vision_attention import NAME
+
+    assert vlm.model.config.vision_config._attn_implementation == NAME
+    g = torch.Generator().manual_seed(1)
+    images = [to_pil_image(torch.rand(56, 56, 3, generator=g)) for _ in range(3)]
+    odd = to_pil_image(torch.rand(28, 84, 3, generator=g))
+    for conversation in (_conversation(*images), _conversation(images[0], odd)):
+        inputs = build_inputs(vlm, conversation)
+        packed = vlm.model(**inputs).logits
+        vlm.model.config.vision_config._attn_implementation = "sdpa"
+        try:
+            plain = vlm.model(**inputs).logits
+        finally:
+            vlm.model.config.vision_config._attn_implementation = NAME
+        assert torch.allclose(packed, plain, atol=1e-5), (packed - plain).abs().max()

@@ -23,6 +23,7 @@ from PIL import Image
 from .errors import InputError, ModelLoadError
 from .runtime import parse_device, parse_dtype
 from .safe_io import PICKLE_SUFFIXES
+from .vision_attention import use_packed_vision_attention
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ def load_vlm(path: str | os.PathLike, *, dtype: str | torch.dtype = "bf16", devi
                              f"complete and that the installed transformers supports it.") from e
     model.requires_grad_(False)
     model.eval().to(dev)
+    use_packed_vision_attention(model)
     processor = _load_processor(folder)
     return VLM(model=model, processor=processor, path=str(folder), device=dev, dtype=torch_dtype)
 

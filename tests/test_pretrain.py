@@ -96,6 +96,41 @@ def test_judge_candidates_get_verifier_labels(synth_npz) -> None:
         S.corrupt("nope", src, tgt, tgt, rng)
 
 
+def test_judge_labels_fail_exactly_the_targeted_questions(synth_npz) -> None:
+    """Each corruption is a "No" on the questions it breaks and a "Yes" elsewhere; every question has negatives
+    that keep the other questions at "Yes" (so the judge must read that question); the one verifier-decided cell
+    (a shifted edit's EA) agrees with the EA verifier, and the chats carry the item's labels in question order."""
+    from viva_core.eval import edit_accuracy
+    from viva_core.judge import DIMENSIONS
+
+    table = S.CANDIDATE_LABELS
+    assert set(table) == set(S.CANDIDATES) and all(set(row) == set(DIMENSIONS) for row in table.values())
+    assert all(table["target"].values())
+    assert all(False in row.values() for kind, row in table.items() if kind != "target")
+    for d in DIMENSIONS:  # a corruption that fails d (alone or with PC) and passes the other questions
+        assert any(row[d] is False and all(row[e] is not False for e in DIMENSIONS if e not in (d, "PC"))
+                   for row in table.values()), d
+    clips = S.load_clip_set(synth_npz / "train.jsonl")
+    data = S._JudgeData(clips, S.JudgeSection(), seed=0, size=400)
+    seen = set()
+    for i in range(len(data)):
+        c, src, cand, labels, kind = data.example(i)
+        expected = dict(table[kind])
+        if expected["EA"] is None:
+            rec = clips.records[c]
+            ea, _ = edit_accuracy(src, cand, S.frames_float(clips.target[c]), clips.mask[c].bool(), rec.get("verify"),
+                                  rec.get("operation"))
+            expected["EA"] = ea >= 0.5
+        assert labels == expected, (kind, labels)
+        if kind not in seen:
+            chats, answers = data[i]
+            assert len(chats) == len(DIMENSIONS) and answers == [float(labels[d]) for d in DIMENSIONS]
+        seen.add(kind)
+        if seen == set(S.CANDIDATES):
+            break
+    assert seen == set(S.CANDIDATES)
+
+
 # --------------------------------------------------------------------------------------------- the stages
 
 def _cfg(stage: str, out: Path, manifest: Path, **sets) -> S.ScratchConfig:

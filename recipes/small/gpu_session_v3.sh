@@ -57,7 +57,7 @@ if has eval; then
         --device cuda --dtype fp32 --vlm-dtype fp32 > runs/eval/${name}_$set.log 2>&1"
     done
   done > runs/eval_jobs.txt
-  [ -d "$R/judge" ] && echo "python3 recipes/small/judge_check.py data/eval_heldout/heldout.jsonl $R/judge runs/eval/judge_heldout \
+  [ -f "$R/judge/judge_summary.json" ] && echo "python3 recipes/small/judge_check.py data/eval_heldout/heldout.jsonl $R/judge runs/eval/judge_heldout \
     > runs/eval/judge_heldout.log 2>&1" >> runs/eval_jobs.txt
   xargs -P "${JOBS:-9}" -I{} bash -c {} < runs/eval_jobs.txt
   grep -H "^all \|ROC" runs/eval/*.log

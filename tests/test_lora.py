@@ -433,3 +433,130 @@ def test_target_names_and_spec_validation():
     assert len(lora_target_names(model, blocks_only=False)) == 26
     with pytest.raises(InputError):
         LoraSpec("x.safetensors", float("nan"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fp8 storage: LoRAs run unmerged; the reference is the same LoRA merged by formula into fp32 weights
+# ---------------------------------------------------------------------------------------------------------
+FP8 = getattr(torch, "float8_e4m3fn", None)
+needs_fp8 = pytest.mark.skipif(FP8 is None, reason="this torch has no float8_e4m3fn")
+
+
+def fp8_dit_and_fp32_twin(seed: int = 0):
+    """A tiny DiT with fp8 weight storage (fp32 compute) and an fp32 copy holding the same (dequantized)
+    values, so the two differ only in how a LoRA is applied."""
+    fp8 = tiny_dit(seed)
+    fp8.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=torch.float32)
+    twin = tiny_dit(seed)
+    with torch.no_grad():
+        for (name, p), (name2, q) in zip(twin.named_parameters(), fp8.named_parameters()):
+            assert name == name2
+            p.copy_(q.float())
+    return fp8, twin
+
+
+def small_layers(model, names, seed: int, rel: float = 0.01, rank: int = RANK):
+    """{name: (A, B)} whose delta B@A has std ``rel`` x the weight's std (alpha = rank: scale 1)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for n in names:
+        w = model.get_submodule(n).weight.float()
+        a, b = torch.randn(rank, w.shape[1], generator=g), torch.randn(w.shape[0], rank, generator=g)
+        k = (rel * w.std() / (b @ a).std()).sqrt()
+        out[n] = (a * k, b * k)
+    return out
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+
+
+@needs_fp8
+def test_fp8_small_lora_keeps_its_effect_and_restores_bit_exact(tmp_path):
+    model, twin = fp8_dit_and_fp32_twin()
+    fp8_names = [n for n in lora_target_names(model, blocks_only=False) if model.get_submodule(n).weight.dtype == FP8]
+    merged_names = ["condition_embedder.time_proj", "proj_out"]  # diffusers keeps these out of fp8: merged
+    assert len(fp8_names) == 20 and all(model.get_submodule(n).weight.dtype == torch.float32 for n in merged_names)
+    l1 = small_layers(twin, fp8_names + merged_names, seed=21)
+    l2 = small_layers(twin, fp8_names[::3], seed=22)
+    p1 = write_lora(tmp_path / "one.safetensors", "diffusers_bare", l1, alpha=RANK * 3.0)  # scale 3
+    p2 = write_lora(tmp_path / "two.safetensors", "diffusers_bare", l2, alpha=RANK / 2)  # scale 0.5
+    specs = [LoraSpec(str(p1), 0.25), LoraSpec(str(p2), -0.8)]  # net scales 0.75 and -0.4
+
+    before, base_out = snapshot(model), forward(model)
+    with applied_loras(model, specs) as reports:
+        lora_out = forward(model)
+        for n in fp8_names:  # the fp8 weights are never written
+            assert torch.equal(model.get_submodule(n).weight.view(torch.uint8), before[f"{n}.weight"].view(torch.uint8))
+    assert [len(r.matched) for r in reports] == [22, 7]
+    after_out = forward(model)
+    assert after_out.dtype == base_out.dtype and torch.equal(after_out, base_out)
+    for k, v in before.items():  # bit-exact restore (fp8 compared as bytes)
+        got = model.state_dict()[k]
+        assert got.dtype == v.dtype and torch.equal(got.view(torch.uint8), v.view(torch.uint8)), k
+    assert all(not m._forward_hooks for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+    ref_base = forward(twin)
+    torch.testing.assert_close(base_out, ref_base, atol=1e-5, rtol=1e-5)  # the twin really is the same model
+    with torch.no_grad():  # independent reference: W + 0.75·B1@A1 - 0.4·B2@A2 written into the fp32 twin
+        for n, (a, b) in l1.items():
+            twin.get_submodule(n).weight.add_(0.75 * (b @ a))
+        for n, (a, b) in l2.items():
+            twin.get_submodule(n).weight.add_(-0.4 * (b @ a))
+    ref_effect = forward(twin) - ref_base
+    effect = lora_out - base_out
+    assert 0.003 < float(ref_effect.norm() / ref_base.norm()) < 0.03  # a small LoRA: ~1% of the output
+    assert cosine(effect, ref_effect) >= 0.99
+    torch.testing.assert_close(effect, ref_effect, atol=2e-5, rtol=0)
+
+
+@needs_fp8
+def test_fp8_side_path_is_the_exact_low_rank_formula_in_compute_dtype(tmp_path):
+    """One Linear: fp8 weight, bf16 compute; y = x W8^T + b + s (x A^T) B^T, against a float64 evaluation."""
+    from diffusers.hooks import apply_layerwise_casting
+
+    torch.manual_seed(3)
+    holder = torch.nn.Module()
+    holder.lin = torch.nn.Linear(48, 40)
+    apply_layerwise_casting(holder.lin, storage_dtype=FP8, compute_dtype=torch.bfloat16)
+    w8, b8 = holder.lin.weight.double(), holder.lin.bias.double()
+    a, b = torch.randn(4, 48), torch.randn(40, 4)
+    path = tmp_path / "lin.safetensors"
+    save_file({"lin.lora_A.weight": a, "lin.lora_B.weight": b, "lin.alpha": torch.tensor(2.0)}, str(path))
+    x = torch.randn(5, 48).bfloat16()
+    with applied_loras(holder, [LoraSpec(str(path), 1.5)]):
+        y = holder.lin(x)
+    assert y.dtype == torch.bfloat16
+    want = x.double() @ w8.T + b8 + 1.5 * (2.0 / 4) * (x.double() @ a.double().T) @ b.double().T
+    torch.testing.assert_close(y.double(), want, atol=0.05, rtol=0.02)  # bf16 rounding of a few steps
+    torch.testing.assert_close(holder.lin(x), x @ holder.lin.weight.bfloat16().T + holder.lin.bias.bfloat16(),
+                               atol=0.05, rtol=0.02)  # off again
+
+
+@needs_fp8
+def test_fp8_permanent_hooks_from_editor_options_and_exception_restore(tmp_path):
+    from viva_core.editor import EditorOptions, configure_dit
+    from viva_core.lora import install_fp8_lora_hooks
+
+    model, twin = fp8_dit_and_fp32_twin(seed=1)
+    model2 = tiny_dit(seed=1)
+    configure_dit(model2, EditorOptions(fp8_storage=True), torch.float32)  # the editor's fp8 path
+    for m in (model, model2):
+        assert install_fp8_lora_hooks(m) == 20 and install_fp8_lora_hooks(m) == 20  # idempotent
+        hooks = {n: len(m._forward_hooks) for n, m in m.named_modules() if isinstance(m, torch.nn.Linear)}
+        assert sorted(set(hooks.values())) == [0, 1]
+    torch.testing.assert_close(forward(model2), forward(model), atol=0, rtol=0)
+    layers = small_layers(twin, ["blocks.0.attn1.to_q", "proj_out"], seed=23)
+    path = write_lora(tmp_path / "h.safetensors", "diffusers_bare", layers, alpha=RANK)
+    base = forward(model)
+    with applied_loras(model, [LoraSpec(str(path), 1.0)]):
+        with_hooks = forward(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with applied_loras(model, [LoraSpec(str(path), 1.0)]):
+            raise RuntimeError("boom")
+    assert torch.equal(forward(model), base)
+    assert all(len(m._forward_hooks) == hooks[n] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        for n, (a, b) in layers.items():
+            twin.get_submodule(n).weight.add_(b @ a)
+    torch.testing.assert_close(with_hooks, forward(twin), atol=2e-5, rtol=1e-5)

@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 import torch
 
 from .errors import InputError, ModelLoadError
-from .lora import LoraSpec, check_lora_fits
+from .lora import LoraSpec, check_lora_fits, install_fp8_lora_hooks
 from .runtime import parse_device, parse_dtype
 from .safe_io import load_safetensors, read_metadata_json
 
@@ -456,6 +456,7 @@ def configure_dit(t: torch.nn.Module, o: EditorOptions, compute_dtype: torch.dty
         if not hasattr(torch, "float8_e4m3fn"):
             raise InputError("fp8 weight storage needs torch >= 2.1 with float8 types.")
         t.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
+        install_fp8_lora_hooks(t)  # LoRAs on fp8 weights run unmerged (lora.applied_loras); before compile
 
 
 def compile_dit(t: torch.nn.Module, mode: str) -> None:

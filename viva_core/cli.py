@@ -3,12 +3,120 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
-from .errors import InputError, VivaError
+from .errors import InputError, OutputPathError, VivaError
+
+SEED_MAX = 2**63 - 1  # torch generators take 64-bit seeds; best-of-N adds the candidate index
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
+
+
+# ---------------------------------------------------------------- argument validators (argparse `type=`)
+# argparse prints "argument --NAME: <message>" and exits 2, so each message only says what is wrong and the fix.
+
+def number(kind: type, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False
+           ) -> Callable[[str], int | float]:
+    """An int/float argument that must be finite and within [lo, hi] ((lo, hi] with lo_open)."""
+    noun = "an integer" if kind is int else "a number"
+    want = noun + ("" if lo is None else f" {'>' if lo_open else '>='} {lo}") + ("" if hi is None else f" and <= {hi}")
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {noun}; give {want}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"'{text}' is not a finite number; give {want}")
+        if (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; give {want}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE_INT = number(int, 1)
+COUNT = number(int, 0)
+SEED = number(int, 0, SEED_MAX)
+
+
+def device_arg(text: str) -> str:
+    """--device: a name torch understands, checked before anything loads (torch.device('banana') tracebacks)."""
+    if not DEVICE.match(text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a device; use auto, cpu, cuda, cuda:N or mps")
+    return text
+
+
+def text_arg(text: str) -> str:
+    """Free text (instructions, prompts): invalid UTF-8 in argv arrives as lone surrogates and would fail deep in
+    a tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start].encode("utf-8", "surrogateescape")
+        raise argparse.ArgumentTypeError(f"is not valid UTF-8 (byte {bad[:1].hex()} at character {e.start}); "
+                                         "retype it or convert it to UTF-8") from None
+    return text
+
+
+def instruction_arg(text: str) -> str:
+    text = text_arg(text)
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; say what to change, e.g. \"make the car red\"")
+    return text
+
+
+def lora_arg(text: str) -> str:
+    """FILE[:STRENGTH]: a strength that is not a finite number is an error, not part of the file name
+    (unless a file of exactly that name exists)."""
+    path, strength = parse_lora_arg(text)
+    _, sep, tail = text.rpartition(":")
+    if path == text and sep and tail and not tail.startswith(("\\", "/")) and not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"'{text}': strength '{tail}' is not a number; write FILE:0.8")
+    if not math.isfinite(strength):
+        raise argparse.ArgumentTypeError(f"'{text}': the strength must be a finite number, e.g. FILE:0.8")
+    return text
+
+
+# ---------------------------------------------------------------- output paths
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a == b or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_output(output: str, inputs: Iterable[Optional[str]], arg: str, *, folder: bool = False) -> None:
+    """An output must not be (or lie inside) an input — `viva edit A -o A` would replace the source with the
+    edit — and must be the right kind (a file where a folder exists, or the reverse, fails late otherwise)."""
+    out = Path(output).expanduser().resolve()
+    for item in inputs:
+        if not item:
+            continue
+        src = Path(item).expanduser().resolve()
+        if _same(out, src) or (src.is_dir() and src in out.parents):
+            raise OutputPathError(f"{arg} {output}: is the input {item}" + ("" if _same(out, src) else " (inside it)") +
+                                  "; writing there would destroy it. Choose another output path.")
+    if folder and out.exists() and not out.is_dir():
+        raise OutputPathError(f"{arg} {output}: is a file; name a folder (it is created if missing).")
+    if not folder and out.is_dir():
+        raise OutputPathError(f"{arg} {output}: is a folder; name a file inside it.")
+
+
+def _is_judge_report(path: Path) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("scores"), dict) and "overall" in data
 
 
 def _tqdm_progress(desc: str):
@@ -107,6 +215,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .video import read_image, read_video, write_video
 
     use_bundled_models(args)
+    if args.seed + args.candidates - 1 > SEED_MAX:
+        raise InputError(f"--seed {args.seed} with --candidates {args.candidates} passes {SEED_MAX}; lower --seed.")
+    check_output(args.output, [args.source, args.reference, args.editor, args.vae, args.text_encoder, args.instructor,
+                               args.refiner, args.judge, *(parse_lora_arg(x)[0] for x in args.lora or [])], "--output")
     budget = args.max_bytes or available_memory_bytes() // 2
     video = read_video(args.source, max_frames=args.max_frames, stride=args.stride, max_bytes=budget)
     editor = load_editor_from_args(args)
@@ -157,13 +269,20 @@ def cmd_judge(args: argparse.Namespace) -> int:
             args.vlm_dtype = "fp32"
 
     args.source = bundled.source_path(args.source)
+    if args.report:
+        check_output(args.report, [args.source, args.edited, args.judge], "--report")
+        if Path(args.report).exists() and not args.overwrite and not _is_judge_report(Path(args.report)):
+            raise OutputPathError(f"--report {args.report}: exists and is not a judge report; pass --overwrite to "
+                                  "replace it, or choose another path.")
     src = read_video(args.source, max_frames=args.max_frames, with_audio=False)
     out = read_video(args.edited, max_frames=args.max_frames, with_audio=False)
     judge = load_judge_from_args(args)
     verdict = judge.score(src.frames, out.frames, args.instruction, num_frames=args.frames, rationale=args.rationale)
     text = verdict.to_json()
     if args.report:
-        Path(args.report).write_text(text)
+        from .safe_io import write_text_atomic
+
+        write_text_atomic(args.report, text)
     print(text)
     return 0
 
@@ -176,6 +295,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                          "record).")
     if args.ceiling and not args.editor:
         raise InputError("--ceiling scores an editor's VAE round trip of the ground truth: name the --editor.")
+    if args.no_outputs and not args.editor:
+        raise InputError("--no-outputs goes with --editor (it skips saving the edits that --editor makes).")
+    inputs = [args.manifest, args.editor, args.vae, args.text_encoder, args.instructor, args.refiner, args.judge,
+              *(parse_lora_arg(x)[0] for x in args.lora or [])]
+    check_output(args.report, inputs + ([] if args.editor else [args.outputs]), "--report", folder=True)
+    if args.editor and args.outputs and not args.no_outputs:
+        check_output(args.outputs, inputs, "--outputs", folder=True)
     if args.ceiling:
         from .data import read_frames
         from .pipeline import reconstruct
@@ -205,8 +331,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     judge = None
     if args.judge:
         judge = load_judge_from_args(args)
-    if args.no_outputs and not args.editor:
-        raise InputError("--no-outputs goes with --editor (it skips saving the edits that --editor makes).")
     outputs = None if args.no_outputs else args.outputs or str(Path(args.report) / "outputs")
     bar = _tqdm_progress("eval")
     report = evaluate(args.manifest, editor_fn, outputs_dir=outputs, judge=judge, limit=args.limit, progress=bar,
@@ -222,7 +346,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.config import load_config
     from .train.trainer import Trainer, install_sigint_handler
 
+    from .train.checkpoint import check_run_destination, remove_checkpoints, verify_checkpoint
+
+    if args.config and not Path(args.config).exists():
+        raise InputError(f"{args.config}: config file not found.")
     cfg = load_config(args.config, args.set)
+    out = Path(cfg.output_dir)
+    check_output(cfg.output_dir, [cfg.data.manifest, cfg.data.val_manifest, cfg.model.editor, cfg.model.vae,
+                                  cfg.model.text_encoder, cfg.model.instructor, cfg.lora.init_from], "output_dir",
+                 folder=True)
+    check_run_destination(out, cfg.output_name, resume=bool(args.resume), overwrite=args.overwrite)
+    if args.resume and args.resume != "latest":
+        verify_checkpoint(Path(args.resume))
+    if args.overwrite and not args.resume:
+        removed = remove_checkpoints(out / "checkpoints")
+        if removed:
+            print(f"--overwrite: removed {removed} checkpoint(s) of the earlier run in {out / 'checkpoints'}",
+                  file=sys.stderr)
     bar = _tqdm_progress(f"train {cfg.method}")
 
     def on_log(step: int, metrics: dict) -> None:
@@ -235,7 +375,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar.close()
     state = "interrupted at" if result.interrupted else "finished"
     if int(os.environ.get("RANK", "0")) == 0:
-            print(f"{state} step {result.steps}; LoRA: {result.lora_path}" +
+        print(f"{state} step {result.steps}; LoRA: {result.lora_path}" +
               (f"; refiner: {result.refiner_path}" if result.refiner_path else ""))
     return 130 if result.interrupted else 0
 
@@ -265,6 +405,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
         splits = tuple(float(x) for x in args.splits.split(","))
     except ValueError:
         raise InputError(f"--splits '{args.splits}' must be three numbers, e.g. 0.8,0.1,0.1.") from None
+    if len(splits) != 3 or not all(math.isfinite(x) and x >= 0 for x in splits) or sum(splits) <= 0:
+        raise InputError(f"--splits '{args.splits}' must be three finite numbers >= 0 with a positive sum, "
+                         "e.g. 0.8,0.1,0.1.")
+    check_output(args.out, [], "--out", folder=True)
     bar = _tqdm_progress("synth")
     start = time.perf_counter()
     manifests = generate(args.out, n=args.n, seed=args.seed, frames=args.frames, size=args.size,
@@ -281,11 +425,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def add_sampling_options(sp: argparse.ArgumentParser) -> None:
     """The fields of EditSettings."""
-    sp.add_argument("--steps", type=int, default=30)
-    sp.add_argument("--cfg", type=float, default=5.0)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--shift", type=float, default=5.0)
-    sp.add_argument("--strength", type=float, default=1.0)
+    sp.add_argument("--steps", type=number(int, 1, 1000), default=30)
+    sp.add_argument("--cfg", type=number(float, 0, 100), default=5.0)
+    sp.add_argument("--seed", type=SEED, default=0)
+    sp.add_argument("--shift", type=number(float, 0, 100, lo_open=True), default=5.0)
+    sp.add_argument("--strength", type=number(float, 0, 1, lo_open=True), default=1.0)
     sp.add_argument("--sampler", default="unipc", choices=["unipc", "euler"])
 
 
@@ -305,14 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+        sp.add_argument("--device", type=device_arg, default="auto", help="auto | cpu | cuda | cuda:N")
         sp.add_argument("--vlm-dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-        sp.add_argument("--max-frames", type=int, default=None, help="read at most this many frames")
+        sp.add_argument("--max-frames", type=POSITIVE_INT, default=None, help="read at most this many frames")
         sp.add_argument("-v", "--verbose", action="store_true")
 
     e = sub.add_parser("edit", help="edit a video following an instruction")
     e.add_argument("source", help="source video file ('example': the bundled example clip)")
-    e.add_argument("instruction")
+    e.add_argument("instruction", type=instruction_arg)
     e.add_argument("-o", "--output", required=True, help="output .mp4 (h264, source fps and audio)")
     e.add_argument("--editor", help="diffusers editor folder, or a single-file Wan DiT .safetensors (default: the "
                    "bundled small editor, with its instructor and refiner)")
@@ -321,15 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--instructor", help="VLM folder: grounded instructor tokens (with --refiner) or a rewritten prompt")
     e.add_argument("--refiner", help="token refiner .safetensors trained for this instructor and editor")
     e.add_argument("--reference", help="optional reference image for the instructor")
-    e.add_argument("--lora", action="append", metavar="FILE[:STRENGTH]", help="LoRA file, repeatable")
+    e.add_argument("--lora", action="append", type=lora_arg, metavar="FILE[:STRENGTH]", help="LoRA file, repeatable")
     e.add_argument("--judge", help="VLM folder: score the edit (and pick the best of --candidates); 'bundled' for the "
                    "bundled small judge")
-    e.add_argument("--candidates", type=int, default=1, help="best-of-N: edit N seeds and keep the judge's best")
-    e.add_argument("--judge-frames", type=int, default=4)
-    e.add_argument("--negative", default="", help="negative prompt for CFG")
+    e.add_argument("--candidates", type=number(int, 1, 1000), default=1, help="best-of-N: edit N seeds and keep the judge's best")
+    e.add_argument("--judge-frames", type=POSITIVE_INT, default=4)
+    e.add_argument("--negative", type=text_arg, default="", help="negative prompt for CFG")
     add_sampling_options(e)
-    e.add_argument("--stride", type=int, default=1, help="keep every Nth source frame")
-    e.add_argument("--max-bytes", type=int, default=None, help="refuse sources whose decoded frames need more RAM "
+    e.add_argument("--stride", type=POSITIVE_INT, default=1, help="keep every Nth source frame")
+    e.add_argument("--max-bytes", type=POSITIVE_INT, default=None, help="refuse sources whose decoded frames need more RAM "
                    "(default: half the free RAM)")
     add_editor_options(e)
     common(e)
@@ -338,11 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     j = sub.add_parser("judge", help="score an edit with the self-reflection judge (P(Yes) per question)")
     j.add_argument("source", help="source video file ('example': the bundled example clip)")
     j.add_argument("edited")
-    j.add_argument("instruction")
+    j.add_argument("instruction", type=instruction_arg)
     j.add_argument("--judge", help="VLM folder (default: the bundled small judge)")
-    j.add_argument("--frames", type=int, default=4, help="frames sampled uniformly from each video")
+    j.add_argument("--frames", type=POSITIVE_INT, default=4, help="frames sampled uniformly from each video")
     j.add_argument("--rationale", action="store_true", help="also generate a short explanation")
-    j.add_argument("--report", help="write the JSON report here too")
+    j.add_argument("--report", help="write the JSON report here too (an existing file is replaced only if it is a "
+                   "judge report, or with --overwrite)")
+    j.add_argument("--overwrite", action="store_true", help="let --report replace an existing file of any kind")
     common(j)
     j.set_defaults(func=cmd_judge)
 
@@ -361,14 +507,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--ceiling", action="store_true", help="with --editor: score its VAE's round trip of the ground "
                    "truth instead of edits (the most any edit decoded by that VAE can score)")
     v.add_argument("--report", required=True, help="folder for report.json and report.html")
-    v.add_argument("--limit", type=int, default=None, help="score only the first N records")
+    v.add_argument("--limit", type=POSITIVE_INT, default=None, help="score only the first N records")
     v.add_argument("--judge", help="VLM folder: also measure the judge's agreement with the verifiers")
-    v.add_argument("--judge-frames", type=int, default=4)
-    v.add_argument("--previews", type=int, default=8, help="edits shown as frame strips in the HTML report")
+    v.add_argument("--judge-frames", type=POSITIVE_INT, default=4)
+    v.add_argument("--previews", type=COUNT, default=8, help="edits shown as frame strips in the HTML report")
     v.add_argument("--vae", help="Wan VAE .safetensors (with a single-file --editor)")
     v.add_argument("--text-encoder", help="UMT5 folder (transformers format) if the editor folder has none")
-    v.add_argument("--lora", action="append", metavar="FILE[:STRENGTH]", help="LoRA file, repeatable")
-    v.add_argument("--negative", default="", help="negative prompt for CFG")
+    v.add_argument("--lora", action="append", type=lora_arg, metavar="FILE[:STRENGTH]", help="LoRA file, repeatable")
+    v.add_argument("--negative", type=text_arg, default="", help="negative prompt for CFG")
     add_sampling_options(v)
     add_editor_options(v)
     common(v)
@@ -385,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     t.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from the latest checkpoint in output_dir (or from the given checkpoint folder)")
+    t.add_argument("--overwrite", action="store_true", help="start over: replace the LoRA named output_name and "
+                   "delete the checkpoints of an earlier run in output_dir")
     t.add_argument("-v", "--verbose", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -406,25 +554,30 @@ def build_parser() -> argparse.ArgumentParser:
                        "JSONL manifests (heldout holds unseen (operation, attribute/referring) pairs) and "
                        "synth_config.json under --out.")
     s.add_argument("--out", required=True, help="output folder (manifests, media, synth_config.json)")
-    s.add_argument("--n", type=int, default=1000, help="number of clips over all splits")
-    s.add_argument("--seed", type=int, default=0, help="the same seed gives identical clips and text")
-    s.add_argument("--frames", type=int, default=17, help="frames per clip (4k+1 suits Wan)")
-    s.add_argument("--size", type=int, default=64, help="frame side in pixels (square)")
-    s.add_argument("--fps", type=float, default=8.0, help="frame rate written into mp4 files")
+    s.add_argument("--n", type=POSITIVE_INT, default=1000, help="number of clips over all splits")
+    s.add_argument("--seed", type=SEED, default=0, help="the same seed gives identical clips and text")
+    s.add_argument("--frames", type=number(int, 2, 1000), default=17, help="frames per clip (4k+1 suits Wan)")
+    s.add_argument("--size", type=number(int, 32, 4096), default=64, help="frame side in pixels (square)")
+    s.add_argument("--fps", type=number(float, 0, 240, lo_open=True), default=8.0, help="frame rate written into mp4 files")
     s.add_argument("--format", default="mp4", choices=["mp4", "npz"],
                    help="mp4: video files (lossy h264); npz: exact uint8 arrays in one file per clip, ~8x faster to write and read (train, eval and pretrain read both)")
     s.add_argument("--categories", help="comma list of basic,hybrid,temporal,causal,spatial,commonsense (default all)")
     s.add_argument("--ops", help="comma list of operations to allow (default all), e.g. recolour,remove,time_shift")
     s.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,heldout fractions")
     s.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier data set")
-    s.add_argument("--workers", type=int, default=1, help="processes making clips (same files for any number)")
+    s.add_argument("--workers", type=number(int, 1, 256), default=1, help="processes making clips (same files for any number)")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=cmd_synth)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit codes: 0 done, 2 a bad input (argparse's too; the message names it), 1 an unexpected failure (a bug:
+    one line, VIVA_DEBUG=1 shows the traceback), 130 interrupted."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed its message (or --help); return its code for in-process callers
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
@@ -434,6 +587,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("viva: interrupted; no output was written.", file=sys.stderr)
         return 130
+    except Exception as e:  # last resort: a case that lands here is a bug to report, not a user error
+        if os.environ.get("VIVA_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"viva: unexpected error: {type(e).__name__}: {' '.join(str(e).split()) or '(no message)'} "
+              "(a bug: please report it; run with VIVA_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

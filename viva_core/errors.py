@@ -27,3 +27,15 @@ class InputError(VivaError):
 
 class NonFiniteError(VivaError):
     """The model produced NaN/Inf; nothing is saved."""
+
+
+class ConfigError(InputError):
+    """A TOML config, a `--set` override or a manifest field has the wrong type, range or name."""
+
+
+class OutputPathError(InputError):
+    """An output would replace an input, or a file the user did not ask to replace (`--overwrite` where offered)."""
+
+
+class CheckpointError(InputError):
+    """A training checkpoint is incomplete, corrupt, from an older format, or not one this trainer wrote."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 
 try:
     import tomllib
@@ -16,6 +18,8 @@ except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 METHODS = ("sft", "grpo", "rwo")
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # output names: no folders, no leading dot
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
 LORA_TARGETS = {  # diffusers module-name suffixes inside Wan blocks
     "attn": ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
              "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"],
@@ -151,6 +155,38 @@ class TrainConfig:
             problems.append(f"optim.schedule '{self.optim.schedule}' is not constant or cosine")
         if self.rollout.window and not 0 <= self.rollout.window_start < self.rollout.steps:
             problems.append("rollout.window_start must be a step index below rollout.steps")
+        problems += check_output_name(self.output_name)
+        out = Path(self.output_dir)
+        if out.exists() and not out.is_dir():
+            problems.append(f"output_dir '{self.output_dir}' is a file; name a folder (it holds checkpoints and the "
+                            "LoRA)")
+        from ..runtime import DTYPES
+        from .losses import RWO_MODES, SIGMA_MODES
+
+        problems += _choices([("model.dtype", self.model.dtype, ("auto", *DTYPES)),
+                              ("sft.sigma_sampling", self.sft.sigma_sampling, SIGMA_MODES),
+                              ("rollout.rwo_mode", self.rollout.rwo_mode, RWO_MODES)])
+        if not DEVICE.match(self.model.device):
+            problems.append(f"model.device '{self.model.device}' is not auto, cpu, mps, cuda or cuda:N")
+        o, r = self.optim, self.rollout
+        problems += _ranges([
+            ("optim.steps", o.steps, 1, None), ("optim.lr", o.lr, 0, None), ("optim.weight_decay", o.weight_decay, 0, None),
+            ("optim.grad_clip", o.grad_clip, 0, None, True), ("optim.warmup_steps", o.warmup_steps, 0, None),
+            ("optim.batch_size", o.batch_size, 1, None), ("lora.alpha", self.lora.alpha, 0, None, True),
+            ("data.max_frames", self.data.max_frames, 1, None), ("data.height", self.data.height, 0, None),
+            ("data.width", self.data.width, 0, None), ("model.max_text_tokens", self.model.max_text_tokens, 0, None),
+            ("model.refiner_depth", self.model.refiner_depth, 1, None),
+            ("model.refiner_hidden", self.model.refiner_hidden, 1, None),
+            ("model.refiner_heads", self.model.refiner_heads, 1, None),
+            ("sft.mask_weight", self.sft.mask_weight, 0, None), ("sft.shift", self.sft.shift, 0, None, True),
+            ("rollout.steps", r.steps, 1, None), ("rollout.shift", r.shift, 0, None, True), ("rollout.cfg", r.cfg, 0, None),
+            ("rollout.noise_level", r.noise_level, 0, None), ("rollout.window", r.window, 0, None),
+            ("rollout.clip_range", r.clip_range, 0, None, True), ("rollout.kl_beta", r.kl_beta, 0, None),
+            ("rollout.rwo_temperature", r.rwo_temperature, 0, None, True), ("log.every", self.log.every, 1, None),
+            ("log.checkpoint_every", self.log.checkpoint_every, 0, None),
+            ("log.keep_checkpoints", self.log.keep_checkpoints, 0, None)])
+        if bool(self.data.height) != bool(self.data.width):
+            problems.append("data.height and data.width: set both, or leave both at 0 to keep the videos' size")
         raise_problems(problems, "training config")
 
     def to_dict(self) -> dict:
@@ -170,9 +206,32 @@ def scheduled_lr(lr: float, step: int, steps: int, warmup_steps: int, schedule: 
 
 
 def raise_problems(problems: list[str], what: str) -> None:
-    """One InputError listing every problem of a config (none: returns)."""
+    """One ConfigError listing every problem of a config (none: returns)."""
     if problems:
-        raise InputError(f"invalid {what}:\n  - " + "\n  - ".join(problems))
+        raise ConfigError(f"invalid {what}:\n  - " + "\n  - ".join(problems))
+
+
+def check_output_name(name: str) -> list[str]:
+    """Output names become file names inside output_dir: a path ('../../x', 'a/b') would write elsewhere."""
+    if PLAIN_NAME.match(name) and not name.endswith(".safetensors"):
+        return []
+    return [f"output_name '{name}' must be a plain name (letters, digits, _ . -; no folders, no leading dot, no "
+            ".safetensors): it names files inside output_dir"]
+
+
+def _choices(items: list[tuple[str, str, tuple[str, ...]]]) -> list[str]:
+    return [f"{name} '{value}' is not one of {list(allowed)}" for name, value, allowed in items if value not in allowed]
+
+
+def _ranges(items: list[tuple]) -> list[str]:
+    """(name, value, low, high[, low_exclusive]) -> a problem for each value outside its range."""
+    problems = []
+    for name, value, lo, hi, *open_ in items:
+        above = value > lo if open_ and open_[0] else value >= lo
+        if not above or (hi is not None and value > hi):
+            bound = f"> {lo}" if open_ and open_[0] else f">= {lo}"
+            problems.append(f"{name} = {value} must be {bound}" + (f" and <= {hi}" if hi is not None else ""))
+    return problems
 
 
 def _coerce(value: str, current: Any) -> Any:
@@ -182,7 +241,7 @@ def _coerce(value: str, current: Any) -> Any:
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise InputError(f"'{value}' is not a boolean")
+        raise InputError(f"'{value}' is not a boolean (true/false)")
     if isinstance(current, int):
         return int(value)
     if isinstance(current, float):
@@ -190,6 +249,87 @@ def _coerce(value: str, current: Any) -> Any:
     if isinstance(current, (dict, list)):
         return json.loads(value)
     return value
+
+
+_TYPE_NAMES = {bool: ("a boolean", "true"), int: ("an integer", "8"), float: ("a number", "0.5"),
+               str: ("a string", '"text"'), dict: ("a table", "{ a = 1.0 }"), list: ("a list", "[1, 2]")}
+
+
+def _describe(value: Any) -> str:
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "table",
+            list: "list"}.get(type(value), type(value).__name__)
+    shown = json.dumps(value) if isinstance(value, str) else repr(value)
+    return f"the {kind} {shown}"
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """`value` checked against the field's type hint (bool is not an int; an int is a float; floats are finite);
+    returns it converted where that is lossless (int -> float). The message names the key and the fix."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        return _typed(value, next(a for a in args if a is not type(None)), where)
+    base = origin or hint
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str),
+          dict: lambda v: isinstance(v, dict),
+          list: lambda v: isinstance(v, list)}.get(base)
+    if ok is None:
+        return value  # Any / unknown: nothing to check
+    if not ok(value):
+        name, example = _TYPE_NAMES[base]
+        key = where.rsplit(".", 1)[-1]
+        raise ConfigError(f"config '{where}' must be {name}, got {_describe(value)}; write e.g. {key} = {example}")
+    if base is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"config '{where}' must be a finite number, got {value}")
+    if base is dict and len(args) == 2:
+        return {_typed(k, args[0], f"{where}.{k}"): _typed(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if base is list and len(args) == 1:
+        return [_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _hints(section: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(section))
+
+
+def _apply(section: Any, data: dict, where: str) -> None:
+    hints = _hints(section)
+    for key, value in data.items():
+        if key not in hints:
+            valid = [f.name for f in dataclasses.fields(section)]
+            raise ConfigError(f"unknown config key '{where}{key}'; valid keys here: {valid}")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config '{where}{key}' must be a table ([{where}{key}] section), got "
+                                  f"{_describe(value)}")
+            _apply(current, value, f"{where}{key}.")
+        else:
+            setattr(section, key, _typed(value, hints[key], f"{where}{key}"))
+
+
+def read_toml(path: str | Path) -> dict:
+    """A TOML file as a dict; a missing file, a folder, non-UTF-8 bytes or bad TOML give a ConfigError naming it."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder; name the TOML config file inside it.")
+    try:
+        return tomllib.loads(p.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found.") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save the "
+                          "config as UTF-8.") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config ({e.strerror or e}).") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML ({e}).") from None
 
 
 def parse_reward_weights(text: str) -> dict[str, float]:
@@ -217,47 +357,33 @@ def parse_reward_weights(text: str) -> dict[str, float]:
     return weights
 
 
-def _apply(section: Any, data: dict, where: str) -> None:
-    for key, value in data.items():
-        if not hasattr(section, key):
-            valid = [f.name for f in dataclasses.fields(section)]
-            raise InputError(f"unknown config key '{where}{key}'; valid keys here: {valid}")
-        current = getattr(section, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise InputError(f"config '{where}{key}' must be a table")
-            _apply(current, value, f"{where}{key}.")
-        else:
-            setattr(section, key, value)
-
-
 def fill_config(cfg: Any, path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Any:
-    """Fill a config dataclass from a TOML file (optional), then `section.key=value` overrides; returns `cfg`."""
+    """Fill a config dataclass from a TOML file (optional), then `section.key=value` overrides; returns `cfg`.
+    Every value is type-checked against its field (see `_typed`); ranges are each config's `check()`."""
     if path:
-        p = Path(path)
         try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise InputError(f"{p}: config file not found.") from None
-        except tomllib.TOMLDecodeError as e:
-            raise InputError(f"{p}: not valid TOML ({e}).") from e
-        _apply(cfg, data, "")
+            _apply(cfg, read_toml(path), "")
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}" if not str(e).startswith(str(path)) else str(e)) from None
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise InputError(f"--set '{item}' must look like section.key=value")
+            raise ConfigError(f"--set '{item}' must look like section.key=value")
         *parents, leaf = key.strip().split(".")
         section = cfg
         for name in parents:
             section = getattr(section, name, None)
             if not dataclasses.is_dataclass(section):
-                raise InputError(f"--set '{item}': no config section '{name}'")
-        if not hasattr(section, leaf):
-            raise InputError(f"--set '{item}': unknown key '{key}'")
+                raise ConfigError(f"--set '{item}': no config section '{name}'")
+        hints = _hints(section)
+        if leaf not in hints or dataclasses.is_dataclass(getattr(section, leaf)):
+            raise ConfigError(f"--set '{item}': unknown key '{key}'; valid keys here: {sorted(hints)}")
         try:
-            setattr(section, leaf, _coerce(value, getattr(section, leaf)))
+            setattr(section, leaf, _typed(_coerce(value, getattr(section, leaf)), hints[leaf], key.strip()))
+        except ConfigError as e:
+            raise ConfigError(f"--set '{item}': {e}") from None
         except (ValueError, json.JSONDecodeError) as e:
-            raise InputError(f"--set '{item}': {e}") from e
+            raise ConfigError(f"--set '{item}': {e}") from None
     return cfg
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -560,3 +562,20 @@ def test_fp8_permanent_hooks_from_editor_options_and_exception_restore(tmp_path)
         for n, (a, b) in layers.items():
             twin.get_submodule(n).weight.add_(b @ a)
     torch.testing.assert_close(with_hooks, forward(twin), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_written_lora_gets_umask_mode_not_0600(tmp_path):
+    """safetensors writes through its own 0600 temp file; our atomic write gives the plain-write mode."""
+    layers = {"proj_out": LoraLayer(torch.randn(2, 32), torch.randn(64, 2), 2.0)}
+    old = os.umask(0o022)
+    try:
+        assert stat.S_IMODE(save_lora(tmp_path / "a.safetensors", layers).stat().st_mode) == 0o644
+        os.umask(0o027)
+        assert stat.S_IMODE(save_lora(tmp_path / "b.safetensors", layers).stat().st_mode) == 0o640
+        (tmp_path / "c.safetensors").write_bytes(b"")
+        os.chmod(tmp_path / "c.safetensors", 0o600)  # overwriting keeps an existing file's mode
+        assert stat.S_IMODE(save_lora(tmp_path / "c.safetensors", layers).stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors", "c.safetensors"]

@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -56,16 +57,33 @@ def read_metadata_json(metadata: dict[str, str], key: str) -> dict | None:
         return None
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (setting it to read it back would
+    briefly affect files other threads create)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A hidden temp path beside `path` (same suffix, so writers that pick a format by suffix still work).
     When the block succeeds it is renamed over `path`; on any error it is removed and `path` is untouched, so a
-    reader never sees half a file."""
+    reader never sees half a file. The file gets the mode a plain write would give (an existing file's mode,
+    else 0666 minus the umask): writers that make their own temp file leave 0600 (safetensors 0.8's save_file does)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.stem}.{secrets.token_hex(4)}.tmp{p.suffix}")
     try:
         yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, stat.S_IMODE(p.stat().st_mode) if p.is_file() else 0o666 & ~_umask())
         os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)

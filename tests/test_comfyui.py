@@ -6,8 +6,9 @@ Needs a ComfyUI checkout outside the repo (DESIGN §4):
     COMFYUI_DIR=/path/to/ComfyUI [COMFY_PY=/path/to/its/venv/bin/python] [COMFY_HARNESS=.../harness.sh] pytest tests/test_comfyui.py
 
 COMFY_PY defaults to <COMFYUI_DIR>/../venv/bin/python when that exists, else this Python. The harness
-(symlinks the pack into custom_nodes, starts ComfyUI with only this pack, posts a prompt, stops it) defaults
-to ../shared/comfy/harness.sh beside the repo. Each prompt runs in its own ComfyUI process (about 20 s of
+(symlinks the pack into custom_nodes, starts ComfyUI with only this pack, posts a prompt, stops it) is
+COMFY_HARNESS, else shared/comfy/harness.sh in the repo's parent folder. Whatever is missing skips the tests
+with a reason that names the variable to set (shown in the summary: pyproject's addopts has -ra). Each prompt runs in its own ComfyUI process (about 20 s of
 start-up each on 2 CPU cores); the models are the tiny ones of tests/make_comfy_models.py.
 """
 from __future__ import annotations
@@ -41,15 +42,32 @@ def _comfy_py() -> str:
 
 
 def _harness() -> Path:
-    return Path(os.environ.get("COMFY_HARNESS", REPO.parent / "shared" / "comfy" / "harness.sh"))
+    """COMFY_HARNESS, else shared/comfy/harness.sh in the repo's parent (the layout of a workspace with a shared/
+    folder beside the checkout; a clone inside ComfyUI/custom_nodes has none, so set COMFY_HARNESS there)."""
+    if os.environ.get("COMFY_HARNESS"):
+        return Path(os.environ["COMFY_HARNESS"])
+    return REPO.parent / "shared" / "comfy" / "harness.sh"
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    if not (Path(COMFYUI_DIR) / "main.py").is_file():
-        pytest.skip(f"COMFYUI_DIR={COMFYUI_DIR!r} has no main.py")
-    if not _harness().is_file():
-        pytest.skip(f"harness not found at {_harness()} (set COMFY_HARNESS)")
+def comfy() -> Path:
+    """The ComfyUI checkout and its python, or a skip whose reason names the variable to set."""
+    root = Path(COMFYUI_DIR)
+    if not (root / "main.py").is_file():
+        pytest.skip(f"COMFYUI_DIR={COMFYUI_DIR!r} has no main.py: set COMFYUI_DIR to a ComfyUI checkout")
+    py = _comfy_py()
+    if not os.access(py, os.X_OK):
+        pytest.skip(f"COMFY_PY={py!r} is not an executable: set COMFY_PY to the python of ComfyUI's venv")
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(comfy, tmp_path_factory):
+    harness = _harness()
+    if not harness.is_file():
+        how = ("COMFY_HARNESS points to no file" if os.environ.get("COMFY_HARNESS") else
+               "COMFY_HARNESS is not set and the repo's parent has no shared/comfy/harness.sh")
+        pytest.skip(f"harness not found at {harness} ({how}): set COMFY_HARNESS to the path of harness.sh")
     from make_comfy_models import build_all
 
     return build_all(tmp_path_factory.mktemp("comfy_models"))
@@ -212,7 +230,7 @@ def test_interrupted_training_keeps_a_checkpoint_and_resume_continues_it(models,
     assert lora_metadata(loras / "viva_interrupted_lora.safetensors").get("steps") == str(step + 2)
 
 
-def test_lora_written_by_viva_loads_in_native_comfyui(tmp_path):
+def test_lora_written_by_viva_loads_in_native_comfyui(comfy, tmp_path):
     """ComfyUI's own Wan loader and LoRA code read our LoRA files: every module mapped, none unloaded, and the
     patched weights equal W + alpha/r * B @ A."""
     import json as _json

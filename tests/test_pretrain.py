@@ -77,6 +77,36 @@ def test_batched_instructor_hidden_states_equal_single_sample_inference(tmp_path
         torch.testing.assert_close(hidden[i:i + 1, :single.shape[1]], single, rtol=1e-4, atol=1e-4)
 
 
+def test_grounding_targets_follow_the_processors_token_order(tmp_path) -> None:
+    """Token k of the instructor's image covers the k-th merged patch of the processor (row by row); the target is
+    the edited share of that region. Checked against the processor itself: a white 16x16 block at the top right
+    lands in the pixel rows of exactly the token whose target is 1."""
+    from viva_core.vlm import load_vlm, processor_inputs, to_pil_image
+    from viva_core.instructor import Instructor
+
+    words = S.vocabulary(S.prompt_texts([{"instruction": "make it blue"}]))
+    folder = S.write_vlm_folder(tmp_path / "vlm", S.word_tokenizer(words, kind="qwen"), S.VLMSection(hidden=32, heads=4),
+                                seed=0)
+    vlm = load_vlm(folder, dtype="fp32", device="cpu")
+    merge = int(vlm.model.config.vision_config.spatial_merge_size)
+    mask = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    mask[0, :16, 48:] = 1
+    mask_half = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    mask_half[0, 40:48, :16] = 1  # half of token (2, 0)'s 16x16 region
+    image = torch.zeros(64, 64, 3)
+    image[:16, 48:] = 1.0
+    inputs = processor_inputs(vlm.processor, [Instructor.messages("make it blue", to_pil_image(image), None)])
+    grid = inputs["image_grid_thw"][0]
+    targets = S.grounding_targets(torch.cat([mask, mask_half]), grid, merge)
+    cols = int(grid[2]) // merge
+    assert targets.shape == (2, (int(grid[1]) // merge) * cols)
+    hot = int(targets[0].argmax())
+    assert targets[0, hot] == 1 and targets[0].sum() == 1 and hot == cols - 1  # top-right token
+    assert torch.isclose(targets[1, 2 * cols], torch.tensor(0.5)) and torch.isclose(targets[1].sum(), torch.tensor(0.5))
+    per_token = inputs["pixel_values"].view(-1, merge * merge, inputs["pixel_values"].shape[-1]).mean((1, 2))
+    assert int(per_token.argmax()) == hot  # the processor put the white block's patches in that token
+
+
 # ------------------------------------------------------------------------------------------- judge labels
 
 def test_judge_candidates_get_verifier_labels(synth_npz) -> None:
@@ -154,8 +184,10 @@ def test_stages_write_models_the_normal_loaders_use(synth_npz, tmp_path) -> None
     editor_dir = S.run_stage(_cfg("editor", tmp_path / "ed", manifest, **{
         "editor.vae": vae, "editor.layers": 1, "editor.heads": 2, "editor.head_dim": 16, "editor.ffn_dim": 32,
         "editor.text_dim": 32, "editor.text_ff": 32, "editor.vlm.hidden": 32, "editor.refiner_hidden": 32,
-        "editor.max_text_tokens": 160}))
+        "editor.max_text_tokens": 160, "editor.grounding_weight": 1.0}))
     assert (tmp_path / "ed" / "metrics.jsonl").is_file() and (tmp_path / "ed" / "curves.png").is_file()
+    logged = json.loads((tmp_path / "ed" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < logged["loss_grounding"] < 5  # the instructor's grounding loss ran (BCE of a fresh probe ~0.7)
     editor = load_editor(str(editor_dir), options=EditorOptions(dtype="fp32", device="cpu"))
     assert editor.max_text_tokens == 160 and editor.native_size == (64, 64)
     vlm = load_vlm(tmp_path / "ed" / "instructor", dtype="fp32", device="cpu")

@@ -104,6 +104,9 @@ class EditorSection:
     refiner_depth: int = 1
     refiner_heads: int = 4
     mask_weight: float = 1.0  # VIVA's (1 + w M) edit-mask weight; 0 = plain flow matching
+    # Instructor grounding: weight of a BCE loss on the VLM's image tokens predicting the edit mask of the frame it
+    # sees. Without it the jointly trained instructor ignores its image (docs/small_models.md, sections 7 and 10).
+    grounding_weight: float = 0.0
     cond_dropout: float = 0.1  # share of samples trained on the empty prompt (what CFG's negative is)
     sigma_shift: float = 1.0
 
@@ -578,10 +581,19 @@ def conditioning_tokens(text_hidden: torch.Tensor, text_lengths: torch.Tensor, e
 def instructor_hidden(vlm, inputs) -> tuple[torch.Tensor, torch.Tensor]:
     """Last hidden states of left-padded chats, re-packed right-padded (zeros after): [B, L, H] and the real
     lengths [B] (a device tensor: no host sync)."""
+    return right_packed(last_hidden(vlm, inputs), inputs["attention_mask"])
+
+
+def last_hidden(vlm, inputs) -> torch.Tensor:
+    """The VLM's last hidden states [B, L, H] (fp32) of a batch of chats, as the processor padded them."""
     from ..vlm import forward
 
-    hidden = forward(vlm, inputs, output_hidden_states=True).hidden_states[-1].float()
-    lengths = inputs["attention_mask"].sum(1)
+    return forward(vlm, inputs, output_hidden_states=True).hidden_states[-1].float()
+
+
+def right_packed(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded rows [B, L, H] -> right-padded rows (zeros after the real tokens) and the real lengths [B]."""
+    lengths = attention_mask.sum(1)
     width = hidden.shape[1]
     j = torch.arange(width, device=hidden.device)[None]
     src = (width - lengths)[:, None] + j  # left padding: the real tokens are the last `length` positions
@@ -604,6 +616,7 @@ class EditorData:
     source: torch.Tensor  # normalized latents [N, z, T', H', W'] fp32
     target: torch.Tensor
     masks: torch.Tensor  # [N, 1, T', H', W'] 0..1
+    grounding: Optional[torch.Tensor]  # [N, image tokens]: edit-mask share of each instructor image token, or None
     text_ids: torch.Tensor  # UMT5 ids [N + 1, max_text_tokens]; row N is the empty prompt (CFG's negative)
     text_mask: torch.Tensor
     chats: Optional[dict[str, torch.Tensor]]  # prepared instructor inputs, or None (text only)
@@ -614,25 +627,37 @@ class EditorData:
 
 
 def prepare_editor_data(clips: ClipSet, vae, text_tok, sec: EditorSection, device: torch.device,
-                        processor=None, workers: int = 0) -> EditorData:
+                        processor=None, workers: int = 0, merge: int = 0) -> EditorData:
     """Encode every clip with the frozen VAE, tokenize every instruction and run the instructor's chat processor,
     once; check that each clip's text + instructor tokens fit `max_text_tokens` (so training pads every row exactly
-    as inference pads it)."""
+    as inference pads it). `merge` > 0 (the VLM's spatial merge size) also prepares the grounding targets."""
     source, target = encode_clips(vae, clips.source, device), encode_clips(vae, clips.target, device)
     masks = latent_masks(clips.mask, tuple(source.shape[2:]), int(vae.config.scale_factor_temporal)).to(device)
     texts = [r["instruction"] for r in clips.records] + [""]
     tok = text_tok(texts, padding="max_length", max_length=sec.max_text_tokens, truncation=True, return_tensors="pt")
     lengths = tok.attention_mask[:-1].sum(1)  # per clip: its text tokens (+ its instructor tokens below)
-    chats = None
+    chats = grounding = None
     if processor is not None:
         chats = prepare_instructor_inputs(clips, processor, workers)
         lengths = lengths + chats["attention_mask"].sum(1)
+        grounding = grounding_targets(clips.mask[:, 0], chats["image_grid_thw"][0], merge).to(device) if merge else None
         chats = {k: v.to(device) for k, v in chats.items()}
     longest = int(lengths.max())
     if longest > sec.max_text_tokens:
         raise InputError(f"a clip's text + instructor tokens number {longest}, more than editor.max_text_tokens="
                          f"{sec.max_text_tokens}; raise it to at least {longest}.")
-    return EditorData(source, target, masks, tok.input_ids.to(device), tok.attention_mask.to(device), chats)
+    return EditorData(source, target, masks, grounding, tok.input_ids.to(device), tok.attention_mask.to(device), chats)
+
+
+def grounding_targets(first_masks: torch.Tensor, grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
+    """Edit masks of the instructor's frame [N, H, W] -> the share of each of its image tokens that is edited
+    [N, (h / merge) * (w / merge)], in Qwen2.5-VL's token order (merged patches row by row over the resized image;
+    the resize keeps the frame's aspect, so pooling the frame's own mask to the token grid lines them up)."""
+    from ..data import mask_unit
+
+    rows, cols = int(grid_thw[1]) // merge, int(grid_thw[2]) // merge
+    unit = torch.stack([mask_unit(m) for m in first_masks]).float()  # [N, H, W] 0..1
+    return F.adaptive_avg_pool2d(unit[:, None], (rows, cols)).flatten(1)
 
 
 def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
@@ -663,7 +688,13 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
         refiner = TokenRefiner(RefinerConfig(in_dim=vlm.hidden_size, out_dim=sec.text_dim, hidden_dim=sec.refiner_hidden,
                                              depth=sec.refiner_depth, heads=sec.refiner_heads)).to(device).train()
         params += list(vlm.model.parameters()) + list(refiner.parameters())
-    data = prepare_editor_data(clips, vae, text_tok, sec, device, vlm.processor if vlm else None, cfg.optim.workers)
+    grounding_head = None
+    if vlm is not None and sec.grounding_weight > 0:
+        grounding_head = torch.nn.Linear(vlm.hidden_size, 1).to(device)  # training-only probe: not saved
+        params += list(grounding_head.parameters())
+    merge = int(vlm.model.config.vision_config.spatial_merge_size) if grounding_head is not None else 0
+    data = prepare_editor_data(clips, vae, text_tok, sec, device, vlm.processor if vlm else None, cfg.optim.workers,
+                               merge)
     del vae
     model = torch.compile(dit) if cfg.optim.compile else dit
 
@@ -677,9 +708,15 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
         ids, mask = data.text_ids[text_row], data.text_mask[text_row]
         with _autocast(device):
             text_hidden = text_encoder(ids, mask).last_hidden_state.float()
-            extra = extra_len = None
+            extra = extra_len = ground = None
             if vlm is not None:
-                hidden, lengths = instructor_hidden(vlm, instructor_rows(data.chats, idx))
+                rows = instructor_rows(data.chats, idx)
+                raw = last_hidden(vlm, rows)
+                hidden, lengths = right_packed(raw, rows["attention_mask"])
+                if grounding_head is not None:  # every chat has the same number of image tokens
+                    image = rows["input_ids"] == vlm.model.config.image_token_id
+                    logits = grounding_head(raw[image].view(batch, -1, raw.shape[-1])).squeeze(-1).float()
+                    ground = F.binary_cross_entropy_with_logits(logits, data.grounding[idx])
                 pad = torch.arange(hidden.shape[1], device=device)[None] >= lengths[:, None]
                 extra = refiner(hidden, pad).float()
                 extra_len = torch.where(drop, torch.zeros_like(lengths), lengths)
@@ -691,7 +728,9 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
             v = dit_velocity(model, x_t, data.source[idx], sigma, cond)
         loss = L.masked_fm_loss(v, v_target, data.masks[idx], sec.mask_weight)
         plain = L.masked_fm_loss(v.detach(), v_target, None, 0.0)
-        return {"loss": loss, "loss_fm": plain}
+        if ground is None:
+            return {"loss": loss, "loss_fm": plain}
+        return {"loss": loss + sec.grounding_weight * ground, "loss_fm": plain, "loss_grounding": ground.detach()}
 
     summary = _loop(cfg, params, step, out, progress, "editor (DiT + UMT5" + (" + instructor)" if vlm else ")"))
     summary["clips_per_second"] = summary["steps_done"] * batch / summary["seconds"]

@@ -135,7 +135,8 @@ class EditVideo(io.ComfyNode):
         return io.Schema(
             node_id="VIVA_EditVideo", display_name="VIVA Edit Video", category=c.CATEGORY,
             description="Edits the source video following the conditioning (flow-matching sampler). Frame count is "
-                        "snapped to 4k+1 and sides to the model's multiple; the report says what changed.",
+                        "snapped to 4k+1; the edit comes back at the source's size and aspect (padded, or for a "
+                        "small model scaled to fit its size, while editing); the report says what changed (W x H).",
             inputs=[c.Editor.Input("editor", tooltip=_EDITOR_TIP), c.Cond.Input("conditioning", tooltip=_COND_TIP),
                     *_sampling_inputs()],
             outputs=[io.Image.Output("frames", display_name="frames", tooltip="Edited frames (IMAGE batch)."),
@@ -210,7 +211,10 @@ class JudgeEdit(io.ComfyNode):
                     io.String.Input("instruction", multiline=True, default="",
                                     tooltip="The instruction the edit was made for."),
                     io.Int.Input("num_frames", default=4, min=1, max=32, tooltip="Frames sampled uniformly from each."),
-                    io.Boolean.Input("rationale", default=False, tooltip="Also generate a short explanation.")],
+                    io.Boolean.Input("rationale", default=False,
+                                     tooltip="Also generate a short explanation (chat VLMs only: a judge trained "
+                                             "on Yes/No answers, such as viva-small-judge, cannot; then the "
+                                             "report says so and gives the scores alone).")],
             outputs=[io.Float.Output("edit_accuracy", display_name="edit_accuracy",
                                      tooltip="EA: P(Yes) that the edit follows the instruction."),
                      io.Float.Output("preservation", display_name="preservation",
@@ -230,10 +234,14 @@ class JudgeEdit(io.ComfyNode):
         if not instruction.strip():
             raise InputError("the judge needs the instruction the edit was made for.")
         c.interrupt_check()
-        r = Judge(vlm).score(source[..., :3], edited[..., :3], instruction, num_frames=num_frames, rationale=rationale)
+        judge = Judge(vlm)
+        explain = rationale and judge.generates_text  # a Yes/No-only judge would write junk: say so instead
+        r = judge.score(source[..., :3], edited[..., :3], instruction, num_frames=num_frames, rationale=explain)
         s = r.scores
         text = "  ".join(f"{d} {s[d]:.3f}" for d in DIMENSIONS) + f"  overall {r.overall:.3f}"
         if r.rationale:
             text += "\n" + r.rationale
+        elif rationale:
+            text += "\n(no rationale: this judge answers Yes/No only; use a chat VLM for one)"
         return io.NodeOutput(s["EA"], s["PC"], s["GN"], s["GR"], r.overall, r.to_json(),
                              ui=c.text_and_scores_ui(text, s))

@@ -263,3 +263,6 @@ def test_bundled_small_models_are_listed_and_edit(models, tmp_path):
     mp4s = saved_mp4s(report)
     assert len(mp4s) == 1, report["execution"]
     assert "64x64" in output_text(out, "5")  # resized to the small editor's native size
+    judged = output_text(out, "9")  # the small judge was asked for a rationale it cannot write: a note, no junk
+    assert re.search(r"EA \d\.\d{3}", judged) and "(no rationale: this judge answers Yes/No only" in judged, judged
+    assert "assistant" not in judged, judged

@@ -135,6 +135,20 @@ def reads_difference_frames(vlm_path: str | Path) -> bool:
         raise ModelLoadError(f"{info}: not a JSON object ({e}); rewrite it or delete it.") from e
 
 
+def judge_generates_text(vlm_path: str | Path) -> bool:
+    """Whether the judge can write a rationale. A judge trained from scratch on Yes/No answers only (``viva
+    pretrain judge``, whose folder has viva_judge.json; the bundled small judge) never learned to write text and
+    generates junk ("assistant assistant ..."); ``"generates_text"`` in that file says it explicitly. A folder
+    without the file is a chat VLM, which can."""
+    info = Path(vlm_path) / JUDGE_INFO_FILE
+    if not info.is_file():
+        return True
+    try:
+        return bool(json.loads(info.read_text(encoding="utf-8")).get("generates_text", False))
+    except (ValueError, AttributeError) as e:
+        raise ModelLoadError(f"{info}: not a JSON object ({e}); rewrite it or delete it.") from e
+
+
 def _as_video(frames: torch.Tensor, what: str) -> torch.Tensor:
     if isinstance(frames, Image.Image) or not isinstance(frames, torch.Tensor):
         raise InputError(f"{what}: expected frames as a tensor [T,H,W,C] float 0..1, got {type(frames).__name__}.")
@@ -157,6 +171,7 @@ class Judge:
                  difference: bool | None = None):
         self.vlm = vlm
         self.difference = reads_difference_frames(vlm.path) if difference is None else difference
+        self.generates_text = judge_generates_text(vlm.path)
         self.max_side = max_side
         self.batch_questions = batch_questions
         self.yes_ids, self.no_ids = yes_no_token_ids(vlm.tokenizer)
@@ -215,6 +230,9 @@ class Judge:
             raise InputError("the judge needs the edit instruction (it is empty).")
         if num_frames < 1:
             raise InputError(f"num_frames must be ≥ 1, got {num_frames}.")
+        if rationale and not self.generates_text:
+            raise InputError(f"{self.vlm.path}: this judge was trained to answer Yes/No only and cannot write a "
+                             "rationale; turn rationale off or judge with a chat VLM such as Qwen2.5-VL.")
         source, edited = _as_video(source, "source"), _as_video(edited, "edited")
         instruction = instruction.strip()
         src_imgs, edit_imgs = self._frames(source, num_frames), self._frames(edited, num_frames)

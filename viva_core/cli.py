@@ -346,7 +346,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.config import load_config
     from .train.trainer import Trainer, install_sigint_handler
 
-    from .train.checkpoint import check_run_destination, remove_checkpoints, verify_checkpoint
+    from .train.checkpoint import (PREFIX, check_run_destination, latest_checkpoint, remove_checkpoints,
+                                   verify_checkpoint)
 
     if args.config and not Path(args.config).exists():
         raise InputError(f"{args.config}: config file not found.")
@@ -358,6 +359,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_run_destination(out, cfg.output_name, resume=bool(args.resume), overwrite=args.overwrite)
     if args.resume and args.resume != "latest":
         verify_checkpoint(Path(args.resume))
+    elif args.resume and latest_checkpoint(out / "checkpoints") is None and (out / "checkpoints").is_dir():
+        found = sorted(p for p in (out / "checkpoints").glob(f"{PREFIX}*") if p.is_dir())
+        if found:  # step-* folders but none usable: say why the newest is not, instead of silently starting over
+            verify_checkpoint(found[-1])
     if args.overwrite and not args.resume:
         removed = remove_checkpoints(out / "checkpoints")
         if removed:

@@ -241,7 +241,7 @@ def _coerce(value: str, current: Any) -> Any:
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise InputError(f"'{value}' is not a boolean (true/false)")
+        raise ValueError(f"'{value}' is not a boolean (true/false)")
     if isinstance(current, int):
         return int(value)
     if isinstance(current, float):

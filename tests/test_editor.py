@@ -122,7 +122,7 @@ def test_edit_is_deterministic_and_snaps_frames(editor_dir):
     steps_seen = []
     a = edit(ed, src, cond, settings=s, fps=12.0, progress=lambda d, t, p=None: steps_seen.append((d, t)))
     b = edit(ed, src, cond, settings=s, fps=12.0)
-    assert a.frames.shape == (9, 32, 32, 3) and torch.equal(a.frames, b.frames)
+    assert a.frames.shape == (9, 40, 36, 3) and torch.equal(a.frames, b.frames)  # padded to 48x48, cropped back
     assert steps_seen == [(1, 3), (2, 3), (3, 3)]
     assert "9" in a.conform.message() and "11" in a.conform.message()
     assert a.frames.min() >= 0 and a.frames.max() <= 1

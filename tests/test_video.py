@@ -112,7 +112,7 @@ def test_one_frame_video_is_valid(tmp_path):
 
 def test_odd_size_is_padded_with_warning(tmp_path):
     frames = smooth_frames(3, 63, 95)
-    with pytest.warns(UserWarning, match="padded to 64x96"):
+    with pytest.warns(UserWarning, match="95x63 frames padded to 96x64"):  # W x H
         path = write_video(tmp_path / "odd.mp4", frames, FPS)
     decoded = read_video(path).frames
     assert decoded.shape == (3, 64, 96, 3)
@@ -376,7 +376,7 @@ def test_conform_crops_center_and_reports():
     out, report = conform_frames(frames, 4, 16)
     assert out.shape == (81, 480, 832, 3)
     assert out[0, 240, 416].sum() == 3  # crop offsets (0, 1): centre pixel moved by (0, -1)
-    assert report.message() == "81 frames kept of 83 (4k+1); 480x832 from 481x835 (center crop to multiple of 16)"
+    assert report.message() == "81 frames kept of 83 (4k+1); 832x480 from 835x481 (center crop to multiple of 16)"
 
 
 def test_conform_unchanged_and_resize():
@@ -385,9 +385,9 @@ def test_conform_unchanged_and_resize():
     out, report = conform_frames(torch.rand(5, 90, 160, 3), 4, 16, resize_to=(50, 89))
     assert out.shape == (5, 48, 80, 3) and 0 <= out.min() and out.max() <= 1
     assert report == ConformReport(5, (90, 160), 5, (48, 80), 4, 16, (50, 89))
-    assert report.message() == "48x80 from 90x160 (resized to 50x89, then center crop to multiple of 16)"
+    assert report.message() == "80x48 from 160x90 (resized to 89x50, then center crop to multiple of 16)"
     out, report = conform_frames(torch.rand(1, 90, 160, 3), 4, 16, resize_to=(48, 80))
-    assert out.shape == (1, 48, 80, 3) and report.message() == "48x80 from 90x160 (resized to 48x80)"
+    assert out.shape == (1, 48, 80, 3) and report.message() == "80x48 from 160x90 (resized to 80x48)"
     with pytest.raises(InputError, match="resize_to"):
         conform_frames(torch.rand(1, 8, 8, 3), 4, 16)
 

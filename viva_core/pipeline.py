@@ -1,4 +1,5 @@
-"""The edit, top to bottom: check inputs -> conform frames -> encode source -> sample -> decode -> check output.
+"""The edit, top to bottom: check inputs -> conform frames -> encode source -> sample -> decode -> un-conform (back to
+the source's size) -> check output.
 
 `edit` is what the CLI, the ComfyUI Edit node and best-of-N all call; nothing else runs the DiT for inference.
 """
@@ -15,7 +16,7 @@ from .errors import InputError, NonFiniteError
 from .lora import LoraKeyReport, applied_loras
 from .runtime import ProgressFn, no_progress
 from .sampling import NUM_TRAIN_TIMESTEPS, SAMPLERS, sample
-from .video import Audio, ConformReport, conform_frames, trim_audio
+from .video import Audio, ConformReport, conform_frames, format_size, trim_audio, unconform_frames
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class EditSettings:
 
 @dataclass
 class EditResult:
-    frames: torch.Tensor  # [T,H,W,C] float32 0..1 on CPU
+    frames: torch.Tensor  # [T,H,W,C] float32 0..1 on CPU, at the source's size
     fps: float
     audio: Optional[Audio]
     conform: ConformReport
@@ -47,8 +48,8 @@ class EditResult:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        lines = [f"seed {self.seed}, {self.frames.shape[0]} frames {self.frames.shape[1]}x{self.frames.shape[2]} "
-                 f"@ {self.fps:g} fps in {self.seconds:.1f} s"]
+        size = format_size(self.frames.shape[1], self.frames.shape[2])
+        lines = [f"seed {self.seed}, {self.frames.shape[0]} frames {size} @ {self.fps:g} fps in {self.seconds:.1f} s"]
         if self.conform.changed:
             lines.append(self.conform.message())
         lines += [r.summary() for r in self.lora_reports]
@@ -113,14 +114,29 @@ def decode_latents(editor: Editor, z: torch.Tensor) -> torch.Tensor:
     return ((video[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).cpu()
 
 
+def conform_for_editor(editor: Editor, frames: torch.Tensor, working_size: Optional[tuple[int, int]] = None
+                       ) -> tuple[torch.Tensor, ConformReport]:
+    """`frames` [T,H,W,C] as the editor takes them: 4k+1 frames, sides padded (edge) to its multiple, and for an
+    editor trained at one size (`native_size`, e.g. the bundled 64x64) first scaled to fit it, aspect kept.
+
+    Why pad, not crop: the edit must line up with the source frame by frame and pixel by pixel. A crop loses the
+    border (it would come back unedited); padding keeps the whole frame, and `unconform_frames` cuts the padding off
+    and scales back, so the edit has the source's W x H. Why edge padding, not reflect: it puts no mirrored copies
+    of objects into the border for the editor to act on, and it works for any aspect (reflect needs each pad
+    narrower than the frame: a 1920x200 clip fit into 64x64 is 64x7 plus 57 rows of padding).
+    Measured with `recipes/small/aspect_check.py` (see its docstring for the numbers)."""
+    return conform_frames(frames.float(), editor.temporal_factor, editor.spatial_multiple,
+                          resize_to=working_size or editor.native_size, fit="pad", pad_mode="replicate")
+
+
 def reconstruct(editor: Editor, frames: torch.Tensor) -> torch.Tensor:
-    """`frames` [T,H,W,C] 0..1 through the editor's VAE and back (conformed as `edit` conforms them): the best any
-    edit decoded by this VAE can look, so scoring the ground truth this way measures the codec's ceiling."""
+    """`frames` [T,H,W,C] 0..1 through the editor's VAE and back, conformed and returned at the source's size as
+    `edit` does: the best any edit decoded by this VAE can look, so scoring the ground truth this way measures the
+    codec's ceiling."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
         raise InputError(f"frames must be [T,H,W,3] with T >= 1, got shape {tuple(frames.shape)}.")
-    frames, _ = conform_frames(frames.float(), editor.temporal_factor, editor.spatial_multiple,
-                               resize_to=editor.native_size)
-    return decode_latents(editor, encode_frames(editor, frames))
+    frames, report = conform_for_editor(editor, frames)
+    return unconform_frames(decode_latents(editor, encode_frames(editor, frames)), report)
 
 
 def edit(
@@ -128,15 +144,16 @@ def edit(
     settings: EditSettings = EditSettings(), fps: float = 16.0, audio: Optional[Audio] = None,
     resize_to: Optional[tuple[int, int]] = None, progress: ProgressFn = no_progress,
 ) -> EditResult:
-    """Edit `frames` [T,H,W,C] (0..1) following `cond`. Frame count and size are snapped and reported."""
+    """Edit `frames` [T,H,W,C] (0..1) following `cond`. The frame count is snapped to 4k+1 (trailing frames
+    dropped); the edit comes back at the source's size (`conform_for_editor`; `resize_to` (h, w) overrides the
+    editor's working size). Both are reported."""
     settings.check()
     t0 = time.perf_counter()
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
         raise InputError(f"source frames must be [T,H,W,3] with T >= 1, got shape {tuple(frames.shape)}.")
     if not torch.isfinite(frames).all():
         raise InputError("source frames contain NaN/Inf.")
-    frames, report = conform_frames(frames.float(), editor.temporal_factor, editor.spatial_multiple,
-                                    resize_to=resize_to or editor.native_size)
+    frames, report = conform_for_editor(editor, frames, resize_to)
     use_cfg = settings.cfg != 1.0
     if use_cfg and negative is None:
         negative = unconditional(editor)
@@ -162,5 +179,6 @@ def edit(
     out = decode_latents(editor, latents)
     if not torch.isfinite(out).all():
         raise NonFiniteError("the VAE decoded NaN/Inf frames; nothing was saved. Decode in fp32 (vae_dtype).")
+    out = unconform_frames(out, report)
     return EditResult(out, fps, trim_audio(audio, out.shape[0] / fps), report, lora_reports, int(settings.seed),
                       time.perf_counter() - t0)

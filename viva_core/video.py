@@ -175,7 +175,7 @@ def _too_many_bytes(p: Path, count: int, height: int, width: int, max_bytes: int
     """The error for a selection over `max_bytes`, saying how many frames fit and how to get there."""
     frame_bytes = height * width * 3 * 4
     fit = max_bytes // frame_bytes
-    need = f"{count} frames of {height}x{width} take {count * frame_bytes / 2**30:.2f} GiB as float32"
+    need = f"{count} frames of {format_size(height, width)} take {count * frame_bytes / 2**30:.2f} GiB as float32"
     limit = f"the limit is {max_bytes / 2**30:.2f} GiB"
     if fit == 0:
         return InputError(f"{p}: {need}; {limit}, less than one frame ({frame_bytes / 2**20:.1f} MiB). "
@@ -439,7 +439,7 @@ def write_video(path: PathLike, frames: torch.Tensor, fps: float, audio: Audio |
     height, width = frames.shape[1], frames.shape[2]
     size = _even_size(height, width, pix_fmt)
     if size != (height, width):
-        warnings.warn(f"{p}: {height}x{width} frames padded to {size[0]}x{size[1]} by repeating the last "
+        warnings.warn(f"{p}: {format_size(height, width)} frames padded to {format_size(*size)} by repeating the last "
                       f"row/column; {pix_fmt} needs even sides.", stacklevel=2)
     try:
         with atomic_path(p) as tmp, av.open(str(tmp), "w", format="mp4" if p.suffix.lower() != ".mov" else "mov",
@@ -500,40 +500,78 @@ def snap_frame_count(n: int, temporal_factor: int = 4) -> int:
 def snap_size(height: int, width: int, multiple: int) -> tuple[int, int]:
     """(height, width) rounded down to multiples of `multiple`, at least one multiple each."""
     if height < 1 or width < 1 or multiple < 1:
-        raise InputError(f"snap_size needs positive sizes and multiple, got {height}x{width}, {multiple}.")
+        raise InputError(f"snap_size needs positive sizes and multiple, got {format_size(height, width)}, {multiple}.")
     return max(multiple, height // multiple * multiple), max(multiple, width // multiple * multiple)
+
+
+def format_size(height: int, width: int) -> str:
+    """A frame size as users read it: width x height, the order of ffprobe, players and editors (tensors here
+    are [T,H,W,C], so code keeps (height, width) and only this turns it around)."""
+    return f"{width}x{height}"
+
+
+def snap_size_up(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """(height, width) rounded up to multiples of `multiple`: the frame a source is padded to."""
+    if height < 1 or width < 1 or multiple < 1:
+        raise InputError(f"snap_size_up needs positive sizes and multiple, got {format_size(height, width)}, "
+                         f"{multiple}.")
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def fit_size(height: int, width: int, box: tuple[int, int]) -> tuple[int, int]:
+    """The largest (h, w) of the aspect height:width inside `box` (h, w), sides rounded to pixels (≥ 1)."""
+    scale = min(box[0] / height, box[1] / width)
+    return max(1, min(box[0], round(height * scale))), max(1, min(box[1], round(width * scale)))
+
+
+FITS = ("crop", "pad")
+PAD_MODES = ("replicate", "reflect")
+_PAD_WORDS = {"replicate": "edge", "reflect": "reflect"}
 
 
 @dataclass
 class ConformReport:
-    """What `conform_frames` changed; sizes are (height, width)."""
+    """What `conform_frames` did, enough for `unconform_frames` to undo it. Sizes are (height, width), the
+    tensors' order; messages print width x height."""
 
     original_frames: int
     original_size: tuple[int, int]
     frames: int
-    size: tuple[int, int]
+    size: tuple[int, int]  # the working frame the model sees
     temporal_factor: int = 4
     spatial_multiple: int = 16
-    resized_to: tuple[int, int] | None = None
+    resized_to: tuple[int, int] | None = None  # the source's size after resizing, before the crop or pad
+    fit: str = "crop"
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, bottom, left, right (fit="pad")
+    pad_mode: str = "replicate"
 
     @property
     def changed(self) -> bool:
         return self.frames != self.original_frames or self.size != self.original_size
 
     def message(self) -> str:
-        """One line for the user, e.g. '81 frames kept of 83 (4k+1); 480x832 from 481x835 (center crop to
-        multiple of 16)', or 'unchanged'. Sizes are written height x width."""
+        """One line for the user, e.g. '81 frames kept of 83 (4k+1); 832x480 from 835x481 (center crop to
+        multiple of 16)', '17 frames kept of 18 (4k+1); edited at 64x64 (96x48 scaled to 64x32, aspect kept,
+        edge-padded); output scaled back to 96x48', or 'unchanged'. Sizes are written width x height."""
         if not self.changed:
             return "unchanged"
         parts = []
         if self.frames != self.original_frames:
             parts.append(f"{self.frames} frames kept of {self.original_frames} ({self.temporal_factor}k+1)")
         if self.size != self.original_size:
-            (h, w), (oh, ow) = self.size, self.original_size
-            how = [f"resized to {self.resized_to[0]}x{self.resized_to[1]}"] if self.resized_to else []
-            if self.size != (self.resized_to or self.original_size):
-                how.append(f"center crop to multiple of {self.spatial_multiple}")
-            parts.append(f"{h}x{w} from {oh}x{ow} ({', then '.join(how)})")
+            size, original = format_size(*self.size), format_size(*self.original_size)
+            resized = format_size(*self.resized_to) if self.resized_to else ""
+            if self.fit == "pad":
+                how = [f"{original} scaled to {resized}, aspect kept"] if self.resized_to else [original]
+                if any(self.padding):
+                    how.append(f"{_PAD_WORDS[self.pad_mode]}-padded")
+                back = "scaled" if self.resized_to else "cropped"
+                parts.append(f"edited at {size} ({', '.join(how)}); output {back} back to {original}")
+            else:
+                how = [f"resized to {resized}"] if self.resized_to else []
+                if self.size != (self.resized_to or self.original_size):
+                    how.append(f"center crop to multiple of {self.spatial_multiple}")
+                parts.append(f"{size} from {original} ({', then '.join(how)})")
         return "; ".join(parts)
 
 
@@ -547,33 +585,79 @@ def _resize(frames: torch.Tensor, size: tuple[int, int], chunk: int = 8) -> torc
     return out
 
 
-def conform_frames(frames: torch.Tensor, temporal_factor: int, spatial_multiple: int, *,
-                   resize_to: tuple[int, int] | None = None) -> tuple[torch.Tensor, ConformReport]:
-    """Make frames `[T,H,W,C]` fit a video model: T → k·temporal_factor+1 by dropping trailing frames,
-    optionally resize to `resize_to` (h, w), then center-crop H, W down to multiples of `spatial_multiple`.
+def _pad(frames: torch.Tensor, padding: tuple[int, int, int, int], mode: str, chunk: int = 8) -> torch.Tensor:
+    """[T,H,W,C] padded by (top, bottom, left, right) pixels with `mode`, a few frames at a time."""
+    top, bottom, left, right = padding
+    t, h, w, c = frames.shape
+    out = torch.empty((t, h + top + bottom, w + left + right, c), dtype=frames.dtype, device=frames.device)
+    for i in range(0, t, chunk):
+        part = frames[i:i + chunk].permute(0, 3, 1, 2)
+        out[i:i + chunk] = F.pad(part, (left, right, top, bottom), mode=mode).permute(0, 2, 3, 1)
+    return out
 
-    Never silent: the report says what changed. Without a resize the result is a view of the input.
+
+def conform_frames(frames: torch.Tensor, temporal_factor: int, spatial_multiple: int, *,
+                   resize_to: tuple[int, int] | None = None, fit: str = "crop",
+                   pad_mode: str = "replicate") -> tuple[torch.Tensor, ConformReport]:
+    """Make frames `[T,H,W,C]` fit a video model: T → k·temporal_factor+1 by dropping trailing frames, then
+    the sides, by `fit`:
+
+    - "crop" (training data, whose source, target and mask must stay pixel-aligned with each other): resize to
+      `resize_to` (h, w) if given, aspect not kept, then center-crop H, W down to multiples of
+      `spatial_multiple`. Without a resize the result is a view of the input.
+    - "pad" (editing a user's video): scale to fit inside `resize_to` keeping the aspect (no resize without
+      it), then pad with `pad_mode` to multiples of `spatial_multiple`; nothing of the frame is lost, and
+      `unconform_frames` returns the model's output at the source's own size, pixel-aligned with it.
+
+    Never silent: the report says what changed.
     """
     if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[0] == 0:
         shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
         raise InputError(f"conform_frames needs frames [T,H,W,C] with T ≥ 1, got {shape}.")
+    if fit not in FITS or pad_mode not in PAD_MODES:
+        raise InputError(f"conform_frames: fit={fit!r} must be one of {FITS}, pad_mode={pad_mode!r} one of "
+                         f"{PAD_MODES}.")
     original_frames, original_size = frames.shape[0], (frames.shape[1], frames.shape[2])
     frames = frames[:snap_frame_count(original_frames, temporal_factor)]
+    box = None
     if resize_to is not None:
         if len(resize_to) != 2 or min(resize_to) < 1:
             raise InputError(f"resize_to={resize_to} must be (height, width) with positive sides.")
-        resize_to = (int(resize_to[0]), int(resize_to[1]))
-        if resize_to == original_size:
-            resize_to = None  # nothing to resize; keeps the report honest
-        else:
-            frames = _resize(frames, resize_to)
+        box = (int(resize_to[0]), int(resize_to[1]))
+    resized = box if fit == "crop" or box is None else fit_size(*original_size, box)
+    if resized == original_size:
+        resized = None  # nothing to resize; keeps the report honest
+    elif resized is not None:
+        frames = _resize(frames, resized)
     height, width = frames.shape[1], frames.shape[2]
+    report = dict(original_frames=original_frames, original_size=original_size, temporal_factor=temporal_factor,
+                  spatial_multiple=spatial_multiple, resized_to=resized, fit=fit, pad_mode=pad_mode)
+    if fit == "pad":
+        h, w = snap_size_up(*(box or (height, width)), spatial_multiple)
+        top, left = (h - height) // 2, (w - width) // 2
+        padding = (top, h - height - top, left, w - width - left)
+        if any(padding):
+            frames = _pad(frames, padding, pad_mode)
+        return frames, ConformReport(frames=frames.shape[0], size=(h, w), padding=padding, **report)
     h, w = snap_size(height, width, spatial_multiple)
     if h > height or w > width:
-        raise InputError(f"frames of {height}x{width} are smaller than one multiple of {spatial_multiple}; "
-                         f"pass resize_to with sides of at least {spatial_multiple} to upscale them.")
+        raise InputError(f"frames of {format_size(height, width)} are smaller than one multiple of "
+                         f"{spatial_multiple}; pass resize_to with sides of at least {spatial_multiple} to upscale "
+                         "them, or pad them (fit='pad').")
     top, left = (height - h) // 2, (width - w) // 2
     frames = frames[:, top:top + h, left:left + w]
-    return frames, ConformReport(original_frames=original_frames, original_size=original_size,
-                                 frames=frames.shape[0], size=(h, w), temporal_factor=temporal_factor,
-                                 spatial_multiple=spatial_multiple, resized_to=resize_to)
+    return frames, ConformReport(frames=frames.shape[0], size=(h, w), **report)
+
+
+def unconform_frames(frames: torch.Tensor, report: ConformReport) -> torch.Tensor:
+    """A model's output `[T,H,W,C]` for frames conformed with fit="pad", back at the source's size: the padding
+    cut off, then scaled back if the source was scaled. The frame count stays (trailing frames were dropped)."""
+    if report.fit != "pad":
+        raise InputError("these frames were center-cropped (fit='crop'); the cropped border is gone, so they "
+                         "cannot be returned at the source's size. Conform with fit='pad'.")
+    if frames.ndim != 4 or (frames.shape[1], frames.shape[2]) != report.size:
+        raise InputError(f"unconform_frames needs [T,H,W,C] frames of the working size "
+                         f"{format_size(*report.size)}, got shape {tuple(frames.shape)}.")
+    top, bottom, left, right = report.padding
+    frames = frames[:, top:report.size[0] - bottom, left:report.size[1] - right]
+    return frames if report.resized_to is None else _resize(frames, report.original_size)

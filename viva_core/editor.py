@@ -88,7 +88,7 @@ class Editor:
     loras: tuple[LoraSpec, ...] = ()
     max_text_tokens: int = 512
     notes: list[str] = field(default_factory=list)
-    native_size: Optional[tuple[int, int]] = None  # (H, W) a small model was trained at; sources are resized to it
+    native_size: Optional[tuple[int, int]] = None  # (H, W) a small model was trained at; sources are fit into it
 
     # ---- geometry -------------------------------------------------------------------------------------------
     @property

@@ -197,6 +197,31 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
 
 
+def test_grpo_inner_updates_reuse_the_rollouts_off_policy(assets):
+    """rollout.inner_updates=2: one optimizer step inside the GRPO step, then a second PPO pass over the same
+    rollouts whose gradient is the single-pass gradient at the moved parameters, with ratios off 1."""
+    cfg = config(assets, assets["root"] / "grpo_inner", "method=grpo", "optim.batch_size=2", "rollout.group_size=3",
+                 "rollout.steps=4", "rollout.window=2", "rollout.inner_updates=2", "optim.lr=0.05",
+                 'rewards.weights={"preservation": 1.0}')
+    t = Trainer(cfg)
+    t._setup()
+    rolled = t._rollouts_and_advantages(0)
+    t._rollouts_and_advantages = lambda step: rolled
+    before = [p.detach().clone() for p in t.params]
+    t.optimizer.zero_grad()
+    stats = t._grpo_step(0)
+    assert all(int(st["step"]) == 1 for st in t.optimizer.state.values())  # one inner step; the loop takes the next
+    assert any(not torch.equal(a, p) for a, p in zip(before, t.params))
+    assert stats["grad_norm_inner"] > 0 and abs(stats["ratio_mean"] - 1) + stats["ratio_std"] > 1e-6
+    second = [p.grad.clone() for p in t.params]
+    t.cfg.rollout.inner_updates = 1
+    t.optimizer.zero_grad()
+    single = t._grpo_step(0)  # the on-policy-style pass, at the moved parameters: the same gradient and ratios
+    assert single["ratio_mean"] == pytest.approx(stats["ratio_mean"], rel=1e-6)
+    for got, want in zip(second, (p.grad for p in t.params)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
+
+
 def test_sft_loss_weights_the_edit_mask(assets):
     """VIVA's (1 + w M) weight reaches the trainer's loss: L(w) - L(0) = w mean(M err^2) is linear in w, positive,
     and about w * L(0) * (edited share of the latents). Fails if the weight is forced to 0, the mask is dropped,

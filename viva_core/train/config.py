@@ -19,7 +19,8 @@ except ImportError:  # Python 3.10
 
 METHODS = ("sft", "grpo", "rwo")
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # output names: no folders, no leading dot
-DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
+# devices torch and ComfyUI use (DirectML is privateuseone); checked by name so a typo fails before any load
+DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu|npu|mlu|hpu|privateuseone)(:\d+)?)$")
 LORA_TARGETS = {  # diffusers module-name suffixes inside Wan blocks
     "attn": ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
              "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"],
@@ -95,6 +96,9 @@ class RolloutConfig:
     window_start: int = 1  # first step of the window (fixed for the run: per-sample random windows destabilize)
     clip_range: float = 1e-3
     kl_beta: float = 0.0
+    # GRPO: optimizer steps per rollout batch (flow_grpo's inner epochs). 1 keeps every update on-policy, where the
+    # PPO ratio is exactly 1 and the clip and KL never act; > 1 reuses each (costly) batch of rollouts.
+    inner_updates: int = 1
     rwo_mode: str = "softmax"
     rwo_temperature: float = 1.0
 
@@ -167,7 +171,7 @@ class TrainConfig:
                               ("sft.sigma_sampling", self.sft.sigma_sampling, SIGMA_MODES),
                               ("rollout.rwo_mode", self.rollout.rwo_mode, RWO_MODES)])
         if not DEVICE.match(self.model.device):
-            problems.append(f"model.device '{self.model.device}' is not auto, cpu, mps, cuda or cuda:N")
+            problems.append(f"model.device '{self.model.device}' is not a device; use auto, cpu, cuda, cuda:N or mps")
         o, r = self.optim, self.rollout
         problems += _ranges([
             ("optim.steps", o.steps, 1, None), ("optim.lr", o.lr, 0, None), ("optim.weight_decay", o.weight_decay, 0, None),
@@ -182,6 +186,7 @@ class TrainConfig:
             ("rollout.steps", r.steps, 1, None), ("rollout.shift", r.shift, 0, None, True), ("rollout.cfg", r.cfg, 0, None),
             ("rollout.noise_level", r.noise_level, 0, None), ("rollout.window", r.window, 0, None),
             ("rollout.clip_range", r.clip_range, 0, None, True), ("rollout.kl_beta", r.kl_beta, 0, None),
+            ("rollout.inner_updates", r.inner_updates, 1, None),
             ("rollout.rwo_temperature", r.rwo_temperature, 0, None, True), ("log.every", self.log.every, 1, None),
             ("log.checkpoint_every", self.log.checkpoint_every, 0, None),
             ("log.keep_checkpoints", self.log.keep_checkpoints, 0, None)])

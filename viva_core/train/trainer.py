@@ -338,13 +338,28 @@ class Trainer:
         return items, adv[start:start + local_r.shape[0]], stats, all_r, all_g
 
     def _grpo_step(self, step: int) -> dict:
-        """PPO-clip on the rollouts' SDE transitions; the G samples of a record go through the DiT as one batch
-        (they share source, conditioning and step), so a step costs records x window calls, not x G."""
+        """PPO-clip on the rollouts' SDE transitions, `rollout.inner_updates` passes over one rollout batch (flow_grpo's
+        inner epochs). The first pass is on-policy (ratio 1: the clip and the KL cannot act); each later pass starts
+        after an optimizer step, so it sees how far the policy moved. The last pass's gradient is left for the
+        training loop's step."""
         r = self.cfg.rollout
         items, adv, stats, _, _ = self._rollouts_and_advantages(step)
         g = r.group_size
         groups = [(items[i], adv[i:i + g]) for i in range(0, len(items), g)]
-        n_terms = sum(len(trans) for *_, trans in items)  # per-sample transitions: the loss is their mean
+        agg: dict = {}
+        for update in range(r.inner_updates):
+            if update:
+                agg["grad_norm_inner"] = self._apply_update(step)
+                self.optimizer.zero_grad(set_to_none=True)
+            agg.update(self._ppo_pass(groups))
+        return {**stats, **agg}
+
+    def _ppo_pass(self, groups: list) -> dict:
+        """One backward pass of the PPO-clip (+ KL) loss over every transition of the rollout batch. The G samples
+        of a record go through the DiT as one batch (they share source, conditioning and step), so a pass costs
+        records x window calls, not x G."""
+        r = self.cfg.rollout
+        n_terms = sum(a.shape[0] * len(first[-1]) for first, a in groups)  # per-sample transitions: loss is their mean
         n_calls = sum(len(first[-1]) for first, _ in groups)
         agg = {"loss": 0.0, "loss_policy": 0.0, "loss_kl": 0.0, "ratio_mean": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
         ratios: list[float] = []
@@ -378,7 +393,7 @@ class Trainer:
                 ratios += torch.exp(st.log_prob.detach().float().cpu() - tr.log_prob.float().cpu()).tolist()
         agg["ratio_mean"] = sum(ratios) / max(1, len(ratios))
         agg["ratio_std"] = float(torch.tensor(ratios).std()) if len(ratios) > 1 else 0.0
-        return {**stats, **agg}
+        return agg
 
     def _rwo_step(self, step: int) -> dict:
         r = self.cfg.rollout
@@ -477,14 +492,10 @@ class Trainer:
                     group["lr"] = lr
                 self.optimizer.zero_grad(set_to_none=True)
                 stats = step_fn(step)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
-                if not torch.isfinite(grad_norm):
-                    raise NonFiniteError(f"step {step + 1}: gradient norm is {float(grad_norm)}; nothing was applied. "
-                                         "Lower optim.lr or check the data; the last checkpoint is intact.")
-                self.optimizer.step()
+                grad_norm = self._apply_update(step)
                 dt = time.perf_counter() - t0
                 n = cfg.optim.batch_size * self.world.size * (1 if cfg.method == "sft" else cfg.rollout.group_size)
-                last = {**stats, "grad_norm": float(grad_norm), "lr": lr, "step_time": dt, "samples_per_s": n / dt,
+                last = {**stats, "grad_norm": grad_norm, "lr": lr, "step_time": dt, "samples_per_s": n / dt,
                         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
                 done = step + 1
                 if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0 and self.val_records:
@@ -510,6 +521,15 @@ class Trainer:
         metrics.close()
         shutdown(self.world)
         return TrainResult(lora_path, refiner_path, finished, interrupted, last)
+
+    def _apply_update(self, step: int) -> float:
+        """Clip the accumulated gradient, refuse a non-finite one, take one optimizer step; the gradient norm."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteError(f"step {step + 1}: gradient norm is {float(grad_norm)}; nothing was applied. "
+                                 "Lower optim.lr or check the data; the last checkpoint is intact.")
+        self.optimizer.step()
+        return float(grad_norm)
 
     def _check_ranks_agree(self) -> None:
         """DDP keeps replicas identical; verify it (a silent divergence would make the saved LoRA rank 0's alone)."""

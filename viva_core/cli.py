@@ -5,15 +5,14 @@ import argparse
 import logging
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 from .errors import InputError, OutputPathError, VivaError
+from .train.config import DEVICE
 
 SEED_MAX = 2**63 - 1  # torch generators take 64-bit seeds; best-of-N adds the candidate index
-DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
 
 
 # ---------------------------------------------------------------- argument validators (argparse `type=`)
@@ -349,8 +348,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.checkpoint import (PREFIX, check_run_destination, latest_checkpoint, remove_checkpoints,
                                    verify_checkpoint)
 
-    if args.config and not Path(args.config).exists():
-        raise InputError(f"{args.config}: config file not found.")
     cfg = load_config(args.config, args.set)
     out = Path(cfg.output_dir)
     check_output(cfg.output_dir, [cfg.data.manifest, cfg.data.val_manifest, cfg.model.editor, cfg.model.vae,

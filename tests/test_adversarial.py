@@ -463,3 +463,79 @@ def test_train_overwrite_removes_only_our_checkpoints(tmp_path):
     check_run_destination(tmp_path / "run", "viva_lora", resume=False, overwrite=True)  # allowed
     assert remove_checkpoints(tmp_path / "run" / "checkpoints") == 1
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-0000009"]
+
+
+# ---------------------------------------------------------------- config fuzzing (seeded: no extra dependency)
+def _random_value(rng) -> object:
+    return rng.choice([0, -1, 1, 2**70, 0.5, -0.5, float("nan"), float("inf"), True, False, "", "8", "../x",
+                       "\u00e9", [], [1, "a"], {}, {"a": "b"}, {"preservation": 1.0}])
+
+
+@pytest.mark.parametrize("kind", ["train", "pretrain"])
+def test_fuzzed_configs_load_or_raise_a_config_error(tmp_path, kind):
+    """Random values of random types in every field, as TOML and as --set: the loader either accepts them or
+    raises ConfigError (naming the key); never another exception (a traceback in the CLI)."""
+    import dataclasses
+    import random
+
+    from viva_core.errors import ConfigError
+    from viva_core.train.config import TrainConfig, load_config
+    from viva_core.train.scratch import ScratchConfig, load_scratch_config
+
+    cfg_type, load = (TrainConfig, load_config) if kind == "train" else (ScratchConfig, load_scratch_config)
+
+    def keys(obj, prefix=""):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            yield from keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [f"{prefix}{f.name}"]
+
+    all_keys = list(keys(cfg_type()))
+    rng = random.Random(0)
+    outcomes = {"ok": 0, "error": 0}
+    for i in range(150):
+        picked = rng.sample(all_keys, 3)
+        values = {k: _random_value(rng) for k in picked}
+        tables: dict = {}
+        for key, value in values.items():
+            *parents, leaf = key.split(".")
+            node = tables
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        path = tmp_path / f"{i}.toml"
+        path.write_text(_to_toml(tables))
+        for attempt in (lambda: load(str(path)),
+                        lambda: load(None, [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
+                                            for k, v in values.items()])):
+            try:
+                attempt()
+                outcomes["ok"] += 1
+            except ConfigError as e:
+                assert any(k in str(e) or k.split(".")[-1] in str(e) for k in values) or "invalid" in str(e), str(e)
+                outcomes["error"] += 1
+    assert outcomes["error"] > 100  # the fuzzer does reach the checks
+
+
+def _to_toml(tables: dict, prefix: str = "") -> str:
+    """A minimal TOML writer for the fuzzer (scalars, lists, inline tables; nan/inf as TOML spells them)."""
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, float):
+            return "nan" if v != v else ("inf" if v == float("inf") else ("-inf" if v == float("-inf") else repr(v)))
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + "}"
+        return str(v)
+
+    scalars = "".join(f"{k} = {value(v)}\n" for k, v in tables.items() if not isinstance(v, dict) or not prefix
+                      and k not in _SECTIONS)
+    sections = "".join(f"[{prefix}{k}]\n" + _to_toml(v, f"{prefix}{k}.") for k, v in tables.items()
+                       if isinstance(v, dict) and (prefix or k in _SECTIONS))
+    return scalars + sections
+
+
+_SECTIONS = {"model", "data", "lora", "optim", "sft", "rollout", "rewards", "log", "vae", "editor", "judge"}

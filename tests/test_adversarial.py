@@ -539,3 +539,20 @@ def _to_toml(tables: dict, prefix: str = "") -> str:
 
 
 _SECTIONS = {"model", "data", "lora", "optim", "sft", "rollout", "rewards", "log", "vae", "editor", "judge"}
+
+
+@pytest.mark.parametrize("content, expected", [(b"{broken", "not readable JSON"), (b"[1, 2]", "must be a JSON object"),
+                                               (b"\xff\xfe", "not readable JSON"), (None, "not found")])
+def test_json_model_files_fail_naming_the_file(tmp_path, content, expected):
+    """The helper model loaders use for config.json / adapter_config.json (issue 11: a broken config.json and an
+    adapter_config.json that is a list ended in tracebacks)."""
+    from viva_core.errors import ModelLoadError
+    from viva_core.safe_io import read_json_object
+
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=expected) as info:
+        read_json_object(path)
+    assert str(path) in str(info.value)
+    assert read_json_object(write(tmp_path / "ok.json", '{"a": 1}')) == {"a": 1}

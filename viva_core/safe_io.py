@@ -71,6 +71,23 @@ def _umask() -> int:
     return mask
 
 
+def read_json_object(path: str | os.PathLike, what: str = "config") -> dict:
+    """A JSON file that must hold an object (config.json, adapter_config.json): a missing, non-UTF-8, broken or
+    non-object file gives a ModelLoadError naming it, instead of a JSONDecodeError or a later AttributeError."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{p}: {what} file not found.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{p}: {what} is not readable JSON ({e}); restore the file from the model's "
+                             "original download.") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{p}: {what} must be a JSON object ({{...}}), got a {type(data).__name__}; restore the "
+                             "file from the model's original download.")
+    return data
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A hidden temp path beside `path` (same suffix, so writers that pick a format by suffix still work).

@@ -556,3 +556,23 @@ def test_json_model_files_fail_naming_the_file(tmp_path, content, expected):
         read_json_object(path)
     assert str(path) in str(info.value)
     assert read_json_object(write(tmp_path / "ok.json", '{"a": 1}')) == {"a": 1}
+
+
+def test_cli_train_refuses_to_replace_an_earlier_run_unless_told(w, tmp_path, capsys):
+    """`viva train` twice into one output_dir: the second run is refused (the node refuses too) until --resume
+    or --overwrite; --overwrite starts over and leaves no checkpoint of the first run behind."""
+    from viva_core.train.checkpoint import list_checkpoints
+
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    argv = train(w, tmp_path, "", "--set", "log.checkpoint_every=1", "--set", "log.plot=false", "--set", cache,
+                 replace=("steps = 2", "steps = 3"))
+    assert main(argv) == 0
+    run = tmp_path / "run"
+    assert [p.name for p in list_checkpoints(run / "checkpoints")][-1] == "step-0000003"
+    before = _snapshot(run)
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err and _snapshot(run) == before
+    shorter = [a if a != str(tmp_path / "train.toml") else str(toml(w, tmp_path, replace=("steps = 2", "steps = 1")))
+               for a in argv]
+    assert main(shorter + ["--overwrite"]) == 0
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-0000001"]

@@ -1,0 +1,32 @@
+"""The pack's entry file (__init__.py) inside a ComfyUI without the V3 node API: it says why it registers nothing."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCRIPT = f"""
+import importlib.util, logging, sys, types
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+if sys.argv[1] == "comfyui":
+    sys.modules["folder_paths"] = types.ModuleType("folder_paths")  # as ComfyUI's process has it
+spec = importlib.util.spec_from_file_location("viva_pack", {str(ROOT / "__init__.py")!r},
+                                              submodule_search_locations=[{str(ROOT)!r}])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print("registered" if module.ComfyExtension is not None else "nothing")
+"""
+
+
+def _run(where: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", SCRIPT, where], capture_output=True, text=True, timeout=60)
+
+
+def test_old_comfyui_gets_a_reason_and_plain_imports_stay_quiet():
+    old = _run("comfyui")  # no comfy_api in this environment: an old ComfyUI
+    assert old.returncode == 0 and old.stdout.strip() == "nothing"
+    assert "no V3 node API" in old.stderr and "0.3.48" in old.stderr and "Update ComfyUI" in old.stderr
+    plain = _run("python")  # imported outside ComfyUI (pytest, tools): no warning
+    assert plain.returncode == 0 and plain.stdout.strip() == "nothing" and plain.stderr == ""

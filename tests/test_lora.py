@@ -579,3 +579,36 @@ def test_written_lora_gets_umask_mode_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors", "c.safetensors"]
+
+
+@needs_fp8
+@pytest.mark.parametrize("permanent", [False, True])
+def test_fp8_nested_loras_stack_and_unwind(tmp_path, permanent):
+    """An applied_loras inside another adds to it (as merges do) and leaves the outer one in place on exit."""
+    from viva_core.lora import install_fp8_lora_hooks
+
+    model, twin = fp8_dit_and_fp32_twin(seed=2)
+    if permanent:
+        install_fp8_lora_hooks(model)
+    names = ["blocks.0.attn1.to_q", "blocks.1.ffn.net.2", "proj_out"]  # two fp8 layers, one merged
+    l1, l2 = small_layers(twin, names, seed=31), small_layers(twin, names[:2], seed=32)
+    p1 = write_lora(tmp_path / "one.safetensors", "diffusers_bare", l1, alpha=RANK)
+    p2 = write_lora(tmp_path / "two.safetensors", "diffusers_bare", l2, alpha=RANK)
+    ref = {}
+    base = forward(twin)
+    with torch.no_grad():
+        for n, (a, b) in l1.items():
+            twin.get_submodule(n).weight.add_(b @ a)
+        ref["outer"] = forward(twin)
+        for n, (a, b) in l2.items():
+            twin.get_submodule(n).weight.add_(-2.0 * (b @ a))
+        ref["both"] = forward(twin)
+    before = forward(model)
+    hooks = [len(m._forward_hooks) for m in model.modules()]
+    with applied_loras(model, [LoraSpec(str(p1), 1.0)]):
+        torch.testing.assert_close(forward(model), ref["outer"], atol=2e-5, rtol=1e-5)
+        with applied_loras(model, [LoraSpec(str(p2), -2.0)]):
+            torch.testing.assert_close(forward(model), ref["both"], atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(forward(model), ref["outer"], atol=2e-5, rtol=1e-5)
+    assert torch.equal(forward(model), before) and [len(m._forward_hooks) for m in model.modules()] == hooks
+    torch.testing.assert_close(before, base, atol=1e-5, rtol=1e-5)

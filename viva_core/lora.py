@@ -509,13 +509,14 @@ def install_fp8_lora_hooks(transformer: torch.nn.Module) -> int:
     return n
 
 
-def _side_path(items: list[tuple[LoraLayer, float]], device: torch.device) -> _SidePath:
-    downs, ups = [], []
+def _side_path(items: list[tuple[LoraLayer, float]], device: torch.device, outer: _SidePath | None) -> _SidePath:
+    """The stack of ``items`` on top of ``outer`` (the side path of an enclosing ``applied_loras``, if any)."""
+    downs, ups = ([outer.down], [outer.up]) if outer is not None else ([], [])
     for layer, strength in items:
         scale = strength * (1.0 if layer.alpha is None else layer.alpha / layer.rank)
         downs.append(layer.down.to(device=device, dtype=torch.float32) * scale)
         ups.append(layer.up.to(device=device, dtype=torch.float32))
-    return _SidePath(torch.cat(downs, 0), torch.cat(ups, 1))
+    return _SidePath(torch.cat([d.to(device) for d in downs], 0), torch.cat([u.to(device) for u in ups], 1))
 
 
 @contextmanager
@@ -555,7 +556,7 @@ def applied_loras(transformer: torch.nn.Module, specs: Sequence[LoraSpec], *,
         reports.append(rep)
 
     backups: dict[str, torch.Tensor] = {}
-    sides: list[torch.nn.Module] = []
+    sides: list[tuple[torch.nn.Module, _SidePath | None]] = []  # (module, the side path it had before)
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
         with torch.no_grad():
@@ -563,9 +564,10 @@ def applied_loras(transformer: torch.nn.Module, specs: Sequence[LoraSpec], *,
                 module = targets[name]
                 weight = module.weight
                 if _is_fp8(weight):
-                    sides.append(module)
-                    setattr(module, _SIDE_ATTR, _side_path(items, weight.device))
-                    if not getattr(module, _HOOK_ATTR, False):
+                    outer = getattr(module, _SIDE_ATTR, None)
+                    sides.append((module, outer))
+                    setattr(module, _SIDE_ATTR, _side_path(items, weight.device, outer))
+                    if outer is None and not getattr(module, _HOOK_ATTR, False):  # else a hook is there already
                         handles.append(module.register_forward_hook(_side_hook, with_kwargs=True))
                     continue
                 backups[name] = weight.detach().to(device=backup_device, copy=True)
@@ -575,10 +577,12 @@ def applied_loras(transformer: torch.nn.Module, specs: Sequence[LoraSpec], *,
                 weight.copy_((weight.float() + delta).to(weight.dtype))
         yield reports
     finally:
-        for handle in handles:
+        for handle in reversed(handles):
             handle.remove()
-        for module in sides:
-            if hasattr(module, _SIDE_ATTR):
+        for module, outer in sides:
+            if outer is not None:
+                setattr(module, _SIDE_ATTR, outer)
+            elif hasattr(module, _SIDE_ATTR):
                 delattr(module, _SIDE_ATTR)
         with torch.no_grad():
             for name, original in backups.items():

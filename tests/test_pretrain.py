@@ -199,7 +199,7 @@ def test_stages_write_models_the_normal_loaders_use(synth_npz, tmp_path) -> None
 
     judge_dir = S.run_stage(_cfg("judge", tmp_path / "judge", manifest, **{"judge.vlm.hidden": 32}))
     judge = Judge(load_vlm(judge_dir, dtype="fp32", device="cpu"))
-    assert judge.difference  # trained with difference frames (the default), and its folder says so
+    assert judge.difference and not judge.generates_text  # its folder says: difference frames, Yes/No only
     verdict = judge.score(frames, out, "make it blue")
     assert all(0 <= v <= 1 for v in verdict.scores.values())
 

@@ -881,6 +881,7 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     summary = _loop(cfg, list(vlm.model.parameters()), step, out, progress, "judge")
     save_small(vlm.model.eval(), folder)
     _write_json(folder / JUDGE_INFO_FILE, {"difference_frames": sec.difference, "frames": sec.frames,
+                                           "generates_text": False,  # trained on Yes/No answers only
                                            "trained_by": "viva pretrain judge"})
     _write_json(out / "judge_summary.json", {"config": dataclasses.asdict(cfg), "result": summary})
     log.info("judge: %s", summary)

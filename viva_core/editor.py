@@ -224,6 +224,10 @@ def _check_options(o: EditorOptions) -> None:
                                  (o.compile, COMPILE_MODES, "compile")):
         if value not in allowed:
             raise InputError(f"{what} '{value}' is not one of {allowed}.")
+    if o.fp8_storage and o.compile == "blocks":  # dynamo: "Attempted to use torch.nn.Parameter() constructor"
+        raise InputError("compile 'blocks' cannot trace fp8 weight storage (diffusers casts the fp8 weights inside "
+                         "each block's forward, which a whole-graph compile of the block rejects): use compile 'full' "
+                         "with fp8 storage, or turn fp8 storage off.")
 
 
 def _load_diffusers_part(root: Path, sub: str, dtype: torch.dtype) -> torch.nn.Module:

@@ -176,7 +176,7 @@ class TrainConfig:
         problems += _ranges([
             ("optim.steps", o.steps, 1, None), ("optim.lr", o.lr, 0, None), ("optim.weight_decay", o.weight_decay, 0, None),
             ("optim.grad_clip", o.grad_clip, 0, None, True), ("optim.warmup_steps", o.warmup_steps, 0, None),
-            ("optim.batch_size", o.batch_size, 1, None), ("lora.alpha", self.lora.alpha, 0, None, True),
+            ("optim.batch_size", o.batch_size, 1, None),
             ("data.max_frames", self.data.max_frames, 1, None), ("data.height", self.data.height, 0, None),
             ("data.width", self.data.width, 0, None), ("model.max_text_tokens", self.model.max_text_tokens, 0, None),
             ("model.refiner_depth", self.model.refiner_depth, 1, None),
@@ -189,7 +189,8 @@ class TrainConfig:
             ("rollout.inner_updates", r.inner_updates, 1, None),
             ("rollout.rwo_temperature", r.rwo_temperature, 0, None, True), ("log.every", self.log.every, 1, None),
             ("log.checkpoint_every", self.log.checkpoint_every, 0, None),
-            ("log.keep_checkpoints", self.log.keep_checkpoints, 0, None)])
+            ("log.keep_checkpoints", self.log.keep_checkpoints, 0, None)]
+            + ([("lora.alpha", self.lora.alpha, 0, None, True)] if self.lora.rank > 0 else []))  # unused without a LoRA
         if bool(self.data.height) != bool(self.data.width):
             problems.append("data.height and data.width: set both, or leave both at 0 to keep the videos' size")
         raise_problems(problems, "training config")

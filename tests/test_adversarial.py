@@ -325,6 +325,62 @@ case("pretrain --stage bogus", lambda w, t: (["pretrain", str(pretrain_toml(t, "
                                              "argument --stage"))
 
 
+# ---------------------------------------------------------------- models: damaged folders, forged metadata
+def _editor_copy(w, t: Path, sub_config: str | None = None, data: bytes | None = None, bump_layers: bool = False) -> Path:
+    import shutil
+
+    ed = Path(shutil.copytree(w["editor"], t / "damaged_editor"))
+    cfg = ed / "transformer" / "config.json"
+    if bump_layers:
+        c = json.loads(cfg.read_text())
+        c["num_layers"] += 1  # the weights lack the extra layer: diffusers leaves it on the meta device
+        cfg.write_text(json.dumps(c))
+    if sub_config is not None:
+        (ed / sub_config / "config.json").write_bytes(data)
+    return ed
+
+
+def _lora_with(t: Path, *, metadata: dict | None = None, adapter_config: bytes | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    d = t / "lora"
+    d.mkdir()
+    path = d / "l.safetensors"
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(2, 16),
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(16, 2)}, str(path), metadata=metadata)
+    if adapter_config is not None:
+        (d / "adapter_config.json").write_bytes(adapter_config)
+    return path
+
+
+def _forged_refiner(t: Path, **config) -> Path:
+    from safetensors.torch import save_file
+
+    path = t / "refiner.safetensors"
+    base = {"in_dim": 32, "out_dim": 32, "hidden_dim": 32, "depth": 1, "heads": 4, **config}
+    save_file({"proj_in.weight": torch.zeros(32, 32)}, str(path), metadata={"config": json.dumps(base)})
+    return path
+
+
+for sub, data, what in (("transformer", b"{broken", "transformer config"), ("vae", b"[1, 2]", "vae config"),
+                        ("transformer", b"\xff\xfe", "transformer config")):
+    case(f"edit editor {sub}/config.json {data!r}", lambda w, t, s=sub, d=data, c=what: (
+        edit(w, t, "--editor", str(_editor_copy(w, t, s, d))), c))
+case("edit editor config with more layers than its weights", lambda w, t: (
+    edit(w, t, "--editor", str(_editor_copy(w, t, bump_layers=True))), "do not match its config.json"))
+case("edit lora adapter_config.json is a list", lambda w, t: (
+    edit(w, t, "--lora", str(_lora_with(t, adapter_config=b"[1]"))), "adapter_config.json"))
+case("edit lora adapter_config.json broken", lambda w, t: (
+    edit(w, t, "--lora", str(_lora_with(t, adapter_config=b"{"))), "adapter_config.json"))
+case("edit lora forged lora_adapter_metadata", lambda w, t: (
+    edit(w, t, "--lora", str(_lora_with(t, metadata={"lora_adapter_metadata": "{nope"}))), "lora_adapter_metadata"))
+case("edit lora lora_adapter_metadata not an object", lambda w, t: (
+    edit(w, t, "--lora", str(_lora_with(t, metadata={"lora_adapter_metadata": "[2]"}))), "lora_adapter_metadata"))
+for field_, value in (("depth", 1.5), ("heads", "4"), ("hidden_dim", True)):
+    case(f"edit refiner forged {field_}={value!r}", lambda w, t, f=field_, v=value: (
+        edit(w, t, "--instructor", str(w["vlm"]), "--refiner", str(_forged_refiner(t, **{f: v}))), "refiner"))
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_exits_2_names_the_culprit_and_changes_nothing(w, tmp_path, capsys, name):
     argv, culprit = CASES[name](w, tmp_path)

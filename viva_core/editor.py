@@ -25,7 +25,7 @@ import torch
 from .errors import InputError, ModelLoadError
 from .lora import LoraSpec, check_lora_fits, install_fp8_lora_hooks
 from .runtime import parse_device, parse_dtype
-from .safe_io import load_safetensors, read_metadata_json
+from .safe_io import load_safetensors, read_json_object, read_metadata_json
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def _load_diffusers_part(root: Path, sub: str, dtype: torch.dtype) -> torch.nn.M
     if not (part / "config.json").is_file():
         raise ModelLoadError(f"{root}: missing {sub}/config.json. An editor folder needs transformer/ and vae/ "
                              "subfolders in diffusers format (as in a Wan2.1/2.2 or Lucy-Edit diffusers checkout).")
-    cfg = json.loads((part / "config.json").read_text())
+    cfg = read_json_object(part / "config.json", f"{sub} config")
     if cfg.get("_class_name") not in (None, cls.__name__):
         raise ModelLoadError(f"{part}: is a {cfg.get('_class_name')}, expected {cls.__name__}. This folder is not a "
                              "Wan-architecture editor.")
@@ -248,11 +248,16 @@ def _load_diffusers_part(root: Path, sub: str, dtype: torch.dtype) -> torch.nn.M
         why = f" (found {pickles}: pickle weights are refused; convert them to safetensors)" if pickles else ""
         raise ModelLoadError(f"{part}: no *.safetensors weights{why}.")
     try:
-        return cls.from_pretrained(str(root), subfolder=sub, torch_dtype=dtype, use_safetensors=True,
-                                   local_files_only=True)
+        model = cls.from_pretrained(str(root), subfolder=sub, torch_dtype=dtype, use_safetensors=True,
+                                    local_files_only=True)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise ModelLoadError(f"{part}: cannot load {cls.__name__} ({e}). The folder is incomplete or its weights do "
                              "not match its config.json.") from e
+    missing = [name for name, p in model.named_parameters() if p.is_meta]  # diffusers only warns, then moving fails
+    if missing:
+        raise ModelLoadError(f"{part}: the weights do not match its config.json: {len(missing)} parameters have no "
+                             f"weights (e.g. {', '.join(missing[:3])}). Restore the folder from the model's download.")
+    return model
 
 
 def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

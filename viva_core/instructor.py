@@ -57,6 +57,10 @@ class RefinerConfig:
     heads: int = 8
 
     def __post_init__(self) -> None:
+        sizes = {k: getattr(self, k) for k in ("in_dim", "out_dim", "hidden_dim", "depth", "heads")}
+        wrong = [k for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int)]
+        if wrong:  # e.g. depth 1.5 from forged metadata: it would fail later, inside nn.ModuleList
+            raise InputError(f"token refiner sizes must be whole numbers; {', '.join(wrong)} in {sizes} are not.")
         if min(self.in_dim, self.out_dim, self.hidden_dim, self.heads) < 1 or self.depth < 0:
             raise InputError(f"token refiner sizes must be positive, got {self}.")
         if self.hidden_dim % self.heads:

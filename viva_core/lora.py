@@ -53,7 +53,7 @@ from typing import Iterator, Sequence
 import torch
 
 from .errors import InputError, LoraError, ModelLoadError
-from .safe_io import check_safetensors_path, load_safetensors, save_safetensors_atomic
+from .safe_io import check_safetensors_path, load_safetensors, read_json_object, save_safetensors_atomic
 
 __all__ = [
     "WAN_NAME_TABLE", "LoraSpec", "LoraLayer", "LoraKeyReport", "wan_to_diffusers", "diffusers_to_wan",
@@ -265,16 +265,16 @@ def _alpha_config(path: Path, metadata: dict[str, str]) -> tuple[float | None, d
     adapter_config.json beside the file."""
     cfg: dict = {}
     raw = metadata.get("lora_adapter_metadata")
-    if raw:
+    if raw:  # a broken entry would silently drop alpha (scale 1): refuse it instead
         try:
-            cfg = {k.removeprefix("transformer."): v for k, v in json.loads(raw).items()}
-        except (json.JSONDecodeError, AttributeError):
-            cfg = {}
+            parsed = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise LoraError(f"{path}: its 'lora_adapter_metadata' is not JSON ({e}); re-save the LoRA.") from None
+        if not isinstance(parsed, dict):
+            raise LoraError(f"{path}: its 'lora_adapter_metadata' must be a JSON object; re-save the LoRA.")
+        cfg = {k.removeprefix("transformer."): v for k, v in parsed.items()}
     elif (path.parent / "adapter_config.json").is_file():
-        try:
-            cfg = json.loads((path.parent / "adapter_config.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            cfg = {}
+        cfg = read_json_object(path.parent / "adapter_config.json", "PEFT adapter_config.json")
     alpha = cfg.get("lora_alpha")
     pattern = cfg.get("alpha_pattern") or {}
     return (float(alpha) if isinstance(alpha, (int, float)) else None,

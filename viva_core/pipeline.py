@@ -120,11 +120,14 @@ def conform_for_editor(editor: Editor, frames: torch.Tensor, working_size: Optio
     editor trained at one size (`native_size`, e.g. the bundled 64x64) first scaled to fit it, aspect kept.
 
     Why pad, not crop: the edit must line up with the source frame by frame and pixel by pixel. A crop loses the
-    border (it would come back unedited); padding keeps the whole frame, and `unconform_frames` cuts the padding off
-    and scales back, so the edit has the source's W x H. Why edge padding, not reflect: it puts no mirrored copies
-    of objects into the border for the editor to act on, and it works for any aspect (reflect needs each pad
-    narrower than the frame: a 1920x200 clip fit into 64x64 is 64x7 plus 57 rows of padding).
-    Measured with `recipes/small/aspect_check.py` (see its docstring for the numbers)."""
+    border (it comes back unedited); padding keeps the whole frame, and `unconform_frames` cuts the padding off and
+    scales back, so the edit has the source's W x H. Why edge padding, not reflect: it puts no mirrored copies of
+    objects into the border for the editor to act on, and it works for any aspect (reflect needs each pad narrower
+    than the frame: a 1920x200 clip fit into 64x64 is 64x7 plus 57 rows of padding). Measured on the bundled models
+    (`recipes/small/aspect_check.py`: four 96x48 / 48x96 clips, "Invert the colours.", 20 steps), mean PSNR of the
+    edit against the truth over the whole frame / of the VAE round trip against the source: edge pad 14.40 / 25.93
+    dB, reflect 14.19 / 25.52, squash to 64x64 (the old way; distorts shapes) 14.65 / 24.03, center crop 5.50 (its
+    border unedited)."""
     return conform_frames(frames.float(), editor.temporal_factor, editor.spatial_multiple,
                           resize_to=working_size or editor.native_size, fit="pad", pad_mode="replicate")
 

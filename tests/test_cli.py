@@ -50,11 +50,12 @@ def test_edit_writes_mp4_with_source_fps_and_audio(assets, capsys):
     assert main(_edit_args(assets, out, "--lora", f"{assets['lora']}:0.8")) == 0
     info = probe_video(out)
     assert info.num_frames == 9 and math.isclose(info.fps, 8.0) and info.has_audio  # 11 -> 4k+1 = 9
-    assert (info.height, info.width) == (32, 32)
+    assert (info.width, info.height) == (40, 36)  # the source's W x H: padded to 48x48 for the editor, cropped back
     video = read_video(out)
     assert abs(video.audio.waveform.shape[-1] / video.audio.sample_rate - 9 / 8) < 0.1  # trimmed to 9 frames
     text = capsys.readouterr().out
     assert "9 frames kept of 11" in text and "style.safetensors" in text and "matched" in text
+    assert "9 frames 40x36 @ 8 fps" in text and "output cropped back to 40x36" in text
 
 
 def test_lora_changes_the_edit_and_strength_zero_does_not(assets):

@@ -9,7 +9,6 @@ import asyncio
 import json
 import math
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -18,22 +17,20 @@ import comfy.model_management as mm
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
-from safetensors import safe_open
 from server import PromptServer
 
 from ..viva_core.data import IMAGE_SUFFIXES, PATH_FIELDS, VIDEO_SUFFIXES, dataset_from_folder, load_manifest
 from ..viva_core.errors import InputError
 from ..viva_core.safe_io import atomic_path
 from ..viva_core.train.checkpoint import PREFIX as CHECKPOINT_PREFIX
-from ..viva_core.train.checkpoint import latest_checkpoint
-from ..viva_core.train.config import METHODS, load_config, parse_reward_weights
+from ..viva_core.train.checkpoint import latest_checkpoint, trained_by_viva
+from ..viva_core.train.config import METHODS, check_output_name, load_config, parse_reward_weights
 from ..viva_core.train.trainer import Trainer
 from . import common as c
 from .loaders import DTYPES, editor_choices, resolve_editor
 
 TRAINING_FOLDER = "viva_training"  # under ComfyUI's output folder: checkpoints, metrics, curves, cache
 EVENT = "viva.train"  # websocket event of each logged step, drawn as a live curve by web/js/viva.js
-OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 CURVE_KEYS = ("loss", "reward")
 
 
@@ -144,14 +141,7 @@ def _checkpoint_step(out_dir: Path) -> Optional[int]:
 
 def _check_lora_destination(path: Path) -> None:
     """Overwrite a LoRA only when this trainer wrote it (a re-run); never a file from elsewhere."""
-    if not path.exists():
-        return
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            trainer = (f.metadata() or {}).get("trainer")
-    except Exception:  # not a safetensors file at all
-        trainer = None
-    if trainer != "viva_core":
+    if path.exists() and not trained_by_viva(path):
         raise InputError(f"models/loras already has '{path.name}' and it was not trained by VIVA; choose another "
                          "output_name.")
 
@@ -251,9 +241,8 @@ class TrainLoRA(io.ComfyNode):
                       max_frames: int, height: int, width: int, output_name: str, dtype: str,
                       resume: bool) -> io.NodeOutput:
         name = output_name.strip()
-        if not OUTPUT_NAME.match(name) or name.endswith(".safetensors"):
-            raise InputError(f"output_name '{output_name}' must be a plain name (letters, digits, _ . -), without "
-                             "folders or extension.")
+        for problem in check_output_name(name):
+            raise InputError(problem + ".")
         if bool(height) != bool(width):
             raise InputError("set both height and width, or leave both at 0 to keep the videos' size.")
         files = resolve_editor(editor, vae, text_encoder)

@@ -228,7 +228,8 @@ def remove_stale_temporaries(root: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _trained_by_viva(path: Path) -> bool:
+def trained_by_viva(path: Path) -> bool:
+    """A safetensors file whose metadata says this trainer wrote it (what a re-run may replace)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get("trainer") == "viva_core"
@@ -244,7 +245,7 @@ def check_run_destination(out_dir: Path, name: str, *, resume: bool, overwrite: 
     out_dir = Path(out_dir)
     outputs = [out_dir / f"{name}{tail}.safetensors" for tail in ("", "_refiner", "_interrupted", "_interrupted_refiner")]
     for f in outputs:
-        if f.exists() and not overwrite and (not f.is_file() or not _trained_by_viva(f)):
+        if f.exists() and not overwrite and (not f.is_file() or not trained_by_viva(f)):
             raise OutputPathError(f"{f}: exists and was not trained by viva; choose another output_name (or "
                                   "output_dir), or pass --overwrite to replace it.")
     if resume or overwrite:

@@ -26,7 +26,10 @@ def test_which_folders_generate_text(tmp_path):
     (tmp_path / JUDGE_INFO_FILE).write_text(json.dumps({"difference_frames": True, "generates_text": True}))
     assert judge_generates_text(tmp_path)
     (tmp_path / JUDGE_INFO_FILE).write_text("[1, 2")
-    with pytest.raises(ModelLoadError, match="not a JSON object"):
+    with pytest.raises(ModelLoadError, match="judge info is not readable JSON"):
+        judge_generates_text(tmp_path)
+    (tmp_path / JUDGE_INFO_FILE).write_text("[1, 2]")
+    with pytest.raises(ModelLoadError, match="must be a JSON object"):
         judge_generates_text(tmp_path)
     assert not judge_generates_text(SMALL_JUDGE)
     assert json.loads((SMALL_JUDGE / JUDGE_INFO_FILE).read_text())["difference_frames"] is False  # as shipped

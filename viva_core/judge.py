@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from .errors import InputError, ModelLoadError, NonFiniteError
+from .safe_io import read_json_object
 from .video import uniform_frame_indices
 from .vlm import VLM, build_inputs, forward, generate_text, to_pil_image
 
@@ -124,15 +125,16 @@ def difference_images(source: torch.Tensor, edited: torch.Tensor, num_frames: in
     return [to_pil_image(difference_frames(source[i:i + 1], edited[j:j + 1])[0], max_side=max_side) for i, j in pairs]
 
 
-def reads_difference_frames(vlm_path: str | Path) -> bool:
-    """Whether the judge folder says it was trained with difference frames (`viva_judge.json`)."""
+def judge_info(vlm_path: str | Path) -> dict | None:
+    """The judge folder's `viva_judge.json` (how a project-trained judge sees edits and whether it writes text), or
+    None for a folder without one (a chat VLM such as Qwen2.5-VL)."""
     info = Path(vlm_path) / JUDGE_INFO_FILE
-    if not info.is_file():
-        return False
-    try:
-        return bool(json.loads(info.read_text(encoding="utf-8")).get("difference_frames", False))
-    except (ValueError, AttributeError) as e:
-        raise ModelLoadError(f"{info}: not a JSON object ({e}); rewrite it or delete it.") from e
+    return read_json_object(info, "judge info") if info.is_file() else None
+
+
+def reads_difference_frames(vlm_path: str | Path) -> bool:
+    """Whether the judge folder says it was trained with difference frames."""
+    return bool((judge_info(vlm_path) or {}).get("difference_frames", False))
 
 
 def judge_generates_text(vlm_path: str | Path) -> bool:
@@ -140,13 +142,8 @@ def judge_generates_text(vlm_path: str | Path) -> bool:
     pretrain judge``, whose folder has viva_judge.json; the bundled small judge) never learned to write text and
     generates junk ("assistant assistant ..."); ``"generates_text"`` in that file says it explicitly. A folder
     without the file is a chat VLM, which can."""
-    info = Path(vlm_path) / JUDGE_INFO_FILE
-    if not info.is_file():
-        return True
-    try:
-        return bool(json.loads(info.read_text(encoding="utf-8")).get("generates_text", False))
-    except (ValueError, AttributeError) as e:
-        raise ModelLoadError(f"{info}: not a JSON object ({e}); rewrite it or delete it.") from e
+    info = judge_info(vlm_path)
+    return True if info is None else bool(info.get("generates_text", False))
 
 
 def _as_video(frames: torch.Tensor, what: str) -> torch.Tensor:

@@ -191,11 +191,11 @@ def test_stages_write_models_the_normal_loaders_use(synth_npz, tmp_path) -> None
     editor = load_editor(str(editor_dir), options=EditorOptions(dtype="fp32", device="cpu"))
     assert editor.max_text_tokens == 160 and editor.native_size == (64, 64)
     vlm = load_vlm(tmp_path / "ed" / "instructor", dtype="fp32", device="cpu")
-    frames = torch.rand(9, 48, 80, 3)  # resized to the editor's 64x64
+    frames = torch.rand(9, 48, 80, 3)  # 80x48: fit into the editor's 64x64 (aspect kept), edited, scaled back
     cond, _ = build_conditioning(editor, "make the red circle blue", frames[0], mode="instructor", vlm=vlm,
                                  refiner_path=str(tmp_path / "ed" / "refiner.safetensors"))
     out = edit(editor, frames, cond, settings=EditSettings(steps=2, cfg=2.0)).frames
-    assert out.shape == (9, 64, 64, 3) and torch.isfinite(out).all()
+    assert out.shape == (9, 48, 80, 3) and torch.isfinite(out).all()
 
     judge_dir = S.run_stage(_cfg("judge", tmp_path / "judge", manifest, **{"judge.vlm.hidden": 32}))
     judge = Judge(load_vlm(judge_dir, dtype="fp32", device="cpu"))

@@ -22,18 +22,11 @@ PHASES="${PHASES:-data bench vae editor eval pack}"
 mkdir -p "$WORK" && cp -r viva_core recipes bench "$WORK"/ && { [ -d "${BASE_SRC:-.bench_base}" ] && cp -r "${BASE_SRC:-.bench_base}" "$WORK/base_src"; true; }
 cd "$WORK" || exit 1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
-V="python3 -m viva_core.cli"
-R=runs/small
-B=viva_core/small_models
-mkdir -p "$R" runs/eval pack
-stamp() { echo "== $* $(date +%T)" | tee -a runs/stamps.log; }
-has() { [[ " $PHASES " == *" $1 "* ]]; }
+source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, eval_lines
 
 if has data; then
   stamp data
-  [ -f data/small/train.jsonl ] || $V synth --out data/small --n "${N:-10000}" --seed 0 --format npz --workers 14
-  [ -f data/eval_id/train.jsonl ] || $V synth --out data/eval_id --n 96 --seed 8 --format npz --splits 1,0,0 --workers 14
-  [ -f data/eval_heldout/heldout.jsonl ] || $V synth --out data/eval_heldout --n 96 --seed 7 --format npz --splits 0,0,1 --workers 14
+  make_data
 fi
 if has bench; then
   stamp bench
@@ -80,11 +73,7 @@ if has eval; then
     [ceiling_vae4]="--editor $R/editor4/editor --ceiling"
   )
   for name in ${VARIANTS:-"${!variant[@]}"}; do
-    for set in id heldout; do
-      m=data/eval_id/train.jsonl; [ "$set" = heldout ] && m=data/eval_heldout/heldout.jsonl
-      echo "$V eval $m ${variant[$name]} --report runs/eval/${name}_$set --no-outputs --steps 20 --previews 6 \
-        --device ${EVAL_DEVICE:-cuda} --dtype fp32 --vlm-dtype fp32 > runs/eval/${name}_$set.log 2>&1"
-    done
+    eval_lines "$name" "${variant[$name]}"
   done | xargs -P "${JOBS:-8}" -I{} bash -c {}
   grep -H "^all " runs/eval/*.log
 fi

@@ -16,20 +16,13 @@ PHASES="${PHASES:-data editor judge instructor eval pack}"
 mkdir -p "$WORK" && cp -r viva_core recipes bench "$WORK"/
 cd "$WORK" || exit 1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
-V="python3 -m viva_core.cli"
-R=runs/small
-mkdir -p "$R" runs/eval pack
-stamp() { echo "== $* $(date +%T)" | tee -a runs/stamps.log; }
-has() { [[ " $PHASES " == *" $1 "* ]]; }
+source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, eval_lines
 V3=(--set editor.vae=recipes/small/checkpoints/vae4 --set editor.layers=8 --set editor.heads=6 --set editor.ffn_dim=1536
     --set optim.compile=true)
-steps() { echo --set "optim.steps=$1" --set "optim.warmup_steps=$(($1 / 10))"; }
 
 if has data; then
   stamp data
-  [ -f data/small/train.jsonl ] || $V synth --out data/small --n "${N:-10000}" --seed 0 --format npz --workers 14
-  [ -f data/eval_id/train.jsonl ] || $V synth --out data/eval_id --n 96 --seed 8 --format npz --splits 1,0,0 --workers 14
-  [ -f data/eval_heldout/heldout.jsonl ] || $V synth --out data/eval_heldout --n 96 --seed 7 --format npz --splits 0,0,1 --workers 14
+  make_data
 fi
 if has editor; then
   stamp editor
@@ -55,13 +48,10 @@ fi
 if has eval; then
   stamp eval
   for d in $R/v4_*/editor; do
+    [ -d "$d" ] || continue  # no editor trained in this session
     name=$(basename "$(dirname "$d")")
     extra=""; [ -d "$R/$name/instructor" ] && extra="--instructor $R/$name/instructor --refiner $R/$name/refiner.safetensors"
-    for set in id heldout; do
-      m=data/eval_id/train.jsonl; [ "$set" = heldout ] && m=data/eval_heldout/heldout.jsonl
-      echo "$V eval $m --editor $d $extra --report runs/eval/${name}_$set --no-outputs --steps 20 --previews 6 \
-        --device cuda --dtype fp32 --vlm-dtype fp32 > runs/eval/${name}_$set.log 2>&1"
-    done
+    eval_lines "$name" "--editor $d $extra"
   done > runs/eval_jobs.txt
   [ -f "$R/judge/judge_summary.json" ] && echo "python3 recipes/small/judge_check.py data/eval_heldout/heldout.jsonl \
     $R/judge/judge runs/eval/judge_heldout > runs/eval/judge_heldout.log 2>&1" >> runs/eval_jobs.txt

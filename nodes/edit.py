@@ -13,7 +13,8 @@ from ..viva_core.editor import Conditioning
 from ..viva_core.errors import InputError
 from ..viva_core.judge import DIMENSIONS, Judge
 from ..viva_core.pipeline import EditSettings, edit
-from ..viva_core.sampling import SAMPLERS
+from ..viva_core.settings import BUNDLED_STEPS, SAMPLERS
+from ..viva_core.settings import DEFAULTS as D
 from ..viva_core.video import read_video
 from . import common as c
 
@@ -109,14 +110,15 @@ _COND_TIP = "From VIVA Encode Instruction."
 
 def _sampling_inputs() -> list:
     return [
-        io.Int.Input("steps", default=30, min=1, max=200, tooltip="Sampler steps (time grows linearly)."),
-        io.Float.Input("cfg", default=5.0, min=0.0, max=20.0, step=0.1, tooltip="Guidance; 1 = off (half the time)."),
-        io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
+        io.Int.Input("steps", default=D.steps, min=1, max=200,
+                     tooltip=f"Sampler steps (time grows linearly); the bundled small editor needs only {BUNDLED_STEPS}."),
+        io.Float.Input("cfg", default=D.cfg, min=0.0, max=20.0, step=0.1, tooltip="Guidance; 1 = off (half the time)."),
+        io.Int.Input("seed", default=D.seed, min=0, max=2**63 - 1, control_after_generate=True,
                      tooltip="Noise seed; best-of-N uses seed, seed+1, ..."),
-        io.Float.Input("shift", default=5.0, min=0.1, max=20.0, step=0.1, tooltip="Wan sigma shift (3 for 480p)."),
-        io.Float.Input("strength", default=1.0, min=0.01, max=1.0, step=0.01,
+        io.Float.Input("shift", default=D.shift, min=0.1, max=20.0, step=0.1, tooltip="Wan sigma shift (3 for 480p)."),
+        io.Float.Input("strength", default=D.strength, min=0.01, max=1.0, step=0.01,
                        tooltip="1 = full edit from noise; lower keeps more of the source's layout."),
-        io.Combo.Input("sampler", options=list(SAMPLERS), default="unipc", tooltip="Flow-matching ODE solver."),
+        io.Combo.Input("sampler", options=list(SAMPLERS), default=D.sampler, tooltip="Flow-matching ODE solver."),
         io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=0.5, tooltip="Frame rate for IMAGE input "
                        "(a VIDEO input keeps its own fps and audio)."),
         io.Int.Input("max_frames", default=81, min=0, max=10000, tooltip="Frames taken from the source (0 = all)."),

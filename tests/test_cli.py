@@ -158,3 +158,25 @@ def test_readme_node_table_uses_the_ui_names():
     shown = set(re.findall(r'display_name="(VIVA[^"]*)"', "".join(p.read_text() for p in (root / "nodes").glob("*.py"))))
     table = set(re.findall(r"^\| (VIVA [^|]*?) \|", (root / "README.md").read_text(), flags=re.M))
     assert shown and table == shown, (sorted(table - shown), sorted(shown - table))
+
+
+def test_bundled_editor_defaults_to_its_steps_and_flags_show_their_defaults(capsys):
+    """Without --steps: the bundled small editor samples BUNDLED_STEPS, any other editor EditSettings' default;
+    --help shows every sampling default (read from the one EditSettings)."""
+    from viva_core import bundled
+    from viva_core.cli import build_parser, sampling_settings
+    from viva_core.settings import BUNDLED_STEPS, DEFAULTS
+
+    parser = build_parser()
+    base = ["edit", "example", "x", "-o", "o.mp4"]
+    assert sampling_settings(parser.parse_args(base + ["--editor", str(bundled.EDITOR)])).steps == BUNDLED_STEPS
+    assert sampling_settings(parser.parse_args(base + ["--editor", "/models/Lucy-Edit-Dev"])).steps == DEFAULTS.steps
+    assert sampling_settings(parser.parse_args(base + ["--editor", str(bundled.EDITOR), "--steps", "7"])).steps == 7
+    assert BUNDLED_STEPS != DEFAULTS.steps
+    with pytest.raises(SystemExit):
+        parser.parse_args(["edit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in (("--cfg", DEFAULTS.cfg), ("--shift", DEFAULTS.shift), ("--seed", DEFAULTS.seed),
+                          ("--sampler", DEFAULTS.sampler)):
+        assert f"(default {default})" in text.rsplit(flag, 1)[1][:200], flag  # its entry, after the usage line
+    assert f"default {DEFAULTS.steps}; {BUNDLED_STEPS} for the bundled small editor" in text

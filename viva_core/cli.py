@@ -9,8 +9,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
-from .errors import InputError, OutputPathError, VivaError
-from .train.config import DEVICE
+# Idle OpenMP threads sleep instead of spinning (set before torch loads; a user's own value wins): on 2 shared
+# cores, spinning threads made the README's CPU demo take 19.5 s instead of 13-14 s beside one busy process.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .errors import InputError, OutputPathError, VivaError  # noqa: E402 (after the OpenMP setting)
+from .settings import BUNDLED_STEPS, DEFAULTS, SAMPLERS, EditSettings  # noqa: E402
+from .train.config import DEVICE  # noqa: E402
 
 SEED_MAX = 2**63 - 1  # torch generators take 64-bit seeds; best-of-N adds the candidate index
 
@@ -230,8 +235,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if prompt != args.instruction:
         print(f"instructor prompt: {prompt}")
     negative = negative_conditioning(editor, args.negative)
-    settings = EditSettings(steps=args.steps, cfg=args.cfg, seed=args.seed, shift=args.shift,
-                            strength=args.strength, sampler=args.sampler)
+    settings = sampling_settings(args)
     judge = None
     if args.judge:
         judge = load_judge_from_args(args)
@@ -317,8 +321,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for spec in args.lora or []:
             editor = editor.with_lora(*parse_lora_arg(spec))
         negative = negative_conditioning(editor, args.negative)
-        settings = EditSettings(steps=args.steps, cfg=args.cfg, seed=args.seed, shift=args.shift,
-                                strength=args.strength, sampler=args.sampler)
+        settings = sampling_settings(args)
         vlm, mode = load_instructor_from_args(args)
 
         def editor_fn(record, frames):
@@ -426,13 +429,30 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def add_sampling_options(sp: argparse.ArgumentParser) -> None:
-    """The fields of EditSettings."""
-    sp.add_argument("--steps", type=number(int, 1, 1000), default=30)
-    sp.add_argument("--cfg", type=number(float, 0, 100), default=5.0)
-    sp.add_argument("--seed", type=SEED, default=0)
-    sp.add_argument("--shift", type=number(float, 0, 100, lo_open=True), default=5.0)
-    sp.add_argument("--strength", type=number(float, 0, 1, lo_open=True), default=1.0)
-    sp.add_argument("--sampler", default="unipc", choices=["unipc", "euler"])
+    """The fields of EditSettings, defaults from settings.DEFAULTS (--steps left out: see sampling_settings)."""
+    d = DEFAULTS
+    sp.add_argument("--steps", type=number(int, 1, 1000), default=None,
+                    help=f"sampling steps (default {d.steps}; {BUNDLED_STEPS} for the bundled small editor)")
+    sp.add_argument("--cfg", type=number(float, 0, 100), default=d.cfg,
+                    help="classifier-free guidance scale; 1 = off, one DiT pass per step (default %(default)s)")
+    sp.add_argument("--seed", type=SEED, default=d.seed, help="noise seed (default %(default)s)")
+    sp.add_argument("--shift", type=number(float, 0, 100, lo_open=True), default=d.shift,
+                    help="Wan's sigma shift: ~3 for 480p, 5 for 720p (default %(default)s)")
+    sp.add_argument("--strength", type=number(float, 0, 1, lo_open=True), default=d.strength,
+                    help="< 1 starts from the source noised to that level (default %(default)s)")
+    sp.add_argument("--sampler", default=d.sampler, choices=list(SAMPLERS), help="(default %(default)s)")
+
+
+def sampling_settings(args: argparse.Namespace) -> EditSettings:
+    """EditSettings of the sampling flags; without --steps, the default (BUNDLED_STEPS for the bundled editor)."""
+    from . import bundled
+
+    steps = args.steps
+    if steps is None:
+        small = bool(args.editor) and Path(args.editor).resolve() == bundled.EDITOR.resolve()
+        steps = BUNDLED_STEPS if small else DEFAULTS.steps
+    return EditSettings(steps=steps, cfg=args.cfg, seed=args.seed, shift=args.shift, strength=args.strength,
+                        sampler=args.sampler)
 
 
 def add_editor_options(sp: argparse.ArgumentParser) -> None:

@@ -15,26 +15,9 @@ from .editor import Conditioning, Editor
 from .errors import InputError, NonFiniteError
 from .lora import LoraKeyReport, applied_loras
 from .runtime import ProgressFn, no_progress
-from .sampling import NUM_TRAIN_TIMESTEPS, SAMPLERS, sample
+from .sampling import NUM_TRAIN_TIMESTEPS, sample
+from .settings import EditSettings
 from .video import Audio, ConformReport, conform_frames, format_size, trim_audio, unconform_frames
-
-
-@dataclass(frozen=True)
-class EditSettings:
-    steps: int = 30
-    cfg: float = 5.0  # classifier-free guidance on the text/instructor conditioning; 1 = off (one pass per step)
-    seed: int = 0
-    shift: float = 5.0  # Wan's sigma shift; ~3 for 480p, 5 for 720p
-    strength: float = 1.0  # < 1 starts from the source latents noised to that level
-    sampler: str = "unipc"
-
-    def check(self) -> None:
-        if self.steps < 1 or self.steps > 1000:
-            raise InputError(f"steps must be in 1..1000, got {self.steps}.")
-        if self.cfg < 0:
-            raise InputError(f"cfg must be >= 0, got {self.cfg}.")
-        if self.sampler not in SAMPLERS:
-            raise InputError(f"sampler '{self.sampler}' is not one of {SAMPLERS}.")
 
 
 @dataclass

@@ -12,8 +12,8 @@ import torch
 
 from .errors import InputError, NonFiniteError
 from .runtime import ProgressFn, no_progress
+from .settings import SAMPLERS
 
-SAMPLERS = ("euler", "unipc")
 NUM_TRAIN_TIMESTEPS = 1000  # Wan's timestep = sigma * 1000
 
 

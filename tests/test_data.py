@@ -138,7 +138,7 @@ def test_every_bad_line_is_reported_in_one_error(tmp_path):
     assert "target_video 'b.mp4' not found" in by_line[4]
     assert "instruction is empty" in by_line[5]
     assert "source has 9 frames, target 5 - they must match" in by_line[6]
-    assert "source is 32x48" in by_line[7] and "mask 16x16" in by_line[7]
+    assert "source is 48x32 (width x height)" in by_line[7] and "mask 16x16" in by_line[7]
     assert "source_video 'broken.mp4' is unreadable" in by_line[8]
     assert "no known keys (got: prompt, video)" in by_line[9]
     assert "JSON object" in by_line[10]
@@ -201,7 +201,7 @@ def test_image_pairs_load_as_one_frame_videos(tmp_path):
     with pytest.raises(ManifestError) as info:
         load_manifest(bad)
     assert "source has 1 frames, target 9" in dict(info.value.problems)[1]
-    assert "source is 32x48" in dict(info.value.problems)[2]
+    assert "source is 48x32" in dict(info.value.problems)[2]
 
 
 # ------------------------------------------------------------------------------------------ folder → manifest

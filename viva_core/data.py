@@ -37,7 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .errors import InputError, VideoError
-from .video import conform_frames, probe_video, read_image, read_video
+from .video import conform_frames, format_size, probe_video, read_image, read_video
 from .safe_io import save_safetensors_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -275,8 +275,8 @@ def _pair_problems(fields: dict, media: dict[Path, _Media | str], max_frames: in
             problems.append(f"source has {source.num_frames} frames, {other} {info.num_frames}{cap} - they must match "
                             f"(trim the longer one, or set max_frames ≤ {min(n_src, n_other)})")
         if (source.height, source.width) != (info.height, info.width):
-            problems.append(f"source is {source.height}x{source.width} (height x width), {other} "
-                            f"{info.height}x{info.width} - they must match; export both at one size")
+            problems.append(f"source is {format_size(source.height, source.width)} (width x height), {other} "
+                            f"{format_size(info.height, info.width)} - they must match; export both at one size")
     return problems
 
 

@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from .data import EditRecord, load_manifest, read_frames
 from .errors import InputError
 from .runtime import ProgressFn
-from .video import read_video, uniform_frame_indices, write_video
+from .video import format_size, read_video, uniform_frame_indices, write_video
 from .safe_io import write_text_atomic
 
 if TYPE_CHECKING:
@@ -753,8 +753,9 @@ def manifest_extras(path: PathLike) -> dict[int, dict]:
 def align(output: torch.Tensor, source: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
     """Bring the output and the references to one shape: the first min(T) frames; an output smaller in both
-    sides is taken as a center crop (what `conform_frames` does) and the references are cropped alike;
-    any other size is resized (bilinear) to the references'. Returns (output, source, target, mask, how)."""
+    sides is taken as a center crop (`conform_frames`' crop mode; `edit` itself returns the source's size) and the
+    references are cropped alike; any other size is resized (bilinear) to the references'. Returns (output, source,
+    target, mask, how)."""
     t = min(output.shape[0], source.shape[0])
     output, source, target = output[:t], source[:t], target[:t]
     mask = None if mask is None else mask[:t]
@@ -765,11 +766,11 @@ def align(output: torch.Tensor, source: torch.Tensor, target: torch.Tensor, mask
             top, left = (rh - h) // 2, (rw - w) // 2
             source, target = source[:, top:top + h, left:left + w], target[:, top:top + h, left:left + w]
             mask = None if mask is None else mask[:, top:top + h, left:left + w]
-            how.update(top=top, left=left, note=f"references center-cropped to {h}x{w}")
+            how.update(top=top, left=left, note=f"references center-cropped to {format_size(h, w)}")
         else:
             output = F.interpolate(output.permute(0, 3, 1, 2), size=(rh, rw), mode="bilinear",
                                    align_corners=False).permute(0, 2, 3, 1).clamp(0, 1)
-            how["note"] = f"output resized from {h}x{w} to {rh}x{rw}"
+            how["note"] = f"output resized from {format_size(h, w)} to {format_size(rh, rw)}"
     return output, source, target, mask, how
 
 

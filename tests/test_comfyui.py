@@ -165,6 +165,46 @@ def test_lora_matching_no_key_is_an_execution_error_and_comfyui_keeps_running(mo
     assert len(saved_mp4s(report)) == 1
 
 
+# 20 bad prompts, each one input of tests/comfy_prompts/edit.json changed: (node, input, value).
+BAD_INPUTS = [
+    ("1", "video", "nope.mp4"), ("1", "video", "../../etc/passwd"), ("1", "max_frames", -5), ("1", "stride", 0),
+    ("1", "start_frame", 500_000), ("2", "editor", "folder: nope"), ("2", "dtype", "fp64"), ("2", "offload", "always"),
+    ("3", "lora", "../outside.safetensors"), ("3", "strength", 1e9), ("4", "instruction", ""),
+    ("4", "instruction", "   \n "), ("4", "mode", "telepathy"), ("5", "steps", 0), ("5", "cfg", -1.0),
+    ("5", "shift", 0.0), ("5", "strength", 0.0), ("5", "sampler", "ddim"), ("5", "fps", 0.0), ("5", "seed", -1),
+]
+VIVA_ERRORS = ("InputError", "VideoError", "ModelLoadError", "LoraError", "NonFiniteError")
+
+
+def test_twenty_bad_prompts_then_a_good_one_in_one_server(models, tmp_path):
+    """Each bad prompt is either rejected by ComfyUI's validation (widget ranges, combo lists) or fails on the
+    node it reached with one of our error types, whose message names the value; the server keeps running and the
+    good prompt after them still edits (issue 11, item 2)."""
+    base = json.loads((PROMPTS / "edit.json").read_text())
+    files = []
+    for i, (node, name, value) in enumerate(BAD_INPUTS):
+        prompt = json.loads(json.dumps(base))
+        prompt[node]["inputs"][name] = value
+        files.append(tmp_path / f"bad_{i:02d}.json")
+        files[-1].write_text(json.dumps(prompt))
+    rc, out, report = run_harness(models, tmp_path, *files, "edit.json", timeout=900)
+    sections = prompt_sections(out)
+    assert len(sections) == len(BAD_INPUTS) + 1, out[-3000:]
+    assert "server died" not in out
+    ours = 0
+    for (node, name, value), text in zip(BAD_INPUTS, sections):
+        where = f"node {node} {name}={value!r}"
+        errors = [line for line in text.splitlines() if "EXECUTION ERROR in node" in line]
+        if "prompt REJECTED" in text:
+            assert not errors and f"node {node} " in text, (where, text[-1500:])
+            continue
+        assert len(errors) == 1 and any(f"viva_core.errors.{e}" in errors[0] for e in VIVA_ERRORS), (where, text[-1500:])
+        ours += 1
+    assert ours >= 5  # the values ComfyUI cannot check (files, folders, empty text) reach our checks
+    assert "status=success" in sections[-1] and report["execution"]["status"] == "success", report.get("execution")
+    assert len(saved_mp4s(report)) == 1
+
+
 def lora_metadata(path: Path) -> dict:
     from safetensors import safe_open
 

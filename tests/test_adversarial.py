@@ -473,6 +473,20 @@ def test_optimizer_state_round_trips_exactly_without_pickle(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(params, twin.param_groups[0]["params"]))
 
 
+def test_checkpoint_files_get_a_plain_writes_mode(tmp_path):
+    """Not safetensors' 0600 temp-file mode: what open(path, "w") would give under the umask."""
+    from viva_core.train.checkpoint import save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        ck = save_checkpoint(tmp_path, 1, trainable={"w": torch.ones(2)}, rng={"r": torch.zeros(1)}, optimizer={},
+                             state={})
+    finally:
+        os.umask(old)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in ck.iterdir()}
+    assert set(modes.values()) == {0o644}, modes
+
+
 def test_cleanup_deletes_only_our_checkpoints(tmp_path):
     from viva_core.train.checkpoint import list_checkpoints, save_checkpoint
 

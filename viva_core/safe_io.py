@@ -71,6 +71,11 @@ def _umask() -> int:
     return mask
 
 
+def new_file_mode() -> int:
+    """The mode a plain `open(path, "w")` gives a new file: 0666 minus the umask."""
+    return 0o666 & ~_umask()
+
+
 def read_json_object(path: str | os.PathLike, what: str = "config") -> dict:
     """A JSON file that must hold an object (config.json, adapter_config.json): a missing, non-UTF-8, broken or
     non-object file gives a ModelLoadError naming it, instead of a JSONDecodeError or a later AttributeError."""
@@ -100,7 +105,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         if tmp.is_file():
-            os.chmod(tmp, stat.S_IMODE(p.stat().st_mode) if p.is_file() else 0o666 & ~_umask())
+            os.chmod(tmp, stat.S_IMODE(p.stat().st_mode) if p.is_file() else new_file_mode())
         os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)

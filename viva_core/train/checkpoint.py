@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, OutputPathError
+from ..safe_io import new_file_mode
 
 log = logging.getLogger("viva")
 
@@ -105,6 +106,8 @@ def save_checkpoint(root: Path, step: int, *, trainable: dict[str, torch.Tensor]
         # state.json last: its marker says the folder is complete
         (tmp / "state.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, "step": step, **state},
                                                    indent=1))
+        for f in tmp.iterdir():  # safetensors' save_file leaves 0600: give every file a plain write's mode
+            os.chmod(f, new_file_mode())
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

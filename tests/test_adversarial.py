@@ -208,6 +208,15 @@ case("eval --report inside the editor", lambda w, t: (
 case("eval --outputs is a file", lambda w, t: (
     evaluate(w, t, "--editor", str(w["editor"]))[:5] + [str(w["note"]), "--editor", str(w["editor"])],
     str(w["note"])))
+def _outputs_with_edits(t: Path) -> Path:
+    outs = t / "outs"  # the folder evaluate() passes as --outputs, holding a user's earlier edit
+    outs.mkdir()
+    (outs / "0.mp4").write_bytes(b"my earlier edit")
+    return outs
+
+
+case("eval --outputs holds earlier <index>.mp4 edits", lambda w, t: (
+    evaluate(w, t, "--editor", str(w["editor"])), str(_outputs_with_edits(t))))
 case("eval --previews -4", lambda w, t: (evaluate(w, t, "--previews", "-4"), "argument --previews"))
 case("eval --limit 0", lambda w, t: (evaluate(w, t, "--limit", "0"), "argument --limit"))
 case("eval --judge-frames 0", lambda w, t: (evaluate(w, t, "--judge-frames", "0"), "argument --judge-frames"))

@@ -305,6 +305,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_output(args.report, inputs + ([] if args.editor else [args.outputs]), "--report", folder=True)
     if args.editor and args.outputs and not args.no_outputs:
         check_output(args.outputs, inputs, "--outputs", folder=True)
+        earlier = sorted(p.name for p in Path(args.outputs).glob("*.mp4") if p.stem.isdigit())
+        if earlier and not args.overwrite:  # a folder of the user's: its <index>.mp4 files would be replaced
+            raise OutputPathError(f"--outputs {args.outputs}: already holds {len(earlier)} edit(s) named <index>.mp4 "
+                                  f"(e.g. {earlier[0]}), which this run would replace; choose an empty folder, or "
+                                  "pass --overwrite.")
     if args.ceiling:
         from .data import read_frames
         from .pipeline import reconstruct
@@ -529,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--ceiling", action="store_true", help="with --editor: score its VAE's round trip of the ground "
                    "truth instead of edits (the most any edit decoded by that VAE can score)")
     v.add_argument("--report", required=True, help="folder for report.json and report.html")
+    v.add_argument("--overwrite", action="store_true", help="with --editor and --outputs: replace the <index>.mp4 "
+                   "edits an earlier run left in --outputs")
     v.add_argument("--limit", type=POSITIVE_INT, default=None, help="score only the first N records")
     v.add_argument("--judge", help="VLM folder: also measure the judge's agreement with the verifiers")
     v.add_argument("--judge-frames", type=POSITIVE_INT, default=4)

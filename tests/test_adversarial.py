@@ -323,6 +323,12 @@ case("train --resume a foreign folder", lambda w, t: (
     train(w, t, "", "--resume", str(checkpoint(t, {"hello": 1}))), "state.json"))
 
 # ---------------------------------------------------------------- pretrain
+for label, content, says in (("not JSON", b"not json\n", "line 1: not JSON"),
+                            ("a list line", b'[1]\n', 'line 1: needs "npz"'),
+                            ("no instruction", b'{"npz": "a.npz"}\n', '"instruction"'),
+                            ("not UTF-8", b"\xff\xfe", "must be UTF-8")):
+    case(f"pretrain manifest {label}", lambda w, t, c=content, m=says: (
+        ["pretrain", str(pretrain_toml(t, f'[data]\nmanifest = "{write(t / "m.jsonl", c)}"\n'))], m))
 case("pretrain config is a folder", lambda w, t: (["pretrain", str(t)], str(t)))
 case("pretrain steps text", lambda w, t: (["pretrain", str(pretrain_toml(t, '[optim]\nsteps = "x"\n'))],
                                           "optim.steps"))

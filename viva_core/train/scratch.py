@@ -173,13 +173,11 @@ def load_clip_set(manifest: str | Path, limit: int = 0) -> ClipSet:
     path = Path(manifest)
     if not path.is_file():
         raise InputError(f"{path}: manifest not found. Make one with `viva synth --format npz --out DIR`.")
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = _pretrain_records(path)
     if limit:
         records = records[:limit]
     if not records:
         raise InputError(f"{path}: the manifest has no clips.")
-    if "npz" not in records[0]:
-        raise InputError(f"{path}: pretraining reads npz clips; make the data with `viva synth --format npz`.")
     arrays: dict[str, list[np.ndarray]] = {"source": [], "target": [], "mask": []}
     for i, rec in enumerate(records):
         npz = path.parent / rec["npz"]
@@ -193,6 +191,33 @@ def load_clip_set(manifest: str | Path, limit: int = 0) -> ClipSet:
     if len(shapes) != 1:
         raise InputError(f"{path}: clips have different shapes {sorted(shapes)}; pretraining needs one size.")
     return ClipSet(*(torch.from_numpy(np.stack(arrays[k])) for k in ("source", "target", "mask")), records)
+
+
+def _pretrain_records(path: Path) -> list[dict]:
+    """The manifest's lines as `viva synth --format npz` writes them: JSON objects with an "npz" file and an
+    "instruction". Every bad line is reported at once (line numbers), before any clip is read."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the manifest ({e}); it must be UTF-8 JSON lines.") from None
+    records, problems = [], []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"line {n}: not JSON ({e.msg})")
+            continue
+        missing = [k for k in ("npz", "instruction") if not isinstance(rec, dict) or not isinstance(rec.get(k), str)]
+        if missing:
+            problems.append(f"line {n}: needs " + " and ".join(f'"{k}" (text)' for k in missing))
+            continue
+        records.append(rec)
+    if problems:
+        raise InputError(f"{path}: {len(problems)} bad line(s); pretraining reads npz clips made by `viva synth "
+                         "--format npz`:\n" + "\n".join(f"  {p}" for p in problems[:20]))
+    return records
 
 
 def frames_float(x: torch.Tensor) -> torch.Tensor:

@@ -79,16 +79,20 @@ def run_harness(models: dict, tmp_path: Path, *prompts: str | Path, timeout: int
     stdout+stderr, the --report JSON). Runs in one test share tmp_path/run, so the output folder carries over.
     A prompt still running after `prompt_timeout` seconds is interrupted (POST /interrupt)."""
     report = tmp_path / "report.json"
+    cmd, env = harness_command(models, tmp_path, report, prompts, prompt_timeout)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          timeout=timeout)
+    data = json.loads(report.read_text()) if report.is_file() else {}
+    return proc.returncode, proc.stdout, data
+
+
+def harness_command(models: dict, tmp_path: Path, report: Path, prompts, prompt_timeout: int) -> tuple[list, dict]:
     cmd = [str(_harness()), str(REPO), "--name", PACK_NAME, "--input-dir", models["input_dir"],
            "--extra-arg=--extra-model-paths-config", f"--extra-arg={models['yaml']}",
            "--run-dir", str(tmp_path / "run"), "--report", str(report), "-t", str(prompt_timeout)]
     for name in prompts:
         cmd += ["-w", str(PROMPTS / name)]
-    env = dict(os.environ, COMFYUI_DIR=COMFYUI_DIR, COMFY_PY=_comfy_py())
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                          timeout=timeout)
-    data = json.loads(report.read_text()) if report.is_file() else {}
-    return proc.returncode, proc.stdout, data
+    return cmd, dict(os.environ, COMFYUI_DIR=COMFYUI_DIR, COMFY_PY=_comfy_py())
 
 
 def output_text(stdout: str, node_id: str) -> str:
@@ -203,6 +207,41 @@ def test_twenty_bad_prompts_then_a_good_one_in_one_server(models, tmp_path):
     assert ours >= 5  # the values ComfyUI cannot check (files, folders, empty text) reach our checks
     assert "status=success" in sections[-1] and report["execution"]["status"] == "success", report.get("execution")
     assert len(saved_mp4s(report)) == 1
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+@pytest.mark.skipif(not os.environ.get("VIVA_SOAK"), reason="soak test (minutes): set VIVA_SOAK=1")
+def test_twenty_queued_edits_do_not_grow_the_servers_memory(models, tmp_path):
+    """20 edit prompts (seeds 0..19, so none is cached) in one ComfyUI server; its resident memory, read from
+    /proc after each prompt finishes, grows by at most 5% from the fifth to the last."""
+    base = json.loads((PROMPTS / "edit.json").read_text())
+    files = []
+    for i in range(20):
+        prompt = json.loads(json.dumps(base))
+        prompt["5"]["inputs"]["seed"] = i
+        files.append(tmp_path / f"edit_{i:02d}.json")
+        files[-1].write_text(json.dumps(prompt))
+    cmd, env = harness_command(models, tmp_path, tmp_path / "report.json", files, 150)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    pid, rss, log = None, [], []
+    for line in proc.stdout:
+        log.append(line)
+        if (m := re.search(r"server pid (\d+)", line)) and pid is None:
+            pid = int(m.group(1))
+        if "prompt finished: status=success" in line and pid is not None:
+            rss.append(_rss_mib(pid))
+    assert proc.wait(timeout=900) == EXIT_OK, "".join(log[-80:])
+    assert len(rss) == 20, "".join(log[-80:])
+    growth = (rss[-1] - rss[4]) / rss[4]
+    print(f"ComfyUI RSS after prompt 5: {rss[4]:.1f} MiB, after 20: {rss[-1]:.1f} MiB ({100 * growth:+.2f}%); "
+          f"min {min(rss):.1f}, max {max(rss):.1f}")
+    assert growth <= 0.05, rss
 
 
 def lora_metadata(path: Path) -> dict:

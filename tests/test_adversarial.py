@@ -391,6 +391,20 @@ case("edit lora forged lora_adapter_metadata", lambda w, t: (
     edit(w, t, "--lora", str(_lora_with(t, metadata={"lora_adapter_metadata": "{nope"}))), "lora_adapter_metadata"))
 case("edit lora lora_adapter_metadata not an object", lambda w, t: (
     edit(w, t, "--lora", str(_lora_with(t, metadata={"lora_adapter_metadata": "[2]"}))), "lora_adapter_metadata"))
+def _lora_tensors(t: Path, a: torch.Tensor, b: torch.Tensor) -> Path:
+    from safetensors.torch import save_file
+
+    path = t / "odd_lora.safetensors"
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": a,
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": b,
+               "diffusion_model.blocks.0.self_attn.q.alpha": torch.tensor(4.0)}, str(path))
+    return path
+
+
+case("edit lora with NaN weights", lambda w, t: (edit(w, t, "--lora", str(_lora_tensors(
+    t, torch.full((2, 16), float("nan")), torch.ones(16, 2)))), "NaN/Inf"))
+case("edit lora of rank 0 with an alpha", lambda w, t: (edit(w, t, "--lora", str(_lora_tensors(
+    t, torch.zeros(0, 16), torch.zeros(16, 0)))), "rank 0"))
 for field_, value in (("depth", 1.5), ("heads", "4"), ("hidden_dim", True)):
     case(f"edit refiner forged {field_}={value!r}", lambda w, t, f=field_, v=value: (
         edit(w, t, "--instructor", str(w["vlm"]), "--refiner", str(_forged_refiner(t, **{f: v}))), "refiner"))

@@ -353,6 +353,14 @@ def _read_cached(path: str, mtime_ns: int, size: int) -> _LoraFile:
         tensors, metadata = load_safetensors(path, what="LoRA")
     except ModelLoadError as e:
         raise LoraError(str(e)) from e
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # it would edit with NaN deltas (or silently nothing where the DiT's norms absorb them)
+        raise LoraError(f"{path}: {len(bad)} tensor(s) hold NaN/Inf (e.g. {', '.join(bad[:3])}); the file is damaged or "
+                        "its training diverged. Use an earlier checkpoint of it.")
+    empty = [k for k, v in tensors.items() if v.numel() == 0]
+    if empty:
+        raise LoraError(f"{path}: {len(empty)} tensor(s) are empty (rank 0, e.g. {', '.join(empty[:3])}); this is not "
+                        "a usable LoRA.")
     return _parse(Path(path), tensors, metadata)
 
 

@@ -262,7 +262,7 @@ TRAIN_TOML_CASES = [
     ("method dpo", ('method = "sft"', 'method = "dpo"'), "method"),
     ("dtype fp64", ('dtype = "fp32"', 'dtype = "fp64"'), "model.dtype"),
     ("device banana", ('device = "cpu"', 'device = "banana"'), "model.device"),
-    ("editor empty", (f'editor = "', 'editor = "" #'), "model.editor"),
+    ("editor empty", ('editor = "', 'editor = "" #'), "model.editor"),
     ("max_frames 0", ('manifest = "', 'max_frames = 0\nmanifest = "'), "data.max_frames"),
     ("height without width", ('manifest = "', 'height = 64\nmanifest = "'), "data.height"),
     ("sigma_sampling bogus", ("steps = 2", 'steps = 2\n[sft]\nsigma_sampling = "cosine"'), "sft.sigma_sampling"),

@@ -4,7 +4,6 @@ exit 2 with a message), never another exception (a traceback). Derandomized: the
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

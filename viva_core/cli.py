@@ -214,7 +214,7 @@ def _cuda() -> bool:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from .conditioning import build_conditioning, negative_conditioning
-    from .pipeline import EditSettings, edit
+    from .pipeline import edit
     from .runtime import available_memory_bytes
     from .video import read_image, read_video, write_video
 
@@ -320,7 +320,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             return reconstruct(editor, read_frames(record.target_video, args.max_frames, "target_video")[0])
     elif args.editor:
         from .conditioning import build_conditioning, negative_conditioning
-        from .pipeline import EditSettings, edit
+        from .pipeline import edit
 
         editor = load_editor_from_args(args)
         for spec in args.lora or []:

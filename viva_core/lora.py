@@ -151,6 +151,11 @@ class LoraLayer:
     def rank(self) -> int:
         return int(self.down.shape[0])
 
+    @property
+    def scale(self) -> float:
+        """alpha / rank, or 1 without alpha (alpha taken as the rank, ComfyUI's rule)."""
+        return 1.0 if self.alpha is None else self.alpha / self.rank
+
 
 @dataclass
 class LoraKeyReport:
@@ -454,10 +459,9 @@ def lora_delta(layer: LoraLayer, strength: float, *, device: torch.device | str 
     """``strength * (alpha / rank) * up @ down`` in fp32 (on ``device``, default: the layer's).
 
     Without alpha the scale is ``strength`` alone (alpha taken as the rank), as in ComfyUI."""
-    scale = 1.0 if layer.alpha is None else layer.alpha / layer.rank
     up = layer.up.to(device=device, dtype=torch.float32)
     down = layer.down.to(device=device, dtype=torch.float32)
-    return (up @ down).mul_(strength * scale)
+    return (up @ down).mul_(strength * layer.scale)
 
 
 def _first_keys(f: _LoraFile, n: int = 3) -> str:
@@ -521,8 +525,7 @@ def _side_path(items: list[tuple[LoraLayer, float]], device: torch.device, outer
     """The stack of ``items`` on top of ``outer`` (the side path of an enclosing ``applied_loras``, if any)."""
     downs, ups = ([outer.down], [outer.up]) if outer is not None else ([], [])
     for layer, strength in items:
-        scale = strength * (1.0 if layer.alpha is None else layer.alpha / layer.rank)
-        downs.append(layer.down.to(device=device, dtype=torch.float32) * scale)
+        downs.append(layer.down.to(device=device, dtype=torch.float32) * (strength * layer.scale))
         ups.append(layer.up.to(device=device, dtype=torch.float32))
     return _SidePath(torch.cat([d.to(device) for d in downs], 0), torch.cat([u.to(device) for u in ups], 1))
 
@@ -632,10 +635,10 @@ def save_lora(path: str | os.PathLike, layers: dict[str, LoraLayer], *,
         alpha = float(layer.rank if layer.alpha is None else layer.alpha)
         if orig.startswith("blocks."):
             tensors[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
-        elif alpha != layer.rank:
+        elif layer.scale != 1.0:
             # diffusers' Wan converter reads .alpha only inside blocks and refuses the file when an embedding
             # or head layer has one; without it ComfyUI and diffusers both use scale 1, so fold alpha/r in.
-            down = (down.float() * (alpha / layer.rank)).to(down.dtype)
+            down = (down.float() * layer.scale).to(down.dtype)
         tensors[f"{key}.lora_A.weight"] = down.contiguous()
         tensors[f"{key}.lora_B.weight"] = layer.up.detach().to("cpu").contiguous()
 

@@ -18,7 +18,7 @@ cd "$WORK" || exit 1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, eval_lines
 V3=(--set editor.vae=recipes/small/checkpoints/vae4 --set editor.layers=8 --set editor.heads=6 --set editor.ffn_dim=1536
-    --set optim.compile=true)
+    --set optim.compile="${COMPILE:-true}")  # COMPILE=false for a CPU smoke run
 
 if has data; then
   stamp data

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
 from viva_core.data import read_frames
 from viva_core.eval import evaluate
 from viva_core.judge import Judge
@@ -15,7 +17,8 @@ from viva_core.vlm import load_vlm
 
 
 def main(manifest: str, judge_folder: str, report: str | None = None) -> None:
-    judge = Judge(load_vlm(judge_folder, dtype="fp32", device="cpu"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    judge = Judge(load_vlm(judge_folder, dtype="fp32", device=device))
     result = evaluate(manifest, lambda rec, frames: read_frames(rec.target_video, None, "target_video")[0],
                       judge=judge, previews=0)
     j = result.judge_agreement

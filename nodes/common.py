@@ -149,15 +149,20 @@ def memory_budget_bytes() -> int:
 
 
 class Progress:
-    """viva_core ProgressFn backed by ComfyUI's progress bar; every update is an interrupt point."""
+    """viva_core ProgressFn backed by ComfyUI's progress bar; every update is an interrupt point. With a
+    `previewer` (model_management.previewer) the sampler's predicted clean latents become the bar's preview image,
+    as latent_preview.prepare_callback does for ComfyUI's samplers."""
 
-    def __init__(self, total: int = 1, offset: int = 0, grand_total: Optional[int] = None) -> None:
-        self.offset, self.grand_total = offset, grand_total
+    def __init__(self, total: int = 1, offset: int = 0, grand_total: Optional[int] = None, previewer=None) -> None:
+        self.offset, self.grand_total, self.previewer = offset, grand_total, previewer
         self.bar = comfy.utils.ProgressBar(grand_total or total)
 
     def __call__(self, done: int, total: int, preview: Optional[torch.Tensor] = None) -> None:
         mm.throw_exception_if_processing_interrupted()
-        self.bar.update_absolute(self.offset + done, self.grand_total or total)
+        image = None
+        if self.previewer is not None and preview is not None:
+            image = self.previewer.decode_latent_to_preview_image("JPEG", preview)
+        self.bar.update_absolute(self.offset + done, self.grand_total or total, image)
 
 
 def interrupt_check() -> None:

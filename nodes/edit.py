@@ -17,6 +17,7 @@ from ..viva_core.settings import BUNDLED_STEPS, SAMPLERS
 from ..viva_core.settings import DEFAULTS as D
 from ..viva_core.video import read_video
 from . import common as c
+from .model_management import previewer
 
 
 @dataclass
@@ -154,7 +155,7 @@ class EditVideo(io.ComfyNode):
         src = c.source_video(images, video, fps, max_frames)
         result = edit(editor, src.frames, conditioning.positive, negative=conditioning.negative,
                       settings=_settings(steps, cfg, seed, shift, strength, sampler), fps=src.fps, audio=src.audio,
-                      progress=c.Progress(steps))
+                      progress=c.Progress(steps, previewer=previewer(editor)))
         report = result.summary()
         return io.NodeOutput(result.frames, c.to_video_output(result.frames, result.fps, result.audio), report,
                              ui=ui.PreviewText(report))
@@ -189,11 +190,12 @@ class BestOfN(io.ComfyNode):
                 cfg: float, seed: int, shift: float, strength: float, sampler: str, fps: float, max_frames: int,
                 images=None, video=None) -> io.NodeOutput:
         src = c.source_video(images, video, fps, max_frames)
-        total = candidates * steps
+        total, preview = candidates * steps, previewer(editor)
         outcome = best_of_n(editor, Judge(judge_vlm), src, conditioning.positive, conditioning.instruction,
                             n=candidates, settings=_settings(steps, cfg, seed, shift, strength, sampler),
                             negative=conditioning.negative, num_frames=judge_frames,
-                            progress_factory=lambda i: c.Progress(offset=i * steps, grand_total=total))
+                            progress_factory=lambda i: c.Progress(offset=i * steps, grand_total=total,
+                                                                  previewer=preview))
         best, judged = outcome.best, outcome.best_judgement
         table = outcome.table() + "\n" + best.summary()
         return io.NodeOutput(best.frames, c.to_video_output(best.frames, best.fps, best.audio), table, judged.overall,

@@ -12,6 +12,7 @@ from ..viva_core.errors import InputError
 from ..viva_core.lora import check_lora_fits
 from ..viva_core.vlm import load_vlm
 from . import common as c
+from .model_management import editor_host, vlm_host
 
 DTYPES = ["auto", "bf16", "fp16", "fp32"]  # auto: bf16 on a GPU, fp32 on a CPU
 FOLDER_TAG, FILE_TAG = "folder: ", "file: "
@@ -93,7 +94,7 @@ class LoadEditor(io.ComfyNode):
                                 device=str(c.mm.get_torch_device()))
         files = resolve_editor(editor, vae, text_encoder)
         loaded = load_editor(files.folder, transformer_file=files.transformer_file, vae_file=files.vae_file,
-                             text_encoder_folder=files.text_encoder, options=options)
+                             text_encoder_folder=files.text_encoder, options=options, host=editor_host)
         info = loaded.describe()
         return io.NodeOutput(loaded, info, ui=ui.PreviewText(info))
 
@@ -121,7 +122,7 @@ class LoadVLM(io.ComfyNode):
             raise InputError("no VLM found: put a model folder (config.json, *.safetensors, tokenizer, processor) "
                              "under models/vlm and refresh.")
         return io.NodeOutput(load_vlm(c.resolve_dir(c.VLM_FOLDER, model), dtype=dtype,
-                                      device=str(c.mm.get_torch_device())))
+                                      device=str(c.mm.get_torch_device()), host=vlm_host()))
 
 
 class LoraLoader(io.ComfyNode):

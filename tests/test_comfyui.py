@@ -345,3 +345,28 @@ def test_bundled_small_models_are_listed_and_edit(models, tmp_path):
     judged = output_text(out, "9")  # the small judge was asked for a rationale it cannot write: a note, no junk
     assert re.search(r"EA \d\.\d{3}", judged) and "(no rationale: this judge answers Yes/No only" in judged, judged
     assert "assistant" not in judged, judged
+
+
+def test_models_are_under_comfyuis_model_management(models):
+    """In-process in ComfyUI (tests/comfy_model_management.py): each part is loaded through ComfyUI's registry when
+    it runs, `unload_all_models` (POST /free) takes all out, the next edit reloads them and is identical; the LoRA
+    is ComfyUI patches, undone bit-exactly on unload and when the base model loads; hosted edits equal
+    viva_core's own; the bar gets latent previews and an interrupt stops the edit at the next step."""
+    proc = subprocess.run([_comfy_py(), str(Path(__file__).parent / "comfy_model_management.py"), str(REPO),
+                           models["root"]], cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    dit, vae, te = "VivaWanTransformer3DModel", "VivaAutoencoderKLWan", "VivaUMT5EncoderModel"
+    assert r["after_load"] == [] and r["after_encode"] == [te], r  # loaded when used, not at load time
+    assert r["after_edit"] == sorted([dit, vae, te]), r
+    assert r["after_unload"] == [] and r["after_final_unload"] == [], r
+    assert r["after_second_edit"] == sorted([dit, vae]) and r["second_edit_identical"], r
+    assert r["patched_while_loaded"] and r["unpatched_after_unload"] and r["base_weights_after_plain_edit"], r
+    assert r["plain_differs_from_lora"], r  # the LoRA changes the edit, so the comparisons above can fail
+    assert r["core_max_diff_lora"] < 1e-6 and r["core_max_diff_plain"] < 1e-6, r
+    assert r["progress"] == [[i, 4] for i in range(1, 5)], r
+    assert r["previews"] == [["JPEG", [4, 4]]] * 4, r  # one latent2rgb image per step, at the latents' 4x4
+    assert r["interrupted"] and r["updates_before_interrupt"] == [1, 2], r
+    assert "VivaQwen2_5_VLForConditionalGeneration" in r["after_instructor"], r
+    assert "VivaTokenRefiner" in r["after_instructor"], r
+    assert r["after_judge"].count("VivaQwen2_5_VLForConditionalGeneration") == 2, r  # instructor + judge

@@ -18,13 +18,13 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
 from .errors import InputError, ModelLoadError
-from .lora import LoraSpec, check_lora_fits, install_fp8_lora_hooks
-from .runtime import parse_device, parse_dtype
+from .lora import LoraKeyReport, LoraSpec, applied_loras, check_lora_fits, install_fp8_lora_hooks
+from .runtime import ModelHost, parse_device, parse_dtype
 from .safe_io import load_safetensors, read_json_object, read_metadata_json
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Editor:
     max_text_tokens: int = 512
     notes: list[str] = field(default_factory=list)
     native_size: Optional[tuple[int, int]] = None  # (H, W) a small model was trained at; sources are fit into it
+    host: Optional[ModelHost] = None  # places the parts when an app manages memory (ComfyUI); None: `options` do
 
     # ---- geometry -------------------------------------------------------------------------------------------
     @property
@@ -130,7 +131,12 @@ class Editor:
     # ---- placement ------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def on_device(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        """With model offload, a part lives on the CPU and visits the GPU only while it is used."""
+        """With model offload, a part lives on the CPU and visits the GPU only while it is used. A hosted part is
+        loaded by the host and left where it is after (the host moves it when memory is needed)."""
+        if self.host is not None:
+            self.host.load(module)
+            yield module
+            return
         if self.options.offload == "none" or self.device.type == "cpu" or getattr(module, "_viva_block_offload", False):
             yield module
             return
@@ -141,6 +147,19 @@ class Editor:
             module.to("cpu")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+    @contextlib.contextmanager
+    def dit_with_loras(self) -> Iterator[tuple[torch.nn.Module, list[LoraKeyReport]]]:
+        """The DiT ready to run with the LoRA stack applied, and the key report of each LoRA. A host that patches
+        LoRAs (ComfyUI: weight patches it undoes when the model unloads or another clone loads) applies them;
+        otherwise they are merged here for the `with` block and the weights restored bit-exactly after it."""
+        if self.host is not None:
+            reports = [check_lora_fits(s.path, self.transformer) for s in self.loras if s.strength != 0]
+            if self.host.load(self.transformer, self.loras):
+                yield self.transformer, reports
+                return
+        with applied_loras(self.transformer, self.loras) as reports, self.on_device(self.transformer) as dit:
+            yield dit, reports
 
     # ---- text -----------------------------------------------------------------------------------------------
     def encode_text(self, prompt: str) -> Conditioning:
@@ -184,8 +203,10 @@ def load_editor(
     vae_file: str | None = None,
     text_encoder_folder: str | None = None,
     options: EditorOptions = EditorOptions(),
+    host: Optional[Callable[[Editor], ModelHost]] = None,
 ) -> Editor:
-    """Load an editor from a diffusers folder, or from single files (+ an optional UMT5 folder)."""
+    """Load an editor from a diffusers folder, or from single files (+ an optional UMT5 folder). `host` builds the
+    editor's ModelHost (ComfyUI's model management); hosted parts stay on the CPU here until the host loads them."""
     _check_options(options)
     device = parse_device(options.device)
     dtype = parse_dtype(options.dtype, device)
@@ -215,6 +236,8 @@ def load_editor(
                     options, name, device, dtype, notes=notes)
     if folder is not None:
         _apply_editor_info(editor, Path(folder))
+    if host is not None:
+        editor.host = host(editor)
     _place(editor)
     return editor
 
@@ -478,12 +501,13 @@ def compile_dit(t: torch.nn.Module, mode: str) -> None:
 
 
 def _place(editor: Editor) -> None:
-    """Apply the options once, at load time: DiT options, placement / offload, then compile."""
+    """Apply the options once, at load time: DiT options, placement / offload (a host places the parts itself,
+    except for block offload, which streams DiT blocks), then compile."""
     o, t = editor.options, editor.transformer
     configure_dit(t, o, editor.dtype)
     if o.vae_tiling:
         editor.vae.enable_tiling()
-    keep_on_device = o.offload == "none" or editor.device.type == "cpu"
+    keep_on_device = (o.offload == "none" or editor.device.type == "cpu") and editor.host is None
     target = editor.device if keep_on_device else torch.device("cpu")
     editor.vae.to(target)
     if editor.text_encoder is not None:

@@ -183,7 +183,7 @@ class Instructor:
         if refiner is not None:
             if refiner.config.in_dim != vlm.hidden_size:
                 raise ModelLoadError(_in_dim_message(vlm.path, refiner.config.in_dim, vlm.hidden_size))
-            refiner = refiner.to(vlm.device)
+            refiner = refiner.to(vlm.device) if vlm.host is None else refiner  # a host loads it in `encode`
         self.vlm = vlm
         self.refiner = refiner
 
@@ -225,6 +225,8 @@ class Instructor:
             raise ModelLoadError("the instructor has no token refiner: load one (VIVA Load Token Refiner / "
                                  "--refiner), train one with `viva train` (method sft), or use mode \"rewrite\".")
         hidden = self.hidden_states(instruction, first_frame, reference_image)
+        if self.vlm.host is not None:
+            self.vlm.host.load(self.refiner)
         param = next(self.refiner.parameters())
         return self.refiner(hidden.to(device=param.device, dtype=param.dtype))
 

@@ -13,7 +13,7 @@ import torch
 
 from .editor import Conditioning, Editor
 from .errors import InputError, NonFiniteError
-from .lora import LoraKeyReport, applied_loras
+from .lora import LoraKeyReport
 from .runtime import ProgressFn, no_progress
 from .sampling import NUM_TRAIN_TIMESTEPS, sample
 from .settings import EditSettings
@@ -150,7 +150,7 @@ def edit(
     length = max(editor.max_text_tokens, cond.embeds.shape[1], negative.embeds.shape[1] if use_cfg else 0)
     tokens = [pad_tokens(cond.embeds, length)] + ([pad_tokens(negative.embeds, length)] if use_cfg else [])
 
-    with applied_loras(editor.transformer, editor.loras) as lora_reports, editor.on_device(editor.transformer) as dit:
+    with editor.dit_with_loras() as (dit, lora_reports):
         dev = editor.device
         text = torch.cat(tokens).to(dev, editor.dtype)
         src = source.to(dev)

@@ -5,7 +5,7 @@ arguments; the core never imports ComfyUI.
 """
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Sequence
 
 import torch
 
@@ -43,7 +43,8 @@ def parse_device(name: str | torch.device | None) -> torch.device:
 
 
 class ProgressFn(Protocol):
-    """Called after each unit of work: (done, total, preview_frames_or_None).
+    """Called after each unit of work: (done, total, preview). `preview` is None or, from the sampler, the
+    predicted clean latents [1, z, T, H, W] fp32 of that step (ComfyUI turns them into its latent preview).
 
     May raise to interrupt (ComfyUI's interrupt exception propagates unchanged)."""
 
@@ -66,3 +67,17 @@ def available_memory_bytes() -> int:
     import os
 
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class ModelHost(Protocol):
+    """Places model parts for an app that manages memory itself (ComfyUI: nodes/model_management.py).
+
+    A hosted part is never moved by the core: right before it runs, the core calls `load(part)`, and the host
+    puts it on its device (evicting other models if it must) and decides when it leaves again (another model
+    needs the memory, the user unloads models). Without a host the loading options (`offload`) place parts."""
+
+    def load(self, part: torch.nn.Module, loras: Sequence = ()) -> bool:
+        """Make `part` ready to run on its device. For the editor's DiT `loras` is its LoRA stack (LoraSpec);
+        returns True when the host applied them itself (as weight patches it undoes), False when the core must
+        (`lora.applied_loras`)."""
+        ...

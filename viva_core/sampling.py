@@ -82,7 +82,8 @@ def sample(
     strength: float = 1.0, sampler: str = "euler", progress: ProgressFn = no_progress,
 ) -> torch.Tensor:
     """Integrate from a (noised) start to sigma = 0. With strength < 1 the start is the source latents noised to
-    the first sigma that is run (img2img-style). Every step checks for NaN/Inf and calls `progress`."""
+    the first sigma that is run (img2img-style). Every step checks for NaN/Inf and calls `progress` with the clean
+    latents it predicts (for previews; also the point where an app can interrupt)."""
     if sampler not in SAMPLERS:
         raise InputError(f"sampler '{sampler}' is not one of {SAMPLERS}.")
     first = start_step(steps, strength)
@@ -106,9 +107,10 @@ def sample(
             raise NonFiniteError(f"the DiT produced NaN/Inf at step {i + 1}/{steps} (sigma {sigma:.3f}); nothing was "
                                  "saved. Run the DiT in bf16 or fp32 (fp16 overflows in Wan), or check the LoRA "
                                  "strengths and the conditioning.")
+        denoised = x - sigma * v  # the clean latents this step predicts (x = (1 - s) x0 + s eps, v = eps - x0)
         if sampler == "unipc":
             x = sched.step(v, sched.timesteps[i], x, return_dict=False)[0].float()
         else:
             x = euler_step(x, v, sigma, sigma_next)
-        progress(i - first + 1, total, None)
+        progress(i - first + 1, total, denoised)
     return x

@@ -14,14 +14,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .errors import InputError, ModelLoadError
-from .runtime import parse_device, parse_dtype
+from .runtime import ModelHost, parse_device, parse_dtype
 from .safe_io import PICKLE_SUFFIXES
 from .vision_attention import use_packed_vision_attention
 
@@ -69,6 +69,7 @@ class VLM:
     path: str
     device: torch.device
     dtype: torch.dtype
+    host: Optional[ModelHost] = None  # places the model when an app manages memory (ComfyUI); None: it stays on device
 
     @property
     def tokenizer(self):
@@ -181,8 +182,10 @@ def _looks_like_vlm(folder: Path, filenames: Sequence[str]) -> bool:
 
 # --------------------------------------------------------------------------------------------------- loading
 
-def load_vlm(path: str | os.PathLike, *, dtype: str | torch.dtype = "bf16", device: str | torch.device = "auto") -> VLM:
-    """Load a VLM folder (local files only, safetensors only) frozen in eval mode on `device`."""
+def load_vlm(path: str | os.PathLike, *, dtype: str | torch.dtype = "bf16", device: str | torch.device = "auto",
+             host: Optional[ModelHost] = None) -> VLM:
+    """Load a VLM folder (local files only, safetensors only) frozen in eval mode on `device`; with a `host`
+    (ComfyUI's model management) it stays on the CPU until the host loads it for a forward."""
     folder = check_vlm_folder(path)
     dev = parse_device(device)
     torch_dtype = parse_dtype(dtype, dev)
@@ -195,10 +198,10 @@ def load_vlm(path: str | os.PathLike, *, dtype: str | torch.dtype = "bf16", devi
         raise ModelLoadError(f"{folder}: cannot load the VLM ({type(e).__name__}: {e}). Check that the folder is "
                              f"complete and that the installed transformers supports it.") from e
     model.requires_grad_(False)
-    model.eval().to(dev)
+    model.eval().to(dev if host is None else "cpu")
     use_packed_vision_attention(model)
     processor = _load_processor(folder)
-    return VLM(model=model, processor=processor, path=str(folder), device=dev, dtype=torch_dtype)
+    return VLM(model=model, processor=processor, path=str(folder), device=dev, dtype=torch_dtype, host=host)
 
 
 def _load_processor(folder: Path):
@@ -295,7 +298,10 @@ def processor_inputs(processor, conversations: list[list[dict]], *, add_generati
 
 
 def to_model(vlm: VLM, inputs):
-    """A BatchFeature moved to the model's device, pixel values cast to the model dtype."""
+    """A BatchFeature moved to the model's device, pixel values cast to the model dtype. Every forward and
+    generate builds its inputs here, so this is also where a host loads the model."""
+    if vlm.host is not None:
+        vlm.host.load(vlm.model)
     inputs = inputs.to(vlm.device)
     for key in ("pixel_values", "pixel_values_videos"):
         if key in inputs and torch.is_floating_point(inputs[key]):

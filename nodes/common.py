@@ -4,6 +4,7 @@ Nothing here edits, judges or loads weights; it only turns ComfyUI values into c
 """
 from __future__ import annotations
 
+import logging
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -43,6 +44,20 @@ def register_model_folders() -> None:
     for name, sub in (("diffusers", "diffusers"), (VLM_FOLDER, "vlm"), (REFINER_FOLDER, "refiners")):
         if (bundled.ROOT / sub).is_dir():
             folder_paths.add_model_folder_path(name, str(bundled.ROOT / sub), is_default=False)
+
+
+def offer_example_inputs() -> None:
+    """Copy the bundled example clip (and its one-edit training folder) into ComfyUI's input folder, so the shipped
+    templates run as loaded on a fresh install. A copy, not a combo entry pointing into the package: Load Video's
+    preview, upload and validation all work on input-folder files (README, ComfyUI). Never replaces a file."""
+    try:
+        written = bundled.install_examples(folder_paths.get_input_directory())
+    except OSError as e:  # a read-only input folder: the pack still works, only the example is missing
+        logging.getLogger(__name__).warning("VIVA: could not copy the example clip into the input folder: %s", e)
+        return
+    if written:
+        logging.getLogger(__name__).info("VIVA: example clip copied into the input folder: %s",
+                                         ", ".join(p.name for p in written))
 
 
 def _sub_dirs(bases: Iterable[str], marker, depth: int = 3) -> list[str]:

@@ -32,3 +32,43 @@ def path(p: Path) -> str:
 def source_path(name: str) -> str:
     """A source video argument: the bundled example clip for EXAMPLE_ALIAS, else the name unchanged."""
     return path(EXAMPLE) if name == EXAMPLE_ALIAS else name
+
+
+# The example as ComfyUI users get it in their input folder (nodes/common.py copies it there at start-up): the clip
+# for Load Video, and the same clip as a one-edit training folder in the sidecar layout of Dataset From Folder.
+EXAMPLE_INPUT_CLIP = "viva_example.mp4"
+EXAMPLE_INPUT_FOLDER = "viva_example"
+
+
+def example_inputs() -> dict[str, Path]:
+    """Input-folder-relative name -> bundled file, for every example file offered to ComfyUI users.
+
+    The training folder's `shapes.txt` is made from the manifest's instruction (see install_examples)."""
+    ex = EXAMPLE.parent
+    folder = EXAMPLE_INPUT_FOLDER
+    return {EXAMPLE_INPUT_CLIP: EXAMPLE, f"{folder}/shapes.mp4": EXAMPLE, f"{folder}/shapes_target.mp4":
+            ex / "shapes_target.mp4", f"{folder}/shapes_mask.mp4": ex / "shapes_mask.mp4",
+            f"{folder}/shapes.txt": ex / "shapes.jsonl"}
+
+
+def install_examples(input_dir: str | Path) -> list[Path]:
+    """Copy the example clip and its training folder into `input_dir` where the names are free; return what was
+    written. An existing file is never replaced (a user's own file of that name, or their edits of ours), and each
+    copy is atomic, so two servers starting at once cannot leave half a video."""
+    import json
+
+    from .safe_io import atomic_path  # imports torch; keep `bundled` itself light for the CLI
+
+    written = []
+    for name, src in example_inputs().items():
+        dest = Path(input_dir) / name
+        if dest.exists() or not src.is_file():
+            continue
+        with atomic_path(dest) as tmp:
+            if src.suffix == ".jsonl":  # X.txt of the sidecar layout holds the instruction alone
+                tmp.write_text(json.loads(src.read_text(encoding="utf-8").splitlines()[0])["instruction"] + "\n",
+                               encoding="utf-8")
+            else:
+                tmp.write_bytes(src.read_bytes())
+        written.append(dest)
+    return written

@@ -370,3 +370,125 @@ def test_models_are_under_comfyuis_model_management(models):
     assert "VivaQwen2_5_VLForConditionalGeneration" in r["after_instructor"], r
     assert "VivaTokenRefiner" in r["after_instructor"], r
     assert r["after_judge"].count("VivaQwen2_5_VLForConditionalGeneration") == 2, r  # instructor + judge
+
+
+class HeldServer:
+    """A ComfyUI started by the harness with `--hold` and driven here over HTTP (POST /prompt, /free, /interrupt),
+    for what the harness does not do between prompts. Stopped with SIGTERM to the harness, which stops the server."""
+
+    def __init__(self, models: dict, tmp_path: Path) -> None:
+        cmd, env = harness_command(models, tmp_path, tmp_path / "report.json", [], 60)
+        self.log_path = tmp_path / "run" / "server.log"
+        self.proc = subprocess.Popen(cmd + ["--hold", "1800"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env)
+        self.base, lines = None, []
+        for line in self.proc.stdout:
+            lines.append(line)
+            if m := re.search(r"--hold: server stays up for \S+ at (\S+)", line):
+                self.base = m.group(1)
+                break
+        assert self.base, "".join(lines[-40:])
+
+    def call(self, method: str, path: str, body=None):
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            text = r.read().decode()
+        return json.loads(text) if text.strip().startswith(("{", "[")) else text
+
+    def queue(self, prompt: dict) -> str:
+        return self.call("POST", "/prompt", {"prompt": prompt, "client_id": "viva-test"})["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 300) -> dict:
+        import time
+
+        end = time.time() + timeout
+        while time.time() < end:
+            entry = self.call("GET", f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry.get("status", {}).get("status_str") in ("success", "error"):
+                return entry
+            time.sleep(0.2)
+        raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s:\n{self.log()[-3000:]}")
+
+    def running(self) -> bool:
+        return bool(self.call("GET", "/queue").get("queue_running"))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+def decoded_frames(entry: dict, run_dir: Path):
+    """The frames of the one mp4 a prompt saved (decoded: identical edits give identical frames)."""
+    import av
+    import numpy as np
+
+    files = [it for out in entry["outputs"].values() for items in out.values() if isinstance(items, list)
+             for it in items if isinstance(it, dict) and str(it.get("filename", "")).endswith(".mp4")]
+    assert len(files) == 1, entry["outputs"]
+    path = run_dir / "output" / files[0].get("subfolder", "") / files[0]["filename"]
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_unload_models_and_interrupt_in_a_running_server(models, tmp_path):
+    """POST /free {"unload_models": true} between two edits: the second loads the DiT again (ComfyUI logs
+    "Requested to load" only for a model not in its registry) and saves the identical video. POST /interrupt
+    during a 200-step edit ends it as interrupted on the Edit node within seconds, and the next prompt runs."""
+    import time
+
+    import numpy as np
+
+    base = json.loads((PROMPTS / "edit.json").read_text())
+    requested = "Requested to load VivaWanTransformer3DModel"
+    server = HeldServer(models, tmp_path)
+    try:
+        first = server.wait(server.queue(base))
+        assert first["status"]["status_str"] == "success", server.log()[-3000:]
+        assert server.log().count(requested) == 1
+        again = json.loads(json.dumps(base))
+        again["5"]["inputs"]["seed"] = 1  # the Edit node runs again, the loaders are cached
+        assert server.wait(server.queue(again))["status"]["status_str"] == "success"
+        assert server.log().count(requested) == 1  # still in ComfyUI's registry: not loaded again
+        server.call("POST", "/free", {"unload_models": True})
+        time.sleep(2)  # the prompt worker handles the flag when it wakes
+        same = json.loads(json.dumps(base))
+        same["5"]["inputs"]["max_frames"] = 10  # reruns the Edit node only; the clip has 9 frames: the same edit
+        after = server.wait(server.queue(same))
+        assert after["status"]["status_str"] == "success", server.log()[-3000:]
+        assert server.log().count(requested) == 2  # unloaded by /free, loaded again
+        assert np.array_equal(decoded_frames(first, tmp_path / "run"), decoded_frames(after, tmp_path / "run"))
+
+        long = json.loads(json.dumps(base))
+        long["7"] = {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact",
+                                                            "width": 512, "height": 512, "crop": "disabled"}}
+        long["5"]["inputs"].update(steps=200, seed=2, images=["7", 0])
+        del long["5"]["inputs"]["video"]
+        pid = server.queue(long)
+        while not server.running():
+            time.sleep(0.1)
+        time.sleep(4)  # into sampling (the tiny models load in well under a second; 200 steps take minutes)
+        t0 = time.time()
+        server.call("POST", "/interrupt", {})
+        entry = server.wait(pid, timeout=120)
+        waited = time.time() - t0
+        kinds = {kind: msg for kind, msg in entry["status"]["messages"]}
+        assert "execution_interrupted" in kinds, entry["status"]
+        assert kinds["execution_interrupted"]["node_type"] == "VIVA_EditVideo", kinds["execution_interrupted"]
+        print(f"interrupted {waited:.2f} s after POST /interrupt")
+        assert waited < 10, waited
+        good = server.wait(server.queue(again))  # cached: the server is usable; a new seed runs the Edit node
+        assert good["status"]["status_str"] == "success"
+        fresh = json.loads(json.dumps(base))
+        fresh["5"]["inputs"]["seed"] = 3
+        assert server.wait(server.queue(fresh))["status"]["status_str"] == "success", server.log()[-3000:]
+    finally:
+        server.stop()

@@ -18,7 +18,7 @@ WEB_DIRECTORY = "./web"
 
 if ComfyExtension is not None:
     from .nodes import NODES
-    from .nodes.common import offer_example_inputs, register_model_folders
+    from .nodes.common import offer_example_inputs, register_model_folders, register_routes
 
     class VivaExtension(ComfyExtension):
         async def get_node_list(self):
@@ -27,4 +27,5 @@ if ComfyExtension is not None:
     async def comfy_entrypoint() -> ComfyExtension:
         register_model_folders()
         offer_example_inputs()
+        register_routes()
         return VivaExtension()

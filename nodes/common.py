@@ -17,7 +17,8 @@ import torch
 from comfy_api.latest import InputImpl, Types, io
 
 from ..viva_core import bundled
-from ..viva_core.errors import InputError
+from ..viva_core.errors import InputError, VivaError
+from ..viva_core.judge import judge_generates_text
 from ..viva_core.video import Audio, Video, read_video
 from ..viva_core.vlm import find_vlm_folders
 
@@ -58,6 +59,29 @@ def offer_example_inputs() -> None:
     if written:
         logging.getLogger(__name__).info("VIVA: example clip copied into the input folder: %s",
                                          ", ".join(p.name for p in written))
+
+
+def yes_no_only_vlms() -> list[str]:
+    """The VLM folders (names as VIVA Load VLM lists them) that cannot write text: judges trained on Yes/No answers
+    (viva_judge.json says so). web/js/viva.js offers the Judge node's rationale only for the other VLMs."""
+    names = []
+    for name in vlm_folders():
+        try:
+            if not judge_generates_text(resolve_dir(VLM_FOLDER, name)):
+                names.append(name)
+        except VivaError:  # an unreadable viva_judge.json: the Judge node reports it when run
+            continue
+    return names
+
+
+def register_routes() -> None:
+    """GET /viva/yes_no_only_vlms for the frontend extension (web/js/viva.js)."""
+    from aiohttp import web
+    from server import PromptServer
+
+    @PromptServer.instance.routes.get("/viva/yes_no_only_vlms")
+    async def _yes_no_only_vlms(request) -> web.Response:
+        return web.json_response(yes_no_only_vlms())
 
 
 def _sub_dirs(bases: Iterable[str], marker, depth: int = 3) -> list[str]:

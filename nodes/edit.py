@@ -217,8 +217,8 @@ class JudgeEdit(io.ComfyNode):
                     io.Int.Input("num_frames", default=4, min=1, max=32, tooltip="Frames sampled uniformly from each."),
                     io.Boolean.Input("rationale", default=False,
                                      tooltip="Also generate a short explanation (chat VLMs only: a judge trained "
-                                             "on Yes/No answers, such as viva-small-judge, cannot; then the "
-                                             "report says so and gives the scores alone).")],
+                                             "on Yes/No answers, such as viva-small-judge, cannot; the toggle is "
+                                             "then disabled, and the report gives the scores alone).")],
             outputs=[io.Float.Output("edit_accuracy", display_name="edit_accuracy",
                                      tooltip="EA: P(Yes) that the edit follows the instruction."),
                      io.Float.Output("preservation", display_name="preservation",
@@ -230,6 +230,7 @@ class JudgeEdit(io.ComfyNode):
                      io.Float.Output("overall", display_name="overall", tooltip="Mean of the four scores."),
                      io.String.Output("report", display_name="report",
                                       tooltip="The scores as JSON (+ rationale when asked).")],
+            is_output_node=True,  # it shows its scores on the node, so it runs without a node after it
         )
 
     @classmethod

@@ -9,10 +9,11 @@
 //   {node, total, step, interrupted} when it is cancelled), and the final "viva_curve" of the run when it ends.
 // The widgets are added on the first result, are never saved in the workflow nor sent with the prompt,
 // and any error here is caught and logged, so the graph keeps working whatever happens.
+// Only the frontend's public extension API is used (app, api, LGraphNode.addDOMWidget / addCustomWidget): internal
+// modules such as scripts/widgets.js may change without notice (frontend 1.58 warns about them).
 // web/js/viva.js is served at /extensions/<pack>/js/viva.js, so the frontend's scripts are three levels up.
 import { api } from "../../../scripts/api.js";
 import { app } from "../../../scripts/app.js";
-import { ComfyWidgets } from "../../../scripts/widgets.js";
 
 const TRAIN_NODE = "VIVA_TrainLoRA";
 const TEXT_NODES = new Set([
@@ -42,22 +43,49 @@ function notSaved(widget) {
   return widget;
 }
 
+const TEXT_FONT_PX = 11, TEXT_LINE_PX = 14, TEXT_CHAR_PX = 6.7; // monospace 11px: ~6.7 px a character
+const TEXT_CHROME_PX = 14 + 2 * 10; // the box's padding and border, and the frontend's DOM widget margin (10 px)
+const TABLE_NODE = "VIVA_BestOfN"; // its text is a table: columns kept (no wrapping), the node widened to fit it
+
+// A read-only text box under the node's widgets (a DOM widget, as core's Preview Any shows text). Its height is
+// set from the text by showResult, so the node's layout reserves exactly those rows.
 function textWidget(node) {
   let widget = node.widgets?.find((w) => w.name === TEXT_WIDGET);
   if (!widget) {
-    widget = notSaved(ComfyWidgets.STRING(node, TEXT_WIDGET, ["STRING", { multiline: true }], app).widget);
-    const el = widget.element || widget.inputEl;
-    if (el) {
-      el.readOnly = true;
-      el.style.fontFamily = "monospace";
-      el.style.fontSize = "11px";
-      // a Best-of-N table keeps its columns (scroll sideways); other results wrap
-      el.style.whiteSpace = nodeId(node) === "VIVA_BestOfN" ? "pre" : "pre-wrap";
-      el.style.overflow = "auto";
-      el.title = "Result of the last run (read-only)";
-    }
+    const el = document.createElement("textarea");
+    el.readOnly = true;
+    el.spellcheck = false;
+    el.title = "Result of the last run (read-only)";
+    Object.assign(el.style, { fontFamily: "monospace", fontSize: `${TEXT_FONT_PX}px`, lineHeight: `${TEXT_LINE_PX}px`,
+      whiteSpace: nodeId(node) === TABLE_NODE ? "pre" : "pre-wrap", overflow: "auto", resize: "none",
+      boxSizing: "border-box", width: "100%", height: "100%", padding: "4px 6px", margin: "0",
+      color: "var(--input-text, #ddd)", background: "var(--comfy-input-bg, #222)",
+      border: "1px solid var(--border-color, #444)", borderRadius: "4px" });
+    const state = { height: 2 * TEXT_LINE_PX + TEXT_CHROME_PX };
+    widget = notSaved(node.addDOMWidget(TEXT_WIDGET, "viva_text", el, {
+      serialize: false,
+      hideOnZoom: false,
+      getValue: () => el.value,
+      setValue: (v) => { el.value = v ?? ""; },
+      getMinHeight: () => state.height,
+      getMaxHeight: () => state.height,
+    }));
+    widget.vivaState = state;
   }
   return widget;
+}
+
+// Rows and width the text needs: every line of a table (up to 16) at its full width; other text wraps at the
+// node's width, up to 8 rows (scroll for more).
+function textLayout(node, value) {
+  const lines = value.split("\n");
+  if (nodeId(node) === TABLE_NODE) {
+    const longest = Math.max(...lines.map((l) => l.length));
+    return { rows: Math.min(16, Math.max(2, lines.length)), width: Math.min(640, Math.ceil(longest * TEXT_CHAR_PX) + 48) };
+  }
+  const perLine = Math.max(20, Math.floor((node.size[0] - 56) / TEXT_CHAR_PX)); // margins, padding, scroll bar
+  const rows = lines.reduce((n, l) => n + Math.max(1, Math.ceil(l.length / perLine)), 0);
+  return { rows: Math.min(8, Math.max(2, rows)), width: 0 };
 }
 
 function drawChart(ctx, data, width, y) {
@@ -239,9 +267,11 @@ function onTrainEvent(detail) {
   node.setDirtyCanvas?.(true, true);
 }
 
-function fitContent(node) {
+// Grow the node to what its widgets need (never shrink what the user sized). Only a table widens it; other text
+// wraps, so a node does not spread over its right-hand neighbours.
+function fitContent(node, width = 0) {
   const [w, h] = node.computeSize();
-  node.setSize([Math.max(node.size[0], w), Math.max(node.size[1], h)]);
+  node.setSize([Math.max(node.size[0], w, width), Math.max(node.size[1], h)]);
   node.setDirtyCanvas?.(true, true);
 }
 
@@ -255,23 +285,55 @@ function showResult(node, message) {
   if (nodeId(node) === TRAIN_NODE && Array.isArray(curve) && curve.length) {
     curveWidget(node).value = { points: (curve[curve.length - 1].points || []).slice(), total: curve[curve.length - 1].total };
   }
+  let width = 0;
   if (Array.isArray(text) && text.length) {
     const value = text.join("\n");
     const widget = textWidget(node);
     widget.value = value;
-    // room for up to 8 lines; the node grows down, never sideways (it would cover its neighbours)
-    const perLine = Math.max(20, Math.floor((node.size[0] - 30) / 6.7));
-    const wraps = nodeId(node) !== "VIVA_BestOfN";
-    const lines = value.split("\n").reduce((n, l) => n + (wraps ? Math.max(1, Math.ceil(l.length / perLine)) : 1), 0);
-    const rows = Math.min(8, Math.max(2, lines));
-    widget.computeLayoutSize = () => ({ minHeight: 12 + rows * 14, minWidth: 0 });
+    const layout = textLayout(node, value);
+    widget.vivaState.height = layout.rows * TEXT_LINE_PX + TEXT_CHROME_PX;
+    width = layout.width;
   }
-  fitContent(node);
+  fitContent(node, width);
+}
+
+// The Judge node's rationale is offered only when its VLM can write text: a judge trained on Yes/No answers (such
+// as viva-small-judge; the server lists them) would write junk, so there the toggle is switched off and disabled.
+const JUDGE_NODE = "VIVA_Judge", VLM_NODE = "VIVA_LoadVLM", RATIONALE = "rationale";
+let yesNoOnly = new Set();
+
+function linkedNode(node, inputName) {
+  const id = node.inputs?.find((i) => i.name === inputName)?.link;
+  if (id == null || !node.graph) return null;
+  const link = node.graph.getLink?.(id) ?? node.graph.links?.get?.(id) ?? node.graph.links?.[id];
+  return link ? node.graph.getNodeById(link.origin_id) : null;
+}
+
+function syncRationale(judge) {
+  const widget = judge.widgets?.find((w) => w.name === RATIONALE);
+  if (!widget) return;
+  const vlm = linkedNode(judge, "vlm");
+  const model = vlm && nodeId(vlm) === VLM_NODE ? vlm.widgets?.find((w) => w.name === "model")?.value : null;
+  const off = model != null && yesNoOnly.has(model);
+  widget.disabled = off;
+  widget.label = off ? "rationale (this judge answers Yes/No only)" : undefined;
+  if (off && widget.value) widget.value = false;
+  judge.setDirtyCanvas?.(true, true);
+}
+
+function syncAllRationales() {
+  for (const node of app.graph?._nodes ?? []) if (nodeId(node) === JUDGE_NODE) syncRationale(node);
 }
 
 app.registerExtension({
   name: "VIVA.NodeResults",
   async setup() {
+    try {
+      yesNoOnly = new Set(await (await api.fetchApi("/viva/yes_no_only_vlms")).json());
+      syncAllRationales();
+    } catch (err) {
+      console.warn("[VIVA] could not read which VLMs answer Yes/No only:", err);
+    }
     api.addEventListener(CURVE_EVENT, (event) => {
       try {
         onTrainEvent(event.detail);
@@ -280,7 +342,26 @@ app.registerExtension({
       }
     });
   },
+  afterConfigureGraph() {
+    syncAllRationales();
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name === JUDGE_NODE) {
+      const onConnectionsChange = nodeType.prototype.onConnectionsChange;
+      nodeType.prototype.onConnectionsChange = function () {
+        const r = onConnectionsChange?.apply(this, arguments);
+        try { syncRationale(this); } catch (err) { console.warn("[VIVA] rationale toggle:", err); }
+        return r;
+      };
+    }
+    if (nodeData?.name === VLM_NODE) { // picking another VLM updates the judges it feeds
+      const onWidgetChanged = nodeType.prototype.onWidgetChanged;
+      nodeType.prototype.onWidgetChanged = function (name) {
+        const r = onWidgetChanged?.apply(this, arguments);
+        if (name === "model") setTimeout(syncAllRationales, 0);
+        return r;
+      };
+    }
     if (!TEXT_NODES.has(nodeData?.name)) return;
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {

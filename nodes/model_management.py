@@ -11,9 +11,11 @@ what was measured.
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import comfy.latent_formats
 import comfy.lora
@@ -23,7 +25,9 @@ import latent_preview
 import torch
 
 from ..viva_core.editor import Editor
+from ..viva_core.errors import InputError
 from ..viva_core.lora import FP8_DTYPES, LoraSpec, read_lora
+from ..viva_core.train.adapters import remove_lora
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +153,49 @@ def editor_host(editor: Editor) -> ComfyHost:
     block = editor.options.offload == "block" and editor.device.type == "cuda"
     offload = mm.unet_offload_device()
     return ComfyHost(editor.device, offload, dit=editor.transformer, dit_load_device=offload if block else None)
+
+
+@contextlib.contextmanager
+def lent_for_training(editor: Editor) -> Iterator[Editor]:
+    """The graph's loaded editor for a training run instead of a second copy. ComfyUI first unloads every model
+    (ours leave the GPU with their LoRA patches undone); the trainer then gets the same modules on the device, out of
+    ComfyUI's registry (nothing else runs while a prompt trains). After the run, also after an error, the DiT
+    loses the trainer's LoRA layers and the parts go back to the offload device, where the host loads them from."""
+    o = editor.options
+    if editor.loras:
+        raise InputError("loaded_editor: connect VIVA Load Editor directly, not through a LoRA loader (training "
+                         "starts from the base weights).")
+    if o.fp8_storage or o.offload == "block" or o.compile != "off":
+        raise InputError("loaded_editor: training needs the editor loaded with fp8_storage off, offload none or "
+                         f"model, compile off (it has fp8_storage {o.fp8_storage}, offload {o.offload}, "
+                         f"compile {o.compile}); load it so, or disconnect loaded_editor.")
+    mm.unload_all_models()
+    mm.soft_empty_cache()
+    parts = [p for p in (editor.transformer, editor.vae, editor.text_encoder) if p is not None]
+    try:
+        for part in parts:
+            usable_by_autograd(part)
+            part.to(editor.device)
+        yield dataclasses.replace(editor, host=None)
+    finally:
+        remove_lora(editor.transformer)
+        for part in parts:
+            part.eval().to(mm.unet_offload_device())
+        mm.soft_empty_cache()
+
+
+def usable_by_autograd(module: torch.nn.Module) -> None:
+    """ComfyUI runs nodes under torch.inference_mode, so a model loaded by a node holds inference tensors, which
+    autograd refuses to save for backward ("Inference tensors cannot be saved for backward"): the training forward
+    through the frozen base weights needs them. Each is replaced by a normal copy (same values), one at a time."""
+    with torch.inference_mode(False), torch.no_grad():
+        for m in module.modules():
+            for name, p in list(m.named_parameters(recurse=False)):
+                if p.is_inference():
+                    setattr(m, name, torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad))
+            for name, b in list(m.named_buffers(recurse=False)):
+                if b is not None and b.is_inference():
+                    m._buffers[name] = b.clone()
 
 
 def vlm_host() -> ComfyHost:

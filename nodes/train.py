@@ -28,6 +28,7 @@ from ..viva_core.train.config import METHODS, check_output_name, load_config, pa
 from ..viva_core.train.trainer import Trainer
 from . import common as c
 from .loaders import DTYPES, editor_choices, resolve_editor
+from .model_management import lent_for_training
 
 TRAINING_FOLDER = "viva_training"  # under ComfyUI's output folder: checkpoints, metrics, curves, cache
 EVENT = "viva.train"  # websocket event of each logged step, drawn as a live curve by web/js/viva.js
@@ -227,6 +228,9 @@ class TrainLoRA(io.ComfyNode):
                                "GPU, fp32 on CPU; fp16 overflows in Wan)."),
                 io.Boolean.Input("resume", default=False, tooltip="Continue from the latest checkpoint of "
                                  "output_name (after an interrupt, or to train further)."),
+                c.Editor.Input("loaded_editor", optional=True, tooltip="VIVA Load Editor's output: train on the "
+                               "editor this graph has loaded (the same model as `editor`) instead of loading a "
+                               "second copy; its dtype is used."),
             ],
             outputs=[io.String.Output("lora_name", display_name="lora_name",
                                       tooltip="File name of the trained LoRA in models/loras (refresh to list it)."),
@@ -239,13 +243,17 @@ class TrainLoRA(io.ComfyNode):
     async def execute(cls, editor: str, vae: str, text_encoder: str, manifest: str, method: str, steps: int,
                       rank: int, learning_rate: float, group_size: int, rewards: str, judge_vlm: str,
                       max_frames: int, height: int, width: int, output_name: str, dtype: str,
-                      resume: bool) -> io.NodeOutput:
+                      resume: bool, loaded_editor=None) -> io.NodeOutput:
         name = output_name.strip()
         for problem in check_output_name(name):
             raise InputError(problem + ".")
         if bool(height) != bool(width):
             raise InputError("set both height and width, or leave both at 0 to keep the videos' size.")
         files = resolve_editor(editor, vae, text_encoder)
+        chosen = Path(files.folder).name if files.folder else Path(files.transformer_file).stem
+        if loaded_editor is not None and loaded_editor.name != chosen:
+            raise InputError(f"loaded_editor is '{loaded_editor.name}' but `editor` names '{chosen}'; pick the same "
+                             "model in both (the LoRA's metadata names `editor`).")
         manifest_path = _resolve_manifest(manifest)
         weights, judge = _rewards(rewards, judge_vlm, method)
         out_dir = Path(folder_paths.get_output_directory()) / TRAINING_FOLDER / name
@@ -273,11 +281,17 @@ class TrainLoRA(io.ComfyNode):
             send({"step": step, **{k: _finite(metrics.get(k)) for k in CURVE_KEYS}})
 
         send({"start": True, "history": _curve(out_dir, resumed_from) if resume and resumed_from else []})
-        mm.unload_all_models()  # training wants the memory ComfyUI's cached models hold
-        mm.soft_empty_cache()
         progress = _TrainProgress(steps)
-        trainer = Trainer(cfg, progress=progress, should_stop=progress.stop_requested, on_log=on_log)
-        result = await asyncio.to_thread(trainer.run, bool(resume))
+        if loaded_editor is not None:
+            with lent_for_training(loaded_editor) as lent:
+                trainer = Trainer(cfg, progress=progress, should_stop=progress.stop_requested, on_log=on_log,
+                                  editor=lent)
+                result = await asyncio.to_thread(trainer.run, bool(resume))
+        else:
+            mm.unload_all_models()  # training wants the memory ComfyUI's models hold (ours included)
+            mm.soft_empty_cache()
+            trainer = Trainer(cfg, progress=progress, should_stop=progress.stop_requested, on_log=on_log)
+            result = await asyncio.to_thread(trainer.run, bool(resume))
         if result.interrupted:  # a checkpoint is saved; `resume` continues it. Show the run as interrupted.
             send({"step": result.steps, "interrupted": True})
             mm.throw_exception_if_processing_interrupted()

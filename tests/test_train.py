@@ -429,3 +429,28 @@ def test_checkpointing_the_optimizer_leaves_its_live_state_alone():
     sd = full_optimizer_state(opt)
     assert sd["state"][0] is not opt.state[p]
     assert all(opt.state[p][k] is v for k, v in live.items())
+
+
+def test_training_a_loaded_editor_equals_loading_one_and_gives_it_back(assets):
+    """Trainer(editor=...) trains the given modules (ComfyUI's graph editor) instead of loading a second copy: the
+    LoRA is bit-identical to the one of a run that loads the editor itself, and after remove_lora the DiT has its
+    original module types, Parameters and outputs (and can be trained again, to the same LoRA)."""
+    from viva_core.editor import EditorOptions, load_editor
+    from viva_core.train.adapters import remove_lora
+
+    own = Trainer(config(assets, assets["root"] / "own", "optim.steps=2")).run()
+    editor = load_editor(str(assets["editor"]), options=EditorOptions(dtype="fp32", device="cpu"))
+    dit = editor.transformer
+    types = [type(m) for m in dit.modules()]
+    params = dict(dit.named_parameters())
+    before = {k: v.clone() for k, v in params.items()}
+    lent = Trainer(config(assets, assets["root"] / "lent", "optim.steps=2"), editor=editor).run()
+    assert any("lora_" in n for n, _ in dit.named_parameters())  # it trained these very modules
+    remove_lora(dit)
+    assert [type(m) for m in dit.modules()] == types
+    assert all(params[k] is p and torch.equal(p, before[k]) for k, p in dit.named_parameters())
+    again = Trainer(config(assets, assets["root"] / "again", "optim.steps=2"), editor=editor).run()
+    remove_lora(dit)
+    a, b, c = (load_file(r.lora_path) for r in (own, lent, again))
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)

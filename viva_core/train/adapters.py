@@ -51,6 +51,14 @@ def add_lora(transformer: torch.nn.Module, cfg: LoraConfig, *, seed: int = 0) ->
     return params
 
 
+def remove_lora(transformer: torch.nn.Module) -> None:
+    """Undo `add_lora`: every PEFT layer is replaced by its base layer (the original module and Parameters), so a
+    DiT that is used on after training (ComfyUI's loaded editor) is the model it was before."""
+    if getattr(transformer, "peft_config", None):
+        transformer.unload_lora()
+    transformer.requires_grad_(False)
+
+
 def _peft_modules(transformer: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
     for name, module in transformer.named_modules():
         if hasattr(module, "lora_A") and ADAPTER in getattr(module, "lora_A", {}):

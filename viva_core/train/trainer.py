@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from ..data import EditRecord, TensorCache, file_identity, load_manifest, load_sample, model_identity
-from ..editor import Conditioning, EditorOptions, load_editor
+from ..editor import Conditioning, Editor, EditorOptions, load_editor
 from ..errors import InputError, NonFiniteError
 from ..pipeline import decode_latents, dit_velocity, encode_frames, guide, pad_tokens, unconditional
 from ..runtime import ProgressFn, no_progress
@@ -56,9 +56,13 @@ def _gen(*parts: int) -> torch.Generator:
 class Trainer:
     def __init__(self, cfg: TrainConfig, *, progress: ProgressFn = no_progress,
                  should_stop: Callable[[], bool] = lambda: False,
-                 on_log: Callable[[int, dict], None] = lambda step, metrics: None) -> None:
+                 on_log: Callable[[int, dict], None] = lambda step, metrics: None,
+                 editor: Optional[Editor] = None) -> None:
+        """`editor`: an editor already loaded (ComfyUI's graph editor, on its device) to train on instead of
+        loading `cfg.model.editor` a second time; the caller removes the LoRA after (adapters.remove_lora)."""
         cfg.check()
         self.cfg, self.progress, self.should_stop, self.on_log = cfg, progress, should_stop, on_log
+        self.loaded_editor = editor
         self.out = Path(cfg.output_dir)
         self.stop_requested = False
         self._negative: Optional[torch.Tensor] = None
@@ -77,10 +81,15 @@ class Trainer:
         device = f"cuda:{self.world.local_rank}" if want_cuda else "cpu"
         opts = EditorOptions(dtype=cfg.model.dtype, device=device, allow_t2v=cfg.model.allow_t2v)
         src = Path(cfg.model.editor)
-        self.editor = (load_editor(str(src), text_encoder_folder=cfg.model.text_encoder or None, options=opts)
-                       if src.is_dir() else
-                       load_editor(transformer_file=str(src), vae_file=cfg.model.vae or None,
-                                   text_encoder_folder=cfg.model.text_encoder or None, options=opts))
+        if self.loaded_editor is not None:
+            log.info("training on the loaded editor %s (%s on %s), no second copy", self.loaded_editor.name,
+                     self.loaded_editor.dtype, self.loaded_editor.device)
+            self.editor = self.loaded_editor
+        elif src.is_dir():
+            self.editor = load_editor(str(src), text_encoder_folder=cfg.model.text_encoder or None, options=opts)
+        else:
+            self.editor = load_editor(transformer_file=str(src), vae_file=cfg.model.vae or None,
+                                      text_encoder_folder=cfg.model.text_encoder or None, options=opts)
         self.device = self.editor.device
         if cfg.model.max_text_tokens:
             self.editor.max_text_tokens = cfg.model.max_text_tokens

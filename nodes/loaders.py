@@ -69,8 +69,9 @@ class LoadEditor(io.ComfyNode):
                 io.Boolean.Input("fp8_storage", default=False,
                                  tooltip="Store DiT weights in fp8 (half the VRAM of bf16), compute in dtype."),
                 io.Combo.Input("offload", options=list(OFFLOAD_MODES), default="none",
-                               tooltip="none: all on GPU. model: each part visits the GPU only while used. "
-                                       "block: DiT blocks are streamed from RAM one at a time (least VRAM, slowest)."),
+                               tooltip="none / model: ComfyUI's model management loads each part onto the GPU when "
+                                       "it runs and offloads it when memory is needed, as for native models. block: "
+                                       "DiT blocks are streamed from RAM one at a time (least VRAM, slowest)."),
                 io.Combo.Input("attention", options=[a for a in ATTENTION_BACKENDS if a in available_attention_backends()],
                                default="sdpa", tooltip="Attention kernel; only the ones usable on this machine are listed."),
                 io.Combo.Input("compile", options=list(COMPILE_MODES), default="off",

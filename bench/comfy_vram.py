@@ -57,15 +57,16 @@ def main() -> None:
         flags += ["--reserve-vram", f"{max(total - args.budget_gb, 0):.2f}"]
     sys.argv = [sys.argv[0], *flags, *extra]  # ComfyUI parses its own command line at import
     os.chdir(comfy_dir)
-    sys.path[:0] = [str(comfy_dir), str(ROOT.parent), str(ROOT / "tests")]
+    sys.path[:0] = [str(comfy_dir), str(ROOT / "tests")]
     import comfy.options
 
     comfy.options.enable_args_parsing()
+    import importlib
     import importlib.util
 
     import comfy.model_management as mm
     import comfy.sd
-    import utils.extra_config  # noqa: F401  as main.py does first: ComfyUI's utils package is then `utils`
+    importlib.import_module("utils.extra_config")  # as main.py does first: `utils` is then ComfyUI's package
 
     spec = importlib.util.spec_from_file_location("comfyui_viva", ROOT / "__init__.py",
                                                   submodule_search_locations=[str(ROOT)])

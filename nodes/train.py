@@ -224,8 +224,8 @@ class TrainLoRA(io.ComfyNode):
                 io.Int.Input("width", default=0, min=0, max=4096, step=16, tooltip="Training width; see height."),
                 io.String.Input("output_name", default="viva_lora", tooltip="Name of the LoRA file "
                                 "(models/loras/<output_name>.safetensors) and of its checkpoint folder."),
-                io.Combo.Input("dtype", options=DTYPES, default="bf16", tooltip="Compute dtype of the DiT (bf16 on "
-                               "GPU, fp32 on CPU; fp16 overflows in Wan)."),
+                io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip="Compute dtype of the DiT. auto: bf16 "
+                               "on a GPU, fp32 on a CPU (bf16 is slow there); fp16 overflows in Wan."),
                 io.Boolean.Input("resume", default=False, tooltip="Continue from the latest checkpoint of "
                                  "output_name (after an interrupt, or to train further)."),
                 c.Editor.Input("loaded_editor", optional=True, tooltip="VIVA Load Editor's output: train on the "

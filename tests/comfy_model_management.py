@@ -135,6 +135,7 @@ mm.unload_all_models()
 EncodeInstruction.execute(small, "Invert the colours.", frames, "instructor", "", vlm=instructor,
                           refiner="viva-small-refiner.safetensors")
 out["after_instructor"] = loaded()
+out["auto_dtypes_on_cpu"] = [str(small.dtype), str(instructor.dtype), str(judge.dtype)]
 JudgeEdit.execute(judge, frames, first, "Invert the colours.", 2, False)
 out["after_judge"] = loaded()
 mm.unload_all_models()

@@ -370,6 +370,7 @@ def test_models_are_under_comfyuis_model_management(models):
     assert "VivaQwen2_5_VLForConditionalGeneration" in r["after_instructor"], r
     assert "VivaTokenRefiner" in r["after_instructor"], r
     assert r["after_judge"].count("VivaQwen2_5_VLForConditionalGeneration") == 2, r  # instructor + judge
+    assert r["auto_dtypes_on_cpu"] == ["torch.float32"] * 3, r  # the loaders' dtype "auto" on a CPU
 
 
 class HeldServer:

@@ -83,3 +83,18 @@ def test_bad_settings_and_nan_are_reported():
     with pytest.raises(NonFiniteError, match="NaN"):
         sample(lambda x, s: torch.full_like(x, float("nan")), torch.zeros(1, 1, 1, 1, 1), torch.zeros(1, 1, 1, 1, 1),
                steps=2, shift=1.0)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "unipc"])
+def test_progress_gets_the_predicted_clean_latents(sampler):
+    """The preview each step passes to `progress` is the x0 the step's velocity implies. With the exact velocity of
+    a single clean sample x0 (v = (x - x0) / sigma, from x = (1 - sigma) x0 + sigma eps, v = eps - x0) every
+    preview is x0 itself, and the update count is the step count."""
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(1, 4, 2, 3, 3, generator=g), torch.randn(1, 4, 2, 3, 3, generator=g)
+    seen = []
+    sample(lambda x, sigma: (x - x0) / sigma, noise, torch.zeros_like(x0), steps=5, shift=3.0, sampler=sampler,
+           progress=lambda done, total, preview: seen.append((done, total, preview)))
+    assert [(d, t) for d, t, _ in seen] == [(i, 5) for i in range(1, 6)]
+    for _, _, preview in seen:
+        torch.testing.assert_close(preview, x0, rtol=1e-4, atol=1e-4)

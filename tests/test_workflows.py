@@ -22,7 +22,7 @@ OUR_NODES = {"VIVA_LoadEditor", "VIVA_LoadVLM", "VIVA_LoraLoader", "VIVA_LoadVid
 CORE_NODES = {"SaveVideo", "MarkdownNote", "PrimitiveStringMultiline", "PreviewAny"}
 BYPASSED = 4  # LiteGraph node mode
 # The templates that must run as loaded on a fresh install (only bundled models and the example files).
-BUNDLED = ("VIVA - Edit the example clip (bundled small models)", "VIVA - Train a LoRA from a folder of edits")
+BUNDLED = ("VIVA - Edit the example (small models)", "VIVA - Train a LoRA from a folder")
 
 
 def nodes_of(path: Path) -> list[dict]:
@@ -97,3 +97,11 @@ def test_install_examples_never_replaces_a_file(tmp_path):
     assert mine.read_bytes() == b"the user's own video"
     assert (tmp_path / bundled.EXAMPLE_INPUT_FOLDER / "shapes.txt").read_text() == "make it red\n"
     assert bundled.install_examples(tmp_path) == []  # a second start-up writes nothing
+
+
+def test_frontend_extension_imports_only_the_public_api():
+    """scripts/app.js and scripts/api.js are the public entry points; other modules such as scripts/widgets.js are
+    internal and the newest frontend warns that they may break (issue 12)."""
+    js = (WORKFLOWS.parent / "web" / "js" / "viva.js").read_text(encoding="utf-8")
+    imports = re.findall(r'^import .* from "(.+)";$', js, re.M)
+    assert imports == ["../../../scripts/api.js", "../../../scripts/app.js"], imports

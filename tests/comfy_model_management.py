@@ -116,6 +116,20 @@ for name, hosted, ed in (("lora", first, core_lora), ("plain", plain, core)):
     ref = edit(ed, frames, cond.positive, negative=cond.negative, settings=settings, fps=8.0).frames
     out[f"core_max_diff_{name}"] = float((ref - hosted).abs().max())
 
+# fp8-stored DiT: ComfyUI would round W + dW back to fp8, so the host leaves the LoRA to viva_core's side path
+fp8 = result(LoadEditor.execute(**dict(EDITOR, fp8_storage=True)))[0]
+fp8_lora = result(LoraLoader.execute(fp8, "tiny_lora.safetensors", 1.0))[0]
+fp8_weights = weights(fp8.transformer)
+hosted_fp8 = result(EditVideo.execute(fp8_lora, cond, images=frames, **SAMPLING))[0]
+plain_fp8 = result(EditVideo.execute(fp8, cond, images=frames, **SAMPLING))[0]
+core_fp8 = load_editor(f"{root}/models/diffusers/tiny-editor",
+                       options=EditorOptions(dtype="fp32", device="cpu", fp8_storage=True))
+ref = edit(core_fp8.with_lora(f"{root}/models/loras/tiny_lora.safetensors", 1.0), frames, cond.positive,
+           negative=cond.negative, settings=settings, fps=8.0).frames
+out["fp8_core_max_diff_lora"] = float((ref - hosted_fp8).abs().max())
+out["fp8_lora_changes_edit"] = not torch.equal(hosted_fp8, plain_fp8)
+out["fp8_weights_untouched"] = same(weights(fp8.transformer), fp8_weights)
+
 # interrupt: the flag set during step 2's bar update stops the edit at the next step's update
 calls.clear()
 interrupt_at[0] = 2

@@ -364,6 +364,7 @@ def test_models_are_under_comfyuis_model_management(models):
     assert r["patched_while_loaded"] and r["unpatched_after_unload"] and r["base_weights_after_plain_edit"], r
     assert r["plain_differs_from_lora"], r  # the LoRA changes the edit, so the comparisons above can fail
     assert r["core_max_diff_lora"] < 1e-6 and r["core_max_diff_plain"] < 1e-6, r
+    assert r["fp8_core_max_diff_lora"] < 1e-6 and r["fp8_lora_changes_edit"] and r["fp8_weights_untouched"], r
     assert r["progress"] == [[i, 4] for i in range(1, 5)], r
     assert r["previews"] == [["JPEG", [4, 4]]] * 4, r  # one latent2rgb image per step, at the latents' 4x4
     assert r["interrupted"] and r["updates_before_interrupt"] == [1, 2], r

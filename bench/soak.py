@@ -2,7 +2,7 @@
 
     python bench/soak.py [EDITS] [--judge]
 
-Loads the bundled editor, instructor and refiner once (fp32, CPU), then edits the bundled example clip EDITS times
+Loads the bundled editor once (fp32, CPU), then edits the bundled example clip EDITS times
 (default 50, seeds 0..EDITS-1, 20 steps, CFG 5; every 5th edit also judged with --judge), reading the process's
 resident set size (RSS, /proc/self/status VmRSS) after each. Prints the RSS after edit 5 and at the end, and the
 growth between them; exits 1 if it exceeds 5%. tests/test_soak.py runs it (VIVA_SOAK=1).
@@ -34,14 +34,12 @@ def main(argv: list[str]) -> int:
 
     edits = next((int(a) for a in argv if a.isdigit()), 50)
     editor = load_editor(str(bundled.EDITOR), options=EditorOptions(dtype="fp32", device="cpu"))
-    vlm = load_vlm(str(bundled.INSTRUCTOR), dtype="fp32", device="cpu")
     judge = Judge(load_vlm(str(bundled.JUDGE), dtype="fp32", device="cpu")) if "--judge" in argv else None
     video = read_video(str(bundled.EXAMPLE))
     after_5 = None
     t0 = time.perf_counter()
     for i in range(edits):
-        cond, _ = build_conditioning(editor, "Invert the colours.", video.frames[0], mode="instructor", vlm=vlm,
-                                     refiner_path=str(bundled.REFINER))
+        cond, _ = build_conditioning(editor, "Invert the colours.", video.frames[0], mode="text")
         result = edit(editor, video.frames, cond, settings=EditSettings(steps=BUNDLED_STEPS, seed=i))
         if judge is not None and i % 5 == 4:
             judge.score(video.frames, result.frames, "Invert the colours.")

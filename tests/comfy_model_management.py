@@ -141,13 +141,13 @@ except mm.InterruptProcessingException:
 out["updates_before_interrupt"] = [v for v, _, _ in calls]
 interrupt_at[0] = 0
 
-# VLMs and the token refiner (the bundled small models)
+# VLMs and the token refiner (the bundled small editor and judge; tests/make_comfy_models.py's tiny VLM and refiner)
 small = result(LoadEditor.execute(**dict(EDITOR, editor="folder: viva-small-editor", dtype="auto")))[0]
-instructor = result(LoadVLM.execute("viva-small-instructor", "auto"))[0]
+instructor = result(LoadVLM.execute("tiny-vlm", "auto"))[0]
 judge = result(LoadVLM.execute("viva-small-judge", "auto"))[0]
 mm.unload_all_models()
 EncodeInstruction.execute(small, "Invert the colours.", frames, "instructor", "", vlm=instructor,
-                          refiner="viva-small-refiner.safetensors")
+                          refiner="tiny_refiner.safetensors")
 out["after_instructor"] = loaded()
 out["auto_dtypes_on_cpu"] = [str(small.dtype), str(instructor.dtype), str(judge.dtype)]
 JudgeEdit.execute(judge, frames, first, "Invert the colours.", 2, False)

@@ -8,10 +8,12 @@ writes, under OUT_DIR:
     models/vlm/tiny-vlm/                       Qwen2.5-VL-shaped VLM folder (tests/tiny_vlm.py)
     models/loras/tiny_lora.safetensors         ComfyUI-native LoRA for the tiny DiT (viva_core.lora.save_lora)
     models/loras/sd_unet_lora.safetensors      a kohya LoRA for an SD UNet: matches no key of a Wan DiT
+    models/refiners/tiny_refiner.safetensors   a random token refiner from tiny-vlm (hidden 32) to the bundled
+                                               small editor's text_dim (128), for instructor-mode runs
     input/viva_square.mp4                      9 frames 32x32 @ 8 fps, a moving square, a 440 Hz sine track
     input/viva_edits/                          3 recolouring edits for training: editN.mp4 + editN.txt (instruction)
                                                + editN_target.mp4 + editN_mask.mp4 (tests/tiny_data.py)
-    extra_model_paths.yaml                     points ComfyUI's diffusers / loras / viva_vlm folders here, first
+    extra_model_paths.yaml                     points ComfyUI's diffusers / loras / viva_vlm / viva_refiners here, first
                                                (is_default), so a trained LoRA is written here, not into ComfyUI
 
 Start ComfyUI with ``--extra-model-paths-config OUT_DIR/extra_model_paths.yaml --input-directory OUT_DIR/input``.
@@ -34,12 +36,14 @@ for p in (HERE, HERE.parent):
 from tiny_data import build_dataset  # noqa: E402
 from tiny_editor import build_editor_folder, tiny_transformer  # noqa: E402
 from tiny_vlm import build_tiny_vlm  # noqa: E402
+from viva_core.instructor import RefinerConfig, TokenRefiner, save_refiner  # noqa: E402
 from viva_core.lora import LoraLayer, lora_target_names, save_lora  # noqa: E402
 from viva_core.video import Audio, write_video  # noqa: E402
 
 EDITOR = "tiny-editor"
 VLM = "tiny-vlm"
 LORA = "tiny_lora.safetensors"
+REFINER = "tiny_refiner.safetensors"
 BAD_LORA = "sd_unet_lora.safetensors"
 VIDEO = "viva_square.mp4"
 DATASET = "viva_edits"
@@ -103,10 +107,17 @@ def write_extra_model_paths(root: Path) -> Path:
         "  diffusers: diffusers\n"
         "  loras: loras\n"
         "  viva_vlm: vlm\n"
+        "  viva_refiners: refiners\n"
         "  diffusion_models: diffusion_models\n"
         "  vae: vae\n"
         "  text_encoders: text_encoders\n", encoding="utf-8")
     return yaml
+
+
+def write_tiny_refiner(path: Path) -> Path:
+    """A seeded random refiner: tiny-vlm's hidden states (32) to the bundled small editor's text_dim (128)."""
+    torch.manual_seed(0)
+    return save_refiner(path, TokenRefiner(RefinerConfig(in_dim=32, out_dim=128, hidden_dim=32, depth=1, heads=2)))
 
 
 def write_edit_folder(folder: Path, n: int = 3) -> Path:
@@ -135,11 +146,13 @@ def build_all(root: str | Path) -> dict[str, str]:
     vlm = build_tiny_vlm(models / "vlm" / VLM)
     lora = write_tiny_lora(models / "loras" / LORA)
     bad = write_bad_lora(models / "loras" / BAD_LORA)
+    refiner = write_tiny_refiner(models / "refiners" / REFINER)
     video = write_video(root / "input" / VIDEO, square_video(), FPS, sine_audio(FRAMES / FPS))
     dataset = write_edit_folder(root / "input" / DATASET)
     yaml = write_extra_model_paths(root)
     return {"root": str(root), "models": str(models), "input_dir": str(root / "input"), "yaml": str(yaml),
-            "editor": str(editor), "vlm": str(vlm), "lora": str(lora), "bad_lora": str(bad), "video": str(video),
+            "editor": str(editor), "vlm": str(vlm), "lora": str(lora), "bad_lora": str(bad), "refiner": str(refiner),
+            "video": str(video),
             "dataset": str(dataset)}
 
 

@@ -232,7 +232,7 @@ def test_editor_info_file_errors_name_the_file(tmp_path) -> None:
 
 # ----------------------------------------------------------------------------------------- bundled models
 
-EA_BAR = 0.5  # measured 0.83 for the bundled example (README); an untrained editor scores ~0
+EA_BAR = 0.5  # measured 0.94 for the bundled example (README); an untrained editor scores ~0
 
 
 def test_bundled_models_edit_the_bundled_example_above_the_bar() -> None:
@@ -241,15 +241,12 @@ def test_bundled_models_edit_the_bundled_example_above_the_bar() -> None:
     from viva_core.eval import score_edit
     from viva_core.pipeline import EditSettings, edit
     from viva_core.video import read_video
-    from viva_core.vlm import load_vlm
 
     rec = json.loads((bundled.EXAMPLE.parent / "shapes.jsonl").read_text())
     read = lambda name: read_video(bundled.EXAMPLE.parent / rec[name]).frames  # noqa: E731
     source, target, mask = read("source_video"), read("target_video"), read("mask_video").mean(-1) > 0.5
     editor = load_editor(bundled.path(bundled.EDITOR), options=EditorOptions(dtype="fp32", device="cpu"))
-    vlm = load_vlm(bundled.path(bundled.INSTRUCTOR), dtype="fp32", device="cpu")
-    cond, _ = build_conditioning(editor, rec["instruction"], source[0], mode="instructor", vlm=vlm,
-                                 refiner_path=bundled.path(bundled.REFINER))
+    cond, _ = build_conditioning(editor, rec["instruction"], source[0], mode="text")
     out = edit(editor, source, cond, negative=negative_conditioning(editor, ""), settings=EditSettings(steps=20)).frames
     score = score_edit(source, out, target, mask, rec["verify"], rec["operation"])
     unedited = score_edit(source, source, target, mask, rec["verify"], rec["operation"])
@@ -257,8 +254,10 @@ def test_bundled_models_edit_the_bundled_example_above_the_bar() -> None:
 
 
 def test_bundled_models_fit_the_size_budget() -> None:
+    # 46.6 MB today: the 20 M-parameter DiT in bf16 is 40.7 MB of it. The wheel and the repository carry these
+    # files, so a bigger bundled model has to earn its size in the README's ablation table.
     total = sum(p.stat().st_size for p in bundled.ROOT.rglob("*.safetensors"))
-    assert total <= 40e6
+    assert total <= 48e6
     assert not [p for p in bundled.ROOT.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
 
 

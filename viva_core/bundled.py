@@ -12,11 +12,11 @@ from pathlib import Path
 from .errors import ModelLoadError
 
 ROOT = Path(__file__).resolve().parent / "small_models"
-# Laid out as ComfyUI model folders: diffusers/ (editors), vlm/ (instructor, judge), refiners/ (token refiners).
+# Laid out as ComfyUI model folders: diffusers/ (the editor), vlm/ (the judge). The editor is conditioned on text
+# alone: in the measured ablation its 20 M DiT doubled the edit accuracy of the earlier 7 M DiT with a jointly
+# trained instructor (README, "Small models"), so no bundled instructor or refiner is paired with it.
 EDITOR = ROOT / "diffusers" / "viva-small-editor"
-INSTRUCTOR = ROOT / "vlm" / "viva-small-instructor"
 JUDGE = ROOT / "vlm" / "viva-small-judge"
-REFINER = ROOT / "refiners" / "viva-small-refiner.safetensors"
 EXAMPLE = ROOT / "examples" / "shapes.mp4"
 EXAMPLE_ALIAS = "example"  # what `viva edit` and `viva judge` accept in place of a source path
 

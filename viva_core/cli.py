@@ -188,8 +188,8 @@ def load_judge_from_args(args: argparse.Namespace):
 
 
 def use_bundled_models(args: argparse.Namespace) -> None:
-    """No --editor: the small bundled editor with its instructor and refiner (and the bundled judge when
-    --judge is given as 'bundled')."""
+    """No --editor: the small bundled editor, conditioned on text (and the bundled judge when --judge is given
+    as 'bundled'). --instructor still applies, with the user's own VLM and refiner."""
     from . import bundled
 
     args.source = bundled.source_path(args.source)
@@ -198,8 +198,6 @@ def use_bundled_models(args: argparse.Namespace) -> None:
     if args.editor:
         return
     args.editor = bundled.path(bundled.EDITOR)
-    if not args.instructor:
-        args.instructor, args.refiner = bundled.path(bundled.INSTRUCTOR), bundled.path(bundled.REFINER)
     if args.dtype == "bf16" and args.device in ("auto", "cpu") and not _cuda():
         args.dtype = args.vlm_dtype = "fp32"  # bf16 matmuls are slow on CPUs; the small models are tiny
     print("using the bundled small models (64x64 synthetic shapes world); pass --editor for a real editor",

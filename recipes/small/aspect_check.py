@@ -5,8 +5,9 @@ or keep the aspect and pad (edge or reflect). The measurement behind `viva_core.
 
 Sources: `viva synth` worlds rendered at 96x96 and cut to 96x48 (landscape) and 48x96 (portrait), CLIPS of each
 (default 3). The edit is "Invert the colours." (the one the bundled models do well; its ground truth is 1 - source
-everywhere, so every pixel of the frame is scored), bundled editor + instructor + refiner, fp32 CPU, STEPS
-(default 20) steps, CFG 5, seed 0; the instructor sees the source's first frame, as in `viva edit`.
+everywhere, so every pixel of the frame is scored), bundled editor (text conditioning), fp32 CPU, STEPS
+(default 20) steps, CFG 5, seed 0, as in `viva edit`. (Measured in docs/small_models.md with the
+earlier bundled editor and its instructor.)
 Each variant's output is brought back to the source's size, then scored by PSNR against the ground truth over the
 whole frame and over the central square (the part a center crop edits), and the VAE round trip of the source
 (no edit) by PSNR against the source.
@@ -35,7 +36,6 @@ from viva_core.editor import EditorOptions, load_editor
 from viva_core.pipeline import EditSettings, decode_latents, edit, encode_frames
 from viva_core.synth import make_clip
 from viva_core.video import _resize, conform_frames, unconform_frames
-from viva_core.vlm import load_vlm
 
 NATIVE = (64, 64)
 
@@ -98,13 +98,11 @@ def sources(n: int) -> list[tuple[str, torch.Tensor]]:
 
 def main(n: int = 3, steps: int = 20) -> None:
     editor = load_editor(str(bundled.EDITOR), options=EditorOptions(dtype="fp32", device="cpu"))
-    vlm = load_vlm(str(bundled.INSTRUCTOR), dtype="fp32", device="cpu")
     settings = EditSettings(steps=steps, cfg=5.0, seed=0)
     instruction = "Invert the colours."
     totals: dict[str, list[list[float]]] = {}
     for name, src in sources(n):
-        cond, _ = build_conditioning(editor, instruction, src[0], mode="instructor", vlm=vlm,
-                                     refiner_path=str(bundled.REFINER))
+        cond, _ = build_conditioning(editor, instruction, src[0], mode="text")
         edit_run = Runner(lambda x: edit(editor, x, cond, settings=settings).frames)
         vae_run = Runner(lambda x: decode_latents(editor, encode_frames(editor, x)))
         rows, cols = center_square(*src.shape[1:3])

@@ -19,8 +19,7 @@ declare -A variant=(
   [mask]="$mask --judge ${JUDGE:-$B/vlm/viva-small-judge}"
   [grpo]="$mask --lora $(ls $R/grpo/viva_*.safetensors 2>/dev/null | head -1)"
   [rwo]="$mask --lora $(ls $R/rwo/viva_*.safetensors 2>/dev/null | head -1)"
-  [bundled_v1]="--editor $B/diffusers/viva-small-editor --instructor $B/vlm/viva-small-instructor
-                --refiner $B/refiners/viva-small-refiner.safetensors"
+  [bundled]="--editor $B/diffusers/viva-small-editor"
 )
 mkdir -p runs/eval
 for name in ${VARIANTS:-"${!variant[@]}"}; do

@@ -53,7 +53,7 @@ if has eval; then
     extra=""; [ -d "$R/$name/instructor" ] && extra="--instructor $R/$name/instructor --refiner $R/$name/refiner.safetensors"
     eval_lines "$name" "--editor $d $extra"
   done > runs/eval_jobs.txt
-  [ -f "$R/judge/judge_summary.json" ] && echo "python3 recipes/small/judge_check.py data/eval_heldout/heldout.jsonl \
+  [ -f "$R/judge/judge_summary.json" ] && echo "PYTHONPATH=.:$PYTHONPATH python3 recipes/small/judge_check.py data/eval_heldout/heldout.jsonl \
     $R/judge/judge runs/eval/judge_heldout > runs/eval/judge_heldout.log 2>&1" >> runs/eval_jobs.txt
   xargs -P "${JOBS:-8}" -I{} bash -c {} < runs/eval_jobs.txt
   grep -H "^all \|ROC" runs/eval/*.log

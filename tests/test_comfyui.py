@@ -474,18 +474,30 @@ def test_unload_models_and_interrupt_in_a_running_server(models, tmp_path):
                                                             "width": 512, "height": 512, "crop": "disabled"}}
         long["5"]["inputs"].update(steps=200, seed=2, images=["7", 0])
         del long["5"]["inputs"]["video"]
+        server.call("POST", "/free", {"unload_models": True})  # so the DiT's load is logged right before sampling
+        time.sleep(2)
+        loads = server.log().count(requested)
         pid = server.queue(long)
-        while not server.running():
-            time.sleep(0.1)
-        time.sleep(4)  # into sampling (the tiny models load in well under a second; 200 steps take minutes)
+        deadline = time.time() + 120
+        while server.log().count(requested) == loads and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)  # a few steps into sampling (200 take 18 s on 2 idle cores)
         t0 = time.time()
         server.call("POST", "/interrupt", {})
         entry = server.wait(pid, timeout=120)
-        waited = time.time() - t0
         kinds = {kind: msg for kind, msg in entry["status"]["messages"]}
         assert "execution_interrupted" in kinds, entry["status"]
         assert kinds["execution_interrupted"]["node_type"] == "VIVA_EditVideo", kinds["execution_interrupted"]
-        print(f"interrupted {waited:.2f} s after POST /interrupt")
+        # the server's own time stamp of the interruption (ms, same clock): polling a busy server adds seconds
+        waited = kinds["execution_interrupted"]["timestamp"] / 1000 - t0
+        durations = []  # the same edit uninterrupted with 2 and 12 steps: what one step costs right now
+        for steps in (2, 12):
+            timed = json.loads(json.dumps(long))
+            timed["5"]["inputs"].update(steps=steps, seed=10 + steps)
+            stamps = dict(server.wait(server.queue(timed), timeout=300)["status"]["messages"])
+            durations.append((stamps["execution_success"]["timestamp"] - stamps["execution_start"]["timestamp"]) / 1e3)
+        step = (durations[1] - durations[0]) / 10
+        print(f"interrupted {waited:.2f} s after POST /interrupt; a step took {step:.2f} s then")
         assert waited < 10, waited
         good = server.wait(server.queue(again))  # cached: the server is usable; a new seed runs the Edit node
         assert good["status"]["status_str"] == "success"

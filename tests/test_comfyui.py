@@ -1,5 +1,7 @@
 """The pack inside a real ComfyUI: nodes listed, the edit and best-of-N prompts run, a bad LoRA fails cleanly,
-a LoRA trained by a prompt loads in the next one, and an interrupted training run resumes from its checkpoint.
+a LoRA trained by a prompt loads in the next one, an interrupted training run resumes from its checkpoint, and
+our models live under ComfyUI's model management (registry, POST /free, LoRA patches undone, latent previews,
+POST /interrupt within a step, Train LoRA on the graph's loaded editor).
 
 Needs a ComfyUI checkout outside the repo (DESIGN §4):
 

@@ -5,15 +5,14 @@ so `comfy.model_management.load_models_gpu` puts it on the GPU right before it r
 memory is short), ComfyUI offloads it when another model needs the memory, and "Unload models" (POST /free) frees
 it, as for native models. LoRAs become ModelPatcher weight patches built by ComfyUI's own LoRA code
 (`comfy.lora.load_lora`, what its LoraLoader uses), on a clone of the DiT's patcher; ComfyUI restores the original
-weights (bit-exact backups) when the model unloads or another clone of it loads. README, section ComfyUI, says
-what was measured.
+weights (bit-exact backups) when the model unloads or another clone of it loads. README (Nodes: "Memory, LoRAs,
+previews, interrupt") says what was measured.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
 import dataclasses
-import logging
 import os
 from typing import Iterator, Optional, Sequence
 
@@ -28,8 +27,6 @@ from ..viva_core.editor import Editor
 from ..viva_core.errors import InputError
 from ..viva_core.lora import FP8_DTYPES, LoraSpec, read_lora
 from ..viva_core.train.adapters import remove_lora
-
-log = logging.getLogger(__name__)
 
 PATCHER_ATTR = "_viva_patcher"  # the base ModelPatcher of a part, kept on the part itself (dies with it)
 LORA_CLONES_KEPT = 8  # patched DiT clones a host keeps (one per LoRA stack seen), least recently used dropped

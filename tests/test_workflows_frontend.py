@@ -9,7 +9,7 @@ Runs once with the frontend pinned by the ComfyUI checkout and once with the new
 `pip install --target DIR comfyui-frontend-package` gives DIR/comfyui_frontend_package/static for VIVA_FRONTEND_ROOT.
 Needs Chromium (VIVA_CHROMIUM, else `chromium` on PATH), node, and playwright-core (PLAYWRIGHT_CORE, else the global
 npm folder: `npm install -g playwright-core`); whatever is missing skips with a reason naming it. VIVA_SCREENSHOTS=DIR
-keeps a screenshot of each template (after its run) and of the Templates menu. About 2 minutes per frontend on 2 CPU
+keeps a screenshot of each template (after its run) and of the Templates menu. About 2-3 minutes per frontend on 2 idle CPU
 cores.
 """
 from __future__ import annotations
@@ -38,6 +38,13 @@ PACK_NAME = "comfyui-viva-templates"
 FRONTEND_ONLY = {"MarkdownNote"}  # a note: graphToPrompt leaves it out
 BYPASSED = 4
 LORA_NAME = "viva_example_lora.safetensors"  # what the training template writes
+# The best-of-N template with the bundled models swapped in (as a user would pick them), 6 candidates: its table
+# and the nodes around it must stay whole (issue 12: the table was cut off and the node grew over the Judge's title).
+BEST_OF_N = next(p.stem for p in TEMPLATES if "Best of N" in p.stem)
+SMALL_BEST_OF_N = {"VIVA_LoadVideo": {"max_frames": 17}, "VIVA_LoadEditor": {"editor": "folder: viva-small-editor"},
+                   "VIVA_LoadVLM": {"model": "viva-small-judge"}, "VIVA_EncodeInstruction": {"mode": "text"},
+                   "PrimitiveStringMultiline": {"value": "Invert the colours."},
+                   "VIVA_BestOfN": {"candidates": 6, "steps": 8, "max_frames": 17}}
 
 
 def _chromium() -> str | None:
@@ -118,7 +125,8 @@ def driven(server) -> dict:
         os.makedirs(shots, exist_ok=True)
     job = {"base": server["base"], "chromium": _chromium(), "module": PACK_NAME, "timeout_s": 400,
            "shots": shots, "browse": bool(shots),
-           "templates": [{"name": p.stem, "run": p.stem in BUNDLED} for p in TEMPLATES]}
+           "templates": [{"name": p.stem, "run": p.stem in BUNDLED} for p in TEMPLATES]
+           + [{"name": BEST_OF_N, "run": True, "overrides": SMALL_BEST_OF_N, "label": "small best-of-N"}]}
     proc = subprocess.run(["node", str(DRIVER), json.dumps(job)], capture_output=True, text=True, timeout=1500,
                           env=dict(os.environ, PLAYWRIGHT_CORE=_playwright()))
     assert proc.returncode == 0 and proc.stdout.strip(), f"driver failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
@@ -135,7 +143,7 @@ def test_templates_are_in_the_templates_menu(driven):
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.stem)
 def test_template_loads_and_converts_to_a_prompt(driven, path):
-    t = next(t for t in driven["templates"] if t["name"] == path.stem)
+    t = next(t for t in driven["templates"] if t["name"] == path.stem and "label" not in t)
     assert t["http"] == 200 and t["thumb"] == 200 and t["thumb_type"] == "image/jpeg", t
     assert t["unknown"] == [] and t["nodes"] == t["saved_nodes"], t
     saved = json.loads(path.read_text(encoding="utf-8"))["nodes"]
@@ -146,7 +154,7 @@ def test_template_loads_and_converts_to_a_prompt(driven, path):
 
 @pytest.mark.parametrize("name", BUNDLED)
 def test_bundled_template_runs_as_loaded(driven, server, name):
-    t = next(t for t in driven["templates"] if t["name"] == name)
+    t = next(t for t in driven["templates"] if t["name"] == name and "label" not in t)
     run = t["run"]
     assert run["status"] == "success" and not run["errors"], run
     assert t["overlaps_after"] == [], f"results made nodes overlap: {t['overlaps_after']}"
@@ -168,8 +176,20 @@ def test_bundled_template_runs_as_loaded(driven, server, name):
         assert curve["total"] == 40 and curve["points"][-1][0] == 40, curve
 
 
+def test_result_text_is_shown_whole_and_moves_no_node_over_another(driven):
+    runs = [t for t in driven["templates"] if "run" in t]
+    small = next(t for t in runs if t.get("label") == "small best-of-N")
+    assert small["run"]["status"] == "success" and not small["run"]["errors"], small["run"]
+    table = next(b for b in small["text_boxes"] if "Best-of-N" in b["node"])
+    assert table["lines"] >= 8, table  # header, 6 candidates, the best's summary
+    for t in runs:
+        assert t["overlaps_after"] == [], f"{t['name']}: nodes overlap after the run: {t['overlaps_after']}"
+        for box in t["text_boxes"]:  # the whole text fits its box: nothing to scroll to, nothing cut off
+            assert box["scroll"][0] <= box["client"][0] + 1 and box["scroll"][1] <= box["client"][1] + 1, box
+
+
 def test_rationale_is_offered_only_when_the_judge_can_write(driven):
-    by_name = {t["name"]: t["rationale"] for t in driven["templates"]}
+    by_name = {t["name"]: t["rationale"] for t in driven["templates"] if "label" not in t}
     assert by_name[BUNDLED[0]] == [{"value": False, "disabled": True}]  # viva-small-judge answers Yes/No only
     (qwen,) = [r for name, r in by_name.items() if "Qwen2.5-VL" in name]
     assert qwen == [{"value": False, "disabled": False}]  # a chat VLM (no viva_judge.json): offered, off by default

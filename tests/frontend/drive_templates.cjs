@@ -2,7 +2,8 @@
 //
 //   node drive_templates.cjs '<json job>'      ->  one JSON object on the last line of stdout
 //
-// job: {base, chromium, module, templates: [{name, run: bool}], timeout_s, shots: dir|null, browse: bool}
+// job: {base, chromium, module, templates: [{name, run: bool, overrides?: {nodeType: {widget: value}}, label?}],
+//       timeout_s, shots: dir|null, browse: bool}
 // For each template it does what the Templates menu does (fetch /api/workflow_templates/<module>/<name>.json, then
 // app.loadGraphData), converts the graph with the frontend's own app.graphToPrompt(), and for `run` queues that
 // prompt from the page (so the page's extensions get the results), waits for /history and measures the time.
@@ -124,15 +125,24 @@ async function main() {
       await sleep(500);
     }
     for (const t of job.templates) {
-      const r = { name: t.name };
+      const r = { name: t.name, ...(t.label ? { label: t.label } : {}) };
       const url = `/api/workflow_templates/${encodeURIComponent(job.module)}/${encodeURIComponent(t.name)}`;
-      const loaded = await page.evaluate(async ({ url, name }) => {
+      const loaded = await page.evaluate(async ({ url, name, overrides }) => {
         const app = window.comfyAPI.app.app;
         const res = await fetch(url + ".json");
         if (!res.ok) return { http: res.status };
         const thumb = await fetch(url + ".jpg");
         const json = await res.json();
         await app.loadGraphData(json, true, true, name);
+        for (const [type, values] of Object.entries(overrides || {})) { // widget values set as a user would
+          for (const node of app.graph._nodes.filter((n) => n.type === type)) {
+            for (const [k, v] of Object.entries(values)) {
+              const w = node.widgets.find((w) => w.name === k);
+              w.value = v;
+              node.onWidgetChanged?.(k, v, undefined, w);
+            }
+          }
+        }
         const unknown = app.graph._nodes.filter((n) => !window.LiteGraph.registered_node_types[n.type]).map((n) => n.type);
         const { output, workflow } = await app.graphToPrompt();
         const rationale = app.graph._nodes.filter((n) => n.type === "VIVA_Judge").map((n) => {
@@ -141,7 +151,7 @@ async function main() {
         });
         return { http: res.status, thumb: thumb.status, thumb_type: thumb.headers.get("content-type"),
           nodes: app.graph._nodes.length, saved_nodes: json.nodes.length, unknown, output, workflow, rationale };
-      }, { url, name: t.name });
+      }, { url, name: t.name, overrides: t.overrides });
       Object.assign(r, loaded);
       await sleep(300);
       r.overlaps_loaded = await overlaps(page);
@@ -150,12 +160,17 @@ async function main() {
         Object.assign(r, { run });
         await sleep(1500); // the executed messages resize nodes (web/js/viva.js)
         r.overlaps_after = await overlaps(page);
+        await fitView(page); // DOM widgets of nodes outside the view are hidden
+        r.text_boxes = await page.evaluate(() => window.comfyAPI.app.app.graph._nodes.flatMap((n) =>
+          (n.widgets || []).filter((w) => w.name === "viva_result" && w.element).map((w) => ({ node: n.title,
+            lines: w.element.value.split("\n").length, scroll: [w.element.scrollWidth, w.element.scrollHeight],
+            client: [w.element.clientWidth, w.element.clientHeight] }))));
       }
       delete r.workflow;
       if (job.shots) {
         await page.keyboard.press("Escape"); // an error dialog would hide the graph
         await fitView(page);
-        await page.screenshot({ path: `${job.shots}/${t.name}.png` });
+        await page.screenshot({ path: `${job.shots}/${t.label ?? t.name}.png` });
       }
       result.templates.push(r);
     }

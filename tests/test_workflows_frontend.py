@@ -4,13 +4,13 @@ loaded, through the real ComfyUI (the server then has only the pack's copy of th
 
 Runs once with the frontend pinned by the ComfyUI checkout and once with the newest comfyui-frontend-package:
 
-    COMFYUI_DIR=... COMFY_PY=... [VIVA_FRONTEND_ROOT=<newest package's static/ folder>] pytest tests/test_workflows_frontend.py
+    COMFYUI_DIR=... COMFY_PY=... [VIVA_FRONTEND_ROOT=<newest package's static/>] pytest tests/test_workflows_frontend.py
 
 `pip install --target DIR comfyui-frontend-package` gives DIR/comfyui_frontend_package/static for VIVA_FRONTEND_ROOT.
 Needs Chromium (VIVA_CHROMIUM, else `chromium` on PATH), node, and playwright-core (PLAYWRIGHT_CORE, else the global
 npm folder: `npm install -g playwright-core`); whatever is missing skips with a reason naming it. VIVA_SCREENSHOTS=DIR
-keeps a screenshot of each template (after its run) and of the Templates menu. About 2-3 minutes per frontend on 2 idle CPU
-cores.
+keeps a screenshot of each template (after its run) and of the Templates menu. About 2-3 minutes per frontend on 2
+idle CPU cores.
 """
 from __future__ import annotations
 

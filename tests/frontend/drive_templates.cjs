@@ -106,14 +106,17 @@ async function main() {
     args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
   const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
   const consoleLines = [];
-  page.on("console", (m) => { if (["warning", "error"].includes(m.type())) consoleLines.push(`${m.type()}: ${m.text()}`); });
+  page.on("console", (m) => {
+    if (["warning", "error"].includes(m.type())) consoleLines.push(`${m.type()}: ${m.text()}`);
+  });
   page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
   page.on("response", (r) => { if (r.status() >= 400) consoleLines.push(`http ${r.status()}: ${r.url()}`); });
   const result = { templates: [], console: consoleLines };
   try {
     await ready(page);
     result.frontend = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ ?? null);
-    result.listed = await page.evaluate(async () => (await fetch(window.comfyAPI.api.api.apiURL("/workflow_templates"))).json());
+    result.listed = await page.evaluate(async () =>
+      (await fetch(window.comfyAPI.api.api.apiURL("/workflow_templates"))).json());
     if (job.browse && job.shots) { // the Templates menu as a user opens it, for the screenshot
       await page.getByText("Templates", { exact: true }).first().click(); // the sidebar button
       await sleep(2500);
@@ -143,7 +146,8 @@ async function main() {
             }
           }
         }
-        const unknown = app.graph._nodes.filter((n) => !window.LiteGraph.registered_node_types[n.type]).map((n) => n.type);
+        const unknown = app.graph._nodes.filter((n) => !window.LiteGraph.registered_node_types[n.type])
+          .map((n) => n.type);
         const { output, workflow } = await app.graphToPrompt();
         const rationale = app.graph._nodes.filter((n) => n.type === "VIVA_Judge").map((n) => {
           const w = n.widgets.find((w) => w.name === "rationale");

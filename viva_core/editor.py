@@ -90,6 +90,7 @@ class Editor:
     notes: list[str] = field(default_factory=list)
     native_size: Optional[tuple[int, int]] = None  # (H, W) a small model was trained at; sources are fit into it
     host: Optional[ModelHost] = None  # places the parts when an app manages memory (ComfyUI); None: `options` do
+    files: dict[str, str] = field(default_factory=dict)  # part -> the folder or file it was read from (for errors)
 
     # ---- geometry -------------------------------------------------------------------------------------------
     @property
@@ -118,6 +119,18 @@ class Editor:
         if strength != 0:
             check_lora_fits(path, self.transformer)
         return dataclasses.replace(self, loras=self.loras + (LoraSpec(str(path), float(strength)),))
+
+    def nonfinite_weights(self) -> list[str]:
+        """'part: tensor' for every weight holding NaN/Inf. A pass over all weights, so it runs only after a model
+        produced NaN/Inf, to tell a damaged file from an overflow (a load-time scan would cost every user seconds)."""
+        bad = []
+        for part, module in (("transformer", self.transformer), ("vae", self.vae), ("text_encoder", self.text_encoder)):
+            if module is None:
+                continue
+            for name, t in [*module.named_parameters(), *module.named_buffers()]:
+                if t.is_floating_point() and not t.is_meta and not torch.isfinite(t.detach().float()).all():
+                    bad.append(f"{self.files.get(part, part)}: {name}")
+        return bad
 
     def describe(self) -> str:
         cfg = self.transformer.config
@@ -218,6 +231,7 @@ def load_editor(
         vae = _load_diffusers_part(root, "vae", parse_dtype(options.vae_dtype))
         te_root = Path(text_encoder_folder) if text_encoder_folder else root
         name = root.name
+        files = {"transformer": str(root / "transformer"), "vae": str(root / "vae")}
     elif transformer_file is not None:
         if vae_file is None:
             raise ModelLoadError(f"{transformer_file}: a single-file DiT needs its VAE file too (models/vae, e.g. "
@@ -226,6 +240,7 @@ def load_editor(
         vae = load_vae_file(vae_file, parse_dtype(options.vae_dtype))
         te_root = Path(text_encoder_folder) if text_encoder_folder else None
         name = Path(transformer_file).stem
+        files = {"transformer": str(transformer_file), "vae": str(vae_file)}
     else:
         raise InputError("load_editor needs a diffusers folder or a transformer file.")
 
@@ -233,7 +248,8 @@ def load_editor(
     transformer = _check_editor_channels(transformer, vae, name, options.allow_t2v, notes)
     text_encoder, tokenizer = _load_text_encoder(te_root, dtype) if te_root is not None else (None, None)
     editor = Editor(transformer.eval().requires_grad_(False), vae.eval().requires_grad_(False), text_encoder, tokenizer,
-                    options, name, device, dtype, notes=notes)
+                    options, name, device, dtype, notes=notes,
+                    files={**files, **({"text_encoder": str(_text_encoder_dir(te_root))} if te_root is not None else {})})
     if folder is not None:
         _apply_editor_info(editor, Path(folder))
     if host is not None:
@@ -377,11 +393,15 @@ def load_vae_file(path: str, dtype: torch.dtype) -> torch.nn.Module:
     return vae if dtype == torch.float32 else vae.to(dtype)
 
 
+def _text_encoder_dir(root: Path) -> Path:
+    return root / "text_encoder" if (root / "text_encoder").is_dir() else root
+
+
 def _load_text_encoder(root: Path, dtype: torch.dtype) -> tuple[Optional[torch.nn.Module], object]:
     """UMT5 encoder + tokenizer from `root/text_encoder` + `root/tokenizer`, or a transformers folder itself."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    te_dir = root / "text_encoder" if (root / "text_encoder").is_dir() else root
+    te_dir = _text_encoder_dir(root)
     tok_dir = root / "tokenizer" if (root / "tokenizer").is_dir() else root
     if not (te_dir / "config.json").is_file():
         return None, None  # an editor folder without a text encoder (e.g. conditioning comes from ComfyUI)

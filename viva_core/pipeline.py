@@ -5,9 +5,10 @@ the source's size) -> check output.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -125,6 +126,21 @@ def reconstruct(editor: Editor, frames: torch.Tensor) -> torch.Tensor:
     return unconform_frames(decode_latents(editor, encode_frames(editor, frames)), report)
 
 
+@contextlib.contextmanager
+def blame_damaged_weights(editor: Editor) -> Iterator[None]:
+    """A NaN/Inf from the models is reported as damaged weights, naming the files, when the weights hold NaN/Inf;
+    otherwise the error stands as raised (fp16 overflow, a LoRA strength, the guidance)."""
+    try:
+        yield
+    except NonFiniteError as e:
+        bad = editor.nonfinite_weights()
+        if not bad:
+            raise
+        raise NonFiniteError(f"{len(bad)} weight tensor(s) of the editor hold NaN/Inf (e.g. {'; '.join(bad[:3])}); "
+                             "the model files are damaged or were saved from a diverged training run. Replace them "
+                             "(download or export them again); nothing was saved.") from e
+
+
 def edit(
     editor: Editor, frames: torch.Tensor, cond: Conditioning, *, negative: Optional[Conditioning] = None,
     settings: EditSettings = EditSettings(), fps: float = 16.0, audio: Optional[Audio] = None,
@@ -143,28 +159,29 @@ def edit(
     use_cfg = settings.cfg != 1.0
     if use_cfg and negative is None:
         negative = unconditional(editor)
-    source = encode_frames(editor, frames)
+    with blame_damaged_weights(editor):
+        source = encode_frames(editor, frames)
 
-    gen = torch.Generator("cpu").manual_seed(int(settings.seed))
-    noise = torch.randn(source.shape, generator=gen, dtype=torch.float32)
-    length = max(editor.max_text_tokens, cond.embeds.shape[1], negative.embeds.shape[1] if use_cfg else 0)
-    tokens = [pad_tokens(cond.embeds, length)] + ([pad_tokens(negative.embeds, length)] if use_cfg else [])
+        gen = torch.Generator("cpu").manual_seed(int(settings.seed))
+        noise = torch.randn(source.shape, generator=gen, dtype=torch.float32)
+        length = max(editor.max_text_tokens, cond.embeds.shape[1], negative.embeds.shape[1] if use_cfg else 0)
+        tokens = [pad_tokens(cond.embeds, length)] + ([pad_tokens(negative.embeds, length)] if use_cfg else [])
 
-    with editor.dit_with_loras() as (dit, lora_reports):
-        dev = editor.device
-        text = torch.cat(tokens).to(dev, editor.dtype)
-        src = source.to(dev)
+        with editor.dit_with_loras() as (dit, lora_reports):
+            dev = editor.device
+            text = torch.cat(tokens).to(dev, editor.dtype)
+            src = source.to(dev)
 
-        def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
-            with torch.no_grad():
-                out = dit_velocity(dit, x, src, sigma, text, editor.dtype)
-            return guide(out[:1], out[1:], settings.cfg) if use_cfg else out
+            def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
+                with torch.no_grad():
+                    out = dit_velocity(dit, x, src, sigma, text, editor.dtype)
+                return guide(out[:1], out[1:], settings.cfg) if use_cfg else out
 
-        latents = sample(velocity, noise.to(dev), src, steps=settings.steps, shift=settings.shift,
-                         strength=settings.strength, sampler=settings.sampler, progress=progress)
-    out = decode_latents(editor, latents)
-    if not torch.isfinite(out).all():
-        raise NonFiniteError("the VAE decoded NaN/Inf frames; nothing was saved. Decode in fp32 (vae_dtype).")
-    out = unconform_frames(out, report)
+            latents = sample(velocity, noise.to(dev), src, steps=settings.steps, shift=settings.shift,
+                             strength=settings.strength, sampler=settings.sampler, progress=progress)
+        out = decode_latents(editor, latents)
+        if not torch.isfinite(out).all():
+            raise NonFiniteError("the VAE decoded NaN/Inf frames; nothing was saved. Decode in fp32 (vae_dtype).")
+        out = unconform_frames(out, report)
     return EditResult(out, fps, trim_audio(audio, out.shape[0] / fps), report, lora_reports, int(settings.seed),
                       time.perf_counter() - t0)

@@ -9,8 +9,8 @@ Run it with ComfyUI's python, from anywhere (COMFYUI_DIR names the checkout); ex
     COMFYUI_DIR=~/ComfyUI python bench/comfy_vram.py --mode after --budget-gb 6 -- --lowvram
     COMFYUI_DIR=~/ComfyUI python bench/comfy_vram.py --mode after -- --novram
 
-The editor is a Wan2.1-1.3B-shaped editor DiT (in 32 / out 16 channels, random bf16 weights, 2.8 GB) with the
-bundled small VAE and random text tokens; the judge is the bundled small judge; the native model is the same DiT
+The editor is a Wan2.1-1.3B-shaped editor DiT (in 32 / out 16 channels, random bf16 weights, 2.8 GB) with a
+Wan2.1-shaped VAE (8x space, z 16, random weights) and random text tokens; the judge is the bundled small judge; the native model is the same DiT
 loaded by ComfyUI's own loader (`comfy.sd.load_diffusion_model`) and run once. `--budget-gb` makes ComfyUI act as
 on a card of that size (`--reserve-vram` = total - budget): at 6 GB the editor's DiT (2.8 GB) and the native model
 (2.8 GB) do not both fit, so under model management ComfyUI has to offload ours to load the native one.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -78,22 +77,23 @@ def main() -> None:
     from comfyui_viva.viva_core.judge import Judge
     from comfyui_viva.viva_core.pipeline import EditSettings, edit
     from comfyui_viva.viva_core.vlm import load_vlm
-    from diffusers import WanTransformer3DModel
-    from tiny_editor import build_single_file_dit, comfy_native_wan
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from tiny_editor import build_single_file_dit, comfy_native_wan, tiny_vae
 
     device = mm.get_torch_device()
     tmp = Path(tempfile.mkdtemp(prefix="viva_vram_"))
     bundled = ROOT / "viva_core" / "small_models"
     if args.shape == "tiny":
-        dit = comfy_native_wan()
+        dit, vae = comfy_native_wan(), tiny_vae()
     else:
         torch.manual_seed(0)
         dit = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128,
                                     in_channels=32, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960,
                                     num_layers=30).to(torch.bfloat16)
+        vae = AutoencoderKLWan()  # diffusers' default config is the Wan2.1 VAE's architecture
     folder = tmp / "editor"
     dit.save_pretrained(folder / "transformer")
-    shutil.copytree(bundled / "diffusers" / "viva-small-editor" / "vae", folder / "vae")
+    vae.save_pretrained(folder / "vae")
     native_file, _ = build_single_file_dit(tmp / "native.safetensors", model=dit)
     text_dim = int(dit.config.text_dim)
     del dit

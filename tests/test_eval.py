@@ -392,7 +392,7 @@ def test_ssim_map_equals_a_conv2d_reference() -> None:
     """The banded-matmul blur must equal the textbook separable gaussian convolution."""
     import torch.nn.functional as F
 
-    from viva_core.eval import SSIM_C1, SSIM_C2, _gaussian_1d, ssim_map
+    from viva_core.eval.metrics import SSIM_C1, SSIM_C2, _gaussian_1d, ssim_map
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 40, 48, 3, generator=g)

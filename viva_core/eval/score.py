@@ -1,0 +1,100 @@
+"""One edit's scores (EA, PC, GN, GR) in an `EditScore`, their means over many edits, and the judge's
+agreement with the verifiers (accuracy, ROC-AUC)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InputError
+from .metrics import _frames, _mask, _mean, derive_mask, naturalness, preservation, psnr_score, realism
+from .verifiers import edit_accuracy, operation_parts
+
+JUDGE_THRESHOLD = 0.5
+DIMENSION_KEYS = ("ea", "pc", "gn", "gr", "overall", "psnr", "ssim")
+UNCATEGORISED = "uncategorised"
+
+
+# ============================================================================================ one edit
+
+@dataclass
+class EditScore:
+    """Scores of one edit, each in [0, 1] (None where undefined); `psnr` in dB; `details` holds every
+    intermediate quantity (JSON-able)."""
+
+    index: int
+    operation: str
+    category: str
+    ea: float
+    pc: float | None
+    gn: float | None
+    gr: float
+    overall: float
+    psnr: float | None
+    ssim: float | None
+    details: dict = field(default_factory=dict)
+
+
+def score_edit(source, output, target, mask, verify: dict | None, operation: str | None, *, index: int = 0,
+               category: str | None = None) -> EditScore:
+    """Score `output` against the source, the ground truth `target` and the edit `mask` (all of one shape:
+    frames [T,H,W,3] 0..1, mask [T,H,W] or [T,H,W,C]; None derives the mask from source vs target)."""
+    s, o, y = _frames(source, "source"), _frames(output, "output"), _frames(target, "target")
+    if not (s.shape == o.shape == y.shape):
+        raise InputError(f"source {tuple(s.shape)}, output {tuple(o.shape)} and target {tuple(y.shape)} must have "
+                         "one shape [T,H,W,3]; `evaluate` aligns an editor's output before scoring.")
+    m = derive_mask(s, y) if mask is None else _mask(mask)
+    if m.shape != s.shape[:3]:
+        raise InputError(f"mask {tuple(m.shape)} does not match the frames {tuple(s.shape[:3])} (T, H, W).")
+    ea, ea_details = edit_accuracy(s, o, y, m, verify, operation)
+    pc, value_psnr, value_ssim = preservation(s, o, m)
+    gn, gn_details = naturalness(o, y, m)
+    gr, gr_details = realism(o, y)
+    details = {"ea": ea_details, "pc": {"psnr_score": None if value_psnr is None else psnr_score(value_psnr)},
+               "gn": gn_details, "gr": gr_details, "mask_fraction": float(m.float().mean()),
+               "mask_derived": mask is None}
+    return EditScore(index=index, operation="+".join(operation_parts(operation)) or "unknown",
+                     category=category or UNCATEGORISED, ea=ea, pc=pc, gn=gn, gr=gr,
+                     overall=_mean([ea, pc, gn, gr]), psnr=value_psnr, ssim=value_ssim, details=details)
+
+
+# ========================================================================================= the judge
+
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Area under the ROC curve = P(score of a random positive > a random negative) + ½ P(tie), from the
+    rank sum of the positives (Mann-Whitney U, tied scores get their average rank). None without both classes."""
+    x = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    sorted_x = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1  # average of ranks i+1 .. j+1
+        i = j + 1
+    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def judge_agreement(items: list[dict], threshold: float = JUDGE_THRESHOLD) -> dict:
+    """Accuracy of `p_yes ≥ threshold` against `label`, and ROC-AUC of p_yes, over items
+    {index, kind, p_yes, ea, label}."""
+    p = [it["p_yes"] for it in items]
+    labels = [bool(it["label"]) for it in items]
+    accuracy = sum((pi >= threshold) == li for pi, li in zip(p, labels)) / len(items) if items else None
+    return {"n": len(items), "positives": sum(labels), "negatives": len(labels) - sum(labels),
+            "threshold": threshold, "accuracy": accuracy, "roc_auc": roc_auc(p, labels), "items": items}
+
+
+# ============================================================================================ aggregate
+
+def aggregate(scores: Sequence[EditScore]) -> dict:
+    """Count and mean of each score (undefined ones left out of their mean)."""
+    return {"count": len(scores), **{k: _mean([getattr(s, k) for s in scores]) for k in DIMENSION_KEYS}}

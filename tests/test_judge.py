@@ -194,3 +194,26 @@ def test_judge_shows_difference_frames_when_its_folder_says_so(vlm, videos, tmp_
     (folder / JUDGE_INFO_FILE).write_text("[1, 2]")
     with pytest.raises(ModelLoadError, match=JUDGE_INFO_FILE):
         Judge(load_vlm(folder, dtype="fp32", device="cpu"))
+
+
+@pytest.mark.parametrize("recorded, warned", [(0.48, True), (0.59, True), (0.6, False), (0.9, False), (None, False),
+                                              ("0.4", False), (True, False)])
+def test_a_judge_recorded_at_chance_says_so_with_its_scores(vlm, videos, tmp_path, recorded, warned):
+    """`held_out_roc_auc` in viva_judge.json (judge_check.py --record) below 0.6 puts a caution into every result
+    and under the best-of-N table, naming the measured value; other values and types do not."""
+    import shutil
+
+    from viva_core.best_of_n import BestOfN
+    from viva_core.judge import JUDGE_INFO_FILE
+
+    folder = tmp_path / "judge"
+    shutil.copytree(vlm.path, folder)
+    info = {} if recorded is None else {"held_out_roc_auc": recorded}
+    (folder / JUDGE_INFO_FILE).write_text(json.dumps(info))
+    result = Judge(load_vlm(folder, dtype="fp32", device="cpu")).score(*videos, "make it blue", num_frames=1)
+    assert (result.caveat is not None) == warned
+    if warned:
+        assert f"ROC-AUC {recorded:.2f}" in result.caveat and "chance" in result.caveat
+        assert JudgeResult.from_json(result.to_json()).caveat == result.caveat
+        table = BestOfN(results=[type("R", (), {"seed": 0})()], judgements=[result]).table()
+        assert table.splitlines()[-1] == result.caveat

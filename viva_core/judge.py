@@ -69,6 +69,7 @@ class JudgeResult:
     rationale: str | None
     num_frames: int  # frames shown from each video
     instruction: str
+    caveat: str | None = None  # set when the judge's folder records that it is no better than chance
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)
@@ -137,6 +138,19 @@ def reads_difference_frames(vlm_path: str | Path) -> bool:
     return bool((judge_info(vlm_path) or {}).get("difference_frames", False))
 
 
+CHANCE_AUC = 0.6  # a recorded held-out ROC-AUC below this: the scores carry no evidence of edit quality
+
+
+def judge_caveat(vlm_path: str | Path) -> str | None:
+    """A warning to show with the scores of a judge whose folder records (`held_out_roc_auc` in viva_judge.json,
+    written by recipes/small/judge_check.py --record) that it cannot tell edits from unedited sources."""
+    auc = (judge_info(vlm_path) or {}).get("held_out_roc_auc")
+    if not isinstance(auc, (int, float)) or isinstance(auc, bool) or auc >= CHANCE_AUC:
+        return None
+    return (f"caution: this judge told held-out ground-truth edits from unedited sources with ROC-AUC {auc:.2f} "
+            "(0.5 is chance), so its scores say little about this edit; use a chat VLM such as Qwen2.5-VL to judge.")
+
+
 def judge_generates_text(vlm_path: str | Path) -> bool:
     """Whether the judge can write a rationale. A judge trained from scratch on Yes/No answers only (``viva
     pretrain judge``, whose folder has viva_judge.json; the bundled small judge) never learned to write text and
@@ -169,6 +183,7 @@ class Judge:
         self.vlm = vlm
         self.difference = reads_difference_frames(vlm.path) if difference is None else difference
         self.generates_text = judge_generates_text(vlm.path)
+        self.caveat = judge_caveat(vlm.path)
         self.max_side = max_side
         self.batch_questions = batch_questions
         self.yes_ids, self.no_ids = yes_no_token_ids(vlm.tokenizer)
@@ -246,4 +261,4 @@ class Judge:
                                                          RATIONALE_PROMPT.format(instruction=instruction), diff_imgs),
                                  max_new_tokens=max_rationale_tokens)
         return JudgeResult(scores=scores, overall=sum(scores.values()) / len(scores), rationale=text,
-                           num_frames=max(len(src_imgs), len(edit_imgs)), instruction=instruction)
+                           num_frames=max(len(src_imgs), len(edit_imgs)), instruction=instruction, caveat=self.caveat)

@@ -2,21 +2,27 @@
 its unedited source (a "No", EA ~0), scored with `viva_core.eval.evaluate` (the editor is replaced by the ground
 truth). An editor's own outputs rarely pass the verifiers, which leaves too few positives to measure a judge.
 
-    python recipes/small/judge_check.py MANIFEST JUDGE_FOLDER [REPORT_DIR]
+    python recipes/small/judge_check.py MANIFEST JUDGE_FOLDER [REPORT_DIR] [--record]
+
+--record writes the ROC-AUC into the judge folder's viva_judge.json (`held_out_roc_auc`): the CLI, best-of-N and
+the Judge node then warn with its scores when it is near chance (viva_core.judge.judge_caveat).
 """
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import torch
 
 from viva_core.data import read_frames
 from viva_core.eval import evaluate
-from viva_core.judge import Judge
+from viva_core.judge import JUDGE_INFO_FILE, Judge, judge_info
+from viva_core.safe_io import write_text_atomic
 from viva_core.vlm import load_vlm
 
 
-def main(manifest: str, judge_folder: str, report: str | None = None) -> None:
+def main(manifest: str, judge_folder: str, report: str | None = None, record: bool = False) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     judge = Judge(load_vlm(judge_folder, dtype="fp32", device=device))
     result = evaluate(manifest, lambda rec, frames: read_frames(rec.target_video, None, "target_video")[0],
@@ -26,7 +32,15 @@ def main(manifest: str, judge_folder: str, report: str | None = None) -> None:
           f"({j['positives']} positives, {j['negatives']} negatives)")
     if report:
         result.write(report)
+    if record:
+        info_path = Path(judge_folder) / JUDGE_INFO_FILE
+        info = judge_info(judge_folder) or {}
+        info.update(held_out_roc_auc=round(j["roc_auc"], 3), held_out_pairs=j["positives"] + j["negatives"],
+                    held_out_manifest=Path(manifest).name)
+        write_text_atomic(info_path, json.dumps(info) + "\n")
+        print(f"recorded in {info_path}")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = [a for a in sys.argv[1:] if a != "--record"]
+    main(*args, record="--record" in sys.argv[1:])

@@ -53,12 +53,12 @@ EA ≥ 0.5, prediction = the judge's P(Yes) to the EA question; each record also
 source as an output (labelled by its own verifier EA, 0 by construction), so both classes are present.
 
 Where each part lives: `metrics` (inputs, PC, GN, GR), `verifiers` (EA), `score` (one edit, aggregates, judge
-agreement), `align` (output vs references), `report` (JSON, table, HTML), `loop` (`evaluate`). This package
+agreement), `alignment` (output vs references), `report` (JSON, table, HTML), `loop` (`evaluate`). This package
 re-exports their public names, so `from viva_core.eval import evaluate` keeps working.
 """
 from __future__ import annotations
 
-from .align import align
+from .alignment import align
 from .loop import CLIP_FPS, evaluate, manifest_extras
 from .metrics import (MASK_DERIVE_TOL, PSNR_CAP, SSIM_C1, SSIM_C2, colour_distance, colour_histogram, derive_mask,
                       dilate, flicker, laplacian_variance, naturalness, preservation, psnr, psnr_score, realism, ssim,

@@ -13,7 +13,7 @@ from ..data import EditRecord, load_manifest, read_frames
 from ..errors import InputError
 from ..runtime import ProgressFn
 from ..video import PathLike, read_video, write_video
-from .align import _shift_boxes, align
+from .alignment import _shift_boxes, align
 from .metrics import _frames, _mask, derive_mask
 from .report import EvalReport, EditPreview, make_preview
 from .score import JUDGE_THRESHOLD, EditScore, aggregate, judge_agreement, score_edit

@@ -15,6 +15,7 @@ import pytest
 from viva_core import synth
 from viva_core.cli import main
 from viva_core.data import load_manifest
+from viva_core.errors import InputError
 from viva_core.video import probe_video, read_video
 
 T, S = 17, 64
@@ -62,7 +63,7 @@ def step_simulation(world: synth.World, frames: int) -> np.ndarray:
 
 def test_closed_form_motion_matches_step_by_step_bounces():
     for i in range(20):
-        world = synth._random_world(np.random.default_rng(i), S)
+        world = synth.world._random_world(np.random.default_rng(i), S)
         world = replace(world, objects=tuple(replace(o, walls=bool(k % 3)) for k, o in enumerate(world.objects)))
         st = synth.simulate(world, 60)
         np.testing.assert_allclose(st.pos, step_simulation(world, 60), atol=1e-9)
@@ -101,7 +102,7 @@ def test_generate_npz_is_deterministic(tmp_path):
             assert np.array_equal(synth.render(world, T).rgb, x["source"])  # the stored world is the ground truth
     config = json.loads((tmp_path / "a" / "synth_config.json").read_text())
     assert config["seed"] == 5 and config["counts"] == {"train": 10, "val": 1, "heldout": 1}
-    with pytest.raises(synth.InputError, match="already holds"):
+    with pytest.raises(InputError, match="already holds"):
         synth.generate(tmp_path / "a", n=2, seed=5, format="npz")
 
 
@@ -294,7 +295,7 @@ def test_referring_expressions_pick_exactly_one_object():
     for category in ("basic", "causal", "spatial", "commonsense", "hybrid"):
         for i in range(14):
             c = synth.make_clip(np.random.default_rng([13, i]), category=category)
-            scene = synth._Scene(c.world, T)
+            scene = synth.referring._Scene(c.world, T)
             for ref in c.refs:
                 spec = {k: v for k, v in ref.items() if k != "object"}
                 kinds.add(spec["kind"])
@@ -350,11 +351,11 @@ def test_heldout_split_holds_combinations_unseen_in_train(tmp_path):
 
 
 def test_bad_arguments_are_refused(tmp_path):
-    with pytest.raises(synth.InputError, match="unknown"):
+    with pytest.raises(InputError, match="unknown"):
         synth.generate(tmp_path, n=2, seed=0, ops=["recolor"])
-    with pytest.raises(synth.InputError, match="splits"):
+    with pytest.raises(InputError, match="splits"):
         synth.generate(tmp_path, n=2, seed=0, splits=(1, 0))
-    with pytest.raises(synth.InputError, match="no heldout triple"):
+    with pytest.raises(InputError, match="no heldout triple"):
         synth.generate(tmp_path, n=10, seed=0, ops=["style"], format="npz")
     assert synth.generate(tmp_path, n=3, seed=0, ops=["style"], format="npz", splits=(1, 0, 0)).keys() == {"train"}
 

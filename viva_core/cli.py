@@ -133,8 +133,7 @@ def _tqdm_progress(desc: str):
         if not bars:
             bars.append(tqdm(desc=desc, unit="step", leave=False, total=total))
         bars[0].total = total
-        bars[0].n = done
-        bars[0].refresh()
+        bars[0].update(done - bars[0].n)  # throttled by tqdm's mininterval; refresh() drew a line per call in logs
 
     progress.close = lambda: bars and bars[0].close()  # type: ignore[attr-defined]
     return progress

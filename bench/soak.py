@@ -3,7 +3,7 @@
     python bench/soak.py [EDITS] [--judge]
 
 Loads the bundled editor once (fp32, CPU), then edits the bundled example clip EDITS times
-(default 50, seeds 0..EDITS-1, 20 steps, CFG 5; every 5th edit also judged with --judge), reading the process's
+(default 50, seeds 0..EDITS-1, the bundled editor's steps, CFG 5; every 5th edit also judged with --judge), reading the process's
 resident set size (RSS, /proc/self/status VmRSS) after each. Prints the RSS after edit 5 and at the end, and the
 growth between them; exits 1 if it exceeds 5%. tests/test_soak.py runs it (VIVA_SOAK=1).
 """

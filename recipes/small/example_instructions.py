@@ -2,7 +2,7 @@
 
     python recipes/small/example_instructions.py [OUT.png]
 
-Edits `viva edit example` as the CLI does (bundled editor, text conditioning, 20 steps, CFG 5, seed 0, fp32 CPU)
+Edits `viva edit example` as the CLI does (bundled editor, text conditioning, its 12 steps, CFG 5, seed 0, fp32 CPU)
 for each instruction below and prints a measured check of each (computed on the 64x64 frames, all 17 of them):
 the example's own instruction against its ground truth, the others against what the instruction asks of the
 source (the cyan background is where the source is within 0.25 of cyan in every channel). Saves a grid of frame 8

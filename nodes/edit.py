@@ -248,7 +248,6 @@ class JudgeEdit(io.ComfyNode):
             text += "\n" + r.rationale
         elif rationale:
             text += "\n(no rationale: this judge answers Yes/No only; use a chat VLM for one)"
-        if r.caveat:
-            text += "\n" + r.caveat
+        text += "".join("\n" + line for line in r.caveat_lines(width=len(text.splitlines()[0])))
         return io.NodeOutput(s["EA"], s["PC"], s["GN"], s["GR"], r.overall, r.to_json(),
                              ui=c.text_and_scores_ui(text, s))

@@ -43,7 +43,7 @@ class BestOfN:
             cells = [f"{row['seed']:>8}"] + [f"{row[h]:>8.3f}" for h in head[1:]]
             lines.append("  ".join(cells) + ("  *" if row["best"] else ""))
         if self.best_judgement.caveat:  # the winner was picked by this judge: say what its pick is worth
-            lines.append(self.best_judgement.caveat)
+            lines += self.best_judgement.caveat_lines(width=len(lines[0]))  # as wide as the table
         return "\n".join(lines)
 
     def to_json(self) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -77,6 +78,10 @@ class JudgeResult:
     @classmethod
     def from_json(cls, text: str) -> "JudgeResult":
         return cls(**json.loads(text))
+
+    def caveat_lines(self, width: int) -> list[str]:
+        """The caveat wrapped to `width` (the scores' own width, so a node showing both does not widen), or []."""
+        return textwrap.wrap(self.caveat, width=max(width, 20)) if self.caveat else []
 
     def table_row(self) -> dict[str, str | float | int]:
         """One row for a results table / CSV (`csv.DictWriter(f, fieldnames=row.keys())`)."""

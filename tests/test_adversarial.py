@@ -598,7 +598,7 @@ def test_fuzzed_configs_load_or_raise_a_config_error(tmp_path, kind):
 
     from viva_core.errors import ConfigError
     from viva_core.train.config import TrainConfig, load_config
-    from viva_core.train.scratch import ScratchConfig, load_scratch_config
+    from viva_core.train.pretrain import ScratchConfig, load_scratch_config
 
     cfg_type, load = (TrainConfig, load_config) if kind == "train" else (ScratchConfig, load_scratch_config)
 

@@ -63,7 +63,7 @@ def test_training_toml_bytes_parse_or_raise_our_error(tmp_path, data):
 @FUZZ
 @given(st.lists(st.one_of(JSON.map(json.dumps), st.text(max_size=30)), max_size=5))
 def test_pretrain_manifest_lines_raise_our_error(tmp_path, lines):
-    from viva_core.train.scratch import load_clip_set
+    from viva_core.train.pretrain import load_clip_set
 
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(line.replace("\n", " ") for line in lines))

@@ -13,7 +13,7 @@ import torch
 
 from viva_core import bundled
 from viva_core.errors import InputError, ModelLoadError
-from viva_core.train import scratch as S
+from viva_core.train import pretrain as S
 
 
 @pytest.fixture(scope="module")

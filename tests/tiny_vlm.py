@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from viva_core.train.scratch import save_tokenizer  # noqa: E402
+from viva_core.train.pretrain import save_tokenizer  # noqa: E402
 from viva_core.vlm import QWEN_SPECIAL_TOKENS as SPECIAL_TOKENS, QWEN_VL_CHAT_TEMPLATE  # noqa: E402
 
 # Words the tests and prompts use; BPE merges make each of these (with and without a leading space)

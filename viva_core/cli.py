@@ -388,7 +388,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .train.scratch import load_scratch_config, run_stage
+    from .train.pretrain import load_scratch_config, run_stage
 
     overrides = ([f"stage={args.stage}"] if args.stage else []) + args.set
     cfg = load_scratch_config(args.config, overrides)

@@ -20,7 +20,7 @@ from viva_core import bundled
 from viva_core.conditioning import build_conditioning
 from viva_core.editor import EditorOptions, load_editor
 from viva_core.pipeline import EditSettings, edit
-from viva_core.train.scratch import load_clip_set
+from viva_core.train.pretrain import load_clip_set
 from viva_core.vlm import load_vlm
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from viva_core.eval import roc_auc
 from viva_core.judge import Judge, difference_images, yes_no_token_ids
 from viva_core.synth import generate
-from viva_core.train import scratch as S
+from viva_core.train import pretrain as S
 from viva_core.video import uniform_frame_indices
 from viva_core.vlm import forward, load_vlm, processor_inputs, to_pil_image
 

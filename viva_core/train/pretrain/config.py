@@ -1,0 +1,127 @@
+"""The `viva pretrain` config: one dataclass per section of the TOML, `ScratchConfig` and its loader, the stages."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..config import fill_config, raise_problems
+
+STAGES = ("vae", "editor", "judge")
+IMAGE_SIDE = 64  # the VLMs see frames at 64x64: patch 8, merge 2 -> 16 visual tokens per frame
+UMT5_SPECIALS = ("<pad>", "</s>", "<unk>")
+
+
+@dataclass
+class DataSection:
+    manifest: str = ""  # `viva synth --format npz` manifest (train split)
+    val_manifest: str = ""
+    limit: int = 0  # use at most this many clips (0 = all)
+
+
+@dataclass
+class OptimSection:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    workers: int = 4  # data-loader processes (chat processor, verifier labels)
+    max_minutes: float = 0.0  # stop (and save) after this much wall time; 0 = run all steps
+    compile: bool = False  # editor stage: torch.compile the DiT (CUDA; worth it for runs of minutes)
+
+
+@dataclass
+class VaeSection:
+    base_dim: int = 16
+    z_dim: int = 16
+    spatial: int = 8  # 8 (Wan's 8x) or 4: 16x16 latents at 64x64, which keep what the 8x one loses (docs/small_models.md)
+    num_res_blocks: int = 1
+    kl_weight: float = 1e-6
+    frames: int = 17  # random windows of 1 + 4k frames; later chunks lean on the causal cache, so train on the
+    # clip length used at inference (5-frame training measured 22.8 dB on frames 1-5 but 10 dB on frames 10-17)
+    init: str = ""  # continue from a VAE folder (e.g. one trained on short windows first, which is ~3x faster)
+
+
+@dataclass
+class VLMSection:
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    vision_hidden: int = 64
+    vision_depth: int = 2
+
+
+@dataclass
+class EditorSection:
+    vae: str = ""  # folder written by the vae stage
+    layers: int = 6
+    heads: int = 4
+    head_dim: int = 64
+    ffn_dim: int = 1024
+    patch: list = field(default_factory=lambda: [1, 1, 1])
+    text_dim: int = 128  # UMT5 width = DiT cross-attention input
+    text_layers: int = 2
+    text_heads: int = 4
+    text_ff: int = 256
+    max_text_tokens: int = 192  # text (+ instructor) tokens are zero-padded to this, in training and inference
+    instructor: bool = True
+    vlm: VLMSection = field(default_factory=VLMSection)
+    refiner_hidden: int = 128
+    refiner_depth: int = 1
+    refiner_heads: int = 4
+    mask_weight: float = 1.0  # VIVA's (1 + w M) edit-mask weight; 0 = plain flow matching
+    # Instructor grounding: weight of a BCE loss on the VLM's image tokens predicting the edit mask of the frame it
+    # sees. Without it the jointly trained instructor ignores its image (docs/small_models.md, sections 7 and 10).
+    grounding_weight: float = 0.0
+    cond_dropout: float = 0.1  # share of samples trained on the empty prompt (what CFG's negative is)
+    sigma_shift: float = 1.0
+
+
+@dataclass
+class JudgeSection:
+    vlm: VLMSection = field(default_factory=VLMSection)
+    frames: int = 4  # frames of each video the judge sees (as at inference)
+    threshold: float = 0.5  # EA verifier score >= threshold -> "Yes" where CANDIDATE_LABELS leaves it to the verifier
+    difference: bool = True  # also show |edited - source| frames (written to viva_judge.json; docs/small_models.md)
+
+
+@dataclass
+class ScratchConfig:
+    stage: str = "vae"
+    output_dir: str = "runs/small"
+    seed: int = 0
+    device: str = "auto"
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    vae: VaeSection = field(default_factory=VaeSection)
+    editor: EditorSection = field(default_factory=EditorSection)
+    judge: JudgeSection = field(default_factory=JudgeSection)
+
+    def check(self) -> None:
+        problems = []
+        if self.stage not in STAGES:
+            problems.append(f"stage '{self.stage}' is not one of {STAGES}")
+        if not self.data.manifest:
+            problems.append("data.manifest is empty (a `viva synth --format npz` manifest)")
+        if self.stage == "editor" and not self.editor.vae:
+            problems.append("editor.vae is empty (the folder the vae stage wrote)")
+        if self.optim.steps < 1 or self.optim.batch_size < 1:
+            problems.append("optim.steps and optim.batch_size must be >= 1")
+        if len(self.editor.patch) != 3:
+            problems.append("editor.patch must be [t, h, w]")
+        if self.vae.spatial not in VAE_LEVELS:
+            problems.append(f"vae.spatial must be one of {sorted(VAE_LEVELS)}, got {self.vae.spatial}")
+        raise_problems(problems, "pretrain config")
+
+
+def load_scratch_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> ScratchConfig:
+    cfg = fill_config(ScratchConfig(), path, overrides)
+    cfg.check()
+    return cfg
+
+
+VAE_LEVELS = {  # spatial factor -> (dim_mult, temperal_downsample): 4x in time either way
+    8: ([1, 2, 4, 4], [False, True, True]),  # Wan2.1's layout
+    4: ([1, 2, 4], [True, True]),
+}

@@ -1,0 +1,280 @@
+"""Stage `editor` of `viva pretrain`: the DiT editor, text encoder and optional instructor + refiner."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import InputError
+from ...runtime import ProgressFn, no_progress, parse_device
+from .clips import ClipSet, frames_float, load_clip_set
+from .config import EditorSection, ScratchConfig
+from .loop import _autocast, _loop, _one_thread, _write_json
+from .models import new_dit, new_text_encoder, save_small, write_vlm_folder
+from .tokenizers import prompt_texts, save_tokenizer, vocabulary, word_tokenizer
+from .vae import encode_clips
+
+log = logging.getLogger(__name__)
+
+
+class _InstructorData(torch.utils.data.Dataset):
+    """Item i: (i, the instructor chat of clip i); collate runs the VLM chat processor in the worker."""
+
+    def __init__(self, clips: ClipSet):
+        self.first = clips.source[:, 0]
+        self.instructions = [r["instruction"] for r in clips.records]
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    def __getitem__(self, i: int):
+        from ...instructor import Instructor
+        from ...vlm import to_pil_image
+
+        return i, Instructor.messages(self.instructions[i], to_pil_image(frames_float(self.first[i])), None)
+
+
+def _collate_chats(processor):
+    from ...vlm import processor_inputs
+
+    def collate(items):
+        return torch.tensor([i for i, _ in items]), processor_inputs(processor, [c for _, c in items])
+    return collate
+
+
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # per-token processor outputs (left-padded)
+
+
+def prepare_instructor_inputs(clips: ClipSet, processor, workers: int = 0, chunk: int = 256) -> dict[str, torch.Tensor]:
+    """Every clip's instructor chat (its instruction + first frame, fixed per clip) through the VLM chat processor
+    once, before training: per-token keys [N, L] left-padded to the longest chat, `pixel_values` [N, P, D],
+    `image_grid_thw` [N, 3]. Training then gathers rows on the GPU instead of running the processor every step
+    (the host-side processor was the editor stage's bottleneck)."""
+    loader = torch.utils.data.DataLoader(_InstructorData(clips), batch_size=chunk, num_workers=workers,
+                                         collate_fn=_collate_chats(processor), worker_init_fn=_one_thread)
+    parts = [dict(inputs) for _, inputs in loader]
+    width = max(p["input_ids"].shape[1] for p in parts)
+    pad_id = processor.tokenizer.pad_token_id
+    out: dict[str, list[torch.Tensor]] = {}
+    for p in parts:
+        n = p["input_ids"].shape[0]
+        grid = p["image_grid_thw"]
+        if not bool((grid == grid[:1]).all()):
+            raise InputError("instructor images of different sizes: pretraining needs clips of one size.")
+        for key, value in p.items():
+            if key in TOKEN_KEYS:
+                fill = pad_id if key == "input_ids" else 0
+                value = F.pad(value, (width - value.shape[1], 0), value=fill)
+            elif key == "pixel_values":
+                value = value.reshape(n, -1, value.shape[-1])
+            elif value.shape[0] != n:
+                raise InputError(f"the VLM processor returned '{key}' of shape {tuple(value.shape)}; pretraining "
+                                 "knows per-token keys, pixel_values and image_grid_thw.")
+            out.setdefault(key, []).append(value)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def instructor_rows(prepared: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The processor inputs of clips `idx` as one left-padded batch (what `processor_inputs` gives for them)."""
+    rows = {k: v[idx] for k, v in prepared.items()}
+    rows["pixel_values"] = rows["pixel_values"].flatten(0, 1)
+    return rows
+
+
+def conditioning_tokens(text_hidden: torch.Tensor, text_lengths: torch.Tensor, extra: Optional[torch.Tensor],
+                        extra_lengths: Optional[torch.Tensor], length: int) -> torch.Tensor:
+    """Per row: its real text tokens, then its real instructor tokens, zero-padded to `length` — the same
+    sequence `Conditioning.concat` + `pad_tokens` give at inference for one sample. `length` must hold the longest
+    row (callers check it once, before training); built by gathers, so no host sync."""
+    dev, (b, _, d) = text_hidden.device, text_hidden.shape
+    tl = text_lengths.to(dev)[:, None]
+    pos = torch.arange(length, device=dev)[None].expand(b, -1)
+    out = text_hidden.gather(1, pos.clamp(max=text_hidden.shape[1] - 1)[..., None].expand(-1, -1, d))
+    out = out * (pos < tl)[..., None]
+    if extra is not None:
+        el = extra_lengths.to(dev)[:, None]
+        j = pos - tl
+        part = extra.to(text_hidden.dtype).gather(1, j.clamp(0, extra.shape[1] - 1)[..., None].expand(-1, -1, d))
+        out = out + part * ((j >= 0) & (j < el))[..., None]
+    return out
+
+
+def instructor_hidden(vlm, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last hidden states of left-padded chats, re-packed right-padded (zeros after): [B, L, H] and the real
+    lengths [B] (a device tensor: no host sync)."""
+    return right_packed(last_hidden(vlm, inputs), inputs["attention_mask"])
+
+
+def last_hidden(vlm, inputs) -> torch.Tensor:
+    """The VLM's last hidden states [B, L, H] (fp32) of a batch of chats, as the processor padded them."""
+    from ...vlm import forward
+
+    return forward(vlm, inputs, output_hidden_states=True).hidden_states[-1].float()
+
+
+def right_packed(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded rows [B, L, H] -> right-padded rows (zeros after the real tokens) and the real lengths [B]."""
+    lengths = attention_mask.sum(1)
+    width = hidden.shape[1]
+    j = torch.arange(width, device=hidden.device)[None]
+    src = (width - lengths)[:, None] + j  # left padding: the real tokens are the last `length` positions
+    packed = hidden.gather(1, src.clamp(max=width - 1)[..., None].expand(-1, -1, hidden.shape[2]))
+    return packed * (j < lengths[:, None])[..., None], lengths
+
+
+def latent_masks(masks: torch.Tensor, latent_shape: tuple[int, int, int], temporal_factor: int) -> torch.Tensor:
+    """Clip masks [N,T,H,W] (integers, 1 = edited) -> VIVA's loss weights at latent size [N,1,T',H',W'] in 0..1."""
+    from ...data import mask_unit
+    from ..losses import latent_mask
+
+    return torch.cat([latent_mask(mask_unit(m), latent_shape, temporal_factor) for m in masks])
+
+
+@dataclass
+class EditorData:
+    """Everything the editor stage reads per step, resident on the training device and indexed by clip."""
+
+    source: torch.Tensor  # normalized latents [N, z, T', H', W'] fp32
+    target: torch.Tensor
+    masks: torch.Tensor  # [N, 1, T', H', W'] 0..1
+    grounding: Optional[torch.Tensor]  # [N, image tokens]: edit-mask share of each instructor image token, or None
+    text_ids: torch.Tensor  # UMT5 ids [N + 1, max_text_tokens]; row N is the empty prompt (CFG's negative)
+    text_mask: torch.Tensor
+    chats: Optional[dict[str, torch.Tensor]]  # prepared instructor inputs, or None (text only)
+
+    @property
+    def empty(self) -> int:
+        return self.source.shape[0]
+
+
+def prepare_editor_data(clips: ClipSet, vae, text_tok, sec: EditorSection, device: torch.device,
+                        processor=None, workers: int = 0, merge: int = 0) -> EditorData:
+    """Encode every clip with the frozen VAE, tokenize every instruction and run the instructor's chat processor,
+    once; check that each clip's text + instructor tokens fit `max_text_tokens` (so training pads every row exactly
+    as inference pads it). `merge` > 0 (the VLM's spatial merge size) also prepares the grounding targets."""
+    source, target = encode_clips(vae, clips.source, device), encode_clips(vae, clips.target, device)
+    masks = latent_masks(clips.mask, tuple(source.shape[2:]), int(vae.config.scale_factor_temporal)).to(device)
+    texts = [r["instruction"] for r in clips.records] + [""]
+    tok = text_tok(texts, padding="max_length", max_length=sec.max_text_tokens, truncation=True, return_tensors="pt")
+    lengths = tok.attention_mask[:-1].sum(1)  # per clip: its text tokens (+ its instructor tokens below)
+    chats = grounding = None
+    if processor is not None:
+        chats = prepare_instructor_inputs(clips, processor, workers)
+        lengths = lengths + chats["attention_mask"].sum(1)
+        grounding = grounding_targets(clips.mask[:, 0], chats["image_grid_thw"][0], merge).to(device) if merge else None
+        chats = {k: v.to(device) for k, v in chats.items()}
+    longest = int(lengths.max())
+    if longest > sec.max_text_tokens:
+        raise InputError(f"a clip's text + instructor tokens number {longest}, more than editor.max_text_tokens="
+                         f"{sec.max_text_tokens}; raise it to at least {longest}.")
+    return EditorData(source, target, masks, grounding, tok.input_ids.to(device), tok.attention_mask.to(device), chats)
+
+
+def grounding_targets(first_masks: torch.Tensor, grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
+    """Edit masks of the instructor's frame [N, H, W] -> the share of each of its image tokens that is edited
+    [N, (h / merge) * (w / merge)], in Qwen2.5-VL's token order (merged patches row by row over the resized image;
+    the resize keeps the frame's aspect, so pooling the frame's own mask to the token grid lines them up)."""
+    from ...data import mask_unit
+
+    rows, cols = int(grid_thw[1]) // merge, int(grid_thw[2]) // merge
+    unit = torch.stack([mask_unit(m) for m in first_masks]).float()  # [N, H, W] 0..1
+    return F.adaptive_avg_pool2d(unit[:, None], (rows, cols)).flatten(1)
+
+
+def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
+    from diffusers import AutoencoderKLWan
+
+    from ...editor import EDITOR_INFO_FILE
+    from ...pipeline import dit_velocity
+    from .. import losses as L
+
+    sec, out, device = cfg.editor, Path(cfg.output_dir), parse_device(cfg.device)
+    clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
+    vae = AutoencoderKLWan.from_pretrained(sec.vae, torch_dtype=torch.float32).to(device).eval()
+
+    words = vocabulary(prompt_texts(clips.records))
+    text_tok = word_tokenizer(words, kind="umt5")
+    torch.manual_seed(cfg.seed)
+    text_encoder = new_text_encoder(sec, len(text_tok)).to(device).train()
+    dit = new_dit(sec, int(vae.config.z_dim)).to(device).train()
+    params = list(text_encoder.parameters()) + list(dit.parameters())
+    vlm = refiner = None
+    if sec.instructor:
+        from ...instructor import RefinerConfig, TokenRefiner
+        from ...vlm import load_vlm
+
+        folder = write_vlm_folder(out / "instructor", word_tokenizer(words, kind="qwen"), sec.vlm, cfg.seed)
+        vlm = load_vlm(folder, dtype="fp32", device=device)
+        vlm.model.train().requires_grad_(True)
+        refiner = TokenRefiner(RefinerConfig(in_dim=vlm.hidden_size, out_dim=sec.text_dim, hidden_dim=sec.refiner_hidden,
+                                             depth=sec.refiner_depth, heads=sec.refiner_heads)).to(device).train()
+        params += list(vlm.model.parameters()) + list(refiner.parameters())
+    grounding_head = None
+    if vlm is not None and sec.grounding_weight > 0:
+        grounding_head = torch.nn.Linear(vlm.hidden_size, 1).to(device)  # training-only probe: not saved
+        params += list(grounding_head.parameters())
+    merge = int(vlm.model.config.vision_config.spatial_merge_size) if grounding_head is not None else 0
+    data = prepare_editor_data(clips, vae, text_tok, sec, device, vlm.processor if vlm else None, cfg.optim.workers,
+                               merge)
+    del vae
+    model = torch.compile(dit) if cfg.optim.compile else dit
+
+    gen = torch.Generator(device).manual_seed(cfg.seed)  # every draw on the training device: no host round trips
+    n, batch = len(clips), cfg.optim.batch_size
+
+    def step(i: int) -> dict:
+        idx = torch.randint(n, (batch,), generator=gen, device=device)
+        drop = torch.rand(batch, generator=gen, device=device) < sec.cond_dropout
+        text_row = torch.where(drop, torch.full_like(idx, data.empty), idx)
+        ids, mask = data.text_ids[text_row], data.text_mask[text_row]
+        with _autocast(device):
+            text_hidden = text_encoder(ids, mask).last_hidden_state.float()
+            extra = extra_len = ground = None
+            if vlm is not None:
+                rows = instructor_rows(data.chats, idx)
+                raw = last_hidden(vlm, rows)
+                hidden, lengths = right_packed(raw, rows["attention_mask"])
+                if grounding_head is not None:  # every chat has the same number of image tokens
+                    image = rows["input_ids"] == vlm.model.config.image_token_id
+                    logits = grounding_head(raw[image].view(batch, -1, raw.shape[-1])).squeeze(-1).float()
+                    ground = F.binary_cross_entropy_with_logits(logits, data.grounding[idx])
+                pad = torch.arange(hidden.shape[1], device=device)[None] >= lengths[:, None]
+                extra = refiner(hidden, pad).float()
+                extra_len = torch.where(drop, torch.zeros_like(lengths), lengths)
+            cond = conditioning_tokens(text_hidden, mask.sum(1), extra, extra_len, sec.max_text_tokens)
+            sigma = L.sample_sigmas(batch, gen, shift=sec.sigma_shift)
+            x0 = data.target[idx]
+            noise = torch.randn(x0.shape, generator=gen, device=device)
+            x_t, v_target = L.flow_matching_pair(x0, noise, sigma)
+            v = dit_velocity(model, x_t, data.source[idx], sigma, cond)
+        loss = L.masked_fm_loss(v, v_target, data.masks[idx], sec.mask_weight)
+        plain = L.masked_fm_loss(v.detach(), v_target, None, 0.0)
+        if ground is None:
+            return {"loss": loss, "loss_fm": plain}
+        return {"loss": loss + sec.grounding_weight * ground, "loss_fm": plain, "loss_grounding": ground.detach()}
+
+    summary = _loop(cfg, params, step, out, progress, "editor (DiT + UMT5" + (" + instructor)" if vlm else ")"))
+    summary["clips_per_second"] = summary["steps_done"] * batch / summary["seconds"]
+    editor_dir = out / "editor"
+    save_small(dit.eval(), editor_dir / "transformer")
+    save_small(text_encoder.eval(), editor_dir / "text_encoder")
+    save_tokenizer(text_tok, editor_dir / "tokenizer")
+    shutil.copytree(sec.vae, editor_dir / "vae", dirs_exist_ok=True)
+    _write_json(editor_dir / EDITOR_INFO_FILE, {
+        "max_text_tokens": sec.max_text_tokens, "native_size": list(clips.source.shape[2:4]),
+        "frames": int(clips.source.shape[1]), "trained_by": "viva pretrain editor", "instructor": bool(vlm),
+        "mask_weight": sec.mask_weight})
+    if vlm is not None:
+        from ...instructor import save_refiner
+
+        save_small(vlm.model.eval(), out / "instructor")
+        save_refiner(out / "refiner.safetensors", refiner.eval(), {"trained_by": "viva pretrain editor"})
+    _write_json(out / "editor_summary.json", {"config": dataclasses.asdict(cfg), "result": summary})
+    log.info("editor: %s", summary)
+    return editor_dir

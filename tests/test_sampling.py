@@ -98,3 +98,27 @@ def test_progress_gets_the_predicted_clean_latents(sampler):
     assert [(d, t) for d, t, _ in seen] == [(i, 5) for i in range(1, 6)]
     for _, _, preview in seen:
         torch.testing.assert_close(preview, x0, rtol=1e-4, atol=1e-4)
+
+
+def test_euler_sampler_equals_diffusers_flow_match_euler_on_a_curved_field():
+    """The Euler grid and steps against diffusers' FlowMatchEulerDiscreteScheduler (Wan's shift, given the unshifted
+    linear sigmas as Wan's sampler spaces them): same sigmas, and the same trajectory on a velocity field that is not
+    straight (so a wrong step size or sign would not cancel out)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    steps, shift = 7, 5.0
+    ref = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    ref.set_timesteps(sigmas=torch.linspace(1.0, 0.0, steps + 1)[:-1].tolist())
+    torch.testing.assert_close(ref.sigmas.float(), shifted_sigmas(steps, shift), rtol=0, atol=1e-6)
+
+    g = torch.Generator().manual_seed(3)
+    noise, w = torch.randn(1, 2, 1, 2, 2, generator=g), torch.randn(1, 2, 1, 2, 2, generator=g)
+
+    def velocity(x, sigma):
+        return torch.sin(3 * x) * (1 + sigma) + w
+
+    ours = sample(velocity, noise, torch.zeros_like(noise), steps=steps, shift=shift, sampler="euler")
+    x = noise.clone()
+    for t, sigma in zip(ref.timesteps, ref.sigmas[:-1]):
+        x = ref.step(velocity(x, float(sigma)), t, x, return_dict=False)[0]
+    torch.testing.assert_close(ours, x.float(), rtol=1e-5, atol=1e-5)

@@ -42,8 +42,8 @@ class BestOfN:
         for row in self.rows():
             cells = [f"{row['seed']:>8}"] + [f"{row[h]:>8.3f}" for h in head[1:]]
             lines.append("  ".join(cells) + ("  *" if row["best"] else ""))
-        if self.best_judgement.caveat:  # the winner was picked by this judge: say what its pick is worth
-            lines += self.best_judgement.caveat_lines(width=len(lines[0]))  # as wide as the table
+        # the winner was picked by this judge: say what its pick is worth (nothing when its folder records no doubt)
+        lines += self.best_judgement.caveat_lines(width=len(lines[0]))
         return "\n".join(lines)
 
     def to_json(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import textwrap
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -39,7 +40,7 @@ def colour_share(x: Frames, rgb: tuple[float, float, float], tol: float = 0.3) -
     return float(((x - torch.tensor(rgb)).abs() <= tol).all(-1).float().mean())
 
 
-def checks(source: Frames, target: Frames) -> dict[str, callable]:
+def checks(source: Frames, target: Frames) -> dict[str, Callable[[Frames], str]]:
     """instruction -> (out -> one line saying what was measured, source value -> edit value)."""
     background = ((source - torch.tensor([0.0, 1.0, 1.0])).abs() <= 0.25).all(-1)  # [T, H, W]
 

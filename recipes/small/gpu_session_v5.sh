@@ -19,7 +19,7 @@ cd "$WORK" || exit 1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, eval_lines
 CONFIG=recipes/small/grpo_v4.toml
-EXTRA=(--set model.editor=$B/diffusers/viva-small-editor)
+EXTRA=()  # the config's model.editor is the bundled editor
 [ "${SMOKE:-0}" = 1 ] && EXTRA+=(--set rollout.steps=2 --set rollout.window=1 --set model.dtype=fp32) && GRPO_STEPS=2
 bg() { echo --set "optim.batch_size=${1%x*}" --set "rollout.group_size=${1#*x}"; }
 
@@ -32,8 +32,7 @@ if has agree; then
   for size in ${AGREE:-4x8 8x8}; do
     sets=$(bg "$size" | sed 's/--set //g')
     timeout "${AGREE_SECONDS:-240}" env PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/grpo_agreement.py $CONFIG 3 \
-      model.editor=$B/diffusers/viva-small-editor $sets $([ "${SMOKE:-0}" = 1 ] && echo rollout.steps=2 \
-      rollout.window=1 model.dtype=fp32) > runs/agree_$size.log 2>&1
+      $sets $([ "${SMOKE:-0}" = 1 ] && echo rollout.steps=2 rollout.window=1 model.dtype=fp32) > runs/agree_$size.log 2>&1
     grep -h "^batch\|^K " runs/agree_$size.log
   done
 fi

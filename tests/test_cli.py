@@ -162,7 +162,8 @@ def test_readme_node_table_uses_the_ui_names():
 
 def test_bundled_editor_defaults_to_its_steps_and_flags_show_their_defaults(capsys):
     """Without --steps: the bundled small editor samples BUNDLED_STEPS, any other editor EditSettings' default;
-    --help shows every sampling default (read from the one EditSettings)."""
+    --help shows every sampling default (read from the one EditSettings); without --shift / --sampler they stay
+    None, for the edit to take the editor's (its folder's scheduler config, else the default)."""
     from viva_core import bundled
     from viva_core.cli import build_parser, sampling_settings
     from viva_core.settings import BUNDLED_STEPS, DEFAULTS
@@ -176,7 +177,13 @@ def test_bundled_editor_defaults_to_its_steps_and_flags_show_their_defaults(caps
     with pytest.raises(SystemExit):
         parser.parse_args(["edit", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for flag, default in (("--cfg", DEFAULTS.cfg), ("--shift", DEFAULTS.shift), ("--seed", DEFAULTS.seed),
-                          ("--sampler", DEFAULTS.sampler)):
+    for flag, default in (("--cfg", DEFAULTS.cfg), ("--seed", DEFAULTS.seed)):
         assert f"(default {default})" in text.rsplit(flag, 1)[1][:200], flag  # its entry, after the usage line
+    for flag, default in (("--shift", DEFAULTS.shift), ("--sampler", DEFAULTS.sampler)):
+        assert f"(default: from the model folder's scheduler config, else {default})" in \
+            text.rsplit(flag, 1)[1][:200], flag
+    args = parser.parse_args(base + ["--editor", "/models/Lucy-Edit-Dev"])
+    assert (sampling_settings(args).shift, sampling_settings(args).sampler) == (None, None)  # the editor's, at edit
+    args = parser.parse_args(base + ["--editor", "/models/Lucy-Edit-Dev", "--shift", "3", "--sampler", "euler"])
+    assert (sampling_settings(args).shift, sampling_settings(args).sampler) == (3.0, "euler")
     assert f"default {DEFAULTS.steps}; {BUNDLED_STEPS} for the bundled small editor" in text

@@ -5,7 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tiny_editor import build_editor_folder, build_single_file_dit, tiny_transformer, tiny_vae
+from tiny_editor import (WAN_SCHEDULER, build_editor_folder, build_single_file_dit, tiny_transformer, tiny_vae,
+                         write_scheduler_config)
 from viva_core.editor import Conditioning, EditorOptions, load_editor
 from viva_core.errors import InputError, ModelLoadError, NonFiniteError
 from viva_core.pipeline import EditSettings, edit, encode_frames, pad_tokens
@@ -196,3 +197,76 @@ def test_auto_dtype_is_fp32_on_cpu_and_bf16_on_cuda(editor_dir):
     assert editor.dtype == torch.float32 and next(editor.transformer.parameters()).dtype == torch.float32
     with pytest.raises(InputError, match="auto"):
         parse_dtype("half-ish")
+
+
+@pytest.fixture
+def sampled(monkeypatch):
+    """The shift and sampler each edit samples with (the sampler itself runs as usual)."""
+    import viva_core.pipeline as pipeline
+
+    seen, real = [], pipeline.sample
+
+    def spy(*args, **kw):
+        seen.append((kw["shift"], kw["sampler"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "sample", spy)
+    return seen
+
+
+def test_scheduler_config_gives_the_default_shift_and_sampler_and_options_override(tmp_path, editor_dir, sampled):
+    """A folder's scheduler/scheduler_config.json (Wan2.1 1.3B ships UniPC with flow_shift 3.0) sets the shift and
+    sampler of edits that leave them None; a shift or sampler given wins; without the file the old defaults
+    (5.0, unipc) stay."""
+    from viva_core.settings import DEFAULTS
+
+    wan = tmp_path / "wan"
+    shutil.copytree(editor_dir, wan)
+    write_scheduler_config(wan, WAN_SCHEDULER)
+    ed = load_editor(str(wan), options=FP32)
+    assert ed.sampling_defaults == {"sampler": "unipc", "shift": 3.0}
+    assert "shift 3" in ed.describe() and "scheduler_config.json" in ed.describe()
+    cond, src = ed.encode_text("make the ball red"), frames()
+    edit(ed, src, cond, settings=EditSettings(steps=1, cfg=1.0))
+    edit(ed, src, cond, settings=EditSettings(steps=1, cfg=1.0, shift=7.0))
+    edit(ed, src, cond, settings=EditSettings(steps=1, cfg=1.0, sampler="euler"))
+    assert sampled == [(3.0, "unipc"), (7.0, "unipc"), (3.0, "euler")]
+    assert ed.with_lora("unused.safetensors", 0.0).sampling_defaults == ed.sampling_defaults
+
+    sampled.clear()
+    plain = load_editor(str(editor_dir), options=FP32)
+    assert plain.sampling_defaults == {}
+    edit(plain, src, cond, settings=EditSettings(steps=1, cfg=1.0))
+    assert sampled == [(DEFAULTS.shift, DEFAULTS.sampler)] == [(5.0, "unipc")]
+
+
+def test_flow_match_euler_config_and_unknown_schedulers(tmp_path, editor_dir):
+    """FlowMatchEulerDiscreteScheduler's `shift` and sampler are read; unknown keys are ignored; a scheduler VIVA
+    has no sampler for gives no defaults; a shift that is resolution-dependent (dynamic) is not taken."""
+    from viva_core.editor import scheduler_defaults
+
+    root = tmp_path / "ed"
+    root.mkdir()
+    assert scheduler_defaults(root) == {}
+    write_scheduler_config(root, {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3, "new_key": [1]})
+    assert scheduler_defaults(root) == {"sampler": "euler", "shift": 3.0}
+    write_scheduler_config(root, {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0,
+                                  "use_dynamic_shifting": True})
+    assert scheduler_defaults(root) == {"sampler": "euler"}
+    write_scheduler_config(root, {"_class_name": "DDIMScheduler", "flow_shift": 3.0})
+    assert scheduler_defaults(root) == {}
+    write_scheduler_config(root, {"_class_name": "UniPCMultistepScheduler", "flow_shift": 3.0})  # not flow sigmas
+    assert scheduler_defaults(root) == {"sampler": "unipc"}
+
+
+@pytest.mark.parametrize("bad, words", [("{\"_class_name\": \"UniPCMultistepScheduler\", ", "not readable JSON"),
+                                        ("[1, 2]", "must be a JSON object"),
+                                        ({**WAN_SCHEDULER, "flow_shift": "five"}, "flow_shift must be a number > 0"),
+                                        ({**WAN_SCHEDULER, "flow_shift": 0}, "flow_shift must be a number > 0")])
+def test_broken_scheduler_config_is_named(tmp_path, editor_dir, bad, words):
+    ed = tmp_path / "ed"
+    shutil.copytree(editor_dir, ed)
+    path = write_scheduler_config(ed, bad)
+    with pytest.raises(ModelLoadError, match="scheduler") as e:
+        load_editor(str(ed), options=FP32)
+    assert str(path) in str(e.value) and words in str(e.value) and "delete" in str(e.value)

@@ -122,3 +122,38 @@ def test_euler_sampler_equals_diffusers_flow_match_euler_on_a_curved_field():
     for t, sigma in zip(ref.timesteps, ref.sigmas[:-1]):
         x = ref.step(velocity(x, float(sigma)), t, x, return_dict=False)[0]
     torch.testing.assert_close(ours, x.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [3.0, 5.0])  # Wan2.1 1.3B ships flow_shift 3.0; Lucy-Edit-Dev and Wan2.2 5.0
+def test_unipc_sampler_equals_diffusers_unipc_as_wan_ships_it(shift):
+    """The UniPC sampler against diffusers' UniPCMultistepScheduler built from Wan's scheduler_config.json
+    (flow_prediction, use_flow_sigmas, flow_shift, solver_order 2, bh2, final sigma 0): the grid is Wan's shift
+    applied to linspace(1, 1/1000, steps + 1) without its last point, then 0 (unlike the Euler grid, which runs
+    to 0 in `steps` equal raw steps), and the trajectory on a curved velocity field matches step for step."""
+    from diffusers import UniPCMultistepScheduler
+
+    from tiny_editor import WAN_SCHEDULER
+
+    steps = 7
+    ref = UniPCMultistepScheduler.from_config({**WAN_SCHEDULER, "flow_shift": shift})
+    ref.set_timesteps(steps, device="cpu")
+    raw = [1 - (1 - 1 / 1000) * k / steps for k in range(steps)]  # linspace(1, 1/1000, steps + 1)[:-1]
+    want = torch.tensor([shift * r / (1 + (shift - 1) * r) for r in raw] + [0.0])
+    torch.testing.assert_close(ref.sigmas.float(), want, rtol=0, atol=2e-6)  # diffusers starts at 1 - 1e-6
+
+    g = torch.Generator().manual_seed(4)
+    noise, w = torch.randn(1, 2, 1, 2, 2, generator=g), torch.randn(1, 2, 1, 2, 2, generator=g)
+
+    def velocity(x, sigma):
+        return torch.sin(3 * x) * (1 + sigma) + w
+
+    seen = []
+    ours = sample(lambda x, s: seen.append(s) or velocity(x, s), noise, torch.zeros_like(noise), steps=steps,
+                  shift=shift, sampler="unipc")
+    torch.testing.assert_close(torch.tensor(seen), want[:-1], rtol=0, atol=2e-6)
+    x = noise.clone()
+    for t, sigma in zip(ref.timesteps, ref.sigmas[:-1]):
+        x = ref.step(velocity(x, float(sigma)), t, x, return_dict=False)[0]
+    torch.testing.assert_close(ours, x.float(), rtol=1e-5, atol=1e-5)
+    euler = sample(velocity, noise, torch.zeros_like(noise), steps=steps, shift=shift, sampler="euler")
+    assert not torch.allclose(ours, euler, atol=1e-3)  # the field is curved enough to tell the two solvers apart

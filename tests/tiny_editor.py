@@ -55,8 +55,10 @@ def tiny_text_encoder(seed: int = 0):
     return UMT5EncoderModel(cfg)
 
 
-def build_editor_folder(root: Path, *, in_channels: int = 32, with_text_encoder: bool = True, seed: int = 0) -> Path:
-    """A diffusers-format editor folder: transformer/, vae/ [, text_encoder/, tokenizer/], model_index.json."""
+def build_editor_folder(root: Path, *, in_channels: int = 32, with_text_encoder: bool = True, seed: int = 0,
+                        scheduler: dict | None = None) -> Path:
+    """A diffusers-format editor folder: transformer/, vae/ [, text_encoder/, tokenizer/], model_index.json
+    [, scheduler/scheduler_config.json holding `scheduler`]."""
     root = Path(root)
     tiny_transformer(in_channels=in_channels, seed=seed).save_pretrained(root / "transformer")
     tiny_vae(seed=seed + 1).save_pretrained(root / "vae")
@@ -64,7 +66,29 @@ def build_editor_folder(root: Path, *, in_channels: int = 32, with_text_encoder:
         tiny_text_encoder(seed=seed + 2).save_pretrained(root / "text_encoder")
         tiny_tokenizer().save_pretrained(root / "tokenizer")
     (root / "model_index.json").write_text(json.dumps({"_class_name": "LucyEditPipeline"}))
+    if scheduler is not None:
+        write_scheduler_config(root, scheduler)
     return root
+
+
+# scheduler/scheduler_config.json as Wan2.1-T2V-1.3B-Diffusers ships it (Lucy-Edit-Dev and Wan2.2 ship flow_shift 5.0)
+WAN_SCHEDULER = {
+    "_class_name": "UniPCMultistepScheduler", "_diffusers_version": "0.33.0.dev0", "beta_end": 0.02,
+    "beta_schedule": "linear", "beta_start": 0.0001, "disable_corrector": [], "dynamic_thresholding_ratio": 0.995,
+    "final_sigmas_type": "zero", "flow_shift": 3.0, "lower_order_final": True, "num_train_timesteps": 1000,
+    "predict_x0": True, "prediction_type": "flow_prediction", "rescale_betas_zero_snr": False, "sample_max_value": 1.0,
+    "solver_order": 2, "solver_p": None, "solver_type": "bh2", "steps_offset": 0, "thresholding": False,
+    "timestep_spacing": "linspace", "trained_betas": None, "use_beta_sigmas": False, "use_exponential_sigmas": False,
+    "use_flow_sigmas": True, "use_karras_sigmas": False,
+}
+
+
+def write_scheduler_config(root: Path, config: dict | str) -> Path:
+    """root/scheduler/scheduler_config.json holding `config` (a str is written as is, e.g. broken JSON)."""
+    path = Path(root) / "scheduler" / "scheduler_config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config if isinstance(config, str) else json.dumps(config))
+    return path
 
 
 def diffusers_to_original_keys(diffusers_sd: dict[str, torch.Tensor], original_candidates: list[str]) -> dict:

@@ -431,22 +431,26 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def add_sampling_options(sp: argparse.ArgumentParser) -> None:
-    """The fields of EditSettings, defaults from settings.DEFAULTS (--steps left out: see sampling_settings)."""
+    """The fields of EditSettings, defaults from settings.DEFAULTS (--steps, --shift, --sampler left out: see
+    sampling_settings)."""
     d = DEFAULTS
     sp.add_argument("--steps", type=number(int, 1, 1000), default=None,
                     help=f"sampling steps (default {d.steps}; {BUNDLED_STEPS} for the bundled small editor)")
     sp.add_argument("--cfg", type=number(float, 0, 100), default=d.cfg,
                     help="classifier-free guidance scale; 1 = off, one DiT pass per step (default %(default)s)")
     sp.add_argument("--seed", type=SEED, default=d.seed, help="noise seed (default %(default)s)")
-    sp.add_argument("--shift", type=number(float, 0, 100, lo_open=True), default=d.shift,
-                    help="Wan's sigma shift: ~3 for 480p, 5 for 720p (default %(default)s)")
+    sp.add_argument("--shift", type=number(float, 0, 100, lo_open=True), default=None,
+                    help="Wan's sigma shift: ~3 for 480p, 5 for 720p (default: from the model folder's scheduler "
+                         f"config, else {d.shift})")
     sp.add_argument("--strength", type=number(float, 0, 1, lo_open=True), default=d.strength,
                     help="< 1 starts from the source noised to that level (default %(default)s)")
-    sp.add_argument("--sampler", default=d.sampler, choices=list(SAMPLERS), help="(default %(default)s)")
+    sp.add_argument("--sampler", default=None, choices=list(SAMPLERS),
+                    help=f"(default: from the model folder's scheduler config, else {d.sampler})")
 
 
 def sampling_settings(args: argparse.Namespace) -> EditSettings:
-    """EditSettings of the sampling flags; without --steps, the default (BUNDLED_STEPS for the bundled editor)."""
+    """EditSettings of the sampling flags; without --steps, the default (BUNDLED_STEPS for the bundled editor);
+    without --shift / --sampler, None: the edit takes the editor's (its scheduler config), else the default."""
     from . import bundled
 
     steps = args.steps

@@ -91,6 +91,9 @@ class Editor:
     native_size: Optional[tuple[int, int]] = None  # (H, W) a small model was trained at; sources are fit into it
     host: Optional[ModelHost] = None  # places the parts when an app manages memory (ComfyUI); None: `options` do
     files: dict[str, str] = field(default_factory=dict)  # part -> the folder or file it was read from (for errors)
+    # shift / sampler of the folder's scheduler/scheduler_config.json: what an edit uses when its settings leave
+    # them None (EditSettings.resolved); empty for single files and folders without one
+    sampling_defaults: dict[str, object] = field(default_factory=dict)
 
     # ---- geometry -------------------------------------------------------------------------------------------
     @property
@@ -252,6 +255,10 @@ def load_editor(
                     files={**files, **({"text_encoder": str(_text_encoder_dir(te_root))} if te_root is not None else {})})
     if folder is not None:
         _apply_editor_info(editor, Path(folder))
+        editor.sampling_defaults = scheduler_defaults(Path(folder))
+        if editor.sampling_defaults:
+            editor.notes.append("sampling defaults from scheduler/" + SCHEDULER_CONFIG + ": " + ", ".join(
+                f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in editor.sampling_defaults.items()))
     if host is not None:
         editor.host = host(editor)
     _place(editor)
@@ -432,6 +439,39 @@ def _apply_editor_info(editor: Editor, root: Path) -> None:
         editor.native_size = (int(size[0]), int(size[1])) if size else None
     except (OSError, ValueError, TypeError, IndexError) as e:
         raise ModelLoadError(f"{path}: unreadable editor info ({e}). Restore the file from the model release.") from e
+
+
+SCHEDULER_CONFIG = "scheduler_config.json"  # in scheduler/ of a diffusers folder (Lucy-Edit, Wan2.1/2.2 ship one)
+SCHEDULER_SAMPLERS = {"UniPCMultistepScheduler": "unipc", "FlowMatchEulerDiscreteScheduler": "euler"}
+
+
+def scheduler_defaults(root: Path) -> dict[str, object]:
+    """{"shift", "sampler"} as far as `root/scheduler/scheduler_config.json` names them: the sampler from its
+    _class_name (UniPCMultistepScheduler -> unipc, FlowMatchEulerDiscreteScheduler -> euler), the shift from UniPC's
+    flow_shift (with use_flow_sigmas, as Wan ships it) or FlowMatch's shift (unless use_dynamic_shifting). Other
+    schedulers and keys are ignored; no file gives {}. A broken file or shift is a ModelLoadError naming it."""
+    path = root / "scheduler" / SCHEDULER_CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        config = read_json_object(path, "scheduler config")
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{e} Or delete {path} to sample with VIVA's defaults (shift, sampler).") from None
+    sampler = SCHEDULER_SAMPLERS.get(str(config.get("_class_name")))
+    if sampler is None:
+        log.info("%s: scheduler %s is not one VIVA reads (%s); using the default shift and sampler.", path,
+                 config.get("_class_name"), ", ".join(SCHEDULER_SAMPLERS))
+        return {}
+    key = {"unipc": "flow_shift", "euler": "shift"}[sampler]
+    uses_shift = config.get("use_flow_sigmas") is True if sampler == "unipc" else not config.get("use_dynamic_shifting")
+    out: dict[str, object] = {"sampler": sampler}
+    if uses_shift and key in config:
+        shift = config[key]
+        if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < shift < float("inf"):
+            raise ModelLoadError(f"{path}: {key} must be a number > 0, got {shift!r}. Fix the value (Wan ships 3.0 "
+                                 "for 480p, 5.0 for 720p) or delete the file to use VIVA's default.")
+        out["shift"] = float(shift)
+    return out
 
 
 def _check_editor_channels(transformer: torch.nn.Module, vae: torch.nn.Module, name: str, allow_t2v: bool,

@@ -148,7 +148,9 @@ def edit(
 ) -> EditResult:
     """Edit `frames` [T,H,W,C] (0..1) following `cond`. The frame count is snapped to 4k+1 (trailing frames
     dropped); the edit comes back at the source's size (`conform_for_editor`; `resize_to` (h, w) overrides the
-    editor's working size). Both are reported."""
+    editor's working size). Both are reported. A shift or sampler left as None is the editor's
+    (`Editor.sampling_defaults`, from its folder's scheduler config), else the default (settings.DEFAULTS)."""
+    settings = settings.resolved(editor.sampling_defaults)
     settings.check()
     t0 = time.perf_counter()
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:

@@ -222,26 +222,49 @@ def test_grpo_inner_updates_reuse_the_rollouts_off_policy(assets):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
 
 
-def test_sft_loss_weights_the_edit_mask(assets):
-    """VIVA's (1 + w M) weight reaches the trainer's loss: L(w) - L(0) = w mean(M err^2) is linear in w, positive,
-    and about w * L(0) * (edited share of the latents). Fails if the weight is forced to 0, the mask is dropped,
-    or the mask is rescaled (the /255 bug once made w act as w/255)."""
-    t = Trainer(config(assets, assets["root"] / "mask_w", "optim.steps=1"))
+def _square_latent_mask(index: int, latent_shape: tuple, size: int = 32, temporal_factor: int = 4) -> torch.Tensor:
+    """The edit mask tiny_data draws for record `index` (the 10x10 square at rows 10:20, columns 4+index+t of frame
+    t), at latent resolution worked out by hand: latent frame 0 is frame 0, latent frame k >= 1 is frames 4k-3..4k,
+    and a latent cell is edited when its pixel block holds any pixel of the square. [T', H', W']"""
+    lt, lh, lw = latent_shape
+    bh, bw = size // lh, size // lw
+    m = torch.zeros(lt, lh, lw)
+    for k in range(lt):
+        for t in [0] if k == 0 else range(temporal_factor * (k - 1) + 1, temporal_factor * k + 1):
+            x = 4 + index + t
+            m[k, 10 // bh:19 // bh + 1, x // bw:(x + 9) // bw + 1] = 1.0
+    return m
+
+
+def test_sft_step_loss_is_the_mask_weighted_fm_loss_of_the_records_mask(assets, monkeypatch):
+    """VIVA's SFT loss, through the real SFT step: loss = mean((1 + w M) (v - v*)^2) with w from the config and M
+    the record's edit mask, against a reference written out here: M drawn by hand from where tiny_data put the
+    square (not through latent_mask) and the formula not through losses.py. Fails if the trainer forces w to 0,
+    drops the mask or feeds all ones, or rescales it (the /255 bug made w act as w/255): each misses the reference
+    by at least w * (plain - edited) or w * edited, both far above the tolerance (checked by mutation)."""
+    import viva_core.train.losses as L
+
+    w = 3.0
+    t = Trainer(config(assets, assets["root"] / "mask_w", "optim.steps=1", "optim.batch_size=1",
+                       f"sft.mask_weight={w}"))
     t._setup()
-    rec = t.records[0]
-    enc = t._encoded(rec)
-    mask = enc["mask"]
-    share = float(mask.mean())
-    assert 0.0 < share < 1.0 and float(mask.max()) == 1.0  # the square moves: some latents edited, not all
+    seen = []
+    real = L.reward_weighted_fm_loss
 
-    def loss(w: float) -> float:
-        t.cfg.sft.mask_weight = w
-        with torch.no_grad():
-            return float(t._fm_loss(t.dit, rec, enc, 0, 0))
+    def spy(v_pred, v_target, *args, **kwargs):  # records the velocities only; the mask and w are not read here
+        seen.append((v_pred.detach().float().cpu(), v_target.detach().float().cpu()))
+        return real(v_pred, v_target, *args, **kwargs)
 
-    base, one, two = loss(0.0), loss(1.0), loss(2.0)
-    assert one > base and two - base == pytest.approx(2 * (one - base), rel=1e-4)
-    assert 0.2 * share < (one - base) / base < 5 * share
+    monkeypatch.setattr(L, "reward_weighted_fm_loss", spy)
+    loss = t._sft_step(0)["loss"]
+    (_, rec), = t._local_batch(0)
+    (v, v_star), = seen
+    err = (v - v_star).pow(2)  # [1, C, T', H', W']
+    m = _square_latent_mask(int(rec.source_video.name.split("_")[0]), tuple(err.shape[2:]))
+    assert 0.2 < float(m.mean()) < 0.8  # the square moves: some latent cells edited, not all
+    plain, edited = float(err.mean()), float((err * m).mean())
+    assert 0.1 * plain < edited < 0.9 * plain  # so w = 0, no mask, all ones or M/255 miss by > 8%
+    assert loss == pytest.approx(plain + w * edited, rel=1e-2)  # mp4 mask edges: cells off by <= 1/128
 
 
 def test_bad_manifest_fails_before_any_compute(assets, tmp_path):

@@ -3,7 +3,7 @@ a LoRA trained by a prompt loads in the next one, an interrupted training run re
 our models live under ComfyUI's model management (registry, POST /free, LoRA patches undone, latent previews,
 POST /interrupt within a step, Train LoRA on the graph's loaded editor).
 
-Needs a ComfyUI checkout outside the repo (DESIGN §4):
+Needs a ComfyUI checkout outside the repo (README.md, "Set-up"):
 
     COMFYUI_DIR=/path/to/ComfyUI [COMFY_PY=/path/to/its/venv/bin/python] [COMFY_HARNESS=.../harness.sh] pytest tests/test_comfyui.py
 

@@ -1,6 +1,6 @@
 """Tiny random VLM folders for tests: real files, loaded through the real `load_vlm` path.
 
-`build_tiny_vlm(dir)` writes a Qwen2.5-VL-shaped model (DESIGN §5 tiny config, random weights), a small
+`build_tiny_vlm(dir)` writes a Qwen2.5-VL-shaped model (a tiny config, random weights), a small
 byte-level BPE tokenizer with the Qwen special tokens and chat template, and a Qwen2-VL image processor
 of 56×56 pixels (4 visual tokens for a square image), all via `save_pretrained`, so that
 `AutoModelForImageTextToText.from_pretrained(dir)` and `AutoProcessor.from_pretrained(dir)` work offline

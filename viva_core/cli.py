@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
-# Idle OpenMP threads sleep instead of spinning (set before torch loads; a user's own value wins): on 2 shared
-# cores, spinning threads made the README's CPU demo take 19.5 s instead of 13-14 s beside one busy process.
+# Idle OpenMP threads sleep instead of spinning (set before torch loads; a user's own value wins): spinning threads
+# take the cores other processes need (on 2 cores beside one busy process, the README's CPU demo takes 19.5 s with
+# them, 13-14 s without).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import InputError, OutputPathError, VivaError  # noqa: E402 (after the OpenMP setting)

@@ -110,7 +110,7 @@ def conform_for_editor(editor: Editor, frames: torch.Tensor, working_size: Optio
     than the frame: a 1920x200 clip fit into 64x64 is 64x7 plus 57 rows of padding). Measured on the bundled models
     (`recipes/small/aspect_check.py`: four 96x48 / 48x96 clips, "Invert the colours.", 20 steps), mean PSNR of the
     edit against the truth over the whole frame / of the VAE round trip against the source: edge pad 14.40 / 25.93
-    dB, reflect 14.19 / 25.52, squash to 64x64 (the old way; distorts shapes) 14.65 / 24.03, center crop 5.50 (its
+    dB, reflect 14.19 / 25.52, squash to 64x64 (distorts shapes) 14.65 / 24.03, center crop 5.50 (its
     border unedited)."""
     return conform_frames(frames.float(), editor.temporal_factor, editor.spatial_multiple,
                           resize_to=working_size or editor.native_size, fit="pad", pad_mode="replicate")
@@ -158,16 +158,16 @@ def edit(
     if not torch.isfinite(frames).all():
         raise InputError("source frames contain NaN/Inf.")
     frames, report = conform_for_editor(editor, frames, resize_to)
-    use_cfg = settings.cfg != 1.0
-    if use_cfg and negative is None:
+    guided = settings.cfg != 1.0
+    if guided and negative is None:
         negative = unconditional(editor)
     with blame_damaged_weights(editor):
         source = encode_frames(editor, frames)
 
         gen = torch.Generator("cpu").manual_seed(int(settings.seed))
         noise = torch.randn(source.shape, generator=gen, dtype=torch.float32)
-        length = max(editor.max_text_tokens, cond.embeds.shape[1], negative.embeds.shape[1] if use_cfg else 0)
-        tokens = [pad_tokens(cond.embeds, length)] + ([pad_tokens(negative.embeds, length)] if use_cfg else [])
+        length = max(editor.max_text_tokens, cond.embeds.shape[1], negative.embeds.shape[1] if guided else 0)
+        tokens = [pad_tokens(cond.embeds, length)] + ([pad_tokens(negative.embeds, length)] if guided else [])
 
         with editor.dit_with_loras() as (dit, lora_reports):
             dev = editor.device
@@ -177,7 +177,7 @@ def edit(
             def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
                 with torch.no_grad():
                     out = dit_velocity(dit, x, src, sigma, text, editor.dtype)
-                return guide(out[:1], out[1:], settings.cfg) if use_cfg else out
+                return guide(out[:1], out[1:], settings.cfg) if guided else out
 
             latents = sample(velocity, noise.to(dev), src, steps=settings.steps, shift=settings.shift,
                              strength=settings.strength, sampler=settings.sampler, progress=progress)

@@ -51,10 +51,9 @@ Labels (hybrids join the per-operation values with "+", in instruction order):
                bbox, source_bbox}; speed_change {speed_factor, rgb, bbox, source_bbox}; reverse_direction
                {reversed: true, rgb, bbox, source_bbox}. viva_core.eval reads these.
 
-Speed at 64x64x17, all categories, one process on a shared 2-core machine (load average 5-7 while measured, so
-wall-clock rates were about half the CPU rates): make_clip alone about 13,000 clips per CPU-minute (6,700 per
-wall-minute); generate with format="npz" about 6,900 per CPU-minute (3,500 per wall-minute, ~11 KB a clip);
-with format="mp4" (three h264 files a clip) about 840 per CPU-minute (500 per wall-minute). Encoding dominates.
+Speed at 64x64x17, all categories, one process, per CPU-minute (wall-clock rates depend on what else runs):
+make_clip alone about 13,000 clips; generate with format="npz" about 6,900 (~11 KB a clip); with format="mp4"
+(three h264 files a clip) about 840. Encoding dominates.
 
 Where each part lives: `world` (vocabulary, objects, a random world), `simulator` (`simulate`), `rendering`
 (`render`, boxes), `referring` (referring expressions), `language` (instruction templates, captions), `edits`

@@ -53,8 +53,8 @@ def split_counts(n: int, splits: Sequence[float]) -> dict[str, int]:
 
 @contextlib.contextmanager
 def _one_torch_thread():
-    """write_video converts frames with torch; on 64x64 frames its thread pool costs more than it saves
-    (measured 4-5x slower with 2 threads on a busy 2-core machine)."""
+    """write_video converts frames with torch; on 64x64 frames its thread pool costs more than it saves (a frame
+    is too little work to split across threads)."""
     import torch
 
     before = torch.get_num_threads()

@@ -90,7 +90,7 @@ class RolloutConfig:
     group_size: int = 8
     steps: int = 10
     shift: float = 5.0
-    cfg: float = 1.0
+    cfg: float = 1.0  # classifier-free guidance scale of the rollouts (as EditSettings.cfg); 1 = off
     noise_level: float = 0.7
     window: int = 0  # 0: SDE (and training) on every step; k: SDE on k steps in the high-noise half, ODE elsewhere
     window_start: int = 1  # first step of the window (fixed for the run: per-sample random windows destabilize)

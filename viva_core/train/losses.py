@@ -1,4 +1,4 @@
-"""Training losses: one formula per function, all math in fp32 (DESIGN §3).
+"""Training losses: one formula per function, all math in fp32 (the methods: README.md, "Training").
 
 Flow matching (sigma runs 1 -> 0, as in `viva_core.sampling`):
     x_sigma = (1 - sigma) x0 + sigma eps,   v = eps - x0

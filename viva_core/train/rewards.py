@@ -1,4 +1,4 @@
-"""Reward terms for Edit-GRPO and RWO: small callable objects, combined with weights (DESIGN §3).
+"""Reward terms for Edit-GRPO and RWO: small callable objects, combined with weights (README.md, "Training").
 
 Each reward maps a batch of N edits (`RewardInput`) to N scores, higher is better, and has a `name` used in
 logs. `build_rewards` turns a config mapping such as {"judge": 1.0, "preservation": 0.5} into the reward

@@ -55,7 +55,7 @@ def prepare_instructor_inputs(clips: ClipSet, processor, workers: int = 0, chunk
     """Every clip's instructor chat (its instruction + first frame, fixed per clip) through the VLM chat processor
     once, before training: per-token keys [N, L] left-padded to the longest chat, `pixel_values` [N, P, D],
     `image_grid_thw` [N, 3]. Training then gathers rows on the GPU instead of running the processor every step
-    (the host-side processor was the editor stage's bottleneck)."""
+    (run every step, the host-side processor bounds the editor stage's speed)."""
     loader = torch.utils.data.DataLoader(_InstructorData(clips), batch_size=chunk, num_workers=workers,
                                          collate_fn=_collate_chats(processor), worker_init_fn=_one_thread)
     parts = [dict(inputs) for _, inputs in loader]

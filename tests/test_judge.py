@@ -33,11 +33,14 @@ def videos():
     return torch.rand(5, 48, 64, 3, generator=g), torch.rand(5, 48, 64, 3, generator=g)
 
 
-def test_dimension_table():
-    assert DIMENSIONS == ("EA", "PC", "GN", "GR")
-    assert [d.name for d in QUESTIONS] == ["edit accuracy", "preservation consistency", "generation naturalness",
-                                           "generation realism"]
-    assert "'{instruction}'" in QUESTIONS[0].question
+def test_questions_quote_the_instruction_where_they_judge_it():
+    """EA and PC judge the edit against the instruction, so their questions quote it; GN and GR judge the edited video
+    alone. Every question is filled in (no template field left) and asks for the Yes/No that yes_probability reads."""
+    questions = {d: Judge.question_text(d, "turn the car blue") for d in DIMENSIONS}
+    assert len(set(questions.values())) == len(DIMENSIONS) == 4
+    for d, q in questions.items():
+        assert q.endswith(" Answer Yes or No.") and "{" not in q
+        assert ("'turn the car blue'" in q) == (d in ("EA", "PC")), d
 
 
 def test_yes_no_ids_are_the_single_token_variants(vlm):
@@ -93,9 +96,14 @@ def test_result_format(judge, videos):
     assert row["EA"] == round(r.scores["EA"], 4)
 
 
-def test_rationale_is_a_string(judge, videos):
-    r = judge.score(*videos, "add a cat", num_frames=1, rationale=True, max_rationale_tokens=6)
-    assert isinstance(r.rationale, str)
+def test_rationale_is_capped_greedy_text_and_leaves_the_scores_alone(judge, videos):
+    """rationale=True adds the VLM's greedy answer, at most max_rationale_tokens long (a shorter cap gives a prefix of
+    the longer answer), and the scores are those of the same call without it."""
+    plain = judge.score(*videos, "add a cat", num_frames=1)
+    short = judge.score(*videos, "add a cat", num_frames=1, rationale=True, max_rationale_tokens=2)
+    long = judge.score(*videos, "add a cat", num_frames=1, rationale=True, max_rationale_tokens=8)
+    assert plain.rationale is None and short.scores == plain.scores == long.scores
+    assert long.rationale.startswith(short.rationale) and len(long.rationale) > len(short.rationale) > 0
 
 
 def test_single_images_accepted(judge):

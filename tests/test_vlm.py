@@ -67,9 +67,13 @@ def test_build_inputs_one_and_batch(vlm):
     assert not bool(batch["attention_mask"][1, 0])
 
 
-def test_generate_text_is_str(vlm):
+def test_generate_text_is_greedy_and_capped(vlm):
+    """Greedy decoding: the same answer twice, and max_new_tokens cuts it (a shorter cap gives a prefix)."""
     img = to_pil_image(torch.full((56, 56, 3), 0.5))
-    assert isinstance(generate_text(vlm, _conversation(img), max_new_tokens=4), str)
+    long = generate_text(vlm, _conversation(img), max_new_tokens=8)
+    short = generate_text(vlm, _conversation(img), max_new_tokens=2)
+    assert generate_text(vlm, _conversation(img), max_new_tokens=8) == long
+    assert long.startswith(short) and len(long) > len(short) > 0
 
 
 def test_to_pil_image_checks_shape():

@@ -2,6 +2,7 @@
 
     python recipes/small/table.py "label=REPORT_DIR" ...             one row per report: scores, EA per category
     python recipes/small/table.py --by-operation "label=REPORT_DIR" ... one row per operation: EA of each report
+    python recipes/small/table.py --paired "base=DIR" "label=DIR" ...  each against the base on the same clips
 """
 from __future__ import annotations
 
@@ -70,9 +71,33 @@ def by_operation(reports: list[tuple[str, dict]]) -> None:
         print(f"| {op} | {n} | " + " | ".join(cells) + " |")
 
 
+def paired(reports: list[tuple[str, dict]]) -> None:
+    """Each report minus the first, clip by clip (same manifest, same seeds): the mean difference and its 95%
+    bootstrap interval. Pairing removes the spread between clips, so it resolves differences the rows cannot."""
+    (base_label, base), *others = reports
+    keys = ("ea", "pc", "gn", "gr", "overall", "psnr")
+    print(f"| vs {base_label} | n | " + " | ".join(f"d{k.upper()} (95% CI)" for k in keys) + " |")
+    print("|" + "---|" * (len(keys) + 2))
+    for label, r in others:
+        if r["manifest"] != base["manifest"] or len(r["scores"]) != len(base["scores"]):
+            raise SystemExit(f"{label}: not the same clips as {base_label} (manifest or count differs)")
+        cells = []
+        for k in keys:
+            diffs = [a[k] - b[k] for a, b in zip(r["scores"], base["scores"], strict=True)
+                     if a[k] is not None and b[k] is not None]  # a dimension a clip has no verifier for
+            if not diffs:
+                cells.append("-")
+                continue
+            low, high = bootstrap_ci(diffs, draws=4000)
+            cells.append(f"{sum(diffs) / len(diffs):+.3f} ({low:+.3f}..{high:+.3f})")
+        print(f"| {label} | {len(r['scores'])} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
     argv = sys.argv[1:]
     if argv and argv[0] == "--by-operation":
         by_operation(load(argv[1:]))
+    elif argv and argv[0] == "--paired":
+        paired(load(argv[1:]))
     else:
         by_variant(load(argv))

@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from .compat import keep_in_fp32_modules, set_attention_backend, wan_single_file_converter
 from .errors import InputError, ModelLoadError
 from .lora import LoraKeyReport, LoraSpec, applied_loras, check_lora_fits, install_fp8_lora_hooks
 from .runtime import ModelHost, parse_device, parse_dtype
@@ -357,20 +358,19 @@ def infer_transformer_config(sd: dict[str, torch.Tensor], metadata: dict[str, st
 def load_transformer_file(path: str, dtype: torch.dtype) -> torch.nn.Module:
     """Single-file Wan DiT in original / ComfyUI keys (optionally fp8 or scaled fp8) -> diffusers model."""
     from diffusers import WanTransformer3DModel
-    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
     sd, metadata = load_safetensors(path, "DiT weights")
     sd = _dequantize_scaled_fp8(_strip_prefix(sd))
     if "head.head.weight" not in sd or "patch_embedding.weight" not in sd:
         raise ModelLoadError(f"{path}: not a Wan DiT checkpoint (no head.head / patch_embedding keys; first keys: "
                              f"{sorted(sd)[:3]}). Put a Wan2.1/2.2 diffusion model file in models/diffusion_models.")
-    sd = convert_wan_transformer_to_diffusers(sd)
+    sd = wan_single_file_converter("transformer")(sd)
     cfg = infer_transformer_config(sd, metadata)
     from accelerate import init_empty_weights
 
     with init_empty_weights():  # parameters on meta, buffers (RoPE tables) real
         model = WanTransformer3DModel.from_config(cfg)
-    keep_fp32 = set(model._keep_in_fp32_modules or ())
+    keep_fp32 = keep_in_fp32_modules(model)
     typed = {k: v.to(torch.float32 if keep_fp32 & set(k.split(".")) else dtype) for k, v in sd.items()}
     try:
         model.load_state_dict(typed, strict=True, assign=True)
@@ -382,7 +382,6 @@ def load_transformer_file(path: str, dtype: torch.dtype) -> torch.nn.Module:
 def load_vae_file(path: str, dtype: torch.dtype) -> torch.nn.Module:
     """Single-file Wan2.1 VAE (ComfyUI's wan_2.1_vae.safetensors layout) -> diffusers AutoencoderKLWan."""
     from diffusers import AutoencoderKLWan
-    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
     sd, _ = load_safetensors(path, "VAE weights")
     if "decoder.middle.0.residual.0.gamma" not in sd:
@@ -393,7 +392,7 @@ def load_vae_file(path: str, dtype: torch.dtype) -> torch.nn.Module:
     # Wan2.1 layout (dim_mult 1,2,4,4; 2 res blocks), the only one diffusers' converter maps; widths are read off
     cfg = {"base_dim": sd["encoder.conv1.weight"].shape[0], "z_dim": sd["conv1.weight"].shape[0] // 2}
     vae = AutoencoderKLWan(**cfg)
-    missing, unexpected = vae.load_state_dict(convert_wan_vae_to_diffusers(sd), strict=False)
+    missing, unexpected = vae.load_state_dict(wan_single_file_converter("vae")(sd), strict=False)
     if missing or unexpected:
         raise ModelLoadError(f"{path}: VAE weights do not match the Wan2.1 VAE layout ({len(missing)} missing, "
                              f"{len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]}).")
@@ -519,10 +518,6 @@ def available_attention_backends() -> list[str]:
     return found
 
 
-_BACKEND_NAMES = {"sdpa": "native", "sdpa_cudnn": "_native_cudnn", "sdpa_flash": "_native_flash",
-                  "sdpa_efficient": "_native_efficient", "flash": "flash", "sage": "sage"}
-
-
 @contextlib.contextmanager
 def _quiet(logger_name: str):
     """Drop one library logger's warnings for the duration (its level restored after)."""
@@ -543,7 +538,7 @@ def configure_dit(t: torch.nn.Module, o: EditorOptions, compute_dtype: torch.dty
     # Always set it: diffusers also switches a process-wide default, which a model left unset would inherit
     # from the last editor loaded with another backend (seen on the GPU: flex leaking into the next editor).
     with _quiet("diffusers.models.modeling_utils"):  # its "experimental feature" warning on every load
-        t.set_attention_backend(_BACKEND_NAMES[o.attention])
+        set_attention_backend(t, o.attention)  # diffusers' names for them: viva_core.compat
     if o.fp8_storage:
         if not hasattr(torch, "float8_e4m3fn"):
             raise InputError("fp8 weight storage needs torch >= 2.1 with float8 types.")

@@ -14,6 +14,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from .compat import DependencyError, attn_implementation, set_attn_implementation
+
 log = logging.getLogger(__name__)
 
 NAME = "flash_viva_packed_sdpa"  # must contain "flash": that is how transformers decides to pass cu_seqlens
@@ -43,15 +45,14 @@ def use_packed_vision_attention(model: torch.nn.Module) -> bool:
     models, other attention implementations (eager, real flash-attention) and transformers without the
     AttentionInterface are left as they are."""
     vision = getattr(getattr(model, "config", None), "vision_config", None)
-    if vision is None or getattr(vision, "_attn_implementation", None) != "sdpa" \
-            or "Qwen2_5_VL" not in type(model).__name__:
+    if vision is None or attn_implementation(vision) != "sdpa" or "Qwen2_5_VL" not in type(model).__name__:
         return False
     try:
         from transformers import AttentionInterface
 
         AttentionInterface.register(NAME, packed_sdpa)
-        vision._attn_implementation = NAME
-    except (ImportError, AttributeError, ValueError) as e:  # older transformers: keep its per-image loop
+        set_attn_implementation(vision, NAME)
+    except (ImportError, AttributeError, ValueError, DependencyError) as e:  # keep transformers' per-image loop
         log.info("packed vision attention unavailable (%s); using transformers' SDPA path", e)
         return False
     return True

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .compat import image_text_to_text_model_types, processor_class_for
 from .errors import InputError, ModelLoadError
 from .runtime import ModelHost, parse_device, parse_dtype
 from .safe_io import PICKLE_SUFFIXES
@@ -119,10 +120,9 @@ def check_vlm_folder(path: str | os.PathLike) -> Path:
         raise ModelLoadError(f"{folder}: VLM folder not found. Give the path of a model folder "
                              f"(config.json, *.safetensors, tokenizer, preprocessor_config.json).")
     config = _read_config(folder)
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
     model_type = config.get("model_type")
-    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+    known = image_text_to_text_model_types()
+    if known is not None and model_type not in known:
         found = f"model_type '{model_type}'" + (f" ({', '.join(config['architectures'])})"
                                                   if config.get("architectures") else "")
         raise ModelLoadError(f"{folder}: config.json describes {found}, which is not an image-text-to-text "
@@ -230,11 +230,10 @@ def _image_only_processor(folder: Path):
     Multimodal processors (Qwen2.5-VL, Qwen3-VL) require a video processor, which requires torchvision; we
     never feed videos, so a subclass whose signature lacks `video_processor` is built instead."""
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
-        processor_cls = PROCESSOR_MAPPING[type(config)]
+        processor_cls = processor_class_for(config)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     except Exception as e:

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .. import compat
 from ..data import EditRecord, TensorCache, file_identity, load_manifest, load_sample, model_identity
 from ..editor import Conditioning, Editor, EditorOptions, load_editor
 from ..errors import InputError, NonFiniteError
@@ -104,8 +105,7 @@ class Trainer:
             self._setup_instructor()
         self.base, self.dit = dit, dit  # base: the module itself; dit: what training calls (DDP wrapper)
         if self.world.active and cfg.optim.parallel == "fsdp":
-            from torch.distributed.fsdp import fully_shard
-
+            fully_shard = compat.fully_shard()
             for block in dit.blocks:  # FSDP2: each block's parameters sharded over the ranks
                 fully_shard(block)
             fully_shard(dit)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from ...compat import qwen2_vl_pil_image_processor
 from .config import EditorSection, IMAGE_SIDE, VAE_LEVELS, VLMSection, VaeSection
 from .tokenizers import save_tokenizer
 
@@ -41,7 +42,8 @@ def write_vlm_folder(out: Path, tokenizer, sec: VLMSection, seed: int) -> Path:
     """A fresh Qwen2.5-VL-architecture folder (random weights, word-level tokenizer, 64x64 image processor),
     in the layout `load_vlm` reads; trainers then load it through `load_vlm` like any VLM."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    Qwen2VLImageProcessorPil = qwen2_vl_pil_image_processor()
 
     out.mkdir(parents=True, exist_ok=True)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}

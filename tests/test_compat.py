@@ -1,0 +1,88 @@
+"""viva_core.compat: the one home of library internals. Each accessor works on the installed versions, falls back
+when the private spelling is gone, and otherwise fails with an error naming the package and version to install."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+import torch
+
+from viva_core import compat
+from viva_core.compat import DependencyError
+
+
+def _hide(monkeypatch, module: str) -> None:
+    """Make `from <module> import ...` fail, as in a release that moved the module."""
+    monkeypatch.setitem(sys.modules, module, None)
+
+
+def test_image_text_to_text_model_types_from_the_private_table_or_the_public_mapping(monkeypatch):
+    assert "qwen2_5_vl" in compat.image_text_to_text_model_types()
+    _hide(monkeypatch, "transformers.models.auto.modeling_auto")  # home of the private table and the public mapping
+    assert compat.image_text_to_text_model_types() is None  # unknown: the folder check is skipped, loading reports
+
+
+def test_processor_class_for_falls_back_to_the_naming_convention(monkeypatch):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
+
+    assert compat.processor_class_for(Qwen2_5_VLConfig()) is Qwen2_5_VLProcessor
+    _hide(monkeypatch, "transformers.models.auto.processing_auto")
+    assert compat.processor_class_for(Qwen2_5_VLConfig()) is Qwen2_5_VLProcessor
+
+    class OddConfig:
+        pass
+
+    with pytest.raises(DependencyError, match=r"transformers >= 5\.18"):
+        compat.processor_class_for(OddConfig())
+
+
+def test_pil_image_processor_and_attention_implementation():
+    cls = compat.qwen2_vl_pil_image_processor()
+    assert cls.__name__ == "Qwen2VLImageProcessorPil"
+    from transformers import Qwen2_5_VLConfig
+
+    vision = Qwen2_5_VLConfig().vision_config
+    compat.set_attn_implementation(vision, "sdpa")
+    assert compat.attn_implementation(vision) == "sdpa"
+    assert compat.attn_implementation(object()) is None
+    with pytest.raises(DependencyError, match="transformers >= "):
+        compat.set_attn_implementation(object(), "sdpa")
+
+
+def test_attention_backend_names(monkeypatch, caplog):
+    assert compat.diffusers_attention_backend("sdpa") == "native"
+    assert compat.diffusers_attention_backend("sdpa_cudnn") == "_native_cudnn"
+    # A diffusers without the private kernel names: plain SDPA, with a warning; flash/sage: a clear error.
+    monkeypatch.setattr(compat, "_diffusers_backend_names", lambda: frozenset({"native"}))
+    with caplog.at_level(logging.WARNING, logger="viva_core.compat"):
+        assert compat.diffusers_attention_backend("sdpa_flash") == "native"
+    assert "_native_flash" in caplog.text
+    with pytest.raises(DependencyError, match=r"attention 'sage'.*diffusers >= 0\.35"):
+        compat.diffusers_attention_backend("sage")
+    with pytest.raises(DependencyError, match="diffusers >= 0.35"):
+        compat.set_attention_backend(torch.nn.Linear(1, 1), "sdpa")  # no set_attention_backend method
+
+
+def test_keep_in_fp32_modules_falls_back_to_wans_list():
+    from diffusers import WanTransformer3DModel
+
+    assert {"time_embedder", "norm2"} <= compat.keep_in_fp32_modules(WanTransformer3DModel)
+
+    class WanTransformer3DModel(torch.nn.Module):  # a release without the private class attribute
+        pass
+
+    assert compat.keep_in_fp32_modules(WanTransformer3DModel()) == frozenset(compat._WAN_KEEP_IN_FP32)
+    assert compat.keep_in_fp32_modules(torch.nn.Linear(1, 1)) == frozenset()
+
+
+def test_wan_converters_and_fully_shard(monkeypatch):
+    assert callable(compat.wan_single_file_converter("transformer"))
+    assert callable(compat.wan_single_file_converter("vae"))
+    with pytest.raises(DependencyError, match="diffusers >= 0.35"):
+        compat.wan_single_file_converter("refiner")
+    if torch.distributed.is_available():
+        assert callable(compat.fully_shard())
+    _hide(monkeypatch, "torch.distributed.fsdp")
+    with pytest.raises(DependencyError, match=r"torch >= 2\.6 \(installed: "):
+        compat.fully_shard()

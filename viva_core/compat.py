@@ -1,0 +1,177 @@
+"""The private or version-dependent parts of transformers, diffusers and torch that VIVA uses, in one place.
+
+Library internals (auto-class mapping tables, `_keep_in_fp32_modules`, diffusers' `_native_*` attention names,
+`config._attn_implementation`, diffusers' single-file converters) can move or vanish in any release; pyproject.toml
+has floors but no upper bounds. Every use goes through this module: each accessor tries the current spelling,
+then a public fallback where one exists, and otherwise raises `DependencyError` naming the version needed.
+The floors below are those of pyproject.toml (how they were found: docs/dependencies.md).
+"""
+from __future__ import annotations
+
+import logging
+from importlib import metadata
+from typing import Any, Callable, Optional
+
+import torch
+
+from .errors import VivaError
+
+log = logging.getLogger(__name__)
+
+MIN_TORCH = "2.6"  # torch.distributed.fsdp.fully_shard (FSDP2) public
+MIN_TRANSFORMERS = "5.18"  # AutoImageProcessor loads Qwen2-VL's PIL image processor without torchvision
+MIN_DIFFUSERS = "0.35"  # ModelMixin.set_attention_backend, compile_repeated_blocks, Wan2.2 VAE
+
+
+class DependencyError(VivaError):
+    """An installed library lacks a feature VIVA needs: the message names the package and version to install."""
+
+
+def installed_version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _needs(package: str, floor: str, what: str) -> DependencyError:
+    return DependencyError(f"{what} needs {package} >= {floor} (installed: {installed_version(package)}). "
+                           f"Run: pip install -U \"{package}>={floor}\"")
+
+
+# ---------------------------------------------------------------------------------------------- transformers
+
+def image_text_to_text_model_types() -> Optional[frozenset[str]]:
+    """The `model_type`s that AutoModelForImageTextToText loads, or None when this transformers does not say
+    (callers then skip the up-front check and let loading report the problem)."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+        return frozenset(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+    except ImportError:
+        pass
+    try:  # the public lazy mapping: config classes -> model classes
+        from transformers import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
+        return frozenset(getattr(c, "model_type", None) for c in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING.keys())
+    except Exception as e:  # any failure means "unknown": never a crash here
+        log.info("transformers does not list its image-text-to-text models (%s); folder check skipped", e)
+        return None
+
+
+def processor_class_for(config: Any) -> type:
+    """The multimodal processor class (e.g. Qwen2_5_VLProcessor) that AutoProcessor builds for `config`."""
+    try:
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+        return PROCESSOR_MAPPING[type(config)]
+    except (ImportError, KeyError):
+        pass
+    import transformers  # fallback by naming convention: Qwen2_5_VLConfig -> Qwen2_5_VLProcessor
+
+    name = type(config).__name__
+    cls = getattr(transformers, name[: -len("Config")] + "Processor", None) if name.endswith("Config") else None
+    if cls is None:
+        raise _needs("transformers", MIN_TRANSFORMERS, f"finding the processor class of {name}")
+    return cls
+
+
+def qwen2_vl_pil_image_processor() -> type:
+    """Qwen2VLImageProcessorPil: Qwen2-VL's image processor on PIL/numpy (the default one needs torchvision)."""
+    try:
+        from transformers import Qwen2VLImageProcessorPil
+
+        return Qwen2VLImageProcessorPil
+    except ImportError:
+        pass
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        return Qwen2VLImageProcessorPil
+    except ImportError:
+        raise _needs("transformers", MIN_TRANSFORMERS, "the PIL Qwen2-VL image processor") from None
+
+
+def attn_implementation(config: Any) -> Optional[str]:
+    """The attention implementation a transformers (sub-)config asks for ("sdpa", "eager", ...), or None."""
+    return getattr(config, "_attn_implementation", None)
+
+
+def set_attn_implementation(config: Any, name: str) -> None:
+    """Make a transformers (sub-)config's modules use the attention registered as `name` (AttentionInterface).
+    Set on the config because the modules read it there at every forward."""
+    if not hasattr(config, "_attn_implementation"):
+        raise _needs("transformers", MIN_TRANSFORMERS, "choosing the attention implementation of a loaded model")
+    config._attn_implementation = name
+
+
+# ---------------------------------------------------------------------------------------------------- diffusers
+
+# Our attention options -> diffusers' AttentionBackendName values. The SDPA-kernel ones are private (_native_*).
+ATTENTION_BACKEND_NAMES = {"sdpa": "native", "sdpa_cudnn": "_native_cudnn", "sdpa_flash": "_native_flash",
+                           "sdpa_efficient": "_native_efficient", "flash": "flash", "sage": "sage"}
+
+
+def _diffusers_backend_names() -> Optional[frozenset[str]]:
+    try:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+    except ImportError:
+        return None
+    return frozenset(b.value for b in AttentionBackendName)
+
+
+def diffusers_attention_backend(option: str) -> str:
+    """diffusers' backend name for one of our attention options. When this diffusers no longer knows a private
+    `_native_*` kernel name, plain "native" SDPA is used (torch then picks the kernel itself), with a warning."""
+    name = ATTENTION_BACKEND_NAMES[option]
+    known = _diffusers_backend_names()
+    if known is None or name in known:
+        return name
+    if option.startswith("sdpa_") and "native" in known:
+        log.warning("diffusers %s has no attention backend '%s'; using plain SDPA for '%s'",
+                    installed_version("diffusers"), name, option)
+        return "native"
+    raise _needs("diffusers", MIN_DIFFUSERS, f"attention '{option}' (diffusers backend '{name}')")
+
+
+def set_attention_backend(model: torch.nn.Module, option: str) -> None:
+    """Set a diffusers model's attention backend from one of our options (ATTENTION_BACKEND_NAMES' keys)."""
+    if not hasattr(model, "set_attention_backend"):
+        raise _needs("diffusers", MIN_DIFFUSERS, "choosing the DiT's attention backend")
+    model.set_attention_backend(diffusers_attention_backend(option))
+
+
+# Wan's own list (diffusers 0.35): used when a diffusers release drops the private class attribute.
+_WAN_KEEP_IN_FP32 = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
+
+
+def keep_in_fp32_modules(model: torch.nn.Module) -> frozenset[str]:
+    """Names of the sub-modules diffusers keeps in fp32 whatever the load dtype (`_keep_in_fp32_modules`)."""
+    names = getattr(model, "_keep_in_fp32_modules", None)
+    if names is None:
+        names = _WAN_KEEP_IN_FP32 if type(model).__name__ == "WanTransformer3DModel" else ()
+    return frozenset(names)
+
+
+def wan_single_file_converter(part: str) -> Callable[[dict], dict]:
+    """diffusers' converter from an original / ComfyUI Wan state dict to diffusers keys; part: "transformer" or
+    "vae" (diffusers.loaders.single_file_utils, an internal module)."""
+    try:
+        from diffusers.loaders import single_file_utils
+    except ImportError:
+        raise _needs("diffusers", MIN_DIFFUSERS, "loading single-file Wan weights") from None
+    fn = getattr(single_file_utils, f"convert_wan_{part}_to_diffusers", None)
+    if fn is None:
+        raise _needs("diffusers", MIN_DIFFUSERS, f"converting a single-file Wan {part}")
+    return fn
+
+
+# -------------------------------------------------------------------------------------------------------- torch
+
+def fully_shard() -> Callable:
+    """torch's FSDP2 `fully_shard` (public in torch.distributed.fsdp since torch 2.6)."""
+    try:
+        from torch.distributed.fsdp import fully_shard as fn
+    except ImportError:
+        raise _needs("torch", MIN_TORCH, "FSDP training (optim.parallel = \"fsdp\")") from None
+    return fn

@@ -30,3 +30,19 @@ def test_old_comfyui_gets_a_reason_and_plain_imports_stay_quiet():
     assert "no V3 node API" in old.stderr and "0.3.48" in old.stderr and "Update ComfyUI" in old.stderr
     plain = _run("python")  # imported outside ComfyUI (pytest, tools): no warning
     assert plain.returncode == 0 and plain.stdout.strip() == "nothing" and plain.stderr == ""
+
+
+def test_training_curves_are_optional(tmp_path, monkeypatch, caplog):
+    """matplotlib is the "plot" extra: without it training logs its metrics, draws no PNG and says so once."""
+    import logging
+
+    from viva_core.train.metrics import MetricsLog
+
+    metrics = MetricsLog(tmp_path, tensorboard=False)
+    metrics.log(1, {"loss": 1.0})
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with caplog.at_level(logging.WARNING, logger="viva_core.train.metrics"):
+        assert metrics.plot(tmp_path / "curves.png") is None and metrics.plot(tmp_path / "curves.png") is None
+    notices = [r.getMessage() for r in caplog.records if "matplotlib" in r.getMessage()]
+    assert len(notices) == 1 and 'comfyui-viva[plot]' in notices[0], notices
+    assert not (tmp_path / "curves.png").exists() and metrics.rows() == [{"step": 1, "loss": 1.0}]

@@ -1,4 +1,5 @@
-"""Training logs: a JSONL line per step (always), TensorBoard when installed, and a PNG of the curves."""
+"""Training logs: a JSONL line per step (always), TensorBoard when installed, and a PNG of the curves when
+matplotlib is (the optional extras "tensorboard" and "plot")."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ class MetricsLog:
         if not resume and self.path.exists():
             self.path.unlink()
         self.writer = None
+        self._told_no_matplotlib = False
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -60,8 +62,10 @@ class MetricsLog:
 
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
-        except ImportError:
-            log.info("matplotlib is not installed; no curve PNG")
+        except ImportError:  # an optional dependency (the "plot" extra): training goes on without the PNG
+            if not self._told_no_matplotlib:
+                log.warning("matplotlib is not installed: no %s (pip install \"comfyui-viva[plot]\")", png.name)
+                self._told_no_matplotlib = True
             return None
         cols = min(3, len(keys))
         nrows = math.ceil(len(keys) / cols)

@@ -46,3 +46,34 @@ def test_training_curves_are_optional(tmp_path, monkeypatch, caplog):
     notices = [r.getMessage() for r in caplog.records if "matplotlib" in r.getMessage()]
     assert len(notices) == 1 and 'comfyui-viva[plot]' in notices[0], notices
     assert not (tmp_path / "curves.png").exists() and metrics.rows() == [{"step": 1, "loss": 1.0}]
+
+
+def _requirements(lines) -> dict[str, tuple[str, str]]:
+    """{normalized name: (specifier, marker)} of requirement strings, duplicates refused."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    out: dict[str, tuple[str, str]] = {}
+    for line in lines:
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        assert name not in out, f"{name} listed twice"
+        out[name] = (str(req.specifier), str(req.marker or ""))
+    return out
+
+
+def test_requirements_txt_is_pyprojects_dependencies_without_torch():
+    """requirements.txt (for ComfyUI Manager, which brings its own torch) cannot drift from pyproject.toml: the same
+    names, specifiers and markers, torch (and torchvision/torchaudio) left out."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = _requirements(project["dependencies"])
+    assert "torch" in wanted
+    lines = [line.split("#", 1)[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    listed = _requirements(line for line in lines if line)
+    assert not {"torch", "torchvision", "torchaudio"} & set(listed)
+    assert listed == {name: spec for name, spec in wanted.items() if name != "torch"}

@@ -117,7 +117,8 @@ def main() -> None:
         def velocity():
             with torch.no_grad():
                 i = torch.cat([x, src], dim=1).to(dt)
-                return dit(hidden_states=i, timestep=t1, encoder_hidden_states=text[:1], return_dict=False)[0].float()
+                return dit(hidden_states=i, timestep=t1, encoder_hidden_states=text[:1],  # noqa: B023 (called
+                           return_dict=False)[0].float()  # in this iteration only)
 
         velocity()
         torch.cuda.synchronize()

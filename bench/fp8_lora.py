@@ -136,12 +136,12 @@ def main() -> None:
         out[f"cos_old_merge_{tag}"] = cos(effect(m, compute))
         lora._is_fp8 = side
         if compute == torch.bfloat16:
-            out["fwd_s_no_lora"] = timed(lambda m=m: run(m, compute))
+            out["fwd_s_no_lora"] = timed(lambda m=m, compute=compute: run(m, compute))
             with applied_loras(m, spec):
-                out["fwd_s_side_path"] = timed(lambda m=m: run(m, compute))
+                out["fwd_s_side_path"] = timed(lambda m=m, compute=compute: run(m, compute))
             lora._is_fp8 = lambda w: False
             with applied_loras(m, spec):
-                out["fwd_s_old_merge"] = timed(lambda m=m: run(m, compute))
+                out["fwd_s_old_merge"] = timed(lambda m=m, compute=compute: run(m, compute))
             t = time.perf_counter()
             with applied_loras(m, spec):
                 sync()

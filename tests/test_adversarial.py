@@ -622,9 +622,9 @@ def test_fuzzed_configs_load_or_raise_a_config_error(tmp_path, kind):
             node[leaf] = value
         path = tmp_path / f"{i}.toml"
         path.write_text(_to_toml(tables))
-        for attempt in (lambda: load(str(path)),
+        for attempt in (lambda: load(str(path)),  # noqa: B023 (each is called in this iteration)
                         lambda: load(None, [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
-                                            for k, v in values.items()])):
+                                            for k, v in values.items()])):  # noqa: B023 (as above)
             try:
                 attempt()
                 outcomes["ok"] += 1
@@ -738,7 +738,7 @@ def test_kill_9_at_random_moments_then_resume_ends_bit_identical(w, tmp_path):
         logged = max([json.loads(r)["step"] for r in rows if r.strip().endswith("}")] or [0])
         saved = int(done[-1][5:]) if done else 0
         assert logged - saved <= 1, (logged, saved)  # at most one checkpoint interval lost
-        for attempt in range(3):
+        for _attempt in range(3):
             resumed = subprocess.run(argv(out, "--resume"), env=env, capture_output=True, text=True)
             if resumed.returncode == 0:
                 break

@@ -229,7 +229,7 @@ def test_roc_auc_matches_pairwise_count_with_ties():
 
 
 def test_judge_agreement_counts():
-    items = [{"p_yes": p, "label": l} for p, l in ((0.9, True), (0.6, False), (0.4, True), (0.1, False))]
+    items = [{"p_yes": p, "label": y} for p, y in ((0.9, True), (0.6, False), (0.4, True), (0.1, False))]
     j = judge_agreement(items)
     assert j["accuracy"] == 0.5 and j["roc_auc"] == 0.75 and j["positives"] == 2 and j["negatives"] == 2
 

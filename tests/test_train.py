@@ -176,7 +176,7 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets):
         cond, unc = t._velocity(model, x, src, s, text), t._velocity(model, x, src, s, negp.to(text))
         return unc + 3.0 * (cond - unc)
 
-    for (gi, rec, enc, m, _, transitions), a in zip(items, adv):
+    for (_gi, rec, enc, m, _, transitions), a in zip(items, adv):
         for tr in transitions:
             x, x_next, s, s_next = tr.x[m:m + 1], tr.x_next[m:m + 1], float(sig[tr.step]), float(sig[tr.step + 1])
             text = t._condition(rec, enc)

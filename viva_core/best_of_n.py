@@ -52,7 +52,7 @@ class BestOfN:
 
 def best_of_n(
     editor: Editor, judge: Judge, video: Video, cond: Conditioning, instruction: str, *, n: int,
-    settings: EditSettings = EditSettings(), negative: Optional[Conditioning] = None, num_frames: int = 4,
+    settings: EditSettings = EditSettings(), negative: Optional[Conditioning] = None, num_frames: int = 4,  # noqa: B008
     progress_factory: Callable[[int], ProgressFn] = lambda i: no_progress,
 ) -> BestOfN:
     """Seeds settings.seed .. settings.seed + n - 1; ties keep the lowest seed."""

@@ -65,7 +65,7 @@ class Conditioning:
         if self.embeds.ndim != 3 or self.embeds.shape[0] != 1:
             raise InputError(f"conditioning must be [1, L, D] tokens, got shape {tuple(self.embeds.shape)}.")
 
-    def concat(self, other: "Conditioning") -> "Conditioning":
+    def concat(self, other: Conditioning) -> Conditioning:
         """Text tokens followed by instructor tokens (VIVA conditions the DiT on both)."""
         if other.embeds.shape[-1] != self.embeds.shape[-1]:
             raise InputError(f"cannot join conditionings of width {self.embeds.shape[-1]} and {other.embeds.shape[-1]}: "
@@ -118,7 +118,7 @@ class Editor:
         """Frame sides must be multiples of VAE stride x DiT patch."""
         return self.spatial_factor * int(self.transformer.config.patch_size[1])
 
-    def with_lora(self, path: str, strength: float) -> "Editor":
+    def with_lora(self, path: str, strength: float) -> Editor:
         """A new Editor with one more LoRA in its stack; a file that does not fit this DiT fails here."""
         if strength != 0:
             check_lora_fits(path, self.transformer)

@@ -151,7 +151,7 @@ class _LRU:
 
 
 # One cache per loaded VLM model, shared by every Instructor built on it (nodes build one per run).
-_CACHES: "weakref.WeakKeyDictionary[nn.Module, _LRU]" = weakref.WeakKeyDictionary()
+_CACHES: weakref.WeakKeyDictionary[nn.Module, _LRU] = weakref.WeakKeyDictionary()
 CACHE_SIZE = 16
 
 

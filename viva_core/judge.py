@@ -76,7 +76,7 @@ class JudgeResult:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "JudgeResult":
+    def from_json(cls, text: str) -> JudgeResult:
         return cls(**json.loads(text))
 
     def caveat_lines(self, width: int) -> list[str]:

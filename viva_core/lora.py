@@ -437,7 +437,7 @@ def check_lora_fits(path: str | os.PathLike, transformer: torch.nn.Module) -> Lo
     return _checked_report(path, _load(path), _linear_modules(transformer))
 
 
-def _checked_report(path: str | os.PathLike, f: "_LoraFile", targets: dict[str, torch.nn.Linear]) -> LoraKeyReport:
+def _checked_report(path: str | os.PathLike, f: _LoraFile, targets: dict[str, torch.nn.Linear]) -> LoraKeyReport:
     rep = _report(path, f, targets)
     if rep.shape_mismatch:
         raise LoraError(

@@ -143,7 +143,7 @@ def blame_damaged_weights(editor: Editor) -> Iterator[None]:
 
 def edit(
     editor: Editor, frames: torch.Tensor, cond: Conditioning, *, negative: Optional[Conditioning] = None,
-    settings: EditSettings = EditSettings(), fps: float = 16.0, audio: Optional[Audio] = None,
+    settings: EditSettings = EditSettings(), fps: float = 16.0, audio: Optional[Audio] = None,  # noqa: B008 (frozen)
     resize_to: Optional[tuple[int, int]] = None, progress: ProgressFn = no_progress,
 ) -> EditResult:
     """Edit `frames` [T,H,W,C] (0..1) following `cond`. The frame count is snapped to 4k+1 (trailing frames

@@ -26,7 +26,7 @@ class EditSettings:
     strength: float = 1.0  # < 1 starts from the source latents noised to that level
     sampler: Optional[str] = None  # None: the editor's (its scheduler config), else DEFAULT_SAMPLER
 
-    def resolved(self, model: Optional[Mapping[str, object]] = None) -> "EditSettings":
+    def resolved(self, model: Optional[Mapping[str, object]] = None) -> EditSettings:
         """These settings with shift / sampler left as None taken from `model` (an editor's `sampling_defaults`,
         read from its folder's scheduler config), else from DEFAULT_SHIFT / DEFAULT_SAMPLER."""
         model = model or {}

@@ -103,7 +103,7 @@ def main(n: int = 3, steps: int = 20) -> None:
     totals: dict[str, list[list[float]]] = {}
     for name, src in sources(n):
         cond, _ = build_conditioning(editor, instruction, src[0], mode="text")
-        edit_run = Runner(lambda x: edit(editor, x, cond, settings=settings).frames)
+        edit_run = Runner(lambda x, cond=cond: edit(editor, x, cond, settings=settings).frames)
         vae_run = Runner(lambda x: decode_latents(editor, encode_frames(editor, x)))
         rows, cols = center_square(*src.shape[1:3])
         cells = []

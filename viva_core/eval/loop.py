@@ -46,7 +46,7 @@ def _as_output(result) -> torch.Tensor:
 
 
 def evaluate(manifest: PathLike, editor_fn: Callable[[EditRecord, torch.Tensor], torch.Tensor] | None = None, *,
-             outputs_dir: PathLike | None = None, judge: "Judge | None" = None, limit: int | None = None,
+             outputs_dir: PathLike | None = None, judge: Judge | None = None, limit: int | None = None,
              progress: ProgressFn | None = None, max_frames: int | None = None, judge_frames: int = 4,
              previews: int = 8) -> EvalReport:
     """Score every record of a manifest with ground truth (target_video; mask_video optional).

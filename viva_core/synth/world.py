@@ -62,7 +62,7 @@ class World:
         return json.dumps(asdict(self))
 
     @staticmethod
-    def from_json(text: str) -> "World":
+    def from_json(text: str) -> World:
         d = json.loads(text)
         objects = tuple(Obj(**{**o, "pos": tuple(o["pos"]), "vel": tuple(o["vel"])}) for o in d["objects"])
         bg = Background(d["background"]["kind"], tuple(d["background"]["colours"]))

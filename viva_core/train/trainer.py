@@ -374,7 +374,7 @@ class Trainer:
         ratios: list[float] = []
         sigmas = shifted_sigmas(r.steps, r.shift)
         k = 0
-        for (gi, rec, enc, _, _, transitions), a in groups:
+        for (_gi, rec, enc, _, _, transitions), a in groups:
             share = a.shape[0] / n_terms  # this batch's samples' share of the mean
             for tr in transitions:
                 k += 1
@@ -412,7 +412,7 @@ class Trainer:
         start = self.world.rank * len(items)
         local_w = weights[start:start + len(items)]
         total = 0.0
-        for k, ((gi, rec, enc, m, latents, _), w) in enumerate(zip(items, local_w)):
+        for k, ((gi, rec, enc, _m, latents, _), w) in enumerate(zip(items, local_w)):
             sync = self._grad_sync(k == len(items) - 1)
             with sync:
                 loss = self._fm_loss(self.dit, rec, enc, gi * 1000 + k, step, weight=float(w), x0=latents) / len(items)

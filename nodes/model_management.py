@@ -26,6 +26,7 @@ import torch
 from ..viva_core.editor import Editor
 from ..viva_core.errors import InputError
 from ..viva_core.lora import FP8_DTYPES, LoraSpec, read_lora
+from ..viva_core.preview import preview_rgb_factors
 from ..viva_core.train.adapters import remove_lora
 
 PATCHER_ATTR = "_viva_patcher"  # the base ModelPatcher of a part, kept on the part itself (dies with it)
@@ -199,9 +200,34 @@ def vlm_host() -> ComfyHost:
     return ComfyHost(mm.get_torch_device(), mm.text_encoder_offload_device())
 
 
-def previewer(editor: Editor) -> Optional[latent_preview.LatentPreviewer]:
-    """ComfyUI's latent previewer for the editor's latents (Wan2.1 / Wan2.2 VAE spaces), as its samplers pick it
-    (`--preview-method`; None when previews are off or the latent space is not a Wan one)."""
+class VivaLatentFormat(comfy.latent_formats.LatentFormat):
+    """The latent format of a VAE that ships its own latent -> RGB projection (viva_core.preview: the bundled small
+    VAE's vae/latent_rgb.json). Only what the previewer reads: video latents [B, C, T, H, W] of `latent_channels`
+    channels, Latent2RGB factors and bias, and no TAESD decoder (so `--preview-method taesd` also falls back to
+    Latent2RGB). Our latents are already normalized by the sampler, so process_in/out stay the identity."""
+
+    latent_dimensions = 3
+
+    def __init__(self, factors: list[list[float]], bias: list[float]) -> None:
+        self.latent_channels = len(factors)
+        self.latent_rgb_factors, self.latent_rgb_factors_bias = factors, bias
+        self.taesd_decoder_name = None
+
+
+def latent_format(editor: Editor) -> Optional[comfy.latent_formats.LatentFormat]:
+    """The format whose factors preview the editor's latents: the VAE's own (VivaLatentFormat) when it has them,
+    else ComfyUI's for the Wan2.1 (z 16) / Wan2.2 (z 48) VAE spaces, else None."""
+    own = preview_rgb_factors(editor)
+    if own is not None:
+        return VivaLatentFormat(*own)
     fmt = {16: comfy.latent_formats.Wan21, 48: comfy.latent_formats.Wan22}.get(editor.z_dim)
-    return latent_preview.get_previewer(editor.device, fmt()) if fmt is not None else None
+    return fmt() if fmt is not None else None
+
+
+def previewer(editor: Editor) -> Optional[latent_preview.LatentPreviewer]:
+    """ComfyUI's latent previewer for the editor's latents, as its samplers pick it (`--preview-method`; None when
+    previews are off or there are no factors for the latent space). The sampler's progress hands it the predicted
+    clean latents as [1, z, T', H', W'] (ComfyUI's video layout); Latent2RGB shows the first latent frame."""
+    fmt = latent_format(editor)
+    return latent_preview.get_previewer(editor.device, fmt) if fmt is not None else None
 

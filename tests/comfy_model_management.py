@@ -7,7 +7,8 @@ management, and one JSON line on stdout reports what tests/test_comfyui.py check
   reloads them and gives the identical output;
 - the DiT's weights while a LoRA edit's patches are on and after ComfyUI unpatched them (bit-identical?);
 - the hosted edits against the same edits by viva_core alone (no ComfyUI host: its own LoRA merge);
-- the progress bar's preview images (`--preview-method latent2rgb`) and an interrupt raised from the bar's hook.
+- the progress bar's preview images (`--preview-method latent2rgb`) and an interrupt raised from the bar's hook;
+- the latent format previews use: the bundled small VAE's own factors, ComfyUI's Wan21 for the tiny editor.
 
     python comfy_model_management.py REPO MODELS_ROOT
 """
@@ -38,8 +39,10 @@ spec.loader.exec_module(pack)
 from comfyui_viva.nodes.common import register_model_folders  # noqa: E402
 from comfyui_viva.nodes.edit import EditVideo, EncodeInstruction, JudgeEdit, LoadVideo  # noqa: E402
 from comfyui_viva.nodes.loaders import LoadEditor, LoadVLM, LoraLoader  # noqa: E402
+from comfyui_viva.nodes.model_management import latent_format, previewer  # noqa: E402
 from comfyui_viva.viva_core.editor import EditorOptions, load_editor  # noqa: E402
 from comfyui_viva.viva_core.pipeline import EditSettings, edit  # noqa: E402
+from comfyui_viva.viva_core.preview import preview_rgb_factors  # noqa: E402
 
 register_model_folders()
 calls: list[tuple[int, int, object]] = []
@@ -150,6 +153,16 @@ EncodeInstruction.execute(small, "Invert the colours.", frames, "instructor", ""
                           refiner="tiny_refiner.safetensors")
 out["after_instructor"] = loaded()
 out["auto_dtypes_on_cpu"] = [str(small.dtype), str(instructor.dtype), str(judge.dtype)]
+# latent previews: the bundled small VAE's own fitted factors (vae/latent_rgb.json), ComfyUI's Wan21 for the tiny one
+own = preview_rgb_factors(small)
+out["latent_formats"] = [type(latent_format(small)).__name__, type(latent_format(editor)).__name__]
+small_previewer = previewer(small)
+out["small_previewer"] = type(small_previewer).__name__
+out["small_previewer_factors"] = bool(torch.equal(small_previewer.latent_rgb_factors.T, torch.tensor(own[0]))
+                                      and torch.equal(small_previewer.latent_rgb_factors_bias, torch.tensor(own[1])))
+zeros = small_previewer.decode_latent_to_preview_image("JPEG", torch.zeros(1, 16, 5, 16, 16))[1]  # [B, C, T, H, W]
+out["small_zero_preview"] = [list(zeros.size), list(zeros.getpixel((3, 5))),
+                             [int((b + 1) / 2 * 255) for b in own[1]]]  # the bias colour, as preview_to_image maps it
 JudgeEdit.execute(judge, frames, first, "Invert the colours.", 2, False)
 out["after_judge"] = loaded()
 mm.unload_all_models()

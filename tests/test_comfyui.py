@@ -353,7 +353,8 @@ def test_models_are_under_comfyuis_model_management(models):
     """In-process in ComfyUI (tests/comfy_model_management.py): each part is loaded through ComfyUI's registry when
     it runs, `unload_all_models` (POST /free) takes all out, the next edit reloads them and is identical; the LoRA
     is ComfyUI patches, undone bit-exactly on unload and when the base model loads; hosted edits equal
-    viva_core's own; the bar gets latent previews and an interrupt stops the edit at the next step."""
+    viva_core's own; the bar gets latent previews (the bundled small VAE's own factors) and an interrupt stops the
+    edit at the next step."""
     proc = subprocess.run([_comfy_py(), str(Path(__file__).parent / "comfy_model_management.py"), str(REPO),
                            models["root"]], cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -369,6 +370,10 @@ def test_models_are_under_comfyuis_model_management(models):
     assert r["fp8_core_max_diff_lora"] < 1e-6 and r["fp8_lora_changes_edit"] and r["fp8_weights_untouched"], r
     assert r["progress"] == [[i, 4] for i in range(1, 5)], r
     assert r["previews"] == [["JPEG", [4, 4]]] * 4, r  # one latent2rgb image per step, at the latents' 4x4
+    assert r["latent_formats"] == ["VivaLatentFormat", "Wan21"], r  # the small VAE's own factors (issue 12)
+    assert r["small_previewer"] == "Latent2RGBPreviewer" and r["small_previewer_factors"], r
+    size, pixel, bias_colour = r["small_zero_preview"]
+    assert size == [16, 16] and max(abs(a - b) for a, b in zip(pixel, bias_colour)) <= 1, r  # 1 px a latent
     assert r["interrupted"] and r["updates_before_interrupt"] == [1, 2], r
     assert "VivaQwen2_5_VLForConditionalGeneration" in r["after_instructor"], r
     assert "VivaTokenRefiner" in r["after_instructor"], r

@@ -3,6 +3,7 @@
     python recipes/small/preview_factors.py                 # fit on 256 synth videos, measure on 64 held-out ones
     python recipes/small/preview_factors.py --write         # ... and store the result with the model
     python recipes/small/preview_factors.py --vae-folder DIR --write   # another project-trained VAE
+    python recipes/small/preview_factors.py --edits-only    # the shipped factors on two edits' predicted latents
 
 ComfyUI's Latent2RGB previewer (latent_preview.py) shows `linear(x0[0, :, 0].movedim(0, -1), factors.T, bias)`,
 mapped from [-1, 1] to 0..255: one linear map of the latent channels at every position of the first latent frame,
@@ -27,6 +28,10 @@ latent frame, for ComfyUI's Wan21 factors (what the nodes used before) and the f
 preview_rgb_factors(editor), which the ComfyUI nodes turn into the preview's LatentFormat); the file records the
 sha256 of the VAE weights it was fitted to, and tests/test_preview.py fails when they no longer match (re-run this
 after retraining the VAE).
+
+`--edits` (or `--edits-only`) also scores the shipped factors where previews are used: the bundled editor's
+predicted clean latents while it edits the example clip (two instructions, 12 steps, CFG 5, seed 0), against the
+decode of those same latents, at the middle and the last step.
 """
 from __future__ import annotations
 
@@ -134,6 +139,33 @@ def scores(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     return out
 
 
+EDIT_INSTRUCTIONS = ("Invert the colours.", "Make the background red.")
+
+
+def edit_scores(candidates: dict) -> None:
+    """Preview vs decode of the bundled editor's predictions on the example clip (frame 0, latent grid)."""
+    from viva_core.conditioning import build_conditioning
+    from viva_core.editor import EditorOptions, load_editor
+    from viva_core.pipeline import EditSettings, decode_latents, edit
+    from viva_core.video import read_video
+
+    editor = load_editor(str(bundled.EDITOR), options=EditorOptions(dtype="fp32", device="cpu"))
+    frames = read_video(str(bundled.EXAMPLE)).frames
+    s_f = editor.spatial_factor
+    print("bundled editor on the example clip, 12 steps: preview of the predicted latents vs their decode, frame 0")
+    for instruction in EDIT_INSTRUCTIONS:
+        seen: list[torch.Tensor] = []
+        cond, _ = build_conditioning(editor, instruction, frames[0], mode="text")
+        edit(editor, frames, cond, settings=EditSettings(steps=12, cfg=5.0, seed=0),
+             progress=lambda done, total, preview, seen=seen: seen.append(preview))
+        for step in (len(seen) // 2, len(seen)):
+            z = seen[step - 1][:, :, :1]
+            truth = F.avg_pool2d(decode_latents(editor, z)[0].permute(2, 0, 1)[None] * 2 - 1, s_f)[:, :, None]
+            cells = [f"{name.split(' (')[0]} {scores(preview(z, f, b), truth)['psnr_frame0']:.2f} dB"
+                     for name, (f, b) in candidates.items() if "source" not in name and "all" not in name]
+            print(f"  {instruction!r} step {step}/{len(seen)}: " + ", ".join(cells))
+
+
 def dump(info: dict) -> str:
     """JSON with one line per factor row (the file is read by people too)."""
     text = json.dumps({**info, "latent_rgb_factors": "@ROWS@"}, indent=2)
@@ -146,10 +178,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--vae-folder", default=str(bundled.EDITOR / "vae"), help="a diffusers AutoencoderKLWan folder")
     p.add_argument("--train", type=int, default=256, help="videos to fit on (sources and targets of seed-0 clips)")
     p.add_argument("--held-out", type=int, default=64, help="videos to measure on (seed-1 clips)")
+    p.add_argument("--edits", action="store_true", help="also score the factors on the bundled editor's edits")
+    p.add_argument("--edits-only", action="store_true", help="score the shipped factors on edits only (no fit)")
     p.add_argument("--write", action="store_true", help=f"store the factors as {LATENT_RGB_FILE} in the VAE folder")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     folder = Path(args.vae_folder)
+    if args.edits_only:
+        from viva_core.preview import read_latent_rgb
+
+        z_dim = json.loads((folder / "config.json").read_text())["z_dim"]
+        own = [torch.tensor(t) for t in read_latent_rgb(folder / LATENT_RGB_FILE, z_dim)]
+        edit_scores({"ComfyUI Wan21 factors (before)": (torch.tensor(WAN21_FACTORS), torch.tensor(WAN21_BIAS)),
+                     "fitted on frame 0 (shipped)": tuple(own)})
+        return {}
     vae = load_vae(folder)
     print(f"VAE {folder}: z {vae.config.z_dim}, x{vae.config.scale_factor_spatial} space, "
           f"x{vae.config.scale_factor_temporal} time")
@@ -175,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     ceiling = scores(test["source"], test["decode"])
     print(f"  (source pixels vs decode on the same grid, the codec's own error: frame 0 PSNR "
           f"{ceiling['psnr_frame0']:.2f} dB, all {ceiling['psnr_all']:.2f} dB)")
+    if args.edits:
+        edit_scores(candidates)
     if args.write:
         weights = sorted(folder.glob("*.safetensors"))
         info = {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # How the bundled small models were made (one GPU; each phase fits a 10-minute job). Run from the repo root:
 #   bash recipes/small/make.sh data vae vae_long   # the VAE: 5-frame windows, then whole 17-frame clips
+#   python recipes/small/preview_factors.py --vae-folder RUN/vae --write   # its latent preview factors (CPU)
 #   bash recipes/small/make.sh judge               # the judge (at chance so far; see README)
 #   bash recipes/small/gpu_session.sh              # the shipped editor, the ablation rows, Edit-GRPO and RWO
 #   bash recipes/small/eval_all.sh                 # the README's benchmark table (then recipes/small/table.py)

@@ -219,6 +219,18 @@ def test_on_policy_ratio_is_exactly_one():
         clipped_policy_loss(logp, logp, adv[:3], 1e-4)
 
 
+def test_policy_loss_without_stats_is_the_same_loss():
+    """stats=False (the trainer's PPO pass, no host syncs) changes nothing but the statistics it skips."""
+    logp, old, adv = _rand(6, seed=14), _rand(6, seed=15), _rand(6, seed=16)
+    a, b = logp.clone().requires_grad_(), logp.clone().requires_grad_()
+    with_stats, st = clipped_policy_loss(a, old, adv, 0.2)
+    without, none = clipped_policy_loss(b, old, adv, 0.2, stats=False)
+    assert none == {} and st and torch.equal(with_stats.detach(), without.detach())
+    with_stats.backward()
+    without.backward()
+    assert torch.equal(a.grad, b.grad)
+
+
 def test_kl_to_reference():
     mu = _rand(2, 3, 4, seed=14)
     assert kl_to_reference(mu, mu.clone(), 0.3).tolist() == [0.0, 0.0]

@@ -41,10 +41,10 @@ class EditResult:
 
 
 def pad_tokens(embeds: torch.Tensor, length: int) -> torch.Tensor:
-    """Zero-pad [1, L, D] tokens to `length` (Wan was trained on zero-padded 512-token text); longer inputs are kept."""
+    """Zero-pad [B, L, D] tokens to `length` (Wan was trained on zero-padded 512-token text); longer inputs are kept."""
     if embeds.shape[1] >= length:
         return embeds
-    return torch.cat([embeds, embeds.new_zeros(1, length - embeds.shape[1], embeds.shape[2])], dim=1)
+    return torch.cat([embeds, embeds.new_zeros(embeds.shape[0], length - embeds.shape[1], embeds.shape[2])], dim=1)
 
 
 def unconditional(editor: Editor) -> Conditioning:
@@ -91,11 +91,17 @@ def encode_frames(editor: Editor, frames: torch.Tensor) -> torch.Tensor:
 
 def decode_latents(editor: Editor, z: torch.Tensor) -> torch.Tensor:
     """Normalized latents -> [T,H,W,C] 0..1 fp32 on CPU."""
+    return decode_latents_batch(editor, z[:1])[0]
+
+
+def decode_latents_batch(editor: Editor, z: torch.Tensor) -> torch.Tensor:
+    """Normalized latents [N, z, T', H', W'] -> [N,T,H,W,C] 0..1 fp32 on CPU, in one VAE call (samples are
+    independent in the VAE: each clip decodes as it would alone, up to kernel rounding)."""
     with editor.on_device(editor.vae) as vae:
         dev, dt = next(vae.parameters()).device, next(vae.parameters()).dtype
         with torch.no_grad():
             video = vae.decode(normalize_latents(vae, z.to(dev, torch.float32), inverse=True).to(dt)).sample
-    return ((video[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).cpu()
+    return ((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).cpu()
 
 
 def conform_for_editor(editor: Editor, frames: torch.Tensor, working_size: Optional[tuple[int, int]] = None

@@ -154,13 +154,14 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, weights: to
     return adv.clamp(-clip, clip), (dropped / len(groups) if groups else 0.0)
 
 
-def clipped_policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, clip_range: float
-                        ) -> tuple[torch.Tensor, dict[str, float]]:
+def clipped_policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, clip_range: float, *,
+                        stats: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO-clip loss mean(max(-A ρ, -A clip(ρ, 1-ε, 1+ε))), ρ = exp(logp - logp_old), and statistics.
 
     `logp_old` and `adv` are treated as constants. Stats (floats): ratio_mean, ratio_std (population),
     clip_frac = fraction with |ρ - 1| > ε (Flow-GRPO's definition), approx_kl = mean((logp_old - logp)^2) / 2
-    (the k2 estimator Flow-GRPO logs). On-policy (logp == logp_old): ρ = 1, clip_frac = 0, loss = -mean(A)."""
+    (the k2 estimator Flow-GRPO logs). On-policy (logp == logp_old): ρ = 1, clip_frac = 0, loss = -mean(A).
+    `stats=False` returns {} instead: the four floats are host syncs, which a training loop on a GPU avoids."""
     if clip_range <= 0:
         raise InputError(f"clip_range must be > 0, got {clip_range}.")
     logp = logp.float()
@@ -174,12 +175,14 @@ def clipped_policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.T
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
     loss = torch.maximum(unclipped, clipped).mean()
+    if not stats:
+        return loss, {}
     with torch.no_grad():
-        stats = {"ratio_mean": float(ratio.mean()),
-                 "ratio_std": float(ratio.std(unbiased=False)),
-                 "clip_frac": float(((ratio - 1.0).abs() > clip_range).float().mean()),
-                 "approx_kl": float(0.5 * (log_ratio ** 2).mean())}
-    return loss, stats
+        out = {"ratio_mean": float(ratio.mean()),
+               "ratio_std": float(ratio.std(unbiased=False)),
+               "clip_frac": float(((ratio - 1.0).abs() > clip_range).float().mean()),
+               "approx_kl": float(0.5 * (log_ratio ** 2).mean())}
+    return loss, out
 
 
 def kl_to_reference(mean_theta: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:

@@ -197,6 +197,82 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
 
 
+def test_grpo_records_batched_per_dit_call_equal_the_per_record_path(assets):
+    """rollout.micro_batch: all records' groups in one DiT call per step (and one VAE decode) give the samples,
+    log-probs, rewards and advantages of the per-record path written out here independently (one record's G
+    samples per call, guided by hand, each clip decoded alone), and the PPO pass the same loss, statistics and
+    gradient as one record per call."""
+    from viva_core.pipeline import decode_latents, pad_tokens
+    from viva_core.sampling import shifted_sigmas
+    from viva_core.train import losses as L
+    from viva_core.train.rewards import RewardInput, score_all
+    from viva_core.train.rollout import sde_rollout
+    from viva_core.train.trainer import _gen
+
+    sets = ["method=grpo", "optim.batch_size=3", "rollout.group_size=2", "rollout.steps=3", "rollout.window=2",
+            "rollout.cfg=3.0", "rollout.kl_beta=0.5", "rollout.clip_range=0.005",
+            'rewards.weights={"preservation": 1.0}']
+    t = Trainer(config(assets, assets["root"] / "grpo_batched", *sets))
+    t._setup()
+    batch = [(gi, rec, t._encoded(rec)) for gi, rec in t._local_batch(0)]
+    assert len(t._record_chunks(batch)) == 1  # auto: the three records share every DiT call
+    items, adv, stats, all_r, _ = t._rollouts_and_advantages(0)
+
+    r, sig = t.cfg.rollout, shifted_sigmas(3, t.cfg.rollout.shift)
+    neg = t.editor.encode_text("").embeds
+    want_r, want_lat, want_tr = [], [], []
+    for gi, rec, enc in batch:  # the per-record path as it was: one record's group per DiT call, clips decoded alone
+        text = t._condition(rec, enc)
+        negp = pad_tokens(neg, text.shape[1]).to(text)
+
+        def guided(x, s, text=text, negp=negp, enc=enc):
+            cond = t._velocity(t.base, x, enc["source"], s, text.expand(x.shape[0], -1, -1))
+            unc = t._velocity(t.base, x, enc["source"], s, negp.expand(x.shape[0], -1, -1))
+            return unc + 3.0 * (cond - unc)
+
+        gens = [_gen(t.cfg.seed, 0, gi, m, 2) for m in range(2)]
+        with torch.no_grad():
+            lat, trs = sde_rollout(guided, enc["source"].shape[1:], sig, [1, 2], r.noise_level, gens, t.device)
+        frames = torch.stack([decode_latents(t.editor, z.unsqueeze(0)) for z in lat])
+        inp = RewardInput(source=enc["source_frames"].expand(2, -1, -1, -1, -1), edited=frames,
+                          instructions=[rec.instruction] * 2, masks=enc["mask_frames"].expand(2, -1, -1, -1))
+        want_r.append(score_all(t.rewards, inp))
+        want_lat.append(lat)
+        want_tr.append(trs)
+    want_r = torch.cat(want_r)
+    want_adv, _ = L.group_advantages(want_r, torch.tensor([gi for gi, _, _ in batch]).repeat_interleave(2),
+                                     t.reward_weights)
+    assert len(items) == 6
+    for k, (_gi, _rec, _enc, m, lat, trs) in enumerate(items):
+        torch.testing.assert_close(lat[0], want_lat[k // 2][m], rtol=1e-4, atol=1e-5)
+        for got, want in zip(trs, want_tr[k // 2]):
+            assert got.step == want.step
+            torch.testing.assert_close(got.x[m], want.x[m], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(got.x_next[m], want.x_next[m], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(got.log_prob[m], want.log_prob[m], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(all_r, want_r, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(adv, want_adv, rtol=1e-3, atol=1e-4)
+    assert stats["reward"] == pytest.approx(float(want_r.mean()), rel=1e-5)
+
+    # the PPO pass, off-policy so the clip acts: three records per call vs one record per call
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in t.params:
+            p.add_(0.3 * torch.randn_like(p))
+    groups = [(items[i], adv[i:i + 2]) for i in range(0, len(items), 2)]
+    passes = {}
+    for micro in (0, 1):
+        t.cfg.rollout.micro_batch = micro
+        t.optimizer.zero_grad()
+        passes[micro] = (t._ppo_pass(groups), [p.grad.clone() for p in t.params])
+    (batched, g_batched), (single, g_single) = passes[0], passes[1]
+    assert batched["clip_frac"] > 0 and batched.keys() == single.keys()
+    for key in single:
+        assert batched[key] == pytest.approx(single[key], rel=1e-4, abs=1e-9), key
+    for got, want in zip(g_batched, g_single):  # fp32 sums in another order: equal to 1e-5 of the largest entry
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5 * float(want.abs().max()))
+
+
 def test_grpo_inner_updates_reuse_the_rollouts_off_policy(assets):
     """rollout.inner_updates=2: one optimizer step inside the GRPO step, then a second PPO pass over the same
     rollouts whose gradient is the single-pass gradient at the moved parameters, with ratios off 1."""

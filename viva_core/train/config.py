@@ -99,6 +99,12 @@ class RolloutConfig:
     # GRPO: optimizer steps per rollout batch (flow_grpo's inner epochs). 1 keeps every update on-policy, where the
     # PPO ratio is exactly 1 and the clip and KL never act; > 1 reuses each (costly) batch of rollouts.
     inner_updates: int = 1
+    # records whose G samples share one DiT call (rollouts and the GRPO pass); 1 = one record's group per call (the
+    # memory of the per-record path, for big DiTs); 0 = auto: as many as fit AUTO_TOKENS_PER_CALL latent tokens
+    # (with CFG's doubled rows), so the bundled 64x64 editor goes all at once and a 480p Wan record by record.
+    micro_batch: int = 0
+    # clips per VAE decode of the rollouts; 1 = one at a time; 0 = auto: as many as fit AUTO_PIXELS_PER_DECODE pixels
+    decode_batch: int = 0
     rwo_mode: str = "softmax"
     rwo_temperature: float = 1.0
 
@@ -186,7 +192,8 @@ class TrainConfig:
             ("rollout.steps", r.steps, 1, None), ("rollout.shift", r.shift, 0, None, True), ("rollout.cfg", r.cfg, 0, None),
             ("rollout.noise_level", r.noise_level, 0, None), ("rollout.window", r.window, 0, None),
             ("rollout.clip_range", r.clip_range, 0, None, True), ("rollout.kl_beta", r.kl_beta, 0, None),
-            ("rollout.inner_updates", r.inner_updates, 1, None),
+            ("rollout.inner_updates", r.inner_updates, 1, None), ("rollout.micro_batch", r.micro_batch, 0, None),
+            ("rollout.decode_batch", r.decode_batch, 0, None),
             ("rollout.rwo_temperature", r.rwo_temperature, 0, None, True), ("log.every", self.log.every, 1, None),
             ("log.checkpoint_every", self.log.checkpoint_every, 0, None),
             ("log.keep_checkpoints", self.log.keep_checkpoints, 0, None)]

@@ -21,7 +21,7 @@ from .. import compat
 from ..data import EditRecord, TensorCache, file_identity, load_manifest, load_sample, model_identity
 from ..editor import Conditioning, Editor, EditorOptions, load_editor
 from ..errors import InputError, NonFiniteError
-from ..pipeline import decode_latents, dit_velocity, encode_frames, guide, pad_tokens, unconditional
+from ..pipeline import decode_latents_batch, dit_velocity, encode_frames, guide, pad_tokens, unconditional
 from ..runtime import ProgressFn, no_progress
 from ..sampling import sde_step_with_logprob, shifted_sigmas
 from . import losses as L
@@ -32,9 +32,16 @@ from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_tempora
 from .config import TrainConfig, scheduled_lr
 from .distributed import World, all_gather_cat, init_world, shutdown
 from .metrics import MetricsLog
-from .rollout import sde_rollout
+from .rollout import Transition, sde_rollout
 
 log = logging.getLogger(__name__)
+
+# rollout.micro_batch = 0 (auto): latent tokens per DiT call, CFG's doubled rows counted. The bundled 64x64x17 editor
+# (320 tokens a sample) puts 12 records of 8 guided samples in a call; one 480x832x33 Wan record (14,040 tokens a
+# sample, 224,640 for 8 guided samples) already exceeds it, so big DiTs keep the per-record calls (and memory) they had.
+AUTO_TOKENS_PER_CALL = 2 ** 16
+# rollout.decode_batch = 0 (auto): frame pixels per VAE decode: 60 clips of 64x64x17; 480x832 clips one at a time.
+AUTO_PIXELS_PER_DECODE = 2 ** 22
 
 
 @dataclass
@@ -298,41 +305,109 @@ class Trainer:
         r = self.cfg.rollout
         return list(range(r.steps)) if not r.window else list(range(r.window_start, r.window_start + r.window))
 
-    def _rollout_group(self, rec: EditRecord, enc: dict, gi: int, step: int) -> tuple[torch.Tensor, list]:
-        """G Flow-SDE samples of the current policy for one record, batched per DiT call."""
+    def _records_per_call(self, enc: dict) -> int:
+        """How many records' groups share a DiT call: rollout.micro_batch, or under 0 as many as fit
+        AUTO_TOKENS_PER_CALL latent tokens counting CFG's doubled rows (at least 1)."""
         r = self.cfg.rollout
-        model = self.base
-        g = r.group_size
-        gens = [_gen(self.cfg.seed, step, gi, m, 2) for m in range(g)]
+        if r.micro_batch:
+            return r.micro_batch
+        patch = tuple(getattr(getattr(self.base, "config", None), "patch_size", None) or (1, 2, 2))
+        shape = tuple(enc["source"].shape[2:])
+        tokens = 1
+        for n, p in zip(shape, patch):
+            tokens *= max(1, n // p)
+        rows = r.group_size * (1 if r.cfg == 1.0 else 2)
+        return max(1, AUTO_TOKENS_PER_CALL // (tokens * rows))
+
+    def _record_chunks(self, batch: list) -> list[list[int]]:
+        """The local records (gi, rec, enc) in DiT-call chunks of `_records_per_call`. Records share a call only
+        when all share the latent shape and the text width (zero padding would change the DiT's cross-attention);
+        otherwise each goes alone. Under FSDP (collective forwards) every rank must make the same calls, so the
+        ranks agree on the chunk size first."""
+        if not batch:
+            return []
         with torch.no_grad():
-            text = self._condition(rec, enc)
-            return sde_rollout(lambda x, s: self._policy_velocity(model, x, enc["source"], s, text),
-                               enc["source"].shape[1:],
-                               shifted_sigmas(r.steps, r.shift), self._sde_steps(), r.noise_level, gens,
-                               self.device)
+            keys = {(tuple(enc["source"].shape), self._condition(rec, enc).shape[1]) for _, rec, enc in batch}
+        per = self._records_per_call(batch[0][2]) if len(keys) == 1 else 1
+        if self.world.active and self.cfg.optim.parallel == "fsdp":
+            dev = self.device if self.device.type == "cuda" else torch.device("cpu")
+            per = int(all_gather_cat(self.world, torch.tensor([per], device=dev)).min())
+        return [list(range(i, min(i + per, len(batch)))) for i in range(0, len(batch), per)]
+
+    def _stacked(self, part: list, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source latents and conditioning of a chunk's records, each repeated for its g samples: [B*g, ...] (one
+        record: [1, ...], broadcast in the DiT call as the per-record path always did)."""
+        texts = [self._condition(rec, enc) for _, rec, enc in part]
+        if len(part) == 1:
+            return part[0][2]["source"], texts[0]
+        source = torch.cat([enc["source"] for _, _, enc in part]).to(self.device)
+        return source.repeat_interleave(g, dim=0), torch.cat(texts).repeat_interleave(g, dim=0)
+
+    def _rollout_groups(self, batch: list, step: int) -> list[tuple[torch.Tensor, list[Transition]]]:
+        """G Flow-SDE samples of the current policy per local record (gi, rec, enc): (latents [G, ...], transitions).
+        The groups of a `_record_chunks` chunk share each DiT call; every sample draws its noise from its own
+        generator (seed, step, gi, member), so it is the same sample however the records are batched."""
+        r = self.cfg.rollout
+        g, model, out = r.group_size, self.base, []
+        for chunk in self._record_chunks(batch):
+            part = [batch[i] for i in chunk]
+            gens = [_gen(self.cfg.seed, step, gi, m, 2) for gi, _, _ in part for m in range(g)]
+            with torch.no_grad():
+                source, text = self._stacked(part, g)
+                latents, transitions = sde_rollout(lambda x, s, src=source, txt=text:
+                                                   self._policy_velocity(model, x, src, s, txt),
+                                                   part[0][2]["source"].shape[1:], shifted_sigmas(r.steps, r.shift),
+                                                   self._sde_steps(), r.noise_level, gens, self.device)
+            for j in range(len(part)):
+                rows = slice(j * g, (j + 1) * g)
+                out.append((latents[rows], [Transition(t.step, t.x[rows], t.x_next[rows], t.log_prob[rows])
+                                            for t in transitions]))
+        return out
+
+    def _decode_batch(self, clip_shape: torch.Size) -> int:
+        """Clips per VAE decode: rollout.decode_batch, or under 0 as many as fit AUTO_PIXELS_PER_DECODE frame
+        pixels (at least 1)."""
+        if self.cfg.rollout.decode_batch:
+            return self.cfg.rollout.decode_batch
+        t, h, w = clip_shape[-3:]
+        pixels = ((t - 1) * self.editor.temporal_factor + 1) * h * w * self.editor.spatial_factor ** 2
+        return max(1, AUTO_PIXELS_PER_DECODE // pixels)
+
+    def _decoded(self, latents: torch.Tensor) -> torch.Tensor:
+        """Rollout latents [N, ...] -> frames [N, T, H, W, C] (CPU), `_decode_batch` clips per VAE call."""
+        per = self._decode_batch(latents.shape)
+        return torch.cat([decode_latents_batch(self.editor, latents[i:i + per])
+                          for i in range(0, latents.shape[0], per)])
 
     def _rollouts_and_advantages(self, step: int) -> tuple[list, torch.Tensor, dict, torch.Tensor, torch.Tensor]:
         """G rollouts per local record, rewards on decoded frames, advantages over the gathered global batch.
         Returns (local items, local advantages, stats, global rewards [N, K], global group ids [N])."""
         from .rewards import RewardInput, score_all
 
+        batch = [(gi, rec, self._encoded(rec)) for gi, rec in self._local_batch(step)]
+        rolled = self._rollout_groups(batch, step)
+        g = self.cfg.rollout.group_size
+        # records are decoded a chunk at a time (whole groups, >= one group) and scored per record as before, so
+        # at most max(G, decode batch) clips of frames are held at once
+        per_chunk = max(1, self._decode_batch(rolled[0][0].shape) // g) if rolled else 1
         items, rewards, groups = [], [], []
-        for gi, rec in self._local_batch(step):
-            enc = self._encoded(rec)
-            latents, transitions = self._rollout_group(rec, enc, gi, step)
-            frames = [decode_latents(self.editor, z.unsqueeze(0)) for z in latents]
-            n, mask = len(frames), enc.get("mask_frames")
-            batch = RewardInput(source=enc["source_frames"].expand(n, -1, -1, -1, -1), edited=torch.stack(frames),
-                                instructions=[rec.instruction] * n,
-                                masks=mask.expand(n, -1, -1, -1) if mask is not None else None,
-                                source_captions=[rec.source_caption] * n, target_captions=[rec.target_caption] * n,
-                                latents=latents,
-                                targets=enc["target_frames"].expand(n, -1, -1, -1, -1) if "target_frames" in enc
-                                else None,
-                                labels=[self.labels.get(rec.line, {})] * n)
-            rewards.append(score_all(self.rewards, batch))
-            groups.append(torch.full((n,), gi))
-            items += [(gi, rec, enc, m, latents[m:m + 1], transitions) for m in range(n)]
+        for c in range(0, len(batch), per_chunk):
+            frames_all = self._decoded(torch.cat([lat for lat, _ in rolled[c:c + per_chunk]]))
+            for j, ((gi, rec, enc), (latents, transitions)) in enumerate(zip(batch[c:c + per_chunk],
+                                                                             rolled[c:c + per_chunk])):
+                n, mask = latents.shape[0], enc.get("mask_frames")
+                frames = frames_all[j * g:j * g + n]
+                batch_in = RewardInput(source=enc["source_frames"].expand(n, -1, -1, -1, -1), edited=frames,
+                                       instructions=[rec.instruction] * n,
+                                       masks=mask.expand(n, -1, -1, -1) if mask is not None else None,
+                                       source_captions=[rec.source_caption] * n,
+                                       target_captions=[rec.target_caption] * n, latents=latents,
+                                       targets=enc["target_frames"].expand(n, -1, -1, -1, -1)
+                                       if "target_frames" in enc else None,
+                                       labels=[self.labels.get(rec.line, {})] * n)
+                rewards.append(score_all(self.rewards, batch_in))
+                groups.append(torch.full((n,), gi))
+                items += [(gi, rec, enc, m, latents[m:m + 1], transitions) for m in range(n)]
         local_r, local_g = torch.cat(rewards).float(), torch.cat(groups)
         dev = self.device if self.world.active and self.device.type == "cuda" else torch.device("cpu")
         all_r = all_gather_cat(self.world, local_r.to(dev)).cpu()
@@ -365,44 +440,58 @@ class Trainer:
 
     def _ppo_pass(self, groups: list) -> dict:
         """One backward pass of the PPO-clip (+ KL) loss over every transition of the rollout batch. The G samples
-        of a record go through the DiT as one batch (they share source, conditioning and step), so a pass costs
-        records x window calls, not x G."""
+        of the records of a `_record_chunks` chunk go through the DiT as one batch per SDE step, so a pass costs
+        chunks x window calls, not records x G x window. The loss is the mean over every (sample, transition)
+        term whatever the chunking: each call's mean weighs by its share of the terms. Statistics stay on the
+        device until one transfer at the end (no host sync per call)."""
         r = self.cfg.rollout
         n_terms = sum(a.shape[0] * len(first[-1]) for first, a in groups)  # per-sample transitions: loss is their mean
-        n_calls = sum(len(first[-1]) for first, _ in groups)
-        agg = {"loss": 0.0, "loss_policy": 0.0, "loss_kl": 0.0, "ratio_mean": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
-        ratios: list[float] = []
         sigmas = shifted_sigmas(r.steps, r.shift)
+        recs = [(first[0], first[1], first[2]) for first, _ in groups]
+        chunks = self._record_chunks(recs)
+        n_calls = sum(len(groups[c[0]][0][-1]) for c in chunks)
+        sums = {"loss": [], "loss_policy": [], "loss_kl": []}
+        log_ratios: list[torch.Tensor] = []
         k = 0
-        for (_gi, rec, enc, _, _, transitions), a in groups:
-            share = a.shape[0] / n_terms  # this batch's samples' share of the mean
-            for tr in transitions:
+        for chunk in chunks:
+            part = [groups[i] for i in chunk]
+            a = torch.cat([adv for _, adv in part]).to(self.device)
+            share = a.shape[0] / n_terms  # this call's samples' share of the mean
+            for t, tr0 in enumerate(part[0][0][-1]):
                 k += 1
-                x, x_next = tr.x.to(self.device), tr.x_next.to(self.device)
-                s, s_next = float(sigmas[tr.step]), float(sigmas[tr.step + 1])
+                trs = [first[-1][t] for first, _ in part]
+                x = torch.cat([tr.x for tr in trs]).to(self.device)
+                x_next = torch.cat([tr.x_next for tr in trs]).to(self.device)
+                logp_old = torch.cat([tr.log_prob for tr in trs]).to(self.device)
+                s, s_next = float(sigmas[tr0.step]), float(sigmas[tr0.step + 1])
                 with self._grad_sync(k == n_calls):
-                    text = self._condition(rec, enc)
-                    v = self._policy_velocity(self.dit, x, enc["source"], s, text)
+                    source, text = self._stacked([recs[i] for i in chunk], a.shape[0] // len(chunk))
+                    v = self._policy_velocity(self.dit, x, source, s, text)
                     st = sde_step_with_logprob(x, v, s, s_next, r.noise_level, float(sigmas[1]), prev_sample=x_next)
-                    pl, pst = L.clipped_policy_loss(st.log_prob, tr.log_prob, a.to(self.device), r.clip_range)
+                    pl, _ = L.clipped_policy_loss(st.log_prob, logp_old, a, r.clip_range, stats=False)
                     loss = pl
                     if r.kl_beta > 0:
                         with torch.no_grad(), adapter_disabled(self.base):
-                            v_ref = self._policy_velocity(self.base, x, enc["source"], s, text)
+                            v_ref = self._policy_velocity(self.base, x, source, s, text)
                         ref = sde_step_with_logprob(x, v_ref, s, s_next, r.noise_level, float(sigmas[1]),
                                                     prev_sample=x_next)
                         kl = L.kl_to_reference(st.mean, ref.mean, st.std).mean()
                         loss = loss + r.kl_beta * kl
-                        agg["loss_kl"] += float(kl.detach()) * share
+                        sums["loss_kl"].append(kl.detach().double() * share)
                     (loss * share).backward()
-                agg["loss"] += float(loss.detach()) * share
-                agg["loss_policy"] += float(pl.detach()) * share
-                agg["clip_frac"] += pst["clip_frac"] * share
-                agg["approx_kl"] += pst["approx_kl"] * share
-                ratios += torch.exp(st.log_prob.detach().float().cpu() - tr.log_prob.float().cpu()).tolist()
-        agg["ratio_mean"] = sum(ratios) / max(1, len(ratios))
-        agg["ratio_std"] = float(torch.tensor(ratios).std()) if len(ratios) > 1 else 0.0
-        return agg
+                sums["loss"].append(loss.detach().double() * share)
+                sums["loss_policy"].append(pl.detach().double() * share)
+                log_ratios.append(st.log_prob.detach().float() - logp_old.float())
+        log_ratio = torch.cat(log_ratios) if log_ratios else torch.zeros(0, device=self.device)
+        ratio = torch.exp(log_ratio)
+        stats = torch.stack([torch.stack(v).sum() if v else torch.zeros((), dtype=torch.float64, device=self.device)
+                             for v in sums.values()]
+                            + [ratio.double().mean(),
+                               ratio.double().std() if ratio.numel() > 1 else ratio.new_zeros((), dtype=torch.float64),
+                               ((ratio - 1.0).abs() > r.clip_range).double().mean(),
+                               (0.5 * log_ratio ** 2).double().mean()]).tolist()  # the one host transfer
+        names = [*sums, "ratio_mean", "ratio_std", "clip_frac", "approx_kl"]
+        return dict(zip(names, stats))
 
     def _rwo_step(self, step: int) -> dict:
         r = self.cfg.rollout

@@ -58,9 +58,9 @@ def test_attention_backend_names(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="viva_core.compat"):
         assert compat.diffusers_attention_backend("sdpa_flash") == "native"
     assert "_native_flash" in caplog.text
-    with pytest.raises(DependencyError, match=r"attention 'sage'.*diffusers >= 0\.35"):
+    with pytest.raises(DependencyError, match=r"attention 'sage'.*diffusers >= 0\.40"):
         compat.diffusers_attention_backend("sage")
-    with pytest.raises(DependencyError, match="diffusers >= 0.35"):
+    with pytest.raises(DependencyError, match=f"diffusers >= {compat.MIN_DIFFUSERS}"):
         compat.set_attention_backend(torch.nn.Linear(1, 1), "sdpa")  # no set_attention_backend method
 
 
@@ -79,10 +79,23 @@ def test_keep_in_fp32_modules_falls_back_to_wans_list():
 def test_wan_converters_and_fully_shard(monkeypatch):
     assert callable(compat.wan_single_file_converter("transformer"))
     assert callable(compat.wan_single_file_converter("vae"))
-    with pytest.raises(DependencyError, match="diffusers >= 0.35"):
+    with pytest.raises(DependencyError, match=f"diffusers >= {compat.MIN_DIFFUSERS}"):
         compat.wan_single_file_converter("refiner")
     if torch.distributed.is_available():
         assert callable(compat.fully_shard())
     _hide(monkeypatch, "torch.distributed.fsdp")
     with pytest.raises(DependencyError, match=r"torch >= 2\.6 \(installed: "):
         compat.fully_shard()
+
+
+def test_the_floors_named_in_errors_are_pyprojects():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    from pathlib import Path
+
+    deps = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    for package, floor in (("torch", compat.MIN_TORCH), ("transformers", compat.MIN_TRANSFORMERS),
+                           ("diffusers", compat.MIN_DIFFUSERS)):
+        assert f"{package}>={floor}" in deps["dependencies"]

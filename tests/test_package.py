@@ -77,3 +77,30 @@ def test_requirements_txt_is_pyprojects_dependencies_without_torch():
     listed = _requirements(line for line in lines if line)
     assert not {"torch", "torchvision", "torchaudio"} & set(listed)
     assert listed == {name: spec for name, spec in wanted.items() if name != "torch"}
+
+
+def test_lowest_versions_constraints_pin_pyprojects_floors():
+    """tests/constraints-lowest.txt (the lowest-versions check, docs/dependencies.md) pins every floor of pyproject's
+    dependencies and of the plot extra (torch excepted: the command installs it), and nothing else."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    floors = {}
+    for line in project["dependencies"] + project["optional-dependencies"]["plot"]:
+        req = Requirement(line)
+        lows = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        if canonicalize_name(req.name) not in ("torch", "tomli"):
+            assert len(lows) == 1, f"{line}: no floor"
+            floors[canonicalize_name(req.name)] = lows[0]
+    lines = [line.split("#", 1)[0].strip() for line in (ROOT / "tests/constraints-lowest.txt").read_text().splitlines()]
+    pins = {}
+    for line in filter(None, lines):
+        name, _, version = line.partition("==")
+        pins[canonicalize_name(name)] = Version(version)
+    assert pins == floors

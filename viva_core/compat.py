@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 MIN_TORCH = "2.6"  # torch.distributed.fsdp.fully_shard (FSDP2) public
 MIN_TRANSFORMERS = "5.18"  # AutoImageProcessor loads Qwen2-VL's PIL image processor without torchvision
-MIN_DIFFUSERS = "0.35"  # ModelMixin.set_attention_backend, compile_repeated_blocks, Wan2.2 VAE
+MIN_DIFFUSERS = "0.40"  # set_attention_backend (0.35), UniPC flow-sigma grid as Wan ships it (0.37): docs/dependencies.md
 
 
 class DependencyError(VivaError):

@@ -1,4 +1,4 @@
-"""NOT YET RUN ON A GPU. Peak VRAM of edit -> judge -> a native ComfyUI model in one ComfyUI process, with our models
+"""Peak VRAM of edit -> judge -> a native ComfyUI model in one ComfyUI process, with our models
 placed by themselves as the nodes did before (`--mode before`: load_editor / load_vlm put every part on the GPU for
 good) and under ComfyUI's model management (`--mode after`: the nodes' ComfyHost, nodes/model_management.py).
 
@@ -14,7 +14,7 @@ Wan2.1-shaped VAE (8x space, z 16, random weights) and random text tokens; the j
 loaded by ComfyUI's own loader (`comfy.sd.load_diffusion_model`) and run once. `--budget-gb` makes ComfyUI act as
 on a card of that size (`--reserve-vram` = total - budget): at 6 GB the editor's DiT (2.8 GB) and the native model
 (2.8 GB) do not both fit, so under model management ComfyUI has to offload ours to load the native one.
-Prints one JSON line per phase: peak and resident allocated GiB, and what ComfyUI's registry holds. `--shape tiny`
+Results of the H200 run: bench/RESULTS.md. Prints one JSON line per phase: peak and resident allocated GiB, and what ComfyUI's registry holds. `--shape tiny`
 runs the same steps on a 2-layer DiT (a CPU check of the script itself).
 """
 from __future__ import annotations

@@ -6,6 +6,8 @@ Times with CUDA events, using the trainer's own pieces (add_lora, sde_step_with_
   grpo    one Edit-GRPO iteration: G rollouts x S steps (no grad, SDE on a window of W steps), then the update
           on the window steps (forward + backward per stored transition), then AdamW.
 VAE and reward time are not included (they depend on the reward); the DiT is what dominates at this size.
+The whole trainer's Edit-GRPO step on the bundled small editor (VAE decode, verifier rewards, records batched per
+DiT call vs one record per call) is `bench/bench_grpo_step.py`.
 Under torchrun the SFT step runs data-parallel (DDP) and reports samples/s per GPU count.
 
     python bench/bench_train.py [--frames 33] [--group 8 --steps 10 --window 2] [--checkpointing]

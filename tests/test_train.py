@@ -273,6 +273,42 @@ def test_grpo_records_batched_per_dit_call_equal_the_per_record_path(assets):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5 * float(want.abs().max()))
 
 
+def test_grpo_shared_start_gives_a_group_one_start_and_distinct_sde_noise(assets):
+    """rollout.shared_start: a record's G samples leave sigma 1 from one noise, drawn from the record's own generator
+    (independent of the members' SDE generators), so they are equal up to the first SDE step and differ after it;
+    different records start from different noise. Off, every member starts from its own draw."""
+    from viva_core.sampling import euler_step, shifted_sigmas
+    from viva_core.train.trainer import _gen
+
+    sets = ["method=grpo", "optim.batch_size=2", "rollout.group_size=3", "rollout.steps=3", "rollout.window=1",
+            "rollout.window_start=1", 'rewards.weights={"preservation": 1.0}']
+    shared = Trainer(config(assets, assets["root"] / "grpo_shared", *sets, "rollout.shared_start=true"))
+    shared._setup()
+    batch = [(gi, rec, shared._encoded(rec)) for gi, rec in shared._local_batch(0)]
+    groups = shared._rollout_groups(batch, 0)
+    starts = []
+    for (gi, rec, enc), (_, transitions) in zip(batch, groups):
+        x1 = transitions[0].x  # the state entering the SDE step 1: step 0 is the ODE from the start
+        assert transitions[0].step == 1  # rows of one DiT batch agree to rounding, not bit for bit
+        torch.testing.assert_close(x1[1:], x1[:1].expand(2, *x1.shape[1:]), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(transitions[0].x_next[0], transitions[0].x_next[1])  # the SDE noise differs
+        start = torch.randn(tuple(enc["source"].shape[1:]), generator=_gen(shared.cfg.seed, 0, gi, 3))
+        starts.append(start)
+        # independent reference of step 0: the Euler step of the policy's velocity from that start
+        sig = shifted_sigmas(3, shared.cfg.rollout.shift)
+        with torch.no_grad():
+            v = shared._policy_velocity(shared.base, start[None].to(shared.device), enc["source"], float(sig[0]),
+                                        shared._condition(rec, enc))
+        want = euler_step(start[None].to(shared.device), v, float(sig[0]), float(sig[1])).cpu()
+        torch.testing.assert_close(x1[:1], want, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(starts[0], starts[1])
+
+    own = Trainer(config(assets, assets["root"] / "grpo_own", *sets))
+    own._setup()
+    x1 = own._rollout_groups([(gi, rec, own._encoded(rec)) for gi, rec in own._local_batch(0)], 0)[0][1][0].x
+    assert not torch.allclose(x1[0], x1[1])  # default: each member's own start
+
+
 def test_grpo_inner_updates_reuse_the_rollouts_off_policy(assets):
     """rollout.inner_updates=2: one optimizer step inside the GRPO step, then a second PPO pass over the same
     rollouts whose gradient is the single-pass gradient at the moved parameters, with ratios off 1."""

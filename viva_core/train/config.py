@@ -94,6 +94,9 @@ class RolloutConfig:
     noise_level: float = 0.7
     window: int = 0  # 0: SDE (and training) on every step; k: SDE on k steps in the high-noise half, ODE elsewhere
     window_start: int = 1  # first step of the window (fixed for the run: per-sample random windows destabilize)
+    # The G samples of a record start from the same noise, so that their rewards differ only through the SDE steps'
+    # noise, the part of the sample the policy's log-probability accounts for (docs/small_models.md, section 14).
+    shared_start: bool = False
     clip_range: float = 1e-3
     kl_beta: float = 0.0
     # GRPO: optimizer steps per rollout batch (flow_grpo's inner epochs). 1 keeps every update on-policy, where the

@@ -352,12 +352,15 @@ class Trainer:
         for chunk in self._record_chunks(batch):
             part = [batch[i] for i in chunk]
             gens = [_gen(self.cfg.seed, step, gi, m, 2) for gi, _, _ in part for m in range(g)]
+            shape = part[0][2]["source"].shape[1:]
+            start = torch.stack([torch.randn(tuple(shape), generator=_gen(self.cfg.seed, step, gi, 3))
+                                 for gi, _, _ in part]).repeat_interleave(g, dim=0) if r.shared_start else None
             with torch.no_grad():
                 source, text = self._stacked(part, g)
                 latents, transitions = sde_rollout(lambda x, s, src=source, txt=text:
                                                    self._policy_velocity(model, x, src, s, txt),
-                                                   part[0][2]["source"].shape[1:], shifted_sigmas(r.steps, r.shift),
-                                                   self._sde_steps(), r.noise_level, gens, self.device)
+                                                   shape, shifted_sigmas(r.steps, r.shift),
+                                                   self._sde_steps(), r.noise_level, gens, self.device, start=start)
             for j in range(len(part)):
                 rows = slice(j * g, (j + 1) * g)
                 out.append((latents[rows], [Transition(t.step, t.x[rows], t.x_next[rows], t.log_prob[rows])

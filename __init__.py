@@ -2,6 +2,7 @@
 
 ComfyUI imports this file; the library lives in viva_core/ and works without ComfyUI.
 """
+
 import logging
 import sys
 
@@ -12,7 +13,8 @@ except ImportError:  # outside ComfyUI (e.g. pytest collecting the repo root), o
     if "comfy" in sys.modules or "folder_paths" in sys.modules:
         logging.getLogger(__name__).warning(
             "VIVA registers no nodes: this ComfyUI has no V3 node API (comfy_api.latest, added in ComfyUI 0.3.48; "
-            "the pack is tested on 0.3.64). Update ComfyUI to use the VIVA nodes.")
+            "the pack is tested on 0.3.64). Update ComfyUI to use the VIVA nodes."
+        )
 
 WEB_DIRECTORY = "./web"
 

@@ -9,6 +9,7 @@ and prints seconds, the ratio to the FLOP floor (FLOPs / measured bf16 matmul ra
 
     python bench/bench_dit.py [--frames 81 --height 480 --width 832] [--variants sdpa,sdpa_cudnn,compile_blocks]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,21 +23,35 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=32,
-                out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30)
+WAN_1_3B = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=12,
+    attention_head_dim=128,
+    in_channels=32,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=8960,
+    num_layers=30,
+)
 
 
 def dit_flops(cfg: dict, tokens: int, text: int, batch: int = 1) -> float:
     """Matmul FLOPs of one forward (2 per multiply-add): projections, attention, cross-attention, FFN, embed, head."""
     d, f, layers = cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["ffn_dim"], cfg["num_layers"]
-    per_layer = (8 * tokens * d * d            # self-attn q, k, v, o
-                 + 4 * tokens * tokens * d       # QK^T and PV
-                 + 4 * tokens * d * d            # cross-attn q, o
-                 + 4 * text * cfg["text_dim"] * d  # cross-attn k, v on text tokens (text_dim -> d after embedder)
-                 + 4 * tokens * text * d         # cross-attention scores and values
-                 + 4 * tokens * d * f)           # FFN
+    per_layer = (
+        8 * tokens * d * d  # self-attn q, k, v, o
+        + 4 * tokens * tokens * d  # QK^T and PV
+        + 4 * tokens * d * d  # cross-attn q, o
+        + 4 * text * cfg["text_dim"] * d  # cross-attn k, v on text tokens (text_dim -> d after embedder)
+        + 4 * tokens * text * d  # cross-attention scores and values
+        + 4 * tokens * d * f
+    )  # FFN
     p = cfg["patch_size"]
-    embed = 2 * tokens * d * cfg["in_channels"] * p[0] * p[1] * p[2] + 2 * tokens * d * cfg["out_channels"] * p[0] * p[1] * p[2]
+    embed = (
+        2 * tokens * d * cfg["in_channels"] * p[0] * p[1] * p[2]
+        + 2 * tokens * d * cfg["out_channels"] * p[0] * p[1] * p[2]
+    )
     text_embed = 2 * text * cfg["text_dim"] * d + 2 * text * d * d
     return batch * (layers * per_layer + embed + text_embed)
 
@@ -57,7 +72,10 @@ def time_cuda(fn, warmup: int, iters: int) -> list[float]:
 
 
 def matmul_rate(n: int = 8192) -> float:
-    x, y = torch.randn(n, n, device="cuda", dtype=torch.bfloat16), torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    x, y = (
+        torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
+        torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
+    )
     t = statistics.median(time_cuda(lambda: x @ y, 3, 10))
     return 2 * n**3 / t
 
@@ -95,15 +113,25 @@ def main() -> None:
 
     def record(name: str, times: list[float], batch: int = 1, peak: float | None = None) -> None:
         med = statistics.median(times)
-        rows.append({"name": name, "seconds": med, "spread": (max(times) - min(times)) / med, "floor_s": floor * batch,
-                     "x_floor": med / (floor * batch), "peak_gib": peak})
+        rows.append(
+            {
+                "name": name,
+                "seconds": med,
+                "spread": (max(times) - min(times)) / med,
+                "floor_s": floor * batch,
+                "x_floor": med / (floor * batch),
+                "peak_gib": peak,
+            }
+        )
 
     def baseline():
         with torch.no_grad():
             return model(hidden_states=inp, timestep=t1, encoder_hidden_states=text[:1], return_dict=False)[0]
 
     torch.cuda.reset_peak_memory_stats()
-    record("diffusers baseline (sdpa)", time_cuda(baseline, 3, args.iters), peak=torch.cuda.max_memory_allocated() / 2**30)
+    record(
+        "diffusers baseline (sdpa)", time_cuda(baseline, 3, args.iters), peak=torch.cuda.max_memory_allocated() / 2**30
+    )
 
     for variant in [v for v in args.variants.split(",") if v]:
         attention, compile_mode = ("sdpa", "blocks") if variant == "compile_blocks" else (variant, "off")
@@ -117,15 +145,22 @@ def main() -> None:
         def velocity():
             with torch.no_grad():
                 i = torch.cat([x, src], dim=1).to(dt)
-                return dit(hidden_states=i, timestep=t1, encoder_hidden_states=text[:1],  # noqa: B023 (called
-                           return_dict=False)[0].float()  # in this iteration only)
+                return dit(  # noqa: B023 (called in this iteration only)
+                    hidden_states=i,
+                    timestep=t1,
+                    encoder_hidden_states=text[:1],
+                    return_dict=False,
+                )[0].float()
 
         velocity()
         torch.cuda.synchronize()
         setup = time.perf_counter() - t0
         torch.cuda.reset_peak_memory_stats()
-        record(f"editor step ({variant}; first call {setup:.0f} s)", time_cuda(velocity, 2, args.iters),
-               peak=torch.cuda.max_memory_allocated() / 2**30)
+        record(
+            f"editor step ({variant}; first call {setup:.0f} s)",
+            time_cuda(velocity, 2, args.iters),
+            peak=torch.cuda.max_memory_allocated() / 2**30,
+        )
         if compile_mode != "off":
             torch._dynamo.reset()
             model = WanTransformer3DModel(**WAN_1_3B).to(dev, dt).eval().requires_grad_(False)
@@ -147,17 +182,22 @@ def main() -> None:
     record("CFG step two passes", time_cuda(cfg_two_passes, 2, args.iters), batch=2)
 
     base = rows[0]["seconds"]
-    print(f"\nshape: {args.frames}x{args.height}x{args.width} -> {tokens} tokens + {args.text} text; "
-          f"{flops / 1e12:.1f} TFLOP/forward; bf16 matmul {rate / 1e12:.0f} TFLOP/s; floor {floor:.3f} s; "
-          f"{torch.cuda.get_device_name()}")
+    print(
+        f"\nshape: {args.frames}x{args.height}x{args.width} -> {tokens} tokens + {args.text} text; "
+        f"{flops / 1e12:.1f} TFLOP/forward; bf16 matmul {rate / 1e12:.0f} TFLOP/s; floor {floor:.3f} s; "
+        f"{torch.cuda.get_device_name()}"
+    )
     print("| variant | s (median) | spread | x floor | vs baseline | peak GiB |\n|---|---|---|---|---|---|")
     for r in rows:
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] else ""
-        print(f"| {r['name']} | {r['seconds']:.3f} | {r['spread']:.1%} | {r['x_floor']:.2f} | "
-              f"{r['seconds'] / (base * r['floor_s'] / floor):.3f} | {peak} |")
+        print(
+            f"| {r['name']} | {r['seconds']:.3f} | {r['spread']:.1%} | {r['x_floor']:.2f} | "
+            f"{r['seconds'] / (base * r['floor_s'] / floor):.3f} | {peak} |"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"tokens": tokens, "tflop": flops / 1e12, "matmul_tflops": rate / 1e12,
-                                               "rows": rows}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"tokens": tokens, "tflop": flops / 1e12, "matmul_tflops": rate / 1e12, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

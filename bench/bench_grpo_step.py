@@ -12,6 +12,7 @@ Variants: per_record (rollout.micro_batch=1, rollout.decode_batch=1: one record'
 per decode), batched (both 0 = auto: all records of the step in one call on this editor), and `file` with
 --trainer-file (its own defaults). Default settings: recipes/small/grpo_v4.toml (bf16 on CUDA, fp32 on the CPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 def load_trainer_module(path: str | None):
     if not path:
         from viva_core.train import trainer
+
         return trainer
     spec = importlib.util.spec_from_file_location("viva_core.train._bench_trainer", path)  # relative imports work
     mod = importlib.util.module_from_spec(spec)
@@ -60,6 +62,7 @@ def timed_step(mod, cfg, steps: int, warmup: int) -> dict:
             if count:
                 calls[count] += 1
             return out
+
         setattr(obj, name, w)
         return f
 
@@ -79,6 +82,7 @@ def timed_step(mod, cfg, steps: int, warmup: int) -> dict:
         times[key] = times.get(key, 0.0) + time.perf_counter() - t0
         calls["dit"] += 1
         return out
+
     t._velocity = dit
     ppo_pass = t._ppo_pass
 
@@ -88,6 +92,7 @@ def timed_step(mod, cfg, steps: int, warmup: int) -> dict:
             return ppo_pass(*a, **k)
         finally:
             phase["ppo"] = False
+
     t._ppo_pass = ppo
     for name in ("decode_latents", "decode_latents_batch"):
         if hasattr(mod, name):
@@ -111,12 +116,19 @@ def timed_step(mod, cfg, steps: int, warmup: int) -> dict:
     n = cfg.optim.batch_size * r.group_size
     per = {k: v / steps for k, v in times.items()}
     # the rest: encodes (cached), SDE math and transfers of the rollouts, advantages, the optimizer step
-    per["other"] = dt - per.get("ppo_pass", 0.0) - per.get("decode", 0.0) - per.get("reward", 0.0) - \
-        per.get("dit_rollout", 0.0)
-    return {"step_s": dt, "steps_per_s": 1 / dt, "rollouts_per_s": n / dt,
-            "split_s": {k: round(v, 3) for k, v in per.items()},
-            "dit_calls_per_step": calls["dit"] / steps, "decode_calls_per_step": calls["decode"] / steps,
-            "reward": stats["reward"], "loss": stats["loss"]}
+    per["other"] = (
+        dt - per.get("ppo_pass", 0.0) - per.get("decode", 0.0) - per.get("reward", 0.0) - per.get("dit_rollout", 0.0)
+    )
+    return {
+        "step_s": dt,
+        "steps_per_s": 1 / dt,
+        "rollouts_per_s": n / dt,
+        "split_s": {k: round(v, 3) for k, v in per.items()},
+        "dit_calls_per_step": calls["dit"] / steps,
+        "decode_calls_per_step": calls["decode"] / steps,
+        "reward": stats["reward"],
+        "loss": stats["loss"],
+    }
 
 
 def main() -> None:
@@ -135,13 +147,25 @@ def main() -> None:
     from viva_core.train.config import load_config
 
     dtype = "bf16" if torch.cuda.is_available() else "fp32"
-    base = [f"data.manifest={args.data}", f"output_dir={args.out}", f"data.cache_dir={args.out}/cache",
-            f"model.dtype={dtype}", "log.checkpoint_every=0", *args.sets]
-    variants = {"per_record": ["rollout.micro_batch=1", "rollout.decode_batch=1"],
-                "batched": ["rollout.micro_batch=0", "rollout.decode_batch=0"], "file": []}
+    base = [
+        f"data.manifest={args.data}",
+        f"output_dir={args.out}",
+        f"data.cache_dir={args.out}/cache",
+        f"model.dtype={dtype}",
+        "log.checkpoint_every=0",
+        *args.sets,
+    ]
+    variants = {
+        "per_record": ["rollout.micro_batch=1", "rollout.decode_batch=1"],
+        "batched": ["rollout.micro_batch=0", "rollout.decode_batch=0"],
+        "file": [],
+    }
     names = [v for v in args.variants.split(",") if v] + (["file"] if args.trainer_file else [])
-    results = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-               "threads": torch.get_num_threads(), "settings": base[3:]}
+    results = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+        "settings": base[3:],
+    }
     for name in names:
         mod = load_trainer_module(args.trainer_file if name == "file" else None)
         sets = base + ([] if name == "file" else variants[name])

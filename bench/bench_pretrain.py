@@ -9,6 +9,7 @@ data preparation and compilation are excluded (they are reported apart, as the t
     python bench/bench_pretrain.py --manifest data/small/train.jsonl --vae viva_core/small_models/.../vae \
         --out runs/bench_pretrain [--baseline-src .bench_base] [--limit 2000 --steps 60]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,17 +31,32 @@ BASELINE = "instructor, batch 64"
 
 def run(name: str, sets: list[str], args: argparse.Namespace, src: Path, steps: int | None = None) -> dict:
     steps = steps or args.steps
-    out = Path(args.out).resolve() / f"{name}_{steps}".replace(", ", "_").replace(" ", "_").replace("(", "").replace(")", "")
-    common = [f"data.manifest={Path(args.manifest).resolve()}", f"data.limit={args.limit}",
-              f"editor.vae={Path(args.vae).resolve()}",
-              f"optim.steps={steps}", "optim.warmup_steps=10", f"optim.workers={args.workers}",
-              f"output_dir={out}", "stage=editor"]
+    out = Path(args.out).resolve() / f"{name}_{steps}".replace(", ", "_").replace(" ", "_").replace("(", "").replace(
+        ")", ""
+    )
+    common = [
+        f"data.manifest={Path(args.manifest).resolve()}",
+        f"data.limit={args.limit}",
+        f"editor.vae={Path(args.vae).resolve()}",
+        f"optim.steps={steps}",
+        "optim.warmup_steps=10",
+        f"optim.workers={args.workers}",
+        f"output_dir={out}",
+        "stage=editor",
+    ]
     cmd = [sys.executable, "-m", "viva_core.cli", "pretrain", str(Path(args.config).resolve())]
     cmd += [a for s in common + sets for a in ("--set", s)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=src, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                              [str(src.resolve())] + [p for p in [os.environ.get("PYTHONPATH")] if p])})
+    proc = subprocess.run(
+        cmd,
+        cwd=src,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(src.resolve())] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+        },
+    )
     wall = time.perf_counter() - t0
     if proc.returncode:
         return {"name": name, "error": proc.stderr[-800:]}
@@ -52,9 +68,15 @@ def run(name: str, sets: list[str], args: argparse.Namespace, src: Path, steps: 
     if len(timed) >= 2:
         first = next(r for r in timed if r["step"] >= min(20, timed[-1]["step"] - 10))
         steady = (timed[-1]["step"] - first["step"]) * batch / (timed[-1]["elapsed_s"] - first["elapsed_s"])
-    return {"name": name, "batch": batch, "steady_clips_s": steady, "loop_s": result["seconds"],
-            "overall_clips_s": result["steps_done"] * batch / result["seconds"], "process_s": wall,
-            "to_step_20_s": next((r["elapsed_s"] for r in timed if r["step"] >= 20), None)}
+    return {
+        "name": name,
+        "batch": batch,
+        "steady_clips_s": steady,
+        "loop_s": result["seconds"],
+        "overall_clips_s": result["steps_done"] * batch / result["seconds"],
+        "process_s": wall,
+        "to_step_20_s": next((r["elapsed_s"] for r in timed if r["step"] >= 20), None),
+    }
 
 
 def main() -> None:
@@ -91,8 +113,10 @@ def main() -> None:
         rate = r["steady_clips_s"] or r["overall_clips_s"]
         fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
         ratio = f"{rate / base:.1f}x" if base else "-"
-        print(f"| {r['name']} | {r['batch']} | {fmt(r['steady_clips_s'])} | {fmt(r['overall_clips_s'])} | "
-              f"{fmt(r['to_step_20_s'])} | {ratio} |")
+        print(
+            f"| {r['name']} | {r['batch']} | {fmt(r['steady_clips_s'])} | {fmt(r['overall_clips_s'])} | "
+            f"{fmt(r['to_step_20_s'])} | {ratio} |"
+        )
 
 
 if __name__ == "__main__":

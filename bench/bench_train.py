@@ -13,6 +13,7 @@ Under torchrun the SFT step runs data-parallel (DDP) and reports samples/s per G
     python bench/bench_train.py [--frames 33] [--group 8 --steps 10 --window 2] [--checkpointing]
     torchrun --nproc_per_node=2 bench/bench_train.py --only sft
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,10 +54,10 @@ def main() -> None:
     from diffusers import WanTransformer3DModel
 
     from viva_core.sampling import sde_step_with_logprob, shifted_sigmas
-    from viva_core.train.rollout import Transition, sde_rollout
     from viva_core.train import losses as L
     from viva_core.train.adapters import add_lora
     from viva_core.train.config import LoraConfig
+    from viva_core.train.rollout import Transition, sde_rollout
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -80,16 +81,26 @@ def main() -> None:
     z_src = torch.randn(1, 16, lt, lh, lw, device=dev)
     text = torch.randn(1, 512, 4096, device=dev, dtype=dt)
     mask = torch.zeros(1, 1, lt, lh, lw, device=dev)
-    mask[..., lh // 4: lh // 2, lw // 4: lw // 2] = 1
+    mask[..., lh // 4 : lh // 2, lw // 4 : lw // 2] = 1
     fwd = dit_flops(WAN_1_3B, tokens, 512)
     rate = matmul_rate()
-    results = {"tokens": tokens, "fwd_tflop": fwd / 1e12, "matmul_tflops": rate / 1e12, "world": world,
-               "gpu": torch.cuda.get_device_name(), "checkpointing": args.checkpointing}
+    results = {
+        "tokens": tokens,
+        "fwd_tflop": fwd / 1e12,
+        "matmul_tflops": rate / 1e12,
+        "world": world,
+        "gpu": torch.cuda.get_device_name(),
+        "checkpointing": args.checkpointing,
+    }
 
     def velocity(m, x, sigma, batch=1):
         t = torch.full((batch,), sigma * 1000.0, device=dev)
-        return m(hidden_states=torch.cat([x, z_src.expand(batch, -1, -1, -1, -1)], 1).to(dt), timestep=t,
-                 encoder_hidden_states=text.expand(batch, -1, -1), return_dict=False)[0].float()
+        return m(
+            hidden_states=torch.cat([x, z_src.expand(batch, -1, -1, -1, -1)], 1).to(dt),
+            timestep=t,
+            encoder_hidden_states=text.expand(batch, -1, -1),
+            return_dict=False,
+        )[0].float()
 
     if "forward" in args.only:  # what the LoRA costs per DiT call (rollouts are all forward)
         x1 = torch.randn_like(z_src)
@@ -111,10 +122,10 @@ def main() -> None:
         lora16 = timed()
         for p in params:
             p.data = p.data.float()
-        results["forward"] = {"no_lora_s": base, "lora_fp32_s": lora32, "lora_bf16_s": lora16,
-                              "floor_s": fwd / rate}
+        results["forward"] = {"no_lora_s": base, "lora_fp32_s": lora32, "lora_bf16_s": lora16, "floor_s": fwd / rate}
 
     if "sft" in args.only:
+
         def sft_step():
             opt.zero_grad(set_to_none=True)
             sigma = torch.rand(1, device=dev)
@@ -129,8 +140,13 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
         times = [cuda_time(sft_step) for _ in range(args.repeats)]
         t = statistics.median(times)
-        results["sft"] = {"seconds": t, "samples_per_s_total": world / t, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-                          "mfu_3x": 3 * fwd / t / rate, "floor_3x_s": 3 * fwd / rate}
+        results["sft"] = {
+            "seconds": t,
+            "samples_per_s_total": world / t,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "mfu_3x": 3 * fwd / t / rate,
+            "floor_3x_s": 3 * fwd / rate,
+        }
 
     if "grpo" in args.only and world == 1:
         sigmas = shifted_sigmas(args.steps, 5.0)
@@ -146,8 +162,14 @@ def main() -> None:
                 return sde_rollout(vel, z_src.shape[1:], sigmas, window, 0.7, gens, dev)
             parts = [sde_rollout(vel, z_src.shape[1:], sigmas, window, 0.7, [g], dev) for g in gens]
             return torch.cat([p[0] for p in parts]), [
-                Transition(t.step, torch.cat([p[1][k].x for p in parts]), torch.cat([p[1][k].x_next for p in parts]),
-                           torch.cat([p[1][k].log_prob for p in parts])) for k, t in enumerate(parts[0][1])]
+                Transition(
+                    t.step,
+                    torch.cat([p[1][k].x for p in parts]),
+                    torch.cat([p[1][k].x_next for p in parts]),
+                    torch.cat([p[1][k].log_prob for p in parts]),
+                )
+                for k, t in enumerate(parts[0][1])
+            ]
 
         def update(rollout):
             _, transitions = rollout
@@ -157,10 +179,11 @@ def main() -> None:
             for m in range(args.group):
                 for tr in transitions:
                     s, s2 = float(sigmas[tr.step]), float(sigmas[tr.step + 1])
-                    x = tr.x[m:m + 1].to(dev)
-                    st = sde_step_with_logprob(x, velocity(model, x, s), s, s2, 0.7, float(sigmas[1]),
-                                               prev_sample=tr.x_next[m:m + 1].to(dev))
-                    loss, _ = L.clipped_policy_loss(st.log_prob, tr.log_prob[m:m + 1].to(dev), adv[m].view(1), 1e-3)
+                    x = tr.x[m : m + 1].to(dev)
+                    st = sde_step_with_logprob(
+                        x, velocity(model, x, s), s, s2, 0.7, float(sigmas[1]), prev_sample=tr.x_next[m : m + 1].to(dev)
+                    )
+                    loss, _ = L.clipped_policy_loss(st.log_prob, tr.log_prob[m : m + 1].to(dev), adv[m].view(1), 1e-3)
                     (loss / n).backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -175,10 +198,16 @@ def main() -> None:
             upd.append(cuda_time(lambda: update(holder["r"])))  # noqa: B023 (timed right here)
         r, q, u = statistics.median(roll), statistics.median(seq), statistics.median(upd)
         n_fwd, n_upd = args.group * args.steps, args.group * args.window
-        results["grpo"] = {"rollout_s": r, "rollout_sequential_s": q, "update_s": u, "iteration_s": r + u,
-                           "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-                           "rollout_mfu": n_fwd * fwd / r / rate, "update_mfu_3x": n_upd * 3 * fwd / u / rate,
-                           "floor_s": (n_fwd * fwd + n_upd * 3 * fwd) / rate}
+        results["grpo"] = {
+            "rollout_s": r,
+            "rollout_sequential_s": q,
+            "update_s": u,
+            "iteration_s": r + u,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "rollout_mfu": n_fwd * fwd / r / rate,
+            "update_mfu_3x": n_upd * 3 * fwd / u / rate,
+            "floor_s": (n_fwd * fwd + n_upd * 3 * fwd) / rate,
+        }
 
     if rank == 0:
         print(json.dumps(results, indent=1))

@@ -10,13 +10,16 @@ Run it with ComfyUI's python, from anywhere (COMFYUI_DIR names the checkout); ex
     COMFYUI_DIR=~/ComfyUI python bench/comfy_vram.py --mode after -- --novram
 
 The editor is a Wan2.1-1.3B-shaped editor DiT (in 32 / out 16 channels, random bf16 weights, 2.8 GB) with a
-Wan2.1-shaped VAE (8x space, z 16, random weights) and random text tokens; the judge is the bundled small judge; the native model is the same DiT
+Wan2.1-shaped VAE (8x space, z 16, random weights) and random text tokens; the judge is the bundled small judge; the
+native model is the same DiT
 loaded by ComfyUI's own loader (`comfy.sd.load_diffusion_model`) and run once. `--budget-gb` makes ComfyUI act as
 on a card of that size (`--reserve-vram` = total - budget): at 6 GB the editor's DiT (2.8 GB) and the native model
 (2.8 GB) do not both fit, so under model management ComfyUI has to offload ours to load the native one.
-Results of the H200 run: bench/RESULTS.md. Prints one JSON line per phase: peak and resident allocated GiB, and what ComfyUI's registry holds. `--shape tiny`
+Results of the H200 run: bench/RESULTS.md. Prints one JSON line per phase: peak and resident allocated GiB, and what
+ComfyUI's registry holds. `--shape tiny`
 runs the same steps on a 2-layer DiT (a CPU check of the script itself).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +43,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--steps", type=int, default=4)
     argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     return p.parse_args(argv[: argv.index("--")] if "--" in argv else argv), extra
 
 
@@ -65,10 +68,12 @@ def main() -> None:
 
     import comfy.model_management as mm
     import comfy.sd
+
     importlib.import_module("utils.extra_config")  # as main.py does first: `utils` is then ComfyUI's package
 
-    spec = importlib.util.spec_from_file_location("comfyui_viva", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
+    spec = importlib.util.spec_from_file_location(
+        "comfyui_viva", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
     pack = importlib.util.module_from_spec(spec)
     sys.modules["comfyui_viva"] = pack
     spec.loader.exec_module(pack)
@@ -87,9 +92,17 @@ def main() -> None:
         dit, vae = comfy_native_wan(), tiny_vae()
     else:
         torch.manual_seed(0)
-        dit = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128,
-                                    in_channels=32, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960,
-                                    num_layers=30).to(torch.bfloat16)
+        dit = WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=12,
+            attention_head_dim=128,
+            in_channels=32,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=8960,
+            num_layers=30,
+        ).to(torch.bfloat16)
         vae = AutoencoderKLWan()  # diffusers' default config is the Wan2.1 VAE's architecture
     folder = tmp / "editor"
     dit.save_pretrained(folder / "transformer")
@@ -109,27 +122,42 @@ def main() -> None:
         fn()
         if cuda:
             torch.cuda.synchronize()
-        print(json.dumps({"mode": args.mode, "flags": flags + extra, "phase": name,
-                          "seconds": round(time.perf_counter() - t0, 2),
-                          "peak_gib": gib(torch.cuda.max_memory_allocated()) if cuda else None,
-                          "resident_gib": gib(torch.cuda.memory_allocated()) if cuda else None,
-                          "registry": sorted(type(m.model.model).__name__ for m in mm.current_loaded_models
-                                             if m.model is not None)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "mode": args.mode,
+                    "flags": flags + extra,
+                    "phase": name,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                    "peak_gib": gib(torch.cuda.max_memory_allocated()) if cuda else None,
+                    "resident_gib": gib(torch.cuda.memory_allocated()) if cuda else None,
+                    "registry": sorted(
+                        type(m.model.model).__name__ for m in mm.current_loaded_models if m.model is not None
+                    ),
+                }
+            ),
+            flush=True,
+        )
 
     hosted = args.mode == "after"
     dtype = "bf16" if cuda else "fp32"
-    editor = load_editor(str(folder), options=EditorOptions(dtype=dtype, device=str(device)),
-                         host=editor_host if hosted else None)
-    judge = Judge(load_vlm(bundled / "vlm" / "viva-small-judge", dtype=dtype, device=str(device),
-                           host=vlm_host() if hosted else None))
+    editor = load_editor(
+        str(folder), options=EditorOptions(dtype=dtype, device=str(device)), host=editor_host if hosted else None
+    )
+    judge = Judge(
+        load_vlm(
+            bundled / "vlm" / "viva-small-judge", dtype=dtype, device=str(device), host=vlm_host() if hosted else None
+        )
+    )
     g = torch.Generator().manual_seed(0)
     frames = torch.rand(args.frames, args.height, args.width, 3, generator=g)
     cond = Conditioning(torch.randn(1, 512, text_dim, generator=g) * 0.1, "random tokens")
     settings = EditSettings(steps=args.steps, cfg=1.0, seed=0, shift=5.0, strength=1.0, sampler="unipc")
     edited = {}
     phase("edit", lambda: edited.update(v=edit(editor, frames, cond, settings=settings, fps=16.0).frames))
-    phase("judge", lambda: judge.score(frames[: edited["v"].shape[0]], edited["v"], "Invert the colours.",
-                                       num_frames=4))
+    phase(
+        "judge", lambda: judge.score(frames[: edited["v"].shape[0]], edited["v"], "Invert the colours.", num_frames=4)
+    )
 
     def native() -> None:
         model = comfy.sd.load_diffusion_model(str(native_file))

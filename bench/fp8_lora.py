@@ -8,6 +8,7 @@ output: cosine vs fp32 — side path 0.9999999992 (fp32 compute) / 0.855 (bf16),
 model's merged LoRA 0.856 (bf16 compute); forward (fastest of 5) 2.78 s without LoRA, 3.02 s side path, 2.97 s
 old merge (the last should equal the first: ~7% noise from other work on the cores); apply+restore 0.12 s side
 path, 1.34 s merge. Not run on the GPU (no device time left in that session)."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,18 @@ from safetensors.torch import save_file
 import viva_core.lora as lora
 from viva_core.lora import LoraSpec, applied_loras, lora_target_names
 
-CFG = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
-           text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=2, rope_max_seq_len=1024)
+CFG = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=40,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=13824,
+    num_layers=2,
+    rope_max_seq_len=1024,
+)
 SHAPE, TEXT = (1, 16, 21, 60, 104), (1, 512, 4096)
 if not torch.cuda.is_available():  # on CPU: width 1024 (FFN 4096), 1,280 tokens; VIVA_BENCH_TINY=1: a smoke run
     if os.environ.get("VIVA_BENCH_TINY"):

@@ -4,6 +4,7 @@ max difference to the plain bf16 run and whether the base weights came back bit-
 
     python bench/gpu_smoke.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from tiny_editor import build_editor_folder  # noqa: E402
+
 from viva_core.editor import EditorOptions, load_editor  # noqa: E402
 from viva_core.lora import LoraLayer, lora_target_names, save_lora  # noqa: E402
 from viva_core.pipeline import EditSettings, edit  # noqa: E402
@@ -37,9 +39,14 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     frames = torch.rand(9, 64, 64, 3, generator=g)
     ref_editor = load_editor(str(folder), options=EditorOptions(dtype="bf16", device="cuda"))
-    layers = {n: LoraLayer(torch.randn(4, ref_editor.transformer.get_submodule(n).weight.shape[1], generator=g) * 0.2,
-                           torch.randn(ref_editor.transformer.get_submodule(n).weight.shape[0], 4, generator=g) * 0.2, 4.0)
-              for n in lora_target_names(ref_editor.transformer)}
+    layers = {
+        n: LoraLayer(
+            torch.randn(4, ref_editor.transformer.get_submodule(n).weight.shape[1], generator=g) * 0.2,
+            torch.randn(ref_editor.transformer.get_submodule(n).weight.shape[0], 4, generator=g) * 0.2,
+            4.0,
+        )
+        for n in lora_target_names(ref_editor.transformer)
+    }
     lora = str(save_lora(tmp / "l.safetensors", layers))
     settings = EditSettings(steps=4, cfg=3.0, seed=1, sampler="unipc")
     cond = ref_editor.encode_text("make the ball red")
@@ -58,8 +65,10 @@ def main() -> None:
             after = {k: v.detach().cpu() for k, v in ed.transformer.state_dict().items()}
             restored = all(torch.equal(before[k], after[k]) for k in before)
             peak = torch.cuda.max_memory_allocated() / 2**20
-            print(f"| {name} | {(out - ref).abs().max():.4f} | {(out_l - ref_lora).abs().max():.4f} | {restored} | "
-                  f"{peak:.0f} |")
+            print(
+                f"| {name} | {(out - ref).abs().max():.4f} | {(out_l - ref_lora).abs().max():.4f} | {restored} | "
+                f"{peak:.0f} |"
+            )
         except Exception as e:  # report and continue: this script exists to find what breaks
             print(f"| {name} | FAILED: {type(e).__name__}: {str(e)[:300]} | | | |")
 

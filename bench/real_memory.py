@@ -35,6 +35,7 @@ seconds, ...) as it goes, then a markdown table. `--shape tiny` runs the same co
     PYTHONPATH=. python bench/real_memory.py --only lucy,judge-7b
     PYTHONPATH=. python bench/real_memory.py --shape tiny
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,77 +57,190 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from bench_dit import WAN_1_3B  # noqa: E402
-from tiny_editor import TEXT_DIM as TINY_TEXT_DIM, tiny_tokenizer  # noqa: E402
+from tiny_editor import TEXT_DIM as TINY_TEXT_DIM  # noqa: E402
+from tiny_editor import tiny_tokenizer  # noqa: E402
 
 GIB = 2**30
 
 # ---- real shapes ---------------------------------------------------------------------------------------------
 # decart-ai/Lucy-Edit-Dev transformer/config.json: the Wan-AI/Wan2.2-TI2V-5B-Diffusers DiT with in_channels 96
 # (noise + source latents) instead of 48.
-LUCY_DIT = dict(patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=96, out_channels=48,
-                text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+LUCY_DIT = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=24,
+    attention_head_dim=128,
+    in_channels=96,
+    out_channels=48,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=14336,
+    num_layers=30,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
 # decart-ai/Lucy-Edit-Dev vae/config.json = Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json (the Wan2.2 VAE). The
 # latents' mean/std are placeholders (48 zeros / ones): they scale values, not memory.
-WAN22_VAE = dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                 attn_scales=[], temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
-                 out_channels=12, patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
-                 latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+WAN22_VAE = dict(
+    base_dim=160,
+    decoder_base_dim=256,
+    z_dim=48,
+    dim_mult=[1, 2, 4, 4],
+    num_res_blocks=2,
+    attn_scales=[],
+    temperal_downsample=[False, True, True],
+    is_residual=True,
+    in_channels=12,
+    out_channels=12,
+    patch_size=2,
+    scale_factor_spatial=16,
+    scale_factor_temporal=4,
+    latents_mean=[0.0] * 48,
+    latents_std=[1.0] * 48,
+)
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers vae/config.json: diffusers' AutoencoderKLWan defaults are exactly it.
 WAN21_VAE: dict = {}
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers and Wan2.2-TI2V-5B-Diffusers text_encoder/config.json (google/umt5-xxl's encoder).
-UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+UMT5_XXL = dict(
+    vocab_size=256384,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+)
 # Qwen/Qwen2.5-VL-7B-Instruct config.json.
 QWEN_7B = dict(
-    text=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-              num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
-              rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[16, 24, 24])),
-    vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
-    tie_word_embeddings=False)
+    text=dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=128000,
+        rms_norm_eps=1e-6,
+        rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[16, 24, 24]),
+    ),
+    vision=dict(
+        depth=32,
+        hidden_size=1280,
+        intermediate_size=3420,
+        num_heads=16,
+        out_hidden_size=3584,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31],
+        tokens_per_second=2,
+    ),
+    tie_word_embeddings=False,
+)
 # Qwen/Qwen2.5-VL-3B-Instruct config.json (same vision tower, projected to 2048; tied embeddings).
 QWEN_3B = dict(
-    text=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-              num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
-              rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[16, 24, 24])),
+    text=dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        max_position_embeddings=128000,
+        rms_norm_eps=1e-6,
+        rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[16, 24, 24]),
+    ),
     vision=dict(QWEN_7B["vision"], out_hidden_size=2048),
-    tie_word_embeddings=True)
+    tie_word_embeddings=True,
+)
 # Qwen/Qwen2.5-VL-*-Instruct preprocessor_config.json (the judge's max_side 448 keeps images far below max_pixels).
 QWEN_PIXELS = dict(min_pixels=3136, max_pixels=12845056)
 
 # ---- tiny shapes (the CPU check): the sizes of tests/tiny_editor.py and tests/tiny_vlm.py -------------------------
-TINY_DIT = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=32, out_channels=16,
-                text_dim=TINY_TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=64)
+TINY_DIT = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=32,
+    out_channels=16,
+    text_dim=TINY_TEXT_DIM,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    rope_max_seq_len=64,
+)
 TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
-TINY_UMT5 = dict(vocab_size=64, d_model=TINY_TEXT_DIM, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
-                 relative_attention_num_buckets=8, relative_attention_max_distance=16)
+TINY_UMT5 = dict(
+    vocab_size=64,
+    d_model=TINY_TEXT_DIM,
+    d_kv=16,
+    d_ff=64,
+    num_layers=1,
+    num_heads=2,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=16,
+)
 TINY_QWEN = dict(
-    text=dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=512,
-              rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 1, 1])),
-    vision=dict(depth=2, hidden_size=32, intermediate_size=32, num_heads=4, out_hidden_size=32, patch_size=14,
-                spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[1], window_size=112),
-    tie_word_embeddings=False)
+    text=dict(
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 1, 1]),
+    ),
+    vision=dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=32,
+        num_heads=4,
+        out_hidden_size=32,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        fullatt_block_indexes=[1],
+        window_size=112,
+    ),
+    tie_word_embeddings=False,
+)
 
 SHAPES = {
     "real": {
-        "lucy": dict(label="Lucy-Edit-Dev (Wan2.2-5B DiT, Wan2.2 VAE, UMT5-XXL)", dit=LUCY_DIT, vae=WAN22_VAE,
-                     te=UMT5_XXL),
-        "wan1.3b": dict(label="Wan2.1-1.3B editor (in 32/out 16, Wan2.1 VAE, UMT5-XXL)", dit=WAN_1_3B, vae=WAN21_VAE,
-                        te=UMT5_XXL),
+        "lucy": dict(
+            label="Lucy-Edit-Dev (Wan2.2-5B DiT, Wan2.2 VAE, UMT5-XXL)", dit=LUCY_DIT, vae=WAN22_VAE, te=UMT5_XXL
+        ),
+        "wan1.3b": dict(
+            label="Wan2.1-1.3B editor (in 32/out 16, Wan2.1 VAE, UMT5-XXL)", dit=WAN_1_3B, vae=WAN21_VAE, te=UMT5_XXL
+        ),
         "qwen7b": dict(label="Qwen2.5-VL-7B-Instruct", vlm=QWEN_7B),
         "qwen3b": dict(label="Qwen2.5-VL-3B-Instruct", vlm=QWEN_3B),
         "video": (81, 480, 832),
     },
     "tiny": {
-        "lucy": dict(label="tiny Lucy-shaped (in 96/out 48, Wan2.2-style VAE)",
-                     dit=dict(TINY_DIT, in_channels=96, out_channels=48),
-                     vae=dict(TINY_VAE, base_dim=16, z_dim=48, is_residual=True, in_channels=12, out_channels=12,
-                              patch_size=2, scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48),
-                     te=TINY_UMT5),
+        "lucy": dict(
+            label="tiny Lucy-shaped (in 96/out 48, Wan2.2-style VAE)",
+            dit=dict(TINY_DIT, in_channels=96, out_channels=48),
+            vae=dict(
+                TINY_VAE,
+                base_dim=16,
+                z_dim=48,
+                is_residual=True,
+                in_channels=12,
+                out_channels=12,
+                patch_size=2,
+                scale_factor_spatial=16,
+                latents_mean=[0.0] * 48,
+                latents_std=[1.0] * 48,
+            ),
+            te=TINY_UMT5,
+        ),
         "wan1.3b": dict(label="tiny Wan2.1-shaped", dit=TINY_DIT, vae=TINY_VAE, te=TINY_UMT5),
         "qwen7b": dict(label="tiny Qwen2.5-VL", vlm=TINY_QWEN),
         "qwen3b": dict(label="tiny Qwen2.5-VL (tied)", vlm=dict(TINY_QWEN, tie_word_embeddings=True)),
@@ -143,22 +257,28 @@ class Measurement:
     offload: str = "none"
 
 
-MEASUREMENTS = {m.name: m for m in (
-    Measurement("lucy", "lucy", "edit"),
-    Measurement("lucy-offload-model", "lucy", "edit", "model"),
-    Measurement("lucy-offload-block", "lucy", "edit", "block"),  # last of its model: the block hooks stay on the DiT
-    Measurement("wan1.3b", "wan1.3b", "edit"),
-    Measurement("wan1.3b-offload-model", "wan1.3b", "edit", "model"),
-    Measurement("wan1.3b-offload-block", "wan1.3b", "edit", "block"),
-    Measurement("judge-7b", "qwen7b", "judge"),
-    Measurement("judge-3b", "qwen3b", "judge"),
-)}
+MEASUREMENTS = {
+    m.name: m
+    for m in (
+        Measurement("lucy", "lucy", "edit"),
+        Measurement("lucy-offload-model", "lucy", "edit", "model"),
+        Measurement(
+            "lucy-offload-block", "lucy", "edit", "block"
+        ),  # last of its model: the block hooks stay on the DiT
+        Measurement("wan1.3b", "wan1.3b", "edit"),
+        Measurement("wan1.3b-offload-model", "wan1.3b", "edit", "model"),
+        Measurement("wan1.3b-offload-block", "wan1.3b", "edit", "block"),
+        Measurement("judge-7b", "qwen7b", "judge"),
+        Measurement("judge-3b", "qwen3b", "judge"),
+    )
+}
 DEFAULT_ONLY = "lucy,lucy-offload-model,wan1.3b,judge-7b,judge-3b"
 PROMPT = "make the ball red"  # words the stand-in UMT5 tokenizer knows
 INSTRUCTION = "Make the ball red."
 
 
 # ---- building models on the device --------------------------------------------------------------------------------
+
 
 def build_dit(cfg: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The Wan DiT built on `device` (fp32 init there, then cast), dtypes as `from_pretrained(torch_dtype=dtype)`
@@ -199,14 +319,24 @@ def qwen_tokenizer():
 def build_vlm_model(spec: dict, tokenizer, device: torch.device, dtype: torch.dtype):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>", "<|image_pad|>",
-                                                              "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    ids = {
+        t: tokenizer.convert_tokens_to_ids(t)
+        for t in ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    }
     config = Qwen2_5_VLConfig(
-        text_config=dict(spec["text"], bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(spec["vision"]), tie_word_embeddings=spec["tie_word_embeddings"],
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+        text_config=dict(
+            spec["text"],
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(spec["vision"]),
+        tie_word_embeddings=spec["tie_word_embeddings"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
@@ -255,8 +385,17 @@ def editor_in_memory(parts: dict, options, name: str):
     device = parse_device(options.device)
     notes: list[str] = []
     dit = _check_editor_channels(parts["dit"], parts["vae"], name, options.allow_t2v, notes)
-    editor = Editor(dit, parts["vae"], parts["te"], parts["tokenizer"], options, name, device,
-                    parse_dtype(options.dtype, device), notes=notes)
+    editor = Editor(
+        dit,
+        parts["vae"],
+        parts["te"],
+        parts["tokenizer"],
+        options,
+        name,
+        device,
+        parse_dtype(options.dtype, device),
+        notes=notes,
+    )
     _place(editor)
     return editor
 
@@ -277,6 +416,7 @@ def nbytes(module: Optional[torch.nn.Module]) -> int:
 
 
 # ---- measuring -------------------------------------------------------------------------------------------------
+
 
 class Peaks:
     """Peak allocated / reserved bytes over one run, and the peak of each phase: the peak counters are reset at
@@ -344,10 +484,15 @@ def phase_hooks():
                 return fn(*a, **k)
             with _ACTIVE[-1].phase(phase):
                 return fn(*a, **k)
+
         return inner
 
-    saved = [(pipeline, "encode_frames", "vae_encode"), (pipeline, "sample", "sampling"),
-             (pipeline, "decode_latents", "vae_decode"), (editor_mod.Editor, "encode_text", "text_encoder")]
+    saved = [
+        (pipeline, "encode_frames", "vae_encode"),
+        (pipeline, "sample", "sampling"),
+        (pipeline, "decode_latents", "vae_decode"),
+        (editor_mod.Editor, "encode_text", "text_encoder"),
+    ]
     originals = [getattr(owner, attr) for owner, attr, _ in saved]
     for (owner, attr, phase), fn in zip(saved, originals):
         setattr(owner, attr, wrap(fn, phase))
@@ -384,9 +529,15 @@ def without_text_encoder(row: Row, te_gib: float) -> Row:
     """The peak of an `offload=none` edit had its conditioning come from elsewhere: the largest phase peak outside
     the text encoder's, less the UMT5 weights that were resident through all of them."""
     rest = max(v for k, v in row.phases_gib.items() if k != "text_encoder")
-    return Row(row.measurement + " (no UMT5 on GPU)", row.model, "edit, offload=none, conditioning given (derived: "
-               "peak outside the text phase - UMT5 weights)", row.resolution, row.frames,
-               peak_alloc_gib=round(rest - te_gib, 2), weights_gib=dict(row.weights_gib, te=0.0))
+    return Row(
+        row.measurement + " (no UMT5 on GPU)",
+        row.model,
+        "edit, offload=none, conditioning given (derived: peak outside the text phase - UMT5 weights)",
+        row.resolution,
+        row.frames,
+        peak_alloc_gib=round(rest - te_gib, 2),
+        weights_gib=dict(row.weights_gib, te=0.0),
+    )
 
 
 def measure(row: Row, fn: Callable[[], object], cuda: bool) -> Row:
@@ -423,6 +574,7 @@ def measure(row: Row, fn: Callable[[], object], cuda: bool) -> Row:
 
 # ---- the runs ------------------------------------------------------------------------------------------------
 
+
 class Runner:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -431,9 +583,11 @@ class Runner:
         self.device = torch.device("cuda" if self.cuda else "cpu")
         self.dtype_name = "bf16" if self.cuda else "fp32"
         self.dtype = torch.bfloat16 if self.cuda else torch.float32
-        self.frames_n, self.height, self.width = (args.frames or self.shape["video"][0],
-                                                  args.height or self.shape["video"][1],
-                                                  args.width or self.shape["video"][2])
+        self.frames_n, self.height, self.width = (
+            args.frames or self.shape["video"][0],
+            args.height or self.shape["video"][1],
+            args.width or self.shape["video"][2],
+        )
         self.tmp = Path(args.tmp) if args.tmp else Path(tempfile.mkdtemp(prefix="viva_real_memory_"))
         self.parts: dict[str, dict] = {}
         self.te_cache: dict[str, torch.nn.Module] = {}
@@ -443,17 +597,29 @@ class Runner:
         self.video = torch.rand(self.frames_n, self.height, self.width, 3, generator=g)
 
     def row(self, m: Measurement) -> Row:
-        return Row(m.name, self.shape[m.model]["label"], f"{m.what}" + (f", offload={m.offload}" if m.what == "edit"
-                                                                         else ", 1 pair, 4+4 frames"),
-                   f"{self.height}x{self.width}", self.frames_n)
+        return Row(
+            m.name,
+            self.shape[m.model]["label"],
+            f"{m.what}" + (f", offload={m.offload}" if m.what == "edit" else ", 1 pair, 4+4 frames"),
+            f"{self.height}x{self.width}",
+            self.frames_n,
+        )
 
     def build(self, what: str, fn: Callable[[], object]):
         t0 = time.perf_counter()
         out = fn()
         if self.cuda:
             torch.cuda.synchronize()
-        print(json.dumps({"built": what, "seconds": round(time.perf_counter() - t0, 1),
-                          "gib": gib(nbytes(out) if isinstance(out, torch.nn.Module) else None)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "built": what,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "gib": gib(nbytes(out) if isinstance(out, torch.nn.Module) else None),
+                }
+            ),
+            flush=True,
+        )
         return out
 
     def editor_parts(self, model: str) -> dict:
@@ -463,15 +629,18 @@ class Runner:
             spec = self.shape[model]
             key = json.dumps(spec["te"], sort_keys=True)
             if key not in self.te_cache:  # Lucy and Wan2.1 share UMT5-XXL: built once
-                self.te_cache[key] = self.build("UMT5 text encoder",
-                                                lambda: build_text_encoder(spec["te"], self.device, self.dtype))
-            parts = dict(dit=self.build(f"{model} DiT", lambda: build_dit(spec["dit"], self.device, self.dtype)),
-                         vae=self.build(f"{model} VAE", lambda: build_vae(spec["vae"], self.device, torch.float32)),
-                         te=self.te_cache[key], tokenizer=tiny_tokenizer())
+                self.te_cache[key] = self.build(
+                    "UMT5 text encoder", lambda: build_text_encoder(spec["te"], self.device, self.dtype)
+                )
+            parts = dict(
+                dit=self.build(f"{model} DiT", lambda: build_dit(spec["dit"], self.device, self.dtype)),
+                vae=self.build(f"{model} VAE", lambda: build_vae(spec["vae"], self.device, torch.float32)),
+                te=self.te_cache[key],
+                tokenizer=tiny_tokenizer(),
+            )
             sizes = {k: gib(nbytes(parts[k])) for k in ("dit", "vae", "te")}
             if self.args.via_folder:
-                self.folders[model] = self.build(f"{model} folder",
-                                                 lambda: save_editor_folder(parts, self.tmp / model))
+                self.folders[model] = self.build(f"{model} folder", lambda: save_editor_folder(parts, self.tmp / model))
                 parts = {}
                 self.te_cache.clear()
                 gc.collect()
@@ -498,8 +667,11 @@ class Runner:
         settings = EditSettings(steps=self.args.steps, seed=0)  # CFG, shift, sampler: the defaults
 
         def one_edit():
-            cond = editor.encode_text(PROMPT) if editor.text_encoder is not None else \
-                Conditioning(torch.zeros(1, 8, editor.text_dim), "zeros")
+            cond = (
+                editor.encode_text(PROMPT)
+                if editor.text_encoder is not None
+                else Conditioning(torch.zeros(1, 8, editor.text_dim), "zeros")
+            )
             out = edit(editor, self.video, cond, settings=settings, fps=16.0)
             assert out.frames.shape == self.video.shape, (out.frames.shape, self.video.shape)
 
@@ -569,20 +741,29 @@ def table(rows: list[Row], cuda: bool, device: str) -> str:
     def f(x):
         return "n/a" if x is None else f"{x:.1f}"
 
-    lines = [f"GPU: {device}; bf16 weights (VAE fp32); peak over one whole run; `resident` = allocated when it "
-             "started (weights already on the GPU)." if cuda else "CPU check (--shape tiny): memory n/a.",
-             "",
-             "| measurement | model | what | resolution | frames | weights GiB (DiT / VAE / UMT5 or VLM) | resident "
-             "GiB | peak alloc GiB | peak reserved GiB | peak device used GiB | phase peaks GiB (text / enc / "
-             "sample / dec) | s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"GPU: {device}; bf16 weights (VAE fp32); peak over one whole run; `resident` = allocated when it "
+        "started (weights already on the GPU)."
+        if cuda
+        else "CPU check (--shape tiny): memory n/a.",
+        "",
+        "| measurement | model | what | resolution | frames | weights GiB (DiT / VAE / UMT5 or VLM) | resident "
+        "GiB | peak alloc GiB | peak reserved GiB | peak device used GiB | phase peaks GiB (text / enc / "
+        "sample / dec) | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         w = " / ".join(f(v) for v in r.weights_gib.values())
-        ph = " / ".join(f(r.phases_gib.get(k)) for k in ("text_encoder", "vae_encode", "sampling", "vae_decode")) \
-            if r.phases_gib else ""
-        lines.append(f"| {r.measurement} | {r.model} | {r.what} | {r.resolution} | {r.frames} | {w} | "
-                     f"{f(r.resident_before_gib)} | {f(r.peak_alloc_gib)} | {f(r.peak_reserved_gib)} | "
-                     f"{f(r.device_used_peak_gib)} | {ph} | {r.seconds:.0f} |" + (f" {r.note}" if r.note else ""))
+        ph = (
+            " / ".join(f(r.phases_gib.get(k)) for k in ("text_encoder", "vae_encode", "sampling", "vae_decode"))
+            if r.phases_gib
+            else ""
+        )
+        lines.append(
+            f"| {r.measurement} | {r.model} | {r.what} | {r.resolution} | {r.frames} | {w} | "
+            f"{f(r.resident_before_gib)} | {f(r.peak_alloc_gib)} | {f(r.peak_reserved_gib)} | "
+            f"{f(r.device_used_peak_gib)} | {ph} | {r.seconds:.0f} |" + (f" {r.note}" if r.note else "")
+        )
     return "\n".join(lines)
 
 
@@ -590,14 +771,20 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="real")
     p.add_argument("--only", default=DEFAULT_ONLY, help=f"comma-separated, or 'all'; of {', '.join(MEASUREMENTS)}")
-    p.add_argument("--via-folder", action="store_true", help="save each model as a folder and load it with "
-                                                             "load_editor / load_vlm (slower)")
+    p.add_argument(
+        "--via-folder",
+        action="store_true",
+        help="save each model as a folder and load it with load_editor / load_vlm (slower)",
+    )
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--frames", type=int, default=0, help="0: 81 (tiny: 5)")
     p.add_argument("--height", type=int, default=0, help="0: 480 (tiny: 32)")
     p.add_argument("--width", type=int, default=0, help="0: 832 (tiny: 32)")
-    p.add_argument("--tmp", default=None, help="folder for the processor / model folders (default: a new one in "
-                                               "/tmp, removed at the end)")
+    p.add_argument(
+        "--tmp",
+        default=None,
+        help="folder for the processor / model folders (default: a new one in /tmp, removed at the end)",
+    )
     args = p.parse_args(argv)
     names = list(MEASUREMENTS) if args.only == "all" else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in MEASUREMENTS]

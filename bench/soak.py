@@ -3,10 +3,12 @@
     python bench/soak.py [EDITS] [--judge]
 
 Loads the bundled editor once (fp32, CPU), then edits the bundled example clip EDITS times
-(default 50, seeds 0..EDITS-1, the bundled editor's steps, CFG 5; every 5th edit also judged with --judge), reading the process's
+(default 50, seeds 0..EDITS-1, the bundled editor's steps, CFG 5; every 5th edit also judged with --judge), reading
+the process's
 resident set size (RSS, /proc/self/status VmRSS) after each. Prints the RSS after edit 5 and at the end, and the
 growth between them; exits 1 if it exceeds 5%. tests/test_soak.py runs it (VIVA_SOAK=1).
 """
+
 from __future__ import annotations
 
 import gc
@@ -50,8 +52,10 @@ def main(argv: list[str]) -> int:
             after_5 = rss
         print(f"edit {i + 1}/{edits}: RSS {rss:.1f} MiB", flush=True)
     growth = (rss - after_5) / after_5 if after_5 else 0.0
-    print(f"{edits} edits in {time.perf_counter() - t0:.1f} s; RSS after 5: {after_5:.1f} MiB, after {edits}: "
-          f"{rss:.1f} MiB, growth {100 * growth:+.2f}%")
+    print(
+        f"{edits} edits in {time.perf_counter() - t0:.1f} s; RSS after 5: {after_5:.1f} MiB, after {edits}: "
+        f"{rss:.1f} MiB, growth {100 * growth:+.2f}%"
+    )
     return 0 if growth <= 0.05 else 1
 
 

@@ -2,6 +2,7 @@
 
 Nothing here edits, judges or loads weights; it only turns ComfyUI values into core arguments and back.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,9 @@ def offer_example_inputs() -> None:
         logging.getLogger(__name__).warning("VIVA: could not copy the example clip into the input folder: %s", e)
         return
     if written:
-        logging.getLogger(__name__).info("VIVA: example clip copied into the input folder: %s",
-                                         ", ".join(p.name for p in written))
+        logging.getLogger(__name__).info(
+            "VIVA: example clip copied into the input folder: %s", ", ".join(p.name for p in written)
+        )
 
 
 def yes_no_only_vlms() -> list[str]:
@@ -105,7 +107,9 @@ def _sub_dirs(bases: Iterable[str], marker, depth: int = 3) -> list[str]:
 
 
 def editor_folders() -> list[str]:
-    return _sub_dirs(folder_paths.get_folder_paths("diffusers"), lambda p: (p / "transformer" / "config.json").is_file())
+    return _sub_dirs(
+        folder_paths.get_folder_paths("diffusers"), lambda p: (p / "transformer" / "config.json").is_file()
+    )
 
 
 def vlm_folders() -> list[str]:
@@ -116,8 +120,10 @@ def vlm_folders() -> list[str]:
 
 
 def text_encoder_folders() -> list[str]:
-    return _sub_dirs(folder_paths.get_folder_paths("text_encoders"),
-                     lambda p: (p / "config.json").is_file() and any(p.glob("*.safetensors")))
+    return _sub_dirs(
+        folder_paths.get_folder_paths("text_encoders"),
+        lambda p: (p / "config.json").is_file() and any(p.glob("*.safetensors")),
+    )
 
 
 def safetensors_files(folder: str) -> list[str]:
@@ -128,10 +134,14 @@ def resolve_dir(folder: str, name: str) -> str:
     """Resolve a listed folder name inside one of ComfyUI's `folder` paths; names may not leave them."""
     for base in folder_paths.get_folder_paths(folder):
         candidate = os.path.realpath(os.path.join(base, name))
-        if os.path.commonpath([candidate, os.path.realpath(base)]) == os.path.realpath(base) and os.path.isdir(candidate):
+        if os.path.commonpath([candidate, os.path.realpath(base)]) == os.path.realpath(base) and os.path.isdir(
+            candidate
+        ):
             return candidate
-    raise InputError(f"'{name}' is not a folder inside the {folder} model folders "
-                     f"({folder_paths.get_folder_paths(folder)}); put the model there and refresh.")
+    raise InputError(
+        f"'{name}' is not a folder inside the {folder} model folders "
+        f"({folder_paths.get_folder_paths(folder)}); put the model there and refresh."
+    )
 
 
 def resolve_file(folder: str, name: str) -> str:
@@ -145,8 +155,11 @@ def resolve_file(folder: str, name: str) -> str:
 def inside_user_folders(path: str) -> bool:
     """True when `path` (links resolved) lies inside ComfyUI's input, temp or output folder."""
     path = os.path.realpath(path)
-    allowed = [os.path.realpath(folder_paths.get_input_directory()), os.path.realpath(folder_paths.get_temp_directory()),
-               os.path.realpath(folder_paths.get_output_directory())]
+    allowed = [
+        os.path.realpath(folder_paths.get_input_directory()),
+        os.path.realpath(folder_paths.get_temp_directory()),
+        os.path.realpath(folder_paths.get_output_directory()),
+    ]
     return any(os.path.commonpath([path, a]) == a for a in allowed)
 
 
@@ -172,7 +185,9 @@ def resolve_input_dir(name: str) -> str:
     if path == base or os.path.commonpath([path, base]) != base:
         raise InputError(f"'{name}' is not a sub-folder of ComfyUI's input folder; only folders inside it can be used.")
     if not os.path.isdir(path):
-        raise InputError(f"'{name}' was not found in ComfyUI's input folder ({base}); put the folder there and refresh.")
+        raise InputError(
+            f"'{name}' was not found in ComfyUI's input folder ({base}); put the folder there and refresh."
+        )
     return path
 
 
@@ -236,8 +251,11 @@ def source_video(images: Optional[torch.Tensor], video, fps: float, max_frames: 
 
 
 def to_video_output(frames: torch.Tensor, fps: float, audio: Optional[Audio]):
-    return InputImpl.VideoFromComponents(Types.VideoComponents(
-        images=frames, audio=core_audio_to_comfy(audio), frame_rate=Fraction(fps).limit_denominator(1000)))
+    return InputImpl.VideoFromComponents(
+        Types.VideoComponents(
+            images=frames, audio=core_audio_to_comfy(audio), frame_rate=Fraction(fps).limit_denominator(1000)
+        )
+    )
 
 
 def text_and_scores_ui(text: str, scores: dict[str, float], label: str = "") -> dict:

@@ -8,6 +8,7 @@ it, as for native models. LoRAs become ModelPatcher weight patches built by Comf
 weights (bit-exact backups) when the model unloads or another clone of it loads. README (Nodes: "Memory, LoRAs,
 previews, interrupt") says what was measured.
 """
+
 from __future__ import annotations
 
 import collections
@@ -58,13 +59,13 @@ def _held_class(part: torch.nn.Module) -> type:
     return _HELD_CLASSES[name]
 
 
-def patcher_for(part: torch.nn.Module, load_device: torch.device,
-                offload_device: torch.device) -> comfy.model_patcher.ModelPatcher:
+def patcher_for(
+    part: torch.nn.Module, load_device: torch.device, offload_device: torch.device
+) -> comfy.model_patcher.ModelPatcher:
     """The part's base ModelPatcher, made on first use; the part must be on `offload_device` then."""
     patcher = getattr(part, PATCHER_ATTR, None)
     if patcher is None:
-        patcher = comfy.model_patcher.ModelPatcher(_held_class(part)(part, offload_device), load_device,
-                                                   offload_device)
+        patcher = comfy.model_patcher.ModelPatcher(_held_class(part)(part, offload_device), load_device, offload_device)
         object.__setattr__(part, PATCHER_ATTR, patcher)  # a plain attribute, not a submodule or buffer
     return patcher
 
@@ -104,8 +105,13 @@ class ComfyHost:
     """viva_core's ModelHost backed by ComfyUI's model management, for one loaded editor or VLM (and the refiners
     used with it). `dit` is the editor's DiT, the one part that takes LoRAs."""
 
-    def __init__(self, load_device: torch.device, offload_device: torch.device,
-                 dit: Optional[torch.nn.Module] = None, dit_load_device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self,
+        load_device: torch.device,
+        offload_device: torch.device,
+        dit: Optional[torch.nn.Module] = None,
+        dit_load_device: Optional[torch.device] = None,
+    ) -> None:
         self.load_device, self.offload_device = load_device, offload_device
         self.dit, self.dit_load_device = dit, dit_load_device or load_device
         self._clones: collections.OrderedDict[tuple, comfy.model_patcher.ModelPatcher] = collections.OrderedDict()
@@ -161,12 +167,16 @@ def lent_for_training(editor: Editor) -> Iterator[Editor]:
     loses the trainer's LoRA layers and the parts go back to the offload device, where the host loads them from."""
     o = editor.options
     if editor.loras:
-        raise InputError("loaded_editor: connect VIVA Load Editor directly, not through a LoRA loader (training "
-                         "starts from the base weights).")
+        raise InputError(
+            "loaded_editor: connect VIVA Load Editor directly, not through a LoRA loader (training "
+            "starts from the base weights)."
+        )
     if o.fp8_storage or o.offload == "block" or o.compile != "off":
-        raise InputError("loaded_editor: training needs the editor loaded with fp8_storage off, offload none or "
-                         f"model, compile off (it has fp8_storage {o.fp8_storage}, offload {o.offload}, "
-                         f"compile {o.compile}); load it so, or disconnect loaded_editor.")
+        raise InputError(
+            "loaded_editor: training needs the editor loaded with fp8_storage off, offload none or "
+            f"model, compile off (it has fp8_storage {o.fp8_storage}, offload {o.offload}, "
+            f"compile {o.compile}); load it so, or disconnect loaded_editor."
+        )
     mm.unload_all_models()
     mm.soft_empty_cache()
     parts = [p for p in (editor.transformer, editor.vae, editor.text_encoder) if p is not None]
@@ -230,4 +240,3 @@ def previewer(editor: Editor) -> Optional[latent_preview.LatentPreviewer]:
     clean latents as [1, z, T', H', W'] (ComfyUI's video layout); Latent2RGB shows the first latent frame."""
     fmt = latent_format(editor)
     return latent_preview.get_previewer(editor.device, fmt) if fmt is not None else None
-

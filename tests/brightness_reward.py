@@ -1,4 +1,5 @@
 """Rewards the training tests define (loaded by `callable:brightness_reward:<name>`)."""
+
 import torch
 
 

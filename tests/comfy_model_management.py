@@ -12,6 +12,7 @@ management, and one JSON line on stdout reports what tests/test_comfyui.py check
 
     python comfy_model_management.py REPO MODELS_ROOT
 """
+
 import importlib.util
 import json
 import sys
@@ -76,9 +77,18 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-EDITOR = dict(editor="folder: tiny-editor", vae="(from editor folder)", text_encoder="(from editor folder)",
-              dtype="fp32", fp8_storage=False, offload="none", attention="sdpa", compile="off", vae_tiling=False,
-              allow_t2v=False)
+EDITOR = dict(
+    editor="folder: tiny-editor",
+    vae="(from editor folder)",
+    text_encoder="(from editor folder)",
+    dtype="fp32",
+    fp8_storage=False,
+    offload="none",
+    attention="sdpa",
+    compile="off",
+    vae_tiling=False,
+    allow_t2v=False,
+)
 STEPS = 4
 SAMPLING = dict(steps=STEPS, cfg=5.0, seed=0, shift=5.0, strength=1.0, sampler="unipc", fps=8.0, max_frames=9)
 out: dict = {}
@@ -87,8 +97,9 @@ frames = result(LoadVideo.execute("viva_square.mp4", 9, 1, 0))[0]
 editor = result(LoadEditor.execute(**EDITOR))[0]
 out["after_load"] = loaded()
 lora_editor = result(LoraLoader.execute(editor, "tiny_lora.safetensors", 1.0))[0]
-cond = result(EncodeInstruction.execute(lora_editor, "replace the red square with a green ball", frames, "text",
-                                        "blurry"))[0]
+cond = result(
+    EncodeInstruction.execute(lora_editor, "replace the red square with a green ball", frames, "text", "blurry")
+)[0]
 out["after_encode"] = loaded()
 base = weights(editor.transformer)
 
@@ -125,10 +136,17 @@ fp8_lora = result(LoraLoader.execute(fp8, "tiny_lora.safetensors", 1.0))[0]
 fp8_weights = weights(fp8.transformer)
 hosted_fp8 = result(EditVideo.execute(fp8_lora, cond, images=frames, **SAMPLING))[0]
 plain_fp8 = result(EditVideo.execute(fp8, cond, images=frames, **SAMPLING))[0]
-core_fp8 = load_editor(f"{root}/models/diffusers/tiny-editor",
-                       options=EditorOptions(dtype="fp32", device="cpu", fp8_storage=True))
-ref = edit(core_fp8.with_lora(f"{root}/models/loras/tiny_lora.safetensors", 1.0), frames, cond.positive,
-           negative=cond.negative, settings=settings, fps=8.0).frames
+core_fp8 = load_editor(
+    f"{root}/models/diffusers/tiny-editor", options=EditorOptions(dtype="fp32", device="cpu", fp8_storage=True)
+)
+ref = edit(
+    core_fp8.with_lora(f"{root}/models/loras/tiny_lora.safetensors", 1.0),
+    frames,
+    cond.positive,
+    negative=cond.negative,
+    settings=settings,
+    fps=8.0,
+).frames
 out["fp8_core_max_diff_lora"] = float((ref - hosted_fp8).abs().max())
 out["fp8_lora_changes_edit"] = not torch.equal(hosted_fp8, plain_fp8)
 out["fp8_weights_untouched"] = same(weights(fp8.transformer), fp8_weights)
@@ -149,8 +167,9 @@ small = result(LoadEditor.execute(**dict(EDITOR, editor="folder: viva-small-edit
 instructor = result(LoadVLM.execute("tiny-vlm", "auto"))[0]
 judge = result(LoadVLM.execute("viva-small-judge", "auto"))[0]
 mm.unload_all_models()
-EncodeInstruction.execute(small, "Invert the colours.", frames, "instructor", "", vlm=instructor,
-                          refiner="tiny_refiner.safetensors")
+EncodeInstruction.execute(
+    small, "Invert the colours.", frames, "instructor", "", vlm=instructor, refiner="tiny_refiner.safetensors"
+)
 out["after_instructor"] = loaded()
 out["auto_dtypes_on_cpu"] = [str(small.dtype), str(instructor.dtype), str(judge.dtype)]
 # latent previews: the bundled small VAE's own fitted factors (vae/latent_rgb.json), ComfyUI's Wan21 for the tiny one
@@ -158,11 +177,16 @@ own = preview_rgb_factors(small)
 out["latent_formats"] = [type(latent_format(small)).__name__, type(latent_format(editor)).__name__]
 small_previewer = previewer(small)
 out["small_previewer"] = type(small_previewer).__name__
-out["small_previewer_factors"] = bool(torch.equal(small_previewer.latent_rgb_factors.T, torch.tensor(own[0]))
-                                      and torch.equal(small_previewer.latent_rgb_factors_bias, torch.tensor(own[1])))
+out["small_previewer_factors"] = bool(
+    torch.equal(small_previewer.latent_rgb_factors.T, torch.tensor(own[0]))
+    and torch.equal(small_previewer.latent_rgb_factors_bias, torch.tensor(own[1]))
+)
 zeros = small_previewer.decode_latent_to_preview_image("JPEG", torch.zeros(1, 16, 5, 16, 16))[1]  # [B, C, T, H, W]
-out["small_zero_preview"] = [list(zeros.size), list(zeros.getpixel((3, 5))),
-                             [int((b + 1) / 2 * 255) for b in own[1]]]  # the bias colour, as preview_to_image maps it
+out["small_zero_preview"] = [
+    list(zeros.size),
+    list(zeros.getpixel((3, 5))),
+    [int((b + 1) / 2 * 255) for b in own[1]],
+]  # the bias colour, as preview_to_image maps it
 JudgeEdit.execute(judge, frames, first, "Invert the colours.", 2, False)
 out["after_judge"] = loaded()
 mm.unload_all_models()

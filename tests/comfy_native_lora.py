@@ -4,6 +4,7 @@ the largest difference between ComfyUI's patched weights and W + alpha/r * B @ A
 
     python comfy_native_lora.py DIT.safetensors LORA.safetensors
 """
+
 import json
 import logging
 import sys

@@ -19,6 +19,7 @@ writes, under OUT_DIR:
 Start ComfyUI with ``--extra-model-paths-config OUT_DIR/extra_model_paths.yaml --input-directory OUT_DIR/input``.
 Everything is seeded, so the files are the same on every run.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,6 +37,7 @@ for p in (HERE, HERE.parent):
 from tiny_data import build_dataset  # noqa: E402
 from tiny_editor import build_editor_folder, tiny_transformer  # noqa: E402
 from tiny_vlm import build_tiny_vlm  # noqa: E402
+
 from viva_core.instructor import RefinerConfig, TokenRefiner, save_refiner  # noqa: E402
 from viva_core.lora import LoraLayer, lora_target_names, save_lora  # noqa: E402
 from viva_core.video import Audio, write_video  # noqa: E402
@@ -56,7 +58,7 @@ def square_video(frames: int = FRAMES, size: int = SIZE) -> torch.Tensor:
     video[..., 2] = 0.3
     for t in range(frames):
         x = 2 + t * 2
-        video[t, 11:21, x:x + 10] = torch.tensor([0.9, 0.1, 0.1])
+        video[t, 11:21, x : x + 10] = torch.tensor([0.9, 0.1, 0.1])
     return video
 
 
@@ -74,8 +76,11 @@ def write_tiny_lora(path: Path, rank: int = 4, seed: int = 0) -> Path:
     layers = {}
     for name in lora_target_names(model):
         out_f, in_f = modules[name].weight.shape
-        layers[name] = LoraLayer(down=torch.randn(rank, in_f, generator=g) * 0.01,
-                                 up=torch.randn(out_f, rank, generator=g) * 0.01, alpha=float(rank))
+        layers[name] = LoraLayer(
+            down=torch.randn(rank, in_f, generator=g) * 0.01,
+            up=torch.randn(out_f, rank, generator=g) * 0.01,
+            alpha=float(rank),
+        )
     return save_lora(path, layers, metadata={"base_model": "tests tiny Wan DiT", "rank": rank, "alpha": rank})
 
 
@@ -110,7 +115,9 @@ def write_extra_model_paths(root: Path) -> Path:
         "  viva_refiners: refiners\n"
         "  diffusion_models: diffusion_models\n"
         "  vae: vae\n"
-        "  text_encoders: text_encoders\n", encoding="utf-8")
+        "  text_encoders: text_encoders\n",
+        encoding="utf-8",
+    )
     return yaml
 
 
@@ -150,10 +157,19 @@ def build_all(root: str | Path) -> dict[str, str]:
     video = write_video(root / "input" / VIDEO, square_video(), FPS, sine_audio(FRAMES / FPS))
     dataset = write_edit_folder(root / "input" / DATASET)
     yaml = write_extra_model_paths(root)
-    return {"root": str(root), "models": str(models), "input_dir": str(root / "input"), "yaml": str(yaml),
-            "editor": str(editor), "vlm": str(vlm), "lora": str(lora), "bad_lora": str(bad), "refiner": str(refiner),
-            "video": str(video),
-            "dataset": str(dataset)}
+    return {
+        "root": str(root),
+        "models": str(models),
+        "input_dir": str(root / "input"),
+        "yaml": str(yaml),
+        "editor": str(editor),
+        "vlm": str(vlm),
+        "lora": str(lora),
+        "bad_lora": str(bad),
+        "refiner": str(refiner),
+        "video": str(video),
+        "dataset": str(dataset),
+    }
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 Table-driven: each case builds its argv (and any bad file) in a fresh folder; the whole tree of inputs and that
 folder are hashed before and after the run. Cases fail at the boundary, before any model loads, so the file
 runs in seconds."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +15,10 @@ from typing import Callable
 
 import pytest
 import torch
-
 from tiny_data import build_dataset
 from tiny_editor import build_editor_folder
 from tiny_vlm import build_tiny_vlm
+
 from viva_core.cli import main
 from viva_core.video import write_video
 
@@ -38,8 +39,16 @@ def w(tmp_path_factory) -> dict:
     save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(2, 4)}, str(lora))
     note = root / "notes.txt"
     note.write_text("my notes, not a report\n")
-    return dict(root=root, src=src, edited=edited, manifest=manifest, lora=lora, note=note,
-                editor=build_editor_folder(root / "editor"), vlm=build_tiny_vlm(root / "vlm"))
+    return dict(
+        root=root,
+        src=src,
+        edited=edited,
+        manifest=manifest,
+        lora=lora,
+        note=note,
+        editor=build_editor_folder(root / "editor"),
+        vlm=build_tiny_vlm(root / "vlm"),
+    )
 
 
 def _snapshot(*roots: Path) -> dict[str, str]:
@@ -53,18 +62,56 @@ def _snapshot(*roots: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------- argv builders
 def edit(w, t, *extra, out=None):
-    return ["edit", str(w["src"]), "make it red", "-o", str(out or t / "out.mp4"), "--editor", str(w["editor"]),
-            "--steps", "1", "--dtype", "fp32", "--device", "cpu", "--sampler", "euler", *extra]
+    return [
+        "edit",
+        str(w["src"]),
+        "make it red",
+        "-o",
+        str(out or t / "out.mp4"),
+        "--editor",
+        str(w["editor"]),
+        "--steps",
+        "1",
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--sampler",
+        "euler",
+        *extra,
+    ]
 
 
 def judge(w, t, *extra):
-    return ["judge", str(w["src"]), str(w["edited"]), "make it red", "--judge", str(w["vlm"]), "--vlm-dtype", "fp32",
-            "--device", "cpu", "--frames", "2", *extra]
+    return [
+        "judge",
+        str(w["src"]),
+        str(w["edited"]),
+        "make it red",
+        "--judge",
+        str(w["vlm"]),
+        "--vlm-dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--frames",
+        "2",
+        *extra,
+    ]
 
 
 def evaluate(w, t, *extra, report=None):
-    return ["eval", str(w["manifest"]), "--report", str(report or t / "report"), "--outputs", str(t / "outs"),
-            "--device", "cpu", *extra]
+    return [
+        "eval",
+        str(w["manifest"]),
+        "--report",
+        str(report or t / "report"),
+        "--outputs",
+        str(t / "outs"),
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def synth(w, t, *extra, out=None):
@@ -123,8 +170,14 @@ def good_checkpoint(t: Path) -> Path:
     from viva_core.train.checkpoint import save_checkpoint
 
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))])
-    return save_checkpoint(t / "run" / "checkpoints", 2, trainable={"a": torch.ones(2)},
-                           rng={"torch": torch.get_rng_state()}, optimizer=opt.state_dict(), state={"config": {}})
+    return save_checkpoint(
+        t / "run" / "checkpoints",
+        2,
+        trainable={"a": torch.ones(2)},
+        rng={"torch": torch.get_rng_state()},
+        optimizer=opt.state_dict(),
+        state={"config": {}},
+    )
 
 
 def damaged(t: Path, name: str, data: bytes | None) -> Path:
@@ -155,25 +208,38 @@ def case(name: str, build: Case) -> None:
 
 
 # ---------------------------------------------------------------- edit: numbers, devices, text
-for arg, values in {"--seed": ["1e25", str(10**25), "-1", "abc", "1.5"],
-                    "--cfg": ["nan", "inf", "-inf", "-1", "1e9", "abc"],
-                    "--shift": ["0", "-1", "inf", "nan"],
-                    "--steps": ["0", "-3", "1001", "2.5"],
-                    "--strength": ["0", "1.5", "nan", "-0.1"],
-                    "--candidates": ["0", "-3", "1001"],
-                    "--judge-frames": ["0"], "--stride": ["0", "-1"], "--max-frames": ["0", "-2"],
-                    "--max-bytes": ["0"], "--device": ["banana", "cuda:x", ""], "--sampler": ["ddim"],
-                    "--dtype": ["fp64"], "--lora": ["style.safetensors:abc", "style.safetensors:nan"]}.items():
+for arg, values in {
+    "--seed": ["1e25", str(10**25), "-1", "abc", "1.5"],
+    "--cfg": ["nan", "inf", "-inf", "-1", "1e9", "abc"],
+    "--shift": ["0", "-1", "inf", "nan"],
+    "--steps": ["0", "-3", "1001", "2.5"],
+    "--strength": ["0", "1.5", "nan", "-0.1"],
+    "--candidates": ["0", "-3", "1001"],
+    "--judge-frames": ["0"],
+    "--stride": ["0", "-1"],
+    "--max-frames": ["0", "-2"],
+    "--max-bytes": ["0"],
+    "--device": ["banana", "cuda:x", ""],
+    "--sampler": ["ddim"],
+    "--dtype": ["fp64"],
+    "--lora": ["style.safetensors:abc", "style.safetensors:nan"],
+}.items():
     for value in values:
         case(f"edit {arg} {value!r}", lambda w, t, a=arg, v=value: (edit(w, t, a, v), f"argument {a}"))
 
-case("edit instruction invalid utf-8", lambda w, t: (
-    ["edit", str(w["src"]), INVALID_UTF8, "-o", str(t / "o.mp4")], "argument instruction"))
-case("edit instruction blank", lambda w, t: (["edit", str(w["src"]), "   ", "-o", str(t / "o.mp4")],
-                                            "argument instruction"))
+case(
+    "edit instruction invalid utf-8",
+    lambda w, t: (["edit", str(w["src"]), INVALID_UTF8, "-o", str(t / "o.mp4")], "argument instruction"),
+)
+case(
+    "edit instruction blank",
+    lambda w, t: (["edit", str(w["src"]), "   ", "-o", str(t / "o.mp4")], "argument instruction"),
+)
 case("edit --negative invalid utf-8", lambda w, t: (edit(w, t, "--negative", INVALID_UTF8), "argument --negative"))
-case("edit seed + candidates overflow", lambda w, t: (edit(w, t, "--seed", str(2**63 - 1), "--candidates", "2"),
-                                                      "--seed"))
+case(
+    "edit seed + candidates overflow",
+    lambda w, t: (edit(w, t, "--seed", str(2**63 - 1), "--candidates", "2"), "--seed"),
+)
 
 # ---------------------------------------------------------------- edit: outputs over inputs
 case("edit -o SRC", lambda w, t: (edit(w, t, out=w["src"]), str(w["src"])))
@@ -182,32 +248,48 @@ case("edit -o SRC via ..", lambda w, t: (edit(w, t, out=w["root"] / "data" / "..
 case("edit -o inside the editor folder", lambda w, t: (edit(w, t, out=w["editor"] / "x.mp4"), str(w["editor"])))
 case("edit -o the LoRA", lambda w, t: (edit(w, t, "--lora", str(w["lora"]), out=w["lora"]), str(w["lora"])))
 case("edit -o a folder", lambda w, t: (edit(w, t, out=t), str(t)))
-case("edit -o the reference image", lambda w, t: (
-    edit(w, t, "--reference", str(write(t / "ref.png", b"png")), out=t / "ref.png"), "ref.png"))
+case(
+    "edit -o the reference image",
+    lambda w, t: (edit(w, t, "--reference", str(write(t / "ref.png", b"png")), out=t / "ref.png"), "ref.png"),
+)
 
 # ---------------------------------------------------------------- judge
 case("judge --report SRC", lambda w, t: (judge(w, t, "--report", str(w["src"])), str(w["src"])))
 case("judge --report EDITED", lambda w, t: (judge(w, t, "--report", str(w["edited"])), str(w["edited"])))
-case("judge --report SRC with --overwrite", lambda w, t: (judge(w, t, "--report", str(w["src"]), "--overwrite"),
-                                                           str(w["src"])))
+case(
+    "judge --report SRC with --overwrite",
+    lambda w, t: (judge(w, t, "--report", str(w["src"]), "--overwrite"), str(w["src"])),
+)
 case("judge --report an existing non-report", lambda w, t: (judge(w, t, "--report", str(w["note"])), str(w["note"])))
-case("judge --report inside the judge folder", lambda w, t: (judge(w, t, "--report", str(w["vlm"] / "r.json")),
-                                                              str(w["vlm"])))
+case(
+    "judge --report inside the judge folder",
+    lambda w, t: (judge(w, t, "--report", str(w["vlm"] / "r.json")), str(w["vlm"])),
+)
 case("judge --report a folder", lambda w, t: (judge(w, t, "--report", str(t)), str(t)))
 case("judge --frames 0", lambda w, t: (judge(w, t, "--frames", "0"), "argument --frames"))
 case("judge --device banana", lambda w, t: (judge(w, t, "--device", "banana"), "argument --device"))
 case("judge --max-frames -1", lambda w, t: (judge(w, t, "--max-frames", "-1"), "argument --max-frames"))
-case("judge instruction invalid utf-8", lambda w, t: (
-    ["judge", str(w["src"]), str(w["edited"]), INVALID_UTF8], "argument instruction"))
+case(
+    "judge instruction invalid utf-8",
+    lambda w, t: (["judge", str(w["src"]), str(w["edited"]), INVALID_UTF8], "argument instruction"),
+)
 
 # ---------------------------------------------------------------- eval
 case("eval --report is a file", lambda w, t: (evaluate(w, t, report=w["note"]), str(w["note"])))
 case("eval --report is the manifest", lambda w, t: (evaluate(w, t, report=w["manifest"]), str(w["manifest"])))
-case("eval --report inside the editor", lambda w, t: (
-    evaluate(w, t, "--editor", str(w["editor"]), report=w["editor"] / "rep"), str(w["editor"])))
-case("eval --outputs is a file", lambda w, t: (
-    evaluate(w, t, "--editor", str(w["editor"]))[:5] + [str(w["note"]), "--editor", str(w["editor"])],
-    str(w["note"])))
+case(
+    "eval --report inside the editor",
+    lambda w, t: (evaluate(w, t, "--editor", str(w["editor"]), report=w["editor"] / "rep"), str(w["editor"])),
+)
+case(
+    "eval --outputs is a file",
+    lambda w, t: (
+        evaluate(w, t, "--editor", str(w["editor"]))[:5] + [str(w["note"]), "--editor", str(w["editor"])],
+        str(w["note"]),
+    ),
+)
+
+
 def _outputs_with_edits(t: Path) -> Path:
     outs = t / "outs"  # the folder evaluate() passes as --outputs, holding a user's earlier edit
     outs.mkdir()
@@ -215,8 +297,10 @@ def _outputs_with_edits(t: Path) -> Path:
     return outs
 
 
-case("eval --outputs holds earlier <index>.mp4 edits", lambda w, t: (
-    evaluate(w, t, "--editor", str(w["editor"])), str(_outputs_with_edits(t))))
+case(
+    "eval --outputs holds earlier <index>.mp4 edits",
+    lambda w, t: (evaluate(w, t, "--editor", str(w["editor"])), str(_outputs_with_edits(t))),
+)
 case("eval --previews -4", lambda w, t: (evaluate(w, t, "--previews", "-4"), "argument --previews"))
 case("eval --limit 0", lambda w, t: (evaluate(w, t, "--limit", "0"), "argument --limit"))
 case("eval --judge-frames 0", lambda w, t: (evaluate(w, t, "--judge-frames", "0"), "argument --judge-frames"))
@@ -227,8 +311,18 @@ case("eval --lora strength abc", lambda w, t: (evaluate(w, t, "--lora", "a.safet
 
 # ---------------------------------------------------------------- synth
 case("synth --out is a file", lambda w, t: (synth(w, t, out=w["note"]), str(w["note"])))
-for arg, value in [("--workers", "0"), ("--workers", "-1"), ("--n", "0"), ("--n", "-5"), ("--frames", "1"),
-                   ("--size", "8"), ("--fps", "0"), ("--fps", "nan"), ("--seed", "-1"), ("--format", "gif")]:
+for arg, value in [
+    ("--workers", "0"),
+    ("--workers", "-1"),
+    ("--n", "0"),
+    ("--n", "-5"),
+    ("--frames", "1"),
+    ("--size", "8"),
+    ("--fps", "0"),
+    ("--fps", "nan"),
+    ("--seed", "-1"),
+    ("--format", "gif"),
+]:
     case(f"synth {arg} {value}", lambda w, t, a=arg, v=value: (synth(w, t, a, v), f"argument {a}"))
 for value in ["a,b,c", "1,nan,0", "0,0,0", "1,1", "-1,1,1"]:
     case(f"synth --splits {value}", lambda w, t, v=value: (synth(w, t, "--splits", v), "--splits"))
@@ -251,8 +345,11 @@ TRAIN_TOML_CASES = [
     ("unknown optim key", ("steps = 2", "steps = 2\nlearning_rate = 1"), "optim.learning_rate"),
     ("tensorboard text", ("tensorboard = false", 'tensorboard = "yes"'), "log.tensorboard"),
     ("log.every 0", ("tensorboard = false", "tensorboard = false\nevery = 0"), "log.every"),
-    ("checkpoint_every negative", ("tensorboard = false", "tensorboard = false\ncheckpoint_every = -1"),
-     "log.checkpoint_every"),
+    (
+        "checkpoint_every negative",
+        ("tensorboard = false", "tensorboard = false\ncheckpoint_every = -1"),
+        "log.checkpoint_every",
+    ),
     ("output_name ../../x", ('method = "sft"', 'method = "sft"\noutput_name = "../../x"'), "output_name"),
     ("output_name a/b", ('method = "sft"', 'method = "sft"\noutput_name = "a/b"'), "output_name"),
     ("output_name hidden", ('method = "sft"', 'method = "sft"\noutput_name = ".x"'), "output_name"),
@@ -268,8 +365,11 @@ TRAIN_TOML_CASES = [
     ("sigma_sampling bogus", ("steps = 2", 'steps = 2\n[sft]\nsigma_sampling = "cosine"'), "sft.sigma_sampling"),
     ("sft shift 0", ("steps = 2", "steps = 2\n[sft]\nshift = 0.0"), "sft.shift"),
     ("rwo_mode bogus", ("steps = 2", 'steps = 2\n[rollout]\nrwo_mode = "max"'), "rollout.rwo_mode"),
-    ("reward weight text", ("steps = 2", 'steps = 2\n[rewards]\nweights = { preservation = "x" }'),
-     "rewards.weights.preservation"),
+    (
+        "reward weight text",
+        ("steps = 2", 'steps = 2\n[rewards]\nweights = { preservation = "x" }'),
+        "rewards.weights.preservation",
+    ),
     ("section is a number", ('method = "sft"', 'method = "sft"\nrollout = 5'), "rollout"),
     ("unknown section", ("steps = 2", "steps = 2\n[foo]\nx = 1"), "foo"),
     ("alpha zero", ("rank = 4", "rank = 4\nalpha = 0.0"), "lora.alpha"),
@@ -291,57 +391,113 @@ case("train --set a section", lambda w, t: (train(w, t, "", "--set", "model=x"),
 case("train --set bool", lambda w, t: (train(w, t, "", "--set", "log.plot=maybe"), "log.plot"))
 
 # ---------------------------------------------------------------- train: destinations and resume
-case("train output_dir is a file", lambda w, t: (
-    train(w, t, replace=(f'output_dir = "{t / "run"}"', f'output_dir = "{w["note"]}"')), "output_dir"))
-case("train output_dir is the editor", lambda w, t: (
-    train(w, t, replace=(f'output_dir = "{t / "run"}"', f'output_dir = "{w["editor"]}"')), str(w["editor"])))
-case("train foreign LoRA of the same name", lambda w, t: (
-    train(w, t) if write(t / "run" / "viva_lora.safetensors", b"user file") else [], "viva_lora.safetensors"))
-case("train foreign LoRA even with --resume", lambda w, t: (
-    train(w, t, "", "--resume") if write(t / "run" / "viva_lora.safetensors", b"user") else [],
-    "viva_lora.safetensors"))
-case("train earlier checkpoints without --resume", lambda w, t: (train(w, t) if good_checkpoint(t) else [],
-                                                                  "--resume"))
+case(
+    "train output_dir is a file",
+    lambda w, t: (train(w, t, replace=(f'output_dir = "{t / "run"}"', f'output_dir = "{w["note"]}"')), "output_dir"),
+)
+case(
+    "train output_dir is the editor",
+    lambda w, t: (
+        train(w, t, replace=(f'output_dir = "{t / "run"}"', f'output_dir = "{w["editor"]}"')),
+        str(w["editor"]),
+    ),
+)
+case(
+    "train foreign LoRA of the same name",
+    lambda w, t: (
+        train(w, t) if write(t / "run" / "viva_lora.safetensors", b"user file") else [],
+        "viva_lora.safetensors",
+    ),
+)
+case(
+    "train foreign LoRA even with --resume",
+    lambda w, t: (
+        train(w, t, "", "--resume") if write(t / "run" / "viva_lora.safetensors", b"user") else [],
+        "viva_lora.safetensors",
+    ),
+)
+case("train earlier checkpoints without --resume", lambda w, t: (train(w, t) if good_checkpoint(t) else [], "--resume"))
 case("train --resume missing folder", lambda w, t: (train(w, t, "", "--resume", str(t / "nope")), "nope"))
-case("train --resume state.json without step", lambda w, t: (
-    train(w, t, "", "--resume", str(checkpoint(t, {"format": "viva-checkpoint", "version": 2}))), "state.json"))
-case("train --resume state.json corrupt", lambda w, t: (
-    train(w, t, "", "--resume", str(checkpoint(t, "{not json"))), "state.json"))
-case("train --resume step is text", lambda w, t: (
-    train(w, t, "", "--resume", str(checkpoint(t, {"format": "viva-checkpoint", "step": "2"}))), "state.json"))
-case("train --resume legacy optimizer.pt", lambda w, t: (
-    train(w, t, "", "--resume", str(checkpoint(t, {"step": 2, "config": {}}, files={"optimizer.pt": b"PK"}))),
-    "optimizer.pt"))
-case("train --resume legacy, latest", lambda w, t: (
-    train(w, t, "", "--resume") if checkpoint(t, {"step": 2, "config": {}}, files={"optimizer.pt": b"PK"}) else [],
-    "optimizer.pt"))
-case("train --resume truncated trainable", lambda w, t: (
-    train(w, t, "", "--resume", str(damaged(t, "trainable.safetensors", b"\x08\x00"))), "trainable.safetensors"))
-case("train --resume optimizer missing", lambda w, t: (
-    train(w, t, "", "--resume", str(damaged(t, "optimizer.safetensors", None))), "optimizer.safetensors"))
-case("train --resume a foreign folder", lambda w, t: (
-    train(w, t, "", "--resume", str(checkpoint(t, {"hello": 1}))), "state.json"))
+case(
+    "train --resume state.json without step",
+    lambda w, t: (
+        train(w, t, "", "--resume", str(checkpoint(t, {"format": "viva-checkpoint", "version": 2}))),
+        "state.json",
+    ),
+)
+case(
+    "train --resume state.json corrupt",
+    lambda w, t: (train(w, t, "", "--resume", str(checkpoint(t, "{not json"))), "state.json"),
+)
+case(
+    "train --resume step is text",
+    lambda w, t: (
+        train(w, t, "", "--resume", str(checkpoint(t, {"format": "viva-checkpoint", "step": "2"}))),
+        "state.json",
+    ),
+)
+case(
+    "train --resume legacy optimizer.pt",
+    lambda w, t: (
+        train(w, t, "", "--resume", str(checkpoint(t, {"step": 2, "config": {}}, files={"optimizer.pt": b"PK"}))),
+        "optimizer.pt",
+    ),
+)
+case(
+    "train --resume legacy, latest",
+    lambda w, t: (
+        train(w, t, "", "--resume") if checkpoint(t, {"step": 2, "config": {}}, files={"optimizer.pt": b"PK"}) else [],
+        "optimizer.pt",
+    ),
+)
+case(
+    "train --resume truncated trainable",
+    lambda w, t: (
+        train(w, t, "", "--resume", str(damaged(t, "trainable.safetensors", b"\x08\x00"))),
+        "trainable.safetensors",
+    ),
+)
+case(
+    "train --resume optimizer missing",
+    lambda w, t: (train(w, t, "", "--resume", str(damaged(t, "optimizer.safetensors", None))), "optimizer.safetensors"),
+)
+case(
+    "train --resume a foreign folder",
+    lambda w, t: (train(w, t, "", "--resume", str(checkpoint(t, {"hello": 1}))), "state.json"),
+)
 
 # ---------------------------------------------------------------- pretrain
-for label, content, says in (("not JSON", b"not json\n", "line 1: not JSON"),
-                            ("a list line", b'[1]\n', 'line 1: needs "npz"'),
-                            ("no instruction", b'{"npz": "a.npz"}\n', '"instruction"'),
-                            ("not UTF-8", b"\xff\xfe", "must be UTF-8")):
-    case(f"pretrain manifest {label}", lambda w, t, c=content, m=says: (
-        ["pretrain", str(pretrain_toml(t, f'[data]\nmanifest = "{write(t / "m.jsonl", c)}"\n'))], m))
+for label, content, says in (
+    ("not JSON", b"not json\n", "line 1: not JSON"),
+    ("a list line", b"[1]\n", 'line 1: needs "npz"'),
+    ("no instruction", b'{"npz": "a.npz"}\n', '"instruction"'),
+    ("not UTF-8", b"\xff\xfe", "must be UTF-8"),
+):
+    case(
+        f"pretrain manifest {label}",
+        lambda w, t, c=content, m=says: (
+            ["pretrain", str(pretrain_toml(t, f'[data]\nmanifest = "{write(t / "m.jsonl", c)}"\n'))],
+            m,
+        ),
+    )
 case("pretrain config is a folder", lambda w, t: (["pretrain", str(t)], str(t)))
-case("pretrain steps text", lambda w, t: (["pretrain", str(pretrain_toml(t, '[optim]\nsteps = "x"\n'))],
-                                          "optim.steps"))
+case("pretrain steps text", lambda w, t: (["pretrain", str(pretrain_toml(t, '[optim]\nsteps = "x"\n'))], "optim.steps"))
 case("pretrain unknown key", lambda w, t: (["pretrain", str(pretrain_toml(t, "[vae]\nzdim = 4\n"))], "vae.zdim"))
 case("pretrain lr nan", lambda w, t: (["pretrain", str(pretrain_toml(t, "[optim]\nlr = nan\n"))], "optim.lr"))
-case("pretrain patch not a list", lambda w, t: (["pretrain", str(pretrain_toml(t, "[editor]\npatch = 1\n"))],
-                                                "editor.patch"))
-case("pretrain --stage bogus", lambda w, t: (["pretrain", str(pretrain_toml(t, "")), "--stage", "dit"],
-                                             "argument --stage"))
+case(
+    "pretrain patch not a list",
+    lambda w, t: (["pretrain", str(pretrain_toml(t, "[editor]\npatch = 1\n"))], "editor.patch"),
+)
+case(
+    "pretrain --stage bogus",
+    lambda w, t: (["pretrain", str(pretrain_toml(t, "")), "--stage", "dit"], "argument --stage"),
+)
 
 
 # ---------------------------------------------------------------- models: damaged folders, forged metadata
-def _editor_copy(w, t: Path, sub_config: str | None = None, data: bytes | None = None, bump_layers: bool = False) -> Path:
+def _editor_copy(
+    w, t: Path, sub_config: str | None = None, data: bytes | None = None, bump_layers: bool = False
+) -> Path:
     import shutil
 
     ed = Path(shutil.copytree(w["editor"], t / "damaged_editor"))
@@ -361,8 +517,14 @@ def _lora_with(t: Path, *, metadata: dict | None = None, adapter_config: bytes |
     d = t / "lora"
     d.mkdir()
     path = d / "l.safetensors"
-    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(2, 16),
-               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(16, 2)}, str(path), metadata=metadata)
+    save_file(
+        {
+            "diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(2, 16),
+            "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(16, 2),
+        },
+        str(path),
+        metadata=metadata,
+    )
     if adapter_config is not None:
         (d / "adapter_config.json").write_bytes(adapter_config)
     return path
@@ -377,27 +539,55 @@ def _forged_refiner(t: Path, **config) -> Path:
     return path
 
 
-for sub, data, what in (("transformer", b"{broken", "transformer config"), ("vae", b"[1, 2]", "vae config"),
-                        ("transformer", b"\xff\xfe", "transformer config")):
-    case(f"edit editor {sub}/config.json {data!r}", lambda w, t, s=sub, d=data, c=what: (
-        edit(w, t, "--editor", str(_editor_copy(w, t, s, d))), c))
-case("edit editor config with more layers than its weights", lambda w, t: (
-    edit(w, t, "--editor", str(_editor_copy(w, t, bump_layers=True))), "do not match its config.json"))
-case("edit lora adapter_config.json is a list", lambda w, t: (
-    edit(w, t, "--lora", str(_lora_with(t, adapter_config=b"[1]"))), "adapter_config.json"))
-case("edit lora adapter_config.json broken", lambda w, t: (
-    edit(w, t, "--lora", str(_lora_with(t, adapter_config=b"{"))), "adapter_config.json"))
-case("edit lora forged lora_adapter_metadata", lambda w, t: (
-    edit(w, t, "--lora", str(_lora_with(t, metadata={"lora_adapter_metadata": "{nope"}))), "lora_adapter_metadata"))
-case("edit lora lora_adapter_metadata not an object", lambda w, t: (
-    edit(w, t, "--lora", str(_lora_with(t, metadata={"lora_adapter_metadata": "[2]"}))), "lora_adapter_metadata"))
+for sub, data, what in (
+    ("transformer", b"{broken", "transformer config"),
+    ("vae", b"[1, 2]", "vae config"),
+    ("transformer", b"\xff\xfe", "transformer config"),
+):
+    case(
+        f"edit editor {sub}/config.json {data!r}",
+        lambda w, t, s=sub, d=data, c=what: (edit(w, t, "--editor", str(_editor_copy(w, t, s, d))), c),
+    )
+case(
+    "edit editor config with more layers than its weights",
+    lambda w, t: (edit(w, t, "--editor", str(_editor_copy(w, t, bump_layers=True))), "do not match its config.json"),
+)
+case(
+    "edit lora adapter_config.json is a list",
+    lambda w, t: (edit(w, t, "--lora", str(_lora_with(t, adapter_config=b"[1]"))), "adapter_config.json"),
+)
+case(
+    "edit lora adapter_config.json broken",
+    lambda w, t: (edit(w, t, "--lora", str(_lora_with(t, adapter_config=b"{"))), "adapter_config.json"),
+)
+case(
+    "edit lora forged lora_adapter_metadata",
+    lambda w, t: (
+        edit(w, t, "--lora", str(_lora_with(t, metadata={"lora_adapter_metadata": "{nope"}))),
+        "lora_adapter_metadata",
+    ),
+)
+case(
+    "edit lora lora_adapter_metadata not an object",
+    lambda w, t: (
+        edit(w, t, "--lora", str(_lora_with(t, metadata={"lora_adapter_metadata": "[2]"}))),
+        "lora_adapter_metadata",
+    ),
+)
+
+
 def _lora_tensors(t: Path, a: torch.Tensor, b: torch.Tensor) -> Path:
     from safetensors.torch import save_file
 
     path = t / "odd_lora.safetensors"
-    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": a,
-               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": b,
-               "diffusion_model.blocks.0.self_attn.q.alpha": torch.tensor(4.0)}, str(path))
+    save_file(
+        {
+            "diffusion_model.blocks.0.self_attn.q.lora_A.weight": a,
+            "diffusion_model.blocks.0.self_attn.q.lora_B.weight": b,
+            "diffusion_model.blocks.0.self_attn.q.alpha": torch.tensor(4.0),
+        },
+        str(path),
+    )
     return path
 
 
@@ -417,16 +607,46 @@ def _editor_with_nan(w, t: Path, part: str) -> Path:
 # The edit's NaN is blamed on the file, not on fp16 or a LoRA. The source is the bundled 17-frame example: below ~16
 # tokens torch's CPU attention returns finite values for NaN keys, so the 5-frame test clip would hide the damage.
 for part in ("transformer", "vae", "text_encoder"):
-    case(f"edit editor with NaN {part} weights", lambda w, t, p=part: (
-        ["edit", "example", "make it red", "-o", str(t / "out.mp4"), "--editor", str(_editor_with_nan(w, t, p)),
-         "--steps", "1", "--dtype", "fp32", "--device", "cpu"], f"damaged_editor/{p}: "))
-case("edit lora with NaN weights", lambda w, t: (edit(w, t, "--lora", str(_lora_tensors(
-    t, torch.full((2, 16), float("nan")), torch.ones(16, 2)))), "NaN/Inf"))
-case("edit lora of rank 0 with an alpha", lambda w, t: (edit(w, t, "--lora", str(_lora_tensors(
-    t, torch.zeros(0, 16), torch.zeros(16, 0)))), "rank 0"))
+    case(
+        f"edit editor with NaN {part} weights",
+        lambda w, t, p=part: (
+            [
+                "edit",
+                "example",
+                "make it red",
+                "-o",
+                str(t / "out.mp4"),
+                "--editor",
+                str(_editor_with_nan(w, t, p)),
+                "--steps",
+                "1",
+                "--dtype",
+                "fp32",
+                "--device",
+                "cpu",
+            ],
+            f"damaged_editor/{p}: ",
+        ),
+    )
+case(
+    "edit lora with NaN weights",
+    lambda w, t: (
+        edit(w, t, "--lora", str(_lora_tensors(t, torch.full((2, 16), float("nan")), torch.ones(16, 2)))),
+        "NaN/Inf",
+    ),
+)
+case(
+    "edit lora of rank 0 with an alpha",
+    lambda w, t: (edit(w, t, "--lora", str(_lora_tensors(t, torch.zeros(0, 16), torch.zeros(16, 0)))), "rank 0"),
+)
 for field_, value in (("depth", 1.5), ("heads", "4"), ("hidden_dim", True)):
-    case(f"edit refiner forged {field_}={value!r}", lambda w, t, f=field_, v=value: (
-        edit(w, t, "--instructor", str(w["vlm"]), "--refiner", str(_forged_refiner(t, **{f: v}))), "refiner"))
+    case(
+        f"edit refiner forged {field_}={value!r}",
+        lambda w, t, f=field_, v=value: (
+            edit(w, t, "--instructor", str(w["vlm"]), "--refiner", str(_forged_refiner(t, **{f: v}))),
+            "refiner",
+        ),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -506,10 +726,21 @@ def test_optimizer_state_round_trips_exactly_without_pickle(tmp_path):
     from viva_core.train.checkpoint import load_checkpoint, save_checkpoint
 
     opt, params = _adam_state()
-    ck = save_checkpoint(tmp_path, 3, trainable={"a": torch.ones(2)}, rng={"torch": torch.get_rng_state()},
-                         optimizer=opt.state_dict(), state={"config": {}})
-    assert sorted(p.name for p in ck.iterdir()) == ["optimizer.json", "optimizer.safetensors", "rng.safetensors",
-                                                   "state.json", "trainable.safetensors"]
+    ck = save_checkpoint(
+        tmp_path,
+        3,
+        trainable={"a": torch.ones(2)},
+        rng={"torch": torch.get_rng_state()},
+        optimizer=opt.state_dict(),
+        state={"config": {}},
+    )
+    assert sorted(p.name for p in ck.iterdir()) == [
+        "optimizer.json",
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "state.json",
+        "trainable.safetensors",
+    ]
     loaded = load_checkpoint(ck).optimizer
     assert _equal(loaded, opt.state_dict())  # int state keys, the betas tuple, 0-d step tensors, dtypes
     twin = torch.optim.AdamW([torch.nn.Parameter(p.detach().clone()) for p in params], lr=0.01)
@@ -527,8 +758,9 @@ def test_checkpoint_files_get_a_plain_writes_mode(tmp_path):
 
     old = os.umask(0o022)
     try:
-        ck = save_checkpoint(tmp_path, 1, trainable={"w": torch.ones(2)}, rng={"r": torch.zeros(1)}, optimizer={},
-                             state={})
+        ck = save_checkpoint(
+            tmp_path, 1, trainable={"w": torch.ones(2)}, rng={"r": torch.zeros(1)}, optimizer={}, state={}
+        )
     finally:
         os.umask(old)
     modes = {f.name: f.stat().st_mode & 0o777 for f in ck.iterdir()}
@@ -543,8 +775,15 @@ def test_cleanup_deletes_only_our_checkpoints(tmp_path):
     write(tmp_path / "step-0000000" / "state.json", json.dumps({"step": 0}))  # looks like ours, is not
     opt, _ = _adam_state()
     for step in (2, 3, 4):
-        save_checkpoint(tmp_path, step, trainable={"a": torch.ones(1)}, rng={"torch": torch.get_rng_state()},
-                        optimizer=opt.state_dict(), state={}, keep=1)
+        save_checkpoint(
+            tmp_path,
+            step,
+            trainable={"a": torch.ones(1)},
+            rng={"torch": torch.get_rng_state()},
+            optimizer=opt.state_dict(),
+            state={},
+            keep=1,
+        )
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000004"]
     assert (mine / "photo.jpg").read_bytes() == b"user data" and (tmp_path / "step-0000000" / "state.json").is_file()
 
@@ -555,8 +794,14 @@ def test_a_foreign_folder_with_the_checkpoint_name_is_not_replaced(tmp_path):
 
     write(tmp_path / "step-0000005" / "mine.txt", b"keep")
     with pytest.raises(OutputPathError, match="step-0000005"):
-        save_checkpoint(tmp_path, 5, trainable={}, rng={"torch": torch.get_rng_state()},
-                        optimizer={"state": {}, "param_groups": []}, state={})
+        save_checkpoint(
+            tmp_path,
+            5,
+            trainable={},
+            rng={"torch": torch.get_rng_state()},
+            optimizer={"state": {}, "param_groups": []},
+            state={},
+        )
     assert (tmp_path / "step-0000005" / "mine.txt").read_bytes() == b"keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-0000005"]
 
@@ -566,8 +811,14 @@ def test_latest_checkpoint_skips_a_damaged_newest_one(tmp_path):
 
     opt, _ = _adam_state()
     for step in (2, 4):
-        save_checkpoint(tmp_path, step, trainable={"a": torch.ones(3)}, rng={"torch": torch.get_rng_state()},
-                        optimizer=opt.state_dict(), state={})
+        save_checkpoint(
+            tmp_path,
+            step,
+            trainable={"a": torch.ones(3)},
+            rng={"torch": torch.get_rng_state()},
+            optimizer=opt.state_dict(),
+            state={},
+        )
     newest = tmp_path / "step-0000004" / "trainable.safetensors"
     newest.write_bytes(newest.read_bytes()[:20])  # truncated after the rename (disk trouble, a copy cut short)
     assert latest_checkpoint(tmp_path).name == "step-0000002"
@@ -585,8 +836,29 @@ def test_train_overwrite_removes_only_our_checkpoints(tmp_path):
 
 # ---------------------------------------------------------------- config fuzzing (seeded: no extra dependency)
 def _random_value(rng) -> object:
-    return rng.choice([0, -1, 1, 2**70, 0.5, -0.5, float("nan"), float("inf"), True, False, "", "8", "../x",
-                       "\u00e9", [], [1, "a"], {}, {"a": "b"}, {"preservation": 1.0}])
+    return rng.choice(
+        [
+            0,
+            -1,
+            1,
+            2**70,
+            0.5,
+            -0.5,
+            float("nan"),
+            float("inf"),
+            True,
+            False,
+            "",
+            "8",
+            "../x",
+            "\u00e9",
+            [],
+            [1, "a"],
+            {},
+            {"a": "b"},
+            {"preservation": 1.0},
+        ]
+    )
 
 
 @pytest.mark.parametrize("kind", ["train", "pretrain"])
@@ -622,9 +894,13 @@ def test_fuzzed_configs_load_or_raise_a_config_error(tmp_path, kind):
             node[leaf] = value
         path = tmp_path / f"{i}.toml"
         path.write_text(_to_toml(tables))
-        for attempt in (lambda: load(str(path)),  # noqa: B023 (each is called in this iteration)
-                        lambda: load(None, [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
-                                            for k, v in values.items()])):  # noqa: B023 (as above)
+        for attempt in (
+            lambda: load(str(path)),  # noqa: B023 (each is called in this iteration)
+            lambda: load(
+                None,
+                [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in values.items()],  # noqa: B023
+            ),
+        ):  # noqa: B023 (as above)
             try:
                 attempt()
                 outcomes["ok"] += 1
@@ -636,6 +912,7 @@ def test_fuzzed_configs_load_or_raise_a_config_error(tmp_path, kind):
 
 def _to_toml(tables: dict, prefix: str = "") -> str:
     """A minimal TOML writer for the fuzzer (scalars, lists, inline tables; nan/inf as TOML spells them)."""
+
     def value(v) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -649,18 +926,29 @@ def _to_toml(tables: dict, prefix: str = "") -> str:
             return "{" + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + "}"
         return str(v)
 
-    scalars = "".join(f"{k} = {value(v)}\n" for k, v in tables.items() if not isinstance(v, dict) or not prefix
-                      and k not in _SECTIONS)
-    sections = "".join(f"[{prefix}{k}]\n" + _to_toml(v, f"{prefix}{k}.") for k, v in tables.items()
-                       if isinstance(v, dict) and (prefix or k in _SECTIONS))
+    scalars = "".join(
+        f"{k} = {value(v)}\n" for k, v in tables.items() if not isinstance(v, dict) or not prefix and k not in _SECTIONS
+    )
+    sections = "".join(
+        f"[{prefix}{k}]\n" + _to_toml(v, f"{prefix}{k}.")
+        for k, v in tables.items()
+        if isinstance(v, dict) and (prefix or k in _SECTIONS)
+    )
     return scalars + sections
 
 
 _SECTIONS = {"model", "data", "lora", "optim", "sft", "rollout", "rewards", "log", "vae", "editor", "judge"}
 
 
-@pytest.mark.parametrize("content, expected", [(b"{broken", "not readable JSON"), (b"[1, 2]", "must be a JSON object"),
-                                               (b"\xff\xfe", "not readable JSON"), (None, "not found")])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"{broken", "not readable JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b"\xff\xfe", "not readable JSON"),
+        (None, "not found"),
+    ],
+)
 def test_json_model_files_fail_naming_the_file(tmp_path, content, expected):
     """The helper model loaders use for config.json / adapter_config.json (issue 11: a broken config.json and an
     adapter_config.json that is a list ended in tracebacks)."""
@@ -682,21 +970,35 @@ def test_cli_train_refuses_to_replace_an_earlier_run_unless_told(w, tmp_path, ca
     from viva_core.train.checkpoint import list_checkpoints
 
     cache = f"data.cache_dir={tmp_path / 'cache'}"
-    argv = train(w, tmp_path, "", "--set", "log.checkpoint_every=1", "--set", "log.plot=false", "--set", cache,
-                 replace=("steps = 2", "steps = 3"))
+    argv = train(
+        w,
+        tmp_path,
+        "",
+        "--set",
+        "log.checkpoint_every=1",
+        "--set",
+        "log.plot=false",
+        "--set",
+        cache,
+        replace=("steps = 2", "steps = 3"),
+    )
     assert main(argv) == 0
     run = tmp_path / "run"
     assert [p.name for p in list_checkpoints(run / "checkpoints")][-1] == "step-0000003"
     before = _snapshot(run)
     assert main(argv) == 2
     assert "--resume" in capsys.readouterr().err and _snapshot(run) == before
-    shorter = [a if a != str(tmp_path / "train.toml") else str(toml(w, tmp_path, replace=("steps = 2", "steps = 1")))
-               for a in argv]
+    shorter = [
+        a if a != str(tmp_path / "train.toml") else str(toml(w, tmp_path, replace=("steps = 2", "steps = 1")))
+        for a in argv
+    ]
     assert main(shorter + ["--overwrite"]) == 0
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-0000001"]
 
 
-@pytest.mark.skipif(not os.environ.get("VIVA_FAULT_TESTS"), reason="kill -9 fault test (minutes): set VIVA_FAULT_TESTS=1")
+@pytest.mark.skipif(
+    not os.environ.get("VIVA_FAULT_TESTS"), reason="kill -9 fault test (minutes): set VIVA_FAULT_TESTS=1"
+)
 def test_kill_9_at_random_moments_then_resume_ends_bit_identical(w, tmp_path):
     """`viva train` killed with SIGKILL at random moments, then `--resume`d: the LoRA equals an uninterrupted run's
     bit for bit, and at most one checkpoint interval is lost. Prints where each kill landed."""
@@ -714,10 +1016,22 @@ def test_kill_9_at_random_moments_then_resume_ends_bit_identical(w, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
     def argv(out: Path, *extra: str) -> list[str]:
-        sets = [f"output_dir={out}", f"optim.steps={steps}", "log.checkpoint_every=1", "log.plot=false",
-                f"data.cache_dir={tmp_path / 'cache'}"]
-        return [sys.executable, "-m", "viva_core.cli", "train", str(toml(w, tmp_path)), *extra,
-                *[a for s in sets for a in ("--set", s)]]
+        sets = [
+            f"output_dir={out}",
+            f"optim.steps={steps}",
+            "log.checkpoint_every=1",
+            "log.plot=false",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ]
+        return [
+            sys.executable,
+            "-m",
+            "viva_core.cli",
+            "train",
+            str(toml(w, tmp_path)),
+            *extra,
+            *[a for s in sets for a in ("--set", s)],
+        ]
 
     def lora(out: Path) -> dict:
         return load_file(str(out / "viva_lora.safetensors"))
@@ -745,5 +1059,7 @@ def test_kill_9_at_random_moments_then_resume_ends_bit_identical(w, tmp_path):
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         got = lora(out)
         assert got.keys() == straight.keys() and all(torch.equal(got[k], straight[k]) for k in got), trial
-        print(f"kill {trial}: after step {logged} (checkpoint {saved}; half-written checkpoint folders {temps}); "
-              f"resumed to {steps}: LoRA bit-identical")
+        print(
+            f"kill {trial}: after step {logged} (checkpoint {saved}; half-written checkpoint folders {temps}); "
+            f"resumed to {steps}: LoRA bit-identical"
+        )

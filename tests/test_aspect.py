@@ -1,6 +1,7 @@
 """A user's own video keeps its aspect and size: conform (scale to fit + pad) and un-conform against an independent
 computation (PIL's resampler, numpy's padding, a sinusoid's analytic attenuation), the bundled editor end to end on
 a non-square clip, and sizes reported as W x H."""
+
 import math
 
 import numpy as np
@@ -30,8 +31,13 @@ def sinusoid(t: int, h: int, w: int, amp: float = 0.4) -> torch.Tensor:
 
 def pil_resize(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[T,H,W,C] resized to (h, w) by PIL's antialiased bilinear, one float channel at a time."""
-    out = [[np.asarray(Image.fromarray(f[..., c].numpy(), mode="F").resize((size[1], size[0]), Image.BILINEAR))
-            for c in range(f.shape[-1])] for f in frames]
+    out = [
+        [
+            np.asarray(Image.fromarray(f[..., c].numpy(), mode="F").resize((size[1], size[0]), Image.BILINEAR))
+            for c in range(f.shape[-1])
+        ]
+        for f in frames
+    ]
     return torch.from_numpy(np.stack([np.stack(chans, -1) for chans in out]))
 
 
@@ -60,7 +66,7 @@ def test_round_trip_psnr_is_the_resamplers_attenuation():
     x, report = conform_frames(src, 4, 16, resize_to=(64, 64), fit="pad")
     back = unconform_frames(x, report)
     sinc = math.sin(math.pi / 32) / (math.pi / 32)
-    attenuation_db = -20 * math.log10(0.4 * (1 - sinc ** 8) / math.sqrt(2))
+    attenuation_db = -20 * math.log10(0.4 * (1 - sinc**8) / math.sqrt(2))
     assert attenuation_db == pytest.approx(48.8, abs=0.1)
     assert 40 < psnr(back, src) < attenuation_db
     shifted = torch.roll(x, 1, dims=1)  # the content one working pixel low
@@ -77,11 +83,13 @@ def test_sizes_that_are_multiples_stay_and_others_pad_and_crop_back_exactly():
     expected = np.pad(src[:9].numpy(), ((0, 0), (1, 2), (6, 7), (0, 0)), mode="edge")
     assert x.shape == (9, 48, 112, 3) and torch.equal(x, torch.from_numpy(expected))
     assert torch.equal(unconform_frames(x, report), src[:9])
-    assert report.message() == ("9 frames kept of 10 (4k+1); edited at 112x48 (99x45, edge-padded); "
-                                "output cropped back to 99x45")
+    assert report.message() == (
+        "9 frames kept of 10 (4k+1); edited at 112x48 (99x45, edge-padded); output cropped back to 99x45"
+    )
     reflect, _ = conform_frames(src, 4, 16, fit="pad", pad_mode="reflect")
-    assert torch.equal(reflect, torch.from_numpy(np.pad(src[:9].numpy(), ((0, 0), (1, 2), (6, 7), (0, 0)),
-                                                        mode="reflect")))
+    assert torch.equal(
+        reflect, torch.from_numpy(np.pad(src[:9].numpy(), ((0, 0), (1, 2), (6, 7), (0, 0)), mode="reflect"))
+    )
 
 
 def test_unconform_refuses_what_it_cannot_undo():
@@ -96,8 +104,10 @@ def test_unconform_refuses_what_it_cannot_undo():
 def test_sizes_read_width_by_height():
     assert format_size(48, 96) == "96x48"
     _, report = conform_frames(torch.rand(18, H, W, 3), 4, 16, resize_to=(64, 64), fit="pad")
-    assert report.message() == ("17 frames kept of 18 (4k+1); edited at 64x64 (96x48 scaled to 64x32, aspect kept, "
-                                "edge-padded); output scaled back to 96x48")
+    assert report.message() == (
+        "17 frames kept of 18 (4k+1); edited at 64x64 (96x48 scaled to 64x32, aspect kept, "
+        "edge-padded); output scaled back to 96x48"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +127,9 @@ def test_bundled_editor_returns_a_non_square_source_at_its_size(small_editor):
     result = edit(small_editor, src, cond, settings=settings, fps=8.0)
     assert result.frames.shape == (T, H, W, 3)
     assert "17 frames 96x48 @ 8 fps" in result.summary() and "output scaled back to 96x48" in result.summary()
-    working = torch.from_numpy(np.pad(pil_resize(src, (32, 64)).numpy(), ((0, 0), (16, 16), (0, 0), (0, 0)),
-                                      mode="edge"))
+    working = torch.from_numpy(
+        np.pad(pil_resize(src, (32, 64)).numpy(), ((0, 0), (16, 16), (0, 0), (0, 0)), mode="edge")
+    )
     by_hand = pil_resize(edit(small_editor, working, cond, settings=settings).frames[:, 16:48], (H, W))
     assert (result.frames - by_hand).abs().max() < 1e-3
     recon = reconstruct(small_editor, src)

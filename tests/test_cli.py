@@ -1,12 +1,13 @@
 """`viva edit` / `viva judge` end to end on tiny checkpoints in the real formats."""
+
 import json
 import math
 
 import pytest
 import torch
-
 from tiny_editor import build_editor_folder
 from tiny_vlm import build_tiny_vlm
+
 from viva_core.cli import main, parse_lora_arg
 from viva_core.instructor import RefinerConfig, TokenRefiner, save_refiner
 from viva_core.lora import LoraLayer, lora_target_names, save_lora
@@ -21,7 +22,7 @@ def assets(tmp_path_factory):
     frames = torch.zeros(11, 36, 40, 3)
     for i in range(11):  # a bright square moving right on a gradient
         frames[i] = torch.linspace(0, 0.5, 40).view(1, 40, 1)
-        frames[i, 10:20, 2 + 2 * i: 12 + 2 * i] = 1.0
+        frames[i, 10:20, 2 + 2 * i : 12 + 2 * i] = 1.0
     sr = 16000
     wave = torch.sin(2 * math.pi * 440 * torch.arange(int(sr * 11 / 8)) / sr).unsqueeze(0) * 0.3
     src = write_video(root / "src.mp4", frames, 8.0, Audio(wave, sr))
@@ -32,17 +33,36 @@ def assets(tmp_path_factory):
     layers = {}
     for name in lora_target_names(dit):
         w = dit.get_submodule(name).weight
-        layers[name] = LoraLayer(torch.randn(4, w.shape[1], generator=g) * 0.1,
-                                 torch.randn(w.shape[0], 4, generator=g) * 0.1, 4.0)
+        layers[name] = LoraLayer(
+            torch.randn(4, w.shape[1], generator=g) * 0.1, torch.randn(w.shape[0], 4, generator=g) * 0.1, 4.0
+        )
     lora = save_lora(root / "style.safetensors", layers, metadata={"rank": 4})
-    refiner = save_refiner(root / "refiner.safetensors",
-                           TokenRefiner(RefinerConfig(in_dim=32, out_dim=64, hidden_dim=32, depth=1, heads=4)))
+    refiner = save_refiner(
+        root / "refiner.safetensors",
+        TokenRefiner(RefinerConfig(in_dim=32, out_dim=64, hidden_dim=32, depth=1, heads=4)),
+    )
     return dict(root=root, editor=editor, vlm=vlm, src=src, lora=lora, refiner=refiner)
 
 
 def _edit_args(a, out, *extra):
-    return ["edit", str(a["src"]), "make the square red", "-o", str(out), "--editor", str(a["editor"]),
-            "--steps", "2", "--dtype", "fp32", "--device", "cpu", "--sampler", "euler", *extra]
+    return [
+        "edit",
+        str(a["src"]),
+        "make the square red",
+        "-o",
+        str(out),
+        "--editor",
+        str(a["editor"]),
+        "--steps",
+        "2",
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--sampler",
+        "euler",
+        *extra,
+    ]
 
 
 def test_edit_writes_mp4_with_source_fps_and_audio(assets, capsys):
@@ -60,7 +80,11 @@ def test_edit_writes_mp4_with_source_fps_and_audio(assets, capsys):
 
 def test_lora_changes_the_edit_and_strength_zero_does_not(assets):
     outs = {}
-    for tag, extra in (("base", []), ("zero", ["--lora", f"{assets['lora']}:0"]), ("lora", ["--lora", str(assets["lora"])])):
+    for tag, extra in (
+        ("base", []),
+        ("zero", ["--lora", f"{assets['lora']}:0"]),
+        ("lora", ["--lora", str(assets["lora"])]),
+    ):
         out = assets["root"] / f"{tag}.mp4"
         assert main(_edit_args(assets, out, *extra)) == 0
         outs[tag] = read_video(out, with_audio=False).frames
@@ -70,12 +94,24 @@ def test_lora_changes_the_edit_and_strength_zero_does_not(assets):
 
 def test_edit_with_instructor_and_judge(assets, capsys):
     out = assets["root"] / "instr.mp4"
-    args = _edit_args(assets, out, "--instructor", str(assets["vlm"]), "--refiner", str(assets["refiner"]),
-                      "--judge", str(assets["vlm"]), "--vlm-dtype", "fp32", "--candidates", "2")
+    args = _edit_args(
+        assets,
+        out,
+        "--instructor",
+        str(assets["vlm"]),
+        "--refiner",
+        str(assets["refiner"]),
+        "--judge",
+        str(assets["vlm"]),
+        "--vlm-dtype",
+        "fp32",
+        "--candidates",
+        "2",
+    )
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "overall" in text and "*" in text  # best-of-N table with the best row marked
-    report = json.loads(text[text.index("{"): text.rindex("}") + 1])
+    report = json.loads(text[text.index("{") : text.rindex("}") + 1])
     assert set(report["scores"]) == {"EA", "PC", "GN", "GR"}
     assert probe_video(out).num_frames == 9
 
@@ -88,9 +124,27 @@ def test_rewrite_mode_without_refiner(assets, capsys):
 
 def test_judge_command_writes_report(assets, capsys):
     report = assets["root"] / "judge.json"
-    assert main(["judge", str(assets["src"]), str(assets["src"]), "make the square red", "--judge",
-                 str(assets["vlm"]), "--vlm-dtype", "fp32", "--device", "cpu", "--frames", "3",
-                 "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "judge",
+                str(assets["src"]),
+                str(assets["src"]),
+                "make the square red",
+                "--judge",
+                str(assets["vlm"]),
+                "--vlm-dtype",
+                "fp32",
+                "--device",
+                "cpu",
+                "--frames",
+                "3",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     data = json.loads(report.read_text())
     assert all(0.0 <= data["scores"][d] <= 1.0 for d in ("EA", "PC", "GN", "GR"))
     assert math.isclose(data["overall"], sum(data["scores"].values()) / 4, rel_tol=1e-6)
@@ -119,16 +173,27 @@ def test_bad_inputs_fail_cleanly_without_output(assets, capsys, case):
         from safetensors.torch import save_file
 
         bad = root / "sdxl_lora.safetensors"
-        save_file({"lora_unet_down_blocks_0_attn.lora_down.weight": torch.zeros(4, 8),
-                   "lora_unet_down_blocks_0_attn.lora_up.weight": torch.zeros(8, 4)}, str(bad))
+        save_file(
+            {
+                "lora_unet_down_blocks_0_attn.lora_down.weight": torch.zeros(4, 8),
+                "lora_unet_down_blocks_0_attn.lora_up.weight": torch.zeros(8, 4),
+            },
+            str(bad),
+        )
         args += ["--lora", str(bad)]
     elif case == "no_editor":
         args[args.index("--editor") + 1] = str(root / "no_such_editor")
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "viva: error:" in err
-    named = {"corrupt": "corrupt.mp4", "empty": "empty.mp4", "missing": "nope.mp4", "pickle_lora": "evil.pt",
-             "foreign_lora": "sdxl_lora.safetensors", "no_editor": "no_such_editor"}[case]
+    named = {
+        "corrupt": "corrupt.mp4",
+        "empty": "empty.mp4",
+        "missing": "nope.mp4",
+        "pickle_lora": "evil.pt",
+        "foreign_lora": "sdxl_lora.safetensors",
+        "no_editor": "no_such_editor",
+    }[case]
     assert named in err
     assert not out.exists() and not list(root.glob(f".bad_{case}*"))
 
@@ -155,7 +220,9 @@ def test_readme_node_table_uses_the_ui_names():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    shown = set(re.findall(r'display_name="(VIVA[^"]*)"', "".join(p.read_text() for p in (root / "nodes").glob("*.py"))))
+    shown = set(
+        re.findall(r'display_name="(VIVA[^"]*)"', "".join(p.read_text() for p in (root / "nodes").glob("*.py")))
+    )
     table = set(re.findall(r"^\| (VIVA (?!- )[^|]*?) \|", (root / "README.md").read_text(), flags=re.M))
     assert shown and table == shown, (sorted(table - shown), sorted(shown - table))
 
@@ -180,8 +247,9 @@ def test_bundled_editor_defaults_to_its_steps_and_flags_show_their_defaults(caps
     for flag, default in (("--cfg", DEFAULTS.cfg), ("--seed", DEFAULTS.seed)):
         assert f"(default {default})" in text.rsplit(flag, 1)[1][:200], flag  # its entry, after the usage line
     for flag, default in (("--shift", DEFAULTS.shift), ("--sampler", DEFAULTS.sampler)):
-        assert f"(default: from the model folder's scheduler config, else {default})" in \
-            text.rsplit(flag, 1)[1][:200], flag
+        assert (
+            f"(default: from the model folder's scheduler config, else {default})" in text.rsplit(flag, 1)[1][:200]
+        ), flag
     args = parser.parse_args(base + ["--editor", "/models/Lucy-Edit-Dev"])
     assert (sampling_settings(args).shift, sampling_settings(args).sampler) == (None, None)  # the editor's, at edit
     args = parser.parse_args(base + ["--editor", "/models/Lucy-Edit-Dev", "--shift", "3", "--sampler", "euler"])

@@ -5,14 +5,17 @@ POST /interrupt within a step, Train LoRA on the graph's loaded editor).
 
 Needs a ComfyUI checkout outside the repo (README.md, "Set-up"):
 
-    COMFYUI_DIR=/path/to/ComfyUI [COMFY_PY=/path/to/its/venv/bin/python] [COMFY_HARNESS=.../harness.sh] pytest tests/test_comfyui.py
+    COMFYUI_DIR=/path/to/ComfyUI [COMFY_PY=/path/to/its/venv/bin/python] [COMFY_HARNESS=.../harness.sh] \\
+        pytest tests/test_comfyui.py
 
 COMFY_PY defaults to <COMFYUI_DIR>/../venv/bin/python when that exists, else this Python. The harness
 (symlinks the pack into custom_nodes, starts ComfyUI with only this pack, posts a prompt, stops it) is
 COMFY_HARNESS, else shared/comfy/harness.sh in the repo's parent folder. Whatever is missing skips the tests
-with a reason that names the variable to set (shown in the summary: pyproject's addopts has -ra). Each prompt runs in its own ComfyUI process (about 20 s of
-start-up each on 2 CPU cores); the models are the tiny ones of tests/make_comfy_models.py.
+with a reason that names the variable to set (shown in the summary: pyproject's addopts has -ra). Each prompt runs
+in its own ComfyUI process (about 20 s of start-up each on 2 CPU cores); the models are the tiny ones of
+tests/make_comfy_models.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,13 +30,26 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = Path(__file__).resolve().parent / "comfy_prompts"
 PACK_NAME = "comfyui-viva"  # folder name under custom_nodes ([project].name, so the JS is served once)
-NODE_IDS = ("VIVA_LoadEditor", "VIVA_LoadVLM", "VIVA_LoraLoader", "VIVA_LoadVideo", "VIVA_EncodeInstruction",
-            "VIVA_EditVideo", "VIVA_BestOfN", "VIVA_Judge", "VIVA_DatasetFromFolder", "VIVA_TrainLoRA")
+NODE_IDS = (
+    "VIVA_LoadEditor",
+    "VIVA_LoadVLM",
+    "VIVA_LoraLoader",
+    "VIVA_LoadVideo",
+    "VIVA_EncodeInstruction",
+    "VIVA_EditVideo",
+    "VIVA_BestOfN",
+    "VIVA_Judge",
+    "VIVA_DatasetFromFolder",
+    "VIVA_TrainLoRA",
+)
 EXIT_OK, EXIT_EXEC, EXIT_TIMEOUT = 0, 3, 4
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: point it at a ComfyUI checkout "
-                                "(and COMFY_PY at the python of its venv) to run the ComfyUI integration tests")
+pytestmark = pytest.mark.skipif(
+    not COMFYUI_DIR,
+    reason="COMFYUI_DIR is not set: point it at a ComfyUI checkout "
+    "(and COMFY_PY at the python of its venv) to run the ComfyUI integration tests",
+)
 
 
 def _comfy_py() -> str:
@@ -67,31 +83,47 @@ def comfy() -> Path:
 def models(comfy, tmp_path_factory):
     harness = _harness()
     if not harness.is_file():
-        how = ("COMFY_HARNESS points to no file" if os.environ.get("COMFY_HARNESS") else
-               "COMFY_HARNESS is not set and the repo's parent has no shared/comfy/harness.sh")
+        how = (
+            "COMFY_HARNESS points to no file"
+            if os.environ.get("COMFY_HARNESS")
+            else "COMFY_HARNESS is not set and the repo's parent has no shared/comfy/harness.sh"
+        )
         pytest.skip(f"harness not found at {harness} ({how}): set COMFY_HARNESS to the path of harness.sh")
     from make_comfy_models import build_all
 
     return build_all(tmp_path_factory.mktemp("comfy_models"))
 
 
-def run_harness(models: dict, tmp_path: Path, *prompts: str | Path, timeout: int = 240,
-                prompt_timeout: int = 150) -> tuple[int, str, dict]:
+def run_harness(
+    models: dict, tmp_path: Path, *prompts: str | Path, timeout: int = 240, prompt_timeout: int = 150
+) -> tuple[int, str, dict]:
     """Runs the harness on the given prompt files (names in tests/comfy_prompts, or paths); returns (exit code,
     stdout+stderr, the --report JSON). Runs in one test share tmp_path/run, so the output folder carries over.
     A prompt still running after `prompt_timeout` seconds is interrupted (POST /interrupt)."""
     report = tmp_path / "report.json"
     cmd, env = harness_command(models, tmp_path, report, prompts, prompt_timeout)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                          timeout=timeout)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=timeout)
     data = json.loads(report.read_text()) if report.is_file() else {}
     return proc.returncode, proc.stdout, data
 
 
 def harness_command(models: dict, tmp_path: Path, report: Path, prompts, prompt_timeout: int) -> tuple[list, dict]:
-    cmd = [str(_harness()), str(REPO), "--name", PACK_NAME, "--input-dir", models["input_dir"],
-           "--extra-arg=--extra-model-paths-config", f"--extra-arg={models['yaml']}",
-           "--run-dir", str(tmp_path / "run"), "--report", str(report), "-t", str(prompt_timeout)]
+    cmd = [
+        str(_harness()),
+        str(REPO),
+        "--name",
+        PACK_NAME,
+        "--input-dir",
+        models["input_dir"],
+        "--extra-arg=--extra-model-paths-config",
+        f"--extra-arg={models['yaml']}",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--report",
+        str(report),
+        "-t",
+        str(prompt_timeout),
+    ]
     for name in prompts:
         cmd += ["-w", str(PROMPTS / name)]
     return cmd, dict(os.environ, COMFYUI_DIR=COMFYUI_DIR, COMFY_PY=_comfy_py())
@@ -100,8 +132,7 @@ def harness_command(models: dict, tmp_path: Path, report: Path, prompts, prompt_
 def output_text(stdout: str, node_id: str) -> str:
     """The text a node showed (`output node N text: ...`, possibly several lines; the harness cuts it at 200
     characters)."""
-    m = re.search(rf"^    output node {node_id} text: (.*?)(?=^    output node |^\[harness\]|\Z)", stdout,
-                  re.M | re.S)
+    m = re.search(rf"^    output node {node_id} text: (.*?)(?=^    output node |^\[harness\]|\Z)", stdout, re.M | re.S)
     assert m, f"no text output of node {node_id} in:\n{stdout[-3000:]}"
     return m.group(1)
 
@@ -148,8 +179,11 @@ def test_best_of_n_and_judge_prompt_runs(models, tmp_path):
     assert len(mp4s) == 1, report["execution"]
     check_mp4(mp4s[0], frames=9, fps=8)
     prompt = json.loads((PROMPTS / "edit_best_of_n.json").read_text())
-    judge_preview = next(k for k, n in prompt.items()
-                         if n["class_type"] == "PreviewAny" and prompt[n["inputs"]["source"][0]]["class_type"] == "VIVA_Judge")
+    judge_preview = next(
+        k
+        for k, n in prompt.items()
+        if n["class_type"] == "PreviewAny" and prompt[n["inputs"]["source"][0]]["class_type"] == "VIVA_Judge"
+    )
     judge_json = output_text(out, judge_preview)
     scores = {k: float(v) for k, v in re.findall(r'"(EA|PC|GN|GR)": ([-+0-9.eE]+)', judge_json)}
     assert set(scores) == {"EA", "PC", "GN", "GR"}, judge_json
@@ -173,11 +207,26 @@ def test_lora_matching_no_key_is_an_execution_error_and_comfyui_keeps_running(mo
 
 # 20 bad prompts, each one input of tests/comfy_prompts/edit.json changed: (node, input, value).
 BAD_INPUTS = [
-    ("1", "video", "nope.mp4"), ("1", "video", "../../etc/passwd"), ("1", "max_frames", -5), ("1", "stride", 0),
-    ("1", "start_frame", 500_000), ("2", "editor", "folder: nope"), ("2", "dtype", "fp64"), ("2", "offload", "always"),
-    ("3", "lora", "../outside.safetensors"), ("3", "strength", 1e9), ("4", "instruction", ""),
-    ("4", "instruction", "   \n "), ("4", "mode", "telepathy"), ("5", "steps", 0), ("5", "cfg", -1.0),
-    ("5", "shift", 0.0), ("5", "strength", 0.0), ("5", "sampler", "ddim"), ("5", "fps", 0.0), ("5", "seed", -1),
+    ("1", "video", "nope.mp4"),
+    ("1", "video", "../../etc/passwd"),
+    ("1", "max_frames", -5),
+    ("1", "stride", 0),
+    ("1", "start_frame", 500_000),
+    ("2", "editor", "folder: nope"),
+    ("2", "dtype", "fp64"),
+    ("2", "offload", "always"),
+    ("3", "lora", "../outside.safetensors"),
+    ("3", "strength", 1e9),
+    ("4", "instruction", ""),
+    ("4", "instruction", "   \n "),
+    ("4", "mode", "telepathy"),
+    ("5", "steps", 0),
+    ("5", "cfg", -1.0),
+    ("5", "shift", 0.0),
+    ("5", "strength", 0.0),
+    ("5", "sampler", "ddim"),
+    ("5", "fps", 0.0),
+    ("5", "seed", -1),
 ]
 VIVA_ERRORS = ("InputError", "VideoError", "ModelLoadError", "LoraError", "NonFiniteError")
 
@@ -204,7 +253,10 @@ def test_twenty_bad_prompts_then_a_good_one_in_one_server(models, tmp_path):
         if "prompt REJECTED" in text:
             assert not errors and f"node {node} " in text, (where, text[-1500:])
             continue
-        assert len(errors) == 1 and any(f"viva_core.errors.{e}" in errors[0] for e in VIVA_ERRORS), (where, text[-1500:])
+        assert len(errors) == 1 and any(f"viva_core.errors.{e}" in errors[0] for e in VIVA_ERRORS), (
+            where,
+            text[-1500:],
+        )
         ours += 1
     assert ours >= 5  # the values ComfyUI cannot check (files, folders, empty text) reach our checks
     assert "status=success" in sections[-1] and report["execution"]["status"] == "success", report.get("execution")
@@ -241,8 +293,10 @@ def test_twenty_queued_edits_do_not_grow_the_servers_memory(models, tmp_path):
     assert proc.wait(timeout=900) == EXIT_OK, "".join(log[-80:])
     assert len(rss) == 20, "".join(log[-80:])
     growth = (rss[-1] - rss[4]) / rss[4]
-    print(f"ComfyUI RSS after prompt 5: {rss[4]:.1f} MiB, after 20: {rss[-1]:.1f} MiB ({100 * growth:+.2f}%); "
-          f"min {min(rss):.1f}, max {max(rss):.1f}")
+    print(
+        f"ComfyUI RSS after prompt 5: {rss[4]:.1f} MiB, after 20: {rss[-1]:.1f} MiB ({100 * growth:+.2f}%); "
+        f"min {min(rss):.1f}, max {max(rss):.1f}"
+    )
     assert growth <= 0.05, rss
 
 
@@ -298,8 +352,9 @@ def test_interrupted_training_keeps_a_checkpoint_and_resume_continues_it(models,
         (tmp_path / name).write_text(json.dumps(p))
     # same output folder: a fresh start would mix with the old checkpoints and is refused; a manifest outside
     # ComfyUI's folders is refused; resume continues from the checkpoint to step+2
-    rc, out, report = run_harness(models, tmp_path, "train_interrupt.json", tmp_path / "outside.json",
-                                  tmp_path / "resume.json")
+    rc, out, report = run_harness(
+        models, tmp_path, "train_interrupt.json", tmp_path / "outside.json", tmp_path / "resume.json"
+    )
     fresh, bad, resumed = prompt_sections(out)
     for section, says in ((fresh, "turn on resume to continue it"), (bad, "leaves ComfyUI's input/output folders")):
         errors = [line for line in section.splitlines() if "EXECUTION ERROR in node 2 (VIVA_TrainLoRA)" in line]
@@ -320,16 +375,27 @@ def test_lora_written_by_viva_loads_in_native_comfyui(comfy, tmp_path):
 
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny_editor import build_single_file_dit, comfy_native_wan
+
     from viva_core.lora import LoraLayer, lora_target_names, save_lora
 
     dit_path, dit = build_single_file_dit(tmp_path / "wan_tiny.safetensors", prefix="", model=comfy_native_wan())
     g = torch.Generator().manual_seed(0)
-    layers = {n: LoraLayer(torch.randn(4, dit.get_submodule(n).weight.shape[1], generator=g) * 0.1,
-                           torch.randn(dit.get_submodule(n).weight.shape[0], 4, generator=g) * 0.1, 8.0)
-              for n in lora_target_names(dit, blocks_only=False)}
+    layers = {
+        n: LoraLayer(
+            torch.randn(4, dit.get_submodule(n).weight.shape[1], generator=g) * 0.1,
+            torch.randn(dit.get_submodule(n).weight.shape[0], 4, generator=g) * 0.1,
+            8.0,
+        )
+        for n in lora_target_names(dit, blocks_only=False)
+    }
     lora = save_lora(tmp_path / "viva_lora.safetensors", layers, metadata={"rank": 4})
-    proc = subprocess.run([_comfy_py(), str(Path(__file__).parent / "comfy_native_lora.py"), str(dit_path), str(lora)],
-                          cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [_comfy_py(), str(Path(__file__).parent / "comfy_native_lora.py"), str(dit_path), str(lora)],
+        cwd=COMFYUI_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = _json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["modules"] == len(layers) and result["mapped"] == len(layers), result
@@ -355,8 +421,13 @@ def test_models_are_under_comfyuis_model_management(models):
     is ComfyUI patches, undone bit-exactly on unload and when the base model loads; hosted edits equal
     viva_core's own; the bar gets latent previews (the bundled small VAE's own factors) and an interrupt stops the
     edit at the next step."""
-    proc = subprocess.run([_comfy_py(), str(Path(__file__).parent / "comfy_model_management.py"), str(REPO),
-                           models["root"]], cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [_comfy_py(), str(Path(__file__).parent / "comfy_model_management.py"), str(REPO), models["root"]],
+        cwd=COMFYUI_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     dit, vae, te = "VivaWanTransformer3DModel", "VivaAutoencoderKLWan", "VivaUMT5EncoderModel"
@@ -388,8 +459,9 @@ class HeldServer:
     def __init__(self, models: dict, tmp_path: Path) -> None:
         cmd, env = harness_command(models, tmp_path, tmp_path / "report.json", [], 60)
         self.log_path = tmp_path / "run" / "server.log"
-        self.proc = subprocess.Popen(cmd + ["--hold", "1800"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env)
+        self.proc = subprocess.Popen(
+            cmd + ["--hold", "1800"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
         self.base, lines = None, []
         for line in self.proc.stdout:
             lines.append(line)
@@ -402,8 +474,9 @@ class HeldServer:
         import urllib.request
 
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=60) as r:
             text = r.read().decode()
         return json.loads(text) if text.strip().startswith(("{", "[")) else text
@@ -440,8 +513,14 @@ def decoded_frames(entry: dict, run_dir: Path):
     import av
     import numpy as np
 
-    files = [it for out in entry["outputs"].values() for items in out.values() if isinstance(items, list)
-             for it in items if isinstance(it, dict) and str(it.get("filename", "")).endswith(".mp4")]
+    files = [
+        it
+        for out in entry["outputs"].values()
+        for items in out.values()
+        if isinstance(items, list)
+        for it in items
+        if isinstance(it, dict) and str(it.get("filename", "")).endswith(".mp4")
+    ]
     assert len(files) == 1, entry["outputs"]
     path = run_dir / "output" / files[0].get("subfolder", "") / files[0]["filename"]
     with av.open(str(path)) as c:
@@ -477,8 +556,16 @@ def test_unload_models_and_interrupt_in_a_running_server(models, tmp_path):
         assert np.array_equal(decoded_frames(first, tmp_path / "run"), decoded_frames(after, tmp_path / "run"))
 
         long = json.loads(json.dumps(base))
-        long["7"] = {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact",
-                                                            "width": 512, "height": 512, "crop": "disabled"}}
+        long["7"] = {
+            "class_type": "ImageScale",
+            "inputs": {
+                "image": ["1", 0],
+                "upscale_method": "nearest-exact",
+                "width": 512,
+                "height": 512,
+                "crop": "disabled",
+            },
+        }
         long["5"]["inputs"].update(steps=200, seed=2, images=["7", 0])
         del long["5"]["inputs"]["video"]
         server.call("POST", "/free", {"unload_models": True})  # so the DiT's load is logged right before sampling
@@ -560,5 +647,6 @@ def test_train_lora_on_the_graphs_loaded_editor(models, tmp_path):
     loras = Path(models["models"]) / "loras"
     lent, own_copy = load_file(loras / "viva_lent_lora.safetensors"), load_file(loras / "viva_own_lora.safetensors")
     assert lent.keys() == own_copy.keys()
-    assert all(torch.allclose(lent[k], own_copy[k], rtol=1e-2, atol=1e-5) for k in lent), \
-        max(float((lent[k] - own_copy[k]).abs().max()) for k in lent)
+    assert all(torch.allclose(lent[k], own_copy[k], rtol=1e-2, atol=1e-5) for k in lent), max(
+        float((lent[k] - own_copy[k]).abs().max()) for k in lent
+    )

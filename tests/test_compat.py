@@ -1,5 +1,6 @@
 """viva_core.compat: the one home of library internals. Each accessor works on the installed versions, falls back
 when the private spelling is gone, and otherwise fails with an error naming the package and version to install."""
+
 from __future__ import annotations
 
 import logging
@@ -96,6 +97,9 @@ def test_the_floors_named_in_errors_are_pyprojects():
     from pathlib import Path
 
     deps = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
-    for package, floor in (("torch", compat.MIN_TORCH), ("transformers", compat.MIN_TRANSFORMERS),
-                           ("diffusers", compat.MIN_DIFFUSERS)):
+    for package, floor in (
+        ("torch", compat.MIN_TORCH),
+        ("transformers", compat.MIN_TRANSFORMERS),
+        ("diffusers", compat.MIN_DIFFUSERS),
+    ):
         assert f"{package}>={floor}" in deps["dependencies"]

@@ -2,6 +2,7 @@
 
 Every test makes its own tiny videos/images in tmp_path with write_video / PIL; CPU only, fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,16 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from viva_core.data import (EditRecord, ManifestError, TensorCache, dataset_from_folder, file_identity,
-                            load_manifest, load_sample, model_identity)
+from viva_core.data import (
+    EditRecord,
+    ManifestError,
+    TensorCache,
+    dataset_from_folder,
+    file_identity,
+    load_manifest,
+    load_sample,
+    model_identity,
+)
 from viva_core.errors import InputError
 from viva_core.video import write_video
 
@@ -56,25 +65,39 @@ def leftovers(root: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------------ manifest
 
+
 def test_manifest_loads_with_relative_and_absolute_paths(tmp_path):
     data = tmp_path / "data"
     video(data / "clips" / "a.mp4"), video(data / "clips" / "a_red.mp4"), video(data / "clips" / "a_mask.mp4")
     image(data / "refs" / "red.png")
     elsewhere = video(tmp_path / "other" / "b.mp4")
-    m = manifest(data / "manifest.jsonl",
-                 {"source_video": "clips/a.mp4", "instruction": " make the car red ", "target_video": "clips/a_red.mp4",
-                  "mask_video": "clips/a_mask.mp4", "reference_image": "refs/red.png",
-                  "source_caption": "a grey car", "target_caption": "a red car", "type": "color"},
-                 "",
-                 {"source_video": str(elsewhere), "instruction": "add snow"})
+    m = manifest(
+        data / "manifest.jsonl",
+        {
+            "source_video": "clips/a.mp4",
+            "instruction": " make the car red ",
+            "target_video": "clips/a_red.mp4",
+            "mask_video": "clips/a_mask.mp4",
+            "reference_image": "refs/red.png",
+            "source_caption": "a grey car",
+            "target_caption": "a red car",
+            "type": "color",
+        },
+        "",
+        {"source_video": str(elsewhere), "instruction": "add snow"},
+    )
     records = load_manifest(m)
     assert [r.index for r in records] == [0, 1] and [r.line for r in records] == [1, 3]
     a, b = records
     assert a.source_video == data / "clips" / "a.mp4" and a.source_video.is_absolute()
     assert a.target_video == data / "clips" / "a_red.mp4" and a.mask_video == data / "clips" / "a_mask.mp4"
     assert a.reference_image == data / "refs" / "red.png"
-    assert (a.instruction, a.source_caption, a.target_caption, a.type) == ("make the car red", "a grey car",
-                                                                           "a red car", "color")
+    assert (a.instruction, a.source_caption, a.target_caption, a.type) == (
+        "make the car red",
+        "a grey car",
+        "a red car",
+        "color",
+    )
     assert b.source_video == elsewhere and b.target_video is None and b.type is None
     # key: stable across loads and from another working directory, different per edit
     cwd = os.getcwd()
@@ -88,21 +111,38 @@ def test_manifest_loads_with_relative_and_absolute_paths(tmp_path):
 
 def test_manifest_reads_revise_items(tmp_path):
     video(tmp_path / "s.mp4"), video(tmp_path / "t.mp4")
-    m = manifest(tmp_path / "revise.jsonl", {"source_video_path": "s.mp4", "target_video_path": "t.mp4",
-                                             "instruction": "remove the dog", "type": "removal"})
+    m = manifest(
+        tmp_path / "revise.jsonl",
+        {
+            "source_video_path": "s.mp4",
+            "target_video_path": "t.mp4",
+            "instruction": "remove the dog",
+            "type": "removal",
+        },
+    )
     (r,) = load_manifest(m)
-    assert r == EditRecord(index=0, source_video=tmp_path / "s.mp4", instruction="remove the dog",
-                           target_video=tmp_path / "t.mp4", type="removal", line=1)
+    assert r == EditRecord(
+        index=0,
+        source_video=tmp_path / "s.mp4",
+        instruction="remove the dog",
+        target_video=tmp_path / "t.mp4",
+        type="removal",
+        line=1,
+    )
     # the same edit in the native spelling has the same key
-    m2 = manifest(tmp_path / "native.jsonl", {"source_video": "s.mp4", "target_video": "t.mp4",
-                                              "instruction": "remove the dog"})
+    m2 = manifest(
+        tmp_path / "native.jsonl", {"source_video": "s.mp4", "target_video": "t.mp4", "instruction": "remove the dog"}
+    )
     assert load_manifest(m2)[0].key() == r.key()
 
 
 def test_unknown_keys_are_ignored_with_a_warning(tmp_path, caplog):
     video(tmp_path / "s.mp4")
-    m = manifest(tmp_path / "m.jsonl", {"source_video": "s.mp4", "instruction": "x", "score": 0.9},
-                 {"source_video": "s.mp4", "instruction": "y", "score": 0.1})
+    m = manifest(
+        tmp_path / "m.jsonl",
+        {"source_video": "s.mp4", "instruction": "x", "score": 0.9},
+        {"source_video": "s.mp4", "instruction": "y", "score": 0.1},
+    )
     with caplog.at_level(logging.WARNING, logger="viva_core.data"):
         assert len(load_manifest(m)) == 2
     assert "unknown key 'score' ignored (lines 1, 2)" in caplog.text
@@ -111,18 +151,20 @@ def test_unknown_keys_are_ignored_with_a_warning(tmp_path, caplog):
 def test_every_bad_line_is_reported_in_one_error(tmp_path):
     video(tmp_path / "a.mp4"), video(tmp_path / "short.mp4", t=5), video(tmp_path / "small.mp4", h=16, w=16)
     (tmp_path / "broken.mp4").write_bytes(b"this is not a video" * 10)
-    m = manifest(tmp_path / "manifest.jsonl",
-                 {"source_video": "a.mp4", "instruction": "good"},                              # 1 fine
-                 '{"source_video": "a.mp4", "instruction": ',                                   # 2 not JSON
-                 {"source_video": "a.mp4"},                                                     # 3 no instruction
-                 {"source_video": "a.mp4", "instruction": "x", "target_video": "b.mp4"},        # 4 missing file
-                 {"source_video": "a.mp4", "instruction": "   "},                               # 5 empty instruction
-                 {"source_video": "a.mp4", "instruction": "x", "target_video": "short.mp4"},    # 6 frame counts
-                 {"source_video": "a.mp4", "instruction": "x", "mask_video": "small.mp4"},      # 7 sizes
-                 {"source_video": "broken.mp4", "instruction": "x"},                            # 8 unreadable
-                 {"video": "a.mp4", "prompt": "x"},                                             # 9 no known key
-                 '["a.mp4", "x"]',                                                              # 10 not an object
-                 {"source_video": "a.mp4", "instruction": 5})                                   # 11 wrong type
+    m = manifest(
+        tmp_path / "manifest.jsonl",
+        {"source_video": "a.mp4", "instruction": "good"},  # 1 fine
+        '{"source_video": "a.mp4", "instruction": ',  # 2 not JSON
+        {"source_video": "a.mp4"},  # 3 no instruction
+        {"source_video": "a.mp4", "instruction": "x", "target_video": "b.mp4"},  # 4 missing file
+        {"source_video": "a.mp4", "instruction": "   "},  # 5 empty instruction
+        {"source_video": "a.mp4", "instruction": "x", "target_video": "short.mp4"},  # 6 frame counts
+        {"source_video": "a.mp4", "instruction": "x", "mask_video": "small.mp4"},  # 7 sizes
+        {"source_video": "broken.mp4", "instruction": "x"},  # 8 unreadable
+        {"video": "a.mp4", "prompt": "x"},  # 9 no known key
+        '["a.mp4", "x"]',  # 10 not an object
+        {"source_video": "a.mp4", "instruction": 5},
+    )  # 11 wrong type
     with pytest.raises(ManifestError) as info:
         load_manifest(m)
     err = info.value
@@ -186,8 +228,10 @@ def test_long_problem_lists_are_cut_at_50_with_a_count(tmp_path):
 def test_image_pairs_load_as_one_frame_videos(tmp_path):
     image(tmp_path / "s.png", value=40), image(tmp_path / "t.jpg", value=200), image(tmp_path / "m.png", value=255)
     image(tmp_path / "big.png", h=64, w=64)
-    m = manifest(tmp_path / "m.jsonl",
-                 {"source_video": "s.png", "target_video": "t.jpg", "mask_video": "m.png", "instruction": "brighten"})
+    m = manifest(
+        tmp_path / "m.jsonl",
+        {"source_video": "s.png", "target_video": "t.jpg", "mask_video": "m.png", "instruction": "brighten"},
+    )
     (r,) = load_manifest(m)
     s = load_sample(r)
     assert s.source.shape == (1, H, W, 3) and s.target.shape == (1, H, W, 3) and s.mask.shape == (1, H, W)
@@ -196,8 +240,11 @@ def test_image_pairs_load_as_one_frame_videos(tmp_path):
     assert torch.allclose(s.mask, torch.ones_like(s.mask))
     # an image source and a multi-frame target do not match; nor do images of different sizes
     video(tmp_path / "v.mp4")
-    bad = manifest(tmp_path / "bad.jsonl", {"source_video": "s.png", "target_video": "v.mp4", "instruction": "x"},
-                   {"source_video": "s.png", "target_video": "big.png", "instruction": "x"})
+    bad = manifest(
+        tmp_path / "bad.jsonl",
+        {"source_video": "s.png", "target_video": "v.mp4", "instruction": "x"},
+        {"source_video": "s.png", "target_video": "big.png", "instruction": "x"},
+    )
     with pytest.raises(ManifestError) as info:
         load_manifest(bad)
     assert "source has 1 frames, target 9" in dict(info.value.problems)[1]
@@ -205,6 +252,7 @@ def test_image_pairs_load_as_one_frame_videos(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ folder → manifest
+
 
 def test_dataset_from_folder_round_trip(tmp_path):
     root = tmp_path / "edits"
@@ -216,8 +264,12 @@ def test_dataset_from_folder_round_trip(tmp_path):
     path = dataset_from_folder(root)
     assert path == root / "manifest.jsonl"
     items = [json.loads(line) for line in path.read_text().splitlines()]
-    assert items[0] == {"source_video": "cat.mp4", "instruction": "make the cat black",
-                        "target_video": "cat_target.mp4", "mask_video": "cat_mask.mp4"}
+    assert items[0] == {
+        "source_video": "cat.mp4",
+        "instruction": "make the cat black",
+        "target_video": "cat_target.mp4",
+        "mask_video": "cat_mask.mp4",
+    }
     cat, dog = load_manifest(path)
     assert cat.target_video == root / "cat_target.mp4" and cat.mask_video == root / "cat_mask.mp4"
     assert dog.source_video == root / "dog.png" and dog.reference_image == root / "dog_ref.jpg"
@@ -252,14 +304,24 @@ def test_dataset_from_folder_lists_every_missing_instruction(tmp_path, caplog):
 
 # ------------------------------------------------------------------------------------------------- samples
 
+
 def test_load_sample_shapes_mask_range_and_resize(tmp_path):
     mask = torch.zeros(10, H, W, 3)
-    mask[:, :, W // 2:] = 1.0
+    mask[:, :, W // 2 :] = 1.0
     mask[:, : H // 2, : W // 2] = 0.5
     video(tmp_path / "s.mp4", t=10), video(tmp_path / "t.mp4", t=10), video(tmp_path / "m.mp4", frames=mask)
     image(tmp_path / "ref.png", h=20, w=24)
-    m = manifest(tmp_path / "m.jsonl", {"source_video": "s.mp4", "target_video": "t.mp4", "mask_video": "m.mp4",
-                                        "reference_image": "ref.png", "instruction": "x", "target_caption": "y"})
+    m = manifest(
+        tmp_path / "m.jsonl",
+        {
+            "source_video": "s.mp4",
+            "target_video": "t.mp4",
+            "mask_video": "m.mp4",
+            "reference_image": "ref.png",
+            "instruction": "x",
+            "target_caption": "y",
+        },
+    )
     (r,) = load_manifest(m)
     s = load_sample(r)
     assert s.source.shape == (9, H, W, 3) and s.target.shape == (9, H, W, 3) and s.mask.shape == (9, H, W)
@@ -278,9 +340,12 @@ def test_load_sample_shapes_mask_range_and_resize(tmp_path):
 def npz_clip(path: Path, t: int = 9, h: int = H, w: int = W, mask_scale: int = 1, **override) -> Path:
     """An npz clip as `viva synth --format npz` writes it: source/target uint8 [T,H,W,3], mask uint8 [T,H,W]."""
     rng = np.random.default_rng(0)
-    arrays = {"source": rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8),
-              "target": rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8),
-              "mask": (rng.random((t, h, w)) > 0.5).astype(np.uint8) * mask_scale, **override}
+    arrays = {
+        "source": rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8),
+        "target": rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8),
+        "mask": (rng.random((t, h, w)) > 0.5).astype(np.uint8) * mask_scale,
+        **override,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays)
     return path
@@ -311,11 +376,16 @@ def test_bad_npz_clips_are_named_in_one_error(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"PK not a zip")
     npz_clip(tmp_path / "ok.npz")
     video(tmp_path / "s.mp4")
-    m = manifest(tmp_path / "m.jsonl",
-                 {"npz": "short_target.npz", "instruction": "a"}, {"npz": "float.npz", "instruction": "b"},
-                 {"npz": "no_mask.npz", "instruction": "c"}, {"npz": "broken.npz", "instruction": "d"},
-                 {"npz": "ok.npz", "source_video": "s.mp4", "instruction": "e"},
-                 {"npz": "ok.mp4", "instruction": "f"}, {"npz": "ok.npz", "instruction": "fine"})
+    m = manifest(
+        tmp_path / "m.jsonl",
+        {"npz": "short_target.npz", "instruction": "a"},
+        {"npz": "float.npz", "instruction": "b"},
+        {"npz": "no_mask.npz", "instruction": "c"},
+        {"npz": "broken.npz", "instruction": "d"},
+        {"npz": "ok.npz", "source_video": "s.mp4", "instruction": "e"},
+        {"npz": "ok.mp4", "instruction": "f"},
+        {"npz": "ok.npz", "instruction": "fine"},
+    )
     with pytest.raises(ManifestError) as e:
         load_manifest(m)
     lines: dict[int, list[str]] = {}
@@ -330,8 +400,10 @@ def test_bad_npz_clips_are_named_in_one_error(tmp_path):
 
 def test_source_target_and_mask_take_the_same_frames(tmp_path):
     video(tmp_path / "s.mp4", t=12), video(tmp_path / "t.mp4", t=12), video(tmp_path / "m.mp4", t=12)
-    m = manifest(tmp_path / "m.jsonl",
-                 {"source_video": "s.mp4", "target_video": "t.mp4", "mask_video": "m.mp4", "instruction": "x"})
+    m = manifest(
+        tmp_path / "m.jsonl",
+        {"source_video": "s.mp4", "target_video": "t.mp4", "mask_video": "m.mp4", "instruction": "x"},
+    )
     (r,) = load_manifest(m, max_frames=7)
     s = load_sample(r, max_frames=7)
     assert s.source.shape[0] == s.target.shape[0] == s.mask.shape[0] == 5  # 7 read, 4k+1 → 5
@@ -346,6 +418,7 @@ def test_source_target_and_mask_take_the_same_frames(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- tensor cache
+
 
 class Counter:
     def __init__(self, value: float = 1.0):

@@ -1,12 +1,19 @@
 """Editor loading from real on-disk formats and the edit pipeline, on tiny random checkpoints."""
+
 import shutil
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_editor import (
+    WAN_SCHEDULER,
+    build_editor_folder,
+    build_single_file_dit,
+    tiny_transformer,
+    tiny_vae,
+    write_scheduler_config,
+)
 
-from tiny_editor import (WAN_SCHEDULER, build_editor_folder, build_single_file_dit, tiny_transformer, tiny_vae,
-                         write_scheduler_config)
 from viva_core.editor import Conditioning, EditorOptions, load_editor
 from viva_core.errors import InputError, ModelLoadError, NonFiniteError
 from viva_core.pipeline import EditSettings, edit, encode_frames, pad_tokens
@@ -107,8 +114,9 @@ def test_bad_options_are_refused(editor_dir):
     with pytest.raises(InputError, match="compile 'blocks' cannot trace fp8"):  # dynamo fails on it (checked)
         load_editor(str(editor_dir), options=EditorOptions(fp8_storage=True, compile="blocks", device="cpu"))
     with pytest.raises(InputError, match="attention"):
-        load_editor(str(editor_dir), options=EditorOptions(attention="flash", device="cpu")) \
-            if not _has("flash_attn") else pytest.skip("flash_attn installed")
+        load_editor(str(editor_dir), options=EditorOptions(attention="flash", device="cpu")) if not _has(
+            "flash_attn"
+        ) else pytest.skip("flash_attn installed")
 
 
 def _has(mod):
@@ -250,8 +258,9 @@ def test_flow_match_euler_config_and_unknown_schedulers(tmp_path, editor_dir):
     assert scheduler_defaults(root) == {}
     write_scheduler_config(root, {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3, "new_key": [1]})
     assert scheduler_defaults(root) == {"sampler": "euler", "shift": 3.0}
-    write_scheduler_config(root, {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0,
-                                  "use_dynamic_shifting": True})
+    write_scheduler_config(
+        root, {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0, "use_dynamic_shifting": True}
+    )
     assert scheduler_defaults(root) == {"sampler": "euler"}
     write_scheduler_config(root, {"_class_name": "DDIMScheduler", "flow_shift": 3.0})
     assert scheduler_defaults(root) == {}
@@ -259,10 +268,15 @@ def test_flow_match_euler_config_and_unknown_schedulers(tmp_path, editor_dir):
     assert scheduler_defaults(root) == {"sampler": "unipc"}
 
 
-@pytest.mark.parametrize("bad, words", [("{\"_class_name\": \"UniPCMultistepScheduler\", ", "not readable JSON"),
-                                        ("[1, 2]", "must be a JSON object"),
-                                        ({**WAN_SCHEDULER, "flow_shift": "five"}, "flow_shift must be a number > 0"),
-                                        ({**WAN_SCHEDULER, "flow_shift": 0}, "flow_shift must be a number > 0")])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ('{"_class_name": "UniPCMultistepScheduler", ', "not readable JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ({**WAN_SCHEDULER, "flow_shift": "five"}, "flow_shift must be a number > 0"),
+        ({**WAN_SCHEDULER, "flow_shift": 0}, "flow_shift must be a number > 0"),
+    ],
+)
 def test_broken_scheduler_config_is_named(tmp_path, editor_dir, bad, words):
     ed = tmp_path / "ed"
     shutil.copytree(editor_dir, ed)

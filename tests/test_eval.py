@@ -1,5 +1,6 @@
 """Exact benchmark: verifiers anchored at source (0) and ground truth (1), SSIM/PSNR, temporal and realism
 scores, ROC-AUC, evaluate() with its reports, and `viva eval`."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,8 +13,18 @@ import torch
 
 from viva_core.cli import main
 from viva_core.errors import InputError
-from viva_core.eval import (EditScore, aggregate, align, evaluate, judge_agreement, psnr, roc_auc, score_edit,
-                            ssim, ssim_map)
+from viva_core.eval import (
+    EditScore,
+    aggregate,
+    align,
+    evaluate,
+    judge_agreement,
+    psnr,
+    roc_auc,
+    score_edit,
+    ssim,
+    ssim_map,
+)
 from viva_core.judge import JudgeResult
 from viva_core.video import read_video, write_video
 
@@ -36,7 +47,7 @@ def paint(video: torch.Tensor, boxes, colour, shape: str = "square") -> torch.Te
             m = (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
         else:  # circle inscribed in the box
             cx, cy, r = (x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2, (x1 - x0) / 2
-            m = (xx - cx) ** 2 + (yy - cy) ** 2 <= r ** 2
+            m = (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
         video[t][m] = torch.tensor(colour)
         mask[t] = m
     return mask
@@ -65,8 +76,11 @@ def case(operation: str):
         return src, tgt, a | b, {"shape": "circle", "rgb": list(BLUE)}
     if operation in ("move", "resize"):
         old = moving()
-        new = [(x0 + 8, y0 + 6, x1 + 8, y1 + 6) for x0, y0, x1, y1 in old] if operation == "move" else \
-            [(x0 - 3, y0 - 3, x1 + 3, y1 + 3) for x0, y0, x1, y1 in old]
+        new = (
+            [(x0 + 8, y0 + 6, x1 + 8, y1 + 6) for x0, y0, x1, y1 in old]
+            if operation == "move"
+            else [(x0 - 3, y0 - 3, x1 + 3, y1 + 3) for x0, y0, x1, y1 in old]
+        )
         a = paint(src, old, RED)
         b = paint(tgt, new, RED)
         return src, tgt, a | b, {"bbox": [list(b) for b in new]}
@@ -89,9 +103,17 @@ def case(operation: str):
 
 
 OPERATIONS = ["recolour", "add", "remove", "replace", "move", "resize", "style", "recolour+move", "generic"]
-EXPECTED_VERIFIER = {"recolour": "recolour", "add": "add", "remove": "remove", "replace": "replace",
-                     "move": "position", "resize": "position", "style": "grayscale", "recolour+move": "hybrid",
-                     "generic": "generic"}
+EXPECTED_VERIFIER = {
+    "recolour": "recolour",
+    "add": "add",
+    "remove": "remove",
+    "replace": "replace",
+    "move": "position",
+    "resize": "position",
+    "style": "grayscale",
+    "recolour+move": "hybrid",
+    "generic": "generic",
+}
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)
@@ -154,8 +176,7 @@ def test_mp4_round_trip_keeps_ground_truth_high(tmp_path):
         src, tgt, mask, verify = case(operation)
         files = {}
         for name, x in (("src", src), ("tgt", tgt), ("mask", mask.float().unsqueeze(-1).expand(-1, -1, -1, 3))):
-            files[name] = read_video(write_video(tmp_path / f"{operation}_{name}.mp4", x, 8.0),
-                                     with_audio=False).frames
+            files[name] = read_video(write_video(tmp_path / f"{operation}_{name}.mp4", x, 8.0), with_audio=False).frames
         s, y, m = files["src"], files["tgt"], files["mask"]
         truth = score_edit(s, y, y, m, verify, operation)
         assert truth.ea > 0.95 and truth.pc > 0.9 and truth.overall > 0.95
@@ -181,24 +202,25 @@ def test_ssim_identical_constant_and_brute_force():
     x = torch.rand(2, 16, 16, 3, generator=g)
     assert ssim(x, x) == pytest.approx(1.0, abs=1e-12)
     # constant images a, b: σ terms vanish, SSIM = (2ab + C1) / (a² + b² + C1)
-    a, b, c1 = 0.5, 0.25, 0.01 ** 2
-    assert ssim(torch.full((1, 12, 12, 3), a), torch.full((1, 12, 12, 3), b)) == \
-        pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-6)
+    a, b, c1 = 0.5, 0.25, 0.01**2
+    assert ssim(torch.full((1, 12, 12, 3), a), torch.full((1, 12, 12, 3), b)) == pytest.approx(
+        (2 * a * b + c1) / (a * a + b * b + c1), rel=1e-6
+    )
     # one window by hand: a 13x13 gray pair with an 11x11 gaussian window gives a 3x3 map
     xs = torch.rand(1, 13, 13, 1, generator=g, dtype=torch.float64)
     ys = (0.6 * xs + 0.3 * torch.rand(1, 13, 13, 1, generator=g, dtype=torch.float64)).clamp(0, 1)
     k = np.arange(11) - 5.0
-    w1 = np.exp(-k ** 2 / (2 * 1.5 ** 2))
+    w1 = np.exp(-(k**2) / (2 * 1.5**2))
     w = np.outer(w1, w1) / np.outer(w1, w1).sum()
     smap = ssim_map(xs.float(), ys.float())
     assert smap.shape == (1, 3, 3)
     X, Y = xs[0, ..., 0].numpy(), ys[0, ..., 0].numpy()
     for i, j in itertools.product(range(3), range(3)):
-        px, py = X[i:i + 11, j:j + 11], Y[i:i + 11, j:j + 11]
+        px, py = X[i : i + 11, j : j + 11], Y[i : i + 11, j : j + 11]
         mx, my = (w * px).sum(), (w * py).sum()
         vx, vy = (w * (px - mx) ** 2).sum(), (w * (py - my) ** 2).sum()
         cxy = (w * (px - mx) * (py - my)).sum()
-        expect = (2 * mx * my + 1e-4) * (2 * cxy + 9e-4) / ((mx ** 2 + my ** 2 + 1e-4) * (vx + vy + 9e-4))
+        expect = (2 * mx * my + 1e-4) * (2 * cxy + 9e-4) / ((mx**2 + my**2 + 1e-4) * (vx + vy + 9e-4))
         assert float(smap[0, i, j]) == pytest.approx(expect, abs=1e-5)
 
 
@@ -240,19 +262,25 @@ def test_align_center_crops_references_like_conform_frames():
     assert out.shape == s.shape == y.shape and m.shape == (5, 28, 24) and (how["top"], how["left"]) == (2, 4)
     assert torch.equal(y, out)
     big = torch.nn.functional.interpolate(tgt.permute(0, 3, 1, 2), size=(64, 64)).permute(0, 2, 3, 1)
-    out, s, *_ , how = align(big, src, tgt, mask.float())
+    out, s, *_, how = align(big, src, tgt, mask.float())
     assert out.shape == src.shape and "resized" in how["note"]
 
 
 # ------------------------------------------------------------------------------------------- evaluate
+
 
 class FakeJudge:
     """P(Yes) = 0.8 when the shown output differs from the source, 0.2 when it is the source itself."""
 
     def score(self, source, edited, instruction, *, num_frames=4):
         p = 0.2 if torch.equal(source, edited) else 0.8
-        return JudgeResult(scores={"EA": p, "PC": 0.5, "GN": 0.5, "GR": 0.5}, overall=0.5, rationale=None,
-                           num_frames=num_frames, instruction=instruction)
+        return JudgeResult(
+            scores={"EA": p, "PC": 0.5, "GN": 0.5, "GR": 0.5},
+            overall=0.5,
+            rationale=None,
+            num_frames=num_frames,
+            instruction=instruction,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -261,15 +289,27 @@ def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     outputs = root / "outputs"
     lines = []
-    for i, (operation, category) in enumerate((("recolour", "basic"), ("move", "spatial"), ("recolour+move", "hybrid"))):
+    for i, (operation, category) in enumerate(
+        (("recolour", "basic"), ("move", "spatial"), ("recolour+move", "hybrid"))
+    ):
         src, tgt, mask, verify = case(operation)
         write_video(root / f"{i}_src.mp4", src, 8.0)
         write_video(root / f"{i}_tgt.mp4", tgt, 8.0)
         write_video(root / f"{i}_mask.mp4", mask.float().unsqueeze(-1).expand(-1, -1, -1, 3), 8.0)
         write_video(outputs / f"{i}.mp4", src if i == 1 else tgt, 8.0)
-        lines.append({"source_video": f"{i}_src.mp4", "target_video": f"{i}_tgt.mp4", "mask_video": f"{i}_mask.mp4",
-                      "instruction": f"edit {i} ({operation})", "type": category, "operation": operation,
-                      "attribute": "colour", "referring": "the square", "verify": verify})
+        lines.append(
+            {
+                "source_video": f"{i}_src.mp4",
+                "target_video": f"{i}_tgt.mp4",
+                "mask_video": f"{i}_mask.mp4",
+                "instruction": f"edit {i} ({operation})",
+                "type": category,
+                "operation": operation,
+                "attribute": "colour",
+                "referring": "the square",
+                "verify": verify,
+            }
+        )
     lines[1]["type"] = "basic"  # categories: basic = {0, 1}, hybrid = {2}
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -279,7 +319,9 @@ def bench(tmp_path_factory):
 def test_evaluate_scores_writes_reports_and_aggregates(bench, tmp_path):
     root, manifest, outputs = bench
     calls = []
-    report = evaluate(manifest, outputs_dir=outputs, judge=FakeJudge(), progress=lambda d, n, p=None: calls.append((d, n)))
+    report = evaluate(
+        manifest, outputs_dir=outputs, judge=FakeJudge(), progress=lambda d, n, p=None: calls.append((d, n))
+    )
     assert calls[-1] == (3, 3)
     ea = {s.index: s.ea for s in report.scores}
     assert ea[0] > 0.95 and ea[2] > 0.95 and ea[1] < 0.3
@@ -331,7 +373,9 @@ def test_evaluate_lists_missing_outputs_before_scoring(bench, tmp_path):
 
 def test_cli_eval(bench, tmp_path, capsys):
     _, manifest, outputs = bench
-    assert main(["eval", str(manifest), "--outputs", str(outputs), "--report", str(tmp_path / "r"), "--limit", "2"]) == 0
+    assert (
+        main(["eval", str(manifest), "--outputs", str(outputs), "--report", str(tmp_path / "r"), "--limit", "2"]) == 0
+    )
     text = capsys.readouterr().out
     assert "basic" in text and "report.html" in text
     data = json.loads((tmp_path / "r" / "report.json").read_text())
@@ -352,9 +396,29 @@ def test_cli_eval_with_editor(bench, tmp_path, capsys):
 
     _, manifest, _ = bench
     report = tmp_path / "r"
-    assert main(["eval", str(manifest), "--editor", str(build_editor_folder(tmp_path / "editor")), "--limit", "1",
-                 "--report", str(report), "--steps", "1", "--dtype", "fp32", "--device", "cpu",
-                 "--sampler", "euler"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(manifest),
+                "--editor",
+                str(build_editor_folder(tmp_path / "editor")),
+                "--limit",
+                "1",
+                "--report",
+                str(report),
+                "--steps",
+                "1",
+                "--dtype",
+                "fp32",
+                "--device",
+                "cpu",
+                "--sampler",
+                "euler",
+            ]
+        )
+        == 0
+    )
     assert (report / "outputs" / "0.mp4").is_file()
     data = json.loads((report / "report.json").read_text())
     assert len(data["scores"]) == 1 and 0.0 <= data["scores"][0]["ea"] <= 1.0
@@ -363,12 +427,31 @@ def test_cli_eval_with_editor(bench, tmp_path, capsys):
 def test_cli_eval_on_npz_clips_without_saving_outputs(tmp_path):
     """`viva synth --format npz` sets score directly; --no-outputs writes the report only (no video encoding)."""
     from tiny_editor import build_editor_folder
+
     from viva_core.synth import generate
 
     manifest = generate(tmp_path / "d", n=2, seed=1, format="npz", splits=(1, 0, 0), frames=5, size=32)["train"]
     report = tmp_path / "r"
-    assert main(["eval", str(manifest), "--editor", str(build_editor_folder(tmp_path / "editor")), "--no-outputs",
-                 "--report", str(report), "--steps", "1", "--dtype", "fp32", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(manifest),
+                "--editor",
+                str(build_editor_folder(tmp_path / "editor")),
+                "--no-outputs",
+                "--report",
+                str(report),
+                "--steps",
+                "1",
+                "--dtype",
+                "fp32",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in report.iterdir()) == ["report.html", "report.json"]
     assert len(json.loads((report / "report.json").read_text())["scores"]) == 2
     assert main(["eval", str(manifest), "--outputs", str(tmp_path), "--no-outputs", "--report", str(report)]) == 2
@@ -376,11 +459,12 @@ def test_cli_eval_on_npz_clips_without_saving_outputs(tmp_path):
 
 def test_synth_clips_ground_truth_scores_one():
     synth = pytest.importorskip("viva_core.synth")
-    plans = [("basic", op) for op in ("recolour", "replace_shape", "remove", "add", "move", "resize")] + \
-        [("causal", "speed_change"), ("hybrid", "recolour+remove+move")]
+    plans = [("basic", op) for op in ("recolour", "replace_shape", "remove", "add", "move", "resize")] + [
+        ("causal", "speed_change"),
+        ("hybrid", "recolour+remove+move"),
+    ]
     for i, (category, ops) in enumerate(plans):
-        clip = synth.make_clip(np.random.default_rng([3, i]), frames=9, size=48, category=category,
-                               ops=ops.split("+"))
+        clip = synth.make_clip(np.random.default_rng([3, i]), frames=9, size=48, category=category, ops=ops.split("+"))
         args = (clip.target, clip.target, clip.mask, clip.verify, clip.operation)
         truth = score_edit(clip.source, *args)
         assert truth.ea == pytest.approx(1.0), (clip.operation, truth.details["ea"])
@@ -402,6 +486,7 @@ def test_ssim_map_equals_a_conv2d_reference() -> None:
     st = torch.stack([a, b, a * a, b * b, a * b]).reshape(-1, 1, 40, 48)
     bl = F.conv2d(F.conv2d(st, k.view(1, 1, 1, 11)), k.view(1, 1, 11, 1)).reshape(5, 3, 3, 30, 38)
     ma, mb, aa, bb, ab = bl
-    ref = ((2 * ma * mb + SSIM_C1) * (2 * (ab - ma * mb) + SSIM_C2)) / \
-        ((ma * ma + mb * mb + SSIM_C1) * (aa - ma * ma + bb - mb * mb + SSIM_C2))
+    ref = ((2 * ma * mb + SSIM_C1) * (2 * (ab - ma * mb) + SSIM_C2)) / (
+        (ma * ma + mb * mb + SSIM_C1) * (aa - ma * ma + bb - mb * mb + SSIM_C2)
+    )
     torch.testing.assert_close(ssim_map(x, y), ref.mean(1), rtol=0, atol=1e-5)

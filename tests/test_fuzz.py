@@ -1,6 +1,7 @@
 """Property-based fuzzing (hypothesis) of the parsers users feed: training TOML, pretrain manifests, LoRA alpha
 metadata, token-refiner metadata. Whatever the input, each either parses or raises one of our errors (the CLI's
 exit 2 with a message), never another exception (a traceback). Derandomized: the same examples in every run."""
+
 from __future__ import annotations
 
 import json
@@ -9,20 +10,46 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from test_adversarial import _to_toml
+
 from viva_core.errors import VivaError
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                    max_leaves=6)
-TRAIN_KEYS = ["method", "output_name", "seed", "lora.rank", "lora.alpha", "lora.targets", "optim.steps", "optim.lr",
-              "optim.batch_size", "rollout.group_size", "rollout.window", "rollout.inner_updates", "rewards.weights",
-              "sft.mask_weight", "data.max_frames", "log.every", "unknown.key"]
-TOML_VALUES = st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats() | st.text(max_size=12) | \
-    st.lists(st.integers(-5, 5), max_size=3) | st.dictionaries(st.text(max_size=6), st.floats(-2, 2), max_size=2)
+FUZZ = settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+TRAIN_KEYS = [
+    "method",
+    "output_name",
+    "seed",
+    "lora.rank",
+    "lora.alpha",
+    "lora.targets",
+    "optim.steps",
+    "optim.lr",
+    "optim.batch_size",
+    "rollout.group_size",
+    "rollout.window",
+    "rollout.inner_updates",
+    "rewards.weights",
+    "sft.mask_weight",
+    "data.max_frames",
+    "log.every",
+    "unknown.key",
+]
+TOML_VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.lists(st.integers(-5, 5), max_size=3)
+    | st.dictionaries(st.text(max_size=6), st.floats(-2, 2), max_size=2)
+)
 
 
 @FUZZ
@@ -72,8 +99,10 @@ def test_pretrain_manifest_lines_raise_our_error(tmp_path, lines):
 
 
 @FUZZ
-@given(st.one_of(st.text(max_size=40), JSON.map(json.dumps)), st.one_of(st.none(), st.binary(max_size=40),
-                                                                        JSON.map(lambda v: json.dumps(v).encode())))
+@given(
+    st.one_of(st.text(max_size=40), JSON.map(json.dumps)),
+    st.one_of(st.none(), st.binary(max_size=40), JSON.map(lambda v: json.dumps(v).encode())),
+)
 def test_lora_alpha_metadata_parses_or_raises_our_error(tmp_path, metadata, adapter_config):
     from viva_core.lora import _alpha_config
 
@@ -93,8 +122,9 @@ def test_lora_alpha_metadata_parses_or_raises_our_error(tmp_path, metadata, adap
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(["in_dim", "out_dim", "hidden_dim", "depth", "heads", "extra"]), JSON,
-                       max_size=5))
+@given(
+    st.dictionaries(st.sampled_from(["in_dim", "out_dim", "hidden_dim", "depth", "heads", "extra"]), JSON, max_size=5)
+)
 def test_refiner_metadata_loads_or_raises_our_error(tmp_path, config):
     from safetensors.torch import save_file
 

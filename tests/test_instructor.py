@@ -1,4 +1,5 @@
 """VLM instructor: grounded tokens through the token refiner, caching, refiner files, rewrite mode."""
+
 from __future__ import annotations
 
 import functools
@@ -11,9 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 from safetensors import safe_open
+from tiny_vlm import build_tiny_vlm
 
 import viva_core.instructor as instructor_mod
-from tiny_vlm import build_tiny_vlm
 from viva_core.errors import ModelLoadError
 from viva_core.instructor import Instructor, RefinerConfig, TokenRefiner, load_refiner, save_refiner
 from viva_core.vlm import build_inputs, load_vlm, to_pil_image

@@ -1,4 +1,5 @@
 """Self-reflection judge: P(Yes) pinned to an independent forward, sampling, result format, gradients."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from tiny_vlm import build_tiny_vlm
 
 import viva_core.judge as judge_mod
-from tiny_vlm import build_tiny_vlm
 from viva_core.errors import InputError, ModelLoadError
 from viva_core.judge import DIMENSIONS, QUESTIONS, Judge, JudgeResult, yes_no_token_ids, yes_probability
 from viva_core.vlm import VLM, build_inputs, load_vlm, to_pil_image
@@ -161,11 +162,11 @@ def test_tokenizer_without_single_token_yes_refused():
         def decode(self, ids):
             return "".join(map(chr, ids))
 
-    fake = VLM(model=None, processor=SplitEverything(), path="/models/fake", device=torch.device("cpu"),
-               dtype=torch.float32)
+    fake = VLM(
+        model=None, processor=SplitEverything(), path="/models/fake", device=torch.device("cpu"), dtype=torch.float32
+    )
     with pytest.raises(ModelLoadError, match="single-token"):
         Judge(fake)
-
 
 
 def test_difference_frames_formula_and_resize():
@@ -204,8 +205,10 @@ def test_judge_shows_difference_frames_when_its_folder_says_so(vlm, videos, tmp_
         Judge(load_vlm(folder, dtype="fp32", device="cpu"))
 
 
-@pytest.mark.parametrize("recorded, warned", [(0.48, True), (0.59, True), (0.6, False), (0.9, False), (None, False),
-                                              ("0.4", False), (True, False)])
+@pytest.mark.parametrize(
+    "recorded, warned",
+    [(0.48, True), (0.59, True), (0.6, False), (0.9, False), (None, False), ("0.4", False), (True, False)],
+)
 def test_a_judge_recorded_at_chance_says_so_with_its_scores(vlm, videos, tmp_path, recorded, warned):
     """`held_out_roc_auc` in viva_judge.json (judge_check.py --record) below 0.6 puts a caution into every result
     and under the best-of-N table, naming the measured value; other values and types do not."""

@@ -1,6 +1,7 @@
 """Whether a judge may write a rationale: a judge trained from scratch on Yes/No answers (viva_judge.json in its
 folder, the bundled small judge) generates junk ("assistant assistant ..."), so asking it for a rationale is an
 error in the library and a note in the ComfyUI node, never junk text."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_vlm import build_tiny_vlm
 
 from viva_core.errors import InputError, ModelLoadError
 from viva_core.judge import JUDGE_INFO_FILE, Judge, judge_generates_text
 from viva_core.vlm import load_vlm
-
-from tiny_vlm import build_tiny_vlm
 
 SMALL_JUDGE = Path(__file__).resolve().parent.parent / "viva_core" / "small_models" / "vlm" / "viva-small-judge"
 

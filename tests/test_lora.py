@@ -1,6 +1,7 @@
 """viva_core.lora: every file format merges to W + s·α/r·B@A, restores bit-exactly, reports keys, and the
 files we write are read by diffusers' own converter. Files are written key by key in each test, with an
 original-Wan <-> diffusers name table typed out here (independent of the module's table)."""
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,19 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from viva_core.errors import InputError, LoraError
-from viva_core.lora import (WAN_NAME_TABLE, LoraLayer, LoraSpec, applied_loras, diffusers_to_wan, key_report,
-                            lora_delta, lora_target_names, read_lora, save_lora, wan_to_diffusers)
+from viva_core.lora import (
+    WAN_NAME_TABLE,
+    LoraLayer,
+    LoraSpec,
+    applied_loras,
+    diffusers_to_wan,
+    key_report,
+    lora_delta,
+    lora_target_names,
+    read_lora,
+    save_lora,
+    wan_to_diffusers,
+)
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import WanTransformer3DModel  # noqa: E402
@@ -33,8 +45,18 @@ ORIG = {
     "proj_out": "head.head",
 }
 RANK, ALPHA, STRENGTH = 4, 6.0, 0.7
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=32, out_channels=16,
-            text_dim=64, freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=64)
+TINY = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=32,
+    out_channels=16,
+    text_dim=64,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    rope_max_seq_len=64,
+)
 
 
 def tiny_dit(seed: int = 0, **extra) -> WanTransformer3DModel:
@@ -110,8 +132,14 @@ def expected_weights(before, layers, strength, alpha=ALPHA, rank=RANK):
     return {n: before[f"{n}.weight"].float() + strength * alpha / rank * (b @ a) for n, (a, b) in layers.items()}
 
 
-FORMATS = {"comfyui": "comfyui", "comfyui_updown": "comfyui", "kohya": "kohya", "diffusers": "diffusers",
-           "diffusers_bare": "diffusers", "peft": "peft"}
+FORMATS = {
+    "comfyui": "comfyui",
+    "comfyui_updown": "comfyui",
+    "kohya": "kohya",
+    "diffusers": "diffusers",
+    "diffusers_bare": "diffusers",
+    "peft": "peft",
+}
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -208,15 +236,19 @@ def test_two_loras_stack_additively(tmp_path):
 def test_lora_delta_scale_and_missing_alpha():
     a, b = torch.randn(4, 8), torch.randn(6, 4)
     torch.testing.assert_close(lora_delta(LoraLayer(a, b, 8.0), 0.5), 0.5 * 2.0 * (b @ a))
-    torch.testing.assert_close(lora_delta(LoraLayer(a.bfloat16(), b.bfloat16(), None), 2.0),
-                               2.0 * (b.bfloat16().float() @ a.bfloat16().float()))  # no alpha: scale 1
+    torch.testing.assert_close(
+        lora_delta(LoraLayer(a.bfloat16(), b.bfloat16(), None), 2.0),
+        2.0 * (b.bfloat16().float() @ a.bfloat16().float()),
+    )  # no alpha: scale 1
     assert lora_delta(LoraLayer(a.bfloat16(), b.bfloat16()), 1.0).dtype == torch.float32
 
 
 def test_save_read_round_trip_with_comfyui_keys(tmp_path):
     model = tiny_dit()
-    layers = {n: LoraLayer(down=a.bfloat16(), up=b.bfloat16(), alpha=ALPHA)
-              for n, (a, b) in random_layers(model, ORIG, seed=9).items()}
+    layers = {
+        n: LoraLayer(down=a.bfloat16(), up=b.bfloat16(), alpha=ALPHA)
+        for n, (a, b) in random_layers(model, ORIG, seed=9).items()
+    }
     layers["blocks.1.attn1.to_out.0"].alpha = None  # written as alpha = rank (same scale 1)
     meta = {"base_model": "Wan2.1-T2V-1.3B", "rank": RANK, "targets": ["q", "k"], "method": "edit-grpo"}
     out = save_lora(tmp_path / "sub" / "trained.safetensors", layers, metadata=meta)
@@ -234,7 +266,11 @@ def test_save_read_round_trip_with_comfyui_keys(tmp_path):
     assert keys == want
     assert alpha_t.dtype == torch.float32 and alpha_t.dim() == 0 and alpha_t.item() == ALPHA
     assert alpha_rank.item() == RANK
-    assert file_meta["viva_format"] == "viva-lora-v1" and file_meta["format"] == "pt" and file_meta["base_model"] == "Wan2.1-T2V-1.3B"
+    assert (
+        file_meta["viva_format"] == "viva-lora-v1"
+        and file_meta["format"] == "pt"
+        and file_meta["base_model"] == "Wan2.1-T2V-1.3B"
+    )
     assert json.loads(file_meta["rank"]) == RANK and json.loads(file_meta["targets"]) == ["q", "k"]
 
     back, fmt, back_meta = read_lora(out)
@@ -265,8 +301,7 @@ def test_diffusers_reads_our_file(tmp_path):
 
     model = tiny_dit()
     raw = random_layers(model, ORIG, seed=10)
-    path = save_lora(tmp_path / "ours.safetensors",
-                     {n: LoraLayer(a, b, ALPHA) for n, (a, b) in raw.items()})
+    path = save_lora(tmp_path / "ours.safetensors", {n: LoraLayer(a, b, ALPHA) for n, (a, b) in raw.items()})
     sd = WanPipeline.lora_state_dict(str(path))  # runs _convert_non_diffusers_wan_lora_to_diffusers
     assert set(sd) == {f"transformer.{n}.lora_{x}.weight" for n in ORIG for x in "AB"}
     for n, (a, b) in raw.items():  # diffusers folds alpha/r into A and B
@@ -306,26 +341,38 @@ def test_name_table_agrees_with_diffusers_single_file_converter():
 def test_kohya_names_resolved_against_known_modules(tmp_path):
     model = tiny_dit(image_dim=24, added_kv_proj_dim=32)
     t = {}
-    for kohya, shape_in in [("blocks_0_cross_attn_k", 32), ("blocks_0_cross_attn_k_img", 32),
-                            ("blocks_1_ffn_2", 64), ("img_emb_proj_1", 24), ("blocks_0_self_attn_norm_q", 32)]:
+    for kohya, shape_in in [
+        ("blocks_0_cross_attn_k", 32),
+        ("blocks_0_cross_attn_k_img", 32),
+        ("blocks_1_ffn_2", 64),
+        ("img_emb_proj_1", 24),
+        ("blocks_0_self_attn_norm_q", 32),
+    ]:
         t[f"lora_unet_{kohya}.lora_down.weight"] = torch.randn(2, shape_in)
         t[f"lora_unet_{kohya}.lora_up.weight"] = torch.randn(32, 2)
     save_file(t, str(tmp_path / "k.safetensors"))
     layers, fmt, _ = read_lora(tmp_path / "k.safetensors")
     assert fmt == "kohya"
-    assert set(layers) == {"blocks.0.attn2.to_k", "blocks.0.attn2.add_k_proj", "blocks.1.ffn.net.2",
-                           "condition_embedder.image_embedder.ff.net.0.proj"}
+    assert set(layers) == {
+        "blocks.0.attn2.to_k",
+        "blocks.0.attn2.add_k_proj",
+        "blocks.1.ffn.net.2",
+        "condition_embedder.image_embedder.ff.net.0.proj",
+    }
     rep = key_report(tmp_path / "k.safetensors", model)
     assert "lora_unet_blocks_0_self_attn_norm_q" in rep.unmatched  # no such Linear: reported, not guessed
     assert any(s.startswith("condition_embedder.image_embedder.ff.net.0.proj:") for s in rep.shape_mismatch)
 
 
-@pytest.mark.parametrize("key,fmt", [
-    ("blocks.0.self_attn.q.lora_A.default.weight", "peft"),  # DiffSynth: original names, PEFT adapter
-    ("transformer.blocks.0.self_attn.q.lora_A.weight", "diffusers"),  # original names behind transformer.
-    ("diffusion_model.blocks.0.attn1.to_q.lora_A.weight", "comfyui"),  # diffusers names behind diffusion_model.
-    ("lycoris_blocks_0_self_attn_q.lora_A.weight", "kohya"),
-])
+@pytest.mark.parametrize(
+    "key,fmt",
+    [
+        ("blocks.0.self_attn.q.lora_A.default.weight", "peft"),  # DiffSynth: original names, PEFT adapter
+        ("transformer.blocks.0.self_attn.q.lora_A.weight", "diffusers"),  # original names behind transformer.
+        ("diffusion_model.blocks.0.attn1.to_q.lora_A.weight", "comfyui"),  # diffusers names behind diffusion_model.
+        ("lycoris_blocks_0_self_attn_q.lora_A.weight", "kohya"),
+    ],
+)
 def test_other_key_styles_resolve_to_the_same_module(tmp_path, key, fmt):
     path = tmp_path / "s.safetensors"
     save_file({key: torch.randn(2, 32), key.replace("lora_A", "lora_B"): torch.randn(32, 2)}, str(path))
@@ -337,9 +384,14 @@ def test_lora_for_another_model_raises_with_file_name(tmp_path):
     model = tiny_dit()
     before = snapshot(model)
     path = tmp_path / "flux_style.safetensors"
-    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.randn(4, 32),
-               "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.randn(96, 4),
-               "lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.tensor(4.0)}, str(path))
+    save_file(
+        {
+            "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.randn(4, 32),
+            "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.randn(96, 4),
+            "lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.tensor(4.0),
+        },
+        str(path),
+    )
     with pytest.raises(LoraError, match=r"flux_style\.safetensors: matches none of the model's 26 LoRA-able") as e:
         with applied_loras(model, [LoraSpec(str(path))]):
             pass
@@ -351,8 +403,9 @@ def test_wrong_shape_raises_before_touching_weights(tmp_path):
     model = tiny_dit()
     before = snapshot(model)
     good = write_lora(tmp_path / "good.safetensors", "comfyui", random_layers(model, ORIG, seed=11))
-    layers = random_layers(model, ["blocks.0.attn1.to_q", "blocks.0.ffn.net.0.proj"], seed=12,
-                           in_override={"blocks.0.ffn.net.0.proj": 48})
+    layers = random_layers(
+        model, ["blocks.0.attn1.to_q", "blocks.0.ffn.net.0.proj"], seed=12, in_override={"blocks.0.ffn.net.0.proj": 48}
+    )
     bad = write_lora(tmp_path / "bad.safetensors", "comfyui", layers)
     with pytest.raises(LoraError, match=r"bad\.safetensors") as e:
         with applied_loras(model, [LoraSpec(str(good)), LoraSpec(str(bad))]):
@@ -383,12 +436,17 @@ def test_key_report_counts_and_partial_apply(tmp_path):
     good = random_layers(model, ["blocks.0.attn1.to_q", "blocks.1.ffn.net.2", "proj_out"], seed=13)
     t = {}
     for n, (a, b) in good.items():
-        t |= {f"diffusion_model.{ORIG[n]}.lora_A.weight": a, f"diffusion_model.{ORIG[n]}.lora_B.weight": b,
-              f"diffusion_model.{ORIG[n]}.alpha": torch.tensor(ALPHA)}
+        t |= {
+            f"diffusion_model.{ORIG[n]}.lora_A.weight": a,
+            f"diffusion_model.{ORIG[n]}.lora_B.weight": b,
+            f"diffusion_model.{ORIG[n]}.alpha": torch.tensor(ALPHA),
+        }
     for k in ("blocks.0.cross_attn.k_img", "patch_embedding"):  # I2V-only module; module with no Wan Linear
-        t |= {f"diffusion_model.{k}.lora_A.weight": torch.randn(RANK, 32),
-              f"diffusion_model.{k}.lora_B.weight": torch.randn(32, RANK),
-              f"diffusion_model.{k}.alpha": torch.tensor(ALPHA)}
+        t |= {
+            f"diffusion_model.{k}.lora_A.weight": torch.randn(RANK, 32),
+            f"diffusion_model.{k}.lora_B.weight": torch.randn(32, RANK),
+            f"diffusion_model.{k}.alpha": torch.tensor(ALPHA),
+        }
     t["diffusion_model.blocks.0.norm3.diff"] = torch.randn(32)
     t["diffusion_model.blocks.0.self_attn.q.diff_b"] = torch.randn(32)
     t["diffusion_model.blocks.1.ffn.0.lora_A.weight"] = torch.randn(RANK, 32)  # half a pair
@@ -398,10 +456,15 @@ def test_key_report_counts_and_partial_apply(tmp_path):
     rep = key_report(path, model)
     assert rep.format == "comfyui" and rep.modules == 5
     assert sorted(rep.matched) == sorted(good) and rep.rank == RANK and rep.alpha == ALPHA
-    assert sorted(rep.unmatched) == sorted([
-        "diffusion_model.blocks.0.cross_attn.k_img", "diffusion_model.patch_embedding",
-        "diffusion_model.blocks.0.norm3.diff", "diffusion_model.blocks.0.self_attn.q.diff_b",
-        "diffusion_model.blocks.1.ffn.0.lora_A.weight"])
+    assert sorted(rep.unmatched) == sorted(
+        [
+            "diffusion_model.blocks.0.cross_attn.k_img",
+            "diffusion_model.patch_embedding",
+            "diffusion_model.blocks.0.norm3.diff",
+            "diffusion_model.blocks.0.self_attn.q.diff_b",
+            "diffusion_model.blocks.1.ffn.0.lora_A.weight",
+        ]
+    )
     line = rep.summary()
     assert line.startswith("wan_style.safetensors: comfyui format, 3/5 modules matched, rank 4, alpha 6; not applied: ")
     assert "(+1 more)" in line and "\n" not in line
@@ -531,8 +594,9 @@ def test_fp8_side_path_is_the_exact_low_rank_formula_in_compute_dtype(tmp_path):
     assert y.dtype == torch.bfloat16
     want = x.double() @ w8.T + b8 + 1.5 * (2.0 / 4) * (x.double() @ a.double().T) @ b.double().T
     torch.testing.assert_close(y.double(), want, atol=0.05, rtol=0.02)  # bf16 rounding of a few steps
-    torch.testing.assert_close(holder.lin(x), x @ holder.lin.weight.bfloat16().T + holder.lin.bias.bfloat16(),
-                               atol=0.05, rtol=0.02)  # off again
+    torch.testing.assert_close(
+        holder.lin(x), x @ holder.lin.weight.bfloat16().T + holder.lin.bias.bfloat16(), atol=0.05, rtol=0.02
+    )  # off again
 
 
 @needs_fp8

@@ -1,4 +1,5 @@
 """Training losses pinned to hand-computed values and plain-loop reference implementations."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,9 +9,17 @@ import pytest
 import torch
 
 from viva_core.errors import InputError
-from viva_core.train.losses import (clipped_policy_loss, flow_matching_pair, group_advantages, kl_to_reference,
-                                    latent_mask, masked_fm_loss, reward_weighted_fm_loss, rwo_weights,
-                                    sample_sigmas)
+from viva_core.train.losses import (
+    clipped_policy_loss,
+    flow_matching_pair,
+    group_advantages,
+    kl_to_reference,
+    latent_mask,
+    masked_fm_loss,
+    reward_weighted_fm_loss,
+    rwo_weights,
+    sample_sigmas,
+)
 
 
 def _close(a, b, rtol=1.3e-6, atol=1e-5):
@@ -23,6 +32,7 @@ def _rand(*shape, seed=0):
 
 
 # ------------------------------------------------------------------------------------------- flow matching
+
 
 def test_flow_matching_pair_matches_formula_per_sample():
     x0, eps = _rand(2, 3, 2, 4, 4, seed=1), _rand(2, 3, 2, 4, 4, seed=2)
@@ -80,6 +90,7 @@ def test_sample_sigmas_range_and_errors():
 
 
 # ------------------------------------------------------------------------------------------- masked loss
+
 
 def test_masked_fm_loss_equals_plain_loop():
     B, C, T, H, W = 2, 3, 2, 3, 4
@@ -143,13 +154,18 @@ def test_latent_mask_rejects_wrong_frame_count_and_range():
 
 # ------------------------------------------------------------------------------------------- advantages
 
+
 def test_group_advantages_hand_computed():
     # Two reward terms, weights (1, 0.5); rows of group 7 and group 3 interleaved; eps = 1e-4.
-    rewards = torch.tensor([[1.0, 0.2],   # g7
-                            [0.0, 0.5],   # g3
-                            [3.0, 0.6],   # g7
-                            [0.0, 0.5],   # g3
-                            [3.0, 0.5]])  # g3
+    rewards = torch.tensor(
+        [
+            [1.0, 0.2],  # g7
+            [0.0, 0.5],  # g3
+            [3.0, 0.6],  # g7
+            [0.0, 0.5],  # g3
+            [3.0, 0.5],
+        ]
+    )  # g3
     groups = torch.tensor([7, 3, 7, 3, 3])
     adv, zero_frac = group_advantages(rewards, groups, torch.tensor([1.0, 0.5]))
     # g7: term 1 (1, 3): mean 2, population std 1 -> z = ∓1/1.0001 = ∓0.99990001
@@ -170,15 +186,17 @@ def test_group_advantages_zero_variance_group_dropped_and_counted():
     assert adv[:2].tolist() == pytest.approx([-1.49965013, 1.49965013], abs=1e-6)
     assert zero_frac == pytest.approx(2 / 3)
     # A group where only a zero-weight term varies carries no signal either.
-    adv, zero_frac = group_advantages(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([0, 0]),
-                                      torch.tensor([1.0, 0.0]))
+    adv, zero_frac = group_advantages(
+        torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([0, 0]), torch.tensor([1.0, 0.0])
+    )
     assert adv.tolist() == [0.0, 0.0] and zero_frac == 1.0
 
 
 def test_group_advantages_clipped():
     # One term with weight 10: z = ∓1/1.0001, A = ∓9.999 -> clipped to ∓5.
-    adv, _ = group_advantages(torch.tensor([[0.0], [1.0], [2.0], [2.0]]), torch.tensor([0, 0, 1, 1]),
-                              torch.tensor([10.0]))
+    adv, _ = group_advantages(
+        torch.tensor([[0.0], [1.0], [2.0], [2.0]]), torch.tensor([0, 0, 1, 1]), torch.tensor([10.0])
+    )
     assert adv.tolist() == [-5.0, 5.0, 0.0, 0.0]
     adv, _ = group_advantages(torch.tensor([0.0, 1.0]), torch.tensor([0, 0]), torch.tensor([10.0]), clip=2.0)
     assert adv.tolist() == [-2.0, 2.0]
@@ -187,6 +205,7 @@ def test_group_advantages_clipped():
 
 
 # ------------------------------------------------------------------------------------------- policy loss
+
 
 def test_clipped_policy_loss_hand_computed():
     eps = 0.2
@@ -237,7 +256,7 @@ def test_kl_to_reference():
     ref = _rand(2, 3, 4, seed=15)
     got = kl_to_reference(mu, ref, 0.3)
     for b in range(2):
-        vals = [(float(a) - float(r)) ** 2 / (2 * 0.3 ** 2) for a, r in zip(mu[b].flatten(), ref[b].flatten())]
+        vals = [(float(a) - float(r)) ** 2 / (2 * 0.3**2) for a, r in zip(mu[b].flatten(), ref[b].flatten())]
         assert float(got[b]) == pytest.approx(sum(vals) / len(vals), rel=1e-5)
     per_std = kl_to_reference(mu, ref, torch.tensor([0.3, 0.6]))
     assert float(per_std[1]) == pytest.approx(float(got[1]) / 4, rel=1e-5)
@@ -247,14 +266,16 @@ def test_kl_to_reference():
 
 # ------------------------------------------------------------------------------------------- RWO
 
+
 def test_rwo_softmax_weights():
     rewards = torch.tensor([0.0, 1.0, 0.2, 0.5, 0.9, 0.3, 0.3])
     groups = torch.tensor([0, 0, 1, 1, 1, 2, 2])
     w = rwo_weights(rewards, groups)
     # group 0: A = ∓0.5/(0.5 + 1e-4) = ∓0.99980004; w = 2 softmax(A) = 2 e^{±a} / (e^a + e^-a)
     a = 0.5 / 0.5001
-    assert w[:2].tolist() == pytest.approx([2 * math.exp(-a) / (math.exp(a) + math.exp(-a)),
-                                            2 * math.exp(a) / (math.exp(a) + math.exp(-a))], abs=1e-6)
+    assert w[:2].tolist() == pytest.approx(
+        [2 * math.exp(-a) / (math.exp(a) + math.exp(-a)), 2 * math.exp(a) / (math.exp(a) + math.exp(-a))], abs=1e-6
+    )
     for idx in ([0, 1], [2, 3, 4], [5, 6]):
         assert float(w[idx].mean()) == pytest.approx(1.0, abs=1e-6)
     assert float(w[2]) < float(w[3]) < float(w[4])  # higher reward -> higher weight
@@ -265,8 +286,9 @@ def test_rwo_softmax_weights():
 
 
 def test_rwo_advantage_weights():
-    w = rwo_weights(torch.tensor([0.0, 1.0, 0.0, 0.0, 3.0, 2.0, 2.0]), torch.tensor([0, 0, 1, 1, 1, 2, 2]),
-                    mode="advantage")
+    w = rwo_weights(
+        torch.tensor([0.0, 1.0, 0.0, 0.0, 3.0, 2.0, 2.0]), torch.tensor([0, 0, 1, 1, 1, 2, 2]), mode="advantage"
+    )
     # group 0: max(A, 0) = (0, a) -> (0, 2); group 1: A ∝ (-1, -1, 2) -> (0, 0, 3); group 2 equal -> ones
     assert w.tolist() == pytest.approx([0.0, 2.0, 0.0, 0.0, 3.0, 1.0, 1.0], abs=1e-6)
     with pytest.raises(InputError):
@@ -305,5 +327,5 @@ def test_scheduled_lr_reaches_lr_after_warmup_then_cosine_to_zero():
     for s in (warm, 400, 500, steps):  # independent form: half-cosine over the post-warm-up steps
         assert got[s] == pytest.approx(lr * (1 + math.cos(math.pi * (s - warm) / (steps - warm))) / 2, abs=1e-12)
     assert got[-1] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b for a, b in zip(got[warm:], got[warm + 1:]))  # never rises after the warm-up
+    assert all(a >= b for a, b in zip(got[warm:], got[warm + 1 :]))  # never rises after the warm-up
     assert scheduled_lr(lr, 10, 100, 0, "constant") == lr and scheduled_lr(lr, 4, 100, 10, "constant") == lr / 2

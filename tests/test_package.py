@@ -1,4 +1,5 @@
 """The pack's entry file (__init__.py) inside a ComfyUI without the V3 node API: it says why it registers nothing."""
+
 from __future__ import annotations
 
 import subprocess
@@ -44,7 +45,7 @@ def test_training_curves_are_optional(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="viva_core.train.metrics"):
         assert metrics.plot(tmp_path / "curves.png") is None and metrics.plot(tmp_path / "curves.png") is None
     notices = [r.getMessage() for r in caplog.records if "matplotlib" in r.getMessage()]
-    assert len(notices) == 1 and 'comfyui-viva[plot]' in notices[0], notices
+    assert len(notices) == 1 and "comfyui-viva[plot]" in notices[0], notices
     assert not (tmp_path / "curves.png").exists() and metrics.rows() == [{"step": 1, "loss": 1.0}]
 
 

@@ -3,6 +3,7 @@
 The stage runs are tiny (a few steps on a few clips): they check that every stage writes folders the normal
 loaders read and that training sees exactly what inference feeds the models; the learning itself was measured
 on a GPU (README, "Small models")."""
+
 from __future__ import annotations
 
 import json
@@ -27,6 +28,7 @@ def synth_npz(tmp_path_factory) -> Path:
 
 # ----------------------------------------------------------------------------------------------- tokenizers
 
+
 def test_word_tokenizers_have_single_yes_no_and_eos() -> None:
     from viva_core.judge import yes_no_token_ids
 
@@ -42,6 +44,7 @@ def test_word_tokenizers_have_single_yes_no_and_eos() -> None:
 
 # ------------------------------------------------------------------------------------ train == inference
 
+
 def test_conditioning_tokens_match_inference_concat_and_padding() -> None:
     from viva_core.editor import Conditioning
     from viva_core.pipeline import pad_tokens
@@ -51,10 +54,10 @@ def test_conditioning_tokens_match_inference_concat_and_padding() -> None:
     tl, el = torch.tensor([4, 10, 1]), torch.tensor([7, 3, 0])
     got = S.conditioning_tokens(text, tl, extra, el, length=24)
     for b in range(3):
-        cond = Conditioning(text[b:b + 1, :tl[b]])
+        cond = Conditioning(text[b : b + 1, : tl[b]])
         if el[b]:
-            cond = cond.concat(Conditioning(extra[b:b + 1, :el[b]]))
-        torch.testing.assert_close(got[b:b + 1], pad_tokens(cond.embeds, 24), rtol=0, atol=0)
+            cond = cond.concat(Conditioning(extra[b : b + 1, : el[b]]))
+        torch.testing.assert_close(got[b : b + 1], pad_tokens(cond.embeds, 24), rtol=0, atol=0)
 
 
 def test_batched_instructor_hidden_states_equal_single_sample_inference(tmp_path) -> None:
@@ -63,8 +66,9 @@ def test_batched_instructor_hidden_states_equal_single_sample_inference(tmp_path
     from viva_core.vlm import load_vlm, processor_inputs, to_pil_image
 
     words = S.vocabulary(S.prompt_texts([{"instruction": "make the red circle blue"}]))
-    folder = S.write_vlm_folder(tmp_path / "vlm", S.word_tokenizer(words, kind="qwen"), S.VLMSection(hidden=32, heads=4),
-                                seed=0)
+    folder = S.write_vlm_folder(
+        tmp_path / "vlm", S.word_tokenizer(words, kind="qwen"), S.VLMSection(hidden=32, heads=4), seed=0
+    )
     vlm = load_vlm(folder, dtype="fp32", device="cpu")
     frames = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(1))
     texts = ["make the red circle blue", "blue"]
@@ -74,19 +78,20 @@ def test_batched_instructor_hidden_states_equal_single_sample_inference(tmp_path
     for i, t in enumerate(texts):
         single = Instructor(vlm).hidden_states(t, frames[i])
         assert int(lengths[i]) == single.shape[1]
-        torch.testing.assert_close(hidden[i:i + 1, :single.shape[1]], single, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(hidden[i : i + 1, : single.shape[1]], single, rtol=1e-4, atol=1e-4)
 
 
 def test_grounding_targets_follow_the_processors_token_order(tmp_path) -> None:
     """Token k of the instructor's image covers the k-th merged patch of the processor (row by row); the target is
     the edited share of that region. Checked against the processor itself: a white 16x16 block at the top right
     lands in the pixel rows of exactly the token whose target is 1."""
-    from viva_core.vlm import load_vlm, processor_inputs, to_pil_image
     from viva_core.instructor import Instructor
+    from viva_core.vlm import load_vlm, processor_inputs, to_pil_image
 
     words = S.vocabulary(S.prompt_texts([{"instruction": "make it blue"}]))
-    folder = S.write_vlm_folder(tmp_path / "vlm", S.word_tokenizer(words, kind="qwen"), S.VLMSection(hidden=32, heads=4),
-                                seed=0)
+    folder = S.write_vlm_folder(
+        tmp_path / "vlm", S.word_tokenizer(words, kind="qwen"), S.VLMSection(hidden=32, heads=4), seed=0
+    )
     vlm = load_vlm(folder, dtype="fp32", device="cpu")
     merge = int(vlm.model.config.vision_config.spatial_merge_size)
     mask = torch.zeros(1, 64, 64, dtype=torch.uint8)
@@ -108,6 +113,7 @@ def test_grounding_targets_follow_the_processors_token_order(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- judge labels
+
 
 def test_judge_candidates_get_verifier_labels(synth_npz) -> None:
     from viva_core.eval import score_edit
@@ -138,8 +144,10 @@ def test_judge_labels_fail_exactly_the_targeted_questions(synth_npz) -> None:
     assert all(table["target"].values())
     assert all(False in row.values() for kind, row in table.items() if kind != "target")
     for d in DIMENSIONS:  # a corruption that fails d (alone or with PC) and passes the other questions
-        assert any(row[d] is False and all(row[e] is not False for e in DIMENSIONS if e not in (d, "PC"))
-                   for row in table.values()), d
+        assert any(
+            row[d] is False and all(row[e] is not False for e in DIMENSIONS if e not in (d, "PC"))
+            for row in table.values()
+        ), d
     clips = S.load_clip_set(synth_npz / "train.jsonl")
     data = S._JudgeData(clips, S.JudgeSection(), seed=0, size=400)
     seen = set()
@@ -148,8 +156,14 @@ def test_judge_labels_fail_exactly_the_targeted_questions(synth_npz) -> None:
         expected = dict(table[kind])
         if expected["EA"] is None:
             rec = clips.records[c]
-            ea, _ = edit_accuracy(src, cand, S.frames_float(clips.target[c]), clips.mask[c].bool(), rec.get("verify"),
-                                  rec.get("operation"))
+            ea, _ = edit_accuracy(
+                src,
+                cand,
+                S.frames_float(clips.target[c]),
+                clips.mask[c].bool(),
+                rec.get("verify"),
+                rec.get("operation"),
+            )
             expected["EA"] = ea >= 0.5
         assert labels == expected, (kind, labels)
         if kind not in seen:
@@ -163,11 +177,20 @@ def test_judge_labels_fail_exactly_the_targeted_questions(synth_npz) -> None:
 
 # --------------------------------------------------------------------------------------------- the stages
 
+
 def _cfg(stage: str, out: Path, manifest: Path, **sets) -> S.ScratchConfig:
-    overrides = [f"stage={stage}", f"output_dir={out}", f"data.manifest={manifest}", "optim.steps=2",
-                 "optim.batch_size=2", "optim.workers=0", "optim.warmup_steps=1", "device=cpu",
-                 "data.limit=4",  # 4 of the 18 clips: the VAE statistics, PSNR and latent caches encode every clip
-                 *(f"{k}={v}" for k, v in sets.items())]
+    overrides = [
+        f"stage={stage}",
+        f"output_dir={out}",
+        f"data.manifest={manifest}",
+        "optim.steps=2",
+        "optim.batch_size=2",
+        "optim.workers=0",
+        "optim.warmup_steps=1",
+        "device=cpu",
+        "data.limit=4",  # 4 of the 18 clips: the VAE statistics, PSNR and latent caches encode every clip
+        *(f"{k}={v}" for k, v in sets.items()),
+    ]
     return S.load_scratch_config(None, overrides)
 
 
@@ -182,10 +205,26 @@ def test_stages_write_models_the_normal_loaders_use(synth_npz, tmp_path) -> None
     vae = S.run_stage(_cfg("vae", tmp_path / "vae", manifest, **{"vae.base_dim": 8, "vae.frames": 5}))
     mean = json.loads((vae / "config.json").read_text())["latents_mean"]
     assert len(mean) == 16 and any(m != 0 for m in mean)  # measured latent statistics were written
-    editor_dir = S.run_stage(_cfg("editor", tmp_path / "ed", manifest, **{
-        "editor.vae": vae, "editor.layers": 1, "editor.heads": 2, "editor.head_dim": 16, "editor.ffn_dim": 32,
-        "editor.text_dim": 32, "editor.text_ff": 32, "editor.vlm.hidden": 32, "editor.refiner_hidden": 32,
-        "editor.max_text_tokens": 160, "editor.grounding_weight": 1.0}))
+    editor_dir = S.run_stage(
+        _cfg(
+            "editor",
+            tmp_path / "ed",
+            manifest,
+            **{
+                "editor.vae": vae,
+                "editor.layers": 1,
+                "editor.heads": 2,
+                "editor.head_dim": 16,
+                "editor.ffn_dim": 32,
+                "editor.text_dim": 32,
+                "editor.text_ff": 32,
+                "editor.vlm.hidden": 32,
+                "editor.refiner_hidden": 32,
+                "editor.max_text_tokens": 160,
+                "editor.grounding_weight": 1.0,
+            },
+        )
+    )
     assert (tmp_path / "ed" / "metrics.jsonl").is_file() and (tmp_path / "ed" / "curves.png").is_file()
     logged = json.loads((tmp_path / "ed" / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0 < logged["loss_grounding"] < 5  # the instructor's grounding loss ran (BCE of a fresh probe ~0.7)
@@ -193,8 +232,14 @@ def test_stages_write_models_the_normal_loaders_use(synth_npz, tmp_path) -> None
     assert editor.max_text_tokens == 160 and editor.native_size == (64, 64)
     vlm = load_vlm(tmp_path / "ed" / "instructor", dtype="fp32", device="cpu")
     frames = torch.rand(9, 48, 80, 3)  # 80x48: fit into the editor's 64x64 (aspect kept), edited, scaled back
-    cond, _ = build_conditioning(editor, "make the red circle blue", frames[0], mode="instructor", vlm=vlm,
-                                 refiner_path=str(tmp_path / "ed" / "refiner.safetensors"))
+    cond, _ = build_conditioning(
+        editor,
+        "make the red circle blue",
+        frames[0],
+        mode="instructor",
+        vlm=vlm,
+        refiner_path=str(tmp_path / "ed" / "refiner.safetensors"),
+    )
     out = edit(editor, frames, cond, settings=EditSettings(steps=2, cfg=2.0)).frames
     assert out.shape == (9, 48, 80, 3) and torch.isfinite(out).all()
 
@@ -223,6 +268,7 @@ def _write_npz_manifest(tmp_path: Path) -> Path:
 
 def test_editor_info_file_errors_name_the_file(tmp_path) -> None:
     from tiny_editor import build_editor_folder
+
     from viva_core.editor import EDITOR_INFO_FILE, load_editor
 
     folder = build_editor_folder(tmp_path / "ed")
@@ -271,8 +317,24 @@ def test_cli_edit_without_editor_uses_bundled_models(tmp_path, capsys) -> None:
     from viva_core.cli import main
 
     out = tmp_path / "edited.mp4"
-    assert main(["edit", "example", "Invert the colours.", "-o", str(out), "--steps", "4", "--device", "cpu",
-                 "--max-frames", "5"]) == 0  # 5 of the example's 17 frames: the VAE is most of the time
+    assert (
+        main(
+            [
+                "edit",
+                "example",
+                "Invert the colours.",
+                "-o",
+                str(out),
+                "--steps",
+                "4",
+                "--device",
+                "cpu",
+                "--max-frames",
+                "5",
+            ]
+        )
+        == 0
+    )  # 5 of the example's 17 frames: the VAE is most of the time
     assert out.is_file() and "bundled small models" in capsys.readouterr().err
 
 
@@ -302,8 +364,9 @@ def test_eval_ceiling_scores_the_vae_round_trip_of_the_ground_truth(tmp_path) ->
     from viva_core.pipeline import reconstruct
     from viva_core.synth import generate
 
-    manifest = generate(tmp_path / "d", n=2, seed=3, frames=5, format="npz", splits=(1, 0, 0),
-                        categories=("basic",))["train"]  # 5 frames, not 17: the VAE round trips are the time
+    manifest = generate(tmp_path / "d", n=2, seed=3, frames=5, format="npz", splits=(1, 0, 0), categories=("basic",))[
+        "train"
+    ]  # 5 frames, not 17: the VAE round trips are the time
     editor = load_editor(bundled.path(bundled.EDITOR), options=EditorOptions(dtype="fp32", device="cpu"))
     for record in load_manifest(manifest):
         source = read_frames(record.source_video, None, "source_video")[0]
@@ -312,8 +375,23 @@ def test_eval_ceiling_scores_the_vae_round_trip_of_the_ground_truth(tmp_path) ->
         assert out.shape == target.shape
         assert psnr(out, target) > 20 and psnr(out, target) > psnr(out, source) + 3
     report = tmp_path / "r"
-    assert main(["eval", str(manifest), "--editor", bundled.path(bundled.EDITOR), "--ceiling", "--report",
-                 str(report), "--no-outputs", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(manifest),
+                "--editor",
+                bundled.path(bundled.EDITOR),
+                "--ceiling",
+                "--report",
+                str(report),
+                "--no-outputs",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert len(json.loads((report / "report.json").read_text())["scores"]) == 2
     assert main(["eval", str(manifest), "--ceiling", "--report", str(tmp_path / "x")]) == 2  # needs --editor
 

@@ -1,6 +1,7 @@
 """Latent previews of the bundled small VAE (issue 12): its own latent -> RGB projection (vae/latent_rgb.json,
 fitted by recipes/small/preview_factors.py) shows the colours the latents decode to; ComfyUI's Wan2.1 factors,
 which the nodes used for every z-16 VAE before, do not."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,10 +23,23 @@ from viva_core.synth.clips import make_clip
 VAE_DIR = bundled.EDITOR / "vae"
 # ComfyUI's comfy.latent_formats.Wan21 (0.3.64): what the nodes previewed the small VAE's latents with before
 WAN21_FACTORS = [
-    [-0.1299, -0.1692, 0.2932], [0.0671, 0.0406, 0.0442], [0.3568, 0.2548, 0.1747], [0.0372, 0.2344, 0.1420],
-    [0.0313, 0.0189, -0.0328], [0.0296, -0.0956, -0.0665], [-0.3477, -0.4059, -0.2925], [0.0166, 0.1902, 0.1975],
-    [-0.0412, 0.0267, -0.1364], [-0.1293, 0.0740, 0.1636], [0.0680, 0.3019, 0.1128], [0.0032, 0.0581, 0.0639],
-    [-0.1251, 0.0927, 0.1699], [0.0060, -0.0633, 0.0005], [0.3477, 0.2275, 0.2950], [0.1984, 0.0913, 0.1861]]
+    [-0.1299, -0.1692, 0.2932],
+    [0.0671, 0.0406, 0.0442],
+    [0.3568, 0.2548, 0.1747],
+    [0.0372, 0.2344, 0.1420],
+    [0.0313, 0.0189, -0.0328],
+    [0.0296, -0.0956, -0.0665],
+    [-0.3477, -0.4059, -0.2925],
+    [0.0166, 0.1902, 0.1975],
+    [-0.0412, 0.0267, -0.1364],
+    [-0.1293, 0.0740, 0.1636],
+    [0.0680, 0.3019, 0.1128],
+    [0.0032, 0.0581, 0.0639],
+    [-0.1251, 0.0927, 0.1699],
+    [0.0060, -0.0633, 0.0005],
+    [0.3477, 0.2275, 0.2950],
+    [0.1984, 0.0913, 0.1861],
+]
 WAN21_BIAS = [-0.1835, -0.0868, -0.3360]
 
 
@@ -72,8 +86,9 @@ def test_fitted_factors_show_the_decoded_colours_and_wan21_does_not():
     of frame 0 averaged to the latent grid. The recipe measured 8.9 dB (Wan21) vs 25.6 dB (fitted) on 64 videos."""
     from diffusers import AutoencoderKLWan
 
-    vae = AutoencoderKLWan.from_pretrained(str(VAE_DIR), torch_dtype=torch.float32, use_safetensors=True,
-                                           local_files_only=True).eval()
+    vae = AutoencoderKLWan.from_pretrained(
+        str(VAE_DIR), torch_dtype=torch.float32, use_safetensors=True, local_files_only=True
+    ).eval()
     rng = np.random.default_rng(7)
     videos = []
     for _ in range(2):
@@ -87,7 +102,8 @@ def test_fitted_factors_show_the_decoded_colours_and_wan21_does_not():
     own = preview_rgb_factors(fake_editor(VAE_DIR))
     psnr = {}
     for name, (f, b) in (("fitted", own), ("wan21", (WAN21_FACTORS, WAN21_BIAS))):
-        mse = torch.stack([((latent2rgb(z[i:i + 1], f, b) - truth[i].movedim(0, -1)) / 2).pow(2).mean()
-                           for i in range(len(z))])
+        mse = torch.stack(
+            [((latent2rgb(z[i : i + 1], f, b) - truth[i].movedim(0, -1)) / 2).pow(2).mean() for i in range(len(z))]
+        )
         psnr[name] = float((10 * torch.log10(1 / mse)).mean())
     assert psnr["fitted"] > 20 and psnr["fitted"] > psnr["wan21"] + 8, psnr

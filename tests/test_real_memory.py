@@ -1,5 +1,6 @@
 """bench/real_memory.py (GPU memory of the real models, issue 14 item 8): its code paths run on tiny configs on the
 CPU, and its real-shape configs have the real models' parameter counts (built on the meta device, no memory)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -37,9 +38,16 @@ def test_tiny_run_goes_through_edit_offload_and_judge(capsys):
 
 def test_peak_without_the_text_encoder_is_derived_from_the_other_phases():
     rm = _module()
-    row = rm.Row("lucy", "m", "edit, offload=none", "480x832", 81, peak_alloc_gib=40.0,
-                 weights_gib={"dit": 9.3, "vae": 2.6, "te": 10.6},
-                 phases_gib={"text_encoder": 24.0, "vae_encode": 30.0, "sampling": 25.0, "vae_decode": 40.0})
+    row = rm.Row(
+        "lucy",
+        "m",
+        "edit, offload=none",
+        "480x832",
+        81,
+        peak_alloc_gib=40.0,
+        weights_gib={"dit": 9.3, "vae": 2.6, "te": 10.6},
+        phases_gib={"text_encoder": 24.0, "vae_encode": 30.0, "sampling": 25.0, "vae_decode": 40.0},
+    )
     derived = rm.without_text_encoder(row, 10.6)
     assert derived.peak_alloc_gib == 29.4 and derived.weights_gib["te"] == 0.0
     assert "(no UMT5 on GPU)" in rm.table([row, derived], True, "H200")

@@ -1,4 +1,5 @@
 """The `rewards` text of the ComfyUI Train LoRA node: parsed into the weights dict of the training config."""
+
 import pytest
 
 from viva_core.errors import InputError
@@ -12,8 +13,15 @@ def test_pairs_in_order_with_bare_names_weighing_one():
     assert parse_reward_weights(" , \n") == {}
 
 
-@pytest.mark.parametrize("text, match", [("preservation=abc", "not a number"), ("=1", "no reward name"),
-                                         ("judge=1, judge=2", "given twice"), ("judge=nan", "finite")])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("preservation=abc", "not a number"),
+        ("=1", "no reward name"),
+        ("judge=1, judge=2", "given twice"),
+        ("judge=nan", "finite"),
+    ],
+)
 def test_bad_text_names_the_problem(text, match):
     with pytest.raises(InputError, match=match):
         parse_reward_weights(text)

@@ -1,4 +1,5 @@
 """Reward terms pinned to hand computations and independent model forwards (tiny random VLM and CLIP)."""
+
 from __future__ import annotations
 
 import os
@@ -9,12 +10,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from tiny_vlm import build_tiny_vlm
+
 from viva_core.errors import InputError, ModelLoadError, NonFiniteError
 from viva_core.judge import DIMENSIONS, Judge
-from viva_core.train.rewards import (CallableReward, ClipReward, JudgeReward, PreservationReward, RewardInput,
-                                     build_rewards, load_callable, score_all)
+from viva_core.train.rewards import (
+    CallableReward,
+    ClipReward,
+    JudgeReward,
+    PreservationReward,
+    RewardInput,
+    build_rewards,
+    load_callable,
+    score_all,
+)
 from viva_core.vlm import load_vlm
 
 CLIP_WORDS = "a photo of red blue green car cat dog sky the road".split()
@@ -36,6 +45,7 @@ def _batch(source, edited, **kw):
 
 # ------------------------------------------------------------------------------------------- RewardInput
 
+
 def test_reward_input_checks_and_defaults():
     src, edit = _videos()
     b = _batch(src, edit)
@@ -52,6 +62,7 @@ def test_reward_input_checks_and_defaults():
 
 # ------------------------------------------------------------------------------------------- preservation
 
+
 def test_preservation_hand_computed_with_masks():
     # One frame of 1x2 pixels; source black. Pixel 0 changes by 0.6 in every channel (mean 0.6), pixel 1 by
     # (0.3, 0, 0) (mean 0.1).
@@ -59,10 +70,14 @@ def test_preservation_hand_computed_with_masks():
     edit = torch.zeros(4, 1, 1, 2, 3)
     edit[:, 0, 0, 0] = 0.6
     edit[:, 0, 0, 1, 0] = 0.3
-    masks = torch.tensor([[0.0, 0.0],   # nothing masked: 1 - (0.6 + 0.1)/2 = 0.65
-                          [1.0, 0.0],   # pixel 0 is the edit: only pixel 1 counts, 1 - 0.1 = 0.9
-                          [1.0, 1.0],   # everything edited: nothing to preserve -> 1
-                          [0.5, 0.0]]).view(4, 1, 1, 2)  # soft: 1 - (0.5*0.6 + 1*0.1)/1.5 = 0.7333...
+    masks = torch.tensor(
+        [
+            [0.0, 0.0],  # nothing masked: 1 - (0.6 + 0.1)/2 = 0.65
+            [1.0, 0.0],  # pixel 0 is the edit: only pixel 1 counts, 1 - 0.1 = 0.9
+            [1.0, 1.0],  # everything edited: nothing to preserve -> 1
+            [0.5, 0.0],
+        ]
+    ).view(4, 1, 1, 2)  # soft: 1 - (0.5*0.6 + 1*0.1)/1.5 = 0.7333...
     got = PreservationReward()(_batch(src, edit, masks=masks))
     assert got.tolist() == pytest.approx([0.65, 0.9, 1.0, 1 - 0.4 / 1.5], abs=1e-6)
     whole = PreservationReward(outside_mask=False)(_batch(src, edit, masks=masks))
@@ -84,6 +99,7 @@ def test_preservation_identical_is_one_and_range():
 
 # ------------------------------------------------------------------------------------------- callables
 
+
 @pytest.fixture
 def reward_module(tmp_path, monkeypatch):
     (tmp_path / "viva_test_reward_mod.py").write_text(
@@ -98,7 +114,9 @@ def reward_module(tmp_path, monkeypatch):
         "    @staticmethod\n"
         "    def as_list(batch):\n"
         "        return [0.25] * batch.n\n"
-        "NOT_A_FUNCTION = 3\n", encoding="utf-8")
+        "NOT_A_FUNCTION = 3\n",
+        encoding="utf-8",
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "viva_test_reward_mod"
 
@@ -160,6 +178,7 @@ def test_score_all_rejects_nan_and_bad_shapes(reward_module):
 
 # ------------------------------------------------------------------------------------------- judge
 
+
 @pytest.fixture(scope="module")
 def judge(tmp_path_factory):
     return Judge(load_vlm(build_tiny_vlm(tmp_path_factory.mktemp("rw") / "vlm"), dtype="fp32", device="cpu"))
@@ -169,7 +188,8 @@ def test_judge_reward_is_mean_p_yes_of_chosen_dimensions(judge):
     src, edit = _videos(n=2, t=3, h=32, w=32, seed=5)
     instructions = ["make the sky red", "turn the car blue"]
     some = JudgeReward(judge, dimensions=("EA", "GR"), num_frames=2)(
-        RewardInput(source=src, edited=edit, instructions=instructions))
+        RewardInput(source=src, edited=edit, instructions=instructions)
+    )
     one = RewardInput(source=src[:1], edited=edit[:1], instructions=instructions[:1])
     every = JudgeReward(judge, num_frames=2)(one)
     for i in range(2):
@@ -186,10 +206,12 @@ def test_judge_reward_is_mean_p_yes_of_chosen_dimensions(judge):
 
 # ------------------------------------------------------------------------------------------- CLIP
 
+
 def _build_tiny_clip(out):
     """A random tiny CLIP folder: CLIPModel safetensors, a WordLevel tokenizer, a 32 px image processor."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+
     try:
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as ImageProcessor
     except ImportError:  # transformers 4.x
@@ -200,17 +222,39 @@ def _build_tiny_clip(out):
     vocab = {t: i for i, t in enumerate(special + CLIP_WORDS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A [EOS]",
-                                                       special_tokens=[("[BOS]", 2), ("[EOS]", 3)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
-                            eos_token="[EOS]", model_max_length=16).save_pretrained(out)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", 2), ("[EOS]", 3)]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        model_max_length=16,
+    ).save_pretrained(out)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=16, pad_token_id=0, bos_token_id=2,
-                         eos_token_id=3),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4),
-        projection_dim=16)
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        ),
+        projection_dim=16,
+    )
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(out, safe_serialization=True)
     ImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
@@ -230,8 +274,12 @@ def test_clip_reward_equals_independent_cosines(clip_dir):
     from transformers import CLIPModel, CLIPProcessor
 
     src, edit = _videos(n=2, t=5, h=40, w=48, seed=7)
-    batch = _batch(src, edit, source_captions=["a photo of the road", "a green car"],
-                   target_captions=["a photo of a red sky", "a blue cat"])
+    batch = _batch(
+        src,
+        edit,
+        source_captions=["a photo of the road", "a green car"],
+        target_captions=["a photo of a red sky", "a blue cat"],
+    )
     got = ClipReward(clip_dir, "cpu", num_frames=2)(batch)
 
     model = CLIPModel.from_pretrained(clip_dir, local_files_only=True).eval()
@@ -250,8 +298,9 @@ def test_clip_reward_equals_independent_cosines(clip_dir):
     cos = torch.nn.functional.cosine_similarity
     for i in range(2):
         t_tgt, t_src = text_vec(batch.target_captions[i]), text_vec(batch.source_captions[i])
-        diffs = [float(cos(image_vec(edit[i, f]), t_tgt, dim=0) - cos(image_vec(edit[i, f]), t_src, dim=0))
-                 for f in (0, 4)]  # 2 frames of 5, spread from first to last
+        diffs = [
+            float(cos(image_vec(edit[i, f]), t_tgt, dim=0) - cos(image_vec(edit[i, f]), t_src, dim=0)) for f in (0, 4)
+        ]  # 2 frames of 5, spread from first to last
         assert float(got[i]) == pytest.approx(sum(diffs) / 2, abs=1e-5)
     assert bool((got.abs() <= 2).all()) and float(got.abs().max()) > 0
 
@@ -278,6 +327,7 @@ def test_clip_reward_errors(clip_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- verifier
+
 
 def test_verifier_reward_is_the_exact_benchmark_score(tmp_path):
     """On `viva synth` clips: the ground truth earns EA+PC = 1, the unedited source a low EA, and each value is

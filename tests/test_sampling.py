@@ -1,4 +1,5 @@
 """Flow-matching sampler math against independent computations."""
+
 import math
 
 import pytest
@@ -81,8 +82,13 @@ def test_bad_settings_and_nan_are_reported():
     with pytest.raises(InputError):
         start_step(10, 0.0)
     with pytest.raises(NonFiniteError, match="NaN"):
-        sample(lambda x, s: torch.full_like(x, float("nan")), torch.zeros(1, 1, 1, 1, 1), torch.zeros(1, 1, 1, 1, 1),
-               steps=2, shift=1.0)
+        sample(
+            lambda x, s: torch.full_like(x, float("nan")),
+            torch.zeros(1, 1, 1, 1, 1),
+            torch.zeros(1, 1, 1, 1, 1),
+            steps=2,
+            shift=1.0,
+        )
 
 
 @pytest.mark.parametrize("sampler", ["euler", "unipc"])
@@ -93,8 +99,15 @@ def test_progress_gets_the_predicted_clean_latents(sampler):
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(1, 4, 2, 3, 3, generator=g), torch.randn(1, 4, 2, 3, 3, generator=g)
     seen = []
-    sample(lambda x, sigma: (x - x0) / sigma, noise, torch.zeros_like(x0), steps=5, shift=3.0, sampler=sampler,
-           progress=lambda done, total, preview: seen.append((done, total, preview)))
+    sample(
+        lambda x, sigma: (x - x0) / sigma,
+        noise,
+        torch.zeros_like(x0),
+        steps=5,
+        shift=3.0,
+        sampler=sampler,
+        progress=lambda done, total, preview: seen.append((done, total, preview)),
+    )
     assert [(d, t) for d, t, _ in seen] == [(i, 5) for i in range(1, 6)]
     for _, _, preview in seen:
         torch.testing.assert_close(preview, x0, rtol=1e-4, atol=1e-4)
@@ -131,7 +144,6 @@ def test_unipc_sampler_equals_diffusers_unipc_as_wan_ships_it(shift):
     applied to linspace(1, 1/1000, steps + 1) without its last point, then 0 (unlike the Euler grid, which runs
     to 0 in `steps` equal raw steps), and the trajectory on a curved velocity field matches step for step."""
     from diffusers import UniPCMultistepScheduler
-
     from tiny_editor import WAN_SCHEDULER
 
     steps = 7
@@ -148,8 +160,14 @@ def test_unipc_sampler_equals_diffusers_unipc_as_wan_ships_it(shift):
         return torch.sin(3 * x) * (1 + sigma) + w
 
     seen = []
-    ours = sample(lambda x, s: seen.append(s) or velocity(x, s), noise, torch.zeros_like(noise), steps=steps,
-                  shift=shift, sampler="unipc")
+    ours = sample(
+        lambda x, s: seen.append(s) or velocity(x, s),
+        noise,
+        torch.zeros_like(noise),
+        steps=steps,
+        shift=shift,
+        sampler="unipc",
+    )
     torch.testing.assert_close(torch.tensor(seen), want[:-1], rtol=0, atol=2e-6)
     x = noise.clone()
     for t, sigma in zip(ref.timesteps, ref.sigmas[:-1]):

@@ -3,6 +3,7 @@
 Checks are against independent computations where one is cheap (a step-by-step bounce simulation, style
 formulas, counting objects for referring expressions, the background image); CPU only, fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,17 @@ from viva_core.errors import InputError
 from viva_core.video import probe_video, read_video
 
 T, S = 17, 64
-CATEGORY_OF = {op: "basic" for op in synth.BASIC_OPS} | {"time_shift": "temporal"} | \
-    {op: "causal" for op in synth.CAUSAL_OPS}
+CATEGORY_OF = (
+    {op: "basic" for op in synth.BASIC_OPS} | {"time_shift": "temporal"} | {op: "causal" for op in synth.CAUSAL_OPS}
+)
 
 
 def clips_for(op: str, count: int = 6, category: str | None = None) -> list[synth.Clip]:
     category = category or CATEGORY_OF[op]
-    return [synth.make_clip(np.random.default_rng([7, i, synth.OPERATIONS.index(op)]), ops=[op], category=category)
-            for i in range(count)]
+    return [
+        synth.make_clip(np.random.default_rng([7, i, synth.OPERATIONS.index(op)]), ops=[op], category=category)
+        for i in range(count)
+    ]
 
 
 def check_only_inside_mask(c: synth.Clip) -> None:
@@ -42,6 +46,7 @@ def target_ids(c: synth.Clip) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ the simulator
+
 
 def step_simulation(world: synth.World, frames: int) -> np.ndarray:
     """Independent reference: move one frame at a time, reflecting off the walls exactly at contact."""
@@ -77,6 +82,7 @@ def test_closed_form_motion_matches_step_by_step_bounces():
 
 # --------------------------------------------------------------------------------------------- determinism
 
+
 def test_same_seed_same_clip_and_different_seed_differs():
     for i in range(8):
         a, b = synth.make_clip(np.random.default_rng([3, i])), synth.make_clip(np.random.default_rng([3, i]))
@@ -107,6 +113,7 @@ def test_generate_npz_is_deterministic(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ each operation
+
 
 def test_recolour_changes_exactly_the_object_to_the_stated_colour():
     for c in clips_for("recolour"):
@@ -160,8 +167,13 @@ def test_add_puts_the_object_where_stated():
         assert region != "centre" or (abs(cx - S / 2) < 4 and abs(cy - S / 2) < 4)
         later = v["bbox"][4]
         dx, dy = (later[0] + later[2]) / 2 - cx, (later[1] + later[3]) / 2 - cy
-        expected = {"left": (dx < 0 and dy == 0), "right": (dx > 0 and dy == 0), "up": (dy < 0 and dx == 0),
-                    "down": (dy > 0 and dx == 0), "still": (dx == 0 and dy == 0)}
+        expected = {
+            "left": (dx < 0 and dy == 0),
+            "right": (dx > 0 and dy == 0),
+            "up": (dy < 0 and dx == 0),
+            "down": (dy > 0 and dx == 0),
+            "still": (dx == 0 and dy == 0),
+        }
         assert expected[v["direction"]], (v["direction"], dx, dy)
 
 
@@ -181,8 +193,12 @@ def test_move_and_resize_boxes_match_verify():
         boxes = np.array(v["bbox"])
         if op == "move":
             side = v["side"]
-            inner = {"left": boxes[:, 2] <= S / 2, "right": boxes[:, 0] >= S / 2, "top": boxes[:, 3] <= S / 2,
-                     "bottom": boxes[:, 1] >= S / 2}[side]
+            inner = {
+                "left": boxes[:, 2] <= S / 2,
+                "right": boxes[:, 0] >= S / 2,
+                "top": boxes[:, 3] <= S / 2,
+                "bottom": boxes[:, 1] >= S / 2,
+            }[side]
             edge = {"left": boxes[:, 0], "right": S - boxes[:, 2], "top": boxes[:, 1], "bottom": S - boxes[:, 3]}[side]
             assert inner.all() and (edge <= 2).all(), (side, boxes[:3])
         else:
@@ -270,6 +286,7 @@ def test_hybrid_instructions_combine_distinct_operations():
 
 # ------------------------------------------------------------------------------------ referring expressions
 
+
 def independent_matches(world: synth.World, spec: dict) -> list[int] | None:
     """Count the objects an attribute expression fits, from the world alone (None: kind not covered here)."""
     objs = world.objects
@@ -319,8 +336,9 @@ def first_bounce_frame(traj: np.ndarray, v0: tuple[float, float]) -> int:
 
 def test_commonsense_first_wall_hit_is_the_earliest_contact():
     for i in range(6):
-        c = synth.make_clip(np.random.default_rng([17, i]), category="commonsense",
-                            require=("recolour", "referring", "first_wall_hit"))
+        c = synth.make_clip(
+            np.random.default_rng([17, i]), category="commonsense", require=("recolour", "referring", "first_wall_hit")
+        )
         (ref,) = c.refs
         assert c.referring == "first_wall_hit" and "hit a wall first" in c.instruction
         traj = step_simulation(c.world, 80)
@@ -330,6 +348,7 @@ def test_commonsense_first_wall_hit_is_the_earliest_contact():
 
 
 # ------------------------------------------------------------------------------------------------- splits
+
 
 def record_pairs(record: dict) -> set[tuple[str, str, str]]:
     ops, attrs, refs = (record[k].split("+") for k in ("operation", "attribute", "referring"))
@@ -362,6 +381,7 @@ def test_bad_arguments_are_refused(tmp_path):
 
 # ---------------------------------------------------------------------------------- mp4, manifests, the CLI
 
+
 @pytest.fixture(scope="module")
 def cli_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "data"
@@ -385,8 +405,9 @@ def test_cli_writes_manifests_that_load_manifest_reads(cli_dataset, caplog):
 def test_mp4_round_trip_keeps_frames_and_size(cli_dataset):
     lines = [json.loads(x) for x in (cli_dataset / "val.jsonl").read_text().splitlines()][:3]
     for i, line in enumerate(lines):
-        clip = synth.make_clip(np.random.default_rng([0, 40 + i]),
-                               exclude=synth.DEFAULT_HELDOUT)  # clip index 40+ is val
+        clip = synth.make_clip(
+            np.random.default_rng([0, 40 + i]), exclude=synth.DEFAULT_HELDOUT
+        )  # clip index 40+ is val
         assert clip.instruction == line["instruction"]
         for key, frames in (("source_video", clip.source), ("target_video", clip.target)):
             info = probe_video(cli_dataset / line[key])

@@ -1,4 +1,5 @@
 """`viva train` on tiny checkpoints: learning, resume equivalence, atomic checkpoints, interrupts, LoRA output."""
+
 import json
 import os
 import subprocess
@@ -8,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from tiny_data import build_dataset
 from tiny_editor import build_editor_folder
+
 from viva_core.errors import InputError
 from viva_core.train.config import load_config
 from viva_core.train.trainer import Trainer
@@ -19,15 +20,31 @@ from viva_core.train.trainer import Trainer
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    return {"root": root, "editor": build_editor_folder(root / "editor"),
-            "train": build_dataset(root / "train", 4), "val": build_dataset(root / "val", 2)}
+    return {
+        "root": root,
+        "editor": build_editor_folder(root / "editor"),
+        "train": build_dataset(root / "train", 4),
+        "val": build_dataset(root / "val", 2),
+    }
 
 
 def config(assets, out, *extra):
-    return load_config(None, [f"model.editor={assets['editor']}", f"data.manifest={assets['train']}",
-                              "model.dtype=fp32", "model.device=cpu", f"output_dir={out}", "lora.rank=4",
-                              "lora.alpha=4", "optim.lr=3e-3", f"data.cache_dir={assets['root'] / 'cache'}",
-                              "log.tensorboard=false", *extra])
+    return load_config(
+        None,
+        [
+            f"model.editor={assets['editor']}",
+            f"data.manifest={assets['train']}",
+            "model.dtype=fp32",
+            "model.device=cpu",
+            f"output_dir={out}",
+            "lora.rank=4",
+            "lora.alpha=4",
+            "optim.lr=3e-3",
+            f"data.cache_dir={assets['root'] / 'cache'}",
+            "log.tensorboard=false",
+            *extra,
+        ],
+    )
 
 
 def rows(out):
@@ -36,8 +53,10 @@ def rows(out):
 
 def test_config_file_and_overrides(tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('method = "grpo"\n[model]\neditor = "e"\n[data]\nmanifest = "m.jsonl"\n'
-                    '[rewards]\nweights = { preservation = 0.5 }\n')
+    toml.write_text(
+        'method = "grpo"\n[model]\neditor = "e"\n[data]\nmanifest = "m.jsonl"\n'
+        "[rewards]\nweights = { preservation = 0.5 }\n"
+    )
     cfg = load_config(str(toml), ["rollout.group_size=4", "optim.lr=2e-5", "log.plot=false"])
     assert cfg.method == "grpo" and cfg.rollout.group_size == 4 and cfg.optim.lr == 2e-5
     assert cfg.rewards.weights == {"preservation": 0.5} and cfg.log.plot is False
@@ -52,8 +71,14 @@ def test_config_file_and_overrides(tmp_path):
 
 def test_sft_lowers_held_out_loss_and_writes_a_comfyui_lora(assets):
     out = assets["root"] / "sft"
-    cfg = config(assets, out, "optim.steps=12", "optim.batch_size=2", f"data.val_manifest={assets['val']}",
-                 "log.checkpoint_every=6")
+    cfg = config(
+        assets,
+        out,
+        "optim.steps=12",
+        "optim.batch_size=2",
+        f"data.val_manifest={assets['val']}",
+        "log.checkpoint_every=6",
+    )
     result = Trainer(cfg).run()
     val = [r["val_loss"] for r in rows(out) if r.get("val_loss") is not None]
     assert val[0] > val[-1] * 1.05, val  # held-out loss falls by more than 5%
@@ -100,8 +125,11 @@ def test_resume_matches_an_uninterrupted_run(assets):
 def test_stop_request_saves_a_checkpoint_and_exits_cleanly(assets):
     out = assets["root"] / "stopped"
     done = []
-    trainer = Trainer(config(assets, out, "optim.steps=10", "log.checkpoint_every=0"),
-                      should_stop=lambda: len(done) >= 2, progress=lambda d, t, p=None: done.append(d))
+    trainer = Trainer(
+        config(assets, out, "optim.steps=10", "log.checkpoint_every=0"),
+        should_stop=lambda: len(done) >= 2,
+        progress=lambda d, t, p=None: done.append(d),
+    )
     result = trainer.run()
     assert result.interrupted and result.steps == 2
     assert result.lora_path.name == "viva_lora_interrupted.safetensors" and result.lora_path.is_file()
@@ -131,9 +159,18 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(assets, monkeyp
 
 def test_grpo_first_update_is_on_policy(assets):
     out = assets["root"] / "grpo"
-    cfg = config(assets, out, "method=grpo", "optim.steps=1", "rollout.group_size=3", "rollout.steps=3",
-                 "rollout.window=1", "log.checkpoint_every=0", 'rewards.weights={"preservation": 1.0}',
-                 "rollout.kl_beta=0.5")
+    cfg = config(
+        assets,
+        out,
+        "method=grpo",
+        "optim.steps=1",
+        "rollout.group_size=3",
+        "rollout.steps=3",
+        "rollout.window=1",
+        "log.checkpoint_every=0",
+        'rewards.weights={"preservation": 1.0}',
+        "rollout.kl_beta=0.5",
+    )
     Trainer(cfg).run()
     first = rows(out)[0]
     assert first["loss_kl"] == 0.0  # LoRA B starts at zero: policy == LoRA-disabled reference
@@ -149,9 +186,19 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets):
     from viva_core.sampling import sde_step_with_logprob, shifted_sigmas
     from viva_core.train.adapters import adapter_disabled
 
-    cfg = config(assets, assets["root"] / "grpo_ref", "method=grpo", "optim.batch_size=2", "rollout.group_size=3",
-                 "rollout.steps=4", "rollout.window=2", "rollout.cfg=3.0", "rollout.clip_range=0.005",
-                 "rollout.kl_beta=0.5", 'rewards.weights={"preservation": 1.0}')
+    cfg = config(
+        assets,
+        assets["root"] / "grpo_ref",
+        "method=grpo",
+        "optim.batch_size=2",
+        "rollout.group_size=3",
+        "rollout.steps=4",
+        "rollout.window=2",
+        "rollout.cfg=3.0",
+        "rollout.clip_range=0.005",
+        "rollout.kl_beta=0.5",
+        'rewards.weights={"preservation": 1.0}',
+    )
     t = Trainer(cfg)
     t._setup()
     rolled = t._rollouts_and_advantages(0)
@@ -178,17 +225,25 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets):
 
     for (_gi, rec, enc, m, _, transitions), a in zip(items, adv):
         for tr in transitions:
-            x, x_next, s, s_next = tr.x[m:m + 1], tr.x_next[m:m + 1], float(sig[tr.step]), float(sig[tr.step + 1])
+            x, x_next, s, s_next = tr.x[m : m + 1], tr.x_next[m : m + 1], float(sig[tr.step]), float(sig[tr.step + 1])
             text = t._condition(rec, enc)
-            st = sde_step_with_logprob(x, guided(t.dit, x, enc["source"], s, text), s, s_next, r.noise_level,
-                                       float(sig[1]), prev_sample=x_next)
-            ratio = torch.exp(st.log_prob - tr.log_prob[m:m + 1])
+            st = sde_step_with_logprob(
+                x, guided(t.dit, x, enc["source"], s, text), s, s_next, r.noise_level, float(sig[1]), prev_sample=x_next
+            )
+            ratio = torch.exp(st.log_prob - tr.log_prob[m : m + 1])
             ratios.append(float(ratio.detach()))
             loss = torch.maximum(-a * ratio, -a * ratio.clamp(1 - 0.005, 1 + 0.005)).sum()
             with torch.no_grad(), adapter_disabled(t.base):
-                ref = sde_step_with_logprob(x, guided(t.base, x, enc["source"], s, text), s, s_next, r.noise_level,
-                                            float(sig[1]), prev_sample=x_next)
-            kl = ((st.mean - ref.mean) ** 2 / (2 * st.std ** 2)).flatten(1).mean(1).sum()
+                ref = sde_step_with_logprob(
+                    x,
+                    guided(t.base, x, enc["source"], s, text),
+                    s,
+                    s_next,
+                    r.noise_level,
+                    float(sig[1]),
+                    prev_sample=x_next,
+                )
+            kl = ((st.mean - ref.mean) ** 2 / (2 * st.std**2)).flatten(1).mean(1).sum()
             ((loss + 0.5 * kl) / n_terms).backward()
     assert len(items) == 6 and n_terms == 12
     assert stats["clip_frac"] > 0 and any(abs(q - 1) < 0.005 for q in ratios)  # both branches of the clip ran
@@ -209,9 +264,17 @@ def test_grpo_records_batched_per_dit_call_equal_the_per_record_path(assets):
     from viva_core.train.rollout import sde_rollout
     from viva_core.train.trainer import _gen
 
-    sets = ["method=grpo", "optim.batch_size=3", "rollout.group_size=2", "rollout.steps=3", "rollout.window=2",
-            "rollout.cfg=3.0", "rollout.kl_beta=0.5", "rollout.clip_range=0.005",
-            'rewards.weights={"preservation": 1.0}']
+    sets = [
+        "method=grpo",
+        "optim.batch_size=3",
+        "rollout.group_size=2",
+        "rollout.steps=3",
+        "rollout.window=2",
+        "rollout.cfg=3.0",
+        "rollout.kl_beta=0.5",
+        "rollout.clip_range=0.005",
+        'rewards.weights={"preservation": 1.0}',
+    ]
     t = Trainer(config(assets, assets["root"] / "grpo_batched", *sets))
     t._setup()
     batch = [(gi, rec, t._encoded(rec)) for gi, rec in t._local_batch(0)]
@@ -234,14 +297,19 @@ def test_grpo_records_batched_per_dit_call_equal_the_per_record_path(assets):
         with torch.no_grad():
             lat, trs = sde_rollout(guided, enc["source"].shape[1:], sig, [1, 2], r.noise_level, gens, t.device)
         frames = torch.stack([decode_latents(t.editor, z.unsqueeze(0)) for z in lat])
-        inp = RewardInput(source=enc["source_frames"].expand(2, -1, -1, -1, -1), edited=frames,
-                          instructions=[rec.instruction] * 2, masks=enc["mask_frames"].expand(2, -1, -1, -1))
+        inp = RewardInput(
+            source=enc["source_frames"].expand(2, -1, -1, -1, -1),
+            edited=frames,
+            instructions=[rec.instruction] * 2,
+            masks=enc["mask_frames"].expand(2, -1, -1, -1),
+        )
         want_r.append(score_all(t.rewards, inp))
         want_lat.append(lat)
         want_tr.append(trs)
     want_r = torch.cat(want_r)
-    want_adv, _ = L.group_advantages(want_r, torch.tensor([gi for gi, _, _ in batch]).repeat_interleave(2),
-                                     t.reward_weights)
+    want_adv, _ = L.group_advantages(
+        want_r, torch.tensor([gi for gi, _, _ in batch]).repeat_interleave(2), t.reward_weights
+    )
     assert len(items) == 6
     for k, (_gi, _rec, _enc, m, lat, trs) in enumerate(items):
         torch.testing.assert_close(lat[0], want_lat[k // 2][m], rtol=1e-4, atol=1e-5)
@@ -259,7 +327,7 @@ def test_grpo_records_batched_per_dit_call_equal_the_per_record_path(assets):
     with torch.no_grad():
         for p in t.params:
             p.add_(0.3 * torch.randn_like(p))
-    groups = [(items[i], adv[i:i + 2]) for i in range(0, len(items), 2)]
+    groups = [(items[i], adv[i : i + 2]) for i in range(0, len(items), 2)]
     passes = {}
     for micro in (0, 1):
         t.cfg.rollout.micro_batch = micro
@@ -280,8 +348,15 @@ def test_grpo_shared_start_gives_a_group_one_start_and_distinct_sde_noise(assets
     from viva_core.sampling import euler_step, shifted_sigmas
     from viva_core.train.trainer import _gen
 
-    sets = ["method=grpo", "optim.batch_size=2", "rollout.group_size=3", "rollout.steps=3", "rollout.window=1",
-            "rollout.window_start=1", 'rewards.weights={"preservation": 1.0}']
+    sets = [
+        "method=grpo",
+        "optim.batch_size=2",
+        "rollout.group_size=3",
+        "rollout.steps=3",
+        "rollout.window=1",
+        "rollout.window_start=1",
+        'rewards.weights={"preservation": 1.0}',
+    ]
     shared = Trainer(config(assets, assets["root"] / "grpo_shared", *sets, "rollout.shared_start=true"))
     shared._setup()
     batch = [(gi, rec, shared._encoded(rec)) for gi, rec in shared._local_batch(0)]
@@ -297,8 +372,9 @@ def test_grpo_shared_start_gives_a_group_one_start_and_distinct_sde_noise(assets
         # independent reference of step 0: the Euler step of the policy's velocity from that start
         sig = shifted_sigmas(3, shared.cfg.rollout.shift)
         with torch.no_grad():
-            v = shared._policy_velocity(shared.base, start[None].to(shared.device), enc["source"], float(sig[0]),
-                                        shared._condition(rec, enc))
+            v = shared._policy_velocity(
+                shared.base, start[None].to(shared.device), enc["source"], float(sig[0]), shared._condition(rec, enc)
+            )
         want = euler_step(start[None].to(shared.device), v, float(sig[0]), float(sig[1])).cpu()
         torch.testing.assert_close(x1[:1], want, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(starts[0], starts[1])
@@ -312,9 +388,18 @@ def test_grpo_shared_start_gives_a_group_one_start_and_distinct_sde_noise(assets
 def test_grpo_inner_updates_reuse_the_rollouts_off_policy(assets):
     """rollout.inner_updates=2: one optimizer step inside the GRPO step, then a second PPO pass over the same
     rollouts whose gradient is the single-pass gradient at the moved parameters, with ratios off 1."""
-    cfg = config(assets, assets["root"] / "grpo_inner", "method=grpo", "optim.batch_size=2", "rollout.group_size=3",
-                 "rollout.steps=4", "rollout.window=2", "rollout.inner_updates=2", "optim.lr=0.05",
-                 'rewards.weights={"preservation": 1.0}')
+    cfg = config(
+        assets,
+        assets["root"] / "grpo_inner",
+        "method=grpo",
+        "optim.batch_size=2",
+        "rollout.group_size=3",
+        "rollout.steps=4",
+        "rollout.window=2",
+        "rollout.inner_updates=2",
+        "optim.lr=0.05",
+        'rewards.weights={"preservation": 1.0}',
+    )
     t = Trainer(cfg)
     t._setup()
     rolled = t._rollouts_and_advantages(0)
@@ -344,7 +429,7 @@ def _square_latent_mask(index: int, latent_shape: tuple, size: int = 32, tempora
     for k in range(lt):
         for t in [0] if k == 0 else range(temporal_factor * (k - 1) + 1, temporal_factor * k + 1):
             x = 4 + index + t
-            m[k, 10 // bh:19 // bh + 1, x // bw:(x + 9) // bw + 1] = 1.0
+            m[k, 10 // bh : 19 // bh + 1, x // bw : (x + 9) // bw + 1] = 1.0
     return m
 
 
@@ -357,8 +442,9 @@ def test_sft_step_loss_is_the_mask_weighted_fm_loss_of_the_records_mask(assets, 
     import viva_core.train.losses as L
 
     w = 3.0
-    t = Trainer(config(assets, assets["root"] / "mask_w", "optim.steps=1", "optim.batch_size=1",
-                       f"sft.mask_weight={w}"))
+    t = Trainer(
+        config(assets, assets["root"] / "mask_w", "optim.steps=1", "optim.batch_size=1", f"sft.mask_weight={w}")
+    )
     t._setup()
     seen = []
     real = L.reward_weighted_fm_loss
@@ -369,8 +455,8 @@ def test_sft_step_loss_is_the_mask_weighted_fm_loss_of_the_records_mask(assets, 
 
     monkeypatch.setattr(L, "reward_weighted_fm_loss", spy)
     loss = t._sft_step(0)["loss"]
-    (_, rec), = t._local_batch(0)
-    (v, v_star), = seen
+    ((_, rec),) = t._local_batch(0)
+    ((v, v_star),) = seen
     err = (v - v_star).pow(2)  # [1, C, T', H', W']
     m = _square_latent_mask(int(rec.source_video.name.split("_")[0]), tuple(err.shape[2:]))
     assert 0.2 < float(m.mean()) < 0.8  # the square moves: some latent cells edited, not all
@@ -382,8 +468,15 @@ def test_sft_step_loss_is_the_mask_weighted_fm_loss_of_the_records_mask(assets, 
 def test_bad_manifest_fails_before_any_compute(assets, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"source_video": "nope.mp4", "instruction": "x"}\nnot json\n')
-    cfg = load_config(None, [f"model.editor={assets['editor']}", f"data.manifest={bad}", "model.device=cpu",
-                             f"output_dir={tmp_path / 'o'}"])
+    cfg = load_config(
+        None,
+        [
+            f"model.editor={assets['editor']}",
+            f"data.manifest={bad}",
+            "model.device=cpu",
+            f"output_dir={tmp_path / 'o'}",
+        ],
+    )
     import viva_core.train.trainer as tr
 
     monkeypatch_load = pytest.MonkeyPatch()
@@ -403,18 +496,38 @@ def test_two_processes_equal_one_process(assets, parallel):
     one = assets["root"] / "ddp1"
     Trainer(config(assets, one, "optim.steps=2", "optim.batch_size=2", "log.checkpoint_every=0")).run()
     two = assets["root"] / f"{parallel}2"
-    sets = [f"model.editor={assets['editor']}", f"data.manifest={assets['train']}", "model.dtype=fp32",
-            "model.device=cpu", f"output_dir={two}", "lora.rank=4", "lora.alpha=4", "optim.lr=3e-3",
-            f"data.cache_dir={assets['root'] / 'cache'}", "log.tensorboard=false", "optim.steps=2",
-            "optim.batch_size=1", "log.checkpoint_every=0", f"optim.parallel={parallel}"]
+    sets = [
+        f"model.editor={assets['editor']}",
+        f"data.manifest={assets['train']}",
+        "model.dtype=fp32",
+        "model.device=cpu",
+        f"output_dir={two}",
+        "lora.rank=4",
+        "lora.alpha=4",
+        "optim.lr=3e-3",
+        f"data.cache_dir={assets['root'] / 'cache'}",
+        "log.tensorboard=false",
+        "optim.steps=2",
+        "optim.batch_size=1",
+        "log.checkpoint_every=0",
+        f"optim.parallel={parallel}",
+    ]
     import socket
 
     with socket.socket() as sock:  # torchrun's --master_port=0 hangs the rendezvous: pick a free port here
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           "--master_addr=127.0.0.1",
-           "-m", "viva_core.cli", "train"] + [a for s in sets for a in ("--set", s)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        "--master_addr=127.0.0.1",
+        "-m",
+        "viva_core.cli",
+        "train",
+    ] + [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -440,10 +553,22 @@ def small_data(tmp_path_factory):
 
 
 def _reward_curve(assets, small_data, out, method, weight):
-    cfg = config(assets, out, f"method={method}", f"data.manifest={small_data}", "data.max_frames=5",
-                 "model.max_text_tokens=16", "rollout.group_size=8", "rollout.steps=4", "rollout.clip_range=0.2",
-                 "optim.batch_size=1", "optim.steps=14", "optim.lr=3e-2", "log.checkpoint_every=0",
-                 f'rewards.weights={{"callable:brightness_reward:latent_brightness": {weight}}}')
+    cfg = config(
+        assets,
+        out,
+        f"method={method}",
+        f"data.manifest={small_data}",
+        "data.max_frames=5",
+        "model.max_text_tokens=16",
+        "rollout.group_size=8",
+        "rollout.steps=4",
+        "rollout.clip_range=0.2",
+        "optim.batch_size=1",
+        "optim.steps=14",
+        "optim.lr=3e-2",
+        "log.checkpoint_every=0",
+        f'rewards.weights={{"callable:brightness_reward:latent_brightness": {weight}}}',
+    )
     Trainer(cfg).run()
     r = [row["reward_callable:brightness_reward:latent_brightness"] for row in rows(out)]
     return sum(r[:3]) / 3, sum(r[-3:]) / 3
@@ -464,14 +589,24 @@ def test_grpo_follows_the_sign_of_the_reward(assets, small_data):
 
 def test_sft_trains_the_token_refiner_with_a_vlm_instructor(assets):
     from tiny_vlm import build_tiny_vlm
+
     from viva_core.instructor import load_refiner
 
     vlm = build_tiny_vlm(assets["root"] / "vlm")
     out = assets["root"] / "refiner"
-    cfg = config(assets, out, "optim.steps=3", "optim.batch_size=2", "optim.lr=1e-2", "log.checkpoint_every=0",
-                 f"model.instructor={vlm}",
-                 "model.train_refiner=true", "model.refiner_hidden=32", "model.refiner_heads=4",
-                 "model.refiner_depth=1")
+    cfg = config(
+        assets,
+        out,
+        "optim.steps=3",
+        "optim.batch_size=2",
+        "optim.lr=1e-2",
+        "log.checkpoint_every=0",
+        f"model.instructor={vlm}",
+        "model.train_refiner=true",
+        "model.refiner_hidden=32",
+        "model.refiner_heads=4",
+        "model.refiner_depth=1",
+    )
     trainer = Trainer(cfg)
     result = trainer.run()
     refiner = load_refiner(str(result.refiner_path), in_dim=32)
@@ -479,9 +614,20 @@ def test_sft_trains_the_token_refiner_with_a_vlm_instructor(assets):
     assert all(torch.equal(v.cpu(), trained[k].cpu()) for k, v in refiner.state_dict().items())
     assert refiner.config.out_dim == 64  # the DiT's text_dim
     assert trainer.cache.hits > 0  # second epoch: latents, text and VLM states come from the disk cache
-    only = Trainer(config(assets, assets["root"] / "refiner_only", "optim.steps=1", "lora.rank=0",
-                          f"model.instructor={vlm}", "model.train_refiner=true", "model.refiner_hidden=32",
-                          "model.refiner_heads=4", "model.refiner_depth=1", "log.checkpoint_every=0")).run()
+    only = Trainer(
+        config(
+            assets,
+            assets["root"] / "refiner_only",
+            "optim.steps=1",
+            "lora.rank=0",
+            f"model.instructor={vlm}",
+            "model.train_refiner=true",
+            "model.refiner_hidden=32",
+            "model.refiner_heads=4",
+            "model.refiner_depth=1",
+            "log.checkpoint_every=0",
+        )
+    ).run()
     assert only.lora_path is None and only.refiner_path.is_file()  # "a LoRA and/or the token refiner"
 
 
@@ -490,12 +636,26 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(assets, tmp_path):
     import time
 
     out = tmp_path / "sigint"
-    sets = [f"model.editor={assets['editor']}", f"data.manifest={assets['train']}", "model.dtype=fp32",
-            "model.device=cpu", f"output_dir={out}", "lora.rank=4", "optim.steps=500", "log.checkpoint_every=0",
-            f"data.cache_dir={assets['root'] / 'cache'}", "log.tensorboard=false", "log.plot=false"]
+    sets = [
+        f"model.editor={assets['editor']}",
+        f"data.manifest={assets['train']}",
+        "model.dtype=fp32",
+        "model.device=cpu",
+        f"output_dir={out}",
+        "lora.rank=4",
+        "optim.steps=500",
+        "log.checkpoint_every=0",
+        f"data.cache_dir={assets['root'] / 'cache'}",
+        "log.tensorboard=false",
+        "log.plot=false",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
-    proc = subprocess.Popen([sys.executable, "-m", "viva_core.cli", "train", "-v"] +
-                            [a for s in sets for a in ("--set", s)], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "viva_core.cli", "train", "-v"] + [a for s in sets for a in ("--set", s)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "metrics.jsonl").exists():
         time.sleep(0.5)
@@ -509,10 +669,20 @@ def test_continue_from_a_lora_file_keeps_its_effect(assets):
     """lora.init_from loads A/B (rescaled to this run's alpha): with lr 0 the output has the same effect."""
     from viva_core.lora import lora_delta, read_lora
 
-    first = Trainer(config(assets, assets["root"] / "init_a", "optim.steps=2", "optim.lr=5e-2",
-                           "log.checkpoint_every=0")).run()
-    second = Trainer(config(assets, assets["root"] / "init_b", "optim.steps=1", "optim.lr=0", "lora.alpha=8",
-                            f"lora.init_from={first.lora_path}", "log.checkpoint_every=0")).run()
+    first = Trainer(
+        config(assets, assets["root"] / "init_a", "optim.steps=2", "optim.lr=5e-2", "log.checkpoint_every=0")
+    ).run()
+    second = Trainer(
+        config(
+            assets,
+            assets["root"] / "init_b",
+            "optim.steps=1",
+            "optim.lr=0",
+            "lora.alpha=8",
+            f"lora.init_from={first.lora_path}",
+            "log.checkpoint_every=0",
+        )
+    ).run()
     a, _, _ = read_lora(first.lora_path)
     b, _, _ = read_lora(second.lora_path)
     assert a.keys() == b.keys()
@@ -527,8 +697,9 @@ def test_grpo_with_the_verifier_reward_reads_npz_clips_and_their_labels(assets, 
     from viva_core.synth import generate
     from viva_core.train import rewards as R
 
-    manifest = generate(tmp_path / "d", n=2, seed=5, format="npz", splits=(1, 0, 0), frames=5,
-                        categories=("basic",))["train"]
+    manifest = generate(tmp_path / "d", n=2, seed=5, format="npz", splits=(1, 0, 0), frames=5, categories=("basic",))[
+        "train"
+    ]
     seen = []
     real = R.VerifierReward.__call__
 
@@ -540,9 +711,22 @@ def test_grpo_with_the_verifier_reward_reads_npz_clips_and_their_labels(assets, 
     mp.setattr(R.VerifierReward, "__call__", spy)
     try:
         out = tmp_path / "o"
-        Trainer(config(assets, out, "method=grpo", f"data.manifest={manifest}", "optim.steps=1", "optim.batch_size=2",
-                       "rollout.group_size=2", "rollout.steps=2", "rollout.window=1", "rollout.cfg=2.0",
-                       "log.checkpoint_every=0", 'rewards.weights={"verifier:EA+PC": 1.0}')).run()
+        Trainer(
+            config(
+                assets,
+                out,
+                "method=grpo",
+                f"data.manifest={manifest}",
+                "optim.steps=1",
+                "optim.batch_size=2",
+                "rollout.group_size=2",
+                "rollout.steps=2",
+                "rollout.window=1",
+                "rollout.cfg=2.0",
+                "log.checkpoint_every=0",
+                'rewards.weights={"verifier:EA+PC": 1.0}',
+            )
+        ).run()
     finally:
         mp.undo()
     ops = {json.loads(line)["operation"] for line in Path(manifest).read_text().splitlines()}

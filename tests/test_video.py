@@ -2,6 +2,7 @@
 
 Every test makes its own small files in tmp_path (with write_video or PyAV directly); CPU only, fast.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,18 @@ import torch
 from av.stream import Disposition
 
 from viva_core.errors import InputError, NonFiniteError, VideoError
-from viva_core.video import (Audio, ConformReport, conform_frames, frames_to_uint8, probe_video, read_video,
-                             snap_frame_count, snap_size, uniform_frame_indices, write_video)
+from viva_core.video import (
+    Audio,
+    ConformReport,
+    conform_frames,
+    frames_to_uint8,
+    probe_video,
+    read_video,
+    snap_frame_count,
+    snap_size,
+    uniform_frame_indices,
+    write_video,
+)
 
 T, H, W, FPS, SR = 24, 64, 96, 24, 44100
 
@@ -44,7 +55,7 @@ def frame_index(frame: torch.Tensor) -> int:
 def chirp(seconds: float, channels: int = 2) -> torch.Tensor:
     """A 200→2000 Hz sweep: a misaligned slice of it correlates badly, unlike a pure tone."""
     t = torch.arange(round(seconds * SR), dtype=torch.float64) / SR
-    phase = 2 * math.pi * (200 * t + (2000 - 200) / (2 * seconds) * t ** 2)
+    phase = 2 * math.pi * (200 * t + (2000 - 200) / (2 * seconds) * t**2)
     return (0.5 * torch.sin(phase)).float().repeat(channels, 1)
 
 
@@ -74,6 +85,7 @@ def indexed_video(tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ round trips
+
 
 def test_round_trip_keeps_count_rate_size_and_pixels(tmp_path):
     frames = smooth_frames()
@@ -127,18 +139,28 @@ def test_out_of_range_values_are_clamped(tmp_path):
 
 # ----------------------------------------------------------------------------------- frame selection
 
-@pytest.mark.parametrize("start, stride, cap, expected", [
-    (0, 1, None, list(range(T))),
-    (5, 1, 4, [5, 6, 7, 8]),
-    (0, 3, None, list(range(0, T, 3))),
-    (2, 5, None, [2, 7, 12, 17, 22]),
-    (1, 4, 2, [1, 5]),
-    (23, 2, None, [23]),
-])
+
+@pytest.mark.parametrize(
+    "start, stride, cap, expected",
+    [
+        (0, 1, None, list(range(T))),
+        (5, 1, 4, [5, 6, 7, 8]),
+        (0, 3, None, list(range(0, T, 3))),
+        (2, 5, None, [2, 7, 12, 17, 22]),
+        (1, 4, 2, [1, 5]),
+        (23, 2, None, [23]),
+    ],
+)
 def test_selection_keeps_the_right_frames(indexed_video, start, stride, cap, expected):
     calls = []
-    video = read_video(indexed_video, start_frame=start, stride=stride, max_frames=cap, with_audio=False,
-                       progress=lambda done, total, preview=None: calls.append((done, total)))
+    video = read_video(
+        indexed_video,
+        start_frame=start,
+        stride=stride,
+        max_frames=cap,
+        with_audio=False,
+        progress=lambda done, total, preview=None: calls.append((done, total)),
+    )
     assert [frame_index(f) for f in video.frames] == expected
     assert video.fps == pytest.approx(FPS / stride)
     assert calls[-1] == (len(expected), len(expected))
@@ -150,7 +172,7 @@ def test_audio_is_trimmed_to_the_kept_span(indexed_video):
     a, b = 6 * SR // FPS, 12 * SR // FPS
     assert video.audio.waveform.shape == (2, b - a)
     assert correlation(video.audio.waveform, source[:, a:b]) > 0.9
-    assert correlation(video.audio.waveform, source[:, a + SR // FPS:b + SR // FPS]) < 0.5  # one frame off
+    assert correlation(video.audio.waveform, source[:, a + SR // FPS : b + SR // FPS]) < 0.5  # one frame off
 
     video = read_video(indexed_video, start_frame=2, stride=3, max_frames=4)  # frames 2..13 of time
     a, b = 2 * SR // FPS, 14 * SR // FPS
@@ -182,6 +204,7 @@ def test_start_past_the_end(indexed_video):
 
 
 # ------------------------------------------------------------------------------ other containers, VFR
+
 
 def test_mkv_without_frame_count_is_counted(tmp_path):
     path = mux_raw(tmp_path / "raw.mkv", 9)
@@ -286,6 +309,7 @@ def test_edit_list_hides_trimmed_frames(tmp_path):
 
 # --------------------------------------------------------------------------------------------- writing
 
+
 def test_nan_in_a_late_frame_leaves_nothing_behind(tmp_path):
     frames = smooth_frames()
     frames[20, 3, 4, 1] = float("nan")
@@ -314,19 +338,22 @@ def test_interrupt_during_write_leaves_nothing_behind(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("name, frames, kwargs", [
-    ("out.mp4", torch.rand(2, H, W, 4), {}),
-    ("out.mp4", torch.rand(H, W, 3), {}),
-    ("out.mp4", torch.zeros(0, H, W, 3), {}),
-    ("out.mp4", torch.randint(0, 255, (2, H, W, 3), dtype=torch.uint8), {}),
-    ("out.mp4", torch.rand(2, H, W, 3), {"fps": 0}),
-    ("out.mp4", torch.rand(2, H, W, 3), {"crf": 60}),
-    ("out.mp4", torch.rand(2, H, W, 3), {"codec": "no-such-codec"}),
-    ("out.mp4", torch.rand(2, H, W, 3), {"pix_fmt": "no-such-format"}),
-    ("out.avi", torch.rand(2, H, W, 3), {}),
-    ("out.mp4", torch.rand(2, H, W, 3), {"audio": Audio(torch.zeros(2, 100), 12345)}),
-    ("out.mp4", torch.rand(2, H, W, 3), {"audio": Audio(torch.zeros(100), SR)}),
-])
+@pytest.mark.parametrize(
+    "name, frames, kwargs",
+    [
+        ("out.mp4", torch.rand(2, H, W, 4), {}),
+        ("out.mp4", torch.rand(H, W, 3), {}),
+        ("out.mp4", torch.zeros(0, H, W, 3), {}),
+        ("out.mp4", torch.randint(0, 255, (2, H, W, 3), dtype=torch.uint8), {}),
+        ("out.mp4", torch.rand(2, H, W, 3), {"fps": 0}),
+        ("out.mp4", torch.rand(2, H, W, 3), {"crf": 60}),
+        ("out.mp4", torch.rand(2, H, W, 3), {"codec": "no-such-codec"}),
+        ("out.mp4", torch.rand(2, H, W, 3), {"pix_fmt": "no-such-format"}),
+        ("out.avi", torch.rand(2, H, W, 3), {}),
+        ("out.mp4", torch.rand(2, H, W, 3), {"audio": Audio(torch.zeros(2, 100), 12345)}),
+        ("out.mp4", torch.rand(2, H, W, 3), {"audio": Audio(torch.zeros(100), SR)}),
+    ],
+)
 def test_bad_write_arguments_raise_input_error(tmp_path, name, frames, kwargs):
     kwargs = {"fps": FPS, **kwargs}
     with pytest.raises(InputError) as err:
@@ -344,6 +371,7 @@ def test_nan_audio_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- snapping
+
 
 def test_uniform_frame_indices():
     assert uniform_frame_indices(81, 5) == [0, 20, 40, 60, 80]
@@ -396,8 +424,13 @@ def test_without_pyav_npz_training_data_still_loads_and_videos_say_what_to_insta
     """The GPU box trains from npz clips without PyAV; reading a video there names the missing package."""
     import subprocess
     import sys
-    np.savez(tmp_path / "c.npz", source=np.zeros((5, 16, 16, 3), np.uint8), target=np.ones((5, 16, 16, 3), np.uint8),
-             mask=np.ones((5, 16, 16), np.uint8))
+
+    np.savez(
+        tmp_path / "c.npz",
+        source=np.zeros((5, 16, 16, 3), np.uint8),
+        target=np.ones((5, 16, 16, 3), np.uint8),
+        mask=np.ones((5, 16, 16), np.uint8),
+    )
     (tmp_path / "m.jsonl").write_text('{"npz": "c.npz", "instruction": "x"}\n')
     (tmp_path / "v.mp4").write_bytes(b"\0" * 64)
     code = f"""

@@ -1,4 +1,5 @@
 """VLM folder checks, loading through the real transformers path, folder discovery, chat inputs."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-
 from tiny_vlm import build_tiny_text_lm, build_tiny_vlm
+
 from viva_core.errors import InputError, ModelLoadError
 from viva_core.vlm import build_inputs, check_vlm_folder, find_vlm_folders, generate_text, load_vlm, to_pil_image
 
@@ -31,8 +32,12 @@ def broken(tiny_dir, tmp_path):
 
 
 def _conversation(*images, text="Describe the image."):
-    return [{"role": "user", "content": [*({"type": "image", "image": im} for im in images),
-                                         {"type": "text", "text": text}]}]
+    return [
+        {
+            "role": "user",
+            "content": [*({"type": "image", "image": im} for im in images), {"type": "text", "text": text}],
+        }
+    ]
 
 
 def test_load_ok(vlm, tiny_dir):
@@ -60,8 +65,9 @@ def test_build_inputs_one_and_batch(vlm):
     n_image_tokens = int((one["input_ids"] == vlm.model.config.image_token_id).sum())
     assert n_image_tokens == int(grid.prod(-1).sum()) // 4  # spatial_merge_size 2 -> 4 patches per token
     assert one["pixel_values"].dtype == torch.float32
-    batch = build_inputs(vlm, [_conversation(a, text="Is this a long question about the sky?"),
-                               _conversation(b, text="Yes?")])
+    batch = build_inputs(
+        vlm, [_conversation(a, text="Is this a long question about the sky?"), _conversation(b, text="Yes?")]
+    )
     assert batch["input_ids"].shape[0] == 2
     assert bool(batch["attention_mask"][:, -1].all())  # left padding: position -1 is real in every row
     assert not bool(batch["attention_mask"][1, 0])
@@ -88,13 +94,16 @@ def test_missing_folder():
         load_vlm("/nonexistent/vlm-folder")
 
 
-@pytest.mark.parametrize("remove, expected", [
-    (["config.json"], "config.json"),
-    (["model.safetensors"], r"\*\.safetensors"),
-    (["tokenizer.json"], "no tokenizer"),
-    (["chat_template.jinja"], "no chat template"),
-    (["preprocessor_config.json"], "no image preprocessor"),
-])
+@pytest.mark.parametrize(
+    "remove, expected",
+    [
+        (["config.json"], "config.json"),
+        (["model.safetensors"], r"\*\.safetensors"),
+        (["tokenizer.json"], "no tokenizer"),
+        (["chat_template.jinja"], "no chat template"),
+        (["preprocessor_config.json"], "no image preprocessor"),
+    ],
+)
 def test_broken_folder_names_missing_part(broken, remove, expected):
     for name in remove:
         (broken / name).unlink()
@@ -135,7 +144,7 @@ def _reference_chunked_attention(q, k, v, lengths, scale):
     """Softmax attention written out per chunk: an independent reference for the packed kernel."""
     outs, start = [], 0
     for n in lengths:
-        qs, ks, vs = (t[0, :, start:start + n].double() for t in (q, k, v))
+        qs, ks, vs = (t[0, :, start : start + n].double() for t in (q, k, v))
         w = torch.softmax(qs @ ks.transpose(-1, -2) * scale, dim=-1)
         outs.append((w @ vs).transpose(0, 1))  # [n, heads, D]
         start += n
@@ -149,9 +158,9 @@ def test_packed_vision_attention_matches_per_chunk_softmax(lengths):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, sum(lengths), 8, generator=g) for _ in range(3))
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    out, _ = packed_sdpa(None, q, k, v, None, cu_seq_lens_q=cu, scaling=8 ** -0.5)
+    out, _ = packed_sdpa(None, q, k, v, None, cu_seq_lens_q=cu, scaling=8**-0.5)
     assert out.shape == (1, sum(lengths), 2, 8)
-    ref = _reference_chunked_attention(q, k, v, lengths, 8 ** -0.5)
+    ref = _reference_chunked_attention(q, k, v, lengths, 8**-0.5)
     assert torch.allclose(out.double(), ref, atol=1e-6)
     with pytest.raises(ValueError, match="packed vision attention"):
         packed_sdpa(None, q, k, v, torch.ones(1), cu_seq_lens_q=cu)

@@ -2,6 +2,7 @@
 /extensions/<pack>/docs/<node_id>/<locale>.md and only on a 404 /extensions/<pack>/docs/<node_id>.md (frontend
 1.27 NodeHelpService.fetchCustomNodeHelp), so every node ships docs/<node_id>/en.md (no 404 in English) and the
 same text as docs/<node_id>.md (the page other locales fall back to)."""
+
 from __future__ import annotations
 
 import re
@@ -12,8 +13,11 @@ DOCS = REPO / "web" / "docs"
 
 
 def node_ids() -> list[str]:
-    ids = [m for f in sorted((REPO / "nodes").glob("*.py"))
-           for m in re.findall(r'node_id="([A-Za-z0-9_]+)"', f.read_text(encoding="utf-8"))]
+    ids = [
+        m
+        for f in sorted((REPO / "nodes").glob("*.py"))
+        for m in re.findall(r'node_id="([A-Za-z0-9_]+)"', f.read_text(encoding="utf-8"))
+    ]
     assert len(ids) == len(set(ids)) >= 10, ids
     return ids
 

@@ -3,6 +3,7 @@
 No ComfyUI needed: these check the files themselves. tests/test_workflows_frontend.py loads the templates in the
 real frontend and runs the bundled ones in a real ComfyUI.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,18 @@ from viva_core.data import dataset_from_folder, load_manifest
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 TEMPLATES = sorted(WORKFLOWS.glob("*.json"))
-OUR_NODES = {"VIVA_LoadEditor", "VIVA_LoadVLM", "VIVA_LoraLoader", "VIVA_LoadVideo", "VIVA_EncodeInstruction",
-             "VIVA_EditVideo", "VIVA_BestOfN", "VIVA_Judge", "VIVA_DatasetFromFolder", "VIVA_TrainLoRA"}
+OUR_NODES = {
+    "VIVA_LoadEditor",
+    "VIVA_LoadVLM",
+    "VIVA_LoraLoader",
+    "VIVA_LoadVideo",
+    "VIVA_EncodeInstruction",
+    "VIVA_EditVideo",
+    "VIVA_BestOfN",
+    "VIVA_Judge",
+    "VIVA_DatasetFromFolder",
+    "VIVA_TrainLoRA",
+}
 CORE_NODES = {"SaveVideo", "MarkdownNote", "PrimitiveStringMultiline", "PreviewAny"}
 BYPASSED = 4  # LiteGraph node mode
 # The templates that must run as loaded on a fresh install (only bundled models and the example files).
@@ -61,7 +72,7 @@ def test_bundled_templates_name_only_bundled_models_and_the_example(name):
     values = [v for n in nodes.values() for v in n.get("widgets_values") or [] if isinstance(v, str)]
     for v in values:
         if v.startswith("folder: "):
-            assert (bundled.ROOT / "diffusers" / v[len("folder: "):]).is_dir(), v
+            assert (bundled.ROOT / "diffusers" / v[len("folder: ") :]).is_dir(), v
         if v.startswith("viva-small-") and not v.endswith(".safetensors"):
             assert (bundled.ROOT / "vlm" / v).is_dir(), v
         if v.endswith(".safetensors"):

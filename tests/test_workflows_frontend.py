@@ -12,6 +12,7 @@ npm folder: `npm install -g playwright-core`); whatever is missing skips with a 
 keeps a screenshot of each template (after its run) and of the Templates menu. About 2-3 minutes per frontend on 2
 idle CPU cores.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,10 +42,14 @@ LORA_NAME = "viva_example_lora.safetensors"  # what the training template writes
 # The best-of-N template with the bundled models swapped in (as a user would pick them), 6 candidates: its table
 # and the nodes around it must stay whole (issue 12: the table was cut off and the node grew over the Judge's title).
 BEST_OF_N = next(p.stem for p in TEMPLATES if "Best of N" in p.stem)
-SMALL_BEST_OF_N = {"VIVA_LoadVideo": {"max_frames": 17}, "VIVA_LoadEditor": {"editor": "folder: viva-small-editor"},
-                   "VIVA_LoadVLM": {"model": "viva-small-judge"}, "VIVA_EncodeInstruction": {"mode": "text"},
-                   "PrimitiveStringMultiline": {"value": "Invert the colours."},
-                   "VIVA_BestOfN": {"candidates": 6, "steps": 8, "max_frames": 17}}
+SMALL_BEST_OF_N = {
+    "VIVA_LoadVideo": {"max_frames": 17},
+    "VIVA_LoadEditor": {"editor": "folder: viva-small-editor"},
+    "VIVA_LoadVLM": {"model": "viva-small-judge"},
+    "VIVA_EncodeInstruction": {"mode": "text"},
+    "PrimitiveStringMultiline": {"value": "Invert the colours."},
+    "VIVA_BestOfN": {"candidates": 6, "steps": 8, "max_frames": 17},
+}
 
 
 def _chromium() -> str | None:
@@ -82,21 +87,37 @@ def server(request, tmp_path_factory):
     if not _chromium():
         pytest.skip("no Chromium: install it (Debian: apt-get install chromium) or set VIVA_CHROMIUM to its binary")
     if not shutil.which("node") or not _playwright():
-        pytest.skip("node or playwright-core missing: `npm install -g playwright-core`, or set PLAYWRIGHT_CORE to "
-                    "its folder")
+        pytest.skip(
+            "node or playwright-core missing: `npm install -g playwright-core`, or set PLAYWRIGHT_CORE to its folder"
+        )
     frontend_root = None
     if request.param == "newest":
         frontend_root = os.environ.get("VIVA_FRONTEND_ROOT")
         if not frontend_root or not (Path(frontend_root) / "index.html").is_file():
-            pytest.skip(f"VIVA_FRONTEND_ROOT={frontend_root!r} is no frontend: `pip install --target DIR "
-                        "comfyui-frontend-package` and set it to DIR/comfyui_frontend_package/static")
+            pytest.skip(
+                f"VIVA_FRONTEND_ROOT={frontend_root!r} is no frontend: `pip install --target DIR "
+                "comfyui-frontend-package` and set it to DIR/comfyui_frontend_package/static"
+            )
     root = tmp_path_factory.mktemp(f"frontend_{request.param}")
     yaml = write_extra_model_paths(root)
     (root / "input").mkdir()
     port = _free_port()
-    cmd = [str(_harness()), str(REPO), "--name", PACK_NAME, "--port", str(port), "--input-dir", str(root / "input"),
-           "--run-dir", str(root / "run"), "--hold", "1500", "--extra-arg=--extra-model-paths-config",
-           f"--extra-arg={yaml}"]
+    cmd = [
+        str(_harness()),
+        str(REPO),
+        "--name",
+        PACK_NAME,
+        "--port",
+        str(port),
+        "--input-dir",
+        str(root / "input"),
+        "--run-dir",
+        str(root / "run"),
+        "--hold",
+        "1500",
+        "--extra-arg=--extra-model-paths-config",
+        f"--extra-arg={yaml}",
+    ]
     if frontend_root:
         cmd += ["--extra-arg=--front-end-root", f"--extra-arg={frontend_root}"]
     log = root / "harness.log"
@@ -123,17 +144,30 @@ def driven(server) -> dict:
     if shots:
         shots = str(Path(shots) / server["frontend"])
         os.makedirs(shots, exist_ok=True)
-    job = {"base": server["base"], "chromium": _chromium(), "module": PACK_NAME, "timeout_s": 400,
-           "shots": shots, "browse": bool(shots),
-           "templates": [{"name": p.stem, "run": p.stem in BUNDLED} for p in TEMPLATES]
-           + [{"name": BEST_OF_N, "run": True, "overrides": SMALL_BEST_OF_N, "label": "small best-of-N"}]}
-    proc = subprocess.run(["node", str(DRIVER), json.dumps(job)], capture_output=True, text=True, timeout=1500,
-                          env=dict(os.environ, PLAYWRIGHT_CORE=_playwright()))
+    job = {
+        "base": server["base"],
+        "chromium": _chromium(),
+        "module": PACK_NAME,
+        "timeout_s": 400,
+        "shots": shots,
+        "browse": bool(shots),
+        "templates": [{"name": p.stem, "run": p.stem in BUNDLED} for p in TEMPLATES]
+        + [{"name": BEST_OF_N, "run": True, "overrides": SMALL_BEST_OF_N, "label": "small best-of-N"}],
+    }
+    proc = subprocess.run(
+        ["node", str(DRIVER), json.dumps(job)],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env=dict(os.environ, PLAYWRIGHT_CORE=_playwright()),
+    )
     assert proc.returncode == 0 and proc.stdout.strip(), f"driver failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not report.get("error"), report["error"]
-    print(f"\nfrontend {report.get('frontend')} ({server['frontend']}): " + ", ".join(
-        f"{t['name']}: {t['run']['seconds']:.1f} s" for t in report["templates"] if "run" in t))
+    print(
+        f"\nfrontend {report.get('frontend')} ({server['frontend']}): "
+        + ", ".join(f"{t['name']}: {t['run']['seconds']:.1f} s" for t in report["templates"] if "run" in t)
+    )
     return report
 
 
@@ -196,6 +230,5 @@ def test_rationale_is_offered_only_when_the_judge_can_write(driven):
 
 
 def test_page_shows_no_warning_of_ours(driven):
-    ours = [line for line in driven["console"] if "[VIVA]" in line or "internal module" in line
-            or "viva.js" in line]
+    ours = [line for line in driven["console"] if "[VIVA]" in line or "internal module" in line or "viva.js" in line]
     assert ours == [], ours

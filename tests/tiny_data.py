@@ -1,4 +1,5 @@
 """A tiny paired-edit data set on disk (source, target, mask mp4s + JSONL manifest) for training tests."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ def clip(colour, *, frames: int = 9, size: int = 32, offset: int = 0):
     mask = torch.zeros(frames, size, size, 3)
     for t in range(frames):
         x = 4 + offset + t
-        video[t, 10:20, x:x + 10] = torch.tensor(colour)
-        mask[t, 10:20, x:x + 10] = 1.0
+        video[t, 10:20, x : x + 10] = torch.tensor(colour)
+        mask[t, 10:20, x : x + 10] = 1.0
     return video, mask
 
 
@@ -33,9 +34,17 @@ def build_dataset(root: Path, n: int = 4, *, frames: int = 9) -> Path:
         tgt, _ = clip(COLOURS[dst_c], frames=frames, offset=i)
         for kind, v in (("src", src), ("tgt", tgt), ("mask", mask)):
             write_video(root / f"{i}_{kind}.mp4", v, 8.0)
-        lines.append({"source_video": f"{i}_src.mp4", "target_video": f"{i}_tgt.mp4", "mask_video": f"{i}_mask.mp4",
-                      "instruction": f"make the square {dst_c}", "source_caption": f"a {src_c} square",
-                      "target_caption": f"a {dst_c} square", "type": "recolour"})
+        lines.append(
+            {
+                "source_video": f"{i}_src.mp4",
+                "target_video": f"{i}_tgt.mp4",
+                "mask_video": f"{i}_mask.mp4",
+                "instruction": f"make the square {dst_c}",
+                "source_caption": f"a {src_c} square",
+                "target_caption": f"a {dst_c} square",
+                "type": "recolour",
+            }
+        )
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return manifest

@@ -2,6 +2,7 @@
 
 The loading code under test is the real one (`from_pretrained`, safetensors single files); only the sizes are tiny.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-WORDS = ("a the red green blue dog fox cat circle square ball move remove replace add make it into with of "
-         "scene video background color bright dark left right top bottom show hour after ship left").split()
+WORDS = (
+    "a the red green blue dog fox cat circle square ball move remove replace add make it into with of "
+    "scene video background color bright dark left right top bottom show hour after ship left"
+).split()
 TEXT_DIM = 64
 
 
@@ -19,9 +22,18 @@ def tiny_transformer(in_channels: int = 32, out_channels: int = 16, seed: int = 
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
-    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
-                                 in_channels=in_channels, out_channels=out_channels, text_dim=TEXT_DIM, freq_dim=32,
-                                 ffn_dim=64, num_layers=2, rope_max_seq_len=64)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        text_dim=TEXT_DIM,
+        freq_dim=32,
+        ffn_dim=64,
+        num_layers=2,
+        rope_max_seq_len=64,
+    )
 
 
 def tiny_vae(seed: int = 0, **kw):
@@ -50,13 +62,22 @@ def tiny_text_encoder(seed: int = 0):
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
-    cfg = UMT5Config(vocab_size=64, d_model=TEXT_DIM, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
-                     relative_attention_num_buckets=8, relative_attention_max_distance=16)
+    cfg = UMT5Config(
+        vocab_size=64,
+        d_model=TEXT_DIM,
+        d_kv=16,
+        d_ff=64,
+        num_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+    )
     return UMT5EncoderModel(cfg)
 
 
-def build_editor_folder(root: Path, *, in_channels: int = 32, with_text_encoder: bool = True, seed: int = 0,
-                        scheduler: dict | None = None) -> Path:
+def build_editor_folder(
+    root: Path, *, in_channels: int = 32, with_text_encoder: bool = True, seed: int = 0, scheduler: dict | None = None
+) -> Path:
     """A diffusers-format editor folder: transformer/, vae/ [, text_encoder/, tokenizer/], model_index.json
     [, scheduler/scheduler_config.json holding `scheduler`]."""
     root = Path(root)
@@ -73,13 +94,32 @@ def build_editor_folder(root: Path, *, in_channels: int = 32, with_text_encoder:
 
 # scheduler/scheduler_config.json as Wan2.1-T2V-1.3B-Diffusers ships it (Lucy-Edit-Dev and Wan2.2 ship flow_shift 5.0)
 WAN_SCHEDULER = {
-    "_class_name": "UniPCMultistepScheduler", "_diffusers_version": "0.33.0.dev0", "beta_end": 0.02,
-    "beta_schedule": "linear", "beta_start": 0.0001, "disable_corrector": [], "dynamic_thresholding_ratio": 0.995,
-    "final_sigmas_type": "zero", "flow_shift": 3.0, "lower_order_final": True, "num_train_timesteps": 1000,
-    "predict_x0": True, "prediction_type": "flow_prediction", "rescale_betas_zero_snr": False, "sample_max_value": 1.0,
-    "solver_order": 2, "solver_p": None, "solver_type": "bh2", "steps_offset": 0, "thresholding": False,
-    "timestep_spacing": "linspace", "trained_betas": None, "use_beta_sigmas": False, "use_exponential_sigmas": False,
-    "use_flow_sigmas": True, "use_karras_sigmas": False,
+    "_class_name": "UniPCMultistepScheduler",
+    "_diffusers_version": "0.33.0.dev0",
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "disable_corrector": [],
+    "dynamic_thresholding_ratio": 0.995,
+    "final_sigmas_type": "zero",
+    "flow_shift": 3.0,
+    "lower_order_final": True,
+    "num_train_timesteps": 1000,
+    "predict_x0": True,
+    "prediction_type": "flow_prediction",
+    "rescale_betas_zero_snr": False,
+    "sample_max_value": 1.0,
+    "solver_order": 2,
+    "solver_p": None,
+    "solver_type": "bh2",
+    "steps_offset": 0,
+    "thresholding": False,
+    "timestep_spacing": "linspace",
+    "trained_betas": None,
+    "use_beta_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_flow_sigmas": True,
+    "use_karras_sigmas": False,
 }
 
 
@@ -119,41 +159,64 @@ def original_wan_keys(num_layers: int) -> list[str]:
     return keys
 
 
-def build_single_file_dit(path: Path, *, prefix: str = "model.diffusion_model.", in_channels: int = 32,
-                          seed: int = 0, with_config_metadata: bool = True,
-                          model: torch.nn.Module | None = None) -> tuple[Path, torch.nn.Module]:
+def build_single_file_dit(
+    path: Path,
+    *,
+    prefix: str = "model.diffusion_model.",
+    in_channels: int = 32,
+    seed: int = 0,
+    with_config_metadata: bool = True,
+    model: torch.nn.Module | None = None,
+) -> tuple[Path, torch.nn.Module]:
     """The tiny DiT (or `model`) saved in ComfyUI's single-file layout; returns (path, the diffusers model)."""
     model = model if model is not None else tiny_transformer(in_channels=in_channels, seed=seed)
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     orig = diffusers_to_original_keys(sd, original_wan_keys(model.config.num_layers))
     cfg = model.config
-    meta = {"config": json.dumps({"attention_head_dim": cfg.attention_head_dim,
-                                  "num_attention_heads": cfg.num_attention_heads,
-                                  "rope_max_seq_len": cfg.rope_max_seq_len})}
+    meta = {
+        "config": json.dumps(
+            {
+                "attention_head_dim": cfg.attention_head_dim,
+                "num_attention_heads": cfg.num_attention_heads,
+                "rope_max_seq_len": cfg.rope_max_seq_len,
+            }
+        )
+    }
     save_file({prefix + k: v for k, v in orig.items()}, str(path), metadata=meta if with_config_metadata else None)
     return Path(path), model
 
 
-_RES = (("norm1.gamma", "residual.0.gamma"), ("conv1.", "residual.2."), ("norm2.gamma", "residual.3.gamma"),
-        ("conv2.", "residual.6."), ("conv_shortcut.", "shortcut."))
+_RES = (
+    ("norm1.gamma", "residual.0.gamma"),
+    ("conv1.", "residual.2."),
+    ("norm2.gamma", "residual.3.gamma"),
+    ("conv2.", "residual.6."),
+    ("conv_shortcut.", "shortcut."),
+)
 
 
 def _vae_key_to_original(key: str) -> str:
     """diffusers AutoencoderKLWan key -> original Wan2.1 VAE key (inverse of diffusers' converter)."""
     import re
 
-    fixed = {"quant_conv.": "conv1.", "post_quant_conv.": "conv2.", "encoder.conv_in.": "encoder.conv1.",
-             "decoder.conv_in.": "decoder.conv1.", "encoder.norm_out.gamma": "encoder.head.0.gamma",
-             "decoder.norm_out.gamma": "decoder.head.0.gamma", "encoder.conv_out.": "encoder.head.2.",
-             "decoder.conv_out.": "decoder.head.2."}
+    fixed = {
+        "quant_conv.": "conv1.",
+        "post_quant_conv.": "conv2.",
+        "encoder.conv_in.": "encoder.conv1.",
+        "decoder.conv_in.": "decoder.conv1.",
+        "encoder.norm_out.gamma": "encoder.head.0.gamma",
+        "decoder.norm_out.gamma": "decoder.head.0.gamma",
+        "encoder.conv_out.": "encoder.head.2.",
+        "decoder.conv_out.": "decoder.head.2.",
+    }
     for a, b in fixed.items():
         if key.startswith(a):
-            return b + key[len(a):]
+            return b + key[len(a) :]
 
     def res(rest: str) -> str:
         for a, b in _RES:
             if rest.startswith(a):
-                return b + rest[len(a):]
+                return b + rest[len(a) :]
         return rest
 
     if m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(.*)", key):
@@ -188,6 +251,15 @@ def comfy_native_wan(seed: int = 0):
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
-    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=128,
-                                 in_channels=32, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=64,
-                                 num_layers=2, rope_max_seq_len=64)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=1,
+        attention_head_dim=128,
+        in_channels=32,
+        out_channels=16,
+        text_dim=4096,
+        freq_dim=256,
+        ffn_dim=64,
+        num_layers=2,
+        rope_max_seq_len=64,
+    )

@@ -8,6 +8,7 @@ of 56×56 pixels (4 visual tokens for a square image), all via `save_pretrained`
 `build_tiny_text_lm(dir)` writes a plain text LM (no vision) for wrong-architecture tests.
 Both are seeded and deterministic and take well under 2 s after `transformers` is imported.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,8 @@ from pathlib import Path
 import torch
 
 from viva_core.train.pretrain import save_tokenizer  # noqa: E402
-from viva_core.vlm import QWEN_SPECIAL_TOKENS as SPECIAL_TOKENS, QWEN_VL_CHAT_TEMPLATE  # noqa: E402
+from viva_core.vlm import QWEN_SPECIAL_TOKENS as SPECIAL_TOKENS  # noqa: E402
+from viva_core.vlm import QWEN_VL_CHAT_TEMPLATE
 
 # Words the tests and prompts use; BPE merges make each of these (with and without a leading space)
 # a single token, so "Yes"/" Yes"/"No"/" No" exist as single tokens like in real Qwen tokenizers.
@@ -35,12 +37,21 @@ def _build_tokenizer(vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     corpus = [" " + " ".join(_CORPUS_WORDS)] * 4 + list(_CORPUS_WORDS) * 4
     tok.train_from_iterator(corpus, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   padding_side="left", additional_special_tokens=list(SPECIAL_TOKENS[1:]))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+    )
     fast.chat_template = QWEN_VL_CHAT_TEMPLATE
     return fast
 
@@ -55,16 +66,35 @@ def build_tiny_vlm(dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 5
     tokenizer = _build_tokenizer(vocab_size)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 1, 1]),
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=32, num_heads=4, out_hidden_size=32,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[1],
-                           window_size=112),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 1, 1]),
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=32,
+            num_heads=4,
+            out_hidden_size=32,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            fullatt_block_indexes=[1],
+            window_size=112,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
@@ -87,8 +117,15 @@ def build_tiny_text_lm(dir: str | os.PathLike, *, seed: int = 0, vocab_size: int
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer(vocab_size)
-    config = Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     torch.manual_seed(seed)
     Qwen2ForCausalLM(config).save_pretrained(out, safe_serialization=True)
     save_tokenizer(tokenizer, out)

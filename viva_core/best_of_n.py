@@ -1,4 +1,5 @@
 """Self-reflection at inference time: edit with N seeds, let the judge score each, keep the best."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,15 @@ class BestOfN:
         return self.judgements[self.best_index]
 
     def rows(self) -> list[dict]:
-        return [{"seed": r.seed, **{d: round(j.scores[d], 4) for d in DIMENSIONS}, "overall": round(j.overall, 4),
-                 "best": i == self.best_index} for i, (r, j) in enumerate(zip(self.results, self.judgements))]
+        return [
+            {
+                "seed": r.seed,
+                **{d: round(j.scores[d], 4) for d in DIMENSIONS},
+                "overall": round(j.overall, 4),
+                "best": i == self.best_index,
+            }
+            for i, (r, j) in enumerate(zip(self.results, self.judgements))
+        ]
 
     def table(self) -> str:
         """Plain-text table, best row marked with '*'."""
@@ -51,8 +59,16 @@ class BestOfN:
 
 
 def best_of_n(
-    editor: Editor, judge: Judge, video: Video, cond: Conditioning, instruction: str, *, n: int,
-    settings: EditSettings = EditSettings(), negative: Optional[Conditioning] = None, num_frames: int = 4,  # noqa: B008
+    editor: Editor,
+    judge: Judge,
+    video: Video,
+    cond: Conditioning,
+    instruction: str,
+    *,
+    n: int,
+    settings: EditSettings = EditSettings(),  # noqa: B008 (frozen)
+    negative: Optional[Conditioning] = None,
+    num_frames: int = 4,
     progress_factory: Callable[[int], ProgressFn] = lambda i: no_progress,
 ) -> BestOfN:
     """Seeds settings.seed .. settings.seed + n - 1; ties keep the lowest seed."""
@@ -61,8 +77,16 @@ def best_of_n(
     results, judgements = [], []
     for i in range(n):
         s = dataclasses.replace(settings, seed=settings.seed + i)
-        r = edit(editor, video.frames, cond, negative=negative, settings=s, fps=video.fps, audio=video.audio,
-                 progress=progress_factory(i))
+        r = edit(
+            editor,
+            video.frames,
+            cond,
+            negative=negative,
+            settings=s,
+            fps=video.fps,
+            audio=video.audio,
+            progress=progress_factory(i),
+        )
         results.append(r)
         judgements.append(judge.score(video.frames[: r.frames.shape[0]], r.frames, instruction, num_frames=num_frames))
     return BestOfN(results, judgements)

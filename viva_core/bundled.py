@@ -5,6 +5,7 @@ is named, and the ComfyUI loaders list them beside the user's models. They know 
 moving shapes; for real videos, load a real editor (Wan / Lucy-Edit) and VLM. How they were made:
 recipes/small/ in the repository; their scores: README, "Small models".
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,10 @@ EXAMPLE_ALIAS = "example"  # what `viva edit` and `viva judge` accept in place o
 def path(p: Path) -> str:
     """`p` as a string, or a ModelLoadError saying the package was installed without its small models."""
     if not p.exists():
-        raise ModelLoadError(f"{p}: the bundled small model is missing from this installation. Reinstall the "
-                             "package from the repository (`pip install -e .`), or name your own model.")
+        raise ModelLoadError(
+            f"{p}: the bundled small model is missing from this installation. Reinstall the "
+            "package from the repository (`pip install -e .`), or name your own model."
+        )
     return str(p)
 
 
@@ -46,9 +49,13 @@ def example_inputs() -> dict[str, Path]:
     The training folder's `shapes.txt` is made from the manifest's instruction (see install_examples)."""
     ex = EXAMPLE.parent
     folder = EXAMPLE_INPUT_FOLDER
-    return {EXAMPLE_INPUT_CLIP: EXAMPLE, f"{folder}/shapes.mp4": EXAMPLE, f"{folder}/shapes_target.mp4":
-            ex / "shapes_target.mp4", f"{folder}/shapes_mask.mp4": ex / "shapes_mask.mp4",
-            f"{folder}/shapes.txt": ex / "shapes.jsonl"}
+    return {
+        EXAMPLE_INPUT_CLIP: EXAMPLE,
+        f"{folder}/shapes.mp4": EXAMPLE,
+        f"{folder}/shapes_target.mp4": ex / "shapes_target.mp4",
+        f"{folder}/shapes_mask.mp4": ex / "shapes_mask.mp4",
+        f"{folder}/shapes.txt": ex / "shapes.jsonl",
+    }
 
 
 def install_examples(input_dir: str | Path) -> list[Path]:
@@ -66,8 +73,9 @@ def install_examples(input_dir: str | Path) -> list[Path]:
             continue
         with atomic_path(dest) as tmp:
             if src.suffix == ".jsonl":  # X.txt of the sidecar layout holds the instruction alone
-                tmp.write_text(json.loads(src.read_text(encoding="utf-8").splitlines()[0])["instruction"] + "\n",
-                               encoding="utf-8")
+                tmp.write_text(
+                    json.loads(src.read_text(encoding="utf-8").splitlines()[0])["instruction"] + "\n", encoding="utf-8"
+                )
             else:
                 tmp.write_bytes(src.read_bytes())
         written.append(dest)

@@ -1,4 +1,5 @@
 """`viva` command line: edit and judge videos from the shell with the same core calls the ComfyUI nodes make."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,10 @@ SEED_MAX = 2**63 - 1  # torch generators take 64-bit seeds; best-of-N adds the c
 # ---------------------------------------------------------------- argument validators (argparse `type=`)
 # argparse prints "argument --NAME: <message>" and exits 2, so each message only says what is wrong and the fix.
 
-def number(kind: type, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False
-           ) -> Callable[[str], int | float]:
+
+def number(
+    kind: type, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False
+) -> Callable[[str], int | float]:
     """An int/float argument that must be finite and within [lo, hi] ((lo, hi] with lo_open)."""
     noun = "an integer" if kind is int else "a number"
     want = noun + ("" if lo is None else f" {'>' if lo_open else '>='} {lo}") + ("" if hi is None else f" and <= {hi}")
@@ -64,15 +67,16 @@ def text_arg(text: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         bad = text[e.start].encode("utf-8", "surrogateescape")
-        raise argparse.ArgumentTypeError(f"is not valid UTF-8 (byte {bad[:1].hex()} at character {e.start}); "
-                                         "retype it or convert it to UTF-8") from None
+        raise argparse.ArgumentTypeError(
+            f"is not valid UTF-8 (byte {bad[:1].hex()} at character {e.start}); retype it or convert it to UTF-8"
+        ) from None
     return text
 
 
 def instruction_arg(text: str) -> str:
     text = text_arg(text)
     if not text.strip():
-        raise argparse.ArgumentTypeError("is empty; say what to change, e.g. \"make the car red\"")
+        raise argparse.ArgumentTypeError('is empty; say what to change, e.g. "make the car red"')
     return text
 
 
@@ -90,6 +94,7 @@ def lora_arg(text: str) -> str:
 
 # ---------------------------------------------------------------- output paths
 
+
 def _same(a: Path, b: Path) -> bool:
     try:
         return a == b or (a.exists() and b.exists() and os.path.samefile(a, b))
@@ -106,8 +111,11 @@ def check_output(output: str, inputs: Iterable[Optional[str]], arg: str, *, fold
             continue
         src = Path(item).expanduser().resolve()
         if _same(out, src) or (src.is_dir() and src in out.parents):
-            raise OutputPathError(f"{arg} {output}: is the input {item}" + ("" if _same(out, src) else " (inside it)") +
-                                  "; writing there would destroy it. Choose another output path.")
+            raise OutputPathError(
+                f"{arg} {output}: is the input {item}"
+                + ("" if _same(out, src) else " (inside it)")
+                + "; writing there would destroy it. Choose another output path."
+            )
     if folder and out.exists() and not out.is_dir():
         raise OutputPathError(f"{arg} {output}: is a file; name a folder (it is created if missing).")
     if not folder and out.is_dir():
@@ -154,8 +162,15 @@ def parse_lora_arg(text: str) -> tuple[str, float]:
 def _editor_options(args: argparse.Namespace):
     from .editor import EditorOptions
 
-    return EditorOptions(dtype=args.dtype, device=args.device, offload=args.offload, attention=args.attention,
-                         compile=args.compile, fp8_storage=args.fp8, vae_tiling=args.vae_tiling)
+    return EditorOptions(
+        dtype=args.dtype,
+        device=args.device,
+        offload=args.offload,
+        attention=args.attention,
+        compile=args.compile,
+        fp8_storage=args.fp8,
+        vae_tiling=args.vae_tiling,
+    )
 
 
 def load_editor_from_args(args: argparse.Namespace):
@@ -165,8 +180,12 @@ def load_editor_from_args(args: argparse.Namespace):
     if src.is_dir():
         return load_editor(str(src), text_encoder_folder=args.text_encoder, options=_editor_options(args))
     if src.suffix == ".safetensors" or src.suffix in (".pt", ".ckpt", ".bin", ".pth"):
-        return load_editor(transformer_file=str(src), vae_file=args.vae, text_encoder_folder=args.text_encoder,
-                           options=_editor_options(args))
+        return load_editor(
+            transformer_file=str(src),
+            vae_file=args.vae,
+            text_encoder_folder=args.text_encoder,
+            options=_editor_options(args),
+        )
     raise InputError(f"{src}: --editor must be a diffusers folder or a .safetensors DiT file.")
 
 
@@ -200,8 +219,10 @@ def use_bundled_models(args: argparse.Namespace) -> None:
     args.editor = bundled.path(bundled.EDITOR)
     if args.dtype == "bf16" and args.device in ("auto", "cpu") and not _cuda():
         args.dtype = args.vlm_dtype = "fp32"  # bf16 matmuls are slow on CPUs; the small models are tiny
-    print("using the bundled small models (64x64 synthetic shapes world); pass --editor for a real editor",
-          file=sys.stderr)
+    print(
+        "using the bundled small models (64x64 synthetic shapes world); pass --editor for a real editor",
+        file=sys.stderr,
+    )
 
 
 def _cuda() -> bool:
@@ -219,8 +240,21 @@ def cmd_edit(args: argparse.Namespace) -> int:
     use_bundled_models(args)
     if args.seed + args.candidates - 1 > SEED_MAX:
         raise InputError(f"--seed {args.seed} with --candidates {args.candidates} passes {SEED_MAX}; lower --seed.")
-    check_output(args.output, [args.source, args.reference, args.editor, args.vae, args.text_encoder, args.instructor,
-                               args.refiner, args.judge, *(parse_lora_arg(x)[0] for x in args.lora or [])], "--output")
+    check_output(
+        args.output,
+        [
+            args.source,
+            args.reference,
+            args.editor,
+            args.vae,
+            args.text_encoder,
+            args.instructor,
+            args.refiner,
+            args.judge,
+            *(parse_lora_arg(x)[0] for x in args.lora or []),
+        ],
+        "--output",
+    )
     budget = args.max_bytes or available_memory_bytes() // 2
     video = read_video(args.source, max_frames=args.max_frames, stride=args.stride, max_bytes=budget)
     editor = load_editor_from_args(args)
@@ -228,8 +262,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
         editor = editor.with_lora(*parse_lora_arg(spec))
     vlm, mode = load_instructor_from_args(args)
     reference = read_image(args.reference) if args.reference else None
-    cond, prompt = build_conditioning(editor, args.instruction, video.frames[0], mode=mode, vlm=vlm,
-                                      refiner_path=args.refiner, reference=reference)
+    cond, prompt = build_conditioning(
+        editor, args.instruction, video.frames[0], mode=mode, vlm=vlm, refiner_path=args.refiner, reference=reference
+    )
     if prompt != args.instruction:
         print(f"instructor prompt: {prompt}")
     negative = negative_conditioning(editor, args.negative)
@@ -240,18 +275,38 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if judge is not None and args.candidates > 1:
         from .best_of_n import best_of_n
 
-        outcome = best_of_n(editor, judge, video, cond, args.instruction, n=args.candidates, settings=settings,
-                            negative=negative, num_frames=args.judge_frames,
-                            progress_factory=lambda i: _tqdm_progress(f"candidate {i + 1}/{args.candidates}"))
+        outcome = best_of_n(
+            editor,
+            judge,
+            video,
+            cond,
+            args.instruction,
+            n=args.candidates,
+            settings=settings,
+            negative=negative,
+            num_frames=args.judge_frames,
+            progress_factory=lambda i: _tqdm_progress(f"candidate {i + 1}/{args.candidates}"),
+        )
         result, verdict = outcome.best, outcome.best_judgement
         print(outcome.table())
     else:
         progress = _tqdm_progress("editing")
-        result = edit(editor, video.frames, cond, negative=negative, settings=settings, fps=video.fps,
-                      audio=video.audio, progress=progress)
+        result = edit(
+            editor,
+            video.frames,
+            cond,
+            negative=negative,
+            settings=settings,
+            fps=video.fps,
+            audio=video.audio,
+            progress=progress,
+        )
         progress.close()
-        verdict = judge.score(video.frames, result.frames, args.instruction, num_frames=args.judge_frames) \
-            if judge is not None else None
+        verdict = (
+            judge.score(video.frames, result.frames, args.instruction, num_frames=args.judge_frames)
+            if judge is not None
+            else None
+        )
     write_video(args.output, result.frames, result.fps, result.audio)
     print(result.summary())
     if verdict is not None:
@@ -273,8 +328,10 @@ def cmd_judge(args: argparse.Namespace) -> int:
     if args.report:
         check_output(args.report, [args.source, args.edited, args.judge], "--report")
         if Path(args.report).exists() and not args.overwrite and not _is_judge_report(Path(args.report)):
-            raise OutputPathError(f"--report {args.report}: exists and is not a judge report; pass --overwrite to "
-                                  "replace it, or choose another path.")
+            raise OutputPathError(
+                f"--report {args.report}: exists and is not a judge report; pass --overwrite to "
+                "replace it, or choose another path."
+            )
     src = read_video(args.source, max_frames=args.max_frames, with_audio=False)
     out = read_video(args.edited, max_frames=args.max_frames, with_audio=False)
     judge = load_judge_from_args(args)
@@ -292,22 +349,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate
 
     if not args.outputs and not args.editor:
-        raise InputError("viva eval needs --outputs DIR (edits named <index>.mp4) or --editor (run it on every "
-                         "record).")
+        raise InputError(
+            "viva eval needs --outputs DIR (edits named <index>.mp4) or --editor (run it on every record)."
+        )
     if args.ceiling and not args.editor:
         raise InputError("--ceiling scores an editor's VAE round trip of the ground truth: name the --editor.")
     if args.no_outputs and not args.editor:
         raise InputError("--no-outputs goes with --editor (it skips saving the edits that --editor makes).")
-    inputs = [args.manifest, args.editor, args.vae, args.text_encoder, args.instructor, args.refiner, args.judge,
-              *(parse_lora_arg(x)[0] for x in args.lora or [])]
+    inputs = [
+        args.manifest,
+        args.editor,
+        args.vae,
+        args.text_encoder,
+        args.instructor,
+        args.refiner,
+        args.judge,
+        *(parse_lora_arg(x)[0] for x in args.lora or []),
+    ]
     check_output(args.report, inputs + ([] if args.editor else [args.outputs]), "--report", folder=True)
     if args.editor and args.outputs and not args.no_outputs:
         check_output(args.outputs, inputs, "--outputs", folder=True)
         earlier = sorted(p.name for p in Path(args.outputs).glob("*.mp4") if p.stem.isdigit())
         if earlier and not args.overwrite:  # a folder of the user's: its <index>.mp4 files would be replaced
-            raise OutputPathError(f"--outputs {args.outputs}: already holds {len(earlier)} edit(s) named <index>.mp4 "
-                                  f"(e.g. {earlier[0]}), which this run would replace; choose an empty folder, or "
-                                  "pass --overwrite.")
+            raise OutputPathError(
+                f"--outputs {args.outputs}: already holds {len(earlier)} edit(s) named <index>.mp4 "
+                f"(e.g. {earlier[0]}), which this run would replace; choose an empty folder, or "
+                "pass --overwrite."
+            )
     if args.ceiling:
         from .data import read_frames
         from .pipeline import reconstruct
@@ -328,8 +396,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         vlm, mode = load_instructor_from_args(args)
 
         def editor_fn(record, frames):
-            cond, _ = build_conditioning(editor, record.instruction, frames[0], mode=mode, vlm=vlm,
-                                         refiner_path=args.refiner)
+            cond, _ = build_conditioning(
+                editor, record.instruction, frames[0], mode=mode, vlm=vlm, refiner_path=args.refiner
+            )
             return edit(editor, frames, cond, negative=negative, settings=settings).frames
     else:
         editor_fn = None
@@ -338,8 +407,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         judge = load_judge_from_args(args)
     outputs = None if args.no_outputs else args.outputs or str(Path(args.report) / "outputs")
     bar = _tqdm_progress("eval")
-    report = evaluate(args.manifest, editor_fn, outputs_dir=outputs, judge=judge, limit=args.limit, progress=bar,
-                      max_frames=args.max_frames, judge_frames=args.judge_frames, previews=args.previews)
+    report = evaluate(
+        args.manifest,
+        editor_fn,
+        outputs_dir=outputs,
+        judge=judge,
+        limit=args.limit,
+        progress=bar,
+        max_frames=args.max_frames,
+        judge_frames=args.judge_frames,
+        previews=args.previews,
+    )
     bar.close()
     out = report.write(args.report)
     print(report.table())
@@ -348,17 +426,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .train.checkpoint import (
+        PREFIX,
+        check_run_destination,
+        latest_checkpoint,
+        remove_checkpoints,
+        verify_checkpoint,
+    )
     from .train.config import load_config
     from .train.trainer import Trainer, install_sigint_handler
 
-    from .train.checkpoint import (PREFIX, check_run_destination, latest_checkpoint, remove_checkpoints,
-                                   verify_checkpoint)
-
     cfg = load_config(args.config, args.set)
     out = Path(cfg.output_dir)
-    check_output(cfg.output_dir, [cfg.data.manifest, cfg.data.val_manifest, cfg.model.editor, cfg.model.vae,
-                                  cfg.model.text_encoder, cfg.model.instructor, cfg.lora.init_from], "output_dir",
-                 folder=True)
+    check_output(
+        cfg.output_dir,
+        [
+            cfg.data.manifest,
+            cfg.data.val_manifest,
+            cfg.model.editor,
+            cfg.model.vae,
+            cfg.model.text_encoder,
+            cfg.model.instructor,
+            cfg.lora.init_from,
+        ],
+        "output_dir",
+        folder=True,
+    )
     check_run_destination(out, cfg.output_name, resume=bool(args.resume), overwrite=args.overwrite)
     if args.resume and args.resume != "latest":
         verify_checkpoint(Path(args.resume))
@@ -369,8 +462,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.overwrite and not args.resume:
         removed = remove_checkpoints(out / "checkpoints")
         if removed:
-            print(f"--overwrite: removed {removed} checkpoint(s) of the earlier run in {out / 'checkpoints'}",
-                  file=sys.stderr)
+            print(
+                f"--overwrite: removed {removed} checkpoint(s) of the earlier run in {out / 'checkpoints'}",
+                file=sys.stderr,
+            )
     bar = _tqdm_progress(f"train {cfg.method}")
 
     def on_log(step: int, metrics: dict) -> None:
@@ -383,8 +478,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar.close()
     state = "interrupted at" if result.interrupted else "finished"
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{state} step {result.steps}; LoRA: {result.lora_path}" +
-              (f"; refiner: {result.refiner_path}" if result.refiner_path else ""))
+        print(
+            f"{state} step {result.steps}; LoRA: {result.lora_path}"
+            + (f"; refiner: {result.refiner_path}" if result.refiner_path else "")
+        )
     return 130 if result.interrupted else 0
 
 
@@ -414,15 +511,27 @@ def cmd_synth(args: argparse.Namespace) -> int:
     except ValueError:
         raise InputError(f"--splits '{args.splits}' must be three numbers, e.g. 0.8,0.1,0.1.") from None
     if len(splits) != 3 or not all(math.isfinite(x) and x >= 0 for x in splits) or sum(splits) <= 0:
-        raise InputError(f"--splits '{args.splits}' must be three finite numbers >= 0 with a positive sum, "
-                         "e.g. 0.8,0.1,0.1.")
+        raise InputError(
+            f"--splits '{args.splits}' must be three finite numbers >= 0 with a positive sum, e.g. 0.8,0.1,0.1."
+        )
     check_output(args.out, [], "--out", folder=True)
     bar = _tqdm_progress("synth")
     start = time.perf_counter()
-    manifests = generate(args.out, n=args.n, seed=args.seed, frames=args.frames, size=args.size,
-                         categories=_name_list(args.categories) or CATEGORIES, ops=_name_list(args.ops),
-                         format=args.format, splits=splits, fps=args.fps, overwrite=args.overwrite,
-                         workers=args.workers, progress=bar)
+    manifests = generate(
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        frames=args.frames,
+        size=args.size,
+        categories=_name_list(args.categories) or CATEGORIES,
+        ops=_name_list(args.ops),
+        format=args.format,
+        splits=splits,
+        fps=args.fps,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        progress=bar,
+    )
     bar.close()
     seconds = time.perf_counter() - start
     for split, path in manifests.items():
@@ -435,18 +544,38 @@ def add_sampling_options(sp: argparse.ArgumentParser) -> None:
     """The fields of EditSettings, defaults from settings.DEFAULTS (--steps, --shift, --sampler left out: see
     sampling_settings)."""
     d = DEFAULTS
-    sp.add_argument("--steps", type=number(int, 1, 1000), default=None,
-                    help=f"sampling steps (default {d.steps}; {BUNDLED_STEPS} for the bundled small editor)")
-    sp.add_argument("--cfg", type=number(float, 0, 100), default=d.cfg,
-                    help="classifier-free guidance scale; 1 = off, one DiT pass per step (default %(default)s)")
+    sp.add_argument(
+        "--steps",
+        type=number(int, 1, 1000),
+        default=None,
+        help=f"sampling steps (default {d.steps}; {BUNDLED_STEPS} for the bundled small editor)",
+    )
+    sp.add_argument(
+        "--cfg",
+        type=number(float, 0, 100),
+        default=d.cfg,
+        help="classifier-free guidance scale; 1 = off, one DiT pass per step (default %(default)s)",
+    )
     sp.add_argument("--seed", type=SEED, default=d.seed, help="noise seed (default %(default)s)")
-    sp.add_argument("--shift", type=number(float, 0, 100, lo_open=True), default=None,
-                    help="Wan's sigma shift: ~3 for 480p, 5 for 720p (default: from the model folder's scheduler "
-                         f"config, else {d.shift})")
-    sp.add_argument("--strength", type=number(float, 0, 1, lo_open=True), default=d.strength,
-                    help="< 1 starts from the source noised to that level (default %(default)s)")
-    sp.add_argument("--sampler", default=None, choices=list(SAMPLERS),
-                    help=f"(default: from the model folder's scheduler config, else {d.sampler})")
+    sp.add_argument(
+        "--shift",
+        type=number(float, 0, 100, lo_open=True),
+        default=None,
+        help="Wan's sigma shift: ~3 for 480p, 5 for 720p (default: from the model folder's scheduler "
+        f"config, else {d.shift})",
+    )
+    sp.add_argument(
+        "--strength",
+        type=number(float, 0, 1, lo_open=True),
+        default=d.strength,
+        help="< 1 starts from the source noised to that level (default %(default)s)",
+    )
+    sp.add_argument(
+        "--sampler",
+        default=None,
+        choices=list(SAMPLERS),
+        help=f"(default: from the model folder's scheduler config, else {d.sampler})",
+    )
 
 
 def sampling_settings(args: argparse.Namespace) -> EditSettings:
@@ -458,8 +587,9 @@ def sampling_settings(args: argparse.Namespace) -> EditSettings:
     if steps is None:
         small = bool(args.editor) and Path(args.editor).resolve() == bundled.EDITOR.resolve()
         steps = BUNDLED_STEPS if small else DEFAULTS.steps
-    return EditSettings(steps=steps, cfg=args.cfg, seed=args.seed, shift=args.shift, strength=args.strength,
-                        sampler=args.sampler)
+    return EditSettings(
+        steps=steps, cfg=args.cfg, seed=args.seed, shift=args.shift, strength=args.strength, sampler=args.sampler
+    )
 
 
 def add_editor_options(sp: argparse.ArgumentParser) -> None:
@@ -473,8 +603,11 @@ def add_editor_options(sp: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="viva", description="Instruction-based video editing (VIVA) with a "
-                                "self-reflection judge (ReViSE). Models load from local files only.")
+    p = argparse.ArgumentParser(
+        prog="viva",
+        description="Instruction-based video editing (VIVA) with a "
+        "self-reflection judge (ReViSE). Models load from local files only.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -487,23 +620,34 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("source", help="source video file ('example': the bundled example clip)")
     e.add_argument("instruction", type=instruction_arg)
     e.add_argument("-o", "--output", required=True, help="output .mp4 (h264, source fps and audio)")
-    e.add_argument("--editor", help="diffusers editor folder, or a single-file Wan DiT .safetensors (default: the "
-                   "bundled small editor, with its instructor and refiner)")
+    e.add_argument(
+        "--editor",
+        help="diffusers editor folder, or a single-file Wan DiT .safetensors (default: the "
+        "bundled small editor, with its instructor and refiner)",
+    )
     e.add_argument("--vae", help="Wan VAE .safetensors (with a single-file --editor)")
     e.add_argument("--text-encoder", help="UMT5 folder (transformers format) if the editor folder has none")
     e.add_argument("--instructor", help="VLM folder: grounded instructor tokens (with --refiner) or a rewritten prompt")
     e.add_argument("--refiner", help="token refiner .safetensors trained for this instructor and editor")
     e.add_argument("--reference", help="optional reference image for the instructor")
     e.add_argument("--lora", action="append", type=lora_arg, metavar="FILE[:STRENGTH]", help="LoRA file, repeatable")
-    e.add_argument("--judge", help="VLM folder: score the edit (and pick the best of --candidates); 'bundled' for the "
-                   "bundled small judge")
-    e.add_argument("--candidates", type=number(int, 1, 1000), default=1, help="best-of-N: edit N seeds and keep the judge's best")
+    e.add_argument(
+        "--judge",
+        help="VLM folder: score the edit (and pick the best of --candidates); 'bundled' for the bundled small judge",
+    )
+    e.add_argument(
+        "--candidates", type=number(int, 1, 1000), default=1, help="best-of-N: edit N seeds and keep the judge's best"
+    )
     e.add_argument("--judge-frames", type=POSITIVE_INT, default=4)
     e.add_argument("--negative", type=text_arg, default="", help="negative prompt for CFG")
     add_sampling_options(e)
     e.add_argument("--stride", type=POSITIVE_INT, default=1, help="keep every Nth source frame")
-    e.add_argument("--max-bytes", type=POSITIVE_INT, default=None, help="refuse sources whose decoded frames need more RAM "
-                   "(default: half the free RAM)")
+    e.add_argument(
+        "--max-bytes",
+        type=POSITIVE_INT,
+        default=None,
+        help="refuse sources whose decoded frames need more RAM (default: half the free RAM)",
+    )
     add_editor_options(e)
     common(e)
     e.set_defaults(func=cmd_edit)
@@ -515,29 +659,48 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--judge", help="VLM folder (default: the bundled small judge)")
     j.add_argument("--frames", type=POSITIVE_INT, default=4, help="frames sampled uniformly from each video")
     j.add_argument("--rationale", action="store_true", help="also generate a short explanation")
-    j.add_argument("--report", help="write the JSON report here too (an existing file is replaced only if it is a "
-                   "judge report, or with --overwrite)")
+    j.add_argument(
+        "--report",
+        help="write the JSON report here too (an existing file is replaced only if it is a "
+        "judge report, or with --overwrite)",
+    )
     j.add_argument("--overwrite", action="store_true", help="let --report replace an existing file of any kind")
     common(j)
     j.set_defaults(func=cmd_judge)
 
-    v = sub.add_parser("eval", help="exact benchmark: score edits against a manifest's ground truth",
-                       description="Scores per edit (EA, PC, GN, GR in [0, 1], PSNR, SSIM) from the output vs the "
-                       "manifest's source, target and mask (and its per-operation 'verify' entries), aggregated per "
-                       "category and operation; writes report.json and a self-contained report.html.")
+    v = sub.add_parser(
+        "eval",
+        help="exact benchmark: score edits against a manifest's ground truth",
+        description="Scores per edit (EA, PC, GN, GR in [0, 1], PSNR, SSIM) from the output vs the "
+        "manifest's source, target and mask (and its per-operation 'verify' entries), aggregated per "
+        "category and operation; writes report.json and a self-contained report.html.",
+    )
     v.add_argument("manifest", help="JSONL manifest with target_video (and mask_video) per edit")
-    v.add_argument("--outputs", help="folder of edits named <index>.mp4 (with --editor: where they are saved; "
-                   "default REPORT/outputs)")
+    v.add_argument(
+        "--outputs",
+        help="folder of edits named <index>.mp4 (with --editor: where they are saved; default REPORT/outputs)",
+    )
     v.add_argument("--editor", help="diffusers editor folder or single-file DiT: edit every record")
     v.add_argument("--instructor", help="VLM folder: condition with instructor tokens (with --refiner) or a rewrite")
     v.add_argument("--refiner", help="token refiner .safetensors trained for this instructor and editor")
-    v.add_argument("--no-outputs", action="store_true", help="with --editor: keep only the scores and the HTML "
-                   "report, not the edited videos (no video encoding: npz manifests then need no PyAV)")
-    v.add_argument("--ceiling", action="store_true", help="with --editor: score its VAE's round trip of the ground "
-                   "truth instead of edits (the most any edit decoded by that VAE can score)")
+    v.add_argument(
+        "--no-outputs",
+        action="store_true",
+        help="with --editor: keep only the scores and the HTML "
+        "report, not the edited videos (no video encoding: npz manifests then need no PyAV)",
+    )
+    v.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="with --editor: score its VAE's round trip of the ground "
+        "truth instead of edits (the most any edit decoded by that VAE can score)",
+    )
     v.add_argument("--report", required=True, help="folder for report.json and report.html")
-    v.add_argument("--overwrite", action="store_true", help="with --editor and --outputs: replace the <index>.mp4 "
-                   "edits an earlier run left in --outputs")
+    v.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --editor and --outputs: replace the <index>.mp4 edits an earlier run left in --outputs",
+    )
     v.add_argument("--limit", type=POSITIVE_INT, default=None, help="score only the first N records")
     v.add_argument("--judge", help="VLM folder: also measure the judge's agreement with the verifiers")
     v.add_argument("--judge-frames", type=POSITIVE_INT, default=4)
@@ -551,52 +714,81 @@ def build_parser() -> argparse.ArgumentParser:
     common(v)
     v.set_defaults(func=cmd_eval)
 
-    t = sub.add_parser("train", help="train an editing LoRA (sft, grpo, rwo) from a TOML config",
-                       description="Methods: sft (mask-weighted flow matching, VIVA), grpo (Edit-GRPO: Flow-SDE "
-                       "rollouts, group-relative rewards), rwo (reward-weighted flow matching, a reconstruction of "
-                       "ReViSE's RWO). Data: a JSONL manifest, one edit per line: source_video, instruction, "
-                       "[target_video, mask_video, reference_image, source_caption, target_caption, type]. "
-                       "Multi-GPU: torchrun --nproc_per_node=K -m viva_core.cli train CONFIG.")
-    t.add_argument("config", nargs="?", help="TOML config (sections: model, data, lora, optim, sft, rollout, "
-                   "rewards, log)")
+    t = sub.add_parser(
+        "train",
+        help="train an editing LoRA (sft, grpo, rwo) from a TOML config",
+        description="Methods: sft (mask-weighted flow matching, VIVA), grpo (Edit-GRPO: Flow-SDE "
+        "rollouts, group-relative rewards), rwo (reward-weighted flow matching, a reconstruction of "
+        "ReViSE's RWO). Data: a JSONL manifest, one edit per line: source_video, instruction, "
+        "[target_video, mask_video, reference_image, source_caption, target_caption, type]. "
+        "Multi-GPU: torchrun --nproc_per_node=K -m viva_core.cli train CONFIG.",
+    )
+    t.add_argument(
+        "config", nargs="?", help="TOML config (sections: model, data, lora, optim, sft, rollout, rewards, log)"
+    )
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
-    t.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the latest checkpoint in output_dir (or from the given checkpoint folder)")
-    t.add_argument("--overwrite", action="store_true", help="start over: replace the LoRA named output_name and "
-                   "delete the checkpoints of an earlier run in output_dir")
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        help="continue from the latest checkpoint in output_dir (or from the given checkpoint folder)",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over: replace the LoRA named output_name and "
+        "delete the checkpoints of an earlier run in output_dir",
+    )
     t.add_argument("-v", "--verbose", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    pt = sub.add_parser("pretrain", help="train the small from-scratch models (vae, editor, judge) on synth clips",
-                        description="Stages: vae (Wan-architecture VAE), editor (Wan DiT + UMT5 text encoder "
-                        "[+ Qwen2.5-VL-architecture instructor and token refiner], mask-weighted flow matching), "
-                        "judge (Qwen2.5-VL-architecture judge on verifier labels). Data: `viva synth --format npz`. "
-                        "The recipes that made the bundled models are in recipes/small/.")
-    pt.add_argument("config", help="TOML config (stage, output_dir, seed, device; sections data, optim, vae, "
-                    "editor, judge)")
+    pt = sub.add_parser(
+        "pretrain",
+        help="train the small from-scratch models (vae, editor, judge) on synth clips",
+        description="Stages: vae (Wan-architecture VAE), editor (Wan DiT + UMT5 text encoder "
+        "[+ Qwen2.5-VL-architecture instructor and token refiner], mask-weighted flow matching), "
+        "judge (Qwen2.5-VL-architecture judge on verifier labels). Data: `viva synth --format npz`. "
+        "The recipes that made the bundled models are in recipes/small/.",
+    )
+    pt.add_argument(
+        "config", help="TOML config (stage, output_dir, seed, device; sections data, optim, vae, editor, judge)"
+    )
     pt.add_argument("--stage", choices=["vae", "editor", "judge"], help="override the config's stage")
     pt.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     pt.add_argument("-v", "--verbose", action="store_true")
     pt.set_defaults(func=cmd_pretrain)
 
-    s = sub.add_parser("synth", help="generate synthetic paired-edit data (source, instruction, target, mask)",
-                       description="Seeded procedural clips of moving shapes with exact edits: basic, hybrid, and "
-                       "reasoning-informed (temporal, causal, spatial, commonsense). Writes train/val/heldout "
-                       "JSONL manifests (heldout holds unseen (operation, attribute/referring) pairs) and "
-                       "synth_config.json under --out.")
+    s = sub.add_parser(
+        "synth",
+        help="generate synthetic paired-edit data (source, instruction, target, mask)",
+        description="Seeded procedural clips of moving shapes with exact edits: basic, hybrid, and "
+        "reasoning-informed (temporal, causal, spatial, commonsense). Writes train/val/heldout "
+        "JSONL manifests (heldout holds unseen (operation, attribute/referring) pairs) and "
+        "synth_config.json under --out.",
+    )
     s.add_argument("--out", required=True, help="output folder (manifests, media, synth_config.json)")
     s.add_argument("--n", type=POSITIVE_INT, default=1000, help="number of clips over all splits")
     s.add_argument("--seed", type=SEED, default=0, help="the same seed gives identical clips and text")
     s.add_argument("--frames", type=number(int, 2, 1000), default=17, help="frames per clip (4k+1 suits Wan)")
     s.add_argument("--size", type=number(int, 32, 4096), default=64, help="frame side in pixels (square)")
-    s.add_argument("--fps", type=number(float, 0, 240, lo_open=True), default=8.0, help="frame rate written into mp4 files")
-    s.add_argument("--format", default="mp4", choices=["mp4", "npz"],
-                   help="mp4: video files (lossy h264); npz: exact uint8 arrays in one file per clip, ~8x faster to write and read (train, eval and pretrain read both)")
+    s.add_argument(
+        "--fps", type=number(float, 0, 240, lo_open=True), default=8.0, help="frame rate written into mp4 files"
+    )
+    s.add_argument(
+        "--format",
+        default="mp4",
+        choices=["mp4", "npz"],
+        help="mp4: video files (lossy h264); npz: exact uint8 arrays in one file per clip, ~8x faster to write and "
+        "read (train, eval and pretrain read both)",
+    )
     s.add_argument("--categories", help="comma list of basic,hybrid,temporal,causal,spatial,commonsense (default all)")
     s.add_argument("--ops", help="comma list of operations to allow (default all), e.g. recolour,remove,time_shift")
     s.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,heldout fractions")
     s.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier data set")
-    s.add_argument("--workers", type=number(int, 1, 256), default=1, help="processes making clips (same files for any number)")
+    s.add_argument(
+        "--workers", type=number(int, 1, 256), default=1, help="processes making clips (same files for any number)"
+    )
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=cmd_synth)
     return p
@@ -621,8 +813,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # last resort: a case that lands here is a bug to report, not a user error
         if os.environ.get("VIVA_DEBUG", "") not in ("", "0"):
             raise
-        print(f"viva: unexpected error: {type(e).__name__}: {' '.join(str(e).split()) or '(no message)'} "
-              "(a bug: please report it; run with VIVA_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"viva: unexpected error: {type(e).__name__}: {' '.join(str(e).split()) or '(no message)'} "
+            "(a bug: please report it; run with VIVA_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -6,6 +6,7 @@ has floors but no upper bounds. Every use goes through this module: each accesso
 then a public fallback where one exists, and otherwise raises `DependencyError` naming the version needed.
 The floors below are those of pyproject.toml (how they were found: docs/dependencies.md).
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,9 @@ log = logging.getLogger(__name__)
 
 MIN_TORCH = "2.6"  # torch.distributed.fsdp.fully_shard (FSDP2) public
 MIN_TRANSFORMERS = "5.18"  # AutoImageProcessor loads Qwen2-VL's PIL image processor without torchvision
-MIN_DIFFUSERS = "0.40"  # set_attention_backend (0.35), UniPC flow-sigma grid as Wan ships it (0.37): docs/dependencies.md
+MIN_DIFFUSERS = (
+    "0.40"  # set_attention_backend (0.35), UniPC flow-sigma grid as Wan ships it (0.37): docs/dependencies.md
+)
 
 
 class DependencyError(VivaError):
@@ -35,11 +38,14 @@ def installed_version(package: str) -> str:
 
 
 def _needs(package: str, floor: str, what: str) -> DependencyError:
-    return DependencyError(f"{what} needs {package} >= {floor} (installed: {installed_version(package)}). "
-                           f"Run: pip install -U \"{package}>={floor}\"")
+    return DependencyError(
+        f"{what} needs {package} >= {floor} (installed: {installed_version(package)}). "
+        f'Run: pip install -U "{package}>={floor}"'
+    )
 
 
 # ---------------------------------------------------------------------------------------------- transformers
+
 
 def image_text_to_text_model_types() -> Optional[frozenset[str]]:
     """The `model_type`s that AutoModelForImageTextToText loads, or None when this transformers does not say
@@ -108,8 +114,14 @@ def set_attn_implementation(config: Any, name: str) -> None:
 # ---------------------------------------------------------------------------------------------------- diffusers
 
 # Our attention options -> diffusers' AttentionBackendName values. The SDPA-kernel ones are private (_native_*).
-ATTENTION_BACKEND_NAMES = {"sdpa": "native", "sdpa_cudnn": "_native_cudnn", "sdpa_flash": "_native_flash",
-                           "sdpa_efficient": "_native_efficient", "flash": "flash", "sage": "sage"}
+ATTENTION_BACKEND_NAMES = {
+    "sdpa": "native",
+    "sdpa_cudnn": "_native_cudnn",
+    "sdpa_flash": "_native_flash",
+    "sdpa_efficient": "_native_efficient",
+    "flash": "flash",
+    "sage": "sage",
+}
 
 
 def _diffusers_backend_names() -> Optional[frozenset[str]]:
@@ -128,8 +140,12 @@ def diffusers_attention_backend(option: str) -> str:
     if known is None or name in known:
         return name
     if option.startswith("sdpa_") and "native" in known:
-        log.warning("diffusers %s has no attention backend '%s'; using plain SDPA for '%s'",
-                    installed_version("diffusers"), name, option)
+        log.warning(
+            "diffusers %s has no attention backend '%s'; using plain SDPA for '%s'",
+            installed_version("diffusers"),
+            name,
+            option,
+        )
         return "native"
     raise _needs("diffusers", MIN_DIFFUSERS, f"attention '{option}' (diffusers backend '{name}')")
 
@@ -168,10 +184,11 @@ def wan_single_file_converter(part: str) -> Callable[[dict], dict]:
 
 # -------------------------------------------------------------------------------------------------------- torch
 
+
 def fully_shard() -> Callable:
     """torch's FSDP2 `fully_shard` (public in torch.distributed.fsdp since torch 2.6)."""
     try:
         from torch.distributed.fsdp import fully_shard as fn
     except ImportError:
-        raise _needs("torch", MIN_TORCH, "FSDP training (optim.parallel = \"fsdp\")") from None
+        raise _needs("torch", MIN_TORCH, 'FSDP training (optim.parallel = "fsdp")') from None
     return fn

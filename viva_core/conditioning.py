@@ -4,6 +4,7 @@
 - instructor: UMT5 tokens + VLM instructor tokens through the trained token refiner (VIVA);
 - rewrite: the VLM rewrites the instruction into a grounded target description, encoded by UMT5 (no extra weights).
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,14 @@ log = logging.getLogger(__name__)
 
 
 def build_conditioning(
-    editor: Editor, instruction: str, first_frame: torch.Tensor, *, mode: str = "text", vlm=None,
-    refiner_path: Optional[str] = None, reference: Optional[torch.Tensor] = None,
+    editor: Editor,
+    instruction: str,
+    first_frame: torch.Tensor,
+    *,
+    mode: str = "text",
+    vlm=None,
+    refiner_path: Optional[str] = None,
+    reference: Optional[torch.Tensor] = None,
     text_cond: Optional[Conditioning] = None,
 ) -> tuple[Conditioning, str]:
     """Returns (conditioning, the prompt the text encoder saw). `text_cond` replaces UMT5 encoding of the
@@ -40,8 +47,10 @@ def build_conditioning(
         log.info("instructor rewrote %r as %r", instruction, prompt)
         return editor.encode_text(prompt), prompt
     if not refiner_path:
-        raise InputError("mode 'instructor' needs a trained token refiner (.safetensors). Train one with "
-                         "`viva train` (method sft), or use mode 'rewrite', which needs no extra weights.")
+        raise InputError(
+            "mode 'instructor' needs a trained token refiner (.safetensors). Train one with "
+            "`viva train` (method sft), or use mode 'rewrite', which needs no extra weights."
+        )
     tokens = Instructor(vlm, load_refiner(refiner_path)).encode(instruction, first_frame, reference)
     base = text_cond or editor.encode_text(instruction)
     return base.concat(Conditioning(tokens, "instructor tokens")), instruction

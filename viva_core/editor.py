@@ -9,6 +9,7 @@ Two on-disk layouts are read:
 
 The source video conditions the DiT by channel concat, so an editor has ``in_channels == 2 * z_dim``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,8 +69,10 @@ class Conditioning:
     def concat(self, other: Conditioning) -> Conditioning:
         """Text tokens followed by instructor tokens (VIVA conditions the DiT on both)."""
         if other.embeds.shape[-1] != self.embeds.shape[-1]:
-            raise InputError(f"cannot join conditionings of width {self.embeds.shape[-1]} and {other.embeds.shape[-1]}: "
-                             "the token refiner's output size must equal the DiT's text_dim.")
+            raise InputError(
+                f"cannot join conditionings of width {self.embeds.shape[-1]} and {other.embeds.shape[-1]}: "
+                "the token refiner's output size must equal the DiT's text_dim."
+            )
         emb = torch.cat([self.embeds, other.embeds.to(self.embeds)], dim=1)
         return Conditioning(emb, " + ".join(d for d in (self.description, other.description) if d))
 
@@ -138,10 +141,12 @@ class Editor:
 
     def describe(self) -> str:
         cfg = self.transformer.config
-        parts = [f"{self.name}: Wan DiT {cfg.num_layers} layers, dim {cfg.num_attention_heads * cfg.attention_head_dim}, "
-                 f"in {cfg.in_channels}/out {cfg.out_channels}, VAE z_dim {self.z_dim} (x{self.temporal_factor} time, "
-                 f"x{self.spatial_factor} space), {self.dtype} on {self.device}, offload {self.options.offload}, "
-                 f"attention {self.options.attention}, compile {self.options.compile}"]
+        parts = [
+            f"{self.name}: Wan DiT {cfg.num_layers} layers, dim {cfg.num_attention_heads * cfg.attention_head_dim}, "
+            f"in {cfg.in_channels}/out {cfg.out_channels}, VAE z_dim {self.z_dim} (x{self.temporal_factor} time, "
+            f"x{self.spatial_factor} space), {self.dtype} on {self.device}, offload {self.options.offload}, "
+            f"attention {self.options.attention}, compile {self.options.compile}"
+        ]
         parts += [f"LoRA {Path(s.path).name} @ {s.strength:g}" for s in self.loras]
         return "; ".join(parts + self.notes)
 
@@ -185,15 +190,26 @@ class Editor:
             raise ModelLoadError(
                 f"{self.name}: this editor has no text encoder. Load it from a diffusers folder with text_encoder/ and "
                 "tokenizer/, pass a UMT5 folder as the text encoder, or (in ComfyUI) connect a CONDITIONING from "
-                "CLIP Text Encode with the Wan UMT5 text encoder.")
+                "CLIP Text Encode with the Wan UMT5 text encoder."
+            )
         tok = self.tokenizer(
-            [prompt], padding="max_length", max_length=self.max_text_tokens, truncation=True,
-            add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+            [prompt],
+            padding="max_length",
+            max_length=self.max_text_tokens,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
         unknown = unknown_words(self.tokenizer, prompt)
         if unknown:
-            log.warning("%s: the text encoder does not know %s (each becomes <unk>, so the edit cannot follow it); "
-                        "this model knows %d words.", self.name, ", ".join(repr(w) for w in unknown),
-                        len(self.tokenizer))
+            log.warning(
+                "%s: the text encoder does not know %s (each becomes <unk>, so the edit cannot follow it); "
+                "this model knows %d words.",
+                self.name,
+                ", ".join(repr(w) for w in unknown),
+                len(self.tokenizer),
+            )
         n = int(tok.attention_mask.sum())
         with self.on_device(self.text_encoder) as te:
             dev = next(te.parameters()).device
@@ -213,6 +229,7 @@ def unknown_words(tokenizer, text: str) -> list[str]:
 
 # ---- loading --------------------------------------------------------------------------------------------------
 
+
 def load_editor(
     folder: str | None = None,
     *,
@@ -230,7 +247,9 @@ def load_editor(
     if folder is not None:
         root = Path(folder)
         if not root.is_dir():
-            raise ModelLoadError(f"{root}: editor folder not found. Give a diffusers folder with transformer/ and vae/.")
+            raise ModelLoadError(
+                f"{root}: editor folder not found. Give a diffusers folder with transformer/ and vae/."
+            )
         transformer = _load_diffusers_part(root, "transformer", dtype)
         vae = _load_diffusers_part(root, "vae", parse_dtype(options.vae_dtype))
         te_root = Path(text_encoder_folder) if text_encoder_folder else root
@@ -238,8 +257,10 @@ def load_editor(
         files = {"transformer": str(root / "transformer"), "vae": str(root / "vae")}
     elif transformer_file is not None:
         if vae_file is None:
-            raise ModelLoadError(f"{transformer_file}: a single-file DiT needs its VAE file too (models/vae, e.g. "
-                                 "wan_2.1_vae.safetensors).")
+            raise ModelLoadError(
+                f"{transformer_file}: a single-file DiT needs its VAE file too (models/vae, e.g. "
+                "wan_2.1_vae.safetensors)."
+            )
         transformer = load_transformer_file(transformer_file, dtype)
         vae = load_vae_file(vae_file, parse_dtype(options.vae_dtype))
         te_root = Path(text_encoder_folder) if text_encoder_folder else None
@@ -251,15 +272,30 @@ def load_editor(
     notes: list[str] = []
     transformer = _check_editor_channels(transformer, vae, name, options.allow_t2v, notes)
     text_encoder, tokenizer = _load_text_encoder(te_root, dtype) if te_root is not None else (None, None)
-    editor = Editor(transformer.eval().requires_grad_(False), vae.eval().requires_grad_(False), text_encoder, tokenizer,
-                    options, name, device, dtype, notes=notes,
-                    files={**files, **({"text_encoder": str(_text_encoder_dir(te_root))} if te_root is not None else {})})
+    editor = Editor(
+        transformer.eval().requires_grad_(False),
+        vae.eval().requires_grad_(False),
+        text_encoder,
+        tokenizer,
+        options,
+        name,
+        device,
+        dtype,
+        notes=notes,
+        files={**files, **({"text_encoder": str(_text_encoder_dir(te_root))} if te_root is not None else {})},
+    )
     if folder is not None:
         _apply_editor_info(editor, Path(folder))
         editor.sampling_defaults = scheduler_defaults(Path(folder))
         if editor.sampling_defaults:
-            editor.notes.append("sampling defaults from scheduler/" + SCHEDULER_CONFIG + ": " + ", ".join(
-                f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in editor.sampling_defaults.items()))
+            editor.notes.append(
+                "sampling defaults from scheduler/"
+                + SCHEDULER_CONFIG
+                + ": "
+                + ", ".join(
+                    f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in editor.sampling_defaults.items()
+                )
+            )
     if host is not None:
         editor.host = host(editor)
     _place(editor)
@@ -267,14 +303,19 @@ def load_editor(
 
 
 def _check_options(o: EditorOptions) -> None:
-    for value, allowed, what in ((o.offload, OFFLOAD_MODES, "offload"), (o.attention, ATTENTION_BACKENDS, "attention"),
-                                 (o.compile, COMPILE_MODES, "compile")):
+    for value, allowed, what in (
+        (o.offload, OFFLOAD_MODES, "offload"),
+        (o.attention, ATTENTION_BACKENDS, "attention"),
+        (o.compile, COMPILE_MODES, "compile"),
+    ):
         if value not in allowed:
             raise InputError(f"{what} '{value}' is not one of {allowed}.")
     if o.fp8_storage and o.compile == "blocks":  # dynamo: "Attempted to use torch.nn.Parameter() constructor"
-        raise InputError("compile 'blocks' cannot trace fp8 weight storage (diffusers casts the fp8 weights inside "
-                         "each block's forward, which a whole-graph compile of the block rejects): use compile 'full' "
-                         "with fp8 storage, or turn fp8 storage off.")
+        raise InputError(
+            "compile 'blocks' cannot trace fp8 weight storage (diffusers casts the fp8 weights inside "
+            "each block's forward, which a whole-graph compile of the block rejects): use compile 'full' "
+            "with fp8 storage, or turn fp8 storage off."
+        )
 
 
 def _load_diffusers_part(root: Path, sub: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -283,34 +324,43 @@ def _load_diffusers_part(root: Path, sub: str, dtype: torch.dtype) -> torch.nn.M
     cls = {"transformer": WanTransformer3DModel, "vae": AutoencoderKLWan}[sub]
     part = root / sub
     if not (part / "config.json").is_file():
-        raise ModelLoadError(f"{root}: missing {sub}/config.json. An editor folder needs transformer/ and vae/ "
-                             "subfolders in diffusers format (as in a Wan2.1/2.2 or Lucy-Edit diffusers checkout).")
+        raise ModelLoadError(
+            f"{root}: missing {sub}/config.json. An editor folder needs transformer/ and vae/ "
+            "subfolders in diffusers format (as in a Wan2.1/2.2 or Lucy-Edit diffusers checkout)."
+        )
     cfg = read_json_object(part / "config.json", f"{sub} config")
     if cfg.get("_class_name") not in (None, cls.__name__):
-        raise ModelLoadError(f"{part}: is a {cfg.get('_class_name')}, expected {cls.__name__}. This folder is not a "
-                             "Wan-architecture editor.")
+        raise ModelLoadError(
+            f"{part}: is a {cfg.get('_class_name')}, expected {cls.__name__}. This folder is not a "
+            "Wan-architecture editor."
+        )
     weights = list(part.glob("*.safetensors"))
     if not weights:
         pickles = [p.name for p in part.iterdir() if p.suffix in (".bin", ".pt", ".ckpt", ".pth")]
         why = f" (found {pickles}: pickle weights are refused; convert them to safetensors)" if pickles else ""
         raise ModelLoadError(f"{part}: no *.safetensors weights{why}.")
     try:
-        model = cls.from_pretrained(str(root), subfolder=sub, torch_dtype=dtype, use_safetensors=True,
-                                    local_files_only=True)
+        model = cls.from_pretrained(
+            str(root), subfolder=sub, torch_dtype=dtype, use_safetensors=True, local_files_only=True
+        )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise ModelLoadError(f"{part}: cannot load {cls.__name__} ({e}). The folder is incomplete or its weights do "
-                             "not match its config.json.") from e
+        raise ModelLoadError(
+            f"{part}: cannot load {cls.__name__} ({e}). The folder is incomplete or its weights do "
+            "not match its config.json."
+        ) from e
     missing = [name for name, p in model.named_parameters() if p.is_meta]  # diffusers only warns, then moving fails
     if missing:
-        raise ModelLoadError(f"{part}: the weights do not match its config.json: {len(missing)} parameters have no "
-                             f"weights (e.g. {', '.join(missing[:3])}). Restore the folder from the model's download.")
+        raise ModelLoadError(
+            f"{part}: the weights do not match its config.json: {len(missing)} parameters have no "
+            f"weights (e.g. {', '.join(missing[:3])}). Restore the folder from the model's download."
+        )
     return model
 
 
 def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for prefix in SINGLE_FILE_PREFIXES:
         if any(k.startswith(prefix + "blocks.") for k in sd):
-            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     return sd
 
 
@@ -333,11 +383,16 @@ def infer_transformer_config(sd: dict[str, torch.Tensor], metadata: dict[str, st
     stored = read_metadata_json(metadata, "config") or {}
     head_dim = int(stored.get("attention_head_dim", WAN_HEAD_DIM))
     if inner % head_dim:
-        raise ModelLoadError(f"DiT width {inner} is not a multiple of the head size {head_dim}; store the config in the "
-                             "file's __metadata__['config'] (attention_head_dim, num_attention_heads).")
+        raise ModelLoadError(
+            f"DiT width {inner} is not a multiple of the head size {head_dim}; store the config in the "
+            "file's __metadata__['config'] (attention_head_dim, num_attention_heads)."
+        )
     cfg = {
-        "patch_size": list(patch), "in_channels": in_ch, "num_layers": layers,
-        "attention_head_dim": head_dim, "num_attention_heads": int(stored.get("num_attention_heads", inner // head_dim)),
+        "patch_size": list(patch),
+        "in_channels": in_ch,
+        "num_layers": layers,
+        "attention_head_dim": head_dim,
+        "num_attention_heads": int(stored.get("num_attention_heads", inner // head_dim)),
         "out_channels": sd["proj_out.weight"].shape[0] // (patch[0] * patch[1] * patch[2]),
         "text_dim": sd["condition_embedder.text_embedder.linear_1.weight"].shape[1],
         "freq_dim": sd["condition_embedder.time_embedder.linear_1.weight"].shape[1],
@@ -362,8 +417,10 @@ def load_transformer_file(path: str, dtype: torch.dtype) -> torch.nn.Module:
     sd, metadata = load_safetensors(path, "DiT weights")
     sd = _dequantize_scaled_fp8(_strip_prefix(sd))
     if "head.head.weight" not in sd or "patch_embedding.weight" not in sd:
-        raise ModelLoadError(f"{path}: not a Wan DiT checkpoint (no head.head / patch_embedding keys; first keys: "
-                             f"{sorted(sd)[:3]}). Put a Wan2.1/2.2 diffusion model file in models/diffusion_models.")
+        raise ModelLoadError(
+            f"{path}: not a Wan DiT checkpoint (no head.head / patch_embedding keys; first keys: "
+            f"{sorted(sd)[:3]}). Put a Wan2.1/2.2 diffusion model file in models/diffusion_models."
+        )
     sd = wan_single_file_converter("transformer")(sd)
     cfg = infer_transformer_config(sd, metadata)
     from accelerate import init_empty_weights
@@ -387,15 +444,19 @@ def load_vae_file(path: str, dtype: torch.dtype) -> torch.nn.Module:
     if "decoder.middle.0.residual.0.gamma" not in sd:
         raise ModelLoadError(f"{path}: not a Wan VAE checkpoint in original keys (first keys: {sorted(sd)[:3]}).")
     if sd["encoder.conv1.weight"].shape[1] != 3:
-        raise ModelLoadError(f"{path}: looks like a Wan2.2 VAE; its single-file layout is not supported. Use the "
-                             "vae/ folder of a Wan2.2 diffusers checkout (or Lucy-Edit-Dev) instead.")
+        raise ModelLoadError(
+            f"{path}: looks like a Wan2.2 VAE; its single-file layout is not supported. Use the "
+            "vae/ folder of a Wan2.2 diffusers checkout (or Lucy-Edit-Dev) instead."
+        )
     # Wan2.1 layout (dim_mult 1,2,4,4; 2 res blocks), the only one diffusers' converter maps; widths are read off
     cfg = {"base_dim": sd["encoder.conv1.weight"].shape[0], "z_dim": sd["conv1.weight"].shape[0] // 2}
     vae = AutoencoderKLWan(**cfg)
     missing, unexpected = vae.load_state_dict(wan_single_file_converter("vae")(sd), strict=False)
     if missing or unexpected:
-        raise ModelLoadError(f"{path}: VAE weights do not match the Wan2.1 VAE layout ({len(missing)} missing, "
-                             f"{len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]}).")
+        raise ModelLoadError(
+            f"{path}: VAE weights do not match the Wan2.1 VAE layout ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]})."
+        )
     return vae if dtype == torch.float32 else vae.to(dtype)
 
 
@@ -415,11 +476,14 @@ def _load_text_encoder(root: Path, dtype: torch.dtype) -> tuple[Optional[torch.n
         raise ModelLoadError(f"{te_dir}: no *.safetensors weights for the text encoder (pickle weights are refused).")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-        encoder = UMT5EncoderModel.from_pretrained(str(te_dir), dtype=dtype, use_safetensors=True,
-                                                   local_files_only=True)
+        encoder = UMT5EncoderModel.from_pretrained(
+            str(te_dir), dtype=dtype, use_safetensors=True, local_files_only=True
+        )
     except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"{te_dir}: cannot load the UMT5 text encoder / tokenizer ({e}). It needs config.json, "
-                             "*.safetensors and a tokenizer (tokenizer/ beside it or in the same folder).") from e
+        raise ModelLoadError(
+            f"{te_dir}: cannot load the UMT5 text encoder / tokenizer ({e}). It needs config.json, "
+            "*.safetensors and a tokenizer (tokenizer/ beside it or in the same folder)."
+        ) from e
     return encoder.eval().requires_grad_(False), tokenizer
 
 
@@ -458,8 +522,12 @@ def scheduler_defaults(root: Path) -> dict[str, object]:
         raise ModelLoadError(f"{e} Or delete {path} to sample with VIVA's defaults (shift, sampler).") from None
     sampler = SCHEDULER_SAMPLERS.get(str(config.get("_class_name")))
     if sampler is None:
-        log.info("%s: scheduler %s is not one VIVA reads (%s); using the default shift and sampler.", path,
-                 config.get("_class_name"), ", ".join(SCHEDULER_SAMPLERS))
+        log.info(
+            "%s: scheduler %s is not one VIVA reads (%s); using the default shift and sampler.",
+            path,
+            config.get("_class_name"),
+            ", ".join(SCHEDULER_SAMPLERS),
+        )
         return {}
     key = {"unipc": "flow_shift", "euler": "shift"}[sampler]
     uses_shift = config.get("use_flow_sigmas") is True if sampler == "unipc" else not config.get("use_dynamic_shifting")
@@ -467,37 +535,52 @@ def scheduler_defaults(root: Path) -> dict[str, object]:
     if uses_shift and key in config:
         shift = config[key]
         if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < shift < float("inf"):
-            raise ModelLoadError(f"{path}: {key} must be a number > 0, got {shift!r}. Fix the value (Wan ships 3.0 "
-                                 "for 480p, 5.0 for 720p) or delete the file to use VIVA's default.")
+            raise ModelLoadError(
+                f"{path}: {key} must be a number > 0, got {shift!r}. Fix the value (Wan ships 3.0 "
+                "for 480p, 5.0 for 720p) or delete the file to use VIVA's default."
+            )
         out["shift"] = float(shift)
     return out
 
 
-def _check_editor_channels(transformer: torch.nn.Module, vae: torch.nn.Module, name: str, allow_t2v: bool,
-                           notes: list[str]) -> torch.nn.Module:
+def _check_editor_channels(
+    transformer: torch.nn.Module, vae: torch.nn.Module, name: str, allow_t2v: bool, notes: list[str]
+) -> torch.nn.Module:
     z, cin, cout = int(vae.config.z_dim), int(transformer.config.in_channels), int(transformer.config.out_channels)
     if cout != z:
-        raise ModelLoadError(f"{name}: the DiT predicts {cout} latent channels but the VAE has {z}; they are from "
-                             "different model families (Wan2.1 VAE: 16, Wan2.2 VAE: 48).")
+        raise ModelLoadError(
+            f"{name}: the DiT predicts {cout} latent channels but the VAE has {z}; they are from "
+            "different model families (Wan2.1 VAE: 16, Wan2.2 VAE: 48)."
+        )
     if cin == 2 * z:
         return transformer
     if cin == z and allow_t2v:
         notes.append(f"T2V base: added {z} zero-initialised source channels (train them with SFT before use)")
         return expand_input_channels(transformer, z)
     if cin == z:
-        raise ModelLoadError(f"{name}: this DiT takes {cin} input channels = the VAE's z_dim, so it is a plain "
-                             f"text-to-video model, not an editor (an editor takes {2 * z}: noise + source latents). "
-                             "Load an editing checkpoint (e.g. Lucy-Edit-Dev), or opt in to zero-initialised source "
-                             "channels (allow_t2v) to fine-tune it with SFT.")
-    raise ModelLoadError(f"{name}: the DiT takes {cin} input channels; an editor for this VAE takes {2 * z}. "
-                         "Image-to-video or VACE checkpoints are not editors.")
+        raise ModelLoadError(
+            f"{name}: this DiT takes {cin} input channels = the VAE's z_dim, so it is a plain "
+            f"text-to-video model, not an editor (an editor takes {2 * z}: noise + source latents). "
+            "Load an editing checkpoint (e.g. Lucy-Edit-Dev), or opt in to zero-initialised source "
+            "channels (allow_t2v) to fine-tune it with SFT."
+        )
+    raise ModelLoadError(
+        f"{name}: the DiT takes {cin} input channels; an editor for this VAE takes {2 * z}. "
+        "Image-to-video or VACE checkpoints are not editors."
+    )
 
 
 def expand_input_channels(transformer: torch.nn.Module, extra: int) -> torch.nn.Module:
     """Grow patch_embedding by `extra` zero input channels: outputs are unchanged until those weights are trained."""
     old = transformer.patch_embedding
-    new = torch.nn.Conv3d(old.in_channels + extra, old.out_channels, old.kernel_size, old.stride,
-                          dtype=old.weight.dtype, device=old.weight.device)
+    new = torch.nn.Conv3d(
+        old.in_channels + extra,
+        old.out_channels,
+        old.kernel_size,
+        old.stride,
+        dtype=old.weight.dtype,
+        device=old.weight.device,
+    )
     with torch.no_grad():
         new.weight.zero_()
         new.weight[:, : old.in_channels].copy_(old.weight)
@@ -533,8 +616,10 @@ def _quiet(logger_name: str):
 def configure_dit(t: torch.nn.Module, o: EditorOptions, compute_dtype: torch.dtype) -> None:
     """Attention backend and fp8 weight storage: the DiT options that do not depend on placement."""
     if o.attention not in available_attention_backends():
-        raise InputError(f"attention '{o.attention}' is not usable here (available: "
-                         f"{available_attention_backends()}); install its package or pick sdpa.")
+        raise InputError(
+            f"attention '{o.attention}' is not usable here (available: "
+            f"{available_attention_backends()}); install its package or pick sdpa."
+        )
     # Always set it: diffusers also switches a process-wide default, which a model left unset would inherit
     # from the last editor loaded with another backend (seen on the GPU: flex leaking into the next editor).
     with _quiet("diffusers.models.modeling_utils"):  # its "experimental feature" warning on every load
@@ -570,8 +655,13 @@ def _place(editor: Editor) -> None:
     if o.offload == "block" and editor.device.type == "cuda":
         from diffusers.hooks import apply_group_offloading
 
-        apply_group_offloading(t, onload_device=editor.device, offload_device=torch.device("cpu"),
-                               offload_type="block_level", num_blocks_per_group=1)
+        apply_group_offloading(
+            t,
+            onload_device=editor.device,
+            offload_device=torch.device("cpu"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+        )
         t._viva_block_offload = True
     else:
         t.to(target)

@@ -2,6 +2,7 @@
 
 Nodes let these propagate: ComfyUI shows the message and keeps running; the CLI prints it and exits 2.
 """
+
 from __future__ import annotations
 
 

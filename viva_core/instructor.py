@@ -10,6 +10,7 @@ Two modes:
 VLM results are cached per loaded model (LRU keyed by a hash of the instruction and the image bytes), so
 re-running a graph with the same inputs costs no VLM forward; the refiner is applied on every call.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,15 +39,18 @@ REFINER_FORMAT = "viva-token-refiner"
 INSTRUCTOR_SYSTEM_PROMPT = (
     "Describe the key features of the input video frame (color, shape, size, texture, objects, background), "
     "then explain how the user's edit instruction should alter or modify the video. Generate a new video that "
-    "meets the user's requirements while keeping everything else consistent with the original video.")
+    "meets the user's requirements while keeping everything else consistent with the original video."
+)
 REWRITE_PROMPT = (
     "You see the first frame of a video{reference}. Rewrite the edit instruction into a full description of "
     "the edited video: the scene, subjects, colors, lighting and motion as they should appear after the edit, "
     "keeping everything the instruction does not change as it is. Answer with the description only.\n"
-    "Instruction: {instruction}")
+    "Instruction: {instruction}"
+)
 
 
 # ------------------------------------------------------------------------------------------- token refiner
+
 
 @dataclass
 class RefinerConfig:
@@ -75,9 +79,17 @@ class TokenRefiner(nn.Module):
         self.config = config
         self.proj_in = nn.Linear(config.in_dim, config.hidden_dim)
         self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(config.hidden_dim, config.heads, dim_feedforward=4 * config.hidden_dim,
-                                       dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
-            for _ in range(config.depth))
+            nn.TransformerEncoderLayer(
+                config.hidden_dim,
+                config.heads,
+                dim_feedforward=4 * config.hidden_dim,
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(config.depth)
+        )
         self.norm = nn.LayerNorm(config.hidden_dim)
         self.proj_out = nn.Linear(config.hidden_dim, config.out_dim)
 
@@ -100,18 +112,23 @@ def save_refiner(path: str | os.PathLike, refiner: TokenRefiner, metadata: dict[
     return save_safetensors_atomic(p, tensors, meta)
 
 
-def load_refiner(path: str | os.PathLike, *, in_dim: int | None = None,
-                 device: str | torch.device = "cpu") -> TokenRefiner:
+def load_refiner(
+    path: str | os.PathLike, *, in_dim: int | None = None, device: str | torch.device = "cpu"
+) -> TokenRefiner:
     """Read a refiner written by `save_refiner`; `in_dim` (the VLM hidden size) is checked when given."""
     p = Path(path)
     if not p.is_file():
-        raise ModelLoadError(f"{p}: token refiner file not found. The refiner must be trained first with "
-                             "`viva train` (method sft), or use instructor mode \"rewrite\", which needs no refiner.")
+        raise ModelLoadError(
+            f"{p}: token refiner file not found. The refiner must be trained first with "
+            '`viva train` (method sft), or use instructor mode "rewrite", which needs no refiner.'
+        )
     tensors, metadata = load_safetensors(p, "token refiner")
     config_dict = read_metadata_json(metadata, "config")
     if config_dict is None:
-        raise ModelLoadError(f"{p}: not a token refiner file (no 'config' in its safetensors metadata). Use a "
-                             "refiner written by `viva train` (method sft).")
+        raise ModelLoadError(
+            f"{p}: not a token refiner file (no 'config' in its safetensors metadata). Use a "
+            "refiner written by `viva train` (method sft)."
+        )
     try:
         config = RefinerConfig(**config_dict)
     except (TypeError, InputError) as e:
@@ -127,11 +144,14 @@ def load_refiner(path: str | os.PathLike, *, in_dim: int | None = None,
 
 
 def _in_dim_message(where: object, refiner_in: int, vlm_hidden: int) -> str:
-    return (f"{where}: the token refiner expects VLM hidden size {refiner_in}, but the VLM's hidden size is "
-            f"{vlm_hidden}. Use the refiner trained for this VLM.")
+    return (
+        f"{where}: the token refiner expects VLM hidden size {refiner_in}, but the VLM's hidden size is "
+        f"{vlm_hidden}. Use the refiner trained for this VLM."
+    )
 
 
 # ---------------------------------------------------------------------------------------------- instructor
+
 
 class _LRU:
     def __init__(self, size: int):
@@ -197,8 +217,10 @@ class Instructor:
 
     @staticmethod
     def messages(instruction: str, frame: Image.Image, reference: Image.Image | None) -> list[dict]:
-        content: list[dict] = [{"type": "text", "text": "First frame of the source video: "},
-                               {"type": "image", "image": frame}]
+        content: list[dict] = [
+            {"type": "text", "text": "First frame of the source video: "},
+            {"type": "image", "image": frame},
+        ]
         if reference is not None:
             content += [{"type": "text", "text": "\nReference image: "}, {"type": "image", "image": reference}]
         content.append({"type": "text", "text": f"\nEdit instruction: {instruction}"})
@@ -222,8 +244,10 @@ class Instructor:
     def encode(self, instruction: str, first_frame, reference_image=None) -> torch.Tensor:
         """Grounded tokens [1, L, out_dim] (refiner dtype, VLM device) for the DiT's cross-attention."""
         if self.refiner is None:
-            raise ModelLoadError("the instructor has no token refiner: load one (VIVA Load Token Refiner / "
-                                 "--refiner), train one with `viva train` (method sft), or use mode \"rewrite\".")
+            raise ModelLoadError(
+                "the instructor has no token refiner: load one (VIVA Load Token Refiner / "
+                '--refiner), train one with `viva train` (method sft), or use mode "rewrite".'
+            )
         hidden = self.hidden_states(instruction, first_frame, reference_image)
         if self.vlm.host is not None:
             self.vlm.host.load(self.refiner)
@@ -239,8 +263,9 @@ class Instructor:
         key = _key("rewrite", instruction, [frame, reference], max_new_tokens)
         text = cache.get(key)
         if text is None:
-            prompt = REWRITE_PROMPT.format(instruction=instruction,
-                                           reference=" and a reference image" if reference is not None else "")
+            prompt = REWRITE_PROMPT.format(
+                instruction=instruction, reference=" and a reference image" if reference is not None else ""
+            )
             content: list[dict] = [{"type": "image", "image": frame}]
             if reference is not None:
                 content.append({"type": "image", "image": reference})

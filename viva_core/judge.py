@@ -13,6 +13,7 @@ Optionally (`difference=True`, or a judge folder whose `viva_judge.json` says `"
 `viva pretrain judge` writes) the VLM also sees |edited - source| frames: a small judge learns from them what it
 cannot learn from the two videos side by side (docs/small_models.md, section 5).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,15 +40,19 @@ class Dimension(NamedTuple):
 
 # The four ReViSE dimensions: the one table of codes, names and questions.
 QUESTIONS: tuple[Dimension, ...] = (
-    Dimension("EA", "edit accuracy",
-              "Does the edited video follow the instruction '{instruction}'?"),
-    Dimension("PC", "preservation consistency",
-              "Apart from what the instruction '{instruction}' asks to change, are all other parts of the edited "
-              "video (background, other objects, layout, camera) unchanged compared with the source video?"),
-    Dimension("GN", "generation naturalness",
-              "Is the edited video temporally smooth and natural, without flicker, jitter or visual artifacts?"),
-    Dimension("GR", "generation realism",
-              "Does the edited video look realistic, like a real recorded video?"),
+    Dimension("EA", "edit accuracy", "Does the edited video follow the instruction '{instruction}'?"),
+    Dimension(
+        "PC",
+        "preservation consistency",
+        "Apart from what the instruction '{instruction}' asks to change, are all other parts of the edited "
+        "video (background, other objects, layout, camera) unchanged compared with the source video?",
+    ),
+    Dimension(
+        "GN",
+        "generation naturalness",
+        "Is the edited video temporally smooth and natural, without flicker, jitter or visual artifacts?",
+    ),
+    Dimension("GR", "generation realism", "Does the edited video look realistic, like a real recorded video?"),
 )
 DIMENSIONS = tuple(d.code for d in QUESTIONS)  # ("EA", "PC", "GN", "GR")
 JUDGE_INFO_FILE = "viva_judge.json"  # in a judge's VLM folder: how it was trained to see edits
@@ -56,9 +61,11 @@ DIFFERENCE_GAIN = 4.0  # |edited - source| x 4: a change of a quarter of the ran
 YES_VARIANTS = ("Yes", " Yes", "yes")
 NO_VARIANTS = ("No", " No", "no")
 
-RATIONALE_PROMPT = ("The instruction was '{instruction}'. In one or two sentences, say how well the edited video "
-                    "follows it, whether the rest of the source video is preserved, and whether the result looks "
-                    "natural and realistic.")
+RATIONALE_PROMPT = (
+    "The instruction was '{instruction}'. In one or two sentences, say how well the edited video "
+    "follows it, whether the rest of the source video is preserved, and whether the result looks "
+    "natural and realistic."
+)
 
 
 @dataclass
@@ -85,8 +92,12 @@ class JudgeResult:
 
     def table_row(self) -> dict[str, str | float | int]:
         """One row for a results table / CSV (`csv.DictWriter(f, fieldnames=row.keys())`)."""
-        return {"instruction": self.instruction, **{d: round(self.scores[d], 4) for d in DIMENSIONS},
-                "overall": round(self.overall, 4), "num_frames": self.num_frames}
+        return {
+            "instruction": self.instruction,
+            **{d: round(self.scores[d], 4) for d in DIMENSIONS},
+            "overall": round(self.overall, 4),
+            "num_frames": self.num_frames,
+        }
 
 
 def yes_probability(last_logits: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence[int]) -> torch.Tensor:
@@ -99,12 +110,17 @@ def yes_probability(last_logits: torch.Tensor, yes_ids: Sequence[int], no_ids: S
 
 def yes_no_token_ids(tokenizer) -> tuple[list[int], list[int]]:
     """Ids of the Yes/No spellings the tokenizer encodes as a single (non-unknown) token."""
+
     def single(variants: Sequence[str], word: str) -> list[int]:
         ids: list[int] = []
         for v in variants:
             enc = tokenizer.encode(v, add_special_tokens=False)
-            if len(enc) == 1 and enc[0] != tokenizer.unk_token_id and enc[0] not in ids \
-                    and tokenizer.decode(enc).strip().lower() == word:
+            if (
+                len(enc) == 1
+                and enc[0] != tokenizer.unk_token_id
+                and enc[0] not in ids
+                and tokenizer.decode(enc).strip().lower() == word
+            ):
                 ids.append(enc[0])
         return ids
 
@@ -117,18 +133,22 @@ def difference_frames(source: torch.Tensor, edited: torch.Tensor, gain: float = 
     t = min(source.shape[0], edited.shape[0])
     src, edit = source[:t, ..., :3].float(), edited[:t, ..., :3].float()
     if edit.shape[1:3] != src.shape[1:3]:
-        edit = torch.nn.functional.interpolate(edit.permute(0, 3, 1, 2), size=src.shape[1:3], mode="bilinear",
-                                               align_corners=False).permute(0, 2, 3, 1)
+        edit = torch.nn.functional.interpolate(
+            edit.permute(0, 3, 1, 2), size=src.shape[1:3], mode="bilinear", align_corners=False
+        ).permute(0, 2, 3, 1)
     return ((edit - src).abs() * gain).clamp(0, 1)
 
 
-def difference_images(source: torch.Tensor, edited: torch.Tensor, num_frames: int,
-                      max_side: int | None = None) -> list[Image.Image]:
+def difference_images(
+    source: torch.Tensor, edited: torch.Tensor, num_frames: int, max_side: int | None = None
+) -> list[Image.Image]:
     """The difference frames a judge sees, at the moments of the source and edited frames it is shown (the judge
     trainer builds its inputs with this too)."""
     k = min(num_frames, source.shape[0], edited.shape[0])  # as many as the shorter video shows
     pairs = zip(uniform_frame_indices(source.shape[0], k), uniform_frame_indices(edited.shape[0], k))
-    return [to_pil_image(difference_frames(source[i:i + 1], edited[j:j + 1])[0], max_side=max_side) for i, j in pairs]
+    return [
+        to_pil_image(difference_frames(source[i : i + 1], edited[j : j + 1])[0], max_side=max_side) for i, j in pairs
+    ]
 
 
 def judge_info(vlm_path: str | Path) -> dict | None:
@@ -152,8 +172,10 @@ def judge_caveat(vlm_path: str | Path) -> str | None:
     auc = (judge_info(vlm_path) or {}).get("held_out_roc_auc")
     if not isinstance(auc, (int, float)) or isinstance(auc, bool) or auc >= CHANCE_AUC:
         return None
-    return (f"caution: this judge told held-out ground-truth edits from unedited sources with ROC-AUC {auc:.2f} "
-            "(0.5 is chance), so its scores say little about this edit; use a chat VLM such as Qwen2.5-VL to judge.")
+    return (
+        f"caution: this judge told held-out ground-truth edits from unedited sources with ROC-AUC {auc:.2f} "
+        "(0.5 is chance), so its scores say little about this edit; use a chat VLM such as Qwen2.5-VL to judge."
+    )
 
 
 def judge_generates_text(vlm_path: str | Path) -> bool:
@@ -183,8 +205,9 @@ class Judge:
     scores as one at a time, more memory); `difference` also shows |edited - source| frames (None: what the
     judge folder's viva_judge.json says, else off)."""
 
-    def __init__(self, vlm: VLM, *, max_side: int | None = 448, batch_questions: bool = True,
-                 difference: bool | None = None):
+    def __init__(
+        self, vlm: VLM, *, max_side: int | None = 448, batch_questions: bool = True, difference: bool | None = None
+    ):
         self.vlm = vlm
         self.difference = reads_difference_frames(vlm.path) if difference is None else difference
         self.generates_text = judge_generates_text(vlm.path)
@@ -193,18 +216,22 @@ class Judge:
         self.batch_questions = batch_questions
         self.yes_ids, self.no_ids = yes_no_token_ids(vlm.tokenizer)
         if not self.yes_ids or not self.no_ids:
-            raise ModelLoadError(f"{vlm.path}: the tokenizer has no single-token spelling of "
-                                 f"{'Yes' if not self.yes_ids else 'No'} (tried {YES_VARIANTS + NO_VARIANTS}), so "
-                                 "P(Yes) cannot be read from the logits. Use a chat VLM such as Qwen2.5-VL.")
+            raise ModelLoadError(
+                f"{vlm.path}: the tokenizer has no single-token spelling of "
+                f"{'Yes' if not self.yes_ids else 'No'} (tried {YES_VARIANTS + NO_VARIANTS}), so "
+                "P(Yes) cannot be read from the logits. Use a chat VLM such as Qwen2.5-VL."
+            )
 
     # ------------------------------------------------------------------------------------------ prompts
     def _frames(self, frames: torch.Tensor, num_frames: int) -> list[Image.Image]:
-        return [to_pil_image(frames[i], max_side=self.max_side)
-                for i in uniform_frame_indices(frames.shape[0], num_frames)]
+        return [
+            to_pil_image(frames[i], max_side=self.max_side) for i in uniform_frame_indices(frames.shape[0], num_frames)
+        ]
 
     @staticmethod
-    def messages(source: list[Image.Image], edited: list[Image.Image], text: str,
-                 difference: Sequence[Image.Image] = ()) -> list[dict]:
+    def messages(
+        source: list[Image.Image], edited: list[Image.Image], text: str, difference: Sequence[Image.Image] = ()
+    ) -> list[dict]:
         """One user turn: labelled source frames, labelled edited frames, [difference frames,] then `text`."""
         content: list[dict] = [{"type": "text", "text": "Source video, before the edit (frames in time order):\n"}]
         for i, img in enumerate(source):
@@ -225,11 +252,18 @@ class Judge:
         return dim.question.format(instruction=instruction) + " Answer Yes or No."
 
     # ------------------------------------------------------------------------------------------ scoring
-    def yes_probabilities(self, source_images: list[Image.Image], edited_images: list[Image.Image],
-                          instruction: str, difference_images: Sequence[Image.Image] = ()) -> dict[str, torch.Tensor]:
+    def yes_probabilities(
+        self,
+        source_images: list[Image.Image],
+        edited_images: list[Image.Image],
+        instruction: str,
+        difference_images: Sequence[Image.Image] = (),
+    ) -> dict[str, torch.Tensor]:
         """P(Yes) per dimension as 0-d fp32 tensors, under the caller's grad mode."""
-        conversations = [self.messages(source_images, edited_images, self.question_text(d, instruction),
-                                       difference_images) for d in DIMENSIONS]
+        conversations = [
+            self.messages(source_images, edited_images, self.question_text(d, instruction), difference_images)
+            for d in DIMENSIONS
+        ]
         groups = [conversations] if self.batch_questions else [[c] for c in conversations]
         probs: list[torch.Tensor] = []
         for group in groups:
@@ -239,8 +273,16 @@ class Judge:
         return dict(zip(DIMENSIONS, probs))
 
     @torch.no_grad()
-    def score(self, source: torch.Tensor, edited: torch.Tensor, instruction: str, *, num_frames: int = 4,
-              rationale: bool = False, max_rationale_tokens: int = 64) -> JudgeResult:
+    def score(
+        self,
+        source: torch.Tensor,
+        edited: torch.Tensor,
+        instruction: str,
+        *,
+        num_frames: int = 4,
+        rationale: bool = False,
+        max_rationale_tokens: int = 64,
+    ) -> JudgeResult:
         """Score an edit. `source`/`edited`: frames [T,H,W,C] (or one image [H,W,C]); `num_frames` of each
         are shown, spread uniformly from first to last."""
         if not isinstance(instruction, str) or not instruction.strip():
@@ -248,8 +290,10 @@ class Judge:
         if num_frames < 1:
             raise InputError(f"num_frames must be ≥ 1, got {num_frames}.")
         if rationale and not self.generates_text:
-            raise InputError(f"{self.vlm.path}: this judge was trained to answer Yes/No only and cannot write a "
-                             "rationale; turn rationale off or judge with a chat VLM such as Qwen2.5-VL.")
+            raise InputError(
+                f"{self.vlm.path}: this judge was trained to answer Yes/No only and cannot write a "
+                "rationale; turn rationale off or judge with a chat VLM such as Qwen2.5-VL."
+            )
         source, edited = _as_video(source, "source"), _as_video(edited, "edited")
         instruction = instruction.strip()
         src_imgs, edit_imgs = self._frames(source, num_frames), self._frames(edited, num_frames)
@@ -258,12 +302,22 @@ class Judge:
         scores = {d: float(p) for d, p in probs.items()}
         for d, s in scores.items():
             if not math.isfinite(s):
-                raise NonFiniteError(f"{self.vlm.path}: the judge produced a non-finite P(Yes) for {d}; load the "
-                                     "VLM in bf16 or fp32 instead of fp16.")
+                raise NonFiniteError(
+                    f"{self.vlm.path}: the judge produced a non-finite P(Yes) for {d}; load the "
+                    "VLM in bf16 or fp32 instead of fp16."
+                )
         text = None
         if rationale:
-            text = generate_text(self.vlm, self.messages(src_imgs, edit_imgs,
-                                                         RATIONALE_PROMPT.format(instruction=instruction), diff_imgs),
-                                 max_new_tokens=max_rationale_tokens)
-        return JudgeResult(scores=scores, overall=sum(scores.values()) / len(scores), rationale=text,
-                           num_frames=max(len(src_imgs), len(edit_imgs)), instruction=instruction, caveat=self.caveat)
+            text = generate_text(
+                self.vlm,
+                self.messages(src_imgs, edit_imgs, RATIONALE_PROMPT.format(instruction=instruction), diff_imgs),
+                max_new_tokens=max_rationale_tokens,
+            )
+        return JudgeResult(
+            scores=scores,
+            overall=sum(scores.values()) / len(scores),
+            rationale=text,
+            num_frames=max(len(src_imgs), len(edit_imgs)),
+            instruction=instruction,
+            caveat=self.caveat,
+        )

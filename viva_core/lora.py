@@ -37,6 +37,7 @@ weights are stored in fp8 (``fp8_storage``) are not merged: they get an unmerged
 Writing: ``save_lora`` writes the ComfyUI-native format, which ComfyUI loads directly and diffusers loads
 through its Wan converter (tested with ``WanPipeline.lora_state_dict`` + ``load_lora_adapter``).
 """
+
 from __future__ import annotations
 
 import collections
@@ -56,8 +57,18 @@ from .errors import InputError, LoraError, ModelLoadError
 from .safe_io import check_safetensors_path, load_safetensors, read_json_object, save_safetensors_atomic
 
 __all__ = [
-    "WAN_NAME_TABLE", "LoraSpec", "LoraLayer", "LoraKeyReport", "wan_to_diffusers", "diffusers_to_wan",
-    "lora_target_names", "read_lora", "key_report", "lora_delta", "applied_loras", "save_lora",
+    "WAN_NAME_TABLE",
+    "LoraSpec",
+    "LoraLayer",
+    "LoraKeyReport",
+    "wan_to_diffusers",
+    "diffusers_to_wan",
+    "lora_target_names",
+    "read_lora",
+    "key_report",
+    "lora_delta",
+    "applied_loras",
+    "save_lora",
     "install_fp8_lora_hooks",
 ]
 
@@ -132,6 +143,7 @@ def _kohya_to_wan(name: str) -> str | None:
 @dataclass(frozen=True)
 class LoraSpec:
     """One entry of an editor's LoRA stack."""
+
     path: str
     strength: float = 1.0
 
@@ -143,6 +155,7 @@ class LoraSpec:
 @dataclass
 class LoraLayer:
     """One low-rank update ``up @ down`` of a Linear weight ``[out, in]``; tensors from the cache are read-only."""
+
     down: torch.Tensor  # [r, in]   (lora_A / lora_down)
     up: torch.Tensor  # [out, r]  (lora_B / lora_up)
     alpha: float | None = None  # None -> scale 1 (ComfyUI's rule)
@@ -162,6 +175,7 @@ class LoraKeyReport:
     """How the keys of one LoRA file match one model. ``matched`` are diffusers module names; ``unmatched``
     are names as written in the file (module names of LoRA layers the model lacks, and whole keys of other
     kinds such as ``.diff``, ``.diff_b``, DoRA scales); ``shape_mismatch`` entries say expected vs got."""
+
     path: str
     format: str
     matched: list[str] = field(default_factory=list)
@@ -174,8 +188,7 @@ class LoraKeyReport:
 
     def summary(self, max_names: int = 4) -> str:
         """One line, e.g. ``style.safetensors: comfyui format, 120/120 modules matched, rank 32, alpha 32``."""
-        parts = [f"{Path(self.path).name}: {self.format} format",
-                 f"{len(self.matched)}/{self.modules} modules matched"]
+        parts = [f"{Path(self.path).name}: {self.format} format", f"{len(self.matched)}/{self.modules} modules matched"]
         if self.rank is not None:
             parts.append(f"rank {self.rank}")
         if self.alpha is not None:
@@ -220,10 +233,20 @@ def lora_target_names(transformer: torch.nn.Module, *, blocks_only: bool = True)
 # ---------------------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------------------
-_PART = {"lora_A": "down", "lora_down": "down", "lora.down": "down", "lora_linear_layer.down": "down",
-         "lora_B": "up", "lora_up": "up", "lora.up": "up", "lora_linear_layer.up": "up"}
-_LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up|"
-                       r"lora_linear_layer\.down|lora_linear_layer\.up)(?:\.(?P<adapter>[^.]+))?\.weight$")
+_PART = {
+    "lora_A": "down",
+    "lora_down": "down",
+    "lora.down": "down",
+    "lora_linear_layer.down": "down",
+    "lora_B": "up",
+    "lora_up": "up",
+    "lora.up": "up",
+    "lora_linear_layer.up": "up",
+}
+_LORA_KEY = re.compile(
+    r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up|"
+    r"lora_linear_layer\.down|lora_linear_layer\.up)(?:\.(?P<adapter>[^.]+))?\.weight$"
+)
 _ALPHA_KEY = re.compile(r"^(?P<module>.+)\.alpha$")
 _DORA_KEY = re.compile(r"^(?P<module>.+?)\.(?:dora_scale|lora_magnitude_vector)(?:\..+)?$")
 
@@ -237,13 +260,17 @@ def _resolve(module: str, has_adapter: bool) -> tuple[str, str | None]:
     """
     for prefix in ("lora_unet_", "lycoris_"):
         if module.startswith(prefix):
-            orig = _kohya_to_wan(module[len(prefix):])
+            orig = _kohya_to_wan(module[len(prefix) :])
             return "kohya", (wan_to_diffusers(orig) if orig else None)
     fmt, rest = "", module
-    for prefix, kind in (("model.diffusion_model.", "comfyui"), ("diffusion_model.", "comfyui"),
-                         ("base_model.model.", "peft"), ("transformer.", "diffusers")):
+    for prefix, kind in (
+        ("model.diffusion_model.", "comfyui"),
+        ("diffusion_model.", "comfyui"),
+        ("base_model.model.", "peft"),
+        ("transformer.", "diffusers"),
+    ):
         if module.startswith(prefix):
-            fmt, rest = kind, module[len(prefix):]
+            fmt, rest = kind, module[len(prefix) :]
             break
     if fmt == "peft":
         rest = rest.removeprefix("transformer.")
@@ -282,9 +309,11 @@ def _alpha_config(path: Path, metadata: dict[str, str]) -> tuple[float | None, d
         cfg = read_json_object(path.parent / "adapter_config.json", "PEFT adapter_config.json")
     alpha = cfg.get("lora_alpha")
     pattern = cfg.get("alpha_pattern") or {}
-    return (float(alpha) if isinstance(alpha, (int, float)) else None,
-            {str(k): float(v) for k, v in pattern.items() if isinstance(v, (int, float))},
-            bool(cfg.get("use_rslora", False)))
+    return (
+        float(alpha) if isinstance(alpha, (int, float)) else None,
+        {str(k): float(v) for k, v in pattern.items() if isinstance(v, (int, float))},
+        bool(cfg.get("use_rslora", False)),
+    )
 
 
 def _pattern_alpha(name: str, pattern: dict[str, float]) -> float | None:
@@ -317,8 +346,10 @@ def _parse(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
             continue
         group_keys[m["module"]].append(key)
     if len(set(adapters.values())) > 1:
-        raise LoraError(f"{path}: holds several PEFT adapters ({', '.join(sorted(set(adapters.values())))}); "
-                        "save each adapter to its own file.")
+        raise LoraError(
+            f"{path}: holds several PEFT adapters ({', '.join(sorted(set(adapters.values())))}); "
+            "save each adapter to its own file."
+        )
 
     cfg_alpha, cfg_pattern, rslora = _alpha_config(path, metadata)
     layers: dict[str, LoraLayer] = {}
@@ -360,12 +391,16 @@ def _read_cached(path: str, mtime_ns: int, size: int) -> _LoraFile:
         raise LoraError(str(e)) from e
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:  # it would edit with NaN deltas (or silently nothing where the DiT's norms absorb them)
-        raise LoraError(f"{path}: {len(bad)} tensor(s) hold NaN/Inf (e.g. {', '.join(bad[:3])}); the file is damaged or "
-                        "its training diverged. Use an earlier checkpoint of it.")
+        raise LoraError(
+            f"{path}: {len(bad)} tensor(s) hold NaN/Inf (e.g. {', '.join(bad[:3])}); the file is damaged or "
+            "its training diverged. Use an earlier checkpoint of it."
+        )
     empty = [k for k, v in tensors.items() if v.numel() == 0]
     if empty:
-        raise LoraError(f"{path}: {len(empty)} tensor(s) are empty (rank 0, e.g. {', '.join(empty[:3])}); this is not "
-                        "a usable LoRA.")
+        raise LoraError(
+            f"{path}: {len(empty)} tensor(s) are empty (rank 0, e.g. {', '.join(empty[:3])}); this is not "
+            "a usable LoRA."
+        )
     return _parse(Path(path), tensors, metadata)
 
 
@@ -394,10 +429,15 @@ def read_lora(path: str | os.PathLike) -> tuple[dict[str, LoraLayer], str, dict[
 # ---------------------------------------------------------------------------------------------------------
 def _shape_problem(layer: LoraLayer, weight: torch.Tensor) -> str | None:
     down, up = layer.down, layer.up
-    if (down.ndim == 2 and up.ndim == 2 and weight.ndim == 2 and up.shape[1] == down.shape[0]
-            and (up.shape[0], down.shape[1]) == tuple(weight.shape)):
+    if (
+        down.ndim == 2
+        and up.ndim == 2
+        and weight.ndim == 2
+        and up.shape[1] == down.shape[0]
+        and (up.shape[0], down.shape[1]) == tuple(weight.shape)
+    ):
         return None
-    return (f"model weight {list(weight.shape)}, LoRA up {list(up.shape)} @ down {list(down.shape)}")
+    return f"model weight {list(weight.shape)}, LoRA up {list(up.shape)} @ down {list(down.shape)}"
 
 
 def _report(path: str | os.PathLike, f: _LoraFile, targets: dict[str, torch.nn.Linear]) -> LoraKeyReport:
@@ -443,12 +483,14 @@ def _checked_report(path: str | os.PathLike, f: _LoraFile, targets: dict[str, to
         raise LoraError(
             f"{path}: {len(rep.shape_mismatch)} of its modules have the wrong shape for this model: "
             f"{_compact(rep.shape_mismatch, 3)}. It is probably for another size or variant of the model "
-            "(e.g. Wan 14B vs 1.3B/5B); pick a LoRA trained for this one.")
+            "(e.g. Wan 14B vs 1.3B/5B); pick a LoRA trained for this one."
+        )
     if not rep.matched:
         raise LoraError(
             f"{path}: matches none of the model's {len(targets)} LoRA-able modules; it is probably for "
             f"another model (format {f.format}, first keys {_first_keys(f)}). Remove it from the LoRA stack "
-            "or pick a LoRA trained for Wan.")
+            "or pick a LoRA trained for Wan."
+        )
     return rep
 
 
@@ -470,8 +512,10 @@ def _first_keys(f: _LoraFile, n: int = 3) -> str:
 
 
 FP8_DTYPES: tuple[torch.dtype, ...] = tuple(
-    getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
-    if hasattr(torch, n))
+    getattr(torch, n)
+    for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+    if hasattr(torch, n)
+)
 _SIDE_ATTR = "_viva_lora_side"  # the _SidePath of a Linear while a LoRA is applied to it unmerged
 _HOOK_ATTR = "_viva_lora_hook"  # set on Linears that carry the permanent side-path hook
 
@@ -531,8 +575,9 @@ def _side_path(items: list[tuple[LoraLayer, float]], device: torch.device, outer
 
 
 @contextmanager
-def applied_loras(transformer: torch.nn.Module, specs: Sequence[LoraSpec], *,
-                  backup_device: torch.device | str | None = None) -> Iterator[list[LoraKeyReport]]:
+def applied_loras(
+    transformer: torch.nn.Module, specs: Sequence[LoraSpec], *, backup_device: torch.device | str | None = None
+) -> Iterator[list[LoraKeyReport]]:
     """Apply the LoRA stack to the model's Linear layers inside the ``with`` block; restore them exactly.
 
     Specs with strength 0 are skipped (their files are not read). Every file is checked before any weight
@@ -603,8 +648,9 @@ def applied_loras(transformer: torch.nn.Module, specs: Sequence[LoraSpec], *,
 # ---------------------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------------------
-def save_lora(path: str | os.PathLike, layers: dict[str, LoraLayer], *,
-              metadata: dict[str, object] | None = None) -> Path:
+def save_lora(
+    path: str | os.PathLike, layers: dict[str, LoraLayer], *, metadata: dict[str, object] | None = None
+) -> Path:
     """Write ``layers`` (diffusers names) as a ComfyUI-native LoRA file and return its path.
 
     Keys: ``diffusion_model.<original Wan module>.lora_A.weight`` (down), ``.lora_B.weight`` (up) and, for
@@ -612,7 +658,8 @@ def save_lora(path: str | os.PathLike, layers: dict[str, LoraLayer], *,
     same scale 1). Embedding/head layers (``text_embedding``, ``time_projection``, ``head.head``, ...) get no
     ``.alpha``: their scale alpha/rank is folded into lora_A, because diffusers' Wan LoRA converter rejects
     ``.alpha`` outside blocks; ComfyUI and diffusers then both apply scale 1, so the delta is unchanged.
-    ``metadata`` values that are not str are JSON-encoded; ``viva_format`` is set to ``viva-lora-v1`` (``format`` stays "pt", the safetensors convention).
+    ``metadata`` values that are not str are JSON-encoded; ``viva_format`` is set to ``viva-lora-v1`` (``format``
+    stays "pt", the safetensors convention).
     The write is atomic (temporary file in the same folder, then ``os.replace``).
     """
     p = Path(path)
@@ -625,11 +672,15 @@ def save_lora(path: str | os.PathLike, layers: dict[str, LoraLayer], *,
         layer = layers[name]
         orig = diffusers_to_wan(_clean_module_name(name))
         if orig is None:
-            raise LoraError(f"{p}: module '{name}' has no original-Wan name, so ComfyUI could not load it. "
-                            "Train LoRA only on attention, FFN, embedding or head Linear layers.")
+            raise LoraError(
+                f"{p}: module '{name}' has no original-Wan name, so ComfyUI could not load it. "
+                "Train LoRA only on attention, FFN, embedding or head Linear layers."
+            )
         if layer.down.ndim != 2 or layer.up.ndim != 2 or layer.up.shape[1] != layer.down.shape[0]:
-            raise LoraError(f"{p}: layer '{name}' has inconsistent shapes: up {list(layer.up.shape)}, "
-                            f"down {list(layer.down.shape)} (expected [out, r] and [r, in]).")
+            raise LoraError(
+                f"{p}: layer '{name}' has inconsistent shapes: up {list(layer.up.shape)}, "
+                f"down {list(layer.down.shape)} (expected [out, r] and [r, in])."
+            )
         key = f"diffusion_model.{orig}"
         down = layer.down.detach().to("cpu")
         alpha = float(layer.rank if layer.alpha is None else layer.alpha)

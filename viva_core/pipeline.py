@@ -3,6 +3,7 @@ the source's size) -> check output.
 
 `edit` is what the CLI, the ComfyUI Edit node and best-of-N all call; nothing else runs the DiT for inference.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,8 +61,14 @@ def normalize_latents(vae: torch.nn.Module, z: torch.Tensor, inverse: bool = Fal
     return z * std + mean if inverse else (z - mean) / std
 
 
-def dit_velocity(dit: torch.nn.Module, x: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor | float,
-                 text: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+def dit_velocity(
+    dit: torch.nn.Module,
+    x: torch.Tensor,
+    source: torch.Tensor,
+    sigma: torch.Tensor | float,
+    text: torch.Tensor,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
     """The editor's DiT call, the one place for it (inference, Edit-GRPO, pretraining): noise latents `x` and
     source latents channel-concatenated (VIVA / Lucy-Edit), Wan's timestep sigma * 1000, velocity out in fp32.
     `x` and `source` broadcast over the batch of `text` [B, L, D] (CFG's cond + negative rows share one x);
@@ -69,8 +76,9 @@ def dit_velocity(dit: torch.nn.Module, x: torch.Tensor, source: torch.Tensor, si
     dev, b = text.device, max(x.shape[0], source.shape[0], text.shape[0])
     inp = torch.cat([x.to(dev).expand(b, *x.shape[1:]), source.to(dev).expand(b, *source.shape[1:])], dim=1)
     t = (torch.as_tensor(sigma, dtype=torch.float32, device=dev) * NUM_TRAIN_TIMESTEPS).reshape(-1).expand(b)
-    out = dit(hidden_states=inp if dtype is None else inp.to(dtype), timestep=t, encoder_hidden_states=text,
-              return_dict=False)[0]
+    out = dit(
+        hidden_states=inp if dtype is None else inp.to(dtype), timestep=t, encoder_hidden_states=text, return_dict=False
+    )[0]
     return out.float()
 
 
@@ -104,8 +112,9 @@ def decode_latents_batch(editor: Editor, z: torch.Tensor) -> torch.Tensor:
     return ((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).cpu()
 
 
-def conform_for_editor(editor: Editor, frames: torch.Tensor, working_size: Optional[tuple[int, int]] = None
-                       ) -> tuple[torch.Tensor, ConformReport]:
+def conform_for_editor(
+    editor: Editor, frames: torch.Tensor, working_size: Optional[tuple[int, int]] = None
+) -> tuple[torch.Tensor, ConformReport]:
     """`frames` [T,H,W,C] as the editor takes them: 4k+1 frames, sides padded (edge) to its multiple, and for an
     editor trained at one size (`native_size`, e.g. the bundled 64x64) first scaled to fit it, aspect kept.
 
@@ -118,8 +127,14 @@ def conform_for_editor(editor: Editor, frames: torch.Tensor, working_size: Optio
     edit against the truth over the whole frame / of the VAE round trip against the source: edge pad 14.40 / 25.93
     dB, reflect 14.19 / 25.52, squash to 64x64 (distorts shapes) 14.65 / 24.03, center crop 5.50 (its
     border unedited)."""
-    return conform_frames(frames.float(), editor.temporal_factor, editor.spatial_multiple,
-                          resize_to=working_size or editor.native_size, fit="pad", pad_mode="replicate")
+    return conform_frames(
+        frames.float(),
+        editor.temporal_factor,
+        editor.spatial_multiple,
+        resize_to=working_size or editor.native_size,
+        fit="pad",
+        pad_mode="replicate",
+    )
 
 
 def reconstruct(editor: Editor, frames: torch.Tensor) -> torch.Tensor:
@@ -142,15 +157,24 @@ def blame_damaged_weights(editor: Editor) -> Iterator[None]:
         bad = editor.nonfinite_weights()
         if not bad:
             raise
-        raise NonFiniteError(f"{len(bad)} weight tensor(s) of the editor hold NaN/Inf (e.g. {'; '.join(bad[:3])}); "
-                             "the model files are damaged or were saved from a diverged training run. Replace them "
-                             "(download or export them again); nothing was saved.") from e
+        raise NonFiniteError(
+            f"{len(bad)} weight tensor(s) of the editor hold NaN/Inf (e.g. {'; '.join(bad[:3])}); "
+            "the model files are damaged or were saved from a diverged training run. Replace them "
+            "(download or export them again); nothing was saved."
+        ) from e
 
 
 def edit(
-    editor: Editor, frames: torch.Tensor, cond: Conditioning, *, negative: Optional[Conditioning] = None,
-    settings: EditSettings = EditSettings(), fps: float = 16.0, audio: Optional[Audio] = None,  # noqa: B008 (frozen)
-    resize_to: Optional[tuple[int, int]] = None, progress: ProgressFn = no_progress,
+    editor: Editor,
+    frames: torch.Tensor,
+    cond: Conditioning,
+    *,
+    negative: Optional[Conditioning] = None,
+    settings: EditSettings = EditSettings(),  # noqa: B008 (frozen)
+    fps: float = 16.0,
+    audio: Optional[Audio] = None,
+    resize_to: Optional[tuple[int, int]] = None,
+    progress: ProgressFn = no_progress,
 ) -> EditResult:
     """Edit `frames` [T,H,W,C] (0..1) following `cond`. The frame count is snapped to 4k+1 (trailing frames
     dropped); the edit comes back at the source's size (`conform_for_editor`; `resize_to` (h, w) overrides the
@@ -185,11 +209,26 @@ def edit(
                     out = dit_velocity(dit, x, src, sigma, text, editor.dtype)
                 return guide(out[:1], out[1:], settings.cfg) if guided else out
 
-            latents = sample(velocity, noise.to(dev), src, steps=settings.steps, shift=settings.shift,
-                             strength=settings.strength, sampler=settings.sampler, progress=progress)
+            latents = sample(
+                velocity,
+                noise.to(dev),
+                src,
+                steps=settings.steps,
+                shift=settings.shift,
+                strength=settings.strength,
+                sampler=settings.sampler,
+                progress=progress,
+            )
         out = decode_latents(editor, latents)
         if not torch.isfinite(out).all():
             raise NonFiniteError("the VAE decoded NaN/Inf frames; nothing was saved. Decode in fp32 (vae_dtype).")
         out = unconform_frames(out, report)
-    return EditResult(out, fps, trim_audio(audio, out.shape[0] / fps), report, lora_reports, int(settings.seed),
-                      time.perf_counter() - t0)
+    return EditResult(
+        out,
+        fps,
+        trim_audio(audio, out.shape[0] / fps),
+        report,
+        lora_reports,
+        int(settings.seed),
+        time.perf_counter() - t0,
+    )

@@ -9,6 +9,7 @@ bundled small editor's: recipes/small/preview_factors.py fits and writes it; doc
 previews", has its scores). The file belongs to the VAE, not to the editor: it describes that VAE's latents
 whatever DiT produces them, and travels with the vae/ folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,13 +34,17 @@ def read_latent_rgb(path: str | Path, z_dim: int) -> Projection:
         factors = [[float(v) for v in row] for row in info["latent_rgb_factors"]]
         bias = [float(v) for v in info.get("latent_rgb_factors_bias", [0.0, 0.0, 0.0])]
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ModelLoadError(f"{path}: unreadable latent preview factors ({e}). Restore the file from the model "
-                             "release, or delete it (previews then use ComfyUI's Wan factors).") from e
+        raise ModelLoadError(
+            f"{path}: unreadable latent preview factors ({e}). Restore the file from the model "
+            "release, or delete it (previews then use ComfyUI's Wan factors)."
+        ) from e
     if len(factors) != z_dim or any(len(row) != 3 for row in factors) or len(bias) != 3:
-        raise ModelLoadError(f"{path}: latent preview factors for {len(factors)} channels (rows of "
-                             f"{sorted({len(r) for r in factors})} values, bias of {len(bias)}), but the VAE has "
-                             f"{z_dim} latent channels; they need {z_dim} rows of 3 and a bias of 3. The file belongs "
-                             "to another VAE: re-fit it (recipes/small/preview_factors.py) or delete it.")
+        raise ModelLoadError(
+            f"{path}: latent preview factors for {len(factors)} channels (rows of "
+            f"{sorted({len(r) for r in factors})} values, bias of {len(bias)}), but the VAE has "
+            f"{z_dim} latent channels; they need {z_dim} rows of 3 and a bias of 3. The file belongs "
+            "to another VAE: re-fit it (recipes/small/preview_factors.py) or delete it."
+        )
     return factors, bias
 
 

@@ -3,6 +3,7 @@
 ComfyUI services (progress bar, interrupt, device choice) reach the core only through these small
 arguments; the core never imports ComfyUI.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Protocol, Sequence
@@ -11,8 +12,14 @@ import torch
 
 from .errors import InputError
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-          "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+}
 
 
 def parse_dtype(name: str | torch.dtype, device: str | torch.device | None = None) -> torch.dtype:

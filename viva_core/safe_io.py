@@ -1,4 +1,5 @@
 """Safe file I/O: weights are read from safetensors only (never pickle); files are written atomically."""
+
 from __future__ import annotations
 
 import contextlib
@@ -33,7 +34,9 @@ def check_safetensors_path(path: str | os.PathLike, what: str = "weights") -> Pa
     return p
 
 
-def load_safetensors(path: str | os.PathLike, what: str = "weights", device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_safetensors(
+    path: str | os.PathLike, what: str = "weights", device: str = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Return (tensors, __metadata__) of a .safetensors file; a corrupt file gives a ModelLoadError."""
     p = check_safetensors_path(path, what)
     try:
@@ -41,8 +44,10 @@ def load_safetensors(path: str | os.PathLike, what: str = "weights", device: str
             metadata = dict(f.metadata() or {})
         tensors = load_file(str(p), device=device)
     except Exception as e:  # safetensors raises SafetensorError / OSError on truncated or foreign files
-        raise ModelLoadError(f"{p}: cannot read {what} as safetensors ({e}). The file is corrupt or not safetensors; "
-                             "download or export it again.") from e
+        raise ModelLoadError(
+            f"{p}: cannot read {what} as safetensors ({e}). The file is corrupt or not safetensors; "
+            "download or export it again."
+        ) from e
     return tensors, metadata
 
 
@@ -85,11 +90,14 @@ def read_json_object(path: str | os.PathLike, what: str = "config") -> dict:
     except FileNotFoundError:
         raise ModelLoadError(f"{p}: {what} file not found.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{p}: {what} is not readable JSON ({e}); restore the file from the model's "
-                             "original download.") from None
+        raise ModelLoadError(
+            f"{p}: {what} is not readable JSON ({e}); restore the file from the model's original download."
+        ) from None
     if not isinstance(data, dict):
-        raise ModelLoadError(f"{p}: {what} must be a JSON object ({{...}}), got a {type(data).__name__}; restore the "
-                             "file from the model's original download.")
+        raise ModelLoadError(
+            f"{p}: {what} must be a JSON object ({{...}}), got a {type(data).__name__}; restore the "
+            "file from the model's original download."
+        )
     return data
 
 
@@ -118,8 +126,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def save_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                            metadata: dict[str, str] | None = None) -> Path:
+def save_safetensors_atomic(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Path:
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)

@@ -2,6 +2,7 @@
 and the sampling loop. sigma runs 1 -> 0 and x_sigma = (1 - sigma) x0 + sigma * eps, so v = eps - x0 and
 dt = sigma_next - sigma < 0. All sampler math is fp32 whatever the model dtype.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,15 @@ class SDEStep:
 
 
 def sde_step_with_logprob(
-    x: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: float, noise_level: float,
-    sigma_max: float, *, noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    sigma: float,
+    sigma_next: float,
+    noise_level: float,
+    sigma_max: float,
+    *,
+    noise: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
     prev_sample: Optional[torch.Tensor] = None,
 ) -> SDEStep:
     """Flow-SDE step (Flow-GRPO): same marginals as the ODE, Gaussian transition with a known log-density.
@@ -70,7 +78,7 @@ def sde_step_with_logprob(
         z = noise if noise is not None else torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
         prev_sample = mean + std * z.float()
     prev_sample = prev_sample.float()
-    log_prob = (-((prev_sample - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi))
+    log_prob = -((prev_sample - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
     return SDEStep(prev_sample, log_prob.mean(dim=tuple(range(1, x.ndim))), mean, std)
 
 
@@ -78,8 +86,15 @@ VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x_sigma fp32, sig
 
 
 def sample(
-    velocity: VelocityFn, noise: torch.Tensor, source_latents: torch.Tensor, *, steps: int, shift: float,
-    strength: float = 1.0, sampler: str = "euler", progress: ProgressFn = no_progress,
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    source_latents: torch.Tensor,
+    *,
+    steps: int,
+    shift: float,
+    strength: float = 1.0,
+    sampler: str = "euler",
+    progress: ProgressFn = no_progress,
 ) -> torch.Tensor:
     """Integrate from a (noised) start to sigma = 0. With strength < 1 the start is the source latents noised to
     the first sigma that is run (img2img-style). Every step checks for NaN/Inf and calls `progress` with the clean
@@ -90,8 +105,12 @@ def sample(
     if sampler == "unipc":
         from diffusers import UniPCMultistepScheduler
 
-        sched = UniPCMultistepScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, prediction_type="flow_prediction",
-                                        use_flow_sigmas=True, flow_shift=shift)
+        sched = UniPCMultistepScheduler(
+            num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            flow_shift=shift,
+        )
         sched.set_timesteps(steps, device="cpu")
         sched.set_begin_index(first)
         sigmas = sched.sigmas.float()
@@ -104,9 +123,11 @@ def sample(
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         v = velocity(x, sigma).float()
         if not torch.isfinite(v).all():
-            raise NonFiniteError(f"the DiT produced NaN/Inf at step {i + 1}/{steps} (sigma {sigma:.3f}); nothing was "
-                                 "saved. Run the DiT in bf16 or fp32 (fp16 overflows in Wan), or check the LoRA "
-                                 "strengths and the conditioning.")
+            raise NonFiniteError(
+                f"the DiT produced NaN/Inf at step {i + 1}/{steps} (sigma {sigma:.3f}); nothing was "
+                "saved. Run the DiT in bf16 or fp32 (fp16 overflows in Wan), or check the LoRA "
+                "strengths and the conditioning."
+            )
         denoised = x - sigma * v  # the clean latents this step predicts (x = (1 - s) x0 + s eps, v = eps - x0)
         if sampler == "unipc":
             x = sched.step(v, sched.timesteps[i], x, return_dict=False)[0].float()

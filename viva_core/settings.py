@@ -4,6 +4,7 @@ nodes' widgets. No torch import, so `viva --help` stays instant.
 shift and sampler left as None come from the editor: a diffusers folder's scheduler/scheduler_config.json
 (`Editor.sampling_defaults`; Lucy-Edit and Wan ship one), else DEFAULT_SHIFT / DEFAULT_SAMPLER. A value given
 (a CLI flag, an API argument, a node widget) always wins."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,5 +47,7 @@ class EditSettings:
 
 
 DEFAULTS = EditSettings(shift=DEFAULT_SHIFT, sampler=DEFAULT_SAMPLER)  # for an editor whose folder names no scheduler
-BUNDLED_STEPS = 12  # the bundled small editor's steps. Against the benchmark's 20 on 32 held-out clips (paired): overall
+BUNDLED_STEPS = (
+    12  # the bundled small editor's steps. Against the benchmark's 20 on 32 held-out clips (paired): overall
+)
 # +0.000 (-0.008..+0.009), EA +0.002, PC +0.005, for 40% fewer DiT calls; docs/small_models.md, section 11.

@@ -10,6 +10,7 @@ Rotation metadata (phone videos) is ignored: frames come out as stored, and the 
 Colours: decoding honours the file's colour tags; writing converts RGB with BT.709 (limited range) and
 tags the stream so players show the same colours.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,6 +82,7 @@ class Video:
 
 # ---------------------------------------------------------------------------------------------- reading
 
+
 def _require_av(p: Path) -> None:
     if av is None:
         raise VideoError(f"{p}: reading and writing videos needs PyAV, which is not installed: pip install av")
@@ -99,8 +101,10 @@ def _open_for_reading(path: PathLike) -> tuple[Path, av.container.InputContainer
     try:
         return p, av.open(str(p))
     except (av.error.FFmpegError, OSError) as e:
-        raise VideoError(f"{p}: not a readable video ({e}). The file is corrupt, truncated or not a video; "
-                         "export it again, e.g. as an .mp4 (h264).") from e
+        raise VideoError(
+            f"{p}: not a readable video ({e}). The file is corrupt, truncated or not a video; "
+            "export it again, e.g. as an .mp4 (h264)."
+        ) from e
 
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
@@ -116,9 +120,11 @@ def _count_frames(p: Path, container: av.container.InputContainer, stream: av.vi
         size, end = p.stat().st_size, max(e.pos + e.size for e in entries)
         if end > size:
             complete = sum(e.pos + e.size <= size for e in entries)
-            raise VideoError(f"{p}: the file is truncated: it ends at byte {size} but its index lists video "
-                             f"data up to byte {end} ({complete} of {len(entries)} frames are complete). "
-                             "The download or export did not finish; get the file again.")
+            raise VideoError(
+                f"{p}: the file is truncated: it ends at byte {size} but its index lists video "
+                f"data up to byte {end} ({complete} of {len(entries)} frames are complete). "
+                "The download or export did not finish; get the file again."
+            )
         return sum(not e.is_discard for e in entries)  # edit lists (trimmed exports) mark hidden frames
     try:
         # No full index (e.g. MKV): count packets. Demuxing reads them without decoding, so it is cheap.
@@ -131,14 +137,26 @@ def _probe_container(p: Path, container: av.container.InputContainer) -> VideoIn
     """VideoInfo from stream headers and the index; raises VideoError for anything that cannot be edited."""
     stream = _video_stream(container)
     if stream is None:
-        kinds = ", ".join(sorted({"cover picture" if s.disposition & av.stream.Disposition.attached_pic else s.type
-                                  for s in container.streams})) or "none"
-        raise VideoError(f"{p}: has no video stream (only: {kinds}). Audio-only or data files cannot be "
-                         "edited; pick a file with video in it.")
+        kinds = (
+            ", ".join(
+                sorted(
+                    {
+                        "cover picture" if s.disposition & av.stream.Disposition.attached_pic else s.type
+                        for s in container.streams
+                    }
+                )
+            )
+            or "none"
+        )
+        raise VideoError(
+            f"{p}: has no video stream (only: {kinds}). Audio-only or data files cannot be "
+            "edited; pick a file with video in it."
+        )
     width, height = stream.codec_context.width, stream.codec_context.height
     if width <= 0 or height <= 0:
-        raise VideoError(f"{p}: the video stream has no frame size ({width}x{height}); the file is corrupt. "
-                         "Export it again.")
+        raise VideoError(
+            f"{p}: the video stream has no frame size ({width}x{height}); the file is corrupt. Export it again."
+        )
     num_frames = _count_frames(p, container, stream)
     if num_frames == 0:
         raise VideoError(f"{p}: the video stream has no frames. Export the video again.")
@@ -156,12 +174,20 @@ def _probe_container(p: Path, container: av.container.InputContainer) -> VideoIn
     elif stream.guessed_rate and stream.guessed_rate > 0:
         fps = float(stream.guessed_rate)
     else:
-        raise VideoError(f"{p}: the frame rate cannot be determined (no rate and no duration in the file). "
-                         "Export it again with a fixed frame rate.")
-    return VideoInfo(path=str(p), num_frames=num_frames, fps=fps, width=width, height=height,
-                     has_audio=bool(container.streams.audio),
-                     duration_s=duration_s if duration_s else num_frames / fps,
-                     codec=stream.codec_context.name)
+        raise VideoError(
+            f"{p}: the frame rate cannot be determined (no rate and no duration in the file). "
+            "Export it again with a fixed frame rate."
+        )
+    return VideoInfo(
+        path=str(p),
+        num_frames=num_frames,
+        fps=fps,
+        width=width,
+        height=height,
+        has_audio=bool(container.streams.audio),
+        duration_s=duration_s if duration_s else num_frames / fps,
+        codec=stream.codec_context.name,
+    )
 
 
 def probe_video(path: PathLike) -> VideoInfo:
@@ -178,15 +204,26 @@ def _too_many_bytes(p: Path, count: int, height: int, width: int, max_bytes: int
     need = f"{count} frames of {format_size(height, width)} take {count * frame_bytes / 2**30:.2f} GiB as float32"
     limit = f"the limit is {max_bytes / 2**30:.2f} GiB"
     if fit == 0:
-        return InputError(f"{p}: {need}; {limit}, less than one frame ({frame_bytes / 2**20:.1f} MiB). "
-                          "Raise the memory limit or downscale the video first.")
-    return InputError(f"{p}: {need}; {limit}, so {fit} frames of this size fit. "
-                      f"Set max_frames={fit} or stride={math.ceil(available / fit)}.")
+        return InputError(
+            f"{p}: {need}; {limit}, less than one frame ({frame_bytes / 2**20:.1f} MiB). "
+            "Raise the memory limit or downscale the video first."
+        )
+    return InputError(
+        f"{p}: {need}; {limit}, so {fit} frames of this size fit. "
+        f"Set max_frames={fit} or stride={math.ceil(available / fit)}."
+    )
 
 
-def _decode_selected(p: Path, info: VideoInfo, start_frame: int, stride: int, max_frames: int | None,
-                     max_bytes: int | None, planned: int, progress: ProgressFn | None
-                     ) -> tuple[list[np.ndarray], float]:
+def _decode_selected(
+    p: Path,
+    info: VideoInfo,
+    start_frame: int,
+    stride: int,
+    max_frames: int | None,
+    max_bytes: int | None,
+    planned: int,
+    progress: ProgressFn | None,
+) -> tuple[list[np.ndarray], float]:
     """Decode in order and keep uint8 RGB copies of the selected frames only; also return the time of the
     first frame (the origin the audio span is measured from)."""
     fit = None if max_bytes is None else max_bytes // (info.height * info.width * 3 * 4)
@@ -205,8 +242,9 @@ def _decode_selected(p: Path, info: VideoInfo, start_frame: int, stride: int, ma
                 if index < start_frame or (index - start_frame) % stride:
                     continue  # skipped frames are decoded (codecs need them) but never converted to RGB
                 if fit is not None and len(kept) >= fit:  # the probed count was short of the real one
-                    raise _too_many_bytes(p, len(kept) + 1, info.height, info.width, max_bytes,
-                                          info.num_frames - start_frame)
+                    raise _too_many_bytes(
+                        p, len(kept) + 1, info.height, info.width, max_bytes, info.num_frames - start_frame
+                    )
                 # Sized to the probed frame size: a stream that changes size mid-way still stacks.
                 kept.append(frame.to_ndarray(format="rgb24", width=info.width, height=info.height))
                 if progress is not None:
@@ -214,13 +252,17 @@ def _decode_selected(p: Path, info: VideoInfo, start_frame: int, stride: int, ma
                 if len(kept) == max_frames:
                     break
         except av.error.FFmpegError as e:
-            raise VideoError(f"{p}: decoding failed after {decoded} frames ({e}); the file is corrupt. "
-                             f"Export it again, or set max_frames so reading stops before frame {decoded}.") from e
+            raise VideoError(
+                f"{p}: decoding failed after {decoded} frames ({e}); the file is corrupt. "
+                f"Export it again, or set max_frames so reading stops before frame {decoded}."
+            ) from e
     if not kept:
         if decoded == 0:
             raise VideoError(f"{p}: no frame could be decoded; the file is corrupt. Export it again.")
-        raise InputError(f"{p}: start_frame={start_frame} but the video has only {decoded} frames. "
-                         f"Use a start_frame below {decoded}.")
+        raise InputError(
+            f"{p}: start_frame={start_frame} but the video has only {decoded} frames. "
+            f"Use a start_frame below {decoded}."
+        )
     return kept, origin
 
 
@@ -232,8 +274,9 @@ def _stack_as_float(kept: list[np.ndarray]) -> torch.Tensor:
     return out.div_(255.0)
 
 
-def _float_audio_frames(container: av.container.InputContainer, stream: av.audio.stream.AudioStream
-                        ) -> Iterator[av.AudioFrame]:
+def _float_audio_frames(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
+) -> Iterator[av.AudioFrame]:
     """Decoded audio as planar float32 frames (whatever the file's sample format)."""
     resampler = av.AudioResampler(format="fltp")
     for frame in container.decode(stream):
@@ -264,20 +307,29 @@ def _read_audio(p: Path, start_s: float, end_s: float) -> Audio | None:
                 if lo < hi:
                     pieces.append((offset + lo, frame.to_ndarray()[:, lo:hi]))
         except av.error.FFmpegError as e:
-            raise VideoError(f"{p}: the audio track cannot be decoded ({e}). Read the video without audio "
-                             "(with_audio=False) or export it again.") from e
+            raise VideoError(
+                f"{p}: the audio track cannot be decoded ({e}). Read the video without audio "
+                "(with_audio=False) or export it again."
+            ) from e
     if not pieces:
         return None
     channels = pieces[0][1].shape[0]
     waveform = torch.zeros((channels, max(offset + a.shape[1] for offset, a in pieces)), dtype=torch.float32)
     for offset, samples in pieces:
-        waveform[:, offset:offset + samples.shape[1]] = torch.from_numpy(samples)
+        waveform[:, offset : offset + samples.shape[1]] = torch.from_numpy(samples)
     return Audio(waveform=waveform, sample_rate=rate)
 
 
-def read_video(path: PathLike, *, max_frames: int | None = None, stride: int = 1, start_frame: int = 0,
-               max_bytes: int | None = None, with_audio: bool = True,
-               progress: ProgressFn | None = None) -> Video:
+def read_video(
+    path: PathLike,
+    *,
+    max_frames: int | None = None,
+    stride: int = 1,
+    start_frame: int = 0,
+    max_bytes: int | None = None,
+    with_audio: bool = True,
+    progress: ProgressFn | None = None,
+) -> Video:
     """Decode frames `start_frame, start_frame+stride, …` (at most `max_frames`) and their audio.
 
     Memory follows the kept frames only: frames are streamed, unselected ones are never converted, and
@@ -297,8 +349,10 @@ def read_video(path: PathLike, *, max_frames: int | None = None, stride: int = 1
     info = probe_video(path)
     p = Path(path)
     if start_frame >= info.num_frames:
-        raise InputError(f"{p}: start_frame={start_frame} but the video has {info.num_frames} frames. "
-                         f"Use a start_frame below {info.num_frames}.")
+        raise InputError(
+            f"{p}: start_frame={start_frame} but the video has {info.num_frames} frames. "
+            f"Use a start_frame below {info.num_frames}."
+        )
     available = info.num_frames - start_frame
     planned = math.ceil(available / stride)
     if max_frames is not None:
@@ -317,13 +371,15 @@ def read_video(path: PathLike, *, max_frames: int | None = None, stride: int = 1
 
 # ---------------------------------------------------------------------------------------------- writing
 
+
 def frames_to_uint8(frames: torch.Tensor) -> torch.Tensor:
     """float frames in 0..1 (any shape, any device) → uint8 0..255, values outside 0..1 clamped."""
     return (frames.detach().float().clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8)
 
 
-def _check_write_args(p: Path, frames: torch.Tensor, fps: float, audio: Audio | None, crf: int,
-                      codec: str, pix_fmt: str) -> None:
+def _check_write_args(
+    p: Path, frames: torch.Tensor, fps: float, audio: Audio | None, crf: int, codec: str, pix_fmt: str
+) -> None:
     """Reject what would fail (or silently go wrong) inside FFmpeg, before any file is created."""
     if p.suffix.lower() not in WRITE_SUFFIXES:
         raise InputError(f"{p}: videos are written as MP4; use one of {', '.join(WRITE_SUFFIXES)} as suffix.")
@@ -354,11 +410,15 @@ def _check_write_args(p: Path, frames: torch.Tensor, fps: float, audio: Audio | 
         if w.shape[0] not in AAC_LAYOUTS:
             raise InputError(f"{p}: audio has {w.shape[0]} channels; AAC here takes 1 to 6. Downmix to stereo.")
         if audio.sample_rate not in AAC_SAMPLE_RATES:
-            raise InputError(f"{p}: audio sample rate {audio.sample_rate} Hz is not one AAC accepts "
-                             f"({', '.join(map(str, AAC_SAMPLE_RATES))}); resample it, e.g. to 48000.")
+            raise InputError(
+                f"{p}: audio sample rate {audio.sample_rate} Hz is not one AAC accepts "
+                f"({', '.join(map(str, AAC_SAMPLE_RATES))}); resample it, e.g. to 48000."
+            )
         if not torch.isfinite(w).all():
-            raise NonFiniteError(f"{p}: the audio waveform contains NaN/Inf; nothing was written. "
-                                 "Fix the step that produced the audio, or write without it.")
+            raise NonFiniteError(
+                f"{p}: the audio waveform contains NaN/Inf; nothing was written. "
+                "Fix the step that produced the audio, or write without it."
+            )
 
 
 def _even_size(height: int, width: int, pix_fmt: str) -> tuple[int, int]:
@@ -368,21 +428,30 @@ def _even_size(height: int, width: int, pix_fmt: str) -> tuple[int, int]:
     return -(-height // sub_h) * sub_h, -(-width // sub_w) * sub_w
 
 
-def _encode_audio(stream: av.audio.stream.AudioStream, waveform: np.ndarray, begin: int, end: int
-                  ) -> list[av.Packet]:
+def _encode_audio(stream: av.audio.stream.AudioStream, waveform: np.ndarray, begin: int, end: int) -> list[av.Packet]:
     """Packets for samples [begin, end) of a planar float32 waveform (the encoder reframes them)."""
     if end <= begin:
         return []
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(waveform[:, begin:end]), format="fltp",
-                                       layout=AAC_LAYOUTS[waveform.shape[0]])
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(waveform[:, begin:end]), format="fltp", layout=AAC_LAYOUTS[waveform.shape[0]]
+    )
     frame.sample_rate = stream.codec_context.sample_rate
     frame.pts, frame.time_base = begin, Fraction(1, frame.sample_rate)
     return stream.encode(frame)
 
 
-def _encode(container: av.container.OutputContainer, p: Path, frames: torch.Tensor, rate: Fraction,
-            audio: Audio | None, crf: int, codec: str, pix_fmt: str, size: tuple[int, int],
-            progress: ProgressFn | None) -> None:
+def _encode(
+    container: av.container.OutputContainer,
+    p: Path,
+    frames: torch.Tensor,
+    rate: Fraction,
+    audio: Audio | None,
+    crf: int,
+    codec: str,
+    pix_fmt: str,
+    size: tuple[int, int],
+    progress: ProgressFn | None,
+) -> None:
     """Encode frame by frame (one frame in CPU memory at a time), audio interleaved by time."""
     num, height, width = frames.shape[0], frames.shape[1], frames.shape[2]
     video = container.add_stream(codec, rate=rate, options={"crf": str(crf)})
@@ -393,17 +462,23 @@ def _encode(container: av.container.OutputContainer, p: Path, frames: torch.Tens
         cc.colorspace = cc.color_primaries = cc.color_trc = _AVCOL_BT709
         cc.color_range = _AVCOL_RANGE_MPEG
     reformatter = av.video.reformatter
-    convert = ({"dst_colorspace": reformatter.Colorspace.ITU709, "dst_color_range": reformatter.ColorRange.MPEG}
-               if yuv else {})
-    sound = container.add_stream("aac", rate=int(audio.sample_rate),
-                                 layout=AAC_LAYOUTS[audio.waveform.shape[0]]) if audio else None
+    convert = (
+        {"dst_colorspace": reformatter.Colorspace.ITU709, "dst_color_range": reformatter.ColorRange.MPEG} if yuv else {}
+    )
+    sound = (
+        container.add_stream("aac", rate=int(audio.sample_rate), layout=AAC_LAYOUTS[audio.waveform.shape[0]])
+        if audio
+        else None
+    )
     waveform = audio.waveform.detach().to("cpu", torch.float32).clamp(-1, 1).numpy() if audio else None
     sent = 0
     for i in range(num):
         if not torch.isfinite(frames[i]).all():
-            raise NonFiniteError(f"{p}: frame {i} contains NaN/Inf; nothing was written. The model output "
-                                 "is broken: check the sampler settings and the dtype (Wan needs bf16 or "
-                                 "fp32, not fp16).")
+            raise NonFiniteError(
+                f"{p}: frame {i} contains NaN/Inf; nothing was written. The model output "
+                "is broken: check the sampler settings and the dtype (Wan needs bf16 or "
+                "fp32, not fp16)."
+            )
         rgb = frames_to_uint8(frames[i]).cpu().numpy()
         if (height, width) != size:
             rgb = np.pad(rgb, ((0, size[0] - height), (0, size[1] - width), (0, 0)), mode="edge")
@@ -422,9 +497,17 @@ def _encode(container: av.container.OutputContainer, p: Path, frames: torch.Tens
         container.mux(sound.encode(None))
 
 
-def write_video(path: PathLike, frames: torch.Tensor, fps: float, audio: Audio | None = None, *,
-                crf: int = 18, codec: str = "libx264", pix_fmt: str = "yuv420p",
-                progress: ProgressFn | None = None) -> Path:
+def write_video(
+    path: PathLike,
+    frames: torch.Tensor,
+    fps: float,
+    audio: Audio | None = None,
+    *,
+    crf: int = 18,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    progress: ProgressFn | None = None,
+) -> Path:
     """Write frames `[T,H,W,3]` (float 0..1, any device) as an MP4, with AAC audio when given.
 
     Atomic: encodes into a hidden temp file in the target folder and renames it over `path` only on
@@ -439,16 +522,26 @@ def write_video(path: PathLike, frames: torch.Tensor, fps: float, audio: Audio |
     height, width = frames.shape[1], frames.shape[2]
     size = _even_size(height, width, pix_fmt)
     if size != (height, width):
-        warnings.warn(f"{p}: {format_size(height, width)} frames padded to {format_size(*size)} by repeating the last "
-                      f"row/column; {pix_fmt} needs even sides.", stacklevel=2)
+        warnings.warn(
+            f"{p}: {format_size(height, width)} frames padded to {format_size(*size)} by repeating the last "
+            f"row/column; {pix_fmt} needs even sides.",
+            stacklevel=2,
+        )
     try:
-        with atomic_path(p) as tmp, av.open(str(tmp), "w", format="mp4" if p.suffix.lower() != ".mov" else "mov",
-                                            options={"movflags": "+faststart"}) as container:
-            _encode(container, p, frames, Fraction(fps).limit_denominator(1001), audio, crf, codec,
-                    pix_fmt, size, progress)
+        with (
+            atomic_path(p) as tmp,
+            av.open(
+                str(tmp), "w", format="mp4" if p.suffix.lower() != ".mov" else "mov", options={"movflags": "+faststart"}
+            ) as container,
+        ):
+            _encode(
+                container, p, frames, Fraction(fps).limit_denominator(1001), audio, crf, codec, pix_fmt, size, progress
+            )
     except (av.error.FFmpegError, OSError) as e:
-        raise VideoError(f"{p}: writing failed ({e}); nothing was written. Check that the folder is "
-                         "writable and has free space, and that codec/pix_fmt/crf suit each other.") from e
+        raise VideoError(
+            f"{p}: writing failed ({e}); nothing was written. Check that the folder is "
+            "writable and has free space, and that codec/pix_fmt/crf suit each other."
+        ) from e
     return p
 
 
@@ -476,6 +569,7 @@ def read_image(path: PathLike) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ snapping to model sizes
+
 
 def uniform_frame_indices(num_frames: int, count: int) -> list[int]:
     """`count` indices spread evenly over `num_frames`, first and last included (count=1 → [0]);
@@ -513,8 +607,9 @@ def format_size(height: int, width: int) -> str:
 def snap_size_up(height: int, width: int, multiple: int) -> tuple[int, int]:
     """(height, width) rounded up to multiples of `multiple`: the frame a source is padded to."""
     if height < 1 or width < 1 or multiple < 1:
-        raise InputError(f"snap_size_up needs positive sizes and multiple, got {format_size(height, width)}, "
-                         f"{multiple}.")
+        raise InputError(
+            f"snap_size_up needs positive sizes and multiple, got {format_size(height, width)}, {multiple}."
+        )
     return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
@@ -579,9 +674,10 @@ def _resize(frames: torch.Tensor, size: tuple[int, int], chunk: int = 8) -> torc
     """Bilinear antialiased resize of [T,H,W,C], a few frames at a time to bound the temporary memory."""
     out = torch.empty((frames.shape[0], *size, frames.shape[3]), dtype=frames.dtype, device=frames.device)
     for i in range(0, frames.shape[0], chunk):
-        part = frames[i:i + chunk].permute(0, 3, 1, 2).float()
-        out[i:i + chunk] = F.interpolate(part, size=size, mode="bilinear", antialias=True,
-                                         align_corners=False).permute(0, 2, 3, 1)
+        part = frames[i : i + chunk].permute(0, 3, 1, 2).float()
+        out[i : i + chunk] = F.interpolate(
+            part, size=size, mode="bilinear", antialias=True, align_corners=False
+        ).permute(0, 2, 3, 1)
     return out
 
 
@@ -591,14 +687,20 @@ def _pad(frames: torch.Tensor, padding: tuple[int, int, int, int], mode: str, ch
     t, h, w, c = frames.shape
     out = torch.empty((t, h + top + bottom, w + left + right, c), dtype=frames.dtype, device=frames.device)
     for i in range(0, t, chunk):
-        part = frames[i:i + chunk].permute(0, 3, 1, 2)
-        out[i:i + chunk] = F.pad(part, (left, right, top, bottom), mode=mode).permute(0, 2, 3, 1)
+        part = frames[i : i + chunk].permute(0, 3, 1, 2)
+        out[i : i + chunk] = F.pad(part, (left, right, top, bottom), mode=mode).permute(0, 2, 3, 1)
     return out
 
 
-def conform_frames(frames: torch.Tensor, temporal_factor: int, spatial_multiple: int, *,
-                   resize_to: tuple[int, int] | None = None, fit: str = "crop",
-                   pad_mode: str = "replicate") -> tuple[torch.Tensor, ConformReport]:
+def conform_frames(
+    frames: torch.Tensor,
+    temporal_factor: int,
+    spatial_multiple: int,
+    *,
+    resize_to: tuple[int, int] | None = None,
+    fit: str = "crop",
+    pad_mode: str = "replicate",
+) -> tuple[torch.Tensor, ConformReport]:
     """Make frames `[T,H,W,C]` fit a video model: T → k·temporal_factor+1 by dropping trailing frames, then
     the sides, by `fit`:
 
@@ -615,10 +717,11 @@ def conform_frames(frames: torch.Tensor, temporal_factor: int, spatial_multiple:
         shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
         raise InputError(f"conform_frames needs frames [T,H,W,C] with T ≥ 1, got {shape}.")
     if fit not in FITS or pad_mode not in PAD_MODES:
-        raise InputError(f"conform_frames: fit={fit!r} must be one of {FITS}, pad_mode={pad_mode!r} one of "
-                         f"{PAD_MODES}.")
+        raise InputError(
+            f"conform_frames: fit={fit!r} must be one of {FITS}, pad_mode={pad_mode!r} one of {PAD_MODES}."
+        )
     original_frames, original_size = frames.shape[0], (frames.shape[1], frames.shape[2])
-    frames = frames[:snap_frame_count(original_frames, temporal_factor)]
+    frames = frames[: snap_frame_count(original_frames, temporal_factor)]
     box = None
     if resize_to is not None:
         if len(resize_to) != 2 or min(resize_to) < 1:
@@ -630,8 +733,15 @@ def conform_frames(frames: torch.Tensor, temporal_factor: int, spatial_multiple:
     elif resized is not None:
         frames = _resize(frames, resized)
     height, width = frames.shape[1], frames.shape[2]
-    report = dict(original_frames=original_frames, original_size=original_size, temporal_factor=temporal_factor,
-                  spatial_multiple=spatial_multiple, resized_to=resized, fit=fit, pad_mode=pad_mode)
+    report = dict(
+        original_frames=original_frames,
+        original_size=original_size,
+        temporal_factor=temporal_factor,
+        spatial_multiple=spatial_multiple,
+        resized_to=resized,
+        fit=fit,
+        pad_mode=pad_mode,
+    )
     if fit == "pad":
         h, w = snap_size_up(*(box or (height, width)), spatial_multiple)
         top, left = (h - height) // 2, (w - width) // 2
@@ -641,11 +751,13 @@ def conform_frames(frames: torch.Tensor, temporal_factor: int, spatial_multiple:
         return frames, ConformReport(frames=frames.shape[0], size=(h, w), padding=padding, **report)
     h, w = snap_size(height, width, spatial_multiple)
     if h > height or w > width:
-        raise InputError(f"frames of {format_size(height, width)} are smaller than one multiple of "
-                         f"{spatial_multiple}; pass resize_to with sides of at least {spatial_multiple} to upscale "
-                         "them, or pad them (fit='pad').")
+        raise InputError(
+            f"frames of {format_size(height, width)} are smaller than one multiple of "
+            f"{spatial_multiple}; pass resize_to with sides of at least {spatial_multiple} to upscale "
+            "them, or pad them (fit='pad')."
+        )
     top, left = (height - h) // 2, (width - w) // 2
-    frames = frames[:, top:top + h, left:left + w]
+    frames = frames[:, top : top + h, left : left + w]
     return frames, ConformReport(frames=frames.shape[0], size=(h, w), **report)
 
 
@@ -653,11 +765,15 @@ def unconform_frames(frames: torch.Tensor, report: ConformReport) -> torch.Tenso
     """A model's output `[T,H,W,C]` for frames conformed with fit="pad", back at the source's size: the padding
     cut off, then scaled back if the source was scaled. The frame count stays (trailing frames were dropped)."""
     if report.fit != "pad":
-        raise InputError("these frames were center-cropped (fit='crop'); the cropped border is gone, so they "
-                         "cannot be returned at the source's size. Conform with fit='pad'.")
+        raise InputError(
+            "these frames were center-cropped (fit='crop'); the cropped border is gone, so they "
+            "cannot be returned at the source's size. Conform with fit='pad'."
+        )
     if frames.ndim != 4 or (frames.shape[1], frames.shape[2]) != report.size:
-        raise InputError(f"unconform_frames needs [T,H,W,C] frames of the working size "
-                         f"{format_size(*report.size)}, got shape {tuple(frames.shape)}.")
+        raise InputError(
+            f"unconform_frames needs [T,H,W,C] frames of the working size "
+            f"{format_size(*report.size)}, got shape {tuple(frames.shape)}."
+        )
     top, bottom, left, right = report.padding
-    frames = frames[:, top:report.size[0] - bottom, left:report.size[1] - right]
+    frames = frames[:, top : report.size[0] - bottom, left : report.size[1] - right]
     return frames if report.resized_to is None else _resize(frames, report.original_size)

@@ -7,6 +7,7 @@ into a batch: this module registers a packed-sequence attention ("flash"-named, 
 `cu_seqlens`) that does that, falling back to one call per chunk for mixed sizes. Exactness against SDPA:
 tests/test_vlm.py.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,9 +22,18 @@ log = logging.getLogger(__name__)
 NAME = "flash_viva_packed_sdpa"  # must contain "flash": that is how transformers decides to pass cu_seqlens
 
 
-def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attention_mask: torch.Tensor | None, *, cu_seq_lens_q: torch.Tensor | None = None,
-                scaling: float | None = None, dropout: float = 0.0, **_: object) -> tuple[torch.Tensor, None]:
+def packed_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **_: object,
+) -> tuple[torch.Tensor, None]:
     """query/key/value [1, heads, S, D] holding the packed chunks of `cu_seq_lens_q` -> ([1, S, heads, D], None):
     attention within each chunk only (no mask crosses images), as transformers' per-chunk loop computes it."""
     if query.shape[0] != 1 or cu_seq_lens_q is None or attention_mask is not None:
@@ -35,8 +45,10 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
         q, k, v = (t[0].view(heads, n, length, dim).transpose(0, 1) for t in (query, key, value))
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling)  # [n, heads, L, D]
         return out.permute(0, 2, 1, 3).reshape(1, total, heads, dim), None
-    parts = [F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling)
-             for q, k, v in zip(*(torch.split(t, lengths, dim=2) for t in (query, key, value)))]
+    parts = [
+        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling)
+        for q, k, v in zip(*(torch.split(t, lengths, dim=2) for t in (query, key, value)))
+    ]
     return torch.cat(parts, dim=2).transpose(1, 2), None
 
 

@@ -6,6 +6,7 @@ model with a chat template. Loading is local only and safetensors only. Video fr
 images (Qwen's video processor needs torchvision); without torchvision the processor is built without its
 video part from the same files.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -28,12 +29,21 @@ from .vision_attention import use_packed_vision_attention
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_VLMS = ("Qwen2.5-VL, Qwen3-VL, or any model that transformers' AutoModelForImageTextToText loads "
-                  "and whose folder has a chat template")
+SUPPORTED_VLMS = (
+    "Qwen2.5-VL, Qwen3-VL, or any model that transformers' AutoModelForImageTextToText loads "
+    "and whose folder has a chat template"
+)
 
 # Special tokens and chat template of Qwen2-VL / Qwen2.5-VL, for folders this project builds (tests, small models).
-QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|image_pad|>", "<|video_pad|>")
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 
 # The chat template of Qwen2-VL / Qwen2.5-VL (images as <|vision_start|><|image_pad|><|vision_end|>).
 QWEN_VL_CHAT_TEMPLATE = (
@@ -84,11 +94,14 @@ class VLM:
 
 # --------------------------------------------------------------------------------------------- folder checks
 
+
 def _read_config(folder: Path) -> dict:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise ModelLoadError(f"{folder}: VLM folder has no config.json. Point to the folder of a downloaded "
-                             f"model (e.g. Qwen2.5-VL-3B-Instruct) that contains config.json.")
+        raise ModelLoadError(
+            f"{folder}: VLM folder has no config.json. Point to the folder of a downloaded "
+            f"model (e.g. Qwen2.5-VL-3B-Instruct) that contains config.json."
+        )
     try:
         return json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
@@ -117,35 +130,50 @@ def check_vlm_folder(path: str | os.PathLike) -> Path:
     Raises ModelLoadError naming the folder and the missing or wrong part."""
     folder = Path(path)
     if not folder.is_dir():
-        raise ModelLoadError(f"{folder}: VLM folder not found. Give the path of a model folder "
-                             f"(config.json, *.safetensors, tokenizer, preprocessor_config.json).")
+        raise ModelLoadError(
+            f"{folder}: VLM folder not found. Give the path of a model folder "
+            f"(config.json, *.safetensors, tokenizer, preprocessor_config.json)."
+        )
     config = _read_config(folder)
     model_type = config.get("model_type")
     known = image_text_to_text_model_types()
     if known is not None and model_type not in known:
-        found = f"model_type '{model_type}'" + (f" ({', '.join(config['architectures'])})"
-                                                  if config.get("architectures") else "")
-        raise ModelLoadError(f"{folder}: config.json describes {found}, which is not an image-text-to-text "
-                             f"model. Supported: {SUPPORTED_VLMS}.")
+        found = f"model_type '{model_type}'" + (
+            f" ({', '.join(config['architectures'])})" if config.get("architectures") else ""
+        )
+        raise ModelLoadError(
+            f"{folder}: config.json describes {found}, which is not an image-text-to-text "
+            f"model. Supported: {SUPPORTED_VLMS}."
+        )
     files = [p.name for p in folder.iterdir() if p.is_file()]
     if not any(name.endswith(".safetensors") for name in files):
         pickles = sorted(n for n in files if n.lower().endswith(PICKLE_SUFFIXES))
         if pickles:
-            raise ModelLoadError(f"{folder}: the weights are in pickle format ({', '.join(pickles)}), which is "
-                                 "refused because loading it can run arbitrary code. Use the model's .safetensors "
-                                 "release or convert the weights to .safetensors.")
-        raise ModelLoadError(f"{folder}: no weights (*.safetensors) in the VLM folder. Download the model's "
-                             "model*.safetensors files into it.")
+            raise ModelLoadError(
+                f"{folder}: the weights are in pickle format ({', '.join(pickles)}), which is "
+                "refused because loading it can run arbitrary code. Use the model's .safetensors "
+                "release or convert the weights to .safetensors."
+            )
+        raise ModelLoadError(
+            f"{folder}: no weights (*.safetensors) in the VLM folder. Download the model's "
+            "model*.safetensors files into it."
+        )
     if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        raise ModelLoadError(f"{folder}: no tokenizer in the VLM folder (expected one of "
-                             f"{', '.join(_TOKENIZER_FILES)}). Download the tokenizer files too.")
+        raise ModelLoadError(
+            f"{folder}: no tokenizer in the VLM folder (expected one of "
+            f"{', '.join(_TOKENIZER_FILES)}). Download the tokenizer files too."
+        )
     if not _has_chat_template(folder):
-        raise ModelLoadError(f"{folder}: no chat template in the VLM folder (expected chat_template.jinja, "
-                             "chat_template.json, or 'chat_template' in tokenizer_config.json). Use an "
-                             "instruction-tuned (-Instruct) model folder.")
+        raise ModelLoadError(
+            f"{folder}: no chat template in the VLM folder (expected chat_template.jinja, "
+            "chat_template.json, or 'chat_template' in tokenizer_config.json). Use an "
+            "instruction-tuned (-Instruct) model folder."
+        )
     if not any((folder / name).is_file() for name in _PREPROCESSOR_FILES):
-        raise ModelLoadError(f"{folder}: no image preprocessor in the VLM folder (expected "
-                             f"{' or '.join(_PREPROCESSOR_FILES)}). Download it with the model.")
+        raise ModelLoadError(
+            f"{folder}: no image preprocessor in the VLM folder (expected "
+            f"{' or '.join(_PREPROCESSOR_FILES)}). Download it with the model."
+        )
     return folder
 
 
@@ -182,8 +210,14 @@ def _looks_like_vlm(folder: Path, filenames: Sequence[str]) -> bool:
 
 # --------------------------------------------------------------------------------------------------- loading
 
-def load_vlm(path: str | os.PathLike, *, dtype: str | torch.dtype = "bf16", device: str | torch.device = "auto",
-             host: Optional[ModelHost] = None) -> VLM:
+
+def load_vlm(
+    path: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype = "bf16",
+    device: str | torch.device = "auto",
+    host: Optional[ModelHost] = None,
+) -> VLM:
     """Load a VLM folder (local files only, safetensors only) frozen in eval mode on `device`; with a `host`
     (ComfyUI's model management) it stays on the CPU until the host loads it for a forward."""
     folder = check_vlm_folder(path)
@@ -192,11 +226,14 @@ def load_vlm(path: str | os.PathLike, *, dtype: str | torch.dtype = "bf16", devi
     from transformers import AutoModelForImageTextToText
 
     try:
-        model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True, dtype=torch_dtype,
-                                                            use_safetensors=True)
+        model = AutoModelForImageTextToText.from_pretrained(
+            folder, local_files_only=True, dtype=torch_dtype, use_safetensors=True
+        )
     except Exception as e:  # transformers raises OSError / ValueError / KeyError / RuntimeError on bad folders
-        raise ModelLoadError(f"{folder}: cannot load the VLM ({type(e).__name__}: {e}). Check that the folder is "
-                             f"complete and that the installed transformers supports it.") from e
+        raise ModelLoadError(
+            f"{folder}: cannot load the VLM ({type(e).__name__}: {e}). Check that the folder is "
+            f"complete and that the installed transformers supports it."
+        ) from e
     model.requires_grad_(False)
     model.eval().to(dev if host is None else "cpu")
     use_packed_vision_attention(model)
@@ -212,8 +249,11 @@ def _load_processor(folder: Path):
     except ImportError as e:
         if "torchvision" not in str(e).lower():
             raise ModelLoadError(f"{folder}: cannot load the processor ({e}).") from e
-        logger.info("%s: torchvision is not installed; loading the processor without its video part "
-                    "(frames are fed as images).", folder)
+        logger.info(
+            "%s: torchvision is not installed; loading the processor without its video part "
+            "(frames are fed as images).",
+            folder,
+        )
         processor = _image_only_processor(folder)
     except Exception as e:
         raise ModelLoadError(f"{folder}: cannot load the processor ({type(e).__name__}: {e}).") from e
@@ -237,21 +277,25 @@ def _image_only_processor(folder: Path):
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     except Exception as e:
-        raise ModelLoadError(f"{folder}: cannot load the processor without torchvision ({type(e).__name__}: {e}). "
-                             "Install torchvision or use a Qwen2.5-VL / Qwen3-VL folder.") from e
+        raise ModelLoadError(
+            f"{folder}: cannot load the processor without torchvision ({type(e).__name__}: {e}). "
+            "Install torchvision or use a Qwen2.5-VL / Qwen3-VL folder."
+        ) from e
 
     class ImageOnlyProcessor(processor_cls):
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
 
     ImageOnlyProcessor.__name__ = ImageOnlyProcessor.__qualname__ = f"ImageOnly{processor_cls.__name__}"
-    processor = ImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                   chat_template=tokenizer.chat_template)
+    processor = ImageOnlyProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template
+    )
     processor.video_processor = None
     return processor
 
 
 # ---------------------------------------------------------------------------------------------- chat inputs
+
 
 def to_pil_image(image: torch.Tensor | Image.Image, *, max_side: int | None = None) -> Image.Image:
     """One frame [H,W,C] or [1,H,W,C] float 0..1 (or a PIL image) -> RGB PIL image, shrunk to `max_side`."""
@@ -287,8 +331,10 @@ def _images_of(conversation: list[dict]) -> list[Image.Image]:
 def processor_inputs(processor, conversations: list[list[dict]], *, add_generation_prompt: bool = True):
     """Chat conversations with PIL images -> the processor's BatchFeature on the CPU (left-padded, so that
     position -1 is the last real token of every row). Picklable work: trainers call it in loader workers."""
-    texts = [processor.apply_chat_template(conv, add_generation_prompt=add_generation_prompt, tokenize=False)
-             for conv in conversations]
+    texts = [
+        processor.apply_chat_template(conv, add_generation_prompt=add_generation_prompt, tokenize=False)
+        for conv in conversations
+    ]
     images = [img for conv in conversations for img in _images_of(conv)]
     kwargs: dict[str, Any] = dict(text=texts, return_tensors="pt", padding=True, padding_side="left")
     if images:
@@ -333,7 +379,14 @@ def generate_text(vlm: VLM, messages: list[dict], *, max_new_tokens: int = 64) -
     inputs = build_inputs(vlm, messages, add_generation_prompt=True)
     tokenizer = vlm.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                             top_p=None, top_k=None, pad_token_id=pad_id)
-    new_tokens = out[0, inputs["input_ids"].shape[1]:]
+    out = vlm.model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=pad_id,
+    )
+    new_tokens = out[0, inputs["input_ids"].shape[1] :]
     return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()

@@ -23,6 +23,7 @@ over the central square / VAE round trip vs source:
 The edit scores of squash and pad differ by less than their spread over clips (±2 dB); padding keeps the shapes'
 geometry and the best round trip, edge beats reflect on both, and a crop leaves the border unedited.
 """
+
 from __future__ import annotations
 
 import sys
@@ -52,12 +53,13 @@ def center_square(h: int, w: int) -> tuple[slice, slice]:
 
 def variants(run):
     """name -> function(source [T,H,W,3]) -> output at the source's size, where `run` maps 64x64 frames to 64x64."""
+
     def squash(src):
         return _resize(run(_resize(src, NATIVE)), tuple(src.shape[1:3]))
 
     def crop(src):
         rows, cols = center_square(*src.shape[1:3])
-        out = src[:run.frames(src)].clone()  # the border keeps the source: a crop leaves it unedited
+        out = src[: run.frames(src)].clone()  # the border keeps the source: a crop leaves it unedited
         part = src[:, rows, cols]
         out[:, rows, cols] = _resize(run(_resize(part, NATIVE)), tuple(part.shape[1:3]))
         return out
@@ -66,6 +68,7 @@ def variants(run):
         def f(src):
             x, report = conform_frames(src, 4, 16, resize_to=NATIVE, fit="pad", pad_mode=mode)
             return unconform_frames(run(x), report)
+
         return f
 
     return {"squash": squash, "crop": crop, "pad edge": pad("replicate"), "pad reflect": pad("reflect")}
@@ -109,11 +112,10 @@ def main(n: int = 3, steps: int = 20) -> None:
         cells = []
         for label, fn in variants(edit_run).items():
             out = fn(src)
-            assert out.shape == src[:out.shape[0]].shape, (label, out.shape)
-            truth = 1 - src[:out.shape[0]]
+            assert out.shape == src[: out.shape[0]].shape, (label, out.shape)
+            truth = 1 - src[: out.shape[0]]
             recon = variants(vae_run)[label](src)
-            row = [psnr(out, truth), psnr(out[:, rows, cols], truth[:, rows, cols]),
-                   psnr(recon, src[:recon.shape[0]])]
+            row = [psnr(out, truth), psnr(out[:, rows, cols], truth[:, rows, cols]), psnr(recon, src[: recon.shape[0]])]
             totals.setdefault(label, []).append(row)
             cells.append(f"{label}: {row[0]:.2f} / {row[1]:.2f} / {row[2]:.2f}")
         print(f"{name} | " + " | ".join(cells), flush=True)

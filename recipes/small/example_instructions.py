@@ -8,6 +8,7 @@ the example's own instruction against its ground truth, the others against what 
 source (the cyan background is where the source is within 0.25 of cyan in every channel). Saves a grid of frame 8
 of the source and of each edit (default docs/img/example_instructions.png).
 """
+
 from __future__ import annotations
 
 import sys
@@ -48,19 +49,26 @@ def checks(source: Frames, target: Frames) -> dict[str, Callable[[Frames], str]]
         return x[background]  # [N, 3]
 
     return {
-        "Invert the colours.": lambda out: f"PSNR vs ground truth {psnr(out, target):.1f} dB "
-                                           f"(source vs ground truth {psnr(source, target):.1f} dB)",
+        "Invert the colours.": lambda out: (
+            f"PSNR vs ground truth {psnr(out, target):.1f} dB (source vs ground truth {psnr(source, target):.1f} dB)"
+        ),
         "Make the video black and white.": lambda out: f"saturation {saturation(source):.2f} -> {saturation(out):.2f}",
         "Make the video darker.": lambda out: f"mean brightness {float(source.mean()):.2f} -> {float(out.mean()):.2f}",
-        "Change the background to plain red.": lambda out: "background mean RGB "
-            f"{[round(float(v), 2) for v in bg(source).mean(0)]} -> {[round(float(v), 2) for v in bg(out).mean(0)]}",
-        "Replace the background with a checkerboard.": lambda out: "background pixel std "
-            f"{float(bg(source).std(0).mean()):.2f} -> {float(bg(out).std(0).mean()):.2f}",
-        "Remove the black diamond.": lambda out: f"near-black pixels {colour_share(source, (0, 0, 0), 0.2):.3f} -> "
-                                                 f"{colour_share(out, (0, 0, 0), 0.2):.3f}",
-        "Make the green ring red.": lambda out: f"green pixels {colour_share(source, (0, 1, 0)):.3f} -> "
+        "Change the background to plain red.": lambda out: (
+            "background mean RGB "
+            f"{[round(float(v), 2) for v in bg(source).mean(0)]} -> {[round(float(v), 2) for v in bg(out).mean(0)]}"
+        ),
+        "Replace the background with a checkerboard.": lambda out: (
+            f"background pixel std {float(bg(source).std(0).mean()):.2f} -> {float(bg(out).std(0).mean()):.2f}"
+        ),
+        "Remove the black diamond.": lambda out: (
+            f"near-black pixels {colour_share(source, (0, 0, 0), 0.2):.3f} -> {colour_share(out, (0, 0, 0), 0.2):.3f}"
+        ),
+        "Make the green ring red.": lambda out: (
+            f"green pixels {colour_share(source, (0, 1, 0)):.3f} -> "
             f"{colour_share(out, (0, 1, 0)):.3f}, red {colour_share(source, (1, 0, 0)):.3f} -> "
-            f"{colour_share(out, (1, 0, 0)):.3f}",
+            f"{colour_share(out, (1, 0, 0)):.3f}"
+        ),
     }
 
 

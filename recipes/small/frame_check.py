@@ -9,6 +9,7 @@ line per clip: frame 0 and frames 3+ PSNR for text conditioning and, when VIVA_I
 instructor VLM and its refiner (section 7 measured the earlier bundled pair), for the instructor with the first
 frame and with a grey image in its place.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,12 +30,14 @@ def psnr_per_frame(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def main(manifests: list[str]) -> None:
-    editor = load_editor(os.environ.get("VIVA_EDITOR", str(bundled.EDITOR)),
-                         options=EditorOptions(dtype="fp32", device="cpu"))
+    editor = load_editor(
+        os.environ.get("VIVA_EDITOR", str(bundled.EDITOR)), options=EditorOptions(dtype="fp32", device="cpu")
+    )
     instructor, refiner = os.environ.get("VIVA_INSTRUCTOR"), os.environ.get("VIVA_REFINER")
     vlm = load_vlm(instructor, dtype="fp32", device="cpu") if instructor and refiner else None
-    variants = [("text", "text", False)] + ([("instructor", "instructor", False), ("grey image", "instructor", True)]
-                                            if vlm is not None else [])
+    variants = [("text", "text", False)] + (
+        [("instructor", "instructor", False), ("grey image", "instructor", True)] if vlm is not None else []
+    )
     settings = EditSettings(steps=20, cfg=5.0, seed=0)
     for manifest in manifests:
         clips = load_clip_set(manifest, None)
@@ -43,8 +46,14 @@ def main(manifests: list[str]) -> None:
             cells = []
             for label, mode, grey in variants:
                 image = torch.full_like(src[0], 0.5) if grey else src[0]
-                cond, _ = build_conditioning(editor, rec["instruction"], image, mode=mode, vlm=vlm,
-                                             refiner_path=refiner if vlm is not None else None)
+                cond, _ = build_conditioning(
+                    editor,
+                    rec["instruction"],
+                    image,
+                    mode=mode,
+                    vlm=vlm,
+                    refiner_path=refiner if vlm is not None else None,
+                )
                 p = psnr_per_frame(edit(editor, src, cond, settings=settings).frames, tgt)
                 cells.append(f"{label}: f0 {p[0]:.1f} f3+ {p[3:].mean():.1f}")
             print(f"{rec.get('operation')} | " + " | ".join(cells) + f" | {rec['instruction'][:48]}", flush=True)

@@ -6,6 +6,7 @@ noise each), compared: if every batch's gradient were noise around zero, ||mean 
 
 Runs the trainer's own GRPO step (rollout.inner_updates forced to 1, no optimizer step), on the records of step 0.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -32,13 +33,18 @@ def main(argv: list[str]) -> None:
         stats = trainer._grpo_step(step)
         grads.append(torch.cat([p.grad.flatten().double() for p in trainer.params if p.grad is not None]))
         rewards.append((stats["reward"], stats["reward_std"]))
-        print(f"batch {step}: reward {stats['reward']:.4f} (std in batch {stats['reward_std']:.4f}), "
-              f"|g| {float(grads[-1].norm()):.3e}", flush=True)
+        print(
+            f"batch {step}: reward {stats['reward']:.4f} (std in batch {stats['reward_std']:.4f}), "
+            f"|g| {float(grads[-1].norm()):.3e}",
+            flush=True,
+        )
     g = torch.stack(grads)
     ratio = float(g.mean(0).norm() / g.norm(dim=1).mean())
     cos = [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in itertools.combinations(g, 2)]
-    print(f"K {k}: ||mean g|| / mean ||g|| = {ratio:.3f} (pure noise: {1 / math.sqrt(k):.3f}); pairwise cosine "
-          f"mean {sum(cos) / len(cos):.3f}, min {min(cos):.3f}, max {max(cos):.3f}")
+    print(
+        f"K {k}: ||mean g|| / mean ||g|| = {ratio:.3f} (pure noise: {1 / math.sqrt(k):.3f}); pairwise cosine "
+        f"mean {sum(cos) / len(cos):.3f}, min {min(cos):.3f}, max {max(cos):.3f}"
+    )
 
 
 if __name__ == "__main__":

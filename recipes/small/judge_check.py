@@ -7,6 +7,7 @@ truth). An editor's own outputs rarely pass the verifiers, which leaves too few 
 --record writes the ROC-AUC into the judge folder's viva_judge.json (`held_out_roc_auc`): the CLI, best-of-N and
 the Judge node then warn with its scores when it is near chance (viva_core.judge.judge_caveat).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,18 +26,24 @@ from viva_core.vlm import load_vlm
 def main(manifest: str, judge_folder: str, report: str | None = None, record: bool = False) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     judge = Judge(load_vlm(judge_folder, dtype="fp32", device=device))
-    result = evaluate(manifest, lambda rec, frames: read_frames(rec.target_video, None, "target_video")[0],
-                      judge=judge, previews=0)
+    result = evaluate(
+        manifest, lambda rec, frames: read_frames(rec.target_video, None, "target_video")[0], judge=judge, previews=0
+    )
     j = result.judge_agreement
-    print(f"{judge_folder}: accuracy {j['accuracy']:.2f}, ROC-AUC {j['roc_auc']:.2f} "
-          f"({j['positives']} positives, {j['negatives']} negatives)")
+    print(
+        f"{judge_folder}: accuracy {j['accuracy']:.2f}, ROC-AUC {j['roc_auc']:.2f} "
+        f"({j['positives']} positives, {j['negatives']} negatives)"
+    )
     if report:
         result.write(report)
     if record:
         info_path = Path(judge_folder) / JUDGE_INFO_FILE
         info = judge_info(judge_folder) or {}
-        info.update(held_out_roc_auc=round(j["roc_auc"], 3), held_out_pairs=j["positives"] + j["negatives"],
-                    held_out_manifest=Path(manifest).name)
+        info.update(
+            held_out_roc_auc=round(j["roc_auc"], 3),
+            held_out_pairs=j["positives"] + j["negatives"],
+            held_out_manifest=Path(manifest).name,
+        )
         write_text_atomic(info_path, json.dumps(info) + "\n")
         print(f"recorded in {info_path}")
 

@@ -7,6 +7,7 @@ enough (docs/small_models.md, section 5, has the numbers):
 
     python recipes/small/judge_overfit.py --clips 24 --steps 120 [--difference]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     root = Path(tempfile.mkdtemp(prefix="judge_overfit_"))
-    manifest = generate(root / "d", n=2 * args.clips, seed=1, format="npz", splits=(1, 0, 0),
-                        categories=("basic",))["train"]
+    manifest = generate(root / "d", n=2 * args.clips, seed=1, format="npz", splits=(1, 0, 0), categories=("basic",))[
+        "train"
+    ]
     clips = S.load_clip_set(manifest)
     tok = S.word_tokenizer(S.vocabulary(S.prompt_texts(clips.records)), kind="qwen")
     sec = S.VLMSection(hidden=args.hidden, layers=args.layers)
@@ -53,8 +55,14 @@ def main() -> None:
             picks = uniform_frame_indices(src.shape[0], args.frames)
             for cand, label in ((tgt, True), (src, False)):
                 diff = difference_images(src, cand, args.frames) if args.difference else []
-                chats.append(Judge.messages([to_pil_image(src[k]) for k in picks], [to_pil_image(cand[k]) for k in picks],
-                                            Judge.question_text("EA", clips.records[c]["instruction"]), diff))
+                chats.append(
+                    Judge.messages(
+                        [to_pil_image(src[k]) for k in picks],
+                        [to_pil_image(cand[k]) for k in picks],
+                        Judge.question_text("EA", clips.records[c]["instruction"]),
+                        diff,
+                    )
+                )
                 labels.append(label)
         return processor_inputs(vlm.processor, chats), labels
 
@@ -72,8 +80,11 @@ def main() -> None:
         if step % max(1, args.steps // 8) == 0:
             with torch.no_grad():
                 held = roc_auc(margins(test).tolist(), test_labels)
-            print(f"step {step:4d}  loss {loss.item():.4f}  train AUC {roc_auc(m.tolist(), train_labels):.3f}  "
-                  f"held-out AUC {held:.3f}  {time.perf_counter() - t0:.0f} s", flush=True)
+            print(
+                f"step {step:4d}  loss {loss.item():.4f}  train AUC {roc_auc(m.tolist(), train_labels):.3f}  "
+                f"held-out AUC {held:.3f}  {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vlm.model.parameters(), 1.0)

@@ -33,6 +33,7 @@ after retraining the VAE).
 predicted clean latents while it edits the example clip (two instructions, 12 steps, CFG 5, seed 0), against the
 decode of those same latents, at the middle and the last step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,16 +47,29 @@ import torch
 import torch.nn.functional as F
 
 from viva_core import bundled
-from viva_core.preview import LATENT_RGB_FILE
 from viva_core.pipeline import normalize_latents
+from viva_core.preview import LATENT_RGB_FILE
 from viva_core.synth.clips import make_clip
 
 # ComfyUI's comfy.latent_formats.Wan21 (0.3.64), the factors the nodes used for every z-16 VAE before issue 12.
 WAN21_FACTORS = [
-    [-0.1299, -0.1692, 0.2932], [0.0671, 0.0406, 0.0442], [0.3568, 0.2548, 0.1747], [0.0372, 0.2344, 0.1420],
-    [0.0313, 0.0189, -0.0328], [0.0296, -0.0956, -0.0665], [-0.3477, -0.4059, -0.2925], [0.0166, 0.1902, 0.1975],
-    [-0.0412, 0.0267, -0.1364], [-0.1293, 0.0740, 0.1636], [0.0680, 0.3019, 0.1128], [0.0032, 0.0581, 0.0639],
-    [-0.1251, 0.0927, 0.1699], [0.0060, -0.0633, 0.0005], [0.3477, 0.2275, 0.2950], [0.1984, 0.0913, 0.1861]]
+    [-0.1299, -0.1692, 0.2932],
+    [0.0671, 0.0406, 0.0442],
+    [0.3568, 0.2548, 0.1747],
+    [0.0372, 0.2344, 0.1420],
+    [0.0313, 0.0189, -0.0328],
+    [0.0296, -0.0956, -0.0665],
+    [-0.3477, -0.4059, -0.2925],
+    [0.0166, 0.1902, 0.1975],
+    [-0.0412, 0.0267, -0.1364],
+    [-0.1293, 0.0740, 0.1636],
+    [0.0680, 0.3019, 0.1128],
+    [0.0032, 0.0581, 0.0639],
+    [-0.1251, 0.0927, 0.1699],
+    [0.0060, -0.0633, 0.0005],
+    [0.3477, 0.2275, 0.2950],
+    [0.1984, 0.0913, 0.1861],
+]
 WAN21_BIAS = [-0.1835, -0.0868, -0.3360]
 
 
@@ -66,8 +80,9 @@ def sha256(path: Path) -> str:
 def load_vae(folder: Path) -> torch.nn.Module:
     from diffusers import AutoencoderKLWan
 
-    return AutoencoderKLWan.from_pretrained(str(folder), torch_dtype=torch.float32, use_safetensors=True,
-                                            local_files_only=True).eval()
+    return AutoencoderKLWan.from_pretrained(
+        str(folder), torch_dtype=torch.float32, use_safetensors=True, local_files_only=True
+    ).eval()
 
 
 def clips(n: int, seed: int, frames: int = 17, size: int = 64) -> torch.Tensor:
@@ -94,11 +109,12 @@ def to_latent_grid(video: torch.Tensor, t_factor: int, s_factor: int) -> torch.T
 
 @torch.inference_mode()
 def encode_decode(vae: torch.nn.Module, videos: torch.Tensor, batch: int = 8) -> dict[str, torch.Tensor]:
-    """Normalized latents [N, z, T', H', W'], and the decode and the source on the latent grid [N, 3, ...], in [-1, 1]."""
+    """Normalized latents [N, z, T', H', W'], and the decode and the source on the latent grid [N, 3, ...], in [-1,
+    1]."""
     t_f, s_f = int(vae.config.scale_factor_temporal), int(vae.config.scale_factor_spatial)
     zs, decs, srcs = [], [], []
     for i in range(0, len(videos), batch):
-        x = videos[i:i + batch].float().div(255).permute(0, 4, 1, 2, 3) * 2 - 1
+        x = videos[i : i + batch].float().div(255).permute(0, 4, 1, 2, 3) * 2 - 1
         z = vae.encode(x).latent_dist.mode()
         dec = vae.decode(z).sample.clamp(-1, 1)
         zs.append(normalize_latents(vae, z))
@@ -156,13 +172,21 @@ def edit_scores(candidates: dict) -> None:
     for instruction in EDIT_INSTRUCTIONS:
         seen: list[torch.Tensor] = []
         cond, _ = build_conditioning(editor, instruction, frames[0], mode="text")
-        edit(editor, frames, cond, settings=EditSettings(steps=12, cfg=5.0, seed=0),
-             progress=lambda done, total, preview, seen=seen: seen.append(preview))
+        edit(
+            editor,
+            frames,
+            cond,
+            settings=EditSettings(steps=12, cfg=5.0, seed=0),
+            progress=lambda done, total, preview, seen=seen: seen.append(preview),
+        )
         for step in (len(seen) // 2, len(seen)):
             z = seen[step - 1][:, :, :1]
             truth = F.avg_pool2d(decode_latents(editor, z)[0].permute(2, 0, 1)[None] * 2 - 1, s_f)[:, :, None]
-            cells = [f"{name.split(' (')[0]} {scores(preview(z, f, b), truth)['psnr_frame0']:.2f} dB"
-                     for name, (f, b) in candidates.items() if "source" not in name and "all" not in name]
+            cells = [
+                f"{name.split(' (')[0]} {scores(preview(z, f, b), truth)['psnr_frame0']:.2f} dB"
+                for name, (f, b) in candidates.items()
+                if "source" not in name and "all" not in name
+            ]
             print(f"  {instruction!r} step {step}/{len(seen)}: " + ", ".join(cells))
 
 
@@ -189,12 +213,18 @@ def main(argv: list[str] | None = None) -> dict:
 
         z_dim = json.loads((folder / "config.json").read_text())["z_dim"]
         own = [torch.tensor(t) for t in read_latent_rgb(folder / LATENT_RGB_FILE, z_dim)]
-        edit_scores({"ComfyUI Wan21 factors (before)": (torch.tensor(WAN21_FACTORS), torch.tensor(WAN21_BIAS)),
-                     "fitted on frame 0 (shipped)": tuple(own)})
+        edit_scores(
+            {
+                "ComfyUI Wan21 factors (before)": (torch.tensor(WAN21_FACTORS), torch.tensor(WAN21_BIAS)),
+                "fitted on frame 0 (shipped)": tuple(own),
+            }
+        )
         return {}
     vae = load_vae(folder)
-    print(f"VAE {folder}: z {vae.config.z_dim}, x{vae.config.scale_factor_spatial} space, "
-          f"x{vae.config.scale_factor_temporal} time")
+    print(
+        f"VAE {folder}: z {vae.config.z_dim}, x{vae.config.scale_factor_spatial} space, "
+        f"x{vae.config.scale_factor_temporal} time"
+    )
     train = encode_decode(vae, clips(args.train, seed=0))
     test = encode_decode(vae, clips(args.held_out, seed=1))
     first = slice(0, 1)  # ComfyUI's Latent2RGB shows the first latent frame alone
@@ -208,15 +238,21 @@ def main(argv: list[str] | None = None) -> dict:
     if int(vae.config.z_dim) != len(WAN21_FACTORS):
         candidates.pop("ComfyUI Wan21 factors (before)")
     results = {}
-    print(f"held-out: {args.held_out} videos, preview vs the VAE decode averaged to the latent grid "
-          f"({tuple(test['z'].shape[2:])} latents per video)")
+    print(
+        f"held-out: {args.held_out} videos, preview vs the VAE decode averaged to the latent grid "
+        f"({tuple(test['z'].shape[2:])} latents per video)"
+    )
     for name, (f, b) in candidates.items():
         results[name] = s = scores(preview(test["z"], f, b), test["decode"])
-        print(f"  {name:33s} frame 0: PSNR {s['psnr_frame0']:6.2f} dB, MAE {s['mae_frame0']:6.2f}/255 | "
-              f"all frames: PSNR {s['psnr_all']:6.2f} dB, MAE {s['mae_all']:6.2f}/255")
+        print(
+            f"  {name:33s} frame 0: PSNR {s['psnr_frame0']:6.2f} dB, MAE {s['mae_frame0']:6.2f}/255 | "
+            f"all frames: PSNR {s['psnr_all']:6.2f} dB, MAE {s['mae_all']:6.2f}/255"
+        )
     ceiling = scores(test["source"], test["decode"])
-    print(f"  (source pixels vs decode on the same grid, the codec's own error: frame 0 PSNR "
-          f"{ceiling['psnr_frame0']:.2f} dB, all {ceiling['psnr_all']:.2f} dB)")
+    print(
+        f"  (source pixels vs decode on the same grid, the codec's own error: frame 0 PSNR "
+        f"{ceiling['psnr_frame0']:.2f} dB, all {ceiling['psnr_all']:.2f} dB)"
+    )
     if args.edits:
         edit_scores(candidates)
     if args.write:
@@ -225,9 +261,9 @@ def main(argv: list[str] | None = None) -> dict:
             "latent_rgb_factors": [[round(float(v), 6) for v in row] for row in factors],
             "latent_rgb_factors_bias": [round(float(v), 6) for v in bias],
             "about": "ComfyUI Latent2RGB preview of this VAE: rgb[-1,1] = normalized_latent @ latent_rgb_factors "
-                     "+ latent_rgb_factors_bias, where normalized_latent = (z - latents_mean) / latents_std "
-                     "(config.json). Fitted on the first latent frame (the one ComfyUI shows) by "
-                     "recipes/small/preview_factors.py; re-run it after retraining the VAE.",
+            "+ latent_rgb_factors_bias, where normalized_latent = (z - latents_mean) / latents_std "
+            "(config.json). Fitted on the first latent frame (the one ComfyUI shows) by "
+            "recipes/small/preview_factors.py; re-run it after retraining the VAE.",
             "vae_weights_sha256": {w.name: sha256(w) for w in weights},
             "held_out": {"videos": args.held_out, **results},
         }

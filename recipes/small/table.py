@@ -1,9 +1,10 @@
 """Markdown tables of `viva eval` reports for the README.
 
-    python recipes/small/table.py "label=REPORT_DIR" ...             one row per report: scores, EA per category
-    python recipes/small/table.py --by-operation "label=REPORT_DIR" ... one row per operation: EA of each report
-    python recipes/small/table.py --paired "base=DIR" "label=DIR" ...  each against the base on the same clips
+python recipes/small/table.py "label=REPORT_DIR" ...             one row per report: scores, EA per category
+python recipes/small/table.py --by-operation "label=REPORT_DIR" ... one row per operation: EA of each report
+python recipes/small/table.py --paired "base=DIR" "label=DIR" ...  each against the base on the same clips
 """
+
 from __future__ import annotations
 
 import json
@@ -41,20 +42,28 @@ def by_variant(reports: list[tuple[str, dict]]) -> None:
     for label, r in reports:
         o, cats = r["overall"], r["by_category"]
         low, high = bootstrap_ci([score["ea"] for score in r["scores"]])
-        row = [label, str(o["count"]), fmt(o["ea"]), f"{low:.2f}-{high:.2f}",
-               *(fmt(o[k]) for k in ("pc", "gn", "gr", "overall")),
-               *(f"{fmt(cats[c]['ea'])} ({cats[c]['count']})" if c in cats else "-" for c in CATEGORIES)]
+        row = [
+            label,
+            str(o["count"]),
+            fmt(o["ea"]),
+            f"{low:.2f}-{high:.2f}",
+            *(fmt(o[k]) for k in ("pc", "gn", "gr", "overall")),
+            *(f"{fmt(cats[c]['ea'])} ({cats[c]['count']})" if c in cats else "-" for c in CATEGORIES),
+        ]
         print("| " + " | ".join(row) + " |")
         j = r.get("judge_agreement")
         if j:
-            judges.append(f"{label}: judge EA P(Yes) vs verifier: accuracy {fmt(j['accuracy'])}, ROC-AUC "
-                          f"{fmt(j['roc_auc'])} ({j['positives']} positives, {j['negatives']} negatives)")
+            judges.append(
+                f"{label}: judge EA P(Yes) vs verifier: accuracy {fmt(j['accuracy'])}, ROC-AUC "
+                f"{fmt(j['roc_auc'])} ({j['positives']} positives, {j['negatives']} negatives)"
+            )
     for line in judges:
         print(f"\n{line}")
 
 
 def by_operation(reports: list[tuple[str, dict]]) -> None:
     """EA per single operation; every combination of two or three (`a+b`) is pooled into one 'hybrid' row."""
+
     def pooled(r: dict) -> dict[str, list[float]]:
         out: dict[str, list[float]] = {}
         for score in r["scores"]:
@@ -83,8 +92,11 @@ def paired(reports: list[tuple[str, dict]]) -> None:
             raise SystemExit(f"{label}: not the same clips as {base_label} (manifest or count differs)")
         cells = []
         for k in keys:
-            diffs = [a[k] - b[k] for a, b in zip(r["scores"], base["scores"], strict=True)
-                     if a[k] is not None and b[k] is not None]  # a dimension a clip has no verifier for
+            diffs = [
+                a[k] - b[k]
+                for a, b in zip(r["scores"], base["scores"], strict=True)
+                if a[k] is not None and b[k] is not None
+            ]  # a dimension a clip has no verifier for
             if not diffs:
                 cells.append("-")
                 continue

@@ -23,19 +23,55 @@ Where each part lives: `manifest` (fields, `EditRecord`, `load_manifest`), `fold
 (`TensorCache`). This package re-exports their public names, so `from viva_core.data import load_manifest`
 keeps working.
 """
+
 from __future__ import annotations
 
 from .cache import CACHE_FORMAT, TensorCache
 from .folder import COMPANION_FIELDS, dataset_from_folder
 from .identity import file_identity, model_identity
-from .manifest import (BENCHMARK_FIELDS, CLIP_ARRAYS, CLIP_KEY, CLIP_SUFFIX, FIELD_ALIASES, IMAGE_SUFFIXES, KNOWN_KEYS,
-                       PATH_FIELDS, REQUIRED_FIELDS, TEXT_FIELDS, VIDEO_SUFFIXES, EditRecord, ManifestError,
-                       is_image_path, load_manifest)
+from .manifest import (
+    BENCHMARK_FIELDS,
+    CLIP_ARRAYS,
+    CLIP_KEY,
+    CLIP_SUFFIX,
+    FIELD_ALIASES,
+    IMAGE_SUFFIXES,
+    KNOWN_KEYS,
+    PATH_FIELDS,
+    REQUIRED_FIELDS,
+    TEXT_FIELDS,
+    VIDEO_SUFFIXES,
+    EditRecord,
+    ManifestError,
+    is_image_path,
+    load_manifest,
+)
 from .samples import EditSample, load_sample, mask_unit, read_frames
 
 __all__ = [
-    "BENCHMARK_FIELDS", "CACHE_FORMAT", "CLIP_ARRAYS", "CLIP_KEY", "CLIP_SUFFIX", "COMPANION_FIELDS", "FIELD_ALIASES",
-    "IMAGE_SUFFIXES", "KNOWN_KEYS", "PATH_FIELDS", "REQUIRED_FIELDS", "TEXT_FIELDS", "VIDEO_SUFFIXES", "EditRecord",
-    "EditSample", "ManifestError", "TensorCache", "dataset_from_folder", "file_identity", "is_image_path",
-    "load_manifest", "load_sample", "mask_unit", "model_identity", "read_frames",
+    "BENCHMARK_FIELDS",
+    "CACHE_FORMAT",
+    "CLIP_ARRAYS",
+    "CLIP_KEY",
+    "CLIP_SUFFIX",
+    "COMPANION_FIELDS",
+    "FIELD_ALIASES",
+    "IMAGE_SUFFIXES",
+    "KNOWN_KEYS",
+    "PATH_FIELDS",
+    "REQUIRED_FIELDS",
+    "TEXT_FIELDS",
+    "VIDEO_SUFFIXES",
+    "EditRecord",
+    "EditSample",
+    "ManifestError",
+    "TensorCache",
+    "dataset_from_folder",
+    "file_identity",
+    "is_image_path",
+    "load_manifest",
+    "load_sample",
+    "mask_unit",
+    "model_identity",
+    "read_frames",
 ]

@@ -1,4 +1,5 @@
 """`TensorCache`: encoded tensors on disk (safetensors), keyed by everything the result depends on."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,10 @@ def _canonical(part: object, where: str) -> object:
         return os.fspath(part)
     if isinstance(part, (tuple, list)):
         return [_canonical(p, where) for p in part]
-    raise InputError(f"{where}: a cache key part of type {type(part).__name__} has no stable identity; pass "
-                     "strings or numbers, e.g. file_identity(path) and model_identity(module, name).")
+    raise InputError(
+        f"{where}: a cache key part of type {type(part).__name__} has no stable identity; pass "
+        "strings or numbers, e.g. file_identity(path) and model_identity(module, name)."
+    )
 
 
 class TensorCache:
@@ -75,11 +78,15 @@ class TensorCache:
             return None
 
     def _write(self, path: Path, tensors: dict[str, torch.Tensor], key_text: str) -> None:
-        save_safetensors_atomic(path, {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
-                                {"format": CACHE_FORMAT, "key": key_text})
+        save_safetensors_atomic(
+            path,
+            {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
+            {"format": CACHE_FORMAT, "key": key_text},
+        )
 
-    def get_or_compute(self, kind: str, key_parts: tuple,
-                       compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def get_or_compute(
+        self, kind: str, key_parts: tuple, compute: Callable[[], dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
         """The stored tensors for (kind, key_parts), or `compute()`'s result, stored for next time."""
         digest, key_text = self._key(kind, key_parts)
         path = self.root / kind / f"{digest}.safetensors"
@@ -90,9 +97,11 @@ class TensorCache:
                 return stored
         self.misses += 1
         result = compute()
-        if not isinstance(result, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                   for k, v in result.items()):
-            raise InputError(f"cache kind '{kind}': compute must return a dict of name → tensor, got "
-                             f"{type(result).__name__}.")
+        if not isinstance(result, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in result.items()
+        ):
+            raise InputError(
+                f"cache kind '{kind}': compute must return a dict of name → tensor, got {type(result).__name__}."
+            )
         self._write(path, result, key_text)
         return result

@@ -1,4 +1,5 @@
 """Cheap identities of files and models for cache keys: what a cached result depends on."""
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +48,7 @@ def _parameter_checksum(p: torch.Tensor) -> str:
     if p.is_meta:
         return "meta"
     flat = p.detach().reshape(-1)
-    sample = flat[::max(1, flat.numel() // 4096)][:4096]
+    sample = flat[:: max(1, flat.numel() // 4096)][:4096]
     try:
         total = float(flat.sum(dtype=torch.float64))
         sample = sample.to("cpu").double()

@@ -1,5 +1,6 @@
 """The edit manifest: its fields, `EditRecord`, and `load_manifest`, which checks every line (and probes
 every file's headers) before any compute. Format: the package docstring."""
+
 from __future__ import annotations
 
 import hashlib
@@ -43,6 +44,7 @@ def is_image_path(path: PathLike) -> bool:
 
 # ============================================================================================== manifest
 
+
 @dataclass(frozen=True)
 class EditRecord:
     """One edit of a manifest: absolute paths, the instruction, optional captions and edit type.
@@ -80,10 +82,14 @@ class ManifestError(InputError):
 
     def _message(self) -> str:
         n = len(self.problems)
-        head = (f"{self.path}: {n} problem{'s' if n != 1 else ''}; nothing was loaded. "
-                "Fix these lines and load the manifest again:")
-        rows = [f"  {self.path.name}{f' line {line}' if line else ''}: {text}"
-                for line, text in self.problems[:MAX_LISTED_PROBLEMS]]
+        head = (
+            f"{self.path}: {n} problem{'s' if n != 1 else ''}; nothing was loaded. "
+            "Fix these lines and load the manifest again:"
+        )
+        rows = [
+            f"  {self.path.name}{f' line {line}' if line else ''}: {text}"
+            for line, text in self.problems[:MAX_LISTED_PROBLEMS]
+        ]
         if n > MAX_LISTED_PROBLEMS:
             rows.append(f"  ... and {n - MAX_LISTED_PROBLEMS} more problems ({n} in all).")
         return "\n".join([head, *rows])
@@ -106,8 +112,9 @@ def _probe_clip(path: Path) -> _Media | str:
             for name in CLIP_ARRAYS.values():
                 with zf.open(f"{name}.npy") as f:
                     major, _ = np.lib.format.read_magic(f)
-                    read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                                   else np.lib.format.read_array_header_2_0)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    )
                     shape, _, dtype = read_header(f)
                     if dtype != np.uint8:
                         return f"array '{name}' is {dtype}, expected uint8 (as `viva synth --format npz` writes)"
@@ -118,8 +125,10 @@ def _probe_clip(path: Path) -> _Media | str:
         return f"not a readable npz clip ({e}); write it again with `viva synth --format npz`"
     src = shapes["source"]
     if len(src) != 4 or src[-1] != 3 or shapes["target"] != src or shapes["mask"] != src[:3]:
-        return (f"npz clip arrays have shapes source {src}, target {shapes['target']}, mask {shapes['mask']}; "
-                "expected [T,H,W,3], the same, and [T,H,W]")
+        return (
+            f"npz clip arrays have shapes source {src}, target {shapes['target']}, mask {shapes['mask']}; "
+            "expected [T,H,W,3], the same, and [T,H,W]"
+        )
     return _Media(*src[:3])
 
 
@@ -130,6 +139,7 @@ def _probe_media(path: Path) -> _Media | str:
         return _probe_clip(path)
     if is_image_path(path):
         from PIL import Image, UnidentifiedImageError
+
         try:
             with Image.open(path) as im:
                 width, height = im.size
@@ -165,8 +175,14 @@ def _parse_line(obj: object, base: Path) -> tuple[dict | None, list[str], list[s
     if len(unknown) == len(obj):
         got = ", ".join(unknown) or "no keys"
         optional = ", ".join(PATH_FIELDS[1:] + TEXT_FIELDS[1:])
-        return None, [f"no known keys (got: {got}); an edit needs 'source_video' and 'instruction' "
-                      f"(or ReViSE's 'source_video_path'), optionally {optional}"], []
+        return (
+            None,
+            [
+                f"no known keys (got: {got}); an edit needs 'source_video' and 'instruction' "
+                f"(or ReViSE's 'source_video_path'), optionally {optional}"
+            ],
+            [],
+        )
     problems: list[str] = []
     raw: dict[str, object] = {}
     for key, value in obj.items():
@@ -182,8 +198,10 @@ def _parse_line(obj: object, base: Path) -> tuple[dict | None, list[str], list[s
     if clip is not None:
         both = [name for name in CLIP_ARRAYS if raw.get(name) is not None]
         if both:
-            problems.append(f"both '{CLIP_KEY}' and {', '.join(both)} are given; an npz clip already holds source, "
-                            "target and mask: keep one")
+            problems.append(
+                f"both '{CLIP_KEY}' and {', '.join(both)} are given; an npz clip already holds source, "
+                "target and mask: keep one"
+            )
         elif not isinstance(clip, str) or not clip.strip() or not clip.lower().endswith(CLIP_SUFFIX):
             problems.append(f"{CLIP_KEY} must be the path of a {CLIP_SUFFIX} clip, got {json.dumps(clip)}")
         else:
@@ -242,11 +260,15 @@ def _pair_problems(fields: dict, media: dict[Path, _Media | str], max_frames: in
         if max_frames is not None:
             n_src, n_other = min(n_src, max_frames), min(n_other, max_frames)
         if n_src != n_other:
-            problems.append(f"source has {source.num_frames} frames, {other} {info.num_frames}{cap} - they must match "
-                            f"(trim the longer one, or set max_frames ≤ {min(n_src, n_other)})")
+            problems.append(
+                f"source has {source.num_frames} frames, {other} {info.num_frames}{cap} - they must match "
+                f"(trim the longer one, or set max_frames ≤ {min(n_src, n_other)})"
+            )
         if (source.height, source.width) != (info.height, info.width):
-            problems.append(f"source is {format_size(source.height, source.width)} (width x height), {other} "
-                            f"{format_size(info.height, info.width)} - they must match; export both at one size")
+            problems.append(
+                f"source is {format_size(source.height, source.width)} (width x height), {other} "
+                f"{format_size(info.height, info.width)} - they must match; export both at one size"
+            )
     return problems
 
 
@@ -266,8 +288,16 @@ def load_manifest(path: PathLike, *, check_videos: bool = True, max_frames: int 
     manifest = Path(path).expanduser()
     if not manifest.is_file():
         what = "is a folder, not a manifest file" if manifest.is_dir() else "not found"
-        raise ManifestError(manifest, [(0, f"{what}. Pass the .jsonl manifest (build one from a folder of videos "
-                                           "with viva_core.data.dataset_from_folder, or the VIVA Dataset From Folder node).")])
+        raise ManifestError(
+            manifest,
+            [
+                (
+                    0,
+                    f"{what}. Pass the .jsonl manifest (build one from a folder of videos "
+                    "with viva_core.data.dataset_from_folder, or the VIVA Dataset From Folder node).",
+                )
+            ],
+        )
     try:
         text = manifest.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -306,17 +336,21 @@ def load_manifest(path: PathLike, *, check_videos: bool = True, max_frames: int 
         for number, fields in parsed:
             problems += [(number, p) for p in _pair_problems(fields, media, max_frames)]
     if not parsed and not problems:
-        problems.append((0, "has no edits (the file is empty). Add one JSON object per line with 'source_video' "
-                            "and 'instruction'."))
+        problems.append(
+            (0, "has no edits (the file is empty). Add one JSON object per line with 'source_video' and 'instruction'.")
+        )
     if problems:
         raise ManifestError(manifest, sorted(problems, key=lambda item: item[0]))
 
-    records = [EditRecord(index=i, line=number, **{k: v for k, v in fields.items() if not k.startswith("_")})
-               for i, (number, fields) in enumerate(parsed)]
+    records = [
+        EditRecord(index=i, line=number, **{k: v for k, v in fields.items() if not k.startswith("_")})
+        for i, (number, fields) in enumerate(parsed)
+    ]
     seen: dict[str, int] = {}
     for r in records:
         if r.key() in seen:
-            log.warning("%s: line %d repeats the edit of line %d (same files and instruction)", manifest, r.line,
-                        seen[r.key()])
+            log.warning(
+                "%s: line %d repeats the edit of line %d (same files and instruction)", manifest, r.line, seen[r.key()]
+            )
         seen.setdefault(r.key(), r.line)
     return records

@@ -1,5 +1,6 @@
 """Per-record samples: a record's source, target, mask and reference read from videos, images or npz
 clips, aligned in time and size and snapped to the model's sizes."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,9 @@ def mask_unit(mask: torch.Tensor) -> torch.Tensor:
     return m.div_(255.0) if m.numel() and float(m.max()) > 1.0 else m
 
 
-def read_frames(path: PathLike, max_frames: int | None = None, field: str = "source_video"
-                ) -> tuple[torch.Tensor, float | None]:
+def read_frames(
+    path: PathLike, max_frames: int | None = None, field: str = "source_video"
+) -> tuple[torch.Tensor, float | None]:
     """[T,H,W,3] float frames in 0..1 of a video (the first `max_frames`), an image (T=1) or the `field`'s array
     of an npz clip (a mask as 3 equal channels), and the frame rate (None for images and clips)."""
     path = Path(path)
@@ -50,8 +52,9 @@ def read_frames(path: PathLike, max_frames: int | None = None, field: str = "sou
             with np.load(path, allow_pickle=False) as z:
                 arr = z[CLIP_ARRAYS[field]][:max_frames]
         except (OSError, KeyError, ValueError) as e:
-            raise VideoError(f"{path}: not a readable npz clip ({e}); write it again with `viva synth --format npz`."
-                             ) from e
+            raise VideoError(
+                f"{path}: not a readable npz clip ({e}); write it again with `viva synth --format npz`."
+            ) from e
         frames = torch.from_numpy(np.ascontiguousarray(arr))
         if field == "mask_video":
             return mask_unit(frames).unsqueeze(-1).expand(*arr.shape, 3), None
@@ -62,8 +65,14 @@ def read_frames(path: PathLike, max_frames: int | None = None, field: str = "sou
     return video.frames, video.fps
 
 
-def load_sample(record: EditRecord, *, max_frames: int | None = None, size: tuple[int, int] | None = None,
-                temporal_factor: int = 4, spatial_multiple: int = 16) -> EditSample:
+def load_sample(
+    record: EditRecord,
+    *,
+    max_frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    temporal_factor: int = 4,
+    spatial_multiple: int = 16,
+) -> EditSample:
     """Read one record's frames: source, target and mask take the same frames (the first `max_frames`),
     then each goes through `conform_frames` (T → k·temporal_factor+1, optional resize to `size` (h, w),
     center crop to multiples of `spatial_multiple`). Pass the editor's `temporal_factor` and
@@ -77,15 +86,27 @@ def load_sample(record: EditRecord, *, max_frames: int | None = None, size: tupl
             continue
         frames, _ = read_frames(path, max_frames, f"{name}_video")
         if frames.shape[:3] != source.shape[:3]:
-            raise InputError(f"{path}: {name} frames {tuple(frames.shape[:3])} (T, H, W) do not match the source "
-                             f"{record.source_video.name} {tuple(source.shape[:3])}; run load_manifest on the "
-                             "manifest to list every such record.")
+            raise InputError(
+                f"{path}: {name} frames {tuple(frames.shape[:3])} (T, H, W) do not match the source "
+                f"{record.source_video.name} {tuple(source.shape[:3])}; run load_manifest on the "
+                "manifest to list every such record."
+            )
         aligned[name] = conform_frames(frames, temporal_factor, spatial_multiple, resize_to=size)[0]
     mask = aligned["mask"]
     if mask is not None:
         mask = mask.mean(dim=-1).clamp_(0.0, 1.0)
     reference = read_image(record.reference_image) if record.reference_image is not None else None
-    return EditSample(source=source_c, target=aligned["target"], mask=mask, reference=reference,
-                      instruction=record.instruction, source_caption=record.source_caption,
-                      target_caption=record.target_caption, type=record.type, fps=fps, key=record.key(),
-                      index=record.index, conform=report.message())
+    return EditSample(
+        source=source_c,
+        target=aligned["target"],
+        mask=mask,
+        reference=reference,
+        instruction=record.instruction,
+        source_caption=record.source_caption,
+        target_caption=record.target_caption,
+        type=record.type,
+        fps=fps,
+        key=record.key(),
+        index=record.index,
+        conform=report.message(),
+    )

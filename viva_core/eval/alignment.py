@@ -1,5 +1,6 @@
 """Bring an editor's output and the references (source, ground truth, mask, verify boxes) to one shape
 before scoring."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,9 @@ import torch.nn.functional as F
 from ..video import format_size
 
 
-def align(output: torch.Tensor, source: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
+def align(
+    output: torch.Tensor, source: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
     """Bring the output and the references to one shape: the first min(T) frames; an output smaller in both
     sides is taken as a center crop (`conform_frames`' crop mode; `edit` itself returns the source's size) and the
     references are cropped alike; any other size is resized (bilinear) to the references'. Returns (output, source,
@@ -22,12 +24,15 @@ def align(output: torch.Tensor, source: torch.Tensor, target: torch.Tensor, mask
     if (h, w) != (rh, rw):
         if h <= rh and w <= rw:
             top, left = (rh - h) // 2, (rw - w) // 2
-            source, target = source[:, top:top + h, left:left + w], target[:, top:top + h, left:left + w]
-            mask = None if mask is None else mask[:, top:top + h, left:left + w]
+            source, target = source[:, top : top + h, left : left + w], target[:, top : top + h, left : left + w]
+            mask = None if mask is None else mask[:, top : top + h, left : left + w]
             how.update(top=top, left=left, note=f"references center-cropped to {format_size(h, w)}")
         else:
-            output = F.interpolate(output.permute(0, 3, 1, 2), size=(rh, rw), mode="bilinear",
-                                   align_corners=False).permute(0, 2, 3, 1).clamp(0, 1)
+            output = (
+                F.interpolate(output.permute(0, 3, 1, 2), size=(rh, rw), mode="bilinear", align_corners=False)
+                .permute(0, 2, 3, 1)
+                .clamp(0, 1)
+            )
             how["note"] = f"output resized from {format_size(h, w)} to {format_size(rh, rw)}"
     return output, source, target, mask, how
 
@@ -46,7 +51,9 @@ def _shift_boxes(verify, frames: int, top: int, left: int, height: int, width: i
         rows = [value] if single else value
         numbers = [float(x) for row in rows if row is not None for x in row]
         sx, sy = (width, height) if numbers and max(numbers) <= 1.0 else (1, 1)
-        moved = [None if row is None else [row[0] * sx - left, row[1] * sy - top, row[2] * sx - left,
-                                           row[3] * sy - top] for row in rows]
+        moved = [
+            None if row is None else [row[0] * sx - left, row[1] * sy - top, row[2] * sx - left, row[3] * sy - top]
+            for row in rows
+        ]
         out[key] = moved[0] if single else moved[:frames]
     return out

@@ -1,5 +1,6 @@
 """`evaluate`: the evaluation loop over a manifest (read, edit or load the output, align, score, ask the
 judge, aggregate) and the manifest fields only the benchmark reads."""
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,14 @@ from ..runtime import ProgressFn
 from ..video import PathLike, read_video, write_video
 from .alignment import _shift_boxes, align
 from .metrics import _frames, _mask, derive_mask
-from .report import EvalReport, EditPreview, make_preview
+from .report import EditPreview, EvalReport, make_preview
 from .score import JUDGE_THRESHOLD, EditScore, aggregate, judge_agreement, score_edit
 from .verifiers import edit_accuracy
 
 if TYPE_CHECKING:
     from ..judge import Judge
 
-CLIP_FPS = 8.0              # frame rate of saved outputs when the source is an npz clip (`viva synth`'s default)
+CLIP_FPS = 8.0  # frame rate of saved outputs when the source is an npz clip (`viva synth`'s default)
 
 
 def manifest_extras(path: PathLike) -> dict[int, dict]:
@@ -39,16 +40,23 @@ def manifest_extras(path: PathLike) -> dict[int, dict]:
     return extras
 
 
-
 def _as_output(result) -> torch.Tensor:
     """An editor_fn's result: frames, or an object with `.frames` (EditResult)."""
     return _frames(getattr(result, "frames", result), "editor output")
 
 
-def evaluate(manifest: PathLike, editor_fn: Callable[[EditRecord, torch.Tensor], torch.Tensor] | None = None, *,
-             outputs_dir: PathLike | None = None, judge: Judge | None = None, limit: int | None = None,
-             progress: ProgressFn | None = None, max_frames: int | None = None, judge_frames: int = 4,
-             previews: int = 8) -> EvalReport:
+def evaluate(
+    manifest: PathLike,
+    editor_fn: Callable[[EditRecord, torch.Tensor], torch.Tensor] | None = None,
+    *,
+    outputs_dir: PathLike | None = None,
+    judge: Judge | None = None,
+    limit: int | None = None,
+    progress: ProgressFn | None = None,
+    max_frames: int | None = None,
+    judge_frames: int = 4,
+    previews: int = 8,
+) -> EvalReport:
     """Score every record of a manifest with ground truth (target_video; mask_video optional).
 
     Outputs come from `editor_fn(record, source_frames)` (saved as `outputs_dir/<index>.mp4` when
@@ -56,21 +64,29 @@ def evaluate(manifest: PathLike, editor_fn: Callable[[EditRecord, torch.Tensor],
     compute. With a `judge`, its P(Yes) to the EA question is compared with the verifier (see module doc).
     `previews` edits get frame strips in the HTML report."""
     if editor_fn is None and outputs_dir is None:
-        raise InputError("evaluate needs outputs: pass editor_fn (run an editor) or outputs_dir (a folder of "
-                         "<index>.mp4 edits).")
+        raise InputError(
+            "evaluate needs outputs: pass editor_fn (run an editor) or outputs_dir (a folder of <index>.mp4 edits)."
+        )
     if limit is not None and limit < 1:
         raise InputError(f"limit={limit} must be at least 1, or None for every record.")
     records = load_manifest(manifest, max_frames=max_frames)[:limit]
     extras = manifest_extras(manifest)
     out_dir = None if outputs_dir is None else Path(outputs_dir).expanduser()
-    problems = [f"line {r.line}: no target_video; the exact benchmark needs the ground-truth edit"
-                for r in records if r.target_video is None]
+    problems = [
+        f"line {r.line}: no target_video; the exact benchmark needs the ground-truth edit"
+        for r in records
+        if r.target_video is None
+    ]
     if editor_fn is None:
-        problems += [f"line {r.line}: output {out_dir / f'{r.index}.mp4'} not found"
-                     for r in records if not (out_dir / f"{r.index}.mp4").is_file()]
+        problems += [
+            f"line {r.line}: output {out_dir / f'{r.index}.mp4'} not found"
+            for r in records
+            if not (out_dir / f"{r.index}.mp4").is_file()
+        ]
     if problems:
-        raise InputError(f"{manifest}: {len(problems)} record(s) cannot be scored:\n" +
-                         "\n".join(f"  {p}" for p in problems[:50]))
+        raise InputError(
+            f"{manifest}: {len(problems)} record(s) cannot be scored:\n" + "\n".join(f"  {p}" for p in problems[:50])
+        )
 
     scores: list[EditScore] = []
     shown: list[EditPreview] = []
@@ -79,8 +95,11 @@ def evaluate(manifest: PathLike, editor_fn: Callable[[EditRecord, torch.Tensor],
         extra = extras.get(record.line, {})
         source_frames, fps = read_frames(record.source_video, max_frames)
         target = read_frames(record.target_video, max_frames, "target_video")[0]
-        mask = None if record.mask_video is None else \
-            read_frames(record.mask_video, max_frames, "mask_video")[0].mean(dim=-1)
+        mask = (
+            None
+            if record.mask_video is None
+            else read_frames(record.mask_video, max_frames, "mask_video")[0].mean(dim=-1)
+        )
         if editor_fn is not None:
             output = _as_output(editor_fn(record, source_frames))
             if out_dir is not None:
@@ -92,21 +111,33 @@ def evaluate(manifest: PathLike, editor_fn: Callable[[EditRecord, torch.Tensor],
         if verify is not None and (how["top"] or how["left"] or how["frames"] < source_frames.shape[0]):
             verify = _shift_boxes(verify, how["frames"], how["top"], how["left"], *source_frames.shape[1:3])
         operation = extra.get("operation") if isinstance(extra.get("operation"), str) else None
-        score = score_edit(source, output, target, mask, verify, operation, index=record.index,
-                           category=record.type)
-        score.details.update(instruction=record.instruction, line=record.line, alignment=how,
-                             verify_given=verify is not None,
-                             **{k: extra[k] for k in ("attribute", "referring") if k in extra})
+        score = score_edit(source, output, target, mask, verify, operation, index=record.index, category=record.type)
+        score.details.update(
+            instruction=record.instruction,
+            line=record.line,
+            alignment=how,
+            verify_given=verify is not None,
+            **{k: extra[k] for k in ("attribute", "referring") if k in extra},
+        )
         if judge is not None:
             verdict = judge.score(source, output, record.instruction, num_frames=judge_frames)
             baseline = judge.score(source, source, record.instruction, num_frames=judge_frames)
             edit_region = derive_mask(source, target) if mask is None else _mask(mask)
             source_ea = edit_accuracy(source, source, target, edit_region, verify, operation)[0]
             score.details["judge"] = dict(verdict.scores)
-            for kind, p_yes, ea in (("output", verdict.scores["EA"], score.ea),
-                                    ("source", baseline.scores["EA"], source_ea)):
-                judged.append({"index": record.index, "kind": kind, "p_yes": float(p_yes), "ea": ea,
-                               "label": ea >= JUDGE_THRESHOLD})
+            for kind, p_yes, ea in (
+                ("output", verdict.scores["EA"], score.ea),
+                ("source", baseline.scores["EA"], source_ea),
+            ):
+                judged.append(
+                    {
+                        "index": record.index,
+                        "kind": kind,
+                        "p_yes": float(p_yes),
+                        "ea": ea,
+                        "label": ea >= JUDGE_THRESHOLD,
+                    }
+                )
         scores.append(score)
         if len(shown) < previews:
             shown.append(make_preview(record.index, record.instruction, source, output, target))
@@ -119,6 +150,12 @@ def evaluate(manifest: PathLike, editor_fn: Callable[[EditRecord, torch.Tensor],
             groups.setdefault(key(s), []).append(s)
         return {name: aggregate(group) for name, group in sorted(groups.items())}
 
-    return EvalReport(manifest=str(manifest), scores=scores, by_category=grouped(lambda s: s.category),
-                      by_operation=grouped(lambda s: s.operation), overall=aggregate(scores),
-                      judge_agreement=judge_agreement(judged) if judge is not None else None, previews=shown)
+    return EvalReport(
+        manifest=str(manifest),
+        scores=scores,
+        by_category=grouped(lambda s: s.category),
+        by_operation=grouped(lambda s: s.operation),
+        overall=aggregate(scores),
+        judge_agreement=judge_agreement(judged) if judge is not None else None,
+        previews=shown,
+    )

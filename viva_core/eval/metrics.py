@@ -1,5 +1,6 @@
 """The pixel-level scores of the exact benchmark: frame and mask inputs, preservation (PC: PSNR, SSIM),
 temporal naturalness (GN) and the realism proxy (GR). Formulas: the package docstring."""
+
 from __future__ import annotations
 
 import math
@@ -11,17 +12,18 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 
-MASK_DERIVE_TOL = 0.1       # no mask video: pixels where source and target differ by more (any channel)
-PRESERVE_MARGIN = 2         # pixels around the mask left out of preservation
+MASK_DERIVE_TOL = 0.1  # no mask video: pixels where source and target differ by more (any channel)
+PRESERVE_MARGIN = 2  # pixels around the mask left out of preservation
 MIN_OUTSIDE_FRACTION = 0.01
 PSNR_CAP, PSNR_FLOOR, PSNR_SPAN = 100.0, 10.0, 40.0
-SSIM_WINDOW, SSIM_SIGMA, SSIM_C1, SSIM_C2 = 11, 1.5, 0.01 ** 2, 0.03 ** 2
+SSIM_WINDOW, SSIM_SIGMA, SSIM_C1, SSIM_C2 = 11, 1.5, 0.01**2, 0.03**2
 TAU_FLICKER = 0.02
 TAU_TEMPORAL = 0.05
 HIST_BINS = 8
 
 
 # ================================================================================================ inputs
+
 
 def _frames(x, name: str) -> torch.Tensor:
     """[T,H,W,3] float32 0..1 on CPU from a tensor or array (uint8 arrays are divided by 255)."""
@@ -78,14 +80,16 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 # ======================================================================================== preservation
 
+
 def _gaussian_1d(size: int, sigma: float) -> torch.Tensor:
     k = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-k ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-(k**2) / (2 * sigma**2))
     return (g / g.sum()).float()
 
 
-def ssim_map(x: torch.Tensor, y: torch.Tensor, *, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA,
-             chunk: int = 8) -> torch.Tensor:
+def ssim_map(
+    x: torch.Tensor, y: torch.Tensor, *, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, chunk: int = 8
+) -> torch.Tensor:
     """SSIM (Wang et al. 2004) of frames [T,H,W,C] in 0..1 at every window centre: [T, H−w+1, W−w+1].
 
     Gaussian-weighted means, variances and covariance per channel (window `w`, shrunk to the largest odd
@@ -93,8 +97,9 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, *, window: int = SSIM_WINDOW, sig
     SSIM = (2μxμy + C1)(2σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2)), averaged over channels.
     fp32, `chunk` frames at a time; identical inputs give exactly 1."""
     if x.shape != y.shape or x.ndim != 4:
-        raise InputError(f"ssim needs two frame stacks [T,H,W,C] of one shape, got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}.")
+        raise InputError(
+            f"ssim needs two frame stacks [T,H,W,C] of one shape, got {tuple(x.shape)} and {tuple(y.shape)}."
+        )
     size = min(window, x.shape[1], x.shape[2])
     size -= 1 - size % 2
     g = _gaussian_1d(size, sigma)
@@ -104,16 +109,17 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, *, window: int = SSIM_WINDOW, sig
     band_w = torch.stack([F.pad(g, (i, x.shape[2] - size - i)) for i in range(x.shape[2] - size + 1)])
     out = []
     for i in range(0, x.shape[0], chunk):
-        a = x[i:i + chunk].permute(0, 3, 1, 2).float()
-        b = y[i:i + chunk].permute(0, 3, 1, 2).float()
+        a = x[i : i + chunk].permute(0, 3, 1, 2).float()
+        b = y[i : i + chunk].permute(0, 3, 1, 2).float()
         n, c, h, w = a.shape
         # the five blurred quantities of all frames and channels in one separable convolution
         stack = torch.stack([a, b, a * a, b * b, a * b]).reshape(5 * n * c, 1, h, w)
         blurred = (band_h @ stack.reshape(5 * n * c, h, w) @ band_w.T).reshape(5, n, c, h - size + 1, w - size + 1)
         mu_a, mu_b, aa, bb, ab = blurred
         var_a, var_b, cov = aa - mu_a * mu_a, bb - mu_b * mu_b, ab - mu_a * mu_b
-        s = ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)) / \
-            ((mu_a * mu_a + mu_b * mu_b + SSIM_C1) * (var_a + var_b + SSIM_C2))
+        s = ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)) / (
+            (mu_a * mu_a + mu_b * mu_b + SSIM_C1) * (var_a + var_b + SSIM_C2)
+        )
         out.append(s.mean(dim=1))
     return torch.cat(out)
 
@@ -125,7 +131,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, weight: torch.Tensor | None = None
     if weight is None:
         return float(smap.mean())
     r = (x.shape[1] - smap.shape[1]) // 2
-    wt = weight[:, r:r + smap.shape[1], r:r + smap.shape[2]].float()
+    wt = weight[:, r : r + smap.shape[1], r : r + smap.shape[2]].float()
     if wt.sum() <= 0:
         raise InputError("ssim: the weight leaves no window centre to average over.")
     return float((smap * wt).sum() / wt.sum())
@@ -143,8 +149,9 @@ def psnr_score(value: float) -> float:
     return min(1.0, max(0.0, (value - PSNR_FLOOR) / PSNR_SPAN))
 
 
-def preservation(source: torch.Tensor, output: torch.Tensor, mask: torch.Tensor
-                 ) -> tuple[float | None, float | None, float | None]:
+def preservation(
+    source: torch.Tensor, output: torch.Tensor, mask: torch.Tensor
+) -> tuple[float | None, float | None, float | None]:
     """(PC, PSNR, SSIM) of the output vs the source outside the (dilated) mask; Nones when too little is outside."""
     edit_region = dilate(mask, PRESERVE_MARGIN)
     outside = ~edit_region
@@ -160,6 +167,7 @@ def preservation(source: torch.Tensor, output: torch.Tensor, mask: torch.Tensor
 
 
 # ================================================================================ temporal naturalness
+
 
 def flicker(frames: torch.Tensor) -> float:
     """Mean absolute frame-to-frame difference (over pixels, channels and transitions)."""
@@ -185,8 +193,12 @@ def naturalness(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     error = temporal_error(output, target, mask)
     temporal_score = None if error is None else math.exp(-error / TAU_TEMPORAL)
     return _mean([flicker_score, temporal_score]), {
-        "flicker_out": f_out, "flicker_gt": f_gt, "flicker_score": flicker_score,
-        "temporal_error": error, "temporal_score": temporal_score}
+        "flicker_out": f_out,
+        "flicker_gt": f_gt,
+        "flicker_score": flicker_score,
+        "temporal_error": error,
+        "temporal_score": temporal_score,
+    }
 
 
 # ================================================================================================ realism
@@ -208,7 +220,7 @@ def colour_histogram(frames: torch.Tensor, bins: int = HIST_BINS) -> torch.Tenso
     """Joint RGB histogram with `bins` per channel over all pixels, normalised to sum 1: [bins³]."""
     q = (frames * bins).long().clamp_(0, bins - 1)
     index = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
-    hist = torch.bincount(index.flatten(), minlength=bins ** 3).double()
+    hist = torch.bincount(index.flatten(), minlength=bins**3).double()
     return hist / hist.sum()
 
 
@@ -218,6 +230,10 @@ def realism(output: torch.Tensor, target: torch.Tensor) -> tuple[float, dict]:
     ratio = (v_out + 1e-8) / (v_gt + 1e-8)
     sharpness_score = min(ratio, 1.0 / ratio)
     palette = float(torch.minimum(colour_histogram(output), colour_histogram(target)).sum())
-    return 0.5 * (sharpness_score + palette), {"sharpness_out": v_out, "sharpness_gt": v_gt,
-                                               "sharpness_ratio": ratio, "sharpness_score": sharpness_score,
-                                               "palette": palette}
+    return 0.5 * (sharpness_score + palette), {
+        "sharpness_out": v_out,
+        "sharpness_gt": v_gt,
+        "sharpness_ratio": ratio,
+        "sharpness_score": sharpness_score,
+        "palette": palette,
+    }

@@ -1,5 +1,6 @@
 """The evaluation report: per-edit scores with their means, as JSON, a terminal table and one
 self-contained HTML page with frame strips."""
+
 from __future__ import annotations
 
 import base64
@@ -39,24 +40,39 @@ class EvalReport:
     previews: list[EditPreview] = field(default_factory=list)  # HTML only, not in the JSON
 
     def to_json(self) -> str:
-        return json.dumps({"manifest": self.manifest, "overall": self.overall, "by_category": self.by_category,
-                           "by_operation": self.by_operation, "judge_agreement": self.judge_agreement,
-                           "scores": [asdict(s) for s in self.scores]}, ensure_ascii=False, indent=2)
+        return json.dumps(
+            {
+                "manifest": self.manifest,
+                "overall": self.overall,
+                "by_category": self.by_category,
+                "by_operation": self.by_operation,
+                "judge_agreement": self.judge_agreement,
+                "scores": [asdict(s) for s in self.scores],
+            },
+            ensure_ascii=False,
+            indent=2,
+        )
 
     def table(self) -> str:
         """Plain-text tables per category and per operation, and the overall row (for the terminal)."""
         lines = []
-        for title, groups in (("category", self.by_category), ("operation", self.by_operation),
-                              ("", {"all": self.overall})):
+        for title, groups in (
+            ("category", self.by_category),
+            ("operation", self.by_operation),
+            ("", {"all": self.overall}),
+        ):
             lines.append(f"{title or 'overall':<24}{'n':>5}" + "".join(f"{k.upper():>8}" for k in DIMENSION_KEYS))
             for name, row in groups.items():
-                lines.append(f"{name[:23]:<24}{row['count']:>5}"
-                             + "".join(_fmt(row[k]).rjust(8) for k in DIMENSION_KEYS))
+                lines.append(
+                    f"{name[:23]:<24}{row['count']:>5}" + "".join(_fmt(row[k]).rjust(8) for k in DIMENSION_KEYS)
+                )
             lines.append("")
         if self.judge_agreement:
             j = self.judge_agreement
-            lines.append(f"judge vs verifier: accuracy {_fmt(j['accuracy'])}, ROC-AUC {_fmt(j['roc_auc'])} "
-                         f"({j['positives']} positives, {j['negatives']} negatives)")
+            lines.append(
+                f"judge vs verifier: accuracy {_fmt(j['accuracy'])}, ROC-AUC {_fmt(j['roc_auc'])} "
+                f"({j['positives']} positives, {j['negatives']} negatives)"
+            )
         return "\n".join(lines).rstrip()
 
     def write(self, out_dir: PathLike) -> Path:
@@ -72,7 +88,6 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-
 def _data_uri(frame: torch.Tensor, max_side: int) -> str:
     from ..vlm import to_pil_image
 
@@ -81,14 +96,19 @@ def _data_uri(frame: torch.Tensor, max_side: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def make_preview(index: int, instruction: str, source, output, target, *, frames: int = 3,
-                 max_side: int = 192) -> EditPreview:
+def make_preview(
+    index: int, instruction: str, source, output, target, *, frames: int = 3, max_side: int = 192
+) -> EditPreview:
     """PNG data URIs of `frames` uniformly spaced frames of source, output and ground truth."""
     picks = uniform_frame_indices(output.shape[0], frames)
-    return EditPreview(index=index, instruction=instruction,
-                       rows={name: [_data_uri(x[i], max_side) for i in picks]
-                             for name, x in (("source", source), ("output", output), ("ground truth", target))})
-
+    return EditPreview(
+        index=index,
+        instruction=instruction,
+        rows={
+            name: [_data_uri(x[i], max_side) for i in picks]
+            for name, x in (("source", source), ("output", output), ("ground truth", target))
+        },
+    )
 
 
 # ================================================================================================ HTML
@@ -108,35 +128,49 @@ td.name,th.name{text-align:left}
 
 def _score_table(title: str, groups: dict[str, dict]) -> str:
     head = "".join(f"<th>{k.upper()}</th>" for k in DIMENSION_KEYS)
-    rows = "".join(f"<tr><td class=name>{html.escape(name)}</td><td>{row['count']}</td>"
-                   + "".join(f"<td>{_fmt(row[k])}</td>" for k in DIMENSION_KEYS) + "</tr>"
-                   for name, row in groups.items())
-    return f"<h2>{html.escape(title)}</h2><table><tr><th class=name>{html.escape(title.split()[-1])}</th>" \
-           f"<th>n</th>{head}</tr>{rows}</table>"
+    rows = "".join(
+        f"<tr><td class=name>{html.escape(name)}</td><td>{row['count']}</td>"
+        + "".join(f"<td>{_fmt(row[k])}</td>" for k in DIMENSION_KEYS)
+        + "</tr>"
+        for name, row in groups.items()
+    )
+    return (
+        f"<h2>{html.escape(title)}</h2><table><tr><th class=name>{html.escape(title.split()[-1])}</th>"
+        f"<th>n</th>{head}</tr>{rows}</table>"
+    )
 
 
 def render_html(report: EvalReport) -> str:
     """One self-contained HTML page: score tables, judge agreement, per-edit scores and frame strips."""
-    parts = [f"<!doctype html><html><head><meta charset=utf-8><title>VIVA eval</title><style>{CSS}</style>"
-             f"</head><body><h1>VIVA exact benchmark</h1><p class=muted>{html.escape(report.manifest)} · "
-             f"{len(report.scores)} edits · scores in [0, 1] (PSNR in dB)</p>",
-             _score_table("Overall", {"all": report.overall}),
-             _score_table("By category", report.by_category),
-             _score_table("By operation", report.by_operation)]
+    parts = [
+        f"<!doctype html><html><head><meta charset=utf-8><title>VIVA eval</title><style>{CSS}</style>"
+        f"</head><body><h1>VIVA exact benchmark</h1><p class=muted>{html.escape(report.manifest)} · "
+        f"{len(report.scores)} edits · scores in [0, 1] (PSNR in dB)</p>",
+        _score_table("Overall", {"all": report.overall}),
+        _score_table("By category", report.by_category),
+        _score_table("By operation", report.by_operation),
+    ]
     if report.judge_agreement:
         j = report.judge_agreement
-        parts.append(f"<h2>Judge vs verifier</h2><table><tr><th>n</th><th>positives</th><th>negatives</th>"
-                     f"<th>accuracy @ {j['threshold']}</th><th>ROC-AUC</th></tr><tr><td>{j['n']}</td>"
-                     f"<td>{j['positives']}</td><td>{j['negatives']}</td><td>{_fmt(j['accuracy'])}</td>"
-                     f"<td>{_fmt(j['roc_auc'])}</td></tr></table>")
+        parts.append(
+            f"<h2>Judge vs verifier</h2><table><tr><th>n</th><th>positives</th><th>negatives</th>"
+            f"<th>accuracy @ {j['threshold']}</th><th>ROC-AUC</th></tr><tr><td>{j['n']}</td>"
+            f"<td>{j['positives']}</td><td>{j['negatives']}</td><td>{_fmt(j['accuracy'])}</td>"
+            f"<td>{_fmt(j['roc_auc'])}</td></tr></table>"
+        )
     head = "".join(f"<th>{k.upper()}</th>" for k in DIMENSION_KEYS)
-    rows = "".join(f"<tr><td>{s.index}</td><td class=name>{html.escape(s.category)}</td>"
-                   f"<td class=name>{html.escape(s.operation)}</td>"
-                   f"<td class=name>{html.escape(str(s.details.get('instruction', '')))}</td>"
-                   + "".join(f"<td>{_fmt(getattr(s, k))}</td>" for k in DIMENSION_KEYS) + "</tr>"
-                   for s in report.scores)
-    parts.append(f"<h2>Edits</h2><table><tr><th>#</th><th class=name>category</th><th class=name>operation</th>"
-                 f"<th class=name>instruction</th>{head}</tr>{rows}</table>")
+    rows = "".join(
+        f"<tr><td>{s.index}</td><td class=name>{html.escape(s.category)}</td>"
+        f"<td class=name>{html.escape(s.operation)}</td>"
+        f"<td class=name>{html.escape(str(s.details.get('instruction', '')))}</td>"
+        + "".join(f"<td>{_fmt(getattr(s, k))}</td>" for k in DIMENSION_KEYS)
+        + "</tr>"
+        for s in report.scores
+    )
+    parts.append(
+        f"<h2>Edits</h2><table><tr><th>#</th><th class=name>category</th><th class=name>operation</th>"
+        f"<th class=name>instruction</th>{head}</tr>{rows}</table>"
+    )
     by_index = {s.index: s for s in report.scores}
     if report.previews:
         parts.append("<h2>Frames</h2>")
@@ -144,10 +178,14 @@ def render_html(report: EvalReport) -> str:
         s = by_index.get(p.index)
         line = "" if s is None else " · ".join(f"{k.upper()} {_fmt(getattr(s, k))}" for k in DIMENSION_KEYS)
         n = max(len(v) for v in p.rows.values())
-        grid = "".join(f"<div class=label>{html.escape(name)}</div>" +
-                       "".join(f"<img src=\"{uri}\" alt=\"{html.escape(name)} frame\">" for uri in uris)
-                       for name, uris in p.rows.items())
-        parts.append(f"<div class=edit><div><b>#{p.index}</b> {html.escape(p.instruction)}</div>"
-                     f"<div class=muted>{html.escape(line)}</div><div class=grid style=\"--n:{n}\">{grid}</div></div>")
+        grid = "".join(
+            f"<div class=label>{html.escape(name)}</div>"
+            + "".join(f'<img src="{uri}" alt="{html.escape(name)} frame">' for uri in uris)
+            for name, uris in p.rows.items()
+        )
+        parts.append(
+            f"<div class=edit><div><b>#{p.index}</b> {html.escape(p.instruction)}</div>"
+            f'<div class=muted>{html.escape(line)}</div><div class=grid style="--n:{n}">{grid}</div></div>'
+        )
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -1,5 +1,6 @@
 """One edit's scores (EA, PC, GN, GR) in an `EditScore`, their means over many edits, and the judge's
 agreement with the verifiers (accuracy, ROC-AUC)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ UNCATEGORISED = "uncategorised"
 
 
 # ============================================================================================ one edit
+
 
 @dataclass
 class EditScore:
@@ -36,14 +38,25 @@ class EditScore:
     details: dict = field(default_factory=dict)
 
 
-def score_edit(source, output, target, mask, verify: dict | None, operation: str | None, *, index: int = 0,
-               category: str | None = None) -> EditScore:
+def score_edit(
+    source,
+    output,
+    target,
+    mask,
+    verify: dict | None,
+    operation: str | None,
+    *,
+    index: int = 0,
+    category: str | None = None,
+) -> EditScore:
     """Score `output` against the source, the ground truth `target` and the edit `mask` (all of one shape:
     frames [T,H,W,3] 0..1, mask [T,H,W] or [T,H,W,C]; None derives the mask from source vs target)."""
     s, o, y = _frames(source, "source"), _frames(output, "output"), _frames(target, "target")
     if not (s.shape == o.shape == y.shape):
-        raise InputError(f"source {tuple(s.shape)}, output {tuple(o.shape)} and target {tuple(y.shape)} must have "
-                         "one shape [T,H,W,3]; `evaluate` aligns an editor's output before scoring.")
+        raise InputError(
+            f"source {tuple(s.shape)}, output {tuple(o.shape)} and target {tuple(y.shape)} must have "
+            "one shape [T,H,W,3]; `evaluate` aligns an editor's output before scoring."
+        )
     m = derive_mask(s, y) if mask is None else _mask(mask)
     if m.shape != s.shape[:3]:
         raise InputError(f"mask {tuple(m.shape)} does not match the frames {tuple(s.shape[:3])} (T, H, W).")
@@ -51,15 +64,31 @@ def score_edit(source, output, target, mask, verify: dict | None, operation: str
     pc, value_psnr, value_ssim = preservation(s, o, m)
     gn, gn_details = naturalness(o, y, m)
     gr, gr_details = realism(o, y)
-    details = {"ea": ea_details, "pc": {"psnr_score": None if value_psnr is None else psnr_score(value_psnr)},
-               "gn": gn_details, "gr": gr_details, "mask_fraction": float(m.float().mean()),
-               "mask_derived": mask is None}
-    return EditScore(index=index, operation="+".join(operation_parts(operation)) or "unknown",
-                     category=category or UNCATEGORISED, ea=ea, pc=pc, gn=gn, gr=gr,
-                     overall=_mean([ea, pc, gn, gr]), psnr=value_psnr, ssim=value_ssim, details=details)
+    details = {
+        "ea": ea_details,
+        "pc": {"psnr_score": None if value_psnr is None else psnr_score(value_psnr)},
+        "gn": gn_details,
+        "gr": gr_details,
+        "mask_fraction": float(m.float().mean()),
+        "mask_derived": mask is None,
+    }
+    return EditScore(
+        index=index,
+        operation="+".join(operation_parts(operation)) or "unknown",
+        category=category or UNCATEGORISED,
+        ea=ea,
+        pc=pc,
+        gn=gn,
+        gr=gr,
+        overall=_mean([ea, pc, gn, gr]),
+        psnr=value_psnr,
+        ssim=value_ssim,
+        details=details,
+    )
 
 
 # ========================================================================================= the judge
+
 
 def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     """Area under the ROC curve = P(score of a random positive > a random negative) + ½ P(tie), from the
@@ -77,7 +106,7 @@ def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
         j = i
         while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1  # average of ranks i+1 .. j+1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1  # average of ranks i+1 .. j+1
         i = j + 1
     u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))
@@ -89,11 +118,19 @@ def judge_agreement(items: list[dict], threshold: float = JUDGE_THRESHOLD) -> di
     p = [it["p_yes"] for it in items]
     labels = [bool(it["label"]) for it in items]
     accuracy = sum((pi >= threshold) == li for pi, li in zip(p, labels)) / len(items) if items else None
-    return {"n": len(items), "positives": sum(labels), "negatives": len(labels) - sum(labels),
-            "threshold": threshold, "accuracy": accuracy, "roc_auc": roc_auc(p, labels), "items": items}
+    return {
+        "n": len(items),
+        "positives": sum(labels),
+        "negatives": len(labels) - sum(labels),
+        "threshold": threshold,
+        "accuracy": accuracy,
+        "roc_auc": roc_auc(p, labels),
+        "items": items,
+    }
 
 
 # ============================================================================================ aggregate
+
 
 def aggregate(scores: Sequence[EditScore]) -> dict:
     """Count and mean of each score (undefined ones left out of their mean)."""

@@ -1,5 +1,6 @@
 """Edit accuracy (EA): one verifier per operation places the output between the source (0) and the ground
 truth (1); a verifier that cannot judge an edit falls back to the generic check (package docstring)."""
+
 from __future__ import annotations
 
 import math
@@ -9,15 +10,24 @@ import torch
 
 from .metrics import MASK_DERIVE_TOL, _mean, colour_distance, dilate
 
-COLOUR_TOL = 0.2            # RGB Euclidean distance (0..√3) under which two colours count as the same
-MIN_SEPARATION = 0.05       # a verifier whose q(source) and q(ground truth) are closer than this falls back
-MIN_CHANGE = 0.02           # generic check: floor of the source's error (an edit that changes almost nothing)
-SEARCH_MARGIN = 2           # pixels the object search of replace/move looks beyond the mask and box
-OPERATION_ALIASES = {"recolor": "recolour", "color": "recolour", "colour": "recolour", "delete": "remove",
-                     "insert": "add", "translate": "move", "scale": "resize", "swap": "replace"}
+COLOUR_TOL = 0.2  # RGB Euclidean distance (0..√3) under which two colours count as the same
+MIN_SEPARATION = 0.05  # a verifier whose q(source) and q(ground truth) are closer than this falls back
+MIN_CHANGE = 0.02  # generic check: floor of the source's error (an edit that changes almost nothing)
+SEARCH_MARGIN = 2  # pixels the object search of replace/move looks beyond the mask and box
+OPERATION_ALIASES = {
+    "recolor": "recolour",
+    "color": "recolour",
+    "colour": "recolour",
+    "delete": "remove",
+    "insert": "add",
+    "translate": "move",
+    "scale": "resize",
+    "swap": "replace",
+}
 
 
 # ========================================================================================= edit accuracy
+
 
 class _Fallback(Exception):
     """The verifier cannot judge this edit (the message says why); the generic check runs instead."""
@@ -83,9 +93,13 @@ def recolour_accuracy(source, output, target, mask, verify: dict) -> tuple[float
 
     q_out, q_src, q_gt = q(output), q(source), q(target)
     _separated(q_src, q_gt, "colour distances")
-    return anchored(q_out, q_src, q_gt), {"verifier": "recolour", "colour_distance": q_out,
-                                          "source_colour_distance": q_src, "truth_colour_distance": q_gt,
-                                          "pixels": int(region.sum())}
+    return anchored(q_out, q_src, q_gt), {
+        "verifier": "recolour",
+        "colour_distance": q_out,
+        "source_colour_distance": q_src,
+        "truth_colour_distance": q_gt,
+        "pixels": int(region.sum()),
+    }
 
 
 def presence_accuracy(source, output, target, mask, verify: dict, *, present: bool) -> tuple[float, dict]:
@@ -110,9 +124,14 @@ def presence_accuracy(source, output, target, mask, verify: dict, *, present: bo
     q_out, q_src, q_gt = q(output), q(source), q(target)
     _separated(q_src, q_gt, "wanted-look fractions")
     object_fraction = q_out if present else 1.0 - q_out
-    return anchored(q_out, q_src, q_gt), {"verifier": "add" if present else "remove", "want_present": present,
-                                          "object_seen": object_fraction > 0.5, "wanted_fraction": q_out,
-                                          "truth_wanted_fraction": q_gt, "pixels": int(region.sum())}
+    return anchored(q_out, q_src, q_gt), {
+        "verifier": "add" if present else "remove",
+        "want_present": present,
+        "object_seen": object_fraction > 0.5,
+        "wanted_fraction": q_out,
+        "truth_wanted_fraction": q_gt,
+        "pixels": int(region.sum()),
+    }
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -156,8 +175,12 @@ def replace_accuracy(source, output, target, mask, verify: dict) -> tuple[float,
         raise _Fallback("the ground truth shows no blob of the object's colour in the mask")
     q_out, q_src = _iou(blob(output), truth), _iou(blob(source), truth)
     _separated(q_src, 1.0, "blob IoUs")
-    return anchored(q_out, q_src, 1.0), {"verifier": "replace", "iou": q_out, "source_iou": q_src,
-                                         "object_rgb": [round(float(v), 4) for v in c]}
+    return anchored(q_out, q_src, 1.0), {
+        "verifier": "replace",
+        "iou": q_out,
+        "source_iou": q_src,
+        "object_rgb": [round(float(v), 4) for v in c],
+    }
 
 
 def _boxes(verify: dict, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,16 +248,24 @@ def position_accuracy(source, output, target, mask, verify: dict) -> tuple[float
         total = 0.0
         for t in kept:
             ys, xs = torch.nonzero(found[t], as_tuple=True)
-            box = None if ys.numel() == 0 else \
-                [float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1]
+            box = (
+                None
+                if ys.numel() == 0
+                else [float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1]
+            )
             total += _box_iou(box, boxes[t].tolist())
         return total / len(kept)
 
     q_out, q_src, q_gt = q(output), q(source), q(target)
     _separated(q_src, q_gt, "box IoUs")
-    return anchored(q_out, q_src, q_gt), {"verifier": "position", "box_iou": q_out, "source_box_iou": q_src,
-                                          "truth_box_iou": q_gt, "frames": len(kept),
-                                          "object_rgb": [round(float(v), 4) for v in c]}
+    return anchored(q_out, q_src, q_gt), {
+        "verifier": "position",
+        "box_iou": q_out,
+        "source_box_iou": q_src,
+        "truth_box_iou": q_gt,
+        "frames": len(kept),
+        "object_rgb": [round(float(v), 4) for v in c],
+    }
 
 
 def style_accuracy(source, output, target, mask, verify: dict) -> tuple[float, dict]:
@@ -250,8 +281,12 @@ def style_accuracy(source, output, target, mask, verify: dict) -> tuple[float, d
 
     q_out, q_src, q_gt = q(output), q(source), q(target)
     _separated(q_src, q_gt, "chroma")
-    return anchored(q_out, q_src, q_gt), {"verifier": "grayscale", "chroma": q_out, "source_chroma": q_src,
-                                          "truth_chroma": q_gt}
+    return anchored(q_out, q_src, q_gt), {
+        "verifier": "grayscale",
+        "chroma": q_out,
+        "source_chroma": q_src,
+        "truth_chroma": q_gt,
+    }
 
 
 VERIFIERS: dict[str, Callable[..., tuple[float, dict]]] = {
@@ -305,5 +340,7 @@ def edit_accuracy(source, output, target, mask, verify: dict | None, operation: 
             results.append((ea, {**details, "fallback": str(why)}))
     if len(results) == 1:
         return results[0]
-    return _mean([ea for ea, _ in results]), {"verifier": "hybrid",
-                                              "parts": {p: {"ea": ea, **d} for p, (ea, d) in zip(parts, results)}}
+    return _mean([ea for ea, _ in results]), {
+        "verifier": "hybrid",
+        "parts": {p: {"ea": ea, **d} for p, (ea, d) in zip(parts, results)},
+    }

@@ -60,23 +60,79 @@ Where each part lives: `world` (vocabulary, objects, a random world), `simulator
 (operations on the world), `clips` (`make_clip`), `dataset` (`generate`). This package re-exports their public
 names, so `from viva_core.synth import generate` keeps working.
 """
+
 from __future__ import annotations
 
-from .clips import (BASIC_OPS, CATEGORIES, CAUSAL_OPS, OBJECT_OPS, OPERATIONS, REASONING_OPS, TEMPORAL_OPS, Clip,
-                    make_clip)
+from .clips import (
+    BASIC_OPS,
+    CATEGORIES,
+    CAUSAL_OPS,
+    OBJECT_OPS,
+    OPERATIONS,
+    REASONING_OPS,
+    TEMPORAL_OPS,
+    Clip,
+    make_clip,
+)
 from .dataset import DEFAULT_HELDOUT, FORMATS, SPLITS, generate, split_counts
 from .language import REGION_TEXT, TEMPLATES, caption
-from .referring import (BASIC_REFERRING, COMMONSENSE_REFERRING, HIT_MARGIN, POSITION_MARGIN, REFERRING,
-                        SPATIAL_REFERRING, SPEED_MARGIN, referents, referring_text)
+from .referring import (
+    BASIC_REFERRING,
+    COMMONSENSE_REFERRING,
+    HIT_MARGIN,
+    POSITION_MARGIN,
+    REFERRING,
+    SPATIAL_REFERRING,
+    SPEED_MARGIN,
+    referents,
+    referring_text,
+)
 from .rendering import Rendered, apply_style, background_image, bboxes, footprint, render
 from .simulator import State, simulate
 from .world import BACKGROUNDS, PALETTE, SHAPES, SIZES, STYLES, Background, Obj, World, radius_for
 
 __all__ = [
-    "BACKGROUNDS", "BASIC_OPS", "BASIC_REFERRING", "CATEGORIES", "CAUSAL_OPS", "COMMONSENSE_REFERRING",
-    "DEFAULT_HELDOUT", "FORMATS", "HIT_MARGIN", "OBJECT_OPS", "OPERATIONS", "PALETTE", "POSITION_MARGIN",
-    "REASONING_OPS", "REFERRING", "REGION_TEXT", "SHAPES", "SIZES", "SPATIAL_REFERRING", "SPEED_MARGIN", "SPLITS",
-    "STYLES", "TEMPLATES", "TEMPORAL_OPS", "Background", "Clip", "Obj", "Rendered", "State", "World",
-    "apply_style", "background_image", "bboxes", "caption", "footprint", "generate", "make_clip", "radius_for",
-    "referents", "referring_text", "render", "simulate", "split_counts",
+    "BACKGROUNDS",
+    "BASIC_OPS",
+    "BASIC_REFERRING",
+    "CATEGORIES",
+    "CAUSAL_OPS",
+    "COMMONSENSE_REFERRING",
+    "DEFAULT_HELDOUT",
+    "FORMATS",
+    "HIT_MARGIN",
+    "OBJECT_OPS",
+    "OPERATIONS",
+    "PALETTE",
+    "POSITION_MARGIN",
+    "REASONING_OPS",
+    "REFERRING",
+    "REGION_TEXT",
+    "SHAPES",
+    "SIZES",
+    "SPATIAL_REFERRING",
+    "SPEED_MARGIN",
+    "SPLITS",
+    "STYLES",
+    "TEMPLATES",
+    "TEMPORAL_OPS",
+    "Background",
+    "Clip",
+    "Obj",
+    "Rendered",
+    "State",
+    "World",
+    "apply_style",
+    "background_image",
+    "bboxes",
+    "caption",
+    "footprint",
+    "generate",
+    "make_clip",
+    "radius_for",
+    "referents",
+    "referring_text",
+    "render",
+    "simulate",
+    "split_counts",
 ]

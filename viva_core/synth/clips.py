@@ -1,5 +1,6 @@
 """One paired clip (`make_clip`): categories and their operations, the edit plan, the target world,
 the mask and the labels."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from .edits import MIN_VISIBLE, _Edit, _Rules, _add_edit, _global_edit, _with_referent
+from .edits import MIN_VISIBLE, _add_edit, _Edit, _global_edit, _Rules, _with_referent
 from .language import _join, _sentence, caption
 from .referring import BASIC_REFERRING, COMMONSENSE_REFERRING, SPATIAL_REFERRING, _Scene
 from .rendering import Rendered, apply_style, bboxes
@@ -53,14 +54,27 @@ class Clip:
 
     def record(self) -> dict:
         """The manifest fields of this clip, without media paths."""
-        return {"instruction": self.instruction, "source_caption": self.source_caption,
-                "target_caption": self.target_caption, "type": self.type, "operation": self.operation,
-                "attribute": self.attribute, "referring": self.referring, "verify": self.verify}
+        return {
+            "instruction": self.instruction,
+            "source_caption": self.source_caption,
+            "target_caption": self.target_caption,
+            "type": self.type,
+            "operation": self.operation,
+            "attribute": self.attribute,
+            "referring": self.referring,
+            "verify": self.verify,
+        }
 
 
 def _feasible_ops(category: str, ops: Sequence[str]) -> list[str]:
-    pool = {"basic": BASIC_OPS, "hybrid": BASIC_OPS, "temporal": TEMPORAL_OPS, "causal": CAUSAL_OPS,
-            "spatial": REASONING_OPS, "commonsense": REASONING_OPS}[category]
+    pool = {
+        "basic": BASIC_OPS,
+        "hybrid": BASIC_OPS,
+        "temporal": TEMPORAL_OPS,
+        "causal": CAUSAL_OPS,
+        "spatial": REASONING_OPS,
+        "commonsense": REASONING_OPS,
+    }[category]
     return [op for op in pool if op in ops]
 
 
@@ -93,16 +107,20 @@ def _plan(rng: np.random.Generator, category: str, ops: Sequence[str], rules: _R
     return sorted(plan, key=lambda op: op == "style")  # a style applies to the edited scene: last
 
 
-def _build_edits(rng: np.random.Generator, scene: _Scene, category: str, plan: list[str], rules: _Rules
-                 ) -> list[_Edit] | None:
+def _build_edits(
+    rng: np.random.Generator, scene: _Scene, category: str, plan: list[str], rules: _Rules
+) -> list[_Edit] | None:
     kinds = {"spatial": SPATIAL_REFERRING, "commonsense": COMMONSENSE_REFERRING}.get(category, BASIC_REFERRING)
     edits: list[_Edit] = []
     taken: set[int] = set()
     world = scene.world
     for op in plan:
         # The required triple binds one operation of the plan: the first one with its name.
-        own = rules if rules.require and rules.require[0] == op and not any(e.op == op for e in edits) \
+        own = (
+            rules
+            if rules.require and rules.require[0] == op and not any(e.op == op for e in edits)
             else _Rules(rules.exclude)
+        )
         if op in OBJECT_OPS:
             edited = _Scene(world, scene.frames) if edits and world != scene.world else None
             edit = _with_referent(rng, scene, op, kinds, own, taken, edited)
@@ -133,9 +151,17 @@ def _mask(src: Rendered, tgt: Rendered, edit: _Edit) -> np.ndarray:
     return region
 
 
-def make_clip(rng: np.random.Generator, *, frames: int = 17, size: int = 64, categories: Sequence[str] = CATEGORIES,
-              ops: Sequence[str] | None = None, category: str | None = None,
-              require: tuple[str, str, str] | None = None, exclude: Iterable[tuple[str, str, str]] = ()) -> Clip:
+def make_clip(
+    rng: np.random.Generator,
+    *,
+    frames: int = 17,
+    size: int = 64,
+    categories: Sequence[str] = CATEGORIES,
+    ops: Sequence[str] | None = None,
+    category: str | None = None,
+    require: tuple[str, str, str] | None = None,
+    exclude: Iterable[tuple[str, str, str]] = (),
+) -> Clip:
     """One synthetic paired edit, drawn from `rng` alone (same generator state → identical arrays and text).
 
     `category` (else drawn from `categories`) and `ops` (default: all) restrict what is made; `exclude` lists
@@ -145,12 +171,18 @@ def make_clip(rng: np.random.Generator, *, frames: int = 17, size: int = 64, cat
     if category is None:
         usable = [c for c in categories if _category_can(c, ops, rules.require)]
         if not usable:
-            raise InputError(f"no category of {list(categories)} can make operations {list(ops)}"
-                             + (f" with {rules.require}" if rules.require else "") + ".")
+            raise InputError(
+                f"no category of {list(categories)} can make operations {list(ops)}"
+                + (f" with {rules.require}" if rules.require else "")
+                + "."
+            )
         category = _pick(rng, usable)
     elif not _category_can(category, ops, rules.require):
-        raise InputError(f"category '{category}' cannot make operations {list(ops)}"
-                         + (f" with {rules.require}" if rules.require else "") + ".")
+        raise InputError(
+            f"category '{category}' cannot make operations {list(ops)}"
+            + (f" with {rules.require}" if rules.require else "")
+            + "."
+        )
     plan = _plan(rng, category, ops, rules)
     min_objects = sum(op in OBJECT_OPS for op in plan)
     for _ in range(MAX_ATTEMPTS):
@@ -190,9 +222,21 @@ def _assemble(category: str, edits: list[_Edit], src: _Scene, tgt: _Scene, mask:
         verify[e.op] = v
     instruction = _sentence(_join([e.clause for e in edits]))
     refs = tuple({**e.spec, "object": e.object_id} for e in edits if e.spec is not None)
-    return Clip(source=src.r.rgb, target=tgt.r.rgb, mask=mask, instruction=instruction,
-                source_caption=caption(src), target_caption=caption(tgt), type=category,
-                operation="+".join(e.op for e in edits), attribute="+".join(e.attribute for e in edits),
-                referring="+".join(e.referring for e in edits), verify=verify, world=src.world,
-                target_world=tgt.world, background=tgt.r.background, refs=refs,
-                pairs=tuple(p for e in edits for p in e.pairs()))
+    return Clip(
+        source=src.r.rgb,
+        target=tgt.r.rgb,
+        mask=mask,
+        instruction=instruction,
+        source_caption=caption(src),
+        target_caption=caption(tgt),
+        type=category,
+        operation="+".join(e.op for e in edits),
+        attribute="+".join(e.attribute for e in edits),
+        referring="+".join(e.referring for e in edits),
+        verify=verify,
+        world=src.world,
+        target_world=tgt.world,
+        background=tgt.r.background,
+        refs=refs,
+        pairs=tuple(p for e in edits for p in e.pairs()),
+    )

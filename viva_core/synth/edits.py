@@ -1,5 +1,6 @@
 """Edits on the world: each operation as a change of the simulator's input, with its clause, labels and
 what `verify` needs; the split rules that forbid or require (operation, field, value) triples."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -76,23 +77,52 @@ def _object_edit(rng: np.random.Generator, scene: _Scene, op: str, o: Obj, rules
         if not colours:
             return None
         c = _pick(rng, colours)
-        return _Edit(op, c, "", _pick(rng, TEMPLATES[op]).replace("{colour}", c),
-                     lambda wd: _replace_obj(wd, oid, colour=c), "objects", (oid,),
-                     {"colour": c}, bbox_of=oid, rgb_of=c, rgb_key="target_rgb")
+        return _Edit(
+            op,
+            c,
+            "",
+            _pick(rng, TEMPLATES[op]).replace("{colour}", c),
+            lambda wd: _replace_obj(wd, oid, colour=c),
+            "objects",
+            (oid,),
+            {"colour": c},
+            bbox_of=oid,
+            rgb_of=c,
+            rgb_key="target_rgb",
+        )
     if op == "replace_shape":
         shapes = rules.allowed(op, "attribute", [s for s in SHAPES if s != o.shape])
         if not shapes:
             return None
         s = _pick(rng, shapes)
-        return _Edit(op, s, "", _pick(rng, TEMPLATES[op]).replace("{shape}", s),
-                     lambda wd: _replace_obj(wd, oid, shape=s), "objects", (oid,), {"shape": s}, bbox_of=oid,
-                     rgb_of=o.colour)
+        return _Edit(
+            op,
+            s,
+            "",
+            _pick(rng, TEMPLATES[op]).replace("{shape}", s),
+            lambda wd: _replace_obj(wd, oid, shape=s),
+            "objects",
+            (oid,),
+            {"shape": s},
+            bbox_of=oid,
+            rgb_of=o.colour,
+        )
     if op == "remove":
         if not rules.allowed(op, "attribute", [o.colour]):
             return None
-        return _Edit(op, o.colour, "", _pick(rng, TEMPLATES[op]),
-                     lambda wd: replace(wd, objects=tuple(x for x in wd.objects if x.id != oid)), "objects", (oid,),
-                     {"present": False}, source_bbox_of=oid, rgb_of=o.colour, rgb_key="object_rgb")
+        return _Edit(
+            op,
+            o.colour,
+            "",
+            _pick(rng, TEMPLATES[op]),
+            lambda wd: replace(wd, objects=tuple(x for x in wd.objects if x.id != oid)),
+            "objects",
+            (oid,),
+            {"present": False},
+            source_bbox_of=oid,
+            rgb_of=o.colour,
+            rgb_key="object_rgb",
+        )
     if op == "move":
         k = scene.index[oid]
         mean = scene.r.state.pos[k].mean(axis=0) / w.size
@@ -108,9 +138,19 @@ def _object_edit(rng: np.random.Generator, scene: _Scene, op: str, o: Obj, rules
             x, vx = (edge if side == "left" else w.size - edge), 0.0
         else:
             y, vy = (edge if side == "top" else w.size - edge), 0.0
-        return _Edit(op, side, "", _pick(rng, TEMPLATES[op]).replace("{dest}", MOVE_DEST[side]),
-                     lambda wd: _replace_obj(wd, oid, pos=(x, y), vel=(vx, vy)), "objects", (oid,),
-                     {"side": side}, bbox_of=oid, source_bbox_of=oid, rgb_of=o.colour)
+        return _Edit(
+            op,
+            side,
+            "",
+            _pick(rng, TEMPLATES[op]).replace("{dest}", MOVE_DEST[side]),
+            lambda wd: _replace_obj(wd, oid, pos=(x, y), vel=(vx, vy)),
+            "objects",
+            (oid,),
+            {"side": side},
+            bbox_of=oid,
+            source_bbox_of=oid,
+            rgb_of=o.colour,
+        )
     if op == "resize":
         order = list(SIZES)
         i = order.index(o.size)
@@ -126,15 +166,36 @@ def _object_edit(rng: np.random.Generator, scene: _Scene, op: str, o: Obj, rules
         vel = (float(st.vel[k, 0, 0]), float(st.vel[k, 0, 1]))
         first = [float(np.clip(p, r + 0.5, w.size - r - 0.5)) for p in st.pos[k, 0]]
         pos0 = (first[0] - vel[0] * w.start, first[1] - vel[1] * w.start)
-        return _Edit(op, d, "", _pick(rng, TEMPLATES[f"resize_{d}"]),
-                     lambda wd: _replace_obj(wd, oid, size=new, radius=r, pos=pos0, vel=vel), "objects", (oid,),
-                     {"scale": d, "size": new}, bbox_of=oid, source_bbox_of=oid, rgb_of=o.colour)
+        return _Edit(
+            op,
+            d,
+            "",
+            _pick(rng, TEMPLATES[f"resize_{d}"]),
+            lambda wd: _replace_obj(wd, oid, size=new, radius=r, pos=pos0, vel=vel),
+            "objects",
+            (oid,),
+            {"scale": d, "size": new},
+            bbox_of=oid,
+            source_bbox_of=oid,
+            rgb_of=o.colour,
+        )
     if op == "no_bounce":
         bounced = o.walls and scene.r.state.bounces[scene.index[oid], -1] >= 1
         if not bounced or not rules.allowed(op, "attribute", ["walls"]):
             return None
-        return _Edit(op, "walls", "", _pick(rng, TEMPLATES[op]), lambda wd: _replace_obj(wd, oid, walls=False),
-                     "objects", (oid,), {"walls": False}, bbox_of=oid, source_bbox_of=oid, rgb_of=o.colour)
+        return _Edit(
+            op,
+            "walls",
+            "",
+            _pick(rng, TEMPLATES[op]),
+            lambda wd: _replace_obj(wd, oid, walls=False),
+            "objects",
+            (oid,),
+            {"walls": False},
+            bbox_of=oid,
+            source_bbox_of=oid,
+            rgb_of=o.colour,
+        )
     if op == "speed_change":
         factors = rules.allowed(op, "attribute", list(SPEED_FACTORS))
         if not factors:
@@ -142,28 +203,61 @@ def _object_edit(rng: np.random.Generator, scene: _Scene, op: str, o: Obj, rules
         name = _pick(rng, factors)
         f = SPEED_FACTORS[name]
         vel = (o.vel[0] * f, o.vel[1] * f)
-        return _Edit(op, name, "", _pick(rng, TEMPLATES[f"speed_{name}"]), lambda wd: _replace_obj(wd, oid, vel=vel),
-                     "objects", (oid,), {"speed_factor": f}, bbox_of=oid, source_bbox_of=oid, rgb_of=o.colour)
+        return _Edit(
+            op,
+            name,
+            "",
+            _pick(rng, TEMPLATES[f"speed_{name}"]),
+            lambda wd: _replace_obj(wd, oid, vel=vel),
+            "objects",
+            (oid,),
+            {"speed_factor": f},
+            bbox_of=oid,
+            source_bbox_of=oid,
+            rgb_of=o.colour,
+        )
     if op == "reverse_direction":
         if not rules.allowed(op, "attribute", ["direction"]):
             return None
         vel = (-o.vel[0], -o.vel[1])
-        return _Edit(op, "direction", "", _pick(rng, TEMPLATES[op]), lambda wd: _replace_obj(wd, oid, vel=vel),
-                     "objects", (oid,), {"reversed": True}, bbox_of=oid, source_bbox_of=oid, rgb_of=o.colour)
+        return _Edit(
+            op,
+            "direction",
+            "",
+            _pick(rng, TEMPLATES[op]),
+            lambda wd: _replace_obj(wd, oid, vel=vel),
+            "objects",
+            (oid,),
+            {"reversed": True},
+            bbox_of=oid,
+            source_bbox_of=oid,
+            rgb_of=o.colour,
+        )
     raise AssertionError(op)
 
 
-def _with_referent(rng: np.random.Generator, scene: _Scene, op: str, kinds: Sequence[str], rules: _Rules,
-                   taken: set[int], edited: _Scene | None = None) -> _Edit | None:
+def _with_referent(
+    rng: np.random.Generator,
+    scene: _Scene,
+    op: str,
+    kinds: Sequence[str],
+    rules: _Rules,
+    taken: set[int],
+    edited: _Scene | None = None,
+) -> _Edit | None:
     """Pick an object by an unambiguous expression of one of `kinds` and build `op` on it.
 
     `edited` (hybrids): the scene after the instruction's earlier operations; the expression must single out the
     same object there too, so reading the instruction step by step or all at once finds the same object."""
     kinds = rules.allowed(op, "referring", kinds)
     for kind in rng.permutation(np.array(kinds, dtype=object)) if kinds else ():
-        options = [(o, spec) for o in scene.world.objects if o.id not in taken
-                   for spec in _specs_for(scene, o, kind) if referents(scene, spec) == [o.id]
-                   and (edited is None or referents(edited, spec) == [o.id])]
+        options = [
+            (o, spec)
+            for o in scene.world.objects
+            if o.id not in taken
+            for spec in _specs_for(scene, o, kind)
+            if referents(scene, spec) == [o.id] and (edited is None or referents(edited, spec) == [o.id])
+        ]
         for i in rng.permutation(len(options)):
             o, spec = options[i]
             if scene.visible(o.id) < MIN_VISIBLE:
@@ -183,8 +277,12 @@ def _add_edit(rng: np.random.Generator, scene: _Scene, rules: _Rules) -> _Edit |
     colours = rules.allowed("add", "attribute", _free_colours(w))
     if not colours or not rules.allowed("add", "referring", ["none"]):
         return None
-    colour, shape, size_name, region = _pick(rng, colours), _pick(rng, SHAPES), _pick(rng, list(SIZES)), \
-        _pick(rng, ADD_REGIONS)
+    colour, shape, size_name, region = (
+        _pick(rng, colours),
+        _pick(rng, SHAPES),
+        _pick(rng, list(SIZES)),
+        _pick(rng, ADD_REGIONS),
+    )
     r = radius_for(size_name, w.size)
     edge, s = r + 1.5, w.size
     mid = float(rng.uniform(0.35, 0.65)) * s
@@ -192,22 +290,57 @@ def _add_edit(rng: np.random.Generator, scene: _Scene, rules: _Rules) -> _Edit |
     y = {"top": edge, "bottom": s - edge}.get(region.split("-")[0], mid)
     if region == "centre":
         x, y = s / 2 + float(rng.uniform(-2, 2)), s / 2 + float(rng.uniform(-2, 2))
-    directions = {"top": ("left", "right", "still"), "bottom": ("left", "right", "still"),
-                  "left": ("up", "down", "still"), "right": ("up", "down", "still"),
-                  "centre": ("left", "right", "up", "down", "still")}.get(region, ("still",))
+    directions = {
+        "top": ("left", "right", "still"),
+        "bottom": ("left", "right", "still"),
+        "left": ("up", "down", "still"),
+        "right": ("up", "down", "still"),
+        "centre": ("left", "right", "up", "down", "still"),
+    }.get(region, ("still",))
     direction = _pick(rng, directions)
-    vx, vy = {"left": (-ADD_SPEED, 0.0), "right": (ADD_SPEED, 0.0), "up": (0.0, -ADD_SPEED),
-              "down": (0.0, ADD_SPEED), "still": (0.0, 0.0)}[direction]
+    vx, vy = {
+        "left": (-ADD_SPEED, 0.0),
+        "right": (ADD_SPEED, 0.0),
+        "up": (0.0, -ADD_SPEED),
+        "down": (0.0, ADD_SPEED),
+        "still": (0.0, 0.0),
+    }[direction]
     oid = max((o.id for o in w.objects), default=-1) + 1
     depth = max((o.depth for o in w.objects), default=-1) + 1
-    obj = Obj(id=oid, shape=shape, colour=colour, size=size_name, radius=r,
-              pos=(x - vx * w.start, y - vy * w.start), vel=(vx, vy), depth=depth)
+    obj = Obj(
+        id=oid,
+        shape=shape,
+        colour=colour,
+        size=size_name,
+        radius=r,
+        pos=(x - vx * w.start, y - vy * w.start),
+        vel=(vx, vy),
+        depth=depth,
+    )
     motion = "standing still" if direction == "still" else f"moving {direction}"
-    clause = _pick(rng, TEMPLATES["add"]).format(size=size_name, colour=colour, shape=shape, motion=motion,
-                                                 region=REGION_TEXT[region])
-    return _Edit("add", colour, "none", clause, lambda wd: replace(wd, objects=wd.objects + (obj,)), "objects",
-                 (oid,), {"present": True, "shape": shape, "colour": colour, "size": size_name, "region": region,
-                          "direction": direction}, bbox_of=oid, rgb_of=colour, object_id=oid)
+    clause = _pick(rng, TEMPLATES["add"]).format(
+        size=size_name, colour=colour, shape=shape, motion=motion, region=REGION_TEXT[region]
+    )
+    return _Edit(
+        "add",
+        colour,
+        "none",
+        clause,
+        lambda wd: replace(wd, objects=wd.objects + (obj,)),
+        "objects",
+        (oid,),
+        {
+            "present": True,
+            "shape": shape,
+            "colour": colour,
+            "size": size_name,
+            "region": region,
+            "direction": direction,
+        },
+        bbox_of=oid,
+        rgb_of=colour,
+        object_id=oid,
+    )
 
 
 def _global_edit(rng: np.random.Generator, scene: _Scene, op: str, rules: _Rules) -> _Edit | None:
@@ -224,16 +357,31 @@ def _global_edit(rng: np.random.Generator, scene: _Scene, op: str, rules: _Rules
         bg = Background(kind, tuple(colours[i] for i in picked))
         if bg == w.background:
             return None
-        return _Edit(op, kind, "none", _pick(rng, TEMPLATES[op]).format(bg=_bg_phrase(bg)),
-                     lambda wd: replace(wd, background=bg), "background", (),
-                     {"background": {"kind": kind, "colours": list(bg.colours)}})
+        return _Edit(
+            op,
+            kind,
+            "none",
+            _pick(rng, TEMPLATES[op]).format(bg=_bg_phrase(bg)),
+            lambda wd: replace(wd, background=bg),
+            "background",
+            (),
+            {"background": {"kind": kind, "colours": list(bg.colours)}},
+        )
     if op == "style":
         styles = rules.allowed(op, "attribute", STYLES)
         if not styles or w.style is not None:
             return None
         style = _pick(rng, styles)
-        return _Edit(op, style, "none", _pick(rng, TEMPLATES[f"style_{style}"]),
-                     lambda wd: replace(wd, style=style), "all", (), {"style": style})
+        return _Edit(
+            op,
+            style,
+            "none",
+            _pick(rng, TEMPLATES[f"style_{style}"]),
+            lambda wd: replace(wd, style=style),
+            "all",
+            (),
+            {"style": style},
+        )
     if op == "time_shift":
         shifts = rules.allowed(op, "attribute", [f"{k:+d}" for k in TIME_SHIFTS])
         if not shifts:
@@ -241,6 +389,14 @@ def _global_edit(rng: np.random.Generator, scene: _Scene, op: str, rules: _Rules
         name = _pick(rng, shifts)
         k = int(name)
         template = TEMPLATES["time_later" if k > 0 else "time_earlier"]
-        return _Edit(op, name, "none", _pick(rng, template).format(k=abs(k)),
-                     lambda wd: replace(wd, start=wd.start + k), "objects", (), {"frames": k})
+        return _Edit(
+            op,
+            name,
+            "none",
+            _pick(rng, template).format(k=abs(k)),
+            lambda wd: replace(wd, start=wd.start + k),
+            "objects",
+            (),
+            {"frames": k},
+        )
     raise AssertionError(op)

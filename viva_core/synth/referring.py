@@ -1,5 +1,6 @@
 """Referring expressions: which objects an expression could mean in a clip (`referents`, exactly one
 for an unambiguous one) and its English noun phrase."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,9 @@ class _Scene:
     def hidden(self) -> dict[int, int]:
         """Pixels of each object covered by another object, over the clip."""
         if self._hidden is None:
-            self._hidden = {oid: int((fp & (self.r.ids != oid) & (self.r.ids >= 0)).sum())
-                            for oid, fp in self.r.footprints.items()}
+            self._hidden = {
+                oid: int((fp & (self.r.ids != oid) & (self.r.ids >= 0)).sum()) for oid, fp in self.r.footprints.items()
+            }
         return self._hidden
 
 
@@ -121,15 +123,19 @@ def _specs_for(scene: _Scene, o: Obj, kind: str) -> list[dict]:
     if kind == "position":
         return [{"kind": kind, "side": side, "shape": shape} for side in MOVE_SIDES for shape in (o.shape, None)]
     if kind == "size":
-        return [{"kind": kind, "extreme": e, "shape": shape}
-                for e in ("largest", "smallest") for shape in (o.shape, None)]
+        return [
+            {"kind": kind, "extreme": e, "shape": shape} for e in ("largest", "smallest") for shape in (o.shape, None)
+        ]
     if kind == "speed":
         return [{"kind": kind, "extreme": e} for e in ("fastest", "slowest")]
     if kind == "nearest_corner":
         return [{"kind": kind, "corner": c} for c in ("top-left", "top-right", "bottom-left", "bottom-right")]
     if kind == "nearest_object":
-        return [{"kind": kind, "anchor": {"kind": "colour_shape", "colour": a.colour, "shape": a.shape}}
-                for a in scene.world.objects if a.id != o.id]
+        return [
+            {"kind": kind, "anchor": {"kind": "colour_shape", "colour": a.colour, "shape": a.shape}}
+            for a in scene.world.objects
+            if a.id != o.id
+        ]
     return [{"kind": kind}]
 
 
@@ -153,8 +159,11 @@ def referring_text(scene: _Scene, spec: dict) -> str:
         word = {"largest": "larger", "smallest": "smaller"}[spec["extreme"]] if pair else spec["extreme"]
         return f"the {word} {noun}"
     if kind == "speed":
-        word = {"fastest": "faster", "slowest": "slower"}[spec["extreme"]] if len(scene.world.objects) == 2 \
+        word = (
+            {"fastest": "faster", "slowest": "slower"}[spec["extreme"]]
+            if len(scene.world.objects) == 2
             else spec["extreme"]
+        )
         return f"the {word} object"
     if kind == "nearest_corner":
         return f"the object nearest the {spec['corner']} corner"
@@ -162,10 +171,12 @@ def referring_text(scene: _Scene, spec: dict) -> str:
         return "the object farthest from the centre"
     if kind == "nearest_object":
         return f"the object closest to the {spec['anchor']['colour']} {spec['anchor']['shape']}"
-    return {"first_wall_hit": "the object that will hit a wall first",
-            "most_bounces": "the object that bounces off the walls most often",
-            "never_bounces": "the object that never touches a wall",
-            "gets_occluded": "the object that gets hidden behind another one"}[kind]
+    return {
+        "first_wall_hit": "the object that will hit a wall first",
+        "most_bounces": "the object that bounces off the walls most often",
+        "never_bounces": "the object that never touches a wall",
+        "gets_occluded": "the object that gets hidden behind another one",
+    }[kind]
 
 
 EXTREME_SIDE = {"left": "leftmost", "right": "rightmost", "top": "highest", "bottom": "lowest"}

@@ -1,5 +1,6 @@
 """Rendering: a world's frames (background, objects back to front, style) with exact colours, the object
 under each pixel, each object's footprint and its per-frame boxes."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

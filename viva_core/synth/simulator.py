@@ -1,4 +1,5 @@
 """The simulator: closed-form motion with elastic wall bounces; its per-frame state is the ground truth."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,10 +51,20 @@ def simulate(world: World, frames: int) -> State:
     # Frames to the next wall contact, from the first frame: distance in s to the next multiple of L along v.
     s0, lap0 = s[:, 0, :], lap[:, 0, :]
     with np.errstate(divide="ignore", invalid="ignore"):
-        ahead = np.where(v[:, 0, :] > 0, ((lap0 + 1) * length[:, 0, :] - s0) / v[:, 0, :],
-                         np.where(v[:, 0, :] < 0, (s0 - lap0 * length[:, 0, :]) / -v[:, 0, :], np.inf))
+        ahead = np.where(
+            v[:, 0, :] > 0,
+            ((lap0 + 1) * length[:, 0, :] - s0) / v[:, 0, :],
+            np.where(v[:, 0, :] < 0, (s0 - lap0 * length[:, 0, :]) / -v[:, 0, :], np.inf),
+        )
         ahead = np.where(ahead <= 0, np.where(v[:, 0, :] != 0, length[:, 0, :] / np.abs(v[:, 0, :]), np.inf), ahead)
     first_hit = np.where(walls[:, 0, 0], ahead.min(axis=1), np.inf)
-    return State(ids=np.array([o.id for o in objs], dtype=np.int64), pos=pos, vel=vel, bounces=bounces,
-                 first_hit=first_hit, radius=r[:, 0, 0], rgb=np.array([PALETTE[o.colour] for o in objs], np.uint8)
-                 .reshape(n, 3), depth=np.array([o.depth for o in objs], dtype=np.int64))
+    return State(
+        ids=np.array([o.id for o in objs], dtype=np.int64),
+        pos=pos,
+        vel=vel,
+        bounces=bounces,
+        first_hit=first_hit,
+        radius=r[:, 0, 0],
+        rgb=np.array([PALETTE[o.colour] for o in objs], np.uint8).reshape(n, 3),
+        depth=np.array([o.depth for o in objs], dtype=np.int64),
+    )

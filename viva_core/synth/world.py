@@ -1,5 +1,6 @@
 """The world: the vocabulary of scenes (palette, shapes, sizes, backgrounds, styles), its objects, and
 drawing a random one from a seeded generator."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 215, 40),
-    "orange": (245, 135, 30), "purple": (135, 60, 180), "cyan": (40, 200, 215), "white": (245, 245, 245),
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 215, 40),
+    "orange": (245, 135, 30),
+    "purple": (135, 60, 180),
+    "cyan": (40, 200, 215),
+    "white": (245, 245, 245),
     "black": (20, 20, 20),
 }
 SHAPES = ("circle", "square", "triangle", "diamond", "ring")
@@ -93,6 +100,16 @@ def _random_world(rng: np.random.Generator, size: int, min_objects: int = 1) -> 
         r = radius_for(size_name, size)
         pos = (float(rng.uniform(r + 0.5, size - r - 0.5)), float(rng.uniform(r + 0.5, size - r - 0.5)))
         speed, angle = float(rng.uniform(MIN_SPEED, MAX_SPEED)), float(rng.uniform(0, 2 * math.pi))
-        objects.append(Obj(id=i, shape=_pick(rng, SHAPES), colour=_pick(rng, free), size=size_name, radius=r,
-                           pos=pos, vel=(speed * math.cos(angle), speed * math.sin(angle)), depth=int(depths[i])))
+        objects.append(
+            Obj(
+                id=i,
+                shape=_pick(rng, SHAPES),
+                colour=_pick(rng, free),
+                size=size_name,
+                radius=r,
+                pos=pos,
+                vel=(speed * math.cos(angle), speed * math.sin(angle)),
+                depth=int(depths[i]),
+            )
+        )
     return World(size=size, background=bg, objects=tuple(objects))

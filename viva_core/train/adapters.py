@@ -1,5 +1,6 @@
 """Trainable parts: a PEFT LoRA on the Wan DiT (diffusers' PeftAdapterMixin), and its export to the
 ComfyUI-native file format that `viva_core.lora` reads back."""
+
 from __future__ import annotations
 
 import contextlib
@@ -38,8 +39,12 @@ def add_lora(transformer: torch.nn.Module, cfg: LoraConfig, *, seed: int = 0) ->
     transformer.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer.add_adapter(PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights=True,
-                                               target_modules=LORA_TARGETS[cfg.targets]), adapter_name=ADAPTER)
+        transformer.add_adapter(
+            PeftLoraConfig(
+                r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights=True, target_modules=LORA_TARGETS[cfg.targets]
+            ),
+            adapter_name=ADAPTER,
+        )
     params = [p for n, p in transformer.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
@@ -69,9 +74,11 @@ def export_lora(transformer: torch.nn.Module) -> dict[str, LoraLayer]:
     """The adapter as {diffusers module name: LoraLayer} (fp32 copies), ready for `save_lora`."""
     layers = {}
     for name, m in _peft_modules(transformer):
-        layers[name] = LoraLayer(full_tensor(m.lora_A[ADAPTER].weight.detach()).float().cpu().clone(),
-                                 full_tensor(m.lora_B[ADAPTER].weight.detach()).float().cpu().clone(),
-                                 float(m.lora_alpha[ADAPTER]))
+        layers[name] = LoraLayer(
+            full_tensor(m.lora_A[ADAPTER].weight.detach()).float().cpu().clone(),
+            full_tensor(m.lora_B[ADAPTER].weight.detach()).float().cpu().clone(),
+            float(m.lora_alpha[ADAPTER]),
+        )
     return layers
 
 
@@ -81,14 +88,18 @@ def load_lora_into_adapter(transformer: torch.nn.Module, path: str) -> None:
     modules = dict(_peft_modules(transformer))
     missing = [n for n in layers if n not in modules]
     if missing:
-        raise InputError(f"{path}: {len(missing)} LoRA modules are not trained targets here (e.g. {missing[:3]}); "
-                         "pick lora.targets to match the file.")
+        raise InputError(
+            f"{path}: {len(missing)} LoRA modules are not trained targets here (e.g. {missing[:3]}); "
+            "pick lora.targets to match the file."
+        )
     with torch.no_grad():
         for name, layer in layers.items():
             m = modules[name]
             if layer.rank != m.lora_A[ADAPTER].weight.shape[0]:
-                raise InputError(f"{path}: {name} has rank {layer.rank}, the config asks for "
-                                 f"{m.lora_A[ADAPTER].weight.shape[0]}; set lora.rank to {layer.rank}.")
+                raise InputError(
+                    f"{path}: {name} has rank {layer.rank}, the config asks for "
+                    f"{m.lora_A[ADAPTER].weight.shape[0]}; set lora.rank to {layer.rank}."
+                )
             own_scale = float(m.lora_alpha[ADAPTER]) / layer.rank
             file_scale = (layer.alpha if layer.alpha is not None else layer.rank) / layer.rank
             m.lora_A[ADAPTER].weight.copy_(shard_like(layer.down, m.lora_A[ADAPTER].weight))
@@ -98,8 +109,10 @@ def load_lora_into_adapter(transformer: torch.nn.Module, path: str) -> None:
 def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     """optimizer.state_dict() with FSDP2-sharded moments gathered to whole CPU tensors (collective)."""
     sd = optimizer.state_dict()  # its per-parameter dicts are the optimizer's own: build new ones
-    sd["state"] = {i: {k: full_tensor(v).cpu() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
-                   for i, st in sd["state"].items()}
+    sd["state"] = {
+        i: {k: full_tensor(v).cpu() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+        for i, st in sd["state"].items()
+    }
     return sd
 
 
@@ -124,15 +137,17 @@ def adapter_disabled(transformer: torch.nn.Module) -> Iterator[None]:
 
 def trainable_state(transformer: torch.nn.Module, refiner: Optional[torch.nn.Module]) -> dict[str, torch.Tensor]:
     """Everything training changes (LoRA, opt-in source channels, refiner), by stable names, for checkpoints."""
-    state = {f"dit.{n}": full_tensor(p.detach()).cpu().clone() for n, p in transformer.named_parameters()
-             if p.requires_grad}
+    state = {
+        f"dit.{n}": full_tensor(p.detach()).cpu().clone() for n, p in transformer.named_parameters() if p.requires_grad
+    }
     if refiner is not None:
         state.update({f"refiner.{k}": v.detach().cpu().clone() for k, v in refiner.state_dict().items()})
     return state
 
 
-def load_trainable_state(transformer: torch.nn.Module, refiner: Optional[torch.nn.Module],
-                         state: dict[str, torch.Tensor]) -> None:
+def load_trainable_state(
+    transformer: torch.nn.Module, refiner: Optional[torch.nn.Module], state: dict[str, torch.Tensor]
+) -> None:
     params = dict(transformer.named_parameters())
     refiner_state = refiner.state_dict() if refiner is not None else {}
     with torch.no_grad():
@@ -140,6 +155,8 @@ def load_trainable_state(transformer: torch.nn.Module, refiner: Optional[torch.n
             section, _, name = key.partition(".")
             target = params.get(name) if section == "dit" else refiner_state.get(name)
             if target is None:
-                raise InputError(f"checkpoint entry '{key}' has no place in this model; was it made with another "
-                                 "config (lora.rank, lora.targets, model.train_refiner)?")
+                raise InputError(
+                    f"checkpoint entry '{key}' has no place in this model; was it made with another "
+                    "config (lora.rank, lora.targets, model.train_refiner)?"
+                )
             target.copy_(shard_like(value, target))

@@ -4,6 +4,7 @@ the optimizer's state_dict is split into its tensors (safetensors) and the rest 
 
 state.json carries a format marker: only folders with it count as checkpoints, and cleanup deletes nothing else,
 so a user's own `step-*` folder in output_dir is never removed."""
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,9 @@ def split_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
             return {k: split_state(v, tensors, prefix) for k, v in obj.items()}
-        return {"__items__": [[split_state(k, tensors, prefix), split_state(v, tensors, prefix)] for k, v in obj.items()]}
+        return {
+            "__items__": [[split_state(k, tensors, prefix), split_state(v, tensors, prefix)] for k, v in obj.items()]
+        }
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"optimizer state holds a {type(obj).__name__}, which checkpoints cannot store as JSON")
@@ -83,15 +86,24 @@ def _hashable(key: Any) -> Any:
     return tuple(key) if isinstance(key, list) else key
 
 
-def save_checkpoint(root: Path, step: int, *, trainable: dict[str, torch.Tensor], rng: dict[str, torch.Tensor],
-                    optimizer: dict, state: dict, extra_files: Optional[dict[str, Path]] = None,
-                    keep: int = 3) -> Path:
+def save_checkpoint(
+    root: Path,
+    step: int,
+    *,
+    trainable: dict[str, torch.Tensor],
+    rng: dict[str, torch.Tensor],
+    optimizer: dict,
+    state: dict,
+    extra_files: Optional[dict[str, Path]] = None,
+    keep: int = 3,
+) -> Path:
     """Write checkpoint `step` atomically (temp folder + rename) and keep only the newest `keep` of ours."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:07d}"
     if final.exists() and not is_ours(final):
-        raise OutputPathError(f"{final}: exists and is not a checkpoint written by viva; move it out of "
-                              f"{root} (it would be replaced).")
+        raise OutputPathError(
+            f"{final}: exists and is not a checkpoint written by viva; move it out of {root} (it would be replaced)."
+        )
     tmp = root / f".{final.name}.{secrets.token_hex(4)}.tmp"
     tmp.mkdir()
     try:
@@ -104,8 +116,9 @@ def save_checkpoint(root: Path, step: int, *, trainable: dict[str, torch.Tensor]
         for name, src in (extra_files or {}).items():
             shutil.copy2(src, tmp / name)
         # state.json last: its marker says the folder is complete
-        (tmp / "state.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, "step": step, **state},
-                                                   indent=1))
+        (tmp / "state.json").write_text(
+            json.dumps({"format": FORMAT, "version": VERSION, "step": step, **state}, indent=1)
+        )
         for f in tmp.iterdir():  # safetensors' save_file leaves 0600: give every file a plain write's mode
             os.chmod(f, new_file_mode())
         if final.exists():
@@ -125,20 +138,27 @@ def _read_state(path: Path) -> dict:
     try:
         state = json.loads(f.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{f}: missing; {path} is not a complete checkpoint. Resume from another one "
-                              "(--resume FOLDER) or start over.") from None
+        raise CheckpointError(
+            f"{f}: missing; {path} is not a complete checkpoint. Resume from another one "
+            "(--resume FOLDER) or start over."
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{f}: unreadable ({e}); resume from another checkpoint or start over.") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         if isinstance(state, dict) and "step" in state and (path / "optimizer.pt").is_file():
-            raise CheckpointError(f"{path}: written by an older viva, with the optimizer state as a pickle "
-                                  "(optimizer.pt), which is no longer loaded. Start a new run, or finish this one "
-                                  "with the viva version that wrote it.")
-        raise CheckpointError(f"{f}: not a viva checkpoint (no '\"format\": \"{FORMAT}\"'); name a step-* folder "
-                              "that `viva train` wrote.")
+            raise CheckpointError(
+                f"{path}: written by an older viva, with the optimizer state as a pickle "
+                "(optimizer.pt), which is no longer loaded. Start a new run, or finish this one "
+                "with the viva version that wrote it."
+            )
+        raise CheckpointError(
+            f'{f}: not a viva checkpoint (no \'"format": "{FORMAT}"\'); name a step-* folder that `viva train` wrote.'
+        )
     if not isinstance(state.get("step"), int) or isinstance(state["step"], bool) or state["step"] < 0:
-        raise CheckpointError(f"{f}: 'step' is missing or not a non-negative integer; the checkpoint is damaged. "
-                              "Resume from another one or start over.")
+        raise CheckpointError(
+            f"{f}: 'step' is missing or not a non-negative integer; the checkpoint is damaged. "
+            "Resume from another one or start over."
+        )
     return state
 
 
@@ -156,8 +176,10 @@ def verify_checkpoint(path: Path) -> dict:
     state. Cheap enough to run before any model loads."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"{path}: checkpoint folder not found; name a step-* folder under "
-                              "<output_dir>/checkpoints, or use --resume alone for the latest.")
+        raise CheckpointError(
+            f"{path}: checkpoint folder not found; name a step-* folder under "
+            "<output_dir>/checkpoints, or use --resume alone for the latest."
+        )
     state = _read_state(path)
     for name in FILES:
         f = path / name
@@ -193,8 +215,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
         current = path / "optimizer.safetensors"
         optimizer = join_state(layout, load_file(str(current)))
     except Exception as e:  # SafetensorError, OSError, JSON errors, a tensor key the JSON names but the file lacks
-        raise CheckpointError(f"{current}: unreadable ({type(e).__name__}: {e}); resume from an older checkpoint or "
-                              "start over.") from None
+        raise CheckpointError(
+            f"{current}: unreadable ({type(e).__name__}: {e}); resume from an older checkpoint or start over."
+        ) from None
     if not isinstance(optimizer, dict) or "state" not in optimizer or "param_groups" not in optimizer:
         raise CheckpointError(f"{path / 'optimizer.json'}: not an optimizer state (no state/param_groups).")
     if "torch" not in rng:
@@ -246,18 +269,25 @@ def check_run_destination(out_dir: Path, name: str, *, resume: bool, overwrite: 
     A LoRA of the same name that VIVA did not train is never replaced without `overwrite`; one it trained, and
     checkpoints of an earlier run, are continued by `resume` or replaced by `overwrite`."""
     out_dir = Path(out_dir)
-    outputs = [out_dir / f"{name}{tail}.safetensors" for tail in ("", "_refiner", "_interrupted", "_interrupted_refiner")]
+    outputs = [
+        out_dir / f"{name}{tail}.safetensors" for tail in ("", "_refiner", "_interrupted", "_interrupted_refiner")
+    ]
     for f in outputs:
         if f.exists() and not overwrite and (not f.is_file() or not trained_by_viva(f)):
-            raise OutputPathError(f"{f}: exists and was not trained by viva; choose another output_name (or "
-                                  "output_dir), or pass --overwrite to replace it.")
+            raise OutputPathError(
+                f"{f}: exists and was not trained by viva; choose another output_name (or "
+                "output_dir), or pass --overwrite to replace it."
+            )
     if resume or overwrite:
         return
     found = list_checkpoints(out_dir / "checkpoints")
     if found:
-        raise OutputPathError(f"{out_dir}: holds checkpoints of an earlier run (up to {found[-1].name}); pass --resume "
-                              "to continue it, --overwrite to start over (its checkpoints are deleted), or choose "
-                              "another output_dir.")
+        raise OutputPathError(
+            f"{out_dir}: holds checkpoints of an earlier run (up to {found[-1].name}); pass --resume "
+            "to continue it, --overwrite to start over (its checkpoints are deleted), or choose "
+            "another output_dir."
+        )
     if outputs[0].exists():
-        raise OutputPathError(f"{outputs[0]}: a LoRA of an earlier run; pass --overwrite to replace it, or choose "
-                              "another output_name.")
+        raise OutputPathError(
+            f"{outputs[0]}: a LoRA of an earlier run; pass --overwrite to replace it, or choose another output_name."
+        )

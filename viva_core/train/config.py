@@ -1,4 +1,5 @@
 """Training configuration: one TOML file, overridable with `--set section.key=value`; validated before any work."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,10 +23,28 @@ PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # output names:
 # devices torch and ComfyUI use (DirectML is privateuseone); checked by name so a typo fails before any load
 DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu|npu|mlu|hpu|privateuseone)(:\d+)?)$")
 LORA_TARGETS = {  # diffusers module-name suffixes inside Wan blocks
-    "attn": ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-             "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"],
-    "attn+ffn": ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2"],
+    "attn": [
+        "attn1.to_q",
+        "attn1.to_k",
+        "attn1.to_v",
+        "attn1.to_out.0",
+        "attn2.to_q",
+        "attn2.to_k",
+        "attn2.to_v",
+        "attn2.to_out.0",
+    ],
+    "attn+ffn": [
+        "attn1.to_q",
+        "attn1.to_k",
+        "attn1.to_v",
+        "attn1.to_out.0",
+        "attn2.to_q",
+        "attn2.to_k",
+        "attn2.to_v",
+        "attn2.to_out.0",
+        "ffn.net.0.proj",
+        "ffn.net.2",
+    ],
 }
 
 
@@ -156,8 +175,10 @@ class TrainConfig:
         if self.lora.rank < 0:
             problems.append("lora.rank must be >= 0")
         if self.lora.rank == 0 and not (self.method == "sft" and (self.model.train_refiner or self.model.allow_t2v)):
-            problems.append("lora.rank 0 (no LoRA) needs method sft with model.train_refiner or model.allow_t2v: "
-                            "otherwise nothing would train")
+            problems.append(
+                "lora.rank 0 (no LoRA) needs method sft with model.train_refiner or model.allow_t2v: "
+                "otherwise nothing would train"
+            )
         if self.method != "sft" and self.rollout.group_size < 2:
             problems.append("rollout.group_size must be >= 2 (advantages are relative within a group)")
         if self.method != "sft" and self.model.allow_t2v:
@@ -171,36 +192,56 @@ class TrainConfig:
         problems += check_output_name(self.output_name)
         out = Path(self.output_dir)
         if out.exists() and not out.is_dir():
-            problems.append(f"output_dir '{self.output_dir}' is a file; name a folder (it holds checkpoints and the "
-                            "LoRA)")
+            problems.append(
+                f"output_dir '{self.output_dir}' is a file; name a folder (it holds checkpoints and the LoRA)"
+            )
         from ..runtime import DTYPES
         from .losses import RWO_MODES, SIGMA_MODES
 
-        problems += _choices([("model.dtype", self.model.dtype, ("auto", *DTYPES)),
-                              ("sft.sigma_sampling", self.sft.sigma_sampling, SIGMA_MODES),
-                              ("rollout.rwo_mode", self.rollout.rwo_mode, RWO_MODES)])
+        problems += _choices(
+            [
+                ("model.dtype", self.model.dtype, ("auto", *DTYPES)),
+                ("sft.sigma_sampling", self.sft.sigma_sampling, SIGMA_MODES),
+                ("rollout.rwo_mode", self.rollout.rwo_mode, RWO_MODES),
+            ]
+        )
         if not DEVICE.match(self.model.device):
             problems.append(f"model.device '{self.model.device}' is not a device; use auto, cpu, cuda, cuda:N or mps")
         o, r = self.optim, self.rollout
-        problems += _ranges([
-            ("optim.steps", o.steps, 1, None), ("optim.lr", o.lr, 0, None), ("optim.weight_decay", o.weight_decay, 0, None),
-            ("optim.grad_clip", o.grad_clip, 0, None, True), ("optim.warmup_steps", o.warmup_steps, 0, None),
-            ("optim.batch_size", o.batch_size, 1, None),
-            ("data.max_frames", self.data.max_frames, 1, None), ("data.height", self.data.height, 0, None),
-            ("data.width", self.data.width, 0, None), ("model.max_text_tokens", self.model.max_text_tokens, 0, None),
-            ("model.refiner_depth", self.model.refiner_depth, 1, None),
-            ("model.refiner_hidden", self.model.refiner_hidden, 1, None),
-            ("model.refiner_heads", self.model.refiner_heads, 1, None),
-            ("sft.mask_weight", self.sft.mask_weight, 0, None), ("sft.shift", self.sft.shift, 0, None, True),
-            ("rollout.steps", r.steps, 1, None), ("rollout.shift", r.shift, 0, None, True), ("rollout.cfg", r.cfg, 0, None),
-            ("rollout.noise_level", r.noise_level, 0, None), ("rollout.window", r.window, 0, None),
-            ("rollout.clip_range", r.clip_range, 0, None, True), ("rollout.kl_beta", r.kl_beta, 0, None),
-            ("rollout.inner_updates", r.inner_updates, 1, None), ("rollout.micro_batch", r.micro_batch, 0, None),
-            ("rollout.decode_batch", r.decode_batch, 0, None),
-            ("rollout.rwo_temperature", r.rwo_temperature, 0, None, True), ("log.every", self.log.every, 1, None),
-            ("log.checkpoint_every", self.log.checkpoint_every, 0, None),
-            ("log.keep_checkpoints", self.log.keep_checkpoints, 0, None)]
-            + ([("lora.alpha", self.lora.alpha, 0, None, True)] if self.lora.rank > 0 else []))  # unused without a LoRA
+        problems += _ranges(
+            [
+                ("optim.steps", o.steps, 1, None),
+                ("optim.lr", o.lr, 0, None),
+                ("optim.weight_decay", o.weight_decay, 0, None),
+                ("optim.grad_clip", o.grad_clip, 0, None, True),
+                ("optim.warmup_steps", o.warmup_steps, 0, None),
+                ("optim.batch_size", o.batch_size, 1, None),
+                ("data.max_frames", self.data.max_frames, 1, None),
+                ("data.height", self.data.height, 0, None),
+                ("data.width", self.data.width, 0, None),
+                ("model.max_text_tokens", self.model.max_text_tokens, 0, None),
+                ("model.refiner_depth", self.model.refiner_depth, 1, None),
+                ("model.refiner_hidden", self.model.refiner_hidden, 1, None),
+                ("model.refiner_heads", self.model.refiner_heads, 1, None),
+                ("sft.mask_weight", self.sft.mask_weight, 0, None),
+                ("sft.shift", self.sft.shift, 0, None, True),
+                ("rollout.steps", r.steps, 1, None),
+                ("rollout.shift", r.shift, 0, None, True),
+                ("rollout.cfg", r.cfg, 0, None),
+                ("rollout.noise_level", r.noise_level, 0, None),
+                ("rollout.window", r.window, 0, None),
+                ("rollout.clip_range", r.clip_range, 0, None, True),
+                ("rollout.kl_beta", r.kl_beta, 0, None),
+                ("rollout.inner_updates", r.inner_updates, 1, None),
+                ("rollout.micro_batch", r.micro_batch, 0, None),
+                ("rollout.decode_batch", r.decode_batch, 0, None),
+                ("rollout.rwo_temperature", r.rwo_temperature, 0, None, True),
+                ("log.every", self.log.every, 1, None),
+                ("log.checkpoint_every", self.log.checkpoint_every, 0, None),
+                ("log.keep_checkpoints", self.log.keep_checkpoints, 0, None),
+            ]
+            + ([("lora.alpha", self.lora.alpha, 0, None, True)] if self.lora.rank > 0 else [])
+        )  # unused without a LoRA
         if bool(self.data.height) != bool(self.data.width):
             problems.append("data.height and data.width: set both, or leave both at 0 to keep the videos' size")
         raise_problems(problems, "training config")
@@ -231,8 +272,10 @@ def check_output_name(name: str) -> list[str]:
     """Output names become file names inside output_dir: a path ('../../x', 'a/b') would write elsewhere."""
     if PLAIN_NAME.match(name) and not name.endswith(".safetensors"):
         return []
-    return [f"output_name '{name}' must be a plain name (letters, digits, _ . -; no folders, no leading dot, no "
-            ".safetensors): it names files inside output_dir"]
+    return [
+        f"output_name '{name}' must be a plain name (letters, digits, _ . -; no folders, no leading dot, no "
+        ".safetensors): it names files inside output_dir"
+    ]
 
 
 def _choices(items: list[tuple[str, str, tuple[str, ...]]]) -> list[str]:
@@ -267,13 +310,20 @@ def _coerce(value: str, current: Any) -> Any:
     return value
 
 
-_TYPE_NAMES = {bool: ("a boolean", "true"), int: ("an integer", "8"), float: ("a number", "0.5"),
-               str: ("a string", '"text"'), dict: ("a table", "{ a = 1.0 }"), list: ("a list", "[1, 2]")}
+_TYPE_NAMES = {
+    bool: ("a boolean", "true"),
+    int: ("an integer", "8"),
+    float: ("a number", "0.5"),
+    str: ("a string", '"text"'),
+    dict: ("a table", "{ a = 1.0 }"),
+    list: ("a list", "[1, 2]"),
+}
 
 
 def _describe(value: Any) -> str:
-    kind = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "table",
-            list: "list"}.get(type(value), type(value).__name__)
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "table", list: "list"}.get(
+        type(value), type(value).__name__
+    )
     shown = json.dumps(value) if isinstance(value, str) else repr(value)
     return f"the {kind} {shown}"
 
@@ -287,12 +337,14 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
             return None
         return _typed(value, next(a for a in args if a is not type(None)), where)
     base = origin or hint
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str),
-          dict: lambda v: isinstance(v, dict),
-          list: lambda v: isinstance(v, list)}.get(base)
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        dict: lambda v: isinstance(v, dict),
+        list: lambda v: isinstance(v, list),
+    }.get(base)
     if ok is None:
         return value  # Any / unknown: nothing to check
     if not ok(value):
@@ -323,8 +375,9 @@ def _apply(section: Any, data: dict, where: str) -> None:
         current = getattr(section, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"config '{where}{key}' must be a table ([{where}{key}] section), got "
-                                  f"{_describe(value)}")
+                raise ConfigError(
+                    f"config '{where}{key}' must be a table ([{where}{key}] section), got {_describe(value)}"
+                )
             _apply(current, value, f"{where}{key}.")
         else:
             setattr(section, key, _typed(value, hints[key], f"{where}{key}"))
@@ -340,8 +393,9 @@ def read_toml(path: str | Path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found.") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save the "
-                          "config as UTF-8.") from None
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save the config as UTF-8."
+        ) from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the config ({e.strerror or e}).") from None
     except tomllib.TOMLDecodeError as e:

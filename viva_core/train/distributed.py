@@ -1,4 +1,5 @@
 """torchrun integration: one code path; a single process is world size 1 (no process group)."""
+
 from __future__ import annotations
 
 import os

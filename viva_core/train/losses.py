@@ -7,6 +7,7 @@ Edit-GRPO (Flow-GRPO): group-normalized advantages, PPO-clipped ratio loss, Gaus
 policy's step mean. RWO (ReViSE): flow matching weighted per sample by group-normalized rewards; ReViSE does
 not publish its exact weighting, so `rwo_weights` is our reconstruction (documented there).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -23,14 +24,16 @@ _SIGMA_EPS = 1e-5  # sampled sigmas lie in [eps, 1 - eps]: sigma = 0 or 1 makes 
 
 # ------------------------------------------------------------------------------------------- flow matching
 
+
 def _per_sample(t: torch.Tensor, ndim: int) -> torch.Tensor:
     """[B] (or scalar) -> [B, 1, ..., 1] so it broadcasts over a [B, ...] tensor of `ndim` dims."""
     t = torch.as_tensor(t, dtype=torch.float32)
     return t.reshape(-1, *([1] * (ndim - 1))) if t.ndim else t
 
 
-def flow_matching_pair(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor | float
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def flow_matching_pair(
+    x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_sigma, v_target) = ((1 - sigma) x0 + sigma eps, eps - x0); `sigma` is [B] (or a scalar), fp32.
 
     The path is straight, so x_sigma - sigma v = x0 and x_sigma + (1 - sigma) v = eps."""
@@ -43,8 +46,15 @@ def flow_matching_pair(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tenso
     return (1 - s) * x0 + s * noise, noise - x0
 
 
-def sample_sigmas(batch: int, generator: Optional[torch.Generator] = None, *, shift: float = 1.0,
-                  mode: str = "logit_normal", mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+def sample_sigmas(
+    batch: int,
+    generator: Optional[torch.Generator] = None,
+    *,
+    shift: float = 1.0,
+    mode: str = "logit_normal",
+    mean: float = 0.0,
+    std: float = 1.0,
+) -> torch.Tensor:
     """Training sigmas [B] in (0, 1): SD3's logit-normal u = sigmoid(mean + std n) (or uniform u), then
     Wan's shift s = shift u / (1 + (shift - 1) u), the same warp as the sampler's schedule, so training
     puts its weight where sampling spends its steps. Clamped to [1e-5, 1 - 1e-5]."""
@@ -63,28 +73,38 @@ def sample_sigmas(batch: int, generator: Optional[torch.Generator] = None, *, sh
     return s.clamp(_SIGMA_EPS, 1 - _SIGMA_EPS)
 
 
-def masked_fm_loss(v_pred: torch.Tensor, v_target: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                   mask_weight: float = 0.0, *, reduce: bool = True) -> torch.Tensor:
+def masked_fm_loss(
+    v_pred: torch.Tensor,
+    v_target: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+    mask_weight: float = 0.0,
+    *,
+    reduce: bool = True,
+) -> torch.Tensor:
     """VIVA's SFT loss: mean over elements of (1 + w M) (v_pred - v_target)^2, per sample [B] or its mean.
 
     The edited region counts (1 + w) times as much, so a mostly-unchanged video does not teach "copy the
     source" only. `mask` [B or 1, 1 or C, T', H', W'] is already at latent resolution (see `latent_mask`);
     None (or w = 0) gives plain flow matching. The weights are not renormalized: w raises the loss scale."""
     if v_pred.shape != v_target.shape:
-        raise InputError(f"masked_fm_loss: v_pred {tuple(v_pred.shape)} and v_target {tuple(v_target.shape)} "
-                         "differ in shape.")
+        raise InputError(
+            f"masked_fm_loss: v_pred {tuple(v_pred.shape)} and v_target {tuple(v_target.shape)} differ in shape."
+        )
     err = (v_pred.float() - v_target.float()) ** 2
     if mask is not None and mask_weight != 0.0:
         if mask.ndim != err.ndim or any(m not in (1, e) for m, e in zip(mask.shape, err.shape)):
-            raise InputError(f"masked_fm_loss: mask {tuple(mask.shape)} does not broadcast to the latents "
-                             f"{tuple(err.shape)}; build it with latent_mask(frames, latent_shape).")
+            raise InputError(
+                f"masked_fm_loss: mask {tuple(mask.shape)} does not broadcast to the latents "
+                f"{tuple(err.shape)}; build it with latent_mask(frames, latent_shape)."
+            )
         err = err * (1.0 + mask_weight * mask.to(err.device, torch.float32))
     per_sample = err.flatten(1).mean(dim=1)
     return per_sample.mean() if reduce else per_sample
 
 
-def latent_mask(mask_frames: torch.Tensor, latent_shape: tuple[int, int, int], temporal_factor: int = 4
-                ) -> torch.Tensor:
+def latent_mask(
+    mask_frames: torch.Tensor, latent_shape: tuple[int, int, int], temporal_factor: int = 4
+) -> torch.Tensor:
     """Pixel edit mask [T, H, W] (0..1) -> latent mask [1, 1, T', H', W'] by max-pooling, so that a latent
     cell counts as edited when any pixel it encodes is.
 
@@ -98,9 +118,11 @@ def latent_mask(mask_frames: torch.Tensor, latent_shape: tuple[int, int, int], t
     if temporal_factor < 1 or min(lt, lh, lw) < 1:
         raise InputError(f"latent_mask: bad latent shape {tuple(latent_shape)} or temporal factor {temporal_factor}.")
     if t != (lt - 1) * temporal_factor + 1:
-        raise InputError(f"latent_mask: the mask has {t} frames but {lt} latent frames need "
-                         f"{(lt - 1) * temporal_factor + 1} (frames = {temporal_factor}·k + 1); load the mask with "
-                         "the same frame count as the source video.")
+        raise InputError(
+            f"latent_mask: the mask has {t} frames but {lt} latent frames need "
+            f"{(lt - 1) * temporal_factor + 1} (frames = {temporal_factor}·k + 1); load the mask with "
+            "the same frame count as the source video."
+        )
     m = mask_frames.float()
     if m.numel() and (m.min() < 0 or m.max() > 1):
         raise InputError(f"latent_mask: mask values must be in [0, 1], got [{float(m.min())}, {float(m.max())}].")
@@ -112,6 +134,7 @@ def latent_mask(mask_frames: torch.Tensor, latent_shape: tuple[int, int, int], t
 
 # ------------------------------------------------------------------------------------------- Edit-GRPO
 
+
 def _groups(group_ids: torch.Tensor, n: int, what: str) -> list[torch.Tensor]:
     """Index tensors (CPU) of the rows of each group, groups sorted by id."""
     group_ids = torch.as_tensor(group_ids).reshape(-1).cpu()
@@ -121,8 +144,9 @@ def _groups(group_ids: torch.Tensor, n: int, what: str) -> list[torch.Tensor]:
     return [torch.nonzero(inverse == g).flatten() for g in range(int(inverse.max()) + 1)] if n else []
 
 
-def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tensor, *,
-                     eps: float = 1e-4, clip: float = 5.0) -> tuple[torch.Tensor, float]:
+def group_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tensor, *, eps: float = 1e-4, clip: float = 5.0
+) -> tuple[torch.Tensor, float]:
     """Edit-GRPO advantages [N] and the fraction of groups dropped for zero variance.
 
     `rewards` [N, K] holds K reward terms; rows with the same `group_ids` are the G samples of one
@@ -154,8 +178,9 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, weights: to
     return adv.clamp(-clip, clip), (dropped / len(groups) if groups else 0.0)
 
 
-def clipped_policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, clip_range: float, *,
-                        stats: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+def clipped_policy_loss(
+    logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, clip_range: float, *, stats: bool = True
+) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO-clip loss mean(max(-A ρ, -A clip(ρ, 1-ε, 1+ε))), ρ = exp(logp - logp_old), and statistics.
 
     `logp_old` and `adv` are treated as constants. Stats (floats): ratio_mean, ratio_std (population),
@@ -168,8 +193,10 @@ def clipped_policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.T
     logp_old = logp_old.detach().float().to(logp.device)
     adv = adv.detach().float().to(logp.device)
     if logp.shape != logp_old.shape or adv.shape != logp.shape:
-        raise InputError(f"clipped_policy_loss: logp {tuple(logp.shape)}, logp_old {tuple(logp_old.shape)} and "
-                         f"adv {tuple(adv.shape)} must have the same shape.")
+        raise InputError(
+            f"clipped_policy_loss: logp {tuple(logp.shape)}, logp_old {tuple(logp_old.shape)} and "
+            f"adv {tuple(adv.shape)} must have the same shape."
+        )
     log_ratio = logp - logp_old
     ratio = torch.exp(log_ratio)
     unclipped = -adv * ratio
@@ -178,10 +205,12 @@ def clipped_policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.T
     if not stats:
         return loss, {}
     with torch.no_grad():
-        out = {"ratio_mean": float(ratio.mean()),
-               "ratio_std": float(ratio.std(unbiased=False)),
-               "clip_frac": float(((ratio - 1.0).abs() > clip_range).float().mean()),
-               "approx_kl": float(0.5 * (log_ratio ** 2).mean())}
+        out = {
+            "ratio_mean": float(ratio.mean()),
+            "ratio_std": float(ratio.std(unbiased=False)),
+            "clip_frac": float(((ratio - 1.0).abs() > clip_range).float().mean()),
+            "approx_kl": float(0.5 * (log_ratio**2).mean()),
+        }
     return loss, out
 
 
@@ -196,13 +225,20 @@ def kl_to_reference(mean_theta: torch.Tensor, mean_ref: torch.Tensor, std: torch
     if not bool((s > 0).all()):
         raise InputError("kl_to_reference: std must be > 0 (a deterministic ODE step has no KL; train SDE steps).")
     d = mean_theta.float() - mean_ref.detach().float()
-    return (d ** 2 / (2 * s ** 2)).flatten(1).mean(dim=1)
+    return (d**2 / (2 * s**2)).flatten(1).mean(dim=1)
 
 
 # ------------------------------------------------------------------------------------------- RWO
 
-def rwo_weights(rewards: torch.Tensor, group_ids: torch.Tensor, *, temperature: float = 1.0,
-                mode: str = "softmax", eps: float = 1e-4) -> torch.Tensor:
+
+def rwo_weights(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    mode: str = "softmax",
+    eps: float = 1e-4,
+) -> torch.Tensor:
     """Per-sample weights [N] for reward-weighted flow matching (ReViSE RWO; our reconstruction, since the
     paper gives no formula). Rewards are first normalized within each group, A = (r - mean_g)/(std_g + eps)
     (population std), so the weights do not depend on the reward's scale or offset. Then per group of n:
@@ -232,8 +268,13 @@ def rwo_weights(rewards: torch.Tensor, group_ids: torch.Tensor, *, temperature: 
     return w
 
 
-def reward_weighted_fm_loss(v_pred: torch.Tensor, v_target: torch.Tensor, weights: torch.Tensor,
-                            mask: Optional[torch.Tensor] = None, mask_weight: float = 0.0) -> torch.Tensor:
+def reward_weighted_fm_loss(
+    v_pred: torch.Tensor,
+    v_target: torch.Tensor,
+    weights: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+    mask_weight: float = 0.0,
+) -> torch.Tensor:
     """RWO loss: mean_b w_b · masked_fm_loss_b, with `weights` [B] from `rwo_weights` (constants)."""
     per_sample = masked_fm_loss(v_pred, v_target, mask, mask_weight, reduce=False)
     weights = torch.as_tensor(weights, dtype=torch.float32).detach().reshape(-1).to(per_sample.device)

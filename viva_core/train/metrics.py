@@ -1,5 +1,6 @@
 """Training logs: a JSONL line per step (always), TensorBoard when installed, and a PNG of the curves when
 matplotlib is (the optional extras "tensorboard" and "plot")."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,20 @@ from typing import Optional
 log = logging.getLogger(__name__)
 
 # Curves drawn in the PNG, in this order, when present.
-PLOTTED = ("loss", "loss_fm", "loss_policy", "loss_kl", "reward", "reward_std", "zero_var_groups", "clip_frac",
-           "approx_kl", "grad_norm", "lr", "val_loss")
+PLOTTED = (
+    "loss",
+    "loss_fm",
+    "loss_policy",
+    "loss_kl",
+    "reward",
+    "reward_std",
+    "zero_var_groups",
+    "clip_frac",
+    "approx_kl",
+    "grad_norm",
+    "lr",
+    "val_loss",
+)
 
 
 class MetricsLog:
@@ -64,7 +77,7 @@ class MetricsLog:
             import matplotlib.pyplot as plt
         except ImportError:  # an optional dependency (the "plot" extra): training goes on without the PNG
             if not self._told_no_matplotlib:
-                log.warning("matplotlib is not installed: no %s (pip install \"comfyui-viva[plot]\")", png.name)
+                log.warning('matplotlib is not installed: no %s (pip install "comfyui-viva[plot]")', png.name)
                 self._told_no_matplotlib = True
             return None
         cols = min(3, len(keys))
@@ -76,7 +89,7 @@ class MetricsLog:
             ax.set_title(key, fontsize=9)
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(keys):]:
+        for ax in list(axes.flat)[len(keys) :]:
             ax.axis("off")
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()

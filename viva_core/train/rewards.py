@@ -13,6 +13,7 @@ Built-in names:
     clip                 VIVA instruction following: CLIP(V_edit, t_edit) - CLIP(V_edit, t_src), in [-2, 2]
     callable:mod:fn      any Python function (RewardInput) -> Tensor[N], imported by name (never eval'd)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,8 +32,15 @@ from ..safe_io import PICKLE_SUFFIXES
 from ..video import uniform_frame_indices
 from ..vlm import to_pil_image
 
-REWARD_NAMES = ("judge", "judge:<EA+PC+GN+GR subset>", "verifier", "verifier:<EA+PC+GN+GR subset>", "preservation",
-                "clip", "callable:<module>:<function>")
+REWARD_NAMES = (
+    "judge",
+    "judge:<EA+PC+GN+GR subset>",
+    "verifier",
+    "verifier:<EA+PC+GN+GR subset>",
+    "preservation",
+    "clip",
+    "callable:<module>:<function>",
+)
 
 
 @dataclass
@@ -69,18 +77,23 @@ class RewardInput:
             raise InputError(f"RewardInput: {len(self.instructions)} instructions for {n} samples.")
         if self.masks is not None:
             if tuple(self.masks.shape) != tuple(self.source.shape[:4]):
-                raise InputError(f"RewardInput.masks: expected [N,T,H,W] = {tuple(self.source.shape[:4])} (the "
-                                 f"source's frames), got {tuple(self.masks.shape)}.")
+                raise InputError(
+                    f"RewardInput.masks: expected [N,T,H,W] = {tuple(self.source.shape[:4])} (the "
+                    f"source's frames), got {tuple(self.masks.shape)}."
+                )
             self.masks = self.masks.detach().float().cpu()
         if self.latents is not None:
             if self.latents.ndim != 5 or self.latents.shape[0] != n:
-                raise InputError(f"RewardInput.latents: expected [N,C,T',H',W'] with N={n}, got "
-                                 f"{tuple(self.latents.shape)}.")
+                raise InputError(
+                    f"RewardInput.latents: expected [N,C,T',H',W'] with N={n}, got {tuple(self.latents.shape)}."
+                )
             self.latents = self.latents.detach().float().cpu()
         if self.targets is not None:
             if tuple(self.targets.shape) != tuple(self.source.shape):
-                raise InputError(f"RewardInput.targets: expected [N,T,H,W,3] = {tuple(self.source.shape)} (the "
-                                 f"source's shape), got {tuple(self.targets.shape)}.")
+                raise InputError(
+                    f"RewardInput.targets: expected [N,T,H,W,3] = {tuple(self.source.shape)} (the "
+                    f"source's shape), got {tuple(self.targets.shape)}."
+                )
             self.targets = self.targets.detach().float().cpu()
         self.labels = [{} for _ in range(n)] if self.labels is None else [dict(x) for x in self.labels]
         if len(self.labels) != n:
@@ -107,11 +120,11 @@ class Reward(Protocol):
 
 # ------------------------------------------------------------------------------------------- judge
 
+
 class JudgeReward:
     """Mean P(Yes) of the self-reflection judge over `dimensions` (ReViSE's critic as a reward), in [0, 1]."""
 
-    def __init__(self, judge: Judge, dimensions: Sequence[str] = DIMENSIONS, num_frames: int = 4,
-                 name: str = "judge"):
+    def __init__(self, judge: Judge, dimensions: Sequence[str] = DIMENSIONS, num_frames: int = 4, name: str = "judge"):
         dims = tuple(dimensions)
         unknown = [d for d in dims if d not in DIMENSIONS]
         if not dims or unknown:
@@ -131,6 +144,7 @@ class JudgeReward:
 
 # ------------------------------------------------------------------------------------------- verifier
 
+
 class VerifierReward:
     """Mean of the exact benchmark's scores (`eval.score_edit`) over `dimensions`, in [0, 1].
 
@@ -145,8 +159,9 @@ class VerifierReward:
         dims = tuple(dimensions)
         unknown = [d for d in dims if d not in self.FIELDS]
         if not dims or unknown:
-            raise InputError(f"verifier reward: dimensions {list(dims)} must be a non-empty subset of "
-                             f"{list(self.FIELDS)}.")
+            raise InputError(
+                f"verifier reward: dimensions {list(dims)} must be a non-empty subset of {list(self.FIELDS)}."
+            )
         self.dimensions, self.name = dims, name
 
     @torch.no_grad()
@@ -154,8 +169,10 @@ class VerifierReward:
         from ..eval import score_edit
 
         if batch.targets is None:
-            raise InputError(f"reward '{self.name}' scores edits against the ground truth, but the data has no "
-                             "target_video; use a manifest with targets (e.g. `viva synth`) or another reward.")
+            raise InputError(
+                f"reward '{self.name}' scores edits against the ground truth, but the data has no "
+                "target_video; use a manifest with targets (e.g. `viva synth`) or another reward."
+            )
         out = []
         for i in range(batch.n):
             label = batch.labels[i]
@@ -170,6 +187,7 @@ class VerifierReward:
 
 # ------------------------------------------------------------------------------------------- preservation
 
+
 class PreservationReward:
     """1 - mean |source - edit| (over pixels and channels) outside the edit mask, in [0, 1].
 
@@ -183,8 +201,10 @@ class PreservationReward:
     @torch.no_grad()
     def __call__(self, batch: RewardInput) -> torch.Tensor:
         if batch.source.shape != batch.edited.shape:
-            raise InputError(f"preservation reward: source {tuple(batch.source.shape)} and edit "
-                             f"{tuple(batch.edited.shape)} must have the same frames and size.")
+            raise InputError(
+                f"preservation reward: source {tuple(batch.source.shape)} and edit "
+                f"{tuple(batch.edited.shape)} must have the same frames and size."
+            )
         diff = (batch.source - batch.edited).abs().mean(dim=-1)  # [N, T, H, W]
         keep = (1.0 - batch.masks) if (self.outside_mask and batch.masks is not None) else torch.ones_like(diff)
         den = keep.sum(dim=(1, 2, 3))
@@ -194,10 +214,13 @@ class PreservationReward:
 
 # ------------------------------------------------------------------------------------------- CLIP
 
+
 def _check_clip_folder(path: str | os.PathLike) -> Path:
     folder = Path(path)
-    need = "config.json, model.safetensors, tokenizer files and preprocessor_config.json (a CLIP model folder " \
-           "such as openai/clip-vit-large-patch14)"
+    need = (
+        "config.json, model.safetensors, tokenizer files and preprocessor_config.json (a CLIP model folder "
+        "such as openai/clip-vit-large-patch14)"
+    )
     if not folder.is_dir():
         raise ModelLoadError(f"{folder}: CLIP folder not found. Give the folder with {need}.")
     files = {p.name for p in folder.iterdir() if p.is_file()}
@@ -205,8 +228,12 @@ def _check_clip_folder(path: str | os.PathLike) -> Path:
         raise ModelLoadError(f"{folder}: CLIP folder has no config.json. Expected {need}.")
     if not any(n.endswith(".safetensors") for n in files):
         pickles = sorted(n for n in files if n.lower().endswith(PICKLE_SUFFIXES))
-        why = (f"the weights are in pickle format ({', '.join(pickles)}), refused because loading it can run "
-               "arbitrary code" if pickles else "no *.safetensors weights")
+        why = (
+            f"the weights are in pickle format ({', '.join(pickles)}), refused because loading it can run "
+            "arbitrary code"
+            if pickles
+            else "no *.safetensors weights"
+        )
         raise ModelLoadError(f"{folder}: {why}. Use the model's .safetensors release.")
     if "preprocessor_config.json" not in files:
         raise ModelLoadError(f"{folder}: CLIP folder has no preprocessor_config.json. Expected {need}.")
@@ -225,15 +252,25 @@ class ClipReward:
     Rewards moving the video toward the target description and away from the source one; raw cosines
     (no logit scale), so the value lies in [-2, 2]. Loaded from a local folder only."""
 
-    def __init__(self, clip_dir: str | os.PathLike, device: str | torch.device = "cpu", *, num_frames: int = 4,
-                 dtype: str | torch.dtype = "fp32", name: str = "clip"):
+    def __init__(
+        self,
+        clip_dir: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        *,
+        num_frames: int = 4,
+        dtype: str | torch.dtype = "fp32",
+        name: str = "clip",
+    ):
         folder = _check_clip_folder(clip_dir)
         from transformers import CLIPModel, CLIPProcessor
 
         self.device, self.num_frames, self.name = parse_device(device), num_frames, name
         try:
-            self.model = CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
-                                                   dtype=parse_dtype(dtype)).to(self.device).eval()
+            self.model = (
+                CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=parse_dtype(dtype))
+                .to(self.device)
+                .eval()
+            )
             self.processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
         except Exception as e:  # transformers raises OSError / ValueError / KeyError on foreign folders
             raise ModelLoadError(f"{folder}: cannot load a CLIP model and processor ({type(e).__name__}: {e}).") from e
@@ -257,9 +294,11 @@ class ClipReward:
         for what in ("target_captions", "source_captions"):
             missing = [i for i, c in enumerate(getattr(batch, what)) if not (isinstance(c, str) and c.strip())]
             if missing:
-                raise InputError(f"reward '{self.name}' needs {what} for every sample (it scores CLIP(edit, target "
-                                 f"caption) - CLIP(edit, source caption)); missing for samples {missing}. Add "
-                                 "source_caption and target_caption to the data, or drop the clip reward.")
+                raise InputError(
+                    f"reward '{self.name}' needs {what} for every sample (it scores CLIP(edit, target "
+                    f"caption) - CLIP(edit, source caption)); missing for samples {missing}. Add "
+                    "source_caption and target_caption to the data, or drop the clip reward."
+                )
         out, text = [], {}
         for i in range(batch.n):
             frames = batch.edited[i][uniform_frame_indices(batch.edited.shape[1], self.num_frames)]
@@ -274,6 +313,7 @@ class ClipReward:
 
 # ------------------------------------------------------------------------------------------- user callables
 
+
 def load_callable(spec: str) -> Callable[[RewardInput], Any]:
     """Import "package.module:function" (attribute paths like "mod:Class.method" too) with importlib."""
     module_name, _, attr = spec.partition(":")
@@ -282,8 +322,10 @@ def load_callable(spec: str) -> Callable[[RewardInput], Any]:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as e:
-        raise InputError(f"callable reward '{spec}': cannot import module '{module_name}' ({e}). Put it on "
-                         "PYTHONPATH or install its package.") from e
+        raise InputError(
+            f"callable reward '{spec}': cannot import module '{module_name}' ({e}). Put it on "
+            "PYTHONPATH or install its package."
+        ) from e
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -307,9 +349,14 @@ class CallableReward:
 
 # ------------------------------------------------------------------------------------------- assembly
 
-def build_rewards(spec: Mapping[str, float], *, judge: Optional[Judge] = None,
-                  clip_dir: Optional[str | os.PathLike] = None, device: str | torch.device = "cpu"
-                  ) -> tuple[list[Reward], torch.Tensor]:
+
+def build_rewards(
+    spec: Mapping[str, float],
+    *,
+    judge: Optional[Judge] = None,
+    clip_dir: Optional[str | os.PathLike] = None,
+    device: str | torch.device = "cpu",
+) -> tuple[list[Reward], torch.Tensor]:
     """Reward objects and their weights [K] (fp32), in the order of `spec` ({name: weight}). Each reward's
     name is its key in `spec`. The judge is passed in already loaded (it is shared with evaluation)."""
     if not spec:
@@ -330,8 +377,11 @@ def build_rewards(spec: Mapping[str, float], *, judge: Optional[Judge] = None,
             dims = [d.strip() for d in arg.replace(",", "+").split("+") if d.strip()] if arg else list(DIMENSIONS)
             rewards.append(JudgeReward(judge, dims, name=key))
         elif kind == "verifier":
-            dims = [d.strip() for d in arg.replace(",", "+").split("+") if d.strip()] if arg else list(
-                VerifierReward.FIELDS)
+            dims = (
+                [d.strip() for d in arg.replace(",", "+").split("+") if d.strip()]
+                if arg
+                else list(VerifierReward.FIELDS)
+            )
             rewards.append(VerifierReward(dims, name=key))
         elif key == "preservation":
             rewards.append(PreservationReward(name=key))
@@ -359,7 +409,9 @@ def score_all(rewards: Sequence[Reward], batch: RewardInput) -> torch.Tensor:
             raise InputError(f"reward '{r.name}' returned shape {tuple(out.shape)}; expected [N] = [{batch.n}].")
         bad = torch.nonzero(~torch.isfinite(out)).flatten().tolist()
         if bad:
-            raise NonFiniteError(f"reward '{r.name}' returned NaN/Inf for samples {bad}; nothing was trained on "
-                                 "this batch. Check the reward's inputs (empty masks, blank frames) or its code.")
+            raise NonFiniteError(
+                f"reward '{r.name}' returned NaN/Inf for samples {bad}; nothing was trained on "
+                "this batch. Check the reward's inputs (empty masks, blank frames) or its code."
+            )
         cols.append(out)
     return torch.stack(cols, dim=1)

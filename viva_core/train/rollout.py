@@ -3,6 +3,7 @@
 Each member draws its noise from its own generator, so a member's trajectory does not depend on the group size
 or on how the group is batched; only the DiT call is shared.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,13 +26,20 @@ class Transition:
 
 
 @torch.no_grad()
-def sde_rollout(velocity: Callable[[torch.Tensor, float], torch.Tensor], latent_shape: Sequence[int],
-                sigmas: torch.Tensor, sde_steps: Sequence[int], noise_level: float,
-                generators: Sequence[torch.Generator], device: torch.device | str,
-                start: torch.Tensor | None = None) -> tuple[torch.Tensor, list[Transition]]:
+def sde_rollout(
+    velocity: Callable[[torch.Tensor, float], torch.Tensor],
+    latent_shape: Sequence[int],
+    sigmas: torch.Tensor,
+    sde_steps: Sequence[int],
+    noise_level: float,
+    generators: Sequence[torch.Generator],
+    device: torch.device | str,
+    start: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[Transition]]:
     """Sample len(generators) trajectories from sigma=1 to 0: SDE (with log-prob) on `sde_steps`, Euler ODE on the
     others. Returns the final latents [G, ...] (CPU fp32) and the SDE transitions. `start` [G, ...] is the noise at
     sigma 1 when given (a group sharing it differs only by the SDE steps' noise); else each generator draws it."""
+
     def noise() -> torch.Tensor:
         return torch.stack([torch.randn(tuple(latent_shape), generator=g) for g in generators]).to(device)
 

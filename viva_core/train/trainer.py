@@ -4,6 +4,7 @@ setup, data, rollouts, rewards, logging and checkpoints here; the formulas live 
 Determinism: every random draw of a sample is seeded from (seed, step, global sample index), and the data order
 from (seed, epoch), so a resumed run, or the same global batch split over K processes, reproduces a straight run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,13 +22,21 @@ from .. import compat
 from ..data import EditRecord, TensorCache, file_identity, load_manifest, load_sample, model_identity
 from ..editor import Conditioning, Editor, EditorOptions, load_editor
 from ..errors import InputError, NonFiniteError
+from ..lora import save_lora
 from ..pipeline import decode_latents_batch, dit_velocity, encode_frames, guide, pad_tokens, unconditional
 from ..runtime import ProgressFn, no_progress
 from ..sampling import sde_step_with_logprob, shifted_sigmas
 from . import losses as L
-from ..lora import save_lora
-from .adapters import (adapter_disabled, full_tensor, add_lora, export_lora, full_optimizer_state, load_optimizer_state,
-                       load_trainable_state, trainable_state)
+from .adapters import (
+    adapter_disabled,
+    add_lora,
+    export_lora,
+    full_optimizer_state,
+    full_tensor,
+    load_optimizer_state,
+    load_trainable_state,
+    trainable_state,
+)
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig, scheduled_lr
 from .distributed import World, all_gather_cat, init_world, shutdown
@@ -39,9 +48,9 @@ log = logging.getLogger(__name__)
 # rollout.micro_batch = 0 (auto): latent tokens per DiT call, CFG's doubled rows counted. The bundled 64x64x17 editor
 # (320 tokens a sample) puts 12 records of 8 guided samples in a call; one 480x832x33 Wan record (14,040 tokens a
 # sample, 224,640 for 8 guided samples) already exceeds it, so big DiTs keep the per-record calls (and memory) they had.
-AUTO_TOKENS_PER_CALL = 2 ** 16
+AUTO_TOKENS_PER_CALL = 2**16
 # rollout.decode_batch = 0 (auto): frame pixels per VAE decode: 60 clips of 64x64x17; 480x832 clips one at a time.
-AUTO_PIXELS_PER_DECODE = 2 ** 22
+AUTO_PIXELS_PER_DECODE = 2**22
 
 
 @dataclass
@@ -62,10 +71,15 @@ def _gen(*parts: int) -> torch.Generator:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, *, progress: ProgressFn = no_progress,
-                 should_stop: Callable[[], bool] = lambda: False,
-                 on_log: Callable[[int, dict], None] = lambda step, metrics: None,
-                 editor: Optional[Editor] = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        progress: ProgressFn = no_progress,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_log: Callable[[int, dict], None] = lambda step, metrics: None,
+        editor: Optional[Editor] = None,
+    ) -> None:
         """`editor`: an editor already loaded (ComfyUI's graph editor, on its device) to train on instead of
         loading `cfg.model.editor` a second time; the caller removes the LoRA after (adapters.remove_lora)."""
         cfg.check()
@@ -82,22 +96,33 @@ class Trainer:
         cfg = self.cfg
         # the data is checked first: a bad manifest fails before any model is loaded
         self.records = load_manifest(cfg.data.manifest, max_frames=cfg.data.max_frames)
-        self.val_records = load_manifest(cfg.data.val_manifest, max_frames=cfg.data.max_frames) \
-            if cfg.data.val_manifest else []
-        want_cuda = cfg.model.device in ("auto", "cuda") and torch.cuda.is_available() or cfg.model.device.startswith("cuda:")
+        self.val_records = (
+            load_manifest(cfg.data.val_manifest, max_frames=cfg.data.max_frames) if cfg.data.val_manifest else []
+        )
+        want_cuda = (
+            cfg.model.device in ("auto", "cuda") and torch.cuda.is_available() or cfg.model.device.startswith("cuda:")
+        )
         self.world: World = init_world("cuda" if want_cuda else "cpu")
         device = f"cuda:{self.world.local_rank}" if want_cuda else "cpu"
         opts = EditorOptions(dtype=cfg.model.dtype, device=device, allow_t2v=cfg.model.allow_t2v)
         src = Path(cfg.model.editor)
         if self.loaded_editor is not None:
-            log.info("training on the loaded editor %s (%s on %s), no second copy", self.loaded_editor.name,
-                     self.loaded_editor.dtype, self.loaded_editor.device)
+            log.info(
+                "training on the loaded editor %s (%s on %s), no second copy",
+                self.loaded_editor.name,
+                self.loaded_editor.dtype,
+                self.loaded_editor.device,
+            )
             self.editor = self.loaded_editor
         elif src.is_dir():
             self.editor = load_editor(str(src), text_encoder_folder=cfg.model.text_encoder or None, options=opts)
         else:
-            self.editor = load_editor(transformer_file=str(src), vae_file=cfg.model.vae or None,
-                                      text_encoder_folder=cfg.model.text_encoder or None, options=opts)
+            self.editor = load_editor(
+                transformer_file=str(src),
+                vae_file=cfg.model.vae or None,
+                text_encoder_folder=cfg.model.text_encoder or None,
+                options=opts,
+            )
         self.device = self.editor.device
         if cfg.model.max_text_tokens:
             self.editor.max_text_tokens = cfg.model.max_text_tokens
@@ -117,7 +142,8 @@ class Trainer:
                 fully_shard(block)
             fully_shard(dit)
             self.params = [p for p in dit.parameters() if p.requires_grad] + (
-                list(self.refiner.parameters()) if self.refiner is not None and cfg.model.train_refiner else [])
+                list(self.refiner.parameters()) if self.refiner is not None and cfg.model.train_refiner else []
+            )
         elif self.world.active:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -139,9 +165,15 @@ class Trainer:
         if cfg.model.refiner:
             refiner = load_refiner(cfg.model.refiner, in_dim=vlm.hidden_size)
         else:
-            refiner = TokenRefiner(RefinerConfig(in_dim=vlm.hidden_size, out_dim=self.editor.text_dim,
-                                                 hidden_dim=cfg.model.refiner_hidden, depth=cfg.model.refiner_depth,
-                                                 heads=cfg.model.refiner_heads))
+            refiner = TokenRefiner(
+                RefinerConfig(
+                    in_dim=vlm.hidden_size,
+                    out_dim=self.editor.text_dim,
+                    hidden_dim=cfg.model.refiner_hidden,
+                    depth=cfg.model.refiner_depth,
+                    heads=cfg.model.refiner_heads,
+                )
+            )
         self.refiner = refiner.to(self.device).float()
         self.instructor = Instructor(vlm, self.refiner)
         self.refiner.requires_grad_(cfg.model.train_refiner)
@@ -159,16 +191,18 @@ class Trainer:
             from ..vlm import load_vlm
 
             judge = Judge(load_vlm(self.cfg.rewards.judge_vlm, dtype=self.cfg.model.dtype, device=str(self.device)))
-        self.rewards, self.reward_weights = build_rewards(self.cfg.rewards.weights, judge=judge,
-                                                          clip_dir=self.cfg.rewards.clip_dir or None,
-                                                          device=str(self.device))
+        self.rewards, self.reward_weights = build_rewards(
+            self.cfg.rewards.weights, judge=judge, clip_dir=self.cfg.rewards.clip_dir or None, device=str(self.device)
+        )
         self.labels: dict[int, dict] = {}
         if any(getattr(rw, "needs_labels", False) for rw in self.rewards):
             from ..data import BENCHMARK_FIELDS
             from ..eval import manifest_extras
 
-            self.labels = {line: {k: extra[k] for k in BENCHMARK_FIELDS if k in extra}
-                           for line, extra in manifest_extras(self.cfg.data.manifest).items()}
+            self.labels = {
+                line: {k: extra[k] for k in BENCHMARK_FIELDS if k in extra}
+                for line, extra in manifest_extras(self.cfg.data.manifest).items()
+            }
 
     # ------------------------------------------------------------------ data
     def _global_batch(self, step: int) -> list[tuple[int, EditRecord]]:
@@ -191,12 +225,13 @@ class Trainer:
     def _file_ids(self, rec: EditRecord) -> tuple[str, ...]:
         """Content identities of a record's videos, hashed once per run (the cache keys of its tensors)."""
         if rec.index not in self._ids:
-            self._ids[rec.index] = tuple(file_identity(p) for p in (rec.source_video, rec.target_video,
-                                                                     rec.mask_video) if p)
+            self._ids[rec.index] = tuple(
+                file_identity(p) for p in (rec.source_video, rec.target_video, rec.mask_video) if p
+            )
         return self._ids[rec.index]
 
     def _local_batch(self, step: int) -> list[tuple[int, EditRecord]]:
-        return self._global_batch(step)[self.world.rank::self.world.size]
+        return self._global_batch(step)[self.world.rank :: self.world.size]
 
     def _encoded(self, rec: EditRecord) -> dict[str, torch.Tensor]:
         """Latents of source/target, latent edit mask and text tokens, cached on disk by content and model."""
@@ -205,8 +240,13 @@ class Trainer:
         files = self._file_ids(rec)
 
         def compute() -> dict[str, torch.Tensor]:
-            s = load_sample(rec, max_frames=cfg.data.max_frames, size=size,
-                            temporal_factor=self.editor.temporal_factor, spatial_multiple=self.editor.spatial_multiple)
+            s = load_sample(
+                rec,
+                max_frames=cfg.data.max_frames,
+                size=size,
+                temporal_factor=self.editor.temporal_factor,
+                spatial_multiple=self.editor.spatial_multiple,
+            )
             out = {"source": encode_frames(self.editor, s.source).cpu(), "source_frames": s.source.contiguous()}
             if s.target is not None:
                 out["target"] = encode_frames(self.editor, s.target).cpu()
@@ -216,10 +256,12 @@ class Trainer:
                 out["mask_frames"] = s.mask.contiguous()
             return out
 
-        latents = self.cache.get_or_compute("latents", (files, cfg.data.max_frames, size, self.vae_id, "frames-v2"),
-                                            compute)
-        text = self.cache.get_or_compute("text", (rec.instruction, self.te_id),
-                                         lambda: {"tokens": self.editor.encode_text(rec.instruction).embeds})
+        latents = self.cache.get_or_compute(
+            "latents", (files, cfg.data.max_frames, size, self.vae_id, "frames-v2"), compute
+        )
+        text = self.cache.get_or_compute(
+            "text", (rec.instruction, self.te_id), lambda: {"tokens": self.editor.encode_text(rec.instruction).embeds}
+        )
         return {**latents, "text": text["tokens"]}
 
     def _condition(self, rec: EditRecord, enc: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -227,9 +269,9 @@ class Trainer:
         cond = Conditioning(enc["text"])
         if self.instructor is not None:
             hidden = self.cache.get_or_compute(
-                "vlm_hidden", (rec.instruction, self._file_ids(rec)[0], self.cfg.data.max_frames,
-                               self.cfg.model.instructor),
-                lambda: {"hidden": self.instructor.hidden_states(rec.instruction, enc["source_frames"][0]).cpu()}
+                "vlm_hidden",
+                (rec.instruction, self._file_ids(rec)[0], self.cfg.data.max_frames, self.cfg.model.instructor),
+                lambda: {"hidden": self.instructor.hidden_states(rec.instruction, enc["source_frames"][0]).cpu()},
             )["hidden"]
             with torch.set_grad_enabled(self.cfg.model.train_refiner and torch.is_grad_enabled()):
                 tokens = self.refiner(hidden.to(self.device).float())
@@ -240,12 +282,14 @@ class Trainer:
         """DDP all-reduces gradients on the last backward of a step only; FSDP2 reduces every backward."""
         return self.dit.no_sync() if (not last and self.dit is not self.base) else contextlib.nullcontext()
 
-    def _velocity(self, model, x: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor | float,
-                  text: torch.Tensor) -> torch.Tensor:
+    def _velocity(
+        self, model, x: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor | float, text: torch.Tensor
+    ) -> torch.Tensor:
         return dit_velocity(model, x, source, sigma, text.to(self.device), self.editor.dtype)
 
-    def _policy_velocity(self, model, x: torch.Tensor, source: torch.Tensor, sigma: float,
-                         text: torch.Tensor) -> torch.Tensor:
+    def _policy_velocity(
+        self, model, x: torch.Tensor, source: torch.Tensor, sigma: float, text: torch.Tensor
+    ) -> torch.Tensor:
         """The velocity rollouts sample with: guided by rollout.cfg against the empty prompt as `pipeline.edit`
         guides (uncond + cfg (cond - uncond), one batched call), so GRPO trains the sampler users run."""
         guidance, b = self.cfg.rollout.cfg, x.shape[0]
@@ -255,8 +299,13 @@ class Trainer:
             self._negative = unconditional(self.editor).embeds.to(self.device, self.editor.dtype)
         width = max(text.shape[1], self._negative.shape[1])  # as pipeline.edit pads cond and negative
         text, neg = pad_tokens(text, width), pad_tokens(self._negative, width)
-        both = self._velocity(model, torch.cat([x, x]), source.expand(b, -1, -1, -1, -1).repeat(2, 1, 1, 1, 1),
-                              sigma, torch.cat([text.expand(b, -1, -1), neg.expand(b, -1, -1)]))
+        both = self._velocity(
+            model,
+            torch.cat([x, x]),
+            source.expand(b, -1, -1, -1, -1).repeat(2, 1, 1, 1, 1),
+            sigma,
+            torch.cat([text.expand(b, -1, -1), neg.expand(b, -1, -1)]),
+        )
         return guide(both[:b], both[b:], guidance)
 
     # ------------------------------------------------------------------ schedule
@@ -265,8 +314,16 @@ class Trainer:
         return scheduled_lr(o.lr, step, o.steps, o.warmup_steps, o.schedule)
 
     # ------------------------------------------------------------------ SFT
-    def _fm_loss(self, model, rec: EditRecord, enc: dict, gi: int, step: int, weight: float = 1.0,
-                 x0: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _fm_loss(
+        self,
+        model,
+        rec: EditRecord,
+        enc: dict,
+        gi: int,
+        step: int,
+        weight: float = 1.0,
+        x0: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Flow-matching loss of one sample: target latents (or a rollout's result), mask-weighted (VIVA)."""
         x0 = enc["target"] if x0 is None else x0
         if x0 is None:
@@ -277,8 +334,13 @@ class Trainer:
         x_t, v_target = L.flow_matching_pair(x0.float(), noise, sigma)
         v = self._velocity(model, x_t, enc["source"], sigma, self._condition(rec, enc))
         mask = enc.get("mask")
-        return L.reward_weighted_fm_loss(v, v_target.to(self.device), torch.tensor([weight]),
-                                         mask.to(self.device) if mask is not None else None, self.cfg.sft.mask_weight)
+        return L.reward_weighted_fm_loss(
+            v,
+            v_target.to(self.device),
+            torch.tensor([weight]),
+            mask.to(self.device) if mask is not None else None,
+            self.cfg.sft.mask_weight,
+        )
 
     def _sft_step(self, step: int) -> dict:
         batch = self._local_batch(step)
@@ -353,18 +415,33 @@ class Trainer:
             part = [batch[i] for i in chunk]
             gens = [_gen(self.cfg.seed, step, gi, m, 2) for gi, _, _ in part for m in range(g)]
             shape = part[0][2]["source"].shape[1:]
-            start = torch.stack([torch.randn(tuple(shape), generator=_gen(self.cfg.seed, step, gi, 3))
-                                 for gi, _, _ in part]).repeat_interleave(g, dim=0) if r.shared_start else None
+            start = (
+                torch.stack(
+                    [torch.randn(tuple(shape), generator=_gen(self.cfg.seed, step, gi, 3)) for gi, _, _ in part]
+                ).repeat_interleave(g, dim=0)
+                if r.shared_start
+                else None
+            )
             with torch.no_grad():
                 source, text = self._stacked(part, g)
-                latents, transitions = sde_rollout(lambda x, s, src=source, txt=text:
-                                                   self._policy_velocity(model, x, src, s, txt),
-                                                   shape, shifted_sigmas(r.steps, r.shift),
-                                                   self._sde_steps(), r.noise_level, gens, self.device, start=start)
+                latents, transitions = sde_rollout(
+                    lambda x, s, src=source, txt=text: self._policy_velocity(model, x, src, s, txt),
+                    shape,
+                    shifted_sigmas(r.steps, r.shift),
+                    self._sde_steps(),
+                    r.noise_level,
+                    gens,
+                    self.device,
+                    start=start,
+                )
             for j in range(len(part)):
                 rows = slice(j * g, (j + 1) * g)
-                out.append((latents[rows], [Transition(t.step, t.x[rows], t.x_next[rows], t.log_prob[rows])
-                                            for t in transitions]))
+                out.append(
+                    (
+                        latents[rows],
+                        [Transition(t.step, t.x[rows], t.x_next[rows], t.log_prob[rows]) for t in transitions],
+                    )
+                )
         return out
 
     def _decode_batch(self, clip_shape: torch.Size) -> int:
@@ -373,14 +450,15 @@ class Trainer:
         if self.cfg.rollout.decode_batch:
             return self.cfg.rollout.decode_batch
         t, h, w = clip_shape[-3:]
-        pixels = ((t - 1) * self.editor.temporal_factor + 1) * h * w * self.editor.spatial_factor ** 2
+        pixels = ((t - 1) * self.editor.temporal_factor + 1) * h * w * self.editor.spatial_factor**2
         return max(1, AUTO_PIXELS_PER_DECODE // pixels)
 
     def _decoded(self, latents: torch.Tensor) -> torch.Tensor:
         """Rollout latents [N, ...] -> frames [N, T, H, W, C] (CPU), `_decode_batch` clips per VAE call."""
         per = self._decode_batch(latents.shape)
-        return torch.cat([decode_latents_batch(self.editor, latents[i:i + per])
-                          for i in range(0, latents.shape[0], per)])
+        return torch.cat(
+            [decode_latents_batch(self.editor, latents[i : i + per]) for i in range(0, latents.shape[0], per)]
+        )
 
     def _rollouts_and_advantages(self, step: int) -> tuple[list, torch.Tensor, dict, torch.Tensor, torch.Tensor]:
         """G rollouts per local record, rewards on decoded frames, advantages over the gathered global batch.
@@ -395,22 +473,26 @@ class Trainer:
         per_chunk = max(1, self._decode_batch(rolled[0][0].shape) // g) if rolled else 1
         items, rewards, groups = [], [], []
         for c in range(0, len(batch), per_chunk):
-            frames_all = self._decoded(torch.cat([lat for lat, _ in rolled[c:c + per_chunk]]))
-            for j, ((gi, rec, enc), (latents, transitions)) in enumerate(zip(batch[c:c + per_chunk],
-                                                                             rolled[c:c + per_chunk])):
+            frames_all = self._decoded(torch.cat([lat for lat, _ in rolled[c : c + per_chunk]]))
+            for j, ((gi, rec, enc), (latents, transitions)) in enumerate(
+                zip(batch[c : c + per_chunk], rolled[c : c + per_chunk])
+            ):
                 n, mask = latents.shape[0], enc.get("mask_frames")
-                frames = frames_all[j * g:j * g + n]
-                batch_in = RewardInput(source=enc["source_frames"].expand(n, -1, -1, -1, -1), edited=frames,
-                                       instructions=[rec.instruction] * n,
-                                       masks=mask.expand(n, -1, -1, -1) if mask is not None else None,
-                                       source_captions=[rec.source_caption] * n,
-                                       target_captions=[rec.target_caption] * n, latents=latents,
-                                       targets=enc["target_frames"].expand(n, -1, -1, -1, -1)
-                                       if "target_frames" in enc else None,
-                                       labels=[self.labels.get(rec.line, {})] * n)
+                frames = frames_all[j * g : j * g + n]
+                batch_in = RewardInput(
+                    source=enc["source_frames"].expand(n, -1, -1, -1, -1),
+                    edited=frames,
+                    instructions=[rec.instruction] * n,
+                    masks=mask.expand(n, -1, -1, -1) if mask is not None else None,
+                    source_captions=[rec.source_caption] * n,
+                    target_captions=[rec.target_caption] * n,
+                    latents=latents,
+                    targets=enc["target_frames"].expand(n, -1, -1, -1, -1) if "target_frames" in enc else None,
+                    labels=[self.labels.get(rec.line, {})] * n,
+                )
                 rewards.append(score_all(self.rewards, batch_in))
                 groups.append(torch.full((n,), gi))
-                items += [(gi, rec, enc, m, latents[m:m + 1], transitions) for m in range(n)]
+                items += [(gi, rec, enc, m, latents[m : m + 1], transitions) for m in range(n)]
         local_r, local_g = torch.cat(rewards).float(), torch.cat(groups)
         dev = self.device if self.world.active and self.device.type == "cuda" else torch.device("cpu")
         all_r = all_gather_cat(self.world, local_r.to(dev)).cpu()
@@ -418,11 +500,14 @@ class Trainer:
         adv, zero_frac = L.group_advantages(all_r, all_g, self.reward_weights)
         start = self.world.rank * local_r.shape[0]
         weighted = (all_r * self.reward_weights).sum(-1)
-        stats = {"reward": float(weighted.mean()), "reward_std": float(weighted.std()) if len(weighted) > 1 else 0.0,
-                 "zero_var_groups": zero_frac}
+        stats = {
+            "reward": float(weighted.mean()),
+            "reward_std": float(weighted.std()) if len(weighted) > 1 else 0.0,
+            "zero_var_groups": zero_frac,
+        }
         for k, rw in enumerate(self.rewards):
             stats[f"reward_{rw.name}"] = float(all_r[:, k].mean())
-        return items, adv[start:start + local_r.shape[0]], stats, all_r, all_g
+        return items, adv[start : start + local_r.shape[0]], stats, all_r, all_g
 
     def _grpo_step(self, step: int) -> dict:
         """PPO-clip on the rollouts' SDE transitions, `rollout.inner_updates` passes over one rollout batch (flow_grpo's
@@ -432,7 +517,7 @@ class Trainer:
         r = self.cfg.rollout
         items, adv, stats, _, _ = self._rollouts_and_advantages(step)
         g = r.group_size
-        groups = [(items[i], adv[i:i + g]) for i in range(0, len(items), g)]
+        groups = [(items[i], adv[i : i + g]) for i in range(0, len(items), g)]
         agg: dict = {}
         for update in range(r.inner_updates):
             if update:
@@ -476,8 +561,9 @@ class Trainer:
                     if r.kl_beta > 0:
                         with torch.no_grad(), adapter_disabled(self.base):
                             v_ref = self._policy_velocity(self.base, x, source, s, text)
-                        ref = sde_step_with_logprob(x, v_ref, s, s_next, r.noise_level, float(sigmas[1]),
-                                                    prev_sample=x_next)
+                        ref = sde_step_with_logprob(
+                            x, v_ref, s, s_next, r.noise_level, float(sigmas[1]), prev_sample=x_next
+                        )
                         kl = L.kl_to_reference(st.mean, ref.mean, st.std).mean()
                         loss = loss + r.kl_beta * kl
                         sums["loss_kl"].append(kl.detach().double() * share)
@@ -487,22 +573,29 @@ class Trainer:
                 log_ratios.append(st.log_prob.detach().float() - logp_old.float())
         log_ratio = torch.cat(log_ratios) if log_ratios else torch.zeros(0, device=self.device)
         ratio = torch.exp(log_ratio)
-        stats = torch.stack([torch.stack(v).sum() if v else torch.zeros((), dtype=torch.float64, device=self.device)
-                             for v in sums.values()]
-                            + [ratio.double().mean(),
-                               ratio.double().std() if ratio.numel() > 1 else ratio.new_zeros((), dtype=torch.float64),
-                               ((ratio - 1.0).abs() > r.clip_range).double().mean(),
-                               (0.5 * log_ratio ** 2).double().mean()]).tolist()  # the one host transfer
+        stats = torch.stack(
+            [
+                torch.stack(v).sum() if v else torch.zeros((), dtype=torch.float64, device=self.device)
+                for v in sums.values()
+            ]
+            + [
+                ratio.double().mean(),
+                ratio.double().std() if ratio.numel() > 1 else ratio.new_zeros((), dtype=torch.float64),
+                ((ratio - 1.0).abs() > r.clip_range).double().mean(),
+                (0.5 * log_ratio**2).double().mean(),
+            ]
+        ).tolist()  # the one host transfer
         names = [*sums, "ratio_mean", "ratio_std", "clip_frac", "approx_kl"]
         return dict(zip(names, stats))
 
     def _rwo_step(self, step: int) -> dict:
         r = self.cfg.rollout
         items, _, stats, all_r, all_g = self._rollouts_and_advantages(step)
-        weights = L.rwo_weights((all_r * self.reward_weights).sum(-1), all_g, temperature=r.rwo_temperature,
-                                mode=r.rwo_mode)
+        weights = L.rwo_weights(
+            (all_r * self.reward_weights).sum(-1), all_g, temperature=r.rwo_temperature, mode=r.rwo_mode
+        )
         start = self.world.rank * len(items)
-        local_w = weights[start:start + len(items)]
+        local_w = weights[start : start + len(items)]
         total = 0.0
         for k, ((gi, rec, enc, _m, latents, _), w) in enumerate(zip(items, local_w)):
             sync = self._grad_sync(k == len(items) - 1)
@@ -521,10 +614,18 @@ class Trainer:
 
     def _metadata(self, step: int) -> dict:
         c = self.cfg
-        return {"base_model": Path(c.model.editor).name, "method": c.method, "rank": c.lora.rank,
-                "alpha": c.lora.alpha, "targets": c.lora.targets, "steps": step, "lr": c.optim.lr,
-                "rewards": c.rewards.weights if c.method != "sft" else None,
-                "mask_weight": c.sft.mask_weight if c.method == "sft" else None, "trainer": "viva_core"}
+        return {
+            "base_model": Path(c.model.editor).name,
+            "method": c.method,
+            "rank": c.lora.rank,
+            "alpha": c.lora.alpha,
+            "targets": c.lora.targets,
+            "steps": step,
+            "lr": c.optim.lr,
+            "rewards": c.rewards.weights if c.method != "sft" else None,
+            "mask_weight": c.sft.mask_weight if c.method == "sft" else None,
+            "trainer": "viva_core",
+        }
 
     def _save(self, step: int, metrics: MetricsLog) -> None:
         # gathering is collective under FSDP2: every rank takes part, rank 0 writes
@@ -532,13 +633,25 @@ class Trainer:
         optimizer = full_optimizer_state(self.optimizer)
         if not self.world.is_main:
             return
-        lora = save_lora(self.out / "lora_latest.safetensors", layers, metadata=self._metadata(step)) if layers else None
-        png = metrics.plot(self.out / "curves.png", title=f"{self.cfg.method} · step {step}") if self.cfg.log.plot \
+        lora = (
+            save_lora(self.out / "lora_latest.safetensors", layers, metadata=self._metadata(step)) if layers else None
+        )
+        png = (
+            metrics.plot(self.out / "curves.png", title=f"{self.cfg.method} · step {step}")
+            if self.cfg.log.plot
             else None
+        )
         extra = {name: f for name, f in (("lora.safetensors", lora), ("curves.png", png)) if f}
-        save_checkpoint(self.out / "checkpoints", step, trainable=trainable, rng=self._rng_state(),
-                        optimizer=optimizer, state={"config": self.cfg.to_dict()}, extra_files=extra,
-                        keep=self.cfg.log.keep_checkpoints)
+        save_checkpoint(
+            self.out / "checkpoints",
+            step,
+            trainable=trainable,
+            rng=self._rng_state(),
+            optimizer=optimizer,
+            state={"config": self.cfg.to_dict()},
+            extra_files=extra,
+            keep=self.cfg.log.keep_checkpoints,
+        )
 
     def _resume(self, resume: bool | str, metrics: MetricsLog) -> int:
         if not resume:
@@ -570,8 +683,9 @@ class Trainer:
         if self.world.is_main:
             out.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(out / "checkpoints")
-        metrics = MetricsLog(out, tensorboard=cfg.log.tensorboard and self.world.is_main,
-                             resume=bool(resume) or not self.world.is_main)  # only rank 0 writes the log
+        metrics = MetricsLog(
+            out, tensorboard=cfg.log.tensorboard and self.world.is_main, resume=bool(resume) or not self.world.is_main
+        )  # only rank 0 writes the log
         start = self._resume(resume, metrics)
         if start == 0 and self.val_records:
             val = self.validation_loss()  # every rank runs it: FSDP2 forwards are collective
@@ -596,8 +710,14 @@ class Trainer:
                 grad_norm = self._apply_update(step)
                 dt = time.perf_counter() - t0
                 n = cfg.optim.batch_size * self.world.size * (1 if cfg.method == "sft" else cfg.rollout.group_size)
-                last = {**stats, "grad_norm": grad_norm, "lr": lr, "step_time": dt, "samples_per_s": n / dt,
-                        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+                last = {
+                    **stats,
+                    "grad_norm": grad_norm,
+                    "lr": lr,
+                    "step_time": dt,
+                    "samples_per_s": n / dt,
+                    "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+                }
                 done = step + 1
                 if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0 and self.val_records:
                     last["val_loss"] = self.validation_loss()
@@ -627,8 +747,10 @@ class Trainer:
         """Clip the accumulated gradient, refuse a non-finite one, take one optimizer step; the gradient norm."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
         if not torch.isfinite(grad_norm):
-            raise NonFiniteError(f"step {step + 1}: gradient norm is {float(grad_norm)}; nothing was applied. "
-                                 "Lower optim.lr or check the data; the last checkpoint is intact.")
+            raise NonFiniteError(
+                f"step {step + 1}: gradient norm is {float(grad_norm)}; nothing was applied. "
+                "Lower optim.lr or check the data; the last checkpoint is intact."
+            )
         self.optimizer.step()
         return float(grad_norm)
 
@@ -652,14 +774,21 @@ class Trainer:
             if self.refiner is not None and self.cfg.model.train_refiner:
                 from ..instructor import save_refiner
 
-                refiner_path = save_refiner(self.out / f"{name}_refiner.safetensors", self.refiner,
-                                            metadata={"instructor": Path(self.cfg.model.instructor).name,
-                                                      "editor": Path(self.cfg.model.editor).name, "steps": step})
+                refiner_path = save_refiner(
+                    self.out / f"{name}_refiner.safetensors",
+                    self.refiner,
+                    metadata={
+                        "instructor": Path(self.cfg.model.instructor).name,
+                        "editor": Path(self.cfg.model.editor).name,
+                        "steps": step,
+                    },
+                )
         return (lora_path if layers else None), refiner_path
 
 
 def install_sigint_handler(trainer: Trainer) -> None:
     """First Ctrl-C: finish the current step, save a checkpoint, exit cleanly. Second: stop at once."""
+
     def handler(signum, frame):
         if trainer.stop_requested:
             raise KeyboardInterrupt

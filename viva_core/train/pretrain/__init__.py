@@ -17,25 +17,63 @@ Modules, each importing only those above it: `config` (the TOML sections, `Scrat
 clips), `tokenizers` (word-level tokenizers), `models` (factories of the small models and their saving), `loop` (the
 training loop the stages share), then one per stage: `vae`, `editor`, `judge`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from ...runtime import ProgressFn, no_progress
 from .clips import ClipSet, frames_float, load_clip_set
-from .config import (DataSection, EditorSection, JudgeSection, OptimSection, STAGES, ScratchConfig, VLMSection,
-                     VaeSection, load_scratch_config)
+from .config import (
+    STAGES,
+    DataSection,
+    EditorSection,
+    JudgeSection,
+    OptimSection,
+    ScratchConfig,
+    VaeSection,
+    VLMSection,
+    load_scratch_config,
+)
 from .editor import EditorData, conditioning_tokens, grounding_targets, instructor_hidden, latent_masks, train_editor
-from .judge import CANDIDATES, CANDIDATE_LABELS, _JudgeData, corrupt, train_judge
+from .judge import CANDIDATE_LABELS, CANDIDATES, _JudgeData, corrupt, train_judge
 from .models import new_vae, write_vlm_folder
 from .tokenizers import prompt_texts, save_tokenizer, vocabulary, word_tokenizer
 from .vae import train_vae
 
-__all__ = ['CANDIDATES', 'CANDIDATE_LABELS', 'ClipSet', 'DataSection', 'EditorData', 'EditorSection', 'JudgeSection',
-           'OptimSection', 'STAGES', 'ScratchConfig', 'VLMSection', 'VaeSection', '_JudgeData', 'conditioning_tokens',
-           'corrupt', 'frames_float', 'grounding_targets', 'instructor_hidden', 'latent_masks', 'load_clip_set',
-           'load_scratch_config', 'new_vae', 'prompt_texts', 'run_stage', 'save_tokenizer', 'train_editor',
-           'train_judge', 'train_vae', 'vocabulary', 'word_tokenizer', 'write_vlm_folder']
+__all__ = [
+    "CANDIDATES",
+    "CANDIDATE_LABELS",
+    "ClipSet",
+    "DataSection",
+    "EditorData",
+    "EditorSection",
+    "JudgeSection",
+    "OptimSection",
+    "STAGES",
+    "ScratchConfig",
+    "VLMSection",
+    "VaeSection",
+    "_JudgeData",
+    "conditioning_tokens",
+    "corrupt",
+    "frames_float",
+    "grounding_targets",
+    "instructor_hidden",
+    "latent_masks",
+    "load_clip_set",
+    "load_scratch_config",
+    "new_vae",
+    "prompt_texts",
+    "run_stage",
+    "save_tokenizer",
+    "train_editor",
+    "train_judge",
+    "train_vae",
+    "vocabulary",
+    "word_tokenizer",
+    "write_vlm_folder",
+]
 
 
 def run_stage(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:

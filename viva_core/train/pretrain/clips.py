@@ -1,4 +1,5 @@
 """The training clips of `viva pretrain`: the manifest's synth clips held in memory as uint8 tensors."""
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,10 @@ def _pretrain_records(path: Path) -> list[dict]:
             continue
         records.append(rec)
     if problems:
-        raise InputError(f"{path}: {len(problems)} bad line(s); pretraining reads npz clips made by `viva synth "
-                         "--format npz`:\n" + "\n".join(f"  {p}" for p in problems[:20]))
+        raise InputError(
+            f"{path}: {len(problems)} bad line(s); pretraining reads npz clips made by `viva synth "
+            "--format npz`:\n" + "\n".join(f"  {p}" for p in problems[:20])
+        )
     return records
 
 

@@ -1,4 +1,5 @@
 """The `viva pretrain` config: one dataclass per section of the TOML, `ScratchConfig` and its loader, the stages."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,7 +36,9 @@ class OptimSection:
 class VaeSection:
     base_dim: int = 16
     z_dim: int = 16
-    spatial: int = 8  # 8 (Wan's 8x) or 4: 16x16 latents at 64x64, which keep what the 8x one loses (docs/small_models.md)
+    spatial: int = (
+        8  # 8 (Wan's 8x) or 4: 16x16 latents at 64x64, which keep what the 8x one loses (docs/small_models.md)
+    )
     num_res_blocks: int = 1
     kl_weight: float = 1e-6
     frames: int = 17  # random windows of 1 + 4k frames; later chunks lean on the causal cache, so train on the

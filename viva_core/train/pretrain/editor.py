@@ -1,4 +1,5 @@
 """Stage `editor` of `viva pretrain`: the DiT editor, text encoder and optional instructor + refiner."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,6 +46,7 @@ def _collate_chats(processor):
 
     def collate(items):
         return torch.tensor([i for i, _ in items]), processor_inputs(processor, [c for _, c in items])
+
     return collate
 
 
@@ -56,8 +58,13 @@ def prepare_instructor_inputs(clips: ClipSet, processor, workers: int = 0, chunk
     once, before training: per-token keys [N, L] left-padded to the longest chat, `pixel_values` [N, P, D],
     `image_grid_thw` [N, 3]. Training then gathers rows on the GPU instead of running the processor every step
     (run every step, the host-side processor bounds the editor stage's speed)."""
-    loader = torch.utils.data.DataLoader(_InstructorData(clips), batch_size=chunk, num_workers=workers,
-                                         collate_fn=_collate_chats(processor), worker_init_fn=_one_thread)
+    loader = torch.utils.data.DataLoader(
+        _InstructorData(clips),
+        batch_size=chunk,
+        num_workers=workers,
+        collate_fn=_collate_chats(processor),
+        worker_init_fn=_one_thread,
+    )
     parts = [dict(inputs) for _, inputs in loader]
     width = max(p["input_ids"].shape[1] for p in parts)
     pad_id = processor.tokenizer.pad_token_id
@@ -74,8 +81,10 @@ def prepare_instructor_inputs(clips: ClipSet, processor, workers: int = 0, chunk
             elif key == "pixel_values":
                 value = value.reshape(n, -1, value.shape[-1])
             elif value.shape[0] != n:
-                raise InputError(f"the VLM processor returned '{key}' of shape {tuple(value.shape)}; pretraining "
-                                 "knows per-token keys, pixel_values and image_grid_thw.")
+                raise InputError(
+                    f"the VLM processor returned '{key}' of shape {tuple(value.shape)}; pretraining "
+                    "knows per-token keys, pixel_values and image_grid_thw."
+                )
             out.setdefault(key, []).append(value)
     return {k: torch.cat(v) for k, v in out.items()}
 
@@ -87,8 +96,13 @@ def instructor_rows(prepared: dict[str, torch.Tensor], idx: torch.Tensor) -> dic
     return rows
 
 
-def conditioning_tokens(text_hidden: torch.Tensor, text_lengths: torch.Tensor, extra: Optional[torch.Tensor],
-                        extra_lengths: Optional[torch.Tensor], length: int) -> torch.Tensor:
+def conditioning_tokens(
+    text_hidden: torch.Tensor,
+    text_lengths: torch.Tensor,
+    extra: Optional[torch.Tensor],
+    extra_lengths: Optional[torch.Tensor],
+    length: int,
+) -> torch.Tensor:
     """Per row: its real text tokens, then its real instructor tokens, zero-padded to `length` — the same
     sequence `Conditioning.concat` + `pad_tokens` give at inference for one sample. `length` must hold the longest
     row (callers check it once, before training); built by gathers, so no host sync."""
@@ -153,8 +167,16 @@ class EditorData:
         return self.source.shape[0]
 
 
-def prepare_editor_data(clips: ClipSet, vae, text_tok, sec: EditorSection, device: torch.device,
-                        processor=None, workers: int = 0, merge: int = 0) -> EditorData:
+def prepare_editor_data(
+    clips: ClipSet,
+    vae,
+    text_tok,
+    sec: EditorSection,
+    device: torch.device,
+    processor=None,
+    workers: int = 0,
+    merge: int = 0,
+) -> EditorData:
     """Encode every clip with the frozen VAE, tokenize every instruction and run the instructor's chat processor,
     once; check that each clip's text + instructor tokens fit `max_text_tokens` (so training pads every row exactly
     as inference pads it). `merge` > 0 (the VLM's spatial merge size) also prepares the grounding targets."""
@@ -171,8 +193,10 @@ def prepare_editor_data(clips: ClipSet, vae, text_tok, sec: EditorSection, devic
         chats = {k: v.to(device) for k, v in chats.items()}
     longest = int(lengths.max())
     if longest > sec.max_text_tokens:
-        raise InputError(f"a clip's text + instructor tokens number {longest}, more than editor.max_text_tokens="
-                         f"{sec.max_text_tokens}; raise it to at least {longest}.")
+        raise InputError(
+            f"a clip's text + instructor tokens number {longest}, more than editor.max_text_tokens="
+            f"{sec.max_text_tokens}; raise it to at least {longest}."
+        )
     return EditorData(source, target, masks, grounding, tok.input_ids.to(device), tok.attention_mask.to(device), chats)
 
 
@@ -212,16 +236,28 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
         folder = write_vlm_folder(out / "instructor", word_tokenizer(words, kind="qwen"), sec.vlm, cfg.seed)
         vlm = load_vlm(folder, dtype="fp32", device=device)
         vlm.model.train().requires_grad_(True)
-        refiner = TokenRefiner(RefinerConfig(in_dim=vlm.hidden_size, out_dim=sec.text_dim, hidden_dim=sec.refiner_hidden,
-                                             depth=sec.refiner_depth, heads=sec.refiner_heads)).to(device).train()
+        refiner = (
+            TokenRefiner(
+                RefinerConfig(
+                    in_dim=vlm.hidden_size,
+                    out_dim=sec.text_dim,
+                    hidden_dim=sec.refiner_hidden,
+                    depth=sec.refiner_depth,
+                    heads=sec.refiner_heads,
+                )
+            )
+            .to(device)
+            .train()
+        )
         params += list(vlm.model.parameters()) + list(refiner.parameters())
     grounding_head = None
     if vlm is not None and sec.grounding_weight > 0:
         grounding_head = torch.nn.Linear(vlm.hidden_size, 1).to(device)  # training-only probe: not saved
         params += list(grounding_head.parameters())
     merge = int(vlm.model.config.vision_config.spatial_merge_size) if grounding_head is not None else 0
-    data = prepare_editor_data(clips, vae, text_tok, sec, device, vlm.processor if vlm else None, cfg.optim.workers,
-                               merge)
+    data = prepare_editor_data(
+        clips, vae, text_tok, sec, device, vlm.processor if vlm else None, cfg.optim.workers, merge
+    )
     del vae
     model = torch.compile(dit) if cfg.optim.compile else dit
 
@@ -266,10 +302,17 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
     save_small(text_encoder.eval(), editor_dir / "text_encoder")
     save_tokenizer(text_tok, editor_dir / "tokenizer")
     shutil.copytree(sec.vae, editor_dir / "vae", dirs_exist_ok=True)
-    _write_json(editor_dir / EDITOR_INFO_FILE, {
-        "max_text_tokens": sec.max_text_tokens, "native_size": list(clips.source.shape[2:4]),
-        "frames": int(clips.source.shape[1]), "trained_by": "viva pretrain editor", "instructor": bool(vlm),
-        "mask_weight": sec.mask_weight})
+    _write_json(
+        editor_dir / EDITOR_INFO_FILE,
+        {
+            "max_text_tokens": sec.max_text_tokens,
+            "native_size": list(clips.source.shape[2:4]),
+            "frames": int(clips.source.shape[1]),
+            "trained_by": "viva pretrain editor",
+            "instructor": bool(vlm),
+            "mask_weight": sec.mask_weight,
+        },
+    )
     if vlm is not None:
         from ...instructor import save_refiner
 

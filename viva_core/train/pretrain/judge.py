@@ -1,4 +1,5 @@
 """Stage `judge` of `viva pretrain`: candidate edits (ground truth and corruptions) and the judge trained on them."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,9 @@ CANDIDATE_LABELS: dict[str, dict[str, Optional[bool]]] = {
 }
 
 
-def corrupt(kind: str, source: torch.Tensor, target: torch.Tensor, other: torch.Tensor, rng: np.random.Generator
-            ) -> torch.Tensor:
+def corrupt(
+    kind: str, source: torch.Tensor, target: torch.Tensor, other: torch.Tensor, rng: np.random.Generator
+) -> torch.Tensor:
     """A candidate edit [T,H,W,3] 0..1 of one clip: the truth, the unedited source, another clip's target, a
     half-way blend, the truth with one frame swapped for the source's, a blurred truth, or a shifted truth."""
     if kind == "target":
@@ -114,6 +116,7 @@ def _collate_judge(processor):
         chats = [c for cs, _ in items for c in cs]
         labels = torch.tensor([y for _, ys in items for y in ys])
         return processor_inputs(processor, chats), labels
+
     return collate
 
 
@@ -123,15 +126,22 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
 
     sec, out, device = cfg.judge, Path(cfg.output_dir), parse_device(cfg.device)
     clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
-    folder = write_vlm_folder(out / "judge", word_tokenizer(vocabulary(prompt_texts(clips.records)), kind="qwen"),
-                              sec.vlm, cfg.seed)
+    folder = write_vlm_folder(
+        out / "judge", word_tokenizer(vocabulary(prompt_texts(clips.records)), kind="qwen"), sec.vlm, cfg.seed
+    )
     vlm = load_vlm(folder, dtype="fp32", device=device)
     vlm.model.train().requires_grad_(True)
     yes_ids, no_ids = yes_no_token_ids(vlm.tokenizer)
     per_item = cfg.optim.batch_size
     data = _JudgeData(clips, sec, cfg.seed, cfg.optim.steps * per_item)
-    loader = torch.utils.data.DataLoader(data, batch_size=per_item, shuffle=False, num_workers=cfg.optim.workers,
-                                         collate_fn=_collate_judge(vlm.processor), worker_init_fn=_one_thread)
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=per_item,
+        shuffle=False,
+        num_workers=cfg.optim.workers,
+        collate_fn=_collate_judge(vlm.processor),
+        worker_init_fn=_one_thread,
+    )
     batches = iter(loader)
 
     def step(i: int) -> dict:
@@ -146,9 +156,15 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
 
     summary = _loop(cfg, list(vlm.model.parameters()), step, out, progress, "judge")
     save_small(vlm.model.eval(), folder)
-    _write_json(folder / JUDGE_INFO_FILE, {"difference_frames": sec.difference, "frames": sec.frames,
-                                           "generates_text": False,  # trained on Yes/No answers only
-                                           "trained_by": "viva pretrain judge"})
+    _write_json(
+        folder / JUDGE_INFO_FILE,
+        {
+            "difference_frames": sec.difference,
+            "frames": sec.frames,
+            "generates_text": False,  # trained on Yes/No answers only
+            "trained_by": "viva pretrain judge",
+        },
+    )
     _write_json(out / "judge_summary.json", {"config": dataclasses.asdict(cfg), "result": summary})
     log.info("judge: %s", summary)
     return folder

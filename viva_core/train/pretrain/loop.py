@@ -1,4 +1,5 @@
 """The training loop the three `viva pretrain` stages share (AMP, Ctrl-C, metrics, checkpoints)."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
-                                                                                                       enabled=False)
+    return (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
 
 
 class _StopFlag:
@@ -46,8 +48,15 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def _loop(cfg: ScratchConfig, params: list[torch.nn.Parameter], step_fn: Callable[[int], dict], out: Path,
-          progress: ProgressFn, title: str, should_stop: Callable[[], bool] = lambda: False) -> dict:
+def _loop(
+    cfg: ScratchConfig,
+    params: list[torch.nn.Parameter],
+    step_fn: Callable[[int], dict],
+    out: Path,
+    progress: ProgressFn,
+    title: str,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> dict:
     """AdamW + warmup/cosine + grad clipping; `step_fn(step)` returns metrics incl. a differentiable 'loss'."""
     o = cfg.optim
     fused = all(p.is_cuda for p in params)  # one kernel for the whole update instead of several per tensor
@@ -67,8 +76,13 @@ def _loop(cfg: ScratchConfig, params: list[torch.nn.Parameter], step_fn: Callabl
             if step % 10 == 0 or step == o.steps - 1:  # the only host syncs: reading values every 10 steps
                 if not torch.isfinite(loss):
                     raise InputError(f"{title}: the loss became {float(loss)} by step {step}; lower optim.lr.")
-                last = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": lr,
-                        "elapsed_s": time.perf_counter() - start, **{k: float(v) for k, v in values.items()}}
+                last = {
+                    "loss": float(loss.detach()),
+                    "grad_norm": float(grad_norm),
+                    "lr": lr,
+                    "elapsed_s": time.perf_counter() - start,
+                    **{k: float(v) for k, v in values.items()},
+                }
                 metrics.log(step, last)
             progress(step + 1, o.steps)
             over_time = o.max_minutes and time.perf_counter() - start > 60 * o.max_minutes

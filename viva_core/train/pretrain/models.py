@@ -1,4 +1,5 @@
 """Factories of the small from-scratch models (VAE, DiT, text encoder, VLM folder) and their saving."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ...compat import qwen2_vl_pil_image_processor
-from .config import EditorSection, IMAGE_SIDE, VAE_LEVELS, VLMSection, VaeSection
+from .config import IMAGE_SIDE, VAE_LEVELS, EditorSection, VaeSection, VLMSection
 from .tokenizers import save_tokenizer
 
 
@@ -14,27 +15,56 @@ def new_vae(sec: VaeSection):
     from diffusers import AutoencoderKLWan
 
     dim_mult, temporal = VAE_LEVELS[sec.spatial]
-    return AutoencoderKLWan(base_dim=sec.base_dim, z_dim=sec.z_dim, dim_mult=dim_mult, num_res_blocks=sec.num_res_blocks,
-                            attn_scales=[], temperal_downsample=temporal, scale_factor_spatial=sec.spatial,
-                            latents_mean=[0.0] * sec.z_dim, latents_std=[1.0] * sec.z_dim)
+    return AutoencoderKLWan(
+        base_dim=sec.base_dim,
+        z_dim=sec.z_dim,
+        dim_mult=dim_mult,
+        num_res_blocks=sec.num_res_blocks,
+        attn_scales=[],
+        temperal_downsample=temporal,
+        scale_factor_spatial=sec.spatial,
+        latents_mean=[0.0] * sec.z_dim,
+        latents_std=[1.0] * sec.z_dim,
+    )
 
 
 def new_dit(sec: EditorSection, z_dim: int):
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
-        patch_size=tuple(sec.patch), num_attention_heads=sec.heads, attention_head_dim=sec.head_dim,
-        in_channels=2 * z_dim, out_channels=z_dim, text_dim=sec.text_dim, freq_dim=256, ffn_dim=sec.ffn_dim,
-        num_layers=sec.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+        patch_size=tuple(sec.patch),
+        num_attention_heads=sec.heads,
+        attention_head_dim=sec.head_dim,
+        in_channels=2 * z_dim,
+        out_channels=z_dim,
+        text_dim=sec.text_dim,
+        freq_dim=256,
+        ffn_dim=sec.ffn_dim,
+        num_layers=sec.layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        rope_max_seq_len=1024,
+    )
 
 
 def new_text_encoder(sec: EditorSection, vocab_size: int):
     from transformers import UMT5Config, UMT5EncoderModel
 
-    cfg = UMT5Config(vocab_size=vocab_size, d_model=sec.text_dim, d_kv=sec.text_dim // sec.text_heads,
-                     d_ff=sec.text_ff, num_layers=sec.text_layers, num_heads=sec.text_heads,
-                     relative_attention_num_buckets=32, dropout_rate=0.0, feed_forward_proj="gated-gelu",
-                     pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    cfg = UMT5Config(
+        vocab_size=vocab_size,
+        d_model=sec.text_dim,
+        d_kv=sec.text_dim // sec.text_heads,
+        d_ff=sec.text_ff,
+        num_layers=sec.text_layers,
+        num_heads=sec.text_heads,
+        relative_attention_num_buckets=32,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     return UMT5EncoderModel(cfg)
 
 
@@ -49,27 +79,53 @@ def write_vlm_folder(out: Path, tokenizer, sec: VLMSection, seed: int) -> Path:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
     half = sec.hidden // sec.heads // 2
     config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=sec.hidden, intermediate_size=2 * sec.hidden,
-                         num_hidden_layers=sec.layers, num_attention_heads=sec.heads,
-                         num_key_value_heads=max(1, sec.heads // 2), max_position_embeddings=1024,
-                         rope_parameters=dict(rope_type="default", rope_theta=1e4,
-                                              mrope_section=[half - 2 * (half // 4), half // 4, half // 4]),
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True),
-        vision_config=dict(depth=sec.vision_depth, hidden_size=sec.vision_hidden, intermediate_size=2 * sec.vision_hidden,
-                           num_heads=4, out_hidden_size=sec.hidden, patch_size=8, spatial_merge_size=2,
-                           temporal_patch_size=2, fullatt_block_indexes=[sec.vision_depth - 1], window_size=32),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True)
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=sec.hidden,
+            intermediate_size=2 * sec.hidden,
+            num_hidden_layers=sec.layers,
+            num_attention_heads=sec.heads,
+            num_key_value_heads=max(1, sec.heads // 2),
+            max_position_embeddings=1024,
+            rope_parameters=dict(
+                rope_type="default", rope_theta=1e4, mrope_section=[half - 2 * (half // 4), half // 4, half // 4]
+            ),
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+            tie_word_embeddings=True,
+        ),
+        vision_config=dict(
+            depth=sec.vision_depth,
+            hidden_size=sec.vision_hidden,
+            intermediate_size=2 * sec.vision_hidden,
+            num_heads=4,
+            out_hidden_size=sec.hidden,
+            patch_size=8,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            fullatt_block_indexes=[sec.vision_depth - 1],
+            window_size=32,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.save_pretrained(out, safe_serialization=True)
     save_tokenizer(tokenizer, out)
-    Qwen2VLImageProcessorPil(min_pixels=IMAGE_SIDE * IMAGE_SIDE, max_pixels=IMAGE_SIDE * IMAGE_SIDE, patch_size=8,
-                             merge_size=2, temporal_patch_size=2).save_pretrained(out)
+    Qwen2VLImageProcessorPil(
+        min_pixels=IMAGE_SIDE * IMAGE_SIDE,
+        max_pixels=IMAGE_SIDE * IMAGE_SIDE,
+        patch_size=8,
+        merge_size=2,
+        temporal_patch_size=2,
+    ).save_pretrained(out)
     return out
 
 

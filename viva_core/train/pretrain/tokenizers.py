@@ -1,4 +1,5 @@
 """Word-level tokenizers (UMT5 and Qwen flavours) built from the prompts of the training clips."""
+
 from __future__ import annotations
 
 import json
@@ -37,11 +38,17 @@ def word_tokenizer(words: Sequence[str], *, kind: str):
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     if kind == "umt5":
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                       unk_token="<unk>", padding_side="right")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", padding_side="left",
-                                   additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]))
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", padding_side="right"
+        )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
+    )
     fast.chat_template = QWEN_VL_CHAT_TEMPLATE
     return fast
 
@@ -51,12 +58,25 @@ def prompt_texts(records: Sequence[dict]) -> list[str]:
     from ...instructor import INSTRUCTOR_SYSTEM_PROMPT, REWRITE_PROMPT, Instructor
     from ...judge import QUESTIONS, RATIONALE_PROMPT, Judge
 
-    fixed = [INSTRUCTOR_SYSTEM_PROMPT, REWRITE_PROMPT, RATIONALE_PROMPT, "system user assistant you are a helpful "
-             "assistant. yes no", *(q.question for q in QUESTIONS)]
-    fixed += [part["text"] for m in Instructor.messages("x", None, None) for part in
-              (m["content"] if isinstance(m["content"], list) else []) if part.get("type") == "text"]
-    fixed += [part["text"] for m in Judge.messages([None] * 9, [None] * 9, "answer yes or no.", [None] * 9)
-              for part in m["content"] if part.get("type") == "text"]
+    fixed = [
+        INSTRUCTOR_SYSTEM_PROMPT,
+        REWRITE_PROMPT,
+        RATIONALE_PROMPT,
+        "system user assistant you are a helpful assistant. yes no",
+        *(q.question for q in QUESTIONS),
+    ]
+    fixed += [
+        part["text"]
+        for m in Instructor.messages("x", None, None)
+        for part in (m["content"] if isinstance(m["content"], list) else [])
+        if part.get("type") == "text"
+    ]
+    fixed += [
+        part["text"]
+        for m in Judge.messages([None] * 9, [None] * 9, "answer yes or no.", [None] * 9)
+        for part in m["content"]
+        if part.get("type") == "text"
+    ]
     texts = [r.get(k, "") or "" for r in records for k in ("instruction", "source_caption", "target_caption")]
     return fixed + texts
 

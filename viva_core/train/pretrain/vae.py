@@ -1,4 +1,5 @@
 """Stage `vae` of `viva pretrain`: the Wan-architecture VAE, its latent statistics and PSNR."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,9 @@ def train_vae(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     vae.eval()
     mean, std = latent_statistics(vae, videos, device)
     vae.register_to_config(latents_mean=mean, latents_std=std)
-    summary["val_psnr"] = vae_psnr(vae, load_clip_set(cfg.data.val_manifest, limit=64).source
-                                   if cfg.data.val_manifest else videos, device, n=64)
+    summary["val_psnr"] = vae_psnr(
+        vae, load_clip_set(cfg.data.val_manifest, limit=64).source if cfg.data.val_manifest else videos, device, n=64
+    )
     save_small(vae, out / "vae")
     _write_json(out / "vae_summary.json", {"config": dataclasses.asdict(cfg), "result": summary})
     log.info("VAE: %s", summary)
@@ -68,7 +70,7 @@ def encode_clips(vae, frames: torch.Tensor, device: torch.device, batch: int = 6
 
     out = []
     for i in range(0, len(frames), batch):
-        x = video_batch(frames[i:i + batch].to(device)).to(next(vae.parameters()).dtype)
+        x = video_batch(frames[i : i + batch].to(device)).to(next(vae.parameters()).dtype)
         out.append(normalize_latents(vae, vae.encode(x).latent_dist.mode().float()))
     return torch.cat(out)
 

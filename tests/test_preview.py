@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,27 +21,10 @@ from viva_core.pipeline import normalize_latents
 from viva_core.preview import LATENT_RGB_FILE, preview_rgb_factors, read_latent_rgb
 from viva_core.synth.clips import make_clip
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes" / "small"))
+from preview_factors import WAN21_BIAS, WAN21_FACTORS  # noqa: E402  (ComfyUI's Wan2.1 factors, one copy)
+
 VAE_DIR = bundled.EDITOR / "vae"
-# ComfyUI's comfy.latent_formats.Wan21 (0.3.64): what the nodes previewed the small VAE's latents with before
-WAN21_FACTORS = [
-    [-0.1299, -0.1692, 0.2932],
-    [0.0671, 0.0406, 0.0442],
-    [0.3568, 0.2548, 0.1747],
-    [0.0372, 0.2344, 0.1420],
-    [0.0313, 0.0189, -0.0328],
-    [0.0296, -0.0956, -0.0665],
-    [-0.3477, -0.4059, -0.2925],
-    [0.0166, 0.1902, 0.1975],
-    [-0.0412, 0.0267, -0.1364],
-    [-0.1293, 0.0740, 0.1636],
-    [0.0680, 0.3019, 0.1128],
-    [0.0032, 0.0581, 0.0639],
-    [-0.1251, 0.0927, 0.1699],
-    [0.0060, -0.0633, 0.0005],
-    [0.3477, 0.2275, 0.2950],
-    [0.1984, 0.0913, 0.1861],
-]
-WAN21_BIAS = [-0.1835, -0.0868, -0.3360]
 
 
 def fake_editor(vae_dir: Path | str, z_dim: int = 16) -> SimpleNamespace:

@@ -59,6 +59,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 from bench_dit import WAN_1_3B  # noqa: E402
 from tiny_editor import TEXT_DIM as TINY_TEXT_DIM  # noqa: E402
 from tiny_editor import tiny_tokenizer  # noqa: E402
+from tiny_vlm import TINY_VISION  # noqa: E402
 
 GIB = 2**30
 
@@ -196,18 +197,7 @@ TINY_QWEN = dict(
         max_position_embeddings=512,
         rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 1, 1]),
     ),
-    vision=dict(
-        depth=2,
-        hidden_size=32,
-        intermediate_size=32,
-        num_heads=4,
-        out_hidden_size=32,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        fullatt_block_indexes=[1],
-        window_size=112,
-    ),
+    vision=dict(TINY_VISION),
     tie_word_embeddings=False,
 )
 

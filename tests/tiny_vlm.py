@@ -30,6 +30,21 @@ _CORPUS_WORDS = (
 ).split()
 
 
+# The tiny Qwen2.5-VL vision tower (2 blocks, width 32), shared with bench/real_memory.py's --shape tiny.
+TINY_VISION = dict(
+    depth=2,
+    hidden_size=32,
+    intermediate_size=32,
+    num_heads=4,
+    out_hidden_size=32,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    fullatt_block_indexes=[1],
+    window_size=112,
+)
+
+
 def _build_tokenizer(vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -79,18 +94,7 @@ def build_tiny_vlm(dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 5
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=32,
-            num_heads=4,
-            out_hidden_size=32,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            fullatt_block_indexes=[1],
-            window_size=112,
-        ),
+        vision_config=dict(TINY_VISION),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],

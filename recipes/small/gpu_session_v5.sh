@@ -2,13 +2,16 @@
 # GPU session v5 (one H200): Edit-GRPO on the bundled editor (editor v4), the row the README's ablation lacks
 # (docs/small_models.md, section 13). One run at a time.
 #   setsid bash recipes/small/gpu_session_v5.sh > /tmp/v5.log 2>&1 < /dev/null &
+# As run in session v5: AGREE_SECONDS=200 GRPO_SECONDS=660 (docs/small_models.md, section 14). Next session, with
+# the batched step (section 15): AGREE="16x16 32x16" GRPO_BG=32x16 LR=1e-3 (after reading the agreement).
 # Phases (PHASES to pick some): data agree grpo eval pack. Works in $WORK (default /tmp/viva_v5); ends with
 # $WORK/pack/results.tar and the LoRA (one device call brings them back).
 #   agree  recipes/small/grpo_agreement.py for each batch x group in AGREE (default "4x8 8x8"), K = 3 rollout
 #          batches of the same records: do the LoRA gradients of independent rollouts agree beyond noise?
 #   grpo   viva train recipes/small/grpo_v4.toml for GRPO_SECONDS (default 600; SIGINT then: the trainer finishes
 #          its step and writes <name>_interrupted.safetensors) with batch x group GRPO_BG (default 8x8) and
-#          rollout.inner_updates INNER (default 2: the PPO clip acts from the second update on)
+#          rollout.inner_updates INNER (default 2: the PPO clip acts from the second update on) and, when set, the
+#          learning rate LR (default: the config's 3e-4)
 #   eval   the bundled editor with and without the GRPO LoRA on both benchmark sets (GPU, fp32)
 # SMOKE=1 shrinks every run for a CPU check of the script (2 SDE steps, groups of 2, 2 optimizer steps).
 set -uo pipefail
@@ -39,7 +42,8 @@ fi
 if has grpo; then
   stamp grpo
   timeout -s INT "${GRPO_SECONDS:-600}" $V train $CONFIG "${EXTRA[@]}" $(bg "${GRPO_BG:-8x8}") \
-    --set rollout.inner_updates="${INNER:-2}" --set optim.steps="${GRPO_STEPS:-100000}" > runs/grpo.log 2>&1
+    --set rollout.inner_updates="${INNER:-2}" --set optim.steps="${GRPO_STEPS:-100000}" ${LR:+--set optim.lr=$LR} \
+    > runs/grpo.log 2>&1
   ls $R/grpo_v4/*.safetensors
 fi
 if has eval; then

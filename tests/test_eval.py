@@ -490,3 +490,24 @@ def test_ssim_map_equals_a_conv2d_reference() -> None:
         (ma * ma + mb * mb + SSIM_C1) * (aa - ma * ma + bb - mb * mb + SSIM_C2)
     )
     torch.testing.assert_close(ssim_map(x, y), ref.mean(1), rtol=0, atol=1e-5)
+
+
+def test_dilate_equals_a_max_pool_reference_and_frames_refuse_non_finite() -> None:
+    """dilate ORs shifted masks: it must equal the (2r+1)² max-pool it replaced, at the borders and for radii
+    larger than the frame; the one-pass NaN/Inf check must catch each of NaN, +Inf and -Inf."""
+    import torch.nn.functional as F
+
+    from viva_core.eval.metrics import _frames, dilate
+
+    g = torch.Generator().manual_seed(0)
+    for t, h, w, r in itertools.product((1, 3), (1, 2, 7), (1, 5, 9), (1, 2, 3)):
+        m = torch.rand(t, h, w, generator=g) < 0.15
+        want = F.max_pool2d(m.float().unsqueeze(1), 2 * r + 1, stride=1, padding=r).squeeze(1) > 0.5
+        assert torch.equal(dilate(m, r), want), (t, h, w, r)
+    x = torch.rand(2, 4, 4, 3, generator=g)
+    for bad in (math.nan, math.inf, -math.inf):
+        y = x.clone()
+        y[1, 2, 3, 0] = bad
+        with pytest.raises(InputError, match="NaN/Inf"):
+            _frames(y, "output")
+    assert torch.equal(_frames(x * 2 - 0.5, "output"), (x * 2 - 0.5).clamp(0, 1))

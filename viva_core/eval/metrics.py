@@ -3,6 +3,7 @@ temporal naturalness (GN) and the realism proxy (GR). Formulas: the package docs
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -37,9 +38,15 @@ def _frames(x, name: str) -> torch.Tensor:
         t = t.unsqueeze(0)
     if t.ndim != 4 or t.shape[-1] != 3 or t.shape[0] < 1:
         raise InputError(f"{name}: expected frames [T,H,W,3], got shape {tuple(t.shape)}.")
-    if not torch.isfinite(t).all():
+    if not _finite(t):
         raise InputError(f"{name}: frames contain NaN/Inf.")
     return t.clamp(0.0, 1.0)
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in t: its min and max are finite (NaN propagates through both); one pass, ~15x faster than
+    isfinite(t).all() on the CPU."""
+    return t.numel() == 0 or bool(torch.isfinite(torch.stack(torch.aminmax(t))).all())
 
 
 def _mask(x, name: str = "mask") -> torch.Tensor:
@@ -61,11 +68,18 @@ def derive_mask(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Binary dilation of [T,H,W] bool by a (2r+1)² square."""
+    """Binary dilation of [..., H, W] bool by a (2r+1)² square (pixels outside the frame count as unset): OR of
+    the shifted masks along W, then along H. The same result as a (2r+1)² max-pool, ~30x faster on the CPU."""
     if radius <= 0:
         return mask
-    m = mask.float().unsqueeze(1)
-    return F.max_pool2d(m, 2 * radius + 1, stride=1, padding=radius).squeeze(1) > 0.5
+    m = mask if mask.dtype == torch.bool else mask > 0.5
+    for dim in (-1, -2):
+        grown = m.clone()
+        for d in range(1, min(radius, m.shape[dim] - 1) + 1):
+            grown.narrow(dim, d, m.shape[dim] - d).logical_or_(m.narrow(dim, 0, m.shape[dim] - d))
+            grown.narrow(dim, 0, m.shape[dim] - d).logical_or_(m.narrow(dim, d, m.shape[dim] - d))
+        m = grown
+    return m
 
 
 def colour_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -87,6 +101,15 @@ def _gaussian_1d(size: int, sigma: float) -> torch.Tensor:
     return (g / g.sum()).float()
 
 
+@functools.lru_cache(maxsize=16)
+def _bands(size: int, sigma: float, length: int) -> torch.Tensor:
+    """The 1-D gaussian pass over `length` pixels as a banded matrix [length - size + 1, length] ("valid"
+    correlation): one matmul per pass, ~10x faster than conv2d with a single channel and thousands of planes on the
+    CPU. Cached: ssim_map runs per clip, and building it is a Python loop. Read-only."""
+    g = _gaussian_1d(size, sigma)
+    return torch.stack([F.pad(g, (i, length - size - i)) for i in range(length - size + 1)])
+
+
 def ssim_map(
     x: torch.Tensor, y: torch.Tensor, *, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, chunk: int = 8
 ) -> torch.Tensor:
@@ -102,11 +125,7 @@ def ssim_map(
         )
     size = min(window, x.shape[1], x.shape[2])
     size -= 1 - size % 2
-    g = _gaussian_1d(size, sigma)
-    # the 1-D passes as banded matrices ("valid" correlation): one matmul each, ~10x faster than conv2d with
-    # a single channel and thousands of planes on the CPU
-    band_h = torch.stack([F.pad(g, (i, x.shape[1] - size - i)) for i in range(x.shape[1] - size + 1)])
-    band_w = torch.stack([F.pad(g, (i, x.shape[2] - size - i)) for i in range(x.shape[2] - size + 1)])
+    band_h, band_w = _bands(size, float(sigma), x.shape[1]), _bands(size, float(sigma), x.shape[2])
     out = []
     for i in range(0, x.shape[0], chunk):
         a = x[i : i + chunk].permute(0, 3, 1, 2).float()

@@ -363,3 +363,57 @@ def test_verifier_reward_is_the_exact_benchmark_score(tmp_path):
         build_rewards({"verifier:EA+XY": 1.0})
     with pytest.raises(InputError, match="targets"):
         _batch(src, tgt, targets=tgt[:, :2])
+
+
+def test_verifier_reward_equals_per_clip_eval_scores_on_mixed_operations(tmp_path):
+    """The reward computes only the requested dimensions, checks each shared (`expand`ed) source/target/mask once and
+    calls eval's functions per clip; an independent path, `eval.score_edit` clip by clip (all four dimensions), must
+    give the same values: a batch of distinct clips of mixed operations, the trainer's layout (one record's rollouts
+    against one expanded source, target and mask), and no masks (derived from source vs target)."""
+    from viva_core.data import load_manifest, load_sample
+    from viva_core.eval import manifest_extras, score_edit
+    from viva_core.synth import generate
+    from viva_core.train.rewards import VerifierReward
+
+    manifest = generate(tmp_path, n=16, seed=0, format="npz", splits=(1, 0, 0), frames=5)["train"]
+    extras = manifest_extras(manifest)
+    records = load_manifest(manifest)
+    samples = [load_sample(r) for r in records]
+    labels = [{"operation": extras[r.line]["operation"], "verify": extras[r.line]["verify"]} for r in records]
+    assert len({lab["operation"] for lab in labels}) >= 5
+    src, tgt = torch.stack([s.source for s in samples]), torch.stack([s.target for s in samples])
+    masks = torch.stack([s.mask for s in samples])
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(len(samples), 1, 1, 1, 1, generator=g)
+    edit = ((1 - a) * src + a * tgt + 0.05 * torch.randn(src.shape, generator=g)).clamp(0, 1)
+    edit[0] = tgt[0]  # the ground truth and the source themselves too
+    edit[1] = src[1]
+
+    def per_clip(dims, s, o, y, m, labs):
+        out = []
+        for i, lab in enumerate(labs):
+            score = score_edit(s[i], o[i], y[i], None if m is None else m[i], lab["verify"], lab["operation"])
+            kept = [v for v in (getattr(score, VerifierReward.FIELDS[d]) for d in dims) if v is not None]
+            out.append(sum(kept) / len(kept) if kept else 0.0)
+        return torch.tensor(out, dtype=torch.float32)
+
+    for dims in (("EA", "PC"), ("EA",), ("PC",), ("EA", "PC", "GN", "GR"), ("GN", "GR")):
+        reward = VerifierReward(dims)
+        got = reward(_batch(src, edit, masks=masks, targets=tgt, labels=labels))
+        _close(got, per_clip(dims, src, edit, tgt, masks, labels), rtol=0, atol=1e-6)
+        got = reward(_batch(src, edit, targets=tgt, labels=labels))
+        _close(got, per_clip(dims, src, edit, tgt, None, labels), rtol=0, atol=1e-6)
+    # the trainer's layout: G rollouts of one record, its source, target and mask expanded over the group
+    reward = VerifierReward(("EA", "PC"))
+    for k in (2, 5):
+        g_src, g_tgt = src[k : k + 1].expand(6, -1, -1, -1, -1), tgt[k : k + 1].expand(6, -1, -1, -1, -1)
+        g_mask, g_lab = masks[k : k + 1].expand(6, -1, -1, -1), [labels[k]] * 6
+        rollouts = edit[:6].clone()
+        rollouts[0] = tgt[k]
+        got = reward(_batch(g_src, rollouts, masks=g_mask, targets=g_tgt, labels=g_lab))
+        _close(got, per_clip(("EA", "PC"), g_src, rollouts, g_tgt, g_mask, g_lab), rtol=0, atol=1e-6)
+        assert float(got[0]) == pytest.approx(1.0, abs=1e-4)
+    bad = edit.clone()
+    bad[3, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN/Inf"):
+        reward(_batch(src, bad, masks=masks, targets=tgt, labels=labels))

@@ -58,8 +58,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from bench_dit import WAN_1_3B  # noqa: E402
 from tiny_editor import TEXT_DIM as TINY_TEXT_DIM  # noqa: E402
-from tiny_editor import tiny_tokenizer  # noqa: E402
-from tiny_vlm import TINY_VISION  # noqa: E402
+from tiny_editor import TINY_UMT5, tiny_tokenizer  # noqa: E402
+from tiny_vlm import TINY_TEXT, TINY_VISION  # noqa: E402
 
 GIB = 2**30
 
@@ -176,27 +176,8 @@ TINY_DIT = dict(
     rope_max_seq_len=64,
 )
 TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
-TINY_UMT5 = dict(
-    vocab_size=64,
-    d_model=TINY_TEXT_DIM,
-    d_kv=16,
-    d_ff=64,
-    num_layers=1,
-    num_heads=2,
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=16,
-)
 TINY_QWEN = dict(
-    text=dict(
-        vocab_size=512,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 1, 1]),
-    ),
+    text=dict(TINY_TEXT),
     vision=dict(TINY_VISION),
     tie_word_embeddings=False,
 )

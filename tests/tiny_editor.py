@@ -58,21 +58,24 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
+# The tiny UMT5 text encoder, shared with bench/real_memory.py's --shape tiny.
+TINY_UMT5 = dict(
+    vocab_size=64,
+    d_model=TEXT_DIM,
+    d_kv=16,
+    d_ff=64,
+    num_layers=1,
+    num_heads=2,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=16,
+)
+
+
 def tiny_text_encoder(seed: int = 0):
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
-    cfg = UMT5Config(
-        vocab_size=64,
-        d_model=TEXT_DIM,
-        d_kv=16,
-        d_ff=64,
-        num_layers=1,
-        num_heads=2,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-    )
-    return UMT5EncoderModel(cfg)
+    return UMT5EncoderModel(UMT5Config(**TINY_UMT5))
 
 
 def build_editor_folder(

@@ -30,7 +30,18 @@ _CORPUS_WORDS = (
 ).split()
 
 
-# The tiny Qwen2.5-VL vision tower (2 blocks, width 32), shared with bench/real_memory.py's --shape tiny.
+# The tiny Qwen2.5-VL language model and vision tower (2 blocks each, width 32), shared with bench/real_memory.py's
+# --shape tiny.
+TINY_TEXT = dict(
+    vocab_size=512,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 1, 1]),
+)
 TINY_VISION = dict(
     depth=2,
     hidden_size=32,
@@ -82,14 +93,8 @@ def build_tiny_vlm(dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 5
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = Qwen2_5_VLConfig(
         text_config=dict(
+            TINY_TEXT,
             vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            rope_parameters=dict(rope_type="default", rope_theta=1e4, mrope_section=[2, 1, 1]),
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],

@@ -5,6 +5,9 @@ noise each), compared: if every batch's gradient were noise around zero, ||mean 
     python recipes/small/grpo_agreement.py CONFIG.toml [K] [--set key=value ...]
 
 Runs the trainer's own GRPO step (rollout.inner_updates forced to 1, no optimizer step), on the records of step 0.
+With method=rwo it runs the RWO step instead and compares the part of its gradient that the rewards decide: the
+loss is linear in the weights, so weights w - 1 give exactly sum_i (w_i - 1) grad FM_i (with w = 1 everywhere RWO
+is plain flow matching on the model's own samples, which agrees between batches whatever the reward).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 
 import torch
 
+from viva_core.train import losses
 from viva_core.train.config import load_config
 from viva_core.train.trainer import Trainer
 
@@ -27,10 +31,15 @@ def main(argv: list[str]) -> None:
     trainer._setup()
     records = trainer._local_batch(0)
     trainer._local_batch = lambda step: records  # same records, new rollout noise per step
+    step_fn = trainer._grpo_step
+    if cfg.method == "rwo":
+        weights = losses.rwo_weights
+        losses.rwo_weights = lambda *a, **k: weights(*a, **k) - 1.0  # the reward-decided part only
+        step_fn = trainer._rwo_step
     grads, rewards = [], []
     for step in range(k):
         trainer.optimizer.zero_grad(set_to_none=True)
-        stats = trainer._grpo_step(step)
+        stats = step_fn(step)
         grads.append(torch.cat([p.grad.flatten().double() for p in trainer.params if p.grad is not None]))
         rewards.append((stats["reward"], stats["reward_std"]))
         print(

@@ -3,7 +3,7 @@
 # (docs/small_models.md, section 13). One run at a time.
 #   setsid bash recipes/small/gpu_session_v5.sh > /tmp/v5.log 2>&1 < /dev/null &
 # As run in session v5: AGREE_SECONDS=200 GRPO_SECONDS=660 (docs/small_models.md, section 14). Next session, with
-# the batched step (section 15): AGREE="16x16 32x16" GRPO_BG=32x16 LR=1e-3 (after reading the agreement).
+# the batched step (section 15): SETS="rollout.steps=6 rollout.window=2" AGREE="2x8 32x16" first, GRPO after.
 # Phases (PHASES to pick some): data agree grpo eval pack. Works in $WORK (default /tmp/viva_v5); ends with
 # $WORK/pack/results.tar and the LoRA (one device call brings them back).
 #   agree  recipes/small/grpo_agreement.py for each batch x group in AGREE (default "4x8 8x8"), K = 3 rollout
@@ -23,6 +23,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, eval_lines
 CONFIG=recipes/small/grpo_v4.toml
 EXTRA=()  # the config's model.editor is the bundled editor
+for kv in ${SETS:-}; do EXTRA+=(--set "$kv"); done  # SETS="key=value ...": more settings for agree and grpo
 [ "${SMOKE:-0}" = 1 ] && EXTRA+=(--set rollout.steps=2 --set rollout.window=1 --set model.dtype=fp32) && GRPO_STEPS=2
 bg() { echo --set "optim.batch_size=${1%x*}" --set "rollout.group_size=${1#*x}"; }
 
@@ -33,7 +34,7 @@ fi
 if has agree; then
   stamp agree
   for size in ${AGREE:-4x8 8x8}; do
-    sets=$(bg "$size" | sed 's/--set //g')
+    sets="$(bg "$size" | sed 's/--set //g') ${SETS:-}"
     timeout "${AGREE_SECONDS:-240}" env PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/grpo_agreement.py $CONFIG 3 \
       $sets $([ "${SMOKE:-0}" = 1 ] && echo rollout.steps=2 rollout.window=1 model.dtype=fp32) > runs/agree_$size.log 2>&1
     grep -h "^batch\|^K " runs/agree_$size.log

@@ -38,6 +38,11 @@ def _frames(x, name: str) -> torch.Tensor:
         t = t.unsqueeze(0)
     if t.ndim != 4 or t.shape[-1] != 3 or t.shape[0] < 1:
         raise InputError(f"{name}: expected frames [T,H,W,3], got shape {tuple(t.shape)}.")
+    return checked_range(t, name)
+
+
+def checked_range(t: torch.Tensor, name: str) -> torch.Tensor:
+    """Float frames of any leading shape (one clip or a batch) with NaN/Inf refused, clamped to 0..1."""
     if not _finite(t):
         raise InputError(f"{name}: frames contain NaN/Inf.")
     return t.clamp(0.0, 1.0)

@@ -38,6 +38,22 @@ class EditScore:
     details: dict = field(default_factory=dict)
 
 
+def dimension_scores(s, o, y, m, verify: dict | None, operation: str | None, dimensions) -> dict[str, tuple]:
+    """The requested dimensions' functions on checked frames (`_frames`) and mask, each result as it returns it
+    (value first): what `score_edit` assembles, and what the verifier reward takes the values of without paying
+    for the dimensions it does not ask for."""
+    out: dict[str, tuple] = {}
+    if "EA" in dimensions:
+        out["EA"] = edit_accuracy(s, o, y, m, verify, operation)
+    if "PC" in dimensions:
+        out["PC"] = preservation(s, o, m)
+    if "GN" in dimensions:
+        out["GN"] = naturalness(o, y, m)
+    if "GR" in dimensions:
+        out["GR"] = realism(o, y)
+    return out
+
+
 def score_edit(
     source,
     output,
@@ -60,10 +76,11 @@ def score_edit(
     m = derive_mask(s, y) if mask is None else _mask(mask)
     if m.shape != s.shape[:3]:
         raise InputError(f"mask {tuple(m.shape)} does not match the frames {tuple(s.shape[:3])} (T, H, W).")
-    ea, ea_details = edit_accuracy(s, o, y, m, verify, operation)
-    pc, value_psnr, value_ssim = preservation(s, o, m)
-    gn, gn_details = naturalness(o, y, m)
-    gr, gr_details = realism(o, y)
+    r = dimension_scores(s, o, y, m, verify, operation, ("EA", "PC", "GN", "GR"))
+    ea, ea_details = r["EA"]
+    pc, value_psnr, value_ssim = r["PC"]
+    gn, gn_details = r["GN"]
+    gr, gr_details = r["GR"]
     details = {
         "ea": ea_details,
         "pc": {"psnr_score": None if value_psnr is None else psnr_score(value_psnr)},

@@ -169,17 +169,17 @@ class VerifierReward:
         """`eval.score_edit`'s functions per clip, bit for bit, with two savings: only the requested dimensions are
         computed (score_edit computes all four), and the inputs are checked and clamped once per batch (once in all
         for a source, target or mask `expand`ed over the batch, as the trainer passes a record's G rollouts)."""
-        from ..eval.metrics import derive_mask, naturalness, preservation, realism
-        from ..eval.verifiers import edit_accuracy
+        from ..eval.metrics import checked_range, derive_mask
+        from ..eval.score import dimension_scores
 
         if batch.targets is None:
             raise InputError(
                 f"reward '{self.name}' scores edits against the ground truth, but the data has no "
                 "target_video; use a manifest with targets (e.g. `viva synth`) or another reward."
             )
-        src = _shared(batch.source, _checked_frames, "source")
-        out = _checked_frames(batch.edited, "output")
-        tgt = _shared(batch.targets, _checked_frames, "target")
+        src = _shared(batch.source, checked_range, "source")
+        out = checked_range(batch.edited, "output")
+        tgt = _shared(batch.targets, checked_range, "target")
         if batch.masks is not None:
             mask = _shared(batch.masks, lambda m, _: m > 0.5, "mask")  # eval.metrics._mask of [T,H,W]
         else:
@@ -192,27 +192,10 @@ class VerifierReward:
             operation = label.get("operation") if isinstance(label.get("operation"), str) else None
             s, o, y = src[i], out[i], tgt[i]
             m = derive_mask(s, y) if mask is None else mask[i]
-            value: dict[str, Optional[float]] = {}
-            if "EA" in dims:
-                value["EA"] = edit_accuracy(s, o, y, m, verify, operation)[0]
-            if "PC" in dims:
-                value["PC"] = preservation(s, o, m)[0]
-            if "GN" in dims:
-                value["GN"] = naturalness(o, y, m)[0]
-            if "GR" in dims:
-                value["GR"] = realism(o, y)[0]
+            value = {d: r[0] for d, r in dimension_scores(s, o, y, m, verify, operation, dims).items()}
             kept = [v for v in (value[d] for d in self.dimensions) if v is not None]
             scores.append(sum(kept) / len(kept) if kept else 0.0)
         return torch.tensor(scores, dtype=torch.float32)
-
-
-def _checked_frames(x: torch.Tensor, name: str) -> torch.Tensor:
-    """eval.metrics._frames of a float batch [N,T,H,W,3]: NaN/Inf refused, values clamped to 0..1."""
-    from ..eval.metrics import _finite
-
-    if not _finite(x):
-        raise InputError(f"{name}: frames contain NaN/Inf.")
-    return x.clamp(0.0, 1.0)
 
 
 def _shared(x: torch.Tensor, fn: Callable[[torch.Tensor, str], torch.Tensor], name: str) -> torch.Tensor:

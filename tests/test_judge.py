@@ -83,6 +83,31 @@ def test_batched_and_sequential_questions_agree(vlm, judge, videos):
         assert a.scores[d] == pytest.approx(b.scores[d], abs=1e-5)
 
 
+def test_shared_images_forward_equals_plain_and_encodes_each_edit_once(vlm):
+    """Two edits x four questions: the logits of the plain forward, with the vision tower seeing one edit's
+    images once (a wrong mapping of edits to their images would change the second edit's logits)."""
+    from viva_core.vlm import forward, forward_shared_images
+
+    g = torch.Generator().manual_seed(3)
+    chats = []
+    for _ in range(2):
+        src = [to_pil_image(torch.rand(48, 64, 3, generator=g)) for _ in range(2)]
+        edit = [to_pil_image(torch.rand(32, 64, 3, generator=g)) for _ in range(2)]
+        chats += [Judge.messages(src, edit, Judge.question_text(d, "make the sky red")) for d in DIMENSIONS]
+    inputs = build_inputs(vlm, chats)
+    patches = []
+    hook = vlm.model.model.visual.register_forward_hook(lambda m, args, out: patches.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            plain = forward(vlm, inputs).logits[:, -1]
+            shared = forward_shared_images(vlm, inputs, len(DIMENSIONS)).logits[:, -1]
+    finally:
+        hook.remove()
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
+    assert patches == [inputs["pixel_values"].shape[0], inputs["pixel_values"].shape[0] // len(DIMENSIONS)]
+    assert not torch.allclose(plain[0], plain[4], atol=1e-3)  # the two edits' answers differ
+
+
 def test_result_format(judge, videos):
     r = judge.score(*videos, "  remove the dog ", num_frames=4)
     assert set(r.scores) == set(DIMENSIONS)

@@ -112,6 +112,40 @@ def test_grounding_targets_follow_the_processors_token_order(tmp_path) -> None:
     assert int(per_token.argmax()) == hot  # the processor put the white block's patches in that token
 
 
+def test_judge_training_forward_equals_the_judge_class(synth_npz, tmp_path) -> None:
+    """P(Yes) of the trainer's path (item -> collate -> judge_margins) equals `Judge.score` on the same source,
+    candidate and instruction, through a folder with the trainer's viva_judge.json: same frames, difference frames,
+    prompts, image order and answer position. Without the difference frames the scores differ (the check can fail)."""
+    from viva_core.judge import DIMENSIONS, Judge, yes_no_token_ids
+    from viva_core.train.pretrain.judge import _collate_judge, judge_margins
+    from viva_core.vlm import load_vlm
+
+    clips = S.load_clip_set(synth_npz / "train.jsonl")
+    sec = S.JudgeSection(vlm=S.VLMSection(hidden=32, layers=1))
+    tok = S.word_tokenizer(S.vocabulary(S.prompt_texts(clips.records)), kind="qwen")
+    folder = S.write_vlm_folder(tmp_path / "judge", tok, sec.vlm, 0)
+    (folder / "viva_judge.json").write_text(json.dumps({"difference_frames": True, "frames": sec.frames}))
+    vlm = load_vlm(folder, dtype="fp32", device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # away from the near-constant answers of a fresh model
+        for p in vlm.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    data = S._JudgeData(clips, sec, seed=0, size=6)
+    yes, no = yes_no_token_ids(vlm.tokenizer)
+    with torch.no_grad():
+        inputs, _ = _collate_judge(vlm.processor)([data[i] for i in range(len(data))])
+        trained = torch.sigmoid(judge_margins(vlm, inputs, yes, no)).view(len(data), len(DIMENSIONS))
+    judge, blind = Judge(vlm), Judge(vlm, difference=False)
+    assert judge.difference
+    for i in range(len(data)):
+        c, src, cand, _, _ = data.example(i)
+        instruction = clips.records[c]["instruction"]
+        got = judge.score(src, cand, instruction, num_frames=sec.frames).scores
+        torch.testing.assert_close(trained[i], torch.tensor([got[d] for d in DIMENSIONS]), rtol=0, atol=1e-5)
+    without = blind.score(src, cand, instruction, num_frames=sec.frames).scores
+    assert max(abs(without[d] - got[d]) for d in DIMENSIONS) > 1e-3
+
+
 # ------------------------------------------------------------------------------------------- judge labels
 
 
@@ -130,6 +164,23 @@ def test_judge_candidates_get_verifier_labels(synth_npz) -> None:
     assert ea("target") >= 0.9 and ea("source") <= 0.1
     with pytest.raises(InputError, match="unknown candidate"):
         S.corrupt("nope", src, tgt, tgt, rng)
+
+
+def test_judge_gt_source_share_draws_that_share_of_truth_and_source(synth_npz) -> None:
+    """judge.gt_source_share = s: a share s of items replaced by the truth or the source, half each, on top of the
+    uniform 2/7; outside [0, 1] is refused."""
+    clips = S.load_clip_set(synth_npz / "train.jsonl")
+
+    def kinds(share: float) -> list[str]:
+        data = S._JudgeData(clips, S.JudgeSection(gt_source_share=share), seed=0, size=700)
+        return [data.example(i)[4] for i in range(len(data))]
+
+    plain, half = kinds(0.0), kinds(0.5)
+    assert abs(sum(k in ("target", "source") for k in plain) / len(plain) - 2 / 7) < 0.05
+    share = sum(k in ("target", "source") for k in half) / len(half)
+    assert abs(share - (0.5 + 0.5 * 2 / 7)) < 0.05 and abs(half.count("target") - half.count("source")) < 60
+    with pytest.raises(InputError, match="gt_source_share"):
+        S.load_scratch_config(None, ["stage=judge", "data.manifest=x.jsonl", "judge.gt_source_share=1.5"])
 
 
 def test_judge_labels_fail_exactly_the_targeted_questions(synth_npz) -> None:

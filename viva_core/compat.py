@@ -192,3 +192,19 @@ def fully_shard() -> Callable:
     except ImportError:
         raise _needs("torch", MIN_TORCH, 'FSDP training (optim.parallel = "fsdp")') from None
     return fn
+
+
+def qwen2_vl_vision(model: torch.nn.Module) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """For a Qwen2-VL / Qwen2.5-VL model: pixel_values, image_grid_thw -> the merged image embeddings [tokens, H]
+    the language model receives (what its forward scatters into the image-token positions); None for other
+    models (Qwen3-VL adds deepstack features, so its images cannot be fed as plain input embeddings)."""
+    inner = getattr(model, "model", None)
+    visual = getattr(inner, "visual", None)
+    if getattr(model.config, "model_type", None) not in ("qwen2_vl", "qwen2_5_vl") or visual is None:
+        return None
+
+    def embed(pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        out = visual(pixel_values.type(visual.dtype), grid_thw=grid_thw)
+        return getattr(out, "pooler_output", out)  # transformers >= 5.x returns a ModelOutput, older a tensor
+
+    return embed

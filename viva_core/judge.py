@@ -29,7 +29,7 @@ from PIL import Image
 from .errors import InputError, ModelLoadError, NonFiniteError
 from .safe_io import read_json_object
 from .video import uniform_frame_indices
-from .vlm import VLM, build_inputs, forward, generate_text, to_pil_image
+from .vlm import VLM, build_inputs, forward_shared_images, generate_text, to_pil_image
 
 
 class Dimension(NamedTuple):
@@ -268,7 +268,7 @@ class Judge:
         probs: list[torch.Tensor] = []
         for group in groups:
             inputs = build_inputs(self.vlm, group, add_generation_prompt=True)
-            logits = forward(self.vlm, inputs).logits[:, -1]
+            logits = forward_shared_images(self.vlm, inputs, len(group)).logits[:, -1]  # images encoded once
             probs.extend(yes_probability(logits, self.yes_ids, self.no_ids).unbind(0))
         return dict(zip(DIMENSIONS, probs))
 

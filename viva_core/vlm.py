@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .compat import image_text_to_text_model_types, processor_class_for
+from .compat import image_text_to_text_model_types, processor_class_for, qwen2_vl_vision
 from .errors import InputError, ModelLoadError
 from .runtime import ModelHost, parse_device, parse_dtype
 from .safe_io import PICKLE_SUFFIXES
@@ -371,6 +371,36 @@ def forward(vlm: VLM, inputs, **kwargs):
     if "logits_to_keep" in inspect.signature(vlm.model.forward).parameters:
         kwargs.setdefault("logits_to_keep", 1)
     return vlm.model(**inputs, **kwargs)
+
+
+def forward_shared_images(vlm: VLM, inputs, copies: int, **kwargs):
+    """`forward` for chats in runs of `copies` that show the same images in the same order (the judge's four
+    questions about one edit): the vision tower runs on the first chat of each run and its output is reused, so
+    it runs once per edit instead of once per question. Same logits as `forward` (tests/test_judge.py); models
+    other than Qwen2-VL / Qwen2.5-VL take the plain path."""
+    embed = qwen2_vl_vision(vlm.model)
+    if copies == 1 or embed is None or "pixel_values" not in inputs:
+        return forward(vlm, inputs, **kwargs)
+    ids, thw = inputs["input_ids"], inputs["image_grid_thw"]
+    runs = ids.shape[0] // copies
+    if ids.shape[0] != runs * copies or len(thw) % (runs * copies):
+        raise InputError(f"{ids.shape[0]} chats with {len(thw)} images are not runs of {copies} alike chats.")
+    per_run, per_chat = len(thw) // runs, len(thw) // (runs * copies)
+    first = torch.arange(per_chat, device=thw.device)[None] + per_run * torch.arange(runs, device=thw.device)[:, None]
+    first = first.flatten()  # the images of each run's first chat
+    patches = thw.prod(-1)
+    starts = torch.cumsum(patches, 0) - patches
+    rows = torch.cat([torch.arange(int(starts[i]), int(starts[i] + patches[i])) for i in first.tolist()])
+    feats = embed(inputs["pixel_values"][rows.to(inputs["pixel_values"].device)], thw[first])
+    merge = vlm.model.config.vision_config.spatial_merge_size
+    per_image = feats.split((patches[first] // merge**2).tolist())
+    per_run_feats = [torch.cat(per_image[r * per_chat : (r + 1) * per_chat]) for r in range(runs)]
+    full = torch.cat([f for f in per_run_feats for _ in range(copies)])
+    embeds = vlm.model.get_input_embeddings()(ids)
+    mask = (ids == vlm.model.config.image_token_id)[..., None]
+    embeds = embeds.masked_scatter(mask, full.to(embeds.dtype))
+    rest = {k: v for k, v in inputs.items() if k not in ("pixel_values", "input_ids")}
+    return forward(vlm, {"input_ids": ids, "inputs_embeds": embeds, **rest}, **kwargs)
 
 
 @torch.no_grad()

@@ -1,6 +1,8 @@
 """A judge's agreement with the verifiers on balanced labels: each clip's ground-truth edit (a "Yes", EA 1) and
 its unedited source (a "No", EA ~0), scored with `viva_core.eval.evaluate` (the editor is replaced by the ground
-truth). An editor's own outputs rarely pass the verifiers, which leaves too few positives to measure a judge.
+truth); the ROC-AUC is the EA question's alone. An editor's own outputs rarely pass the verifiers, which leaves too
+few positives to measure a judge. For npz manifests it also prints each question's AUC over the candidate edits the
+judge trains on (`CandidateSet`: the corruptions that fail a question are its negatives).
 
     python recipes/small/judge_check.py MANIFEST JUDGE_FOLDER [REPORT_DIR] [--record]
 
@@ -17,10 +19,16 @@ from pathlib import Path
 import torch
 
 from viva_core.data import read_frames
+from viva_core.errors import InputError
 from viva_core.eval import evaluate
 from viva_core.judge import JUDGE_INFO_FILE, Judge, judge_info
 from viva_core.safe_io import write_text_atomic
+from viva_core.train.pretrain import CandidateSet, JudgeSection, candidate_aucs, load_clip_set
 from viva_core.vlm import load_vlm
+
+
+def _fmt(values: dict) -> str:
+    return "  ".join(f"{k} {v:.2f}" for k, v in values.items())
 
 
 def main(manifest: str, judge_folder: str, report: str | None = None, record: bool = False) -> None:
@@ -31,9 +39,19 @@ def main(manifest: str, judge_folder: str, report: str | None = None, record: bo
     )
     j = result.judge_agreement
     print(
-        f"{judge_folder}: accuracy {j['accuracy']:.2f}, ROC-AUC {j['roc_auc']:.2f} "
-        f"({j['positives']} positives, {j['negatives']} negatives)"
+        f"{judge_folder}: EA question, ground truth vs unedited source: accuracy {j['accuracy']:.2f}, "
+        f"ROC-AUC {j['roc_auc']:.2f} ({j['positives']} positives, {j['negatives']} negatives)"
     )
+    try:
+        clips = load_clip_set(manifest)
+    except InputError:
+        clips = None  # an mp4 manifest: the per-question check needs npz clips
+    if clips is not None:
+        info = judge_info(judge_folder) or {}
+        sec = JudgeSection(frames=int(info.get("frames", 4)), difference=judge.difference)
+        aucs, p_ea = candidate_aucs(judge.vlm, CandidateSet(clips, sec))
+        print("per question, over the candidate edits of CANDIDATE_LABELS: ROC-AUC " + _fmt(aucs))
+        print("mean EA P(Yes) per candidate: " + _fmt(p_ea))
     if report:
         result.write(report)
     if record:

@@ -36,13 +36,14 @@ from .config import (
     load_scratch_config,
 )
 from .editor import EditorData, conditioning_tokens, grounding_targets, instructor_hidden, latent_masks, train_editor
-from .judge import CANDIDATE_LABELS, CANDIDATES, _JudgeData, corrupt, train_judge
+from .judge import CANDIDATE_LABELS, CANDIDATES, CandidateSet, _JudgeData, candidate_aucs, corrupt, train_judge
 from .models import new_vae, write_vlm_folder
 from .tokenizers import prompt_texts, save_tokenizer, vocabulary, word_tokenizer
 from .vae import train_vae
 
 __all__ = [
     "CANDIDATES",
+    "CandidateSet",
     "CANDIDATE_LABELS",
     "ClipSet",
     "DataSection",
@@ -56,6 +57,7 @@ __all__ = [
     "VaeSection",
     "_JudgeData",
     "conditioning_tokens",
+    "candidate_aucs",
     "corrupt",
     "frames_float",
     "grounding_targets",

@@ -87,6 +87,10 @@ class JudgeSection:
     frames: int = 4  # frames of each video the judge sees (as at inference)
     threshold: float = 0.5  # EA verifier score >= threshold -> "Yes" where CANDIDATE_LABELS leaves it to the verifier
     difference: bool = True  # also show |edited - source| frames (written to viva_judge.json; docs/small_models.md)
+    # Share of items drawn as the ground truth or the unedited source (half each), the rest uniform over CANDIDATES.
+    # Uniform draws teach "more change = worse edit" first (another clip's edit changes most and is an EA "No"),
+    # which ranks the unchanged source above the truth on EA; docs/small_models.md, section 17.
+    gt_source_share: float = 0.0
 
 
 @dataclass
@@ -113,6 +117,8 @@ class ScratchConfig:
             problems.append("optim.steps and optim.batch_size must be >= 1")
         if len(self.editor.patch) != 3:
             problems.append("editor.patch must be [t, h, w]")
+        if not 0 <= self.judge.gt_source_share <= 1:
+            problems.append(f"judge.gt_source_share must be in [0, 1], got {self.judge.gt_source_share}")
         if self.vae.spatial not in VAE_LEVELS:
             problems.append(f"vae.spatial must be one of {sorted(VAE_LEVELS)}, got {self.vae.spatial}")
         raise_problems(problems, "pretrain config")

@@ -82,6 +82,8 @@ class _JudgeData(torch.utils.data.Dataset):
         n = len(self.clips)
         c, o = int(rng.integers(n)), int(rng.integers(n))
         kind = CANDIDATES[int(rng.integers(len(CANDIDATES)))]
+        if self.sec.gt_source_share and rng.random() < self.sec.gt_source_share:
+            kind = ("target", "source")[int(rng.integers(2))]
         src, tgt = frames_float(self.clips.source[c]), frames_float(self.clips.target[c])
         cand = corrupt(kind, src, tgt, frames_float(self.clips.target[o]), rng).clamp(0, 1)
         labels = dict(CANDIDATE_LABELS[kind])
@@ -109,6 +111,45 @@ class _JudgeData(torch.utils.data.Dataset):
         return chats, labels
 
 
+class CandidateSet(_JudgeData):
+    """Every candidate kind of every clip, in order (another clip's edit: the next clip's), for held-out AUCs."""
+
+    def __init__(self, clips: ClipSet, sec: JudgeSection):
+        super().__init__(clips, sec, 0, len(clips) * len(CANDIDATES))
+
+    def example(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, bool], str]:
+        c, k = divmod(i, len(CANDIDATES))
+        kind, n, rng = CANDIDATES[k], len(self.clips), np.random.default_rng([7, i])
+        src, tgt = frames_float(self.clips.source[c]), frames_float(self.clips.target[c])
+        cand = corrupt(kind, src, tgt, frames_float(self.clips.target[(c + 1) % n]), rng).clamp(0, 1)
+        return c, src, cand, {d: bool(v) for d, v in CANDIDATE_LABELS[kind].items()}, kind
+
+
+def candidate_aucs(vlm, data: CandidateSet, batch: int = 16) -> tuple[dict[str, float], dict[str, float]]:
+    """Held-out ROC-AUC of P(Yes) per question over the candidates its by-construction label covers (a shifted
+    edit's EA left out), EA_gt_src over ground truth vs unedited source only (judge_check.py's headline); and the
+    mean EA P(Yes) per candidate kind."""
+    from ...eval import roc_auc
+    from ...judge import DIMENSIONS, yes_no_token_ids
+
+    yes, no = yes_no_token_ids(vlm.tokenizer)
+    collate, margins = _collate_judge(vlm.processor), []
+    with torch.no_grad():
+        for lo in range(0, len(data), batch):
+            inputs, _ = collate([data[i] for i in range(lo, min(lo + batch, len(data)))])
+            margins.append(judge_margins(vlm, inputs.to(vlm.device), yes, no).float().cpu().view(-1, len(DIMENSIONS)))
+    m = torch.cat(margins)
+    kinds = [CANDIDATES[i % len(CANDIDATES)] for i in range(len(data))]
+    aucs = {}
+    for q, d in enumerate(DIMENSIONS):
+        keep = [i for i, k in enumerate(kinds) if CANDIDATE_LABELS[k][d] is not None]
+        aucs[d] = roc_auc(m[keep, q].tolist(), [CANDIDATE_LABELS[kinds[i]][d] for i in keep])
+    pair = [i for i, k in enumerate(kinds) if k in ("target", "source")]
+    aucs["EA_gt_src"] = roc_auc(m[pair, 0].tolist(), [kinds[i] == "target" for i in pair])
+    p_ea = {k: float(torch.sigmoid(m[[i for i, x in enumerate(kinds) if x == k], 0]).mean()) for k in CANDIDATES}
+    return aucs, p_ea
+
+
 def _collate_judge(processor):
     from ...vlm import processor_inputs
 
@@ -120,9 +161,18 @@ def _collate_judge(processor):
     return collate
 
 
+def judge_margins(vlm, inputs, yes_ids, no_ids, questions: int = 4) -> torch.Tensor:
+    """log P(Yes) - log P(No) at the answer position of each chat (the logit of P(Yes), what the loss reads). The
+    chats come in runs of `questions` about one edit, so the vision tower encodes each edit's images once."""
+    from ...vlm import forward_shared_images
+
+    logits = forward_shared_images(vlm, inputs, questions).logits[:, -1].float()
+    return torch.logsumexp(logits[:, yes_ids], -1) - torch.logsumexp(logits[:, no_ids], -1)
+
+
 def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     from ...judge import JUDGE_INFO_FILE, yes_no_token_ids
-    from ...vlm import forward, load_vlm
+    from ...vlm import load_vlm
 
     sec, out, device = cfg.judge, Path(cfg.output_dir), parse_device(cfg.device)
     clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
@@ -148,8 +198,7 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
         inputs, labels = next(batches)
         labels = labels.to(device)
         with _autocast(device):
-            logits = forward(vlm, inputs.to(device)).logits[:, -1].float()
-        margin = torch.logsumexp(logits[:, yes_ids], -1) - torch.logsumexp(logits[:, no_ids], -1)
+            margin = judge_margins(vlm, inputs.to(device), yes_ids, no_ids)
         loss = F.binary_cross_entropy_with_logits(margin, labels)
         acc = ((margin > 0).float() == labels).float().mean()
         return {"loss": loss, "accuracy": acc.detach()}

@@ -255,3 +255,23 @@ def test_bundled_editor_defaults_to_its_steps_and_flags_show_their_defaults(caps
     args = parser.parse_args(base + ["--editor", "/models/Lucy-Edit-Dev", "--shift", "3", "--sampler", "euler"])
     assert (sampling_settings(args).shift, sampling_settings(args).sampler) == (3.0, "euler")
     assert f"default {DEFAULTS.steps}; {BUNDLED_STEPS} for the bundled small editor" in text
+
+
+def test_log_lines_go_to_the_stderr_of_each_call():
+    """In-process callers swap sys.stderr between calls: the CLI's log handler must write to the current one, not
+    to a stream an earlier call saw (closed by then: "--- Logging error ---")."""
+    import io
+    import logging
+    import sys
+
+    from viva_core.cli import configure_logging
+
+    for _ in range(2):
+        swapped = io.StringIO()
+        old, sys.stderr = sys.stderr, swapped
+        try:
+            configure_logging(verbose=False)
+            logging.getLogger("viva").warning("where does this go")
+        finally:
+            sys.stderr = old
+        assert swapped.getvalue().count("viva: where does this go") == 1  # one handler, however many calls

@@ -794,6 +794,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted: in-process callers (tests, notebooks) swap
+    sys.stderr between calls, and a handler bound to the first one writes into a closed stream."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def configure_logging(verbose: bool) -> None:
+    """One stderr handler on the root logger (added once), its level set by -v on every call."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _CurrentStderrHandler) for h in root.handlers):
+        handler = _CurrentStderrHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Exit codes: 0 done, 2 a bad input (argparse's too; the message names it), 1 an unexpected failure (a bug:
     one line, VIVA_DEBUG=1 shows the traceback), 130 interrupted."""
@@ -801,7 +824,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse has printed its message (or --help); return its code for in-process callers
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         return args.func(args)
     except VivaError as e:

@@ -386,16 +386,18 @@ def forward_shared_images(vlm: VLM, inputs, copies: int, **kwargs):
     if ids.shape[0] != runs * copies or len(thw) % (runs * copies):
         raise InputError(f"{ids.shape[0]} chats with {len(thw)} images are not runs of {copies} alike chats.")
     per_run, per_chat = len(thw) // runs, len(thw) // (runs * copies)
-    first = torch.arange(per_chat, device=thw.device)[None] + per_run * torch.arange(runs, device=thw.device)[:, None]
-    first = first.flatten()  # the images of each run's first chat
-    patches = thw.prod(-1)
+    grid = thw.cpu()  # the index arithmetic on the host: one copy instead of a sync per image
+    first = (torch.arange(per_chat)[None] + per_run * torch.arange(runs)[:, None]).flatten()  # each run's 1st chat
+    patches = grid.prod(-1)
     starts = torch.cumsum(patches, 0) - patches
     rows = torch.cat([torch.arange(int(starts[i]), int(starts[i] + patches[i])) for i in first.tolist()])
-    feats = embed(inputs["pixel_values"][rows.to(inputs["pixel_values"].device)], thw[first])
+    pixels = inputs["pixel_values"]
+    feats = embed(pixels[rows.to(pixels.device)], thw[first.to(thw.device)])
     merge = vlm.model.config.vision_config.spatial_merge_size
-    per_image = feats.split((patches[first] // merge**2).tolist())
-    per_run_feats = [torch.cat(per_image[r * per_chat : (r + 1) * per_chat]) for r in range(runs)]
-    full = torch.cat([f for f in per_run_feats for _ in range(copies)])
+    per_run_tokens = (patches[first] // merge**2).view(runs, per_chat).sum(1)  # a run's images are contiguous
+    run_starts = torch.cumsum(per_run_tokens, 0) - per_run_tokens
+    pick = [torch.arange(int(s), int(s + n)) for s, n in zip(run_starts, per_run_tokens) for _ in range(copies)]
+    full = feats[torch.cat(pick).to(feats.device)]
     embeds = vlm.model.get_input_embeddings()(ids)
     mask = (ids == vlm.model.config.image_token_id)[..., None]
     embeds = embeds.masked_scatter(mask, full.to(embeds.dtype))

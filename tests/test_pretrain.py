@@ -168,7 +168,7 @@ def test_judge_candidates_get_verifier_labels(synth_npz) -> None:
 
 def test_judge_gt_source_share_draws_that_share_of_truth_and_source(synth_npz) -> None:
     """judge.gt_source_share = s: a share s of items replaced by the truth or the source, half each, on top of the
-    uniform 2/7; outside [0, 1] is refused."""
+    uniform 2/7; judge.gt_source_steps n: only those two in the first n steps; bad values refused."""
     clips = S.load_clip_set(synth_npz / "train.jsonl")
 
     def kinds(share: float) -> list[str]:
@@ -179,8 +179,13 @@ def test_judge_gt_source_share_draws_that_share_of_truth_and_source(synth_npz) -
     assert abs(sum(k in ("target", "source") for k in plain) / len(plain) - 2 / 7) < 0.05
     share = sum(k in ("target", "source") for k in half) / len(half)
     assert abs(share - (0.5 + 0.5 * 2 / 7)) < 0.05 and abs(half.count("target") - half.count("source")) < 60
+    first = S._JudgeData(clips, S.JudgeSection(gt_source_steps=5), seed=0, size=700, per_step=8)
+    assert {first.example(i)[4] for i in range(40)} == {"target", "source"}  # the curriculum's first 5 steps of 8
+    assert len({first.example(i)[4] for i in range(40, 700)}) == len(S.CANDIDATES)
     with pytest.raises(InputError, match="gt_source_share"):
         S.load_scratch_config(None, ["stage=judge", "data.manifest=x.jsonl", "judge.gt_source_share=1.5"])
+    with pytest.raises(InputError, match="gt_source_steps"):
+        S.load_scratch_config(None, ["stage=judge", "data.manifest=x.jsonl", "judge.gt_source_steps=-1"])
 
 
 def test_judge_labels_fail_exactly_the_targeted_questions(synth_npz) -> None:

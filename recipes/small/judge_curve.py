@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=32, help="held-out clips scored (x7 candidates)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gt-source-share", type=float, default=0.0, help="judge.gt_source_share")
+    ap.add_argument("--gt-source-steps", type=int, default=0, help="judge.gt_source_steps")
     ap.add_argument("--layers", type=int, default=3, help="as recipes/small/judge.toml")
     ap.add_argument("--time", type=int, default=0, help="only time N training steps, vision per question vs shared")
     ap.add_argument("--threads", type=int, default=2)
@@ -43,7 +44,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     clips = S.load_clip_set(args.train)
-    sec = S.JudgeSection(vlm=S.VLMSection(hidden=128, layers=args.layers), gt_source_share=args.gt_source_share)
+    sec = S.JudgeSection(
+        vlm=S.VLMSection(hidden=128, layers=args.layers),
+        gt_source_share=args.gt_source_share,
+        gt_source_steps=args.gt_source_steps,
+    )
     tok = S.word_tokenizer(S.vocabulary(S.prompt_texts(clips.records)), kind="qwen")
     root = Path(tempfile.mkdtemp(prefix="judge_curve_"))
     vlm = load_vlm(S.write_vlm_folder(root / "vlm", tok, sec.vlm, args.seed), dtype="fp32", device="cpu")
@@ -51,7 +56,7 @@ def main() -> None:
     yes, no = yes_no_token_ids(vlm.tokenizer)
 
     held = S.CandidateSet(S.load_clip_set(args.heldout, args.clips), sec)
-    data = S._JudgeData(clips, sec, args.seed, args.steps * args.batch)
+    data = S._JudgeData(clips, sec, args.seed, args.steps * args.batch, args.batch)
     collate = _collate_judge(vlm.processor)
     if args.time:
         inputs, labels = collate([data[i] for i in range(args.batch)])

@@ -91,6 +91,7 @@ class JudgeSection:
     # Uniform draws teach "more change = worse edit" first (another clip's edit changes most and is an EA "No"),
     # which ranks the unchanged source above the truth on EA; docs/small_models.md, section 17.
     gt_source_share: float = 0.0
+    gt_source_steps: int = 0  # a curriculum: the first steps draw only the truth or the source (section 17)
 
 
 @dataclass
@@ -119,6 +120,8 @@ class ScratchConfig:
             problems.append("editor.patch must be [t, h, w]")
         if not 0 <= self.judge.gt_source_share <= 1:
             problems.append(f"judge.gt_source_share must be in [0, 1], got {self.judge.gt_source_share}")
+        if self.judge.gt_source_steps < 0:
+            problems.append(f"judge.gt_source_steps must be >= 0, got {self.judge.gt_source_steps}")
         if self.vae.spatial not in VAE_LEVELS:
             problems.append(f"vae.spatial must be one of {sorted(VAE_LEVELS)}, got {self.vae.spatial}")
         raise_problems(problems, "pretrain config")

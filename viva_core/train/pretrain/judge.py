@@ -68,8 +68,8 @@ def corrupt(
 class _JudgeData(torch.utils.data.Dataset):
     """Item i: four (question chat, verifier label) pairs for one candidate edit of a clip."""
 
-    def __init__(self, clips: ClipSet, sec: JudgeSection, seed: int, size: int):
-        self.clips, self.sec, self.seed, self.size = clips, sec, seed, size
+    def __init__(self, clips: ClipSet, sec: JudgeSection, seed: int, size: int, per_step: int = 1):
+        self.clips, self.sec, self.seed, self.size, self.per_step = clips, sec, seed, size, per_step
 
     def __len__(self) -> int:
         return self.size
@@ -82,7 +82,8 @@ class _JudgeData(torch.utils.data.Dataset):
         n = len(self.clips)
         c, o = int(rng.integers(n)), int(rng.integers(n))
         kind = CANDIDATES[int(rng.integers(len(CANDIDATES)))]
-        if self.sec.gt_source_share and rng.random() < self.sec.gt_source_share:
+        first = i < self.sec.gt_source_steps * self.per_step  # the curriculum's first steps
+        if first or (self.sec.gt_source_share and rng.random() < self.sec.gt_source_share):
             kind = ("target", "source")[int(rng.integers(2))]
         src, tgt = frames_float(self.clips.source[c]), frames_float(self.clips.target[c])
         cand = corrupt(kind, src, tgt, frames_float(self.clips.target[o]), rng).clamp(0, 1)
@@ -183,7 +184,7 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     vlm.model.train().requires_grad_(True)
     yes_ids, no_ids = yes_no_token_ids(vlm.tokenizer)
     per_item = cfg.optim.batch_size
-    data = _JudgeData(clips, sec, cfg.seed, cfg.optim.steps * per_item)
+    data = _JudgeData(clips, sec, cfg.seed, cfg.optim.steps * per_item, per_item)
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=per_item,

@@ -49,7 +49,7 @@ class EditorOptions:
     compile: str = "off"
     fp8_storage: bool = False  # store DiT weights in float8_e4m3fn, compute in `dtype`
     vae_tiling: bool = False
-    vae_dtype: str = "fp32"
+    vae_dtype: str = "auto"  # auto: bf16 on a GPU unless the DiT runs in fp32, else fp32 (vae_dtype_for)
     allow_t2v: bool = False  # accept a plain T2V DiT by zero-initialising the extra input channels (for SFT)
 
 
@@ -244,6 +244,7 @@ def load_editor(
     _check_options(options)
     device = parse_device(options.device)
     dtype = parse_dtype(options.dtype, device)
+    vae_dtype = vae_dtype_for(options.vae_dtype, dtype, device)
     if folder is not None:
         root = Path(folder)
         if not root.is_dir():
@@ -251,7 +252,7 @@ def load_editor(
                 f"{root}: editor folder not found. Give a diffusers folder with transformer/ and vae/."
             )
         transformer = _load_diffusers_part(root, "transformer", dtype)
-        vae = _load_diffusers_part(root, "vae", parse_dtype(options.vae_dtype))
+        vae = _load_diffusers_part(root, "vae", vae_dtype)
         te_root = Path(text_encoder_folder) if text_encoder_folder else root
         name = root.name
         files = {"transformer": str(root / "transformer"), "vae": str(root / "vae")}
@@ -262,7 +263,7 @@ def load_editor(
                 "wan_2.1_vae.safetensors)."
             )
         transformer = load_transformer_file(transformer_file, dtype)
-        vae = load_vae_file(vae_file, parse_dtype(options.vae_dtype))
+        vae = load_vae_file(vae_file, vae_dtype)
         te_root = Path(text_encoder_folder) if text_encoder_folder else None
         name = Path(transformer_file).stem
         files = {"transformer": str(transformer_file), "vae": str(vae_file)}
@@ -300,6 +301,16 @@ def load_editor(
         editor.host = host(editor)
     _place(editor)
     return editor
+
+
+def vae_dtype_for(name: str, dit_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The VAE's dtype. "auto" is bf16 on a GPU unless the DiT runs in fp32: at the Lucy-Edit shape a bf16 Wan2.2 VAE
+    decodes the same latents at 52.8 dB PSNR against fp32, 1.6x faster and with 5.9 GiB less peak memory
+    (bench/RESULTS.md; ComfyUI runs Wan VAEs in bf16 too). fp32 on the CPU (bf16 convolutions are slow there) and
+    with an fp32 DiT, so that dtype fp32 keeps the whole edit in fp32."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and dit_dtype != torch.float32 else torch.float32
+    return parse_dtype(name, device)
 
 
 def _check_options(o: EditorOptions) -> None:

@@ -221,7 +221,10 @@ def edit(
             )
         out = decode_latents(editor, latents)
         if not torch.isfinite(out).all():
-            raise NonFiniteError("the VAE decoded NaN/Inf frames; nothing was saved. Decode in fp32 (vae_dtype).")
+            raise NonFiniteError(
+                "the VAE decoded NaN/Inf frames; nothing was saved. Decode in fp32: load the editor with dtype fp32 "
+                "(the VAE follows it) or EditorOptions(vae_dtype='fp32')."
+            )
         out = unconform_frames(out, report)
     return EditResult(
         out,

@@ -1,6 +1,6 @@
 """GPU memory each real model needs (issue 14 item 8): random weights at the real shapes, built directly on the GPU
-(bf16 weights, the VAE in fp32 as the editor's default `vae_dtype`), run through this repo's own code paths, peak
-GPU memory measured per run.
+(bf16 weights, the VAE in fp32: the editor's default `vae_dtype` until it became bf16 on GPUs), run through this
+repo's own code paths, peak GPU memory measured per run.
 
 Models (the configs below copy the config.json of the repo named beside each):
   lucy     Lucy-Edit-Dev: Wan2.2-TI2V-5B DiT with in 96 / out 48 channels, Wan2.2 VAE (z 48, 16x space), UMT5-XXL

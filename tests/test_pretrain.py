@@ -184,6 +184,13 @@ def test_judge_gt_source_share_draws_that_share_of_truth_and_source(synth_npz) -
     assert len({first.example(i)[4] for i in range(40, 700)}) == len(S.CANDIDATES)
     with pytest.raises(InputError, match="gt_source_share"):
         S.load_scratch_config(None, ["stage=judge", "data.manifest=x.jsonl", "judge.gt_source_share=1.5"])
+    masked = S._JudgeData(clips, S.JudgeSection(ea_unlabelled="other,blend"), seed=0, size=30)
+    for i in range(len(masked)):  # EA left out of the loss (-1) for those kinds only, the other answers kept
+        kind, (_, labels) = masked.example(i)[4], masked[i]
+        assert (labels[0] == -1.0) == (kind in ("other", "blend"))
+        assert labels[1:] == [float(S.CANDIDATE_LABELS[kind][d]) for d in ("PC", "GN", "GR")]
+    with pytest.raises(InputError, match="ea_unlabelled"):
+        S.load_scratch_config(None, ["stage=judge", "data.manifest=x.jsonl", "judge.ea_unlabelled=other,nope"])
     with pytest.raises(InputError, match="gt_source_steps"):
         S.load_scratch_config(None, ["stage=judge", "data.manifest=x.jsonl", "judge.gt_source_steps=-1"])
 

@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gt-source-share", type=float, default=0.0, help="judge.gt_source_share")
     ap.add_argument("--gt-source-steps", type=int, default=0, help="judge.gt_source_steps")
+    ap.add_argument("--ea-unlabelled", default="", help="judge.ea_unlabelled")
     ap.add_argument("--layers", type=int, default=3, help="as recipes/small/judge.toml")
     ap.add_argument("--time", type=int, default=0, help="only time N training steps, vision per question vs shared")
     ap.add_argument("--threads", type=int, default=2)
@@ -48,6 +49,7 @@ def main() -> None:
         vlm=S.VLMSection(hidden=128, layers=args.layers),
         gt_source_share=args.gt_source_share,
         gt_source_steps=args.gt_source_steps,
+        ea_unlabelled=args.ea_unlabelled,
     )
     tok = S.word_tokenizer(S.vocabulary(S.prompt_texts(clips.records)), kind="qwen")
     root = Path(tempfile.mkdtemp(prefix="judge_curve_"))
@@ -88,8 +90,9 @@ def main() -> None:
             g["lr"] = scheduled_lr(args.lr, step, args.steps, args.warmup)
         inputs, labels = collate([data[i] for i in range(step * args.batch, (step + 1) * args.batch)])
         m = judge_margins(vlm, inputs, yes, no)
-        loss = F.binary_cross_entropy_with_logits(m, labels)
-        acc.append(float(((m > 0).float() == labels).float().mean()))
+        keep = labels >= 0
+        loss = F.binary_cross_entropy_with_logits(m[keep], labels[keep])
+        acc.append(float(((m[keep] > 0).float() == labels[keep]).float().mean()))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vlm.model.parameters(), 1.0)

@@ -91,6 +91,9 @@ class JudgeSection:
     # Uniform draws teach "more change = worse edit" first (another clip's edit changes most and is an EA "No"),
     # which ranks the unchanged source above the truth on EA; docs/small_models.md, section 17.
     gt_source_share: float = 0.0
+    # Candidates whose EA answer is left out of the loss (comma list): "other,blend,shifted" keeps EA monotone in the
+    # change (source "No", truth/flicker/blur "Yes"), which lets it learn alongside the others (section 17).
+    ea_unlabelled: str = ""
     gt_source_steps: int = 0  # a curriculum: the first steps draw only the truth or the source (section 17)
 
 
@@ -120,6 +123,10 @@ class ScratchConfig:
             problems.append("editor.patch must be [t, h, w]")
         if not 0 <= self.judge.gt_source_share <= 1:
             problems.append(f"judge.gt_source_share must be in [0, 1], got {self.judge.gt_source_share}")
+        kinds = ("target", "source", "other", "blend", "flicker", "blur", "shifted")  # judge.CANDIDATES
+        unknown = [k for k in self.judge.ea_unlabelled.split(",") if k and k not in kinds]
+        if unknown:
+            problems.append(f"judge.ea_unlabelled names unknown candidates {unknown}")
         if self.judge.gt_source_steps < 0:
             problems.append(f"judge.gt_source_steps must be >= 0, got {self.judge.gt_source_steps}")
         if self.vae.spatial not in VAE_LEVELS:

@@ -99,7 +99,7 @@ class _JudgeData(torch.utils.data.Dataset):
         from ...video import uniform_frame_indices
         from ...vlm import to_pil_image
 
-        c, src, cand, answers, _ = self.example(i)
+        c, src, cand, answers, kind = self.example(i)
         instruction = self.clips.records[c]["instruction"]
         picks = uniform_frame_indices(src.shape[0], self.sec.frames)
         s_img = [to_pil_image(src[k]) for k in picks]
@@ -108,7 +108,8 @@ class _JudgeData(torch.utils.data.Dataset):
         chats, labels = [], []
         for d in DIMENSIONS:
             chats.append(Judge.messages(s_img, e_img, Judge.question_text(d, instruction), d_img))
-            labels.append(float(answers[d]))
+            masked = d == "EA" and kind in self.sec.ea_unlabelled.split(",")
+            labels.append(-1.0 if masked else float(answers[d]))  # -1: left out of the loss
         return chats, labels
 
 
@@ -200,8 +201,9 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
         labels = labels.to(device)
         with _autocast(device):
             margin = judge_margins(vlm, inputs.to(device), yes_ids, no_ids)
-        loss = F.binary_cross_entropy_with_logits(margin, labels)
-        acc = ((margin > 0).float() == labels).float().mean()
+        keep = labels >= 0  # judge.ea_unlabelled leaves some EA answers out
+        loss = F.binary_cross_entropy_with_logits(margin[keep], labels[keep])
+        acc = ((margin[keep] > 0).float() == labels[keep]).float().mean()
         return {"loss": loss, "accuracy": acc.detach()}
 
     summary = _loop(cfg, list(vlm.model.parameters()), step, out, progress, "judge")

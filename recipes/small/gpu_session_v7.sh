@@ -2,7 +2,8 @@
 # GPU session v7 (one H200): the judge with one vision pass per edit, two runs side by side on the one GPU (the
 # model is tiny; 7 loader workers each), docs/small_models.md section 17:
 #   A  every candidate (the labels of section 9), lr 1e-3: does scale fix EA with all candidates present?
-#   B  truth vs source only (judge.gt_source_share 1): the ceiling of EA's truth-vs-source ranking
+#   B  EA's loss left out on the candidates whose EA label is not monotone in the change (judge.ea_unlabelled
+#      other,blend,shifted): the one CPU setting whose EA truth-vs-source rose with the other questions learning
 #   setsid bash recipes/small/gpu_session_v7.sh > /tmp/v7.log 2>&1 < /dev/null &
 # Works in $WORK (default /tmp/viva_v7); ends with pack/results.tar and pack/judges.tar (both judge folders).
 # JUDGE_MINUTES (default 8) caps each run; RUNS (default "a b") picks runs. SMOKE=1: a CPU check of the script.
@@ -16,7 +17,7 @@ source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, e
 J=(--set optim.steps="${JUDGE_STEPS:-1000}" --set optim.warmup_steps=60 --set optim.lr=1e-3 --set optim.batch_size=32
    --set optim.max_minutes="${JUDGE_MINUTES:-8}" --set optim.workers="${WORKERS:-7}")
 [ "${SMOKE:-0}" = 1 ] && J+=(--set optim.steps=2 --set optim.batch_size=2 --set optim.workers=0)
-declare -A RUN_SETS=([a]="" [b]="--set judge.gt_source_share=1")
+declare -A RUN_SETS=([a]="" [b]="--set judge.ea_unlabelled=other,blend,shifted" [c]="--set judge.gt_source_share=1")
 
 if has data; then
   stamp data

@@ -231,6 +231,33 @@ def test_judge_shows_difference_frames_when_its_folder_says_so(vlm, videos, tmp_
 
 
 @pytest.mark.parametrize(
+    "per_question, named",
+    [
+        ({"EA": 0.76, "PC": 0.96, "GN": 0.77, "GR": 0.83}, ["EA (0.76)", "GN (0.77)", "GR (0.83)"]),
+        ({"EA": 0.95, "PC": 0.9, "GN": 0.99, "GR": 0.91}, []),
+        ({"EA": "0.1", "XX": 0.1, "PC": True}, []),  # not numbers, not questions: ignored
+        ("0.1", []),
+    ],
+)
+def test_a_judge_that_ranks_corruptions_poorly_names_those_questions(vlm, tmp_path, per_question, named):
+    """Above chance on edited vs unedited, a judge whose recorded per-question AUCs over corrupted edits are below
+    0.9 says which questions those are, with their values; the bundled judge records EA 0.76 there."""
+    import shutil
+
+    from viva_core.judge import JUDGE_INFO_FILE, judge_caveat
+
+    folder = tmp_path / "judge"
+    shutil.copytree(vlm.path, folder)
+    info = {"held_out_roc_auc": 1.0, "held_out_question_aucs": per_question}
+    (folder / JUDGE_INFO_FILE).write_text(json.dumps(info))
+    caveat = judge_caveat(folder)
+    if not named:
+        assert caveat is None
+    else:
+        assert "ROC-AUC 1.00" in caveat and all(n in caveat for n in named) and "PC" not in caveat
+
+
+@pytest.mark.parametrize(
     "recorded, warned",
     [(0.48, True), (0.59, True), (0.6, False), (0.9, False), (None, False), ("0.4", False), (True, False)],
 )

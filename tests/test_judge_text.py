@@ -32,7 +32,7 @@ def test_which_folders_generate_text(tmp_path):
     with pytest.raises(ModelLoadError, match="must be a JSON object"):
         judge_generates_text(tmp_path)
     assert not judge_generates_text(SMALL_JUDGE)
-    assert json.loads((SMALL_JUDGE / JUDGE_INFO_FILE).read_text())["difference_frames"] is False  # as shipped
+    assert json.loads((SMALL_JUDGE / JUDGE_INFO_FILE).read_text())["difference_frames"] is True  # as shipped
 
 
 def test_yes_no_judge_refuses_a_rationale_and_still_scores(tmp_path):

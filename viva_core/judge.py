@@ -164,18 +164,39 @@ def reads_difference_frames(vlm_path: str | Path) -> bool:
 
 
 CHANCE_AUC = 0.6  # a recorded held-out ROC-AUC below this: the scores carry no evidence of edit quality
+RELIABLE_AUC = 0.9  # a question whose recorded ranking of correct over corrupted edits is below this is named
 
 
 def judge_caveat(vlm_path: str | Path) -> str | None:
-    """A warning to show with the scores of a judge whose folder records (`held_out_roc_auc` in viva_judge.json,
-    written by recipes/small/judge_check.py --record) that it cannot tell edits from unedited sources."""
-    auc = (judge_info(vlm_path) or {}).get("held_out_roc_auc")
-    if not isinstance(auc, (int, float)) or isinstance(auc, bool) or auc >= CHANCE_AUC:
+    """A warning to show with the scores of a judge whose folder records (viva_judge.json, written by
+    recipes/small/judge_check.py --record) that it cannot tell edits from unedited sources (`held_out_roc_auc`), or
+    that some questions rank correct above corrupted edits poorly (`held_out_question_aucs`)."""
+    info = judge_info(vlm_path) or {}
+    auc = info.get("held_out_roc_auc")
+    if not _is_number(auc):
+        return None
+    if auc < CHANCE_AUC:
+        return (
+            f"caution: this judge told held-out ground-truth edits from unedited sources with ROC-AUC {auc:.2f} "
+            "(0.5 is chance), so its scores say little about this edit; use a chat VLM such as Qwen2.5-VL to judge."
+        )
+    per_question = info.get("held_out_question_aucs")
+    weak = {
+        k: v
+        for k, v in (per_question.items() if isinstance(per_question, dict) else ())
+        if k in DIMENSIONS and _is_number(v) and v < RELIABLE_AUC
+    }
+    if not weak:
         return None
     return (
-        f"caution: this judge told held-out ground-truth edits from unedited sources with ROC-AUC {auc:.2f} "
-        "(0.5 is chance), so its scores say little about this edit; use a chat VLM such as Qwen2.5-VL to judge."
+        f"note: this judge tells edited from unedited videos (held-out ROC-AUC {auc:.2f}), but ranks correct above "
+        "corrupted edits less reliably on " + ", ".join(f"{k} ({v:.2f})" for k, v in weak.items()) + "; read its "
+        "scores as a screen, not a verdict."
     )
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def judge_generates_text(vlm_path: str | Path) -> bool:

@@ -6,8 +6,9 @@ judge trains on (`CandidateSet`: the corruptions that fail a question are its ne
 
     python recipes/small/judge_check.py MANIFEST JUDGE_FOLDER [REPORT_DIR] [--record]
 
---record writes the ROC-AUC into the judge folder's viva_judge.json (`held_out_roc_auc`): the CLI, best-of-N and
-the Judge node then warn with its scores when it is near chance (viva_core.judge.judge_caveat).
+--record writes the ROC-AUC into the judge folder's viva_judge.json (`held_out_roc_auc`, and for npz clips each
+question's `held_out_question_aucs`): the CLI, best-of-N and the Judge node then warn with its scores when it is
+near chance, or name the questions that rank corrupted edits poorly (viva_core.judge.judge_caveat).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from viva_core.data import read_frames
 from viva_core.errors import InputError
 from viva_core.eval import evaluate
-from viva_core.judge import JUDGE_INFO_FILE, Judge, judge_info
+from viva_core.judge import DIMENSIONS, JUDGE_INFO_FILE, Judge, judge_info
 from viva_core.safe_io import write_text_atomic
 from viva_core.train.pretrain import CandidateSet, JudgeSection, candidate_aucs, load_clip_set
 from viva_core.vlm import load_vlm
@@ -46,6 +47,7 @@ def main(manifest: str, judge_folder: str, report: str | None = None, record: bo
         clips = load_clip_set(manifest)
     except InputError:
         clips = None  # an mp4 manifest: the per-question check needs npz clips
+    aucs = {}
     if clips is not None:
         info = judge_info(judge_folder) or {}
         sec = JudgeSection(frames=int(info.get("frames", 4)), difference=judge.difference)
@@ -62,6 +64,8 @@ def main(manifest: str, judge_folder: str, report: str | None = None, record: bo
             held_out_pairs=j["positives"] + j["negatives"],
             held_out_manifest=Path(manifest).name,
         )
+        if aucs:  # each question's ranking of correct over corrupted edits: judge_caveat names the weak ones
+            info["held_out_question_aucs"] = {k: round(v, 3) for k, v in aucs.items() if k in DIMENSIONS}
         write_text_atomic(info_path, json.dumps(info) + "\n")
         print(f"recorded in {info_path}")
 

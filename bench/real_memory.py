@@ -1,14 +1,18 @@
 """GPU memory each real model needs (issue 14 item 8): random weights at the real shapes, built directly on the GPU
-(bf16 weights, the VAE in fp32: the editor's default `vae_dtype` until it became bf16 on GPUs), run through this
-repo's own code paths, peak GPU memory measured per run.
+(bf16 weights, the VAE in fp32: the editor's default `vae_dtype` until it became bf16 on GPUs; the release-text rows
+take the default), run through this repo's own code paths, peak GPU memory measured per run.
 
 Models (the configs below copy the config.json of the repo named beside each):
   lucy     Lucy-Edit-Dev: Wan2.2-TI2V-5B DiT with in 96 / out 48 channels, Wan2.2 VAE (z 48, 16x space), UMT5-XXL
   wan1.3b  Wan2.1-T2V-1.3B-shaped editor: DiT in 32 / out 16, Wan2.1 VAE (z 16, 8x space), the same UMT5-XXL
   qwen7b / qwen3b  Qwen2.5-VL-7B / -3B-Instruct, as the judge
 
-Measurements (`--only a,b,...`; default: lucy, lucy-offload-model, wan1.3b, judge-7b, judge-3b):
+Measurements (`--only a,b,...`; default: lucy, lucy-offload-model, lucy-release-text, wan1.3b, judge-7b, judge-3b):
   lucy, wan1.3b                 one full edit, `offload=none`: DiT, VAE and text encoder all resident on the GPU
+  lucy-release-text, wan1.3b-release-text   what `viva edit` runs (issue 13 target 3): `offload=none` loaded with
+                                `encode_first`, the VAE in the default `vae_dtype` (bf16 on a GPU); the prompt and
+                                the negative are encoded with only UMT5 on the GPU, `Editor.release_text_encoder()`
+                                drops it and places the DiT and VAE, then the edit runs with the negative given
   lucy-offload-model, wan1.3b-offload-model   `offload=model`: each part visits the GPU only while it runs
   lucy-offload-block, wan1.3b-offload-block   `offload=block`: DiT blocks streamed from the CPU, VAE / UMT5 visit
   judge-7b, judge-3b            viva_core.judge.Judge(...).score of one (source, edit) pair, defaults (4 frames of
@@ -47,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -226,6 +231,8 @@ class Measurement:
     model: str  # key of SHAPES[shape]
     what: str  # "edit" | "judge"
     offload: str = "none"
+    release_text: bool = False  # the `viva edit` flow: load with encode_first, encode, release the text encoder
+    vae_dtype: str = "fp32"  # the rows before the bf16 default keep the fp32 VAE they were measured with
 
 
 MEASUREMENTS = {
@@ -233,17 +240,19 @@ MEASUREMENTS = {
     for m in (
         Measurement("lucy", "lucy", "edit"),
         Measurement("lucy-offload-model", "lucy", "edit", "model"),
+        Measurement("lucy-release-text", "lucy", "edit", release_text=True, vae_dtype="auto"),
         Measurement(
             "lucy-offload-block", "lucy", "edit", "block"
         ),  # last of its model: the block hooks stay on the DiT
         Measurement("wan1.3b", "wan1.3b", "edit"),
         Measurement("wan1.3b-offload-model", "wan1.3b", "edit", "model"),
+        Measurement("wan1.3b-release-text", "wan1.3b", "edit", release_text=True, vae_dtype="auto"),
         Measurement("wan1.3b-offload-block", "wan1.3b", "edit", "block"),
         Measurement("judge-7b", "qwen7b", "judge"),
         Measurement("judge-3b", "qwen3b", "judge"),
     )
 }
-DEFAULT_ONLY = "lucy,lucy-offload-model,wan1.3b,judge-7b,judge-3b"
+DEFAULT_ONLY = "lucy,lucy-offload-model,lucy-release-text,wan1.3b,judge-7b,judge-3b"
 PROMPT = "make the ball red"  # words the stand-in UMT5 tokenizer knows
 INSTRUCTION = "Make the ball red."
 
@@ -342,32 +351,31 @@ def vlm_in_memory(model, folder: Path, device: torch.device, dtype: torch.dtype)
     return VLM(model=model, processor=_load_processor(folder), path=str(folder), device=device, dtype=dtype)
 
 
-def editor_in_memory(parts: dict, options, name: str):
+def editor_in_memory(parts: dict, options, name: str, encode_first: bool = False):
     """What `viva_core.editor.load_editor` does with the parts it loaded (channel check, Editor, placement). With
-    offload the parts start on the CPU, as `from_pretrained` leaves them."""
-    from viva_core.editor import Editor, _check_editor_channels, _place
+    offload or `encode_first` the parts start on the CPU, as `from_pretrained` leaves them (else `encode_first`
+    would find the DiT already on the GPU). A VAE of another dtype than `options.vae_dtype` asks for is a cast copy
+    (the parts are shared by the runs)."""
+    import copy
+
+    from viva_core.editor import Editor, _check_editor_channels, _place, vae_dtype_for
     from viva_core.runtime import parse_device, parse_dtype
 
-    if options.offload != "none":
+    if options.offload != "none" or encode_first:
         for key in ("dit", "vae", "te"):
             parts[key].to("cpu")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     device = parse_device(options.device)
+    dtype = parse_dtype(options.dtype, device)
+    vae_dtype = vae_dtype_for(options.vae_dtype, dtype, device)
+    vae = parts["vae"]
+    if next(vae.parameters()).dtype != vae_dtype:
+        vae = copy.deepcopy(vae).to(vae_dtype)
     notes: list[str] = []
-    dit = _check_editor_channels(parts["dit"], parts["vae"], name, options.allow_t2v, notes)
-    editor = Editor(
-        dit,
-        parts["vae"],
-        parts["te"],
-        parts["tokenizer"],
-        options,
-        name,
-        device,
-        parse_dtype(options.dtype, device),
-        notes=notes,
-    )
-    _place(editor)
+    dit = _check_editor_channels(parts["dit"], vae, name, options.allow_t2v, notes)
+    editor = Editor(dit, vae, parts["te"], parts["tokenizer"], options, name, device, dtype, notes=notes)
+    _place(editor, encode_first)
     return editor
 
 
@@ -459,6 +467,7 @@ def phase_hooks():
         return inner
 
     saved = [
+        (editor_mod.Editor, "release_text_encoder", "release"),  # drop UMT5, place the DiT and VAE (encode_first)
         (pipeline, "encode_frames", "vae_encode"),
         (pipeline, "sample", "sampling"),
         (pipeline, "decode_latents", "vae_decode"),
@@ -568,10 +577,16 @@ class Runner:
         self.video = torch.rand(self.frames_n, self.height, self.width, 3, generator=g)
 
     def row(self, m: Measurement) -> Row:
+        from viva_core.editor import vae_dtype_for
+
+        vae = str(vae_dtype_for(m.vae_dtype, self.dtype, self.device)).removeprefix("torch.")
+        edit = f", offload={m.offload}, VAE {vae}" + (
+            ", encode first + release text encoder (the `viva edit` flow)" if m.release_text else ""
+        )
         return Row(
             m.name,
             self.shape[m.model]["label"],
-            f"{m.what}" + (f", offload={m.offload}" if m.what == "edit" else ", 1 pair, 4+4 frames"),
+            f"{m.what}" + (edit if m.what == "edit" else ", 1 pair, 4+4 frames"),
             f"{self.height}x{self.width}",
             self.frames_n,
         )
@@ -593,20 +608,33 @@ class Runner:
         )
         return out
 
+    def text_encoder(self, model: str) -> torch.nn.Module:
+        spec = self.shape[model]
+        key = json.dumps(spec["te"], sort_keys=True)
+        if key not in self.te_cache:  # Lucy and Wan2.1 share UMT5-XXL: built once (again after a release run)
+            self.te_cache[key] = self.build(
+                "UMT5 text encoder", lambda: build_text_encoder(spec["te"], self.device, self.dtype)
+            )
+        return self.te_cache[key]
+
+    def drop_text_encoder(self) -> None:
+        """Forget the built text encoder(s), so that an editor's release_text_encoder frees the last reference."""
+        self.te_cache.clear()
+        for parts in self.parts.values():
+            parts.pop("te", None)
+
     def editor_parts(self, model: str) -> dict:
         """The parts (built once per model, reused by its runs), with their sizes; with --via-folder only the
         folder they were saved to and their sizes (the built copies are dropped: load_editor loads its own)."""
+        if model in self.parts and "te" not in self.parts[model] and not self.args.via_folder:
+            self.parts[model]["te"] = self.text_encoder(model)  # a release run dropped it
         if model not in self.parts:
             spec = self.shape[model]
-            key = json.dumps(spec["te"], sort_keys=True)
-            if key not in self.te_cache:  # Lucy and Wan2.1 share UMT5-XXL: built once
-                self.te_cache[key] = self.build(
-                    "UMT5 text encoder", lambda: build_text_encoder(spec["te"], self.device, self.dtype)
-                )
+            te = self.text_encoder(model)
             parts = dict(
                 dit=self.build(f"{model} DiT", lambda: build_dit(spec["dit"], self.device, self.dtype)),
                 vae=self.build(f"{model} VAE", lambda: build_vae(spec["vae"], self.device, torch.float32)),
-                te=self.te_cache[key],
+                te=te,
                 tokenizer=tiny_tokenizer(),
             )
             sizes = {k: gib(nbytes(parts[k])) for k in ("dit", "vae", "te")}
@@ -621,19 +649,26 @@ class Runner:
         return self.parts[model]
 
     def run_edit(self, m: Measurement) -> Row:
+        from viva_core.conditioning import negative_conditioning
         from viva_core.editor import Conditioning, EditorOptions, load_editor
         from viva_core.pipeline import edit
         from viva_core.settings import EditSettings
 
         parts = self.editor_parts(m.model)
-        options = EditorOptions(dtype=self.dtype_name, device=str(self.device), offload=m.offload)
+        options = EditorOptions(
+            dtype=self.dtype_name, device=str(self.device), offload=m.offload, vae_dtype=m.vae_dtype
+        )
         row = self.row(m)
         row.weights_gib = parts["sizes"]
         t0 = time.perf_counter()
         if self.args.via_folder:
-            editor = load_editor(str(self.folders[m.model]), options=options)
+            editor = load_editor(str(self.folders[m.model]), options=options, encode_first=m.release_text)
         else:
-            editor = editor_in_memory(parts, options, m.model)
+            editor = editor_in_memory(dict(parts), options, m.model, encode_first=m.release_text)
+        if m.release_text:
+            self.drop_text_encoder()
+            parts = None
+            te_alive = weakref.ref(editor.text_encoder)
         row.load_seconds = round(time.perf_counter() - t0, 1)
         settings = EditSettings(steps=self.args.steps, seed=0)  # CFG, shift, sampler: the defaults
 
@@ -643,12 +678,18 @@ class Runner:
                 if editor.text_encoder is not None
                 else Conditioning(torch.zeros(1, 8, editor.text_dim), "zeros")
             )
-            out = edit(editor, self.video, cond, settings=settings, fps=16.0)
+            negative = None
+            if m.release_text:  # as cli.cmd_edit: the negative before the release, then the edit without UMT5
+                negative = negative_conditioning(editor, "")
+                editor.release_text_encoder()
+                gc.collect()
+                assert te_alive() is None, "something still holds the text encoder: its release freed nothing"
+            out = edit(editor, self.video, cond, negative=negative, settings=settings, fps=16.0)
             assert out.frames.shape == self.video.shape, (out.frames.shape, self.video.shape)
 
         measure(row, one_edit, self.cuda)
         self.rows.append(row)
-        if m.offload == "none" and row.peak_alloc_gib is not None and not row.note:
+        if m.offload == "none" and not m.release_text and row.peak_alloc_gib is not None and not row.note:
             derived = without_text_encoder(row, row.weights_gib["te"])
             print(json.dumps(derived.__dict__), flush=True)
             self.rows.append(derived)
@@ -713,8 +754,8 @@ def table(rows: list[Row], cuda: bool, device: str) -> str:
         return "n/a" if x is None else f"{x:.1f}"
 
     lines = [
-        f"GPU: {device}; bf16 weights (VAE fp32); peak over one whole run; `resident` = allocated when it "
-        "started (weights already on the GPU)."
+        f"GPU: {device}; bf16 weights (the VAE's dtype in `what`); peak over one whole run; `resident` = allocated "
+        "when it started (weights already on the GPU)."
         if cuda
         else "CPU check (--shape tiny): memory n/a.",
         "",

@@ -26,14 +26,17 @@ def test_tiny_run_goes_through_edit_offload_and_judge(capsys):
     import viva_core.pipeline as pipeline
 
     sample = pipeline.sample
-    rows = rm.main(["--shape", "tiny", "--only", "lucy,wan1.3b-offload-model,judge-3b"])
+    rows = rm.main(["--shape", "tiny", "--only", "lucy,lucy-release-text,wan1.3b-offload-model,judge-3b"])
     assert pipeline.sample is sample  # the phase hooks are removed again
-    assert [r.measurement for r in rows] == ["lucy", "wan1.3b-offload-model", "judge-3b"]
+    assert [r.measurement for r in rows] == ["lucy", "lucy-release-text", "wan1.3b-offload-model", "judge-3b"]
+    # no note: the release-text run's own check found the text encoder freed (nothing else held it)
     assert all(not r.note and r.peak_alloc_gib is None for r in rows), [r.note for r in rows]
-    for r in rows[:2]:  # every phase of an edit ran under the hooks
-        assert set(r.phases_gib) == {"text_encoder", "vae_encode", "sampling", "vae_decode"}, r.phases_gib
+    phases = {"text_encoder", "vae_encode", "sampling", "vae_decode"}
+    for r in rows[:3]:  # every phase of an edit ran under the hooks; the `viva edit` flow released UMT5 in between
+        assert set(r.phases_gib) == phases | ({"release"} if r.measurement == "lucy-release-text" else set())
+    assert "encode first + release text encoder" in rows[1].what
     out = capsys.readouterr().out
-    assert out.count('{"measurement": ') == 3 and "| judge-3b | tiny Qwen2.5-VL (tied) |" in out
+    assert out.count('{"measurement": ') == 4 and "| judge-3b | tiny Qwen2.5-VL (tied) |" in out
 
 
 def test_peak_without_the_text_encoder_is_derived_from_the_other_phases():

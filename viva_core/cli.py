@@ -173,18 +173,21 @@ def _editor_options(args: argparse.Namespace):
     )
 
 
-def load_editor_from_args(args: argparse.Namespace):
+def load_editor_from_args(args: argparse.Namespace, encode_first: bool = False):
     from .editor import load_editor
 
     src = Path(args.editor)
     if src.is_dir():
-        return load_editor(str(src), text_encoder_folder=args.text_encoder, options=_editor_options(args))
+        return load_editor(
+            str(src), text_encoder_folder=args.text_encoder, options=_editor_options(args), encode_first=encode_first
+        )
     if src.suffix == ".safetensors" or src.suffix in (".pt", ".ckpt", ".bin", ".pth"):
         return load_editor(
             transformer_file=str(src),
             vae_file=args.vae,
             text_encoder_folder=args.text_encoder,
             options=_editor_options(args),
+            encode_first=encode_first,
         )
     raise InputError(f"{src}: --editor must be a diffusers folder or a .safetensors DiT file.")
 
@@ -257,7 +260,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     )
     budget = args.max_bytes or available_memory_bytes() // 2
     video = read_video(args.source, max_frames=args.max_frames, stride=args.stride, max_bytes=budget)
-    editor = load_editor_from_args(args)
+    # one-shot: the prompt and the negative are encoded before the DiT and VAE go onto the device, then the text
+    # encoder (and the instructor VLM) are dropped: none of them is on the device while sampling (release_text_encoder)
+    editor = load_editor_from_args(args, encode_first=True)
     for spec in args.lora or []:
         editor = editor.with_lora(*parse_lora_arg(spec))
     vlm, mode = load_instructor_from_args(args)
@@ -265,9 +270,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
     cond, prompt = build_conditioning(
         editor, args.instruction, video.frames[0], mode=mode, vlm=vlm, refiner_path=args.refiner, reference=reference
     )
+    del vlm
     if prompt != args.instruction:
         print(f"instructor prompt: {prompt}")
     negative = negative_conditioning(editor, args.negative)
+    editor.release_text_encoder()
     settings = sampling_settings(args)
     judge = None
     if args.judge:

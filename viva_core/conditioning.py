@@ -57,5 +57,8 @@ def build_conditioning(
 
 
 def negative_conditioning(editor: Editor, negative_prompt: str) -> Optional[Conditioning]:
-    """UMT5 tokens of the negative prompt, or None when the editor has no text encoder (then CFG uses zeros)."""
-    return editor.encode_text(negative_prompt) if editor.text_encoder is not None else None
+    """UMT5 tokens of the negative prompt, or None when the editor has no text encoder (then CFG uses zeros); after
+    Editor.release_text_encoder, encode_text's error (zeros would silently change the edit)."""
+    if editor.text_encoder is None and not editor.text_encoder_released:
+        return None
+    return editor.encode_text(negative_prompt)

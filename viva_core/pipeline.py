@@ -49,7 +49,14 @@ def pad_tokens(embeds: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def unconditional(editor: Editor) -> Conditioning:
-    """CFG's negative when none is given: the empty prompt (what cond dropout trains), zeros without a text encoder."""
+    """CFG's negative when none is given: the empty prompt (what cond dropout trains), zeros without a text encoder.
+    A released text encoder is an error, not zeros: the negative had to be encoded before the release."""
+    if editor.text_encoder_released:
+        raise InputError(
+            f"{editor.name}: CFG needs the negative prompt's tokens, but the text encoder was released "
+            "(Editor.release_text_encoder). Encode it first and pass it: negative=negative_conditioning(editor, "
+            "'') from viva_core.conditioning before the release, then edit(..., negative=negative); or use cfg 1."
+        )
     if editor.text_encoder is not None:
         return editor.encode_text("")
     return Conditioning(torch.zeros(1, 1, editor.text_dim), "empty")

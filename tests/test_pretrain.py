@@ -181,7 +181,7 @@ def test_judge_gt_source_share_draws_that_share_of_truth_and_source(synth_npz) -
     assert abs(share - (0.5 + 0.5 * 2 / 7)) < 0.05 and abs(half.count("target") - half.count("source")) < 60
     first = S._JudgeData(clips, S.JudgeSection(gt_source_steps=5), seed=0, size=700, per_step=8)
     assert {first.example(i)[4] for i in range(40)} == {"target", "source"}  # the curriculum's first 5 steps of 8
-    assert len({first.example(i)[4] for i in range(40, 700)}) == len(S.CANDIDATES)
+    assert {first.example(i)[4] for i in range(40, 700)} == set(S.JudgeSection().candidates.split(","))
     with pytest.raises(InputError, match="gt_source_share"):
         S.load_scratch_config(None, ["stage=judge", "data.manifest=x.jsonl", "judge.gt_source_share=1.5"])
     masked = S._JudgeData(clips, S.JudgeSection(ea_unlabelled="other,blend"), seed=0, size=30)
@@ -212,11 +212,13 @@ def test_judge_labels_fail_exactly_the_targeted_questions(synth_npz) -> None:
             for row in table.values()
         ), d
     clips = S.load_clip_set(synth_npz / "train.jsonl")
-    data = S._JudgeData(clips, S.JudgeSection(), seed=0, size=400)
+    data = S._JudgeData(clips, S.JudgeSection(candidates=",".join(S.CANDIDATES)), seed=0, size=400)
     seen = set()
     for i in range(len(data)):
         c, src, cand, labels, kind = data.example(i)
         expected = dict(table[kind])
+        if expected["PC"] is None:  # a wrong edit: PC "Yes" iff nothing changed outside the truth's edit mask
+            expected["PC"] = not bool(((cand != src).any(-1) & ~clips.mask[c].bool()).any())
         if expected["EA"] is None:
             rec = clips.records[c]
             ea, _ = edit_accuracy(
@@ -236,6 +238,69 @@ def test_judge_labels_fail_exactly_the_targeted_questions(synth_npz) -> None:
         if seen == set(S.CANDIDATES):
             break
     assert seen == set(S.CANDIDATES)
+
+
+def test_judge_wrong_edit_is_the_same_source_edited_by_another_instruction(synth_npz) -> None:
+    """The "wrong" candidate re-renders the clip's own source world (exactly), edits it by another single
+    operation, value or object than the truth's, reproducibly from the item's seed; it is not the truth, changes
+    as much as a real edit, and the EA verifier of the truth's instruction mostly fails it (it has blind spots:
+    an inverted clip "removes" an object's colour). Training draws it only when judge.candidates names it."""
+    import numpy as np
+
+    from viva_core.eval import edit_accuracy
+    from viva_core.synth import World
+    from viva_core.synth.clips import changed_objects
+    from viva_core.train.pretrain.judge import wrong_edit
+
+    clips = S.load_clip_set(synth_npz / "train.jsonl")
+    eas, same_op = [], 0
+    for c in range(len(clips)):
+        rec = clips.records[c]
+        clip, pc = wrong_edit(clips, c, np.random.default_rng([3, c]))
+        again, pc2 = wrong_edit(clips, c, np.random.default_rng([3, c]))
+        assert np.array_equal(clip.target, again.target) and pc == pc2 and clip.instruction == again.instruction
+        assert np.array_equal(clip.source, clips.source[c].numpy())  # the same source, re-rendered from its world
+        assert not np.array_equal(clip.target, clips.target[c].numpy()) and (clip.target != clip.source).any()
+        assert clip.instruction != rec["instruction"] and "+" not in clip.operation
+        if clip.operation in rec["operation"].split("+"):  # the truth's operation: another value or object
+            same_op += 1
+            w, tw = (World.from_json(x) for x in clips.worlds[c])
+            oid = clip.refs[0]["object"] if clip.refs else None
+            assert clip.attribute not in rec["attribute"].split("+") or (
+                oid is not None and oid not in changed_objects(w, tw)
+            ), (rec["instruction"], clip.instruction)
+        src = S.frames_float(clips.source[c])
+        ea, _ = edit_accuracy(
+            src,
+            S.frames_float(torch.from_numpy(clip.target)),
+            S.frames_float(clips.target[c]),
+            clips.mask[c].bool(),
+            rec["verify"],
+            rec["operation"],
+        )
+        eas.append(ea)
+    assert same_op >= 3 and np.mean(np.array(eas) < 0.5) >= 0.75, (same_op, eas)
+    plain = S._JudgeData(clips, S.JudgeSection(), seed=0, size=300)
+    assert "wrong" not in {plain.example(i)[4] for i in range(300)}
+    with pytest.raises(InputError, match="judge.candidates"):
+        S.load_scratch_config(None, ["stage=judge", "data.manifest=x.jsonl", "judge.candidates=target,nope"])
+
+
+def test_candidate_aucs_count_the_wrong_edit_among_eas_negatives(synth_npz, tmp_path) -> None:
+    """judge_check.py's held-out set shows every clip's wrong edit with the clip's instruction as an EA "No", and
+    reports EA ground truth vs wrong edit apart."""
+    from viva_core.vlm import load_vlm
+
+    clips = S.load_clip_set(synth_npz / "train.jsonl", 2)
+    sec = S.JudgeSection(vlm=S.VLMSection(hidden=32, layers=1))
+    held = S.CandidateSet(clips, sec)
+    kinds = [held.example(i)[4] for i in range(len(held))]
+    assert kinds == list(S.CANDIDATES) * 2 and all(held.example(i)[3]["EA"] is False for i in (7, 15))
+    tok = S.word_tokenizer(S.vocabulary(S.prompt_texts(clips.records)), kind="qwen")
+    vlm = load_vlm(S.write_vlm_folder(tmp_path / "judge", tok, sec.vlm, 0), dtype="fp32", device="cpu")
+    vlm.model.eval()
+    aucs, p_ea = S.candidate_aucs(vlm, held)
+    assert set(aucs) == {"EA", "PC", "GN", "GR", "EA_gt_src", "EA_gt_wrong"} and list(p_ea) == list(S.CANDIDATES)
 
 
 # --------------------------------------------------------------------------------------------- the stages

@@ -1,7 +1,8 @@
 """Held-out ROC-AUC per question while the judge trains: the trainer's own data, collate and loss
 (`viva_core.train.pretrain.judge`), scored every --every steps on held-out clips' candidate edits against the
 by-construction labels (CANDIDATE_LABELS; a shifted edit's EA left out). EA's headline is ground truth vs unedited
-source (what `judge_check.py` measures). CPU-sized; docs/small_models.md, section 17, has the numbers:
+source (what `judge_check.py` measures), EA_gt_wrong ground truth vs the same source edited by another instruction.
+CPU-sized; docs/small_models.md, sections 17 and 20, have the numbers:
 
     python recipes/small/judge_curve.py TRAIN_MANIFEST HELDOUT_MANIFEST --steps 300 --batch 8 --lr 1e-3
 """
@@ -33,11 +34,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--every", type=int, default=50)
-    ap.add_argument("--clips", type=int, default=32, help="held-out clips scored (x7 candidates)")
+    ap.add_argument("--clips", type=int, default=32, help="held-out clips scored (x8 candidates)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gt-source-share", type=float, default=0.0, help="judge.gt_source_share")
     ap.add_argument("--gt-source-steps", type=int, default=0, help="judge.gt_source_steps")
     ap.add_argument("--ea-unlabelled", default="", help="judge.ea_unlabelled")
+    ap.add_argument("--candidates", default=S.JudgeSection.candidates, help="judge.candidates")
     ap.add_argument("--layers", type=int, default=3, help="as recipes/small/judge.toml")
     ap.add_argument("--time", type=int, default=0, help="only time N training steps, vision per question vs shared")
     ap.add_argument("--threads", type=int, default=2)
@@ -50,6 +52,7 @@ def main() -> None:
         gt_source_share=args.gt_source_share,
         gt_source_steps=args.gt_source_steps,
         ea_unlabelled=args.ea_unlabelled,
+        candidates=args.candidates,
     )
     tok = S.word_tokenizer(S.vocabulary(S.prompt_texts(clips.records)), kind="qwen")
     root = Path(tempfile.mkdtemp(prefix="judge_curve_"))

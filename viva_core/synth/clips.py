@@ -186,26 +186,66 @@ def make_clip(
     plan = _plan(rng, category, ops, rules)
     min_objects = sum(op in OBJECT_OPS for op in plan)
     for _ in range(MAX_ATTEMPTS):
-        src = _Scene(_random_world(rng, size, min_objects), frames)
-        edits = _build_edits(rng, src, category, plan, rules)
-        if edits is None:
-            continue
-        target_world = src.world
-        for e in edits:
-            target_world = e.apply(target_world)
-        tgt = _Scene(target_world, frames)
-        channels = src.r.rgb != tgt.r.rgb
-        diff = channels[..., 0] | channels[..., 1] | channels[..., 2]
-        regions = [_mask(src.r, tgt.r, e) for e in edits]
-        if not all((diff & reg).any() for reg in regions):
-            continue  # an edit with no visible effect (e.g. hidden behind another object the whole clip)
-        if any(e.bbox_of is not None and e.op != "no_bounce" and tgt.visible(e.bbox_of) < MIN_VISIBLE for e in edits):
-            continue
-        mask = diff.copy()
-        for reg in regions:
-            mask |= reg
-        return _assemble(category, edits, src, tgt, mask)
+        clip = _edit_scene(rng, _Scene(_random_world(rng, size, min_objects), frames), category, plan, rules)
+        if clip is not None:
+            return clip
     raise RuntimeError(f"no {category} clip with {plan} after {MAX_ATTEMPTS} worlds; the constraints are too tight.")
+
+
+def _edit_scene(rng: np.random.Generator, src: _Scene, category: str, plan: list[str], rules: _Rules) -> Clip | None:
+    """The clip of `plan` on this source scene, or None where it cannot apply or shows no visible effect."""
+    edits = _build_edits(rng, src, category, plan, rules)
+    if edits is None:
+        return None
+    target_world = src.world
+    for e in edits:
+        target_world = e.apply(target_world)
+    tgt = _Scene(target_world, src.frames)
+    channels = src.r.rgb != tgt.r.rgb
+    diff = channels[..., 0] | channels[..., 1] | channels[..., 2]
+    regions = [_mask(src.r, tgt.r, e) for e in edits]
+    if not all((diff & reg).any() for reg in regions):
+        return None  # an edit with no visible effect (e.g. hidden behind another object the whole clip)
+    if any(e.bbox_of is not None and e.op != "no_bounce" and tgt.visible(e.bbox_of) < MIN_VISIBLE for e in edits):
+        return None
+    mask = diff.copy()
+    for reg in regions:
+        mask |= reg
+    return _assemble(category, edits, src, tgt, mask)
+
+
+def changed_objects(world: World, target_world: World) -> set[int]:
+    """Ids of the source objects an edit changed or removed (what a clip's record does not name)."""
+    after = {o.id: o for o in target_world.objects}
+    return {o.id for o in world.objects if after.get(o.id) != o}
+
+
+def another_edit(
+    rng: np.random.Generator,
+    world: World,
+    frames: int,
+    avoid: Iterable[tuple[str, str, int | None]] = (),
+    exclude: Iterable[tuple[str, str, str]] = (),
+    ops: Sequence[str] = OPERATIONS,
+    attempts: int = 20,
+) -> Clip | None:
+    """One edit of the same source `world` by a single operation of `ops`, none of `avoid`'s (operation,
+    attribute, object id; None: any value / object), e.g. a wrong edit of a clip for the judge; None if `attempts` draws
+    found none. Rendering one costs a few ms, so the judge's loader makes it on the fly."""
+    avoid = list(avoid)
+    rules = _Rules(frozenset(map(tuple, exclude)))
+    scene = _Scene(world, frames)
+    for _ in range(attempts):
+        op = _pick(rng, list(ops))
+        category = "causal" if op in CAUSAL_OPS else "temporal" if op in TEMPORAL_OPS else "basic"
+        clip = _edit_scene(rng, scene, category, [op], rules)
+        if clip is None:
+            continue
+        oid = clip.refs[0]["object"] if clip.refs else None
+        if any(op == a and (b is None or b == clip.attribute) and (o is None or o == oid) for a, b, o in avoid):
+            continue  # the same operation and value on the same object: part of the edit it must differ from
+        return clip
+    return None
 
 
 def _assemble(category: str, edits: list[_Edit], src: _Scene, tgt: _Scene, mask: np.ndarray) -> Clip:

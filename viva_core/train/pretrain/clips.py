@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +14,14 @@ from ...errors import InputError
 
 @dataclass
 class ClipSet:
-    """Clips of a synth npz manifest in memory: uint8 frames [N,T,H,W,3], masks [N,T,H,W], manifest lines."""
+    """Clips of a synth npz manifest in memory: uint8 frames [N,T,H,W,3], masks [N,T,H,W], manifest lines, and the
+    (source, target) worlds as JSON where the npz holds them (the judge re-edits a source world)."""
 
     source: torch.Tensor
     target: torch.Tensor
     mask: torch.Tensor
     records: list[dict]
+    worlds: list[tuple[str, str] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -35,18 +37,20 @@ def load_clip_set(manifest: str | Path, limit: int = 0) -> ClipSet:
     if not records:
         raise InputError(f"{path}: the manifest has no clips.")
     arrays: dict[str, list[np.ndarray]] = {"source": [], "target": [], "mask": []}
+    worlds: list[tuple[str, str] | None] = []
     for i, rec in enumerate(records):
         npz = path.parent / rec["npz"]
         try:
             with np.load(npz, allow_pickle=False) as z:
                 for k in arrays:
                     arrays[k].append(z[k])
+                worlds.append((str(z["world"]), str(z["target_world"])) if "world" in z.files else None)
         except (OSError, KeyError, ValueError) as e:
             raise InputError(f"{npz} (line {i + 1} of {path}): unreadable clip ({e}). Re-run `viva synth`.") from e
     shapes = {a.shape for a in arrays["source"]}
     if len(shapes) != 1:
         raise InputError(f"{path}: clips have different shapes {sorted(shapes)}; pretraining needs one size.")
-    return ClipSet(*(torch.from_numpy(np.stack(arrays[k])) for k in ("source", "target", "mask")), records)
+    return ClipSet(*(torch.from_numpy(np.stack(arrays[k])) for k in ("source", "target", "mask")), records, worlds)
 
 
 def _pretrain_records(path: Path) -> list[dict]:

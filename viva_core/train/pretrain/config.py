@@ -95,6 +95,9 @@ class JudgeSection:
     # change (source "No", truth/flicker/blur "Yes"), which lets it learn alongside the others (section 17).
     ea_unlabelled: str = ""
     gt_source_steps: int = 0  # a curriculum: the first steps draw only the truth or the source (section 17)
+    # The candidate kinds training draws uniformly (judge.CANDIDATES); "wrong" (the same source edited by another
+    # instruction) is the EA "No" that only reading the instruction can tell from the truth (section 20).
+    candidates: str = "target,source,other,blend,flicker,blur,shifted"
 
 
 @dataclass
@@ -123,10 +126,13 @@ class ScratchConfig:
             problems.append("editor.patch must be [t, h, w]")
         if not 0 <= self.judge.gt_source_share <= 1:
             problems.append(f"judge.gt_source_share must be in [0, 1], got {self.judge.gt_source_share}")
-        kinds = ("target", "source", "other", "blend", "flicker", "blur", "shifted")  # judge.CANDIDATES
+        kinds = ("target", "source", "other", "blend", "flicker", "blur", "shifted", "wrong")  # judge.CANDIDATES
         unknown = [k for k in self.judge.ea_unlabelled.split(",") if k and k not in kinds]
         if unknown:
             problems.append(f"judge.ea_unlabelled names unknown candidates {unknown}")
+        unknown = [k for k in self.judge.candidates.split(",") if k not in kinds]
+        if unknown:
+            problems.append(f"judge.candidates names unknown candidates {unknown}; choose from {', '.join(kinds)}")
         if self.judge.gt_source_steps < 0:
             problems.append(f"judge.gt_source_steps must be >= 0, got {self.judge.gt_source_steps}")
         if self.vae.spatial not in VAE_LEVELS:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ...errors import InputError
 from ...runtime import ProgressFn, no_progress, parse_device
+from ...synth import Clip
 from .clips import ClipSet, frames_float, load_clip_set
 from .config import JudgeSection, ScratchConfig
 from .loop import _autocast, _loop, _one_thread, _write_json
@@ -22,7 +23,7 @@ from .tokenizers import prompt_texts, vocabulary, word_tokenizer
 log = logging.getLogger(__name__)
 
 
-CANDIDATES = ("target", "source", "other", "blend", "flicker", "blur", "shifted")
+CANDIDATES = ("target", "source", "other", "blend", "flicker", "blur", "shifted", "wrong")
 # The judge's label of each candidate on each question, by construction: each corruption fails exactly the
 # questions it targets (True = "Yes"). None: the exact EA verifier decides (a shifted edit may still be the asked
 # edit). Labelling every cell by the benchmark's verifiers instead told the judge that a flickering copy is
@@ -36,7 +37,42 @@ CANDIDATE_LABELS: dict[str, dict[str, Optional[bool]]] = {
     "flicker": {"EA": True, "PC": True, "GN": False, "GR": True},  # one frame of the source inside the edit
     "blur": {"EA": True, "PC": False, "GN": True, "GR": False},  # the edit, blurred everywhere
     "shifted": {"EA": None, "PC": False, "GN": True, "GR": True},  # the edit, displaced by 3-7 pixels
+    # The same source edited by another instruction (`wrong_edit`): a real edit's change, so EA can only reject it
+    # by reading the instruction. PC None: "Yes" iff it changes nothing outside the truth's edit mask.
+    "wrong": {"EA": False, "PC": None, "GN": True, "GR": True},
 }
+
+
+def wrong_edit(clips: ClipSet, c: int, rng: np.random.Generator, exclude=()) -> Optional[tuple[Clip, bool]]:
+    """Clip c's source edited by a different single operation/value/object (`synth.another_edit`, a few ms), and
+    whether it leaves everything outside c's edit mask unchanged (its PC answer to c's instruction); None where the
+    npz holds no worlds or no such edit was found. Half of them use one of the truth's operations (another value or
+    object: a change of the truth's size and kind, e.g. the wrong colour or the wrong square), the rest any."""
+    from ...synth import OBJECT_OPS, OPERATIONS, World
+    from ...synth.clips import another_edit, changed_objects
+
+    rec = clips.records[c]
+    if c >= len(clips.worlds) or clips.worlds[c] is None or "operation" not in rec:
+        return None
+    world, target_world = (World.from_json(w) for w in clips.worlds[c])
+    changed = changed_objects(world, target_world) or {None}
+    ops, values = rec["operation"].split("+"), []
+    for v in rec.get("attribute", "").split("+"):  # values joined by "+"; a time shift's own "+8" splits into "", "8"
+        if values and values[-1] == "":
+            values[-1] = "+" + v
+        else:
+            values.append(v)
+    truth = list(zip(ops, values if len(values) == len(ops) else [None] * len(ops)))  # None: any value
+    avoid = [(op, a, o) for op, a in truth for o in (changed if op in OBJECT_OPS else [None])]
+    frames, same = clips.source.shape[1], rng.random() < 0.5
+    clip = (
+        another_edit(rng, world, frames, avoid, exclude, [op for op, _ in truth if op in OPERATIONS]) if same else None
+    )
+    clip = clip or another_edit(rng, world, frames, avoid, exclude)
+    if clip is None or np.array_equal(clip.target, clips.target[c].numpy()):
+        return None
+    touched = (clip.target != clip.source).any(-1)
+    return clip, not bool((touched & ~clips.mask[c].bool().numpy()).any())
 
 
 def corrupt(
@@ -74,20 +110,27 @@ class _JudgeData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def example(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, bool], str]:
+    def example(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, Optional[bool]], str]:
         """(clip index, source, candidate, Yes/No label per question, kind) of item i (seeded by item)."""
         from ...eval import edit_accuracy
+        from ...synth import DEFAULT_HELDOUT
 
         rng = np.random.default_rng([self.seed, i])
-        n = len(self.clips)
+        n, kinds = len(self.clips), self.sec.candidates.split(",")
         c, o = int(rng.integers(n)), int(rng.integers(n))
-        kind = CANDIDATES[int(rng.integers(len(CANDIDATES)))]
+        kind = kinds[int(rng.integers(len(kinds)))]
         first = i < self.sec.gt_source_steps * self.per_step  # the curriculum's first steps
         if first or (self.sec.gt_source_share and rng.random() < self.sec.gt_source_share):
             kind = ("target", "source")[int(rng.integers(2))]
         src, tgt = frames_float(self.clips.source[c]), frames_float(self.clips.target[c])
-        cand = corrupt(kind, src, tgt, frames_float(self.clips.target[o]), rng).clamp(0, 1)
         labels = dict(CANDIDATE_LABELS[kind])
+        wrong = wrong_edit(self.clips, c, rng, DEFAULT_HELDOUT) if kind == "wrong" else None
+        if kind == "wrong" and wrong is None:
+            kind, labels = "other", dict(CANDIDATE_LABELS["other"])  # no worlds in the npz, or no other edit
+        if wrong is not None:
+            cand, labels["PC"] = frames_float(torch.from_numpy(wrong[0].target)), wrong[1]
+        else:
+            cand = corrupt(kind, src, tgt, frames_float(self.clips.target[o]), rng).clamp(0, 1)
         if labels["EA"] is None:
             rec = self.clips.records[c]
             ea, _ = edit_accuracy(src, cand, tgt, self.clips.mask[c].bool(), rec.get("verify"), rec.get("operation"))
@@ -95,11 +138,14 @@ class _JudgeData(torch.utils.data.Dataset):
         return c, src, cand, labels, kind
 
     def __getitem__(self, i: int):
+        return self.chats(*self.example(i))
+
+    def chats(self, c: int, src: torch.Tensor, cand: torch.Tensor, answers: dict[str, Optional[bool]], kind: str):
+        """The four question chats of one example and their labels (-1: left out of the loss)."""
         from ...judge import DIMENSIONS, Judge, difference_images
         from ...video import uniform_frame_indices
         from ...vlm import to_pil_image
 
-        c, src, cand, answers, kind = self.example(i)
         instruction = self.clips.records[c]["instruction"]
         picks = uniform_frame_indices(src.shape[0], self.sec.frames)
         s_img = [to_pil_image(src[k]) for k in picks]
@@ -108,48 +154,64 @@ class _JudgeData(torch.utils.data.Dataset):
         chats, labels = [], []
         for d in DIMENSIONS:
             chats.append(Judge.messages(s_img, e_img, Judge.question_text(d, instruction), d_img))
-            masked = d == "EA" and kind in self.sec.ea_unlabelled.split(",")
-            labels.append(-1.0 if masked else float(answers[d]))  # -1: left out of the loss
+            masked = answers[d] is None or (d == "EA" and kind in self.sec.ea_unlabelled.split(","))
+            labels.append(-1.0 if masked else float(answers[d]))
         return chats, labels
 
 
 class CandidateSet(_JudgeData):
-    """Every candidate kind of every clip, in order (another clip's edit: the next clip's), for held-out AUCs."""
+    """Every candidate kind of every clip, in order (another clip's edit: the next clip's), for held-out AUCs; a
+    shifted edit's EA unlabelled (None); "wrong" falls back to "other" where a clip has no other edit."""
 
     def __init__(self, clips: ClipSet, sec: JudgeSection):
         super().__init__(clips, sec, 0, len(clips) * len(CANDIDATES))
 
-    def example(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, bool], str]:
+    def example(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, Optional[bool]], str]:
         c, k = divmod(i, len(CANDIDATES))
         kind, n, rng = CANDIDATES[k], len(self.clips), np.random.default_rng([7, i])
         src, tgt = frames_float(self.clips.source[c]), frames_float(self.clips.target[c])
-        cand = corrupt(kind, src, tgt, frames_float(self.clips.target[(c + 1) % n]), rng).clamp(0, 1)
-        return c, src, cand, {d: bool(v) for d, v in CANDIDATE_LABELS[kind].items()}, kind
+        labels = dict(CANDIDATE_LABELS[kind])
+        wrong = wrong_edit(self.clips, c, rng) if kind == "wrong" else None
+        if kind == "wrong" and wrong is None:
+            kind, labels = "other", dict(CANDIDATE_LABELS["other"])
+        if wrong is not None:
+            cand, labels["PC"] = frames_float(torch.from_numpy(wrong[0].target)), wrong[1]
+        else:
+            cand = corrupt(kind, src, tgt, frames_float(self.clips.target[(c + 1) % n]), rng).clamp(0, 1)
+        return c, src, cand, labels, kind
 
 
 def candidate_aucs(vlm, data: CandidateSet, batch: int = 16) -> tuple[dict[str, float], dict[str, float]]:
     """Held-out ROC-AUC of P(Yes) per question over the candidates its by-construction label covers (a shifted
-    edit's EA left out), EA_gt_src over ground truth vs unedited source only (judge_check.py's headline); and the
+    edit's EA left out; the wrong edit of the same source is one of EA's negatives), EA_gt_src over ground truth vs
+    unedited source only (judge_check.py's headline), EA_gt_wrong over ground truth vs that wrong edit; and the
     mean EA P(Yes) per candidate kind."""
     from ...eval import roc_auc
     from ...judge import DIMENSIONS, yes_no_token_ids
 
     yes, no = yes_no_token_ids(vlm.tokenizer)
-    collate, margins = _collate_judge(vlm.processor), []
+    collate, margins, kinds, answers = _collate_judge(vlm.processor), [], [], []
     with torch.no_grad():
         for lo in range(0, len(data), batch):
-            inputs, _ = collate([data[i] for i in range(lo, min(lo + batch, len(data)))])
+            items = []
+            for i in range(lo, min(lo + batch, len(data))):
+                ex = data.example(i)
+                kinds.append(ex[4])
+                answers.append(ex[3])
+                items.append(data.chats(*ex))
+            inputs, _ = collate(items)
             margins.append(judge_margins(vlm, inputs.to(vlm.device), yes, no).float().cpu().view(-1, len(DIMENSIONS)))
     m = torch.cat(margins)
-    kinds = [CANDIDATES[i % len(CANDIDATES)] for i in range(len(data))]
     aucs = {}
     for q, d in enumerate(DIMENSIONS):
-        keep = [i for i, k in enumerate(kinds) if CANDIDATE_LABELS[k][d] is not None]
-        aucs[d] = roc_auc(m[keep, q].tolist(), [CANDIDATE_LABELS[kinds[i]][d] for i in keep])
-    pair = [i for i, k in enumerate(kinds) if k in ("target", "source")]
-    aucs["EA_gt_src"] = roc_auc(m[pair, 0].tolist(), [kinds[i] == "target" for i in pair])
-    p_ea = {k: float(torch.sigmoid(m[[i for i, x in enumerate(kinds) if x == k], 0]).mean()) for k in CANDIDATES}
-    return aucs, p_ea
+        keep = [i for i, a in enumerate(answers) if a[d] is not None]
+        aucs[d] = roc_auc(m[keep, q].tolist(), [answers[i][d] for i in keep])
+    for name, neg in (("EA_gt_src", "source"), ("EA_gt_wrong", "wrong")):
+        pair = [i for i, k in enumerate(kinds) if k in ("target", neg)]
+        if neg in [kinds[i] for i in pair]:
+            aucs[name] = roc_auc(m[pair, 0].tolist(), [kinds[i] == "target" for i in pair])
+    p_ea = {k: float(torch.sigmoid(m[[i for i, x in enumerate(kinds) if x == k], 0]).mean()) for k in set(kinds)}
+    return aucs, {k: p_ea[k] for k in CANDIDATES if k in p_ea}
 
 
 def _collate_judge(processor):

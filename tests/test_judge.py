@@ -233,7 +233,7 @@ def test_judge_shows_difference_frames_when_its_folder_says_so(vlm, videos, tmp_
 @pytest.mark.parametrize(
     "per_question, named",
     [
-        ({"EA": 0.76, "PC": 0.96, "GN": 0.77, "GR": 0.83}, ["EA (0.76)", "GN (0.77)", "GR (0.83)"]),
+        ({"EA": 0.76, "PC": 0.96, "GN": 0.77, "GR": 0.83}, ["EA 0.76", "GN 0.77", "GR 0.83"]),
         ({"EA": 0.95, "PC": 0.9, "GN": 0.99, "GR": 0.91}, []),
         ({"EA": "0.1", "XX": 0.1, "PC": True}, []),  # not numbers, not questions: ignored
         ("0.1", []),

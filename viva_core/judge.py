@@ -189,9 +189,9 @@ def judge_caveat(vlm_path: str | Path) -> str | None:
     if not weak:
         return None
     return (
-        f"note: this judge tells edited from unedited videos (held-out ROC-AUC {auc:.2f}), but ranks correct above "
-        "corrupted edits less reliably on " + ", ".join(f"{k} ({v:.2f})" for k, v in weak.items()) + "; read its "
-        "scores as a screen, not a verdict."
+        f"note: edited vs unedited held-out ROC-AUC {auc:.2f}, but below {RELIABLE_AUC} on corrupted edits for "
+        + ", ".join(f"{k} {v:.2f}" for k, v in weak.items())
+        + ": a screen, not a verdict."
     )
 
 

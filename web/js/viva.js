@@ -76,7 +76,7 @@ function textWidget(node) {
 }
 
 // Rows and width the text needs: every line of a table (up to 16) at its full width; other text wraps at the
-// node's width, up to 8 rows (scroll for more).
+// node's width, up to 12 rows (scroll for more: a VLM's rationale can be long).
 function textLayout(node, value) {
   const lines = value.split("\n");
   if (nodeId(node) === TABLE_NODE) {
@@ -84,8 +84,20 @@ function textLayout(node, value) {
     return { rows: Math.min(16, Math.max(2, lines.length)), width: Math.min(640, Math.ceil(longest * TEXT_CHAR_PX) + 48) };
   }
   const perLine = Math.max(20, Math.floor((node.size[0] - 56) / TEXT_CHAR_PX)); // margins, padding, scroll bar
-  const rows = lines.reduce((n, l) => n + Math.max(1, Math.ceil(l.length / perLine)), 0);
-  return { rows: Math.min(8, Math.max(2, rows)), width: 0 };
+  const rows = lines.reduce((n, l) => n + wrappedRows(l, perLine), 0);
+  return { rows: Math.min(12, Math.max(2, rows)), width: 0 };
+}
+
+// Rows one line takes when the box wraps it (pre-wrap breaks at spaces, so a row holds whole words: counting
+// characters alone comes up a row short on long sentences); a word longer than a row is broken.
+function wrappedRows(line, perLine) {
+  let rows = 1, used = 0;
+  for (const word of line.split(" ")) {
+    if (used > 0 && used + 1 + word.length > perLine) { rows += 1; used = 0; }
+    used += (used > 0 ? 1 : 0) + word.length;
+    while (used > perLine) { rows += 1; used -= perLine; }
+  }
+  return rows;
 }
 
 function drawChart(ctx, data, width, y) {

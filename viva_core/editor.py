@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from .compat import keep_in_fp32_modules, set_attention_backend, wan_single_file_converter
-from .errors import InputError, ModelLoadError
+from .errors import InputError, ModelLoadError, NonFiniteError
 from .lora import LoraKeyReport, LoraSpec, applied_loras, check_lora_fits, install_fp8_lora_hooks
 from .runtime import ModelHost, parse_device, parse_dtype
 from .safe_io import load_safetensors, read_json_object, read_metadata_json
@@ -141,6 +141,17 @@ class Editor:
                 if t.is_floating_point() and not t.is_meta and not torch.isfinite(t.detach().float()).all():
                     bad.append(f"{self.files.get(part, part)}: {name}")
         return bad
+
+    def raise_if_damaged(self, cause: Exception) -> None:
+        """After a model produced NaN/Inf (`cause`): when weights hold NaN/Inf, a NonFiniteError naming the files
+        (damaged files, not an overflow); otherwise nothing, and `cause` stands."""
+        bad = self.nonfinite_weights()
+        if bad:
+            raise NonFiniteError(
+                f"{len(bad)} weight tensor(s) of the editor hold NaN/Inf (e.g. {'; '.join(bad[:3])}); "
+                "the model files are damaged or were saved from a diverged training run. Replace them "
+                "(download or export them again); nothing was saved."
+            ) from cause
 
     def describe(self) -> str:
         cfg = self.transformer.config
@@ -259,7 +270,15 @@ class Editor:
         with self.on_device(self.text_encoder) as te:
             dev = next(te.parameters()).device
             out = te(tok.input_ids.to(dev), tok.attention_mask.to(dev)).last_hidden_state
-        return Conditioning(out[:, :n].float().cpu(), f"text: {prompt!r}")
+        embeds = out[:, :n].float().cpu()
+        if not torch.isfinite(embeds).all():  # here, not in the sampler: the encoder may be released by then
+            err = NonFiniteError(
+                f"{self.name}: the text encoder produced NaN/Inf for {prompt!r}; run it in bf16 or fp32 (fp16 "
+                "overflows in UMT5)."
+            )
+            self.raise_if_damaged(err)
+            raise err
+        return Conditioning(embeds, f"text: {prompt!r}")
 
 
 def unknown_words(tokenizer, text: str) -> list[str]:

@@ -161,14 +161,8 @@ def blame_damaged_weights(editor: Editor) -> Iterator[None]:
     try:
         yield
     except NonFiniteError as e:
-        bad = editor.nonfinite_weights()
-        if not bad:
-            raise
-        raise NonFiniteError(
-            f"{len(bad)} weight tensor(s) of the editor hold NaN/Inf (e.g. {'; '.join(bad[:3])}); "
-            "the model files are damaged or were saved from a diverged training run. Replace them "
-            "(download or export them again); nothing was saved."
-        ) from e
+        editor.raise_if_damaged(e)
+        raise
 
 
 def edit(

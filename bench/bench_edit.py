@@ -476,13 +476,7 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=0, help="0: 832 (tiny: 64)")
     p.add_argument("--json", default=None, help="also write the rows and the setup to this file")
     args = p.parse_args(argv)
-    names = list(VARIANTS) if args.variants == "all" else [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    args.names = names
-    if args.shape == "real" and not torch.cuda.is_available():
-        p.error("--shape real needs a CUDA GPU (use --shape tiny for the CPU check)")
+    args.names = rm.chosen(p, args.variants, VARIANTS, "variant(s)", args.shape)
     args.command = "PYTHONPATH=. python bench/bench_edit.py " + " ".join(sys.argv[1:] if argv is None else argv)
     return args
 

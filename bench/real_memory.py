@@ -798,14 +798,20 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
         help="folder for the processor / model folders (default: a new one in /tmp, removed at the end)",
     )
     args = p.parse_args(argv)
-    names = list(MEASUREMENTS) if args.only == "all" else [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in MEASUREMENTS]
-    if unknown:
-        p.error(f"unknown measurement(s) {unknown}; choose from {list(MEASUREMENTS)}")
-    args.names = names
-    if args.shape == "real" and not torch.cuda.is_available():
-        p.error("--shape real needs a CUDA GPU (use --shape tiny for the CPU check)")
+    args.names = chosen(p, args.only, MEASUREMENTS, "measurement(s)", args.shape)
     return args
+
+
+def chosen(p: argparse.ArgumentParser, value: str, registry: dict, what: str, shape: str) -> list[str]:
+    """The names in a comma list ("all": every one) that the registry knows (else a usage error naming them); the
+    real shapes need a GPU. Shared with bench_edit.py."""
+    names = list(registry) if value == "all" else [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        p.error(f"unknown {what} {unknown}; choose from {list(registry)}")
+    if shape == "real" and not torch.cuda.is_available():
+        p.error("--shape real needs a CUDA GPU (use --shape tiny for the CPU check)")
+    return names
 
 
 def main(argv: Optional[list[str]] = None) -> list[Row]:

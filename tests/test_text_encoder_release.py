@@ -93,6 +93,21 @@ def test_best_of_n_runs_on_a_released_editor(editor_dir, frames):
     assert not torch.equal(out.results[0].frames, out.results[1].frames)
 
 
+def test_best_of_n_encodes_the_negative_once(editor_dir, frames, monkeypatch):
+    """N candidates with CFG and no negative given: one encode of the empty prompt, not N; same edits as before."""
+    ed = load_editor(str(editor_dir), options=FP32)
+    cond = ed.encode_text(PROMPT)
+    prompts, real = [], ed.encode_text
+    monkeypatch.setattr(ed, "encode_text", lambda p: prompts.append(p) or real(p))
+    judge = types.SimpleNamespace(
+        score=lambda *a, **k: types.SimpleNamespace(overall=0.5, scores={}, caveat_lines=lambda width: [])
+    )
+    out = best_of_n(ed, judge, Video(frames, 16.0, None), cond, PROMPT, n=3, settings=SETTINGS)
+    assert prompts == [""] and SETTINGS.cfg != 1.0
+    seed5 = dataclasses.replace(SETTINGS, seed=5)
+    assert torch.equal(out.results[2].frames, edit(ed, frames, cond, settings=seed5).frames)
+
+
 def test_viva_edit_releases_the_encoder_before_sampling(editor_dir, tmp_path, monkeypatch):
     src = write_video(tmp_path / "src.mp4", torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(2)), 8.0)
     seen = []

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from .editor import Conditioning, Editor
 from .errors import InputError
 from .judge import DIMENSIONS, Judge, JudgeResult
-from .pipeline import EditResult, EditSettings, edit
+from .pipeline import EditResult, EditSettings, edit, unconditional
 from .runtime import ProgressFn, no_progress
 from .video import Video
 
@@ -71,9 +71,12 @@ def best_of_n(
     num_frames: int = 4,
     progress_factory: Callable[[int], ProgressFn] = lambda i: no_progress,
 ) -> BestOfN:
-    """Seeds settings.seed .. settings.seed + n - 1; ties keep the lowest seed."""
+    """Seeds settings.seed .. settings.seed + n - 1; ties keep the lowest seed. CFG's negative is encoded once for
+    all N (edit would encode the empty prompt again for every seed)."""
     if n < 1:
         raise InputError(f"best-of-N needs n >= 1, got {n}.")
+    if negative is None and settings.resolved(editor.sampling_defaults).cfg != 1.0:
+        negative = unconditional(editor)
     results, judgements = [], []
     for i in range(n):
         s = dataclasses.replace(settings, seed=settings.seed + i)

@@ -81,6 +81,10 @@ class EditorSection:
     sigma_shift: float = 1.0
 
 
+# The judge's candidate edits of a clip (judge.CANDIDATE_LABELS labels each), here so the config can check names.
+JUDGE_CANDIDATES = ("target", "source", "other", "blend", "flicker", "blur", "shifted", "wrong")
+
+
 @dataclass
 class JudgeSection:
     vlm: VLMSection = field(default_factory=VLMSection)
@@ -126,7 +130,7 @@ class ScratchConfig:
             problems.append("editor.patch must be [t, h, w]")
         if not 0 <= self.judge.gt_source_share <= 1:
             problems.append(f"judge.gt_source_share must be in [0, 1], got {self.judge.gt_source_share}")
-        kinds = ("target", "source", "other", "blend", "flicker", "blur", "shifted", "wrong")  # judge.CANDIDATES
+        kinds = JUDGE_CANDIDATES
         unknown = [k for k in self.judge.ea_unlabelled.split(",") if k and k not in kinds]
         if unknown:
             problems.append(f"judge.ea_unlabelled names unknown candidates {unknown}")

@@ -15,7 +15,7 @@ from ...errors import InputError
 from ...runtime import ProgressFn, no_progress, parse_device
 from ...synth import Clip
 from .clips import ClipSet, frames_float, load_clip_set
-from .config import JudgeSection, ScratchConfig
+from .config import JUDGE_CANDIDATES, JudgeSection, ScratchConfig
 from .loop import _autocast, _loop, _one_thread, _write_json
 from .models import save_small, write_vlm_folder
 from .tokenizers import prompt_texts, vocabulary, word_tokenizer
@@ -23,7 +23,7 @@ from .tokenizers import prompt_texts, vocabulary, word_tokenizer
 log = logging.getLogger(__name__)
 
 
-CANDIDATES = ("target", "source", "other", "blend", "flicker", "blur", "shifted", "wrong")
+CANDIDATES = JUDGE_CANDIDATES
 # The judge's label of each candidate on each question, by construction: each corruption fails exactly the
 # questions it targets (True = "Yes"). None: the exact EA verifier decides (a shifted edit may still be the asked
 # edit). Labelling every cell by the benchmark's verifiers instead told the judge that a flickering copy is
@@ -123,19 +123,27 @@ class _JudgeData(torch.utils.data.Dataset):
         if first or (self.sec.gt_source_share and rng.random() < self.sec.gt_source_share):
             kind = ("target", "source")[int(rng.integers(2))]
         src, tgt = frames_float(self.clips.source[c]), frames_float(self.clips.target[c])
-        labels = dict(CANDIDATE_LABELS[kind])
-        wrong = wrong_edit(self.clips, c, rng, DEFAULT_HELDOUT) if kind == "wrong" else None
-        if kind == "wrong" and wrong is None:
-            kind, labels = "other", dict(CANDIDATE_LABELS["other"])  # no worlds in the npz, or no other edit
-        if wrong is not None:
-            cand, labels["PC"] = frames_float(torch.from_numpy(wrong[0].target)), wrong[1]
-        else:
-            cand = corrupt(kind, src, tgt, frames_float(self.clips.target[o]), rng).clamp(0, 1)
+        kind, cand, labels = self.candidate(kind, c, o, src, tgt, rng, DEFAULT_HELDOUT)
         if labels["EA"] is None:
             rec = self.clips.records[c]
             ea, _ = edit_accuracy(src, cand, tgt, self.clips.mask[c].bool(), rec.get("verify"), rec.get("operation"))
             labels["EA"] = ea >= self.sec.threshold
         return c, src, cand, labels, kind
+
+    def candidate(
+        self, kind: str, c: int, o: int, src: torch.Tensor, tgt: torch.Tensor, rng: np.random.Generator, exclude=()
+    ) -> tuple[str, torch.Tensor, dict[str, Optional[bool]]]:
+        """(kind, candidate frames, labels) of clip c: a wrong edit of its source, else a corruption of its truth
+        (another clip's edit: clip o's); a "wrong" that cannot be made (no worlds in the npz, no other edit) becomes
+        "other". Labels by construction, a wrong edit's PC from the truth's mask."""
+        labels = dict(CANDIDATE_LABELS[kind])
+        wrong = wrong_edit(self.clips, c, rng, exclude) if kind == "wrong" else None
+        if kind == "wrong" and wrong is None:
+            kind, labels = "other", dict(CANDIDATE_LABELS["other"])
+        if wrong is not None:
+            labels["PC"] = wrong[1]
+            return kind, frames_float(torch.from_numpy(wrong[0].target)), labels
+        return kind, corrupt(kind, src, tgt, frames_float(self.clips.target[o]), rng).clamp(0, 1), labels
 
     def __getitem__(self, i: int):
         return self.chats(*self.example(i))
@@ -170,14 +178,7 @@ class CandidateSet(_JudgeData):
         c, k = divmod(i, len(CANDIDATES))
         kind, n, rng = CANDIDATES[k], len(self.clips), np.random.default_rng([7, i])
         src, tgt = frames_float(self.clips.source[c]), frames_float(self.clips.target[c])
-        labels = dict(CANDIDATE_LABELS[kind])
-        wrong = wrong_edit(self.clips, c, rng) if kind == "wrong" else None
-        if kind == "wrong" and wrong is None:
-            kind, labels = "other", dict(CANDIDATE_LABELS["other"])
-        if wrong is not None:
-            cand, labels["PC"] = frames_float(torch.from_numpy(wrong[0].target)), wrong[1]
-        else:
-            cand = corrupt(kind, src, tgt, frames_float(self.clips.target[(c + 1) % n]), rng).clamp(0, 1)
+        kind, cand, labels = self.candidate(kind, c, (c + 1) % n, src, tgt, rng)
         return c, src, cand, labels, kind
 
 

@@ -378,6 +378,61 @@ def test_stages_write_models_the_normal_loaders_use(synth_npz, tmp_path) -> None
     assert all(0 <= v <= 1 for v in verdict.scores.values())
 
 
+def _safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def test_editor_and_judge_continue_from_the_bundled_folders(synth_npz, tmp_path) -> None:
+    """editor.init / judge.init start from a folder's weights (lr 0 writes them back unchanged, bf16 exact) and
+    train from there; the continued judge does not inherit the old held-out scores."""
+    manifest = synth_npz / "train.jsonl"
+    still = {"optim.steps": 1, "optim.lr": 0.0, "editor.instructor": "false"}
+    ed = S.run_stage(_cfg("editor", tmp_path / "ed0", manifest, **{"editor.init": bundled.EDITOR, **still}))
+    for part in ("transformer", "text_encoder"):
+        before, after = _safetensors(bundled.EDITOR / part), _safetensors(ed / part)
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    tokenizer = Path("tokenizer") / "tokenizer.json"
+    assert (ed / tokenizer).read_bytes() == (bundled.EDITOR / tokenizer).read_bytes()
+    moved = S.run_stage(
+        _cfg("editor", tmp_path / "ed1", manifest, **{"editor.init": bundled.EDITOR, "editor.instructor": "false"})
+    )
+    before, after = _safetensors(bundled.EDITOR / "transformer"), _safetensors(moved / "transformer")
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+
+    judge = S.run_stage(_cfg("judge", tmp_path / "j0", manifest, **{"judge.init": bundled.JUDGE, "optim.lr": 0.0}))
+    before, after = _safetensors(bundled.JUDGE), _safetensors(judge)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    info = json.loads((judge / "viva_judge.json").read_text())
+    assert info["difference_frames"] and "held_out_roc_auc" not in info
+
+
+def test_continuing_refuses_folders_that_do_not_fit(synth_npz, tmp_path) -> None:
+    manifest = synth_npz / "train.jsonl"
+    with pytest.raises(InputError, match="editor.instructor=false"):
+        _cfg("editor", tmp_path / "a", manifest, **{"editor.init": bundled.EDITOR})
+    with pytest.raises(InputError, match="use another output_dir"):
+        _cfg("judge", tmp_path, manifest, **{"judge.init": tmp_path / "judge"})
+    other_vae = tmp_path / "vae"
+    S.new_vae(S.VaeSection(base_dim=8, spatial=4)).save_pretrained(other_vae)
+    text_only = {"editor.init": bundled.EDITOR, "editor.instructor": "false"}
+    with pytest.raises(InputError, match="another VAE than editor.vae"):
+        S.run_stage(_cfg("editor", tmp_path / "b", manifest, **text_only, **{"editor.vae": other_vae}))
+    with pytest.raises(InputError, match="max_text_tokens"):
+        S.run_stage(_cfg("editor", tmp_path / "c", manifest, **text_only, **{"editor.max_text_tokens": 64}))
+    with pytest.raises(InputError, match="judge.frames"):
+        S.run_stage(_cfg("judge", tmp_path / "d", manifest, **{"judge.init": bundled.JUDGE, "judge.frames": 2}))
+    new_words = tmp_path / "m.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows[0]["instruction"] = "Make the zyzzyva purple."
+    for r in rows:  # npz paths are relative to the manifest: keep pointing at the fixture's
+        r["npz"] = str(synth_npz / r["npz"])
+    new_words.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError, match="zyzzyva"):
+        S.run_stage(_cfg("judge", tmp_path / "e", new_words, **{"judge.init": bundled.JUDGE}))
+
+
 def test_pretrain_refuses_mp4_manifests_and_bad_configs(tmp_path) -> None:
     (tmp_path / "m.jsonl").write_text(json.dumps({"source_video": "a.mp4", "instruction": "x"}) + "\n")
     with pytest.raises(InputError, match="--format npz"):

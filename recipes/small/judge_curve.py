@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=3, help="as recipes/small/judge.toml")
     ap.add_argument("--time", type=int, default=0, help="only time N training steps, vision per question vs shared")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", default="", help="continue this judge folder (judge.init) instead of a fresh model")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -54,9 +55,12 @@ def main() -> None:
         ea_unlabelled=args.ea_unlabelled,
         candidates=args.candidates,
     )
-    tok = S.word_tokenizer(S.vocabulary(S.prompt_texts(clips.records)), kind="qwen")
-    root = Path(tempfile.mkdtemp(prefix="judge_curve_"))
-    vlm = load_vlm(S.write_vlm_folder(root / "vlm", tok, sec.vlm, args.seed), dtype="fp32", device="cpu")
+    if args.init:
+        folder = Path(args.init)
+    else:
+        tok = S.word_tokenizer(S.vocabulary(S.prompt_texts(clips.records)), kind="qwen")
+        folder = S.write_vlm_folder(Path(tempfile.mkdtemp(prefix="judge_curve_")) / "vlm", tok, sec.vlm, args.seed)
+    vlm = load_vlm(folder, dtype="fp32", device="cpu")
     vlm.model.train().requires_grad_(True)
     yes, no = yes_no_token_ids(vlm.tokenizer)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from ..config import fill_config, raise_problems
@@ -74,6 +75,9 @@ class EditorSection:
     refiner_depth: int = 1
     refiner_heads: int = 4
     mask_weight: float = 1.0  # VIVA's (1 + w M) edit-mask weight; 0 = plain flow matching
+    # Continue from an editor folder written by this stage (its DiT, text encoder and tokenizer; its architecture,
+    # not the fields above; `vae` defaults to the folder's own): a longer run without the first one's optimizer.
+    init: str = ""
     # Instructor grounding: weight of a BCE loss on the VLM's image tokens predicting the edit mask of the frame it
     # sees. Without it the jointly trained instructor ignores its image (docs/small_models.md, sections 7 and 10).
     grounding_weight: float = 0.0
@@ -102,6 +106,7 @@ class JudgeSection:
     # The candidate kinds training draws uniformly (judge.CANDIDATES); "wrong" (the same source edited by another
     # instruction) is the EA "No" that only reading the instruction can tell from the truth (section 20).
     candidates: str = "target,source,other,blend,flicker,blur,shifted"
+    init: str = ""  # continue from a judge folder written by this stage (its weights, tokenizer and architecture)
 
 
 @dataclass
@@ -122,8 +127,13 @@ class ScratchConfig:
             problems.append(f"stage '{self.stage}' is not one of {STAGES}")
         if not self.data.manifest:
             problems.append("data.manifest is empty (a `viva synth --format npz` manifest)")
-        if self.stage == "editor" and not self.editor.vae:
+        if self.stage == "editor" and not (self.editor.vae or self.editor.init):
             problems.append("editor.vae is empty (the folder the vae stage wrote)")
+        init = {"editor": self.editor.init, "judge": self.judge.init}.get(self.stage, "")
+        if init and Path(init).resolve() == (Path(self.output_dir) / self.stage).resolve():
+            problems.append(f"{self.stage}.init is the folder this run writes ({init}): use another output_dir")
+        if self.stage == "editor" and self.editor.init and self.editor.instructor:
+            problems.append("editor.init continues a text-only editor: set editor.instructor=false")
         if self.optim.steps < 1 or self.optim.batch_size < 1:
             problems.append("optim.steps and optim.batch_size must be >= 1")
         if len(self.editor.patch) != 3:

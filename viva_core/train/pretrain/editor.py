@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from ...runtime import ProgressFn, no_progress, parse_device
 from .clips import ClipSet, frames_float, load_clip_set
 from .config import EditorSection, ScratchConfig
 from .loop import _autocast, _loop, _one_thread, _write_json
-from .models import new_dit, new_text_encoder, save_small, write_vlm_folder
+from .models import check_vocabulary, new_dit, new_text_encoder, same_files, save_small, write_vlm_folder
 from .tokenizers import prompt_texts, save_tokenizer, vocabulary, word_tokenizer
 from .vae import encode_clips
 
@@ -211,6 +212,37 @@ def grounding_targets(first_masks: torch.Tensor, grid_thw: torch.Tensor, merge: 
     return F.adaptive_avg_pool2d(unit[:, None], (rows, cols)).flatten(1)
 
 
+def _continued_editor(folder: Path, vae_dir: Path, words: list[str], max_text_tokens: int):
+    """The tokenizer, text encoder and DiT (fp32) of an editor folder this stage wrote, checked to fit the run: the
+    same VAE (another one's latents would be noise to this DiT), a text-only editor, the same text length, and a
+    tokenizer that knows every training word."""
+    from diffusers import WanTransformer3DModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from ...editor import EDITOR_INFO_FILE
+
+    info_file = folder / EDITOR_INFO_FILE
+    if not info_file.is_file():
+        raise InputError(f"{folder}: no {EDITOR_INFO_FILE}; editor.init takes a folder `viva pretrain editor` wrote.")
+    info = json.loads(info_file.read_text(encoding="utf-8"))
+    if info.get("instructor"):
+        raise InputError(f"{folder}: trained with the instructor; editor.init continues text-only editors.")
+    if int(info.get("max_text_tokens", max_text_tokens)) != max_text_tokens:
+        raise InputError(
+            f"{folder}: trained with max_text_tokens {info['max_text_tokens']}; set editor.max_text_tokens to it."
+        )
+    if (folder / "vae").is_dir() and not same_files(folder / "vae", vae_dir):
+        raise InputError(
+            f"{folder}: trained on another VAE than editor.vae = {vae_dir}; leave editor.vae empty to use the "
+            "folder's own."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    check_vocabulary(tokenizer, words, folder / "tokenizer")
+    text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+    dit = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=torch.float32)
+    return tokenizer, text_encoder, dit
+
+
 def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     from diffusers import AutoencoderKLWan
 
@@ -220,13 +252,17 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
 
     sec, out, device = cfg.editor, Path(cfg.output_dir), parse_device(cfg.device)
     clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
-    vae = AutoencoderKLWan.from_pretrained(sec.vae, torch_dtype=torch.float32).to(device).eval()
+    vae_dir = Path(sec.vae or Path(sec.init) / "vae")
+    vae = AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=torch.float32).to(device).eval()
 
     words = vocabulary(prompt_texts(clips.records))
-    text_tok = word_tokenizer(words, kind="umt5")
     torch.manual_seed(cfg.seed)
-    text_encoder = new_text_encoder(sec, len(text_tok)).to(device).train()
-    dit = new_dit(sec, int(vae.config.z_dim)).to(device).train()
+    if sec.init:
+        text_tok, text_encoder, dit = _continued_editor(Path(sec.init), vae_dir, words, sec.max_text_tokens)
+    else:
+        text_tok = word_tokenizer(words, kind="umt5")
+        text_encoder, dit = new_text_encoder(sec, len(text_tok)), new_dit(sec, int(vae.config.z_dim))
+    text_encoder, dit = text_encoder.to(device).train(), dit.to(device).train()
     params = list(text_encoder.parameters()) + list(dit.parameters())
     vlm = refiner = None
     if sec.instructor:
@@ -301,7 +337,7 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
     save_small(dit.eval(), editor_dir / "transformer")
     save_small(text_encoder.eval(), editor_dir / "text_encoder")
     save_tokenizer(text_tok, editor_dir / "tokenizer")
-    shutil.copytree(sec.vae, editor_dir / "vae", dirs_exist_ok=True)
+    shutil.copytree(vae_dir, editor_dir / "vae", dirs_exist_ok=True)
     _write_json(
         editor_dir / EDITOR_INFO_FILE,
         {

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +19,7 @@ from ...synth import Clip
 from .clips import ClipSet, frames_float, load_clip_set
 from .config import JUDGE_CANDIDATES, JudgeSection, ScratchConfig
 from .loop import _autocast, _loop, _one_thread, _write_json
-from .models import save_small, write_vlm_folder
+from .models import check_vocabulary, save_small, write_vlm_folder
 from .tokenizers import prompt_texts, vocabulary, word_tokenizer
 
 log = logging.getLogger(__name__)
@@ -235,15 +237,41 @@ def judge_margins(vlm, inputs, yes_ids, no_ids, questions: int = 4) -> torch.Ten
     return torch.logsumexp(logits[:, yes_ids], -1) - torch.logsumexp(logits[:, no_ids], -1)
 
 
+def _continued_judge(init: Path, folder: Path, sec: JudgeSection, words: list[str]) -> Path:
+    """A copy of a judge folder this stage wrote, to continue training: it must see what this run shows (frames,
+    difference frames) and know every training word. Its held-out scores describe the old weights, so they stay
+    behind (`judge_check.py --record` measures the new ones)."""
+    from transformers import AutoTokenizer
+
+    from ...judge import JUDGE_INFO_FILE
+
+    info_file = init / JUDGE_INFO_FILE
+    if not info_file.is_file():
+        raise InputError(f"{init}: no {JUDGE_INFO_FILE}; judge.init takes a folder written by `viva pretrain judge`.")
+    info = json.loads(info_file.read_text(encoding="utf-8"))
+    if (bool(info.get("difference_frames")), int(info.get("frames", sec.frames))) != (sec.difference, sec.frames):
+        raise InputError(
+            f"{init}: trained on {info.get('frames')} frames with difference_frames={info.get('difference_frames')}; "
+            "set judge.frames and judge.difference to match."
+        )
+    check_vocabulary(AutoTokenizer.from_pretrained(init), words, init)
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(init, folder, ignore=shutil.ignore_patterns(JUDGE_INFO_FILE))
+    return folder
+
+
 def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     from ...judge import JUDGE_INFO_FILE, yes_no_token_ids
     from ...vlm import load_vlm
 
     sec, out, device = cfg.judge, Path(cfg.output_dir), parse_device(cfg.device)
     clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
-    folder = write_vlm_folder(
-        out / "judge", word_tokenizer(vocabulary(prompt_texts(clips.records)), kind="qwen"), sec.vlm, cfg.seed
-    )
+    words = vocabulary(prompt_texts(clips.records))
+    if sec.init:
+        folder = _continued_judge(Path(sec.init), out / "judge", sec, words)
+    else:
+        folder = write_vlm_folder(out / "judge", word_tokenizer(words, kind="qwen"), sec.vlm, cfg.seed)
     vlm = load_vlm(folder, dtype="fp32", device=device)
     vlm.model.train().requires_grad_(True)
     yes_ids, no_ids = yes_no_token_ids(vlm.tokenizer)

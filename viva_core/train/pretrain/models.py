@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ...compat import qwen2_vl_pil_image_processor
+from ...errors import InputError
 from .config import IMAGE_SIDE, VAE_LEVELS, EditorSection, VaeSection, VLMSection
 from .tokenizers import save_tokenizer
 
@@ -134,3 +135,23 @@ def save_small(model: torch.nn.Module, out: Path, dtype: torch.dtype = torch.bfl
     import copy
 
     copy.deepcopy(model).to("cpu", dtype).save_pretrained(out, safe_serialization=True)
+
+
+def check_vocabulary(tokenizer, words: list[str], folder: Path) -> None:
+    """A model continued from `folder` reads prompts with that folder's word-level tokenizer: a training word it
+    lacks would silently become <unk>, so name them instead."""
+    known = tokenizer.get_vocab()
+    missing = [w for w in words if w not in known]
+    if missing:
+        raise InputError(
+            f"{folder}: its tokenizer lacks {len(missing)} word(s) of the training prompts ({', '.join(missing[:8])}"
+            f"{', ...' if len(missing) > 8 else ''}); continue on data of the same vocabulary, or train from scratch "
+            "(no init)."
+        )
+
+
+def same_files(a: Path, b: Path) -> bool:
+    """Whether two model folders hold byte-identical safetensors (the same weights)."""
+    fa, fb = sorted(a.glob("*.safetensors")), sorted(b.glob("*.safetensors"))
+    same_names = [f.name for f in fa] == [f.name for f in fb]
+    return same_names and all(x.read_bytes() == y.read_bytes() for x, y in zip(fa, fb))

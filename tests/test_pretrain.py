@@ -393,8 +393,8 @@ def test_editor_and_judge_continue_from_the_bundled_folders(synth_npz, tmp_path)
     for part in ("transformer", "text_encoder"):
         before, after = _safetensors(bundled.EDITOR / part), _safetensors(ed / part)
         assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    tokenizer = Path("tokenizer") / "tokenizer.json"
-    assert (ed / tokenizer).read_bytes() == (bundled.EDITOR / tokenizer).read_bytes()
+    for same in ("tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "transformer/config.json"):
+        assert (ed / same).read_bytes() == (bundled.EDITOR / same).read_bytes(), same  # no loaded-copy leftovers
     moved = S.run_stage(
         _cfg("editor", tmp_path / "ed1", manifest, **{"editor.init": bundled.EDITOR, "editor.instructor": "false"})
     )
@@ -419,6 +419,8 @@ def test_continuing_refuses_folders_that_do_not_fit(synth_npz, tmp_path) -> None
     text_only = {"editor.init": bundled.EDITOR, "editor.instructor": "false"}
     with pytest.raises(InputError, match="another VAE than editor.vae"):
         S.run_stage(_cfg("editor", tmp_path / "b", manifest, **text_only, **{"editor.vae": other_vae}))
+    with pytest.raises(InputError, match="not a VAE folder"):
+        S.run_stage(_cfg("editor", tmp_path / "v", manifest, **text_only, **{"editor.vae": tmp_path / "nowhere"}))
     with pytest.raises(InputError, match="max_text_tokens"):
         S.run_stage(_cfg("editor", tmp_path / "c", manifest, **text_only, **{"editor.max_text_tokens": 64}))
     with pytest.raises(InputError, match="judge.frames"):

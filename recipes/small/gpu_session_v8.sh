@@ -14,11 +14,12 @@
 set -uo pipefail
 WORK="${WORK:-/tmp/viva_v8}"
 PHASES="${PHASES:-memory data editor eval judge pack}"
-mkdir -p "$WORK" && cp -r viva_core recipes bench "$WORK"/
+mkdir -p "$WORK" && cp -r viva_core recipes bench tests "$WORK"/
 cd "$WORK" || exit 1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, eval_lines
-E=(--set editor.init=$B/diffusers/viva-small-editor --set editor.instructor=false --set optim.compile="${COMPILE:-true}"
+E=(--set editor.init=$B/diffusers/viva-small-editor --set editor.vae=$B/diffusers/viva-small-editor/vae
+   --set editor.instructor=false --set optim.compile="${COMPILE:-true}"
    --set optim.lr="${EDITOR_LR:-3e-4}" --set optim.max_minutes="${EDITOR_MINUTES:-11}")
 J=(--set optim.steps="${JUDGE_STEPS:-600}" --set optim.warmup_steps=30 --set optim.lr="${JUDGE_LR:-3e-4}"
    --set optim.batch_size=32 --set optim.max_minutes="${JUDGE_MINUTES:-7}" --set optim.workers=14

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ...runtime import ProgressFn, no_progress, parse_device
 from .clips import ClipSet, frames_float, load_clip_set
-from .config import EditorSection, ScratchConfig
+from .config import UMT5_SPECIALS, EditorSection, ScratchConfig
 from .loop import _autocast, _loop, _one_thread, _write_json
 from .models import check_vocabulary, new_dit, new_text_encoder, same_files, save_small, write_vlm_folder
 from .tokenizers import prompt_texts, save_tokenizer, vocabulary, word_tokenizer
@@ -217,6 +217,7 @@ def _continued_editor(folder: Path, vae_dir: Path, words: list[str], max_text_to
     same VAE (another one's latents would be noise to this DiT), a text-only editor, the same text length, and a
     tokenizer that knows every training word."""
     from diffusers import WanTransformer3DModel
+    from safetensors.torch import load_file
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     from ...editor import EDITOR_INFO_FILE
@@ -236,10 +237,15 @@ def _continued_editor(folder: Path, vae_dir: Path, words: list[str], max_text_to
             f"{folder}: trained on another VAE than editor.vae = {vae_dir}; leave editor.vae empty to use the "
             "folder's own."
         )
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    vocab = AutoTokenizer.from_pretrained(folder / "tokenizer").get_vocab()
+    # Rebuilt, not loaded: the same ids, without the loaded copy's init kwargs in what the run saves.
+    tokenizer = word_tokenizer([w for w in sorted(vocab, key=vocab.get) if w not in UMT5_SPECIALS], kind="umt5")
+    if tokenizer.get_vocab() != vocab:
+        raise InputError(f"{folder / 'tokenizer'}: not a word-level tokenizer of `viva pretrain`; train from scratch.")
     check_vocabulary(tokenizer, words, folder / "tokenizer")
     text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
-    dit = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=torch.float32)
+    dit = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(folder / "transformer"))
+    dit.load_state_dict(load_file(folder / "transformer" / "diffusion_pytorch_model.safetensors"))  # fp32 <- bf16
     return tokenizer, text_encoder, dit
 
 
@@ -253,6 +259,12 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
     sec, out, device = cfg.editor, Path(cfg.output_dir), parse_device(cfg.device)
     clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
     vae_dir = Path(sec.vae or Path(sec.init) / "vae")
+    if not (vae_dir / "config.json").is_file():
+        raise InputError(
+            f"{vae_dir}: not a VAE folder (no config.json); set editor.vae to the `vae` folder the vae stage wrote"
+            + (", or leave it empty to use editor.init's own" if sec.init else "")
+            + "."
+        )
     vae = AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=torch.float32).to(device).eval()
 
     words = vocabulary(prompt_texts(clips.records))

@@ -10,7 +10,8 @@
 #           (default 600) capped at JUDGE_MINUTES (default 7), then judge_check.py
 #   pack    pack/results.tar (logs, metrics, eval reports) and pack/models.tar.NN (<= 15 MB parts)
 #   setsid bash recipes/small/gpu_session_v8.sh > /tmp/v8.log 2>&1 < /dev/null &
-# Works in $WORK (default /tmp/viva_v8). SMOKE=1: a CPU check of the script (tiny data, 2 steps, no compile).
+# Works in $WORK (default /tmp/viva_v8). SMOKE=1: a CPU check of the script (tiny data, 2 steps, no compile; with
+# PHASES="data editor judge pack"). As run and its results: docs/small_models.md, section 22.
 set -uo pipefail
 WORK="${WORK:-/tmp/viva_v8}"
 PHASES="${PHASES:-memory data editor eval judge pack}"

@@ -278,7 +278,7 @@ def test_a_judge_recorded_at_chance_says_so_with_its_scores(vlm, videos, tmp_pat
     if warned:
         assert f"ROC-AUC {recorded:.2f}" in result.caveat and "chance" in result.caveat
         assert JudgeResult.from_json(result.to_json()).caveat == result.caveat
-        table = BestOfN(results=[type("R", (), {"seed": 0})()], judgements=[result]).table()
+        table = BestOfN(seeds=[0], judgements=[result], best=type("R", (), {"seed": 0})()).table()
         rows = 2  # header + one candidate; the caution follows, wrapped to the table's width
         assert " ".join(table.splitlines()[rows:]) == result.caveat
         assert all(len(line) <= len(table.splitlines()[0]) for line in table.splitlines()[rows:])

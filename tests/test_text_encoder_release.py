@@ -88,24 +88,31 @@ def test_best_of_n_runs_on_a_released_editor(editor_dir, frames):
         score=lambda *a, **k: types.SimpleNamespace(overall=next(scores), scores={}, caveat_lines=lambda width: [])
     )
     out = best_of_n(ed, judge, Video(frames, 16.0, None), cond, PROMPT, n=3, settings=SETTINGS, negative=neg)
-    assert [r.seed for r in out.results] == [3, 4, 5] and out.best.seed == 4
-    assert torch.equal(out.results[0].frames, edit(ed, frames, cond, negative=neg, settings=SETTINGS).frames)
-    assert not torch.equal(out.results[0].frames, out.results[1].frames)
+    assert out.seeds == [3, 4, 5] and out.best.seed == 4 and out.best_index == 1
+    seed4 = dataclasses.replace(SETTINGS, seed=4)
+    assert torch.equal(out.best.frames, edit(ed, frames, cond, negative=neg, settings=seed4).frames)
+    assert not torch.equal(out.best.frames, edit(ed, frames, cond, negative=neg, settings=SETTINGS).frames)
 
 
-def test_best_of_n_encodes_the_negative_once(editor_dir, frames, monkeypatch):
-    """N candidates with CFG and no negative given: one encode of the empty prompt, not N; same edits as before."""
+def test_best_of_n_encodes_the_negative_and_the_source_once(editor_dir, frames, monkeypatch):
+    """N candidates with CFG and no negative given: one encode of the empty prompt and one VAE encode of the source,
+    not N of each; the kept edit is the one `edit` makes with the best seed (a tie keeps the lowest)."""
     ed = load_editor(str(editor_dir), options=FP32)
     cond = ed.encode_text(PROMPT)
     prompts, real = [], ed.encode_text
     monkeypatch.setattr(ed, "encode_text", lambda p: prompts.append(p) or real(p))
+    encodes, real_encode = [], pipeline.encode_frames
+    monkeypatch.setattr(pipeline, "encode_frames", lambda *a: encodes.append(1) or real_encode(*a))
+    scores = iter([0.4, 0.7, 0.7])
     judge = types.SimpleNamespace(
-        score=lambda *a, **k: types.SimpleNamespace(overall=0.5, scores={}, caveat_lines=lambda width: [])
+        score=lambda *a, **k: types.SimpleNamespace(overall=next(scores), scores={}, caveat_lines=lambda width: [])
     )
     out = best_of_n(ed, judge, Video(frames, 16.0, None), cond, PROMPT, n=3, settings=SETTINGS)
-    assert prompts == [""] and SETTINGS.cfg != 1.0
-    seed5 = dataclasses.replace(SETTINGS, seed=5)
-    assert torch.equal(out.results[2].frames, edit(ed, frames, cond, settings=seed5).frames)
+    assert prompts == [""] and SETTINGS.cfg != 1.0 and len(encodes) == 1
+    assert out.best.seed == 4 and [j.overall for j in out.judgements] == [0.4, 0.7, 0.7]
+    monkeypatch.undo()
+    seed4 = dataclasses.replace(SETTINGS, seed=4)
+    assert torch.equal(out.best.frames, edit(ed, frames, cond, settings=seed4).frames)
 
 
 def test_viva_edit_releases_the_encoder_before_sampling(editor_dir, tmp_path, monkeypatch):

@@ -10,23 +10,23 @@ from typing import Callable, Optional
 from .editor import Conditioning, Editor
 from .errors import InputError
 from .judge import DIMENSIONS, Judge, JudgeResult
-from .pipeline import EditResult, EditSettings, edit, unconditional
+from .pipeline import EditResult, EditSettings, edit_encoded, encode_source, unconditional
 from .runtime import ProgressFn, no_progress
 from .video import Video
 
 
 @dataclass
 class BestOfN:
-    results: list[EditResult]
+    """Every candidate's seed and judgement, and the best candidate's edit: the others' videos are dropped as soon
+    as they are beaten (N full videos would otherwise stay in memory)."""
+
+    seeds: list[int]
     judgements: list[JudgeResult]
+    best: EditResult
 
     @property
     def best_index(self) -> int:
-        return max(range(len(self.judgements)), key=lambda i: self.judgements[i].overall)
-
-    @property
-    def best(self) -> EditResult:
-        return self.results[self.best_index]
+        return self.seeds.index(self.best.seed)
 
     @property
     def best_judgement(self) -> JudgeResult:
@@ -35,12 +35,12 @@ class BestOfN:
     def rows(self) -> list[dict]:
         return [
             {
-                "seed": r.seed,
+                "seed": seed,
                 **{d: round(j.scores[d], 4) for d in DIMENSIONS},
                 "overall": round(j.overall, 4),
                 "best": i == self.best_index,
             }
-            for i, (r, j) in enumerate(zip(self.results, self.judgements))
+            for i, (seed, j) in enumerate(zip(self.seeds, self.judgements))
         ]
 
     def table(self) -> str:
@@ -71,25 +71,30 @@ def best_of_n(
     num_frames: int = 4,
     progress_factory: Callable[[int], ProgressFn] = lambda i: no_progress,
 ) -> BestOfN:
-    """Seeds settings.seed .. settings.seed + n - 1; ties keep the lowest seed. CFG's negative is encoded once for
-    all N (edit would encode the empty prompt again for every seed)."""
+    """Seeds settings.seed .. settings.seed + n - 1; ties keep the lowest seed. The source is encoded once and CFG's
+    negative once for all N (each `edit` would encode both again)."""
     if n < 1:
         raise InputError(f"best-of-N needs n >= 1, got {n}.")
-    if negative is None and settings.resolved(editor.sampling_defaults).cfg != 1.0:
+    resolved = settings.resolved(editor.sampling_defaults)
+    resolved.check()
+    if negative is None and resolved.cfg != 1.0:
         negative = unconditional(editor)
-    results, judgements = [], []
+    source = encode_source(editor, video.frames)
+    seeds, judgements, best = [], [], None
     for i in range(n):
-        s = dataclasses.replace(settings, seed=settings.seed + i)
-        r = edit(
+        r = edit_encoded(
             editor,
-            video.frames,
+            source,
             cond,
             negative=negative,
-            settings=s,
+            settings=dataclasses.replace(settings, seed=settings.seed + i),
             fps=video.fps,
             audio=video.audio,
             progress=progress_factory(i),
         )
-        results.append(r)
-        judgements.append(judge.score(video.frames[: r.frames.shape[0]], r.frames, instruction, num_frames=num_frames))
-    return BestOfN(results, judgements)
+        judged = judge.score(video.frames[: r.frames.shape[0]], r.frames, instruction, num_frames=num_frames)
+        if best is None or judged.overall > judgements[seeds.index(best.seed)].overall:
+            best = r
+        seeds.append(r.seed)
+        judgements.append(judged)
+    return BestOfN(seeds, judgements, best)

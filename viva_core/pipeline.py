@@ -165,6 +165,29 @@ def blame_damaged_weights(editor: Editor) -> Iterator[None]:
         raise
 
 
+@dataclass(frozen=True)
+class EncodedSource:
+    """A source conformed to the editor (`conform_for_editor`) and VAE-encoded once: what every seed of a best-of-N
+    starts from, so N candidates cost one encode."""
+
+    latents: torch.Tensor  # [1, z, T', H', W'] normalized fp32
+    conform: ConformReport
+    seconds: float
+
+
+def encode_source(editor: Editor, frames: torch.Tensor, resize_to: Optional[tuple[int, int]] = None) -> EncodedSource:
+    """Check `frames` [T,H,W,C] (0..1), conform them to the editor (4k+1 frames, working size) and encode them."""
+    t0 = time.perf_counter()
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise InputError(f"source frames must be [T,H,W,3] with T >= 1, got shape {tuple(frames.shape)}.")
+    if not torch.isfinite(frames).all():
+        raise InputError("source frames contain NaN/Inf.")
+    frames, report = conform_for_editor(editor, frames, resize_to)
+    with blame_damaged_weights(editor):
+        latents = encode_frames(editor, frames)
+    return EncodedSource(latents, report, time.perf_counter() - t0)
+
+
 def edit(
     editor: Editor,
     frames: torch.Tensor,
@@ -181,29 +204,42 @@ def edit(
     dropped); the edit comes back at the source's size (`conform_for_editor`; `resize_to` (h, w) overrides the
     editor's working size). Both are reported. A shift or sampler left as None is the editor's
     (`Editor.sampling_defaults`, from its folder's scheduler config), else the default (settings.DEFAULTS)."""
+    settings.resolved(editor.sampling_defaults).check()  # before the encode: a bad setting fails at once
+    source = encode_source(editor, frames, resize_to)
+    return edit_encoded(
+        editor, source, cond, negative=negative, settings=settings, fps=fps, audio=audio, progress=progress
+    )
+
+
+def edit_encoded(
+    editor: Editor,
+    source: EncodedSource,
+    cond: Conditioning,
+    *,
+    negative: Optional[Conditioning] = None,
+    settings: EditSettings = EditSettings(),  # noqa: B008 (frozen)
+    fps: float = 16.0,
+    audio: Optional[Audio] = None,
+    progress: ProgressFn = no_progress,
+) -> EditResult:
+    """`edit` of a source encoded by `encode_source`: sample from its latents, decode, scale back to its size. The
+    result's seconds include the encode."""
     settings = settings.resolved(editor.sampling_defaults)
     settings.check()
     t0 = time.perf_counter()
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-        raise InputError(f"source frames must be [T,H,W,3] with T >= 1, got shape {tuple(frames.shape)}.")
-    if not torch.isfinite(frames).all():
-        raise InputError("source frames contain NaN/Inf.")
-    frames, report = conform_for_editor(editor, frames, resize_to)
     guided = settings.cfg != 1.0
     if guided and negative is None:
         negative = unconditional(editor)
     with blame_damaged_weights(editor):
-        source = encode_frames(editor, frames)
-
         gen = torch.Generator("cpu").manual_seed(int(settings.seed))
-        noise = torch.randn(source.shape, generator=gen, dtype=torch.float32)
+        noise = torch.randn(source.latents.shape, generator=gen, dtype=torch.float32)
         length = max(editor.max_text_tokens, cond.embeds.shape[1], negative.embeds.shape[1] if guided else 0)
         tokens = [pad_tokens(cond.embeds, length)] + ([pad_tokens(negative.embeds, length)] if guided else [])
 
         with editor.dit_with_loras() as (dit, lora_reports):
             dev = editor.device
             text = torch.cat(tokens).to(dev, editor.dtype)
-            src = source.to(dev)
+            src = source.latents.to(dev)
 
             def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
                 with torch.no_grad():
@@ -226,13 +262,13 @@ def edit(
                 "the VAE decoded NaN/Inf frames; nothing was saved. Decode in fp32: load the editor with dtype fp32 "
                 "(the VAE follows it) or EditorOptions(vae_dtype='fp32')."
             )
-        out = unconform_frames(out, report)
+        out = unconform_frames(out, source.conform)
     return EditResult(
         out,
         fps,
         trim_audio(audio, out.shape[0] / fps),
-        report,
+        source.conform,
         lora_reports,
         int(settings.seed),
-        time.perf_counter() - t0,
+        source.seconds + time.perf_counter() - t0,
     )

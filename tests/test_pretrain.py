@@ -395,9 +395,8 @@ def test_editor_and_judge_continue_from_the_bundled_folders(synth_npz, tmp_path)
         assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     for same in ("tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "transformer/config.json"):
         assert (ed / same).read_bytes() == (bundled.EDITOR / same).read_bytes(), same  # no loaded-copy leftovers
-    moved = S.run_stage(
-        _cfg("editor", tmp_path / "ed1", manifest, **{"editor.init": bundled.EDITOR, "editor.instructor": "false"})
-    )
+    balanced = {"editor.init": bundled.EDITOR, "editor.instructor": "false", "data.balance": 1.0}
+    moved = S.run_stage(_cfg("editor", tmp_path / "ed1", manifest, **balanced))  # data.balance draws by weight
     before, after = _safetensors(bundled.EDITOR / "transformer"), _safetensors(moved / "transformer")
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
 
@@ -406,6 +405,24 @@ def test_editor_and_judge_continue_from_the_bundled_folders(synth_npz, tmp_path)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     info = json.loads((judge / "viva_judge.json").read_text())
     assert info["difference_frames"] and "held_out_roc_auc" not in info
+
+
+def test_operation_weights_even_out_the_operations() -> None:
+    """Against a hand computation: 6 clips of A, 2 of B, 2 of A+B -> A in 8 clips, B in 4; a clip weighs the mean of
+    1/count over its operations. With power 1 each operation's share of draws comes out equal-ish; 0 is uniform."""
+    records = [{"operation": "A"}] * 6 + [{"operation": "B"}] * 2 + [{"operation": "A+B"}] * 2
+    w = S.operation_weights(records, 1.0)
+    raw = [1 / 8] * 6 + [1 / 4] * 2 + [(1 / 8 + 1 / 4) / 2] * 2
+    assert torch.allclose(w, torch.tensor(raw, dtype=torch.float64) / sum(raw))
+    share = {o: float(sum(w[i] for i, r in enumerate(records) if o in r["operation"].split("+"))) for o in "AB"}
+    assert abs(share["A"] - share["B"]) < 0.2 and share["B"] > 4 / 10  # B: 4 clips of 10, drawn more than that
+    assert torch.allclose(S.operation_weights(records, 0.0), torch.full((10,), 0.1, dtype=torch.float64))
+    half = S.operation_weights(records, 0.5)
+    assert torch.allclose(half, torch.tensor(raw, dtype=torch.float64).sqrt() / sum(x**0.5 for x in raw))
+    draws = torch.multinomial(w.float(), 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert abs(float((draws >= 6).float().mean()) - float(w[6:].sum())) < 0.02  # the trainer's draw follows w
+    with pytest.raises(InputError, match="data.balance"):
+        S.load_scratch_config(None, ["stage=editor", "data.manifest=x.jsonl", "editor.vae=v", "data.balance=2"])
 
 
 def test_continuing_refuses_folders_that_do_not_fit(synth_npz, tmp_path) -> None:

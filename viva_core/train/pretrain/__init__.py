@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...runtime import ProgressFn, no_progress
-from .clips import ClipSet, frames_float, load_clip_set
+from .clips import ClipSet, frames_float, load_clip_set, operation_weights
 from .config import (
     STAGES,
     DataSection,
@@ -66,6 +66,7 @@ __all__ = [
     "load_clip_set",
     "load_scratch_config",
     "new_vae",
+    "operation_weights",
     "prompt_texts",
     "run_stage",
     "save_tokenizer",

@@ -90,3 +90,18 @@ def frames_float(x: torch.Tensor) -> torch.Tensor:
 def video_batch(x: torch.Tensor) -> torch.Tensor:
     """uint8 [B,T,H,W,3] -> [B,3,T,H,W] in -1..1 (the VAE's input)."""
     return frames_float(x).permute(0, 4, 1, 2, 3) * 2 - 1
+
+
+def operation_weights(records: list[dict], power: float) -> torch.Tensor:
+    """Sampling weight of each clip (summing to 1) that evens out how often each operation is trained: a clip weighs
+    the mean of 1 / (clips containing o) over its operations o ("move+style" counts for move and for style), raised to
+    `power` (0 = uniform, 1 = every operation about equally often). Synth's categories make object edits rare (add and
+    move are ~2.5% of the clips, time shift 17%); docs/small_models.md, section 24."""
+    ops = [str(r.get("operation") or "").split("+") for r in records]
+    counts: dict[str, int] = {}
+    for parts in ops:
+        for o in set(parts):
+            counts[o] = counts.get(o, 0) + 1
+    w = torch.tensor([sum(1.0 / counts[o] for o in parts) / len(parts) for parts in ops], dtype=torch.float64)
+    w = w.pow(power)
+    return w / w.sum()

@@ -18,6 +18,9 @@ class DataSection:
     manifest: str = ""  # `viva synth --format npz` manifest (train split)
     val_manifest: str = ""
     limit: int = 0  # use at most this many clips (0 = all)
+    # Editor stage: draw clips with `operation_weights(records, balance)` instead of uniformly (0 = uniform, 1 = each
+    # operation about equally often); the records' "operation" field, as synth writes it.
+    balance: float = 0.0
 
 
 @dataclass
@@ -138,6 +141,8 @@ class ScratchConfig:
             problems.append("optim.steps and optim.batch_size must be >= 1")
         if len(self.editor.patch) != 3:
             problems.append("editor.patch must be [t, h, w]")
+        if not 0 <= self.data.balance <= 1:
+            problems.append(f"data.balance must be in [0, 1], got {self.data.balance}")
         if not 0 <= self.judge.gt_source_share <= 1:
             problems.append(f"judge.gt_source_share must be in [0, 1], got {self.judge.gt_source_share}")
         kinds = JUDGE_CANDIDATES

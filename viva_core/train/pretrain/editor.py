@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ...errors import InputError
 from ...runtime import ProgressFn, no_progress, parse_device
-from .clips import ClipSet, frames_float, load_clip_set
+from .clips import ClipSet, frames_float, load_clip_set, operation_weights
 from .config import UMT5_SPECIALS, EditorSection, ScratchConfig
 from .loop import _autocast, _loop, _one_thread, _write_json
 from .models import check_vocabulary, new_dit, new_text_encoder, same_files, save_small, write_vlm_folder
@@ -311,9 +311,13 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
 
     gen = torch.Generator(device).manual_seed(cfg.seed)  # every draw on the training device: no host round trips
     n, batch = len(clips), cfg.optim.batch_size
+    weights = operation_weights(clips.records, cfg.data.balance).float().to(device) if cfg.data.balance else None
 
     def step(i: int) -> dict:
-        idx = torch.randint(n, (batch,), generator=gen, device=device)
+        if weights is None:
+            idx = torch.randint(n, (batch,), generator=gen, device=device)
+        else:
+            idx = torch.multinomial(weights, batch, replacement=True, generator=gen)
         drop = torch.rand(batch, generator=gen, device=device) < sec.cond_dropout
         text_row = torch.where(drop, torch.full_like(idx, data.empty), idx)
         ids, mask = data.text_ids[text_row], data.text_mask[text_row]

@@ -3,8 +3,9 @@
 #   memory  bench/real_memory.py --only lucy,lucy-release-text: the peak of `viva edit`'s new defaults (text encoder
 #           dropped before sampling, bf16 VAE) against issue 13's 16 GiB
 #   data    30,000 training clips (N; the 10,000 of editor v4 saw each clip ~220 times) + the two benchmark sets
-#   editor  editor v5: the shipped editor v4 continued (`editor.init`) for EDITOR_STEPS (default 8000, ~9.5 min at
-#           14.5 steps/s with compile) at peak lr EDITOR_LR (default 3e-4), a fresh warm-up and cosine
+#   editor  the shipped editor continued (`editor.init`; v4 -> v5 in session v8) for EDITOR_STEPS (default 8000,
+#           ~9.5 min at 14.5 steps/s with compile) at peak lr EDITOR_LR (default 3e-4), a fresh warm-up and cosine;
+#           EDITOR_SETS adds --set pairs (e.g. "--set data.balance=0.5")
 #   eval    v5 and the shipped v4 on both benchmark sets (GPU, fp32: eval_all.sh's protocol), for a paired table
 #   judge   judge v3, JUDGE_SETS (default: judge v2 continued with the wrong-edit candidate, section 21), JUDGE_STEPS
 #           (default 600) capped at JUDGE_MINUTES (default 7), then judge_check.py
@@ -19,7 +20,8 @@ mkdir -p "$WORK" && cp -r viva_core recipes bench tests "$WORK"/
 cd "$WORK" || exit 1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, eval_lines
-E=(--set editor.init=$B/diffusers/viva-small-editor --set editor.vae=$B/diffusers/viva-small-editor/vae
+# shellcheck disable=SC2206  # EDITOR_SETS: more --set pairs, e.g. "--set data.balance=0.5"
+E=(--set editor.init=$B/diffusers/viva-small-editor --set editor.vae=$B/diffusers/viva-small-editor/vae ${EDITOR_SETS:-}
    --set editor.instructor=false --set optim.compile="${COMPILE:-true}"
    --set optim.lr="${EDITOR_LR:-3e-4}" --set optim.max_minutes="${EDITOR_MINUTES:-11}")
 J=(--set optim.steps="${JUDGE_STEPS:-600}" --set optim.warmup_steps=30 --set optim.lr="${JUDGE_LR:-3e-4}"

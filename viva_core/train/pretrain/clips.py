@@ -95,8 +95,8 @@ def video_batch(x: torch.Tensor) -> torch.Tensor:
 def operation_weights(records: list[dict], power: float) -> torch.Tensor:
     """Sampling weight of each clip (summing to 1) that evens out how often each operation is trained: a clip weighs
     the mean of 1 / (clips containing o) over its operations o ("move+style" counts for move and for style), raised to
-    `power` (0 = uniform, 1 = every operation about equally often). Synth's categories make object edits rare (add and
-    move are ~2.5% of the clips, time shift 17%); docs/small_models.md, section 24."""
+    `power` (0 = uniform, 1 = every operation about equally often). On synth's clips add and move are in ~7% of
+    them, time shift in 17%; docs/small_models.md, section 24."""
     ops = [str(r.get("operation") or "").split("+") for r in records]
     counts: dict[str, int] = {}
     for parts in ops:

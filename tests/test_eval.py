@@ -462,6 +462,38 @@ def test_cli_eval_on_npz_clips_without_saving_outputs(tmp_path):
     assert main(["eval", str(manifest), "--outputs", str(tmp_path), "--no-outputs", "--report", str(report)]) == 2
 
 
+def test_cli_eval_encodes_every_instruction_before_sampling(tmp_path, monkeypatch):
+    """Text conditioning: each distinct instruction and the negative are encoded once, up front; the text encoder is
+    then released, so it is never on the device with the DiT. The scores equal the resident per-record flow."""
+    from tiny_editor import build_editor_folder
+
+    from viva_core.editor import Editor, EditorOptions, load_editor
+    from viva_core.pipeline import edit
+    from viva_core.settings import EditSettings
+    from viva_core.synth import generate
+
+    manifest = generate(tmp_path / "d", n=3, seed=1, format="npz", splits=(1, 0, 0), frames=5, size=32)["train"]
+    folder = build_editor_folder(tmp_path / "editor")
+    events, encode, release = [], Editor.encode_text, Editor.release_text_encoder
+    monkeypatch.setattr(Editor, "encode_text", lambda self, p: events.append(("encode", p)) or encode(self, p))
+    monkeypatch.setattr(Editor, "release_text_encoder", lambda self: events.append(("release",)) or release(self))
+    args = ["eval", str(manifest), "--editor", str(folder), "--no-outputs", "--steps", "1", "--sampler", "euler"]
+    assert main([*args, "--report", str(tmp_path / "r"), "--dtype", "fp32", "--device", "cpu"]) == 0
+    instructions = [json.loads(line)["instruction"] for line in manifest.read_text().splitlines()]
+    assert events[-1] == ("release",) and sorted(p for _, p in events[:-1]) == sorted({*instructions, ""})
+    monkeypatch.undo()
+
+    editor = load_editor(str(folder), options=EditorOptions(dtype="fp32", device="cpu"))
+    negative = editor.encode_text("")
+    settings = EditSettings(steps=1, sampler="euler")
+    resident = evaluate(
+        manifest,
+        lambda r, f: edit(editor, f, editor.encode_text(r.instruction), negative=negative, settings=settings).frames,
+    )
+    released = json.loads((tmp_path / "r" / "report.json").read_text())["scores"]
+    assert [s["ea"] for s in released] == pytest.approx([s.ea for s in resident.scores], abs=1e-6)
+
+
 def test_synth_clips_ground_truth_scores_one():
     synth = pytest.importorskip("viva_core.synth")
     plans = [("basic", op) for op in ("recolour", "replace_shape", "remove", "add", "move", "resize")] + [

@@ -395,17 +395,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .conditioning import build_conditioning, negative_conditioning
         from .pipeline import edit
 
-        editor = load_editor_from_args(args)
+        vlm, mode = load_instructor_from_args(args)
+        # Text conditioning needs no frame: every instruction is encoded up front and the text encoder dropped before
+        # the DiT and VAE go onto the device, as `viva edit` does (Lucy-5B: 15.3 GiB peak, not 31.8; bench/RESULTS.md).
+        # The instructor reads each source's first frame, so that mode keeps the encoder for the whole run.
+        editor = load_editor_from_args(args, encode_first=mode == "text")
         for spec in args.lora or []:
             editor = editor.with_lora(*parse_lora_arg(spec))
         negative = negative_conditioning(editor, args.negative)
         settings = sampling_settings(args)
-        vlm, mode = load_instructor_from_args(args)
+        encoded = {}
+        if mode == "text":
+            from .data import load_manifest
+
+            for record in load_manifest(args.manifest, max_frames=args.max_frames)[: args.limit]:
+                if record.instruction not in encoded:
+                    encoded[record.instruction] = editor.encode_text(record.instruction)
+            editor.release_text_encoder()
 
         def editor_fn(record, frames):
-            cond, _ = build_conditioning(
-                editor, record.instruction, frames[0], mode=mode, vlm=vlm, refiner_path=args.refiner
-            )
+            cond = encoded.get(record.instruction)
+            if cond is None:
+                cond, _ = build_conditioning(
+                    editor, record.instruction, frames[0], mode=mode, vlm=vlm, refiner_path=args.refiner
+                )
             return edit(editor, frames, cond, negative=negative, settings=settings).frames
     else:
         editor_fn = None

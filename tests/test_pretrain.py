@@ -452,6 +452,43 @@ def test_continuing_refuses_folders_that_do_not_fit(synth_npz, tmp_path) -> None
         S.run_stage(_cfg("judge", tmp_path / "e", new_words, **{"judge.init": bundled.JUDGE}))
 
 
+def test_vae_edge_weights_follow_the_outlines() -> None:
+    """Against a hand computation on one 1x4 frame (black, black, white, white): the step between pixels 1 and 2 is
+    2 (x in -1..1), halved to g = 1 at pixel 1 only; weight 1 + 3 g there, 1 elsewhere; 0 turns weighting off."""
+    from viva_core.train.pretrain.vae import edge_weights
+
+    x = torch.tensor([-1.0, -1.0, 1.0, 1.0]).view(1, 1, 1, 1, 4).expand(1, 3, 1, 1, 4)
+    assert edge_weights(x, 3.0).flatten().tolist() == [1.0, 4.0, 1.0, 1.0]
+    assert edge_weights(x.transpose(-1, -2), 3.0).flatten().tolist() == [1.0, 4.0, 1.0, 1.0]  # vertical steps alike
+    assert edge_weights(x, 0.0) == 1.0
+
+
+def test_vae_decoder_only_keeps_the_encoder_and_its_latent_statistics(synth_npz, tmp_path) -> None:
+    """vae.decoder_only: the encoder (so every latent an editor was trained on) and latents_mean/std come back
+    bit-identical; the decoder trains."""
+    manifest = synth_npz / "train.jsonl"
+    tiny = {"vae.base_dim": 8, "vae.frames": 5, "vae.spatial": 4}
+    base = S.run_stage(_cfg("vae", tmp_path / "v0", manifest, **tiny))
+    tuned = S.run_stage(
+        _cfg(
+            "vae",
+            tmp_path / "v1",
+            manifest,
+            **tiny,
+            **{"vae.init": base, "vae.decoder_only": "true", "vae.edge_weight": 4.0, "optim.lr": 1e-2},
+        )
+    )
+    before, after = _safetensors(base), _safetensors(tuned)
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    config = [json.loads((f / "config.json").read_text()) for f in (base, tuned)]
+    assert [c["latents_mean"] for c in config] == [config[0]["latents_mean"]] * 2
+    assert [c["latents_std"] for c in config] == [config[0]["latents_std"]] * 2
+    with pytest.raises(InputError, match="vae.init"):
+        _cfg("vae", tmp_path / "v2", manifest, **{"vae.decoder_only": "true"})
+
+
 def test_pretrain_refuses_mp4_manifests_and_bad_configs(tmp_path) -> None:
     (tmp_path / "m.jsonl").write_text(json.dumps({"source_video": "a.mp4", "instruction": "x"}) + "\n")
     with pytest.raises(InputError, match="--format npz"):

@@ -48,6 +48,12 @@ class VaeSection:
     frames: int = 17  # random windows of 1 + 4k frames; later chunks lean on the causal cache, so train on the
     # clip length used at inference (5-frame training measured 22.8 dB on frames 1-5 but 10 dB on frames 10-17)
     init: str = ""  # continue from a VAE folder (e.g. one trained on short windows first, which is ~3x faster)
+    # With init: train only the decoder (and post_quant_conv). The encoder, so every latent and the latent statistics,
+    # stays exactly as it was, so editors trained on this VAE's latents keep working with the new decoder.
+    decoder_only: bool = False
+    # Reconstruction loss weight 1 + edge_weight * |image gradient| (0..1 per pixel): small shapes' corners and edges
+    # are few pixels of a frame, and the plain loss lets the 4x VAE round them off (docs/small_models.md, section 26).
+    edge_weight: float = 0.0
 
 
 @dataclass
@@ -154,6 +160,10 @@ class ScratchConfig:
             problems.append(f"judge.candidates names unknown candidates {unknown}; choose from {', '.join(kinds)}")
         if self.judge.gt_source_steps < 0:
             problems.append(f"judge.gt_source_steps must be >= 0, got {self.judge.gt_source_steps}")
+        if self.vae.decoder_only and not self.vae.init:
+            problems.append("vae.decoder_only trains the decoder of an existing VAE: set vae.init to its folder")
+        if self.vae.edge_weight < 0:
+            problems.append(f"vae.edge_weight must be >= 0, got {self.vae.edge_weight}")
         if self.vae.spatial not in VAE_LEVELS:
             problems.append(f"vae.spatial must be one of {sorted(VAE_LEVELS)}, got {self.vae.spatial}")
         raise_problems(problems, "pretrain config")

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ...errors import InputError
 from ...runtime import ProgressFn, no_progress, parse_device
@@ -25,14 +26,24 @@ def train_vae(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
     videos = torch.cat([clips.source, clips.target]).to(device)  # both sides are valid videos to reconstruct
     torch.manual_seed(cfg.seed)
+    kept_statistics = None
     if cfg.vae.init:
         from diffusers import AutoencoderKLWan
 
         vae = AutoencoderKLWan.from_pretrained(cfg.vae.init, torch_dtype=torch.float32)
+        kept_statistics = list(vae.config.latents_mean), list(vae.config.latents_std)
         vae.register_to_config(latents_mean=[0.0] * vae.config.z_dim, latents_std=[1.0] * vae.config.z_dim)
     else:
         vae = new_vae(cfg.vae)
     vae = vae.to(device).train()
+    decoder_only = cfg.vae.decoder_only
+    if decoder_only:
+        vae.requires_grad_(False)
+        trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+        for p in trained:
+            p.requires_grad_(True)
+    else:
+        trained = list(vae.parameters())
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     window = min(cfg.vae.frames, videos.shape[1])
     if (window - 1) % 4:
@@ -44,15 +55,21 @@ def train_vae(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
         frames = starts[:, None] + torch.arange(window)
         x = video_batch(videos[idx[:, None].to(device), frames.to(device)])
         with _autocast(device):
-            posterior = vae.encode(x).latent_dist
+            with torch.set_grad_enabled(not decoder_only):
+                posterior = vae.encode(x).latent_dist
             rec = vae.decode(posterior.sample()).sample.float()
-        l1, mse = (rec - x).abs().mean(), ((rec - x) ** 2).mean()
+        weight = edge_weights(x, cfg.vae.edge_weight)
+        l1, mse = ((rec - x).abs() * weight).mean(), (((rec - x) ** 2) * weight).mean()
         kl = posterior.kl().mean() / x[0].numel()
-        return {"loss": l1 + mse + cfg.vae.kl_weight * kl, "recon_l1": l1.detach(), "kl": kl.detach()}
+        loss = l1 + mse if decoder_only else l1 + mse + cfg.vae.kl_weight * kl
+        return {"loss": loss, "recon_l1": l1.detach(), "kl": kl.detach()}
 
-    summary = _loop(cfg, list(vae.parameters()), step, out, progress, "VAE")
+    summary = _loop(cfg, trained, step, out, progress, "VAE")
     vae.eval()
-    mean, std = latent_statistics(vae, videos, device)
+    if decoder_only:  # the same encoder: the editors' latent normalization must not move
+        mean, std = kept_statistics
+    else:
+        mean, std = latent_statistics(vae, videos, device)
     vae.register_to_config(latents_mean=mean, latents_std=std)
     summary["val_psnr"] = vae_psnr(
         vae, load_clip_set(cfg.data.val_manifest, limit=64).source if cfg.data.val_manifest else videos, device, n=64
@@ -61,6 +78,19 @@ def train_vae(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     _write_json(out / "vae_summary.json", {"config": dataclasses.asdict(cfg), "result": summary})
     log.info("VAE: %s", summary)
     return out / "vae"
+
+
+def edge_weights(x: torch.Tensor, edge_weight: float) -> torch.Tensor | float:
+    """Per-pixel loss weights [B,1,T,H,W] = 1 + edge_weight * g, g = the largest absolute difference to the right or
+    lower neighbour over the colour channels, halved (x in -1..1, so g is in 0..1): the outlines of shapes weigh up
+    to 1 + edge_weight. 1.0 (no weighting) when edge_weight is 0."""
+    if not edge_weight:
+        return 1.0
+    with torch.no_grad():
+        dx = F.pad((x[..., :, 1:] - x[..., :, :-1]).abs(), (0, 1))
+        dy = F.pad((x[..., 1:, :] - x[..., :-1, :]).abs(), (0, 0, 0, 1))
+        g = torch.maximum(dx, dy).amax(dim=1, keepdim=True) / 2
+    return 1 + edge_weight * g
 
 
 @torch.no_grad()

@@ -93,7 +93,7 @@ def best_of_n(
             progress=progress_factory(i),
         )
         judged = judge.score(video.frames[: r.frames.shape[0]], r.frames, instruction, num_frames=num_frames)
-        if best is None or judged.overall > judgements[seeds.index(best.seed)].overall:
+        if best is None or judged.overall > max(j.overall for j in judgements):
             best = r
         seeds.append(r.seed)
         judgements.append(judged)

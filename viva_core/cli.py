@@ -408,7 +408,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if mode == "text":
             from .data import load_manifest
 
-            for record in load_manifest(args.manifest, max_frames=args.max_frames)[: args.limit]:
+            for record in load_manifest(args.manifest, check_videos=False)[: args.limit]:  # evaluate checks them
                 if record.instruction not in encoded:
                     encoded[record.instruction] = editor.encode_text(record.instruction)
             editor.release_text_encoder()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -221,11 +220,12 @@ def _continued_editor(folder: Path, vae_dir: Path, words: list[str], max_text_to
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     from ...editor import EDITOR_INFO_FILE
+    from ...safe_io import read_json_object
 
     info_file = folder / EDITOR_INFO_FILE
     if not info_file.is_file():
         raise InputError(f"{folder}: no {EDITOR_INFO_FILE}; editor.init takes a folder `viva pretrain editor` wrote.")
-    info = json.loads(info_file.read_text(encoding="utf-8"))
+    info = read_json_object(info_file, "editor info")
     if info.get("instructor"):
         raise InputError(f"{folder}: trained with the instructor; editor.init continues text-only editors.")
     if int(info.get("max_text_tokens", max_text_tokens)) != max_text_tokens:

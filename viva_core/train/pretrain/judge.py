@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -243,12 +242,11 @@ def _continued_judge(init: Path, folder: Path, sec: JudgeSection, words: list[st
     behind (`judge_check.py --record` measures the new ones)."""
     from transformers import AutoTokenizer
 
-    from ...judge import JUDGE_INFO_FILE
+    from ...judge import JUDGE_INFO_FILE, judge_info
 
-    info_file = init / JUDGE_INFO_FILE
-    if not info_file.is_file():
+    info = judge_info(init)
+    if info is None:
         raise InputError(f"{init}: no {JUDGE_INFO_FILE}; judge.init takes a folder written by `viva pretrain judge`.")
-    info = json.loads(info_file.read_text(encoding="utf-8"))
     if (bool(info.get("difference_frames")), int(info.get("frames", sec.frames))) != (sec.difference, sec.frames):
         raise InputError(
             f"{init}: trained on {info.get('frames')} frames with difference_frames={info.get('difference_frames')}; "

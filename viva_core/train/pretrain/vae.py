@@ -58,11 +58,11 @@ def train_vae(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
             with torch.set_grad_enabled(not decoder_only):
                 posterior = vae.encode(x).latent_dist
             rec = vae.decode(posterior.sample()).sample.float()
-        weight = edge_weights(x, cfg.vae.edge_weight)
-        l1, mse = ((rec - x).abs() * weight).mean(), (((rec - x) ** 2) * weight).mean()
+        weight, err = edge_weights(x, cfg.vae.edge_weight), rec - x
+        recon = (err.abs() * weight).mean() + (err**2 * weight).mean()
         kl = posterior.kl().mean() / x[0].numel()
-        loss = l1 + mse if decoder_only else l1 + mse + cfg.vae.kl_weight * kl
-        return {"loss": loss, "recon_l1": l1.detach(), "kl": kl.detach()}
+        loss = recon if decoder_only else recon + cfg.vae.kl_weight * kl
+        return {"loss": loss, "recon_l1": err.abs().mean().detach(), "kl": kl.detach()}  # plain L1, any edge_weight
 
     summary = _loop(cfg, trained, step, out, progress, "VAE")
     vae.eval()

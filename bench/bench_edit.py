@@ -28,11 +28,25 @@ FLOPs: bench_dit.dit_flops fits the Wan2.2 5B DiT (patch 1x2x2 on the 16x VAE: 8
 8190 tokens, 98.2 TFLOP per forward); it counts the cross-attention k/v on text_dim rather than the embedded width
 (+0.2%).
 
+Best-of-N (`--best-of N`, default 0 = off; issue 13, target 4: N=4 in at most 3.3x one edit): after the variants,
+one more measurement with the editor options of the last variant of ours that ran without failing (`best` when it
+ran; `ours` when only `diffusers` ran) and a judge: Qwen2.5-VL-3B-shaped (random weights, bf16, resident beside
+the editor, ~7 GiB; the tiny qwen3b on `--shape tiny`), `viva_core.judge.Judge` defaults. A warm-up best_of_n
+(n=1, `--warmup-steps`), then `--repeats` times: one plain edit (`Editor.encode_text` + `pipeline.edit`, as the
+`ours` variant) and `viva_core.best_of_n.best_of_n(n=N)` with `encode_text(PROMPT)` inside the timed region too,
+same settings (seeds seed..seed+N-1), judged on 4 frames. best_of_n encodes the source and CFG's negative once and
+keeps only the best video; the judge's share is timed by wrapping `Judge.score` (N calls). Reported: both seconds,
+their ratio, the judge seconds, the phase split of both (sampling summed over each candidate's run of DiT calls),
+the calls of each phase in the timed best-of-N (1 VAE encode, N decodes, N judge calls), peak allocated GiB, and the
+`unshared` ratio (N x one edit + judge) / one edit, what N separate edits plus judging would cost.
+
 Defaults (30 steps, 1 repeat, 2-step warm-ups, all six variants) take ~4-5 min on an H200 (DiT + UMT5 + VAE
-resident, ~25 GiB); `--repeats 2` adds ~1.5 min. `--shape tiny` runs the same code on tiny configs on the CPU
-with one torch thread (tests/test_bench_edit.py: baseline and ours must agree).
+resident, ~25 GiB); `--repeats 2` adds ~1.5 min; `--best-of 4` adds about six edits plus the judge's build and
+calls. `--shape tiny` runs the same code on tiny configs on the CPU with one torch thread (tests/test_bench_edit.py:
+baseline and ours must agree).
 
     PYTHONPATH=. python bench/bench_edit.py [--steps 30 --repeats 1 --variants diffusers,ours,best --json out.json]
+    PYTHONPATH=. python bench/bench_edit.py --variants best --best-of 4
 """
 
 from __future__ import annotations
@@ -43,8 +57,10 @@ import copy
 import gc
 import json
 import math
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +80,7 @@ LUCY_SHIFT = 5.0  # decart-ai/Lucy-Edit-Dev scheduler/scheduler_config.json: Uni
 PROMPT = rm.PROMPT
 TEXT_TOKENS = 512  # both pad UMT5's output to 512 tokens
 PHASES = ("text", "vae_encode", "sampling", "vae_decode")
+BEST_OF_TARGET = 3.3  # issue 13, target 4: best-of-4 in at most 3.3x the time of one edit
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,36 @@ class Row:
     note: str = ""
 
 
+@dataclass
+class BestOfRow:
+    """One edit against best-of-N (`--best-of N`) with the same editor options and settings, in the same process."""
+
+    n: int
+    variant: str  # whose editor options
+    options: str
+    judge: str = ""  # the judge's VLM and its weights
+    edit_s: float = math.nan  # one plain edit (text encode included), median of the repeats
+    best_of_s: float = math.nan  # best_of_n(n) (text encode included), median
+    ratio: Optional[float] = None  # best_of_s / edit_s
+    unshared_ratio: Optional[float] = None  # (n x edit_s + judge_s) / edit_s: n separate edits, each judged
+    judge_s: Optional[float] = None  # the n Judge.score calls of the timed best-of-N, median
+    edit_s_all: list = field(default_factory=list)
+    best_of_s_all: list = field(default_factory=list)
+    edit_phases_s: dict = field(default_factory=dict)
+    best_of_phases_s: dict = field(default_factory=dict)  # + "judge"; sampling summed over the candidates
+    edit_calls: dict = field(default_factory=dict)  # calls per phase (sampling: DiT forwards)
+    best_of_calls: dict = field(default_factory=dict)
+    edit_peak_gib: Optional[float] = None  # both peaks count the judge's weights (resident through both)
+    peak_gib: Optional[float] = None  # best-of-N, editor and judge resident
+    judge_build_s: float = math.nan
+    first_call_s: float = math.nan  # the warm-up best_of_n (n=1, warmup_steps)
+    seeds: list = field(default_factory=list)
+    overall: list = field(default_factory=list)  # the judge's overall score of each seed (random weights)
+    best_seed: Optional[int] = None
+    best_vs_edit_psnr_db: Optional[float] = None  # when the best seed is the plain edit's: inf = the same video
+    note: str = ""
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """dB for videos in 0..1 (inf when identical)."""
     mse = float(((a.float() - b.float()) ** 2).mean())
@@ -118,6 +165,7 @@ class PhaseClock:
     def __init__(self, cuda: bool):
         self.cuda = cuda
         self.marks: dict[str, list[list]] = {}
+        self.order: list[str] = []  # the phase of every call, in call order
 
     def _now(self):
         if self.cuda:
@@ -127,6 +175,7 @@ class PhaseClock:
         return time.perf_counter()
 
     def start(self, phase: str) -> None:
+        self.order.append(phase)
         self.marks.setdefault(phase, []).append([self._now(), None])
 
     def end(self, phase: str) -> None:
@@ -136,17 +185,30 @@ class PhaseClock:
         return a.elapsed_time(b) / 1e3 if self.cuda else b - a
 
     def seconds(self) -> dict[str, float]:
-        """Sum of each phase's calls; sampling spans its first DiT call's start to its last one's end."""
-        out = {}
-        for phase, marks in self.marks.items():
+        """Sum of each phase's calls; sampling sums the runs of consecutive DiT calls (no other phase between), each
+        from its first call's start to its last one's end: one run per edit (a best-of-N has one per candidate)."""
+        out = {p: sum(self._span(a, b) for a, b in marks) for p, marks in self.marks.items() if p != "sampling"}
+        runs: list[list[int]] = []  # [first, last] index into marks["sampling"] of each run
+        i, previous = 0, None
+        for phase in self.order:
             if phase == "sampling":
-                out[phase] = self._span(marks[0][0], marks[-1][1])
-            else:
-                out[phase] = sum(self._span(a, b) for a, b in marks)
+                if previous == "sampling":
+                    runs[-1][1] = i
+                else:
+                    runs.append([i, i])
+                i += 1
+            previous = phase
+        if runs:
+            marks = self.marks["sampling"]
+            out["sampling"] = sum(self._span(marks[a][0], marks[b][1]) for a, b in runs)
         return out
 
+    def calls(self) -> dict[str, int]:
+        return {phase: len(marks) for phase, marks in self.marks.items()}
+
     @contextlib.contextmanager
-    def hooks(self, te: torch.nn.Module, dit: torch.nn.Module, vae: torch.nn.Module):
+    def hooks(self, te: torch.nn.Module, dit: torch.nn.Module, vae: torch.nn.Module, judge=None):
+        """`judge` (a viva_core.judge.Judge): its score calls are the phase "judge"."""
         handles = []
         for module, phase in ((te, "text"), (dit, "sampling")):
             handles.append(module.register_forward_pre_hook(lambda *_, p=phase: self.start(p)))
@@ -163,12 +225,16 @@ class PhaseClock:
             return inner
 
         vae.encode, vae.decode = wrap(vae.encode, "vae_encode"), wrap(vae.decode, "vae_decode")
+        if judge is not None:
+            judge.score = wrap(judge.score, "judge")
         try:
             yield self
         finally:
             for h in handles:
                 h.remove()
             del vae.encode, vae.decode  # the class's methods again
+            if judge is not None:
+                del judge.score
 
 
 @contextlib.contextmanager
@@ -230,6 +296,9 @@ class Bench:
         self.outputs: dict[str, torch.Tensor] = {}
         self.vaes: dict[str, torch.nn.Module] = {}
         self.notes: list[str] = []
+        self.best_of: Optional[BestOfRow] = None
+        self.best_of_result = None  # the timed best_of_n's BestOfN (the last repeat)
+        self.best_of_editor = None  # the editor it ran with
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -338,12 +407,15 @@ class Bench:
         return run, editor, note
 
     # ---- measuring -----------------------------------------------------------------------------------------
-    def timed(self, fn: Callable[[], torch.Tensor], vae: torch.nn.Module) -> tuple[float, dict, int, torch.Tensor]:
+    def timed(
+        self, fn: Callable[[], object], vae: torch.nn.Module, judge=None
+    ) -> tuple[float, dict, int, object, dict]:
+        """Seconds (synchronized), phase seconds (+ "other"), peak allocated bytes, fn's result, calls per phase."""
         self.free()
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         clock = PhaseClock(self.cuda)
-        with clock.hooks(self.te, self.dit, vae):
+        with clock.hooks(self.te, self.dit, vae, judge):
             self.sync()
             t0 = time.perf_counter()
             out = fn()
@@ -352,7 +424,7 @@ class Bench:
         phases = clock.seconds()
         phases["other"] = seconds - sum(phases.values())
         peak = torch.cuda.max_memory_allocated() if self.cuda else 0
-        return seconds, phases, peak, out
+        return seconds, phases, peak, out, clock.calls()
 
     def run_variant(self, v: Variant) -> Row:
         vae = self.vae(v.vae_dtype)
@@ -422,7 +494,102 @@ class Bench:
                 self.rows.append(row)
                 uncompile(self.dit)
                 self.free()
+        if self.args.best_of > 0:
+            v = self.best_of_variant()
+            try:
+                self.run_best_of(v, self.args.best_of)
+            except Exception as e:
+                self.best_of = BestOfRow(
+                    self.args.best_of, v.name, "", note=f"FAILED: {type(e).__name__}: {str(e)[:300]}"
+                )
+                print(json.dumps(self.best_of.__dict__), flush=True)
+                uncompile(self.dit)
+                self.free()
         return self.rows
+
+    # ---- best-of-N -----------------------------------------------------------------------------------------
+    def best_of_variant(self) -> Variant:
+        """The last variant of ours that ran without failing (the order puts `best` last), else `ours`."""
+        ran = [r.variant for r in self.rows if r.variant != "diffusers" and not r.note.startswith("FAILED")]
+        return VARIANTS[ran[-1] if ran else "ours"]
+
+    def build_judge(self, folder: Path):
+        """A Qwen2.5-VL-3B-shaped judge (random weights) wrapped as `load_vlm` wraps a loaded model."""
+        from viva_core.judge import Judge
+
+        spec = rm.SHAPES[self.args.shape]["qwen3b"]
+        torch.manual_seed(1)
+        tokenizer = rm.qwen_tokenizer()
+        model = rm.build_vlm_model(spec["vlm"], tokenizer, self.device, self.dtype)
+        rm.write_vlm_files(folder, model, tokenizer)
+        weights = rm.nbytes(model)
+        vlm = rm.vlm_in_memory(model, folder, self.device, self.dtype)
+        return Judge(vlm), f"{spec['label']} {self.dtype_name}, {weights / GIB:.3g} GiB"
+
+    def run_best_of(self, v: Variant, n: int) -> BestOfRow:
+        from viva_core.best_of_n import best_of_n
+        from viva_core.settings import EditSettings
+        from viva_core.video import Video
+
+        a = self.args
+        vae = self.vae(v.vae_dtype)
+        fn, editor, note = self.ours_edit(v, vae)
+        options = f"attention={v.attention}, compile={v.compile}, vae_dtype={v.vae_dtype}"
+        row = BestOfRow(n, v.name, options, note=note)
+        folder = Path(tempfile.mkdtemp(prefix="viva_bench_edit_judge_"))
+        try:
+            t0 = time.perf_counter()
+            judge, row.judge = self.build_judge(folder)
+            self.sync()
+            row.judge_build_s = round(time.perf_counter() - t0, 1)
+            print(json.dumps({"built": row.judge, "seconds": row.judge_build_s}), flush=True)
+            video = Video(self.video, fps=16.0)
+
+            def run(n_: int, steps: int):
+                settings = EditSettings(steps=steps, cfg=a.cfg, seed=a.seed)
+                cond = editor.encode_text(PROMPT)
+                return best_of_n(editor, judge, video, cond, rm.INSTRUCTION, n=n_, settings=settings, num_frames=4)
+
+            t0 = time.perf_counter()
+            run(1, a.warmup_steps)  # kernels, compile and the judge warm
+            self.sync()
+            row.first_call_s = round(time.perf_counter() - t0, 2)
+            edits, bests = [], []
+            for _ in range(a.repeats):
+                edits.append(self.timed(lambda: fn(a.steps), vae))
+                bests.append(self.timed(lambda: run(n, a.steps), vae, judge))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            if v.compile != "off":
+                uncompile(self.dit)
+        result = bests[-1][3]
+        row.edit_s_all = [round(r[0], 3) for r in edits]
+        row.best_of_s_all = [round(r[0], 3) for r in bests]
+        row.edit_s = round(statistics.median(r[0] for r in edits), 3)
+        row.best_of_s = round(statistics.median(r[0] for r in bests), 3)
+        row.edit_phases_s = {
+            k: round(statistics.median(r[1].get(k, 0.0) for r in edits), 3) for k in (*PHASES, "other")
+        }
+        row.best_of_phases_s = {
+            k: round(statistics.median(r[1].get(k, 0.0) for r in bests), 3) for k in (*PHASES, "judge", "other")
+        }
+        row.edit_calls, row.best_of_calls = edits[-1][4], bests[-1][4]
+        row.judge_s = row.best_of_phases_s["judge"]
+        row.ratio = round(row.best_of_s / row.edit_s, 3)
+        row.unshared_ratio = round((n * row.edit_s + row.judge_s) / row.edit_s, 3)
+        if self.cuda:
+            row.edit_peak_gib = round(max(r[2] for r in edits) / GIB, 2)
+            row.peak_gib = round(max(r[2] for r in bests) / GIB, 2)
+        row.seeds = list(result.seeds)
+        row.overall = [round(j.overall, 4) for j in result.judgements]
+        row.best_seed = result.best.seed
+        if row.best_seed == a.seed:
+            row.best_vs_edit_psnr_db = round(psnr(result.best.frames, edits[-1][3]), 2)
+        self.best_of, self.best_of_result, self.best_of_editor = row, result, editor
+        print(json.dumps(row.__dict__), flush=True)
+        judge = None
+        self.free()
+        return row
 
 
 def table(bench: Bench) -> str:
@@ -458,8 +625,35 @@ def table(bench: Bench) -> str:
             f"{f(r.x_floor_sampling)} | {f(r.peak_gib)} | {f(r.psnr_vs_baseline_db)} | {ph} | "
             f"{f(r.first_call_s, '{:.1f}')} | {'; '.join(notes)} |"
         )
+    if bench.best_of is not None:
+        lines += ["", *best_of_table(bench.best_of, a, f)]
     lines += [f"note: {n}" for n in bench.notes]
     return "\n".join(lines)
+
+
+def best_of_table(r: BestOfRow, a: argparse.Namespace, f: Callable) -> list[str]:
+    target = f" (issue 13 target 4: best-of-4 <= {BEST_OF_TARGET:g}x one edit)" if r.n == 4 else ""
+    ph = " / ".join(f(r.edit_phases_s.get(k)) for k in (*PHASES, "other"))
+    ph_n = " / ".join(f(r.best_of_phases_s.get(k)) for k in (*PHASES, "judge", "other"))
+    calls = " / ".join(str(r.best_of_calls.get(k, 0)) for k in (*PHASES, "judge"))
+    notes = [r.note] if r.note else []
+    if r.best_seed is not None:
+        notes.append(f"best seed {r.best_seed} of {r.seeds}")
+    if r.best_vs_edit_psnr_db is not None:
+        notes.append(f"its video vs the plain edit {f(r.best_vs_edit_psnr_db)} dB")
+    return [
+        f"Best-of-{r.n}{target}: {r.variant} ({r.options}); judge {r.judge or 'n/a'}, 4 frames of each video; "
+        f"seconds: median of {a.repeats}, both with the prompt's text encode; unshared = ({r.n} x one edit + judge) "
+        "/ one edit.",
+        "",
+        "| N | one edit s | best-of-N s | ratio | unshared ratio | judge s | one edit phases s (text / enc / sampling "
+        "/ dec / other) | best-of-N phases s (text / enc / sampling / dec / judge / other) | best-of-N calls (text / "
+        "enc / DiT / dec / judge) | peak GiB (edit / best-of-N) | first call s | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {r.n} | {f(r.edit_s)} | {f(r.best_of_s)} | {f(r.ratio, '{:.3f}')} | {f(r.unshared_ratio, '{:.3f}')} | "
+        f"{f(r.judge_s)} | {ph} | {ph_n} | {calls} | {f(r.edit_peak_gib)} / {f(r.peak_gib)} | "
+        f"{f(r.first_call_s, '{:.1f}')} | {'; '.join(notes)} |",
+    ]
 
 
 def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -474,8 +668,17 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=0, help="0: 81 (tiny: 9)")
     p.add_argument("--height", type=int, default=0, help="0: 480 (tiny: 64)")
     p.add_argument("--width", type=int, default=0, help="0: 832 (tiny: 64)")
+    p.add_argument(
+        "--best-of",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the variants, time best-of-N (with a 3B-shaped judge) against one edit; 0: off",
+    )
     p.add_argument("--json", default=None, help="also write the rows and the setup to this file")
     args = p.parse_args(argv)
+    if args.best_of < 0:
+        p.error(f"--best-of must be >= 0, got {args.best_of}")
     args.names = rm.chosen(p, args.variants, VARIANTS, "variant(s)", args.shape)
     args.command = "PYTHONPATH=. python bench/bench_edit.py " + " ".join(sys.argv[1:] if argv is None else argv)
     return args
@@ -510,7 +713,9 @@ def main(argv: Optional[list[str]] = None) -> Bench:
             notes=bench.notes,
             torch=torch.__version__,
         )
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": [r.__dict__ for r in bench.rows]}, indent=2))
+        best_of = bench.best_of.__dict__ if bench.best_of is not None else None
+        rows = [r.__dict__ for r in bench.rows]
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows, "best_of": best_of}, indent=2))
     return bench
 
 

@@ -83,3 +83,53 @@ def test_tiny_compiled_variants_run_and_are_undone(tmp_path):
     saved = json.loads(path.read_text())
     assert [r["variant"] for r in saved["rows"]] == ["ours", "compile", "best"]
     assert saved["meta"]["tokens"] == 3 * 2 * 2 and "--variants ours,compile,best" in saved["meta"]["command"]
+
+
+def test_tiny_best_of_n_encodes_the_source_once_and_keeps_the_edit_of_the_best_seed(tmp_path, capsys):
+    """`--best-of 2`: one edit and best_of_n(n=2) timed with the same editor; inside the timed best-of-N the source
+    is VAE-encoded once, the prompt and the negative once each, and the judge scores both candidates; the video
+    kept is the plain edit of the best seed (and not the other seed's)."""
+    be = _module()
+    import torch
+
+    from viva_core.pipeline import edit
+    from viva_core.settings import EditSettings
+
+    path = tmp_path / "edit.json"
+    argv = ["--shape", "tiny", "--variants", "ours", "--best-of", "2", "--steps", "2", "--warmup-steps", "1"]
+    bench = be.main([*argv, "--json", str(path)])
+    r = bench.best_of
+    assert r is not None and not r.note, r
+    assert (r.n, r.variant) == (2, "ours") and "Qwen2.5-VL" in r.judge
+    assert r.edit_calls == {"text": 2, "vae_encode": 1, "sampling": 2, "vae_decode": 1}, r.edit_calls
+    assert r.best_of_calls == {"text": 2, "vae_encode": 1, "sampling": 2 * 2, "vae_decode": 2, "judge": 2}, r
+    assert math.isfinite(r.ratio) and r.ratio > 0 and r.judge_s > 0, r
+    assert r.ratio == pytest.approx(r.best_of_s / r.edit_s, abs=1e-3)
+    assert r.unshared_ratio == pytest.approx((2 * r.edit_s + r.judge_s) / r.edit_s, abs=1e-3)
+    assert all(r.best_of_phases_s[k] > 0 for k in (*be.PHASES, "judge")), r.best_of_phases_s
+    # sampling is the candidates' DiT runs, not first-to-last DiT call across the decode and judge between them
+    assert r.best_of_phases_s["sampling"] + r.best_of_phases_s["judge"] < r.best_of_s, r
+
+    result = bench.best_of_result
+    assert result.seeds == r.seeds == [0, 1] and len(result.judgements) == 2
+    overall = [j.overall for j in result.judgements]
+    assert r.best_seed == result.best.seed == (0 if overall[0] >= overall[1] else 1), overall
+    editor, threads = bench.best_of_editor, torch.get_num_threads()
+    torch.set_num_threads(1)  # as the bench ran
+    try:
+        plain = {
+            seed: edit(
+                editor, bench.video, editor.encode_text(be.PROMPT), settings=EditSettings(steps=2, seed=seed), fps=16.0
+            ).frames
+            for seed in (0, 1)
+        }
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(result.best.frames, plain[r.best_seed])
+    assert be.psnr(result.best.frames, plain[1 - r.best_seed]) < 60  # the seeds' edits differ
+    assert (r.best_vs_edit_psnr_db == math.inf) if r.best_seed == 0 else r.best_vs_edit_psnr_db is None
+
+    saved = json.loads(path.read_text())
+    assert saved["best_of"]["n"] == 2 and saved["best_of"]["best_of_calls"]["judge"] == 2
+    out = capsys.readouterr().out
+    assert '"best_of_s": ' in out and "| 2 | " in out and "Best-of-2: ours (" in out

@@ -275,3 +275,51 @@ def test_log_lines_go_to_the_stderr_of_each_call():
         finally:
             sys.stderr = old
         assert swapped.getvalue().count("viva: where does this go") == 1  # one handler, however many calls
+
+
+def test_the_edit_path_imports_no_model_library_until_a_model_loads():
+    """The modules `viva edit` runs through import torch, not diffusers / transformers / peft (a few seconds on 2
+    CPU cores, e.g. for `viva --help`, ComfyUI's start or a failing argument check): those load with the first
+    model. Without --instructor the VLM module is not imported either. (Once the editor loads, diffusers itself
+    imports peft and torch._dynamo, whatever viva_core does: diffusers 0.42 imports every model class with one.)"""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import viva_core.cli as cli, viva_core.pipeline, viva_core.conditioning, viva_core.editor, viva_core.video
+assert cli.load_instructor_from_args(cli.argparse.Namespace(instructor=None)) == (None, "text")
+print(sorted(m for m in ("diffusers", "transformers", "peft", "torch._dynamo", "viva_core.vlm") if m in sys.modules))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[-2] == "[]", proc.stdout
+
+
+def test_commands_run_with_fewer_gc_passes_and_restore_the_callers_setting(monkeypatch):
+    """main raises the cyclic GC's first threshold while a command runs (the imports of torch, diffusers and
+    transformers otherwise cost ~1,000 collections, 1.3 s CPU of README command 1) and restores it afterwards, also
+    when the command fails; a caller's higher threshold or disabled collection (0) is left as it is."""
+    import gc
+
+    import viva_core.cli as cli
+    from viva_core.errors import InputError
+
+    seen = []
+
+    def command(args):
+        seen.append(gc.get_threshold())
+        if args.instruction == "fail":
+            raise InputError("no")
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_edit", command)
+    before = gc.get_threshold()
+    try:
+        for start, during in ((700, cli.GC_THRESHOLD), (50_000, 50_000), (0, 0)):
+            gc.set_threshold(start, 10, 10)
+            for instruction, code in (("x", 0), ("fail", 2)):
+                assert main(["edit", "in.mp4", instruction, "-o", "out.mp4"]) == code
+                assert seen.pop() == (during, 10, 10) and gc.get_threshold() == (start, 10, 10)
+    finally:
+        gc.set_threshold(*before)

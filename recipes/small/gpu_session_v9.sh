@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# GPU session v9 (one H200), planned in docs/small_models.md section 23:
+#   data     N training clips (default 60,000: 48,000 in the train split; v5 had 24,000), the two benchmark sets and
+#            the 96 object-edit clips of recipes/small/object_edits.sh (synth seed 11)
+#   editor   the shipped editor (v5) continued (`editor.init`) as v6 with `data.balance=1` (add/move 7% -> 9% of the
+#            draws), EDITOR_STEPS (default 7000) capped at EDITOR_MINUTES (default 9.5), peak lr EDITOR_LR (3e-4)
+#   decoder  recipes/small/vae4_decoder.toml: the shipped VAE's decoder trained on, encoder frozen (every latent and
+#            so every editor stays valid), outline-weighted loss; DECODER_MINUTES (default 7) on DECODER_CLIPS (16,000)
+#   eval     v5 (shipped), v6, and v6 with the new decoder ("v6dec": v6's folder with vae/ replaced) on both benchmark
+#            sets and on the object clips (GPU, fp32: eval_all.sh's protocol), for paired tables
+#   bench    issue 13: bench/bench_edit.py --variants best --best-of 4 (N=4 best-of-N against one edit at the
+#            Lucy-5B shape), then the `viva edit` memory with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+#   pack     pack/results.tar (logs, metrics, eval reports, bench JSON) and pack/models.tar.NN (<= 15 MB parts)
+#   setsid bash recipes/small/gpu_session_v9.sh > /tmp/v9.log 2>&1 < /dev/null &
+# Works in $WORK (default /tmp/viva_v9). SMOKE=1: a CPU check of the script (tiny data, 2 steps, no compile, CPU
+# evals on 4 clips; PHASES="data editor decoder eval pack"). As run and its results: docs/small_models.md, section 27.
+set -uo pipefail
+WORK="${WORK:-/tmp/viva_v9}"
+PHASES="${PHASES:-data editor decoder eval bench pack}"
+mkdir -p "$WORK" && cp -r viva_core recipes bench tests "$WORK"/
+cd "$WORK" || exit 1
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
+source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, eval_lines
+SHIPPED=$B/diffusers/viva-small-editor
+# shellcheck disable=SC2206  # EDITOR_SETS: more --set pairs
+E=(--set editor.init=$SHIPPED --set editor.vae=$SHIPPED/vae --set data.balance="${BALANCE:-1}" ${EDITOR_SETS:-}
+   --set editor.instructor=false --set optim.compile="${COMPILE:-true}"
+   --set optim.lr="${EDITOR_LR:-3e-4}" --set optim.max_minutes="${EDITOR_MINUTES:-9.5}")
+D=(--set vae.init=$SHIPPED/vae --set data.limit="${DECODER_CLIPS:-16000}" --set optim.max_minutes="${DECODER_MINUTES:-7}")
+OBJECTS=data/objects/train.jsonl
+if [ "${SMOKE:-0}" = 1 ]; then
+  export N=40; E+=(--set optim.batch_size=2 --set optim.workers=0 --set optim.compile=false); EDITOR_STEPS=2
+  D+=(--set optim.steps=2 --set optim.batch_size=2 --set optim.warmup_steps=1); EVAL_DEVICE=cpu; export EVAL_DEVICE
+fi
+
+if has data; then
+  stamp data
+  N="${N:-60000}" make_data
+  [ -f $OBJECTS ] || $V synth --out data/objects --n "${OBJECT_CLIPS:-96}" --seed 11 --format npz \
+    --ops add,move,resize,replace_shape --categories basic --splits 1,0,0 --workers 14
+  if [ "${SMOKE:-0}" = 1 ]; then  # 4 clips per set keep the CPU evals short
+    for m in data/eval_id/train.jsonl data/eval_heldout/heldout.jsonl $OBJECTS; do
+      head -4 "$m" > "$m.4" && mv "$m.4" "$m"
+    done
+  fi
+fi
+if has editor; then
+  stamp editor
+  $V pretrain recipes/small/editor4.toml --set output_dir=$R/v6 "${E[@]}" $(steps "${EDITOR_STEPS:-7000}") \
+    > runs/v6.log 2>&1
+  grep -h '"steps_done"\|"seconds"' $R/v6/editor_summary.json
+fi
+if has decoder; then
+  stamp decoder
+  $V pretrain recipes/small/vae4_decoder.toml --set output_dir=$R/decoder "${D[@]}" > runs/decoder.log 2>&1
+  grep -h '"steps_done"\|"seconds"\|"val_psnr"' $R/decoder/vae_summary.json
+fi
+if has eval; then
+  stamp eval
+  if [ -d $R/v6/editor ] && [ -f $R/decoder/vae/config.json ]; then  # v6 with the new decoder: only vae/ differs
+    rm -rf $R/v6dec && cp -r $R/v6/editor $R/v6dec
+    cp $R/decoder/vae/config.json $R/decoder/vae/diffusion_pytorch_model.safetensors $R/v6dec/vae/
+  fi
+  objects() { echo "$V eval $OBJECTS $2 --report runs/eval/${1}_objects --no-outputs --steps 20 --device \
+    ${EVAL_DEVICE:-cuda} --dtype fp32 --vlm-dtype fp32 > runs/eval/${1}_objects.log 2>&1"; }
+  {
+    eval_lines v5 "--editor $SHIPPED"; objects v5 "--editor $SHIPPED"
+    for v in v6 v6dec; do
+      d=$R/$v; [ "$v" = v6 ] && d=$R/v6/editor
+      [ -d "$d" ] && { eval_lines $v "--editor $d"; objects $v "--editor $d"; }
+    done
+  } > runs/eval_jobs.txt
+  xargs -P "${JOBS:-5}" -I{} bash -c {} < runs/eval_jobs.txt
+  grep -H "^all " runs/eval/*.log
+  for set in heldout id objects; do
+    python3 recipes/small/table.py --paired "v5=runs/eval/v5_$set" "v6=runs/eval/v6_$set" 2>&1 | tail -4
+    python3 recipes/small/table.py --paired "v6=runs/eval/v6_$set" "v6dec=runs/eval/v6dec_$set" 2>&1 | tail -4
+  done
+fi
+if has bench; then
+  stamp bench
+  PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_edit.py --variants best --best-of 4 --json runs/bench_best_of_4.json \
+    > runs/bench_best_of_4.log 2>&1
+  tail -12 runs/bench_best_of_4.log
+  stamp memory
+  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=.:${PYTHONPATH:-} python3 bench/real_memory.py \
+    --only lucy-release-text > runs/memory_expandable.log 2>&1
+  tail -6 runs/memory_expandable.log
+fi
+if has pack; then
+  stamp pack
+  tar cf pack/results.tar --exclude='*.safetensors' --exclude='*/outputs/*' runs/stamps.log runs/*.log runs/*.json \
+    $R/*/metrics.jsonl $R/*/curves.png $R/*/*summary.json runs/eval 2>/dev/null
+  rm -f pack/models.tar.*
+  tar cf pack/models.tar --exclude='*/checkpoints/*' -C $R $(cd $R && ls -d v6/editor decoder/vae 2>/dev/null) &&
+    split -b 15M -d pack/models.tar pack/models.tar. && rm pack/models.tar
+  ls -la pack
+fi
+stamp done

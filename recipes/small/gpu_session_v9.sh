@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # GPU session v9 (one H200), planned in docs/small_models.md section 23:
+#   bench    issue 13: bench/bench_edit.py --variants best --best-of 4 (N=4 best-of-N against one edit at the
+#            Lucy-5B shape), then the `viva edit` memory with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+#            (first since session v9, where it came last and did not fit in the device time)
 #   data     N training clips (default 60,000: 48,000 in the train split; v5 had 24,000), the two benchmark sets and
 #            the 96 object-edit clips of recipes/small/object_edits.sh (synth seed 11)
 #   editor   the shipped editor (v5) continued (`editor.init`) as v6 with `data.balance=1` (add/move 7% -> 9% of the
@@ -8,15 +11,16 @@
 #            so every editor stays valid), outline-weighted loss; DECODER_MINUTES (default 7) on DECODER_CLIPS (16,000)
 #   eval     v5 (shipped), v6, and v6 with the new decoder ("v6dec": v6's folder with vae/ replaced) on both benchmark
 #            sets and on the object clips (GPU, fp32: eval_all.sh's protocol), for paired tables
-#   bench    issue 13: bench/bench_edit.py --variants best --best-of 4 (N=4 best-of-N against one edit at the
-#            Lucy-5B shape), then the `viva edit` memory with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 #   pack     pack/results.tar (logs, metrics, eval reports, bench JSON) and pack/models.tar.NN (<= 15 MB parts)
 #   setsid bash recipes/small/gpu_session_v9.sh > /tmp/v9.log 2>&1 < /dev/null &
-# Works in $WORK (default /tmp/viva_v9). SMOKE=1: a CPU check of the script (tiny data, 2 steps, no compile, CPU
-# evals on 4 clips; PHASES="data editor decoder eval pack"). As run and its results: docs/small_models.md, section 27.
+# OLD / NEW (default v5 / v6, as run in session v9) label the shipped editor and its continuation; the next
+# session: OLD=v6 NEW=v7 (docs/small_models.md, section 28). Works in $WORK (default /tmp/viva_v9). SMOKE=1: a CPU
+# check of the script (tiny data, 2 steps, no compile, CPU evals on 4 clips; PHASES="data editor decoder eval pack").
+# As run and its results: docs/small_models.md, section 27.
 set -uo pipefail
 WORK="${WORK:-/tmp/viva_v9}"
-PHASES="${PHASES:-data editor decoder eval bench pack}"
+PHASES="${PHASES:-bench data editor decoder eval pack}"
+OLD="${OLD:-v5}" NEW="${NEW:-v6}"  # labels: the shipped editor, and the continued one
 mkdir -p "$WORK" && cp -r viva_core recipes bench tests "$WORK"/
 cd "$WORK" || exit 1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
@@ -33,6 +37,16 @@ if [ "${SMOKE:-0}" = 1 ]; then
   D+=(--set optim.steps=2 --set optim.batch_size=2 --set optim.warmup_steps=1); EVAL_DEVICE=cpu; export EVAL_DEVICE
 fi
 
+if has bench; then
+  stamp bench
+  PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_edit.py --variants best --best-of 4 --json runs/bench_best_of_4.json \
+    > runs/bench_best_of_4.log 2>&1
+  tail -12 runs/bench_best_of_4.log
+  stamp memory
+  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=.:${PYTHONPATH:-} python3 bench/real_memory.py \
+    --only lucy-release-text > runs/memory_expandable.log 2>&1
+  tail -6 runs/memory_expandable.log
+fi
 if has data; then
   stamp data
   N="${N:-60000}" make_data
@@ -46,9 +60,9 @@ if has data; then
 fi
 if has editor; then
   stamp editor
-  $V pretrain recipes/small/editor4.toml --set output_dir=$R/v6 "${E[@]}" $(steps "${EDITOR_STEPS:-7000}") \
-    > runs/v6.log 2>&1
-  grep -h '"steps_done"\|"seconds"' $R/v6/editor_summary.json
+  $V pretrain recipes/small/editor4.toml --set output_dir=$R/$NEW "${E[@]}" $(steps "${EDITOR_STEPS:-7000}") \
+    > runs/$NEW.log 2>&1
+  grep -h '"steps_done"\|"seconds"' $R/$NEW/editor_summary.json
 fi
 if has decoder; then
   stamp decoder
@@ -57,42 +71,32 @@ if has decoder; then
 fi
 if has eval; then
   stamp eval
-  if [ -d $R/v6/editor ] && [ -f $R/decoder/vae/config.json ]; then  # v6 with the new decoder: only vae/ differs
-    rm -rf $R/v6dec && cp -r $R/v6/editor $R/v6dec
-    cp $R/decoder/vae/config.json $R/decoder/vae/diffusion_pytorch_model.safetensors $R/v6dec/vae/
+  if [ -d $R/$NEW/editor ] && [ -f $R/decoder/vae/config.json ]; then  # NEW with the new decoder: only vae/ differs
+    rm -rf $R/${NEW}dec && cp -r $R/$NEW/editor $R/${NEW}dec
+    cp $R/decoder/vae/config.json $R/decoder/vae/diffusion_pytorch_model.safetensors $R/${NEW}dec/vae/
   fi
   objects() { echo "$V eval $OBJECTS $2 --report runs/eval/${1}_objects --no-outputs --steps 20 --device \
     ${EVAL_DEVICE:-cuda} --dtype fp32 --vlm-dtype fp32 > runs/eval/${1}_objects.log 2>&1"; }
   {
-    eval_lines v5 "--editor $SHIPPED"; objects v5 "--editor $SHIPPED"
-    for v in v6 v6dec; do
-      d=$R/$v; [ "$v" = v6 ] && d=$R/v6/editor
+    eval_lines $OLD "--editor $SHIPPED"; objects $OLD "--editor $SHIPPED"
+    for v in $NEW ${NEW}dec; do
+      d=$R/$v; [ "$v" = "$NEW" ] && d=$R/$NEW/editor
       [ -d "$d" ] && { eval_lines $v "--editor $d"; objects $v "--editor $d"; }
     done
   } > runs/eval_jobs.txt
   xargs -P "${JOBS:-5}" -I{} bash -c {} < runs/eval_jobs.txt
   grep -H "^all " runs/eval/*.log
   for set in heldout id objects; do
-    python3 recipes/small/table.py --paired "v5=runs/eval/v5_$set" "v6=runs/eval/v6_$set" 2>&1 | tail -4
-    python3 recipes/small/table.py --paired "v6=runs/eval/v6_$set" "v6dec=runs/eval/v6dec_$set" 2>&1 | tail -4
+    python3 recipes/small/table.py --paired "$OLD=runs/eval/${OLD}_$set" "$NEW=runs/eval/${NEW}_$set" 2>&1 | tail -4
+    python3 recipes/small/table.py --paired "$NEW=runs/eval/${NEW}_$set" "${NEW}dec=runs/eval/${NEW}dec_$set" 2>&1 | tail -4
   done
-fi
-if has bench; then
-  stamp bench
-  PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_edit.py --variants best --best-of 4 --json runs/bench_best_of_4.json \
-    > runs/bench_best_of_4.log 2>&1
-  tail -12 runs/bench_best_of_4.log
-  stamp memory
-  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=.:${PYTHONPATH:-} python3 bench/real_memory.py \
-    --only lucy-release-text > runs/memory_expandable.log 2>&1
-  tail -6 runs/memory_expandable.log
 fi
 if has pack; then
   stamp pack
   tar cf pack/results.tar --exclude='*.safetensors' --exclude='*/outputs/*' runs/stamps.log runs/*.log runs/*.json \
     $R/*/metrics.jsonl $R/*/curves.png $R/*/*summary.json runs/eval 2>/dev/null
   rm -f pack/models.tar.*
-  tar cf pack/models.tar --exclude='*/checkpoints/*' -C $R $(cd $R && ls -d v6/editor decoder/vae 2>/dev/null) &&
+  tar cf pack/models.tar --exclude='*/checkpoints/*' -C $R $(cd $R && ls -d $NEW/editor decoder/vae 2>/dev/null) &&
     split -b 15M -d pack/models.tar pack/models.tar. && rm pack/models.tar
   ls -la pack
 fi

@@ -38,7 +38,10 @@ same settings (seeds seed..seed+N-1), judged on 4 frames. best_of_n encodes the 
 keeps only the best video; the judge's share is timed by wrapping `Judge.score` (N calls). Reported: both seconds,
 their ratio, the judge seconds, the phase split of both (sampling summed over each candidate's run of DiT calls),
 the calls of each phase in the timed best-of-N (1 VAE encode, N decodes, N judge calls), peak allocated GiB, and the
-`unshared` ratio (N x one edit + judge) / one edit, what N separate edits plus judging would cost.
+`unshared` ratio (N x one edit + judge) / one edit, what N separate edits plus judging would cost. With
+`--best-of-batch K` the same best-of-N is timed again with K candidates sampled together (`best_of_n(batch=K)`: one
+DiT call per step for K candidates, decoded and judged one by one; its batched shapes warmed first), reported beside
+it with its peak and how far its best video is from the one-at-a-time run's.
 
 Defaults (30 steps, 1 repeat, 2-step warm-ups, all six variants) take ~4-5 min on an H200 (DiT + UMT5 + VAE
 resident, ~25 GiB); `--repeats 2` adds ~1.5 min; `--best-of 4` adds about six edits plus the judge's build and
@@ -46,7 +49,7 @@ calls. `--shape tiny` runs the same code on tiny configs on the CPU with one tor
 baseline and ours must agree).
 
     PYTHONPATH=. python bench/bench_edit.py [--steps 30 --repeats 1 --variants diffusers,ours,best --json out.json]
-    PYTHONPATH=. python bench/bench_edit.py --variants best --best-of 4
+    PYTHONPATH=. python bench/bench_edit.py --variants best --best-of 4 [--best-of-batch 2]
 """
 
 from __future__ import annotations
@@ -149,6 +152,11 @@ class BestOfRow:
     overall: list = field(default_factory=list)  # the judge's overall score of each seed (random weights)
     best_seed: Optional[int] = None
     best_vs_edit_psnr_db: Optional[float] = None  # when the best seed is the plain edit's: inf = the same video
+    batch: int = 1  # --best-of-batch: candidates sampled together in the batched run (1: none)
+    batched_s: Optional[float] = None  # best_of_n(n, batch=batch), median
+    batched_ratio: Optional[float] = None  # batched_s / edit_s
+    batched_peak_gib: Optional[float] = None
+    batched_vs_sequential_psnr_db: Optional[float] = None  # the best video of each (the same seed up to rounding)
     note: str = ""
 
 
@@ -545,19 +553,26 @@ class Bench:
             print(json.dumps({"built": row.judge, "seconds": row.judge_build_s}), flush=True)
             video = Video(self.video, fps=16.0)
 
-            def run(n_: int, steps: int):
+            def run(n_: int, steps: int, batch: int = 1):
                 settings = EditSettings(steps=steps, cfg=a.cfg, seed=a.seed)
                 cond = editor.encode_text(PROMPT)
-                return best_of_n(editor, judge, video, cond, rm.INSTRUCTION, n=n_, settings=settings, num_frames=4)
+                return best_of_n(
+                    editor, judge, video, cond, rm.INSTRUCTION, n=n_, settings=settings, num_frames=4, batch=batch
+                )
 
             t0 = time.perf_counter()
             run(1, a.warmup_steps)  # kernels, compile and the judge warm
             self.sync()
             row.first_call_s = round(time.perf_counter() - t0, 2)
-            edits, bests = [], []
+            edits, bests, batched = [], [], []
+            row.batch = min(a.best_of_batch, n)
+            if row.batch > 1:
+                run(row.batch, a.warmup_steps, row.batch)  # the batched shapes warm (compile, kernels)
             for _ in range(a.repeats):
                 edits.append(self.timed(lambda: fn(a.steps), vae))
                 bests.append(self.timed(lambda: run(n, a.steps), vae, judge))
+                if row.batch > 1:
+                    batched.append(self.timed(lambda: run(n, a.steps, row.batch), vae, judge))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
             if v.compile != "off":
@@ -585,6 +600,12 @@ class Bench:
         row.best_seed = result.best.seed
         if row.best_seed == a.seed:
             row.best_vs_edit_psnr_db = round(psnr(result.best.frames, edits[-1][3]), 2)
+        if batched:
+            row.batched_s = round(statistics.median(r[0] for r in batched), 3)
+            row.batched_ratio = round(row.batched_s / row.edit_s, 3)
+            if self.cuda:
+                row.batched_peak_gib = round(max(r[2] for r in batched) / GIB, 2)
+            row.batched_vs_sequential_psnr_db = round(psnr(batched[-1][3].best.frames, result.best.frames), 2)
         self.best_of, self.best_of_result, self.best_of_editor = row, result, editor
         print(json.dumps(row.__dict__), flush=True)
         judge = None
@@ -641,6 +662,12 @@ def best_of_table(r: BestOfRow, a: argparse.Namespace, f: Callable) -> list[str]
         notes.append(f"best seed {r.best_seed} of {r.seeds}")
     if r.best_vs_edit_psnr_db is not None:
         notes.append(f"its video vs the plain edit {f(r.best_vs_edit_psnr_db)} dB")
+    if r.batched_s is not None:
+        notes.append(
+            f"candidates sampled {r.batch} at a time: {f(r.batched_s)} s, ratio {f(r.batched_ratio, '{:.3f}')}, "
+            f"peak {f(r.batched_peak_gib)} GiB, best video vs the one-at-a-time run's "
+            f"{f(r.batched_vs_sequential_psnr_db)} dB"
+        )
     return [
         f"Best-of-{r.n}{target}: {r.variant} ({r.options}); judge {r.judge or 'n/a'}, 4 frames of each video; "
         f"seconds: median of {a.repeats}, both with the prompt's text encode; unshared = ({r.n} x one edit + judge) "
@@ -675,10 +702,19 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
         metavar="N",
         help="after the variants, time best-of-N (with a 3B-shaped judge) against one edit; 0: off",
     )
+    p.add_argument(
+        "--best-of-batch",
+        type=int,
+        default=1,
+        metavar="K",
+        help="also time best-of-N with K candidates sampled together (best_of_n(batch=K)); 1: only one at a time",
+    )
     p.add_argument("--json", default=None, help="also write the rows and the setup to this file")
     args = p.parse_args(argv)
     if args.best_of < 0:
         p.error(f"--best-of must be >= 0, got {args.best_of}")
+    if args.best_of_batch < 1:
+        p.error(f"--best-of-batch must be >= 1, got {args.best_of_batch}")
     args.names = rm.chosen(p, args.variants, VARIANTS, "variant(s)", args.shape)
     args.command = "PYTHONPATH=. python bench/bench_edit.py " + " ".join(sys.argv[1:] if argv is None else argv)
     return args

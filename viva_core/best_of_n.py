@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -10,7 +9,7 @@ from typing import Callable, Optional
 from .editor import Conditioning, Editor
 from .errors import InputError
 from .judge import DIMENSIONS, Judge, JudgeResult
-from .pipeline import EditResult, EditSettings, edit_encoded, encode_source, unconditional
+from .pipeline import EditResult, EditSettings, edit_encoded_batch, encode_source, unconditional
 from .runtime import ProgressFn, no_progress
 from .video import Video
 
@@ -69,32 +68,40 @@ def best_of_n(
     settings: EditSettings = EditSettings(),  # noqa: B008 (frozen)
     negative: Optional[Conditioning] = None,
     num_frames: int = 4,
+    batch: int = 1,
     progress_factory: Callable[[int], ProgressFn] = lambda i: no_progress,
 ) -> BestOfN:
     """Seeds settings.seed .. settings.seed + n - 1; ties keep the lowest seed. The source is encoded once and CFG's
-    negative once for all N (each `edit` would encode both again)."""
+    negative once for all N (each `edit` would encode both again). `batch` candidates are sampled together
+    (`edit_encoded_batch`: one DiT call per step for all of them; the same edits up to kernel rounding), then decoded
+    and judged one by one; `progress_factory` gets the index of each batch's first candidate."""
     if n < 1:
         raise InputError(f"best-of-N needs n >= 1, got {n}.")
+    if batch < 1:
+        raise InputError(f"best-of-N samples candidates in batches of >= 1, got {batch}.")
     resolved = settings.resolved(editor.sampling_defaults)
     resolved.check()
     if negative is None and resolved.cfg != 1.0:
         negative = unconditional(editor)
     source = encode_source(editor, video.frames)
     seeds, judgements, best = [], [], None
-    for i in range(n):
-        r = edit_encoded(
+    for first in range(0, n, batch):
+        results = edit_encoded_batch(
             editor,
             source,
             cond,
+            [settings.seed + i for i in range(first, min(n, first + batch))],
             negative=negative,
-            settings=dataclasses.replace(settings, seed=settings.seed + i),
+            settings=settings,
             fps=video.fps,
             audio=video.audio,
-            progress=progress_factory(i),
+            progress=progress_factory(first),
         )
-        judged = judge.score(video.frames[: r.frames.shape[0]], r.frames, instruction, num_frames=num_frames)
-        if best is None or judged.overall > max(j.overall for j in judgements):
-            best = r
-        seeds.append(r.seed)
-        judgements.append(judged)
+        for r in results:
+            judged = judge.score(video.frames[: r.frames.shape[0]], r.frames, instruction, num_frames=num_frames)
+            if best is None or judged.overall > max(j.overall for j in judgements):
+                best = r
+            seeds.append(r.seed)
+            judgements.append(judged)
+        del results  # the beaten candidates' videos go now, not at the next batch
     return BestOfN(seeds, judgements, best)

@@ -194,6 +194,12 @@ def load_editor_from_args(args: argparse.Namespace, encode_first: bool = False):
     raise InputError(f"{src}: --editor must be a diffusers folder or a .safetensors DiT file.")
 
 
+def _candidates_label(first: int, batch: int, n: int) -> str:
+    """The progress bar's label of the best-of-N batch starting at candidate `first` (0-based)."""
+    last = min(n, first + batch)
+    return f"candidate {first + 1}/{n}" if last == first + 1 else f"candidates {first + 1}-{last}/{n}"
+
+
 def load_instructor_from_args(args: argparse.Namespace):
     """(VLM or None, conditioning mode): --instructor with --refiner gives instructor tokens, without it a rewrite."""
     if not args.instructor:
@@ -294,7 +300,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
             settings=settings,
             negative=negative,
             num_frames=args.judge_frames,
-            progress_factory=lambda i: _tqdm_progress(f"candidate {i + 1}/{args.candidates}"),
+            batch=args.candidate_batch,
+            progress_factory=lambda i: _tqdm_progress(_candidates_label(i, args.candidate_batch, args.candidates)),
         )
         result, verdict = outcome.best, outcome.best_judgement
         print(outcome.table())
@@ -659,6 +666,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--candidates", type=number(int, 1, 1000), default=1, help="best-of-N: edit N seeds and keep the judge's best"
+    )
+    e.add_argument(
+        "--candidate-batch",
+        type=number(int, 1, 1000),
+        default=1,
+        metavar="K",
+        help="best-of-N: sample K candidates at once (one DiT call per step for all K: faster where one edit leaves "
+        "the GPU idle, e.g. small models; more memory); the same edits up to rounding",
     )
     e.add_argument("--judge-frames", type=POSITIVE_INT, default=4)
     e.add_argument("--negative", type=text_arg, default="", help="negative prompt for CFG")

@@ -39,7 +39,8 @@ fi
 
 if has bench; then
   stamp bench
-  PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_edit.py --variants best --best-of 4 --json runs/bench_best_of_4.json \
+  PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_edit.py --variants best --best-of 4 --best-of-batch 2 \
+    --json runs/bench_best_of_4.json \
     > runs/bench_best_of_4.log 2>&1
   tail -12 runs/bench_best_of_4.log
   stamp memory

@@ -548,3 +548,16 @@ def test_dilate_equals_a_max_pool_reference_and_frames_refuse_non_finite() -> No
         with pytest.raises(InputError, match="NaN/Inf"):
             _frames(y, "output")
     assert torch.equal(_frames(x * 2 - 0.5, "output"), (x * 2 - 0.5).clamp(0, 1))
+
+
+def test_eval_takes_bundled_for_the_editor_and_the_judge(tmp_path):
+    """`--editor bundled --judge bundled`, as `viva edit` takes `--judge bundled`: the small models, no paths."""
+    from viva_core import bundled
+
+    manifest = bundled.EXAMPLE.with_suffix(".jsonl")
+    report = tmp_path / "r"
+    args = ["eval", str(manifest), "--editor", "bundled", "--judge", "bundled", "--ceiling", "--report", str(report)]
+    assert main([*args, "--dtype", "fp32", "--vlm-dtype", "fp32", "--device", "cpu"]) == 0
+    saved = json.loads((report / "report.json").read_text())
+    assert saved["overall"]["count"] == 1 and saved["overall"]["ea"] > 0.5  # the VAE round trip of the truth
+    assert saved["judge_agreement"]["n"] == 2  # the bundled judge scored the output and the source

@@ -362,8 +362,13 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from . import bundled
     from .eval import evaluate
 
+    if args.editor == "bundled":
+        args.editor = bundled.path(bundled.EDITOR)
+    if args.judge == "bundled":
+        args.judge = bundled.path(bundled.JUDGE)
     if not args.outputs and not args.editor:
         raise InputError(
             "viva eval needs --outputs DIR (edits named <index>.mp4) or --editor (run it on every record)."
@@ -717,7 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--outputs",
         help="folder of edits named <index>.mp4 (with --editor: where they are saved; default REPORT/outputs)",
     )
-    v.add_argument("--editor", help="diffusers editor folder or single-file DiT: edit every record")
+    v.add_argument(
+        "--editor", help="diffusers editor folder or single-file DiT: edit every record; 'bundled' for the small one"
+    )
     v.add_argument("--instructor", help="VLM folder: condition with instructor tokens (with --refiner) or a rewrite")
     v.add_argument("--refiner", help="token refiner .safetensors trained for this instructor and editor")
     v.add_argument(
@@ -739,7 +746,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --editor and --outputs: replace the <index>.mp4 edits an earlier run left in --outputs",
     )
     v.add_argument("--limit", type=POSITIVE_INT, default=None, help="score only the first N records")
-    v.add_argument("--judge", help="VLM folder: also measure the judge's agreement with the verifiers")
+    v.add_argument(
+        "--judge",
+        help="VLM folder: also measure the judge's agreement with the verifiers; 'bundled' for the small judge",
+    )
     v.add_argument("--judge-frames", type=POSITIVE_INT, default=4)
     v.add_argument("--previews", type=COUNT, default=8, help="edits shown as frame strips in the HTML report")
     v.add_argument("--vae", help="Wan VAE .safetensors (with a single-file --editor)")

@@ -343,6 +343,12 @@ def test_evaluate_scores_writes_reports_and_aggregates(bench, tmp_path):
     j = report.judge_agreement
     assert (j["n"], j["positives"], j["negatives"]) == (6, 2, 4)
     assert j["accuracy"] == pytest.approx(1.0) and j["roc_auc"] == pytest.approx(1.0)
+    # PC, GN and GR over the 3 outputs; the FakeJudge says 0.5 to each, so their accuracy is the share of positives
+    for q in ("PC", "GN", "GR"):
+        row, values = j["per_question"][q], [getattr(s, q.lower()) for s in report.scores]
+        assert row["n"] == 3 and row["positives"] == sum(v >= 0.5 for v in values)
+        assert row["accuracy"] == pytest.approx(row["positives"] / 3)
+    assert "judge vs verifier per question" in report.table()
 
     out = report.write(tmp_path / "report")
     data = json.loads((out / "report.json").read_text())
@@ -561,3 +567,5 @@ def test_eval_takes_bundled_for_the_editor_and_the_judge(tmp_path):
     saved = json.loads((report / "report.json").read_text())
     assert saved["overall"]["count"] == 1 and saved["overall"]["ea"] > 0.5  # the VAE round trip of the truth
     assert saved["judge_agreement"]["n"] == 2  # the bundled judge scored the output and the source
+    per_question = saved["judge_agreement"]["per_question"]  # and each question on the output alone; PC has no
+    assert [per_question[q]["n"] for q in ("EA", "PC", "GN", "GR")] == [2, 0, 1, 1]  # label: inverting is whole-frame

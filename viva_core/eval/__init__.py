@@ -48,9 +48,11 @@ Realism proxy (GR): sharpness v(x) = variance of the 3×3 Laplacian of luma, ave
 S = min(r, 1/r);  palette P = Σ min(h_o, h_y) over joint RGB histograms (8 bins per channel, normalised);
 GR = ½ (S + P).
 
-overall = mean of EA, PC, GN, GR (those defined). The judge is scored against the verifier: label =
-EA ≥ 0.5, prediction = the judge's P(Yes) to the EA question; each record also contributes the unedited
-source as an output (labelled by its own verifier EA, 0 by construction), so both classes are present.
+overall = mean of EA, PC, GN, GR (those defined). The judge is scored against the verifiers, per question:
+label = the verifier's score of that dimension ≥ 0.5, prediction = the judge's P(Yes) to that question, over the
+outputs (PC left out where it is undefined). EA's items also include each record's unedited source as an output
+(labelled by its own verifier EA, 0 by construction), so EA has both classes; PC, GN and GR may have one class
+only on an editor's outputs, and then have no ROC-AUC (`judge_agreement`'s `per_question`; its top level is EA's).
 
 Where each part lives: `metrics` (inputs, PC, GN, GR), `verifiers` (EA), `score` (one edit, aggregates, judge
 agreement), `alignment` (output vs references), `report` (JSON, table, HTML), `loop` (`evaluate`). This package
@@ -84,11 +86,13 @@ from .metrics import (
 from .report import EditPreview, EvalReport, make_preview, render_html
 from .score import (
     DIMENSION_KEYS,
+    JUDGE_QUESTIONS,
     JUDGE_THRESHOLD,
     UNCATEGORISED,
     EditScore,
     aggregate,
     judge_agreement,
+    judge_item,
     roc_auc,
     score_edit,
 )
@@ -112,6 +116,7 @@ __all__ = [
     "CLIP_FPS",
     "COLOUR_TOL",
     "DIMENSION_KEYS",
+    "JUDGE_QUESTIONS",
     "JUDGE_THRESHOLD",
     "MASK_DERIVE_TOL",
     "OPERATION_ALIASES",
@@ -136,6 +141,7 @@ __all__ = [
     "flicker",
     "generic_accuracy",
     "judge_agreement",
+    "judge_item",
     "laplacian_variance",
     "make_preview",
     "manifest_extras",

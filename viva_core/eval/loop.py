@@ -17,7 +17,7 @@ from ..video import PathLike, read_video, write_video
 from .alignment import _shift_boxes, align
 from .metrics import _frames, _mask, derive_mask
 from .report import EditPreview, EvalReport, make_preview
-from .score import JUDGE_THRESHOLD, EditScore, aggregate, judge_agreement, score_edit
+from .score import JUDGE_QUESTIONS, EditScore, aggregate, judge_agreement, judge_item, score_edit
 from .verifiers import edit_accuracy
 
 if TYPE_CHECKING:
@@ -61,7 +61,8 @@ def evaluate(
 
     Outputs come from `editor_fn(record, source_frames)` (saved as `outputs_dir/<index>.mp4` when
     `outputs_dir` is given), or without `editor_fn` from those files. All inputs are checked before any
-    compute. With a `judge`, its P(Yes) to the EA question is compared with the verifier (see module doc).
+    compute. With a `judge`, its P(Yes) to each question is compared with that question's verifier (see module
+    doc).
     `previews` edits get frame strips in the HTML report."""
     if editor_fn is None and outputs_dir is None:
         raise InputError(
@@ -125,19 +126,11 @@ def evaluate(
             edit_region = derive_mask(source, target) if mask is None else _mask(mask)
             source_ea = edit_accuracy(source, source, target, edit_region, verify, operation)[0]
             score.details["judge"] = dict(verdict.scores)
-            for kind, p_yes, ea in (
-                ("output", verdict.scores["EA"], score.ea),
-                ("source", baseline.scores["EA"], source_ea),
-            ):
-                judged.append(
-                    {
-                        "index": record.index,
-                        "kind": kind,
-                        "p_yes": float(p_yes),
-                        "ea": ea,
-                        "label": ea >= JUDGE_THRESHOLD,
-                    }
-                )
+            for question in JUDGE_QUESTIONS:  # each question against its own verifier, on the output
+                verifier = getattr(score, question.lower())
+                if question in verdict.scores and verifier is not None:  # PC of a whole-frame edit: no label
+                    judged.append(judge_item(record.index, "output", question, verdict.scores[question], verifier))
+            judged.append(judge_item(record.index, "source", "EA", baseline.scores["EA"], source_ea))
         scores.append(score)
         if len(shown) < previews:
             shown.append(make_preview(record.index, record.instruction, source, output, target))

@@ -29,7 +29,8 @@ class EditPreview:
 @dataclass
 class EvalReport:
     """Per-edit scores and their means per category (`type`), per operation and over all (`aggregate` rows:
-    count, ea, pc, gn, gr, overall, psnr, ssim); `judge_agreement` when a judge was scored."""
+    count, ea, pc, gn, gr, overall, psnr, ssim); `judge_agreement` when a judge was scored (EA's numbers at its top
+    level, each question's under `per_question`)."""
 
     manifest: str
     scores: list[EditScore]
@@ -70,9 +71,16 @@ class EvalReport:
         if self.judge_agreement:
             j = self.judge_agreement
             lines.append(
-                f"judge vs verifier: accuracy {_fmt(j['accuracy'])}, ROC-AUC {_fmt(j['roc_auc'])} "
-                f"({j['positives']} positives, {j['negatives']} negatives)"
+                f"judge vs verifier per question (label: verifier >= {j['threshold']}; accuracy of P(Yes) >= "
+                f"{j['threshold']}; EA also on the unedited sources)"
             )
+            lines.append(f"{'question':<10}{'n':>5}{'pos':>6}{'neg':>6}{'acc':>8}{'P(Yes)+':>9}{'P(Yes)-':>9}  ROC-AUC")
+            for question, row in _per_question(j).items():
+                lines.append(
+                    f"{question:<10}{row['n']:>5}{row['positives']:>6}{row['negatives']:>6}"
+                    f"{_fmt(row['accuracy']):>8}{_fmt(row.get('mean_p_yes_positives')):>9}"
+                    f"{_fmt(row.get('mean_p_yes_negatives')):>9}  {_auc_text(row)}"
+                )
         return "\n".join(lines).rstrip()
 
     def write(self, out_dir: PathLike) -> Path:
@@ -86,6 +94,20 @@ class EvalReport:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _per_question(j: dict) -> dict[str, dict]:
+    """`judge_agreement`'s rows per question; a report written before PC, GN and GR were scored has EA's only."""
+    return j.get("per_question") or {"EA": j}
+
+
+def _auc_text(row: dict) -> str:
+    """The ROC-AUC, or why there is none (one class only), so that a missing class is not read as a number."""
+    if row["roc_auc"] is not None:
+        return _fmt(row["roc_auc"])
+    if row["n"] == 0:
+        return "none: no items"
+    return "none: no negatives" if row["negatives"] == 0 else "none: no positives"
 
 
 def _data_uri(frame: torch.Tensor, max_side: int) -> str:
@@ -152,11 +174,19 @@ def render_html(report: EvalReport) -> str:
     ]
     if report.judge_agreement:
         j = report.judge_agreement
+        rows = "".join(
+            f"<tr><td class=name>{html.escape(question)}</td><td>{row['n']}</td><td>{row['positives']}</td>"
+            f"<td>{row['negatives']}</td><td>{_fmt(row['accuracy'])}</td>"
+            f"<td>{_fmt(row.get('mean_p_yes_positives'))}</td><td>{_fmt(row.get('mean_p_yes_negatives'))}</td>"
+            f"<td>{html.escape(_auc_text(row))}</td></tr>"
+            for question, row in _per_question(j).items()
+        )
         parts.append(
-            f"<h2>Judge vs verifier</h2><table><tr><th>n</th><th>positives</th><th>negatives</th>"
-            f"<th>accuracy @ {j['threshold']}</th><th>ROC-AUC</th></tr><tr><td>{j['n']}</td>"
-            f"<td>{j['positives']}</td><td>{j['negatives']}</td><td>{_fmt(j['accuracy'])}</td>"
-            f"<td>{_fmt(j['roc_auc'])}</td></tr></table>"
+            f"<h2>Judge vs verifier</h2><p class=muted>Per question: label = the verifier's score of that "
+            f"dimension &ge; {j['threshold']}, prediction = the judge's P(Yes); over the outputs, and for EA also "
+            f"the unedited sources.</p><table><tr><th class=name>question</th><th>n</th><th>positives</th>"
+            f"<th>negatives</th><th>accuracy @ {j['threshold']}</th><th>mean P(Yes), positives</th>"
+            f"<th>mean P(Yes), negatives</th><th>ROC-AUC</th></tr>{rows}</table>"
         )
     head = "".join(f"<th>{k.upper()}</th>" for k in DIMENSION_KEYS)
     rows = "".join(

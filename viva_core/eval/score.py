@@ -13,6 +13,9 @@ from .metrics import _frames, _mask, _mean, derive_mask, naturalness, preservati
 from .verifiers import edit_accuracy, operation_parts
 
 JUDGE_THRESHOLD = 0.5
+# The judge's questions (viva_core.judge.DIMENSIONS, not imported: it loads the VLM stack); each is checked against
+# the verifier score of the same name, EditScore.<code.lower()>.
+JUDGE_QUESTIONS = ("EA", "PC", "GN", "GR")
 DIMENSION_KEYS = ("ea", "pc", "gn", "gr", "overall", "psnr", "ssim")
 UNCATEGORISED = "uncategorised"
 
@@ -129,9 +132,25 @@ def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
-def judge_agreement(items: list[dict], threshold: float = JUDGE_THRESHOLD) -> dict:
-    """Accuracy of `p_yes ≥ threshold` against `label`, and ROC-AUC of p_yes, over items
-    {index, kind, p_yes, ea, label}."""
+def judge_item(
+    index: int, kind: str, question: str, p_yes: float, verifier: float, threshold: float = JUDGE_THRESHOLD
+) -> dict:
+    """One judged video for `judge_agreement`: the judge's P(Yes) to `question` and the verifier's score of the same
+    dimension (stored under its lower-case code, e.g. "ea", as report.json has always had it), labelled
+    verifier ≥ threshold."""
+    return {
+        "index": index,
+        "kind": kind,
+        "question": question,
+        "p_yes": float(p_yes),
+        question.lower(): verifier,
+        "label": bool(verifier >= threshold),
+    }
+
+
+def _agreement(items: list[dict], threshold: float) -> dict:
+    """Counts, accuracy of `p_yes ≥ threshold` against `label`, ROC-AUC of p_yes (None with one class only) and
+    the mean P(Yes) of each class (how far apart the judge puts them, also when the AUC is undefined)."""
     p = [it["p_yes"] for it in items]
     labels = [bool(it["label"]) for it in items]
     accuracy = sum((pi >= threshold) == li for pi, li in zip(p, labels)) / len(items) if items else None
@@ -142,8 +161,24 @@ def judge_agreement(items: list[dict], threshold: float = JUDGE_THRESHOLD) -> di
         "threshold": threshold,
         "accuracy": accuracy,
         "roc_auc": roc_auc(p, labels),
+        "mean_p_yes_positives": _mean([pi for pi, li in zip(p, labels) if li]),
+        "mean_p_yes_negatives": _mean([pi for pi, li in zip(p, labels) if not li]),
         "items": items,
     }
+
+
+def judge_agreement(items: list[dict], threshold: float = JUDGE_THRESHOLD) -> dict:
+    """The judge against the verifiers, per question, over items {index, kind, question, p_yes, <question>, label}
+    (`judge_item`; an item without "question" is EA's, as earlier callers wrote them).
+
+    `per_question[Q]` holds each question's n, positives, negatives, accuracy, roc_auc, mean P(Yes) per class and
+    items. The top level is EA's alone (its keys as before the other questions were scored), so readers of earlier
+    report.json files, `judge_check.py` and `recipes/small/table.py` read the same numbers."""
+    groups: dict[str, list[dict]] = {q: [] for q in JUDGE_QUESTIONS}  # a row for each, "no items" said as such
+    for it in items:
+        groups.setdefault(it.get("question", "EA"), []).append(it)
+    per_question = {q: _agreement(group, threshold) for q, group in groups.items()}
+    return {**per_question["EA"], "per_question": per_question}
 
 
 # ============================================================================================ aggregate

@@ -89,6 +89,10 @@ def test_per_question_equals_brute_force_and_hand_counts():
     assert j["per_question"]["PC"]["positives"] == sum(it["pc"] >= 0.5 for it in items if it["question"] == "PC")
     # the top level is EA's alone, with every key earlier report.json files had
     assert OLD_KEYS <= set(j) and all(j[k] == ea[k] for k in OLD_KEYS)
+    # EA over the edits alone, without the unedited sources (the judge's ranking of the editor's outputs)
+    edits = [it for it in items if it["question"] == "EA" and it["kind"] == "output"]
+    assert_matches(j["ea_edits_only"], by_hand([it["p_yes"] for it in edits], [it["ea"] >= 0.5 for it in edits]))
+    assert "items" not in j["ea_edits_only"]
 
 
 def test_the_questions_are_the_judges():
@@ -126,6 +130,8 @@ def test_reports_name_the_missing_class_instead_of_a_number(tmp_path):
     assert set(lines) == set(JUDGE_QUESTIONS)
     assert lines["GN"].endswith("none: no negatives") and lines["GR"].endswith("none: no positives")
     assert lines["EA"].endswith(f"{j['roc_auc']:.3f}")
+    edits_line = next(line for line in table.splitlines() if line.startswith("EA, edits"))
+    assert edits_line.endswith(f"{j['ea_edits_only']['roc_auc']:.3f}")
     page = report.write(tmp_path / "r") / "report.html"
     html = page.read_text()
     assert "none: no negatives" in html and "none: no positives" in html and "mean P(Yes), positives" in html

@@ -72,7 +72,7 @@ class EvalReport:
             j = self.judge_agreement
             lines.append(
                 f"judge vs verifier per question (label: verifier >= {j['threshold']}; accuracy of P(Yes) >= "
-                f"{j['threshold']}; EA also on the unedited sources)"
+                f"{j['threshold']}; EA also on the unedited sources, 'EA, edits' on the outputs alone)"
             )
             lines.append(f"{'question':<10}{'n':>5}{'pos':>6}{'neg':>6}{'acc':>8}{'P(Yes)+':>9}{'P(Yes)-':>9}  ROC-AUC")
             for question, row in _per_question(j).items():
@@ -97,8 +97,12 @@ def _fmt(value: float | None) -> str:
 
 
 def _per_question(j: dict) -> dict[str, dict]:
-    """`judge_agreement`'s rows per question; a report written before PC, GN and GR were scored has EA's only."""
-    return j.get("per_question") or {"EA": j}
+    """`judge_agreement`'s rows per question, then EA over the edits alone (no unedited sources); a report written
+    before PC, GN and GR were scored has EA's only."""
+    rows = dict(j.get("per_question") or {"EA": j})
+    if j.get("ea_edits_only") is not None:
+        rows["EA, edits"] = j["ea_edits_only"]
+    return rows
 
 
 def _auc_text(row: dict) -> str:
@@ -184,7 +188,8 @@ def render_html(report: EvalReport) -> str:
         parts.append(
             f"<h2>Judge vs verifier</h2><p class=muted>Per question: label = the verifier's score of that "
             f"dimension &ge; {j['threshold']}, prediction = the judge's P(Yes); over the outputs, and for EA also "
-            f"the unedited sources.</p><table><tr><th class=name>question</th><th>n</th><th>positives</th>"
+            f"the unedited sources (<i>EA, edits</i>: the outputs alone).</p>"
+            f"<table><tr><th class=name>question</th><th>n</th><th>positives</th>"
             f"<th>negatives</th><th>accuracy @ {j['threshold']}</th><th>mean P(Yes), positives</th>"
             f"<th>mean P(Yes), negatives</th><th>ROC-AUC</th></tr>{rows}</table>"
         )

@@ -173,12 +173,17 @@ def judge_agreement(items: list[dict], threshold: float = JUDGE_THRESHOLD) -> di
 
     `per_question[Q]` holds each question's n, positives, negatives, accuracy, roc_auc, mean P(Yes) per class and
     items. The top level is EA's alone (its keys as before the other questions were scored), so readers of earlier
-    report.json files, `judge_check.py` and `recipes/small/table.py` read the same numbers."""
+    report.json files, `judge_check.py` and `recipes/small/table.py` read the same numbers. `ea_edits_only` is EA
+    over the "output" items alone (no unedited sources): how well the judge ranks the edits themselves."""
     groups: dict[str, list[dict]] = {q: [] for q in JUDGE_QUESTIONS}  # a row for each, "no items" said as such
     for it in items:
         groups.setdefault(it.get("question", "EA"), []).append(it)
     per_question = {q: _agreement(group, threshold) for q, group in groups.items()}
-    return {**per_question["EA"], "per_question": per_question}
+    # EA over the edits alone: the unedited sources are easy negatives, and the mixed AUC can be high while the
+    # judge cannot rank the editor's edits (docs/small_models.md, section 29: 0.80 mixed, 0.51 edits alone).
+    edits = _agreement([it for it in groups["EA"] if it.get("kind") == "output"], threshold)
+    del edits["items"]  # the same items as per_question["EA"]'s outputs
+    return {**per_question["EA"], "per_question": per_question, "ea_edits_only": edits}
 
 
 # ============================================================================================ aggregate

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # GPU session v9 (one H200), planned in docs/small_models.md section 23:
-#   bench    issue 13: bench/bench_edit.py --variants best --best-of 4 (N=4 best-of-N against one edit at the
-#            Lucy-5B shape), then the `viva edit` memory with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-#            (first since session v9, where it came last and did not fit in the device time)
+#   bench    issue 13: bench/bench_edit.py --variants best --best-of 4 --best-of-batch 2 (N=4 best-of-N against one
+#            edit at the Lucy-5B shape, one candidate and two per DiT call); first, as session v9 ran out before it
+#            (its expandable-segments memory measurement was run by hand then: docs/small_models.md, section 27)
 #   data     N training clips (default 60,000: 48,000 in the train split; v5 had 24,000), the two benchmark sets and
 #            the 96 object-edit clips of recipes/small/object_edits.sh (synth seed 11)
 #   editor   the shipped editor (v5) continued (`editor.init`) as v6 with `data.balance=1` (add/move 7% -> 9% of the
 #            draws), EDITOR_STEPS (default 7000) capped at EDITOR_MINUTES (default 9.5), peak lr EDITOR_LR (3e-4)
 #   decoder  recipes/small/vae4_decoder.toml: the shipped VAE's decoder trained on, encoder frozen (every latent and
-#            so every editor stays valid), outline-weighted loss; DECODER_MINUTES (default 7) on DECODER_CLIPS (16,000)
+#            so every editor stays valid), outline-weighted loss; DECODER_MINUTES (default 7) on DECODER_CLIPS (16,000),
+#            DECODER_STEPS (default the recipe's 3,000) to end the cosine inside the minutes
 #   eval     v5 (shipped), v6, and v6 with the new decoder ("v6dec": v6's folder with vae/ replaced) on both benchmark
 #            sets and on the object clips (GPU, fp32: eval_all.sh's protocol), for paired tables
 #   pack     pack/results.tar (logs, metrics, eval reports, bench JSON) and pack/models.tar.NN (<= 15 MB parts)
@@ -31,6 +32,7 @@ E=(--set editor.init=$SHIPPED --set editor.vae=$SHIPPED/vae --set data.balance="
    --set editor.instructor=false --set optim.compile="${COMPILE:-true}"
    --set optim.lr="${EDITOR_LR:-3e-4}" --set optim.max_minutes="${EDITOR_MINUTES:-9.5}")
 D=(--set vae.init=$SHIPPED/vae --set data.limit="${DECODER_CLIPS:-16000}" --set optim.max_minutes="${DECODER_MINUTES:-7}")
+[ -n "${DECODER_STEPS:-}" ] && D+=(--set optim.steps="$DECODER_STEPS")  # sized to the minutes, so the cosine ends
 OBJECTS=data/objects/train.jsonl
 if [ "${SMOKE:-0}" = 1 ]; then
   export N=40; E+=(--set optim.batch_size=2 --set optim.workers=0 --set optim.compile=false); EDITOR_STEPS=2
@@ -43,10 +45,6 @@ if has bench; then
     --json runs/bench_best_of_4.json \
     > runs/bench_best_of_4.log 2>&1
   tail -12 runs/bench_best_of_4.log
-  stamp memory
-  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=.:${PYTHONPATH:-} python3 bench/real_memory.py \
-    --only lucy-release-text > runs/memory_expandable.log 2>&1
-  tail -6 runs/memory_expandable.log
 fi
 if has data; then
   stamp data

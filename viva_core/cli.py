@@ -795,13 +795,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the small from-scratch models (vae, editor, judge) on synth clips",
         description="Stages: vae (Wan-architecture VAE), editor (Wan DiT + UMT5 text encoder "
         "[+ Qwen2.5-VL-architecture instructor and token refiner], mask-weighted flow matching), "
+        "judge_data (an editor's own outputs labelled by the verifiers, for the judge), "
         "judge (Qwen2.5-VL-architecture judge on verifier labels). Data: `viva synth --format npz`. "
         "The recipes that made the bundled models are in recipes/small/.",
     )
     pt.add_argument(
         "config", help="TOML config (stage, output_dir, seed, device; sections data, optim, vae, editor, judge)"
     )
-    pt.add_argument("--stage", choices=["vae", "editor", "judge"], help="override the config's stage")
+    pt.add_argument("--stage", choices=["vae", "editor", "judge_data", "judge"], help="override the config's stage")
     pt.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     pt.add_argument("-v", "--verbose", action="store_true")
     pt.set_defaults(func=cmd_pretrain)

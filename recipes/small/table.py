@@ -3,6 +3,9 @@
 python recipes/small/table.py "label=REPORT_DIR" ...             one row per report: scores, EA per category
 python recipes/small/table.py --by-operation "label=REPORT_DIR" ... one row per operation: EA of each report
 python recipes/small/table.py --paired "base=DIR" "label=DIR" ...  each against the base on the same clips
+PYTHONPATH=. python recipes/small/table.py --judges "base=DIR" "label=DIR" ...  reports of `viva eval --judge` on the
+    same outputs: each judge's ROC-AUC against the verifiers per question (95% bootstrap interval over items), and
+    each one's difference from the first judge's on the same resampled items
 """
 
 from __future__ import annotations
@@ -105,11 +108,62 @@ def paired(reports: list[tuple[str, dict]]) -> None:
         print(f"| {label} | {len(r['scores'])} | " + " | ".join(cells) + " |")
 
 
+JUDGE_ROWS = ("EA", "EA, edits", "PC", "GN", "GR")  # EA with the unedited sources, EA over the outputs alone, ...
+
+
+def judge_items(r: dict, row: str) -> list[dict]:
+    items = r["judge_agreement"]["per_question"][row.partition(",")[0]]["items"]
+    return [i for i in items if i["kind"] == "output"] if row == "EA, edits" else items
+
+
+def judges(reports: list[tuple[str, dict]], draws: int = 2000) -> None:
+    """Judges on the same outputs (one editor's, one manifest): per question the ROC-AUC of P(Yes) against the
+    verifier's label, its 95% percentile-bootstrap interval over items, and the difference from the first judge on
+    the same resampled items (paired: both judges scored the same outputs)."""
+    from viva_core.eval import roc_auc
+
+    (base_label, base), *_ = reports
+    print("| question | items (yes / no) | " + " | ".join(f"ROC-AUC {label} (95% CI)" for label, _ in reports) + " |")
+    print("|" + "---|" * (len(reports) + 2))
+    for row in JUDGE_ROWS:
+        ref = judge_items(base, row)
+        cells = []
+        for label, r in reports:
+            items = judge_items(r, row)
+            if [(i["index"], i["kind"], i["label"]) for i in items] != [
+                (i["index"], i["kind"], i["label"]) for i in ref
+            ]:
+                raise SystemExit(f"{label}: judged other outputs than {base_label} ({row}); run both on one editor")
+            rng, aucs, deltas = random.Random(0), [], []
+            for _ in range(draws):
+                pick = [rng.randrange(len(items)) for _ in items]
+                labels = [items[k]["label"] for k in pick]
+                a = roc_auc([items[k]["p_yes"] for k in pick], labels)
+                b = roc_auc([ref[k]["p_yes"] for k in pick], labels)
+                if a is not None and b is not None:
+                    aucs.append(a)
+                    deltas.append(a - b)
+            aucs.sort()
+            deltas.sort()
+            auc = roc_auc([i["p_yes"] for i in items], [i["label"] for i in items])
+            base_auc = roc_auc([i["p_yes"] for i in ref], [i["label"] for i in ref])
+            lo, hi = aucs[int(0.025 * len(aucs))], aucs[int(0.975 * len(aucs)) - 1]
+            cell = f"{fmt(auc)} ({lo:.2f}-{hi:.2f})"
+            if r is not base:
+                d_lo, d_hi = deltas[int(0.025 * len(deltas))], deltas[int(0.975 * len(deltas)) - 1]
+                cell += f", {auc - base_auc:+.2f} ({d_lo:+.2f}..{d_hi:+.2f})"
+            cells.append(cell)
+        yes = sum(i["label"] for i in ref)
+        print(f"| {row} | {len(ref)} ({yes} / {len(ref) - yes}) | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
     argv = sys.argv[1:]
     if argv and argv[0] == "--by-operation":
         by_operation(load(argv[1:]))
     elif argv and argv[0] == "--paired":
         paired(load(argv[1:]))
+    elif argv and argv[0] == "--judges":
+        judges(load(argv[1:]))
     else:
         by_variant(load(argv))

@@ -7,6 +7,8 @@ Stages, in order (each writes real-format folders that the normal loaders read):
           optionally a Qwen2.5-VL-architecture instructor + token refiner, all trained jointly from scratch with
           VIVA's edit-mask-weighted flow-matching loss -> `<out>/editor/` (diffusers folder), `<out>/instructor/`
           (VLM folder), `<out>/refiner.safetensors`;
+- judge_data: an editor's own outputs on the training clips, labelled by the benchmark's verifiers, for the judge
+          -> `<out>/judge_data/`;
 - judge:  a Qwen2.5-VL-architecture judge trained to answer the four ReViSE questions, with labels from the exact
           verifiers of `viva_core.eval` on ground-truth edits and corrupted ones -> `<out>/judge/` (VLM folder).
 Edit-GRPO / RWO LoRAs on the editor then come from `viva train`. Training feeds every model through the same
@@ -37,6 +39,7 @@ from .config import (
 )
 from .editor import EditorData, conditioning_tokens, grounding_targets, instructor_hidden, latent_masks, train_editor
 from .judge import CANDIDATE_LABELS, CANDIDATES, CandidateSet, _JudgeData, candidate_aucs, corrupt, train_judge
+from .judge_data import EditorOutputs, load_editor_outputs, write_judge_data
 from .models import new_vae, write_vlm_folder
 from .tokenizers import prompt_texts, save_tokenizer, vocabulary, word_tokenizer
 from .vae import train_vae
@@ -48,6 +51,7 @@ __all__ = [
     "ClipSet",
     "DataSection",
     "EditorData",
+    "EditorOutputs",
     "EditorSection",
     "JudgeSection",
     "OptimSection",
@@ -64,6 +68,7 @@ __all__ = [
     "instructor_hidden",
     "latent_masks",
     "load_clip_set",
+    "load_editor_outputs",
     "load_scratch_config",
     "new_vae",
     "operation_weights",
@@ -75,9 +80,11 @@ __all__ = [
     "train_vae",
     "vocabulary",
     "word_tokenizer",
+    "write_judge_data",
     "write_vlm_folder",
 ]
 
 
 def run_stage(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
-    return {"vae": train_vae, "editor": train_editor, "judge": train_judge}[cfg.stage](cfg, progress)
+    stages = {"vae": train_vae, "editor": train_editor, "judge_data": write_judge_data, "judge": train_judge}
+    return stages[cfg.stage](cfg, progress)

@@ -8,7 +8,7 @@ from typing import Optional
 
 from ..config import fill_config, raise_problems
 
-STAGES = ("vae", "editor", "judge")
+STAGES = ("vae", "editor", "judge_data", "judge")
 IMAGE_SIDE = 64  # the VLMs see frames at 64x64: patch 8, merge 2 -> 16 visual tokens per frame
 UMT5_SPECIALS = ("<pad>", "</s>", "<unk>")
 
@@ -116,6 +116,17 @@ class JudgeSection:
     # instruction) is the EA "No" that only reading the instruction can tell from the truth (section 20).
     candidates: str = "target,source,other,blend,flicker,blur,shifted"
     init: str = ""  # continue from a judge folder written by this stage (its weights, tokenizer and architecture)
+    # Real editor outputs labelled by the verifiers (stage judge_data writes them; section 30): the folder, and the
+    # share of training items drawn from it (candidate kind "editor") instead of the corruptions above.
+    editor_outputs: str = ""
+    editor_share: float = 0.0
+    # Stage judge_data: the editor folder whose outputs it makes, how many per clip (different seeds: a spread of
+    # successes and failures of one clip), and how it samples them (viva eval's protocol: 20 steps, CFG 5, fp32).
+    editor: str = ""
+    seeds: int = 4
+    sample_steps: int = 20
+    guidance: float = 5.0
+    editor_dtype: str = "fp32"
 
 
 @dataclass
@@ -158,6 +169,14 @@ class ScratchConfig:
         unknown = [k for k in self.judge.candidates.split(",") if k not in kinds]
         if unknown:
             problems.append(f"judge.candidates names unknown candidates {unknown}; choose from {', '.join(kinds)}")
+        if self.stage == "judge_data" and not self.judge.editor:
+            problems.append("judge.editor is empty (the editor folder whose outputs stage judge_data labels)")
+        if self.judge.seeds < 1 or self.judge.sample_steps < 1:
+            problems.append("judge.seeds and judge.sample_steps must be >= 1")
+        if not 0 <= self.judge.editor_share <= 1:
+            problems.append(f"judge.editor_share must be in [0, 1], got {self.judge.editor_share}")
+        if self.stage == "judge" and self.judge.editor_share > 0 and not self.judge.editor_outputs:
+            problems.append("judge.editor_share > 0 draws from judge.editor_outputs: set it to a judge_data folder")
         if self.judge.gt_source_steps < 0:
             problems.append(f"judge.gt_source_steps must be >= 0, got {self.judge.gt_source_steps}")
         if self.vae.decoder_only and not self.vae.init:

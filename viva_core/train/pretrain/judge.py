@@ -17,6 +17,7 @@ from ...runtime import ProgressFn, no_progress, parse_device
 from ...synth import Clip
 from .clips import ClipSet, frames_float, load_clip_set
 from .config import JUDGE_CANDIDATES, JudgeSection, ScratchConfig
+from .judge_data import EditorOutputs, load_editor_outputs
 from .loop import _autocast, _loop, _one_thread, _write_json
 from .models import check_vocabulary, save_small, write_vlm_folder
 from .tokenizers import prompt_texts, vocabulary, word_tokenizer
@@ -105,8 +106,17 @@ def corrupt(
 class _JudgeData(torch.utils.data.Dataset):
     """Item i: four (question chat, verifier label) pairs for one candidate edit of a clip."""
 
-    def __init__(self, clips: ClipSet, sec: JudgeSection, seed: int, size: int, per_step: int = 1):
+    def __init__(
+        self,
+        clips: ClipSet,
+        sec: JudgeSection,
+        seed: int,
+        size: int,
+        per_step: int = 1,
+        outputs: Optional[EditorOutputs] = None,
+    ):
         self.clips, self.sec, self.seed, self.size, self.per_step = clips, sec, seed, size, per_step
+        self.outputs = outputs  # real editor outputs (stage judge_data), drawn with probability sec.editor_share
 
     def __len__(self) -> int:
         return self.size
@@ -123,6 +133,11 @@ class _JudgeData(torch.utils.data.Dataset):
         first = i < self.sec.gt_source_steps * self.per_step  # the curriculum's first steps
         if first or (self.sec.gt_source_share and rng.random() < self.sec.gt_source_share):
             kind = ("target", "source")[int(rng.integers(2))]
+        elif self.outputs is not None and rng.random() < self.sec.editor_share:
+            j = int(rng.integers(len(self.outputs)))
+            c = self.outputs.clip[j]
+            cand = frames_float(torch.from_numpy(np.array(self.outputs.frames[j])))
+            return c, frames_float(self.clips.source[c]), cand, dict(self.outputs.labels[j]), "editor"
         src, tgt = frames_float(self.clips.source[c]), frames_float(self.clips.target[c])
         kind, cand, labels = self.candidate(kind, c, o, src, tgt, rng, DEFAULT_HELDOUT)
         if labels["EA"] is None:
@@ -274,7 +289,8 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     vlm.model.train().requires_grad_(True)
     yes_ids, no_ids = yes_no_token_ids(vlm.tokenizer)
     per_item = cfg.optim.batch_size
-    data = _JudgeData(clips, sec, cfg.seed, cfg.optim.steps * per_item, per_item)
+    outputs = load_editor_outputs(sec.editor_outputs, clips, sec.threshold) if sec.editor_share > 0 else None
+    data = _JudgeData(clips, sec, cfg.seed, cfg.optim.steps * per_item, per_item, outputs)
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=per_item,

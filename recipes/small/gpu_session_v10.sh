@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# GPU session v10 (one H200), planned in docs/small_models.md section 30. Phases, in this order (most wanted first):
+#   data       the training clips (N, default 60,000) and the benchmark sets (session_lib.sh make_data), the 96 object clips
+#   judge_data recipes/small/judge_data.toml: the shipped editor's outputs on 4,096 training clips x 4 seeds, labelled
+#              by the verifiers
+#   judge      the shipped judge continued (`judge.init`) with half of its items drawn from those outputs
+#              (JUDGE_SHARE, default 0.5), the rest its usual candidates; JUDGE_STEPS (1200) capped at JUDGE_MINUTES (3.5)
+#   jeval      the shipped editor's held-out outputs judged by the shipped judge and by the new one (viva eval --judge:
+#              per-question ROC-AUC against the verifiers, 'EA, edits' row), side by side
+#   editor     the shipped editor continued as NEW (OLD=v6 NEW=v7 by default), EDITOR_STEPS (4400) capped at
+#              EDITOR_MINUTES (5.5); eval: OLD and NEW on both benchmark sets and the object clips, paired tables
+#   bench      issue 13 target 4: best-of-4 against one edit at the Lucy-5B shape (one candidate a DiT call, and two)
+#   pack       pack/results.tar (logs, metrics, reports) and pack/models.tar.NN (<= 15 MB parts): run after eval and
+#              again at the end, so a session cut short during the bench still brings the rest back
+#   setsid bash recipes/small/gpu_session_v10.sh > /tmp/v10.log 2>&1 < /dev/null &
+# Works in $WORK (default /tmp/viva_v10). SMOKE=1: a CPU check of the script (tiny data, 2 steps, CPU evals on 4 clips).
+set -uo pipefail
+WORK="${WORK:-/tmp/viva_v10}"
+PHASES="${PHASES:-data judge_data judge jeval editor eval bench pack}"
+OLD="${OLD:-v6}" NEW="${NEW:-v7}"
+mkdir -p "$WORK" && cp -r viva_core recipes bench tests "$WORK"/
+cd "$WORK" || exit 1
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
+source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, eval_lines
+SHIPPED=$B/diffusers/viva-small-editor
+JUDGE=$B/vlm/viva-small-judge
+# shellcheck disable=SC2206  # EDITOR_SETS: more --set pairs
+E=(--set editor.init=$SHIPPED --set editor.vae=$SHIPPED/vae --set data.balance="${BALANCE:-1}" ${EDITOR_SETS:-}
+   --set editor.instructor=false --set optim.compile="${COMPILE:-true}"
+   --set optim.lr="${EDITOR_LR:-3e-4}" --set optim.max_minutes="${EDITOR_MINUTES:-5.5}")
+JD=(--set judge.editor=$SHIPPED)
+J=(--set judge.init=$JUDGE --set judge.candidates=target,source,other,blend,flicker,blur,shifted,wrong
+   --set judge.ea_unlabelled=other,blend,shifted --set judge.editor_outputs=$R/judge_data/judge_data
+   --set judge.editor_share="${JUDGE_SHARE:-0.5}" --set data.limit="${JUDGE_CLIPS:-16000}"
+   --set optim.lr="${JUDGE_LR:-3e-4}" --set optim.max_minutes="${JUDGE_MINUTES:-3.5}")
+OBJECTS=data/objects/train.jsonl
+if [ "${SMOKE:-0}" = 1 ]; then
+  export N=40; E+=(--set optim.batch_size=2 --set optim.workers=0 --set optim.compile=false); EDITOR_STEPS=2
+  JD+=(--set data.limit=3 --set judge.sample_steps=2 --set optim.batch_size=2 --set optim.workers=0)
+  J+=(--set optim.batch_size=2 --set optim.workers=0); JUDGE_STEPS=2; EVAL_DEVICE=cpu; export EVAL_DEVICE
+fi
+# The benchmark's eval command (session_lib.sh eval_lines' protocol) of one model on one manifest.
+evaluate() { echo "$V eval $2 $3 --report runs/eval/$1 --no-outputs --steps 20 --previews 6 --device \
+  ${EVAL_DEVICE:-cuda} --dtype fp32 --vlm-dtype fp32 > runs/eval/$1.log 2>&1"; }
+pack() {
+  stamp pack
+  tar cf pack/results.tar --exclude='*.safetensors' --exclude='*/outputs/*' --exclude='*.npy' runs/stamps.log \
+    runs/*.log runs/*.json $R/*/metrics.jsonl $R/*/curves.png $R/*/*summary.json $R/*/*/*summary.json runs/eval \
+    2>/dev/null
+  rm -f pack/models.tar.*
+  tar cf pack/models.tar --exclude='*/checkpoints/*' -C $R $(cd $R && ls -d $NEW/editor judge/judge 2>/dev/null) &&
+    split -b 15M -d pack/models.tar pack/models.tar. && rm pack/models.tar
+  ls -la pack
+}
+
+if has data; then
+  stamp data
+  N="${N:-60000}" make_data
+  [ -f $OBJECTS ] || $V synth --out data/objects --n "${OBJECT_CLIPS:-96}" --seed 11 --format npz \
+    --ops add,move,resize,replace_shape --categories basic --splits 1,0,0 --workers 14
+  if [ "${SMOKE:-0}" = 1 ]; then  # 4 clips per set keep the CPU evals short
+    for m in data/eval_id/train.jsonl data/eval_heldout/heldout.jsonl $OBJECTS; do
+      head -4 "$m" > "$m.4" && mv "$m.4" "$m"
+    done
+  fi
+fi
+if has judge_data; then
+  stamp judge_data
+  $V pretrain recipes/small/judge_data.toml --set output_dir=$R/judge_data "${JD[@]}" > runs/judge_data.log 2>&1
+  tail -3 runs/judge_data.log; cat $R/judge_data/judge_data/judge_data_summary.json | tail -30
+fi
+if has judge; then
+  stamp judge
+  $V pretrain recipes/small/judge.toml --set output_dir=$R/judge "${J[@]}" $(steps "${JUDGE_STEPS:-1200}") \
+    > runs/judge.log 2>&1
+  grep -h '"steps_done"\|"seconds"\|"accuracy"' $R/judge/judge_summary.json
+fi
+if has jeval; then
+  stamp jeval
+  {
+    evaluate judge_shipped data/eval_heldout/heldout.jsonl "--editor $SHIPPED --judge $JUDGE"
+    [ -d $R/judge/judge ] && evaluate judge_new data/eval_heldout/heldout.jsonl "--editor $SHIPPED --judge $R/judge/judge"
+  } > runs/jeval_jobs.txt
+  xargs -P 2 -I{} bash -c {} < runs/jeval_jobs.txt
+  grep -H -A8 "judge" runs/eval/judge_*.log | grep -i "EA\|PC\|GN\|GR" | head -20
+fi
+if has editor; then
+  stamp editor
+  $V pretrain recipes/small/editor4.toml --set output_dir=$R/$NEW "${E[@]}" $(steps "${EDITOR_STEPS:-4400}") \
+    > runs/$NEW.log 2>&1
+  grep -h '"steps_done"\|"seconds"' $R/$NEW/editor_summary.json
+fi
+if has eval; then
+  stamp eval
+  {
+    for set in id:data/eval_id/train.jsonl heldout:data/eval_heldout/heldout.jsonl objects:$OBJECTS; do
+      evaluate "${OLD}_${set%%:*}" "${set#*:}" "--editor $SHIPPED"
+      [ -d $R/$NEW/editor ] && evaluate "${NEW}_${set%%:*}" "${set#*:}" "--editor $R/$NEW/editor"
+    done
+  } > runs/eval_jobs.txt
+  xargs -P "${JOBS:-6}" -I{} bash -c {} < runs/eval_jobs.txt
+  grep -H "^all " runs/eval/*.log
+  for set in heldout id objects; do
+    python3 recipes/small/table.py --paired "$OLD=runs/eval/${OLD}_$set" "$NEW=runs/eval/${NEW}_$set" 2>&1 | tail -4
+  done
+fi
+has pack && pack
+if has bench; then
+  stamp bench
+  PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_edit.py --variants best --best-of 4 --best-of-batch 2 \
+    --json runs/bench_best_of_4.json > runs/bench_best_of_4.log 2>&1
+  tail -12 runs/bench_best_of_4.log
+  has pack && pack
+fi
+stamp done

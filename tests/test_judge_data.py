@@ -1,0 +1,132 @@
+"""`viva pretrain` stage judge_data: an editor's own outputs labelled by the verifiers, and the judge stage drawing
+them (`judge.editor_outputs`, `judge.editor_share`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from viva_core import bundled
+from viva_core.errors import InputError
+from viva_core.train import pretrain as S
+from viva_core.train.pretrain.judge_data import output_seed
+
+
+@pytest.fixture(scope="module")
+def clips_dir(tmp_path_factory) -> Path:
+    from viva_core.synth import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, n=8, seed=3, format="npz", splits=(1.0, 0.0, 0.0))
+    return out
+
+
+def _cfg(stage: str, out: Path, manifest: Path, **sets) -> S.ScratchConfig:
+    overrides = [
+        f"stage={stage}",
+        f"output_dir={out}",
+        f"data.manifest={manifest}",
+        "optim.batch_size=2",
+        "optim.workers=0",
+        "device=cpu",
+        *(f"{k}={v}" for k, v in sets.items()),
+    ]
+    return S.load_scratch_config(None, overrides)
+
+
+@pytest.fixture(scope="module")
+def outputs_dir(clips_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("jd")
+    sets = {"data.limit": 3, "judge.editor": bundled.EDITOR, "judge.seeds": 2, "judge.sample_steps": 2, "seed": 4}
+    return S.run_stage(_cfg("judge_data", out, clips_dir / "train.jsonl", **sets))
+
+
+def test_outputs_are_the_pipelines_edits_and_labels_its_verifier_scores(clips_dir, outputs_dir) -> None:
+    """Batched over clips and seeds, each output is what `edit` makes of that clip with its seed (the reference:
+    one clip at a time through the user-facing pipeline), and its labels are `score_edit` of the saved frames."""
+    from viva_core.editor import EditorOptions, load_editor
+    from viva_core.eval import score_edit
+    from viva_core.pipeline import EditSettings, edit
+
+    frames = np.load(outputs_dir / "frames.npy")
+    lines = [json.loads(x) for x in (outputs_dir / "labels.jsonl").read_text().splitlines()]
+    clips = S.load_clip_set(clips_dir / "train.jsonl", 3)
+    assert frames.shape == (6, *clips.source.shape[1:]) and frames.dtype == np.uint8 and len(lines) == 6
+    editor = load_editor(str(bundled.EDITOR), options=EditorOptions(dtype="fp32", device="cpu"))
+    for j in (1, 4):  # clip 0 seed 1, clip 2 seed 0
+        c, k = divmod(j, 2)
+        rec = clips.records[c]
+        assert lines[j]["npz"] == rec["npz"] and lines[j]["seed"] == k
+        src = S.frames_float(clips.source[c])
+        ref = edit(
+            editor,
+            src,
+            editor.encode_text(rec["instruction"]),
+            settings=EditSettings(steps=2, cfg=5.0, seed=output_seed(4, c, k)),
+        ).frames
+        assert (torch.from_numpy(frames[j]).float() - ref * 255).abs().max() <= 1.0  # uint8 rounding
+        s = score_edit(
+            src, S.frames_float(torch.from_numpy(frames[j])), S.frames_float(clips.target[c]), clips.mask[c],
+            rec.get("verify"), rec.get("operation"),
+        )  # fmt: skip
+        assert lines[j]["scores"] == pytest.approx({"EA": s.ea, "PC": s.pc, "GN": s.gn, "GR": s.gr})
+    assert not np.array_equal(frames[0], frames[1])  # two seeds, two edits
+    summary = json.loads((outputs_dir / "judge_data_summary.json").read_text())["result"]
+    assert summary["outputs"] == 6 and sum(summary["positives"]["EA"]) == 6
+
+
+def test_judge_draws_editor_outputs_with_their_verifier_labels(clips_dir, outputs_dir, tmp_path) -> None:
+    clips = S.load_clip_set(clips_dir / "train.jsonl", 5)
+    outputs = S.load_editor_outputs(outputs_dir, clips, 0.5)  # outputs of clips 0-2, all inside these 5
+    lines = [json.loads(x) for x in (outputs_dir / "labels.jsonl").read_text().splitlines()]
+    frames = np.load(outputs_dir / "frames.npy")
+    sec = S.JudgeSection(editor_share=0.5, editor_outputs=str(outputs_dir))
+    data = S._JudgeData(clips, sec, seed=0, size=200, outputs=outputs)
+    kinds = []
+    for i in range(200):
+        c, src, cand, labels, kind = data.example(i)
+        kinds.append(kind)
+        if kind == "editor":
+            j = next(j for j in range(6) if np.array_equal(frames[j], (cand * 255).round().byte().numpy()))
+            assert c == j // 2 and torch.equal(src, S.frames_float(clips.source[c]))
+            want = {q: None if v is None else v >= 0.5 for q, v in lines[j]["scores"].items()}
+            assert labels == want
+    assert 70 < kinds.count("editor") < 130  # judge.editor_share of the draws
+    plain = S._JudgeData(clips, S.JudgeSection(), seed=0, size=50)
+    assert all(plain.example(i)[4] != "editor" for i in range(50))
+
+    judge = S.run_stage(
+        _cfg(
+            "judge",
+            tmp_path / "j",
+            clips_dir / "train.jsonl",
+            **{
+                "judge.init": bundled.JUDGE,
+                "judge.editor_outputs": outputs_dir,
+                "judge.editor_share": 1.0,
+                "optim.steps": 2,
+                "optim.warmup_steps": 1,
+                "data.limit": 5,
+            },
+        )  # fmt: skip
+    )
+    assert (judge / "viva_judge.json").is_file()
+
+
+def test_outputs_of_another_manifest_or_a_broken_folder_are_refused(clips_dir, outputs_dir, tmp_path) -> None:
+    from viva_core.synth import generate
+
+    other = tmp_path / "other"
+    generate(other, n=4, seed=9, format="npz", splits=(1.0, 0.0, 0.0))  # same npz names, other clips
+    with pytest.raises(InputError, match="another clip"):
+        S.load_editor_outputs(outputs_dir, S.load_clip_set(other / "train.jsonl"), 0.5)
+    with pytest.raises(InputError, match="judge_data"):
+        S.load_editor_outputs(tmp_path, S.load_clip_set(clips_dir / "train.jsonl"), 0.5)
+    with pytest.raises(InputError, match="judge.editor is empty"):
+        _cfg("judge_data", tmp_path, clips_dir / "train.jsonl")
+    with pytest.raises(InputError, match="judge.editor_outputs"):
+        _cfg("judge", tmp_path, clips_dir / "train.jsonl", **{"judge.editor_share": 0.3})

@@ -1,0 +1,255 @@
+"""Stage `judge_data` of `viva pretrain`: an editor's own outputs on the training clips, labelled by the benchmark's
+verifiers, for the judge stage to train on (`judge.editor_outputs`, `judge.editor_share`).
+
+Why: a judge trained only on corrupted ground truths (`judge.CANDIDATE_LABELS`) is at chance on real editor outputs
+(ROC-AUC 0.46-0.51 per question against the verifiers; docs/small_models.md, section 29): its negatives (the source,
+a blend, flicker, blur) are not the editor's failures (a wrong or missing edit in a soft, re-encoded frame). Here
+the labels are the ones the benchmark scores with, so nothing but the judge's capacity stands between it and them.
+
+The folder it writes: `frames.npy` (uint8 [M, T, H, W, 3], what the judge sees) and `labels.jsonl` (one line per
+output, same order: the clip's npz, a CRC of its source frames so a different manifest is caught, the seed, and the
+four verifier scores), plus `judge_data_summary.json` (label balance per question, time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ...errors import InputError
+from ...eval.score import JUDGE_QUESTIONS as QUESTIONS
+from ...runtime import ProgressFn, no_progress, parse_device
+from .clips import ClipSet, frames_float, load_clip_set
+from .config import ScratchConfig
+from .loop import _one_thread, _write_json
+
+log = logging.getLogger(__name__)
+
+FRAMES_FILE = "frames.npy"
+LABELS_FILE = "labels.jsonl"
+
+
+def source_crc(frames: torch.Tensor) -> int:
+    """A fingerprint of a clip's uint8 source frames: ties an output to the clip it was made from."""
+    return zlib.crc32(frames.contiguous().numpy().tobytes())
+
+
+@dataclass
+class EditorOutputs:
+    """A `judge_data` folder matched to the judge's clips: output j is an edit of clip `clip[j]`."""
+
+    frames: np.ndarray  # uint8 [M, T, H, W, 3], memory-mapped (the judge's loader workers share its pages)
+    clip: list[int]
+    labels: list[dict[str, Optional[bool]]]  # per question: verifier score >= threshold; None = no verifier label
+
+    def __len__(self) -> int:
+        return len(self.clip)
+
+
+def load_editor_outputs(folder: str | Path, clips: ClipSet, threshold: float) -> EditorOutputs:
+    """The outputs of a `judge_data` folder whose clips are in `clips` (the judge's manifest, maybe limited), each
+    checked against its clip's source frames; an output of a clip outside the set is left out."""
+    root = Path(folder)
+    frames_path, labels_path = root / FRAMES_FILE, root / LABELS_FILE
+    if not (frames_path.is_file() and labels_path.is_file()):
+        raise InputError(
+            f"{root}: no {FRAMES_FILE} and {LABELS_FILE}; judge.editor_outputs takes a folder written by "
+            "`viva pretrain` stage judge_data."
+        )
+    frames = np.load(frames_path, mmap_mode="r", allow_pickle=False)
+    lines = [json.loads(x) for x in labels_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    if frames.dtype != np.uint8 or frames.ndim != 5 or len(frames) != len(lines):
+        raise InputError(
+            f"{frames_path}: {frames.dtype} {frames.shape} does not hold the {len(lines)} uint8 videos that "
+            f"{labels_path.name} lists; write the folder again with stage judge_data."
+        )
+    if frames.shape[1:] != tuple(clips.source.shape[1:]):
+        raise InputError(
+            f"{frames_path}: videos {frames.shape[1:]} but the judge's clips are {tuple(clips.source.shape[1:])}; "
+            "make the outputs from the same manifest."
+        )
+    where = {rec["npz"]: i for i, rec in enumerate(clips.records)}
+    keep, clip, labels, checked = [], [], [], {}
+    for j, line in enumerate(lines):
+        c = where.get(line["npz"])
+        if c is None:
+            continue
+        if c not in checked:
+            checked[c] = source_crc(clips.source[c]) == int(line["source_crc"])
+        if not checked[c]:
+            raise InputError(
+                f"{labels_path} line {j + 1}: made from another clip than {line['npz']} of the judge's manifest "
+                "(its source frames differ); judge.editor_outputs must come from data.manifest's clips."
+            )
+        keep.append(j)
+        clip.append(c)
+        scores = line["scores"]
+        labels.append({q: None if scores.get(q) is None else bool(scores[q] >= threshold) for q in QUESTIONS})
+    if not keep:
+        raise InputError(f"{root}: none of its {len(lines)} outputs is of a clip in data.manifest's (limited) clips.")
+    if len(keep) < len(lines):
+        log.info("judge_data: %d of %d outputs are of clips in this run", len(keep), len(lines))
+    return EditorOutputs(frames if len(keep) == len(lines) else frames[keep], clip, labels)
+
+
+class _Scoring(torch.utils.data.Dataset):
+    """Item j: the benchmark's scores (`score_edit`, what `viva eval` reports) of output j against its clip."""
+
+    def __init__(self, clips: ClipSet, outputs: torch.Tensor, clip: list[int]):
+        self.clips, self.outputs, self.clip = clips, outputs, clip
+
+    def __len__(self) -> int:
+        return len(self.clip)
+
+    def __getitem__(self, j: int) -> dict[str, Optional[float]]:
+        from ...eval import score_edit
+
+        c, rec = self.clip[j], self.clips.records[self.clip[j]]
+        verify = rec.get("verify") if isinstance(rec.get("verify"), dict) else None
+        operation = rec.get("operation") if isinstance(rec.get("operation"), str) else None
+        s = score_edit(
+            frames_float(self.clips.source[c]),
+            frames_float(self.outputs[j]),
+            frames_float(self.clips.target[c]),
+            self.clips.mask[c],
+            verify,
+            operation,
+        )
+        return {"EA": s.ea, "PC": s.pc, "GN": s.gn, "GR": s.gr}
+
+
+def output_seed(seed: int, clip: int, k: int) -> int:
+    """The noise seed of clip `clip`'s k-th output: `viva edit --seed` with it gives the same edit."""
+    return seed * 1_000_003 + clip * 97 + k
+
+
+def _sample_rows(dit, src, cond, negative, noise, settings, dtype) -> torch.Tensor:
+    """Latents of one batch of rows (source latents, text tokens, noise; row i one edit), CFG against `negative`."""
+    from ...pipeline import dit_velocity, guide
+    from ...sampling import sample
+
+    k = cond.shape[0]
+    text = cond if settings.cfg == 1.0 else torch.cat([cond, negative.expand(k, -1, -1)])
+
+    def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        if settings.cfg == 1.0:
+            return dit_velocity(dit, x, src, sigma, text, dtype)
+        v = dit_velocity(dit, torch.cat([x, x]), torch.cat([src, src]), sigma, text, dtype)
+        return guide(v[:k], v[k:], settings.cfg)
+
+    return sample(
+        velocity,
+        noise,
+        src,
+        steps=settings.steps,
+        shift=settings.shift,
+        strength=settings.strength,
+        sampler=settings.sampler,
+    )
+
+
+def _editor_outputs(editor, clips: ClipSet, seeds: int, settings, seed: int, per_call: int, progress: ProgressFn):
+    """uint8 [N * seeds, T, H, W, 3]: `seeds` edits of every clip (clip-major), `per_call` clips per DiT batch,
+    sampled as `viva eval` samples (CFG against the empty prompt, the editor's shift and sampler)."""
+    from ...pipeline import decode_latents_batch, pad_tokens, unconditional
+    from .vae import encode_clips
+
+    n, dev = len(clips), editor.device
+    text = {}
+    for rec in clips.records:
+        if rec["instruction"] not in text:
+            text[rec["instruction"]] = editor.encode_text(rec["instruction"]).embeds
+    negative = unconditional(editor).embeds
+    length = max([editor.max_text_tokens, negative.shape[1], *(e.shape[1] for e in text.values())])
+    negative = pad_tokens(negative, length).to(dev, editor.dtype)
+    out = []
+    with editor.dit_with_loras() as (dit, _), torch.no_grad():
+        for lo in range(0, n, per_call):
+            idx = list(range(lo, min(lo + per_call, n)))
+            with editor.on_device(editor.vae) as vae:
+                src = encode_clips(vae, clips.source[idx], dev).repeat_interleave(seeds, 0)
+            rows = [pad_tokens(text[clips.records[c]["instruction"]], length) for c in idx for _ in range(seeds)]
+            cond = torch.cat(rows).to(dev, editor.dtype)
+            noise = torch.cat(
+                [
+                    torch.randn(src.shape[1:], generator=torch.Generator("cpu").manual_seed(output_seed(seed, c, s)))
+                    for c in idx
+                    for s in range(seeds)
+                ]
+            ).view(src.shape)
+
+            z = _sample_rows(dit, src, cond, negative, noise.to(dev), settings, editor.dtype)
+            video = decode_latents_batch(editor, z)
+            if not torch.isfinite(video).all():
+                raise InputError("judge_data: the editor decoded NaN/Inf frames; run it in fp32 (judge.editor_dtype).")
+            out.append((video * 255).round().to(torch.uint8))
+            progress(idx[-1] + 1, n)
+    return torch.cat(out)
+
+
+def write_judge_data(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
+    from ...editor import EditorOptions, load_editor
+    from ...settings import EditSettings
+
+    sec, out, device = cfg.judge, Path(cfg.output_dir) / "judge_data", parse_device(cfg.device)
+    clips = load_clip_set(cfg.data.manifest, cfg.data.limit)
+    editor = load_editor(sec.editor, options=EditorOptions(dtype=sec.editor_dtype, device=str(device)))
+    t, h, w = clips.source.shape[1:4]
+    if (t - 1) % editor.temporal_factor or (editor.native_size and editor.native_size != (h, w)):
+        raise InputError(
+            f"{cfg.data.manifest}: clips of {t} frames at {h}x{w}; {sec.editor} edits 4k+1 frames at "
+            f"{editor.native_size}. Make the clips with `viva synth` at the editor's size."
+        )
+    settings = EditSettings(steps=sec.sample_steps, cfg=sec.guidance).resolved(editor.sampling_defaults)
+    settings.check()
+    start = time.perf_counter()
+    frames = _editor_outputs(editor, clips, sec.seeds, settings, cfg.seed, cfg.optim.batch_size, progress)
+    made = time.perf_counter() - start
+    del editor
+    clip = [c for c in range(len(clips)) for _ in range(sec.seeds)]
+    loader = torch.utils.data.DataLoader(
+        _Scoring(clips, frames, clip),
+        batch_size=None,
+        num_workers=cfg.optim.workers,
+        worker_init_fn=_one_thread,
+    )
+    scores = list(loader)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / FRAMES_FILE, frames.numpy(), allow_pickle=False)
+    crc = [source_crc(clips.source[c]) for c in range(len(clips))]
+    lines = [
+        json.dumps({"npz": clips.records[c]["npz"], "source_crc": crc[c], "seed": j % sec.seeds, "scores": s})
+        for j, (c, s) in enumerate(zip(clip, scores))
+    ]
+    (out / LABELS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = {
+        "outputs": len(clip),
+        "clips": len(clips),
+        "settings": dataclasses.asdict(settings),
+        "seconds_sampling": made,
+        "seconds": time.perf_counter() - start,
+        "positives": label_balance(scores, sec.threshold),
+        "mean_scores": {q: _mean([s[q] for s in scores if s[q] is not None]) for q in QUESTIONS},
+    }
+    _write_json(out / "judge_data_summary.json", {"config": dataclasses.asdict(cfg), "result": summary})
+    log.info("judge_data: %s", summary)
+    return out
+
+
+def label_balance(scores: list[dict[str, Optional[float]]], threshold: float) -> dict[str, list[int]]:
+    """Per question: [outputs labelled Yes, labelled No] at `threshold` (unlabelled outputs in neither)."""
+    given = {q: [s[q] for s in scores if s[q] is not None] for q in QUESTIONS}
+    return {q: [sum(v >= threshold for v in given[q]), sum(v < threshold for v in given[q])] for q in QUESTIONS}
+
+
+def _mean(values: list[float]) -> Optional[float]:
+    return float(np.mean(values)) if values else None

@@ -282,3 +282,31 @@ def test_a_judge_recorded_at_chance_says_so_with_its_scores(vlm, videos, tmp_pat
         rows = 2  # header + one candidate; the caution follows, wrapped to the table's width
         assert " ".join(table.splitlines()[rows:]) == result.caveat
         assert all(len(line) <= len(table.splitlines()[0]) for line in table.splitlines()[rows:])
+
+
+def test_a_judge_names_the_questions_it_ranks_poorly_on_an_editors_outputs(vlm, tmp_path):
+    """`editor_output_aucs` (judge_check.py --outputs-report: its ROC-AUC per question against the verifiers on an
+    editor's own held-out outputs) below 0.9 are named after the corrupted-edit ones, each with its value."""
+    import shutil
+
+    from viva_core.judge import JUDGE_INFO_FILE, judge_caveat
+
+    folder = tmp_path / "judge"
+    shutil.copytree(vlm.path, folder)
+    on_outputs = {"EA": 0.61, "PC": 0.96, "GN": 0.69, "GR": "0.5"}  # a malformed value is ignored
+    info = {
+        "held_out_roc_auc": 0.99,
+        "held_out_question_aucs": {"EA": 0.56, "PC": 0.95},
+        "editor_output_aucs": on_outputs,
+    }
+    (folder / JUDGE_INFO_FILE).write_text(json.dumps(info))
+    caveat = judge_caveat(folder)
+    assert caveat == (
+        "note: edited vs unedited held-out ROC-AUC 0.99, but below 0.9 on corrupted edits for EA 0.56; "
+        "on an editor's outputs for EA 0.61, GN 0.69: a screen, not a verdict."
+    )
+    info["held_out_question_aucs"] = {"EA": 0.95}
+    (folder / JUDGE_INFO_FILE).write_text(json.dumps(info))
+    assert judge_caveat(folder).endswith(
+        "below 0.9 on an editor's outputs for EA 0.61, GN 0.69: a screen, not a verdict."
+    )

@@ -170,7 +170,8 @@ RELIABLE_AUC = 0.9  # a question whose recorded ranking of correct over corrupte
 def judge_caveat(vlm_path: str | Path) -> str | None:
     """A warning to show with the scores of a judge whose folder records (viva_judge.json, written by
     recipes/small/judge_check.py --record) that it cannot tell edits from unedited sources (`held_out_roc_auc`), or
-    that some questions rank correct above corrupted edits poorly (`held_out_question_aucs`)."""
+    that some questions rank correct above corrupted edits poorly (`held_out_question_aucs`) or rank an editor's own
+    held-out outputs poorly against the verifiers (`editor_output_aucs`, from a `viva eval --judge` report)."""
     info = judge_info(vlm_path) or {}
     auc = info.get("held_out_roc_auc")
     if not _is_number(auc):
@@ -180,19 +181,27 @@ def judge_caveat(vlm_path: str | Path) -> str | None:
             f"caution: this judge told held-out ground-truth edits from unedited sources with ROC-AUC {auc:.2f} "
             "(0.5 is chance), so its scores say little about this edit; use a chat VLM such as Qwen2.5-VL to judge."
         )
-    per_question = info.get("held_out_question_aucs")
-    weak = {
-        k: v
-        for k, v in (per_question.items() if isinstance(per_question, dict) else ())
-        if k in DIMENSIONS and _is_number(v) and v < RELIABLE_AUC
-    }
-    if not weak:
+    parts = [
+        f"{where} for " + ", ".join(f"{k} {v:.2f}" for k, v in weak.items())
+        for where, key in (
+            ("on corrupted edits", "held_out_question_aucs"),
+            ("on an editor's outputs", "editor_output_aucs"),
+        )
+        if (weak := _weak_questions(info.get(key)))
+    ]
+    if not parts:
         return None
     return (
-        f"note: edited vs unedited held-out ROC-AUC {auc:.2f}, but below {RELIABLE_AUC} on corrupted edits for "
-        + ", ".join(f"{k} {v:.2f}" for k, v in weak.items())
-        + ": a screen, not a verdict."
+        f"note: edited vs unedited held-out ROC-AUC {auc:.2f}, but below {RELIABLE_AUC} "
+        + "; ".join(parts)
+        + (": a screen, not a verdict.")
     )
+
+
+def _weak_questions(aucs: object) -> dict[str, float]:
+    """The recorded per-question ROC-AUCs below RELIABLE_AUC (malformed entries ignored)."""
+    items = aucs.items() if isinstance(aucs, dict) else ()
+    return {k: v for k, v in items if k in DIMENSIONS and _is_number(v) and v < RELIABLE_AUC}
 
 
 def _is_number(x: object) -> bool:

@@ -7,6 +7,9 @@
 #              (JUDGE_SHARE, default 0.5), the rest its usual candidates; JUDGE_STEPS (1200) capped at JUDGE_MINUTES (3.5)
 #   jeval      the shipped editor's held-out outputs judged by the shipped judge and by the new one (viva eval --judge:
 #              per-question ROC-AUC against the verifiers, 'EA, edits' row), side by side
+#   bon        best-of-4 on the held-out set: the shipped editor's 4 candidates per clip (stage judge_data on the
+#              benchmark manifest, eval's protocol) picked by the shipped judge and by the new one, against seed 0, a
+#              random pick and the oracle (recipes/small/best_of_n_check.py)
 #   editor     the shipped editor continued as NEW (OLD=v6 NEW=v7 by default), EDITOR_STEPS (4400) capped at
 #              EDITOR_MINUTES (5.5); eval: OLD and NEW on both benchmark sets and the object clips, paired tables
 #   bench      issue 13 target 4: best-of-4 against one edit at the Lucy-5B shape (one candidate a DiT call, and two)
@@ -16,7 +19,7 @@
 # Works in $WORK (default /tmp/viva_v10). SMOKE=1: a CPU check of the script (tiny data, 2 steps, CPU evals on 4 clips).
 set -uo pipefail
 WORK="${WORK:-/tmp/viva_v10}"
-PHASES="${PHASES:-data judge_data judge jeval editor eval bench pack}"
+PHASES="${PHASES:-data judge_data judge jeval editor eval bench pack}"  # bon: add it (section 31)
 OLD="${OLD:-v6}" NEW="${NEW:-v7}"
 mkdir -p "$WORK" && cp -r viva_core recipes bench tests "$WORK"/
 cd "$WORK" || exit 1
@@ -28,11 +31,12 @@ JUDGE=$B/vlm/viva-small-judge
 E=(--set editor.init=$SHIPPED --set editor.vae=$SHIPPED/vae --set data.balance="${BALANCE:-1}" ${EDITOR_SETS:-}
    --set editor.instructor=false --set optim.compile="${COMPILE:-true}"
    --set optim.lr="${EDITOR_LR:-3e-4}" --set optim.max_minutes="${EDITOR_MINUTES:-5.5}")
-JD=(--set judge.editor=$SHIPPED)
+# shellcheck disable=SC2206  # JUDGE_DATA_SETS / JUDGE_SETS: more --set pairs (section 31: bf16, 2,048 clips)
+JD=(--set judge.editor=$SHIPPED ${JUDGE_DATA_SETS:-})
 J=(--set judge.init=$JUDGE --set judge.candidates=target,source,other,blend,flicker,blur,shifted,wrong
    --set judge.ea_unlabelled=other,blend,shifted --set judge.editor_outputs=$R/judge_data/judge_data
    --set judge.editor_share="${JUDGE_SHARE:-0.5}" --set data.limit="${JUDGE_CLIPS:-16000}"
-   --set optim.lr="${JUDGE_LR:-3e-4}" --set optim.max_minutes="${JUDGE_MINUTES:-3.5}")
+   --set optim.lr="${JUDGE_LR:-3e-4}" --set optim.max_minutes="${JUDGE_MINUTES:-3.5}" ${JUDGE_SETS:-})
 OBJECTS=data/objects/train.jsonl
 if [ "${SMOKE:-0}" = 1 ]; then
   export N=40; E+=(--set optim.batch_size=2 --set optim.workers=0 --set optim.compile=false); EDITOR_STEPS=2
@@ -83,6 +87,15 @@ if has jeval; then
   } > runs/jeval_jobs.txt
   xargs -P 2 -I{} bash -c {} < runs/jeval_jobs.txt
   grep -H -A8 "judge" runs/eval/judge_*.log | grep -i "EA\|PC\|GN\|GR" | head -20
+fi
+if has bon; then
+  stamp bon
+  $V pretrain recipes/small/judge_data.toml --set output_dir=$R/bon --set judge.editor=$SHIPPED \
+    --set data.manifest=data/eval_heldout/heldout.jsonl --set data.limit=0 > runs/bon_data.log 2>&1
+  NEWJ=""; [ -d $R/judge/judge ] && NEWJ="new=$R/judge/judge"
+  PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/best_of_n_check.py data/eval_heldout/heldout.jsonl \
+    $R/bon/judge_data shipped=$JUDGE $NEWJ --json runs/best_of_n.json > runs/best_of_n.log 2>&1
+  cat runs/best_of_n.log | grep -v Loading
 fi
 if has editor; then
   stamp editor

@@ -130,3 +130,41 @@ def test_outputs_of_another_manifest_or_a_broken_folder_are_refused(clips_dir, o
         _cfg("judge_data", tmp_path, clips_dir / "train.jsonl")
     with pytest.raises(InputError, match="judge.editor_outputs"):
         _cfg("judge", tmp_path, clips_dir / "train.jsonl", **{"judge.editor_share": 0.3})
+
+
+def test_ranking_pairs_two_outputs_of_one_clip_per_question_they_disagree_on(clips_dir, outputs_dir, tmp_path) -> None:
+    """judge.rank_weight: an editor item comes with another output of its clip; the collate pairs the Yes and the No
+    answer of each question the two disagree on (unlabelled or equal answers make no pair), and the stage trains on
+    that ranking loss."""
+    import shutil
+
+    from viva_core.train.pretrain.judge import _collate_judge
+    from viva_core.vlm import load_vlm
+
+    clips = S.load_clip_set(clips_dir / "train.jsonl", 3)
+    loaded = S.load_editor_outputs(outputs_dir, clips, 0.5)
+    even = {"EA": True, "PC": True, "GN": None, "GR": False}  # output 2c of clip c; 2c + 1 below
+    odd = {"EA": False, "PC": True, "GN": True, "GR": True}
+    outputs = S.EditorOutputs(loaded.frames, loaded.clip, [even if j % 2 == 0 else odd for j in range(6)])
+    data = S._JudgeData(clips, S.JudgeSection(editor_share=1.0, rank_weight=1.0), seed=0, size=6, outputs=outputs)
+    items = [data[i] for i in range(6)]
+    assert all(len(chats) == len(labels) == 8 for chats, labels in items)
+    _, labels, pairs = _collate_judge(load_vlm(bundled.JUDGE, dtype="fp32", device="cpu").processor)(items)
+    assert pairs.shape == (12, 2)  # EA and GR of each of the 6 items
+    for yes, no in pairs.tolist():
+        assert labels[yes] == 1 and labels[no] == 0 and yes // 8 == no // 8  # one item: two outputs of one clip
+        assert yes % 4 == no % 4 in (0, 3) and (yes % 8 < 4) != (no % 8 < 4)  # EA or GR, one answer each
+    plain = S._JudgeData(clips, S.JudgeSection(editor_share=1.0), seed=0, size=1, outputs=outputs)
+    assert len(plain[0][1]) == 4  # without rank_weight: one output an item
+
+    disagreeing = tmp_path / "jd"
+    shutil.copytree(outputs_dir, disagreeing)
+    lines = [json.loads(x) for x in (disagreeing / "labels.jsonl").read_text().splitlines()]
+    for j, line in enumerate(lines):
+        line["scores"]["EA"] = 1.0 - j % 2
+    (disagreeing / "labels.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    sets = {"judge.init": bundled.JUDGE, "judge.editor_outputs": disagreeing, "judge.editor_share": 1.0,
+            "judge.rank_weight": 1.0, "optim.steps": 1, "optim.warmup_steps": 0, "data.limit": 3}  # fmt: skip
+    S.run_stage(_cfg("judge", tmp_path / "j", clips_dir / "train.jsonl", **sets))
+    logged = json.loads((tmp_path / "j" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < logged["rank_loss"] < 10

@@ -133,7 +133,7 @@ def test_judge_training_forward_equals_the_judge_class(synth_npz, tmp_path) -> N
     data = S._JudgeData(clips, sec, seed=0, size=6)
     yes, no = yes_no_token_ids(vlm.tokenizer)
     with torch.no_grad():
-        inputs, _ = _collate_judge(vlm.processor)([data[i] for i in range(len(data))])
+        inputs, _, _ = _collate_judge(vlm.processor)([data[i] for i in range(len(data))])
         trained = torch.sigmoid(judge_margins(vlm, inputs, yes, no)).view(len(data), len(DIMENSIONS))
     judge, blind = Judge(vlm), Judge(vlm, difference=False)
     assert judge.difference

@@ -120,6 +120,10 @@ class JudgeSection:
     # share of training items drawn from it (candidate kind "editor") instead of the corruptions above.
     editor_outputs: str = ""
     editor_share: float = 0.0
+    # With editor outputs: also rank two outputs of one clip per question (weight of -log sigmoid(margin of the Yes
+    # output - margin of the No one)). Best-of-N and a group-relative reward compare outputs of one clip, which the
+    # per-item loss can satisfy from the instruction alone (how often such edits pass) without looking at the edit.
+    rank_weight: float = 0.0
     # Stage judge_data: the editor folder whose outputs it makes, how many per clip (different seeds: a spread of
     # successes and failures of one clip), and how it samples them (viva eval's protocol: 20 steps, CFG 5, fp32).
     editor: str = ""
@@ -173,6 +177,8 @@ class ScratchConfig:
             problems.append("judge.editor is empty (the editor folder whose outputs stage judge_data labels)")
         if self.judge.seeds < 1 or self.judge.sample_steps < 1:
             problems.append("judge.seeds and judge.sample_steps must be >= 1")
+        if self.judge.rank_weight < 0:
+            problems.append(f"judge.rank_weight must be >= 0, got {self.judge.rank_weight}")
         if not 0 <= self.judge.editor_share <= 1:
             problems.append(f"judge.editor_share must be in [0, 1], got {self.judge.editor_share}")
         if self.stage == "judge" and self.judge.editor_share > 0 and not self.judge.editor_outputs:

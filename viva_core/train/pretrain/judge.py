@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 
 CANDIDATES = JUDGE_CANDIDATES
+QUESTION_COUNT = 4  # EA, PC, GN, GR: each edit's chats come in runs of this many (judge.DIMENSIONS)
 # The judge's label of each candidate on each question, by construction: each corruption fails exactly the
 # questions it targets (True = "Yes"). None: the exact EA verifier decides (a shifted edit may still be the asked
 # edit). Labelling every cell by the benchmark's verifiers instead told the judge that a flickering copy is
@@ -121,11 +122,8 @@ class _JudgeData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def example(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, Optional[bool]], str]:
-        """(clip index, source, candidate, Yes/No label per question, kind) of item i (seeded by item)."""
-        from ...eval import edit_accuracy
-        from ...synth import DEFAULT_HELDOUT
-
+    def _draw(self, i: int) -> tuple[np.random.Generator, int, int, str, Optional[int]]:
+        """Item i's seeded draws: (its generator, clip, another clip, candidate kind, editor output or None)."""
         rng = np.random.default_rng([self.seed, i])
         n, kinds = len(self.clips), self.sec.candidates.split(",")
         c, o = int(rng.integers(n)), int(rng.integers(n))
@@ -134,10 +132,17 @@ class _JudgeData(torch.utils.data.Dataset):
         if first or (self.sec.gt_source_share and rng.random() < self.sec.gt_source_share):
             kind = ("target", "source")[int(rng.integers(2))]
         elif self.outputs is not None and rng.random() < self.sec.editor_share:
-            j = int(rng.integers(len(self.outputs)))
-            c = self.outputs.clip[j]
-            cand = frames_float(torch.from_numpy(np.array(self.outputs.frames[j])))
-            return c, frames_float(self.clips.source[c]), cand, dict(self.outputs.labels[j]), "editor"
+            return rng, c, o, "editor", int(rng.integers(len(self.outputs)))
+        return rng, c, o, kind, None
+
+    def example(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, Optional[bool]], str]:
+        """(clip index, source, candidate, Yes/No label per question, kind) of item i (seeded by item)."""
+        from ...eval import edit_accuracy
+        from ...synth import DEFAULT_HELDOUT
+
+        rng, c, o, kind, j = self._draw(i)
+        if j is not None:
+            return self.output_example(j)
         src, tgt = frames_float(self.clips.source[c]), frames_float(self.clips.target[c])
         kind, cand, labels = self.candidate(kind, c, o, src, tgt, rng, DEFAULT_HELDOUT)
         if labels["EA"] is None:
@@ -145,6 +150,12 @@ class _JudgeData(torch.utils.data.Dataset):
             ea, _ = edit_accuracy(src, cand, tgt, self.clips.mask[c].bool(), rec.get("verify"), rec.get("operation"))
             labels["EA"] = ea >= self.sec.threshold
         return c, src, cand, labels, kind
+
+    def output_example(self, j: int) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, Optional[bool]], str]:
+        """Editor output j (stage judge_data) as an example: its clip's source, the output, its verifier labels."""
+        c = self.outputs.clip[j]
+        cand = frames_float(torch.from_numpy(np.array(self.outputs.frames[j])))
+        return c, frames_float(self.clips.source[c]), cand, dict(self.outputs.labels[j]), "editor"
 
     def candidate(
         self, kind: str, c: int, o: int, src: torch.Tensor, tgt: torch.Tensor, rng: np.random.Generator, exclude=()
@@ -162,7 +173,15 @@ class _JudgeData(torch.utils.data.Dataset):
         return kind, corrupt(kind, src, tgt, frames_float(self.clips.target[o]), rng).clamp(0, 1), labels
 
     def __getitem__(self, i: int):
-        return self.chats(*self.example(i))
+        """Item i's chats and labels; with judge.rank_weight an editor output comes with another output of the same
+        clip (8 chats: 4 questions of each), which `_collate_judge` turns into ranking pairs."""
+        chats, labels = self.chats(*self.example(i))
+        j = self._draw(i)[4] if self.sec.rank_weight > 0 and self.outputs is not None else None
+        sibling = None if j is None else self.outputs.sibling(j, np.random.default_rng([self.seed, i, 1]))
+        if sibling is not None:
+            more_chats, more_labels = self.chats(*self.output_example(sibling))
+            chats, labels = chats + more_chats, labels + more_labels
+        return chats, labels
 
     def chats(self, c: int, src: torch.Tensor, cand: torch.Tensor, answers: dict[str, Optional[bool]], kind: str):
         """The four question chats of one example and their labels (-1: left out of the loss)."""
@@ -216,7 +235,7 @@ def candidate_aucs(vlm, data: CandidateSet, batch: int = 16) -> tuple[dict[str, 
                 kinds.append(ex[4])
                 answers.append(ex[3])
                 items.append(data.chats(*ex))
-            inputs, _ = collate(items)
+            inputs, _, _ = collate(items)
             margins.append(judge_margins(vlm, inputs.to(vlm.device), yes, no).float().cpu().view(-1, len(DIMENSIONS)))
     m = torch.cat(margins)
     aucs = {}
@@ -235,9 +254,20 @@ def _collate_judge(processor):
     from ...vlm import processor_inputs
 
     def collate(items):
-        chats = [c for cs, _ in items for c in cs]
-        labels = torch.tensor([y for _, ys in items for y in ys])
-        return processor_inputs(processor, chats), labels
+        """(processor inputs, labels, ranking pairs [P, 2]): a pair is the flat indices of the Yes and the No answer
+        to one question about two outputs of one clip (an 8-chat item of `_JudgeData.__getitem__`)."""
+        chats, labels, pairs = [], [], []
+        for cs, ys in items:
+            base = len(labels)
+            chats += cs
+            labels += ys
+            half = len(ys) // 2
+            for q in range(half if len(ys) == 2 * QUESTION_COUNT else 0):
+                a, b = ys[q], ys[half + q]
+                if a >= 0 and b >= 0 and a != b:
+                    pairs.append((base + q, base + half + q) if a > b else (base + half + q, base + q))
+        pair_tensor = torch.tensor(pairs, dtype=torch.long).view(-1, 2)
+        return processor_inputs(processor, chats), torch.tensor(labels), pair_tensor
 
     return collate
 
@@ -302,14 +332,19 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     batches = iter(loader)
 
     def step(i: int) -> dict:
-        inputs, labels = next(batches)
-        labels = labels.to(device)
+        inputs, labels, pairs = next(batches)
+        labels, pairs = labels.to(device), pairs.to(device)
         with _autocast(device):
             margin = judge_margins(vlm, inputs.to(device), yes_ids, no_ids)
         keep = labels >= 0  # judge.ea_unlabelled leaves some EA answers out
         loss = F.binary_cross_entropy_with_logits(margin[keep], labels[keep])
         acc = ((margin[keep] > 0).float() == labels[keep]).float().mean()
-        return {"loss": loss, "accuracy": acc.detach()}
+        out = {"accuracy": acc.detach()}
+        if len(pairs):  # -log sigmoid(margin of the Yes output - margin of the No output), per question
+            rank = F.softplus(margin[pairs[:, 1]] - margin[pairs[:, 0]]).mean()
+            loss = loss + sec.rank_weight * rank
+            out["rank_loss"] = rank.detach()
+        return {"loss": loss, **out}
 
     summary = _loop(cfg, list(vlm.model.parameters()), step, out, progress, "judge")
     save_small(vlm.model.eval(), folder)

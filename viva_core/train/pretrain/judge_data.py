@@ -50,9 +50,20 @@ class EditorOutputs:
     frames: np.ndarray  # uint8 [M, T, H, W, 3], memory-mapped (the judge's loader workers share its pages)
     clip: list[int]
     labels: list[dict[str, Optional[bool]]]  # per question: verifier score >= threshold; None = no verifier label
+    by_clip: dict[int, list[int]] = dataclasses.field(init=False, repr=False)  # the outputs of each clip
+
+    def __post_init__(self) -> None:
+        self.by_clip = {}
+        for k, c in enumerate(self.clip):
+            self.by_clip.setdefault(c, []).append(k)
 
     def __len__(self) -> int:
         return len(self.clip)
+
+    def sibling(self, j: int, rng: np.random.Generator) -> Optional[int]:
+        """Another output of output j's clip (drawn by `rng`), or None where the clip has only this one."""
+        others = [k for k in self.by_clip[self.clip[j]] if k != j]
+        return others[int(rng.integers(len(others)))] if others else None
 
 
 def load_editor_outputs(folder: str | Path, clips: ClipSet, threshold: float) -> EditorOutputs:

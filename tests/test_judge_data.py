@@ -118,6 +118,8 @@ def test_judge_draws_editor_outputs_with_their_verifier_labels(clips_dir, output
 
 
 def test_outputs_of_another_manifest_or_a_broken_folder_are_refused(clips_dir, outputs_dir, tmp_path) -> None:
+    import shutil
+
     from viva_core.synth import generate
 
     other = tmp_path / "other"
@@ -126,6 +128,16 @@ def test_outputs_of_another_manifest_or_a_broken_folder_are_refused(clips_dir, o
         S.load_editor_outputs(outputs_dir, S.load_clip_set(other / "train.jsonl"), 0.5)
     with pytest.raises(InputError, match="judge_data"):
         S.load_editor_outputs(tmp_path, S.load_clip_set(clips_dir / "train.jsonl"), 0.5)
+    broken = tmp_path / "broken"
+    shutil.copytree(outputs_dir, broken)
+    data = (broken / "frames.npy").read_bytes()
+    (broken / "frames.npy").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    with pytest.raises(InputError, match="unreadable"):
+        S.load_editor_outputs(broken, S.load_clip_set(clips_dir / "train.jsonl"), 0.5)
+    (broken / "frames.npy").write_bytes(data)
+    (broken / "labels.jsonl").write_text('{"npz": "train/000000.npz"}\n' * 6)
+    with pytest.raises(InputError, match="line 1: needs npz, source_crc and scores"):
+        S.load_editor_outputs(broken, S.load_clip_set(clips_dir / "train.jsonl"), 0.5)
     with pytest.raises(InputError, match="judge.editor is empty"):
         _cfg("judge_data", tmp_path, clips_dir / "train.jsonl")
     with pytest.raises(InputError, match="judge.editor_outputs"):

@@ -24,7 +24,7 @@ OLD="${OLD:-v6}" NEW="${NEW:-v7}"
 mkdir -p "$WORK" && cp -r viva_core recipes bench tests "$WORK"/
 cd "$WORK" || exit 1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
-source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, eval_lines
+source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, make_objects, eval_lines, pack_results
 SHIPPED=$B/diffusers/viva-small-editor
 JUDGE=$B/vlm/viva-small-judge
 # shellcheck disable=SC2206  # EDITOR_SETS: more --set pairs
@@ -37,36 +37,21 @@ J=(--set judge.init=$JUDGE --set judge.candidates=target,source,other,blend,flic
    --set judge.ea_unlabelled=other,blend,shifted --set judge.editor_outputs=$R/judge_data/judge_data
    --set judge.editor_share="${JUDGE_SHARE:-0.5}" --set data.limit="${JUDGE_CLIPS:-16000}"
    --set optim.lr="${JUDGE_LR:-3e-4}" --set optim.max_minutes="${JUDGE_MINUTES:-3.5}" ${JUDGE_SETS:-})
-OBJECTS=data/objects/train.jsonl
+BON=(--set judge.editor=$SHIPPED --set data.manifest=data/eval_heldout/heldout.jsonl --set data.limit=0)
 if [ "${SMOKE:-0}" = 1 ]; then
   export N=40; E+=(--set optim.batch_size=2 --set optim.workers=0 --set optim.compile=false); EDITOR_STEPS=2
   JD+=(--set data.limit=3 --set judge.sample_steps=2 --set optim.batch_size=2 --set optim.workers=0)
+  BON+=(--set judge.sample_steps=2 --set optim.batch_size=2 --set optim.workers=0)
   J+=(--set optim.batch_size=2 --set optim.workers=0); JUDGE_STEPS=2; EVAL_DEVICE=cpu; export EVAL_DEVICE
 fi
 # The benchmark's eval command (session_lib.sh eval_lines' protocol) of one model on one manifest.
 evaluate() { echo "$V eval $2 $3 --report runs/eval/$1 --no-outputs --steps 20 --previews 6 --device \
   ${EVAL_DEVICE:-cuda} --dtype fp32 --vlm-dtype fp32 > runs/eval/$1.log 2>&1"; }
-pack() {
-  stamp pack
-  tar cf pack/results.tar --exclude='*.safetensors' --exclude='*/outputs/*' --exclude='*.npy' runs/stamps.log \
-    runs/*.log runs/*.json $R/*/metrics.jsonl $R/*/curves.png $R/*/*summary.json $R/*/*/*summary.json runs/eval \
-    2>/dev/null
-  rm -f pack/models.tar.*
-  tar cf pack/models.tar --exclude='*/checkpoints/*' -C $R $(cd $R && ls -d $NEW/editor judge/judge 2>/dev/null) &&
-    split -b 15M -d pack/models.tar pack/models.tar. && rm pack/models.tar
-  ls -la pack
-}
 
 if has data; then
   stamp data
   N="${N:-60000}" make_data
-  [ -f $OBJECTS ] || $V synth --out data/objects --n "${OBJECT_CLIPS:-96}" --seed 11 --format npz \
-    --ops add,move,resize,replace_shape --categories basic --splits 1,0,0 --workers 14
-  if [ "${SMOKE:-0}" = 1 ]; then  # 4 clips per set keep the CPU evals short
-    for m in data/eval_id/train.jsonl data/eval_heldout/heldout.jsonl $OBJECTS; do
-      head -4 "$m" > "$m.4" && mv "$m.4" "$m"
-    done
-  fi
+  make_objects
 fi
 if has judge_data; then
   stamp judge_data
@@ -90,8 +75,7 @@ if has jeval; then
 fi
 if has bon; then
   stamp bon
-  $V pretrain recipes/small/judge_data.toml --set output_dir=$R/bon --set judge.editor=$SHIPPED \
-    --set data.manifest=data/eval_heldout/heldout.jsonl --set data.limit=0 > runs/bon_data.log 2>&1
+  $V pretrain recipes/small/judge_data.toml --set output_dir=$R/bon "${BON[@]}" > runs/bon_data.log 2>&1
   NEWJ=""; [ -d $R/judge/judge ] && NEWJ="new=$R/judge/judge"
   PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/best_of_n_check.py data/eval_heldout/heldout.jsonl \
     $R/bon/judge_data shipped=$JUDGE $NEWJ --json runs/best_of_n.json > runs/best_of_n.log 2>&1
@@ -117,12 +101,12 @@ if has eval; then
     python3 recipes/small/table.py --paired "$OLD=runs/eval/${OLD}_$set" "$NEW=runs/eval/${NEW}_$set" 2>&1 | tail -4
   done
 fi
-has pack && pack
+has pack && pack_results $NEW/editor judge/judge
 if has bench; then
   stamp bench
   PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_edit.py --variants best --best-of 4 --best-of-batch 2 \
     --json runs/bench_best_of_4.json > runs/bench_best_of_4.log 2>&1
   tail -12 runs/bench_best_of_4.log
-  has pack && pack
+  has pack && pack_results $NEW/editor judge/judge
 fi
 stamp done

@@ -25,7 +25,7 @@ OLD="${OLD:-v5}" NEW="${NEW:-v6}"  # labels: the shipped editor, and the continu
 mkdir -p "$WORK" && cp -r viva_core recipes bench tests "$WORK"/
 cd "$WORK" || exit 1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
-source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, eval_lines
+source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, make_objects, eval_lines, pack_results
 SHIPPED=$B/diffusers/viva-small-editor
 # shellcheck disable=SC2206  # EDITOR_SETS: more --set pairs
 E=(--set editor.init=$SHIPPED --set editor.vae=$SHIPPED/vae --set data.balance="${BALANCE:-1}" ${EDITOR_SETS:-}
@@ -33,7 +33,6 @@ E=(--set editor.init=$SHIPPED --set editor.vae=$SHIPPED/vae --set data.balance="
    --set optim.lr="${EDITOR_LR:-3e-4}" --set optim.max_minutes="${EDITOR_MINUTES:-9.5}")
 D=(--set vae.init=$SHIPPED/vae --set data.limit="${DECODER_CLIPS:-16000}" --set optim.max_minutes="${DECODER_MINUTES:-7}")
 [ -n "${DECODER_STEPS:-}" ] && D+=(--set optim.steps="$DECODER_STEPS")  # sized to the minutes, so the cosine ends
-OBJECTS=data/objects/train.jsonl
 if [ "${SMOKE:-0}" = 1 ]; then
   export N=40; E+=(--set optim.batch_size=2 --set optim.workers=0 --set optim.compile=false); EDITOR_STEPS=2
   D+=(--set optim.steps=2 --set optim.batch_size=2 --set optim.warmup_steps=1); EVAL_DEVICE=cpu; export EVAL_DEVICE
@@ -49,13 +48,7 @@ fi
 if has data; then
   stamp data
   N="${N:-60000}" make_data
-  [ -f $OBJECTS ] || $V synth --out data/objects --n "${OBJECT_CLIPS:-96}" --seed 11 --format npz \
-    --ops add,move,resize,replace_shape --categories basic --splits 1,0,0 --workers 14
-  if [ "${SMOKE:-0}" = 1 ]; then  # 4 clips per set keep the CPU evals short
-    for m in data/eval_id/train.jsonl data/eval_heldout/heldout.jsonl $OBJECTS; do
-      head -4 "$m" > "$m.4" && mv "$m.4" "$m"
-    done
-  fi
+  make_objects
 fi
 if has editor; then
   stamp editor
@@ -90,13 +83,5 @@ if has eval; then
     python3 recipes/small/table.py --paired "$NEW=runs/eval/${NEW}_$set" "${NEW}dec=runs/eval/${NEW}dec_$set" 2>&1 | tail -4
   done
 fi
-if has pack; then
-  stamp pack
-  tar cf pack/results.tar --exclude='*.safetensors' --exclude='*/outputs/*' runs/stamps.log runs/*.log runs/*.json \
-    $R/*/metrics.jsonl $R/*/curves.png $R/*/*summary.json runs/eval 2>/dev/null
-  rm -f pack/models.tar.*
-  tar cf pack/models.tar --exclude='*/checkpoints/*' -C $R $(cd $R && ls -d $NEW/editor decoder/vae 2>/dev/null) &&
-    split -b 15M -d pack/models.tar pack/models.tar. && rm pack/models.tar
-  ls -la pack
-fi
+has pack && pack_results $NEW/editor decoder/vae
 stamp done

@@ -25,3 +25,30 @@ eval_lines() {
       --device ${EVAL_DEVICE:-cuda} --dtype fp32 --vlm-dtype fp32 > runs/eval/${name}_$set.log 2>&1"
   done
 }
+
+# The 96 object-edit clips (recipes/small/object_edits.sh's set: synth seed 11, add/move/resize/replace shape); with
+# SMOKE=1 every benchmark set is cut to 4 clips, which keeps the CPU evals of a script check short.
+OBJECTS=data/objects/train.jsonl
+make_objects() {
+  [ -f $OBJECTS ] || $V synth --out data/objects --n "${OBJECT_CLIPS:-96}" --seed 11 --format npz \
+    --ops add,move,resize,replace_shape --categories basic --splits 1,0,0 --workers 14
+  if [ "${SMOKE:-0}" = 1 ]; then
+    for m in data/eval_id/train.jsonl data/eval_heldout/heldout.jsonl $OBJECTS; do
+      head -4 "$m" > "$m.4" && mv "$m.4" "$m"
+    done
+  fi
+}
+
+# pack_results RUN_FOLDER...: pack/results.tar (logs, metrics, summaries, eval reports; no weights, edited videos or
+# frame arrays) and the named folders under $R as pack/models.tar.NN, in parts of <= 15 MB (what the device returns).
+pack_results() {
+  stamp pack
+  tar cf pack/results.tar --exclude='*.safetensors' --exclude='*/outputs/*' --exclude='*.npy' runs/stamps.log \
+    runs/*.log runs/*.json $R/*/metrics.jsonl $R/*/curves.png $R/*/*summary.json $R/*/*/*summary.json runs/eval \
+    2>/dev/null
+  rm -f pack/models.tar.*
+  # shellcheck disable=SC2046  # the folders that exist, as separate words
+  tar cf pack/models.tar --exclude='*/checkpoints/*' -C $R $(cd $R && ls -d "$@" 2>/dev/null) &&
+    split -b 15M -d pack/models.tar pack/models.tar. && rm pack/models.tar
+  ls -la pack
+}

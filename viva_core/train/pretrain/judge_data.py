@@ -76,8 +76,11 @@ def load_editor_outputs(folder: str | Path, clips: ClipSet, threshold: float) ->
             f"{root}: no {FRAMES_FILE} and {LABELS_FILE}; judge.editor_outputs takes a folder written by "
             "`viva pretrain` stage judge_data."
         )
-    frames = np.load(frames_path, mmap_mode="r", allow_pickle=False)
-    lines = [json.loads(x) for x in labels_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    try:
+        frames = np.load(frames_path, mmap_mode="r", allow_pickle=False)
+        lines = [json.loads(x) for x in labels_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    except (OSError, ValueError) as e:  # a truncated array, a line that is not JSON
+        raise InputError(f"{root}: unreadable ({e}); write the folder again with stage judge_data.") from e
     if frames.dtype != np.uint8 or frames.ndim != 5 or len(frames) != len(lines):
         raise InputError(
             f"{frames_path}: {frames.dtype} {frames.shape} does not hold the {len(lines)} uint8 videos that "
@@ -91,6 +94,8 @@ def load_editor_outputs(folder: str | Path, clips: ClipSet, threshold: float) ->
     where = {rec["npz"]: i for i, rec in enumerate(clips.records)}
     keep, clip, labels, checked = [], [], [], {}
     for j, line in enumerate(lines):
+        if not (isinstance(line, dict) and {"npz", "source_crc", "scores"} <= line.keys()):
+            raise InputError(f"{labels_path} line {j + 1}: needs npz, source_crc and scores; write it again.")
         c = where.get(line["npz"])
         if c is None:
             continue
@@ -209,6 +214,7 @@ def _editor_outputs(editor, clips: ClipSet, seeds: int, settings, seed: int, per
 
 def write_judge_data(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     from ...editor import EditorOptions, load_editor
+    from ...safe_io import atomic_path, write_text_atomic
     from ...settings import EditSettings
 
     sec, out, device = cfg.judge, Path(cfg.output_dir) / "judge_data", parse_device(cfg.device)
@@ -235,13 +241,14 @@ def write_judge_data(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> 
     )
     scores = list(loader)
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / FRAMES_FILE, frames.numpy(), allow_pickle=False)
+    with atomic_path(out / FRAMES_FILE) as tmp:  # renamed when whole: an interrupted run leaves no truncated array
+        np.save(tmp, frames.numpy(), allow_pickle=False)
     crc = [source_crc(clips.source[c]) for c in range(len(clips))]
     lines = [
         json.dumps({"npz": clips.records[c]["npz"], "source_crc": crc[c], "seed": j % sec.seeds, "scores": s})
         for j, (c, s) in enumerate(zip(clip, scores))
     ]
-    (out / LABELS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(out / LABELS_FILE, "\n".join(lines) + "\n")
     summary = {
         "outputs": len(clip),
         "clips": len(clips),

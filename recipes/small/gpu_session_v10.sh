@@ -3,6 +3,7 @@
 #   data       the training clips (N, default 60,000) and the benchmark sets (session_lib.sh make_data), the 96 object clips
 #   judge_data recipes/small/judge_data.toml: the shipped editor's outputs on 4,096 training clips x 4 seeds, labelled
 #              by the verifiers
+#   jbench     bench/bench_judge_step.py: collate, forward, train step and the host functions of one judge step
 #   judge      the shipped judge continued (`judge.init`) with half of its items drawn from those outputs
 #              (JUDGE_SHARE, default 0.5), the rest its usual candidates; JUDGE_STEPS (1200) capped at JUDGE_MINUTES (3.5)
 #   jeval      the shipped editor's held-out outputs judged by the shipped judge and by the new one (viva eval --judge:
@@ -57,6 +58,12 @@ if has judge_data; then
   stamp judge_data
   $V pretrain recipes/small/judge_data.toml --set output_dir=$R/judge_data "${JD[@]}" > runs/judge_data.log 2>&1
   tail -3 runs/judge_data.log; cat $R/judge_data/judge_data/judge_data_summary.json | tail -30
+fi
+if has jbench; then  # where a judge step's time goes (docs/small_models.md, section 31), ~1 minute
+  stamp jbench
+  PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_judge_step.py --manifest data/eval_heldout/heldout.jsonl \
+    --json runs/bench_judge_step.json > runs/bench_judge_step.log 2>&1
+  head -8 runs/bench_judge_step.json
 fi
 if has judge; then
   stamp judge

@@ -1,0 +1,122 @@
+"""Where a judge training step's time goes (`viva pretrain` stage judge): the loader's collate (the chat processor, one
+core), the step's forward + backward (CUDA events on a GPU, wall time on the CPU), and the host-side Python functions
+that take the most of one step (cProfile over a synchronized step: on a GPU, host time the device waits for).
+
+The judge stage runs at ~1.4 steps of 32 items a second on an H200 (docs/small_models.md, sections 30-31); the lead
+to check is transformers' M-RoPE position ids, computed in Python over every image grid of the batch (1,536).
+
+    PYTHONPATH=. python bench/bench_judge_step.py --manifest data/eval_heldout/heldout.jsonl \
+        [--judge viva_core/small_models/vlm/viva-small-judge --batch 32 --steps 5 --json runs/bench_judge_step.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from viva_core import bundled
+from viva_core.judge import yes_no_token_ids
+from viva_core.train.pretrain import CANDIDATES, JudgeSection, _JudgeData, load_clip_set
+from viva_core.train.pretrain.judge import _collate_judge, judge_margins
+from viva_core.vlm import load_vlm
+
+
+def step_seconds(fn, device: torch.device, steps: int) -> list[float]:
+    """Seconds of each of `steps` calls of fn (CUDA events on a GPU)."""
+    out = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            out.append(start.elapsed_time(end) / 1000)
+        else:
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--manifest", required=True, help="a `viva synth --format npz` manifest")
+    p.add_argument("--judge", default=str(bundled.JUDGE))
+    p.add_argument("--batch", type=int, default=32, help="items a step (each 4 chats), as judge.toml")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    clips = load_clip_set(args.manifest)
+    sec = JudgeSection(candidates=",".join(CANDIDATES), ea_unlabelled="other,blend,shifted")
+    data = _JudgeData(clips, sec, seed=0, size=args.batch * 2)
+    vlm = load_vlm(args.judge, dtype="fp32", device=str(device))
+    vlm.model.train().requires_grad_(True)
+    yes, no = yes_no_token_ids(vlm.tokenizer)
+    collate = _collate_judge(vlm.processor)
+    items = [data[i] for i in range(args.batch)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as one loader worker
+    t = time.perf_counter()
+    inputs, labels, _ = collate(items)
+    collate_s = time.perf_counter() - t
+    torch.set_num_threads(threads)
+    inputs, labels = inputs.to(device), labels.to(device)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
+
+    def forward():
+        with torch.no_grad(), autocast:
+            judge_margins(vlm, inputs, yes, no)
+
+    def train_step():
+        with autocast:
+            m = judge_margins(vlm, inputs, yes, no)
+        keep = labels >= 0
+        F.binary_cross_entropy_with_logits(m[keep], labels[keep]).backward()
+        vlm.model.zero_grad(set_to_none=True)
+
+    train_step()  # warm-up
+    fwd = step_seconds(forward, device, args.steps)
+    full = step_seconds(train_step, device, args.steps)
+    profile = cProfile.Profile()
+    profile.enable()
+    train_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    profile.disable()
+    stats = pstats.Stats(profile)
+    rows = sorted(
+        (
+            (cum, f"{Path(file).name}:{line}({name})", calls)
+            for (file, line, name), (_, calls, _, cum, _) in stats.stats.items()
+            if "transformers" in file or "viva_core" in file
+        ),
+        reverse=True,
+    )[:25]
+    result = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "batch_items": args.batch,
+        "chats": int(inputs["input_ids"].shape[0]),
+        "image_grids": int(inputs["image_grid_thw"].shape[0]),
+        "collate_s_one_core": collate_s,
+        "forward_s_median": sorted(fwd)[len(fwd) // 2],
+        "train_step_s_median": sorted(full)[len(full) // 2],
+        "host_functions_one_step": [{"cumulative_s": round(c, 4), "function": f, "calls": n} for c, f, n in rows],
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

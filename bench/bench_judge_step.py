@@ -15,11 +15,15 @@ import argparse
 import cProfile
 import json
 import pstats
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_dit import time_cuda  # noqa: E402
 
 from viva_core import bundled
 from viva_core.judge import yes_no_token_ids
@@ -29,20 +33,14 @@ from viva_core.vlm import load_vlm
 
 
 def step_seconds(fn, device: torch.device, steps: int) -> list[float]:
-    """Seconds of each of `steps` calls of fn (CUDA events on a GPU)."""
+    """Seconds of each of `steps` calls of fn: CUDA events on a GPU (bench_dit.time_cuda), wall time on the CPU."""
+    if device.type == "cuda":
+        return time_cuda(fn, 0, steps)
     out = []
     for _ in range(steps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            out.append(start.elapsed_time(end) / 1000)
-        else:
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
     return out
 
 

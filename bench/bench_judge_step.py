@@ -1,6 +1,7 @@
 """Where a judge training step's time goes (`viva pretrain` stage judge): the loader's collate (the chat processor, one
-core), the step's forward + backward (CUDA events on a GPU, wall time on the CPU), and the host-side Python functions
-that take the most of one step (cProfile over a synchronized step: on a GPU, host time the device waits for).
+core), the step's forward + backward (CUDA events on a GPU, wall time on the CPU) with the M-RoPE position ids
+computed in the forward and from host copies (`judge.host_positions`), and the host-side Python functions that take
+the most of one step (cProfile over a synchronized step: on a GPU, host time the device waits for).
 
 The judge stage runs at ~1.4 steps of 32 items a second on an H200 (docs/small_models.md, sections 30-31); the lead
 to check is transformers' M-RoPE position ids, computed in Python over every image grid of the batch (1,536).
@@ -72,20 +73,25 @@ def main() -> None:
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     )
 
+    host = False  # judge.host_positions: M-RoPE ids from host copies (timed both ways below)
+
     def forward():
         with torch.no_grad(), autocast:
-            judge_margins(vlm, inputs, yes, no)
+            judge_margins(vlm, inputs, yes, no, host_positions=host)
 
     def train_step():
         with autocast:
-            m = judge_margins(vlm, inputs, yes, no)
+            m = judge_margins(vlm, inputs, yes, no, host_positions=host)
         keep = labels >= 0
         F.binary_cross_entropy_with_logits(m[keep], labels[keep]).backward()
         vlm.model.zero_grad(set_to_none=True)
 
-    train_step()  # warm-up
-    fwd = step_seconds(forward, device, args.steps)
-    full = step_seconds(train_step, device, args.steps)
+    timed = {}
+    for host in (True, False):  # the profile below is of the default (False)
+        train_step()  # warm-up
+        fwd = step_seconds(forward, device, args.steps)
+        full = step_seconds(train_step, device, args.steps)
+        timed[host] = (sorted(fwd)[len(fwd) // 2], sorted(full)[len(full) // 2])
     profile = cProfile.Profile()
     profile.enable()
     train_step()
@@ -107,8 +113,10 @@ def main() -> None:
         "chats": int(inputs["input_ids"].shape[0]),
         "image_grids": int(inputs["image_grid_thw"].shape[0]),
         "collate_s_one_core": collate_s,
-        "forward_s_median": sorted(fwd)[len(fwd) // 2],
-        "train_step_s_median": sorted(full)[len(full) // 2],
+        "forward_s_median": timed[False][0],
+        "train_step_s_median": timed[False][1],
+        "host_positions_forward_s_median": timed[True][0],
+        "host_positions_train_step_s_median": timed[True][1],
         "host_functions_one_step": [{"cumulative_s": round(c, 4), "function": f, "calls": n} for c, f, n in rows],
     }
     print(json.dumps(result, indent=2))

@@ -25,5 +25,6 @@ def test_bench_judge_step_reports_a_real_batch(tmp_path) -> None:
     r = json.loads(out.read_text())
     assert r["chats"] == 8 and r["image_grids"] == 8 * 12  # 2 items x 4 questions; 4 frames of source, edit, |diff|
     assert 0 < r["forward_s_median"] < r["train_step_s_median"] and r["collate_s_one_core"] > 0
+    assert 0 < r["host_positions_forward_s_median"] < r["host_positions_train_step_s_median"]
     functions = [f["function"] for f in r["host_functions_one_step"]]
     assert any("judge_margins" in f for f in functions) and len(functions) > 5

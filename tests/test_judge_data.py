@@ -176,7 +176,8 @@ def test_ranking_pairs_two_outputs_of_one_clip_per_question_they_disagree_on(cli
         line["scores"]["EA"] = 1.0 - j % 2
     (disagreeing / "labels.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     sets = {"judge.init": bundled.JUDGE, "judge.editor_outputs": disagreeing, "judge.editor_share": 1.0,
-            "judge.rank_weight": 1.0, "optim.steps": 1, "optim.warmup_steps": 0, "data.limit": 3}  # fmt: skip
+            "judge.rank_weight": 1.0, "judge.host_positions": True, "optim.steps": 1, "optim.warmup_steps": 0,
+            "data.limit": 3}  # fmt: skip
     S.run_stage(_cfg("judge", tmp_path / "j", clips_dir / "train.jsonl", **sets))
     logged = json.loads((tmp_path / "j" / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0 < logged["rank_loss"] < 10

@@ -9,6 +9,7 @@ The floors below are those of pyproject.toml (how they were found: docs/dependen
 
 from __future__ import annotations
 
+import inspect
 import logging
 from importlib import metadata
 from typing import Any, Callable, Optional
@@ -192,6 +193,29 @@ def fully_shard() -> Callable:
     except ImportError:
         raise _needs("torch", MIN_TORCH, 'FSDP training (optim.parallel = "fsdp")') from None
     return fn
+
+
+def qwen2_vl_position_ids(model: torch.nn.Module, inputs) -> Optional[torch.Tensor]:
+    """For a Qwen2-VL / Qwen2.5-VL model: the M-RoPE position ids [3, B, L] its forward computes when given none,
+    computed from host copies of the ids, image grids and attention mask, on the device of the ids. transformers
+    loops in Python over every image grid of the batch (1,536 in a judge training step), which on a GPU is a run of
+    tiny device operations and syncs (docs/small_models.md, section 31). None where this transformers has no
+    `compute_3d_position_ids` taking these inputs: the forward then computes them itself."""
+    inner = getattr(model, "model", None)
+    compute = getattr(inner, "compute_3d_position_ids", None)
+    if compute is None or getattr(model.config, "model_type", None) not in ("qwen2_vl", "qwen2_5_vl"):
+        return None
+    params = inspect.signature(compute).parameters
+    host = {
+        k: inputs[k].cpu()
+        for k in ("input_ids", "image_grid_thw", "attention_mask", "mm_token_type_ids")
+        if k in inputs
+    }
+    wanted = {**host, "video_grid_thw": None, "inputs_embeds": None, "cache": None, "past_key_values": None}
+    if not {"input_ids", "image_grid_thw", "attention_mask"} <= params.keys():
+        return None
+    positions = compute(**{k: v for k, v in wanted.items() if k in params})
+    return None if positions is None else positions.to(inputs["input_ids"].device)
 
 
 def qwen2_vl_vision(model: torch.nn.Module) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:

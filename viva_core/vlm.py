@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .compat import image_text_to_text_model_types, processor_class_for, qwen2_vl_vision
+from .compat import image_text_to_text_model_types, processor_class_for, qwen2_vl_position_ids, qwen2_vl_vision
 from .errors import InputError, ModelLoadError
 from .runtime import ModelHost, parse_device, parse_dtype
 from .safe_io import PICKLE_SUFFIXES
@@ -373,7 +373,7 @@ def forward(vlm: VLM, inputs, **kwargs):
     return vlm.model(**inputs, **kwargs)
 
 
-def forward_shared_images(vlm: VLM, inputs, copies: int, **kwargs):
+def forward_shared_images(vlm: VLM, inputs, copies: int, host_positions: bool = False, **kwargs):
     """`forward` for chats in runs of `copies` that show the same images in the same order (the judge's four
     questions about one edit): the vision tower runs on the first chat of each run and its output is reused, so
     it runs once per edit instead of once per question. Same logits as `forward` (tests/test_judge.py); models
@@ -402,6 +402,9 @@ def forward_shared_images(vlm: VLM, inputs, copies: int, **kwargs):
     mask = (ids == vlm.model.config.image_token_id)[..., None]
     embeds = embeds.masked_scatter(mask, full.to(embeds.dtype))
     rest = {k: v for k, v in inputs.items() if k not in ("pixel_values", "input_ids")}
+    positions = qwen2_vl_position_ids(vlm.model, inputs) if host_positions else None
+    if positions is not None:  # `host_positions`: the M-RoPE ids from host copies (compat.qwen2_vl_position_ids)
+        rest["position_ids"] = positions
     return forward(vlm, {"input_ids": ids, "inputs_embeds": embeds, **rest}, **kwargs)
 
 

@@ -272,12 +272,13 @@ def _collate_judge(processor):
     return collate
 
 
-def judge_margins(vlm, inputs, yes_ids, no_ids, questions: int = 4) -> torch.Tensor:
+def judge_margins(vlm, inputs, yes_ids, no_ids, questions: int = 4, host_positions: bool = False) -> torch.Tensor:
     """log P(Yes) - log P(No) at the answer position of each chat (the logit of P(Yes), what the loss reads). The
-    chats come in runs of `questions` about one edit, so the vision tower encodes each edit's images once."""
+    chats come in runs of `questions` about one edit, so the vision tower encodes each edit's images once;
+    `host_positions`: the M-RoPE position ids from host copies (`vlm.forward_shared_images`)."""
     from ...vlm import forward_shared_images
 
-    logits = forward_shared_images(vlm, inputs, questions).logits[:, -1].float()
+    logits = forward_shared_images(vlm, inputs, questions, host_positions=host_positions).logits[:, -1].float()
     return torch.logsumexp(logits[:, yes_ids], -1) - torch.logsumexp(logits[:, no_ids], -1)
 
 
@@ -335,7 +336,7 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
         inputs, labels, pairs = next(batches)
         labels, pairs = labels.to(device), pairs.to(device)
         with _autocast(device):
-            margin = judge_margins(vlm, inputs.to(device), yes_ids, no_ids)
+            margin = judge_margins(vlm, inputs.to(device), yes_ids, no_ids, host_positions=sec.host_positions)
         keep = labels >= 0  # judge.ea_unlabelled leaves some EA answers out
         loss = F.binary_cross_entropy_with_logits(margin[keep], labels[keep])
         acc = ((margin[keep] > 0).float() == labels[keep]).float().mean()

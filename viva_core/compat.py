@@ -206,14 +206,14 @@ def qwen2_vl_position_ids(model: torch.nn.Module, inputs) -> Optional[torch.Tens
     if compute is None or getattr(model.config, "model_type", None) not in ("qwen2_vl", "qwen2_5_vl"):
         return None
     params = inspect.signature(compute).parameters
+    if not {"input_ids", "image_grid_thw", "attention_mask"} <= params.keys():
+        return None
     host = {
         k: inputs[k].cpu()
         for k in ("input_ids", "image_grid_thw", "attention_mask", "mm_token_type_ids")
         if k in inputs
     }
     wanted = {**host, "video_grid_thw": None, "inputs_embeds": None, "cache": None, "past_key_values": None}
-    if not {"input_ids", "image_grid_thw", "attention_mask"} <= params.keys():
-        return None
     positions = compute(**{k: v for k, v in wanted.items() if k in params})
     return None if positions is None else positions.to(inputs["input_ids"].device)
 

@@ -194,7 +194,7 @@ def judge_caveat(vlm_path: str | Path) -> str | None:
     return (
         f"note: edited vs unedited held-out ROC-AUC {auc:.2f}, but below {RELIABLE_AUC} "
         + "; ".join(parts)
-        + (": a screen, not a verdict.")
+        + ": a screen, not a verdict."
     )
 
 

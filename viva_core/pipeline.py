@@ -94,6 +94,25 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tenso
     return uncond + scale * (cond - uncond)
 
 
+def guided_velocity(
+    dit: torch.nn.Module,
+    x: torch.Tensor,
+    source: torch.Tensor,
+    sigma: torch.Tensor | float,
+    text: torch.Tensor,
+    cfg: float,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """The velocity CFG samples with, in one DiT call for k rows of `x`: `text` holds the k conditioned rows, then,
+    when cfg != 1, the k negative rows; `source` is one row (shared) or k rows. uncond + cfg (cond - uncond)."""
+    if cfg == 1.0:
+        return dit_velocity(dit, x, source, sigma, text, dtype)
+    k = x.shape[0]
+    both = source if source.shape[0] == 1 else torch.cat([source, source])
+    out = dit_velocity(dit, torch.cat([x, x]), both, sigma, text, dtype)
+    return guide(out[:k], out[k:], cfg)
+
+
 def encode_frames(editor: Editor, frames: torch.Tensor) -> torch.Tensor:
     """[T,H,W,C] 0..1 -> normalized latents [1, z, T', H', W'] fp32 (posterior mode, as Lucy-Edit does)."""
     with editor.on_device(editor.vae) as vae:
@@ -281,8 +300,7 @@ def edit_encoded_batch(
 
             def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
                 with torch.no_grad():
-                    out = dit_velocity(dit, torch.cat([x, x]) if guided else x, src, sigma, text, editor.dtype)
-                return guide(out[:k], out[k:], settings.cfg) if guided else out
+                    return guided_velocity(dit, x, src, sigma, text, settings.cfg, editor.dtype)
 
             latents = sample(
                 velocity,

@@ -31,11 +31,10 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def candidates(manifest: str, folder: Path) -> tuple[list[int], list[list[int]], list[dict]]:
+def candidates(clips, folder: Path) -> tuple[list[int], list[list[int]], list[dict]]:
     """(clip index of each output, the outputs of each clip in seed order, each output's verifier scores)."""
     import numpy as np
 
-    clips = load_clip_set(manifest)
     where = {rec["npz"]: i for i, rec in enumerate(clips.records)}
     lines = [json.loads(x) for x in (folder / LABELS_FILE).read_text().splitlines() if x.strip()]
     clip = [where[line["npz"]] for line in lines]
@@ -47,11 +46,10 @@ def candidates(manifest: str, folder: Path) -> tuple[list[int], list[list[int]],
     return clip, [groups[c] for c in sorted(groups)], scores
 
 
-def judge_overall(judge: Judge, manifest: str, folder: Path, clip: list[int]) -> list[float]:
+def judge_overall(judge: Judge, clips, folder: Path, clip: list[int]) -> list[float]:
     """The judge's mean P(Yes) over its questions for every output (what best_of_n ranks by)."""
     import numpy as np
 
-    clips = load_clip_set(manifest)
     frames = np.load(folder / FRAMES_FILE, mmap_mode="r")
     out = []
     with torch.no_grad():
@@ -68,14 +66,15 @@ def main(argv: list[str]) -> None:
         k = argv.index("--json")
         json_out, argv = argv[k + 1], argv[:k] + argv[k + 2 :]
     manifest, folder, judges = argv[0], Path(argv[1]), [a.partition("=")[::2] for a in argv[2:]]
-    clip, groups, scores = candidates(manifest, folder)
+    clips = load_clip_set(manifest)
+    clip, groups, scores = candidates(clips, folder)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     picks: dict[str, list[int]] = {
         "seed 0": [g[0] for g in groups],
         "oracle (best verifier EA)": [max(g, key=lambda j: (scores[j]["EA"], -g.index(j))) for g in groups],
     }
     for label, path in judges:
-        overall = judge_overall(Judge(load_vlm(path, dtype="fp32", device=device)), manifest, folder, clip)
+        overall = judge_overall(Judge(load_vlm(path, dtype="fp32", device=device)), clips, folder, clip)
         picks[f"judge {label}"] = [max(g, key=lambda j: (overall[j], -g.index(j))) for g in groups]
     k = len(groups[0])
     print(f"{len(groups)} clips x {k} candidates ({folder})")

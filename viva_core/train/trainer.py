@@ -23,7 +23,7 @@ from ..data import EditRecord, TensorCache, file_identity, load_manifest, load_s
 from ..editor import Conditioning, Editor, EditorOptions, load_editor
 from ..errors import InputError, NonFiniteError
 from ..lora import save_lora
-from ..pipeline import decode_latents_batch, dit_velocity, encode_frames, guide, pad_tokens, unconditional
+from ..pipeline import decode_latents_batch, dit_velocity, encode_frames, guided_velocity, pad_tokens, unconditional
 from ..runtime import ProgressFn, no_progress
 from ..sampling import sde_step_with_logprob, shifted_sigmas
 from . import losses as L
@@ -299,14 +299,8 @@ class Trainer:
             self._negative = unconditional(self.editor).embeds.to(self.device, self.editor.dtype)
         width = max(text.shape[1], self._negative.shape[1])  # as pipeline.edit pads cond and negative
         text, neg = pad_tokens(text, width), pad_tokens(self._negative, width)
-        both = self._velocity(
-            model,
-            torch.cat([x, x]),
-            source.expand(b, -1, -1, -1, -1).repeat(2, 1, 1, 1, 1),
-            sigma,
-            torch.cat([text.expand(b, -1, -1), neg.expand(b, -1, -1)]),
-        )
-        return guide(both[:b], both[b:], guidance)
+        both = torch.cat([text.expand(b, -1, -1), neg.expand(b, -1, -1)]).to(self.device)
+        return guided_velocity(model, x, source.expand(b, -1, -1, -1, -1), sigma, both, guidance, self.editor.dtype)
 
     # ------------------------------------------------------------------ schedule
     def _lr(self, step: int) -> float:

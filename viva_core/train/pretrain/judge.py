@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import InputError
+from ...eval.score import JUDGE_QUESTIONS
 from ...runtime import ProgressFn, no_progress, parse_device
 from ...synth import Clip
 from .clips import ClipSet, frames_float, load_clip_set
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 
 CANDIDATES = JUDGE_CANDIDATES
-QUESTION_COUNT = 4  # EA, PC, GN, GR: each edit's chats come in runs of this many (judge.DIMENSIONS)
 # The judge's label of each candidate on each question, by construction: each corruption fails exactly the
 # questions it targets (True = "Yes"). None: the exact EA verifier decides (a shifted edit may still be the asked
 # edit). Labelling every cell by the benchmark's verifiers instead told the judge that a flickering copy is
@@ -262,7 +262,7 @@ def _collate_judge(processor):
             chats += cs
             labels += ys
             half = len(ys) // 2
-            for q in range(half if len(ys) == 2 * QUESTION_COUNT else 0):
+            for q in range(half if len(ys) == 2 * len(JUDGE_QUESTIONS) else 0):
                 a, b = ys[q], ys[half + q]
                 if a >= 0 and b >= 0 and a != b:
                     pairs.append((base + q, base + half + q) if a > b else (base + half + q, base + q))

@@ -150,20 +150,12 @@ def output_seed(seed: int, clip: int, k: int) -> int:
 
 def _sample_rows(dit, src, cond, negative, noise, settings, dtype) -> torch.Tensor:
     """Latents of one batch of rows (source latents, text tokens, noise; row i one edit), CFG against `negative`."""
-    from ...pipeline import dit_velocity, guide
+    from ...pipeline import guided_velocity
     from ...sampling import sample
 
-    k = cond.shape[0]
-    text = cond if settings.cfg == 1.0 else torch.cat([cond, negative.expand(k, -1, -1)])
-
-    def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        if settings.cfg == 1.0:
-            return dit_velocity(dit, x, src, sigma, text, dtype)
-        v = dit_velocity(dit, torch.cat([x, x]), torch.cat([src, src]), sigma, text, dtype)
-        return guide(v[:k], v[k:], settings.cfg)
-
+    text = cond if settings.cfg == 1.0 else torch.cat([cond, negative.expand(cond.shape[0], -1, -1)])
     return sample(
-        velocity,
+        lambda x, sigma: guided_velocity(dit, x, src, sigma, text, settings.cfg, dtype),
         noise,
         src,
         steps=settings.steps,

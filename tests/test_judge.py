@@ -83,9 +83,11 @@ def test_batched_and_sequential_questions_agree(vlm, judge, videos):
         assert a.scores[d] == pytest.approx(b.scores[d], abs=1e-5)
 
 
-def test_shared_images_forward_equals_plain_and_encodes_each_edit_once(vlm):
+@pytest.mark.parametrize("host_positions", [True, False])
+def test_shared_images_forward_equals_plain_and_encodes_each_edit_once(vlm, host_positions):
     """Two edits x four questions: the logits of the plain forward, with the vision tower seeing one edit's
-    images once (a wrong mapping of edits to their images would change the second edit's logits)."""
+    images once (a wrong mapping of edits to their images would change the second edit's logits), with the M-RoPE
+    position ids from host copies and from the forward itself."""
     from viva_core.vlm import forward, forward_shared_images
 
     g = torch.Generator().manual_seed(3)
@@ -100,7 +102,7 @@ def test_shared_images_forward_equals_plain_and_encodes_each_edit_once(vlm):
     try:
         with torch.no_grad():
             plain = forward(vlm, inputs).logits[:, -1]
-            shared = forward_shared_images(vlm, inputs, len(DIMENSIONS)).logits[:, -1]
+            shared = forward_shared_images(vlm, inputs, len(DIMENSIONS), host_positions=host_positions).logits[:, -1]
     finally:
         hook.remove()
     torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)

@@ -12,6 +12,9 @@ steps() { echo --set "optim.steps=$1" --set "optim.warmup_steps=$(($1 / 10))"; }
 # The 10,000 training clips (seed 0) and the two 96-clip benchmark sets, each made once.
 make_data() {
   [ -f data/small/train.jsonl ] || $V synth --out data/small --n "${N:-10000}" --seed 0 --format npz --workers 14
+  make_benchmarks
+}
+make_benchmarks() {
   [ -f data/eval_id/train.jsonl ] || $V synth --out data/eval_id --n 96 --seed 8 --format npz --splits 1,0,0 --workers 14
   [ -f data/eval_heldout/heldout.jsonl ] || $V synth --out data/eval_heldout --n 96 --seed 7 --format npz --splits 0,0,1 --workers 14
 }

@@ -125,9 +125,9 @@ class JudgeSection:
     # per-item loss can satisfy from the instruction alone (how often such edits pass) without looking at the edit.
     rank_weight: float = 0.0
     # Compute the language model's M-RoPE position ids from host copies of the batch instead of inside the forward
-    # (same logits, tested): transformers loops over the batch's 1,536 image grids, device work on a GPU. Whether it
-    # is faster is for bench/bench_judge_step.py to say (docs/small_models.md, section 31).
-    host_positions: bool = False
+    # (same logits, tested): transformers loops over the batch's 1,536 image grids, device work on a GPU. On an H200
+    # (bench/bench_judge_step.py) it made the train step 1.38x faster (docs/small_models.md, section 32).
+    host_positions: bool = True
     # Stage judge_data: the editor folder whose outputs it makes, how many per clip (different seeds: a spread of
     # successes and failures of one clip), and how it samples them (viva eval's protocol: 20 steps, CFG 5, fp32).
     editor: str = ""

@@ -272,7 +272,7 @@ def _collate_judge(processor):
     return collate
 
 
-def judge_margins(vlm, inputs, yes_ids, no_ids, questions: int = 4, host_positions: bool = False) -> torch.Tensor:
+def judge_margins(vlm, inputs, yes_ids, no_ids, questions: int = 4, host_positions: bool = True) -> torch.Tensor:
     """log P(Yes) - log P(No) at the answer position of each chat (the logit of P(Yes), what the loss reads). The
     chats come in runs of `questions` about one edit, so the vision tower encodes each edit's images once;
     `host_positions`: the M-RoPE position ids from host copies (`vlm.forward_shared_images`)."""

@@ -17,6 +17,8 @@
 #   pack       pack/results.tar (logs, metrics, reports) and pack/models.tar.NN (<= 15 MB parts): run after eval and
 #              again at the end, so a session cut short during the bench still brings the rest back
 #   setsid bash recipes/small/gpu_session_v10.sh > /tmp/v10.log 2>&1 < /dev/null &
+# or in the foreground of one device call, a few phases at a time (docs/small_models.md, section 33): with $OUT set,
+# each pack is also copied there, so it comes back with the call that made it.
 # Works in $WORK (default /tmp/viva_v10). SMOKE=1: a CPU check of the script (tiny data, 2 steps, CPU evals on 4 clips).
 set -uo pipefail
 WORK="${WORK:-/tmp/viva_v10}"

@@ -54,4 +54,6 @@ pack_results() {
   tar cf pack/models.tar --exclude='*/checkpoints/*' -C $R $(cd $R && ls -d "$@" 2>/dev/null) &&
     split -b 15M -d pack/models.tar pack/models.tar. && rm pack/models.tar
   ls -la pack
+  # Inside a device call ($OUT set): what is packed comes back with this call, whatever happens to the next one.
+  if [ -n "${OUT:-}" ]; then cp pack/* "$OUT"/; fi
 }

@@ -293,14 +293,14 @@ class Trainer:
         """The velocity rollouts sample with: guided by rollout.cfg against the empty prompt as `pipeline.edit`
         guides (uncond + cfg (cond - uncond), one batched call), so GRPO trains the sampler users run."""
         guidance, b = self.cfg.rollout.cfg, x.shape[0]
-        if guidance == 1.0:
-            return self._velocity(model, x, source.expand(b, -1, -1, -1, -1), sigma, text.expand(b, -1, -1))
-        if self._negative is None:
-            self._negative = unconditional(self.editor).embeds.to(self.device, self.editor.dtype)
-        width = max(text.shape[1], self._negative.shape[1])  # as pipeline.edit pads cond and negative
-        text, neg = pad_tokens(text, width), pad_tokens(self._negative, width)
-        both = torch.cat([text.expand(b, -1, -1), neg.expand(b, -1, -1)]).to(self.device)
-        return guided_velocity(model, x, source.expand(b, -1, -1, -1, -1), sigma, both, guidance, self.editor.dtype)
+        rows = text.expand(b, -1, -1)
+        if guidance != 1.0:  # the b conditioned rows, then b negative rows
+            if self._negative is None:
+                self._negative = unconditional(self.editor).embeds.to(self.device, self.editor.dtype)
+            width = max(text.shape[1], self._negative.shape[1])  # as pipeline.edit pads cond and negative
+            rows = torch.cat([pad_tokens(rows, width), pad_tokens(self._negative, width).expand(b, -1, -1)])
+        source = source.expand(b, -1, -1, -1, -1)
+        return guided_velocity(model, x, source, sigma, rows.to(self.device), guidance, self.editor.dtype)
 
     # ------------------------------------------------------------------ schedule
     def _lr(self, step: int) -> float:

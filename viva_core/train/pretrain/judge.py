@@ -137,10 +137,16 @@ class _JudgeData(torch.utils.data.Dataset):
 
     def example(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, Optional[bool]], str]:
         """(clip index, source, candidate, Yes/No label per question, kind) of item i (seeded by item)."""
+        return self._example(self._draw(i))
+
+    def _example(
+        self, draw: tuple[np.random.Generator, int, int, str, Optional[int]]
+    ) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, Optional[bool]], str]:
+        """`example` from item i's draws (`_draw`)."""
         from ...eval import edit_accuracy
         from ...synth import DEFAULT_HELDOUT
 
-        rng, c, o, kind, j = self._draw(i)
+        rng, c, o, kind, j = draw
         if j is not None:
             return self.output_example(j)
         src, tgt = frames_float(self.clips.source[c]), frames_float(self.clips.target[c])
@@ -175,9 +181,12 @@ class _JudgeData(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         """Item i's chats and labels; with judge.rank_weight an editor output comes with another output of the same
         clip (8 chats: 4 questions of each), which `_collate_judge` turns into ranking pairs."""
-        chats, labels = self.chats(*self.example(i))
-        j = self._draw(i)[4] if self.sec.rank_weight > 0 and self.outputs is not None else None
-        sibling = None if j is None else self.outputs.sibling(j, np.random.default_rng([self.seed, i, 1]))
+        draw = self._draw(i)
+        chats, labels = self.chats(*self._example(draw))
+        j = draw[4]  # the editor output of this item, or None
+        sibling = None
+        if j is not None and self.sec.rank_weight > 0:
+            sibling = self.outputs.sibling(j, np.random.default_rng([self.seed, i, 1]))
         if sibling is not None:
             more_chats, more_labels = self.chats(*self.output_example(sibling))
             chats, labels = chats + more_chats, labels + more_labels

@@ -67,8 +67,7 @@ if has eval; then
     rm -rf $R/${NEW}dec && cp -r $R/$NEW/editor $R/${NEW}dec
     cp $R/decoder/vae/config.json $R/decoder/vae/diffusion_pytorch_model.safetensors $R/${NEW}dec/vae/
   fi
-  objects() { echo "$V eval $OBJECTS $2 --report runs/eval/${1}_objects --no-outputs --steps 20 --device \
-    ${EVAL_DEVICE:-cuda} --dtype fp32 --vlm-dtype fp32 > runs/eval/${1}_objects.log 2>&1"; }
+  objects() { eval_line "${1}_objects" $OBJECTS "$2"; }
   {
     eval_lines $OLD "--editor $SHIPPED"; objects $OLD "--editor $SHIPPED"
     for v in $NEW ${NEW}dec; do

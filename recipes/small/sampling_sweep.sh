@@ -16,7 +16,7 @@ PHASES="data eval"
 mkdir -p "$WORK" && cp -r viva_core recipes "$WORK"/
 cd "$WORK" || exit 1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-3}"
-source recipes/small/session_lib.sh  # $V, stamp, make_benchmarks, make_objects ($OBJECTS)
+source recipes/small/session_lib.sh  # stamp, make_benchmarks, make_objects ($OBJECTS), eval_line
 stamp data
 make_benchmarks
 make_objects
@@ -24,13 +24,12 @@ stamp eval
 for variant in $SWEEP; do
   setting=${variant%%[0-9]*} value=${variant#"${variant%%[0-9]*}"}
   case $setting in
-    cfg | shift | steps) flags="--steps 20 --$setting $value" ;;
+    cfg | shift | steps) flags="--$setting $value" ;;
     *) echo "unknown sweep variant $variant: use cfg<value>, shift<value> or steps<value>" >&2; exit 2 ;;
   esac
   for set in heldout:data/eval_heldout/heldout.jsonl objects:$OBJECTS; do
     [[ " $SETS " == *" ${set%%:*} "* ]] || continue
-    echo "$V eval ${set#*:} --editor bundled --report runs/eval/${variant}_${set%%:*} --no-outputs $flags \
-      --device ${EVAL_DEVICE:-cuda} --dtype fp32 > runs/eval/${variant}_${set%%:*}.log 2>&1"
+    eval_line "${variant}_${set%%:*}" "${set#*:}" "--editor bundled $flags"
   done
 done > runs/eval_jobs.txt
 xargs -P "${JOBS:-5}" -I{} bash -c {} < runs/eval_jobs.txt

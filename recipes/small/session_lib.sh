@@ -9,7 +9,7 @@ stamp() { echo "== $* $(date +%T)" | tee -a runs/stamps.log; }
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 steps() { echo --set "optim.steps=$1" --set "optim.warmup_steps=$(($1 / 10))"; }  # warm-up a tenth of the run
 
-# The 10,000 training clips (seed 0) and the two 96-clip benchmark sets, each made once.
+# The 10,000 training clips (seed 0) and the two 96-clip benchmark sets (make_benchmarks), each made once.
 make_data() {
   [ -f data/small/train.jsonl ] || $V synth --out data/small --n "${N:-10000}" --seed 0 --format npz --workers 14
   make_benchmarks
@@ -19,14 +19,17 @@ make_benchmarks() {
   [ -f data/eval_heldout/heldout.jsonl ] || $V synth --out data/eval_heldout --n 96 --seed 7 --format npz --splits 0,0,1 --workers 14
 }
 
+# eval_line NAME MANIFEST "MODEL ARGS": the benchmark's eval command of one model on one set (for xargs -P); later
+# args override the protocol's (argparse keeps the last), e.g. "--steps 40".
+eval_line() {
+  echo "$V eval $2 --report runs/eval/$1 --no-outputs --steps 20 --previews 6 --device ${EVAL_DEVICE:-cuda} \
+    --dtype fp32 --vlm-dtype fp32 $3 > runs/eval/$1.log 2>&1"
+}
+
 # eval_lines NAME "MODEL ARGS": the eval commands of one variant on both sets (one line each, for xargs -P).
 eval_lines() {
-  local name=$1 args=$2 set m
-  for set in id heldout; do
-    m=data/eval_id/train.jsonl; [ "$set" = heldout ] && m=data/eval_heldout/heldout.jsonl
-    echo "$V eval $m $args --report runs/eval/${name}_$set --no-outputs --steps 20 --previews 6 \
-      --device ${EVAL_DEVICE:-cuda} --dtype fp32 --vlm-dtype fp32 > runs/eval/${name}_$set.log 2>&1"
-  done
+  eval_line "${1}_id" data/eval_id/train.jsonl "$2"
+  eval_line "${1}_heldout" data/eval_heldout/heldout.jsonl "$2"
 }
 
 # The 96 object-edit clips (recipes/small/object_edits.sh's set: synth seed 11, add/move/resize/replace shape); with

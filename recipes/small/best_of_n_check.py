@@ -1,5 +1,9 @@
 """Best-of-N with a judge, measured on a benchmark: what the judge's pick of K candidates scores against seed 0, a
 random pick, and the oracle (the candidate with the best verifier EA), with paired bootstrap intervals over clips.
+Each judge also picks by its EA P(Yes) alone, and its within-clip pair agreement is printed: over the pairs of one
+clip's candidates whose verifier EA differs, the share its EA P(Yes) orders the same way (ties count a half; chance
+0.5), with a bootstrap interval over clips. That is what a best-of-N pick and a group-relative reward need, and what
+the between-clip ROC-AUC of `viva eval --judge` does not measure.
 
 The K candidates per clip come from `viva pretrain` stage judge_data run on the benchmark manifest (outputs, their
 seeds and the verifiers' scores); each judge scores every candidate as `best_of_n` does (`Judge.score`, 4 frames) and
@@ -46,8 +50,8 @@ def candidates(clips, folder: Path) -> tuple[list[int], list[list[int]], list[di
     return clip, [groups[c] for c in sorted(groups)], scores
 
 
-def judge_overall(judge: Judge, clips, folder: Path, clip: list[int]) -> list[float]:
-    """The judge's mean P(Yes) over its questions for every output (what best_of_n ranks by)."""
+def judge_scores(judge: Judge, clips, folder: Path, clip: list[int]) -> list[dict[str, float]]:
+    """The judge's P(Yes) per question and their mean ("overall", what best_of_n ranks by) for every output."""
     import numpy as np
 
     frames = np.load(folder / FRAMES_FILE, mmap_mode="r")
@@ -56,8 +60,25 @@ def judge_overall(judge: Judge, clips, folder: Path, clip: list[int]) -> list[fl
         for j, c in enumerate(clip):
             edit = frames_float(torch.from_numpy(np.array(frames[j])))
             verdict = judge.score(frames_float(clips.source[c]), edit, clips.records[c]["instruction"], num_frames=4)
-            out.append(verdict.overall)
+            out.append(dict(verdict.scores, overall=verdict.overall))
     return out
+
+
+def pair_agreement(groups: list[list[int]], truth: list[float], judged: list[float]) -> tuple[list[float], int]:
+    """Per clip, the share of its candidate pairs with different verifier scores (`truth`) that `judged` orders the
+    same way (a tie in `judged` counts a half); clips without such a pair are left out. Also the number of pairs."""
+    per_clip, pairs = [], 0
+    for g in groups:
+        agree = [
+            1.0 if (truth[a] - truth[b]) * (judged[a] - judged[b]) > 0 else 0.5 if judged[a] == judged[b] else 0.0
+            for i, a in enumerate(g)
+            for b in g[i + 1 :]
+            if truth[a] != truth[b]
+        ]
+        if agree:
+            per_clip.append(sum(agree) / len(agree))
+            pairs += len(agree)
+    return per_clip, pairs
 
 
 def main(argv: list[str]) -> None:
@@ -73,9 +94,12 @@ def main(argv: list[str]) -> None:
         "seed 0": [g[0] for g in groups],
         "oracle (best verifier EA)": [max(g, key=lambda j: (scores[j]["EA"], -g.index(j))) for g in groups],
     }
+    agreement = {}
     for label, path in judges:
-        overall = judge_overall(Judge(load_vlm(path, dtype="fp32", device=device)), clips, folder, clip)
-        picks[f"judge {label}"] = [max(g, key=lambda j: (overall[j], -g.index(j))) for g in groups]
+        judged = judge_scores(Judge(load_vlm(path, dtype="fp32", device=device)), clips, folder, clip)
+        for key, name in (("overall", f"judge {label}"), ("EA", f"judge {label}, EA question")):
+            picks[name] = [max(g, key=lambda j: (judged[j][key], -g.index(j))) for g in groups]
+        agreement[label] = pair_agreement(groups, [s["EA"] for s in scores], [x["EA"] for x in judged])
     k = len(groups[0])
     print(f"{len(groups)} clips x {k} candidates ({folder})")
     print("| pick | EA | PC | GN | GR | overall | dEA vs seed 0 (95% CI) | dEA vs random pick (95% CI) |")
@@ -96,8 +120,15 @@ def main(argv: list[str]) -> None:
             cells.append(f"{_mean(diffs):+.3f} ({lo:+.3f}..{hi:+.3f})")
         print(f"| {name} | " + " | ".join(cells) + " |")
         result[name] = {q: _mean(per[q]) for q in per}
+    print("\n| judge | within-clip pair agreement, EA P(Yes) vs verifier EA (95% CI) | clips | pairs |")
+    print("|---|---|---|---|")
+    for label, (per_clip, pairs) in agreement.items():
+        lo, hi = bootstrap_ci(per_clip, draws=4000)
+        print(f"| {label} | {_mean(per_clip):.3f} ({lo:.3f}..{hi:.3f}) | {len(per_clip)} | {pairs} |")
+        agreement[label] = {"pair_agreement": _mean(per_clip), "ci": [lo, hi], "clips": len(per_clip), "pairs": pairs}
     if json_out:
-        Path(json_out).write_text(json.dumps({"clips": len(groups), "candidates": k, "picks": result}, indent=2))
+        summary = {"clips": len(groups), "candidates": k, "picks": result, "within_clip_ea_agreement": agreement}
+        Path(json_out).write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""recipes/small/best_of_n_check.py's within-clip pair agreement against a direct count over all ordered pairs."""
+
+import itertools
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes" / "small"))
+
+from best_of_n_check import pair_agreement  # noqa: E402
+
+
+def _reference(group: list[int], truth: list[float], judged: list[float]) -> float | None:
+    """Over ordered pairs (a, b) with truth[a] > truth[b]: 1 if judged[a] > judged[b], 1/2 on a tie, else 0."""
+    scores = [
+        (judged[a] > judged[b]) + 0.5 * (judged[a] == judged[b])
+        for a, b in itertools.permutations(group, 2)
+        if truth[a] > truth[b]
+    ]
+    return sum(scores) / len(scores) if scores else None
+
+
+def test_pair_agreement_matches_direct_count():
+    rng = random.Random(0)
+    truth = [rng.choice([0.0, 0.25, 1.0]) for _ in range(40)]
+    judged = [rng.choice([0.1, 0.5, 0.9]) for _ in range(40)]
+    groups = [list(range(k, k + 4)) for k in range(0, 40, 4)]
+    per_clip, pairs = pair_agreement(groups, truth, judged)
+    expected = [r for r in (_reference(g, truth, judged) for g in groups) if r is not None]
+    assert per_clip == expected
+    assert pairs == sum(1 for g in groups for a, b in itertools.combinations(g, 2) if truth[a] != truth[b])
+
+
+def test_pair_agreement_extremes():
+    groups = [[0, 1, 2]]
+    truth = [0.0, 0.5, 1.0]
+    assert pair_agreement(groups, truth, [0.1, 0.2, 0.3]) == ([1.0], 3)
+    assert pair_agreement(groups, truth, [0.3, 0.2, 0.1]) == ([0.0], 3)
+    assert pair_agreement(groups, truth, [0.5, 0.5, 0.5]) == ([0.5], 3)
+    assert pair_agreement([[0, 1]], [1.0, 1.0], [0.0, 1.0]) == ([], 0)  # no pair the verifier separates

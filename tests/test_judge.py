@@ -312,3 +312,31 @@ def test_a_judge_names_the_questions_it_ranks_poorly_on_an_editors_outputs(vlm, 
     assert judge_caveat(folder).endswith(
         "below 0.9 on an editor's outputs for EA 0.61, GN 0.69: a screen, not a verdict."
     )
+
+
+@pytest.mark.parametrize("agreement, warned", [(0.51, True), (0.599, True), (0.6, False), (0.8, False), ("0.5", False)])
+def test_a_judge_that_orders_candidates_at_chance_says_best_of_n_picks_at_random(vlm, tmp_path, agreement, warned):
+    """`candidate_pair_agreement` (best_of_n_check.py --record: how often its EA P(Yes) orders two outputs of one clip
+    as the verifier does) below 0.6 adds that its best-of-N pick is close to a random one, alone or after the named
+    questions; malformed values are ignored."""
+    import shutil
+
+    from viva_core.judge import JUDGE_INFO_FILE, judge_caveat
+
+    folder = tmp_path / "judge"
+    shutil.copytree(vlm.path, folder)
+    info = {"held_out_roc_auc": 0.97, "candidate_pair_agreement": agreement}
+    (folder / JUDGE_INFO_FILE).write_text(json.dumps(info))
+    pick = f"it ordered candidates of one edit as the verifiers did in {agreement} of pairs (0.5 is chance)"
+    if not warned:
+        assert judge_caveat(folder) is None
+        return
+    assert judge_caveat(folder) == (
+        f"note: edited vs unedited held-out ROC-AUC 0.97; {pick.replace(str(agreement), f'{agreement:.2f}')}, so its "
+        "best-of-N pick is close to a random one: a screen, not a verdict."
+    )
+    info["editor_output_aucs"] = {"GN": 0.63}
+    (folder / JUDGE_INFO_FILE).write_text(json.dumps(info))
+    assert judge_caveat(folder).startswith(
+        "note: edited vs unedited held-out ROC-AUC 0.97, but below 0.9 on an editor's outputs for GN 0.63; it ordered"
+    )

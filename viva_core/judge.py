@@ -165,13 +165,16 @@ def reads_difference_frames(vlm_path: str | Path) -> bool:
 
 CHANCE_AUC = 0.6  # a recorded held-out ROC-AUC below this: the scores carry no evidence of edit quality
 RELIABLE_AUC = 0.9  # a question whose recorded ranking of correct over corrupted edits is below this is named
+RELIABLE_PAIR_AGREEMENT = 0.6  # a recorded within-clip pair agreement below this: best-of-N picks about at random
 
 
 def judge_caveat(vlm_path: str | Path) -> str | None:
     """A warning to show with the scores of a judge whose folder records (viva_judge.json, written by
     recipes/small/judge_check.py --record) that it cannot tell edits from unedited sources (`held_out_roc_auc`), or
     that some questions rank correct above corrupted edits poorly (`held_out_question_aucs`) or rank an editor's own
-    held-out outputs poorly against the verifiers (`editor_output_aucs`, from a `viva eval --judge` report)."""
+    held-out outputs poorly against the verifiers (`editor_output_aucs`, from a `viva eval --judge` report), or
+    (recipes/small/best_of_n_check.py --record) that it orders candidates of one edit about at random
+    (`candidate_pair_agreement`), which is what a best-of-N pick relies on."""
     info = judge_info(vlm_path) or {}
     auc = info.get("held_out_roc_auc")
     if not _is_number(auc):
@@ -189,13 +192,19 @@ def judge_caveat(vlm_path: str | Path) -> str | None:
         )
         if (weak := _weak_questions(info.get(key)))
     ]
-    if not parts:
+    agreement = info.get("candidate_pair_agreement")
+    weak_pick = _is_number(agreement) and agreement < RELIABLE_PAIR_AGREEMENT
+    if not parts and not weak_pick:
         return None
-    return (
-        f"note: edited vs unedited held-out ROC-AUC {auc:.2f}, but below {RELIABLE_AUC} "
-        + "; ".join(parts)
-        + ": a screen, not a verdict."
-    )
+    text = f"note: edited vs unedited held-out ROC-AUC {auc:.2f}"
+    if parts:
+        text += f", but below {RELIABLE_AUC} " + "; ".join(parts)
+    if weak_pick:
+        text += (
+            f"; it ordered candidates of one edit as the verifiers did in {agreement:.2f} of pairs (0.5 is chance), "
+            "so its best-of-N pick is close to a random one"
+        )
+    return text + ": a screen, not a verdict."
 
 
 def _weak_questions(aucs: object) -> dict[str, float]:

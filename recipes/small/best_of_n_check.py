@@ -3,7 +3,9 @@ random pick, and the oracle (the candidate with the best verifier EA), with pair
 Each judge also picks by its EA P(Yes) alone, and its within-clip pair agreement is printed: over the pairs of one
 clip's candidates whose verifier EA differs, the share its EA P(Yes) orders the same way (ties count a half; chance
 0.5), with a bootstrap interval over clips. That is what a best-of-N pick and a group-relative reward need, and what
-the between-clip ROC-AUC of `viva eval --judge` does not measure.
+the between-clip ROC-AUC of `viva eval --judge` does not measure. --record writes it into each judge folder's
+viva_judge.json (`candidate_pair_agreement`), so the judge's results and best-of-N's table warn where it is near chance
+(viva_core.judge.judge_caveat).
 
 The K candidates per clip come from `viva pretrain` stage judge_data run on the benchmark manifest (outputs, their
 seeds and the verifiers' scores); each judge scores every candidate as `best_of_n` does (`Judge.score`, 4 frames) and
@@ -12,7 +14,7 @@ picks the highest mean P(Yes), ties to the lowest seed.
     viva pretrain recipes/small/judge_data.toml --set data.manifest=data/eval_heldout/heldout.jsonl --set data.limit=0 \
         --set output_dir=runs/bon [--set judge.sample_steps=12]
     PYTHONPATH=. python recipes/small/best_of_n_check.py data/eval_heldout/heldout.jsonl runs/bon/judge_data \
-        v4=viva_core/small_models/vlm/viva-small-judge [v2=OTHER_JUDGE ...] [--json runs/bon/best_of_n.json]
+        v4=viva_core/small_models/vlm/viva-small-judge [v2=OTHER_JUDGE ...] [--json runs/bon/best_of_n.json] [--record]
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from pathlib import Path
 import torch
 from table import bootstrap_ci
 
-from viva_core.judge import Judge
+from viva_core.judge import JUDGE_INFO_FILE, Judge, judge_info
 from viva_core.train.pretrain import frames_float, load_clip_set
+from viva_core.safe_io import write_text_atomic
 from viva_core.train.pretrain.judge_data import FRAMES_FILE, LABELS_FILE
 from viva_core.vlm import load_vlm
 
@@ -81,8 +84,23 @@ def pair_agreement(groups: list[list[int]], truth: list[float], judged: list[flo
     return per_clip, pairs
 
 
+def record(folder: str, agreement: dict, manifest: str, candidates: int) -> None:
+    """The judge's within-clip pair agreement into its viva_judge.json, next to judge_check.py's records."""
+    info = judge_info(folder) or {}
+    info.update(
+        candidate_pair_agreement=round(agreement["pair_agreement"], 3),
+        candidate_pair_agreement_ci=[round(x, 3) for x in agreement["ci"]],
+        candidate_pairs=agreement["pairs"],
+        candidate_manifest=f"{Path(manifest).name}, {candidates} candidates a clip",
+    )
+    path = Path(folder) / JUDGE_INFO_FILE
+    write_text_atomic(path, json.dumps(info) + "\n")
+    print(f"recorded in {path}")
+
+
 def main(argv: list[str]) -> None:
-    json_out = None
+    json_out, to_record = None, "--record" in argv
+    argv = [a for a in argv if a != "--record"]
     if "--json" in argv:
         k = argv.index("--json")
         json_out, argv = argv[k + 1], argv[:k] + argv[k + 2 :]
@@ -126,6 +144,9 @@ def main(argv: list[str]) -> None:
         lo, hi = bootstrap_ci(per_clip, draws=4000)
         print(f"| {label} | {_mean(per_clip):.3f} ({lo:.3f}..{hi:.3f}) | {len(per_clip)} | {pairs} |")
         agreement[label] = {"pair_agreement": _mean(per_clip), "ci": [lo, hi], "clips": len(per_clip), "pairs": pairs}
+    if to_record:
+        for label, path in judges:
+            record(path, agreement[label], manifest, k)
     if json_out:
         summary = {"clips": len(groups), "candidates": k, "picks": result, "within_clip_ea_agreement": agreement}
         Path(json_out).write_text(json.dumps(summary, indent=2))

@@ -18,7 +18,8 @@
 #              again at the end, so a session cut short during the bench still brings the rest back
 #   setsid bash recipes/small/gpu_session_v10.sh > /tmp/v10.log 2>&1 < /dev/null &
 # or in the foreground of one device call, a few phases at a time (docs/small_models.md, section 33): with $OUT set,
-# each pack is also copied there, so it comes back with the call that made it.
+# each pack is also copied there, so it comes back with the call that made it, and the judge and bon phases pack as
+# they end; run it under `timeout` with a minute to spare (docs/small_models.md, section 34).
 # Works in $WORK (default /tmp/viva_v10). SMOKE=1: a CPU check of the script (tiny data, 2 steps, CPU evals on 4 clips).
 set -uo pipefail
 WORK="${WORK:-/tmp/viva_v10}"
@@ -75,6 +76,8 @@ if has judge; then
   $V pretrain recipes/small/judge.toml --set output_dir=$R/judge "${J[@]}" $(steps "${JUDGE_STEPS:-1200}") \
     > runs/judge.log 2>&1
   grep -h '"steps_done"\|"seconds"\|"accuracy"' $R/judge/judge_summary.json
+  # inside a device call: the judge comes back now, whatever happens to the phases after it (docs section 34)
+  [ -n "${OUT:-}" ] && has pack && pack_results $NEW/editor judge/judge
 fi
 if has jeval; then
   stamp jeval
@@ -92,6 +95,7 @@ if has bon; then
   PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/best_of_n_check.py data/eval_heldout/heldout.jsonl \
     $R/bon/judge_data shipped=$JUDGE $NEWJ --json runs/best_of_n.json > runs/best_of_n.log 2>&1
   cat runs/best_of_n.log | grep -v Loading
+  [ -n "${OUT:-}" ] && has pack && pack_results $NEW/editor judge/judge
 fi
 if has editor; then
   stamp editor

@@ -27,8 +27,8 @@ import torch
 from table import bootstrap_ci
 
 from viva_core.judge import JUDGE_INFO_FILE, Judge, judge_info
-from viva_core.train.pretrain import frames_float, load_clip_set
 from viva_core.safe_io import write_text_atomic
+from viva_core.train.pretrain import frames_float, load_clip_set
 from viva_core.train.pretrain.judge_data import FRAMES_FILE, LABELS_FILE
 from viva_core.vlm import load_vlm
 

@@ -112,16 +112,18 @@ def test_grounding_targets_follow_the_processors_token_order(tmp_path) -> None:
     assert int(per_token.argmax()) == hot  # the processor put the white block's patches in that token
 
 
-def test_judge_training_forward_equals_the_judge_class(synth_npz, tmp_path) -> None:
+@pytest.mark.parametrize("patch, tokens_per_frame", [(8, 16), (4, 64)])
+def test_judge_training_forward_equals_the_judge_class(synth_npz, tmp_path, patch, tokens_per_frame) -> None:
     """P(Yes) of the trainer's path (item -> collate -> judge_margins) equals `Judge.score` on the same source,
     candidate and instruction, through a folder with the trainer's viva_judge.json: same frames, difference frames,
-    prompts, image order and answer position. Without the difference frames the scores differ (the check can fail)."""
+    prompts, image order and answer position. Without the difference frames the scores differ (the check can fail).
+    A judge built with `vlm.patch` 4 sees each 64x64 frame as 64 tokens, not 16, both ways."""
     from viva_core.judge import DIMENSIONS, Judge, yes_no_token_ids
     from viva_core.train.pretrain.judge import _collate_judge, judge_margins
     from viva_core.vlm import load_vlm
 
     clips = S.load_clip_set(synth_npz / "train.jsonl")
-    sec = S.JudgeSection(vlm=S.VLMSection(hidden=32, layers=1))
+    sec = S.JudgeSection(vlm=S.VLMSection(hidden=32, layers=1, patch=patch))
     tok = S.word_tokenizer(S.vocabulary(S.prompt_texts(clips.records)), kind="qwen")
     folder = S.write_vlm_folder(tmp_path / "judge", tok, sec.vlm, 0)
     (folder / "viva_judge.json").write_text(json.dumps({"difference_frames": True, "frames": sec.frames}))
@@ -134,6 +136,8 @@ def test_judge_training_forward_equals_the_judge_class(synth_npz, tmp_path) -> N
     yes, no = yes_no_token_ids(vlm.tokenizer)
     with torch.no_grad():
         inputs, _, _ = _collate_judge(vlm.processor)([data[i] for i in range(len(data))])
+        merged = inputs["image_grid_thw"].prod(-1) // 4  # spatial merge 2 x 2
+        assert (merged == tokens_per_frame).all()
         trained = torch.sigmoid(judge_margins(vlm, inputs, yes, no)).view(len(data), len(DIMENSIONS))
     judge, blind = Judge(vlm), Judge(vlm, difference=False)
     assert judge.difference

@@ -9,7 +9,7 @@ from typing import Optional
 from ..config import fill_config, raise_problems
 
 STAGES = ("vae", "editor", "judge_data", "judge")
-IMAGE_SIDE = 64  # the VLMs see frames at 64x64: patch 8, merge 2 -> 16 visual tokens per frame
+IMAGE_SIDE = 64  # the VLMs see frames at 64x64: patch 8 (VLMSection.patch), merge 2 -> 16 visual tokens per frame
 UMT5_SPECIALS = ("<pad>", "</s>", "<unk>")
 
 
@@ -63,6 +63,9 @@ class VLMSection:
     heads: int = 4
     vision_hidden: int = 64
     vision_depth: int = 2
+    # pixels a side of one vision patch; merge 2 makes a token of (2 patch)^2 pixels: 8 -> 16 tokens per 64x64 frame,
+    # 4 -> 64 (an object edit a few pixels wide gets a token of its own; docs/small_models.md, section 35)
+    patch: int = 8
 
 
 @dataclass

@@ -102,7 +102,7 @@ def write_vlm_folder(out: Path, tokenizer, sec: VLMSection, seed: int) -> Path:
             intermediate_size=2 * sec.vision_hidden,
             num_heads=4,
             out_hidden_size=sec.hidden,
-            patch_size=8,
+            patch_size=sec.patch,
             spatial_merge_size=2,
             temporal_patch_size=2,
             fullatt_block_indexes=[sec.vision_depth - 1],
@@ -123,7 +123,7 @@ def write_vlm_folder(out: Path, tokenizer, sec: VLMSection, seed: int) -> Path:
     Qwen2VLImageProcessorPil(
         min_pixels=IMAGE_SIDE * IMAGE_SIDE,
         max_pixels=IMAGE_SIDE * IMAGE_SIDE,
-        patch_size=8,
+        patch_size=sec.patch,
         merge_size=2,
         temporal_patch_size=2,
     ).save_pretrained(out)

@@ -89,6 +89,37 @@ def test_best_of_n_in_batches_judges_and_keeps_as_one_at_a_time(editor, frames, 
     torch.testing.assert_close(batched.best.frames, sequential.best.frames, atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_best_of_n_with_shared_steps_runs_them_once_and_branches(editor, frames, monkeypatch, batch):
+    """shared_steps 2 of 4: the first seed's first 2 steps and the branch point run once (batch 1), then every
+    candidate runs the last 2; the first seed's candidate is its plain edit (Euler resumes exactly), the others are
+    branches: not their seeds' plain edits, and not one another."""
+    cond = editor.encode_text(PROMPT)
+    settings = dataclasses.replace(GUIDED, steps=4, seed=5)
+    plain = {s: edit(editor, frames, cond, settings=dataclasses.replace(settings, seed=s)).frames for s in (5, 6)}
+    seen = []
+
+    def score(source, edited, instruction, num_frames):
+        seen.append(edited)
+        return types.SimpleNamespace(overall=float(len(seen)), scores={}, caveat_lines=lambda width: [])
+
+    sizes = dit_batches(editor, monkeypatch)
+    judge = types.SimpleNamespace(score=score)
+    out = best_of_n(
+        editor, judge, Video(frames, 16.0, None), cond, PROMPT, n=3, settings=settings, batch=batch, shared_steps=2
+    )
+    per_batch = [2 * 3] * 2 if batch == 3 else [2] * 2 * 3  # the last 2 steps of every candidate, x CFG
+    assert sizes == [2] * 3 + per_batch  # 2 trunk steps + the branch point, one row and its CFG row
+    assert out.seeds == [5, 6, 7] and out.best.seed == 7
+    torch.testing.assert_close(seen[0], plain[5], atol=2e-5, rtol=0)
+    assert (seen[1] - plain[6]).abs().max() > 1e-3
+    assert (seen[1] - seen[2]).abs().max() > 1e-3
+    with pytest.raises(InputError, match="shared_steps must be 1..3"):
+        best_of_n(editor, judge, Video(frames, 16.0, None), cond, PROMPT, n=2, settings=settings, shared_steps=4)
+    with pytest.raises(InputError, match="shared_steps must be >= 0"):
+        best_of_n(editor, judge, Video(frames, 16.0, None), cond, PROMPT, n=2, settings=settings, shared_steps=-1)
+
+
 def test_bad_batches_are_refused(editor, frames):
     cond = editor.encode_text(PROMPT)
     stub = types.SimpleNamespace(score=None)

@@ -79,6 +79,29 @@ def test_outputs_are_the_pipelines_edits_and_labels_its_verifier_scores(clips_di
     assert summary["outputs"] == 6 and sum(summary["positives"]["EA"]) == 6
 
 
+def test_shared_steps_outputs_are_best_of_ns_branches(clips_dir, tmp_path) -> None:
+    """With judge.shared_steps, each clip's outputs are the candidates best-of-N's `shared_steps` samples for its seeds
+    (reference: `edit_trunk` + `edit_encoded_batch(trunk=...)`, one clip at a time): the first seed's output goes on
+    from the trunk, the second branches off it."""
+    from viva_core.editor import EditorOptions, load_editor
+    from viva_core.pipeline import EditSettings, edit_encoded_batch, edit_trunk, encode_source
+
+    sets = {"data.limit": 2, "judge.editor": bundled.EDITOR, "judge.seeds": 2, "judge.sample_steps": 3, "seed": 4}
+    out = S.run_stage(_cfg("judge_data", tmp_path, clips_dir / "train.jsonl", **sets, **{"judge.shared_steps": 1}))
+    frames = np.load(out / "frames.npy")
+    clips = S.load_clip_set(clips_dir / "train.jsonl", 2)
+    editor = load_editor(str(bundled.EDITOR), options=EditorOptions(dtype="fp32", device="cpu"))
+    for c in range(2):
+        seeds = [output_seed(4, c, k) for k in range(2)]
+        settings = EditSettings(steps=3, cfg=5.0, seed=seeds[0])
+        cond = editor.encode_text(clips.records[c]["instruction"])
+        source = encode_source(editor, S.frames_float(clips.source[c]))
+        trunk = edit_trunk(editor, source, cond, 1, settings=settings)
+        ref = edit_encoded_batch(editor, source, cond, seeds, settings=settings, trunk=trunk)
+        for k in range(2):
+            assert (torch.from_numpy(frames[2 * c + k]).float() - ref[k].frames * 255).abs().max() <= 1.0
+
+
 def test_judge_draws_editor_outputs_with_their_verifier_labels(clips_dir, outputs_dir, tmp_path) -> None:
     clips = S.load_clip_set(clips_dir / "train.jsonl", 5)
     outputs = S.load_editor_outputs(outputs_dir, clips, 0.5)  # outputs of clips 0-2, all inside these 5

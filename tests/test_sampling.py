@@ -175,3 +175,85 @@ def test_unipc_sampler_equals_diffusers_unipc_as_wan_ships_it(shift):
     torch.testing.assert_close(ours, x.float(), rtol=1e-5, atol=1e-5)
     euler = sample(velocity, noise, torch.zeros_like(noise), steps=steps, shift=shift, sampler="euler")
     assert not torch.allclose(ours, euler, atol=1e-3)  # the field is curved enough to tell the two solvers apart
+
+
+# ----------------------------------------------------------------------------------- shared trunk and branches
+
+
+def _toy_velocity(calls: list):
+    """A nonlinear velocity with no fixed structure the sampler could exploit; records each call's batch size."""
+
+    def v(x, sigma):
+        calls.append(x.shape[0])
+        return torch.tanh(x) + sigma * x - 0.3
+
+    return v
+
+
+def _reference_branches(eps: torch.Tensor, group: int, k: int, steps: int, shift: float) -> torch.Tensor:
+    """By hand, Euler: trunk rows (each group's first noise row) run k steps; at sigma_k each group's first row goes
+    on, the others restart from (1 - s_k) x0_hat + s_k eps_j, x0_hat = x - s_k v; then all rows finish."""
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    s = [float(x) for x in (shift * t / (1 + (shift - 1) * t))]
+
+    def v(x, sigma):
+        return torch.tanh(x) + sigma * x - 0.3
+
+    x = eps[::group].clone()
+    for i in range(k):
+        x = x + (s[i + 1] - s[i]) * v(x, s[i])
+    x0_hat = x - s[k] * v(x, s[k])
+    rows = []
+    for r in range(eps.shape[0]):
+        trunk_row = r // group
+        rows.append(x[trunk_row] if r % group == 0 else (1 - s[k]) * x0_hat[trunk_row] + s[k] * eps[r])
+    x = torch.stack(rows)
+    for i in range(k, steps):
+        x = x + (s[i + 1] - s[i]) * v(x, s[i])
+    return x
+
+
+def test_branches_off_a_shared_trunk_match_a_hand_computation_and_cost_its_steps_once():
+    from viva_core.sampling import branch_starts, shared_trunk
+
+    steps, shift, k, group = 6, 3.0, 2, 3
+    eps = torch.randn(2 * group, 4, 5, generator=torch.Generator().manual_seed(1))
+    calls: list = []
+    trunk = shared_trunk(
+        _toy_velocity(calls), eps[::group], torch.zeros(2, 4, 5), shared_steps=k, steps=steps, shift=shift
+    )
+    continues = torch.tensor([r % group == 0 for r in range(eps.shape[0])])
+    start = branch_starts(trunk, eps, continues)
+    out = sample(_toy_velocity(calls), eps, torch.zeros_like(eps), steps=steps, shift=shift, resume=(k, start))
+    torch.testing.assert_close(out, _reference_branches(eps, group, k, steps, shift), atol=1e-5, rtol=0)
+    assert calls == [2] * (k + 1) + [6] * (steps - k)  # trunk steps + the branch point once, then every row
+    plain = sample(_toy_velocity([]), eps[::group], torch.zeros(2, 4, 5), steps=steps, shift=shift)
+    torch.testing.assert_close(out[::group], plain, atol=1e-6, rtol=0)  # Euler: the trunk's own rows are unbroken
+    assert (out[1] - out[2]).abs().max() > 1e-2  # branches keep their own noise
+
+
+@pytest.mark.parametrize("sampler", ["euler", "unipc"])
+def test_stop_then_resume_is_the_whole_run(sampler):
+    """Euler resumes bit-for-bit; UniPC restarts its multistep history at the resume step, so it stays close."""
+    eps = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(2))
+    whole = sample(_toy_velocity([]), eps, torch.zeros_like(eps), steps=8, shift=5.0, sampler=sampler)
+    part = sample(_toy_velocity([]), eps, torch.zeros_like(eps), steps=8, shift=5.0, sampler=sampler, stop=3)
+    rest = sample(_toy_velocity([]), eps, torch.zeros_like(eps), steps=8, shift=5.0, sampler=sampler, resume=(3, part))
+    if sampler == "euler":
+        torch.testing.assert_close(rest, whole, atol=1e-6, rtol=0)
+    else:
+        assert (rest - whole).abs().max() < 0.05 * whole.abs().max()
+
+
+def test_shared_steps_outside_the_run_are_refused():
+    from viva_core.sampling import Trunk, branch_starts, shared_trunk
+
+    eps = torch.randn(1, 2, 2)
+    for bad in (0, 4, 9):
+        with pytest.raises(InputError, match="shared_steps must be 1..3"):
+            shared_trunk(_toy_velocity([]), eps, eps, shared_steps=bad, steps=4, shift=1.0)
+    with pytest.raises(InputError, match="shared_steps must be 1..1"):  # strength 0.5 runs 2 of the 4 steps
+        shared_trunk(_toy_velocity([]), eps, eps, shared_steps=2, steps=4, shift=1.0, strength=0.5)
+    trunk = Trunk(1, 0.5, torch.zeros(2, 2), torch.zeros(2, 2))
+    with pytest.raises(InputError, match="3 candidate rows do not divide over 2 trunk rows"):
+        branch_starts(trunk, torch.zeros(3, 2), torch.zeros(3, dtype=torch.bool))

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 from .editor import Conditioning, Editor
 from .errors import InputError
 from .judge import DIMENSIONS, Judge, JudgeResult
-from .pipeline import EditResult, EditSettings, edit_encoded_batch, encode_source, unconditional
+from .pipeline import EditResult, EditSettings, edit_encoded_batch, edit_trunk, encode_source, unconditional
 from .runtime import ProgressFn, no_progress
 from .video import Video
 
@@ -69,21 +69,32 @@ def best_of_n(
     negative: Optional[Conditioning] = None,
     num_frames: int = 4,
     batch: int = 1,
+    shared_steps: int = 0,
     progress_factory: Callable[[int], ProgressFn] = lambda i: no_progress,
 ) -> BestOfN:
     """Seeds settings.seed .. settings.seed + n - 1; ties keep the lowest seed. The source is encoded once and CFG's
     negative once for all N (each `edit` would encode both again). `batch` candidates are sampled together
     (`edit_encoded_batch`: one DiT call per step for all of them; the same edits up to kernel rounding), then decoded
-    and judged one by one; `progress_factory` gets the index of each batch's first candidate."""
+    and judged one by one; `progress_factory` gets the index of each batch's first candidate (0 also for the shared
+    steps). `shared_steps` > 0: the first seed's first steps are run once and every candidate branches off them
+    (`pipeline.edit_trunk`), saving (n - 1) x shared_steps DiT steps; the candidates are then branches, not the
+    seeds' plain edits (docs/small_models.md, section 34)."""
     if n < 1:
         raise InputError(f"best-of-N needs n >= 1, got {n}.")
     if batch < 1:
         raise InputError(f"best-of-N samples candidates in batches of >= 1, got {batch}.")
+    if shared_steps < 0:
+        raise InputError(f"best-of-N's shared_steps must be >= 0, got {shared_steps}.")
     resolved = settings.resolved(editor.sampling_defaults)
     resolved.check()
     if negative is None and resolved.cfg != 1.0:
         negative = unconditional(editor)
     source = encode_source(editor, video.frames)
+    trunk = None
+    if shared_steps and n > 1:
+        trunk = edit_trunk(
+            editor, source, cond, shared_steps, negative=negative, settings=settings, progress=progress_factory(0)
+        )
     seeds, judgements, best = [], [], None
     for first in range(0, n, batch):
         results = edit_encoded_batch(
@@ -96,6 +107,7 @@ def best_of_n(
             fps=video.fps,
             audio=video.audio,
             progress=progress_factory(first),
+            trunk=trunk,
         )
         for r in results:
             judged = judge.score(video.frames[: r.frames.shape[0]], r.frames, instruction, num_frames=num_frames)

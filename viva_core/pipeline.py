@@ -17,7 +17,7 @@ from .editor import Conditioning, Editor
 from .errors import InputError, NonFiniteError
 from .lora import LoraKeyReport
 from .runtime import ProgressFn, no_progress
-from .sampling import NUM_TRAIN_TIMESTEPS, sample
+from .sampling import NUM_TRAIN_TIMESTEPS, Trunk, branch_starts, sample, shared_trunk
 from .settings import EditSettings
 from .video import Audio, ConformReport, conform_frames, format_size, trim_audio, unconform_frames
 
@@ -256,6 +256,68 @@ def edit_encoded(
     )[0]
 
 
+@dataclass(frozen=True)
+class EditTrunk:
+    """The first steps of one seed's edit, run once for candidates that branch off it (`edit_trunk`)."""
+
+    seed: int
+    trunk: Trunk
+
+
+def _seed_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
+    """The noise `viva edit --seed seed` starts from (CPU generator, so the same on every device)."""
+    return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(int(seed)), dtype=torch.float32)
+
+
+def _rows_velocity(
+    editor: Editor, dit, source: EncodedSource, cond: Conditioning, negative: Optional[Conditioning], cfg: float, k: int
+):
+    """The velocity of k candidate rows of one edit: one DiT call a step, CFG's negative rows after the k
+    conditioned ones."""
+    guided = cfg != 1.0
+    length = max(editor.max_text_tokens, cond.embeds.shape[1], negative.embeds.shape[1] if guided else 0)
+    rows = [pad_tokens(cond.embeds, length)] * k + ([pad_tokens(negative.embeds, length)] * k if guided else [])
+    text = torch.cat(rows).to(editor.device, editor.dtype)
+    src = source.latents.to(editor.device)
+
+    def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        with torch.no_grad():
+            return guided_velocity(dit, x, src, sigma, text, cfg, editor.dtype)
+
+    return velocity
+
+
+def edit_trunk(
+    editor: Editor,
+    source: EncodedSource,
+    cond: Conditioning,
+    shared_steps: int,
+    *,
+    negative: Optional[Conditioning] = None,
+    settings: EditSettings = EditSettings(),  # noqa: B008 (frozen)
+    progress: ProgressFn = no_progress,
+) -> EditTrunk:
+    """The first `shared_steps` steps of `settings.seed`'s edit, for `edit_encoded_batch(trunk=...)`: candidates
+    branched off it skip those steps (best-of-N's `shared_steps`; docs/small_models.md, section 34)."""
+    settings = settings.resolved(editor.sampling_defaults)
+    settings.check()
+    if settings.cfg != 1.0 and negative is None:
+        negative = unconditional(editor)
+    with blame_damaged_weights(editor), editor.dit_with_loras() as (dit, _):
+        trunk = shared_trunk(
+            _rows_velocity(editor, dit, source, cond, negative, settings.cfg, 1),
+            _seed_noise(source.latents.shape, settings.seed).to(editor.device),
+            source.latents.to(editor.device),
+            shared_steps=shared_steps,
+            steps=settings.steps,
+            shift=settings.shift,
+            strength=settings.strength,
+            sampler=settings.sampler,
+            progress=progress,
+        )
+    return EditTrunk(int(settings.seed), trunk)
+
+
 def edit_encoded_batch(
     editor: Editor,
     source: EncodedSource,
@@ -267,50 +329,39 @@ def edit_encoded_batch(
     fps: float = 16.0,
     audio: Optional[Audio] = None,
     progress: ProgressFn = no_progress,
+    trunk: Optional[EditTrunk] = None,
 ) -> list[EditResult]:
     """One edit per seed (`settings.seed` is ignored), sampled together: one DiT call per step for all of them
     (more throughput where one edit leaves the device idle; activations grow with the count), then decoded one at a
     time (the decode's peak stays one video's). Each seed's noise is what `edit_encoded` draws for it, so each
-    result is that seed's edit up to kernel rounding. Every result's seconds are the whole batch's."""
+    result is that seed's edit up to kernel rounding. Every result's seconds are the whole batch's. With `trunk`
+    (`edit_trunk`, same settings) each candidate starts where the trunk stopped: the trunk's seed continues it, the
+    others restart from its clean prediction with their own noise (`sampling.branch_starts`); they are then
+    branches, not `viva edit --seed` edits."""
     if not seeds:
         raise InputError("edit_encoded_batch needs at least one seed.")
     settings = settings.resolved(editor.sampling_defaults)
     settings.check()
     t0 = time.perf_counter()
-    guided = settings.cfg != 1.0
-    if guided and negative is None:
+    if settings.cfg != 1.0 and negative is None:
         negative = unconditional(editor)
-    k = len(seeds)
     with blame_damaged_weights(editor):
-        noise = torch.cat(
-            [
-                torch.randn(
-                    source.latents.shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32
-                )
-                for s in seeds
-            ]
-        )
-        length = max(editor.max_text_tokens, cond.embeds.shape[1], negative.embeds.shape[1] if guided else 0)
-        rows = [pad_tokens(cond.embeds, length)] * k + ([pad_tokens(negative.embeds, length)] * k if guided else [])
-
+        noise = torch.cat([_seed_noise(source.latents.shape, s) for s in seeds])
+        resume = None
+        if trunk is not None:
+            continues = torch.tensor([int(s) == trunk.seed for s in seeds])
+            resume = (trunk.trunk.step, branch_starts(trunk.trunk, noise.to(editor.device), continues))
         with editor.dit_with_loras() as (dit, lora_reports):
-            dev = editor.device
-            text = torch.cat(rows).to(dev, editor.dtype)  # [cond x k, negative x k]
-            src = source.latents.to(dev)
-
-            def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
-                with torch.no_grad():
-                    return guided_velocity(dit, x, src, sigma, text, settings.cfg, editor.dtype)
-
             latents = sample(
-                velocity,
-                noise.to(dev),
-                src,
+                _rows_velocity(editor, dit, source, cond, negative, settings.cfg, len(seeds)),
+                noise.to(editor.device),
+                source.latents.to(editor.device),
                 steps=settings.steps,
                 shift=settings.shift,
                 strength=settings.strength,
                 sampler=settings.sampler,
                 progress=progress,
+                resume=resume,
             )
         videos = []
         for z in latents.split(1):

@@ -85,6 +85,25 @@ def sde_step_with_logprob(
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x_sigma fp32, sigma) -> v fp32
 
 
+def _schedule(steps: int, shift: float, sampler: str, first: int):
+    """(UniPC scheduler or None, the steps+1 sigmas) of a run whose first step is `first`."""
+    if sampler not in SAMPLERS:
+        raise InputError(f"sampler '{sampler}' is not one of {SAMPLERS}.")
+    if sampler != "unipc":
+        return None, shifted_sigmas(steps, shift)
+    from diffusers import UniPCMultistepScheduler
+
+    sched = UniPCMultistepScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=shift,
+    )
+    sched.set_timesteps(steps, device="cpu")
+    sched.set_begin_index(first)
+    return sched, sched.sigmas.float()
+
+
 def sample(
     velocity: VelocityFn,
     noise: torch.Tensor,
@@ -95,43 +114,105 @@ def sample(
     strength: float = 1.0,
     sampler: str = "euler",
     progress: ProgressFn = no_progress,
+    stop: Optional[int] = None,
+    resume: Optional[tuple[int, torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Integrate from a (noised) start to sigma = 0. With strength < 1 the start is the source latents noised to
     the first sigma that is run (img2img-style). Every step checks for NaN/Inf and calls `progress` with the clean
-    latents it predicts (for previews; also the point where an app can interrupt)."""
-    if sampler not in SAMPLERS:
-        raise InputError(f"sampler '{sampler}' is not one of {SAMPLERS}.")
-    first = start_step(steps, strength)
-    if sampler == "unipc":
-        from diffusers import UniPCMultistepScheduler
-
-        sched = UniPCMultistepScheduler(
-            num_train_timesteps=NUM_TRAIN_TIMESTEPS,
-            prediction_type="flow_prediction",
-            use_flow_sigmas=True,
-            flow_shift=shift,
-        )
-        sched.set_timesteps(steps, device="cpu")
-        sched.set_begin_index(first)
-        sigmas = sched.sigmas.float()
+    latents it predicts (for previews; also the point where an app can interrupt). `stop`: return the latents
+    before that step runs; `resume` (step, latents): start there instead (`noise` and `strength` unused), as a
+    candidate branched off a shared trunk does (`shared_trunk`). A UniPC run resumed mid-way restarts its multistep
+    history, so it is not bit-equal to the uninterrupted run; an Euler run is."""
+    first = start_step(steps, strength) if resume is None else resume[0]
+    last = steps if stop is None else stop
+    if not 0 <= first < last <= steps:
+        raise InputError(f"sampling steps {first}..{last} are not inside 0..{steps}; check shared_steps.")
+    sched, sigmas = _schedule(steps, shift, sampler, first)
+    if resume is not None:
+        x = resume[1].float()
     else:
-        sigmas = shifted_sigmas(steps, shift)
-    s0 = float(sigmas[first])
-    x = (1 - s0) * source_latents.float() + s0 * noise.float() if first > 0 else noise.float()
+        s0 = float(sigmas[first])
+        x = (1 - s0) * source_latents.float() + s0 * noise.float() if first > 0 else noise.float()
     total = steps - first
-    for i in range(first, steps):
+    for i in range(first, last):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        v = velocity(x, sigma).float()
-        if not torch.isfinite(v).all():
-            raise NonFiniteError(
-                f"the DiT produced NaN/Inf at step {i + 1}/{steps} (sigma {sigma:.3f}); nothing was "
-                "saved. Run the DiT in bf16 or fp32 (fp16 overflows in Wan), or check the LoRA "
-                "strengths and the conditioning."
-            )
+        v = _finite_velocity(velocity, x, sigma, i, steps)
         denoised = x - sigma * v  # the clean latents this step predicts (x = (1 - s) x0 + s eps, v = eps - x0)
-        if sampler == "unipc":
+        if sched is not None:
             x = sched.step(v, sched.timesteps[i], x, return_dict=False)[0].float()
         else:
             x = euler_step(x, v, sigma, sigma_next)
         progress(i - first + 1, total, denoised)
     return x
+
+
+def _finite_velocity(velocity: VelocityFn, x: torch.Tensor, sigma: float, i: int, steps: int) -> torch.Tensor:
+    v = velocity(x, sigma).float()
+    if not torch.isfinite(v).all():
+        raise NonFiniteError(
+            f"the DiT produced NaN/Inf at step {i + 1}/{steps} (sigma {sigma:.3f}); nothing was "
+            "saved. Run the DiT in bf16 or fp32 (fp16 overflows in Wan), or check the LoRA "
+            "strengths and the conditioning."
+        )
+    return v
+
+
+@dataclass(frozen=True)
+class Trunk:
+    """The first `step` steps of a sampling run, shared by candidates that branch off it (best-of-N's
+    `shared_steps`): its latents at sigma[step] and the clean latents predicted there."""
+
+    step: int
+    sigma: float
+    latents: torch.Tensor
+    denoised: torch.Tensor
+
+
+def shared_trunk(
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    source_latents: torch.Tensor,
+    *,
+    shared_steps: int,
+    steps: int,
+    shift: float,
+    strength: float = 1.0,
+    sampler: str = "euler",
+    progress: ProgressFn = no_progress,
+) -> Trunk:
+    """Run `shared_steps` steps of `sample` once, then one more velocity call for the clean latents predicted at the
+    branch point (what `branch_starts` re-noises). At least one step must be left to the branches."""
+    first = start_step(steps, strength)
+    step = first + shared_steps
+    if shared_steps < 1 or step >= steps:
+        raise InputError(
+            f"shared_steps must be 1..{steps - first - 1} (the steps run minus one, so each candidate runs at least "
+            f"one step of its own), got {shared_steps}."
+        )
+    x = sample(
+        velocity,
+        noise,
+        source_latents,
+        steps=steps,
+        shift=shift,
+        strength=strength,
+        sampler=sampler,
+        progress=progress,
+        stop=step,
+    )
+    sigma = float(_schedule(steps, shift, sampler, first)[1][step])
+    return Trunk(step, sigma, x, x - sigma * _finite_velocity(velocity, x, sigma, step, steps))
+
+
+def branch_starts(trunk: Trunk, noise: torch.Tensor, continues: torch.Tensor) -> torch.Tensor:
+    """Start latents of candidates branched off `trunk` (rows of `trunk` repeated to the candidates' rows): a row
+    where `continues` is True goes on from the trunk's latents (the candidate whose noise started it); the others
+    restart from the trunk's clean prediction noised with their own `noise` row to the branch sigma, so they share
+    the trunk's work but not its noise:  x = (1 - sigma) denoised + sigma * noise."""
+    group = noise.shape[0] // trunk.latents.shape[0]
+    if group * trunk.latents.shape[0] != noise.shape[0]:
+        raise InputError(f"{noise.shape[0]} candidate rows do not divide over {trunk.latents.shape[0]} trunk rows.")
+    x = trunk.latents.repeat_interleave(group, 0).float()
+    fresh = (1 - trunk.sigma) * trunk.denoised.repeat_interleave(group, 0).float() + trunk.sigma * noise.float()
+    keep = continues.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+    return torch.where(keep, x, fresh.to(x.device))

@@ -138,6 +138,9 @@ class JudgeSection:
     sample_steps: int = 20
     guidance: float = 5.0
     editor_dtype: str = "fp32"
+    # > 0: each clip's outputs branch off its first seed's first `shared_steps` steps, as best-of-N's shared_steps
+    # samples them (pipeline.edit_trunk), to measure what sharing costs best-of-N (recipes/small/best_of_n_check.py)
+    shared_steps: int = 0
 
 
 @dataclass

@@ -148,26 +148,34 @@ def output_seed(seed: int, clip: int, k: int) -> int:
     return seed * 1_000_003 + clip * 97 + k
 
 
-def _sample_rows(dit, src, cond, negative, noise, settings, dtype) -> torch.Tensor:
-    """Latents of one batch of rows (source latents, text tokens, noise; row i one edit), CFG against `negative`."""
+def _sample_rows(dit, src, cond, negative, noise, settings, dtype, seeds: int = 1, shared_steps: int = 0):
+    """Latents of one batch of rows (source latents, text tokens, noise; row i one edit), CFG against `negative`.
+    With `shared_steps`, each run of `seeds` rows (one clip) branches off its first row's first steps, as best-of-N
+    does (`sampling.shared_trunk`, `branch_starts`)."""
     from ...pipeline import guided_velocity
-    from ...sampling import sample
+    from ...sampling import branch_starts, sample, shared_trunk
 
-    text = cond if settings.cfg == 1.0 else torch.cat([cond, negative.expand(cond.shape[0], -1, -1)])
-    return sample(
-        lambda x, sigma: guided_velocity(dit, x, src, sigma, text, settings.cfg, dtype),
-        noise,
-        src,
-        steps=settings.steps,
-        shift=settings.shift,
-        strength=settings.strength,
-        sampler=settings.sampler,
-    )
+    def velocity(src, cond):
+        text = cond if settings.cfg == 1.0 else torch.cat([cond, negative.expand(cond.shape[0], -1, -1)])
+        return lambda x, sigma: guided_velocity(dit, x, src, sigma, text, settings.cfg, dtype)
+
+    run = dict(steps=settings.steps, shift=settings.shift, strength=settings.strength, sampler=settings.sampler)
+    resume = None
+    if shared_steps:
+        trunk = shared_trunk(
+            velocity(src[::seeds], cond[::seeds]), noise[::seeds], src[::seeds], shared_steps=shared_steps, **run
+        )
+        continues = torch.arange(noise.shape[0]) % seeds == 0
+        resume = (trunk.step, branch_starts(trunk, noise, continues))
+    return sample(velocity(src, cond), noise, src, resume=resume, **run)
 
 
-def _editor_outputs(editor, clips: ClipSet, seeds: int, settings, seed: int, per_call: int, progress: ProgressFn):
+def _editor_outputs(
+    editor, clips: ClipSet, seeds: int, settings, seed: int, per_call: int, progress: ProgressFn, shared_steps: int = 0
+):
     """uint8 [N * seeds, T, H, W, 3]: `seeds` edits of every clip (clip-major), `per_call` clips per DiT batch,
-    sampled as `viva eval` samples (CFG against the empty prompt, the editor's shift and sampler)."""
+    sampled as `viva eval` samples (CFG against the empty prompt, the editor's shift and sampler); with
+    `shared_steps`, branched as best-of-N branches them."""
     from ...pipeline import decode_latents_batch, pad_tokens, unconditional
     from .vae import encode_clips
 
@@ -195,7 +203,7 @@ def _editor_outputs(editor, clips: ClipSet, seeds: int, settings, seed: int, per
                 ]
             ).view(src.shape)
 
-            z = _sample_rows(dit, src, cond, negative, noise.to(dev), settings, editor.dtype)
+            z = _sample_rows(dit, src, cond, negative, noise.to(dev), settings, editor.dtype, seeds, shared_steps)
             video = decode_latents_batch(editor, z)
             if not torch.isfinite(video).all():
                 raise InputError("judge_data: the editor decoded NaN/Inf frames; run it in fp32 (judge.editor_dtype).")
@@ -221,7 +229,9 @@ def write_judge_data(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> 
     settings = EditSettings(steps=sec.sample_steps, cfg=sec.guidance).resolved(editor.sampling_defaults)
     settings.check()
     start = time.perf_counter()
-    frames = _editor_outputs(editor, clips, sec.seeds, settings, cfg.seed, cfg.optim.batch_size, progress)
+    frames = _editor_outputs(
+        editor, clips, sec.seeds, settings, cfg.seed, cfg.optim.batch_size, progress, sec.shared_steps
+    )
     made = time.perf_counter() - start
     del editor
     clip = [c for c in range(len(clips)) for _ in range(sec.seeds)]

@@ -216,7 +216,6 @@ for arg, values in {
     "--strength": ["0", "1.5", "nan", "-0.1"],
     "--candidates": ["0", "-3", "1001"],
     "--candidate-batch": ["0", "-1", "1001"],
-    "--shared-steps": ["-1", "1.5", "10001"],
     "--judge-frames": ["0"],
     "--stride": ["0", "-1"],
     "--max-frames": ["0", "-2"],

@@ -5,7 +5,8 @@ clip's candidates whose verifier EA differs, the share its EA P(Yes) orders the 
 0.5), with a bootstrap interval over clips. That is what a best-of-N pick and a group-relative reward need, and what
 the between-clip ROC-AUC of `viva eval --judge` does not measure. --record writes it into each judge folder's
 viva_judge.json (`candidate_pair_agreement`), so the judge's results and best-of-N's table warn where it is near chance
-(viva_core.judge.judge_caveat).
+(viva_core.judge.judge_caveat). --compare FOLDER: another candidate set of the same clips (independent seeds against
+`judge.shared_steps` branches, say): per clip, this set's oracle EA and mean EA minus that set's, with intervals.
 
 The K candidates per clip come from `viva pretrain` stage judge_data run on the benchmark manifest (outputs, their
 seeds and the verifiers' scores); each judge scores every candidate as `best_of_n` does (`Judge.score`, 4 frames) and
@@ -14,7 +15,8 @@ picks the highest mean P(Yes), ties to the lowest seed.
     viva pretrain recipes/small/judge_data.toml --set data.manifest=data/eval_heldout/heldout.jsonl --set data.limit=0 \
         --set output_dir=runs/bon [--set judge.sample_steps=12]
     PYTHONPATH=. python recipes/small/best_of_n_check.py data/eval_heldout/heldout.jsonl runs/bon/judge_data \
-        v4=viva_core/small_models/vlm/viva-small-judge [v2=OTHER_JUDGE ...] [--json runs/bon/best_of_n.json] [--record]
+        v4=viva_core/small_models/vlm/viva-small-judge [v2=OTHER_JUDGE ...] [--json runs/bon/best_of_n.json] \
+        [--record] [--compare runs/bon_independent/judge_data]
 """
 
 from __future__ import annotations
@@ -98,9 +100,33 @@ def record(folder: str, agreement: dict, manifest: str, candidates: int) -> None
     print(f"recorded in {path}")
 
 
+def compare(clips, folder: Path, other: Path) -> dict:
+    """Per clip, this set's oracle EA (best of its candidates by the verifier) and mean EA (a random pick) minus the
+    other set's, averaged over clips, with 95% bootstrap intervals."""
+    (clip, groups, scores), (other_clip, other_groups, other_scores) = (
+        candidates(clips, folder),
+        candidates(clips, other),
+    )
+    if [clip[g[0]] for g in groups] != [other_clip[g[0]] for g in other_groups]:
+        raise SystemExit(f"{folder} and {other} do not hold the same clips' candidates")
+    rows = {}
+    for name, pick in (("oracle EA", max), ("mean EA (random pick)", _mean)):
+        diffs = [
+            pick([scores[j]["EA"] for j in g]) - pick([other_scores[j]["EA"] for j in h])
+            for g, h in zip(groups, other_groups)
+        ]
+        lo, hi = bootstrap_ci(diffs, draws=4000)
+        rows[name] = {"difference": _mean(diffs), "ci": [lo, hi]}
+        print(f"{name}: this set - {other} = {_mean(diffs):+.3f} ({lo:+.3f}..{hi:+.3f}) over {len(diffs)} clips")
+    return rows
+
+
 def main(argv: list[str]) -> None:
-    json_out, to_record = None, "--record" in argv
+    json_out, to_record, other = None, "--record" in argv, None
     argv = [a for a in argv if a != "--record"]
+    if "--compare" in argv:
+        k = argv.index("--compare")
+        other, argv = Path(argv[k + 1]), argv[:k] + argv[k + 2 :]
     if "--json" in argv:
         k = argv.index("--json")
         json_out, argv = argv[k + 1], argv[:k] + argv[k + 2 :]
@@ -147,8 +173,11 @@ def main(argv: list[str]) -> None:
     if to_record:
         for label, path in judges:
             record(path, agreement[label], manifest, k)
+    compared = compare(clips, folder, other) if other else None
     if json_out:
         summary = {"clips": len(groups), "candidates": k, "picks": result, "within_clip_ea_agreement": agreement}
+        if compared:
+            summary["compared_with"] = {"folder": str(other), **compared}
         Path(json_out).write_text(json.dumps(summary, indent=2))
 
 

@@ -36,6 +36,13 @@ def parse_dtype(name: str | torch.dtype, device: str | torch.device | None = Non
         raise InputError(f"dtype '{name}' is not one of {['auto'] + sorted(set(DTYPES))}.") from None
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (Intel AMX): there bf16 matmuls are faster than fp32, where
+    elsewhere they are slower (the reason CPU defaults are fp32)."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, so looked up: absent means no
+    return bool(check is not None and check())
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

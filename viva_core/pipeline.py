@@ -264,8 +264,9 @@ class EditTrunk:
     trunk: Trunk
 
 
-def _seed_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
-    """The noise `viva edit --seed seed` starts from (CPU generator, so the same on every device)."""
+def seed_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
+    """The noise `viva edit --seed seed` starts from (CPU generator, so the same on every device); stage judge_data
+    draws its outputs' noise here too, so each output is that seed's edit."""
     return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(int(seed)), dtype=torch.float32)
 
 
@@ -306,7 +307,7 @@ def edit_trunk(
     with blame_damaged_weights(editor), editor.dit_with_loras() as (dit, _):
         trunk = shared_trunk(
             _rows_velocity(editor, dit, source, cond, negative, settings.cfg, 1),
-            _seed_noise(source.latents.shape, settings.seed).to(editor.device),
+            seed_noise(source.latents.shape, settings.seed).to(editor.device),
             source.latents.to(editor.device),
             shared_steps=shared_steps,
             steps=settings.steps,
@@ -346,15 +347,15 @@ def edit_encoded_batch(
     if settings.cfg != 1.0 and negative is None:
         negative = unconditional(editor)
     with blame_damaged_weights(editor):
-        noise = torch.cat([_seed_noise(source.latents.shape, s) for s in seeds])
+        noise = torch.cat([seed_noise(source.latents.shape, s) for s in seeds]).to(editor.device)
         resume = None
         if trunk is not None:
             continues = torch.tensor([int(s) == trunk.seed for s in seeds])
-            resume = (trunk.trunk.step, branch_starts(trunk.trunk, noise.to(editor.device), continues))
+            resume = (trunk.trunk.step, branch_starts(trunk.trunk, noise, continues))
         with editor.dit_with_loras() as (dit, lora_reports):
             latents = sample(
                 _rows_velocity(editor, dit, source, cond, negative, settings.cfg, len(seeds)),
-                noise.to(editor.device),
+                noise,
                 source.latents.to(editor.device),
                 steps=settings.steps,
                 shift=settings.shift,

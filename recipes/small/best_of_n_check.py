@@ -100,13 +100,10 @@ def record(folder: str, agreement: dict, manifest: str, candidates: int) -> None
     print(f"recorded in {path}")
 
 
-def compare(clips, folder: Path, other: Path) -> dict:
+def compare(clips, mine: tuple[list[int], list[list[int]], list[dict]], folder: Path, other: Path) -> dict:
     """Per clip, this set's oracle EA (best of its candidates by the verifier) and mean EA (a random pick) minus the
-    other set's, averaged over clips, with 95% bootstrap intervals."""
-    (clip, groups, scores), (other_clip, other_groups, other_scores) = (
-        candidates(clips, folder),
-        candidates(clips, other),
-    )
+    other set's, averaged over clips, with 95% bootstrap intervals. `mine`: `candidates` of `folder`, loaded."""
+    (clip, groups, scores), (other_clip, other_groups, other_scores) = mine, candidates(clips, other)
     if [clip[g[0]] for g in groups] != [other_clip[g[0]] for g in other_groups]:
         raise SystemExit(f"{folder} and {other} do not hold the same clips' candidates")
     rows = {}
@@ -173,7 +170,7 @@ def main(argv: list[str]) -> None:
     if to_record:
         for label, path in judges:
             record(path, agreement[label], manifest, k)
-    compared = compare(clips, folder, other) if other else None
+    compared = compare(clips, (clip, groups, scores), folder, other) if other else None
     if json_out:
         summary = {"clips": len(groups), "candidates": k, "picks": result, "within_clip_ea_agreement": agreement}
         if compared:

@@ -176,7 +176,7 @@ def _editor_outputs(
     """uint8 [N * seeds, T, H, W, 3]: `seeds` edits of every clip (clip-major), `per_call` clips per DiT batch,
     sampled as `viva eval` samples (CFG against the empty prompt, the editor's shift and sampler); with
     `shared_steps`, branched as best-of-N branches them."""
-    from ...pipeline import decode_latents_batch, pad_tokens, unconditional
+    from ...pipeline import decode_latents_batch, pad_tokens, seed_noise, unconditional
     from .vae import encode_clips
 
     n, dev = len(clips), editor.device
@@ -195,13 +195,8 @@ def _editor_outputs(
                 src = encode_clips(vae, clips.source[idx], dev).repeat_interleave(seeds, 0)
             rows = [pad_tokens(text[clips.records[c]["instruction"]], length) for c in idx for _ in range(seeds)]
             cond = torch.cat(rows).to(dev, editor.dtype)
-            noise = torch.cat(
-                [
-                    torch.randn(src.shape[1:], generator=torch.Generator("cpu").manual_seed(output_seed(seed, c, s)))
-                    for c in idx
-                    for s in range(seeds)
-                ]
-            ).view(src.shape)
+            one = (1, *src.shape[1:])
+            noise = torch.cat([seed_noise(one, output_seed(seed, c, s)) for c in idx for s in range(seeds)])
 
             z = _sample_rows(dit, src, cond, negative, noise.to(dev), settings, editor.dtype, seeds, shared_steps)
             video = decode_latents_batch(editor, z)

@@ -7,8 +7,10 @@ on a GPU (README, "Small models")."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -409,6 +411,43 @@ def test_editor_and_judge_continue_from_the_bundled_folders(synth_npz, tmp_path)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     info = json.loads((judge / "viva_judge.json").read_text())
     assert info["difference_frames"] and "held_out_roc_auc" not in info
+    finer = S.run_stage(  # judge.vlm.patch 4 continues it with the patch embedding resampled, 64 tokens a frame
+        _cfg("judge", tmp_path / "j1", manifest, **{"judge.init": bundled.JUDGE, "optim.lr": 0.0, "judge.vlm.patch": 4})
+    )
+    key = "visual.patch_embed.proj.weight"
+    w = before[key].float()
+    assert _safetensors(finer)[key].equal(w.view(*w.shape[:3], 4, 2, 4, 2).sum((4, 6)).bfloat16())
+    assert json.loads((finer / "preprocessor_config.json").read_text())["patch_size"] == 4
+
+
+def test_a_finer_vision_patch_continues_the_same_model(tmp_path) -> None:
+    """`resample_vision_patch` 8 -> 4: the rewritten vision tower on a 64x64 frame equals the old one on that frame
+    upsampled 2x (nearest), against the old model run directly; a patch that does not divide the old one is refused."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from viva_core.compat import qwen2_vl_pil_image_processor
+
+    old = S.write_vlm_folder(tmp_path / "old", S.word_tokenizer(["a"], kind="qwen"), S.VLMSection(hidden=32), 0)
+    new = tmp_path / "new"
+    shutil.copytree(old, new)
+    S.resample_vision_patch(new, 4)
+    processor = qwen2_vl_pil_image_processor()
+    frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    big = processor(min_pixels=128 * 128, max_pixels=128 * 128, patch_size=8, merge_size=2, temporal_patch_size=2)
+    seen = {
+        old: big(images=[frame.repeat(2, 0).repeat(2, 1)], return_tensors="pt"),
+        new: processor.from_pretrained(new)(images=[frame], return_tensors="pt"),
+    }
+    tokens = {}
+    for folder, px in seen.items():
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder).eval()
+        with torch.no_grad():
+            out = model.model.visual(px["pixel_values"], grid_thw=px["image_grid_thw"])
+        tokens[folder] = getattr(out, "pooler_output", out)
+    assert tokens[new].shape[0] == 64  # 64 merged tokens per 64x64 frame, not 16
+    torch.testing.assert_close(tokens[new], tokens[old], rtol=0, atol=1e-5)
+    with pytest.raises(InputError, match="judge.vlm.patch = 1, 2, 4"):
+        S.resample_vision_patch(new, 3)
 
 
 def test_operation_weights_even_out_the_operations() -> None:

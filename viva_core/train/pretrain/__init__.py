@@ -40,7 +40,7 @@ from .config import (
 from .editor import EditorData, conditioning_tokens, grounding_targets, instructor_hidden, latent_masks, train_editor
 from .judge import CANDIDATE_LABELS, CANDIDATES, CandidateSet, _JudgeData, candidate_aucs, corrupt, train_judge
 from .judge_data import EditorOutputs, load_editor_outputs, write_judge_data
-from .models import new_vae, write_vlm_folder
+from .models import new_vae, resample_vision_patch, write_vlm_folder
 from .tokenizers import prompt_texts, save_tokenizer, vocabulary, word_tokenizer
 from .vae import train_vae
 
@@ -73,6 +73,7 @@ __all__ = [
     "new_vae",
     "operation_weights",
     "prompt_texts",
+    "resample_vision_patch",
     "run_stage",
     "save_tokenizer",
     "train_editor",

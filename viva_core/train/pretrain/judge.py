@@ -20,7 +20,7 @@ from .clips import ClipSet, frames_float, load_clip_set
 from .config import JUDGE_CANDIDATES, JudgeSection, ScratchConfig
 from .judge_data import EditorOutputs, load_editor_outputs
 from .loop import _autocast, _loop, _one_thread, _write_json
-from .models import check_vocabulary, save_small, write_vlm_folder
+from .models import check_vocabulary, resample_vision_patch, save_small, write_vlm_folder
 from .tokenizers import prompt_texts, vocabulary, word_tokenizer
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,8 @@ def judge_margins(vlm, inputs, yes_ids, no_ids, questions: int = 4, host_positio
 def _continued_judge(init: Path, folder: Path, sec: JudgeSection, words: list[str]) -> Path:
     """A copy of a judge folder this stage wrote, to continue training: it must see what this run shows (frames,
     difference frames) and know every training word. Its held-out scores describe the old weights, so they stay
-    behind (`judge_check.py --record` measures the new ones)."""
+    behind (`judge_check.py --record` measures the new ones). A smaller `judge.vlm.patch` than the folder's resamples
+    its patch embedding (`resample_vision_patch`): more visual tokens per frame, starting from what it learned."""
     from transformers import AutoTokenizer
 
     from ...judge import JUDGE_INFO_FILE, judge_info
@@ -311,6 +312,7 @@ def _continued_judge(init: Path, folder: Path, sec: JudgeSection, words: list[st
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(init, folder, ignore=shutil.ignore_patterns(JUDGE_INFO_FILE))
+    resample_vision_patch(folder, sec.vlm.patch)
     return folder
 
 

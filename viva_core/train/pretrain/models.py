@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -155,3 +156,36 @@ def same_files(a: Path, b: Path) -> bool:
     fa, fb = sorted(a.glob("*.safetensors")), sorted(b.glob("*.safetensors"))
     same_names = [f.name for f in fa] == [f.name for f in fb]
     return same_names and all(x.read_bytes() == y.read_bytes() for x, y in zip(fa, fb))
+
+
+def resample_vision_patch(folder: Path, patch: int) -> None:
+    """Rewrite a judge/instructor folder of this stage for vision patches of `patch` pixels (a divisor of its own):
+    the patch embedding summed over each (old / patch)^2 block of its kernel and the attention window scaled the same
+    way, so the rewritten model on a frame computes exactly what the old one computes on that frame upsampled by
+    old / patch (nearest). A warm start that sees finer detail (more visual tokens per frame) without forgetting what
+    the old model learned, FlexiViT-style; docs/small_models.md, section 36."""
+    from ...safe_io import load_safetensors, read_json_object, save_safetensors_atomic
+
+    config = read_json_object(folder / "config.json")
+    vision = config["vision_config"]
+    old = int(vision["patch_size"])
+    if patch == old:
+        return
+    if patch < 1 or old % patch:
+        raise InputError(
+            f"{folder}: its vision patches are {old} pixels; a continued model can take a divisor of that "
+            f"(judge.vlm.patch = {', '.join(str(p) for p in range(1, old + 1) if old % p == 0)}), not {patch}."
+        )
+    f = old // patch
+    key = "visual.patch_embed.proj.weight"
+    (weights_file,) = sorted(folder.glob("*.safetensors"))
+    tensors, metadata = load_safetensors(weights_file)
+    w = tensors[key]  # [out, channels, temporal, old, old]
+    tensors[key] = w.float().view(*w.shape[:3], patch, f, patch, f).sum((4, 6)).to(w.dtype).contiguous()
+    save_safetensors_atomic(weights_file, tensors, metadata)
+    vision["patch_size"] = patch
+    vision["window_size"] = int(vision["window_size"]) // f
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    pre = read_json_object(folder / "preprocessor_config.json")
+    pre["patch_size"] = patch
+    (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")

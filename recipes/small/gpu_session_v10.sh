@@ -83,7 +83,7 @@ if has jeval; then
   stamp jeval
   {
     eval_line judge_shipped data/eval_heldout/heldout.jsonl "--editor $SHIPPED --judge $JUDGE"
-    [ -d $R/judge/judge ] && eval_line judge_new data/eval_heldout/heldout.jsonl "--editor $SHIPPED --judge $R/judge/judge"
+    [ -f $R/judge/judge/viva_judge.json ] && eval_line judge_new data/eval_heldout/heldout.jsonl "--editor $SHIPPED --judge $R/judge/judge"
   } > runs/jeval_jobs.txt
   xargs -P 2 -I{} bash -c {} < runs/jeval_jobs.txt
   grep -H -A8 "judge" runs/eval/judge_*.log | grep -i "EA\|PC\|GN\|GR" | head -20
@@ -91,7 +91,7 @@ fi
 if has bon; then
   stamp bon
   $V pretrain recipes/small/judge_data.toml --set output_dir=$R/bon "${BON[@]}" > runs/bon_data.log 2>&1
-  NEWJ=""; [ -d $R/judge/judge ] && NEWJ="new=$R/judge/judge"
+  NEWJ=""; [ -f $R/judge/judge/viva_judge.json ] && NEWJ="new=$R/judge/judge"
   PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/best_of_n_check.py data/eval_heldout/heldout.jsonl \
     $R/bon/judge_data shipped=$JUDGE $NEWJ --json runs/best_of_n.json > runs/best_of_n.log 2>&1
   cat runs/best_of_n.log | grep -v Loading

@@ -11,6 +11,11 @@ Variants (`--variants`, in this fixed order: the compiled ones last, un-compiled
   ours       viva_core.pipeline.edit, default EditorOptions (SDPA, no compile, VAE fp32)
   cudnn      attention=sdpa_cudnn
   vae_bf16   vae_dtype=bf16 (+ PSNR of its decode against the fp32 decode of the same latents)
+  fast       sdpa_cudnn + vae bf16 (best without compile: the step cache's reference)
+  fast+fbcT  fast with the step cache (viva_core.step_cache, diffusers' First Block Cache) at threshold T (0.05,
+             0.1, 0.2); compile=blocks refuses the cache, so these run uncompiled. Each also reports its edit's PSNR and
+             SSIM against the uncached variant before the '+' (run first, added when not chosen) and how many DiT
+             calls ran all blocks
   compile    compile=blocks
   best       sdpa_cudnn + vae bf16 + compile=blocks
 Each: one warm-up edit of `--warmup-steps` (same shapes, so every kernel and the compile are warm; its seconds are
@@ -43,7 +48,7 @@ the calls of each phase in the timed best-of-N (1 VAE encode, N decodes, N judge
 DiT call per step for K candidates, decoded and judged one by one; its batched shapes warmed first), reported beside
 it with its peak and how far its best video is from the one-at-a-time run's.
 
-Defaults (30 steps, 1 repeat, 2-step warm-ups, all six variants) take ~4-5 min on an H200 (DiT + UMT5 + VAE
+Defaults (30 steps, 1 repeat, 2-step warm-ups, all ten variants) take ~6-7 min on an H200 (DiT + UMT5 + VAE
 resident, ~25 GiB); `--repeats 2` adds ~1.5 min; `--best-of 4` adds about six edits plus the judge's build and
 calls. `--shape tiny` runs the same code on tiny configs on the CPU with one torch thread (tests/test_bench_edit.py:
 baseline and ours must agree).
@@ -92,6 +97,19 @@ class Variant:
     attention: str = "sdpa"
     compile: str = "off"
     vae_dtype: str = "fp32"
+    step_cache: Optional[float] = None  # first_block threshold (viva_core.step_cache); None: off
+
+    @property
+    def base(self) -> str:
+        """The uncached variant this one's edit is compared with (itself without a step cache)."""
+        return self.name.partition("+")[0]
+
+    def options(self) -> str:
+        cache = "" if self.step_cache is None else f", step_cache=first_block:{self.step_cache:g}"
+        return f"attention={self.attention}, compile={self.compile}, vae_dtype={self.vae_dtype}{cache}"
+
+
+FAST = dict(attention="sdpa_cudnn", vae_dtype="bf16")
 
 
 VARIANTS = {
@@ -101,6 +119,8 @@ VARIANTS = {
         Variant("ours"),
         Variant("cudnn", attention="sdpa_cudnn"),
         Variant("vae_bf16", vae_dtype="bf16"),
+        Variant("fast", **FAST),
+        *(Variant(f"fast+fbc{t:g}", **FAST, step_cache=t) for t in (0.05, 0.1, 0.2)),
         Variant("compile", compile="blocks"),
         Variant("best", attention="sdpa_cudnn", vae_dtype="bf16", compile="blocks"),
     )
@@ -122,6 +142,10 @@ class Row:
     psnr_vs_baseline_db: Optional[float] = None
     psnr_vs_ours_db: Optional[float] = None
     decode_psnr_vs_fp32_db: Optional[float] = None  # bf16 VAE: decode of the same latents vs the fp32 VAE's
+    psnr_vs_uncached_db: Optional[float] = None  # step cache: the edit vs its uncached variant's (Variant.base)
+    ssim_vs_uncached: Optional[float] = None
+    dit_calls_computed: Optional[str] = None  # step cache: "computed/calls" DiT calls of the timed edit
+    computed_fraction: Optional[float] = None
     note: str = ""
 
 
@@ -307,6 +331,7 @@ class Bench:
         self.best_of: Optional[BestOfRow] = None
         self.best_of_result = None  # the timed best_of_n's BestOfN (the last repeat)
         self.best_of_editor = None  # the editor it ran with
+        self.last_edit = None  # ours_edit's last EditResult (its step cache count)
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -391,6 +416,7 @@ class Bench:
         from viva_core.editor import EditorOptions, available_attention_backends
         from viva_core.pipeline import edit
         from viva_core.settings import EditSettings
+        from viva_core.step_cache import StepCache
 
         note = ""
         attention = v.attention
@@ -407,10 +433,13 @@ class Bench:
         parts = dict(dit=self.dit, vae=vae, te=self.te, tokenizer=self.tokenizer)
         editor = rm.editor_in_memory(parts, options, "lucy")
         editor.sampling_defaults = {"sampler": "unipc", "shift": LUCY_SHIFT}  # what Lucy's scheduler config gives
+        if v.step_cache is not None:
+            editor = editor.with_step_cache(StepCache("first_block", v.step_cache))
 
         def run(steps: int) -> torch.Tensor:
             settings = EditSettings(steps=steps, cfg=self.args.cfg, seed=self.args.seed)
-            return edit(editor, self.video, editor.encode_text(PROMPT), settings=settings, fps=16.0).frames
+            self.last_edit = edit(editor, self.video, editor.encode_text(PROMPT), settings=settings, fps=16.0)
+            return self.last_edit.frames
 
         return run, editor, note
 
@@ -442,7 +471,7 @@ class Bench:
             options = "LucyEditPipeline, SDPA, CFG as two passes, VAE fp32"
         else:
             fn, editor, note = self.ours_edit(v, vae)
-            options = f"attention={v.attention}, compile={v.compile}, vae_dtype={v.vae_dtype}"
+            options = v.options()
         row = Row(v.name, options, note=note)
         t0 = time.perf_counter()
         fn(self.args.warmup_steps)
@@ -461,7 +490,7 @@ class Bench:
         if self.floor is not None:
             row.sampling_floor_s = round(self.floor, 3)
             row.x_floor_sampling = round(row.phases_s["sampling"] / self.floor, 2)
-        if v.name in ("diffusers", "ours"):
+        if v.name in ("diffusers", "ours") or any(VARIANTS[n].base == v.name != n for n in self.args.names):
             self.outputs[v.name] = out
         base = row if v.name == "diffusers" else next((r for r in self.rows if r.variant == "diffusers"), None)
         if base is not None:
@@ -472,6 +501,15 @@ class Bench:
             row.psnr_vs_ours_db = round(psnr(out, self.outputs["ours"]), 2)
         if editor is not None and v.vae_dtype != "fp32" and "z" in store:
             row.decode_psnr_vs_fp32_db = round(self.decode_psnr(editor, store["z"], out), 2)
+        if v.step_cache is not None:
+            from viva_core.eval.metrics import ssim
+
+            count = self.last_edit.step_cache
+            row.dit_calls_computed = f"{count.computed}/{count.calls}"
+            row.computed_fraction = round(count.computed / count.calls, 3)
+            if v.base in self.outputs:
+                row.psnr_vs_uncached_db = round(psnr(out, self.outputs[v.base]), 2)
+                row.ssim_vs_uncached = round(ssim(out.float().cpu(), self.outputs[v.base].float().cpu()), 4)
         if v.compile != "off":
             uncompile(self.dit)
         print(json.dumps(row.__dict__), flush=True)
@@ -542,8 +580,7 @@ class Bench:
         a = self.args
         vae = self.vae(v.vae_dtype)
         fn, editor, note = self.ours_edit(v, vae)
-        options = f"attention={v.attention}, compile={v.compile}, vae_dtype={v.vae_dtype}"
-        row = BestOfRow(n, v.name, options, note=note)
+        row = BestOfRow(n, v.name, v.options(), note=note)
         folder = Path(tempfile.mkdtemp(prefix="viva_bench_edit_judge_"))
         try:
             t0 = time.perf_counter()
@@ -641,6 +678,12 @@ def table(bench: Bench) -> str:
             notes.append(f"PSNR vs ours {f(r.psnr_vs_ours_db)} dB")
         if r.decode_psnr_vs_fp32_db is not None:
             notes.append(f"decode vs fp32 VAE {f(r.decode_psnr_vs_fp32_db)} dB")
+        if r.dit_calls_computed is not None:
+            base = VARIANTS[r.variant].base
+            notes.append(
+                f"step cache: {r.dit_calls_computed} DiT calls computed; vs uncached {base}: PSNR "
+                f"{f(r.psnr_vs_uncached_db)} dB, SSIM {f(r.ssim_vs_uncached, '{:.4f}')}"
+            )
         lines.append(
             f"| {r.variant} ({r.options}) | {f(r.seconds)} | {f(r.vs_baseline, '{:.3f}')} | "
             f"{f(r.x_floor_sampling)} | {f(r.peak_gib)} | {f(r.psnr_vs_baseline_db)} | {ph} | "
@@ -716,6 +759,7 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if args.best_of_batch < 1:
         p.error(f"--best-of-batch must be >= 1, got {args.best_of_batch}")
     args.names = rm.chosen(p, args.variants, VARIANTS, "variant(s)", args.shape)
+    args.names += [b for b in dict.fromkeys(VARIANTS[n].base for n in args.names) if b not in args.names]
     args.command = "PYTHONPATH=. python bench/bench_edit.py " + " ".join(sys.argv[1:] if argv is None else argv)
     return args
 

@@ -1,4 +1,4 @@
-"""Loader nodes: editor (DiT + VAE + UMT5), VLM (instructor / judge), LoRA. Declarations and calls only."""
+"""Loader nodes: editor (DiT + VAE + UMT5), VLM (instructor / judge), LoRA, step cache. Declarations and calls only."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ..viva_core.editor import (
 )
 from ..viva_core.errors import InputError
 from ..viva_core.lora import check_lora_fits
+from ..viva_core.step_cache import DEFAULT_THRESHOLD, MAX_THRESHOLD, STEP_CACHE_METHODS, step_cache_for
 from ..viva_core.vlm import load_vlm
 from . import common as c
 from .model_management import editor_host, vlm_host
@@ -257,3 +258,49 @@ class LoraLoader(io.ComfyNode):
         path = c.resolve_file("loras", lora)
         text = check_lora_fits(path, editor.transformer).summary()
         return io.NodeOutput(editor.with_lora(path, strength), text, ui=ui.PreviewText(text))
+
+
+class StepCache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VIVA_StepCache",
+            display_name="VIVA Step Cache",
+            category=c.CATEGORY,
+            description="Makes the editor reuse DiT work between sampling steps (diffusers' First Block Cache): "
+            "faster, at some cost in quality (measured in bench/RESULTS.md). The hooks are on the DiT only while "
+            "an edit samples, so other branches of the graph are unaffected.",
+            inputs=[
+                c.Editor.Input("editor", tooltip="The editor from VIVA Load Editor (or a LoRA loader)."),
+                io.Combo.Input(
+                    "method",
+                    options=list(STEP_CACHE_METHODS),
+                    default="off",
+                    tooltip="off: every step runs the whole DiT. first_block: each DiT call runs the first block; "
+                    "when its output changed little since the last full call, the other blocks are skipped and "
+                    "their cached contribution reused.",
+                ),
+                io.Float.Input(
+                    "threshold",
+                    default=DEFAULT_THRESHOLD,
+                    min=0.0,
+                    max=MAX_THRESHOLD,
+                    step=0.01,
+                    tooltip="first_block: the relative change of the first block's residual below which a call "
+                    "reuses the cache. 0 computes every call (the uncached edit); higher skips more calls: faster, "
+                    "further from the full edit.",
+                ),
+            ],
+            outputs=[
+                c.Editor.Output(
+                    "editor_with_step_cache",
+                    display_name="editor",
+                    tooltip="The same editor sampling with this step cache (the edit's report counts the DiT calls "
+                    "that ran all blocks).",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, editor, method: str, threshold: float) -> io.NodeOutput:
+        return io.NodeOutput(editor.with_step_cache(step_cache_for(method, threshold)))

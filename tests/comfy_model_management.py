@@ -39,11 +39,12 @@ spec.loader.exec_module(pack)
 
 from comfyui_viva.nodes.common import register_model_folders  # noqa: E402
 from comfyui_viva.nodes.edit import EditVideo, EncodeInstruction, JudgeEdit, LoadVideo  # noqa: E402
-from comfyui_viva.nodes.loaders import LoadEditor, LoadVLM, LoraLoader  # noqa: E402
+from comfyui_viva.nodes.loaders import LoadEditor, LoadVLM, LoraLoader, StepCache  # noqa: E402
 from comfyui_viva.nodes.model_management import latent_format, previewer  # noqa: E402
 from comfyui_viva.viva_core.editor import EditorOptions, load_editor  # noqa: E402
 from comfyui_viva.viva_core.pipeline import EditSettings, edit  # noqa: E402
 from comfyui_viva.viva_core.preview import preview_rgb_factors  # noqa: E402
+from comfyui_viva.viva_core.step_cache import StepCache as CoreStepCache  # noqa: E402
 
 register_model_folders()
 calls: list[tuple[int, int, object]] = []
@@ -129,6 +130,33 @@ settings = EditSettings(steps=STEPS, cfg=5.0, seed=0, shift=5.0, strength=1.0, s
 for name, hosted, ed in (("lora", first, core_lora), ("plain", plain, core)):
     ref = edit(ed, frames, cond.positive, negative=cond.negative, settings=settings, fps=8.0).frames
     out[f"core_max_diff_{name}"] = float((ref - hosted).abs().max())
+
+# VIVA Step Cache on the hosted LoRA editor: threshold 0 is the plain hosted edit, a large one skips calls and
+# equals viva_core's own cached edit; no cache hooks stay on the shared DiT; method "off" passes the editor through
+zero_cache = result(StepCache.execute(lora_editor, "first_block", 0.0))[0]
+out["step_cache_zero_identical"] = torch.equal(
+    result(EditVideo.execute(zero_cache, cond, images=frames, **SAMPLING))[0], first
+)
+big_cache = result(StepCache.execute(lora_editor, "first_block", 10.0))[0]
+cached_frames, _, cached_report = result(EditVideo.execute(big_cache, cond, images=frames, **SAMPLING))
+out["step_cache_report"] = cached_report.splitlines()[-1]
+out["step_cache_changes_edit"] = not torch.equal(cached_frames, first)
+ref = edit(
+    core_lora.with_step_cache(CoreStepCache("first_block", 10.0)),
+    frames,
+    cond.positive,
+    negative=cond.negative,
+    settings=settings,
+    fps=8.0,
+).frames
+out["step_cache_core_max_diff"] = float((ref - cached_frames).abs().max())
+out["step_cache_hooks_left"] = [
+    n for n, m in editor.transformer.named_modules() if getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks
+]
+out["step_cache_off_is_none"] = result(StepCache.execute(lora_editor, "off", 0.3))[0].step_cache is None
+out["step_cache_after_identical"] = torch.equal(
+    result(EditVideo.execute(lora_editor, cond, images=frames, **SAMPLING))[0], first
+)
 
 # fp8-stored DiT: ComfyUI would round W + dW back to fp8, so the host leaves the LoRA to viva_core's side path
 fp8 = result(LoadEditor.execute(**dict(EDITOR, fp8_storage=True)))[0]

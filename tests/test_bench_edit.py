@@ -70,6 +70,40 @@ def test_with_float_timesteps_the_baseline_is_ours_to_rounding(monkeypatch):
     assert rows["ours"].psnr_vs_baseline_db >= 100, rows["ours"]
 
 
+def test_tiny_step_cache_variants_run_their_uncached_variant_and_compare_with_it(capsys):
+    """`fast+fbcT`: the `fast` variant (run first, though not chosen) with the step cache; its edit's PSNR / SSIM
+    against fast's and the DiT calls that ran all blocks, counted by the cache and by a hook on the last block."""
+    be = _module()
+    calls = {"computed": 0}
+
+    from viva_core.eval.metrics import ssim
+
+    original = be.Bench.build
+
+    def build(self):
+        original(self)
+        self.dit.blocks[-1].ffn.register_forward_hook(lambda *_: calls.__setitem__("computed", calls["computed"] + 1))
+
+    be.Bench.build = build
+    try:
+        bench = be.main([*TINY, "--variants", "fast+fbc0.05,fast+fbc0.2"])
+    finally:
+        be.Bench.build = original
+    rows = _rows(bench)
+    assert list(rows) == ["fast", "fast+fbc0.05", "fast+fbc0.2"]
+    assert rows["fast"].dit_calls_computed is None and rows["fast"].psnr_vs_uncached_db is None
+    zero, skipping = rows["fast+fbc0.05"], rows["fast+fbc0.2"]  # 0.05 skips none of the 3 tiny calls, 0.2 two
+    assert zero.dit_calls_computed == "3/3" and zero.psnr_vs_uncached_db == math.inf and zero.ssim_vs_uncached == 1
+    assert skipping.dit_calls_computed == "1/3" and skipping.computed_fraction == pytest.approx(1 / 3, abs=1e-3)
+    assert 30 < skipping.psnr_vs_uncached_db < math.inf and 0.9 < skipping.ssim_vs_uncached < 1, skipping
+    # the hook counted every variant's warm-up (1 call each) and timed edit: fast 3, fbc0.05 3, fbc0.2 1
+    assert calls["computed"] == 3 * 1 + 3 + 3 + 1, calls
+    last = bench.last_edit.frames
+    assert skipping.ssim_vs_uncached == pytest.approx(round(ssim(last, bench.outputs["fast"]), 4))
+    out = capsys.readouterr().out
+    assert "step cache: 1/3 DiT calls computed; vs uncached fast: PSNR" in out
+
+
 @pytest.mark.slow  # torch.compile on the CPU: ~20 s with a cold inductor cache
 def test_tiny_compiled_variants_run_and_are_undone(tmp_path):
     be = _module()

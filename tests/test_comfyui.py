@@ -34,6 +34,7 @@ NODE_IDS = (
     "VIVA_LoadEditor",
     "VIVA_LoadVLM",
     "VIVA_LoraLoader",
+    "VIVA_StepCache",
     "VIVA_LoadVideo",
     "VIVA_EncodeInstruction",
     "VIVA_EditVideo",
@@ -439,6 +440,10 @@ def test_models_are_under_comfyuis_model_management(models):
     assert r["plain_differs_from_lora"], r  # the LoRA changes the edit, so the comparisons above can fail
     assert r["core_max_diff_lora"] < 1e-6 and r["core_max_diff_plain"] < 1e-6, r
     assert r["fp8_core_max_diff_lora"] < 1e-6 and r["fp8_lora_changes_edit"] and r["fp8_weights_untouched"], r
+    # VIVA Step Cache: threshold 0 = no cache; 10 computes only the first of 4 calls, as viva_core alone does it
+    assert r["step_cache_zero_identical"] and r["step_cache_changes_edit"] and r["step_cache_core_max_diff"] < 1e-6, r
+    assert r["step_cache_report"] == "step cache first_block 10: 1 of 4 DiT calls computed", r
+    assert r["step_cache_hooks_left"] == [] and r["step_cache_off_is_none"] and r["step_cache_after_identical"], r
     assert r["progress"] == [[i, 4] for i in range(1, 5)], r
     assert r["previews"] == [["JPEG", [4, 4]]] * 4, r  # one latent2rgb image per step, at the latents' 4x4
     assert r["latent_formats"] == ["VivaLatentFormat", "Wan21"], r  # the small VAE's own factors (issue 12)

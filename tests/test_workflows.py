@@ -22,6 +22,7 @@ OUR_NODES = {
     "VIVA_LoadEditor",
     "VIVA_LoadVLM",
     "VIVA_LoraLoader",
+    "VIVA_StepCache",
     "VIVA_LoadVideo",
     "VIVA_EncodeInstruction",
     "VIVA_EditVideo",

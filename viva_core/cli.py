@@ -96,6 +96,16 @@ def lora_arg(text: str) -> str:
     return text
 
 
+def step_cache_arg(text: str):
+    """first_block[:THRESHOLD] | off -> a StepCache or None (viva_core.step_cache.parse_step_cache)."""
+    from .step_cache import parse_step_cache
+
+    try:
+        return parse_step_cache(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 # ---------------------------------------------------------------- output paths
 
 
@@ -283,6 +293,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     editor = load_editor_from_args(args, encode_first=True)
     for spec in args.lora or []:
         editor = editor.with_lora(*parse_lora_arg(spec))
+    editor = editor.with_step_cache(args.step_cache)
     vlm, mode = load_instructor_from_args(args)
     reference = read_image(args.reference) if args.reference else None
     cond, prompt = build_conditioning(
@@ -692,6 +703,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--judge-frames", type=POSITIVE_INT, default=4)
     e.add_argument("--negative", type=text_arg, default="", help="negative prompt for CFG")
+    e.add_argument(
+        "--step-cache",
+        type=step_cache_arg,
+        default=None,
+        metavar="SPEC",
+        help="reuse DiT work between steps (diffusers' First Block Cache): first_block[:THRESHOLD], e.g. "
+        "first_block:0.05; a DiT call whose first block changed less than THRESHOLD skips the other blocks. Trades "
+        "quality for speed: PSNR / SSIM / EA against the full run in bench/RESULTS.md (default off)",
+    )
     add_sampling_options(e)
     e.add_argument("--stride", type=POSITIVE_INT, default=1, help="keep every Nth source frame")
     e.add_argument(

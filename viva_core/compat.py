@@ -183,6 +183,23 @@ def wan_single_file_converter(part: str) -> Callable[[dict], dict]:
     return fn
 
 
+def invalidate_hook_registries(model: torch.nn.Module) -> None:
+    """Make diffusers rebuild its list of the hook registries under `model` (`HookRegistry._get_child_registries`
+    caches it at the first `cache_context`). diffusers >= 0.42 does this itself when a cache is enabled or disabled
+    (`invalidate_child_registries_cache`); 0.40 and 0.41 keep the stale list, so hooks added to modules that had no
+    registry when the list was built (a step cache after a LucyEditPipeline run, say) would never get the cache
+    context ("No context is set")."""
+    from diffusers.hooks import HookRegistry
+
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    if hasattr(registry, "invalidate_child_registries_cache"):
+        registry.invalidate_child_registries_cache()
+        return
+    for module in model.modules():  # the same on 0.40 / 0.41: every registry's cached list dropped
+        if hasattr(module, "_diffusers_hook"):
+            module._diffusers_hook._child_registries_cache = None
+
+
 # -------------------------------------------------------------------------------------------------------- torch
 
 

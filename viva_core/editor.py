@@ -30,6 +30,7 @@ from .errors import InputError, ModelLoadError, NonFiniteError
 from .lora import LoraKeyReport, LoraSpec, applied_loras, check_lora_fits, install_fp8_lora_hooks
 from .runtime import ModelHost, cpu_has_bf16_matmul, parse_device, parse_dtype
 from .safe_io import load_safetensors, read_json_object, read_metadata_json
+from .step_cache import StepCache, check_step_cache
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Editor:
     device: torch.device
     dtype: torch.dtype
     loras: tuple[LoraSpec, ...] = ()
+    step_cache: Optional[StepCache] = None  # reuse of DiT work between steps (viva_core.step_cache); None: off
     max_text_tokens: int = 512
     notes: list[str] = field(default_factory=list)
     native_size: Optional[tuple[int, int]] = None  # (H, W) a small model was trained at; sources are fit into it
@@ -131,6 +133,12 @@ class Editor:
             check_lora_fits(path, self.transformer)
         return dataclasses.replace(self, loras=self.loras + (LoraSpec(str(path), float(strength)),))
 
+    def with_step_cache(self, cache: Optional[StepCache]) -> Editor:
+        """A new Editor that samples with `cache` (None: without one), sharing the modules; a combination that does
+        not work with this editor's options fails here."""
+        check_step_cache(cache, self.transformer, self.options.compile)
+        return dataclasses.replace(self, step_cache=cache)
+
     def nonfinite_weights(self) -> list[str]:
         """'part: tensor' for every weight holding NaN/Inf. A pass over all weights, so it runs only after a model
         produced NaN/Inf, to tell a damaged file from an overflow (a load-time scan would cost every user seconds)."""
@@ -163,6 +171,8 @@ class Editor:
             f"attention {self.options.attention}, compile {self.options.compile}"
         ]
         parts += [f"LoRA {Path(s.path).name} @ {s.strength:g}" for s in self.loras]
+        if self.step_cache is not None:
+            parts.append(f"step cache {self.step_cache.label()}")
         return "; ".join(parts + self.notes)
 
     # ---- placement ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from .lora import LoraKeyReport
 from .runtime import ProgressFn, no_progress
 from .sampling import NUM_TRAIN_TIMESTEPS, Trunk, branch_starts, sample, shared_trunk
 from .settings import EditSettings
+from .step_cache import StepCacheCount, step_cached
 from .video import Audio, ConformReport, conform_frames, format_size, trim_audio, unconform_frames
 
 
@@ -31,6 +32,7 @@ class EditResult:
     lora_reports: list[LoraKeyReport] = field(default_factory=list)
     seed: int = 0
     seconds: float = 0.0
+    step_cache: Optional[StepCacheCount] = None  # with a step cache: how many DiT calls of its sampling run computed
 
     def summary(self) -> str:
         size = format_size(self.frames.shape[1], self.frames.shape[2])
@@ -38,6 +40,8 @@ class EditResult:
         if self.conform.changed:
             lines.append(self.conform.message())
         lines += [r.summary() for r in self.lora_reports]
+        if self.step_cache is not None:
+            lines.append(self.step_cache.summary())
         return "\n".join(line for line in lines if line)
 
 
@@ -304,7 +308,11 @@ def edit_trunk(
     settings.check()
     if settings.cfg != 1.0 and negative is None:
         negative = unconditional(editor)
-    with blame_damaged_weights(editor), editor.dit_with_loras() as (dit, _):
+    with (
+        blame_damaged_weights(editor),
+        editor.dit_with_loras() as (dit, _),
+        step_cached(dit, editor.step_cache, editor.options.compile),
+    ):
         trunk = shared_trunk(
             _rows_velocity(editor, dit, source, cond, negative, settings.cfg, 1),
             seed_noise(source.latents.shape, settings.seed).to(editor.device),
@@ -352,7 +360,10 @@ def edit_encoded_batch(
         if trunk is not None:
             continues = torch.tensor([int(s) == trunk.seed for s in seeds])
             resume = (trunk.trunk.step, branch_starts(trunk.trunk, noise, continues))
-        with editor.dit_with_loras() as (dit, lora_reports):
+        with (
+            editor.dit_with_loras() as (dit, lora_reports),
+            step_cached(dit, editor.step_cache, editor.options.compile) as cached,
+        ):
             latents = sample(
                 _rows_velocity(editor, dit, source, cond, negative, settings.cfg, len(seeds)),
                 noise,
@@ -375,6 +386,15 @@ def edit_encoded_batch(
             videos.append(unconform_frames(out, source.conform))
     seconds = source.seconds + time.perf_counter() - t0
     return [
-        EditResult(out, fps, trim_audio(audio, out.shape[0] / fps), source.conform, lora_reports, int(seed), seconds)
+        EditResult(
+            out,
+            fps,
+            trim_audio(audio, out.shape[0] / fps),
+            source.conform,
+            lora_reports,
+            int(seed),
+            seconds,
+            step_cache=cached,
+        )
         for out, seed in zip(videos, seeds)
     ]

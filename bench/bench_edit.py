@@ -13,11 +13,12 @@ Variants (`--variants`, in this fixed order: the compiled ones last, un-compiled
   vae_bf16   vae_dtype=bf16 (+ PSNR of its decode against the fp32 decode of the same latents)
   fast       sdpa_cudnn + vae bf16 (best without compile: the step cache's reference)
   fast+fbcT  fast with the step cache (viva_core.step_cache, diffusers' First Block Cache) at threshold T (0.05,
-             0.1, 0.2); compile=blocks refuses the cache, so these run uncompiled. Each also reports its edit's PSNR and
-             SSIM against the uncached variant before the '+' (run first, added when not chosen) and how many DiT
-             calls ran all blocks
+             0.1, 0.2). Each also reports its edit's PSNR and SSIM against the uncached variant before the '+' (run
+             first, added when not chosen) and how many DiT calls ran all blocks
   compile    compile=blocks
   best       sdpa_cudnn + vae bf16 + compile=blocks
+  best+fbcT  best with the step cache at threshold T (0.1, 0.2, 0.5, 1, 2: random weights change more between steps
+             than trained ones, so the larger ones show the time a skipped call saves at this shape)
 Each: one warm-up edit of `--warmup-steps` (same shapes, so every kernel and the compile are warm; its seconds are
 reported as `first call`), then `--repeats` timed edits (median). Per edit: wall seconds (synchronized), peak
 `max_memory_allocated`, phase split from CUDA events on hooks of the shared parts (text encoder calls, vae.encode,
@@ -48,7 +49,7 @@ the calls of each phase in the timed best-of-N (1 VAE encode, N decodes, N judge
 DiT call per step for K candidates, decoded and judged one by one; its batched shapes warmed first), reported beside
 it with its peak and how far its best video is from the one-at-a-time run's.
 
-Defaults (30 steps, 1 repeat, 2-step warm-ups, all ten variants) take ~6-7 min on an H200 (DiT + UMT5 + VAE
+Defaults (30 steps, 1 repeat, 2-step warm-ups, all twelve variants) take ~7-8 min on an H200 (DiT + UMT5 + VAE
 resident, ~25 GiB); `--repeats 2` adds ~1.5 min; `--best-of 4` adds about six edits plus the judge's build and
 calls. `--shape tiny` runs the same code on tiny configs on the CPU with one torch thread (tests/test_bench_edit.py:
 baseline and ours must agree).
@@ -123,6 +124,10 @@ VARIANTS = {
         *(Variant(f"fast+fbc{t:g}", **FAST, step_cache=t) for t in (0.05, 0.1, 0.2)),
         Variant("compile", compile="blocks"),
         Variant("best", attention="sdpa_cudnn", vae_dtype="bf16", compile="blocks"),
+        *(
+            Variant(f"best+fbc{t:g}", attention="sdpa_cudnn", vae_dtype="bf16", compile="blocks", step_cache=t)
+            for t in (0.1, 0.2, 0.5, 1, 2)
+        ),
     )
 }
 
@@ -288,11 +293,10 @@ def captured_latents(store: dict):
 
 
 def uncompile(module: torch.nn.Module) -> None:
-    """Undo `compile_repeated_blocks` (nn.Module.compile sets _compiled_call_impl) so the next variant compiles
-    with its own attention backend."""
-    for m in module.modules():
-        if getattr(m, "_compiled_call_impl", None) is not None:
-            m._compiled_call_impl = None
+    """Undo `compile_dit` so the next variant compiles with its own attention backend."""
+    from viva_core.editor import uncompile_dit
+
+    uncompile_dit(module)
     torch._dynamo.reset()
 
 

@@ -263,11 +263,27 @@ def test_group_offloading_hooks_on_the_same_blocks(folder, frames, cond):
     assert cache_hooks(ed.transformer) == before and before
 
 
+@pytest.mark.slow  # torch.compile on the CPU
+def test_compiled_blocks_cache_like_the_uncompiled_dit(folder, frames, cond):
+    """compile=blocks compiles each block's forward (editor.compile_dit), so the cache's hooks wrap the compiled
+    forward: the same skips and the same edit up to kernel rounding as the uncompiled DiT, hooks gone afterwards, and
+    `uncompile_dit` leaves the plain forward."""
+    from viva_core.editor import uncompile_dit
+
+    plain = load_editor(str(folder), options=EditorOptions(dtype="fp32", device="cpu"))
+    compiled = load_editor(str(folder), options=EditorOptions(dtype="fp32", device="cpu", compile="blocks"))
+    assert all(hasattr(b.__dict__.get("forward"), "_torchdynamo_orig_callable") for b in compiled.transformer.blocks)
+    want = edit(plain.with_step_cache(SKIPPING), frames, cond, settings=SETTINGS)
+    got = edit(compiled.with_step_cache(SKIPPING), frames, cond, settings=SETTINGS)
+    assert got.step_cache.summary() == want.step_cache.summary() and want.step_cache.computed < 6
+    torch.testing.assert_close(got.frames, want.frames, rtol=0, atol=1e-4)
+    assert cache_hooks(compiled.transformer) == cache_hooks(plain.transformer)
+    uncompile_dit(compiled.transformer)
+    assert not any("forward" in b.__dict__ for b in compiled.transformer.blocks)
+
+
 def test_refused_combinations_name_the_reason(editor):
-    compiled = dataclasses.replace(editor, options=dataclasses.replace(editor.options, compile="blocks"))
-    with pytest.raises(InputError, match="compile=blocks.*compile off or full"):
-        compiled.with_step_cache(SKIPPING)
-    assert compiled.with_step_cache(None).step_cache is None  # off is always fine
+    assert editor.with_step_cache(None).step_cache is None  # off is always fine
     one_block = dataclasses.replace(editor, transformer=_one_block_dit())
     with pytest.raises(InputError, match="at least 2 blocks"):
         one_block.with_step_cache(SKIPPING)

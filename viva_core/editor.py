@@ -136,7 +136,7 @@ class Editor:
     def with_step_cache(self, cache: Optional[StepCache]) -> Editor:
         """A new Editor that samples with `cache` (None: without one), sharing the modules; a combination that does
         not work with this editor's options fails here."""
-        check_step_cache(cache, self.transformer, self.options.compile)
+        check_step_cache(cache, self.transformer)
         return dataclasses.replace(self, step_cache=cache)
 
     def nonfinite_weights(self) -> list[str]:
@@ -727,11 +727,32 @@ def configure_dit(t: torch.nn.Module, o: EditorOptions, compute_dtype: torch.dty
 
 def compile_dit(t: torch.nn.Module, mode: str) -> None:
     """'blocks' compiles the repeated transformer block once (short compile); 'full' the whole DiT, in place so
-    module names (LoRA targets) stay the same."""
+    module names (LoRA targets) stay the same.
+
+    'blocks' compiles each repeated block's `forward` (the blocks diffusers' `compile_repeated_blocks` picks, one graph
+    for all of them), not the module's call as `compile_repeated_blocks` does: hooks that wrap a block's forward later
+    then call the compiled forward instead of being traced into it (the step cache's hooks: dynamo cannot trace them
+    with fullgraph)."""
     if mode == "blocks":
-        t.compile_repeated_blocks(fullgraph=True)
+        names = set(getattr(t, "_repeated_blocks", None) or ())
+        blocks = [m for m in t.modules() if type(m).__name__ in names]
+        if not blocks:
+            raise InputError(
+                f"compile 'blocks' needs a DiT that names its repeated blocks; {type(t).__name__} does not."
+            )
+        for block in blocks:
+            block.forward = torch.compile(block.forward, fullgraph=True)
     elif mode == "full":
         t.compile()
+
+
+def uncompile_dit(t: torch.nn.Module) -> None:
+    """Undo `compile_dit` (benchmarks compare modes on one DiT)."""
+    for m in t.modules():
+        if hasattr(m.__dict__.get("forward"), "_torchdynamo_orig_callable"):  # torch.compile's wrapper, not a hook's
+            del m.forward
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
 
 
 def _place(editor: Editor, encode_first: bool = False) -> None:

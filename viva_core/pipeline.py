@@ -311,7 +311,7 @@ def edit_trunk(
     with (
         blame_damaged_weights(editor),
         editor.dit_with_loras() as (dit, _),
-        step_cached(dit, editor.step_cache, editor.options.compile),
+        step_cached(dit, editor.step_cache),
     ):
         trunk = shared_trunk(
             _rows_velocity(editor, dit, source, cond, negative, settings.cfg, 1),
@@ -362,7 +362,7 @@ def edit_encoded_batch(
             resume = (trunk.trunk.step, branch_starts(trunk.trunk, noise, continues))
         with (
             editor.dit_with_loras() as (dit, lora_reports),
-            step_cached(dit, editor.step_cache, editor.options.compile) as cached,
+            step_cached(dit, editor.step_cache) as cached,
         ):
             latents = sample(
                 _rows_velocity(editor, dit, source, cond, negative, settings.cfg, len(seeds)),

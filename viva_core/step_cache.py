@@ -16,8 +16,8 @@ not bit-equal to its seed's lone edit (one at a time it is).
 
 Tried on the tiny test DiT on the CPU (tests/test_step_cache.py): works with LoRA stacks (merged, and unmerged on fp8
 weights), fp8 storage, diffusers' group offloading hooks on the same blocks (offload=block's; applied CPU to CPU here,
-not yet run on a GPU) and compile=full; refused with compile=blocks, whose fullgraph-compiled blocks cannot trace the
-cache's hooks (dynamo: "Unsupported hasattr call" in the hooked block forward).
+not yet run on a GPU), compile=full and compile=blocks (`editor.compile_dit` compiles each block's forward, which the
+cache's hooks then call: compiling the block's whole call traced the hooks, which dynamo refuses with fullgraph).
 
 Not offered (tried on the tiny test DiT, diffusers 0.42, 12 calls, interval 3):
 - TaylorSeer (`TaylorSeerCacheConfig`): its default module patterns (``^blocks.*attn``) match none of Wan's
@@ -107,7 +107,7 @@ def step_cache_for(method: str, threshold: float) -> Optional[StepCache]:
     return None if method == "off" else StepCache(method, float(threshold))
 
 
-def check_step_cache(cache: Optional[StepCache], dit: torch.nn.Module, compile_mode: str = "off") -> None:
+def check_step_cache(cache: Optional[StepCache], dit: torch.nn.Module) -> None:
     """The combinations that do not work, refused up front (before any sampling) with the reason."""
     if cache is None:
         return
@@ -115,12 +115,6 @@ def check_step_cache(cache: Optional[StepCache], dit: torch.nn.Module, compile_m
         raise InputError(f"step caching needs a diffusers DiT with cache hooks (CacheMixin); got {type(dit).__name__}.")
     if len(getattr(dit, "blocks", ())) < 2:
         raise InputError("the first_block step cache needs a DiT with at least 2 blocks (a first and a last one).")
-    if compile_mode == "blocks":
-        raise InputError(
-            "step caching does not work with compile=blocks: the blocks are compiled with fullgraph=True and "
-            "torch.compile cannot trace the cache's hooks on them. Load the editor with compile off or full, or "
-            "leave the step cache off."
-        )
 
 
 @dataclass
@@ -145,9 +139,7 @@ def _leader_state(dit: torch.nn.Module):
 
 
 @contextlib.contextmanager
-def step_cached(
-    dit: torch.nn.Module, cache: Optional[StepCache], compile_mode: str = "off"
-) -> Iterator[Optional[StepCacheCount]]:
+def step_cached(dit: torch.nn.Module, cache: Optional[StepCache]) -> Iterator[Optional[StepCacheCount]]:
     """`dit` with `cache`'s hooks for the `with` block (one sampling run, one cache context), counting its calls;
     the hooks are removed after it, also on an error. None: nothing changes, None is yielded."""
     if cache is None:
@@ -155,7 +147,7 @@ def step_cached(
         return
     from .compat import invalidate_hook_registries
 
-    check_step_cache(cache, dit, compile_mode)
+    check_step_cache(cache, dit)
     dit.enable_cache(cache.diffusers_config())
     count = StepCacheCount(cache.label())
 

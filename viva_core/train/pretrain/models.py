@@ -178,7 +178,9 @@ def resample_vision_patch(folder: Path, patch: int) -> None:
         )
     f = old // patch
     key = "visual.patch_embed.proj.weight"
-    (weights_file,) = sorted(folder.glob("*.safetensors"))
+    weights_file = next((f for f in sorted(folder.glob("*.safetensors")) if key in load_safetensors(f)[0]), None)
+    if weights_file is None:
+        raise InputError(f"{folder}: no safetensors file holds {key}; is it a Qwen2.5-VL folder of this stage?")
     tensors, metadata = load_safetensors(weights_file)
     w = tensors[key]  # [out, channels, temporal, old, old]
     tensors[key] = w.float().view(*w.shape[:3], patch, f, patch, f).sum((4, 6)).to(w.dtype).contiguous()

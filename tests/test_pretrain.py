@@ -448,6 +448,12 @@ def test_a_finer_vision_patch_continues_the_same_model(tmp_path) -> None:
     torch.testing.assert_close(tokens[new], tokens[old], rtol=0, atol=1e-5)
     with pytest.raises(InputError, match="judge.vlm.patch = 1, 2, 4"):
         S.resample_vision_patch(new, 3)
+    from safetensors.torch import save_file
+
+    (new / "model.safetensors").unlink()
+    save_file({"other": torch.zeros(1)}, str(new / "model.safetensors"))
+    with pytest.raises(InputError, match="no safetensors file holds visual.patch_embed.proj.weight"):
+        S.resample_vision_patch(new, 2)
 
 
 def test_operation_weights_even_out_the_operations() -> None:

@@ -320,3 +320,47 @@ def test_step_cache_arg_is_an_argparse_type():
     assert step_cache_arg("first_block:0.1") == StepCache("first_block", 0.1)
     with pytest.raises(argparse.ArgumentTypeError, match="unknown method"):
         step_cache_arg("fbc")
+
+
+def test_viva_eval_scores_the_cached_editor(tmp_path, folder, capsys):
+    """`viva eval --editor ... --step-cache` scores the edits of the cached editor (the same as evaluating it
+    in-process), not the uncached ones; without --editor, or with --ceiling, the flag is refused."""
+    import json
+
+    from viva_core.cli import main
+    from viva_core.eval import evaluate
+    from viva_core.synth import generate
+
+    manifest = generate(tmp_path / "d", n=2, seed=1, format="npz", splits=(1, 0, 0), frames=5, size=32)["train"]
+    args = ["eval", str(manifest), "--editor", str(folder), "--no-outputs", "--steps", "4", "--sampler", "euler"]
+    cpu = ["--dtype", "fp32", "--device", "cpu"]
+    assert main([*args, "--report", str(tmp_path / "r"), *cpu, "--step-cache", "first_block:10"]) == 0
+    got = [s["psnr"] for s in json.loads((tmp_path / "r" / "report.json").read_text())["scores"]]
+    editor = load_editor(str(folder), options=EditorOptions(dtype="fp32", device="cpu"))
+    negative, settings = editor.encode_text(""), EditSettings(steps=4, sampler="euler")
+
+    def psnrs(ed) -> list[float]:
+        def run(record, frames):
+            return edit(ed, frames, ed.encode_text(record.instruction), negative=negative, settings=settings).frames
+
+        return [s.psnr for s in evaluate(manifest, run).scores]
+
+    assert got == pytest.approx(psnrs(editor.with_step_cache(StepCache("first_block", 10.0))), abs=1e-4)
+    assert got != pytest.approx(psnrs(editor), abs=1e-4)
+    assert (
+        main(
+            [
+                "eval",
+                str(manifest),
+                "--outputs",
+                str(tmp_path),
+                "--report",
+                str(tmp_path / "x"),
+                "--step-cache",
+                "first_block",
+            ]
+        )
+        == 2
+    )
+    assert main([*args, "--ceiling", "--report", str(tmp_path / "y"), *cpu, "--step-cache", "first_block"]) == 2
+    assert capsys.readouterr().err.count("it goes with --editor, not --ceiling") == 2

@@ -396,6 +396,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     if args.ceiling and not args.editor:
         raise InputError("--ceiling scores an editor's VAE round trip of the ground truth: name the --editor.")
+    if args.step_cache and (args.ceiling or not args.editor):
+        raise InputError("--step-cache changes how --editor samples its edits; it goes with --editor, not --ceiling.")
     if args.no_outputs and not args.editor:
         raise InputError("--no-outputs goes with --editor (it skips saving the edits that --editor makes).")
     inputs = [
@@ -437,6 +439,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         editor = load_editor_from_args(args, encode_first=mode == "text")
         for spec in args.lora or []:
             editor = editor.with_lora(*parse_lora_arg(spec))
+        editor = editor.with_step_cache(args.step_cache)
         negative = negative_conditioning(editor, args.negative)
         settings = sampling_settings(args)
         encoded = {}
@@ -647,6 +650,19 @@ def sampling_settings(args: argparse.Namespace) -> EditSettings:
     )
 
 
+def add_step_cache_option(sp: argparse.ArgumentParser) -> None:
+    """--step-cache, for the commands that sample edits (edit, eval)."""
+    sp.add_argument(
+        "--step-cache",
+        type=step_cache_arg,
+        default=None,
+        metavar="SPEC",
+        help="reuse DiT work between steps (diffusers' First Block Cache): first_block[:THRESHOLD], e.g. "
+        "first_block:0.05; a DiT call whose first block changed less than THRESHOLD skips the other blocks. Trades "
+        "quality for speed: PSNR / SSIM / EA against the full run in bench/RESULTS.md (default off)",
+    )
+
+
 def add_editor_options(sp: argparse.ArgumentParser) -> None:
     """How the editor runs (the options of EditorOptions), shared by every command that loads one."""
     sp.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
@@ -703,15 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--judge-frames", type=POSITIVE_INT, default=4)
     e.add_argument("--negative", type=text_arg, default="", help="negative prompt for CFG")
-    e.add_argument(
-        "--step-cache",
-        type=step_cache_arg,
-        default=None,
-        metavar="SPEC",
-        help="reuse DiT work between steps (diffusers' First Block Cache): first_block[:THRESHOLD], e.g. "
-        "first_block:0.05; a DiT call whose first block changed less than THRESHOLD skips the other blocks. Trades "
-        "quality for speed: PSNR / SSIM / EA against the full run in bench/RESULTS.md (default off)",
-    )
+    add_step_cache_option(e)
     add_sampling_options(e)
     e.add_argument("--stride", type=POSITIVE_INT, default=1, help="keep every Nth source frame")
     e.add_argument(
@@ -786,6 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--text-encoder", help="UMT5 folder (transformers format) if the editor folder has none")
     v.add_argument("--lora", action="append", type=lora_arg, metavar="FILE[:STRENGTH]", help="LoRA file, repeatable")
     v.add_argument("--negative", type=text_arg, default="", help="negative prompt for CFG")
+    add_step_cache_option(v)
     add_sampling_options(v)
     add_editor_options(v)
     common(v)

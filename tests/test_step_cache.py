@@ -364,3 +364,28 @@ def test_viva_eval_scores_the_cached_editor(tmp_path, folder, capsys):
     )
     assert main([*args, "--ceiling", "--report", str(tmp_path / "y"), *cpu, "--step-cache", "first_block"]) == 2
     assert capsys.readouterr().err.count("it goes with --editor, not --ceiling") == 2
+
+
+def test_best_of_n_judges_cached_previews_and_renders_only_the_winner(editor, frames, cond):
+    """`previews`: every candidate is its seed's cached edit (what the judge sees), the kept video is the winning
+    seed's plain edit bit for bit, rendered once more without the cache; not together with shared steps."""
+    big = StepCache("first_block", 10.0)
+    seen, marks = [], [0.1, 0.3, 0.2]
+
+    def score(source, edited, instruction, num_frames):
+        seen.append(edited)
+        return types.SimpleNamespace(overall=marks[len(seen) - 1], scores={}, caveat_lines=lambda width: [])
+
+    judge = types.SimpleNamespace(score=score)
+    out = best_of_n(editor, judge, Video(frames, 16.0, None), cond, PROMPT, n=3, settings=SETTINGS, previews=big)
+    assert out.seeds == [0, 1, 2] and out.best.seed == 1 and out.best.step_cache is None
+    for seed, preview in zip(out.seeds, seen):
+        at = dataclasses.replace(SETTINGS, seed=seed)
+        assert torch.equal(preview, edit(editor.with_step_cache(big), frames, cond, settings=at).frames), seed
+        assert not torch.equal(preview, edit(editor, frames, cond, settings=at).frames), seed  # previews differ
+    plain = edit(editor, frames, cond, settings=dataclasses.replace(SETTINGS, seed=1)).frames
+    assert torch.equal(out.best.frames, plain)
+    with pytest.raises(InputError, match="use one of them"):
+        best_of_n(
+            editor, judge, Video(frames, 16.0, None), cond, PROMPT, n=2, settings=SETTINGS, previews=big, shared_steps=2
+        )

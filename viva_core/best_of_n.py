@@ -11,6 +11,7 @@ from .errors import InputError
 from .judge import DIMENSIONS, Judge, JudgeResult
 from .pipeline import EditResult, EditSettings, edit_encoded_batch, edit_trunk, encode_source, unconditional
 from .runtime import ProgressFn, no_progress
+from .step_cache import StepCache
 from .video import Video
 
 
@@ -70,6 +71,7 @@ def best_of_n(
     num_frames: int = 4,
     batch: int = 1,
     shared_steps: int = 0,
+    previews: Optional[StepCache] = None,
     progress_factory: Callable[[int], ProgressFn] = lambda i: no_progress,
 ) -> BestOfN:
     """Seeds settings.seed .. settings.seed + n - 1; ties keep the lowest seed. The source is encoded once and CFG's
@@ -79,13 +81,21 @@ def best_of_n(
     steps). `shared_steps` > 0: the first seed's first steps are run once and every candidate branches off them
     (`pipeline.edit_trunk`), saving (n - 1) x shared_steps DiT steps; the candidates are then branches, not the
     seeds' plain edits. Measured with the bundled editor, 4 of 12 steps shared keep each candidate's quality but halve
-    the spread best-of-N picks from (docs/small_models.md, section 34), so neither the CLI nor the node offers it."""
+    the spread best-of-N picks from (docs/small_models.md, section 34), so neither the CLI nor the node offers it.
+    `previews`: the candidates are sampled with this step cache (cheaper, a little off the full edit) and judged, then
+    only the best seed is rendered by `editor` as it is configured (progress index n): the video kept is that seed's
+    plain edit, the judgements are of its preview (docs/small_models.md, section 37; not timed yet, so library only)."""
     if n < 1:
         raise InputError(f"best-of-N needs n >= 1, got {n}.")
     if batch < 1:
         raise InputError(f"best-of-N samples candidates in batches of >= 1, got {batch}.")
     if shared_steps < 0:
         raise InputError(f"best-of-N's shared_steps must be >= 0, got {shared_steps}.")
+    if shared_steps and previews is not None:
+        raise InputError(
+            "best-of-N's previews render the winning seed's plain edit, while shared steps make every candidate a "
+            "branch of the first seed's trunk: use one of them."
+        )
     resolved = settings.resolved(editor.sampling_defaults)
     resolved.check()
     if negative is None and resolved.cfg != 1.0:
@@ -96,10 +106,11 @@ def best_of_n(
         trunk = edit_trunk(
             editor, source, cond, shared_steps, negative=negative, settings=settings, progress=progress_factory(0)
         )
+    candidate_editor = editor if previews is None else editor.with_step_cache(previews)
     seeds, judgements, best = [], [], None
     for first in range(0, n, batch):
         results = edit_encoded_batch(
-            editor,
+            candidate_editor,
             source,
             cond,
             [settings.seed + i for i in range(first, min(n, first + batch))],
@@ -117,4 +128,16 @@ def best_of_n(
             seeds.append(r.seed)
             judgements.append(judged)
         del results  # the beaten candidates' videos go now, not at the next batch
+    if previews is not None:
+        (best,) = edit_encoded_batch(
+            editor,
+            source,
+            cond,
+            [best.seed],
+            negative=negative,
+            settings=settings,
+            fps=video.fps,
+            audio=video.audio,
+            progress=progress_factory(n),
+        )
     return BestOfN(seeds, judgements, best)

@@ -47,7 +47,9 @@ the calls of each phase in the timed best-of-N (1 VAE encode, N decodes, N judge
 `unshared` ratio (N x one edit + judge) / one edit, what N separate edits plus judging would cost. With
 `--best-of-batch K` the same best-of-N is timed again with K candidates sampled together (`best_of_n(batch=K)`: one
 DiT call per step for K candidates, decoded and judged one by one; its batched shapes warmed first), reported beside
-it with its peak and how far its best video is from the one-at-a-time run's.
+it with its peak and how far its best video is from the one-at-a-time run's. With `--best-of-previews T` it is timed
+again judging step-cached previews (first_block T) and rendering only the winning seed (`best_of_n(previews=...)`),
+reported with the seed the previews picked beside the full candidates' pick.
 
 Defaults (30 steps, 1 repeat, 2-step warm-ups, all twelve variants) take ~7-8 min on an H200 (DiT + UMT5 + VAE
 resident, ~25 GiB); `--repeats 2` adds ~1.5 min; `--best-of 4` adds about six edits plus the judge's build and
@@ -55,7 +57,7 @@ calls. `--shape tiny` runs the same code on tiny configs on the CPU with one tor
 baseline and ours must agree).
 
     PYTHONPATH=. python bench/bench_edit.py [--steps 30 --repeats 1 --variants diffusers,ours,best --json out.json]
-    PYTHONPATH=. python bench/bench_edit.py --variants best --best-of 4 [--best-of-batch 2]
+    PYTHONPATH=. python bench/bench_edit.py --variants best --best-of 4 [--best-of-batch 2] [--best-of-previews 0.5]
 """
 
 from __future__ import annotations
@@ -186,6 +188,10 @@ class BestOfRow:
     batched_ratio: Optional[float] = None  # batched_s / edit_s
     batched_peak_gib: Optional[float] = None
     batched_vs_sequential_psnr_db: Optional[float] = None  # the best video of each (the same seed up to rounding)
+    previews_threshold: Optional[float] = None  # --best-of-previews: candidates judged as step-cached previews
+    previews_s: Optional[float] = None  # best_of_n(n, previews=first_block:T), median: previews + the winner's render
+    previews_ratio: Optional[float] = None  # previews_s / edit_s
+    previews_best_seed: Optional[int] = None  # the seed the previews picked (best_seed: the full candidates' pick)
     note: str = ""
 
 
@@ -579,6 +585,7 @@ class Bench:
     def run_best_of(self, v: Variant, n: int) -> BestOfRow:
         from viva_core.best_of_n import best_of_n
         from viva_core.settings import EditSettings
+        from viva_core.step_cache import StepCache
         from viva_core.video import Video
 
         a = self.args
@@ -594,18 +601,29 @@ class Bench:
             print(json.dumps({"built": row.judge, "seconds": row.judge_build_s}), flush=True)
             video = Video(self.video, fps=16.0)
 
-            def run(n_: int, steps: int, batch: int = 1):
+            previews = None if a.best_of_previews is None else StepCache("first_block", a.best_of_previews)
+
+            def run(n_: int, steps: int, batch: int = 1, previews: Optional[StepCache] = None):
                 settings = EditSettings(steps=steps, cfg=a.cfg, seed=a.seed)
                 cond = editor.encode_text(PROMPT)
                 return best_of_n(
-                    editor, judge, video, cond, rm.INSTRUCTION, n=n_, settings=settings, num_frames=4, batch=batch
+                    editor,
+                    judge,
+                    video,
+                    cond,
+                    rm.INSTRUCTION,
+                    n=n_,
+                    settings=settings,
+                    num_frames=4,
+                    batch=batch,
+                    previews=previews,
                 )
 
             t0 = time.perf_counter()
             run(1, a.warmup_steps)  # kernels, compile and the judge warm
             self.sync()
             row.first_call_s = round(time.perf_counter() - t0, 2)
-            edits, bests, batched = [], [], []
+            edits, bests, batched, previewed = [], [], [], []
             row.batch = min(a.best_of_batch, n)
             if row.batch > 1:
                 run(row.batch, a.warmup_steps, row.batch)  # the batched shapes warm (compile, kernels)
@@ -614,6 +632,8 @@ class Bench:
                 bests.append(self.timed(lambda: run(n, a.steps), vae, judge))
                 if row.batch > 1:
                     batched.append(self.timed(lambda: run(n, a.steps, row.batch), vae, judge))
+                if previews is not None:
+                    previewed.append(self.timed(lambda: run(n, a.steps, 1, previews), vae, judge))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
             if v.compile != "off":
@@ -647,6 +667,11 @@ class Bench:
             if self.cuda:
                 row.batched_peak_gib = round(max(r[2] for r in batched) / GIB, 2)
             row.batched_vs_sequential_psnr_db = round(psnr(batched[-1][3].best.frames, result.best.frames), 2)
+        if previewed:
+            row.previews_threshold = a.best_of_previews
+            row.previews_s = round(statistics.median(r[0] for r in previewed), 3)
+            row.previews_ratio = round(row.previews_s / row.edit_s, 3)
+            row.previews_best_seed = previewed[-1][3].best.seed
         self.best_of, self.best_of_result, self.best_of_editor = row, result, editor
         print(json.dumps(row.__dict__), flush=True)
         judge = None
@@ -715,6 +740,12 @@ def best_of_table(r: BestOfRow, a: argparse.Namespace, f: Callable) -> list[str]
             f"peak {f(r.batched_peak_gib)} GiB, best video vs the one-at-a-time run's "
             f"{f(r.batched_vs_sequential_psnr_db)} dB"
         )
+    if r.previews_s is not None:
+        notes.append(
+            f"step-cached previews (first_block {r.previews_threshold:g}) judged, only the winner rendered: "
+            f"{f(r.previews_s)} s, ratio {f(r.previews_ratio, '{:.3f}')}, picked seed {r.previews_best_seed} "
+            f"(the full candidates: {r.best_seed})"
+        )
     return [
         f"Best-of-{r.n}{target}: {r.variant} ({r.options}); judge {r.judge or 'n/a'}, 4 frames of each video; "
         f"seconds: median of {a.repeats}, both with the prompt's text encode; unshared = ({r.n} x one edit + judge) "
@@ -748,6 +779,14 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
         default=0,
         metavar="N",
         help="after the variants, time best-of-N (with a 3B-shaped judge) against one edit; 0: off",
+    )
+    p.add_argument(
+        "--best-of-previews",
+        type=float,
+        default=None,
+        metavar="T",
+        help="also time best-of-N judging step-cached previews (first_block:T) and rendering only the winner "
+        "(best_of_n(previews=...); docs/small_models.md, section 37)",
     )
     p.add_argument(
         "--best-of-batch",

@@ -131,9 +131,11 @@ def test_tiny_best_of_n_encodes_the_source_once_and_keeps_the_edit_of_the_best_s
 
     path = tmp_path / "edit.json"
     argv = ["--shape", "tiny", "--variants", "ours", "--best-of", "2", "--steps", "2", "--warmup-steps", "1"]
-    bench = be.main([*argv, "--best-of-batch", "2", "--json", str(path)])
+    bench = be.main([*argv, "--best-of-batch", "2", "--best-of-previews", "10", "--json", str(path)])
     r = bench.best_of
     assert r is not None and not r.note, r
+    assert r.previews_threshold == 10 and r.previews_ratio == pytest.approx(r.previews_s / r.edit_s, abs=1e-3)
+    assert r.previews_best_seed in (0, 1)
     assert (r.n, r.variant) == (2, "ours") and "Qwen2.5-VL" in r.judge
     assert r.edit_calls == {"text": 2, "vae_encode": 1, "sampling": 2, "vae_decode": 1}, r.edit_calls
     assert r.best_of_calls == {"text": 2, "vae_encode": 1, "sampling": 2 * 2, "vae_decode": 2, "judge": 2}, r
@@ -167,6 +169,7 @@ def test_tiny_best_of_n_encodes_the_source_once_and_keeps_the_edit_of_the_best_s
     assert saved["best_of"]["n"] == 2 and saved["best_of"]["best_of_calls"]["judge"] == 2
     out = capsys.readouterr().out
     assert '"best_of_s": ' in out and "| 2 | " in out and "Best-of-2: ours (" in out
+    assert "step-cached previews (first_block 10) judged, only the winner rendered" in out
     # --best-of-batch 2: the same best-of-N with both candidates sampled together, timed beside it
     assert r.batch == 2 and r.batched_s > 0 and r.batched_ratio == pytest.approx(r.batched_s / r.edit_s, abs=1e-3)
     assert r.batched_vs_sequential_psnr_db > 80, r  # the same best candidate, up to rounding

@@ -210,17 +210,17 @@ def test_auto_dtype_is_fp32_on_cpu_and_bf16_on_cuda(editor_dir):
 def test_auto_vae_dtype_is_bf16_on_a_gpu_unless_the_dit_runs_in_fp32(editor_dir, monkeypatch):
     """bf16 Wan VAEs decode at ~53 dB against fp32, 1.6x faster with 6 GiB less peak (bench/RESULTS.md); a CPU
     without AMX (slow bf16 convolutions) and an fp32 DiT keep the VAE in fp32."""
-    import viva_core.editor as editor_module
+    import viva_core.runtime as runtime
     from viva_core.editor import vae_dtype_for
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert vae_dtype_for("auto", torch.bfloat16, cuda) == torch.bfloat16
     assert vae_dtype_for("auto", torch.float16, cuda) == torch.bfloat16  # Wan VAEs are not fp16-safe
     assert vae_dtype_for("auto", torch.float32, cuda) == torch.float32
-    monkeypatch.setattr(editor_module, "cpu_has_bf16_matmul", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda: True)
     assert vae_dtype_for("auto", torch.bfloat16, cpu) == torch.bfloat16
     assert vae_dtype_for("auto", torch.float32, cpu) == torch.float32
-    monkeypatch.setattr(editor_module, "cpu_has_bf16_matmul", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda: False)
     assert vae_dtype_for("auto", torch.bfloat16, cpu) == torch.float32
     assert vae_dtype_for("fp32", torch.bfloat16, cuda) == torch.float32  # an explicit choice wins
     assert vae_dtype_for("bf16", torch.float32, cpu) == torch.bfloat16

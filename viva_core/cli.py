@@ -245,10 +245,10 @@ def use_bundled_models(args: argparse.Namespace) -> None:
         # there the editor keeps bf16, its VAE too (vae_dtype_for). README command 1 on 2 cores: sampling 3.5 -> 2.1
         # s, decode 0.62 -> 0.27 s; 32 held-out clips: edits 51 dB (median PSNR) from fp32's, EA 0.285 either way.
         # The judge stays fp32: its scores are unchanged.
-        from .runtime import cpu_has_bf16_matmul
+        from .runtime import bf16_is_fast
 
         args.vlm_dtype = "fp32"
-        if not cpu_has_bf16_matmul():
+        if not bf16_is_fast("cpu"):
             args.dtype = "fp32"
     print(
         "using the bundled small models (64x64 synthetic shapes world); pass --editor for a real editor",

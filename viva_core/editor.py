@@ -28,7 +28,7 @@ import torch
 from .compat import keep_in_fp32_modules, set_attention_backend, wan_single_file_converter
 from .errors import InputError, ModelLoadError, NonFiniteError
 from .lora import LoraKeyReport, LoraSpec, applied_loras, check_lora_fits, install_fp8_lora_hooks
-from .runtime import ModelHost, cpu_has_bf16_matmul, parse_device, parse_dtype
+from .runtime import ModelHost, bf16_is_fast, parse_device, parse_dtype
 from .safe_io import load_safetensors, read_json_object, read_metadata_json
 from .step_cache import StepCache, check_step_cache
 
@@ -391,8 +391,7 @@ def vae_dtype_for(name: str, dit_dtype: torch.dtype, device: torch.device) -> to
     bundled VAE decodes README command 1's clip in 0.27 s, not 0.62. fp32 on other CPUs (bf16 convolutions are slow
     there) and with an fp32 DiT, so that dtype fp32 keeps the whole edit in fp32."""
     if name == "auto":
-        fast_bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_matmul())
-        return torch.bfloat16 if fast_bf16 and dit_dtype != torch.float32 else torch.float32
+        return torch.bfloat16 if bf16_is_fast(device) and dit_dtype != torch.float32 else torch.float32
     return parse_dtype(name, device)
 
 

@@ -43,6 +43,13 @@ def cpu_has_bf16_matmul() -> bool:
     return bool(check is not None and check())
 
 
+def bf16_is_fast(device: str | torch.device) -> bool:
+    """Whether bf16 runs faster than fp32 on `device`: a GPU, or a CPU with AMX (`cpu_has_bf16_matmul`). The one
+    rule for the dtypes that default to bf16 where it pays (the VAE's auto dtype, the bundled editor's)."""
+    device = torch.device(device)
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_matmul())
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -16,7 +16,6 @@ import argparse
 import sys
 
 import numpy as np
-import torch
 from best_of_n_check import pair_agreement
 from table import bootstrap_ci
 from tqdm import tqdm
@@ -25,7 +24,7 @@ from viva_core import bundled
 from viva_core.editor import EditorOptions, load_editor
 from viva_core.eval import score_edit
 from viva_core.pipeline import edit, unconditional
-from viva_core.runtime import cpu_has_bf16_matmul
+from viva_core.runtime import bf16_is_fast, parse_device
 from viva_core.settings import EditSettings
 from viva_core.step_cache import StepCache
 from viva_core.train.pretrain import frames_float, load_clip_set
@@ -39,7 +38,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--candidates", type=int, default=4)
     p.add_argument("--limit", type=int, default=32)
     a = p.parse_args(argv)
-    dtype = "bf16" if cpu_has_bf16_matmul() or torch.cuda.is_available() else "fp32"  # as `viva edit` runs it
+    dtype = "bf16" if bf16_is_fast(parse_device("auto")) else "fp32"  # as `viva edit` runs the bundled editor
     editor = load_editor(str(bundled.path(bundled.EDITOR)), options=EditorOptions(dtype=dtype))
     cached = editor.with_step_cache(StepCache("first_block", a.threshold))
     clips = load_clip_set(a.manifest, a.limit)

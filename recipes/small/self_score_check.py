@@ -29,7 +29,7 @@ from tqdm import tqdm
 from viva_core import bundled
 from viva_core.editor import EditorOptions, load_editor
 from viva_core.pipeline import dit_velocity, encode_frames, pad_tokens, unconditional
-from viva_core.runtime import cpu_has_bf16_matmul
+from viva_core.runtime import bf16_is_fast, parse_device
 from viva_core.train.pretrain import frames_float, load_clip_set
 from viva_core.train.pretrain.judge_data import FRAMES_FILE
 
@@ -88,7 +88,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     sigmas = [float(s) for s in a.sigmas.split(",")]
-    dtype = "bf16" if cpu_has_bf16_matmul() or torch.cuda.is_available() else "fp32"  # as `viva edit` runs it
+    dtype = "bf16" if bf16_is_fast(parse_device("auto")) else "fp32"  # as `viva edit` runs the bundled editor
     editor = load_editor(a.editor or str(bundled.path(bundled.EDITOR)), options=EditorOptions(dtype=dtype))
     clips = load_clip_set(a.manifest)
     folder = Path(a.candidates)

@@ -29,7 +29,7 @@ from viva_core.editor import EditorOptions, load_editor
 from viva_core.eval import evaluate
 from viva_core.eval.metrics import PSNR_CAP, psnr, ssim
 from viva_core.pipeline import edit
-from viva_core.runtime import cpu_has_bf16_matmul
+from viva_core.runtime import bf16_is_fast
 from viva_core.settings import BUNDLED_STEPS, EditSettings
 from viva_core.step_cache import StepCache
 
@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--limit", type=int, default=None, help="the first N clips (default all)")
     p.add_argument("--seed", type=int, default=0, help="every clip's seed, as `viva eval --seed`")
     p.add_argument("--steps", type=int, default=BUNDLED_STEPS)
-    p.add_argument("--dtype", default=None, help="default: as `viva edit` runs the bundled editor on this CPU")
+    p.add_argument("--dtype", default=None, help="default: as `viva edit` runs the bundled editor on this machine")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    dtype = args.dtype or ("bf16" if cpu_has_bf16_matmul() else "fp32")
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype or ("bf16" if bf16_is_fast(device) else "fp32")  # as `viva edit` runs the bundled editor
     editor = load_editor(bundled.path(bundled.EDITOR), options=EditorOptions(dtype=dtype, device=device))
     records = load_manifest(args.manifest, check_videos=False)[: args.limit]
     encoded = {r.instruction: editor.encode_text(r.instruction) for r in records}

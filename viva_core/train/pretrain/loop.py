@@ -48,6 +48,11 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self.previous)
 
 
+def _fused_adamw(params: list[torch.nn.Parameter]) -> bool:
+    """One kernel for the whole update instead of several per tensor, on the GPU."""
+    return all(p.is_cuda for p in params)
+
+
 def _loop(
     cfg: ScratchConfig,
     params: list[torch.nn.Parameter],
@@ -57,12 +62,18 @@ def _loop(
     title: str,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> dict:
-    """AdamW + warmup/cosine + grad clipping; `step_fn(step)` returns metrics incl. a differentiable 'loss'."""
+    """AdamW + warmup/cosine + grad clipping; `step_fn(step)` returns metrics incl. a differentiable 'loss'.
+
+    A step whose gradient norm is not finite applies nothing (a single bad batch or bf16 overflow would otherwise
+    turn every weight into NaN for good: docs/small_models.md, section 38); the count is logged as
+    `skipped_steps`, and a run that skips all 10 steps of a logging interval stops with an error."""
     o = cfg.optim
-    fused = all(p.is_cuda for p in params)  # one kernel for the whole update instead of several per tensor
+    fused = _fused_adamw(params)
     opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=(0.9, 0.99), fused=fused or None)
     metrics = MetricsLog(out, tensorboard=False)
     start, last = time.perf_counter(), {}
+    skipped = torch.zeros((), device=params[0].device)  # on the device: no host sync per step
+    skipped_at_log = 0
     with _StopFlag() as flag:
         for step in range(o.steps):
             for g in opt.param_groups:
@@ -72,15 +83,27 @@ def _loop(
             loss = values.pop("loss")
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
-            opt.step()
+            bad = (~torch.isfinite(grad_norm)).float()
+            skipped += bad
+            if fused:  # the fused kernel skips the whole update (step count included) where found_inf is 1
+                opt.found_inf = bad
+                opt.step()
+            elif not bad:  # the unfused path: one host read, cheap off the GPU
+                opt.step()
             if step % 10 == 0 or step == o.steps - 1:  # the only host syncs: reading values every 10 steps
-                if not torch.isfinite(loss):
-                    raise InputError(f"{title}: the loss became {float(loss)} by step {step}; lower optim.lr.")
+                n_skipped = int(skipped)
+                if n_skipped - skipped_at_log >= 10:
+                    raise InputError(
+                        f"{title}: steps {step - 9} to {step} all had a non-finite gradient "
+                        f"(loss {float(loss.detach())}); nothing was applied since; lower optim.lr or check the data."
+                    )
+                skipped_at_log = n_skipped
                 last = {
                     "loss": float(loss.detach()),
                     "grad_norm": float(grad_norm),
                     "lr": lr,
                     "elapsed_s": time.perf_counter() - start,
+                    "skipped_steps": n_skipped,
                     **{k: float(v) for k, v in values.items()},
                 }
                 metrics.log(step, last)

@@ -192,6 +192,7 @@ class BestOfRow:
     previews_s: Optional[float] = None  # best_of_n(n, previews=first_block:T), median: previews + the winner's render
     previews_ratio: Optional[float] = None  # previews_s / edit_s
     previews_best_seed: Optional[int] = None  # the seed the previews picked (best_seed: the full candidates' pick)
+    previews_computed: Optional[str] = None  # "computed/calls": the previews' DiT calls that ran all blocks
     note: str = ""
 
 
@@ -672,6 +673,8 @@ class Bench:
             row.previews_s = round(statistics.median(r[0] for r in previewed), 3)
             row.previews_ratio = round(row.previews_s / row.edit_s, 3)
             row.previews_best_seed = previewed[-1][3].best.seed
+            counted = previewed[-1][3].previews
+            row.previews_computed = f"{counted.computed}/{counted.calls}"
         self.best_of, self.best_of_result, self.best_of_editor = row, result, editor
         print(json.dumps(row.__dict__), flush=True)
         judge = None
@@ -742,9 +745,9 @@ def best_of_table(r: BestOfRow, a: argparse.Namespace, f: Callable) -> list[str]
         )
     if r.previews_s is not None:
         notes.append(
-            f"step-cached previews (first_block {r.previews_threshold:g}) judged, only the winner rendered: "
-            f"{f(r.previews_s)} s, ratio {f(r.previews_ratio, '{:.3f}')}, picked seed {r.previews_best_seed} "
-            f"(the full candidates: {r.best_seed})"
+            f"step-cached previews (first_block {r.previews_threshold:g}, {r.previews_computed} DiT calls computed) "
+            f"judged, only the winner rendered: {f(r.previews_s)} s, ratio {f(r.previews_ratio, '{:.3f}')}, "
+            f"picked seed {r.previews_best_seed} (the full candidates: {r.best_seed})"
         )
     return [
         f"Best-of-{r.n}{target}: {r.variant} ({r.options}); judge {r.judge or 'n/a'}, 4 frames of each video; "

@@ -16,6 +16,7 @@ from ..viva_core.judge import DIMENSIONS, Judge
 from ..viva_core.pipeline import EditSettings, edit
 from ..viva_core.settings import BUNDLED_STEPS, SAMPLERS
 from ..viva_core.settings import DEFAULTS as D
+from ..viva_core.step_cache import MAX_THRESHOLD, step_cache_for
 from ..viva_core.video import read_video
 from . import common as c
 from .model_management import previewer
@@ -328,6 +329,18 @@ class BestOfN(io.ComfyNode):
                     tooltip="Candidates sampled at once (one model call per step for all of them): faster where one "
                     "edit leaves the GPU idle, e.g. small models; more memory. The same edits up to rounding.",
                 ),
+                io.Float.Input(
+                    "preview_cache",
+                    default=0.0,
+                    min=0.0,
+                    max=MAX_THRESHOLD,
+                    step=0.01,
+                    optional=True,
+                    tooltip="0: every candidate is a full edit. Above 0: candidates are judged as step-cached "
+                    "previews (First Block Cache at this threshold; fewer model calls each) and only the winning seed "
+                    "is rendered in full, so the video kept is a plain edit. Higher skips more and previews drift "
+                    "further from the full edits.",
+                ),
             ],
             outputs=[
                 io.Image.Output("frames", display_name="frames", tooltip="Frames of the best candidate."),
@@ -367,10 +380,13 @@ class BestOfN(io.ComfyNode):
         images=None,
         video=None,
         candidate_batch: int = 1,
+        preview_cache: float = 0.0,
     ) -> io.NodeOutput:
         src = c.source_video(images, video, fps, max_frames)
         batch = min(candidate_batch or 1, candidates)
-        total, preview = -(-candidates // batch) * steps, previewer(editor)  # the bar counts batch steps
+        previews = step_cache_for("first_block" if preview_cache else "off", preview_cache)
+        runs = -(-candidates // batch) + (previews is not None)  # the bar counts batch steps, and the winner's render
+        total, preview = runs * steps, previewer(editor)
         outcome = best_of_n(
             editor,
             Judge(judge_vlm),
@@ -382,7 +398,8 @@ class BestOfN(io.ComfyNode):
             negative=conditioning.negative,
             num_frames=judge_frames,
             batch=batch,
-            progress_factory=lambda i: c.Progress(offset=i // batch * steps, grand_total=total, previewer=preview),
+            previews=previews,
+            progress_factory=lambda i: c.Progress(offset=-(-i // batch) * steps, grand_total=total, previewer=preview),
         )
         best, judged = outcome.best, outcome.best_judgement
         table = outcome.table() + "\n" + best.summary()

@@ -216,6 +216,7 @@ for arg, values in {
     "--strength": ["0", "1.5", "nan", "-0.1"],
     "--candidates": ["0", "-3", "1001"],
     "--candidate-batch": ["0", "-1", "1001"],
+    "--candidate-previews": ["tea_cache", "first_block:x", "first_block:-1"],
     "--judge-frames": ["0"],
     "--stride": ["0", "-1"],
     "--max-frames": ["0", "-2"],
@@ -240,6 +241,10 @@ case("edit --negative invalid utf-8", lambda w, t: (edit(w, t, "--negative", INV
 case(
     "edit seed + candidates overflow",
     lambda w, t: (edit(w, t, "--seed", str(2**63 - 1), "--candidates", "2"), "--seed"),
+)
+case(
+    "edit --candidate-previews without best-of-N",
+    lambda w, t: (edit(w, t, "--candidate-previews", "first_block"), "--candidate-previews goes with best-of-N"),
 )
 
 # ---------------------------------------------------------------- edit: outputs over inputs

@@ -136,6 +136,8 @@ def test_tiny_best_of_n_encodes_the_source_once_and_keeps_the_edit_of_the_best_s
     assert r is not None and not r.note, r
     assert r.previews_threshold == 10 and r.previews_ratio == pytest.approx(r.previews_s / r.edit_s, abs=1e-3)
     assert r.previews_best_seed in (0, 1)
+    computed, calls = map(int, r.previews_computed.split("/"))
+    assert calls == 2 * 2 and computed < calls  # two candidates x 2 steps; threshold 10 skips
     assert (r.n, r.variant) == (2, "ours") and "Qwen2.5-VL" in r.judge
     assert r.edit_calls == {"text": 2, "vae_encode": 1, "sampling": 2, "vae_decode": 1}, r.edit_calls
     assert r.best_of_calls == {"text": 2, "vae_encode": 1, "sampling": 2 * 2, "vae_decode": 2, "judge": 2}, r
@@ -169,7 +171,7 @@ def test_tiny_best_of_n_encodes_the_source_once_and_keeps_the_edit_of_the_best_s
     assert saved["best_of"]["n"] == 2 and saved["best_of"]["best_of_calls"]["judge"] == 2
     out = capsys.readouterr().out
     assert '"best_of_s": ' in out and "| 2 | " in out and "Best-of-2: ours (" in out
-    assert "step-cached previews (first_block 10) judged, only the winner rendered" in out
+    assert "step-cached previews (first_block 10, " in out and "judged, only the winner rendered" in out
     # --best-of-batch 2: the same best-of-N with both candidates sampled together, timed beside it
     assert r.batch == 2 and r.batched_s > 0 and r.batched_ratio == pytest.approx(r.batched_s / r.edit_s, abs=1e-3)
     assert r.batched_vs_sequential_psnr_db > 80, r  # the same best candidate, up to rounding

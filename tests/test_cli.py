@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -114,6 +115,20 @@ def test_edit_with_instructor_and_judge(assets, capsys):
     report = json.loads(text[text.index("{") : text.rindex("}") + 1])
     assert set(report["scores"]) == {"EA", "PC", "GN", "GR"}
     assert probe_video(out).num_frames == 9
+
+
+def test_best_of_n_on_previews_keeps_the_winners_plain_edit(assets, capsys):
+    """--candidate-previews: the judge scores step-cached previews, the video written is the winning seed's edit
+    as a plain `viva edit --seed` makes it, and the table says what was judged."""
+    judge = ["--judge", str(assets["vlm"]), "--vlm-dtype", "fp32", "--candidates", "3"]
+    out = assets["root"] / "previews.mp4"
+    assert main(_edit_args(assets, out, *judge, "--candidate-previews", "first_block:10")) == 0
+    text = capsys.readouterr().out
+    assert "scores of step-cached previews (first_block 10: " in text
+    best = int(re.search(r"^seed (\d+), ", text, re.M).group(1))  # the written edit's summary line
+    plain = assets["root"] / "plain.mp4"
+    assert main(_edit_args(assets, plain, "--seed", str(best))) == 0
+    assert torch.equal(read_video(out, with_audio=False).frames, read_video(plain, with_audio=False).frames)
 
 
 def test_rewrite_mode_without_refiner(assets, capsys):

@@ -193,6 +193,20 @@ def test_best_of_n_and_judge_prompt_runs(models, tmp_path):
     assert re.search(r"seed\s+EA\s+PC\s+GN\s+GR\s+overall", table) and "*" in table, table
 
 
+def test_best_of_n_on_previews_prompt_runs(models, tmp_path):
+    """preview_cache > 0 (appended optional input): the candidates are judged as step-cached previews, the winner
+    is rendered in full, and the table says so (viva_core's test checks the kept video is the plain edit)."""
+    prompt = json.loads((PROMPTS / "edit_best_of_n.json").read_text())
+    prompt["8"]["inputs"].update(preview_cache=10.0, candidate_batch=1)
+    path = tmp_path / "previews.json"
+    path.write_text(json.dumps(prompt))
+    rc, out, report = run_harness(models, tmp_path, path)
+    assert rc == EXIT_OK, out[-4000:]
+    check_mp4(saved_mp4s(report)[0], frames=9, fps=8)
+    table = output_text(out, "8")
+    assert re.search(r"scores of step-cached previews \(first_block 10: \d+ of 4 DiT calls computed\)", table), table
+
+
 def test_lora_matching_no_key_is_an_execution_error_and_comfyui_keeps_running(models, tmp_path):
     bad = Path(models["bad_lora"]).name
     rc, out, report = run_harness(models, tmp_path, "bad_lora.json", "edit.json")

@@ -18,6 +18,7 @@ from viva_core.best_of_n import best_of_n
 from viva_core.cli import build_parser
 from viva_core.editor import EditorOptions, load_editor
 from viva_core.errors import InputError
+from viva_core.judge import DIMENSIONS
 from viva_core.pipeline import edit, edit_encoded_batch, encode_source
 from viva_core.settings import EditSettings
 from viva_core.step_cache import StepCache, parse_step_cache, step_cache_for, step_cached
@@ -374,15 +375,30 @@ def test_best_of_n_judges_cached_previews_and_renders_only_the_winner(editor, fr
 
     def score(source, edited, instruction, num_frames):
         seen.append(edited)
-        return types.SimpleNamespace(overall=marks[len(seen) - 1], scores={}, caveat_lines=lambda width: [])
+        mark = marks[len(seen) - 1]
+        return types.SimpleNamespace(
+            overall=mark, scores=dict.fromkeys(DIMENSIONS, mark), caveat_lines=lambda width: []
+        )
 
     judge = types.SimpleNamespace(score=score)
     out = best_of_n(editor, judge, Video(frames, 16.0, None), cond, PROMPT, n=3, settings=SETTINGS, previews=big)
     assert out.seeds == [0, 1, 2] and out.best.seed == 1 and out.best.step_cache is None
+    calls = computed = 0
     for seed, preview in zip(out.seeds, seen):
         at = dataclasses.replace(SETTINGS, seed=seed)
-        assert torch.equal(preview, edit(editor.with_step_cache(big), frames, cond, settings=at).frames), seed
+        alone = edit(editor.with_step_cache(big), frames, cond, settings=at)
+        assert torch.equal(preview, alone.frames), seed
         assert not torch.equal(preview, edit(editor, frames, cond, settings=at).frames), seed  # previews differ
+        calls, computed = calls + alone.step_cache.calls, computed + alone.step_cache.computed
+    assert (out.previews.calls, out.previews.computed) == (calls, computed) and computed < calls
+    assert f"previews (first_block 10: {computed} of {calls} DiT calls computed); the video kept is seed 1's" in (
+        out.table()
+    )
+    seen.clear()  # sampled together, the candidates share their DiT calls: counted once per batch
+    together = best_of_n(
+        editor, judge, Video(frames, 16.0, None), cond, PROMPT, n=2, batch=2, settings=SETTINGS, previews=big
+    )
+    assert together.previews.calls == SETTINGS.steps
     plain = edit(editor, frames, cond, settings=dataclasses.replace(SETTINGS, seed=1)).frames
     assert torch.equal(out.best.frames, plain)
     with pytest.raises(InputError, match="use one of them"):

@@ -11,7 +11,7 @@ from .errors import InputError
 from .judge import DIMENSIONS, Judge, JudgeResult
 from .pipeline import EditResult, EditSettings, edit_encoded_batch, edit_trunk, encode_source, unconditional
 from .runtime import ProgressFn, no_progress
-from .step_cache import StepCache
+from .step_cache import StepCache, StepCacheCount
 from .video import Video
 
 
@@ -23,6 +23,7 @@ class BestOfN:
     seeds: list[int]
     judgements: list[JudgeResult]
     best: EditResult
+    previews: Optional[StepCacheCount] = None  # judged as step-cached previews: their DiT calls, all candidates
 
     @property
     def best_index(self) -> int:
@@ -44,14 +45,23 @@ class BestOfN:
         ]
 
     def table(self) -> str:
-        """Plain-text table, best row marked with '*'."""
+        """Plain-text table, best row marked with '*'; first, what was judged when it was previews."""
         head = ["seed", *DIMENSIONS, "overall"]
-        lines = ["  ".join(f"{h:>8}" for h in head)]
+        header = "  ".join(f"{h:>8}" for h in head)
+        lines = (
+            []
+            if self.previews is None
+            else [
+                f"scores of step-cached previews ({self.previews.label}: {self.previews.computed} of "
+                f"{self.previews.calls} DiT calls computed); the video kept is seed {self.best.seed}'s full edit"
+            ]
+        )
+        lines.append(header)
         for row in self.rows():
             cells = [f"{row['seed']:>8}"] + [f"{row[h]:>8.3f}" for h in head[1:]]
             lines.append("  ".join(cells) + ("  *" if row["best"] else ""))
         # the winner was picked by this judge: say what its pick is worth (nothing when its folder records no doubt)
-        lines += self.best_judgement.caveat_lines(width=len(lines[0]))
+        lines += self.best_judgement.caveat_lines(width=len(header))
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -84,7 +94,7 @@ def best_of_n(
     the spread best-of-N picks from (docs/small_models.md, section 34), so neither the CLI nor the node offers it.
     `previews`: the candidates are sampled with this step cache (cheaper, a little off the full edit) and judged, then
     only the best seed is rendered by `editor` as it is configured (progress index n): the video kept is that seed's
-    plain edit, the judgements are of its preview (docs/small_models.md, section 37; not timed yet, so library only)."""
+    plain edit, the judgements are of its preview (docs/small_models.md, sections 37-38; bench/RESULTS.md)."""
     if n < 1:
         raise InputError(f"best-of-N needs n >= 1, got {n}.")
     if batch < 1:
@@ -108,6 +118,7 @@ def best_of_n(
         )
     candidate_editor = editor if previews is None else editor.with_step_cache(previews)
     seeds, judgements, best = [], [], None
+    previewed = None if previews is None else StepCacheCount(previews.label())
     for first in range(0, n, batch):
         results = edit_encoded_batch(
             candidate_editor,
@@ -121,6 +132,9 @@ def best_of_n(
             progress=progress_factory(first),
             trunk=trunk,
         )
+        if previewed is not None:  # one count per batch: its candidates share the DiT calls
+            previewed.calls += results[0].step_cache.calls
+            previewed.computed += results[0].step_cache.computed
         for r in results:
             judged = judge.score(video.frames[: r.frames.shape[0]], r.frames, instruction, num_frames=num_frames)
             if best is None or judged.overall > max(j.overall for j in judgements):
@@ -140,4 +154,4 @@ def best_of_n(
             audio=video.audio,
             progress=progress_factory(n),
         )
-    return BestOfN(seeds, judgements, best)
+    return BestOfN(seeds, judgements, best, previewed)

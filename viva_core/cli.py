@@ -207,7 +207,10 @@ def load_editor_from_args(args: argparse.Namespace, encode_first: bool = False):
 
 
 def _candidates_label(first: int, batch: int, n: int) -> str:
-    """The progress bar's label of the best-of-N batch starting at candidate `first` (0-based)."""
+    """The progress bar's label of the best-of-N batch starting at candidate `first` (0-based); `first` = n: the
+    winner's full render after judging previews."""
+    if first >= n:
+        return "rendering the best"
     last = min(n, first + batch)
     return f"candidate {first + 1}/{n}" if last == first + 1 else f"candidates {first + 1}-{last}/{n}"
 
@@ -271,6 +274,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     use_bundled_models(args)
     if args.seed + args.candidates - 1 > SEED_MAX:
         raise InputError(f"--seed {args.seed} with --candidates {args.candidates} passes {SEED_MAX}; lower --seed.")
+    if args.candidate_previews is not None and not (args.judge and args.candidates > 1):
+        raise InputError("--candidate-previews goes with best-of-N: --judge and --candidates N (N > 1).")
     check_output(
         args.output,
         [
@@ -322,6 +327,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
             negative=negative,
             num_frames=args.judge_frames,
             batch=args.candidate_batch,
+            previews=args.candidate_previews,
             progress_factory=lambda i: _tqdm_progress(_candidates_label(i, args.candidate_batch, args.candidates)),
         )
         result, verdict = outcome.best, outcome.best_judgement
@@ -716,6 +722,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="best-of-N: sample K candidates at once (one DiT call per step for all K: faster where one edit leaves "
         "the GPU idle, e.g. small models; more memory); the same edits up to rounding",
+    )
+    e.add_argument(
+        "--candidate-previews",
+        type=step_cache_arg,
+        default=None,
+        metavar="SPEC",
+        help="best-of-N: judge step-cached previews of the candidates (first_block[:THRESHOLD]) and render only the "
+        "winning seed in full: fewer DiT calls per candidate, one more edit; the video kept is a plain edit. Time "
+        "and pick quality in bench/RESULTS.md (default off: the candidates are full edits)",
     )
     e.add_argument("--judge-frames", type=POSITIVE_INT, default=4)
     e.add_argument("--negative", type=text_arg, default="", help="negative prompt for CFG")

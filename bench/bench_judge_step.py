@@ -6,7 +6,8 @@ the most of one step (cProfile over a synchronized step: on a GPU, host time the
 The judge stage ran at ~1.4 steps of 32 items a second on an H200 (docs/small_models.md, sections 30-31); the lead was
 transformers' M-RoPE position ids, computed in Python over every image grid of the batch (1,536). Measured on an H200
 (section 32): from host copies, the forward 1.94x and the train step 1.38x faster; `judge.host_positions` is now
-the default.
+the default. The stage trains with SDPA's cuDNN backend excluded (its backward gives NaN at some padded lengths,
+docs/small_models.md section 40): `host_positions_no_cudnn_train_step_s_median` is that step.
 
     PYTHONPATH=. python bench/bench_judge_step.py --manifest data/eval_heldout/heldout.jsonl \
         [--judge viva_core/small_models/vlm/viva-small-judge --batch 32 --steps 5 --json runs/bench_judge_step.json]
@@ -15,6 +16,7 @@ the default.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import pstats
@@ -32,6 +34,7 @@ from viva_core import bundled
 from viva_core.judge import yes_no_token_ids
 from viva_core.train.pretrain import CANDIDATES, JudgeSection, _JudgeData, load_clip_set
 from viva_core.train.pretrain.judge import _collate_judge, judge_margins
+from viva_core.train.pretrain.loop import _masked_attention
 from viva_core.vlm import load_vlm
 
 
@@ -81,8 +84,10 @@ def main() -> None:
         with torch.no_grad(), autocast:
             judge_margins(vlm, inputs, yes, no, host_positions=host)
 
+    guard = False  # the training stage's attention (SDPA without cuDNN: pretrain.loop._masked_attention) or SDPA's pick
+
     def train_step():
-        with autocast:
+        with autocast, _masked_attention(device) if guard else contextlib.nullcontext():
             m = judge_margins(vlm, inputs, yes, no, host_positions=host)
         keep = labels >= 0
         F.binary_cross_entropy_with_logits(m[keep], labels[keep]).backward()
@@ -94,6 +99,10 @@ def main() -> None:
         fwd = step_seconds(forward, device, args.steps)
         full = step_seconds(train_step, device, args.steps)
         timed[host] = (sorted(fwd)[len(fwd) // 2], sorted(full)[len(full) // 2])
+    host, guard = True, True  # as `viva pretrain` trains the judge
+    train_step()
+    guarded = step_seconds(train_step, device, args.steps)
+    host, guard = False, False
     profile = cProfile.Profile()
     profile.enable()
     train_step()
@@ -119,6 +128,7 @@ def main() -> None:
         "train_step_s_median": timed[False][1],
         "host_positions_forward_s_median": timed[True][0],
         "host_positions_train_step_s_median": timed[True][1],
+        "host_positions_no_cudnn_train_step_s_median": sorted(guarded)[len(guarded) // 2],
         "host_functions_one_step": [{"cumulative_s": round(c, 4), "function": f, "calls": n} for c, f, n in rows],
     }
     print(json.dumps(result, indent=2))

@@ -1,5 +1,6 @@
 """The pretrain stages' shared loop: a step with a non-finite gradient applies nothing (checked against a plain
-AdamW loop that leaves that step out), on both the unfused path and the fused kernel's found_inf path."""
+AdamW loop that leaves that step out), on both the unfused path and the fused kernel's found_inf path; and the
+attention guard of the training forward of models with padding masks."""
 
 from __future__ import annotations
 
@@ -62,3 +63,18 @@ def test_a_run_of_nonfinite_steps_stops(tmp_path):
         L._loop(
             _cfg(tmp_path, 40), [w], lambda s: {"loss": _loss(w, s, set(range(8, 40)))}, tmp_path, lambda *a: None, "t"
         )
+
+
+def test_masked_attention_excludes_cudnn_on_cuda_only():
+    """The judge's and instructor's training forward runs SDPA without cuDNN on CUDA (its backward gives NaN dq at
+    padded lengths 64 mod 128 with fully masked rows: recipes/small/sdpa_nan_probe.py on the H200); the CPU and
+    inference keep SDPA's own choice. The flags are global, so this holds without a GPU."""
+    from viva_core.train.pretrain.loop import _masked_attention
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with _masked_attention(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with _masked_attention(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before

@@ -16,7 +16,7 @@ from ...errors import InputError
 from ...runtime import ProgressFn, no_progress, parse_device
 from .clips import ClipSet, frames_float, load_clip_set, operation_weights
 from .config import UMT5_SPECIALS, EditorSection, ScratchConfig
-from .loop import _autocast, _loop, _one_thread, _write_json
+from .loop import _autocast, _loop, _masked_attention, _one_thread, _write_json
 from .models import check_vocabulary, new_dit, new_text_encoder, same_files, save_small, write_vlm_folder
 from .tokenizers import prompt_texts, save_tokenizer, vocabulary, word_tokenizer
 from .vae import encode_clips
@@ -326,7 +326,8 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
             extra = extra_len = ground = None
             if vlm is not None:
                 rows = instructor_rows(data.chats, idx)
-                raw = last_hidden(vlm, rows)
+                with _masked_attention(device):
+                    raw = last_hidden(vlm, rows)
                 hidden, lengths = right_packed(raw, rows["attention_mask"])
                 if grounding_head is not None:  # every chat has the same number of image tokens
                     image = rows["input_ids"] == vlm.model.config.image_token_id

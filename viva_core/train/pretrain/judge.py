@@ -19,7 +19,7 @@ from ...synth import Clip
 from .clips import ClipSet, frames_float, load_clip_set
 from .config import JUDGE_CANDIDATES, JudgeSection, ScratchConfig
 from .judge_data import EditorOutputs, load_editor_outputs
-from .loop import _autocast, _loop, _one_thread, _write_json
+from .loop import _autocast, _loop, _masked_attention, _one_thread, _write_json
 from .models import check_vocabulary, resample_vision_patch, save_small, write_vlm_folder
 from .tokenizers import prompt_texts, vocabulary, word_tokenizer
 
@@ -346,7 +346,7 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     def step(i: int) -> dict:
         inputs, labels, pairs = next(batches)
         labels, pairs = labels.to(device), pairs.to(device)
-        with _autocast(device):
+        with _autocast(device), _masked_attention(device):
             margin = judge_margins(vlm, inputs.to(device), yes_ids, no_ids, host_positions=sec.host_positions)
         keep = labels >= 0  # judge.ea_unlabelled leaves some EA answers out
         loss = F.binary_cross_entropy_with_logits(margin[keep], labels[keep])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -24,6 +25,19 @@ def _autocast(device: torch.device):
     return (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     )
+
+
+def _masked_attention(device: torch.device):
+    """For the forward of a model trained with padding masks (the VLM judge and instructor): on CUDA, SDPA
+    without its cuDNN backend. cuDNN's backward returns NaN in dq when the padded length is 64 mod 128 and some
+    query rows are fully masked (left padding), measured on the H200 with torch 2.11 / cuDNN 9.19 by
+    recipes/small/sdpa_nan_probe.py (docs/small_models.md, section 40); the forward is finite, so inference keeps
+    cuDNN. The backward runs the kernel the forward picked, so guarding the forward is enough."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 class _StopFlag:

@@ -297,6 +297,15 @@ def test_rwo_advantage_weights():
         rwo_weights(torch.zeros(2), torch.zeros(2), temperature=0.0)
 
 
+def test_rwo_signed_weights_are_the_group_advantages():
+    """Signed weights: (r - mean_g) / (population std_g + eps), zero mean per group, zeros for equal rewards."""
+    rewards = torch.tensor([0.0, 1.0, 0.0, 0.0, 3.0, 2.0, 2.0])
+    w = rwo_weights(rewards, torch.tensor([0, 0, 1, 1, 1, 2, 2]), mode="signed")
+    std1 = math.sqrt(((0 - 1) ** 2 * 2 + (3 - 1) ** 2) / 3)
+    want = [-0.5 / 0.5001, 0.5 / 0.5001, -1 / (std1 + 1e-4), -1 / (std1 + 1e-4), 2 / (std1 + 1e-4), 0.0, 0.0]
+    assert w.tolist() == pytest.approx(want, abs=1e-6)
+
+
 def test_reward_weighted_fm_loss_equals_weighted_loop():
     v_pred, v_tgt = _rand(3, 2, 1, 2, 2, seed=16), _rand(3, 2, 1, 2, 2, seed=17)
     weights = torch.tensor([0.5, 2.0, 0.5])

@@ -252,6 +252,60 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
 
 
+def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets):
+    """RWO's batched group step must equal the loss written out sample by sample: mean over samples of
+    w_i mean_r ||v(x_r,i) - (noise_r - x0_i)||^2, weighted 1 + M by the record's edit mask, where the draws
+    (sigma_r, noise_r) are the group's and the same for every sample of it (common random numbers),
+    x_r,i = (1 - sigma_r) x0_i + sigma_r noise_r, w from rwo_weights, and v the velocity guided by rollout.cfg,
+    as the rollouts sampled."""
+    from viva_core.train import losses as L
+    from viva_core.train.trainer import _gen
+
+    cfg = config(
+        assets,
+        assets["root"] / "rwo_ref",
+        "method=rwo",
+        "optim.batch_size=2",
+        "rollout.group_size=3",
+        "rollout.steps=3",
+        "rollout.rwo_draws=2",
+        "rollout.cfg=3.0",
+        'rewards.weights={"preservation": 1.0}',
+    )
+    t = Trainer(cfg)
+    t._setup()
+    rolled = t._rollouts_and_advantages(0)
+    items, all_r, all_g = rolled[0], rolled[3], rolled[4]
+    t._rollouts_and_advantages = lambda step: rolled
+    t.optimizer.zero_grad()
+    stats = t._rwo_step(0)
+    batched = [p.grad.clone() for p in t.params]
+
+    t.optimizer.zero_grad()
+    w = L.rwo_weights(all_r.sum(-1), all_g)
+    assert not torch.allclose(w, torch.ones_like(w))  # the rewards differ, so the weights matter
+    total = 0.0
+    for (gi, rec, enc, _m, x0, _), wi in zip(items, w):
+        gen = _gen(cfg.seed, 0, gi, 4)
+        sigmas = L.sample_sigmas(2, gen, shift=cfg.sft.shift, mode=cfg.sft.sigma_sampling)
+        noises = torch.randn((2, *x0.shape[1:]), generator=gen)
+        for sigma, noise in zip(sigmas, noises):
+            x_t = (1 - sigma) * x0 + sigma * noise[None]
+            text, neg = t._condition(rec, enc), t.editor.encode_text("").embeds
+            neg = torch.cat([neg, neg.new_zeros(1, text.shape[1] - neg.shape[1], neg.shape[2])], dim=1).to(text)
+            cond = t._velocity(t.dit, x_t, enc["source"], sigma[None], text)
+            v = t._velocity(t.dit, x_t, enc["source"], sigma[None], neg)
+            v = v + 3.0 * (cond - v)  # the guided velocity the rollouts sampled with
+            weight = 1 + cfg.sft.mask_weight * (enc["mask"] if enc.get("mask") is not None else 0)
+            loss = wi * (weight * (v - (noise[None] - x0)) ** 2).mean() / (2 * len(items))
+            loss.backward()
+            total += float(loss)
+    assert len(items) == 6 and all(enc.get("mask") is not None for _, _, enc, *_ in items)
+    assert stats["loss"] == pytest.approx(total, rel=1e-5)
+    for got, want in zip(batched, (p.grad for p in t.params)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
 def test_grpo_records_batched_per_dit_call_equal_the_per_record_path(assets):
     """rollout.micro_batch: all records' groups in one DiT call per step (and one VAE decode) give the samples,
     log-probs, rewards and advantages of the per-record path written out here independently (one record's G

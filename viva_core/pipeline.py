@@ -108,11 +108,14 @@ def guided_velocity(
     dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """The velocity CFG samples with, in one DiT call for k rows of `x`: `text` holds the k conditioned rows, then,
-    when cfg != 1, the k negative rows; `source` is one row (shared) or k rows. uncond + cfg (cond - uncond)."""
+    when cfg != 1, the k negative rows; `source` is one row (shared) or k rows; `sigma` a scalar or one per row of
+    `x`. uncond + cfg (cond - uncond)."""
     if cfg == 1.0:
         return dit_velocity(dit, x, source, sigma, text, dtype)
     k = x.shape[0]
     both = source if source.shape[0] == 1 else torch.cat([source, source])
+    if isinstance(sigma, torch.Tensor) and sigma.numel() > 1:  # one sigma per row: the negative rows' too
+        sigma = torch.cat([sigma.reshape(-1), sigma.reshape(-1)])
     out = dit_velocity(dit, torch.cat([x, x]), both, sigma, text, dtype)
     return guide(out[:k], out[k:], cfg)
 

@@ -10,7 +10,9 @@
 #   grpo   if the best ratio ||mean g|| / mean ||g|| reaches MIN_RATIO (default 0.62; noise is 0.577), that setting
 #          trained for GRPO_SECONDS (default 480) at GRPO_BG (default 16x16) with INNER inner updates (default 4)
 #          and LR (default 1e-3), SIGINT at the end (the trainer writes <name>_interrupted.safetensors)
-#   eval   the bundled editor with and without the LoRA on both benchmark sets (GPU, fp32)
+#   eval   the bundled editor with and without the LoRA on both benchmark sets (GPU, fp32; the LoRA's rows named
+#          after the config)
+# The grpo phase trains whatever method CONFIG names (recipes/small/rwo_v6.toml: RWO).
 # SMOKE=1: a CPU check of the script (2 records x G 2, 2 SDE steps, one setting, 2 GRPO steps).
 set -uo pipefail
 WORK="${WORK:-/tmp/viva_v6}"
@@ -66,7 +68,7 @@ if has eval; then
   if [ -n "$lora" ]; then
     stamp eval
     { eval_lines bundled "--editor $B/diffusers/viva-small-editor"
-      eval_lines grpo "--editor $B/diffusers/viva-small-editor --lora $lora"; } > runs/eval_jobs.txt
+      eval_lines "$NAME" "--editor $B/diffusers/viva-small-editor --lora $lora"; } > runs/eval_jobs.txt
     xargs -P "${JOBS:-4}" -I{} bash -c {} < runs/eval_jobs.txt
     grep -H "^all " runs/eval/*.log
   fi

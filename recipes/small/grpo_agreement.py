@@ -2,12 +2,14 @@
 noise each), compared: if every batch's gradient were noise around zero, ||mean g|| / mean ||g|| would be about
 1 / sqrt(K) and the pairwise cosines about 0. The diagnosis behind issue 10 measured 0.58 for K = 3 (noise: 0.577).
 
-    python recipes/small/grpo_agreement.py CONFIG.toml [K] [--set key=value ...]
+    python recipes/small/grpo_agreement.py CONFIG.toml [K] [--fixed-rollouts] [key=value ...]
 
 Runs the trainer's own GRPO step (rollout.inner_updates forced to 1, no optimizer step), on the records of step 0.
 With method=rwo it runs the RWO step instead and compares the part of its gradient that the rewards decide: the
 loss is linear in the weights, so weights w - 1 give exactly sum_i (w_i - 1) grad FM_i (with w = 1 everywhere RWO
 is plain flow matching on the model's own samples, which agrees between batches whatever the reward).
+--fixed-rollouts (RWO): one rollout batch for all K, only the flow-matching draws change between them, so the ratio
+measures the noise of those draws alone (docs/small_models.md, section 40; for GRPO it would be 1: nothing is drawn).
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ def main(argv: list[str]) -> None:
     trainer._setup()
     records = trainer._local_batch(0)
     trainer._local_batch = lambda step: records  # same records, new rollout noise per step
-    step_fn = trainer._grpo_step
-    if cfg.method == "rwo":
+    if "--fixed-rollouts" in argv:
+        rolled = trainer._rollouts_and_advantages(0)
+        trainer._rollouts_and_advantages = lambda step: rolled
+    step_fn = trainer._rwo_step if cfg.method == "rwo" else trainer._grpo_step
+    if cfg.method == "rwo" and cfg.rollout.rwo_mode != "signed":  # signed weights are that part already
         weights = losses.rwo_weights
         losses.rwo_weights = lambda *a, **k: weights(*a, **k) - 1.0  # the reward-decided part only
-        step_fn = trainer._rwo_step
     grads, rewards = [], []
     for step in range(k):
         trainer.optimizer.zero_grad(set_to_none=True)

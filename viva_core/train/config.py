@@ -129,6 +129,10 @@ class RolloutConfig:
     decode_batch: int = 0
     rwo_mode: str = "softmax"
     rwo_temperature: float = 1.0
+    # RWO: flow-matching draws (sigma, noise) per rollout, the same draws for every sample of a group (common random
+    # numbers): the weights' part of the gradient then compares the samples' results under one noise instead of
+    # adding each sample's own flow-matching noise (docs/small_models.md, section 40). Cheap next to the rollout.
+    rwo_draws: int = 4
 
 
 @dataclass
@@ -236,6 +240,7 @@ class TrainConfig:
                 ("rollout.micro_batch", r.micro_batch, 0, None),
                 ("rollout.decode_batch", r.decode_batch, 0, None),
                 ("rollout.rwo_temperature", r.rwo_temperature, 0, None, True),
+                ("rollout.rwo_draws", r.rwo_draws, 1, None),
                 ("log.every", self.log.every, 1, None),
                 ("log.checkpoint_every", self.log.checkpoint_every, 0, None),
                 ("log.keep_checkpoints", self.log.keep_checkpoints, 0, None),

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 
 SIGMA_MODES = ("logit_normal", "uniform")
-RWO_MODES = ("softmax", "advantage")
+RWO_MODES = ("softmax", "advantage", "signed")
 _SIGMA_EPS = 1e-5  # sampled sigmas lie in [eps, 1 - eps]: sigma = 0 or 1 makes x_t or the target degenerate
 
 
@@ -244,9 +244,13 @@ def rwo_weights(
     (population std), so the weights do not depend on the reward's scale or offset. Then per group of n:
 
     - "softmax" (default): w = n · softmax(A / temperature) — always positive; temperature → ∞ gives plain FM;
-    - "advantage": w = max(A, 0) / mean_g(max(A, 0)) — only better-than-average samples are imitated.
+    - "advantage": w = max(A, 0) / mean_g(max(A, 0)) — only better-than-average samples are imitated;
+    - "signed": w = A — better samples pulled, worse pushed, nothing else (advantage-weighted matching).
 
-    Both average exactly 1 per group (so the loss scale matches SFT); groups of equal rewards get all ones.
+    "softmax" and "advantage" average exactly 1 per group (so the loss scale matches SFT; groups of equal rewards get
+    all ones): flow matching on the model's own samples plus a reward-decided part. That plain part is not neutral:
+    at CFG 5 it drew the bundled editor toward weaker edits (EA 0.33 -> 0.16 in 33 steps, docs/small_models.md,
+    section 40). "signed" averages 0 per group (equal rewards: all zeros), the reward-decided part alone.
     Weights carry no grad."""
     if mode not in RWO_MODES:
         raise InputError(f"RWO weighting mode '{mode}' is not one of {RWO_MODES}.")
@@ -258,9 +262,13 @@ def rwo_weights(
         idx = idx.to(r.device)
         rg = r[idx]
         if not bool(rg.amax() > rg.amin()):
+            if mode == "signed":
+                w[idx] = 0.0
             continue
         a = (rg - rg.mean()) / (rg.std(unbiased=False) + eps)
-        if mode == "softmax":
+        if mode == "signed":
+            w[idx] = a
+        elif mode == "softmax":
             w[idx] = rg.shape[0] * torch.softmax(a / temperature, dim=0)
         else:
             pos = a.clamp(min=0.0)

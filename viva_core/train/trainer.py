@@ -288,10 +288,10 @@ class Trainer:
         return dit_velocity(model, x, source, sigma, text.to(self.device), self.editor.dtype)
 
     def _policy_velocity(
-        self, model, x: torch.Tensor, source: torch.Tensor, sigma: float, text: torch.Tensor
+        self, model, x: torch.Tensor, source: torch.Tensor, sigma: torch.Tensor | float, text: torch.Tensor
     ) -> torch.Tensor:
         """The velocity rollouts sample with: guided by rollout.cfg against the empty prompt as `pipeline.edit`
-        guides (uncond + cfg (cond - uncond), one batched call), so GRPO trains the sampler users run."""
+        guides (uncond + cfg (cond - uncond), one batched call), so GRPO and RWO train the sampler users run."""
         guidance, b = self.cfg.rollout.cfg, x.shape[0]
         rows = text.expand(b, -1, -1)
         if guidance != 1.0:  # the b conditioned rows, then b negative rows
@@ -460,7 +460,9 @@ class Trainer:
         from .rewards import RewardInput, score_all
 
         batch = [(gi, rec, self._encoded(rec)) for gi, rec in self._local_batch(step)]
+        start_time = time.perf_counter()
         rolled = self._rollout_groups(batch, step)
+        reward_seconds = 0.0  # host time in the rewards; the rest of the phase is sampling and decoding
         g = self.cfg.rollout.group_size
         # records are decoded a chunk at a time (whole groups, >= one group) and scored per record as before, so
         # at most max(G, decode batch) clips of frames are held at once
@@ -484,7 +486,9 @@ class Trainer:
                     targets=enc["target_frames"].expand(n, -1, -1, -1, -1) if "target_frames" in enc else None,
                     labels=[self.labels.get(rec.line, {})] * n,
                 )
+                t = time.perf_counter()
                 rewards.append(score_all(self.rewards, batch_in))
+                reward_seconds += time.perf_counter() - t
                 groups.append(torch.full((n,), gi))
                 items += [(gi, rec, enc, m, latents[m : m + 1], transitions) for m in range(n)]
         local_r, local_g = torch.cat(rewards).float(), torch.cat(groups)
@@ -498,6 +502,8 @@ class Trainer:
             "reward": float(weighted.mean()),
             "reward_std": float(weighted.std()) if len(weighted) > 1 else 0.0,
             "zero_var_groups": zero_frac,
+            "seconds_rollouts": time.perf_counter() - start_time - reward_seconds,
+            "seconds_rewards": reward_seconds,
         }
         for k, rw in enumerate(self.rewards):
             stats[f"reward_{rw.name}"] = float(all_r[:, k].mean())
@@ -583,6 +589,11 @@ class Trainer:
         return dict(zip(names, stats))
 
     def _rwo_step(self, step: int) -> dict:
+        """Reward-weighted flow matching on the rollouts' results: per group, one DiT call over its G samples x
+        `rollout.rwo_draws` (sigma, noise) draws that all G samples share, so two samples' terms differ only by
+        their results; the loss is mean_i w_i mean_r FM(x0_i; sigma_r, noise_r) over the local samples. The velocity
+        regressed is the one the rollouts sampled with (guided by rollout.cfg): regressing the conditional velocity
+        onto guided samples compounds the guidance every round, which collapsed RWO at CFG 5 (README)."""
         r = self.cfg.rollout
         items, _, stats, all_r, all_g = self._rollouts_and_advantages(step)
         weights = L.rwo_weights(
@@ -590,14 +601,35 @@ class Trainer:
         )
         start = self.world.rank * len(items)
         local_w = weights[start : start + len(items)]
-        total = 0.0
-        for k, ((gi, rec, enc, _m, latents, _), w) in enumerate(zip(items, local_w)):
-            sync = self._grad_sync(k == len(items) - 1)
-            with sync:
-                loss = self._fm_loss(self.dit, rec, enc, gi * 1000 + k, step, weight=float(w), x0=latents) / len(items)
+        g, draws = r.group_size, r.rwo_draws
+        starts = range(0, len(items), g)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for k, i0 in enumerate(starts):
+            gi, rec, enc = items[i0][:3]
+            x0 = torch.cat([item[4] for item in items[i0 : i0 + g]]).to(self.device, torch.float32)  # [G, C, T, H, W]
+            gen = _gen(self.cfg.seed, step, gi, 4)
+            sigma = L.sample_sigmas(draws, gen, shift=self.cfg.sft.shift, mode=self.cfg.sft.sigma_sampling)
+            noise = torch.randn((draws, *x0.shape[1:]), generator=gen).to(self.device)
+            sigma = sigma.to(self.device)
+            n = x0.shape[0]  # rows draw-major: draw r of every sample, then draw r + 1
+            x_t, v_target = L.flow_matching_pair(
+                x0.repeat(draws, 1, 1, 1, 1), noise.repeat_interleave(n, 0), sigma.repeat_interleave(n)
+            )
+            text = self._condition(rec, enc)
+            with self._grad_sync(k == len(starts) - 1):
+                v = self._policy_velocity(self.dit, x_t, enc["source"], sigma.repeat_interleave(n), text)
+                mask = enc.get("mask")
+                loss = L.reward_weighted_fm_loss(
+                    v,
+                    v_target.to(self.device),
+                    local_w[i0 : i0 + n].repeat(draws),
+                    mask.to(self.device) if mask is not None else None,
+                    self.cfg.sft.mask_weight,
+                ) * (n / len(items))
                 loss.backward()
-            total += float(loss.detach())
-        return {**stats, "loss": total, "loss_fm": total}
+            total += loss.detach().double()
+        value = float(total)  # the one host transfer
+        return {**stats, "loss": value, "loss_fm": value}
 
     # ------------------------------------------------------------------ loop
     def _rng_state(self) -> dict[str, torch.Tensor]:

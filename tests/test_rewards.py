@@ -417,3 +417,34 @@ def test_verifier_reward_equals_per_clip_eval_scores_on_mixed_operations(tmp_pat
     bad[3, 0, 0, 0, 0] = float("nan")
     with pytest.raises(InputError, match="NaN/Inf"):
         reward(_batch(src, bad, masks=masks, targets=tgt, labels=labels))
+
+
+def test_score_records_threads_pure_rewards_and_keeps_order(monkeypatch):
+    """Records are scored in threads only when every reward is parallel_safe; the results are score_all's, in order."""
+    import threading
+
+    from viva_core.train import rewards as R
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    batches = [_batch(*_videos(n=3, seed=s)) for s in range(5)]
+    pure = [PreservationReward(outside_mask=False)]
+    got = R.score_records(pure, batches)
+    assert len(got) == 5
+    for g, b in zip(got, batches):
+        assert torch.equal(g, score_all(pure, b))
+
+    seen = set()
+
+    def record_thread(batch):
+        seen.add(threading.get_ident())
+        return batch.edited.mean(dim=(1, 2, 3, 4))
+
+    mixed = [*pure, CallableReward(record_thread, "user")]  # a user callable: not known to be thread-safe
+    got = R.score_records(mixed, batches)
+    assert seen == {threading.get_ident()}  # all in the caller's thread
+    for g, b in zip(got, batches):
+        assert torch.equal(g, score_all(mixed, b))
+    threads = set()
+    monkeypatch.setattr(PreservationReward, "__call__", lambda self, b: threads.add(threading.get_ident()) or b.n * [0])
+    R.score_records(pure, batches * 4)
+    assert threading.get_ident() not in threads  # the pool's threads, not the caller's

@@ -257,8 +257,9 @@ def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets):
     w_i mean_r ||v(x_r,i) - (noise_r - x0_i)||^2, weighted 1 + M by the record's edit mask, where the draws
     (sigma_r, noise_r) are the group's and the same for every sample of it (common random numbers),
     x_r,i = (1 - sigma_r) x0_i + sigma_r noise_r, w from rwo_weights, and v the velocity guided by rollout.cfg,
-    as the rollouts sampled."""
+    as the rollouts sampled; plus the anchor kl_beta mean ||v - v_base||^2 (v_base: the LoRA off)."""
     from viva_core.train import losses as L
+    from viva_core.train.adapters import adapter_disabled
     from viva_core.train.trainer import _gen
 
     cfg = config(
@@ -270,12 +271,17 @@ def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets):
         "rollout.steps=3",
         "rollout.rwo_draws=2",
         "rollout.cfg=3.0",
+        "rollout.kl_beta=0.5",
         'rewards.weights={"preservation": 1.0}',
     )
     t = Trainer(cfg)
     t._setup()
     rolled = t._rollouts_and_advantages(0)
     items, all_r, all_g = rolled[0], rolled[3], rolled[4]
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the LoRA off zero so the anchor to the base has a gradient
+        for p in t.params:
+            p.add_(0.3 * torch.randn_like(p))
     t._rollouts_and_advantages = lambda step: rolled
     t.optimizer.zero_grad()
     stats = t._rwo_step(0)
@@ -293,17 +299,62 @@ def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets):
             x_t = (1 - sigma) * x0 + sigma * noise[None]
             text, neg = t._condition(rec, enc), t.editor.encode_text("").embeds
             neg = torch.cat([neg, neg.new_zeros(1, text.shape[1] - neg.shape[1], neg.shape[2])], dim=1).to(text)
-            cond = t._velocity(t.dit, x_t, enc["source"], sigma[None], text)
-            v = t._velocity(t.dit, x_t, enc["source"], sigma[None], neg)
-            v = v + 3.0 * (cond - v)  # the guided velocity the rollouts sampled with
+
+            def guided(model, x_t=x_t, sigma=sigma, text=text, neg=neg, enc=enc):
+                cond = t._velocity(model, x_t, enc["source"], sigma[None], text)
+                unc = t._velocity(model, x_t, enc["source"], sigma[None], neg)
+                return unc + 3.0 * (cond - unc)  # the guided velocity the rollouts sampled with
+
+            v = guided(t.dit)
+            with torch.no_grad(), adapter_disabled(t.base):
+                v_base = guided(t.base)
             weight = 1 + cfg.sft.mask_weight * (enc["mask"] if enc.get("mask") is not None else 0)
-            loss = wi * (weight * (v - (noise[None] - x0)) ** 2).mean() / (2 * len(items))
+            fm = wi * (weight * (v - (noise[None] - x0)) ** 2).mean()
+            loss = (fm + 0.5 * ((v - v_base) ** 2).mean()) / (2 * len(items))
             loss.backward()
             total += float(loss)
     assert len(items) == 6 and all(enc.get("mask") is not None for _, _, enc, *_ in items)
-    assert stats["loss"] == pytest.approx(total, rel=1e-5)
+    assert stats["loss"] == pytest.approx(total, rel=1e-5) and stats["loss_kl"] > 0
     for got, want in zip(batched, (p.grad for p in t.params)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_rwo_inner_updates_reuse_the_rollouts_with_fresh_draws(assets):
+    """rollout.inner_updates = 2: one optimizer step inside the step, then a second pass over the same rollouts with
+    new flow-matching draws, whose gradient is that pass alone at the moved parameters."""
+    cfg = config(
+        assets,
+        assets["root"] / "rwo_inner",
+        "method=rwo",
+        "optim.batch_size=2",
+        "rollout.group_size=3",
+        "rollout.steps=3",
+        "rollout.inner_updates=2",
+        "rollout.rwo_mode=signed",
+        "optim.lr=0.05",
+        'rewards.weights={"preservation": 1.0}',
+    )
+    t = Trainer(cfg)
+    t._setup()
+    rolled = t._rollouts_and_advantages(0)
+    t._rollouts_and_advantages = lambda step: rolled
+    before = [p.detach().clone() for p in t.params]
+    t.optimizer.zero_grad()
+    stats = t._rwo_step(0)
+    assert all(int(st["step"]) == 1 for st in t.optimizer.state.values())  # one inner step; the loop takes the next
+    assert any(not torch.equal(a, p) for a, p in zip(before, t.params)) and stats["grad_norm_inner"] > 0
+    second = [p.grad.clone() for p in t.params]
+    from viva_core.train import losses as L
+
+    w = L.rwo_weights(rolled[3].sum(-1), rolled[4], mode="signed")
+    t.optimizer.zero_grad()
+    again = t._rwo_pass(rolled[0], w, 0, 1)
+    assert again["loss"] == pytest.approx(stats["loss"], rel=1e-6)
+    for got, want in zip(second, (p.grad for p in t.params)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
+    t.optimizer.zero_grad()
+    first_draws = t._rwo_pass(rolled[0], w, 0, 0)
+    assert first_draws["loss"] != pytest.approx(again["loss"], rel=1e-3)  # each pass draws anew
 
 
 def test_grpo_records_batched_per_dit_call_equal_the_per_record_path(assets):

@@ -117,9 +117,12 @@ class RolloutConfig:
     # noise, the part of the sample the policy's log-probability accounts for (docs/small_models.md, section 14).
     shared_start: bool = False
     clip_range: float = 1e-3
+    # GRPO: the Gaussian KL of each SDE step to the base's (LoRA off); RWO: kl_beta mean ||v - v_base||^2, the
+    # velocity-space anchor to the base at the flow-matching inputs (what signed weights need to stay bounded)
     kl_beta: float = 0.0
-    # GRPO: optimizer steps per rollout batch (flow_grpo's inner epochs). 1 keeps every update on-policy, where the
-    # PPO ratio is exactly 1 and the clip and KL never act; > 1 reuses each (costly) batch of rollouts.
+    # GRPO and RWO: optimizer steps per rollout batch (flow_grpo's inner epochs). For GRPO 1 keeps every update
+    # on-policy, where the PPO ratio is exactly 1 and the clip and KL never act; > 1 reuses each (costly) batch of
+    # rollouts (RWO with fresh flow-matching draws each pass).
     inner_updates: int = 1
     # records whose G samples share one DiT call (rollouts and the GRPO pass); 1 = one record's group per call (the
     # memory of the per-record path, for big DiTs); 0 = auto: as many as fit AUTO_TOKENS_PER_CALL latent tokens

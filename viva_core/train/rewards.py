@@ -153,6 +153,7 @@ class VerifierReward:
     dimension that is undefined for a sample (PC when the mask covers every pixel) is left out of its mean."""
 
     needs_labels = True
+    parallel_safe = True  # pure functions of the frames: score_records may run records in threads
     FIELDS = {"EA": "ea", "PC": "pc", "GN": "gn", "GR": "gr"}
 
     def __init__(self, dimensions: Sequence[str] = tuple(FIELDS), name: str = "verifier"):
@@ -216,6 +217,8 @@ class PreservationReward:
     Penalizes changes where the instruction asked for none. With no mask (or `outside_mask=False`) the whole
     frame counts, which also penalizes the edit itself: weight it lower than the instruction term then.
     Soft masks weigh each pixel by (1 - M); a mask covering everything leaves nothing to preserve: 1."""
+
+    parallel_safe = True  # a pure function of the frames: score_records may run records in threads
 
     def __init__(self, outside_mask: bool = True, name: str = "preservation"):
         self.outside_mask, self.name = outside_mask, name
@@ -417,6 +420,24 @@ def build_rewards(
             raise InputError(f"unknown reward '{key}'; valid names: {', '.join(REWARD_NAMES)}.")
         weights.append(w)
     return rewards, torch.tensor(weights, dtype=torch.float32)
+
+
+# threads that score records at once when every reward is a pure CPU function (`parallel_safe`): the verifiers took
+# ~30% of an RWO step on the H200 machine scored one record after another (docs/small_models.md, section 40)
+MAX_REWARD_THREADS = 8
+
+
+def score_records(rewards: Sequence[Reward], batches: Sequence[RewardInput]) -> list[torch.Tensor]:
+    """`score_all` of each batch (one record's group each), in order; in a thread pool when every reward says it is
+    `parallel_safe` (pure functions of the frames: the verifiers, preservation). Models (judge, CLIP) and user
+    callables are scored one batch after another."""
+    threads = min(len(batches), os.cpu_count() or 1, MAX_REWARD_THREADS)
+    if threads < 2 or not all(getattr(r, "parallel_safe", False) for r in rewards):
+        return [score_all(rewards, b) for b in batches]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda b: score_all(rewards, b), batches))
 
 
 def score_all(rewards: Sequence[Reward], batch: RewardInput) -> torch.Tensor:

@@ -457,19 +457,20 @@ class Trainer:
     def _rollouts_and_advantages(self, step: int) -> tuple[list, torch.Tensor, dict, torch.Tensor, torch.Tensor]:
         """G rollouts per local record, rewards on decoded frames, advantages over the gathered global batch.
         Returns (local items, local advantages, stats, global rewards [N, K], global group ids [N])."""
-        from .rewards import RewardInput, score_all
+        from .rewards import RewardInput, score_records
 
         batch = [(gi, rec, self._encoded(rec)) for gi, rec in self._local_batch(step)]
         start_time = time.perf_counter()
         rolled = self._rollout_groups(batch, step)
         reward_seconds = 0.0  # host time in the rewards; the rest of the phase is sampling and decoding
         g = self.cfg.rollout.group_size
-        # records are decoded a chunk at a time (whole groups, >= one group) and scored per record as before, so
-        # at most max(G, decode batch) clips of frames are held at once
+        # records are decoded a chunk at a time (whole groups, >= one group) and scored per record, so at most
+        # max(G, decode batch) clips of frames are held at once
         per_chunk = max(1, self._decode_batch(rolled[0][0].shape) // g) if rolled else 1
         items, rewards, groups = [], [], []
         for c in range(0, len(batch), per_chunk):
             frames_all = self._decoded(torch.cat([lat for lat, _ in rolled[c : c + per_chunk]]))
+            inputs = []  # the chunk's records, scored together (in threads where the rewards allow)
             for j, ((gi, rec, enc), (latents, transitions)) in enumerate(
                 zip(batch[c : c + per_chunk], rolled[c : c + per_chunk])
             ):
@@ -486,11 +487,12 @@ class Trainer:
                     targets=enc["target_frames"].expand(n, -1, -1, -1, -1) if "target_frames" in enc else None,
                     labels=[self.labels.get(rec.line, {})] * n,
                 )
-                t = time.perf_counter()
-                rewards.append(score_all(self.rewards, batch_in))
-                reward_seconds += time.perf_counter() - t
+                inputs.append(batch_in)
                 groups.append(torch.full((n,), gi))
                 items += [(gi, rec, enc, m, latents[m : m + 1], transitions) for m in range(n)]
+            t = time.perf_counter()
+            rewards += score_records(self.rewards, inputs)
+            reward_seconds += time.perf_counter() - t
         local_r, local_g = torch.cat(rewards).float(), torch.cat(groups)
         dev = self.device if self.world.active and self.device.type == "cuda" else torch.device("cpu")
         all_r = all_gather_cat(self.world, local_r.to(dev)).cpu()
@@ -589,11 +591,11 @@ class Trainer:
         return dict(zip(names, stats))
 
     def _rwo_step(self, step: int) -> dict:
-        """Reward-weighted flow matching on the rollouts' results: per group, one DiT call over its G samples x
-        `rollout.rwo_draws` (sigma, noise) draws that all G samples share, so two samples' terms differ only by
-        their results; the loss is mean_i w_i mean_r FM(x0_i; sigma_r, noise_r) over the local samples. The velocity
-        regressed is the one the rollouts sampled with (guided by rollout.cfg): regressing the conditional velocity
-        onto guided samples compounds the guidance every round, which collapsed RWO at CFG 5 (README)."""
+        """Reward-weighted flow matching on the rollouts' results, `rollout.inner_updates` passes over one rollout
+        batch (fresh flow-matching draws each pass; the last pass's gradient is left for the training loop's step).
+        The velocity regressed is the one the rollouts sampled with (guided by rollout.cfg): regressing the
+        conditional velocity onto guided samples compounds the guidance every round, which collapsed RWO at CFG 5
+        (README)."""
         r = self.cfg.rollout
         items, _, stats, all_r, all_g = self._rollouts_and_advantages(step)
         weights = L.rwo_weights(
@@ -601,35 +603,57 @@ class Trainer:
         )
         start = self.world.rank * len(items)
         local_w = weights[start : start + len(items)]
+        agg: dict = {}
+        for update in range(r.inner_updates):
+            if update:
+                agg["grad_norm_inner"] = self._apply_update(step)
+                self.optimizer.zero_grad(set_to_none=True)
+            agg.update(self._rwo_pass(items, local_w, step, update))
+        return {**stats, **agg}
+
+    def _rwo_pass(self, items: list, weights: torch.Tensor, step: int, update: int) -> dict:
+        """One backward pass: per group, one DiT call over its G samples x `rollout.rwo_draws` (sigma, noise) draws
+        that all G samples share, so two samples' terms differ only by their results. The loss is
+        mean_i w_i mean_r FM(x0_i; sigma_r, noise_r) over the local samples, plus, with rollout.kl_beta > 0,
+        kl_beta mean ||v - v_base||^2 at the same inputs (v_base: the LoRA off, the SFT base): the anchor that
+        signed weights need (unbounded otherwise: the pushed-away samples' loss can grow without end)."""
+        r = self.cfg.rollout
         g, draws = r.group_size, r.rwo_draws
         starts = range(0, len(items), g)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        sums = {"loss": [], "loss_fm": [], "loss_kl": []}
         for k, i0 in enumerate(starts):
             gi, rec, enc = items[i0][:3]
             x0 = torch.cat([item[4] for item in items[i0 : i0 + g]]).to(self.device, torch.float32)  # [G, C, T, H, W]
-            gen = _gen(self.cfg.seed, step, gi, 4)
+            gen = _gen(self.cfg.seed, step, gi, 4, *([update] if update else []))
             sigma = L.sample_sigmas(draws, gen, shift=self.cfg.sft.shift, mode=self.cfg.sft.sigma_sampling)
             noise = torch.randn((draws, *x0.shape[1:]), generator=gen).to(self.device)
-            sigma = sigma.to(self.device)
             n = x0.shape[0]  # rows draw-major: draw r of every sample, then draw r + 1
-            x_t, v_target = L.flow_matching_pair(
-                x0.repeat(draws, 1, 1, 1, 1), noise.repeat_interleave(n, 0), sigma.repeat_interleave(n)
-            )
-            text = self._condition(rec, enc)
+            sigma = sigma.to(self.device).repeat_interleave(n)
+            x_t, v_target = L.flow_matching_pair(x0.repeat(draws, 1, 1, 1, 1), noise.repeat_interleave(n, 0), sigma)
+            text, share = self._condition(rec, enc), n / len(items)
             with self._grad_sync(k == len(starts) - 1):
-                v = self._policy_velocity(self.dit, x_t, enc["source"], sigma.repeat_interleave(n), text)
+                v = self._policy_velocity(self.dit, x_t, enc["source"], sigma, text)
                 mask = enc.get("mask")
-                loss = L.reward_weighted_fm_loss(
+                fm = L.reward_weighted_fm_loss(
                     v,
                     v_target.to(self.device),
-                    local_w[i0 : i0 + n].repeat(draws),
+                    weights[i0 : i0 + n].repeat(draws),
                     mask.to(self.device) if mask is not None else None,
                     self.cfg.sft.mask_weight,
-                ) * (n / len(items))
-                loss.backward()
-            total += loss.detach().double()
-        value = float(total)  # the one host transfer
-        return {**stats, "loss": value, "loss_fm": value}
+                )
+                loss = fm
+                if r.kl_beta > 0:
+                    with torch.no_grad(), adapter_disabled(self.base):
+                        v_ref = self._policy_velocity(self.base, x_t, enc["source"], sigma, text)
+                    kl = ((v - v_ref) ** 2).mean()
+                    loss = loss + r.kl_beta * kl
+                    sums["loss_kl"].append(kl.detach().double() * share)
+                (loss * share).backward()
+            sums["loss"].append(loss.detach().double() * share)
+            sums["loss_fm"].append(fm.detach().double() * share)
+        names = [k for k, v in sums.items() if v]
+        values = torch.stack([torch.stack(sums[k]).sum() for k in names]).tolist()  # the one host transfer
+        return dict(zip(names, values))
 
     # ------------------------------------------------------------------ loop
     def _rng_state(self) -> dict[str, torch.Tensor]:

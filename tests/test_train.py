@@ -252,20 +252,23 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
 
 
-def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets):
+@pytest.mark.parametrize("micro_batch", [0, 1])
+def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets, micro_batch):
     """RWO's batched group step must equal the loss written out sample by sample: mean over samples of
     w_i mean_r ||v(x_r,i) - (noise_r - x0_i)||^2, weighted 1 + M by the record's edit mask, where the draws
     (sigma_r, noise_r) are the group's and the same for every sample of it (common random numbers),
     x_r,i = (1 - sigma_r) x0_i + sigma_r noise_r, w from rwo_weights, and v the velocity guided by rollout.cfg,
-    as the rollouts sampled; plus the anchor kl_beta mean ||v - v_base||^2 (v_base: the LoRA off)."""
+    as the rollouts sampled; plus the anchor kl_beta mean ||v - v_base||^2 (v_base: the LoRA off). micro_batch 1:
+    a group's 6 rows in two DiT calls of 3 (a record's group), the same loss and gradient."""
     from viva_core.train import losses as L
     from viva_core.train.adapters import adapter_disabled
     from viva_core.train.trainer import _gen
 
     cfg = config(
         assets,
-        assets["root"] / "rwo_ref",
+        assets["root"] / f"rwo_ref{micro_batch}",
         "method=rwo",
+        f"rollout.micro_batch={micro_batch}",
         "optim.batch_size=2",
         "rollout.group_size=3",
         "rollout.steps=3",
@@ -313,6 +316,7 @@ def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets):
             loss = (fm + 0.5 * ((v - v_base) ** 2).mean()) / (2 * len(items))
             loss.backward()
             total += float(loss)
+    assert t._rows_per_call(items[0][2]) == (3 if micro_batch else 2**16 // (t._tokens_per_sample(items[0][2]) * 2))
     assert len(items) == 6 and all(enc.get("mask") is not None for _, _, enc, *_ in items)
     assert stats["loss"] == pytest.approx(total, rel=1e-5) and stats["loss_kl"] > 0
     for got, want in zip(batched, (p.grad for p in t.params)):

@@ -367,13 +367,28 @@ class Trainer:
         r = self.cfg.rollout
         if r.micro_batch:
             return r.micro_batch
-        patch = tuple(getattr(getattr(self.base, "config", None), "patch_size", None) or (1, 2, 2))
-        shape = tuple(enc["source"].shape[2:])
-        tokens = 1
-        for n, p in zip(shape, patch):
-            tokens *= max(1, n // p)
         rows = r.group_size * (1 if r.cfg == 1.0 else 2)
-        return max(1, AUTO_TOKENS_PER_CALL // (tokens * rows))
+        return max(1, AUTO_TOKENS_PER_CALL // (self._tokens_per_sample(enc) * rows))
+
+    def _rows_per_call(self, enc: dict) -> int:
+        """Flow-matching rows per DiT call in RWO's pass: rollout.micro_batch records' groups (G rows each), or under
+        0 as many rows as fit AUTO_TOKENS_PER_CALL latent tokens counting CFG's doubled rows (at least 1). Under FSDP
+        the ranks agree on it (collective forwards: every rank makes the same calls)."""
+        r = self.cfg.rollout
+        guided = 1 if r.cfg == 1.0 else 2
+        per = r.micro_batch * r.group_size or max(1, AUTO_TOKENS_PER_CALL // (self._tokens_per_sample(enc) * guided))
+        if self.world.active and self.cfg.optim.parallel == "fsdp":
+            dev = self.device if self.device.type == "cuda" else torch.device("cpu")
+            per = int(all_gather_cat(self.world, torch.tensor([per], device=dev)).min())
+        return per
+
+    def _tokens_per_sample(self, enc: dict) -> int:
+        """The DiT's tokens for one sample of the record's latent shape (its patch size; Wan's 1x2x2 if unknown)."""
+        patch = tuple(getattr(getattr(self.base, "config", None), "patch_size", None) or (1, 2, 2))
+        tokens = 1
+        for n, p in zip(tuple(enc["source"].shape[2:]), patch):
+            tokens *= max(1, n // p)
+        return tokens
 
     def _record_chunks(self, batch: list) -> list[list[int]]:
         """The local records (gi, rec, enc) in DiT-call chunks of `_records_per_call`. Records share a call only
@@ -612,16 +627,20 @@ class Trainer:
         return {**stats, **agg}
 
     def _rwo_pass(self, items: list, weights: torch.Tensor, step: int, update: int) -> dict:
-        """One backward pass: per group, one DiT call over its G samples x `rollout.rwo_draws` (sigma, noise) draws
-        that all G samples share, so two samples' terms differ only by their results. The loss is
-        mean_i w_i mean_r FM(x0_i; sigma_r, noise_r) over the local samples, plus, with rollout.kl_beta > 0,
-        kl_beta mean ||v - v_base||^2 at the same inputs (v_base: the LoRA off, the SFT base): the anchor that
-        signed weights need (unbounded otherwise: the pushed-away samples' loss can grow without end)."""
+        """One backward pass: per group, its G samples x `rollout.rwo_draws` (sigma, noise) draws that all G samples
+        share, so two samples' terms differ only by their results (`_rows_per_call` rows a DiT call: one call per
+        group for the bundled editor). The loss is mean_i w_i mean_r FM(x0_i; sigma_r, noise_r) over the local
+        samples, plus, with rollout.kl_beta > 0, kl_beta mean ||v - v_base||^2 at the same inputs (v_base: the LoRA
+        off, the SFT base): the anchor that signed weights need (unbounded otherwise: the pushed-away samples' loss
+        can grow without end)."""
         r = self.cfg.rollout
         g, draws = r.group_size, r.rwo_draws
-        starts = range(0, len(items), g)
+        starts = list(range(0, len(items), g))
+        per = self._rows_per_call(items[0][2]) if items else 1
+        calls = [(i0, c) for i0 in starts for c in range(0, min(g, len(items) - i0) * draws, per)]
         sums = {"loss": [], "loss_fm": [], "loss_kl": []}
-        for k, i0 in enumerate(starts):
+        k = 0
+        for i0 in starts:
             gi, rec, enc = items[i0][:3]
             x0 = torch.cat([item[4] for item in items[i0 : i0 + g]]).to(self.device, torch.float32)  # [G, C, T, H, W]
             gen = _gen(self.cfg.seed, step, gi, 4, *([update] if update else []))
@@ -630,29 +649,35 @@ class Trainer:
             n = x0.shape[0]  # rows draw-major: draw r of every sample, then draw r + 1
             sigma = sigma.to(self.device).repeat_interleave(n)
             x_t, v_target = L.flow_matching_pair(x0.repeat(draws, 1, 1, 1, 1), noise.repeat_interleave(n, 0), sigma)
-            text, share = self._condition(rec, enc), n / len(items)
-            with self._grad_sync(k == len(starts) - 1):
-                v = self._policy_velocity(self.dit, x_t, enc["source"], sigma, text)
-                mask = enc.get("mask")
-                fm = L.reward_weighted_fm_loss(
-                    v,
-                    v_target.to(self.device),
-                    weights[i0 : i0 + n].repeat(draws),
-                    mask.to(self.device) if mask is not None else None,
-                    self.cfg.sft.mask_weight,
-                )
-                loss = fm
-                if r.kl_beta > 0:
-                    with torch.no_grad(), adapter_disabled(self.base):
-                        v_ref = self._policy_velocity(self.base, x_t, enc["source"], sigma, text)
-                    kl = ((v - v_ref) ** 2).mean()
-                    loss = loss + r.kl_beta * kl
-                    sums["loss_kl"].append(kl.detach().double() * share)
-                (loss * share).backward()
-            sums["loss"].append(loss.detach().double() * share)
-            sums["loss_fm"].append(fm.detach().double() * share)
-        names = [k for k, v in sums.items() if v]
-        values = torch.stack([torch.stack(sums[k]).sum() for k in names]).tolist()  # the one host transfer
+            w = weights[i0 : i0 + n].repeat(draws)
+            text, mask = self._condition(rec, enc), enc.get("mask")
+            for c in range(0, n * draws, per):
+                rows = slice(c, min(c + per, n * draws))
+                share = (rows.stop - rows.start) / (draws * len(items))  # this call's rows' share of the mean
+                k += 1
+                with self._grad_sync(k == len(calls)):
+                    v = self._policy_velocity(self.dit, x_t[rows], enc["source"], sigma[rows], text)
+                    fm = L.reward_weighted_fm_loss(
+                        v,
+                        v_target[rows],
+                        w[rows],
+                        mask.to(self.device) if mask is not None else None,
+                        self.cfg.sft.mask_weight,
+                    )
+                    loss = fm
+                    if r.kl_beta > 0:
+                        with torch.no_grad(), adapter_disabled(self.base):
+                            v_ref = self._policy_velocity(self.base, x_t[rows], enc["source"], sigma[rows], text)
+                        kl = ((v - v_ref) ** 2).mean()
+                        loss = loss + r.kl_beta * kl
+                        sums["loss_kl"].append(kl.detach().double() * share)
+                    (loss * share).backward()
+                sums["loss"].append(loss.detach().double() * share)
+                sums["loss_fm"].append(fm.detach().double() * share)
+        names = [key for key, v in sums.items() if v]
+        if not names:
+            return {}
+        values = torch.stack([torch.stack(sums[key]).sum() for key in names]).tolist()  # the one host transfer
         return dict(zip(names, values))
 
     # ------------------------------------------------------------------ loop

@@ -179,6 +179,32 @@ def test_grpo_first_update_is_on_policy(assets):
     assert 0.0 <= first["reward"] <= 1.0 and first["zero_var_groups"] < 1.0
 
 
+def _moved_policy_step(cfg, method: str):
+    """A trainer, its fixed rollout batch, and the stats and gradient of one `_grpo_step` / `_rwo_step` on that batch
+    with the LoRA moved off its start (PPO ratios off 1, an anchor to the base with a gradient); gradients zeroed."""
+    t = Trainer(cfg)
+    t._setup()
+    rolled = t._rollouts_and_advantages(0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in t.params:
+            p.add_(0.3 * torch.randn_like(p))
+    t._rollouts_and_advantages = lambda step: rolled
+    t.optimizer.zero_grad()
+    stats = (t._rwo_step if method == "rwo" else t._grpo_step)(0)
+    batched = [p.grad.clone() for p in t.params]
+    t.optimizer.zero_grad()
+    return t, rolled, stats, batched
+
+
+def _guided(t, model, x, source, sigma, text, scale: float):
+    """v_uncond + scale (v_cond - v_uncond) as two calls, the empty prompt zero-padded to the text's width."""
+    neg = t.editor.encode_text("").embeds
+    neg = torch.cat([neg, neg.new_zeros(1, text.shape[1] - neg.shape[1], neg.shape[2])], dim=1).to(text)
+    cond, unc = t._velocity(model, x, source, sigma, text), t._velocity(model, x, source, sigma, neg)
+    return unc + scale * (cond - unc)
+
+
 def test_grpo_batched_update_equals_the_per_sample_reference(assets):
     """The group goes through the DiT as one batch, guided with rollout.cfg; its gradient must equal the
     per-sample PPO-clip + KL loss written out independently: mean over samples and window steps of
@@ -199,29 +225,14 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets):
         "rollout.kl_beta=0.5",
         'rewards.weights={"preservation": 1.0}',
     )
-    t = Trainer(cfg)
-    t._setup()
-    rolled = t._rollouts_and_advantages(0)
+    t, rolled, stats, batched = _moved_policy_step(cfg, "grpo")  # moved: ratios differ from 1 (some clip)
     items, adv = rolled[0], rolled[1]
-    torch.manual_seed(0)
-    with torch.no_grad():  # move the policy off the rollouts' so ratios differ from 1 (some clip)
-        for p in t.params:
-            p.add_(0.3 * torch.randn_like(p))
-    t._rollouts_and_advantages = lambda step: rolled
-    t.optimizer.zero_grad()
-    stats = t._grpo_step(0)
-    batched = [p.grad.clone() for p in t.params]
-
-    t.optimizer.zero_grad()
     r, sig = cfg.rollout, shifted_sigmas(4, cfg.rollout.shift)
-    neg = t.editor.encode_text("").embeds
     n_terms = sum(len(trans) for *_, trans in items)
     ratios = []
 
     def guided(model, x, src, s, text):
-        negp = torch.cat([neg, neg.new_zeros(1, text.shape[1] - neg.shape[1], neg.shape[2])], dim=1)
-        cond, unc = t._velocity(model, x, src, s, text), t._velocity(model, x, src, s, negp.to(text))
-        return unc + 3.0 * (cond - unc)
+        return _guided(t, model, x, src, s, text, 3.0)
 
     for (_gi, rec, enc, m, _, transitions), a in zip(items, adv):
         for tr in transitions:
@@ -277,20 +288,8 @@ def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets, micr
         "rollout.kl_beta=0.5",
         'rewards.weights={"preservation": 1.0}',
     )
-    t = Trainer(cfg)
-    t._setup()
-    rolled = t._rollouts_and_advantages(0)
+    t, rolled, stats, batched = _moved_policy_step(cfg, "rwo")
     items, all_r, all_g = rolled[0], rolled[3], rolled[4]
-    torch.manual_seed(0)
-    with torch.no_grad():  # move the LoRA off zero so the anchor to the base has a gradient
-        for p in t.params:
-            p.add_(0.3 * torch.randn_like(p))
-    t._rollouts_and_advantages = lambda step: rolled
-    t.optimizer.zero_grad()
-    stats = t._rwo_step(0)
-    batched = [p.grad.clone() for p in t.params]
-
-    t.optimizer.zero_grad()
     w = L.rwo_weights(all_r.sum(-1), all_g)
     assert not torch.allclose(w, torch.ones_like(w))  # the rewards differ, so the weights matter
     total = 0.0
@@ -299,18 +298,10 @@ def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets, micr
         sigmas = L.sample_sigmas(2, gen, shift=cfg.sft.shift, mode=cfg.sft.sigma_sampling)
         noises = torch.randn((2, *x0.shape[1:]), generator=gen)
         for sigma, noise in zip(sigmas, noises):
-            x_t = (1 - sigma) * x0 + sigma * noise[None]
-            text, neg = t._condition(rec, enc), t.editor.encode_text("").embeds
-            neg = torch.cat([neg, neg.new_zeros(1, text.shape[1] - neg.shape[1], neg.shape[2])], dim=1).to(text)
-
-            def guided(model, x_t=x_t, sigma=sigma, text=text, neg=neg, enc=enc):
-                cond = t._velocity(model, x_t, enc["source"], sigma[None], text)
-                unc = t._velocity(model, x_t, enc["source"], sigma[None], neg)
-                return unc + 3.0 * (cond - unc)  # the guided velocity the rollouts sampled with
-
-            v = guided(t.dit)
+            x_t, text = (1 - sigma) * x0 + sigma * noise[None], t._condition(rec, enc)
+            v = _guided(t, t.dit, x_t, enc["source"], sigma[None], text, 3.0)  # the velocity the rollouts sampled with
             with torch.no_grad(), adapter_disabled(t.base):
-                v_base = guided(t.base)
+                v_base = _guided(t, t.base, x_t, enc["source"], sigma[None], text, 3.0)
             weight = 1 + cfg.sft.mask_weight * (enc["mask"] if enc.get("mask") is not None else 0)
             fm = wi * (weight * (v - (noise[None] - x0)) ** 2).mean()
             loss = (fm + 0.5 * ((v - v_base) ** 2).mean()) / (2 * len(items))
@@ -323,20 +314,19 @@ def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets, micr
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
 
 
-def test_rwo_inner_updates_reuse_the_rollouts_with_fresh_draws(assets):
-    """rollout.inner_updates = 2: one optimizer step inside the step, then a second pass over the same rollouts with
-    new flow-matching draws, whose gradient is that pass alone at the moved parameters."""
+def _after_inner_updates(assets, method: str, *extra: str):
+    """A trainer after one `_grpo_step` / `_rwo_step` with rollout.inner_updates = 2 on a fixed rollout batch:
+    (trainer, rollouts, stats, the gradient left for the loop's step); checks the one optimizer step taken inside."""
     cfg = config(
         assets,
-        assets["root"] / "rwo_inner",
-        "method=rwo",
+        assets["root"] / f"{method}_inner",
+        f"method={method}",
         "optim.batch_size=2",
         "rollout.group_size=3",
-        "rollout.steps=3",
         "rollout.inner_updates=2",
-        "rollout.rwo_mode=signed",
         "optim.lr=0.05",
         'rewards.weights={"preservation": 1.0}',
+        *extra,
     )
     t = Trainer(cfg)
     t._setup()
@@ -344,10 +334,16 @@ def test_rwo_inner_updates_reuse_the_rollouts_with_fresh_draws(assets):
     t._rollouts_and_advantages = lambda step: rolled
     before = [p.detach().clone() for p in t.params]
     t.optimizer.zero_grad()
-    stats = t._rwo_step(0)
+    stats = (t._rwo_step if method == "rwo" else t._grpo_step)(0)
     assert all(int(st["step"]) == 1 for st in t.optimizer.state.values())  # one inner step; the loop takes the next
     assert any(not torch.equal(a, p) for a, p in zip(before, t.params)) and stats["grad_norm_inner"] > 0
-    second = [p.grad.clone() for p in t.params]
+    return t, rolled, stats, [p.grad.clone() for p in t.params]
+
+
+def test_rwo_inner_updates_reuse_the_rollouts_with_fresh_draws(assets):
+    """rollout.inner_updates = 2: one optimizer step inside the step, then a second pass over the same rollouts with
+    new flow-matching draws, whose gradient is that pass alone at the moved parameters."""
+    t, rolled, stats, second = _after_inner_updates(assets, "rwo", "rollout.steps=3", "rollout.rwo_mode=signed")
     from viva_core.train import losses as L
 
     w = L.rwo_weights(rolled[3].sum(-1), rolled[4], mode="signed")
@@ -497,29 +493,8 @@ def test_grpo_shared_start_gives_a_group_one_start_and_distinct_sde_noise(assets
 def test_grpo_inner_updates_reuse_the_rollouts_off_policy(assets):
     """rollout.inner_updates=2: one optimizer step inside the GRPO step, then a second PPO pass over the same
     rollouts whose gradient is the single-pass gradient at the moved parameters, with ratios off 1."""
-    cfg = config(
-        assets,
-        assets["root"] / "grpo_inner",
-        "method=grpo",
-        "optim.batch_size=2",
-        "rollout.group_size=3",
-        "rollout.steps=4",
-        "rollout.window=2",
-        "rollout.inner_updates=2",
-        "optim.lr=0.05",
-        'rewards.weights={"preservation": 1.0}',
-    )
-    t = Trainer(cfg)
-    t._setup()
-    rolled = t._rollouts_and_advantages(0)
-    t._rollouts_and_advantages = lambda step: rolled
-    before = [p.detach().clone() for p in t.params]
-    t.optimizer.zero_grad()
-    stats = t._grpo_step(0)
-    assert all(int(st["step"]) == 1 for st in t.optimizer.state.values())  # one inner step; the loop takes the next
-    assert any(not torch.equal(a, p) for a, p in zip(before, t.params))
-    assert stats["grad_norm_inner"] > 0 and abs(stats["ratio_mean"] - 1) + stats["ratio_std"] > 1e-6
-    second = [p.grad.clone() for p in t.params]
+    t, _, stats, second = _after_inner_updates(assets, "grpo", "rollout.steps=4", "rollout.window=2")
+    assert abs(stats["ratio_mean"] - 1) + stats["ratio_std"] > 1e-6
     t.cfg.rollout.inner_updates = 1
     t.optimizer.zero_grad()
     single = t._grpo_step(0)  # the on-policy-style pass, at the moved parameters: the same gradient and ratios

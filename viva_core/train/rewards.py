@@ -146,7 +146,8 @@ class JudgeReward:
 
 
 class VerifierReward:
-    """Mean of the exact benchmark's scores (`eval.score_edit`) over `dimensions`, in [0, 1].
+    """Mean of the exact benchmark's scores (`eval.score_edit`) over `dimensions`, in [0, 1] (PC averages SSIM in,
+    which dips below 0 on outputs unrelated to the source, so a ruined edit's PC can be slightly negative).
 
     Needs the ground-truth edit (`targets`); the per-operation EA verifiers also read the `operation` and
     `verify` labels `viva synth` writes (without them EA falls back to the distance-to-target check). A

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -315,11 +316,9 @@ class Trainer:
         enc: dict,
         gi: int,
         step: int,
-        weight: float = 1.0,
-        x0: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Flow-matching loss of one sample: target latents (or a rollout's result), mask-weighted (VIVA)."""
-        x0 = enc["target"] if x0 is None else x0
+        """Flow-matching loss of one sample's target latents, mask-weighted (VIVA)."""
+        x0 = enc["target"]
         if x0 is None:
             raise InputError(f"record {rec.index} ({rec.source_video.name}) has no target_video; SFT needs one.")
         g = _gen(self.cfg.seed, step, gi, 1)
@@ -331,7 +330,7 @@ class Trainer:
         return L.reward_weighted_fm_loss(
             v,
             v_target.to(self.device),
-            torch.tensor([weight]),
+            torch.ones(1),
             mask.to(self.device) if mask is not None else None,
             self.cfg.sft.mask_weight,
         )
@@ -377,6 +376,10 @@ class Trainer:
         r = self.cfg.rollout
         guided = 1 if r.cfg == 1.0 else 2
         per = r.micro_batch * r.group_size or max(1, AUTO_TOKENS_PER_CALL // (self._tokens_per_sample(enc) * guided))
+        return self._fsdp_agreed(per)
+
+    def _fsdp_agreed(self, per: int) -> int:
+        """A per-call size every rank uses: under FSDP the forwards are collective, so all ranks take the smallest."""
         if self.world.active and self.cfg.optim.parallel == "fsdp":
             dev = self.device if self.device.type == "cuda" else torch.device("cpu")
             per = int(all_gather_cat(self.world, torch.tensor([per], device=dev)).min())
@@ -399,10 +402,7 @@ class Trainer:
             return []
         with torch.no_grad():
             keys = {(tuple(enc["source"].shape), self._condition(rec, enc).shape[1]) for _, rec, enc in batch}
-        per = self._records_per_call(batch[0][2]) if len(keys) == 1 else 1
-        if self.world.active and self.cfg.optim.parallel == "fsdp":
-            dev = self.device if self.device.type == "cuda" else torch.device("cpu")
-            per = int(all_gather_cat(self.world, torch.tensor([per], device=dev)).min())
+        per = self._fsdp_agreed(self._records_per_call(batch[0][2]) if len(keys) == 1 else 1)
         return [list(range(i, min(i + per, len(batch)))) for i in range(0, len(batch), per)]
 
     def _stacked(self, part: list, g: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -637,7 +637,7 @@ class Trainer:
         g, draws = r.group_size, r.rwo_draws
         starts = list(range(0, len(items), g))
         per = self._rows_per_call(items[0][2]) if items else 1
-        calls = [(i0, c) for i0 in starts for c in range(0, min(g, len(items) - i0) * draws, per)]
+        n_calls = sum(math.ceil(min(g, len(items) - i0) * draws / per) for i0 in starts)
         sums = {"loss": [], "loss_fm": [], "loss_kl": []}
         k = 0
         for i0 in starts:
@@ -655,7 +655,7 @@ class Trainer:
                 rows = slice(c, min(c + per, n * draws))
                 share = (rows.stop - rows.start) / (draws * len(items))  # this call's rows' share of the mean
                 k += 1
-                with self._grad_sync(k == len(calls)):
+                with self._grad_sync(k == n_calls):
                     v = self._policy_velocity(self.dit, x_t[rows], enc["source"], sigma[rows], text)
                     fm = L.reward_weighted_fm_loss(
                         v,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -340,3 +341,54 @@ def test_a_judge_that_orders_candidates_at_chance_says_best_of_n_picks_at_random
     assert judge_caveat(folder).startswith(
         "note: edited vs unedited held-out ROC-AUC 0.97, but below 0.9 on an editor's outputs for GN 0.63; it ordered"
     )
+
+
+@pytest.mark.parametrize("difference", [False, True])
+def test_differentiable_p_yes_equals_score_and_its_gradient_the_finite_difference(vlm, tmp_path, difference):
+    """The judge as a differentiable reward: for frames on the processor's grid at exact 8-bit levels (where PIL and
+    the processor round nothing) it gives `score`'s P(Yes) for each asked question; its gradient reaches only the
+    shown edited frames and matches a central finite difference along a random direction (an independent check of
+    the whole path: patches, difference frames, shared vision forward)."""
+    import shutil
+
+    from viva_core.judge import JUDGE_INFO_FILE
+
+    folder = tmp_path / "judge"
+    shutil.copytree(vlm.path, folder)
+    (folder / JUDGE_INFO_FILE).write_text(json.dumps({"difference_frames": difference}))
+    j = Judge(load_vlm(folder, dtype="fp32", device="cpu"))
+    g = torch.Generator().manual_seed(5)
+    src = torch.randint(0, 256, (5, 56, 56, 3), generator=g).float() / 255
+    edit = torch.randint(0, 256, (5, 56, 56, 3), generator=g).float() / 255
+    want = j.score(src, edit, "make it blue", num_frames=2).scores
+    x = edit.clone().requires_grad_(True)
+    got = j.differentiable_yes_probabilities(src, x, "make it blue", ("EA", "GR"), num_frames=2)
+    assert list(got) == ["EA", "GR"]
+    for q in got:
+        assert float(got[q].detach()) == pytest.approx(want[q], abs=1e-5)
+    got["EA"].backward()
+    shown = (x.grad != 0).flatten(1).any(1).tolist()
+    assert shown == [True, False, False, False, True]  # frames 0 and 4 of 5, as score shows them
+    assert all(p.grad is None for p in j.vlm.model.parameters())  # the judge stays frozen
+    # the finite difference in float64 (P(Yes) in fp32 rounds away a small step's change), on an edit that differs
+    # from the source by 25 levels everywhere: no step crosses a kink of the difference frames (abs at 0, clamp at 1)
+    from dataclasses import replace
+
+    j64 = Judge(replace(j.vlm, model=copy.deepcopy(j.vlm.model).double(), dtype=torch.float64))
+    mid = src.clamp(0.25, 0.6).double()
+    near = mid + 25 / 255
+    x64 = near.clone().requires_grad_(True)
+    j64.differentiable_yes_probabilities(mid, x64, "make it blue", ("EA",), num_frames=2)["EA"].backward()
+    direction, eps = torch.randn(edit.shape, generator=g, dtype=torch.float64), 1e-3
+    with torch.no_grad():
+        up, down = (
+            float(
+                j64.differentiable_yes_probabilities(
+                    mid, near + sign * eps * direction, "make it blue", ("EA",), num_frames=2
+                )["EA"]
+            )
+            for sign in (1, -1)
+        )
+    assert float((x64.grad * direction).sum()) == pytest.approx((up - down) / (2 * eps), rel=5e-3)
+    with pytest.raises(InputError, match="one of"):
+        j.differentiable_yes_probabilities(src, edit, "make it blue", ("XX",))

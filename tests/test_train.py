@@ -857,3 +857,78 @@ def test_training_a_loaded_editor_equals_loading_one_and_gives_it_back(assets):
     a, b, c = (load_file(r.lora_path) for r in (own, lent, again))
     assert a.keys() == b.keys() == c.keys()
     assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory):
+    from tiny_vlm import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("uso") / "judge")
+
+
+def test_self_reflection_loss_is_the_judges_p_yes_on_the_implied_clean_video(assets, judge_dir, monkeypatch):
+    """ReViSE's self-reflection loss through the real SFT step, against a reference written out here: the clean
+    video the draw implies (x_sigma - sigma v) decoded by the no-grad decode, scored by `Judge.score` (PIL path),
+    -log P(Yes) of the asked questions; loss = FM + w * that. Its gradient reaches the LoRA (the update differs from
+    plain SFT's), not the VAE or the judge; sigma above uso_max_sigma skips it."""
+    import math
+
+    import viva_core.train.losses as L
+    from viva_core.pipeline import decode_latents_batch
+
+    w = 0.5
+    common = ("optim.steps=1", "optim.batch_size=1", f"rewards.judge_vlm={judge_dir}", 'sft.uso_questions=["EA", "PC"]')
+    t = Trainer(config(assets, assets["root"] / "uso", *common, f"sft.uso_weight={w}"))
+    t._setup()
+    seen = []
+    real = L.flow_matching_pair
+
+    def spy(x0, noise, sigma):
+        x_t, v_target = real(x0, noise, sigma)
+        seen.append((x_t, sigma))
+        return x_t, v_target
+
+    monkeypatch.setattr(L, "flow_matching_pair", spy)
+    velocities = []
+    real_velocity = t._velocity
+    monkeypatch.setattr(t, "_velocity", lambda *a: velocities.append(real_velocity(*a)) or velocities[-1])
+    metrics = t._sft_step(0)
+    ((x_t, sigma),), (v,) = seen, velocities
+    ((_, rec),) = t._local_batch(0)
+    frames = decode_latents_batch(t.editor, x_t - sigma.view(-1, 1, 1, 1, 1) * v.detach().float())[0]
+    scores = t.judge.score(t._encoded(rec)["source_frames"], frames, rec.instruction, num_frames=t.judge_frames).scores
+    want = -(math.log(scores["EA"]) + math.log(scores["PC"])) / 2
+    assert metrics["loss_uso"] == pytest.approx(want, abs=1e-4)  # PIL's 8-bit rounding of the frames: ~1e-5
+    noisy = decode_latents_batch(t.editor, x_t)[0]  # what a loss forgetting the - sigma v would judge
+    other = t.judge.score(t._encoded(rec)["source_frames"], noisy, rec.instruction, num_frames=t.judge_frames).scores
+    assert abs(-(math.log(other["EA"]) + math.log(other["PC"])) / 2 - want) > 3e-4  # so the check above can fail
+    assert metrics["loss"] == pytest.approx(metrics["loss_fm"] + w * metrics["loss_uso"], rel=1e-6)
+    assert metrics["judge_p_yes"] == pytest.approx((scores["EA"] + scores["PC"]) / 2, abs=1e-3)
+    lora_grads = [p.grad.clone() for p in t.params]
+    assert all(p.grad is None for p in t.editor.vae.parameters()) and all(
+        p.grad is None for p in t.judge.vlm.model.parameters()
+    )
+    plain = Trainer(config(assets, assets["root"] / "uso_plain", *common))
+    plain._setup()
+    assert "loss_uso" not in plain._sft_step(0)
+    assert any(float((a - p.grad).abs().max()) > 1e-7 for a, p in zip(lora_grads, plain.params))
+    capped = Trainer(
+        config(assets, assets["root"] / "uso_cap", *common, f"sft.uso_weight={w}", "sft.uso_max_sigma=1e-9")
+    )
+    capped._setup()
+    out = capped._sft_step(0)
+    assert out["uso_draws"] == 0 and out["loss"] == pytest.approx(out["loss_fm"]) and "judge_p_yes" not in out
+
+
+@pytest.mark.parametrize(
+    "extra, problem",
+    [
+        (("sft.uso_weight=0.1",), "needs rewards.judge_vlm"),
+        (("sft.uso_weight=0.1", "rewards.judge_vlm=j", "method=grpo"), "needs method sft"),
+        (("sft.uso_weight=0.1", "rewards.judge_vlm=j", 'sft.uso_questions=["XX"]'), "uso_questions"),
+        (("sft.uso_weight=0.1", "rewards.judge_vlm=j", "sft.uso_max_sigma=0"), "uso_max_sigma"),
+    ],
+)
+def test_self_reflection_loss_settings_are_checked(assets, tmp_path, extra, problem):
+    with pytest.raises(InputError, match=problem):
+        config(assets, tmp_path, *extra)

@@ -29,7 +29,7 @@ from PIL import Image
 from .errors import InputError, ModelLoadError, NonFiniteError
 from .safe_io import read_json_object
 from .video import uniform_frame_indices
-from .vlm import VLM, build_inputs, forward_shared_images, generate_text, to_pil_image
+from .vlm import VLM, build_inputs, fit_max_side, forward_shared_images, generate_text, image_patches, to_pil_image
 
 
 class Dimension(NamedTuple):
@@ -101,8 +101,9 @@ class JudgeResult:
 
 
 def yes_probability(last_logits: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence[int]) -> torch.Tensor:
-    """P(Yes) from next-token logits [..., V]: softmax restricted to the Yes/No ids, in fp32. Differentiable."""
-    logits = last_logits.float()
+    """P(Yes) from next-token logits [..., V]: softmax restricted to the Yes/No ids, in fp32 (or the logits' wider
+    dtype). Differentiable."""
+    logits = last_logits.to(torch.promote_types(last_logits.dtype, torch.float32))
     yes = logits[..., list(yes_ids)]
     both = logits[..., list(yes_ids) + list(no_ids)]
     return torch.exp(torch.logsumexp(yes, dim=-1) - torch.logsumexp(both, dim=-1))
@@ -131,7 +132,8 @@ def difference_frames(source: torch.Tensor, edited: torch.Tensor, gain: float = 
     """Frame by frame |edited - source| x gain in 0..1 [T,H,W,3]: bright where the edit changed the video, black where
     it kept it. `edited` is resized to the source's size when they differ; T is the shorter of the two."""
     t = min(source.shape[0], edited.shape[0])
-    src, edit = source[:t, ..., :3].float(), edited[:t, ..., :3].float()
+    wide = torch.promote_types(torch.promote_types(source.dtype, edited.dtype), torch.float32)
+    src, edit = source[:t, ..., :3].to(wide), edited[:t, ..., :3].to(wide)
     if edit.shape[1:3] != src.shape[1:3]:
         edit = torch.nn.functional.interpolate(
             edit.permute(0, 3, 1, 2), size=src.shape[1:3], mode="bilinear", align_corners=False
@@ -310,6 +312,52 @@ class Judge:
             logits = forward_shared_images(self.vlm, inputs, len(group)).logits[:, -1]  # images encoded once
             probs.extend(yes_probability(logits, self.yes_ids, self.no_ids).unbind(0))
         return dict(zip(DIMENSIONS, probs))
+
+    def differentiable_yes_probabilities(
+        self,
+        source: torch.Tensor,
+        edited: torch.Tensor,
+        instruction: str,
+        questions: Sequence[str] = DIMENSIONS,
+        *,
+        num_frames: int = 4,
+    ) -> dict[str, torch.Tensor]:
+        """P(Yes) per question with gradients reaching `edited` (frames [T,H,W,C] 0..1): the judge as a
+        differentiable reward (ReViSE's self-reflection loss). The prompts, frames and difference frames are
+        `score`'s, but the pixels go to the model through `vlm.image_patches` instead of PIL and the processor, so
+        they are not rounded to 8 bits (`score`'s values for frames already on that grid). The model's own
+        parameters get no gradient when frozen. Qwen2-VL-family judges only."""
+        unknown = [q for q in questions if q not in DIMENSIONS]
+        if unknown or not questions:
+            raise InputError(f"judge questions {list(questions)}: each must be one of {list(DIMENSIONS)}.")
+        edited = _as_video(edited, "edited")
+        source = _as_video(source, "source").to(edited.device)
+        k = min(num_frames, source.shape[0], edited.shape[0])
+        shown = [
+            fit_max_side(x[uniform_frame_indices(x.shape[0], k)][..., :3], self.max_side)
+            for x in (source.detach(), edited)
+        ]
+        if self.difference:  # as difference_images: full-size |edited - source| at the shown moments, then shrunk
+            pairs = zip(uniform_frame_indices(source.shape[0], k), uniform_frame_indices(edited.shape[0], k))
+            src_i, edit_i = (list(ix) for ix in zip(*pairs))
+            diff = difference_frames(source[src_i].detach(), edited[edit_i])
+            shown.append(fit_max_side(diff, self.max_side))
+        pils = [[to_pil_image(f) for f in group] for group in shown]
+        conversations = [
+            self.messages(
+                pils[0], pils[1], self.question_text(q, instruction.strip()), pils[2] if self.difference else ()
+            )
+            for q in questions
+        ]
+        inputs = build_inputs(self.vlm, conversations, add_generation_prompt=True)
+        pixels, grid = image_patches(self.vlm.processor, torch.cat(shown))
+        if grid.tolist() != inputs["image_grid_thw"][: grid.shape[0]].tolist():
+            raise InputError(
+                f"{self.vlm.path}: the processor's image grid differs from image_patches' {grid.tolist()}."
+            )
+        inputs["pixel_values"] = pixels.to(self.vlm.device, self.vlm.dtype).repeat(len(questions), 1)
+        logits = forward_shared_images(self.vlm, inputs, len(questions)).logits[:, -1]
+        return dict(zip(questions, yes_probability(logits, self.yes_ids, self.no_ids).unbind(0)))
 
     @torch.no_grad()
     def score(

@@ -138,11 +138,18 @@ def decode_latents(editor: Editor, z: torch.Tensor) -> torch.Tensor:
 def decode_latents_batch(editor: Editor, z: torch.Tensor) -> torch.Tensor:
     """Normalized latents [N, z, T', H', W'] -> [N,T,H,W,C] 0..1 fp32 on CPU, in one VAE call (samples are
     independent in the VAE: each clip decodes as it would alone, up to kernel rounding)."""
+    with torch.no_grad():
+        return decode_latents_differentiable(editor, z).cpu()
+
+
+def decode_latents_differentiable(editor: Editor, z: torch.Tensor) -> torch.Tensor:
+    """`decode_latents_batch` under the caller's grad mode, left on the VAE's device: gradients of a loss on the
+    frames reach `z` (a reward computed on the predicted clean video). The clamp to 0..1 passes no gradient to
+    pixels outside the range."""
     with editor.on_device(editor.vae) as vae:
         dev, dt = next(vae.parameters()).device, next(vae.parameters()).dtype
-        with torch.no_grad():
-            video = vae.decode(normalize_latents(vae, z.to(dev, torch.float32), inverse=True).to(dt)).sample
-    return ((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).cpu()
+        video = vae.decode(normalize_latents(vae, z.to(dev, torch.float32), inverse=True).to(dt)).sample
+    return ((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1)
 
 
 def conform_for_editor(

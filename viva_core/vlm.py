@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,6 +316,72 @@ def to_pil_image(image: torch.Tensor | Image.Image, *, max_side: int | None = No
         scale = max_side / max(pil.size)
         pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BICUBIC)
     return pil
+
+
+def fit_max_side(images: torch.Tensor, max_side: int | None) -> torch.Tensor:
+    """`to_pil_image`'s shrink in torch, differentiable: [N,H,W,C] 0..1 fit into `max_side` (bicubic, antialiased;
+    PIL's resampling up to rounding), unchanged when it already fits."""
+    h, w = images.shape[1:3]
+    if max_side is None or max(h, w) <= max_side:
+        return images
+    scale = max_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    out = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), size=size, mode="bicubic", antialias=True)
+    return out.permute(0, 2, 3, 1).clamp(0, 1)
+
+
+def _grid_size(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """The size a Qwen2-VL image processor resizes an image to (its `smart_resize`): sides rounded to `factor`,
+    scaled into [min_pixels, max_pixels], aspect kept."""
+    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h, w = (
+            max(factor, math.floor(height / beta / factor) * factor),
+            max(factor, math.floor(width / beta / factor) * factor),
+        )
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def image_patches(processor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [N,H,W,3] 0..1 -> (pixel_values [patches, 3 * t * p * p], image_grid_thw [N, 3]) as a Qwen2-VL-family
+    image processor lays them out (resized to its grid, rescaled, normalized, each image repeated over the temporal
+    patch), in torch, so that gradients reach the pixels: the judge as a differentiable reward. The same values as
+    the processor for images already at its grid size (the bundled judge's 64x64 frames); a resize is bicubic and
+    antialiased, PIL's up to rounding."""
+    ip = getattr(processor, "image_processor", processor)
+    if not all(hasattr(ip, k) for k in ("patch_size", "merge_size", "temporal_patch_size")):
+        raise InputError(
+            f"{type(ip).__name__} does not lay images out in Qwen2-VL patches, so the judge cannot be differentiated "
+            "through its pixels; use a Qwen2-VL / Qwen2.5-VL judge."
+        )
+    p, m, tp = ip.patch_size, ip.merge_size, ip.temporal_patch_size
+    n, h, w, c = images.shape
+    size = ip.size
+    lo = getattr(ip, "min_pixels", None) or (size.get("shortest_edge") if hasattr(size, "get") else size.shortest_edge)
+    hi = getattr(ip, "max_pixels", None) or (size.get("longest_edge") if hasattr(size, "get") else size.longest_edge)
+    x = images.permute(0, 3, 1, 2).to(torch.promote_types(images.dtype, torch.float32))
+    rh, rw = _grid_size(h, w, p * m, int(lo), int(hi)) if ip.do_resize else (h, w)
+    if (rh, rw) != (h, w):
+        x = torch.nn.functional.interpolate(x, size=(rh, rw), mode="bicubic", antialias=True).clamp(0, 1)
+    if not ip.do_rescale:  # the processor takes 0..255 values then
+        x = x * 255.0
+    elif ip.rescale_factor != 1 / 255:
+        x = x * (255.0 * ip.rescale_factor)
+    if ip.do_normalize:
+        mean = torch.tensor(ip.image_mean, device=x.device, dtype=x.dtype).view(1, c, 1, 1)
+        std = torch.tensor(ip.image_std, device=x.device, dtype=x.dtype).view(1, c, 1, 1)
+        x = (x - mean) / std
+    gh, gw = rh // p, rw // p
+    x = x.reshape(n, c, gh // m, m, p, gw // m, m, p).permute(
+        0, 2, 5, 3, 6, 1, 4, 7
+    )  # (n, gh', gw', mh, mw, C, ph, pw)
+    x = x.unsqueeze(-3).expand(*x.shape[:6], tp, p, p)  # each image repeated over the temporal patch
+    grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long)
+    return x.reshape(n * gh * gw, c * tp * p * p), grid
 
 
 def _images_of(conversation: list[dict]) -> list[Image.Image]:

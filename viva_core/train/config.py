@@ -100,6 +100,14 @@ class SFTConfig:
     mask_weight: float = 1.0  # VIVA's (1 + w * M) edit-mask weight
     sigma_sampling: str = "logit_normal"
     shift: float = 1.0
+    # ReViSE's self-reflection loss, reconstructed (its code is not public; docs/small_models.md, section 42): uso_weight x the mean
+    # over uso_questions of -log P(Yes) that the judge (rewards.judge_vlm) gives the clean video each flow-matching
+    # draw implies (x_sigma - sigma v, decoded), its gradient through the VAE and the judge into the editor. ReViSE
+    # weighs it 0.1 against flow matching. Draws with sigma above uso_max_sigma skip it (there the implied video is
+    # the blur of an average, which the judge was not trained on).
+    uso_weight: float = 0.0
+    uso_questions: list[str] = field(default_factory=lambda: ["EA"])
+    uso_max_sigma: float = 1.0
 
 
 @dataclass
@@ -195,6 +203,14 @@ class TrainConfig:
             problems.append(f"optim.parallel '{self.optim.parallel}' is not ddp or fsdp")
         if self.optim.schedule not in ("constant", "cosine"):
             problems.append(f"optim.schedule '{self.optim.schedule}' is not constant or cosine")
+        if self.sft.uso_weight and self.method != "sft":
+            problems.append("sft.uso_weight (the judge's loss on flow matching's predictions) needs method sft")
+        if self.sft.uso_weight and not self.rewards.judge_vlm:
+            problems.append("sft.uso_weight needs rewards.judge_vlm: the judge VLM folder whose P(Yes) it raises")
+        from ..judge import DIMENSIONS
+
+        if self.sft.uso_weight and (not self.sft.uso_questions or set(self.sft.uso_questions) - set(DIMENSIONS)):
+            problems.append(f"sft.uso_questions {self.sft.uso_questions}: a non-empty list of {list(DIMENSIONS)}")
         if self.rollout.window and not 0 <= self.rollout.window_start < self.rollout.steps:
             problems.append("rollout.window_start must be a step index below rollout.steps")
         problems += check_output_name(self.output_name)
@@ -233,6 +249,8 @@ class TrainConfig:
                 ("model.refiner_heads", self.model.refiner_heads, 1, None),
                 ("sft.mask_weight", self.sft.mask_weight, 0, None),
                 ("sft.shift", self.sft.shift, 0, None, True),
+                ("sft.uso_weight", self.sft.uso_weight, 0, None),
+                ("sft.uso_max_sigma", self.sft.uso_max_sigma, 0, 1, True),
                 ("rollout.steps", r.steps, 1, None),
                 ("rollout.shift", r.shift, 0, None, True),
                 ("rollout.cfg", r.cfg, 0, None),

@@ -24,7 +24,15 @@ from ..data import EditRecord, TensorCache, file_identity, load_manifest, load_s
 from ..editor import Conditioning, Editor, EditorOptions, load_editor
 from ..errors import InputError, NonFiniteError
 from ..lora import save_lora
-from ..pipeline import decode_latents_batch, dit_velocity, encode_frames, guided_velocity, pad_tokens, unconditional
+from ..pipeline import (
+    decode_latents_batch,
+    decode_latents_differentiable,
+    dit_velocity,
+    encode_frames,
+    guided_velocity,
+    pad_tokens,
+    unconditional,
+)
 from ..runtime import ProgressFn, no_progress
 from ..sampling import sde_step_with_logprob, shifted_sigmas
 from . import losses as L
@@ -156,6 +164,8 @@ class Trainer:
         self.rewards, self.reward_weights = [], torch.ones(0)
         if cfg.method != "sft":
             self._setup_rewards()
+        elif cfg.sft.uso_weight > 0:
+            self._setup_uso()
 
     def _setup_instructor(self) -> None:
         from ..instructor import Instructor, RefinerConfig, TokenRefiner, load_refiner
@@ -181,17 +191,27 @@ class Trainer:
         if cfg.model.train_refiner:
             self.params += list(self.refiner.parameters())
 
+    def _load_judge(self):
+        """The judge of rewards.judge_vlm, frozen on the training device in the model's dtype."""
+        if not self.cfg.rewards.judge_vlm:
+            raise InputError("reward 'judge' needs rewards.judge_vlm (a VLM folder).")
+        from ..judge import Judge
+        from ..vlm import load_vlm
+
+        return Judge(load_vlm(self.cfg.rewards.judge_vlm, dtype=self.cfg.model.dtype, device=str(self.device)))
+
+    def _setup_uso(self) -> None:
+        """The judge whose P(Yes) the self-reflection loss raises; the VAE frozen (its gradient passes through)."""
+        from ..judge import judge_info
+
+        self.judge = self._load_judge()
+        self.judge_frames = int((judge_info(self.cfg.rewards.judge_vlm) or {}).get("frames", 4))
+        self.editor.vae.requires_grad_(False)
+
     def _setup_rewards(self) -> None:
         from .rewards import build_rewards
 
-        judge = None
-        if any(k.startswith("judge") for k in self.cfg.rewards.weights):
-            if not self.cfg.rewards.judge_vlm:
-                raise InputError("reward 'judge' needs rewards.judge_vlm (a VLM folder).")
-            from ..judge import Judge
-            from ..vlm import load_vlm
-
-            judge = Judge(load_vlm(self.cfg.rewards.judge_vlm, dtype=self.cfg.model.dtype, device=str(self.device)))
+        judge = self._load_judge() if any(k.startswith("judge") for k in self.cfg.rewards.weights) else None
         self.rewards, self.reward_weights = build_rewards(
             self.cfg.rewards.weights, judge=judge, clip_dir=self.cfg.rewards.clip_dir or None, device=str(self.device)
         )
@@ -310,14 +330,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ SFT
     def _fm_loss(
-        self,
-        model,
-        rec: EditRecord,
-        enc: dict,
-        gi: int,
-        step: int,
-    ) -> torch.Tensor:
-        """Flow-matching loss of one sample's target latents, mask-weighted (VIVA)."""
+        self, model, rec: EditRecord, enc: dict, gi: int, step: int, uso: bool = False
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Flow-matching loss of one sample's target latents, mask-weighted (VIVA), on one seeded draw; with `uso`
+        (and the draw's sigma <= sft.uso_max_sigma) also the self-reflection loss on the same draw and its mean
+        P(Yes) (`_uso_loss`), else None for both."""
         x0 = enc["target"]
         if x0 is None:
             raise InputError(f"record {rec.index} ({rec.source_video.name}) has no target_video; SFT needs one.")
@@ -327,24 +344,51 @@ class Trainer:
         x_t, v_target = L.flow_matching_pair(x0.float(), noise, sigma)
         v = self._velocity(model, x_t, enc["source"], sigma, self._condition(rec, enc))
         mask = enc.get("mask")
-        return L.reward_weighted_fm_loss(
+        fm = L.reward_weighted_fm_loss(
             v,
             v_target.to(self.device),
             torch.ones(1),
             mask.to(self.device) if mask is not None else None,
             self.cfg.sft.mask_weight,
         )
+        if not uso or float(sigma) > self.cfg.sft.uso_max_sigma:
+            return fm, None, None
+        return (fm, *self._uso_loss(rec, enc, x_t, sigma, v))
+
+    def _uso_loss(
+        self, rec: EditRecord, enc: dict, x_t: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ReViSE's self-reflection loss on one draw (reconstructed; docs/small_models.md, section 42): the clean video the
+        prediction implies, x_sigma - sigma v (exact on the straight path), decoded with gradients, shown to the
+        judge with the source; -mean over sft.uso_questions of log P(Yes). Also the mean P(Yes), detached."""
+        x0 = x_t.to(v.device) - sigma.to(v.device).view(-1, 1, 1, 1, 1) * v.float()
+        frames = decode_latents_differentiable(self.editor, x0)[0]
+        probs = self.judge.differentiable_yes_probabilities(
+            enc["source_frames"], frames, rec.instruction, self.cfg.sft.uso_questions, num_frames=self.judge_frames
+        )
+        p = torch.stack(list(probs.values()))
+        return -p.clamp_min(1e-6).log().mean(), p.detach().mean()
 
     def _sft_step(self, step: int) -> dict:
         batch = self._local_batch(step)
-        total = 0.0
+        uso = self.cfg.sft.uso_weight > 0
+        total, fm_total, uso_total, p_yes = 0.0, 0.0, 0.0, []
         for k, (gi, rec) in enumerate(batch):
             sync = self._grad_sync(k == len(batch) - 1)
             with sync:
-                loss = self._fm_loss(self.dit, rec, self._encoded(rec), gi, step) / len(batch)
-                loss.backward()
-            total += float(loss.detach())
-        return {"loss": total}
+                fm, reflection, p = self._fm_loss(self.dit, rec, self._encoded(rec), gi, step, uso=uso)
+                loss = fm if reflection is None else fm + self.cfg.sft.uso_weight * reflection
+                (loss / len(batch)).backward()
+            total += float(loss.detach()) / len(batch)
+            fm_total += float(fm.detach()) / len(batch)
+            if reflection is not None:
+                uso_total += float(reflection.detach()) / len(batch)
+                p_yes.append(float(p))
+        if not uso:
+            return {"loss": total}
+        # loss_uso: the batch's self-reflection loss (draws above uso_max_sigma add 0); judge_p_yes: over the rest
+        out = {"loss": total, "loss_fm": fm_total, "loss_uso": uso_total, "uso_draws": len(p_yes)}
+        return out | ({"judge_p_yes": sum(p_yes) / len(p_yes)} if p_yes else {})
 
     @torch.no_grad()
     def validation_loss(self) -> Optional[float]:
@@ -352,7 +396,7 @@ class Trainer:
         if not self.val_records:
             return None
         model = self.base
-        vals = [float(self._fm_loss(model, r, self._encoded(r), i, -1)) for i, r in enumerate(self.val_records)]
+        vals = [float(self._fm_loss(model, r, self._encoded(r), i, -1)[0]) for i, r in enumerate(self.val_records)]
         return sum(vals) / len(vals)
 
     # ------------------------------------------------------------------ rollouts (GRPO / RWO)

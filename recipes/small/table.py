@@ -2,7 +2,8 @@
 
 python recipes/small/table.py "label=REPORT_DIR" ...             one row per report: scores, EA per category
 python recipes/small/table.py --by-operation "label=REPORT_DIR" ... one row per operation: EA of each report
-python recipes/small/table.py --paired "base=DIR" "label=DIR" ...  each against the base on the same clips
+python recipes/small/table.py --paired "base=DIR" "label=DIR" ...  each against the base on the same clips (and, for
+    reports of `viva eval --judge`, the judge's P(Yes) on the edits, each against the base's)
 PYTHONPATH=. python recipes/small/table.py --judges "base=DIR" "label=DIR" ...  reports of `viva eval --judge` on the
     same outputs: each judge's ROC-AUC against the verifiers per question (95% bootstrap interval over items), and
     each one's difference from the first judge's on the same resampled items
@@ -106,6 +107,34 @@ def paired(reports: list[tuple[str, dict]]) -> None:
             low, high = bootstrap_ci(diffs, draws=4000)
             cells.append(f"{sum(diffs) / len(diffs):+.3f} ({low:+.3f}..{high:+.3f})")
         print(f"| {label} | {len(r['scores'])} | " + " | ".join(cells) + " |")
+    if all(r.get("judge_agreement") for _, r in reports):
+        judged_outputs(reports)
+
+
+def judged_outputs(reports: list[tuple[str, dict]]) -> None:
+    """With `viva eval --judge`: the judge's mean P(Yes) on each report's edits per question, and each minus the
+    first's, clip by clip. A loss that raises the judge's verdict (a reward it was trained on) without the verifiers'
+    scores above it has taught the editor to please the judge, not to edit."""
+    questions = ("EA", "PC", "GN", "GR")
+
+    def p_yes(r: dict, q: str) -> dict[int, float]:
+        items = r["judge_agreement"]["per_question"][q]["items"]
+        return {i["index"]: i["p_yes"] for i in items if i["kind"] == "output"}
+
+    (base_label, base), *others = reports
+    print(f"\n| judge P(Yes) on the edits, vs {base_label} | n | " + " | ".join(questions) + " |")
+    print("|" + "---|" * (len(questions) + 2))
+    for label, r in reports:
+        cells = []
+        for q in questions:
+            mine, ref = p_yes(r, q), p_yes(base, q)
+            cell = f"{sum(mine.values()) / len(mine):.3f}"
+            if r is not base:
+                diffs = [mine[i] - ref[i] for i in mine if i in ref]
+                low, high = bootstrap_ci(diffs, draws=4000)
+                cell += f", {sum(diffs) / len(diffs):+.3f} ({low:+.3f}..{high:+.3f})"
+            cells.append(cell)
+        print(f"| {label} | {len(p_yes(r, 'EA'))} | " + " | ".join(cells) + " |")
 
 
 JUDGE_ROWS = ("EA", "EA, edits", "PC", "GN", "GR")  # EA with the unedited sources, EA over the outputs alone, ...

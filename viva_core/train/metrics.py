@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 PLOTTED = (
     "loss",
     "loss_fm",
+    "loss_uso",
+    "judge_p_yes",
     "loss_policy",
     "loss_kl",
     "reward",

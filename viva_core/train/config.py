@@ -100,11 +100,11 @@ class SFTConfig:
     mask_weight: float = 1.0  # VIVA's (1 + w * M) edit-mask weight
     sigma_sampling: str = "logit_normal"
     shift: float = 1.0
-    # ReViSE's self-reflection loss, reconstructed (its code is not public; docs/small_models.md, section 42): uso_weight x the mean
-    # over uso_questions of -log P(Yes) that the judge (rewards.judge_vlm) gives the clean video each flow-matching
-    # draw implies (x_sigma - sigma v, decoded), its gradient through the VAE and the judge into the editor. ReViSE
-    # weighs it 0.1 against flow matching. Draws with sigma above uso_max_sigma skip it (there the implied video is
-    # the blur of an average, which the judge was not trained on).
+    # ReViSE's self-reflection loss, reconstructed (its code is not public; docs/small_models.md, section 42):
+    # uso_weight x the mean over uso_questions of -log P(Yes) that the judge (rewards.judge_vlm) gives the clean video
+    # each flow-matching draw implies (x_sigma - sigma v, decoded), its gradient through the VAE and the judge into the
+    # editor. ReViSE weighs it 0.1 against flow matching. Draws with sigma above uso_max_sigma skip it (there the
+    # implied video is the blur of an average, which the judge was not trained on).
     uso_weight: float = 0.0
     uso_questions: list[str] = field(default_factory=lambda: ["EA"])
     uso_max_sigma: float = 1.0

@@ -358,9 +358,9 @@ class Trainer:
     def _uso_loss(
         self, rec: EditRecord, enc: dict, x_t: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """ReViSE's self-reflection loss on one draw (reconstructed; docs/small_models.md, section 42): the clean video the
-        prediction implies, x_sigma - sigma v (exact on the straight path), decoded with gradients, shown to the
-        judge with the source; -mean over sft.uso_questions of log P(Yes). Also the mean P(Yes), detached."""
+        """ReViSE's self-reflection loss on one draw (reconstructed; docs/small_models.md, section 42): the clean
+        video the prediction implies, x_sigma - sigma v (exact on the straight path), decoded with gradients, shown
+        to the judge with the source; -mean over sft.uso_questions of log P(Yes). Also the mean P(Yes), detached."""
         x0 = x_t.to(v.device) - sigma.to(v.device).view(-1, 1, 1, 1, 1) * v.float()
         frames = decode_latents_differentiable(self.editor, x0)[0]
         probs = self.judge.differentiable_yes_probabilities(

@@ -52,8 +52,8 @@ if has agree; then
   sort -k2 -r -n runs/agree_ratios.txt
 fi
 if has grpo; then
-  best=$(sort -k2 -r -n runs/agree_ratios.txt | head -1)
-  if awk -v r="$(echo "$best" | cut -d' ' -f2)" -v m="${MIN_RATIO:-0.62}" 'BEGIN { exit !(r >= m) }'; then
+  best=$(sort -k2 -r -n runs/agree_ratios.txt 2>/dev/null | head -1)  # none without the agree phase: MIN_RATIO=0 trains
+  if awk -v r="$(echo "$best" | cut -d' ' -f2)" -v m="${MIN_RATIO:-0.62}" 'BEGIN { exit !(r + 0 >= m + 0) }'; then
     stamp "grpo $best"
     extra=(); for kv in $(echo "$best" | cut -d' ' -f3 | tr ',' ' ') $(bg "${GRPO_BG:-16x16}"); do extra+=(--set "$kv"); done
     timeout -s INT "${GRPO_SECONDS:-480}" $V train $CONFIG "${extra[@]}" --set rollout.inner_updates="${INNER:-4}" \

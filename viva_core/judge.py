@@ -333,15 +333,11 @@ class Judge:
         edited = _as_video(edited, "edited")
         source = _as_video(source, "source").to(edited.device)
         k = min(num_frames, source.shape[0], edited.shape[0])
-        shown = [
-            fit_max_side(x[uniform_frame_indices(x.shape[0], k)][..., :3], self.max_side)
-            for x in (source.detach(), edited)
-        ]
+        src = source.detach()[uniform_frame_indices(source.shape[0], k)][..., :3]
+        edit = edited[uniform_frame_indices(edited.shape[0], k)][..., :3]
+        shown = [fit_max_side(src, self.max_side), fit_max_side(edit, self.max_side)]
         if self.difference:  # as difference_images: full-size |edited - source| at the shown moments, then shrunk
-            pairs = zip(uniform_frame_indices(source.shape[0], k), uniform_frame_indices(edited.shape[0], k))
-            src_i, edit_i = (list(ix) for ix in zip(*pairs))
-            diff = difference_frames(source[src_i].detach(), edited[edit_i])
-            shown.append(fit_max_side(diff, self.max_side))
+            shown.append(fit_max_side(difference_frames(src, edit), self.max_side))
         pils = [[to_pil_image(f) for f in group] for group in shown]
         conversations = [
             self.messages(

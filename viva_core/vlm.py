@@ -376,9 +376,8 @@ def image_patches(processor, images: torch.Tensor) -> tuple[torch.Tensor, torch.
         std = torch.tensor(ip.image_std, device=x.device, dtype=x.dtype).view(1, c, 1, 1)
         x = (x - mean) / std
     gh, gw = rh // p, rw // p
-    x = x.reshape(n, c, gh // m, m, p, gw // m, m, p).permute(
-        0, 2, 5, 3, 6, 1, 4, 7
-    )  # (n, gh', gw', mh, mw, C, ph, pw)
+    # (n, C, gh', mh, ph, gw', mw, pw) -> (n, gh', gw', mh, mw, C, ph, pw): the processor's patch order
+    x = x.reshape(n, c, gh // m, m, p, gw // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
     x = x.unsqueeze(-3).expand(*x.shape[:6], tp, p, p)  # each image repeated over the temporal patch
     grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long)
     return x.reshape(n * gh * gw, c * tp * p * p), grid

@@ -372,23 +372,29 @@ class Trainer:
     def _sft_step(self, step: int) -> dict:
         batch = self._local_batch(step)
         uso = self.cfg.sft.uso_weight > 0
-        total, fm_total, uso_total, p_yes = 0.0, 0.0, 0.0, []
+        losses, fms, reflections, p_yes = [], [], [], []  # detached, read once after the loop (one host sync)
         for k, (gi, rec) in enumerate(batch):
             sync = self._grad_sync(k == len(batch) - 1)
             with sync:
                 fm, reflection, p = self._fm_loss(self.dit, rec, self._encoded(rec), gi, step, uso=uso)
                 loss = fm if reflection is None else fm + self.cfg.sft.uso_weight * reflection
                 (loss / len(batch)).backward()
-            total += float(loss.detach()) / len(batch)
-            fm_total += float(fm.detach()) / len(batch)
+            losses.append(loss.detach())
+            fms.append(fm.detach())
             if reflection is not None:
-                uso_total += float(reflection.detach()) / len(batch)
-                p_yes.append(float(p))
+                reflections.append(reflection.detach())
+                p_yes.append(p)
+        total = float(torch.stack(losses).sum()) / len(batch)
         if not uso:
             return {"loss": total}
         # loss_uso: the batch's self-reflection loss (draws above uso_max_sigma add 0); judge_p_yes: over the rest
-        out = {"loss": total, "loss_fm": fm_total, "loss_uso": uso_total, "uso_draws": len(p_yes)}
-        return out | ({"judge_p_yes": sum(p_yes) / len(p_yes)} if p_yes else {})
+        out = {
+            "loss": total,
+            "loss_fm": float(torch.stack(fms).sum()) / len(batch),
+            "loss_uso": float(sum(reflections)) / len(batch),
+            "uso_draws": len(p_yes),
+        }
+        return out | ({"judge_p_yes": float(torch.stack(p_yes).mean())} if p_yes else {})
 
     @torch.no_grad()
     def validation_loss(self) -> Optional[float]:

@@ -38,3 +38,14 @@ def test_pair_agreement_extremes():
     assert pair_agreement(groups, truth, [0.3, 0.2, 0.1]) == ([0.0], 3)
     assert pair_agreement(groups, truth, [0.5, 0.5, 0.5]) == ([0.5], 3)
     assert pair_agreement([[0, 1]], [1.0, 1.0], [0.0, 1.0]) == ([], 0)  # no pair the verifier separates
+
+
+def test_pair_agreement_with_a_margin_keeps_only_pairs_the_verifier_separates_by_more():
+    groups = [[0, 1, 2, 3]]
+    truth = [0.0, 0.05, 0.5, 0.52]
+    judged = [0.9, 0.1, 0.2, 0.8]  # one of the two near-ties and two of the four clear pairs ordered right
+    per_clip, pairs = pair_agreement(groups, truth, judged, margin=0.1)
+    clear = [(a, b) for a, b in itertools.combinations(groups[0], 2) if abs(truth[a] - truth[b]) > 0.1]
+    assert pairs == len(clear) == 4
+    assert per_clip == [sum((truth[a] - truth[b]) * (judged[a] - judged[b]) > 0 for a, b in clear) / 4]
+    assert pair_agreement(groups, truth, judged, margin=0.6) == ([], 0)

@@ -343,6 +343,24 @@ def test_a_judge_that_orders_candidates_at_chance_says_best_of_n_picks_at_random
     )
 
 
+@pytest.mark.parametrize("everything, clear, warned", [(0.7, 0.55, True), (0.52, 0.65, False)])
+def test_the_clear_pair_agreement_decides_where_it_is_recorded(vlm, tmp_path, everything, clear, warned):
+    """best_of_n_check.py --record also writes the agreement over the pairs whose verifier EA differs clearly; where
+    present, that one (not the all-pairs figure, diluted by near-ties no judge can order) decides the warning."""
+    import shutil
+
+    from viva_core.judge import JUDGE_INFO_FILE, judge_caveat
+
+    folder = tmp_path / "judge"
+    shutil.copytree(vlm.path, folder)
+    info = {"held_out_roc_auc": 0.97, "candidate_pair_agreement": everything, "candidate_clear_pair_agreement": clear}
+    (folder / JUDGE_INFO_FILE).write_text(json.dumps(info))
+    if not warned:
+        assert judge_caveat(folder) is None
+        return
+    assert f"in {clear:.2f} of the pairs they tell clearly apart (0.5 is chance)" in judge_caveat(folder)
+
+
 @pytest.mark.parametrize("difference", [False, True])
 def test_differentiable_p_yes_equals_score_and_its_gradient_the_finite_difference(vlm, tmp_path, difference):
     """The judge as a differentiable reward: for frames on the processor's grid at exact 8-bit levels (where PIL and

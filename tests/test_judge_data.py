@@ -183,14 +183,14 @@ def test_ranking_pairs_two_outputs_of_one_clip_per_question_they_disagree_on(cli
     outputs = S.EditorOutputs(loaded.frames, loaded.clip, [even if j % 2 == 0 else odd for j in range(6)])
     data = S._JudgeData(clips, S.JudgeSection(editor_share=1.0, rank_weight=1.0), seed=0, size=6, outputs=outputs)
     items = [data[i] for i in range(6)]
-    assert all(len(chats) == len(labels) == 8 for chats, labels in items)
+    assert all(len(chats) == len(labels) == 8 and len(prefs) == 4 for chats, labels, prefs in items)
     _, labels, pairs = _collate_judge(load_vlm(bundled.JUDGE, dtype="fp32", device="cpu").processor)(items)
     assert pairs.shape == (12, 2)  # EA and GR of each of the 6 items
     for yes, no in pairs.tolist():
         assert labels[yes] == 1 and labels[no] == 0 and yes // 8 == no // 8  # one item: two outputs of one clip
         assert yes % 4 == no % 4 in (0, 3) and (yes % 8 < 4) != (no % 8 < 4)  # EA or GR, one answer each
     plain = S._JudgeData(clips, S.JudgeSection(editor_share=1.0), seed=0, size=1, outputs=outputs)
-    assert len(plain[0][1]) == 4  # without rank_weight: one output an item
+    assert len(plain[0][1]) == 4 and plain[0][2] == []  # without rank_weight: one output an item
 
     disagreeing = tmp_path / "jd"
     shutil.copytree(outputs_dir, disagreeing)
@@ -204,3 +204,41 @@ def test_ranking_pairs_two_outputs_of_one_clip_per_question_they_disagree_on(cli
     S.run_stage(_cfg("judge", tmp_path / "j", clips_dir / "train.jsonl", **sets))
     logged = json.loads((tmp_path / "j" / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0 < logged["rank_loss"] < 10
+
+
+def test_rank_margin_pairs_outputs_whose_verifier_scores_differ_by_more_than_it(clips_dir, outputs_dir) -> None:
+    """judge.rank_margin > 0: two outputs of one clip make a pair on a question where their verifier scores differ by
+    more than the margin, also when both fall on one side of the threshold; the better one comes first. Checked
+    against a direct reading of the scores in labels.jsonl."""
+    from viva_core.train.pretrain.judge import _collate_judge
+    from viva_core.vlm import load_vlm
+
+    clips = S.load_clip_set(clips_dir / "train.jsonl", 3)
+    outputs = S.load_editor_outputs(outputs_dir, clips, 0.5)
+    raw = [json.loads(x)["scores"] for x in (outputs_dir / "labels.jsonl").read_text().splitlines()]
+    assert outputs.scores == [{q: s.get(q) for q in ("EA", "PC", "GN", "GR")} for s in raw]
+    outputs.scores = [{"EA": 0.09 * j, "PC": 0.9, "GN": None, "GR": 0.3 - 0.05 * j} for j in range(6)]
+    outputs.labels = [{q: None if v is None else v >= 0.5 for q, v in sc.items()} for sc in outputs.scores]  # EA: No
+    for j, k in ((0, 1), (2, 3), (1, 0)):
+        assert outputs.preferences(j, k, 0.0) == [0, 0, 0, 0]  # the labels agree on every question
+    assert outputs.preferences(1, 0, 0.05) == [1, 0, 0, 0]  # EA 0.09 vs 0.0 > 0.05; GR 0.25 vs 0.3 is not
+    assert outputs.preferences(0, 5, 0.15) == [-1, 0, 0, 1]  # EA 0.0 vs 0.45; GR 0.3 vs 0.05
+    assert outputs.preferences(0, 1, 0.09) == [0, 0, 0, 0]  # a difference of exactly the margin makes no pair
+    sec = S.JudgeSection(editor_share=1.0, rank_weight=1.0, rank_margin=0.05)
+    data = S._JudgeData(clips, sec, seed=0, size=6, outputs=outputs)
+    items = [data[i] for i in range(6)]
+    _, labels, pairs = _collate_judge(load_vlm(bundled.JUDGE, dtype="fp32", device="cpu").processor)(items)
+    expected = []
+    for i, (_, _, prefs) in enumerate(items):
+        j = data._draw(i)[4]
+        k = outputs.sibling(j, np.random.default_rng([0, i, 1]))
+        assert prefs == outputs.preferences(j, k, 0.05)
+        for q, name in enumerate(("EA", "PC", "GN", "GR")):
+            a, b = outputs.scores[j][name], outputs.scores[k][name]
+            if a is not None and b is not None and abs(a - b) > 0.05:
+                first, second = 8 * i + q, 8 * i + 4 + q  # output j's answer, the sibling's
+                expected.append((first, second) if a > b else (second, first))
+    assert sorted(map(tuple, pairs.tolist())) == sorted(expected)
+    assert all(labels[a] == labels[b] == 0 for a, b in expected if a % 4 == 0)  # pairs of two "No" answers
+    with pytest.raises(InputError, match="rank_margin"):
+        _cfg("judge", Path("/tmp/unused"), clips_dir / "train.jsonl", **{"judge.rank_margin": 1.5})

@@ -192,7 +192,7 @@ def test_judge_gt_source_share_draws_that_share_of_truth_and_source(synth_npz) -
         S.load_scratch_config(None, ["stage=judge", "data.manifest=x.jsonl", "judge.gt_source_share=1.5"])
     masked = S._JudgeData(clips, S.JudgeSection(ea_unlabelled="other,blend"), seed=0, size=30)
     for i in range(len(masked)):  # EA left out of the loss (-1) for those kinds only, the other answers kept
-        kind, (_, labels) = masked.example(i)[4], masked[i]
+        kind, (_, labels, _) = masked.example(i)[4], masked[i]
         assert (labels[0] == -1.0) == (kind in ("other", "blend"))
         assert labels[1:] == [float(S.CANDIDATE_LABELS[kind][d]) for d in ("PC", "GN", "GR")]
     with pytest.raises(InputError, match="ea_unlabelled"):
@@ -238,8 +238,8 @@ def test_judge_labels_fail_exactly_the_targeted_questions(synth_npz) -> None:
             expected["EA"] = ea >= 0.5
         assert labels == expected, (kind, labels)
         if kind not in seen:
-            chats, answers = data[i]
-            assert len(chats) == len(DIMENSIONS) and answers == [float(labels[d]) for d in DIMENSIONS]
+            chats, answers, prefs = data[i]
+            assert prefs == [] and len(chats) == len(DIMENSIONS) and answers == [float(labels[d]) for d in DIMENSIONS]
         seen.add(kind)
         if seen == set(S.CANDIDATES):
             break

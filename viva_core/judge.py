@@ -176,7 +176,8 @@ def judge_caveat(vlm_path: str | Path) -> str | None:
     that some questions rank correct above corrupted edits poorly (`held_out_question_aucs`) or rank an editor's own
     held-out outputs poorly against the verifiers (`editor_output_aucs`, from a `viva eval --judge` report), or
     (recipes/small/best_of_n_check.py --record) that it orders candidates of one edit about at random
-    (`candidate_pair_agreement`), which is what a best-of-N pick relies on."""
+    (`candidate_pair_agreement`; `candidate_clear_pair_agreement`, over the pairs whose verifier EA differs clearly,
+    where recorded), which is what a best-of-N pick relies on."""
     info = judge_info(vlm_path) or {}
     auc = info.get("held_out_roc_auc")
     if not _is_number(auc):
@@ -194,7 +195,8 @@ def judge_caveat(vlm_path: str | Path) -> str | None:
         )
         if (weak := _weak_questions(info.get(key)))
     ]
-    agreement = info.get("candidate_pair_agreement")
+    clear = _is_number(info.get("candidate_clear_pair_agreement"))
+    agreement = info.get("candidate_clear_pair_agreement" if clear else "candidate_pair_agreement")
     weak_pick = _is_number(agreement) and agreement < RELIABLE_PAIR_AGREEMENT
     if not parts and not weak_pick:
         return None
@@ -203,7 +205,8 @@ def judge_caveat(vlm_path: str | Path) -> str | None:
         text += f", but below {RELIABLE_AUC} " + "; ".join(parts)
     if weak_pick:
         text += (
-            f"; it ordered candidates of one edit as the verifiers did in {agreement:.2f} of pairs (0.5 is chance), "
+            f"; it ordered candidates of one edit as the verifiers did in {agreement:.2f} of "
+            f"{'the pairs they tell clearly apart' if clear else 'pairs'} (0.5 is chance), "
             "so its best-of-N pick is close to a random one"
         )
     return text + ": a screen, not a verdict."

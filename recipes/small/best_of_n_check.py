@@ -2,11 +2,14 @@
 random pick, and the oracle (the candidate with the best verifier EA), with paired bootstrap intervals over clips.
 Each judge also picks by its EA P(Yes) alone, and its within-clip pair agreement is printed: over the pairs of one
 clip's candidates whose verifier EA differs, the share its EA P(Yes) orders the same way (ties count a half; chance
-0.5), with a bootstrap interval over clips. That is what a best-of-N pick and a group-relative reward need, and what
-the between-clip ROC-AUC of `viva eval --judge` does not measure. --record writes it into each judge folder's
-viva_judge.json (`candidate_pair_agreement`), so the judge's results and best-of-N's table warn where it is near chance
-(viva_core.judge.judge_caveat). --compare FOLDER: another candidate set of the same clips (independent seeds against
-`judge.shared_steps` branches, say): per clip, this set's oracle EA and mean EA minus that set's, with intervals.
+0.5), with a bootstrap interval over clips; and the same over the clear pairs alone, whose EA differs by more than
+CLEAR_MARGIN (half of one clip's seed pairs differ by < 0.02, which no judge without the ground truth can order;
+docs/small_models.md, section 44). That is what a best-of-N pick and a group-relative reward need, and what the
+between-clip ROC-AUC of `viva eval --judge` does not measure. --record writes both into each judge folder's
+viva_judge.json (`candidate_pair_agreement`, `candidate_clear_pair_agreement`), so the judge's results and best-of-N's
+table warn where it is near chance (viva_core.judge.judge_caveat). --compare FOLDER: another candidate set of the
+same clips (independent seeds against `judge.shared_steps` branches, say): per clip, this set's oracle EA and mean
+EA minus that set's, with intervals.
 
 The K candidates per clip come from `viva pretrain` stage judge_data run on the benchmark manifest (outputs, their
 seeds and the verifiers' scores); each judge scores every candidate as `best_of_n` does (`Judge.score`, 4 frames) and
@@ -33,6 +36,8 @@ from viva_core.safe_io import write_text_atomic
 from viva_core.train.pretrain import frames_float, load_clip_set
 from viva_core.train.pretrain.judge_data import FRAMES_FILE, LABELS_FILE
 from viva_core.vlm import load_vlm
+
+CLEAR_MARGIN = 0.1  # verifier EA difference above which a pair of one clip's candidates counts as clear
 
 
 def _mean(values) -> float | None:
@@ -69,16 +74,19 @@ def judge_scores(judge: Judge, clips, folder: Path, clip: list[int]) -> list[dic
     return out
 
 
-def pair_agreement(groups: list[list[int]], truth: list[float], judged: list[float]) -> tuple[list[float], int]:
-    """Per clip, the share of its candidate pairs with different verifier scores (`truth`) that `judged` orders the
-    same way (a tie in `judged` counts a half); clips without such a pair are left out. Also the number of pairs."""
+def pair_agreement(
+    groups: list[list[int]], truth: list[float], judged: list[float], margin: float = 0.0
+) -> tuple[list[float], int]:
+    """Per clip, the share of its candidate pairs whose verifier scores (`truth`) differ by more than `margin` that
+    `judged` orders the same way (a tie in `judged` counts a half); clips without such a pair are left out. Also the
+    number of pairs."""
     per_clip, pairs = [], 0
     for g in groups:
         agree = [
             1.0 if (truth[a] - truth[b]) * (judged[a] - judged[b]) > 0 else 0.5 if judged[a] == judged[b] else 0.0
             for i, a in enumerate(g)
             for b in g[i + 1 :]
-            if truth[a] != truth[b]
+            if abs(truth[a] - truth[b]) > margin
         ]
         if agree:
             per_clip.append(sum(agree) / len(agree))
@@ -87,12 +95,17 @@ def pair_agreement(groups: list[list[int]], truth: list[float], judged: list[flo
 
 
 def record(folder: str, agreement: dict, manifest: str, candidates: int) -> None:
-    """The judge's within-clip pair agreement into its viva_judge.json, next to judge_check.py's records."""
+    """The judge's within-clip pair agreements into its viva_judge.json, next to judge_check.py's records."""
     info = judge_info(folder) or {}
+    everything, clear = agreement["all"], agreement["clear"]
     info.update(
-        candidate_pair_agreement=round(agreement["pair_agreement"], 3),
-        candidate_pair_agreement_ci=[round(x, 3) for x in agreement["ci"]],
-        candidate_pairs=agreement["pairs"],
+        candidate_pair_agreement=round(everything["pair_agreement"], 3),
+        candidate_pair_agreement_ci=[round(x, 3) for x in everything["ci"]],
+        candidate_pairs=everything["pairs"],
+        candidate_clear_pair_agreement=round(clear["pair_agreement"], 3),
+        candidate_clear_pair_agreement_ci=[round(x, 3) for x in clear["ci"]],
+        candidate_clear_pairs=clear["pairs"],
+        candidate_clear_margin=CLEAR_MARGIN,
         candidate_manifest=f"{Path(manifest).name}, {candidates} candidates a clip",
     )
     path = Path(folder) / JUDGE_INFO_FILE
@@ -140,7 +153,11 @@ def main(argv: list[str]) -> None:
         judged = judge_scores(Judge(load_vlm(path, dtype="fp32", device=device)), clips, folder, clip)
         for key, name in (("overall", f"judge {label}"), ("EA", f"judge {label}, EA question")):
             picks[name] = [max(g, key=lambda j: (judged[j][key], -g.index(j))) for g in groups]
-        agreement[label] = pair_agreement(groups, [s["EA"] for s in scores], [x["EA"] for x in judged])
+        truth, ea = [s["EA"] for s in scores], [x["EA"] for x in judged]
+        agreement[label] = {
+            "all": pair_agreement(groups, truth, ea),
+            "clear": pair_agreement(groups, truth, ea, CLEAR_MARGIN),
+        }
     k = len(groups[0])
     print(f"{len(groups)} clips x {k} candidates ({folder})")
     print("| pick | EA | PC | GN | GR | overall | dEA vs seed 0 (95% CI) | dEA vs random pick (95% CI) |")
@@ -161,12 +178,14 @@ def main(argv: list[str]) -> None:
             cells.append(f"{_mean(diffs):+.3f} ({lo:+.3f}..{hi:+.3f})")
         print(f"| {name} | " + " | ".join(cells) + " |")
         result[name] = {q: _mean(per[q]) for q in per}
-    print("\n| judge | within-clip pair agreement, EA P(Yes) vs verifier EA (95% CI) | clips | pairs |")
-    print("|---|---|---|---|")
-    for label, (per_clip, pairs) in agreement.items():
-        lo, hi = bootstrap_ci(per_clip, draws=4000)
-        print(f"| {label} | {_mean(per_clip):.3f} ({lo:.3f}..{hi:.3f}) | {len(per_clip)} | {pairs} |")
-        agreement[label] = {"pair_agreement": _mean(per_clip), "ci": [lo, hi], "clips": len(per_clip), "pairs": pairs}
+    print("\n| judge | pairs | within-clip pair agreement, EA P(Yes) vs verifier EA (95% CI) | clips | pairs |")
+    print("|---|---|---|---|---|")
+    for label, kinds in agreement.items():
+        for kind, (per_clip, pairs) in kinds.items():
+            lo, hi = bootstrap_ci(per_clip, draws=4000)
+            which = "all" if kind == "all" else f"|dEA| > {CLEAR_MARGIN}"
+            print(f"| {label} | {which} | {_mean(per_clip):.3f} ({lo:.3f}..{hi:.3f}) | {len(per_clip)} | {pairs} |")
+            kinds[kind] = {"pair_agreement": _mean(per_clip), "ci": [lo, hi], "clips": len(per_clip), "pairs": pairs}
     if to_record:
         for label, path in judges:
             record(path, agreement[label], manifest, k)

@@ -127,6 +127,11 @@ class JudgeSection:
     # output - margin of the No one)). Best-of-N and a group-relative reward compare outputs of one clip, which the
     # per-item loss can satisfy from the instruction alone (how often such edits pass) without looking at the edit.
     rank_weight: float = 0.0
+    # Which two outputs of one clip make a ranking pair on a question: 0, those whose Yes/No labels differ; > 0, those
+    # whose verifier scores differ by more than this, also where both pass or both fail. Half of one clip's seed
+    # pairs differ in EA by < 0.02, a third by > 0.1, and most of those sit on one side of the 0.5 threshold
+    # (docs/small_models.md, section 44).
+    rank_margin: float = 0.0
     # Compute the language model's M-RoPE position ids from host copies of the batch instead of inside the forward
     # (same logits, tested): transformers loops over the batch's 1,536 image grids, device work on a GPU. On an H200
     # (bench/bench_judge_step.py) it made the train step 1.38x faster (docs/small_models.md, section 32).
@@ -189,6 +194,8 @@ class ScratchConfig:
             problems.append("judge.seeds and judge.sample_steps must be >= 1")
         if self.judge.rank_weight < 0:
             problems.append(f"judge.rank_weight must be >= 0, got {self.judge.rank_weight}")
+        if not 0 <= self.judge.rank_margin < 1:
+            problems.append(f"judge.rank_margin must be in [0, 1) (a score difference), got {self.judge.rank_margin}")
         if not 0 <= self.judge.editor_share <= 1:
             problems.append(f"judge.editor_share must be in [0, 1], got {self.judge.editor_share}")
         if self.stage == "judge" and self.judge.editor_share > 0 and not self.judge.editor_outputs:

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ...eval.score import JUDGE_QUESTIONS
 from ...runtime import ProgressFn, no_progress, parse_device
 from ...synth import Clip
 from .clips import ClipSet, frames_float, load_clip_set
@@ -179,18 +178,21 @@ class _JudgeData(torch.utils.data.Dataset):
         return kind, corrupt(kind, src, tgt, frames_float(self.clips.target[o]), rng).clamp(0, 1), labels
 
     def __getitem__(self, i: int):
-        """Item i's chats and labels; with judge.rank_weight an editor output comes with another output of the same
-        clip (8 chats: 4 questions of each), which `_collate_judge` turns into ranking pairs."""
+        """Item i's chats, labels and ranking preferences; with judge.rank_weight an editor output comes with another
+        output of the same clip (8 chats: 4 questions of each) and, per question, which of the two is better
+        (`EditorOutputs.preferences`: +1 the first, -1 the second, 0 no pair), which `_collate_judge` turns into
+        ranking pairs."""
         draw = self._draw(i)
         chats, labels = self.chats(*self._example(draw))
         j = draw[4]  # the editor output of this item, or None
         sibling = None
         if j is not None and self.sec.rank_weight > 0:
             sibling = self.outputs.sibling(j, np.random.default_rng([self.seed, i, 1]))
-        if sibling is not None:
-            more_chats, more_labels = self.chats(*self.output_example(sibling))
-            chats, labels = chats + more_chats, labels + more_labels
-        return chats, labels
+        if sibling is None:
+            return chats, labels, []
+        more_chats, more_labels = self.chats(*self.output_example(sibling))
+        prefs = self.outputs.preferences(j, sibling, self.sec.rank_margin)
+        return chats + more_chats, labels + more_labels, prefs
 
     def chats(self, c: int, src: torch.Tensor, cand: torch.Tensor, answers: dict[str, Optional[bool]], kind: str):
         """The four question chats of one example and their labels (-1: left out of the loss)."""
@@ -263,18 +265,19 @@ def _collate_judge(processor):
     from ...vlm import processor_inputs
 
     def collate(items):
-        """(processor inputs, labels, ranking pairs [P, 2]): a pair is the flat indices of the Yes and the No answer
-        to one question about two outputs of one clip (an 8-chat item of `_JudgeData.__getitem__`)."""
+        """(processor inputs, labels, ranking pairs [P, 2]): a pair is the flat indices of the better and the worse
+        answer to one question about two outputs of one clip (an 8-chat item of `_JudgeData.__getitem__` with its
+        preferences; a 2-tuple item has none)."""
         chats, labels, pairs = [], [], []
-        for cs, ys in items:
+        for item in items:
+            cs, ys, prefs = item if len(item) == 3 else (*item, [])
             base = len(labels)
             chats += cs
             labels += ys
             half = len(ys) // 2
-            for q in range(half if len(ys) == 2 * len(JUDGE_QUESTIONS) else 0):
-                a, b = ys[q], ys[half + q]
-                if a >= 0 and b >= 0 and a != b:
-                    pairs.append((base + q, base + half + q) if a > b else (base + half + q, base + q))
+            for q, p in enumerate(prefs):
+                if p:
+                    pairs.append((base + q, base + half + q) if p > 0 else (base + half + q, base + q))
         pair_tensor = torch.tensor(pairs, dtype=torch.long).view(-1, 2)
         return processor_inputs(processor, chats), torch.tensor(labels), pair_tensor
 
@@ -352,7 +355,7 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
         loss = F.binary_cross_entropy_with_logits(margin[keep], labels[keep])
         acc = ((margin[keep] > 0).float() == labels[keep]).float().mean()
         out = {"accuracy": acc.detach()}
-        if len(pairs):  # -log sigmoid(margin of the Yes output - margin of the No output), per question
+        if len(pairs):  # -log sigmoid(margin of the better output - margin of the worse one), per question
             rank = F.softplus(margin[pairs[:, 1]] - margin[pairs[:, 0]]).mean()
             loss = loss + sec.rank_weight * rank
             out["rank_loss"] = rank.detach()

@@ -50,6 +50,7 @@ class EditorOutputs:
     frames: np.ndarray  # uint8 [M, T, H, W, 3], memory-mapped (the judge's loader workers share its pages)
     clip: list[int]
     labels: list[dict[str, Optional[bool]]]  # per question: verifier score >= threshold; None = no verifier label
+    scores: Optional[list[dict[str, Optional[float]]]] = None  # the verifier scores behind the labels
     by_clip: dict[int, list[int]] = dataclasses.field(init=False, repr=False)  # the outputs of each clip
 
     def __post_init__(self) -> None:
@@ -64,6 +65,20 @@ class EditorOutputs:
         """Another output of output j's clip (drawn by `rng`), or None where the clip has only this one."""
         others = [k for k in self.by_clip[self.clip[j]] if k != j]
         return others[int(rng.integers(len(others)))] if others else None
+
+    def preferences(self, j: int, k: int, margin: float) -> list[int]:
+        """Per question (QUESTIONS order): +1 where output j is the better of outputs j and k, -1 where k is, 0 where
+        neither or either is unlabelled. margin 0: the Yes/No labels differ; > 0: the scores differ by more."""
+        if margin <= 0:
+            a, b = self.labels[j], self.labels[k]
+            return [0 if a[q] is None or b[q] is None else int(a[q]) - int(b[q]) for q in QUESTIONS]
+        if self.scores is None:
+            raise ValueError("EditorOutputs.preferences with a margin needs the verifier scores (load_editor_outputs)")
+        a, b = self.scores[j], self.scores[k]
+        return [
+            0 if a[q] is None or b[q] is None or abs(a[q] - b[q]) <= margin else (1 if a[q] > b[q] else -1)
+            for q in QUESTIONS
+        ]
 
 
 def load_editor_outputs(folder: str | Path, clips: ClipSet, threshold: float) -> EditorOutputs:
@@ -92,7 +107,7 @@ def load_editor_outputs(folder: str | Path, clips: ClipSet, threshold: float) ->
             "make the outputs from the same manifest."
         )
     where = {rec["npz"]: i for i, rec in enumerate(clips.records)}
-    keep, clip, labels, checked = [], [], [], {}
+    keep, clip, labels, scores, checked = [], [], [], [], {}
     for j, line in enumerate(lines):
         if not (isinstance(line, dict) and {"npz", "source_crc", "scores"} <= line.keys()):
             raise InputError(f"{labels_path} line {j + 1}: needs npz, source_crc and scores; write it again.")
@@ -108,13 +123,14 @@ def load_editor_outputs(folder: str | Path, clips: ClipSet, threshold: float) ->
             )
         keep.append(j)
         clip.append(c)
-        scores = line["scores"]
-        labels.append({q: None if scores.get(q) is None else bool(scores[q] >= threshold) for q in QUESTIONS})
+        score = {q: None if line["scores"].get(q) is None else float(line["scores"][q]) for q in QUESTIONS}
+        scores.append(score)
+        labels.append({q: None if score[q] is None else score[q] >= threshold for q in QUESTIONS})
     if not keep:
         raise InputError(f"{root}: none of its {len(lines)} outputs is of a clip in data.manifest's (limited) clips.")
     if len(keep) < len(lines):
         log.info("judge_data: %d of %d outputs are of clips in this run", len(keep), len(lines))
-    return EditorOutputs(frames if len(keep) == len(lines) else frames[keep], clip, labels)
+    return EditorOutputs(frames if len(keep) == len(lines) else frames[keep], clip, labels, scores)
 
 
 class _Scoring(torch.utils.data.Dataset):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes" / "small"))
 
-from best_of_n_check import pair_agreement  # noqa: E402
+from best_of_n_check import pair_agreement, reference_signals  # noqa: E402
 
 
 def _reference(group: list[int], truth: list[float], judged: list[float]) -> float | None:
@@ -49,3 +49,34 @@ def test_pair_agreement_with_a_margin_keeps_only_pairs_the_verifier_separates_by
     assert pairs == len(clear) == 4
     assert per_clip == [sum((truth[a] - truth[b]) * (judged[a] - judged[b]) > 0 for a, b in clear) / 4]
     assert pair_agreement(groups, truth, judged, margin=0.6) == ([], 0)
+
+
+def test_reference_signals_against_a_direct_computation(tmp_path):
+    """Closeness to the truth inside the edit mask (a ceiling only the verifier's ground truth allows) and the amount
+    of change, per candidate, equal a direct numpy computation; the truth itself is the closest candidate and the
+    unedited source changes nothing."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (2, 3, 8, 8, 3), dtype=np.uint8)
+    target = rng.integers(0, 256, (2, 3, 8, 8, 3), dtype=np.uint8)
+    mask = np.zeros((2, 3, 8, 8), dtype=np.uint8)
+    mask[:, :, 2:6, 1:4] = 1
+    tensors = {"source": source, "target": target, "mask": mask}
+    clips = SimpleNamespace(**{k: torch.from_numpy(v) for k, v in tensors.items()})
+    half = ((source.astype(np.uint16) + target) // 2).astype(np.uint8)
+    frames = np.stack([target[0], source[0], half[0], half[1], target[1]])
+    clip = [0, 0, 0, 1, 1]
+    np.save(tmp_path / "frames.npy", frames)
+    got = reference_signals(clips, tmp_path, clip)
+    closeness, change = got.values()
+    for j, c in enumerate(clip):
+        e, t, s = frames[j] / 255.0, target[c] / 255.0, source[c] / 255.0
+        m = np.broadcast_to(mask[c][..., None], e.shape)
+        assert abs(closeness[j] - -(np.abs(e - t) * m).sum() / m.sum()) < 1e-6
+        assert abs(change[j] - np.abs(e - s).mean()) < 1e-6
+    assert closeness[0] == 0.0 > closeness[2] > closeness[1] and change[1] == 0.0
+    assert pair_agreement([[0, 1, 2]], [1.0, 0.0, 0.5], closeness) == ([1.0], 3)

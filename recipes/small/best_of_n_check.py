@@ -74,6 +74,23 @@ def judge_scores(judge: Judge, clips, folder: Path, clip: list[int]) -> list[dic
     return out
 
 
+def reference_signals(clips, folder: Path, clip: list[int]) -> dict[str, list[float]]:
+    """Two orderings of each clip's candidates to read a judge's agreement against: closeness to the ground truth
+    inside the edit mask (minus the mean |edit - truth| there; it needs the truth, which only the verifier has, so it
+    is a ceiling for what is visible), and the amount of change (mean |edit - source|; a judge that only sees "how
+    much was edited" gets this)."""
+    import numpy as np
+
+    frames = np.load(folder / FRAMES_FILE, mmap_mode="r")
+    closeness, change = [], []
+    for j, c in enumerate(clip):
+        edit = frames_float(torch.from_numpy(np.array(frames[j])))
+        mask = clips.mask[c].float().unsqueeze(-1).expand_as(edit)
+        closeness.append(-float(((edit - frames_float(clips.target[c])).abs() * mask).sum() / mask.sum().clamp(min=1)))
+        change.append(float((edit - frames_float(clips.source[c])).abs().mean()))
+    return {"reference: closeness to the truth in the mask": closeness, "reference: amount of change": change}
+
+
 def pair_agreement(
     groups: list[list[int]], truth: list[float], judged: list[float], margin: float = 0.0
 ) -> tuple[list[float], int]:
@@ -148,12 +165,16 @@ def main(argv: list[str]) -> None:
         "seed 0": [g[0] for g in groups],
         "oracle (best verifier EA)": [max(g, key=lambda j: (scores[j]["EA"], -g.index(j))) for g in groups],
     }
-    agreement = {}
+    truth = [s["EA"] for s in scores]
+    agreement = {
+        name: {"all": pair_agreement(groups, truth, v), "clear": pair_agreement(groups, truth, v, CLEAR_MARGIN)}
+        for name, v in reference_signals(clips, folder, clip).items()
+    }
     for label, path in judges:
         judged = judge_scores(Judge(load_vlm(path, dtype="fp32", device=device)), clips, folder, clip)
         for key, name in (("overall", f"judge {label}"), ("EA", f"judge {label}, EA question")):
             picks[name] = [max(g, key=lambda j: (judged[j][key], -g.index(j))) for g in groups]
-        truth, ea = [s["EA"] for s in scores], [x["EA"] for x in judged]
+        ea = [x["EA"] for x in judged]
         agreement[label] = {
             "all": pair_agreement(groups, truth, ea),
             "clear": pair_agreement(groups, truth, ea, CLEAR_MARGIN),
@@ -178,7 +199,7 @@ def main(argv: list[str]) -> None:
             cells.append(f"{_mean(diffs):+.3f} ({lo:+.3f}..{hi:+.3f})")
         print(f"| {name} | " + " | ".join(cells) + " |")
         result[name] = {q: _mean(per[q]) for q in per}
-    print("\n| judge | pairs | within-clip pair agreement, EA P(Yes) vs verifier EA (95% CI) | clips | pairs |")
+    print("\n| judge's EA P(Yes), or signal | pairs | agreement with the verifier's EA (95% CI) | clips | pairs |")
     print("|---|---|---|---|---|")
     for label, kinds in agreement.items():
         for kind, (per_clip, pairs) in kinds.items():

@@ -8,9 +8,10 @@
 #              (JUDGE_SHARE, default 0.5), the rest its usual candidates; JUDGE_STEPS (1200) capped at JUDGE_MINUTES (3.5)
 #   jeval      the shipped editor's held-out outputs judged by the shipped judge and by the new one (viva eval --judge:
 #              per-question ROC-AUC against the verifiers, 'EA, edits' row), side by side
-#   bon        best-of-4 on the held-out set: the shipped editor's 4 candidates per clip (stage judge_data on the
-#              benchmark manifest, eval's protocol) picked by the shipped judge and by the new one, against seed 0, a
-#              random pick and the oracle (recipes/small/best_of_n_check.py)
+#   bon        best-of-4 on the held-out set, then on the unseen set: the shipped editor's 4 candidates per clip (stage
+#              judge_data on the benchmark manifest, eval's protocol) picked by the shipped judge and by the new one,
+#              against seed 0, a random pick and the oracle, and their within-clip pair agreement
+#              (recipes/small/best_of_n_check.py)
 #   editor     the shipped editor continued as NEW (OLD=v6 NEW=v7 by default), EDITOR_STEPS (4400) capped at
 #              EDITOR_MINUTES (5.5); eval: OLD and NEW on both benchmark sets and the object clips, paired tables
 #   bench      issue 13 target 4: best-of-4 against one edit at the Lucy-5B shape (one candidate a DiT call, and two)
@@ -88,13 +89,17 @@ if has jeval; then
   xargs -P 2 -I{} bash -c {} < runs/jeval_jobs.txt
   grep -H -A8 "judge" runs/eval/judge_*.log | grep -i "EA\|PC\|GN\|GR" | head -20
 fi
-if has bon; then
+if has bon; then  # both benchmark sets: held-out combinations, and unseen clips of trained ones (section 44)
   stamp bon
-  $V pretrain recipes/small/judge_data.toml --set output_dir=$R/bon "${BON[@]}" > runs/bon_data.log 2>&1
   NEWJ=""; [ -f $R/judge/judge/viva_judge.json ] && NEWJ="new=$R/judge/judge"
-  PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/best_of_n_check.py data/eval_heldout/heldout.jsonl \
-    $R/bon/judge_data shipped=$JUDGE $NEWJ --json runs/best_of_n.json > runs/best_of_n.log 2>&1
-  cat runs/best_of_n.log | grep -v Loading
+  for pair in heldout:data/eval_heldout/heldout.jsonl unseen:data/eval_id/train.jsonl; do
+    name=${pair%%:*} manifest=${pair#*:} dir=$R/bon; [ "$name" = heldout ] || dir=$R/bon_$name
+    $V pretrain recipes/small/judge_data.toml --set output_dir=$dir "${BON[@]}" --set data.manifest=$manifest \
+      > runs/bon_data_$name.log 2>&1
+    PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/best_of_n_check.py $manifest $dir/judge_data shipped=$JUDGE \
+      $NEWJ --json runs/best_of_n_$name.json > runs/best_of_n_$name.log 2>&1
+    grep -v Loading runs/best_of_n_$name.log
+  done
   [ -n "${OUT:-}" ] && has pack && pack_results $NEW/editor judge/judge
 fi
 if has editor; then

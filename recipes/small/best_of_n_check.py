@@ -111,6 +111,11 @@ def pair_agreement(
     return per_clip, pairs
 
 
+def agreements(groups: list[list[int]], truth: list[float], judged: list[float]) -> dict:
+    """`pair_agreement` over all pairs, and over the clear pairs alone (verifier EA apart by more than CLEAR_MARGIN)."""
+    return {"all": pair_agreement(groups, truth, judged), "clear": pair_agreement(groups, truth, judged, CLEAR_MARGIN)}
+
+
 def record(folder: str, agreement: dict, manifest: str, candidates: int) -> None:
     """The judge's within-clip pair agreements into its viva_judge.json, next to judge_check.py's records."""
     info = judge_info(folder) or {}
@@ -166,19 +171,12 @@ def main(argv: list[str]) -> None:
         "oracle (best verifier EA)": [max(g, key=lambda j: (scores[j]["EA"], -g.index(j))) for g in groups],
     }
     truth = [s["EA"] for s in scores]
-    agreement = {
-        name: {"all": pair_agreement(groups, truth, v), "clear": pair_agreement(groups, truth, v, CLEAR_MARGIN)}
-        for name, v in reference_signals(clips, folder, clip).items()
-    }
+    agreement = {name: agreements(groups, truth, v) for name, v in reference_signals(clips, folder, clip).items()}
     for label, path in judges:
         judged = judge_scores(Judge(load_vlm(path, dtype="fp32", device=device)), clips, folder, clip)
         for key, name in (("overall", f"judge {label}"), ("EA", f"judge {label}, EA question")):
             picks[name] = [max(g, key=lambda j: (judged[j][key], -g.index(j))) for g in groups]
-        ea = [x["EA"] for x in judged]
-        agreement[label] = {
-            "all": pair_agreement(groups, truth, ea),
-            "clear": pair_agreement(groups, truth, ea, CLEAR_MARGIN),
-        }
+        agreement[label] = agreements(groups, truth, [x["EA"] for x in judged])
     k = len(groups[0])
     print(f"{len(groups)} clips x {k} candidates ({folder})")
     print("| pick | EA | PC | GN | GR | overall | dEA vs seed 0 (95% CI) | dEA vs random pick (95% CI) |")

@@ -245,7 +245,7 @@ def candidate_aucs(vlm, data: CandidateSet, batch: int = 16) -> tuple[dict[str, 
                 ex = data.example(i)
                 kinds.append(ex[4])
                 answers.append(ex[3])
-                items.append(data.chats(*ex))
+                items.append((*data.chats(*ex), []))  # no ranking pairs
             inputs, _, _ = collate(items)
             margins.append(judge_margins(vlm, inputs.to(vlm.device), yes, no).float().cpu().view(-1, len(DIMENSIONS)))
     m = torch.cat(margins)
@@ -267,10 +267,9 @@ def _collate_judge(processor):
     def collate(items):
         """(processor inputs, labels, ranking pairs [P, 2]): a pair is the flat indices of the better and the worse
         answer to one question about two outputs of one clip (an 8-chat item of `_JudgeData.__getitem__` with its
-        preferences; a 2-tuple item has none)."""
+        preferences)."""
         chats, labels, pairs = [], [], []
-        for item in items:
-            cs, ys, prefs = item if len(item) == 3 else (*item, [])
+        for cs, ys, prefs in items:
             base = len(labels)
             chats += cs
             labels += ys

@@ -70,7 +70,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as one loader worker
     t = time.perf_counter()
-    inputs, labels, _ = collate(items)
+    inputs, labels, _, _ = collate(items)
     collate_s = time.perf_counter() - t
     torch.set_num_threads(threads)
     inputs, labels = inputs.to(device), labels.to(device)

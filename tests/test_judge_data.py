@@ -183,8 +183,8 @@ def test_ranking_pairs_two_outputs_of_one_clip_per_question_they_disagree_on(cli
     outputs = S.EditorOutputs(loaded.frames, loaded.clip, [even if j % 2 == 0 else odd for j in range(6)])
     data = S._JudgeData(clips, S.JudgeSection(editor_share=1.0, rank_weight=1.0), seed=0, size=6, outputs=outputs)
     items = [data[i] for i in range(6)]
-    assert all(len(chats) == len(labels) == 8 and len(prefs) == 4 for chats, labels, prefs in items)
-    _, labels, pairs = _collate_judge(load_vlm(bundled.JUDGE, dtype="fp32", device="cpu").processor)(items)
+    assert all(len(chats) == len(labels) == 8 and len(prefs) == 4 for chats, labels, prefs, _ in items)
+    _, labels, pairs, _ = _collate_judge(load_vlm(bundled.JUDGE, dtype="fp32", device="cpu").processor)(items)
     assert pairs.shape == (12, 2)  # EA and GR of each of the 6 items
     for yes, no in pairs.tolist():
         assert labels[yes] == 1 and labels[no] == 0 and yes // 8 == no // 8  # one item: two outputs of one clip
@@ -227,9 +227,9 @@ def test_rank_margin_pairs_outputs_whose_verifier_scores_differ_by_more_than_it(
     sec = S.JudgeSection(editor_share=1.0, rank_weight=1.0, rank_margin=0.05)
     data = S._JudgeData(clips, sec, seed=0, size=6, outputs=outputs)
     items = [data[i] for i in range(6)]
-    _, labels, pairs = _collate_judge(load_vlm(bundled.JUDGE, dtype="fp32", device="cpu").processor)(items)
+    _, labels, pairs, _ = _collate_judge(load_vlm(bundled.JUDGE, dtype="fp32", device="cpu").processor)(items)
     expected = []
-    for i, (_, _, prefs) in enumerate(items):
+    for i, (_, _, prefs, _) in enumerate(items):
         j = data._draw(i)[4]
         k = outputs.sibling(j, np.random.default_rng([0, i, 1]))
         assert prefs == outputs.preferences(j, k, 0.05)
@@ -242,3 +242,89 @@ def test_rank_margin_pairs_outputs_whose_verifier_scores_differ_by_more_than_it(
     assert all(labels[a] == labels[b] == 0 for a, b in expected if a % 4 == 0)  # pairs of two "No" answers
     with pytest.raises(InputError, match="rank_margin"):
         _cfg("judge", Path("/tmp/unused"), clips_dir / "train.jsonl", **{"judge.rank_margin": 1.5})
+
+
+def test_ground_loss_points_the_ea_answer_at_the_source_tokens_of_the_edit_mask(clips_dir, outputs_dir, tmp_path):
+    """judge.ground_weight: each edit shown comes with its clip's edit mask at the judge's frames; the targets are the
+    mask's share of each 16x16 token region (a direct reshape-mean here), and the logits are the head's q.k between
+    the EA chat's answer position and its first 64 image tokens (the 4 source frames), checked against a loop over the
+    token positions. The stage trains on it, saves the head, and a continued run starts from the saved head."""
+    from safetensors.torch import load_file
+
+    from viva_core.judge import yes_no_token_ids
+    from viva_core.train.pretrain.judge import (
+        GROUND_HEAD_FILE,
+        GroundHead,
+        _collate_judge,
+        ground_logits,
+        ground_targets,
+        judge_margins,
+    )
+    from viva_core.video import uniform_frame_indices
+    from viva_core.vlm import load_vlm
+
+    clips = S.load_clip_set(clips_dir / "train.jsonl", 3)
+    outputs = S.load_editor_outputs(outputs_dir, clips, 0.5)
+    data = S._JudgeData(clips, S.JudgeSection(editor_share=0.5, rank_weight=1.0), seed=0, size=6, outputs=outputs)
+    items = [data[i] for i in range(6)]
+    vlm = load_vlm(bundled.JUDGE, dtype="fp32", device="cpu")
+    inputs, _, _, masks = _collate_judge(vlm.processor)(items)
+    edits = sum(len(chats) for chats, *_ in items) // 4
+    assert masks.shape == (edits, 4, 64, 64) and edits > len(items)  # some items show two outputs of one clip
+    first = data._example(data._draw(0))[0]
+    assert torch.equal(masks[0], clips.mask[first][uniform_frame_indices(clips.mask.shape[1], 4)])
+
+    target = ground_targets(masks, inputs["image_grid_thw"][0], 2)
+    unit = (masks > 0).float()
+    assert torch.allclose(target, unit.view(edits, 4, 4, 16, 4, 16).mean((3, 5)).flatten(1))
+
+    yes, no = yes_no_token_ids(vlm.tokenizer)
+    head = GroundHead(128)
+    with torch.no_grad():
+        torch.nn.init.normal_(head.bias)
+        _, hidden = judge_margins(vlm, inputs, yes, no, hidden=True)
+        logits = ground_logits(head, hidden, inputs["input_ids"], vlm.model.config.image_token_id, 64)
+        for e in range(edits):
+            row = 4 * e
+            where = (inputs["input_ids"][row] == vlm.model.config.image_token_id).nonzero().flatten()
+            assert len(where) == 12 * 16  # source, edit and difference frames, 16 tokens each
+            q = hidden[row, -1] @ head.query.weight.T + head.query.bias
+            k = hidden[row, where[:64]] @ head.key.weight.T + head.key.bias
+            assert torch.allclose(logits[e], k @ q / 8 + head.bias, atol=1e-5)
+
+    sets = {"judge.init": bundled.JUDGE, "judge.editor_outputs": outputs_dir, "judge.editor_share": 0.5,
+            "judge.rank_weight": 1.0, "judge.ground_weight": 1.0, "optim.steps": 2, "optim.warmup_steps": 0,
+            "data.limit": 3}  # fmt: skip
+    folder = S.run_stage(_cfg("judge", tmp_path / "j", clips_dir / "train.jsonl", **sets))
+    logged = json.loads((tmp_path / "j" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < logged["ground_loss"] < 5
+    saved = load_file(folder / GROUND_HEAD_FILE)
+    assert saved["query.weight"].shape == (64, 128)
+    again = S.run_stage(
+        _cfg("judge", tmp_path / "k", clips_dir / "train.jsonl", **{**sets, "judge.init": folder, "optim.lr": 0.0})
+    )
+    assert all(torch.equal(v, load_file(again / GROUND_HEAD_FILE)[k]) for k, v in saved.items())  # lr 0: kept
+    with pytest.raises(InputError, match="ground_weight"):
+        _cfg("judge", tmp_path / "u", clips_dir / "train.jsonl", **{"judge.ground_weight": -1})
+
+
+def test_ground_loss_is_the_cross_entropy_of_the_pointer_against_the_normalised_mask() -> None:
+    """`ground_loss`: per edit -sum_k p_k log softmax(logits)_k with p the mask shares normalised to sum 1 (computed
+    here term by term), averaged over the edits whose mask shows; an edit without mask in the shown frames adds
+    nothing, and a batch of such edits gives a zero loss that still back-propagates."""
+    import math
+
+    from viva_core.train.pretrain.judge import ground_loss
+
+    logits = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 0.0, 0.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    expected = []
+    for row, cover in zip(logits.tolist(), target.tolist()):
+        if sum(cover) == 0:
+            continue
+        log_z = math.log(sum(math.exp(x) for x in row))
+        expected.append(-sum(c / sum(cover) * (x - log_z) for x, c in zip(row, cover)))
+    assert math.isclose(float(ground_loss(logits, target)), sum(expected) / len(expected), rel_tol=1e-6)
+    empty = ground_loss(logits, torch.zeros_like(target))
+    empty.backward()
+    assert float(empty) == 0.0 and logits.grad is not None

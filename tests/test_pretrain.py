@@ -137,7 +137,7 @@ def test_judge_training_forward_equals_the_judge_class(synth_npz, tmp_path, patc
     data = S._JudgeData(clips, sec, seed=0, size=6)
     yes, no = yes_no_token_ids(vlm.tokenizer)
     with torch.no_grad():
-        inputs, _, _ = _collate_judge(vlm.processor)([data[i] for i in range(len(data))])
+        inputs, _, _, _ = _collate_judge(vlm.processor)([data[i] for i in range(len(data))])
         merged = inputs["image_grid_thw"].prod(-1) // 4  # spatial merge 2 x 2
         assert (merged == tokens_per_frame).all()
         trained = torch.sigmoid(judge_margins(vlm, inputs, yes, no)).view(len(data), len(DIMENSIONS))
@@ -192,7 +192,7 @@ def test_judge_gt_source_share_draws_that_share_of_truth_and_source(synth_npz) -
         S.load_scratch_config(None, ["stage=judge", "data.manifest=x.jsonl", "judge.gt_source_share=1.5"])
     masked = S._JudgeData(clips, S.JudgeSection(ea_unlabelled="other,blend"), seed=0, size=30)
     for i in range(len(masked)):  # EA left out of the loss (-1) for those kinds only, the other answers kept
-        kind, (_, labels, _) = masked.example(i)[4], masked[i]
+        kind, (_, labels, _, _) = masked.example(i)[4], masked[i]
         assert (labels[0] == -1.0) == (kind in ("other", "blend"))
         assert labels[1:] == [float(S.CANDIDATE_LABELS[kind][d]) for d in ("PC", "GN", "GR")]
     with pytest.raises(InputError, match="ea_unlabelled"):
@@ -238,7 +238,7 @@ def test_judge_labels_fail_exactly_the_targeted_questions(synth_npz) -> None:
             expected["EA"] = ea >= 0.5
         assert labels == expected, (kind, labels)
         if kind not in seen:
-            chats, answers, prefs = data[i]
+            chats, answers, prefs, _ = data[i]
             assert prefs == [] and len(chats) == len(DIMENSIONS) and answers == [float(labels[d]) for d in DIMENSIONS]
         seen.add(kind)
         if seen == set(S.CANDIDATES):

@@ -68,7 +68,7 @@ def main() -> None:
     data = S._JudgeData(clips, sec, args.seed, args.steps * args.batch, args.batch)
     collate = _collate_judge(vlm.processor)
     if args.time:
-        inputs, labels, _ = collate([data[i] for i in range(args.batch)])
+        inputs, labels, _, _ = collate([data[i] for i in range(args.batch)])
         for questions in (1, 4, 1, 4):  # 1: the vision tower once per chat, as before; 4: once per edit
             t = time.perf_counter()
             for _ in range(args.time):
@@ -95,7 +95,7 @@ def main() -> None:
             break
         for g in opt.param_groups:
             g["lr"] = scheduled_lr(args.lr, step, args.steps, args.warmup)
-        inputs, labels, _ = collate([data[i] for i in range(step * args.batch, (step + 1) * args.batch)])
+        inputs, labels, _, _ = collate([data[i] for i in range(step * args.batch, (step + 1) * args.batch)])
         m = judge_margins(vlm, inputs, yes, no)
         keep = labels >= 0
         loss = F.binary_cross_entropy_with_logits(m[keep], labels[keep])

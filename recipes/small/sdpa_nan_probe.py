@@ -79,7 +79,7 @@ if "judge" in a.parts:
         candidates="target,source,other,blend,flicker,blur,shifted,wrong", ea_unlabelled="other,blend,shifted"
     )
     data = _JudgeData(clips, sec, 0, 8, 8)
-    inputs, labels, _ = _collate_judge(vlm.processor)([data[i] for i in range(8)])
+    inputs, labels, _, _ = _collate_judge(vlm.processor)([data[i] for i in range(8)])
     natural = inputs["input_ids"].shape[1]
     pad_id = vlm.tokenizer.pad_token_id
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16)

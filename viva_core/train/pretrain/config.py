@@ -132,6 +132,11 @@ class JudgeSection:
     # pairs differ in EA by < 0.02, a third by > 0.1, and most of those sit on one side of the 0.5 threshold
     # (docs/small_models.md, section 44).
     rank_margin: float = 0.0
+    # Weight of a training-time grounding loss: from the EA answer position the judge points at the source frames'
+    # visual tokens where the instruction's edit belongs (the truth's edit mask pooled to the token grid; a q.k head
+    # saved beside the weights as ground_head.safetensors). Knowing only where the edit belongs orders 0.80-0.85 of
+    # one clip's clearly different candidates, where no judge's P(Yes) does (docs/small_models.md, section 46).
+    ground_weight: float = 0.0
     # Compute the language model's M-RoPE position ids from host copies of the batch instead of inside the forward
     # (same logits, tested): transformers loops over the batch's 1,536 image grids, device work on a GPU. On an H200
     # (bench/bench_judge_step.py) it made the train step 1.38x faster (docs/small_models.md, section 32).
@@ -194,6 +199,8 @@ class ScratchConfig:
             problems.append("judge.seeds and judge.sample_steps must be >= 1")
         if self.judge.rank_weight < 0:
             problems.append(f"judge.rank_weight must be >= 0, got {self.judge.rank_weight}")
+        if self.judge.ground_weight < 0:
+            problems.append(f"judge.ground_weight must be >= 0, got {self.judge.ground_weight}")
         if not 0 <= self.judge.rank_margin < 1:
             problems.append(f"judge.rank_margin must be in [0, 1) (a score difference), got {self.judge.rank_margin}")
         if not 0 <= self.judge.editor_share <= 1:

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 
 CANDIDATES = JUDGE_CANDIDATES
+GROUND_HEAD_FILE = "ground_head.safetensors"  # judge.ground_weight's pointing head, beside the judge's weights
 # The judge's label of each candidate on each question, by construction: each corruption fails exactly the
 # questions it targets (True = "Yes"). None: the exact EA verifier decides (a shifted edit may still be the asked
 # edit). Labelling every cell by the benchmark's verifiers instead told the judge that a flickering copy is
@@ -178,21 +179,31 @@ class _JudgeData(torch.utils.data.Dataset):
         return kind, corrupt(kind, src, tgt, frames_float(self.clips.target[o]), rng).clamp(0, 1), labels
 
     def __getitem__(self, i: int):
-        """Item i's chats, labels and ranking preferences; with judge.rank_weight an editor output comes with another
-        output of the same clip (8 chats: 4 questions of each) and, per question, which of the two is better
+        """Item i's chats, labels, ranking preferences and the edit masks of its clip at the frames the judge sees
+        (`edit_masks`, one per edit shown); with judge.rank_weight an editor output comes with another output of the
+        same clip (8 chats: 4 questions of each) and, per question, which of the two is better
         (`EditorOutputs.preferences`: +1 the first, -1 the second, 0 no pair), which `_collate_judge` turns into
         ranking pairs."""
         draw = self._draw(i)
-        chats, labels = self.chats(*self._example(draw))
+        example = self._example(draw)
+        chats, labels = self.chats(*example)
+        masks = self.edit_masks(example[0])[None]
         j = draw[4]  # the editor output of this item, or None
         sibling = None
         if j is not None and self.sec.rank_weight > 0:
             sibling = self.outputs.sibling(j, np.random.default_rng([self.seed, i, 1]))
         if sibling is None:
-            return chats, labels, []
+            return chats, labels, [], masks
         more_chats, more_labels = self.chats(*self.output_example(sibling))
         prefs = self.outputs.preferences(j, sibling, self.sec.rank_margin)
-        return chats + more_chats, labels + more_labels, prefs
+        return chats + more_chats, labels + more_labels, prefs, masks.expand(2, *masks.shape[1:])
+
+    def edit_masks(self, c: int) -> torch.Tensor:
+        """Clip c's edit mask [frames, H, W] at the frames the judge sees (the grounding loss's targets)."""
+        from ...video import uniform_frame_indices
+
+        mask = self.clips.mask[c]
+        return mask[uniform_frame_indices(mask.shape[0], self.sec.frames)]
 
     def chats(self, c: int, src: torch.Tensor, cand: torch.Tensor, answers: dict[str, Optional[bool]], kind: str):
         """The four question chats of one example and their labels (-1: left out of the loss)."""
@@ -245,8 +256,8 @@ def candidate_aucs(vlm, data: CandidateSet, batch: int = 16) -> tuple[dict[str, 
                 ex = data.example(i)
                 kinds.append(ex[4])
                 answers.append(ex[3])
-                items.append((*data.chats(*ex), []))  # no ranking pairs
-            inputs, _, _ = collate(items)
+                items.append((*data.chats(*ex), [], data.edit_masks(ex[0])[None]))  # no ranking pairs
+            inputs, _, _, _ = collate(items)
             margins.append(judge_margins(vlm, inputs.to(vlm.device), yes, no).float().cpu().view(-1, len(DIMENSIONS)))
     m = torch.cat(margins)
     aucs = {}
@@ -265,11 +276,11 @@ def _collate_judge(processor):
     from ...vlm import processor_inputs
 
     def collate(items):
-        """(processor inputs, labels, ranking pairs [P, 2]): a pair is the flat indices of the better and the worse
-        answer to one question about two outputs of one clip (an 8-chat item of `_JudgeData.__getitem__` with its
-        preferences)."""
+        """(processor inputs, labels, ranking pairs [P, 2], edit masks [edits, frames, H, W]): a pair is the flat
+        indices of the better and the worse answer to one question about two outputs of one clip (an 8-chat item of
+        `_JudgeData.__getitem__` with its preferences)."""
         chats, labels, pairs = [], [], []
-        for cs, ys, prefs in items:
+        for cs, ys, prefs, _ in items:
             base = len(labels)
             chats += cs
             labels += ys
@@ -278,19 +289,77 @@ def _collate_judge(processor):
                 if p:
                     pairs.append((base + q, base + half + q) if p > 0 else (base + half + q, base + q))
         pair_tensor = torch.tensor(pairs, dtype=torch.long).view(-1, 2)
-        return processor_inputs(processor, chats), torch.tensor(labels), pair_tensor
+        masks = torch.cat([item[3] for item in items])
+        return processor_inputs(processor, chats), torch.tensor(labels), pair_tensor, masks
 
     return collate
 
 
-def judge_margins(vlm, inputs, yes_ids, no_ids, questions: int = 4, host_positions: bool = True) -> torch.Tensor:
+def judge_margins(vlm, inputs, yes_ids, no_ids, questions: int = 4, host_positions: bool = True, hidden: bool = False):
     """log P(Yes) - log P(No) at the answer position of each chat (the logit of P(Yes), what the loss reads). The
     chats come in runs of `questions` about one edit, so the vision tower encodes each edit's images once;
-    `host_positions`: the M-RoPE position ids from host copies (`vlm.forward_shared_images`)."""
+    `host_positions`: the M-RoPE position ids from host copies (`vlm.forward_shared_images`). `hidden`: also the
+    last layer's states [chats, L, D] (what `GroundHead` reads)."""
     from ...vlm import forward_shared_images
 
-    logits = forward_shared_images(vlm, inputs, questions, host_positions=host_positions).logits[:, -1].float()
-    return torch.logsumexp(logits[:, yes_ids], -1) - torch.logsumexp(logits[:, no_ids], -1)
+    out = forward_shared_images(vlm, inputs, questions, host_positions=host_positions, output_hidden_states=hidden)
+    logits = out.logits[:, -1].float()
+    margin = torch.logsumexp(logits[:, yes_ids], -1) - torch.logsumexp(logits[:, no_ids], -1)
+    return (margin, out.hidden_states[-1]) if hidden else margin
+
+
+class GroundHead(torch.nn.Module):
+    """Where the EA answer position points among the source frames' visual tokens: logit_k = q(answer) . k(token_k)
+    / sqrt(d), read as a softmax over the tokens (`ground_loss`). A pointer rather than a per-token probe because in
+    the judge's prompt the instruction comes after the frames, so only the answer position has read both
+    (judge.ground_weight; docs/small_models.md, section 46)."""
+
+    def __init__(self, hidden: int, dim: int = 64):
+        super().__init__()
+        self.query, self.key = torch.nn.Linear(hidden, dim), torch.nn.Linear(hidden, dim)
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, answer: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """answer [R, D], tokens [R, N, D] -> pointing logits [R, N]."""
+        q, k = self.query(answer), self.key(tokens)
+        return torch.einsum("rd,rnd->rn", q, k) / q.shape[-1] ** 0.5 + self.bias
+
+
+def ground_logits(
+    head: GroundHead,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    image_token_id: int,
+    source_tokens: int,
+    questions: int = 4,
+) -> torch.Tensor:
+    """The pointing logits [edits, source_tokens] of each run's EA chat (its first: DIMENSIONS[0] is EA) over the
+    first `source_tokens` image tokens of that chat (the source frames: `Judge.messages` shows them first)."""
+    rows = torch.arange(0, hidden.shape[0], questions, device=hidden.device)
+    states, ids = hidden[rows], input_ids[rows].to(hidden.device)
+    tokens = states[ids == image_token_id].view(len(rows), -1, states.shape[-1])[:, :source_tokens]
+    return head(states[:, -1], tokens)
+
+
+def ground_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the pointer's softmax over the source tokens against where the edit mask lies (each token's
+    edited share, normalised; edits whose mask misses the shown frames left out). A softmax, not a per-token sigmoid:
+    one object covers 1-2 of 64 tokens, and per-token BCE was met by the instruction's prior alone (edit local or
+    global) without pointing anywhere (docs/small_models.md, section 46)."""
+    total = target.sum(-1)
+    keep = total > 0
+    if not keep.any():
+        return logits.sum() * 0.0
+    p = target[keep] / total[keep, None]
+    return -(p * torch.log_softmax(logits[keep].float(), -1)).sum(-1).mean()
+
+
+def ground_targets(masks: torch.Tensor, grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
+    """Edit masks [edits, frames, H, W] -> the edited share of each source-frame token [edits, frames * tokens], in
+    the order `ground_logits` reads them."""
+    from .editor import grounding_targets
+
+    return grounding_targets(masks.flatten(0, 1), grid_thw, merge).view(masks.shape[0], -1)
 
 
 def _continued_judge(init: Path, folder: Path, sec: JudgeSection, words: list[str]) -> Path:
@@ -318,6 +387,16 @@ def _continued_judge(init: Path, folder: Path, sec: JudgeSection, words: list[st
     return folder
 
 
+def _ground_head(vlm, folder: Path, device) -> GroundHead:
+    """judge.ground_weight's head, continued from the judge folder's own where it has one (judge.init)."""
+    head = GroundHead(vlm.model.config.text_config.hidden_size)
+    if (folder / GROUND_HEAD_FILE).is_file():
+        from safetensors.torch import load_file
+
+        head.load_state_dict(load_file(folder / GROUND_HEAD_FILE))
+    return head.to(device).train()
+
+
 def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     from ...judge import JUDGE_INFO_FILE, yes_no_token_ids
     from ...vlm import load_vlm
@@ -332,6 +411,8 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     vlm = load_vlm(folder, dtype="fp32", device=device)
     vlm.model.train().requires_grad_(True)
     yes_ids, no_ids = yes_no_token_ids(vlm.tokenizer)
+    head = _ground_head(vlm, folder, device) if sec.ground_weight > 0 else None
+    merge, image_token = int(vlm.model.config.vision_config.spatial_merge_size), vlm.model.config.image_token_id
     per_item = cfg.optim.batch_size
     outputs = load_editor_outputs(sec.editor_outputs, clips, sec.threshold) if sec.editor_share > 0 else None
     data = _JudgeData(clips, sec, cfg.seed, cfg.optim.steps * per_item, per_item, outputs)
@@ -346,10 +427,16 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     batches = iter(loader)
 
     def step(i: int) -> dict:
-        inputs, labels, pairs = next(batches)
+        inputs, labels, pairs, masks = next(batches)
         labels, pairs = labels.to(device), pairs.to(device)
         with _autocast(device), _masked_attention(device):
-            margin = judge_margins(vlm, inputs.to(device), yes_ids, no_ids, host_positions=sec.host_positions)
+            margin = judge_margins(
+                vlm, inputs.to(device), yes_ids, no_ids, host_positions=sec.host_positions, hidden=head is not None
+            )
+            if head is not None:
+                margin, hidden = margin
+                target = ground_targets(masks, inputs["image_grid_thw"][0], merge).to(device)
+                logits = ground_logits(head, hidden, inputs["input_ids"], image_token, target.shape[1])
         keep = labels >= 0  # judge.ea_unlabelled leaves some EA answers out
         loss = F.binary_cross_entropy_with_logits(margin[keep], labels[keep])
         acc = ((margin[keep] > 0).float() == labels[keep]).float().mean()
@@ -358,10 +445,19 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
             rank = F.softplus(margin[pairs[:, 1]] - margin[pairs[:, 0]]).mean()
             loss = loss + sec.rank_weight * rank
             out["rank_loss"] = rank.detach()
+        if head is not None:
+            ground = ground_loss(logits, target)
+            loss = loss + sec.ground_weight * ground
+            out["ground_loss"] = ground.detach()
         return {"loss": loss, **out}
 
-    summary = _loop(cfg, list(vlm.model.parameters()), step, out, progress, "judge")
+    params = list(vlm.model.parameters()) + (list(head.parameters()) if head is not None else [])
+    summary = _loop(cfg, params, step, out, progress, "judge")
     save_small(vlm.model.eval(), folder)
+    if head is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, folder / GROUND_HEAD_FILE)
     _write_json(
         folder / JUDGE_INFO_FILE,
         {

@@ -72,11 +72,13 @@ def test_reference_signals_against_a_direct_computation(tmp_path):
     clip = [0, 0, 0, 1, 1]
     np.save(tmp_path / "frames.npy", frames)
     got = reference_signals(clips, tmp_path, clip)
-    closeness, change = got.values()
+    closeness, placed, change = got.values()
     for j, c in enumerate(clip):
         e, t, s = frames[j] / 255.0, target[c] / 255.0, source[c] / 255.0
         m = np.broadcast_to(mask[c][..., None], e.shape)
         assert abs(closeness[j] - -(np.abs(e - t) * m).sum() / m.sum()) < 1e-6
+        d = np.abs(e - s)
+        assert abs(placed[j] - (d[m == 1].mean() - d[m == 0].mean())) < 1e-6
         assert abs(change[j] - np.abs(e - s).mean()) < 1e-6
     assert closeness[0] == 0.0 > closeness[2] > closeness[1] and change[1] == 0.0
     assert pair_agreement([[0, 1, 2]], [1.0, 0.0, 0.5], closeness) == ([1.0], 3)

@@ -75,20 +75,28 @@ def judge_scores(judge: Judge, clips, folder: Path, clip: list[int]) -> list[dic
 
 
 def reference_signals(clips, folder: Path, clip: list[int]) -> dict[str, list[float]]:
-    """Two orderings of each clip's candidates to read a judge's agreement against: closeness to the ground truth
+    """Three orderings of each clip's candidates to read a judge's agreement against: closeness to the ground truth
     inside the edit mask (minus the mean |edit - truth| there; it needs the truth, which only the verifier has, so it
-    is a ceiling for what is visible), and the amount of change (mean |edit - source|; a judge that only sees "how
-    much was edited" gets this)."""
+    is a ceiling for what is visible), the change where the edit belongs (mean |edit - source| inside the edit mask
+    minus outside it: it needs only where, not what, which a judge that grounds the instruction could know), and the
+    amount of change (mean |edit - source|; a judge that only sees "how much was edited" gets this)."""
     import numpy as np
 
     frames = np.load(folder / FRAMES_FILE, mmap_mode="r")
-    closeness, change = [], []
+    closeness, placed, change = [], [], []
     for j, c in enumerate(clip):
         edit = frames_float(torch.from_numpy(np.array(frames[j])))
         mask = clips.mask[c].float().unsqueeze(-1).expand_as(edit)
         closeness.append(-float(((edit - frames_float(clips.target[c])).abs() * mask).sum() / mask.sum().clamp(min=1)))
-        change.append(float((edit - frames_float(clips.source[c])).abs().mean()))
-    return {"reference: closeness to the truth in the mask": closeness, "reference: amount of change": change}
+        diff = (edit - frames_float(clips.source[c])).abs()
+        inside = (diff * mask).sum() / mask.sum().clamp(min=1)
+        placed.append(float(inside - (diff * (1 - mask)).sum() / (1 - mask).sum().clamp(min=1)))
+        change.append(float(diff.mean()))
+    return {
+        "reference: closeness to the truth in the mask": closeness,
+        "reference: change inside the mask minus outside": placed,
+        "reference: amount of change": change,
+    }
 
 
 def pair_agreement(

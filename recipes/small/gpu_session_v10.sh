@@ -99,6 +99,11 @@ if has bon; then  # both benchmark sets: held-out combinations, and unseen clips
     PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/best_of_n_check.py $manifest $dir/judge_data shipped=$JUDGE \
       $NEWJ --json runs/best_of_n_$name.json > runs/best_of_n_$name.log 2>&1
     grep -v Loading runs/best_of_n_$name.log
+    if [ -f $R/judge/judge/ground_head.safetensors ]; then  # judge.ground_weight: where it points (section 46)
+      PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/ground_check.py $manifest $dir/judge_data \
+        new=$R/judge/judge --json runs/ground_$name.json > runs/ground_$name.log 2>&1
+      grep -v "Loading\|clips, pointing" runs/ground_$name.log
+    fi
   done
   [ -n "${OUT:-}" ] && has pack && pack_results $NEW/editor judge/judge
 fi

@@ -109,25 +109,43 @@ def main(argv: list[str]) -> None:
             source = frames_float(clips.source[c])
             edit = frames_float(torch.from_numpy(np.array(frames[j])))
             rows[j] = pointing(judge, head, source, edit, clips.records[c]["instruction"], clips.mask[c])
-        per_clip, objectness = [], []
+        blind = {}  # per clip: the pointer shown the source as the edit (no difference to follow), from its text alone
+        for g in groups:
+            c, source = clip[g[0]], frames_float(clips.source[clip[g[0]]])
+            blind[c] = pointing(judge, head, source, source, clips.records[c]["instruction"], clips.mask[c])[0]
+        per_clip, blind_auc, objectness, kinds = [], [], [], []
         for g in groups:
             cover = rows[g[0]][1]
             target = cover >= 0.5 * cover.max()  # an object is often smaller than a token: relative to the most covered
             if 0 < int(target.sum()) < len(target):
                 per_clip.append(_mean(roc_auc(rows[j][0].tolist(), target.tolist()) for j in g))
+                blind_auc.append(roc_auc(blind[clip[g[0]]].tolist(), target.tolist()))
                 objectness.append(roc_auc(rows[g[0]][4].tolist(), target.tolist()))
+                kinds.append(clips.records[clip[g[0]]].get("referring", "?"))
         lo, hi = bootstrap_ci(per_clip, draws=4000)
+        blo, bhi = bootstrap_ci(blind_auc, draws=4000)
         olo, ohi = bootstrap_ci(objectness, draws=4000)
         signals = {  # indexed by candidate, as `truth`
             f"{label}: pointed change": {j: contrast(pointed(r[0]), r[2]) for j, r in rows.items()},
+            f"{label}: change where it points blind": {
+                j: contrast(pointed(blind[clip[j]]), r[2]) for j, r in rows.items()
+            },
             f"{label}: EA P(Yes)": {j: r[3] for j, r in rows.items()},
             "true mask, token resolution": {j: contrast(r[1], r[2]) for j, r in rows.items()},
         }
         mean_ea = [_mean(truth[j] for j in g) for g in groups]
         report = {"pointing_auc": _mean(per_clip), "pointing_auc_ci": [lo, hi], "pointing_clips": len(per_clip)}
         report["objectness_auc"] = [_mean(objectness), olo, ohi]
+        report["blind_pointing_auc"] = [_mean(blind_auc), blo, bhi]
         print(f"{label}: pointing ROC-AUC {_mean(per_clip):.3f} ({lo:.3f}-{hi:.3f}) over {len(per_clip)} clips;")
-        print(f"  objectness (no instruction) {_mean(objectness):.3f} ({olo:.3f}-{ohi:.3f})")
+        print(f"  blind (the source shown as the edit) {_mean(blind_auc):.3f} ({blo:.3f}-{bhi:.3f})")
+        print(f"  objectness (no instruction) {_mean(objectness):.3f} ({olo:.3f}-{ohi:.3f}); by reference kind:")
+        report["by_referring"] = {}
+        for kind in sorted(set(kinds), key=kinds.count, reverse=True):
+            at = [i for i, k in enumerate(kinds) if k == kind]
+            mine, base = _mean(per_clip[i] for i in at), _mean(objectness[i] for i in at)
+            report["by_referring"][kind] = {"clips": len(at), "pointing_auc": mine, "objectness_auc": base}
+            print(f"  {kind}: {len(at)} clips, pointing {mine:.3f}, objectness {base:.3f}")
         print("| signal | which | agreement with verifier EA (95% CI) | pairs | best-of-K dEA vs random (95% CI) |")
         print("|---|---|---|---|---|")
         for name, values in signals.items():

@@ -114,21 +114,23 @@ def test_grounding_targets_follow_the_processors_token_order(tmp_path) -> None:
     assert int(per_token.argmax()) == hot  # the processor put the white block's patches in that token
 
 
-@pytest.mark.parametrize("patch, tokens_per_frame", [(8, 16), (4, 64)])
-def test_judge_training_forward_equals_the_judge_class(synth_npz, tmp_path, patch, tokens_per_frame) -> None:
+@pytest.mark.parametrize("patch, tokens_per_frame, first", [(8, 16, False), (4, 64, False), (8, 16, True)])
+def test_judge_training_forward_equals_the_judge_class(synth_npz, tmp_path, patch, tokens_per_frame, first) -> None:
     """P(Yes) of the trainer's path (item -> collate -> judge_margins) equals `Judge.score` on the same source,
     candidate and instruction, through a folder with the trainer's viva_judge.json: same frames, difference frames,
-    prompts, image order and answer position. Without the difference frames the scores differ (the check can fail).
-    A judge built with `vlm.patch` 4 sees each 64x64 frame as 64 tokens, not 16, both ways."""
+    prompts (the instruction also before the frames with `judge.instruction_first`), image order and answer position.
+    Without the difference frames, or with the other instruction layout, the scores differ (the check can fail). A
+    judge built with `vlm.patch` 4 sees each 64x64 frame as 64 tokens, not 16, both ways."""
     from viva_core.judge import DIMENSIONS, Judge, yes_no_token_ids
     from viva_core.train.pretrain.judge import _collate_judge, judge_margins
     from viva_core.vlm import load_vlm
 
     clips = S.load_clip_set(synth_npz / "train.jsonl")
-    sec = S.JudgeSection(vlm=S.VLMSection(hidden=32, layers=1, patch=patch))
+    sec = S.JudgeSection(vlm=S.VLMSection(hidden=32, layers=1, patch=patch), instruction_first=first)
     tok = S.word_tokenizer(S.vocabulary(S.prompt_texts(clips.records)), kind="qwen")
     folder = S.write_vlm_folder(tmp_path / "judge", tok, sec.vlm, 0)
-    (folder / "viva_judge.json").write_text(json.dumps({"difference_frames": True, "frames": sec.frames}))
+    info = {"difference_frames": True, "frames": sec.frames, "instruction_first": first}
+    (folder / "viva_judge.json").write_text(json.dumps(info))
     vlm = load_vlm(folder, dtype="fp32", device="cpu")
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # away from the near-constant answers of a fresh model
@@ -150,6 +152,10 @@ def test_judge_training_forward_equals_the_judge_class(synth_npz, tmp_path, patc
         torch.testing.assert_close(trained[i], torch.tensor([got[d] for d in DIMENSIONS]), rtol=0, atol=1e-5)
     without = blind.score(src, cand, instruction, num_frames=sec.frames).scores
     assert max(abs(without[d] - got[d]) for d in DIMENSIONS) > 1e-3
+    assert judge.instruction_first == first
+    judge.instruction_first = not first
+    other = judge.score(src, cand, instruction, num_frames=sec.frames).scores
+    assert max(abs(other[d] - got[d]) for d in DIMENSIONS) > 5e-5  # 5x the tolerance of the equality above
 
 
 # ------------------------------------------------------------------------------------------- judge labels

@@ -160,6 +160,17 @@ def judge_info(vlm_path: str | Path) -> dict | None:
     return read_json_object(info, "judge info") if info.is_file() else None
 
 
+# Shown before the frames by a judge trained with `judge.instruction_first` (viva_judge.json "instruction_first"):
+# in a causal VLM only tokens after the instruction can read it, so with the instruction last (the question) no
+# frame token knows what the edit should touch; first, every source, edit and difference token can.
+INSTRUCTION_LEAD = "The edit instruction: {instruction}"
+
+
+def reads_instruction_first(vlm_path: str | Path) -> bool:
+    """Whether the judge folder says it was trained with the instruction shown before the frames."""
+    return bool((judge_info(vlm_path) or {}).get("instruction_first", False))
+
+
 def reads_difference_frames(vlm_path: str | Path) -> bool:
     """Whether the judge folder says it was trained with difference frames."""
     return bool((judge_info(vlm_path) or {}).get("difference_frames", False))
@@ -254,6 +265,7 @@ class Judge:
     ):
         self.vlm = vlm
         self.difference = reads_difference_frames(vlm.path) if difference is None else difference
+        self.instruction_first = reads_instruction_first(vlm.path)
         self.generates_text = judge_generates_text(vlm.path)
         self.caveat = judge_caveat(vlm.path)
         self.max_side = max_side
@@ -274,10 +286,15 @@ class Judge:
 
     @staticmethod
     def messages(
-        source: list[Image.Image], edited: list[Image.Image], text: str, difference: Sequence[Image.Image] = ()
+        source: list[Image.Image],
+        edited: list[Image.Image],
+        text: str,
+        difference: Sequence[Image.Image] = (),
+        lead: str = "",
     ) -> list[dict]:
-        """One user turn: labelled source frames, labelled edited frames, [difference frames,] then `text`."""
-        content: list[dict] = [{"type": "text", "text": "Source video, before the edit (frames in time order):\n"}]
+        """One user turn: [`lead`,] labelled source frames, labelled edited frames, [difference frames,] then `text`."""
+        content: list[dict] = [{"type": "text", "text": lead + "\n"}] if lead else []
+        content.append({"type": "text", "text": "Source video, before the edit (frames in time order):\n"})
         for i, img in enumerate(source):
             content += [{"type": "text", "text": f"Source frame {i + 1}: "}, {"type": "image", "image": img}]
         content.append({"type": "text", "text": "\nEdited video, after the edit (frames in time order):\n"})
@@ -289,6 +306,10 @@ class Judge:
                 content += [{"type": "text", "text": f"Difference frame {i + 1}: "}, {"type": "image", "image": img}]
         content.append({"type": "text", "text": "\n" + text})
         return [{"role": "user", "content": content}]
+
+    def lead(self, instruction: str) -> str:
+        """What this judge reads before the frames: the instruction where it was trained so, else nothing."""
+        return INSTRUCTION_LEAD.format(instruction=instruction) if self.instruction_first else ""
 
     @staticmethod
     def question_text(code: str, instruction: str) -> str:
@@ -305,7 +326,13 @@ class Judge:
     ) -> dict[str, torch.Tensor]:
         """P(Yes) per dimension as 0-d fp32 tensors, under the caller's grad mode."""
         conversations = [
-            self.messages(source_images, edited_images, self.question_text(d, instruction), difference_images)
+            self.messages(
+                source_images,
+                edited_images,
+                self.question_text(d, instruction),
+                difference_images,
+                self.lead(instruction),
+            )
             for d in DIMENSIONS
         ]
         groups = [conversations] if self.batch_questions else [[c] for c in conversations]
@@ -344,7 +371,11 @@ class Judge:
         pils = [[to_pil_image(f) for f in group] for group in shown]
         conversations = [
             self.messages(
-                pils[0], pils[1], self.question_text(q, instruction.strip()), pils[2] if self.difference else ()
+                pils[0],
+                pils[1],
+                self.question_text(q, instruction.strip()),
+                pils[2] if self.difference else (),
+                self.lead(instruction.strip()),
             )
             for q in questions
         ]
@@ -396,7 +427,13 @@ class Judge:
         if rationale:
             text = generate_text(
                 self.vlm,
-                self.messages(src_imgs, edit_imgs, RATIONALE_PROMPT.format(instruction=instruction), diff_imgs),
+                self.messages(
+                    src_imgs,
+                    edit_imgs,
+                    RATIONALE_PROMPT.format(instruction=instruction),
+                    diff_imgs,
+                    self.lead(instruction),
+                ),
                 max_new_tokens=max_rationale_tokens,
             )
         return JudgeResult(

@@ -55,7 +55,7 @@ def pointing(judge: Judge, head: GroundHead, source: torch.Tensor, edit: torch.T
     frames = 4
     src, edt = judge._frames(source, frames), judge._frames(edit, frames)
     diff = difference_images(source, edit, frames, judge.max_side) if judge.difference else []
-    chat = judge.messages(src, edt, judge.question_text("EA", instruction), diff)
+    chat = judge.messages(src, edt, judge.question_text("EA", instruction), diff, judge.lead(instruction))
     inputs = build_inputs(judge.vlm, [chat], add_generation_prompt=True)
     out = forward(judge.vlm, inputs, output_hidden_states=True)
     p_yes = float(yes_probability(out.logits[:, -1], judge.yes_ids, judge.no_ids)[0])

@@ -137,6 +137,10 @@ class JudgeSection:
     # saved beside the weights as ground_head.safetensors). Knowing only where the edit belongs orders 0.80-0.85 of
     # one clip's clearly different candidates, where no judge's P(Yes) does (docs/small_models.md, section 46).
     ground_weight: float = 0.0
+    # Show the instruction before the frames as well (judge.INSTRUCTION_LEAD; written to viva_judge.json, which
+    # `Judge` follows), so that the frames' tokens can read it (section 46). A judge continued with another setting
+    # than it was trained with learns the new layout from its weights.
+    instruction_first: bool = False
     # Compute the language model's M-RoPE position ids from host copies of the batch instead of inside the forward
     # (same logits, tested): transformers loops over the batch's 1,536 image grids, device work on a GPU. On an H200
     # (bench/bench_judge_step.py) it made the train step 1.38x faster (docs/small_models.md, section 32).

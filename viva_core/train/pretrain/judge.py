@@ -207,7 +207,7 @@ class _JudgeData(torch.utils.data.Dataset):
 
     def chats(self, c: int, src: torch.Tensor, cand: torch.Tensor, answers: dict[str, Optional[bool]], kind: str):
         """The four question chats of one example and their labels (-1: left out of the loss)."""
-        from ...judge import DIMENSIONS, Judge, difference_images
+        from ...judge import DIMENSIONS, INSTRUCTION_LEAD, Judge, difference_images
         from ...video import uniform_frame_indices
         from ...vlm import to_pil_image
 
@@ -216,9 +216,10 @@ class _JudgeData(torch.utils.data.Dataset):
         s_img = [to_pil_image(src[k]) for k in picks]
         e_img = [to_pil_image(cand[k]) for k in picks]
         d_img = difference_images(src, cand, self.sec.frames) if self.sec.difference else []
+        lead = INSTRUCTION_LEAD.format(instruction=instruction) if self.sec.instruction_first else ""
         chats, labels = [], []
         for d in DIMENSIONS:
-            chats.append(Judge.messages(s_img, e_img, Judge.question_text(d, instruction), d_img))
+            chats.append(Judge.messages(s_img, e_img, Judge.question_text(d, instruction), d_img, lead))
             masked = answers[d] is None or (d == "EA" and kind in self.sec.ea_unlabelled.split(","))
             labels.append(-1.0 if masked else float(answers[d]))
         return chats, labels
@@ -463,6 +464,7 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
         {
             "difference_frames": sec.difference,
             "frames": sec.frames,
+            "instruction_first": sec.instruction_first,
             "generates_text": False,  # trained on Yes/No answers only
             "trained_by": "viva pretrain judge",
         },

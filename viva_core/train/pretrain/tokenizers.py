@@ -56,7 +56,7 @@ def word_tokenizer(words: Sequence[str], *, kind: str):
 def prompt_texts(records: Sequence[dict]) -> list[str]:
     """Every text a model of this project reads: instructions, captions and the fixed instructor/judge prompts."""
     from ...instructor import INSTRUCTOR_SYSTEM_PROMPT, REWRITE_PROMPT, Instructor
-    from ...judge import QUESTIONS, RATIONALE_PROMPT, Judge
+    from ...judge import INSTRUCTION_LEAD, QUESTIONS, RATIONALE_PROMPT, Judge
 
     fixed = [
         INSTRUCTOR_SYSTEM_PROMPT,
@@ -73,7 +73,9 @@ def prompt_texts(records: Sequence[dict]) -> list[str]:
     ]
     fixed += [
         part["text"]
-        for m in Judge.messages([None] * 9, [None] * 9, "answer yes or no.", [None] * 9)
+        for m in Judge.messages(
+            [None] * 9, [None] * 9, "answer yes or no.", [None] * 9, INSTRUCTION_LEAD.format(instruction="")
+        )
         for part in m["content"]
         if part.get("type") == "text"
     ]

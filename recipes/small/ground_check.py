@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from best_of_n_check import _mean, agreements, candidates
+from best_of_n_check import CLEAR_MARGIN, _mean, agreements, candidates
 from table import bootstrap_ci
 
 from viva_core.eval import roc_auc
@@ -113,7 +113,7 @@ def main(argv: list[str]) -> None:
         for g in groups:
             c, source = clip[g[0]], frames_float(clips.source[clip[g[0]]])
             blind[c] = pointing(judge, head, source, source, clips.records[c]["instruction"], clips.mask[c])[0]
-        per_clip, blind_auc, objectness, kinds = [], [], [], []
+        per_clip, blind_auc, objectness, kinds, contested, among = [], [], [], [], [], []
         for g in groups:
             cover = rows[g[0]][1]
             target = cover >= 0.5 * cover.max()  # an object is often smaller than a token: relative to the most covered
@@ -122,6 +122,10 @@ def main(argv: list[str]) -> None:
                 blind_auc.append(roc_auc(blind[clip[g[0]]].tolist(), target.tolist()))
                 objectness.append(roc_auc(rows[g[0]][4].tolist(), target.tolist()))
                 kinds.append(clips.records[clip[g[0]]].get("referring", "?"))
+                contested.append(max(truth[j] for j in g) - min(truth[j] for j in g) > CLEAR_MARGIN)
+                objects = rows[g[0]][4] >= rows[g[0]][4].quantile(0.75)  # the most object-like quarter of tokens
+                if 0 < int(target[objects].sum()) < int(objects.sum()):  # which object, not object or background
+                    among.append(roc_auc(blind[clip[g[0]]][objects].tolist(), target[objects].tolist()))
         lo, hi = bootstrap_ci(per_clip, draws=4000)
         blo, bhi = bootstrap_ci(blind_auc, draws=4000)
         olo, ohi = bootstrap_ci(objectness, draws=4000)
@@ -139,6 +143,12 @@ def main(argv: list[str]) -> None:
         report["blind_pointing_auc"] = [_mean(blind_auc), blo, bhi]
         print(f"{label}: pointing ROC-AUC {_mean(per_clip):.3f} ({lo:.3f}-{hi:.3f}) over {len(per_clip)} clips;")
         print(f"  blind (the source shown as the edit) {_mean(blind_auc):.3f} ({blo:.3f}-{bhi:.3f})")
+        report["blind_pointing_auc_among_objects"] = [_mean(among), len(among)]
+        print(f"  blind, among the most object-like quarter of the tokens ({len(among)} clips): {_mean(among):.3f}")
+        for name, keep in (("with", True), ("without", False)):  # where ordering matters: the seeds disagree
+            at = [a for a, k in zip(blind_auc, contested) if k == keep]
+            report[f"blind_pointing_auc_clips_{name}_clear_pairs"] = [_mean(at), len(at)]
+            print(f"  blind, on the {len(at)} clips {name} a clear pair: {_mean(at):.3f}")
         print(f"  objectness (no instruction) {_mean(objectness):.3f} ({olo:.3f}-{ohi:.3f}); by reference kind:")
         report["by_referring"] = {}
         for kind in sorted(set(kinds), key=kinds.count, reverse=True):

@@ -1,0 +1,63 @@
+"""How well must a judge point for the change where it points to order one clip's candidates? Simulated pointers
+over the source-frame tokens (the judge's grid: 4 frames of 4x4 tokens of 16x16 pixels): logits = a * z(mask share
+of each token) + standard normal noise, for a range of a; per pointer, its mean per-clip ROC-AUC against the covered
+tokens (as ground_check.py measures a judge's) and the within-clip agreement of the pointed change (softmax weights,
+ground_check.contrast) with the verifier's EA on all and on clear pairs. Noise draws are seeded; a is the only knob.
+
+    PYTHONPATH=. python recipes/small/pointer_curve.py data/eval_heldout/heldout.jsonl runs/bon/judge_data
+docs/small_models.md, section 46.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from best_of_n_check import _mean, agreements, candidates
+from ground_check import contrast, pointed
+
+from viva_core.eval import roc_auc
+from viva_core.train.pretrain import frames_float, load_clip_set
+from viva_core.train.pretrain.judge import ground_targets
+from viva_core.train.pretrain.judge_data import FRAMES_FILE
+from viva_core.video import uniform_frame_indices
+
+GRID = torch.tensor([1, 8, 8])  # the judge's image grid for a 64x64 frame (patch 8), merged 2x2 into 4x4 tokens
+
+
+def main(argv: list[str]) -> None:
+    manifest, folder = argv[0], Path(argv[1])
+    clips = load_clip_set(manifest)
+    clip, groups, scores = candidates(clips, folder)
+    frames = np.load(folder / FRAMES_FILE, mmap_mode="r")
+    truth = [s["EA"] for s in scores]
+    picks = uniform_frame_indices(clips.source.shape[1], 4)
+    target = {c: ground_targets(clips.mask[c][picks][None], GRID, 2)[0] for c in set(clip)}
+    change = {}
+    for j, c in enumerate(clip):
+        diff = (frames_float(torch.from_numpy(np.array(frames[j]))) - frames_float(clips.source[c])).abs().mean(-1)
+        change[j] = F.adaptive_avg_pool2d(diff[picks][:, None], (4, 4)).flatten()
+    gen = torch.Generator().manual_seed(0)
+    print("| a | pointing AUC | pointed change, all pairs | clear pairs |")
+    print("|---|---|---|---|")
+    for a in (0.0, 0.25, 0.35, 0.5, 1.0, 2.0, 4.0, 10.0):
+        logits, aucs = {}, []
+        for g in groups:
+            c = clip[g[0]]
+            t = target[c]
+            z = (t - t.mean()) / t.std().clamp(min=1e-6)
+            logits[c] = a * z + torch.randn(z.shape, generator=gen)
+            covered = t >= 0.5 * t.max()
+            if 0 < int(covered.sum()) < len(covered):
+                aucs.append(roc_auc(logits[c].tolist(), covered.tolist()))
+        signal = {j: contrast(pointed(logits[clip[j]]), change[j]) for g in groups for j in g}
+        result = agreements(groups, truth, signal)
+        cells = [f"{_mean(result[k][0]):.3f}" for k in ("all", "clear")]
+        print(f"| {a} | {_mean(aucs):.3f} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -134,8 +134,9 @@ class JudgeSection:
     rank_margin: float = 0.0
     # Weight of a training-time grounding loss: from the EA answer position the judge points at the source frames'
     # visual tokens where the instruction's edit belongs (the truth's edit mask pooled to the token grid; a q.k head
-    # saved beside the weights as ground_head.safetensors). Knowing only where the edit belongs orders 0.80-0.85 of
-    # one clip's clearly different candidates, where no judge's P(Yes) does (docs/small_models.md, section 46).
+    # saved beside the weights as ground_head.safetensors). Knowing only where the edit belongs orders 0.77-0.84 of
+    # one clip's clearly different candidates, where no judge's P(Yes) does; the pointer learns to place the edit on
+    # new clips, but not yet well enough to order them (docs/small_models.md, section 46).
     ground_weight: float = 0.0
     # Show the instruction before the frames as well (judge.INSTRUCTION_LEAD; written to viva_judge.json, which
     # `Judge` follows), so that the frames' tokens can read it (section 46). A judge continued with another setting

@@ -312,9 +312,9 @@ def judge_margins(vlm, inputs, yes_ids, no_ids, questions: int = 4, host_positio
 class GroundHead(torch.nn.Module):
     """Where the EA answer position points among the source frames' visual tokens: logit_k = q(answer) . k(token_k)
     / sqrt(d) + b, read as a softmax over the tokens (`ground_loss`; b, which a softmax ignores, is from a first
-    per-token version and stays so that the heads measured in section 46 load). A pointer rather than a per-token probe because in
-    the judge's prompt the instruction comes after the frames, so only the answer position has read both
-    (judge.ground_weight; docs/small_models.md, section 46)."""
+    per-token version and stays so that the heads measured in section 46 load). A pointer rather than a per-token
+    probe because in the judge's prompt the instruction comes after the frames, so only the answer position has
+    read both (judge.ground_weight; docs/small_models.md, section 46)."""
 
     def __init__(self, hidden: int, dim: int = 64):
         super().__init__()

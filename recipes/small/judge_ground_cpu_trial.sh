@@ -5,11 +5,11 @@
 #   1. the data and candidate sets of judge_rank_cpu_trial.sh (run that first, or point WORK at its folder)
 #   2. the bundled judge continued with the pointer: G160 (160 clips' outputs and corruptions, 300 steps of batch 8,
 #      75% editor items), G2K (corruptions of 2,000 clips, 50% editor items, 900 steps), then G2K continued 900 more
-#      (seed 1), and G2K with the instruction also before the frames (judge.instruction_first)
+#      (seed 1) and 900 more (seed 2), and G2K with the instruction also before the frames (judge.instruction_first)
 #   3. recipes/small/ground_check.py on the held-out and the unseen candidates: pointing ROC-AUC against the
 #      objectness baseline, and the pointed change / EA P(Yes) as orderings of one clip's candidates; and
 #      recipes/small/pointer_curve.py: what simulated pointers of a given AUC order
-# ~70 minutes on 2 cores (a step ~1.1 s). Run from the repository root:
+# ~90 minutes on 2 cores (a step ~1.1 s). Run from the repository root:
 #   bash recipes/small/judge_ground_cpu_trial.sh [WORK]   (WORK default /tmp/judge_rank_trial)
 set -euo pipefail
 WORK="${1:-/tmp/judge_rank_trial}"
@@ -34,8 +34,11 @@ judge g160 --set judge.editor_share=0.75 --set data.limit=160 --set optim.steps=
 judge g2k --set judge.editor_share=0.5 --set data.limit=2000 --set optim.steps=900
 judge g2k_more --set judge.init="$WORK/g2k/judge" --set seed=1 --set judge.editor_share=0.5 --set data.limit=2000 \
   --set optim.steps=900
+judge g2k_more2 --set judge.init="$WORK/g2k_more/judge" --set seed=2 --set judge.editor_share=0.5 \
+  --set data.limit=2000 --set optim.steps=900
 judge g2k_first --set judge.editor_share=0.5 --set data.limit=2000 --set optim.steps=900 --set judge.instruction_first=true
-J=(g160="$WORK/g160/judge" g2k="$WORK/g2k/judge" g2k_more="$WORK/g2k_more/judge" g2k_first="$WORK/g2k_first/judge")
+J=(g160="$WORK/g160/judge" g2k="$WORK/g2k/judge" g2k_more="$WORK/g2k_more/judge" g2k_more2="$WORK/g2k_more2/judge"
+   g2k_first="$WORK/g2k_first/judge")
 python3 recipes/small/ground_check.py "$WORK/data/heldout/heldout.jsonl" "$HELD" "${J[@]}" \
   --json "$WORK/ground_heldout.json" | tee "$WORK/ground_heldout.log"
 python3 recipes/small/ground_check.py "$WORK/data/unseen/train.jsonl" "$WORK/jd_unseen/judge_data" "${J[@]}" \

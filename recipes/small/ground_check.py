@@ -124,8 +124,8 @@ def main(argv: list[str]) -> None:
                 kinds.append(clips.records[clip[g[0]]].get("referring", "?"))
                 contested.append(max(truth[j] for j in g) - min(truth[j] for j in g) > CLEAR_MARGIN)
                 objects = rows[g[0]][4] >= rows[g[0]][4].quantile(0.75)  # the most object-like quarter of tokens
-                if 0 < int(target[objects].sum()) < int(objects.sum()):  # which object, not object or background
-                    among.append(roc_auc(blind[clip[g[0]]][objects].tolist(), target[objects].tolist()))
+                which = 0 < int(target[objects].sum()) < int(objects.sum())  # which object, not object or background
+                among.append(roc_auc(blind[clip[g[0]]][objects].tolist(), target[objects].tolist()) if which else None)
         lo, hi = bootstrap_ci(per_clip, draws=4000)
         blo, bhi = bootstrap_ci(blind_auc, draws=4000)
         olo, ohi = bootstrap_ci(objectness, draws=4000)
@@ -143,8 +143,9 @@ def main(argv: list[str]) -> None:
         report["blind_pointing_auc"] = [_mean(blind_auc), blo, bhi]
         print(f"{label}: pointing ROC-AUC {_mean(per_clip):.3f} ({lo:.3f}-{hi:.3f}) over {len(per_clip)} clips;")
         print(f"  blind (the source shown as the edit) {_mean(blind_auc):.3f} ({blo:.3f}-{bhi:.3f})")
-        report["blind_pointing_auc_among_objects"] = [_mean(among), len(among)]
-        print(f"  blind, among the most object-like quarter of the tokens ({len(among)} clips): {_mean(among):.3f}")
+        n_among = sum(a is not None for a in among)
+        report["blind_pointing_auc_among_objects"] = [_mean(among), n_among]
+        print(f"  blind, among the most object-like quarter of the tokens ({n_among} clips): {_mean(among):.3f}")
         for name, keep in (("with", True), ("without", False)):  # where ordering matters: the seeds disagree
             at = [a for a, k in zip(blind_auc, contested) if k == keep]
             report[f"blind_pointing_auc_clips_{name}_clear_pairs"] = [_mean(at), len(at)]
@@ -154,8 +155,19 @@ def main(argv: list[str]) -> None:
         for kind in sorted(set(kinds), key=kinds.count, reverse=True):
             at = [i for i, k in enumerate(kinds) if k == kind]
             mine, base = _mean(per_clip[i] for i in at), _mean(objectness[i] for i in at)
-            report["by_referring"][kind] = {"clips": len(at), "pointing_auc": mine, "objectness_auc": base}
-            print(f"  {kind}: {len(at)} clips, pointing {mine:.3f}, objectness {base:.3f}")
+            blind_mine, which = _mean(blind_auc[i] for i in at), _mean(among[i] for i in at)
+            report["by_referring"][kind] = {
+                "clips": len(at),
+                "pointing_auc": mine,
+                "blind_pointing_auc": blind_mine,
+                "blind_among_objects": which,
+                "objectness_auc": base,
+            }
+            among_text = "-" if which is None else f"{which:.3f}"
+            print(
+                f"  {kind}: {len(at)} clips, pointing {mine:.3f}, blind {blind_mine:.3f}, among objects {among_text}, "
+                f"objectness {base:.3f}"
+            )
         print("| signal | which | agreement with verifier EA (95% CI) | pairs | best-of-K dEA vs random (95% CI) |")
         print("|---|---|---|---|---|")
         for name, values in signals.items():

@@ -3,6 +3,7 @@ over the source-frame tokens (the judge's grid: 4 frames of 4x4 tokens of 16x16 
 of each token) + standard normal noise, for a range of a; per pointer, its mean per-clip ROC-AUC against the covered
 tokens (as ground_check.py measures a judge's) and the within-clip agreement of the pointed change (softmax weights,
 ground_check.contrast) with the verifier's EA on all and on clear pairs. Noise draws are seeded; a is the only knob.
+Also the editor's own change (mean |edit - source| per token) read as a pointer, with the same AUC.
 
     PYTHONPATH=. python recipes/small/pointer_curve.py data/eval_heldout/heldout.jsonl runs/bon/judge_data
 docs/small_models.md, section 46.
@@ -40,6 +41,13 @@ def main(argv: list[str]) -> None:
     for j, c in enumerate(clip):
         diff = (frames_float(torch.from_numpy(np.array(frames[j]))) - frames_float(clips.source[c])).abs().mean(-1)
         change[j] = F.adaptive_avg_pool2d(diff[picks][:, None], (4, 4)).flatten()
+    editor = []  # the editor's own change as a pointer: does it change the tokens where the edit belongs?
+    for g in groups:
+        t = target[clip[g[0]]]
+        covered = t >= 0.5 * t.max()
+        if 0 < int(covered.sum()) < len(covered):
+            editor.append(_mean(roc_auc(change[j].tolist(), covered.tolist()) for j in g))
+    print(f"the editor's change as a pointer: per-clip AUC {_mean(editor):.3f} over {len(editor)} clips")
     gen = torch.Generator().manual_seed(0)
     print("| a | pointing AUC | pointed change, all pairs | clear pairs |")
     print("|---|---|---|---|")

@@ -6,7 +6,8 @@ every candidate of a clip, so their differences are not draw noise), x = (1 - s)
 |v(x, s) - (eps - y)|^2 averaged over latents (a Monte-Carlo estimate of y's negative ELBO under the editor, the
 "diffusion classifier" idea). Lower loss = the edit the editor finds more likely for this instruction. Also the
 contrast loss(negative prompt) - loss(instruction). Each score is measured as `best_of_n_check.py` measures a judge:
-within-clip pair agreement with the verifier's EA (chance 0.5) and the best-of-K pick's EA minus a random pick's,
+within-clip pair agreement with the verifier's EA (chance 0.5; all pairs, and the clear pairs whose EA differs by
+more than best_of_n_check.CLEAR_MARGIN) and the best-of-K pick's EA minus a random pick's,
 95% bootstrap intervals over clips; per sigma, summed, and as the mean of within-clip z-scores over sigmas.
 
     PYTHONPATH=. python recipes/small/self_score_check.py data/eval_heldout/heldout.jsonl runs/bon/judge_data \
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from best_of_n_check import candidates, pair_agreement
+from best_of_n_check import CLEAR_MARGIN, candidates, pair_agreement
 from table import bootstrap_ci
 from tqdm import tqdm
 
@@ -61,6 +62,7 @@ def flow_losses(editor, clips, clip: list[int], groups: list[list[int]], frames,
 
 def measure(name: str, score: np.ndarray, groups: list[list[int]], ea: list[float]) -> dict:
     per_clip, pairs = pair_agreement(groups, ea, [float(x) for x in score])
+    clear, clear_pairs = pair_agreement(groups, ea, [float(x) for x in score], CLEAR_MARGIN)
     gain = [ea[max(g, key=lambda j: (score[j], -j))] - float(np.mean([ea[j] for j in g])) for g in groups]
     row = {
         "score": name,
@@ -69,11 +71,14 @@ def measure(name: str, score: np.ndarray, groups: list[list[int]], ea: list[floa
         "pick_minus_random": float(np.mean(gain)),
         "gain_ci": bootstrap_ci(gain),
         "pairs": pairs,
+        "clear_pair_agreement": float(np.mean(clear)),
+        "clear_agreement_ci": bootstrap_ci(clear),
+        "clear_pairs": clear_pairs,
     }
-    (lo, hi), (glo, ghi) = row["agreement_ci"], row["gain_ci"]
+    (lo, hi), (clo, chi), (glo, ghi) = row["agreement_ci"], row["clear_agreement_ci"], row["gain_ci"]
     print(
-        f"| {name} | {row['pair_agreement']:.3f} ({lo:.3f}-{hi:.3f}) | {row['pick_minus_random']:+.3f} "
-        f"({glo:+.3f}..{ghi:+.3f}) |"
+        f"| {name} | {row['pair_agreement']:.3f} ({lo:.3f}-{hi:.3f}) | {row['clear_pair_agreement']:.3f} "
+        f"({clo:.3f}-{chi:.3f}) | {row['pick_minus_random']:+.3f} ({glo:+.3f}..{ghi:+.3f}) |"
     )
     return row
 
@@ -97,8 +102,9 @@ def main(argv: list[str]) -> None:
     losses = flow_losses(editor, clips, clip, groups, frames, sigmas, a.draws).numpy()
     ea = [s["EA"] for s in scores]
     print(f"{len(groups)} clips x {len(groups[0])} candidates, {a.draws} draws x sigmas {sigmas}, {dtype}")
-    print("| score (higher picks) | pair agreement with verifier EA (95% CI) | best pick EA - random pick (95% CI) |")
-    print("|---|---|---|")
+    print(f"| score (higher picks) | agreement with verifier EA | clear pairs (EA apart > {CLEAR_MARGIN}) ", end="")
+    print("| best pick EA - random pick (95% CI) |")
+    print("|---|---|---|---|")
     rows = [measure(f"-loss, sigma {s:g}", -losses[:, i, 0], groups, ea) for i, s in enumerate(sigmas)]
     rows.append(measure("-loss, summed over sigmas", -losses[:, :, 0].sum(1), groups, ea))
     z = np.zeros(len(clip))

@@ -197,6 +197,15 @@ def _moved_policy_step(cfg, method: str):
     return t, rolled, stats, batched
 
 
+def _assert_grads_match(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
+    """Batched vs per-sample gradients agree up to float32 summation order: the error, relative to each tensor's
+    norm, is ~1e-5 (up to 7e-5 on some CPUs), so an elementwise 1e-7 floor flakes across machines; a wrong weight,
+    sign, or missing sample is off by O(1)."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert float((g - w).norm()) <= 1e-3 * float(w.norm()), (float((g - w).norm()), float(w.norm()))
+
+
 def _guided(t, model, x, source, sigma, text, scale: float):
     """v_uncond + scale (v_cond - v_uncond) as two calls, the empty prompt zero-padded to the text's width."""
     neg = t.editor.encode_text("").embeds
@@ -259,8 +268,7 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets):
     assert len(items) == 6 and n_terms == 12
     assert stats["clip_frac"] > 0 and any(abs(q - 1) < 0.005 for q in ratios)  # both branches of the clip ran
     assert stats["ratio_mean"] == pytest.approx(sum(ratios) / len(ratios), rel=1e-5)
-    for got, want in zip(batched, (p.grad for p in t.params)):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    _assert_grads_match(batched, [p.grad for p in t.params])
 
 
 @pytest.mark.parametrize("micro_batch", [0, 1])
@@ -310,8 +318,7 @@ def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets, micr
     assert t._rows_per_call(items[0][2]) == (3 if micro_batch else 2**16 // (t._tokens_per_sample(items[0][2]) * 2))
     assert len(items) == 6 and all(enc.get("mask") is not None for _, _, enc, *_ in items)
     assert stats["loss"] == pytest.approx(total, rel=1e-5) and stats["loss_kl"] > 0
-    for got, want in zip(batched, (p.grad for p in t.params)):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    _assert_grads_match(batched, [p.grad for p in t.params])
 
 
 def _after_inner_updates(assets, method: str, *extra: str):

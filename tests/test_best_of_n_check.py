@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes" / "small"))
 
-from best_of_n_check import pair_agreement, reference_signals  # noqa: E402
+from best_of_n_check import consensus_scores, pair_agreement, reference_signals  # noqa: E402
 
 
 def _reference(group: list[int], truth: list[float], judged: list[float]) -> float | None:
@@ -82,3 +82,32 @@ def test_reference_signals_against_a_direct_computation(tmp_path):
         assert abs(change[j] - np.abs(e - s).mean()) < 1e-6
     assert closeness[0] == 0.0 > closeness[2] > closeness[1] and change[1] == 0.0
     assert pair_agreement([[0, 1, 2]], [1.0, 0.0, 0.5], closeness) == ([1.0], 3)
+
+
+def test_consensus_scores_against_a_direct_computation():
+    """Change agreement (Pearson r of a candidate's change map with the others' mean map) and closeness to the
+    others (minus the mean L1 distance to each other candidate) equal a numpy computation written out per pair; of
+    four candidates, the one that changed another place and the one that changed the place in another colour lose."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(1)
+    source = rng.uniform(0, 0.2, (3, 8, 8, 3))
+    edits = np.repeat(source[None], 4, axis=0)
+    edits[0, :, 2:5, 2:5] = [0.9, 0.1, 0.1]  # three seeds recolour the same square red
+    edits[1, :, 2:5, 2:5] = [0.85, 0.1, 0.15]
+    edits[2, :, 2:5, 2:6] = [0.9, 0.15, 0.1]
+    edits[3, :, 5:8, 0:3] = [0.9, 0.1, 0.1]  # one recolours another place
+    edits += rng.uniform(0, 0.01, edits.shape)
+    got = consensus_scores(torch.from_numpy(edits), torch.from_numpy(source))
+    for j in range(4):
+        others = [k for k in range(4) if k != j]
+        change = np.abs(edits - source).mean(-1).reshape(4, -1)
+        r = np.corrcoef(change[j], change[others].mean(0))[0, 1]
+        assert abs(got["change agreement"][j] - r) < 1e-9
+        close = -np.mean([np.abs(edits[j] - edits[k]).mean() for k in others])
+        assert abs(got["closeness to the others"][j] - close) < 1e-9
+    assert int(np.argmin(got["change agreement"])) == 3
+    assert int(np.argmin(got["closeness to the others"])) == 3
+    one = consensus_scores(torch.from_numpy(edits[:1]), torch.from_numpy(source))
+    assert one == {"change agreement": [0.0], "closeness to the others": [0.0]}  # nothing to agree with

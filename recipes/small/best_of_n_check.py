@@ -1,6 +1,7 @@
 """Best-of-N with a judge, measured on a benchmark: what the judge's pick of K candidates scores against seed 0, a
 random pick, and the oracle (the candidate with the best verifier EA), with paired bootstrap intervals over clips.
-Each judge also picks by its EA P(Yes) alone, and its within-clip pair agreement is printed: over the pairs of one
+Each judge also picks by its EA P(Yes) alone, and so do two consensus scores that need no judge (`consensus_scores`);
+its within-clip pair agreement is printed: over the pairs of one
 clip's candidates whose verifier EA differs, the share its EA P(Yes) orders the same way (ties count a half; chance
 0.5), with a bootstrap interval over clips; and the same over the clear pairs alone, whose EA differs by more than
 CLEAR_MARGIN (half of one clip's seed pairs differ by < 0.02, which no judge without the ground truth can order;
@@ -19,7 +20,7 @@ picks the highest mean P(Yes), ties to the lowest seed.
         --set output_dir=runs/bon [--set judge.sample_steps=12]
     PYTHONPATH=. python recipes/small/best_of_n_check.py data/eval_heldout/heldout.jsonl runs/bon/judge_data \
         v4=viva_core/small_models/vlm/viva-small-judge [v2=OTHER_JUDGE ...] [--json runs/bon/best_of_n.json] \
-        [--record] [--compare runs/bon_independent/judge_data]
+        [--record] [--compare runs/bon_independent/judge_data] [--first 4]
 """
 
 from __future__ import annotations
@@ -99,6 +100,40 @@ def reference_signals(clips, folder: Path, clip: list[int]) -> dict[str, list[fl
     }
 
 
+def consensus_scores(edits: torch.Tensor, source: torch.Tensor) -> dict[str, list[float]]:
+    """Two scores of one clip's K candidates that need neither a judge nor the ground truth, only the other
+    candidates (self-consistency; where most seeds agree is taken as where and what the edit is):
+    - change agreement: Pearson correlation, over pixels, between a candidate's change map (mean |edit - source| over
+      channels) and the mean change map of the other K - 1 candidates;
+    - closeness to the others: minus the mean |edit - other| over the other K - 1 candidates (minimum Bayes risk
+      under an L1 utility: the medoid wins).
+    `edits` (K, T, H, W, C) and `source` (T, H, W, C), floats on one scale."""
+    k = edits.shape[0]
+    if k < 2:
+        return {"change agreement": [0.0] * k, "closeness to the others": [0.0] * k}
+    change = (edits - source[None]).abs().mean(-1).flatten(1)  # (K, pixels)
+    others = (change.sum(0, keepdim=True) - change) / (k - 1)
+    a, b = change - change.mean(1, keepdim=True), others - others.mean(1, keepdim=True)
+    corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-12)
+    flat = edits.flatten(1)
+    dist = torch.cdist(flat, flat, p=1) / flat.shape[1]  # mean |edit_i - edit_j|; the diagonal is 0
+    return {"change agreement": corr.tolist(), "closeness to the others": (-dist.sum(1) / (k - 1)).tolist()}
+
+
+def consensus_signals(clips, folder: Path, clip: list[int], groups: list[list[int]]) -> dict[str, list[float]]:
+    """`consensus_scores` of every output, clip by clip (each output scored against its own clip's candidates)."""
+    import numpy as np
+
+    frames = np.load(folder / FRAMES_FILE, mmap_mode="r")
+    out = {name: [0.0] * len(clip) for name in ("change agreement", "closeness to the others")}
+    for g in groups:
+        edits = torch.stack([frames_float(torch.from_numpy(np.array(frames[j]))) for j in g])
+        for name, values in consensus_scores(edits, frames_float(clips.source[clip[g[0]]])).items():
+            for j, v in zip(g, values):
+                out[name][j] = v
+    return {f"consensus: {name}": values for name, values in out.items()}
+
+
 def pair_agreement(
     groups: list[list[int]], truth: list[float], judged: list[float], margin: float = 0.0
 ) -> tuple[list[float], int]:
@@ -170,9 +205,15 @@ def main(argv: list[str]) -> None:
     if "--json" in argv:
         k = argv.index("--json")
         json_out, argv = argv[k + 1], argv[:k] + argv[k + 2 :]
+    first = None  # --first K: each clip's K lowest seeds only (one set of 8 seeds read as best-of-4 and best-of-8)
+    if "--first" in argv:
+        k = argv.index("--first")
+        first, argv = int(argv[k + 1]), argv[:k] + argv[k + 2 :]
     manifest, folder, judges = argv[0], Path(argv[1]), [a.partition("=")[::2] for a in argv[2:]]
     clips = load_clip_set(manifest)
     clip, groups, scores = candidates(clips, folder)
+    if first is not None:
+        groups = [g[:first] for g in groups]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     picks: dict[str, list[int]] = {
         "seed 0": [g[0] for g in groups],
@@ -180,6 +221,9 @@ def main(argv: list[str]) -> None:
     }
     truth = [s["EA"] for s in scores]
     agreement = {name: agreements(groups, truth, v) for name, v in reference_signals(clips, folder, clip).items()}
+    for name, values in consensus_signals(clips, folder, clip, groups).items():  # no judge, no truth: a picker too
+        picks[name] = [max(g, key=lambda j: (values[j], -g.index(j))) for g in groups]
+        agreement[name] = agreements(groups, truth, values)
     for label, path in judges:
         judged = judge_scores(Judge(load_vlm(path, dtype="fp32", device=device)), clips, folder, clip)
         for key, name in (("overall", f"judge {label}"), ("EA", f"judge {label}, EA question")):
@@ -209,8 +253,12 @@ def main(argv: list[str]) -> None:
     print("|---|---|---|---|---|")
     for label, kinds in agreement.items():
         for kind, (per_clip, pairs) in kinds.items():
-            lo, hi = bootstrap_ci(per_clip, draws=4000)
             which = "all" if kind == "all" else f"|dEA| > {CLEAR_MARGIN}"
+            if not per_clip:  # no pair the verifier separates (tiny sets)
+                print(f"| {label} | {which} | - | 0 | 0 |")
+                kinds[kind] = {"pair_agreement": None, "ci": None, "clips": 0, "pairs": 0}
+                continue
+            lo, hi = bootstrap_ci(per_clip, draws=4000)
             print(f"| {label} | {which} | {_mean(per_clip):.3f} ({lo:.3f}..{hi:.3f}) | {len(per_clip)} | {pairs} |")
             kinds[kind] = {"pair_agreement": _mean(per_clip), "ci": [lo, hi], "clips": len(per_clip), "pairs": pairs}
     if to_record:

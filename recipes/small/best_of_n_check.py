@@ -1,6 +1,6 @@
 """Best-of-N with a judge, measured on a benchmark: what the judge's pick of K candidates scores against seed 0, a
 random pick, and the oracle (the candidate with the best verifier EA), with paired bootstrap intervals over clips.
-Each judge also picks by its EA P(Yes) alone, and so do two consensus scores that need no judge (`consensus_scores`);
+Each judge also picks by its EA P(Yes) alone, and so do three consensus scores that need no judge (`consensus_scores`);
 its within-clip pair agreement is printed: over the pairs of one
 clip's candidates whose verifier EA differs, the share its EA P(Yes) orders the same way (ties count a half; chance
 0.5), with a bootstrap interval over clips; and the same over the clear pairs alone, whose EA differs by more than
@@ -100,24 +100,38 @@ def reference_signals(clips, folder: Path, clip: list[int]) -> dict[str, list[fl
     }
 
 
+CONSENSUS = ("change agreement", "closeness to the others", "closeness to the others' median where they change")
+CONSENSUS_REGION = 0.9  # the third score compares within the top 10% of pixels by the others' mean change
+
+
 def consensus_scores(edits: torch.Tensor, source: torch.Tensor) -> dict[str, list[float]]:
-    """Two scores of one clip's K candidates that need neither a judge nor the ground truth, only the other
-    candidates (self-consistency; where most seeds agree is taken as where and what the edit is):
+    """Three scores of one clip's K candidates that need neither a judge nor the ground truth, only the other
+    candidates (self-consistency: where and what most seeds change is taken as the edit):
     - change agreement: Pearson correlation, over pixels, between a candidate's change map (mean |edit - source| over
       channels) and the mean change map of the other K - 1 candidates;
     - closeness to the others: minus the mean |edit - other| over the other K - 1 candidates (minimum Bayes risk
-      under an L1 utility: the medoid wins).
-    `edits` (K, T, H, W, C) and `source` (T, H, W, C), floats on one scale."""
+      under an L1 utility: the medoid wins);
+    - closeness to the others' median where they change: minus the mean |edit - median of the others| (per pixel and
+      channel; the lower median for an even count) over the pixels where the others' mean change map is in its top
+      10% (the background, alike in every seed, left out).
+    `edits` (K, T, H, W, C) and `source` (T, H, W, C), floats on one scale. K = 1: zeros (nothing to agree with)."""
     k = edits.shape[0]
     if k < 2:
-        return {"change agreement": [0.0] * k, "closeness to the others": [0.0] * k}
+        return {name: [0.0] * k for name in CONSENSUS}
     change = (edits - source[None]).abs().mean(-1).flatten(1)  # (K, pixels)
     others = (change.sum(0, keepdim=True) - change) / (k - 1)
     a, b = change - change.mean(1, keepdim=True), others - others.mean(1, keepdim=True)
     corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-12)
     flat = edits.flatten(1)
     dist = torch.cdist(flat, flat, p=1) / flat.shape[1]  # mean |edit_i - edit_j|; the diagonal is 0
-    return {"change agreement": corr.tolist(), "closeness to the others": (-dist.sum(1) / (k - 1)).tolist()}
+    pixels = edits.flatten(1, -2)  # (K, pixels, C)
+    median_close = []
+    for i in range(k):
+        rest = torch.cat([pixels[:i], pixels[i + 1 :]])
+        region = others[i] >= torch.quantile(others[i], CONSENSUS_REGION)
+        err = (pixels[i] - rest.median(0).values).abs().mean(-1)
+        median_close.append(-float(err[region].mean()))
+    return dict(zip(CONSENSUS, (corr.tolist(), (-dist.sum(1) / (k - 1)).tolist(), median_close)))
 
 
 def consensus_signals(clips, folder: Path, clip: list[int], groups: list[list[int]]) -> dict[str, list[float]]:
@@ -125,7 +139,7 @@ def consensus_signals(clips, folder: Path, clip: list[int], groups: list[list[in
     import numpy as np
 
     frames = np.load(folder / FRAMES_FILE, mmap_mode="r")
-    out = {name: [0.0] * len(clip) for name in ("change agreement", "closeness to the others")}
+    out = {name: [0.0] * len(clip) for name in CONSENSUS}
     for g in groups:
         edits = torch.stack([frames_float(torch.from_numpy(np.array(frames[j]))) for j in g])
         for name, values in consensus_scores(edits, frames_float(clips.source[clip[g[0]]])).items():

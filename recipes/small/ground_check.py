@@ -86,6 +86,13 @@ def contrast(weights: torch.Tensor, change: torch.Tensor) -> float:
     return inside - outside
 
 
+def covered_tokens(share: torch.Tensor) -> torch.Tensor | None:
+    """The tokens a pointer should find: the mask's share of each at least half the most covered one's (an object is
+    often smaller than a token); None where that is every token or none (no ROC-AUC to read)."""
+    covered = share >= 0.5 * share.max()
+    return covered if 0 < int(covered.sum()) < len(covered) else None
+
+
 def main(argv: list[str]) -> None:
     json_out, limit = None, 0
     if "--json" in argv:
@@ -115,9 +122,8 @@ def main(argv: list[str]) -> None:
             blind[c] = pointing(judge, head, source, source, clips.records[c]["instruction"], clips.mask[c])[0]
         per_clip, blind_auc, objectness, kinds, contested, among = [], [], [], [], [], []
         for g in groups:
-            cover = rows[g[0]][1]
-            target = cover >= 0.5 * cover.max()  # an object is often smaller than a token: relative to the most covered
-            if 0 < int(target.sum()) < len(target):
+            target = covered_tokens(rows[g[0]][1])
+            if target is not None:
                 per_clip.append(_mean(roc_auc(rows[j][0].tolist(), target.tolist()) for j in g))
                 blind_auc.append(roc_auc(blind[clip[g[0]]].tolist(), target.tolist()))
                 objectness.append(roc_auc(rows[g[0]][4].tolist(), target.tolist()))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from best_of_n_check import _mean, agreements, candidates
-from ground_check import contrast, pointed
+from ground_check import contrast, covered_tokens, pointed
 
 from viva_core.eval import roc_auc
 from viva_core.train.pretrain import frames_float, load_clip_set
@@ -37,16 +37,15 @@ def main(argv: list[str]) -> None:
     truth = [s["EA"] for s in scores]
     picks = uniform_frame_indices(clips.source.shape[1], 4)
     target = {c: ground_targets(clips.mask[c][picks][None], GRID, 2)[0] for c in set(clip)}
+    covered = {c: covered_tokens(t) for c, t in target.items()}
     change = {}
     for j, c in enumerate(clip):
         diff = (frames_float(torch.from_numpy(np.array(frames[j]))) - frames_float(clips.source[c])).abs().mean(-1)
         change[j] = F.adaptive_avg_pool2d(diff[picks][:, None], (4, 4)).flatten()
     editor = []  # the editor's own change as a pointer: does it change the tokens where the edit belongs?
     for g in groups:
-        t = target[clip[g[0]]]
-        covered = t >= 0.5 * t.max()
-        if 0 < int(covered.sum()) < len(covered):
-            editor.append(_mean(roc_auc(change[j].tolist(), covered.tolist()) for j in g))
+        if covered[clip[g[0]]] is not None:
+            editor.append(_mean(roc_auc(change[j].tolist(), covered[clip[g[0]]].tolist()) for j in g))
     print(f"the editor's change as a pointer: per-clip AUC {_mean(editor):.3f} over {len(editor)} clips")
     gen = torch.Generator().manual_seed(0)
     print("| a | pointing AUC | pointed change, all pairs | clear pairs |")
@@ -58,9 +57,8 @@ def main(argv: list[str]) -> None:
             t = target[c]
             z = (t - t.mean()) / t.std().clamp(min=1e-6)
             logits[c] = a * z + torch.randn(z.shape, generator=gen)
-            covered = t >= 0.5 * t.max()
-            if 0 < int(covered.sum()) < len(covered):
-                aucs.append(roc_auc(logits[c].tolist(), covered.tolist()))
+            if covered[c] is not None:
+                aucs.append(roc_auc(logits[c].tolist(), covered[c].tolist()))
         signal = {j: contrast(pointed(logits[clip[j]]), change[j]) for g in groups for j in g}
         result = agreements(groups, truth, signal)
         cells = [f"{_mean(result[k][0]):.3f}" for k in ("all", "clear")]

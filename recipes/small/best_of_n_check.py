@@ -210,19 +210,23 @@ def compare(clips, mine: tuple[list[int], list[list[int]], list[dict]], folder: 
     return rows
 
 
+def pop_option(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """(the value after `flag`, argv without the two) or (None, argv): these scripts' `--name VALUE` options."""
+    if flag not in argv:
+        return None, argv
+    k = argv.index(flag)
+    return argv[k + 1], argv[:k] + argv[k + 2 :]
+
+
 def main(argv: list[str]) -> None:
-    json_out, to_record, other = None, "--record" in argv, None
+    to_record = "--record" in argv
     argv = [a for a in argv if a != "--record"]
-    if "--compare" in argv:
-        k = argv.index("--compare")
-        other, argv = Path(argv[k + 1]), argv[:k] + argv[k + 2 :]
-    if "--json" in argv:
-        k = argv.index("--json")
-        json_out, argv = argv[k + 1], argv[:k] + argv[k + 2 :]
-    first = None  # --first K: each clip's K lowest seeds only (one set of 8 seeds read as best-of-4 and best-of-8)
-    if "--first" in argv:
-        k = argv.index("--first")
-        first, argv = int(argv[k + 1]), argv[:k] + argv[k + 2 :]
+    other, argv = pop_option(argv, "--compare")
+    other = Path(other) if other else None
+    json_out, argv = pop_option(argv, "--json")
+    # --first K: each clip's K lowest seeds only (one set of 8 seeds read as best-of-4 and best-of-8)
+    first, argv = pop_option(argv, "--first")
+    first = None if first is None else int(first)
     manifest, folder, judges = argv[0], Path(argv[1]), [a.partition("=")[::2] for a in argv[2:]]
     clips = load_clip_set(manifest)
     clip, groups, scores = candidates(clips, folder)

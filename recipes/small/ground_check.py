@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from best_of_n_check import CLEAR_MARGIN, _mean, agreements, candidates
+from best_of_n_check import CLEAR_MARGIN, _mean, agreements, candidates, pop_option
 from table import bootstrap_ci
 
 from viva_core.eval import roc_auc
@@ -94,13 +94,9 @@ def covered_tokens(share: torch.Tensor) -> torch.Tensor | None:
 
 
 def main(argv: list[str]) -> None:
-    json_out, limit = None, 0
-    if "--json" in argv:
-        k = argv.index("--json")
-        json_out, argv = argv[k + 1], argv[:k] + argv[k + 2 :]
-    if "--clips" in argv:  # the first N clips' candidates only (a quick look)
-        k = argv.index("--clips")
-        limit, argv = int(argv[k + 1]), argv[:k] + argv[k + 2 :]
+    json_out, argv = pop_option(argv, "--json")
+    limit, argv = pop_option(argv, "--clips")  # the first N clips' candidates only (a quick look)
+    limit = int(limit or 0)
     manifest, folder, judges = argv[0], Path(argv[1]), [a.partition("=")[::2] for a in argv[2:]]
     clips = load_clip_set(manifest)
     clip, groups, scores = candidates(clips, folder)

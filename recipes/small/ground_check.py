@@ -154,7 +154,7 @@ def main(argv: list[str]) -> None:
             print(f"  blind, on the {len(at)} clips {name} a clear pair: {_mean(at):.3f}")
         print(f"  objectness (no instruction) {_mean(objectness):.3f} ({olo:.3f}-{ohi:.3f}); by reference kind:")
         report["by_referring"] = {}
-        for kind in sorted(set(kinds), key=kinds.count, reverse=True):
+        for kind in sorted(set(kinds), key=lambda k: (-kinds.count(k), k)):  # ties by name, not hash order
             at = [i for i, k in enumerate(kinds) if k == kind]
             mine, base = _mean(per_clip[i] for i in at), _mean(objectness[i] for i in at)
             blind_mine, which = _mean(blind_auc[i] for i in at), _mean(among[i] for i in at)

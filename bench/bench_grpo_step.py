@@ -9,7 +9,8 @@ comes from timers around the DiT call, the VAE decode, the reward terms and the 
         (e.g. `git show <commit>:viva_core/train/trainer.py > /tmp/trainer_old.py`: the code before a change)
 
 Variants: per_record (rollout.micro_batch=1, rollout.decode_batch=1: one record's G samples per DiT call, one clip
-per decode), batched (both 0 = auto: all records of the step in one call on this editor), and `file` with
+per decode), batched (both 0 = auto: all records of the step in one call on this editor), cpu_rewards (batched, the
+verifier rewards on the CPU in threads instead of the trainer's device), and `file` with
 --trainer-file (its own defaults). Default settings: recipes/small/grpo_v4.toml (bf16 on CUDA, fp32 on the CPU).
 """
 
@@ -40,12 +41,17 @@ def load_trainer_module(path: str | None):
     return mod
 
 
-def timed_step(mod, cfg, steps: int, warmup: int) -> dict:
-    """Mean seconds of `steps` GRPO steps (after `warmup`), and the split of the last timed ones."""
+def timed_step(mod, cfg, steps: int, warmup: int, cpu_rewards: bool = False) -> dict:
+    """Mean seconds of `steps` GRPO steps (after `warmup`), and the split of the last timed ones. `cpu_rewards`: the
+    verifier rewards computed on the CPU in threads, as before they ran on the trainer's device."""
     import viva_core.train.rewards as R
 
     t = mod.Trainer(cfg)
     t._setup()
+    if cpu_rewards:
+        for rw in t.rewards:
+            if isinstance(rw, R.VerifierReward):
+                rw.device, rw.parallel_safe = torch.device("cpu"), True
     times: dict[str, float] = {}
     calls = {"dit": 0, "decode": 0}
     sync = torch.cuda.synchronize if t.device.type == "cuda" else (lambda: None)
@@ -158,6 +164,7 @@ def main() -> None:
     variants = {
         "per_record": ["rollout.micro_batch=1", "rollout.decode_batch=1"],
         "batched": ["rollout.micro_batch=0", "rollout.decode_batch=0"],
+        "cpu_rewards": ["rollout.micro_batch=0", "rollout.decode_batch=0"],
         "file": [],
     }
     names = [v for v in args.variants.split(",") if v] + (["file"] if args.trainer_file else [])
@@ -170,10 +177,12 @@ def main() -> None:
         mod = load_trainer_module(args.trainer_file if name == "file" else None)
         sets = base + ([] if name == "file" else variants[name])
         cfg = load_config(args.config, sets)
-        results[name] = timed_step(mod, cfg, args.steps, args.warmup)
+        results[name] = timed_step(mod, cfg, args.steps, args.warmup, cpu_rewards=name == "cpu_rewards")
         print(name, json.dumps(results[name]), flush=True)
     if "per_record" in results and "batched" in results:
         results["speedup_batched_vs_per_record"] = results["per_record"]["step_s"] / results["batched"]["step_s"]
+    if "cpu_rewards" in results and "batched" in results:
+        results["speedup_batched_vs_cpu_rewards"] = results["cpu_rewards"]["step_s"] / results["batched"]["step_s"]
     if "file" in results and "batched" in results:
         results["speedup_batched_vs_file"] = results["file"]["step_s"] / results["batched"]["step_s"]
     print(json.dumps(results, indent=1))

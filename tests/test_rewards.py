@@ -448,3 +448,79 @@ def test_score_records_threads_pure_rewards_and_keeps_order(monkeypatch):
     monkeypatch.setattr(PreservationReward, "__call__", lambda self, b: threads.add(threading.get_ident()) or b.n * [0])
     R.score_records(pure, batches * 4)
     assert threading.get_ident() not in threads  # the pool's threads, not the caller's
+
+
+def test_detected_box_ious_match_a_per_frame_loop():
+    """The batched box search of the position verifier (first/last set row and column per frame) against the loop it
+    replaced: nonzero per frame, min/max + 1 as the box, IoU with the frame's verify box in Python floats, 0 where
+    nothing is found (random masks, some frames empty, boxes that miss, touch or contain the found pixels)."""
+    from viva_core.eval.verifiers import detected_box_ious
+
+    g = torch.Generator().manual_seed(0)
+    found = torch.rand(3, 5, 12, 10, generator=g) > 0.93
+    found[0, 1] = False
+    found[2, 4] = False
+    found[1, 2] = False
+    found[1, 2, 4, 6] = True  # one pixel
+    boxes = torch.tensor(
+        [[1, 1, 5, 6], [0, 0, 10, 12], [6, 3, 7, 5], [9, 11, 10, 12], [2.5, 0.5, 8.25, 9.75]], dtype=torch.float64
+    )
+    want = torch.zeros(3, 5, dtype=torch.float64)
+    for b in range(3):
+        for t in range(5):
+            ys, xs = np.nonzero(found[b, t].numpy())
+            if len(ys) == 0:
+                continue
+            x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1
+            bx0, by0, bx1, by1 = boxes[t].tolist()
+            inter = max(0.0, min(x1, bx1) - max(x0, bx0)) * max(0.0, min(y1, by1) - max(y0, by0))
+            union = (x1 - x0) * (y1 - y0) + (bx1 - bx0) * (by1 - by0) - inter
+            want[b, t] = inter / union if union > 0 else 0.0
+    got = detected_box_ious(found, boxes)
+    assert got.dtype == torch.float64 and got.shape == (3, 5)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+    assert float(got[0, 1]) == 0.0 and float(got[2, 4]) == 0.0 and float(got[1, 2]) > 0.0
+
+
+def _group_of_each_operation(tmp_path, n: int = 16):
+    """One record's rollouts per synth clip of mixed operations: (sources, rollouts, targets, masks, labels) lists,
+    each rollout batch [6,...] blending source and ground truth at different amounts plus noise, the ground truth and
+    the source themselves among them."""
+    from viva_core.data import load_manifest, load_sample
+    from viva_core.eval import manifest_extras
+    from viva_core.synth import generate
+
+    manifest = generate(tmp_path, n=n, seed=0, format="npz", splits=(1, 0, 0), frames=5)["train"]
+    extras = manifest_extras(manifest)
+    g = torch.Generator().manual_seed(2)
+    out = []
+    for r in load_manifest(manifest):
+        s = load_sample(r)
+        a = torch.rand(6, 1, 1, 1, 1, generator=g)
+        roll = ((1 - a) * s.source + a * s.target + 0.03 * torch.randn((6, *s.source.shape), generator=g)).clamp(0, 1)
+        roll[0], roll[1] = s.target, s.source
+        lab = {"operation": extras[r.line]["operation"], "verify": extras[r.line]["verify"]}
+        out.append((s.source, roll, s.target, s.mask, lab))
+    assert len({lab["operation"] for *_, lab in out}) >= 5
+    return out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the verifier reward on the GPU)")
+def test_verifier_reward_on_the_gpu_equals_the_cpu(tmp_path):
+    """`VerifierReward(device="cuda")` (what the trainer builds on a GPU) gives the CPU's scores on every operation's
+    group, to float rounding (reduction order differs between the devices)."""
+    from viva_core.train.rewards import VerifierReward
+
+    for dims in (("EA", "PC"), ("EA", "PC", "GN", "GR")):
+        cpu, gpu = VerifierReward(dims), VerifierReward(dims, device="cuda")
+        assert cpu.parallel_safe and not gpu.parallel_safe
+        for src, roll, tgt, mask, lab in _group_of_each_operation(tmp_path / "-".join(dims)):
+            n = roll.shape[0]
+            batch = _batch(
+                src[None].expand(n, -1, -1, -1, -1),
+                roll,
+                masks=mask[None].expand(n, -1, -1, -1),
+                targets=tgt[None].expand(n, -1, -1, -1, -1),
+                labels=[lab] * n,
+            )
+            _close(gpu(batch), cpu(batch), rtol=0, atol=2e-5)

@@ -130,7 +130,8 @@ def ssim_map(
         )
     size = min(window, x.shape[1], x.shape[2])
     size -= 1 - size % 2
-    band_h, band_w = _bands(size, float(sigma), x.shape[1]), _bands(size, float(sigma), x.shape[2])
+    band_h = _bands(size, float(sigma), x.shape[1]).to(x.device)
+    band_w = _bands(size, float(sigma), x.shape[2]).to(x.device)
     out = []
     for i in range(0, x.shape[0], chunk):
         a = x[i : i + chunk].permute(0, 3, 1, 2).float()
@@ -151,21 +152,34 @@ def ssim_map(
 def ssim(x: torch.Tensor, y: torch.Tensor, *, weight: torch.Tensor | None = None, **kw) -> float:
     """Mean SSIM of two frame stacks [T,H,W,C]; with `weight` [T,H,W] only window centres where it is set
     count (the map is cropped by the window radius to line up with it)."""
-    smap = ssim_map(x, y, **kw)
+    return ssims(x[None], y, weight=weight, **kw)[0]
+
+
+def ssims(xs: torch.Tensor, y: torch.Tensor, *, weight: torch.Tensor | None = None, **kw) -> list[float]:
+    """`ssim` of each frame stack of xs [B,T,H,W,C] against one y [T,H,W,C]: one `ssim_map` over all B·T frames."""
+    b, t = xs.shape[:2]
+    ys = y.expand(b, *y.shape) if y.ndim == xs.ndim - 1 else y
+    smap = ssim_map(xs.reshape(b * t, *xs.shape[2:]), ys.reshape(b * t, *ys.shape[2:]), **kw)
+    smap = smap.reshape(b, t, *smap.shape[1:])
     if weight is None:
-        return float(smap.mean())
-    r = (x.shape[1] - smap.shape[1]) // 2
-    wt = weight[:, r : r + smap.shape[1], r : r + smap.shape[2]].float()
+        return smap.mean(dim=(1, 2, 3)).tolist()
+    r = (xs.shape[2] - smap.shape[2]) // 2
+    wt = weight[:, r : r + smap.shape[2], r : r + smap.shape[3]].float()
     if wt.sum() <= 0:
         raise InputError("ssim: the weight leaves no window centre to average over.")
-    return float((smap * wt).sum() / wt.sum())
+    return ((smap * wt).sum(dim=(1, 2, 3)) / wt.sum()).tolist()
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, *, weight: torch.Tensor | None = None) -> float:
     """10·log10(1 / MSE) over the pixels where `weight` [T,H,W] is set (all when None), capped at PSNR_CAP."""
-    sq = ((x.double() - y.double()) ** 2).mean(dim=-1)
-    mse = float(sq.mean()) if weight is None else float((sq * weight).sum() / weight.sum())
-    return PSNR_CAP if mse <= 10 ** (-PSNR_CAP / 10) else 10 * math.log10(1.0 / mse)
+    return psnrs(x[None], y, weight=weight)[0]
+
+
+def psnrs(xs: torch.Tensor, y: torch.Tensor, *, weight: torch.Tensor | None = None) -> list[float]:
+    """`psnr` of each frame stack of xs [B,T,H,W,C] against one y [T,H,W,C]."""
+    sq = ((xs.double() - y.double()) ** 2).mean(dim=-1)  # [B,T,H,W]
+    mse = sq.mean(dim=(1, 2, 3)) if weight is None else (sq * weight).sum(dim=(1, 2, 3)) / weight.sum()
+    return [PSNR_CAP if m <= 10 ** (-PSNR_CAP / 10) else 10 * math.log10(1.0 / m) for m in mse.tolist()]
 
 
 def psnr_score(value: float) -> float:
@@ -177,17 +191,24 @@ def preservation(
     source: torch.Tensor, output: torch.Tensor, mask: torch.Tensor
 ) -> tuple[float | None, float | None, float | None]:
     """(PC, PSNR, SSIM) of the output vs the source outside the (dilated) mask; Nones when too little is outside."""
+    return preservations(source, output[None], mask)[0]
+
+
+def preservations(
+    source: torch.Tensor, outputs: torch.Tensor, mask: torch.Tensor
+) -> list[tuple[float | None, float | None, float | None]]:
+    """`preservation` of each output of outputs [B,T,H,W,3] against one source and mask, batched."""
     edit_region = dilate(mask, PRESERVE_MARGIN)
     outside = ~edit_region
     if outside.float().mean() < MIN_OUTSIDE_FRACTION:
-        return None, None, None
-    composite = torch.where(edit_region.unsqueeze(-1), source, output)
-    value_psnr = psnr(output, source, weight=outside)
+        return [(None, None, None)] * outputs.shape[0]
+    composite = torch.where(edit_region.unsqueeze(-1), source, outputs)
+    values_psnr = psnrs(outputs, source, weight=outside)
     try:
-        value_ssim = ssim(composite, source, weight=outside)
+        values_ssim: list[float | None] = list(ssims(composite, source, weight=outside))
     except InputError:  # the outside lies only within a window radius of the border
-        value_ssim = None
-    return _mean([psnr_score(value_psnr), value_ssim]), value_psnr, value_ssim
+        values_ssim = [None] * outputs.shape[0]
+    return [(_mean([psnr_score(p), s]), p, s) for p, s in zip(values_psnr, values_ssim)]
 
 
 # ================================================================================ temporal naturalness
@@ -235,8 +256,8 @@ def laplacian_variance(frames: torch.Tensor) -> float:
     """Sharpness: variance of the 3×3 Laplacian of luma per frame, averaged over frames (0 below 3×3)."""
     if frames.shape[1] < 3 or frames.shape[2] < 3:
         return 0.0
-    luma = (frames.float() @ LUMA).unsqueeze(1)
-    lap = F.conv2d(luma, LAPLACIAN.view(1, 1, 3, 3))
+    luma = (frames.float() @ LUMA.to(frames.device)).unsqueeze(1)
+    lap = F.conv2d(luma, LAPLACIAN.to(frames.device).view(1, 1, 3, 3))
     return float(lap.flatten(1).var(dim=1, unbiased=False).mean())
 
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from .metrics import _frames, _mask, _mean, derive_mask, naturalness, preservation, psnr_score, realism
-from .verifiers import edit_accuracy, operation_parts
+from .metrics import _frames, _mask, _mean, derive_mask, naturalness, preservations, psnr_score, realism
+from .verifiers import edit_accuracies, operation_parts
 
 JUDGE_THRESHOLD = 0.5
 # The judge's questions (viva_core.judge.DIMENSIONS, not imported: it loads the VLM stack); each is checked against
@@ -43,17 +43,27 @@ class EditScore:
 
 def dimension_scores(s, o, y, m, verify: dict | None, operation: str | None, dimensions) -> dict[str, tuple]:
     """The requested dimensions' functions on checked frames (`_frames`) and mask, each result as it returns it
-    (value first): what `score_edit` assembles, and what the verifier reward takes the values of without paying
-    for the dimensions it does not ask for."""
-    out: dict[str, tuple] = {}
+    (value first): what `score_edit` assembles."""
+    return {
+        d: results[0] for d, results in batch_dimension_scores(s, o[None], y, m, verify, operation, dimensions).items()
+    }
+
+
+def batch_dimension_scores(
+    s, outputs, y, m, verify: dict | None, operation: str | None, dimensions
+) -> dict[str, list[tuple]]:
+    """`dimension_scores` of each output of outputs [B,T,H,W,3] against one source, ground truth and mask: EA and PC
+    batched (what they measure on the source and ground truth once), GN and GR per output. The verifier reward scores
+    a GRPO group's rollouts this way, and pays only for the dimensions it asks for."""
+    out: dict[str, list[tuple]] = {}
     if "EA" in dimensions:
-        out["EA"] = edit_accuracy(s, o, y, m, verify, operation)
+        out["EA"] = edit_accuracies(s, outputs, y, m, verify, operation)
     if "PC" in dimensions:
-        out["PC"] = preservation(s, o, m)
+        out["PC"] = preservations(s, outputs, m)
     if "GN" in dimensions:
-        out["GN"] = naturalness(o, y, m)
+        out["GN"] = [naturalness(o, y, m) for o in outputs]
     if "GR" in dimensions:
-        out["GR"] = realism(o, y)
+        out["GR"] = [realism(o, y) for o in outputs]
     return out
 
 

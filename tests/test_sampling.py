@@ -257,3 +257,94 @@ def test_shared_steps_outside_the_run_are_refused():
     trunk = Trunk(1, 0.5, torch.zeros(2, 2), torch.zeros(2, 2))
     with pytest.raises(InputError, match="3 candidate rows do not divide over 2 trunk rows"):
         branch_starts(trunk, torch.zeros(3, 2), torch.zeros(3, dtype=torch.bool))
+
+
+def _np_block_means(a, block):
+    """Block means of an array [B, C, T, H, W] by explicit loops over the blocks (the reference for avg_pool3d)."""
+    import numpy as np
+
+    bt, bh, bw = block
+    b, c, t, h, w = a.shape
+    out = np.zeros((b, c, t // bt, h // bh, w // bw))
+    for i in range(t // bt):
+        for j in range(h // bh):
+            for k in range(w // bw):
+                out[:, :, i, j, k] = a[:, :, i * bt : (i + 1) * bt, j * bh : (j + 1) * bh, k * bw : (k + 1) * bw].mean(
+                    axis=(2, 3, 4)
+                )
+    return out
+
+
+def _np_broadcast(m, block):
+    import numpy as np
+
+    for axis, k in zip((2, 3, 4), block):
+        m = np.repeat(m, k, axis=axis)
+    return m
+
+
+def test_block_noise_sde_step_matches_a_numpy_reference():
+    """noise_block restricts the Flow-SDE to block-constant latents: the drift correction and the noise are the plain
+    step's projected onto the block means, the rest is the Euler step, and the log-density is that of the block means
+    of x' - mean, N(0, std^2 / block size) each, averaged over the blocks; written out in float64 numpy."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(3)
+    shape, block = (2, 3, 4, 6, 8), (2, 3, 4)
+    x, v, z = (torch.randn(shape, generator=g) for _ in range(3))
+    sigma, sigma_next, a, sigma_max = 0.8, 0.6, 0.7, 0.95
+    step = sde_step_with_logprob(x, v, sigma, sigma_next, a, sigma_max, noise=z, noise_block=block)
+
+    xd, vd, zd = (t.double().numpy() for t in (x, v, z))
+    dt = sigma_next - sigma
+    std_t = a * math.sqrt(sigma / (1 - sigma))
+    std = std_t * math.sqrt(-dt)
+    project = lambda arr: _np_broadcast(_np_block_means(arr, block), block)  # noqa: E731
+    mean = xd + vd * dt + project(std_t**2 / (2 * sigma) * (xd + (1 - sigma) * vd) * dt)
+    sample = mean + std * project(zd)
+    u = _np_block_means(sample - mean, block)
+    s = std / math.sqrt(np.prod(block))
+    log_prob = (-(u**2) / (2 * s**2) - math.log(s) - 0.5 * math.log(2 * math.pi)).mean(axis=(1, 2, 3, 4))
+    np.testing.assert_allclose(step.mean.double().numpy(), mean, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(step.sample.double().numpy(), sample, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(step.log_prob.double().numpy(), log_prob, rtol=1e-5, atol=1e-5)
+    # off the block-constant subspace the step is exactly the ODE's
+    euler = xd + vd * dt
+    np.testing.assert_allclose(
+        step.sample.double().numpy() - project(step.sample.double().numpy()), euler - project(euler), atol=2e-6
+    )
+    # PPO's re-evaluation of the stored sample gives the same log-prob; [1, 1, 1] is the plain step bit for bit
+    again = sde_step_with_logprob(x, v, sigma, sigma_next, a, sigma_max, prev_sample=step.sample, noise_block=block)
+    torch.testing.assert_close(again.log_prob, step.log_prob)
+    plain = sde_step_with_logprob(x, v, sigma, sigma_next, a, sigma_max, noise=z)
+    ones = sde_step_with_logprob(x, v, sigma, sigma_next, a, sigma_max, noise=z, noise_block=(1, 1, 1))
+    assert torch.equal(plain.sample, ones.sample) and torch.equal(plain.log_prob, ones.log_prob)
+
+
+def test_block_noise_block_means_have_the_stated_spread():
+    """Drawn from a generator, x' - mean is constant over each block and its block means have variance std^2 / block
+    size (the projection of the plain step's noise): the density the log-prob assumes."""
+    g = torch.Generator().manual_seed(4)
+    block = (1, 2, 4)
+    x, v = torch.zeros(64, 2, 3, 4, 8), torch.zeros(64, 2, 3, 4, 8)
+    step = sde_step_with_logprob(x, v, 0.7, 0.5, 0.9, 0.95, generator=g, noise_block=block)
+    r = (step.sample - step.mean).reshape(64, 2, 3, 2, 2, 2, 4)  # rows in 2 blocks of 2, cols in 2 blocks of 4
+    assert torch.allclose(r, r[:, :, :, :, :1, :, :1].expand_as(r), atol=1e-6)
+    u = r[:, :, :, :, 0, :, 0]
+    assert float(u.var()) == pytest.approx(step.std**2 / 8, rel=0.1)  # 64 x 2 x 3 x 2 x 2 = 1,536 draws
+    with pytest.raises(InputError, match=r"noise_block \[1, 3, 4\] does not tile"):
+        sde_step_with_logprob(x, v, 0.7, 0.5, 0.9, 0.95, generator=g, noise_block=(1, 3, 4))
+
+
+def test_block_kl_to_reference_matches_a_numpy_reference():
+    import numpy as np
+
+    from viva_core.train.losses import kl_to_reference
+
+    g = torch.Generator().manual_seed(5)
+    m1, m2 = torch.randn(2, 3, 2, 4, 4, generator=g), torch.randn(2, 3, 2, 4, 4, generator=g)
+    block, std = (2, 2, 2), 0.3
+    d = _np_block_means(m1.double().numpy() - m2.double().numpy(), block)
+    want = (d**2 / (2 * (std**2 / 8))).mean(axis=(1, 2, 3, 4))
+    np.testing.assert_allclose(kl_to_reference(m1, m2, std, block).double().numpy(), want, rtol=1e-5)
+    torch.testing.assert_close(kl_to_reference(m1, m2, std, (1, 1, 1)), kl_to_reference(m1, m2, std))

@@ -214,16 +214,25 @@ def _guided(t, model, x, source, sigma, text, scale: float):
     return unc + scale * (cond - unc)
 
 
-def test_grpo_batched_update_equals_the_per_sample_reference(assets):
+def _block_means_2x2(x: torch.Tensor) -> torch.Tensor:
+    """Means of latents [B, C, T, H, W] over 1x2x2 blocks, by reshaping (independent of avg_pool3d)."""
+    b, c, t, h, w = x.shape
+    return x.reshape(b, c, t, h // 2, 2, w // 2, 2).mean(dim=(4, 6))
+
+
+@pytest.mark.parametrize("block", [(1, 1, 1), (1, 2, 2)])
+def test_grpo_batched_update_equals_the_per_sample_reference(assets, block):
     """The group goes through the DiT as one batch, guided with rollout.cfg; its gradient must equal the
     per-sample PPO-clip + KL loss written out independently: mean over samples and window steps of
-    max(-A r, -A clip(r)) + beta KL, with v = v_uncond + g (v_cond - v_uncond)."""
+    max(-A r, -A clip(r)) + beta KL, with v = v_uncond + g (v_cond - v_uncond). With a noise block the rollouts'
+    noise is block-constant and the KL is that of the block means (std^2 / 4 each)."""
     from viva_core.sampling import sde_step_with_logprob, shifted_sigmas
     from viva_core.train.adapters import adapter_disabled
 
     cfg = config(
         assets,
-        assets["root"] / "grpo_ref",
+        assets["root"] / f"grpo_ref_{block[1]}",
+        f"rollout.noise_block={list(block)}",
         "method=grpo",
         "optim.batch_size=2",
         "rollout.group_size=3",
@@ -247,8 +256,26 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets):
         for tr in transitions:
             x, x_next, s, s_next = tr.x[m : m + 1], tr.x_next[m : m + 1], float(sig[tr.step]), float(sig[tr.step + 1])
             text = t._condition(rec, enc)
+            if block != (1, 1, 1):  # the rollout (the LoRA at its start = the base) drew block-constant noise
+                with torch.no_grad(), adapter_disabled(t.base):
+                    v0 = guided(t.base, x, enc["source"], s, text)
+                rolled_step = sde_step_with_logprob(
+                    x, v0, s, s_next, r.noise_level, float(sig[1]), prev_sample=x_next, noise_block=block
+                )
+                noise = x_next - rolled_step.mean
+                torch.testing.assert_close(
+                    noise, _block_means_2x2(noise).repeat_interleave(2, 3).repeat_interleave(2, 4)
+                )
+                torch.testing.assert_close(rolled_step.log_prob, tr.log_prob[m : m + 1], rtol=1e-4, atol=1e-4)
             st = sde_step_with_logprob(
-                x, guided(t.dit, x, enc["source"], s, text), s, s_next, r.noise_level, float(sig[1]), prev_sample=x_next
+                x,
+                guided(t.dit, x, enc["source"], s, text),
+                s,
+                s_next,
+                r.noise_level,
+                float(sig[1]),
+                prev_sample=x_next,
+                noise_block=block,
             )
             ratio = torch.exp(st.log_prob - tr.log_prob[m : m + 1])
             ratios.append(float(ratio.detach()))
@@ -262,8 +289,13 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets):
                     r.noise_level,
                     float(sig[1]),
                     prev_sample=x_next,
+                    noise_block=block,
                 )
-            kl = ((st.mean - ref.mean) ** 2 / (2 * st.std**2)).flatten(1).mean(1).sum()
+            if block == (1, 1, 1):
+                kl = ((st.mean - ref.mean) ** 2 / (2 * st.std**2)).flatten(1).mean(1).sum()
+            else:
+                d = _block_means_2x2(st.mean - ref.mean)
+                kl = (d**2 / (2 * st.std**2 / 4)).flatten(1).mean(1).sum()
             ((loss + 0.5 * kl) / n_terms).backward()
     assert len(items) == 6 and n_terms == 12
     assert stats["clip_frac"] > 0 and any(abs(q - 1) < 0.005 for q in ratios)  # both branches of the clip ran
@@ -939,3 +971,19 @@ def test_self_reflection_loss_is_the_judges_p_yes_on_the_implied_clean_video(ass
 def test_self_reflection_loss_settings_are_checked(assets, tmp_path, extra, problem):
     with pytest.raises(InputError, match=problem):
         config(assets, tmp_path, *extra)
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("[0, 1, 1]", "three positive integers"),
+        ("[1, 2]", "three positive integers"),
+        ("[1, 2.5, 2]", "must be an integer"),
+        ("[true, 1, 1]", "must be an integer"),
+    ],
+)
+def test_noise_block_setting_is_checked(assets, tmp_path, value, problem):
+    from viva_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"rollout.noise_block.*{problem}"):
+        config(assets, tmp_path / "out", "method=grpo", f"rollout.noise_block={value}")

@@ -45,6 +45,48 @@ class SDEStep:
     log_prob: Optional[torch.Tensor]  # [B], mean over latent elements; None when the step is deterministic
     mean: torch.Tensor
     std: float  # std of x' given x: a * sqrt(sigma / (1 - sigma)) * sqrt(-dt)
+    noise_block: Optional[tuple[int, int, int]] = None  # the block the noise was restricted to (see noise_block)
+
+
+NoiseBlock = Optional[tuple[int, int, int]]
+
+
+def block_mean(x: torch.Tensor, block: tuple[int, int, int]) -> torch.Tensor:
+    """Means of latents [B, C, T, H, W] over (frames, rows, cols) blocks: [B, C, T/bt, H/bh, W/bw] (fp32)."""
+    t, h, w = x.shape[-3:]
+    if t % block[0] or h % block[1] or w % block[2]:
+        raise InputError(
+            f"rollout.noise_block {list(block)} does not tile the latents (frames, rows, cols) = ({t}, {h}, {w}); "
+            "pick divisors of each, or [1, 1, 1] for the plain Flow-SDE."
+        )
+    return torch.nn.functional.avg_pool3d(x.float(), kernel_size=block, stride=block)
+
+
+def block_project(x: torch.Tensor, block: tuple[int, int, int]) -> torch.Tensor:
+    """x projected onto latents that are constant over each block: each block's mean, broadcast back."""
+    m = block_mean(x, block)
+    for dim, k in zip((-3, -2, -1), block):
+        m = m.repeat_interleave(k, dim=dim)
+    return m
+
+
+def _is_blocked(block: NoiseBlock) -> bool:
+    return block is not None and tuple(block) != (1, 1, 1)
+
+
+def gaussian_step_log_prob(
+    sample: torch.Tensor, mean: torch.Tensor, std: float, noise_block: NoiseBlock = None
+) -> torch.Tensor:
+    """log N(sample; mean, std^2) per element, averaged per sample: [B]. With a noise block the step is Gaussian
+    only within the block-constant subspace (the rest is deterministic), so the density is that of the block means
+    u = block_mean(sample - mean) ~ N(0, std^2 / block size), averaged over the blocks."""
+    r = sample.float() - mean.float()
+    s = std
+    if _is_blocked(noise_block):
+        r = block_mean(r, noise_block)
+        s = std / math.sqrt(math.prod(noise_block))
+    log_prob = -(r**2) / (2 * s**2) - math.log(s) - 0.5 * math.log(2 * math.pi)
+    return log_prob.mean(dim=tuple(range(1, r.ndim)))
 
 
 def sde_step_with_logprob(
@@ -58,28 +100,38 @@ def sde_step_with_logprob(
     noise: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
     prev_sample: Optional[torch.Tensor] = None,
+    noise_block: NoiseBlock = None,
 ) -> SDEStep:
     """Flow-SDE step (Flow-GRPO): same marginals as the ODE, Gaussian transition with a known log-density.
 
     std_t = a*sqrt(sigma/(1-sigma)) (at sigma=1 the denominator uses sigma_max = sigmas[1]);
     mean = x + v dt + std_t^2/(2 sigma) (x + (1-sigma) v) dt; x' = mean + std_t sqrt(-dt) z.
-    With `prev_sample` the log-prob of that given sample is returned (PPO ratio); a = 0 is the Euler step."""
+    With `prev_sample` the log-prob of that given sample is returned (PPO ratio); a = 0 is the Euler step.
+
+    `noise_block` (frames, rows, cols) restricts the SDE to latents constant over such blocks (P: the block-mean
+    projection): x' = x + v dt + P[std_t^2/(2 sigma) (x + (1-sigma) v)] dt + std_t sqrt(-dt) P z, the plain SDE's
+    noise and drift correction projected, the ODE step on the rest (which keeps the marginals: the diffusion and its
+    score correction act on the same subspace). The policy gradient's noise grows with the dimension of the noise it
+    credits (docs/small_models.md, section 50); this explores only the coarse directions a verifier reacts to."""
     x, v = x.float(), v.float()
     dt = sigma_next - sigma
     denom = 1 - (sigma_max if sigma >= 1.0 else sigma)
     std_t = noise_level * math.sqrt(sigma / denom) if sigma > 0 else 0.0
+    blocked = _is_blocked(noise_block)
+    block = tuple(noise_block) if blocked else None
     mean = x + v * dt
     if std_t > 0:
-        mean = mean + std_t**2 / (2 * sigma) * (x + (1 - sigma) * v) * dt
+        correction = std_t**2 / (2 * sigma) * (x + (1 - sigma) * v) * dt
+        mean = mean + (block_project(correction, block) if blocked else correction)
     std = std_t * math.sqrt(-dt)
     if std == 0.0:
-        return SDEStep(mean if prev_sample is None else prev_sample.float(), None, mean, 0.0)
+        return SDEStep(mean if prev_sample is None else prev_sample.float(), None, mean, 0.0, block)
     if prev_sample is None:
         z = noise if noise is not None else torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
-        prev_sample = mean + std * z.float()
+        z = z.float()
+        prev_sample = mean + std * (block_project(z, block) if blocked else z)
     prev_sample = prev_sample.float()
-    log_prob = -((prev_sample - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
-    return SDEStep(prev_sample, log_prob.mean(dim=tuple(range(1, x.ndim))), mean, std)
+    return SDEStep(prev_sample, gaussian_step_log_prob(prev_sample, mean, std, block), mean, std, block)
 
 
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x_sigma fp32, sigma) -> v fp32

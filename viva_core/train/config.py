@@ -119,6 +119,11 @@ class RolloutConfig:
     shift: float = 5.0
     cfg: float = 1.0  # classifier-free guidance scale of the rollouts (as EditSettings.cfg); 1 = off
     noise_level: float = 0.7
+    # latent (frames, rows, cols) blocks the SDE noise is constant over: [1, 1, 1] is Flow-GRPO's SDE; larger blocks
+    # explore only coarse directions (the plain SDE's noise and drift correction projected onto block-constant
+    # latents, the ODE elsewhere), where the policy gradient's noise is ~1/block-size of the plain one's
+    # (docs/small_models.md, section 50)
+    noise_block: list[int] = field(default_factory=lambda: [1, 1, 1])
     window: int = 0  # 0: SDE (and training) on every step; k: SDE on k steps in the high-noise half, ODE elsewhere
     window_start: int = 1  # first step of the window (fixed for the run: per-sample random windows destabilize)
     # The G samples of a record start from the same noise, so that their rewards differ only through the SDE steps'
@@ -211,6 +216,15 @@ class TrainConfig:
 
         if self.sft.uso_weight and (not self.sft.uso_questions or set(self.sft.uso_questions) - set(DIMENSIONS)):
             problems.append(f"sft.uso_questions {self.sft.uso_questions}: a non-empty list of {list(DIMENSIONS)}")
+        block = self.rollout.noise_block
+        if not (
+            isinstance(block, (list, tuple))
+            and len(block) == 3
+            and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)
+        ):
+            problems.append(
+                f"rollout.noise_block {block!r}: three positive integers, latent (frames, rows, cols), e.g. [1, 4, 4]"
+            )
         if self.rollout.window and not 0 <= self.rollout.window_start < self.rollout.steps:
             problems.append("rollout.window_start must be a step index below rollout.steps")
         problems += check_output_name(self.output_name)

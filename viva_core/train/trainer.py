@@ -75,8 +75,8 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def _gen(*parts: int) -> torch.Generator:
-    return torch.Generator("cpu").manual_seed(_seed(*parts))
+def _gen(*parts: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device).manual_seed(_seed(*parts))
 
 
 class Trainer:
@@ -472,11 +472,15 @@ class Trainer:
         g, model, out = r.group_size, self.base, []
         for chunk in self._record_chunks(batch):
             part = [batch[i] for i in chunk]
-            gens = [_gen(self.cfg.seed, step, gi, m, 2) for gi, _, _ in part for m in range(g)]
+            dev = self.device
+            gens = [_gen(self.cfg.seed, step, gi, m, 2, device=dev) for gi, _, _ in part for m in range(g)]
             shape = part[0][2]["source"].shape[1:]
             start = (
                 torch.stack(
-                    [torch.randn(tuple(shape), generator=_gen(self.cfg.seed, step, gi, 3)) for gi, _, _ in part]
+                    [
+                        torch.randn(tuple(shape), generator=_gen(self.cfg.seed, step, gi, 3, device=dev), device=dev)
+                        for gi, _, _ in part
+                    ]
                 ).repeat_interleave(g, dim=0)
                 if r.shared_start
                 else None
@@ -492,6 +496,7 @@ class Trainer:
                     gens,
                     self.device,
                     start=start,
+                    noise_block=tuple(r.noise_block),
                 )
             for j in range(len(part)):
                 rows = slice(j * g, (j + 1) * g)
@@ -622,16 +627,19 @@ class Trainer:
                 with self._grad_sync(k == n_calls):
                     source, text = self._stacked([recs[i] for i in chunk], a.shape[0] // len(chunk))
                     v = self._policy_velocity(self.dit, x, source, s, text)
-                    st = sde_step_with_logprob(x, v, s, s_next, r.noise_level, float(sigmas[1]), prev_sample=x_next)
+                    block = tuple(r.noise_block)
+                    st = sde_step_with_logprob(
+                        x, v, s, s_next, r.noise_level, float(sigmas[1]), prev_sample=x_next, noise_block=block
+                    )
                     pl, _ = L.clipped_policy_loss(st.log_prob, logp_old, a, r.clip_range, stats=False)
                     loss = pl
                     if r.kl_beta > 0:
                         with torch.no_grad(), adapter_disabled(self.base):
                             v_ref = self._policy_velocity(self.base, x, source, s, text)
                         ref = sde_step_with_logprob(
-                            x, v_ref, s, s_next, r.noise_level, float(sigmas[1]), prev_sample=x_next
+                            x, v_ref, s, s_next, r.noise_level, float(sigmas[1]), prev_sample=x_next, noise_block=block
                         )
-                        kl = L.kl_to_reference(st.mean, ref.mean, st.std).mean()
+                        kl = L.kl_to_reference(st.mean, ref.mean, st.std, block).mean()
                         loss = loss + r.kl_beta * kl
                         sums["loss_kl"].append(kl.detach().double() * share)
                     (loss * share).backward()

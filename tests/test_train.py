@@ -252,44 +252,29 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets, block):
     def guided(model, x, src, s, text):
         return _guided(t, model, x, src, s, text, 3.0)
 
+    def step_of(model, x, x_next, src, s, s_next, text):
+        v = guided(model, x, src, s, text)
+        return sde_step_with_logprob(
+            x, v, s, s_next, r.noise_level, float(sig[1]), prev_sample=x_next, noise_block=block
+        )
+
     for (_gi, rec, enc, m, _, transitions), a in zip(items, adv):
         for tr in transitions:
             x, x_next, s, s_next = tr.x[m : m + 1], tr.x_next[m : m + 1], float(sig[tr.step]), float(sig[tr.step + 1])
             text = t._condition(rec, enc)
-            if block != (1, 1, 1):  # the rollout (the LoRA at its start = the base) drew block-constant noise
-                with torch.no_grad(), adapter_disabled(t.base):
-                    v0 = guided(t.base, x, enc["source"], s, text)
-                rolled_step = sde_step_with_logprob(
-                    x, v0, s, s_next, r.noise_level, float(sig[1]), prev_sample=x_next, noise_block=block
-                )
-                noise = x_next - rolled_step.mean
-                torch.testing.assert_close(
-                    noise, _block_means_2x2(noise).repeat_interleave(2, 3).repeat_interleave(2, 4)
-                )
-                torch.testing.assert_close(rolled_step.log_prob, tr.log_prob[m : m + 1], rtol=1e-4, atol=1e-4)
-            st = sde_step_with_logprob(
-                x,
-                guided(t.dit, x, enc["source"], s, text),
-                s,
-                s_next,
-                r.noise_level,
-                float(sig[1]),
-                prev_sample=x_next,
-                noise_block=block,
-            )
+            args = (x, x_next, enc["source"], s, s_next, text)
+            st = step_of(t.dit, *args)
             ratio = torch.exp(st.log_prob - tr.log_prob[m : m + 1])
             ratios.append(float(ratio.detach()))
             loss = torch.maximum(-a * ratio, -a * ratio.clamp(1 - 0.005, 1 + 0.005)).sum()
             with torch.no_grad(), adapter_disabled(t.base):
-                ref = sde_step_with_logprob(
-                    x,
-                    guided(t.base, x, enc["source"], s, text),
-                    s,
-                    s_next,
-                    r.noise_level,
-                    float(sig[1]),
-                    prev_sample=x_next,
-                    noise_block=block,
+                ref = step_of(t.base, *args)
+            # the rollouts were the base's steps (the LoRA at its start), with block-constant noise under a block
+            torch.testing.assert_close(ref.log_prob, tr.log_prob[m : m + 1], rtol=1e-4, atol=1e-4)
+            if block != (1, 1, 1):
+                noise = x_next - ref.mean
+                torch.testing.assert_close(
+                    noise, _block_means_2x2(noise).repeat_interleave(2, 3).repeat_interleave(2, 4)
                 )
             if block == (1, 1, 1):
                 kl = ((st.mean - ref.mean) ** 2 / (2 * st.std**2)).flatten(1).mean(1).sum()

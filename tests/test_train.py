@@ -206,11 +206,14 @@ def _assert_grads_match(got: list[torch.Tensor], want: list[torch.Tensor]) -> No
         assert float((g - w).norm()) <= 1e-3 * float(w.norm()), (float((g - w).norm()), float(w.norm()))
 
 
-def _guided(t, model, x, source, sigma, text, scale: float):
-    """v_uncond + scale (v_cond - v_uncond) as two calls, the empty prompt zero-padded to the text's width."""
+def _guided(t, model, x, source, sigma, text, scale: float, uncond_grad: bool = True):
+    """v_uncond + scale (v_cond - v_uncond) as two calls, the empty prompt zero-padded to the text's width; the
+    unconditioned call without a gradient when `uncond_grad` is false."""
     neg = t.editor.encode_text("").embeds
     neg = torch.cat([neg, neg.new_zeros(1, text.shape[1] - neg.shape[1], neg.shape[2])], dim=1).to(text)
-    cond, unc = t._velocity(model, x, source, sigma, text), t._velocity(model, x, source, sigma, neg)
+    cond = t._velocity(model, x, source, sigma, text)
+    with torch.set_grad_enabled(uncond_grad and torch.is_grad_enabled()):
+        unc = t._velocity(model, x, source, sigma, neg)
     return unc + scale * (cond - unc)
 
 
@@ -220,19 +223,21 @@ def _block_means_2x2(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, c, t, h // 2, 2, w // 2, 2).mean(dim=(4, 6))
 
 
-@pytest.mark.parametrize("block", [(1, 1, 1), (1, 2, 2)])
-def test_grpo_batched_update_equals_the_per_sample_reference(assets, block):
+@pytest.mark.parametrize("block, uncond_grad", [((1, 1, 1), True), ((1, 2, 2), True), ((1, 1, 1), False)])
+def test_grpo_batched_update_equals_the_per_sample_reference(assets, block, uncond_grad):
     """The group goes through the DiT as one batch, guided with rollout.cfg; its gradient must equal the
     per-sample PPO-clip + KL loss written out independently: mean over samples and window steps of
     max(-A r, -A clip(r)) + beta KL, with v = v_uncond + g (v_cond - v_uncond). With a noise block the rollouts'
-    noise is block-constant and the KL is that of the block means (std^2 / 4 each)."""
+    noise is block-constant and the KL is that of the block means (std^2 / 4 each); without uncond_grad the
+    gradient flows through v_cond only."""
     from viva_core.sampling import sde_step_with_logprob, shifted_sigmas
     from viva_core.train.adapters import adapter_disabled
 
     cfg = config(
         assets,
-        assets["root"] / f"grpo_ref_{block[1]}",
+        assets["root"] / f"grpo_ref_{block[1]}_{uncond_grad}",
         f"rollout.noise_block={list(block)}",
+        f"rollout.uncond_grad={uncond_grad}",
         "method=grpo",
         "optim.batch_size=2",
         "rollout.group_size=3",
@@ -250,7 +255,7 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets, block):
     ratios = []
 
     def guided(model, x, src, s, text):
-        return _guided(t, model, x, src, s, text, 3.0)
+        return _guided(t, model, x, src, s, text, 3.0, uncond_grad)
 
     def step_of(model, x, x_next, src, s, s_next, text):
         v = guided(model, x, src, s, text)

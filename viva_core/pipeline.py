@@ -106,10 +106,12 @@ def guided_velocity(
     text: torch.Tensor,
     cfg: float,
     dtype: Optional[torch.dtype] = None,
+    uncond_grad: bool = True,
 ) -> torch.Tensor:
     """The velocity CFG samples with, in one DiT call for k rows of `x`: `text` holds the k conditioned rows, then,
     when cfg != 1, the k negative rows; `source` is one row (shared) or k rows; `sigma` a scalar or one per row of
-    `x`. uncond + cfg (cond - uncond)."""
+    `x`. uncond + cfg (cond - uncond). `uncond_grad=False` detaches the negative rows (same value; a gradient only
+    through the conditioned ones: Edit-GRPO's `rollout.uncond_grad`)."""
     if cfg == 1.0:
         return dit_velocity(dit, x, source, sigma, text, dtype)
     k = x.shape[0]
@@ -117,7 +119,7 @@ def guided_velocity(
     if isinstance(sigma, torch.Tensor) and sigma.numel() > 1:  # one sigma per row: the negative rows' too
         sigma = torch.cat([sigma.reshape(-1), sigma.reshape(-1)])
     out = dit_velocity(dit, torch.cat([x, x]), both, sigma, text, dtype)
-    return guide(out[:k], out[k:], cfg)
+    return guide(out[:k], out[k:] if uncond_grad else out[k:].detach(), cfg)
 
 
 def encode_frames(editor: Editor, frames: torch.Tensor) -> torch.Tensor:

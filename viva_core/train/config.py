@@ -118,6 +118,10 @@ class RolloutConfig:
     steps: int = 10
     shift: float = 5.0
     cfg: float = 1.0  # classifier-free guidance scale of the rollouts (as EditSettings.cfg); 1 = off
+    # GRPO and RWO: the gradient through the guided velocity's negative (unconditioned) rows too, as flow_grpo; false:
+    # through the conditioned rows only. Guided, the LoRA's gradient is cfg x the conditioned one minus (cfg - 1) x
+    # the unconditioned one, two near-equal terms whose noise adds (docs/small_models.md, section 50)
+    uncond_grad: bool = True
     noise_level: float = 0.7
     # latent (frames, rows, cols) blocks the SDE noise is constant over: [1, 1, 1] is Flow-GRPO's SDE; larger blocks
     # explore only coarse directions (the plain SDE's noise and drift correction projected onto block-constant

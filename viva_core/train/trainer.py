@@ -321,7 +321,9 @@ class Trainer:
             width = max(text.shape[1], self._negative.shape[1])  # as pipeline.edit pads cond and negative
             rows = torch.cat([pad_tokens(rows, width), pad_tokens(self._negative, width).expand(b, -1, -1)])
         source = source.expand(b, -1, -1, -1, -1)
-        return guided_velocity(model, x, source, sigma, rows.to(self.device), guidance, self.editor.dtype)
+        return guided_velocity(
+            model, x, source, sigma, rows.to(self.device), guidance, self.editor.dtype, self.cfg.rollout.uncond_grad
+        )
 
     # ------------------------------------------------------------------ schedule
     def _lr(self, step: int) -> float:

@@ -111,8 +111,8 @@ def sde_step_with_logprob(
     `noise_block` (frames, rows, cols) restricts the SDE to latents constant over such blocks (P: the block-mean
     projection): x' = x + v dt + P[std_t^2/(2 sigma) (x + (1-sigma) v)] dt + std_t sqrt(-dt) P z, the plain SDE's
     noise and drift correction projected, the ODE step on the rest (which keeps the marginals: the diffusion and its
-    score correction act on the same subspace). The policy gradient's noise grows with the dimension of the noise it
-    credits (docs/small_models.md, section 50); this explores only the coarse directions a verifier reacts to."""
+    score correction act on the same subspace). It credits only the coarse directions a verifier reacts to, meant to
+    cut the policy gradient's noise (docs/small_models.md, section 50 measures it)."""
     x, v = x.float(), v.float()
     dt = sigma_next - sigma
     denom = 1 - (sigma_max if sigma >= 1.0 else sigma)

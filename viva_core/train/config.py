@@ -124,9 +124,9 @@ class RolloutConfig:
     uncond_grad: bool = True
     noise_level: float = 0.7
     # latent (frames, rows, cols) blocks the SDE noise is constant over: [1, 1, 1] is Flow-GRPO's SDE; larger blocks
-    # explore only coarse directions (the plain SDE's noise and drift correction projected onto block-constant
-    # latents, the ODE elsewhere), where the policy gradient's noise is ~1/block-size of the plain one's
-    # (docs/small_models.md, section 50)
+    # explore and credit only coarse directions (the plain SDE's noise and drift correction projected onto
+    # block-constant latents, the ODE elsewhere). Meant to cut the policy gradient's noise; on the CPU it did not
+    # make batches agree reliably better (docs/small_models.md, section 50)
     noise_block: list[int] = field(default_factory=lambda: [1, 1, 1])
     window: int = 0  # 0: SDE (and training) on every step; k: SDE on k steps in the high-noise half, ODE elsewhere
     window_start: int = 1  # first step of the window (fixed for the run: per-sample random windows destabilize)

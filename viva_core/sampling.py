@@ -45,7 +45,6 @@ class SDEStep:
     log_prob: Optional[torch.Tensor]  # [B], mean over latent elements; None when the step is deterministic
     mean: torch.Tensor
     std: float  # std of x' given x: a * sqrt(sigma / (1 - sigma)) * sqrt(-dt)
-    noise_block: Optional[tuple[int, int, int]] = None  # the block the noise was restricted to (see noise_block)
 
 
 NoiseBlock = Optional[tuple[int, int, int]]
@@ -74,17 +73,22 @@ def _is_blocked(block: NoiseBlock) -> bool:
     return block is not None and tuple(block) != (1, 1, 1)
 
 
+def step_coordinates(difference: torch.Tensor, std, noise_block: NoiseBlock = None):
+    """Where a Flow-SDE step is Gaussian: (the difference of two latents there, the step's std there). Plain: the
+    latents themselves and std. With a noise block only the block-constant subspace is random (the rest is
+    deterministic), so the block means of the difference, each with std / sqrt(block size). The log-prob and the
+    PPO KL of a step both live there."""
+    if not _is_blocked(noise_block):
+        return difference, std
+    return block_mean(difference, tuple(noise_block)), std / math.sqrt(math.prod(noise_block))
+
+
 def gaussian_step_log_prob(
     sample: torch.Tensor, mean: torch.Tensor, std: float, noise_block: NoiseBlock = None
 ) -> torch.Tensor:
-    """log N(sample; mean, std^2) per element, averaged per sample: [B]. With a noise block the step is Gaussian
-    only within the block-constant subspace (the rest is deterministic), so the density is that of the block means
-    u = block_mean(sample - mean) ~ N(0, std^2 / block size), averaged over the blocks."""
-    r = sample.float() - mean.float()
-    s = std
-    if _is_blocked(noise_block):
-        r = block_mean(r, noise_block)
-        s = std / math.sqrt(math.prod(noise_block))
+    """log N(sample; mean, std^2) per element, averaged per sample: [B]; with a noise block, that of the block means
+    u = block_mean(sample - mean) ~ N(0, std^2 / block size), averaged over the blocks (`step_coordinates`)."""
+    r, s = step_coordinates(sample.float() - mean.float(), std, noise_block)
     log_prob = -(r**2) / (2 * s**2) - math.log(s) - 0.5 * math.log(2 * math.pi)
     return log_prob.mean(dim=tuple(range(1, r.ndim)))
 
@@ -125,13 +129,13 @@ def sde_step_with_logprob(
         mean = mean + (block_project(correction, block) if blocked else correction)
     std = std_t * math.sqrt(-dt)
     if std == 0.0:
-        return SDEStep(mean if prev_sample is None else prev_sample.float(), None, mean, 0.0, block)
+        return SDEStep(mean if prev_sample is None else prev_sample.float(), None, mean, 0.0)
     if prev_sample is None:
         z = noise if noise is not None else torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
         z = z.float()
         prev_sample = mean + std * (block_project(z, block) if blocked else z)
     prev_sample = prev_sample.float()
-    return SDEStep(prev_sample, gaussian_step_log_prob(prev_sample, mean, std, block), mean, std, block)
+    return SDEStep(prev_sample, gaussian_step_log_prob(prev_sample, mean, std, block), mean, std)
 
 
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x_sigma fp32, sigma) -> v fp32

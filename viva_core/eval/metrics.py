@@ -158,8 +158,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, weight: torch.Tensor | None = None
 def ssims(xs: torch.Tensor, y: torch.Tensor, *, weight: torch.Tensor | None = None, **kw) -> list[float]:
     """`ssim` of each frame stack of xs [B,T,H,W,C] against one y [T,H,W,C]: one `ssim_map` over all B·T frames."""
     b, t = xs.shape[:2]
-    ys = y.expand(b, *y.shape) if y.ndim == xs.ndim - 1 else y
-    smap = ssim_map(xs.reshape(b * t, *xs.shape[2:]), ys.reshape(b * t, *ys.shape[2:]), **kw)
+    ys = y.expand(b, *y.shape).reshape(b * t, *y.shape[1:])
+    smap = ssim_map(xs.reshape(b * t, *xs.shape[2:]), ys, **kw)
     smap = smap.reshape(b, t, *smap.shape[1:])
     if weight is None:
         return smap.mean(dim=(1, 2, 3)).tolist()

@@ -61,11 +61,6 @@ def _rgb(verify: dict, *keys: str, device: torch.device | None = None) -> torch.
     return None
 
 
-def _per_output(values: torch.Tensor) -> list[float]:
-    """q of a batch of outputs [B] as Python floats (each what float() of one output's q gave)."""
-    return values.tolist()
-
-
 def _weighted_mean(values: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Mean of values [B,T,H,W] over the pixels where w [T,H,W] is set (w sums to > 0), per output: [B]."""
     return (values * w).sum(dim=(1, 2, 3)) / w.sum()
@@ -89,13 +84,13 @@ def generic_accuracy(source, outputs, target, mask) -> list[tuple[float, dict]]:
             min(1.0, max(0.0, 1.0 - err_out / max(err_src, MIN_CHANGE))),
             {"verifier": "generic", "error": err_out, "source_error": err_src, "pixels": pixels},
         )
-        for err_out in _per_output(mae(outputs))
+        for err_out in mae(outputs).tolist()
     ]
 
 
 def _anchored_all(q_outputs: torch.Tensor, q_source: float, q_truth: float) -> list[tuple[float, float]]:
     """(EA, q) of each output: `anchored` per value of q_outputs [B]."""
-    return [(anchored(q, q_source, q_truth), q) for q in _per_output(q_outputs)]
+    return [(anchored(q, q_source, q_truth), q) for q in q_outputs.tolist()]
 
 
 def recolour_accuracy(source, outputs, target, mask, verify: dict) -> list[tuple[float, dict]]:

@@ -10,14 +10,13 @@ not publish its exact weighting, so `rwo_weights` is our reconstruction (documen
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..sampling import block_mean
+from ..sampling import step_coordinates
 
 SIGMA_MODES = ("logit_normal", "uniform")
 RWO_MODES = ("softmax", "advantage", "signed")
@@ -226,16 +225,14 @@ def kl_to_reference(
 
     Both Flow-SDE steps share std (it depends on sigma only), so the KL is (mu_theta - mu_ref)^2 / (2 std^2);
     `std` is the step's std of x' (SDEStep.std), a float or [B]. The reference (LoRA off) gets no grad. With the
-    step's `noise_block` the Gaussians live on the block means (`sampling.gaussian_step_log_prob`): the KL of those,
+    step's `noise_block` the Gaussians live on the block means (`sampling.step_coordinates`): the KL of those,
     std / sqrt(block size) each, averaged over the blocks."""
     if mean_theta.shape != mean_ref.shape:
         raise InputError(f"kl_to_reference: means {tuple(mean_theta.shape)} and {tuple(mean_ref.shape)} differ.")
     s = _per_sample(std, mean_theta.ndim).to(mean_theta.device)
     if not bool((s > 0).all()):
         raise InputError("kl_to_reference: std must be > 0 (a deterministic ODE step has no KL; train SDE steps).")
-    d = mean_theta.float() - mean_ref.detach().float()
-    if noise_block is not None and tuple(noise_block) != (1, 1, 1):
-        d, s = block_mean(d, tuple(noise_block)), s / math.sqrt(math.prod(noise_block))
+    d, s = step_coordinates(mean_theta.float() - mean_ref.detach().float(), s, noise_block)
     return (d**2 / (2 * s**2)).flatten(1).mean(dim=1)
 
 

@@ -471,10 +471,9 @@ class Trainer:
         The groups of a `_record_chunks` chunk share each DiT call; every sample draws its noise from its own
         generator (seed, step, gi, member), so it is the same sample however the records are batched."""
         r = self.cfg.rollout
-        g, model, out = r.group_size, self.base, []
+        g, model, out, dev = r.group_size, self.base, [], self.device
         for chunk in self._record_chunks(batch):
             part = [batch[i] for i in chunk]
-            dev = self.device
             gens = [_gen(self.cfg.seed, step, gi, m, 2, device=dev) for gi, _, _ in part for m in range(g)]
             shape = part[0][2]["source"].shape[1:]
             start = (
@@ -496,7 +495,7 @@ class Trainer:
                     self._sde_steps(),
                     r.noise_level,
                     gens,
-                    self.device,
+                    dev,
                     start=start,
                     noise_block=tuple(r.noise_block),
                 )
@@ -608,7 +607,7 @@ class Trainer:
         device until one transfer at the end (no host sync per call)."""
         r = self.cfg.rollout
         n_terms = sum(a.shape[0] * len(first[-1]) for first, a in groups)  # per-sample transitions: loss is their mean
-        sigmas = shifted_sigmas(r.steps, r.shift)
+        sigmas, block = shifted_sigmas(r.steps, r.shift), tuple(r.noise_block)
         recs = [(first[0], first[1], first[2]) for first, _ in groups]
         chunks = self._record_chunks(recs)
         n_calls = sum(len(groups[c[0]][0][-1]) for c in chunks)
@@ -629,7 +628,6 @@ class Trainer:
                 with self._grad_sync(k == n_calls):
                     source, text = self._stacked([recs[i] for i in chunk], a.shape[0] // len(chunk))
                     v = self._policy_velocity(self.dit, x, source, s, text)
-                    block = tuple(r.noise_block)
                     st = sde_step_with_logprob(
                         x, v, s, s_next, r.noise_level, float(sigmas[1]), prev_sample=x_next, noise_block=block
                     )

@@ -679,25 +679,68 @@ def _reward_curve(assets, small_data, out, method, weight):
         "optim.batch_size=1",
         "optim.steps=14",
         "optim.lr=3e-2",
-        "log.checkpoint_every=0",
+        "log.checkpoint_every=7",
+        f"data.val_manifest={small_data}",
         f'rewards.weights={{"callable:brightness_reward:latent_brightness": {weight}}}',
     )
     Trainer(cfg).run()
-    r = [row["reward_callable:brightness_reward:latent_brightness"] for row in rows(out)]
-    return sum(r[:3]) / 3, sum(r[-3:]) / 3
+    key = "reward_callable:brightness_reward:latent_brightness"
+    r = [row[key] for row in rows(out) if key in row]  # not the validation-only rows of step 0 and the end
+    assert len(r) == 14
+    val = [(row["step"], row["val_reward"]) for row in rows(out) if "val_reward" in row]
+    assert [s for s, _ in val] == [0, 7, 14]  # the start, the checkpoint, the end
+    assert all(
+        row["val_reward_callable:brightness_reward:latent_brightness"] * weight == row["val_reward"]
+        for row in rows(out)
+        if "val_reward" in row
+    )
+    return sum(r[:3]) / 3, sum(r[-3:]) / 3, [v * weight for _, v in val]
 
 
 @pytest.mark.parametrize("method", ["grpo", "rwo"])
 def test_reward_optimisation_learns(assets, small_data, method):
-    """The test's reward (mean of latent channel 0) rises by a clear margin within ~15 s of CPU."""
-    first, last = _reward_curve(assets, small_data, assets["root"] / f"learn_{method}", method, 1.0)
+    """The test's reward (mean of latent channel 0) rises by a clear margin within ~15 s of CPU, on the training
+    rollouts and on the validation rollouts (fixed noise: a curve without sampling noise)."""
+    first, last, val = _reward_curve(assets, small_data, assets["root"] / f"learn_{method}", method, 1.0)
     assert last > first + 0.3, (first, last)
+    assert val[-1] > val[0] + 0.3, val
 
 
 def test_grpo_follows_the_sign_of_the_reward(assets, small_data):
     """Control: with the reward negated the same quantity falls, so the rise above is the reward's doing."""
-    first, last = _reward_curve(assets, small_data, assets["root"] / "learn_neg", "grpo", -1.0)
+    first, last, val = _reward_curve(assets, small_data, assets["root"] / "learn_neg", "grpo", -1.0)
     assert last < first - 0.3, (first, last)
+    assert val[-1] < val[0] - 0.3, val
+
+
+def test_validation_reward_draws_the_same_noise_every_time(assets, small_data):
+    """Two calls on one policy agree exactly (the noise is the record's, not the step's, and no training step's);
+    a moved LoRA changes the value; data.val_limit keeps the first records; SFT has none."""
+    sets = (
+        "method=grpo",
+        f"data.manifest={small_data}",
+        "data.max_frames=5",
+        "model.max_text_tokens=16",
+        "rollout.group_size=4",
+        "rollout.steps=3",
+        'rewards.weights={"preservation": 1.0}',
+    )
+    t = Trainer(
+        config(assets, assets["root"] / "val_reward", *sets, f"data.val_manifest={assets['train']}", "data.val_limit=3")
+    )
+    t._setup()
+    assert len(t.val_records) == 3
+    a, b = t.validation_reward(), t.validation_reward()
+    assert a == b and set(a) == {"val_reward", "val_reward_preservation"}
+    _, train_r, _, _ = t._scored_rollouts([(i, r, t._encoded(r)) for i, r in enumerate(t.val_records)], 0)
+    assert float(train_r.mean()) != a["val_reward"]  # step 0's noise is not the validation noise
+    with torch.no_grad():
+        for p in t.params:
+            p.add_(0.5 * torch.randn_like(p))
+    assert t.validation_reward()["val_reward"] != a["val_reward"]
+    sft = Trainer(config(assets, assets["root"] / "val_sft", f"data.val_manifest={assets['val']}"))
+    sft._setup()
+    assert sft.validation_reward() == {}
 
 
 def test_sft_trains_the_token_refiner_with_a_vlm_instructor(assets):

@@ -69,6 +69,8 @@ class ModelConfig:
 class DataConfig:
     manifest: str = ""
     val_manifest: str = ""
+    # the first N records of val_manifest (0: all): grpo/rwo roll out G samples of each at every checkpoint
+    val_limit: int = 0
     max_frames: int = 17
     height: int = 0  # 0 = keep the source size (snapped to the model's multiple)
     width: int = 0
@@ -259,6 +261,7 @@ class TrainConfig:
                 ("optim.warmup_steps", o.warmup_steps, 0, None),
                 ("optim.batch_size", o.batch_size, 1, None),
                 ("data.max_frames", self.data.max_frames, 1, None),
+                ("data.val_limit", self.data.val_limit, 0, None),
                 ("data.height", self.data.height, 0, None),
                 ("data.width", self.data.width, 0, None),
                 ("model.max_text_tokens", self.model.max_text_tokens, 0, None),

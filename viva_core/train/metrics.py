@@ -27,6 +27,7 @@ PLOTTED = (
     "grad_norm",
     "lr",
     "val_loss",
+    "val_reward",
 )
 
 

@@ -71,6 +71,10 @@ class TrainResult:
     last_metrics: dict = field(default_factory=dict)
 
 
+# The step index the validation rollouts' noise is seeded with: never a training step's (those count from 0).
+VALIDATION_STEP = -1
+
+
 def _seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & (2**63 - 1)
 
@@ -107,7 +111,7 @@ class Trainer:
         self.records = load_manifest(cfg.data.manifest, max_frames=cfg.data.max_frames)
         self.val_records = (
             load_manifest(cfg.data.val_manifest, max_frames=cfg.data.max_frames) if cfg.data.val_manifest else []
-        )
+        )[: cfg.data.val_limit or None]
         want_cuda = (
             cfg.model.device in ("auto", "cuda") and torch.cuda.is_available() or cfg.model.device.startswith("cuda:")
         )
@@ -407,6 +411,24 @@ class Trainer:
         vals = [float(self._fm_loss(model, r, self._encoded(r), i, -1)[0]) for i, r in enumerate(self.val_records)]
         return sum(vals) / len(vals)
 
+    def validation_reward(self) -> dict[str, float]:
+        """GRPO/RWO: the mean reward of the policy's rollouts (G a record) on the validation records, drawn with the
+        same noise at every call (seeded by the record, not the step), so two calls differ only by the policy: the
+        reward curve to read (the training reward averages other records at every step). Every rank computes all of
+        it, as `validation_loss` (FSDP2 forwards are collective). {} for SFT or without validation records."""
+        if not self.val_records or self.cfg.method == "sft":
+            return {}
+        batch = [(i, r, self._encoded(r)) for i, r in enumerate(self.val_records)]
+        _, r, _, _ = self._scored_rollouts(batch, VALIDATION_STEP)
+        means = r.double().mean(0)
+        out = {"val_reward": float((means * self.reward_weights.double()).sum())}
+        out.update({f"val_reward_{rw.name}": float(means[k]) for k, rw in enumerate(self.rewards)})
+        return out
+
+    def _validation(self) -> dict[str, Optional[float]]:
+        """What is logged at the start, every checkpoint and the end of a run with validation records."""
+        return {"val_loss": self.validation_loss(), **self.validation_reward()}
+
     # ------------------------------------------------------------------ rollouts (GRPO / RWO)
     def _sde_steps(self) -> list[int]:
         r = self.cfg.rollout
@@ -525,13 +547,11 @@ class Trainer:
             [decode_latents_batch(self.editor, latents[i : i + per]) for i in range(0, latents.shape[0], per)]
         )
 
-    def _rollouts_and_advantages(self, step: int) -> tuple[list, torch.Tensor, dict, torch.Tensor, torch.Tensor]:
-        """G rollouts per local record, rewards on decoded frames, advantages over the gathered global batch.
-        Returns (local items, local advantages, stats, global rewards [N, K], global group ids [N])."""
+    def _scored_rollouts(self, batch: list, step: int) -> tuple[list, torch.Tensor, torch.Tensor, float]:
+        """G rollouts of each (gi, rec, enc) of `batch` (noise seeded by step, gi and member), decoded and scored.
+        Returns (items, rewards [N, K], group ids [N], seconds spent in the rewards)."""
         from .rewards import RewardInput, score_records
 
-        batch = [(gi, rec, self._encoded(rec)) for gi, rec in self._local_batch(step)]
-        start_time = time.perf_counter()
         rolled = self._rollout_groups(batch, step)
         reward_seconds = 0.0  # host time in the rewards; the rest of the phase is sampling and decoding
         g = self.cfg.rollout.group_size
@@ -564,7 +584,14 @@ class Trainer:
             t = time.perf_counter()
             rewards += score_records(self.rewards, inputs)
             reward_seconds += time.perf_counter() - t
-        local_r, local_g = torch.cat(rewards).float(), torch.cat(groups)
+        return items, torch.cat(rewards).float(), torch.cat(groups), reward_seconds
+
+    def _rollouts_and_advantages(self, step: int) -> tuple[list, torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+        """G rollouts per local record, rewards on decoded frames, advantages over the gathered global batch.
+        Returns (local items, local advantages, stats, global rewards [N, K], global group ids [N])."""
+        batch = [(gi, rec, self._encoded(rec)) for gi, rec in self._local_batch(step)]
+        start_time = time.perf_counter()
+        items, local_r, local_g, reward_seconds = self._scored_rollouts(batch, step)
         dev = self.device if self.world.active and self.device.type == "cuda" else torch.device("cpu")
         all_r = all_gather_cat(self.world, local_r.to(dev)).cpu()
         all_g = all_gather_cat(self.world, local_g.to(dev)).cpu()
@@ -821,9 +848,9 @@ class Trainer:
         )  # only rank 0 writes the log
         start = self._resume(resume, metrics)
         if start == 0 and self.val_records:
-            val = self.validation_loss()  # every rank runs it: FSDP2 forwards are collective
+            val = self._validation()  # every rank runs it: FSDP2 forwards are collective
             if self.world.is_main:
-                metrics.log(0, {"val_loss": val})  # the curve starts at the base model's loss
+                metrics.log(0, val)  # the curves start at the base model's loss and reward
         step_fn = {"sft": self._sft_step, "grpo": self._grpo_step, "rwo": self._rwo_step}[cfg.method]
         interrupted, last = False, {}
         step = start
@@ -853,7 +880,8 @@ class Trainer:
                 }
                 done = step + 1
                 if cfg.log.checkpoint_every and done % cfg.log.checkpoint_every == 0 and self.val_records:
-                    last["val_loss"] = self.validation_loss()
+                    if done < cfg.optim.steps:  # the last step's is the run's end validation, below
+                        last.update(self._validation())
                 if self.world.is_main and (done % cfg.log.every == 0 or done == cfg.optim.steps):
                     metrics.log(done, last)
                     self.on_log(done, last)
@@ -866,9 +894,9 @@ class Trainer:
             interrupted = True
         finished = step
         if self.val_records and not interrupted:
-            val = self.validation_loss()
+            val = self._validation()
             if self.world.is_main:
-                metrics.log(finished, {"val_loss": val})
+                metrics.log(finished, val)
         self._check_ranks_agree()
         self._save(finished, metrics)
         lora_path, refiner_path = self._write_outputs(finished, interrupted)

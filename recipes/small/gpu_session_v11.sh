@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# GPU session v11 (one H200), planned in docs/small_models.md section 53: unguided Edit-GRPO (recipes/small/grpo_v11.toml)
+# measured, timed and trained, resumable across sessions. Phases (PHASES to pick some), most wanted first:
+#   data       N training clips (default 4096, seed 0, with the val split the run validates on) and the benchmark sets
+#   agree      recipes/small/grpo_agreement.py: K = 4 rollout batches of 32 records x G 16, unguided (section 51
+#              predicts a mean cosine of ~0.4; under 0.2 the grpo phase is skipped unless FORCE=1); AGREE_GUIDED=1
+#              adds CFG 5 with the gradient through the conditioned rows only
+#   direction  recipes/small/grpo_direction.py: the reward along a step of the summed gradient of 2 batches (1,024
+#              rollouts) on 32 unseen records x G 8, at CFG 1 and 5 (section 52 on the CPU, at 256 rollouts)
+#   gbench     bench/bench_grpo_step.py --variants batched,cpu_rewards at grpo_v11.toml's settings: the step's
+#              time split, the verifiers on the GPU against the CPU's threads
+#   grpo       grpo_v11.toml for GRPO_SECONDS (default 420), stopped with SIGINT (the trainer checkpoints the
+#              last finished step); continues from recipes/small/checkpoints/grpo_v11 when an earlier session's
+#              checkpoint was committed there (`--resume latest`): from pack/checkpoint.tar.NN its checkpoints/step-N
+#              folder, from pack/models.tar.NN its grpo_v11/metrics.jsonl and LoRA, all directly in that folder
+#   eval       the shipped editor with and without the LoRA on both benchmark sets at the protocol's CFG 5 and at
+#              CFG 1; paired tables (recipes/small/table.py --paired)
+#   pack       pack/results.tar (logs, metrics, reports), pack/models.tar.NN (the LoRA, metrics.jsonl, curves) and
+#              pack/checkpoint.tar.NN (the latest checkpoint), <= 15 MB parts; with $OUT set also copied there
+# The device allows 10 minutes a call and may go back between calls, so each call runs a few phases and makes its
+# own data (docs/small_models.md, section 33), e.g.
+#   PHASES="data agree gbench pack"   PHASES="data grpo pack"   PHASES="data direction pack"   PHASES="data eval pack"
+# (eval reads the LoRA of an earlier call: committed to recipes/small/checkpoints/grpo_v11 or carried in runs/).
+# Works in $WORK (default /tmp/viva_v11). SMOKE=1: a CPU check of the script (tiny data, 2 records x G 2, CPU evals).
+set -uo pipefail
+WORK="${WORK:-/tmp/viva_v11}"
+PHASES="${PHASES:-data agree gbench grpo eval pack}"
+mkdir -p "$WORK" && cp -r viva_core recipes bench "$WORK"/
+cd "$WORK" || exit 1
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
+source recipes/small/session_lib.sh  # $V $R $B, stamp, has, make_data, eval_line, pack_results
+CONFIG=recipes/small/grpo_v11.toml
+NAME=grpo_v11
+CARRIED=recipes/small/checkpoints/$NAME  # an earlier session's pack, committed: step-*/, metrics.jsonl, the LoRA
+SHIPPED=$B/diffusers/viva-small-editor
+BG=(optim.batch_size=32 rollout.group_size=16)
+G=(data.cache_dir=$R/cache)  # every phase's settings: one cache of encoded clips (SMOKE: tiny runs)
+if [ "${SMOKE:-0}" = 1 ]; then
+  export N=48 EVAL_DEVICE=cpu OBJECT_CLIPS=4
+  BG=(optim.batch_size=2 rollout.group_size=2)
+  G+=(model.dtype=fp32 rollout.steps=2 rollout.window=1 data.val_limit=2 log.checkpoint_every=1)
+  GRPO_SECONDS="${GRPO_SECONDS:-60}" FORCE=1
+fi
+sets() { for kv in "$@"; do printf -- '--set %s ' "$kv"; done; }
+
+if has data; then
+  stamp data
+  N="${N:-4096}" make_data
+  [ "${SMOKE:-0}" = 1 ] && make_objects  # SMOKE=1: cuts the benchmark sets to 4 clips
+fi
+if has agree; then
+  stamp agree
+  PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/grpo_agreement.py $CONFIG 4 "${BG[@]}" "${G[@]}" \
+    output_dir=$R/agree > runs/agree_cfg1.log 2>&1
+  grep -h "^batch\|^K " runs/agree_cfg1.log
+  if [ "${AGREE_GUIDED:-0}" = 1 ]; then
+    PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/grpo_agreement.py $CONFIG 4 "${BG[@]}" "${G[@]}" \
+      rollout.cfg=5.0 rollout.uncond_grad=false output_dir=$R/agree5 > runs/agree_cfg5_condgrad.log 2>&1
+    grep -h "^K " runs/agree_cfg5_condgrad.log
+  fi
+fi
+if has direction; then
+  stamp direction
+  PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/grpo_direction.py $CONFIG 2 --alphas 1,4,16 --eval-cfg 5 \
+    --eval-group 8 "${BG[@]}" "${G[@]}" output_dir=$R/direction > runs/direction.log 2>&1
+  grep -v "Loading\|Warn" runs/direction.log | tail -16
+fi
+if has gbench; then
+  stamp gbench
+  # shellcheck disable=SC2046  # the --set pairs, as separate words
+  PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_grpo_step.py --data data/small/train.jsonl --config $CONFIG \
+    --variants batched,cpu_rewards $(sets "${BG[@]}" "${G[@]}") --json runs/bench_grpo_step.json \
+    > runs/bench_grpo_step.log 2>&1
+  tail -12 runs/bench_grpo_step.log
+fi
+if has grpo; then
+  cosine=$(sed -n 's/.*pairwise cosine mean \([-0-9.]*\).*/\1/p' runs/agree_cfg1.log 2>/dev/null)
+  if [ "${FORCE:-0}" = 1 ] || [ -d $CARRIED ] || awk -v c="${cosine:-0}" 'BEGIN { exit !(c + 0 >= 0.2) }'; then
+    resume=()
+    if [ -d $CARRIED ] && [ ! -d $R/$NAME/checkpoints ]; then  # continue the committed run
+      mkdir -p $R/$NAME/checkpoints && cp -r $CARRIED/step-* $R/$NAME/checkpoints/ && cp $CARRIED/metrics.jsonl $R/$NAME/
+      resume=(--resume latest)
+    fi
+    stamp "grpo ${resume[*]:-from the start} (agreement ${cosine:-not measured})"
+    # shellcheck disable=SC2046  # the --set pairs, as separate words
+    timeout -s INT "${GRPO_SECONDS:-420}" $V train $CONFIG "${resume[@]}" $(sets "${BG[@]}" "${G[@]}") \
+      > runs/grpo.log 2>&1
+    grep -h '"val_reward"' $R/$NAME/metrics.jsonl | cut -c1-200
+    tail -2 runs/grpo.log
+  else
+    stamp "grpo skipped: the unguided agreement ${cosine:-(not measured)} is under 0.2 (FORCE=1 runs it)"
+  fi
+fi
+if has eval; then
+  lora=$(ls $R/$NAME/viva_small_edit_$NAME*.safetensors $CARRIED/viva_small_edit_$NAME*.safetensors 2>/dev/null | head -1)
+  if [ -n "$lora" ]; then
+    stamp "eval $lora"
+    {
+      for cfg in 5 1; do
+        eval_lines "shipped_cfg$cfg" "--editor $SHIPPED --cfg $cfg"
+        eval_lines "${NAME}_cfg$cfg" "--editor $SHIPPED --lora $lora --cfg $cfg"
+      done
+    } > runs/eval_jobs.txt
+    xargs -P "${JOBS:-8}" -I{} bash -c {} < runs/eval_jobs.txt
+    grep -H "^all " runs/eval/*.log
+    for cfg in 5 1; do
+      for set in heldout id; do
+        echo "CFG $cfg, $set:"
+        python3 recipes/small/table.py --paired "shipped=runs/eval/shipped_cfg${cfg}_$set" \
+          "$NAME=runs/eval/${NAME}_cfg${cfg}_$set" 2>&1 | tail -4
+      done
+    done
+  else
+    stamp "eval skipped: no $NAME LoRA"
+  fi
+fi
+if has pack; then
+  pack_results $NAME  # the LoRA, metrics.jsonl and curves.png as pack/models.tar.NN (no checkpoints)
+  latest=$(ls -d $R/$NAME/checkpoints/step-* 2>/dev/null | tail -1)
+  if [ -n "$latest" ]; then  # what the next session commits to $CARRIED and continues from
+    tar cf pack/checkpoint.tar -C $R/$NAME "checkpoints/$(basename "$latest")"
+    split -b 15M -d pack/checkpoint.tar pack/checkpoint.tar. && rm pack/checkpoint.tar
+    if [ -n "${OUT:-}" ]; then cp pack/checkpoint.tar.* "$OUT"/; fi
+    ls -la pack
+  fi
+fi
+stamp done

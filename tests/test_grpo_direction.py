@@ -54,7 +54,7 @@ def test_the_ascent_direction_raises_the_reward(tmp_path):
     reward = {}
     for a in (-1.0, 0.0, 1.0):
         set_params(t, p0 + a * u)
-        reward[a] = float(rewards(t, records, [1000, 1001])[:, -1].mean())
+        reward[a] = float(rewards(t, [(gi, rec, t._encoded(rec)) for gi, rec in records], [1000, 1001])[:, -1].mean())
     assert reward[1.0] > reward[0.0] > reward[-1.0], reward
     set_params(t, p0)
     assert torch.equal(torch.cat([p.detach().flatten().double() for p in t.params]), p0)

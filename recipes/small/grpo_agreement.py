@@ -17,12 +17,33 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+from typing import Callable, Iterator
 
 import torch
 
 from viva_core.train import losses
 from viva_core.train.config import load_config
 from viva_core.train.trainer import Trainer
+
+
+def flat_gradient(trainer: Trainer) -> torch.Tensor:
+    """The trainable parameters' gradient as one float64 vector in `trainer.params` order (zeros where one has none)."""
+    return torch.cat(
+        [
+            p.grad.flatten().double() if p.grad is not None else p.new_zeros(p.numel(), dtype=torch.float64)
+            for p in trainer.params
+        ]
+    )
+
+
+def batch_gradients(trainer: Trainer, step_fn: Callable[[int], dict], k: int) -> Iterator[tuple[dict, torch.Tensor]]:
+    """(step statistics, gradient) of K rollout batches, steps 0..K-1 of `step_fn` (no optimizer step), on whatever
+    records the caller fixed; the gradients are left zeroed."""
+    for step in range(k):
+        trainer.optimizer.zero_grad(set_to_none=True)
+        stats = step_fn(step)
+        yield stats, flat_gradient(trainer)
+    trainer.optimizer.zero_grad(set_to_none=True)
 
 
 def main(argv: list[str]) -> None:
@@ -40,12 +61,9 @@ def main(argv: list[str]) -> None:
     if cfg.method == "rwo" and cfg.rollout.rwo_mode != "signed":  # signed weights are that part already
         weights = losses.rwo_weights
         losses.rwo_weights = lambda *a, **k: weights(*a, **k) - 1.0  # the reward-decided part only
-    grads, rewards = [], []
-    for step in range(k):
-        trainer.optimizer.zero_grad(set_to_none=True)
-        stats = step_fn(step)
-        grads.append(torch.cat([p.grad.flatten().double() for p in trainer.params if p.grad is not None]))
-        rewards.append((stats["reward"], stats["reward_std"]))
+    grads = []
+    for step, (stats, grad) in enumerate(batch_gradients(trainer, step_fn, k)):
+        grads.append(grad)
         print(
             f"batch {step}: reward {stats['reward']:.4f} (std in batch {stats['reward_std']:.4f}), "
             f"|g| {float(grads[-1].norm()):.3e}",

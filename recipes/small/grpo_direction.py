@@ -25,7 +25,9 @@ import math
 import sys
 
 import torch
+from grpo_agreement import batch_gradients
 from safetensors.torch import load_file, save_file
+from torch.nn.utils import parameters_to_vector
 
 from viva_core.train.config import load_config
 from viva_core.train.trainer import Trainer
@@ -38,18 +40,9 @@ def _flag(argv: list[str], name: str, default: str) -> str:
 def batch_gradient(trainer: Trainer, k: int) -> torch.Tensor:
     """Sum of the LoRA gradients of K GRPO rollout batches (steps 0..K-1) of the same records, float64."""
     total = None
-    for step in range(k):
-        trainer.optimizer.zero_grad(set_to_none=True)
-        stats = trainer._grpo_step(step)
-        g = torch.cat(
-            [
-                p.grad.flatten().double() if p.grad is not None else p.new_zeros(p.numel()).double()
-                for p in trainer.params
-            ]
-        )
+    for step, (stats, g) in enumerate(batch_gradients(trainer, trainer._grpo_step, k)):
         total = g if total is None else total + g
         print(f"gradient batch {step}: reward {stats['reward']:.4f}, |g| {float(g.norm()):.3e}", flush=True)
-    trainer.optimizer.zero_grad(set_to_none=True)
     return total
 
 
@@ -61,11 +54,11 @@ def set_params(trainer: Trainer, flat: torch.Tensor) -> None:
             i += p.numel()
 
 
-def rewards(trainer: Trainer, records: list, steps: list[int]) -> torch.Tensor:
-    """Per-rollout reward terms [N, K] + their weighted sum, G rollouts of each record per eval step's noise."""
+def rewards(trainer: Trainer, encoded: list, steps: list[int]) -> torch.Tensor:
+    """Per-rollout reward terms [N, K] + their weighted sum, G rollouts of each (gi, rec, enc) per eval step's noise."""
     out = []
     for step in steps:
-        _, r, _, _ = trainer._scored_rollouts([(gi, rec, trainer._encoded(rec)) for gi, rec in records], step)
+        _, r, _, _ = trainer._scored_rollouts(encoded, step)
         out.append(torch.cat([r, (r * trainer.reward_weights).sum(-1, keepdim=True)], dim=1))
     return torch.cat(out).double()
 
@@ -92,7 +85,7 @@ def main(argv: list[str]) -> None:
         g = batch_gradient(trainer, k)
     if "--save-grad" in argv:
         save_file({"g": g.contiguous()}, _flag(argv, "--save-grad", ""))
-    p0 = torch.cat([p.detach().flatten().double() for p in trainer.params])
+    p0 = parameters_to_vector(trainer.params).detach().double()
     live = g != 0
     n = int(live.sum())
     size = cfg.optim.lr * math.sqrt(n)  # the norm of one Adam step of lr on the n parameters with a gradient
@@ -112,10 +105,11 @@ def main(argv: list[str]) -> None:
             trainer.cfg.rollout.cfg = cfg_scale
         for which in sets_to_eval:
             records = batches[which]
+            encoded = [(gi, rec, trainer._encoded(rec)) for gi, rec in records]  # read once, not once per point
             base = None
             for label, a, direction in points:
                 set_params(trainer, p0 + a * size * direction)
-                r = rewards(trainer, records, eval_steps)
+                r = rewards(trainer, encoded, eval_steps)
                 base = r if base is None else base
                 d = r[:, -1] - base[:, -1]
                 per_record = d.view(reps, len(records), -1).mean(dim=(0, 2))

@@ -20,15 +20,14 @@ import torch
 from viva_core.train.adapters import load_trainable_state
 from viva_core.train.checkpoint import load_checkpoint
 from viva_core.train.config import load_config
-from viva_core.train.trainer import VALIDATION_STEP, Trainer
+from viva_core.train.trainer import Trainer
 
 
 def per_record_reward(trainer: Trainer) -> torch.Tensor:
     """[records, terms + 1]: each validation record's mean reward terms and their weighted sum, as val_reward."""
-    batch = [(i, r, trainer._encoded(r)) for i, r in enumerate(trainer.val_records)]
-    _, r, groups, _ = trainer._scored_rollouts(batch, VALIDATION_STEP)
+    r, groups = trainer.validation_rollout_rewards()
     r = torch.cat([r, (r * trainer.reward_weights).sum(-1, keepdim=True)], dim=1).double()
-    return torch.stack([r[groups == i].mean(0) for i in range(len(batch))])
+    return torch.stack([r[groups == i].mean(0) for i in range(len(trainer.val_records))])
 
 
 def main(argv: list[str]) -> None:

@@ -418,12 +418,18 @@ class Trainer:
         it, as `validation_loss` (FSDP2 forwards are collective). {} for SFT or without validation records."""
         if not self.val_records or self.cfg.method == "sft":
             return {}
-        batch = [(i, r, self._encoded(r)) for i, r in enumerate(self.val_records)]
-        _, r, _, _ = self._scored_rollouts(batch, VALIDATION_STEP)
+        r, _ = self.validation_rollout_rewards()
         means = r.double().mean(0)
         out = {"val_reward": float((means * self.reward_weights.double()).sum())}
         out.update({f"val_reward_{rw.name}": float(means[k]) for k, rw in enumerate(self.rewards)})
         return out
+
+    def validation_rollout_rewards(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reward terms [N, K] of G rollouts of each validation record with the validation noise, and each
+        rollout's record index [N]: what `validation_reward` averages (recipes/small/val_paired.py pairs them)."""
+        batch = [(i, r, self._encoded(r)) for i, r in enumerate(self.val_records)]
+        _, r, groups, _ = self._scored_rollouts(batch, VALIDATION_STEP)
+        return r, groups
 
     def _validation(self) -> dict[str, Optional[float]]:
         """What is logged at the start, every checkpoint and the end of a run with validation records."""

@@ -10,9 +10,10 @@
 #   gbench     bench/bench_grpo_step.py --variants batched,cpu_rewards at grpo_v11.toml's settings: the step's
 #              time split, the verifiers on the GPU against the CPU's threads
 #   grpo       grpo_v11.toml for GRPO_SECONDS (default 420), stopped with SIGINT (the trainer checkpoints the
-#              last finished step); continues from recipes/small/checkpoints/grpo_v11 when an earlier session's
-#              checkpoint was committed there (`--resume latest`): from pack/checkpoint.tar.NN its checkpoints/step-N
-#              folder, from pack/models.tar.NN its grpo_v11/metrics.jsonl and LoRA, all directly in that folder
+#              last finished step); continues (`--resume latest`) an earlier call's run on a warm machine, or a
+#              step-N folder put in recipes/small/checkpoints/grpo_v11 beside its metrics.jsonl (from
+#              pack/checkpoint.tar.NN and pack/models.tar.NN; leave out the folder's lora.safetensors and curves.png,
+#              which resume does not read: the device takes a working tree of 64 MiB at most)
 #   eval       the shipped editor with and without the LoRA on both benchmark sets at the protocol's CFG 5 and at
 #              CFG 1; paired tables (recipes/small/table.py --paired)
 #   pack       pack/results.tar (logs, metrics, reports), pack/models.tar.NN (the LoRA, metrics.jsonl, curves) and
@@ -31,7 +32,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 source recipes/small/session_lib.sh  # $V $R $B, stamp, has, make_data, eval_line, pack_results
 CONFIG=recipes/small/grpo_v11.toml
 NAME=grpo_v11
-CARRIED=recipes/small/checkpoints/$NAME  # an earlier session's pack, committed: step-*/, metrics.jsonl, the LoRA
+CARRIED=recipes/small/checkpoints/$NAME  # an earlier session's results: metrics.jsonl, the LoRA, a step-*/ to resume
 SHIPPED=$B/diffusers/viva-small-editor
 BG=(optim.batch_size=32 rollout.group_size=16)
 G=(data.cache_dir=$R/cache)  # every phase's settings: one cache of encoded clips (SMOKE: tiny runs)
@@ -75,10 +76,13 @@ if has gbench; then
 fi
 if has grpo; then
   cosine=$(sed -n 's/.*pairwise cosine mean \([-0-9.]*\).*/\1/p' runs/agree_cfg1.log 2>/dev/null)
-  if [ "${FORCE:-0}" = 1 ] || [ -d $CARRIED ] || awk -v c="${cosine:-0}" 'BEGIN { exit !(c + 0 >= 0.2) }'; then
+  carried_step=$(ls -d $CARRIED/step-* 2>/dev/null | tail -1)
+  if [ "${FORCE:-0}" = 1 ] || [ -n "$carried_step" ] || awk -v c="${cosine:-0}" 'BEGIN { exit !(c + 0 >= 0.2) }'; then
     resume=()
-    if [ -d $CARRIED ] && [ ! -d $R/$NAME/checkpoints ]; then  # continue the committed run
-      mkdir -p $R/$NAME/checkpoints && cp -r $CARRIED/step-* $R/$NAME/checkpoints/ && cp $CARRIED/metrics.jsonl $R/$NAME/
+    if [ -d $R/$NAME/checkpoints ]; then  # an earlier call on this machine (a warm one keeps $WORK)
+      resume=(--resume latest)
+    elif [ -n "$carried_step" ]; then  # continue the committed run
+      mkdir -p $R/$NAME/checkpoints && cp -r "$carried_step" $R/$NAME/checkpoints/ && cp $CARRIED/metrics.jsonl $R/$NAME/
       resume=(--resume latest)
     fi
     stamp "grpo ${resume[*]:-from the start} (agreement ${cosine:-not measured})"

@@ -77,7 +77,7 @@ def timed_step(mod, cfg, steps: int, warmup: int, cpu_rewards: bool = False) -> 
         t._grpo_step(s)
         t._apply_update(s)
     phase = {"ppo": False}
-    velocity = t._velocity
+    velocity = t._policy_velocity  # what rollouts and PPO passes call (guided or not)
 
     def dit(*a, **k):  # the DiT calls of the rollouts and of the PPO pass, apart
         sync()
@@ -89,7 +89,7 @@ def timed_step(mod, cfg, steps: int, warmup: int, cpu_rewards: bool = False) -> 
         calls["dit"] += 1
         return out
 
-    t._velocity = dit
+    t._policy_velocity = dit
     ppo_pass = t._ppo_pass
 
     def ppo(*a, **k):

@@ -30,8 +30,9 @@ mkdir -p "$WORK" && cp -r viva_core recipes bench "$WORK"/
 cd "$WORK" || exit 1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 source recipes/small/session_lib.sh  # $V $R $B, stamp, has, make_data, eval_line, pack_results
-CONFIG=recipes/small/grpo_v11.toml
-NAME=grpo_v11
+NAME="${NAME:-grpo_v11}"  # the recipe, recipes/small/$NAME.toml (grpo_v12: section 57)
+CONFIG=recipes/small/$NAME.toml
+V11=recipes/small/checkpoints/grpo_v11/viva_small_edit_grpo_v11.safetensors  # section 56's LoRA, evaluated beside
 CARRIED=recipes/small/checkpoints/$NAME  # an earlier session's results: metrics.jsonl, the LoRA, a step-*/ to resume
 SHIPPED=$B/diffusers/viva-small-editor
 BG=(optim.batch_size=32 rollout.group_size=16)
@@ -103,6 +104,9 @@ if has eval; then
       for cfg in 5 1; do
         eval_lines "shipped_cfg$cfg" "--editor $SHIPPED --cfg $cfg"
         eval_lines "${NAME}_cfg$cfg" "--editor $SHIPPED --lora $lora --cfg $cfg"
+        if [ "$NAME" != grpo_v11 ] && [ -f $V11 ]; then
+          eval_lines "grpo_v11_cfg$cfg" "--editor $SHIPPED --lora $V11 --cfg $cfg"
+        fi
       done
     } > runs/eval_jobs.txt
     xargs -P "${JOBS:-8}" -I{} bash -c {} < runs/eval_jobs.txt
@@ -110,8 +114,10 @@ if has eval; then
     for cfg in 5 1; do
       for set in heldout id; do
         echo "CFG $cfg, $set:"
+        other=()
+        [ "$NAME" != grpo_v11 ] && other=("grpo_v11=runs/eval/grpo_v11_cfg${cfg}_$set")
         python3 recipes/small/table.py --paired "shipped=runs/eval/shipped_cfg${cfg}_$set" \
-          "$NAME=runs/eval/${NAME}_cfg${cfg}_$set" 2>&1 | tail -4
+          "$NAME=runs/eval/${NAME}_cfg${cfg}_$set" "${other[@]}" 2>&1 | tail -5
       done
     done
   else

@@ -197,6 +197,47 @@ def _moved_policy_step(cfg, method: str):
     return t, rolled, stats, batched
 
 
+def test_grpo_sft_anchor_adds_the_flow_matching_gradient_of_the_steps_records(assets):
+    """rollout.sft_weight: the GRPO step's gradient is its PPO-clip gradient plus sft_weight x the gradient of the
+    mean over the step's records of the flow-matching loss against their targets, written out here: mean of
+    (1 + M mask) (v(x_sigma) - (noise - x0))^2 at x_sigma = (1 - sigma) x0 + sigma noise, the SFT step's seeded draw."""
+    from viva_core.train import losses as L
+    from viva_core.train.trainer import _gen
+
+    cfg = config(
+        assets,
+        assets["root"] / "grpo_sft_anchor",
+        "method=grpo",
+        "optim.batch_size=2",
+        "rollout.group_size=3",
+        "rollout.steps=3",
+        "rollout.window=1",
+        "rollout.sft_weight=0.7",
+        'rewards.weights={"preservation": 1.0}',
+    )
+    t, _, stats, anchored = _moved_policy_step(cfg, "grpo")
+    t.cfg.rollout.sft_weight = 0.0
+    plain = t._grpo_step(0)  # the same rollouts and parameters, the PPO-clip gradient alone
+    assert "loss_sft" not in plain and plain["loss_policy"] == pytest.approx(stats["loss_policy"], rel=1e-6)
+    policy = [p.grad.clone() for p in t.params]
+    t.optimizer.zero_grad()
+    batch = t._local_batch(0)
+    fms = []
+    for gi, rec in batch:
+        enc = t._encoded(rec)
+        x0, gen = enc["target"], _gen(cfg.seed, 0, gi, 1)
+        sigma = L.sample_sigmas(1, gen, shift=cfg.sft.shift, mode=cfg.sft.sigma_sampling)
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t = (1 - sigma[0]) * x0 + sigma[0] * noise
+        v = t._velocity(t.dit, x_t, enc["source"], sigma, t._condition(rec, enc))
+        weight = 1 + cfg.sft.mask_weight * enc["mask"]
+        fm = (weight * (v - (noise - x0)) ** 2).mean()
+        (0.7 * fm / len(batch)).backward()
+        fms.append(float(fm.detach()))
+    assert len(batch) == 2 and stats["loss_sft"] == pytest.approx(sum(fms) / 2, rel=1e-5)
+    _assert_grads_match([a - p for a, p in zip(anchored, policy)], [p.grad for p in t.params])
+
+
 def _assert_grads_match(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
     """Batched vs per-sample gradients agree up to float32 summation order: the error, relative to each tensor's
     norm, is ~1e-5 (up to 7e-5 on some CPUs), so an elementwise 1e-7 floor flakes across machines; a wrong weight,

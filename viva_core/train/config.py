@@ -139,6 +139,11 @@ class RolloutConfig:
     # GRPO: the Gaussian KL of each SDE step to the base's (LoRA off); RWO: kl_beta mean ||v - v_base||^2, the
     # velocity-space anchor to the base at the flow-matching inputs (what signed weights need to stay bounded)
     kl_beta: float = 0.0
+    # GRPO: each pass also descends sft_weight x the mean mask-weighted flow-matching loss of the step's records
+    # against their ground-truth targets (the SFT loss, one draw per record and pass). The verifier reward prices
+    # preservation only through PC's weight; unguided GRPO bought held-out EA with PC and doubled the validation
+    # flow-matching loss (docs/small_models.md, sections 56-57). Needs records with target videos.
+    sft_weight: float = 0.0
     # GRPO and RWO: optimizer steps per rollout batch (flow_grpo's inner epochs). For GRPO 1 keeps every update
     # on-policy, where the PPO ratio is exactly 1 and the clip and KL never act; > 1 reuses each (costly) batch of
     # rollouts (RWO with fresh flow-matching draws each pass).
@@ -279,6 +284,7 @@ class TrainConfig:
                 ("rollout.window", r.window, 0, None),
                 ("rollout.clip_range", r.clip_range, 0, None, True),
                 ("rollout.kl_beta", r.kl_beta, 0, None),
+                ("rollout.sft_weight", r.sft_weight, 0, None),
                 ("rollout.inner_updates", r.inner_updates, 1, None),
                 ("rollout.micro_batch", r.micro_batch, 0, None),
                 ("rollout.decode_batch", r.decode_batch, 0, None),

@@ -19,6 +19,7 @@ PLOTTED = (
     "judge_p_yes",
     "loss_policy",
     "loss_kl",
+    "loss_sft",
     "reward",
     "reward_std",
     "zero_var_groups",

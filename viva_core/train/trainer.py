@@ -336,15 +336,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ SFT
     def _fm_loss(
-        self, model, rec: EditRecord, enc: dict, gi: int, step: int, uso: bool = False
+        self, model, rec: EditRecord, enc: dict, gi: int, step: int, uso: bool = False, draw: int = 0
     ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Flow-matching loss of one sample's target latents, mask-weighted (VIVA), on one seeded draw; with `uso`
-        (and the draw's sigma <= sft.uso_max_sigma) also the self-reflection loss on the same draw and its mean
-        P(Yes) (`_uso_loss`), else None for both."""
+        """Flow-matching loss of one sample's target latents, mask-weighted (VIVA), on one seeded draw (`draw` > 0:
+        another draw of the same step); with `uso` (and the draw's sigma <= sft.uso_max_sigma) also the
+        self-reflection loss on the same draw and its mean P(Yes) (`_uso_loss`), else None for both."""
         x0 = enc["target"]
         if x0 is None:
-            raise InputError(f"record {rec.index} ({rec.source_video.name}) has no target_video; SFT needs one.")
-        g = _gen(self.cfg.seed, step, gi, 1)
+            raise InputError(
+                f"record {rec.index} ({rec.source_video.name}) has no target_video; flow matching (SFT, or GRPO's "
+                "rollout.sft_weight) needs one: add it to the manifest, or set rollout.sft_weight = 0."
+            )
+        g = _gen(self.cfg.seed, step, gi, 1, *([draw] if draw else []))
         sigma = L.sample_sigmas(1, g, shift=self.cfg.sft.shift, mode=self.cfg.sft.sigma_sampling)
         noise = torch.randn(x0.shape, generator=g)
         x_t, v_target = L.flow_matching_pair(x0.float(), noise, sigma)
@@ -629,8 +632,23 @@ class Trainer:
             if update:
                 agg["grad_norm_inner"] = self._apply_update(step)
                 self.optimizer.zero_grad(set_to_none=True)
+            if r.sft_weight > 0:
+                agg["loss_sft"] = self._sft_anchor(step, update)
             agg.update(self._ppo_pass(groups))
         return {**stats, **agg}
+
+    def _sft_anchor(self, step: int, update: int) -> float:
+        """GRPO's anchor to the data: the gradient of rollout.sft_weight x the mean flow-matching loss of the step's
+        records against their targets (one draw per record and pass), added before the pass's PPO gradient (whose
+        last backward all-reduces both under DDP). Returns the mean loss."""
+        batch = self._local_batch(step)
+        losses = []
+        for gi, rec in batch:
+            with self._grad_sync(False):
+                fm, _, _ = self._fm_loss(self.dit, rec, self._encoded(rec), gi, step, draw=update)
+                (fm * (self.cfg.rollout.sft_weight / len(batch))).backward()
+            losses.append(fm.detach())
+        return float(torch.stack(losses).mean())
 
     def _ppo_pass(self, groups: list) -> dict:
         """One backward pass of the PPO-clip (+ KL) loss over every transition of the rollout batch. The G samples

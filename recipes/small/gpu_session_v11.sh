@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU session v11 (one H200), planned in docs/small_models.md section 53: unguided Edit-GRPO (recipes/small/grpo_v11.toml)
-# measured, timed and trained, resumable across sessions. Phases (PHASES to pick some), most wanted first:
+# GPU session v11 (one H200 or H100), planned in docs/small_models.md section 53: unguided Edit-GRPO
+# (recipes/small/grpo_v11.toml; NAME=grpo_v12 runs recipes/small/grpo_v12.toml, section 57) measured, timed and
+# trained, resumable across sessions. Phases (PHASES to pick some), most wanted first:
 #   data       N training clips (default 4096, seed 0, with the val split the run validates on) and the benchmark sets
 #   agree      recipes/small/grpo_agreement.py: K = 4 rollout batches of 32 records x G 16, unguided (section 51
 #              predicts a mean cosine of ~0.4; under 0.2 the grpo phase is skipped unless FORCE=1); AGREE_GUIDED=1
@@ -9,19 +10,19 @@
 #              rollouts) on 32 unseen records x G 8, at CFG 1 and 5 (section 52 on the CPU, at 256 rollouts)
 #   gbench     bench/bench_grpo_step.py --variants batched,cpu_rewards at grpo_v11.toml's settings: the step's
 #              time split, the verifiers on the GPU against the CPU's threads
-#   grpo       grpo_v11.toml for GRPO_SECONDS (default 420), stopped with SIGINT (the trainer checkpoints the
+#   grpo       $NAME.toml for GRPO_SECONDS (default 420), stopped with SIGINT (the trainer checkpoints the
 #              last finished step); continues (`--resume latest`) an earlier call's run on a warm machine, or a
-#              step-N folder put in recipes/small/checkpoints/grpo_v11 beside its metrics.jsonl (from
+#              step-N folder put in recipes/small/checkpoints/$NAME beside its metrics.jsonl (from
 #              pack/checkpoint.tar.NN and pack/models.tar.NN; leave out the folder's lora.safetensors and curves.png,
 #              which resume does not read: the device takes a working tree of 64 MiB at most)
-#   eval       the shipped editor with and without the LoRA on both benchmark sets at the protocol's CFG 5 and at
-#              CFG 1; paired tables (recipes/small/table.py --paired)
+#   eval       the shipped editor with and without the LoRA (and grpo_v11's, for another NAME) on both benchmark
+#              sets at the protocol's CFG 5 and at CFG 1; paired tables (recipes/small/table.py --paired)
 #   pack       pack/results.tar (logs, metrics, reports), pack/models.tar.NN (the LoRA, metrics.jsonl, curves) and
 #              pack/checkpoint.tar.NN (the latest checkpoint), <= 15 MB parts; with $OUT set also copied there
 # The device allows 10 minutes a call and may go back between calls, so each call runs a few phases and makes its
 # own data (docs/small_models.md, section 33), e.g.
 #   PHASES="data agree gbench pack"   PHASES="data grpo pack"   PHASES="data direction pack"   PHASES="data eval pack"
-# (eval reads the LoRA of an earlier call: committed to recipes/small/checkpoints/grpo_v11 or carried in runs/).
+# (eval reads the LoRA of an earlier call: committed to recipes/small/checkpoints/$NAME or carried in runs/).
 # Works in $WORK (default /tmp/viva_v11). SMOKE=1: a CPU check of the script (tiny data, 2 records x G 2, CPU evals).
 set -uo pipefail
 WORK="${WORK:-/tmp/viva_v11}"

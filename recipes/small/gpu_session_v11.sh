@@ -72,7 +72,7 @@ if has gbench; then
   stamp gbench
   # shellcheck disable=SC2046  # the --set pairs, as separate words
   PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_grpo_step.py --data data/small/train.jsonl --config $CONFIG \
-    --variants batched,cpu_rewards $(sets "${BG[@]}" "${G[@]}") --json runs/bench_grpo_step.json \
+    --variants "${GBENCH_VARIANTS:-batched,cpu_rewards}" $(sets "${BG[@]}" "${G[@]}") --json runs/bench_grpo_step.json \
     > runs/bench_grpo_step.log 2>&1
   tail -12 runs/bench_grpo_step.log
 fi

@@ -633,20 +633,19 @@ class Trainer:
                 agg["grad_norm_inner"] = self._apply_update(step)
                 self.optimizer.zero_grad(set_to_none=True)
             if r.sft_weight > 0:
-                agg["loss_sft"] = self._sft_anchor(step, update)
+                agg["loss_sft"] = self._sft_anchor([first[:3] for first, _ in groups], step, update)
             agg.update(self._ppo_pass(groups))
         return {**stats, **agg}
 
-    def _sft_anchor(self, step: int, update: int) -> float:
+    def _sft_anchor(self, records: list, step: int, update: int) -> float:
         """GRPO's anchor to the data: the gradient of rollout.sft_weight x the mean flow-matching loss of the step's
-        records against their targets (one draw per record and pass), added before the pass's PPO gradient (whose
-        last backward all-reduces both under DDP). Returns the mean loss."""
-        batch = self._local_batch(step)
+        (global index, record, encodings) against their targets (one draw per record and pass), added before the
+        pass's PPO gradient (whose last backward all-reduces both under DDP). Returns the mean loss."""
         losses = []
-        for gi, rec in batch:
+        for gi, rec, enc in records:
             with self._grad_sync(False):
-                fm, _, _ = self._fm_loss(self.dit, rec, self._encoded(rec), gi, step, draw=update)
-                (fm * (self.cfg.rollout.sft_weight / len(batch))).backward()
+                fm, _, _ = self._fm_loss(self.dit, rec, enc, gi, step, draw=update)
+                (fm * (self.cfg.rollout.sft_weight / len(records))).backward()
             losses.append(fm.detach())
         return float(torch.stack(losses).mean())
 

@@ -101,13 +101,13 @@ if has eval; then
   lora=$(ls $R/$NAME/viva_small_edit_$NAME*.safetensors $CARRIED/viva_small_edit_$NAME*.safetensors 2>/dev/null | head -1)
   if [ -n "$lora" ]; then
     stamp "eval $lora"
+    with_v11=0  # another recipe's LoRA is also compared with section 56's
+    [ "$NAME" != grpo_v11 ] && [ -f $V11 ] && with_v11=1
     {
       for cfg in 5 1; do
         eval_lines "shipped_cfg$cfg" "--editor $SHIPPED --cfg $cfg"
         eval_lines "${NAME}_cfg$cfg" "--editor $SHIPPED --lora $lora --cfg $cfg"
-        if [ "$NAME" != grpo_v11 ] && [ -f $V11 ]; then
-          eval_lines "grpo_v11_cfg$cfg" "--editor $SHIPPED --lora $V11 --cfg $cfg"
-        fi
+        [ "$with_v11" = 1 ] && eval_lines "grpo_v11_cfg$cfg" "--editor $SHIPPED --lora $V11 --cfg $cfg"
       done
     } > runs/eval_jobs.txt
     xargs -P "${JOBS:-8}" -I{} bash -c {} < runs/eval_jobs.txt
@@ -116,7 +116,7 @@ if has eval; then
       for set in heldout id; do
         echo "CFG $cfg, $set:"
         other=()
-        [ "$NAME" != grpo_v11 ] && other=("grpo_v11=runs/eval/grpo_v11_cfg${cfg}_$set")
+        [ "$with_v11" = 1 ] && other=("grpo_v11=runs/eval/grpo_v11_cfg${cfg}_$set")
         python3 recipes/small/table.py --paired "shipped=runs/eval/shipped_cfg${cfg}_$set" \
           "$NAME=runs/eval/${NAME}_cfg${cfg}_$set" "${other[@]}" 2>&1 | tail -5
       done

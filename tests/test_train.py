@@ -238,6 +238,36 @@ def test_grpo_sft_anchor_adds_the_flow_matching_gradient_of_the_steps_records(as
     _assert_grads_match([a - p for a, p in zip(anchored, policy)], [p.grad for p in t.params])
 
 
+def test_sft_step_batches_the_records_and_matches_the_per_record_loss_and_gradient(assets):
+    """The flow-matching SFT step puts a batch's records in one DiT call; its loss and gradient are the mean over
+    the records of each one's mask-weighted loss on its own seeded draw, written out here one record at a time."""
+    from viva_core.train import losses as L
+    from viva_core.train.trainer import _gen
+
+    cfg = config(assets, assets["root"] / "sft_batched", "optim.steps=1", "optim.batch_size=3", "sft.mask_weight=2.0")
+    t = Trainer(cfg)
+    t._setup()
+    calls = []
+    real = t._velocity
+    t._velocity = lambda model, x, *rest: calls.append(x.shape[0]) or real(model, x, *rest)
+    loss = t._sft_step(0)["loss"]
+    assert calls == [3]  # one call of 3 rows
+    batched = [p.grad.clone() for p in t.params]
+    t.optimizer.zero_grad()
+    batch, fms = t._local_batch(0), []
+    for gi, rec in batch:
+        enc = t._encoded(rec)
+        x0, gen = enc["target"], _gen(cfg.seed, 0, gi, 1)
+        sigma = L.sample_sigmas(1, gen, shift=cfg.sft.shift, mode=cfg.sft.sigma_sampling)
+        noise = torch.randn(x0.shape, generator=gen)
+        v = real(t.dit, (1 - sigma[0]) * x0 + sigma[0] * noise, enc["source"], sigma, t._condition(rec, enc))
+        fm = ((1 + 2.0 * enc["mask"]) * (v - (noise - x0)) ** 2).mean()
+        (fm / len(batch)).backward()
+        fms.append(float(fm.detach()))
+    assert len(batch) == 3 and loss == pytest.approx(sum(fms) / 3, rel=1e-5)
+    _assert_grads_match(batched, [p.grad for p in t.params])
+
+
 def _assert_grads_match(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
     """Batched vs per-sample gradients agree up to float32 summation order: the error, relative to each tensor's
     norm, is ~1e-5 (up to 7e-5 on some CPUs), so an elementwise 1e-7 floor flakes across machines; a wrong weight,
@@ -601,13 +631,13 @@ def test_sft_step_loss_is_the_mask_weighted_fm_loss_of_the_records_mask(assets, 
     )
     t._setup()
     seen = []
-    real = L.reward_weighted_fm_loss
+    real = L.masked_fm_loss
 
     def spy(v_pred, v_target, *args, **kwargs):  # records the velocities only; the mask and w are not read here
         seen.append((v_pred.detach().float().cpu(), v_target.detach().float().cpu()))
         return real(v_pred, v_target, *args, **kwargs)
 
-    monkeypatch.setattr(L, "reward_weighted_fm_loss", spy)
+    monkeypatch.setattr(L, "masked_fm_loss", spy)
     loss = t._sft_step(0)["loss"]
     ((_, rec),) = t._local_batch(0)
     ((v, v_star),) = seen

@@ -335,31 +335,44 @@ class Trainer:
         return scheduled_lr(o.lr, step, o.steps, o.warmup_steps, o.schedule)
 
     # ------------------------------------------------------------------ SFT
+    def _fm_batch(
+        self, model, part: list, step: int, draw: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mask-weighted (VIVA) flow-matching losses of a chunk's records (gi, rec, enc) against their target latents,
+        one DiT call: each record on its own seeded draw (`draw` > 0: another draw of the same step), so a record's
+        loss does not depend on the records batched with it. Returns (per-record losses [B], x_sigma, sigmas [B],
+        velocities) for `_uso_loss`."""
+        for _, rec, enc in part:
+            if enc["target"] is None:
+                raise InputError(
+                    f"record {rec.index} ({rec.source_video.name}) has no target_video; flow matching (SFT, or GRPO's "
+                    "rollout.sft_weight) needs one: add it to the manifest, or set rollout.sft_weight = 0."
+                )
+        sigmas, noises = [], []
+        for gi, _, enc in part:
+            g = _gen(self.cfg.seed, step, gi, 1, *([draw] if draw else []))
+            sigmas.append(L.sample_sigmas(1, g, shift=self.cfg.sft.shift, mode=self.cfg.sft.sigma_sampling))
+            noises.append(torch.randn(enc["target"].shape, generator=g))
+        x0 = torch.cat([enc["target"].float() for _, _, enc in part])
+        sigma = torch.cat(sigmas)
+        x_t, v_target = L.flow_matching_pair(x0, torch.cat(noises), sigma)
+        source, text = self._stacked(part, 1)
+        v = self._velocity(model, x_t, source, sigma, text)
+        masks = [enc.get("mask") for _, _, enc in part]
+        mask = None
+        if any(m is not None for m in masks):  # a record without a mask weighs every element 1, as mask 0 does
+            like = next(m for m in masks if m is not None)
+            mask = torch.cat([(m if m is not None else torch.zeros_like(like)).to(self.device) for m in masks])
+        per_record = L.masked_fm_loss(v, v_target.to(self.device), mask, self.cfg.sft.mask_weight, reduce=False)
+        return per_record, x_t, sigma, v
+
     def _fm_loss(
         self, model, rec: EditRecord, enc: dict, gi: int, step: int, uso: bool = False, draw: int = 0
     ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Flow-matching loss of one sample's target latents, mask-weighted (VIVA), on one seeded draw (`draw` > 0:
-        another draw of the same step); with `uso` (and the draw's sigma <= sft.uso_max_sigma) also the
+        """`_fm_batch` of one record; with `uso` (and the draw's sigma <= sft.uso_max_sigma) also the
         self-reflection loss on the same draw and its mean P(Yes) (`_uso_loss`), else None for both."""
-        x0 = enc["target"]
-        if x0 is None:
-            raise InputError(
-                f"record {rec.index} ({rec.source_video.name}) has no target_video; flow matching (SFT, or GRPO's "
-                "rollout.sft_weight) needs one: add it to the manifest, or set rollout.sft_weight = 0."
-            )
-        g = _gen(self.cfg.seed, step, gi, 1, *([draw] if draw else []))
-        sigma = L.sample_sigmas(1, g, shift=self.cfg.sft.shift, mode=self.cfg.sft.sigma_sampling)
-        noise = torch.randn(x0.shape, generator=g)
-        x_t, v_target = L.flow_matching_pair(x0.float(), noise, sigma)
-        v = self._velocity(model, x_t, enc["source"], sigma, self._condition(rec, enc))
-        mask = enc.get("mask")
-        fm = L.reward_weighted_fm_loss(
-            v,
-            v_target.to(self.device),
-            torch.ones(1),
-            mask.to(self.device) if mask is not None else None,
-            self.cfg.sft.mask_weight,
-        )
+        per_record, x_t, sigma, v = self._fm_batch(model, [(gi, rec, enc)], step, draw)
+        fm = per_record.mean()
         if not uso or float(sigma) > self.cfg.sft.uso_max_sigma:
             return fm, None, None
         return (fm, *self._uso_loss(rec, enc, x_t, sigma, v))
@@ -380,12 +393,15 @@ class Trainer:
 
     def _sft_step(self, step: int) -> dict:
         batch = self._local_batch(step)
-        uso = self.cfg.sft.uso_weight > 0
+        if self.cfg.sft.uso_weight <= 0:  # flow matching only: the records of a chunk share a DiT call
+            items = [(gi, rec, self._encoded(rec)) for gi, rec in batch]
+            return {"loss": float(self._fm_backward(items, step, 1.0 / len(batch), sync_last=True).sum()) / len(batch)}
+        # ReViSE's self-reflection decodes each draw and shows it to the judge: one record a call
         losses, fms, reflections, p_yes = [], [], [], []  # detached, read once after the loop (one host sync)
         for k, (gi, rec) in enumerate(batch):
             sync = self._grad_sync(k == len(batch) - 1)
             with sync:
-                fm, reflection, p = self._fm_loss(self.dit, rec, self._encoded(rec), gi, step, uso=uso)
+                fm, reflection, p = self._fm_loss(self.dit, rec, self._encoded(rec), gi, step, uso=True)
                 loss = fm if reflection is None else fm + self.cfg.sft.uso_weight * reflection
                 (loss / len(batch)).backward()
             losses.append(loss.detach())
@@ -394,8 +410,6 @@ class Trainer:
                 reflections.append(reflection.detach())
                 p_yes.append(p)
         total = float(torch.stack(losses).sum()) / len(batch)
-        if not uso:
-            return {"loss": total}
         # loss_uso: the batch's self-reflection loss (draws above uso_max_sigma add 0); judge_p_yes: over the rest
         out = {
             "loss": total,
@@ -443,13 +457,13 @@ class Trainer:
         r = self.cfg.rollout
         return list(range(r.steps)) if not r.window else list(range(r.window_start, r.window_start + r.window))
 
-    def _records_per_call(self, enc: dict) -> int:
-        """How many records' groups share a DiT call: rollout.micro_batch, or under 0 as many as fit
-        AUTO_TOKENS_PER_CALL latent tokens counting CFG's doubled rows (at least 1)."""
+    def _records_per_call(self, enc: dict, rows: int = 0) -> int:
+        """How many records share a DiT call: rollout.micro_batch, or under 0 as many as fit AUTO_TOKENS_PER_CALL
+        latent tokens at `rows` rows a record (0: a rollout group, counting CFG's doubled rows) (at least 1)."""
         r = self.cfg.rollout
         if r.micro_batch:
             return r.micro_batch
-        rows = r.group_size * (1 if r.cfg == 1.0 else 2)
+        rows = rows or r.group_size * (1 if r.cfg == 1.0 else 2)
         return max(1, AUTO_TOKENS_PER_CALL // (self._tokens_per_sample(enc) * rows))
 
     def _rows_per_call(self, enc: dict) -> int:
@@ -476,8 +490,9 @@ class Trainer:
             tokens *= max(1, n // p)
         return tokens
 
-    def _record_chunks(self, batch: list) -> list[list[int]]:
-        """The local records (gi, rec, enc) in DiT-call chunks of `_records_per_call`. Records share a call only
+    def _record_chunks(self, batch: list, rows: int = 0) -> list[list[int]]:
+        """The local records (gi, rec, enc) in DiT-call chunks of `_records_per_call` (`rows` a record; 0: a rollout
+        group; flow matching on the records themselves: 1). Records share a call only
         when all share the latent shape and the text width (zero padding would change the DiT's cross-attention);
         otherwise each goes alone. Under FSDP (collective forwards) every rank must make the same calls, so the
         ranks agree on the chunk size first."""
@@ -485,7 +500,7 @@ class Trainer:
             return []
         with torch.no_grad():
             keys = {(tuple(enc["source"].shape), self._condition(rec, enc).shape[1]) for _, rec, enc in batch}
-        per = self._fsdp_agreed(self._records_per_call(batch[0][2]) if len(keys) == 1 else 1)
+        per = self._fsdp_agreed(self._records_per_call(batch[0][2], rows) if len(keys) == 1 else 1)
         return [list(range(i, min(i + per, len(batch)))) for i in range(0, len(batch), per)]
 
     def _stacked(self, part: list, g: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -641,13 +656,22 @@ class Trainer:
         """GRPO's anchor to the data: the gradient of rollout.sft_weight x the mean flow-matching loss of the step's
         (global index, record, encodings) against their targets (one draw per record and pass), added before the
         pass's PPO gradient (whose last backward all-reduces both under DDP). Returns the mean loss."""
-        losses = []
-        for gi, rec, enc in records:
-            with self._grad_sync(False):
-                fm, _, _ = self._fm_loss(self.dit, rec, enc, gi, step, draw=update)
-                (fm * (self.cfg.rollout.sft_weight / len(records))).backward()
-            losses.append(fm.detach())
-        return float(torch.stack(losses).mean())
+        scale = self.cfg.rollout.sft_weight / len(records)
+        return float(self._fm_backward(records, step, scale, draw=update).mean())
+
+    def _fm_backward(
+        self, items: list, step: int, scale: float, draw: int = 0, sync_last: bool = False
+    ) -> torch.Tensor:
+        """Backward of `scale` x the summed flow-matching losses of (gi, rec, enc) `items`, the records of a
+        `_record_chunks` chunk in one DiT call; the last call all-reduces under DDP only with `sync_last`.
+        Returns the per-record losses, detached (one host transfer for the caller)."""
+        losses, chunks = [], self._record_chunks(items, rows=1)
+        for k, chunk in enumerate(chunks):
+            with self._grad_sync(sync_last and k == len(chunks) - 1):
+                per_record = self._fm_batch(self.dit, [items[i] for i in chunk], step, draw)[0]
+                (per_record.sum() * scale).backward()
+            losses.append(per_record.detach())
+        return torch.cat(losses)
 
     def _ppo_pass(self, groups: list) -> dict:
         """One backward pass of the PPO-clip (+ KL) loss over every transition of the rollout batch. The G samples

@@ -107,8 +107,52 @@ def paired(reports: list[tuple[str, dict]]) -> None:
             low, high = bootstrap_ci(diffs, draws=4000)
             cells.append(f"{sum(diffs) / len(diffs):+.3f} ({low:+.3f}..{high:+.3f})")
         print(f"| {label} | {len(r['scores'])} | " + " | ".join(cells) + " |")
+    pc_drift(reports)
     if all(r.get("judge_agreement") for _, r in reports):
         judged_outputs(reports)
+
+
+def pc_drift(reports: list[tuple[str, dict]], still: float = 0.01, rose: float = 0.05) -> None:
+    """Where each report's preservation moved against the first's, clip by clip: a PC loss spread over the clips whose
+    EA did not move is a drift of the whole model (a group-relative reward cannot see it: every sample of a group
+    shares it), one confined to the clips whose EA rose is the price of the edits (docs/small_models.md, section 59)."""
+    (base_label, base), *others = reports
+    print(
+        f"\n| vs {base_label} | clips | PC down | dPC, EA still (abs dEA < {still}) | dPC, EA up (dEA > {rose}) "
+        "| corr(dEA, dPC) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for label, r in others:
+        pairs = [
+            (a["ea"] - b["ea"], a["pc"] - b["pc"])
+            for a, b in zip(r["scores"], base["scores"], strict=True)
+            if None not in (a["ea"], b["ea"], a["pc"], b["pc"])
+        ]
+
+        n = len(pairs)
+        down = sum(p < 0 for _, p in pairs) / n if n else 0.0
+        print(
+            f"| {label} | {n} | {down:.0%} | {mean_pc(pairs, lambda e: abs(e) < still)} "
+            f"| {mean_pc(pairs, lambda e: e > rose)} "
+            f"| {correlation(pairs)} |"
+        )
+
+
+def mean_pc(pairs: list[tuple[float, float]], keep) -> str:
+    """The mean dPC of the (dEA, dPC) pairs whose dEA `keep` accepts, and their count."""
+    sel = [p for e, p in pairs if keep(e)]
+    return f"{sum(sel) / len(sel):+.3f} ({len(sel)})" if sel else "-"
+
+
+def correlation(pairs: list[tuple[float, float]]) -> str:
+    """Pearson's r of the pairs, '-' where either side does not vary."""
+    n = len(pairs)
+    if n < 2:
+        return "-"
+    mx, my = sum(x for x, _ in pairs) / n, sum(y for _, y in pairs) / n
+    sxy = sum((x - mx) * (y - my) for x, y in pairs)
+    sxx, syy = sum((x - mx) ** 2 for x, _ in pairs), sum((y - my) ** 2 for _, y in pairs)
+    return "-" if sxx == 0 or syy == 0 else f"{sxy / (sxx * syy) ** 0.5:+.2f}"
 
 
 def judged_outputs(reports: list[tuple[str, dict]]) -> None:

@@ -1,0 +1,54 @@
+"""recipes/small/table.py --paired's preservation-drift table, on hand-made reports, numbers worked out here."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TABLE = Path(__file__).resolve().parent.parent / "recipes" / "small" / "table.py"
+
+
+def _report(folder: Path, scores: list[tuple[float, float]]) -> str:
+    folder.mkdir()
+    rows = [
+        {
+            "ea": ea,
+            "pc": pc,
+            "gn": 0.5,
+            "gr": 0.5,
+            "overall": 0.5,
+            "psnr": 20.0,
+            "operation": "move",
+            "category": "basic",
+        }
+        for ea, pc in scores
+    ]
+    (folder / "report.json").write_text(json.dumps({"manifest": "m.jsonl", "scores": rows}))
+    return str(folder)
+
+
+def test_paired_splits_the_pc_change_by_whether_ea_moved(tmp_path):
+    base = [(0.2, 0.6), (0.3, 0.6), (0.4, 0.6), (0.5, 0.6), (None, 0.6)]
+    # clip 0, 1: EA still, PC -0.04 and -0.02; clip 2: EA +0.1, PC -0.1; clip 3: EA +0.03 (neither), PC +0.01;
+    # clip 4: no EA verifier (left out)
+    other = [(0.2, 0.56), (0.305, 0.58), (0.5, 0.5), (0.53, 0.61), (None, 0.1)]
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(TABLE),
+            "--paired",
+            f"base={_report(tmp_path / 'a', base)}",
+            f"new={_report(tmp_path / 'b', other)}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    row = next(line for line in out.splitlines() if line.startswith("| new | 4 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # PC down on 3 of 4; EA still: (-0.04 - 0.02) / 2; EA up: -0.1; Pearson r of dEA (0, .005, .1, .03) and
+    # dPC (-.04, -.02, -.1, .01), written out: means .03375 and -.0375
+    dx = [0 - 0.03375, 0.005 - 0.03375, 0.1 - 0.03375, 0.03 - 0.03375]
+    dy = [-0.04 + 0.0375, -0.02 + 0.0375, -0.1 + 0.0375, 0.01 + 0.0375]
+    r = sum(a * b for a, b in zip(dx, dy)) / (sum(a * a for a in dx) * sum(b * b for b in dy)) ** 0.5
+    assert cells[2:] == ["75%", "-0.030 (2)", "-0.100 (1)", f"{r:+.2f}"]

@@ -177,6 +177,9 @@ def test_grpo_first_update_is_on_policy(assets):
     assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and first["clip_frac"] == 0.0
     assert first["approx_kl"] == pytest.approx(0.0, abs=1e-10)
     assert 0.0 <= first["reward"] <= 1.0 and first["zero_var_groups"] < 1.0
+    # the step's time split: its records' encodes (cache misses on a fresh run) apart from the rollouts and rewards
+    split = [first[k] for k in ("seconds_encode", "seconds_rollouts", "seconds_rewards")]
+    assert all(s > 0 for s in split) and sum(split) < first["step_time"]
 
 
 def _moved_policy_step(cfg, method: str):

@@ -613,8 +613,10 @@ class Trainer:
     def _rollouts_and_advantages(self, step: int) -> tuple[list, torch.Tensor, dict, torch.Tensor, torch.Tensor]:
         """G rollouts per local record, rewards on decoded frames, advantages over the gathered global batch.
         Returns (local items, local advantages, stats, global rewards [N, K], global group ids [N])."""
-        batch = [(gi, rec, self._encoded(rec)) for gi, rec in self._local_batch(step)]
         start_time = time.perf_counter()
+        batch = [(gi, rec, self._encoded(rec)) for gi, rec in self._local_batch(step)]
+        encode_seconds = time.perf_counter() - start_time  # the cache's reads, and the VAE and text encodes of misses
+        start_time += encode_seconds
         items, local_r, local_g, reward_seconds = self._scored_rollouts(batch, step)
         dev = self.device if self.world.active and self.device.type == "cuda" else torch.device("cpu")
         all_r = all_gather_cat(self.world, local_r.to(dev)).cpu()
@@ -628,6 +630,7 @@ class Trainer:
             "zero_var_groups": zero_frac,
             "seconds_rollouts": time.perf_counter() - start_time - reward_seconds,
             "seconds_rewards": reward_seconds,
+            "seconds_encode": encode_seconds,
         }
         for k, rw in enumerate(self.rewards):
             stats[f"reward_{rw.name}"] = float(all_r[:, k].mean())

@@ -476,6 +476,19 @@ def test_cache_recovers_a_corrupt_entry(tmp_path, caplog):
     assert leftovers(tmp_path / "cache") == []
 
 
+def test_cache_put_then_get(tmp_path):
+    """put stores what get returns (a batch of encodes writes entries that lookups then read); get of an absent key
+    is None and counts no hit."""
+    cache = TensorCache(tmp_path / "cache")
+    assert cache.get("latents", ("a",)) is None and cache.hits == 0
+    cache.put("latents", ("a",), {"z": torch.arange(6.0).reshape(2, 3)})
+    got = cache.get("latents", ("a",))
+    assert torch.equal(got["z"], torch.arange(6.0).reshape(2, 3)) and cache.hits == 1
+    assert cache.get("latents", ("b",)) is None and cache.get("text", ("a",)) is None  # the key and the kind count
+    with pytest.raises(InputError, match="dict of name"):
+        cache.put("latents", ("c",), torch.zeros(2))
+
+
 def test_cache_failures_leave_no_files(tmp_path):
     cache = TensorCache(tmp_path / "cache")
 

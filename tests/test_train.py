@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 from tiny_data import build_dataset
 from tiny_editor import build_editor_folder
 
+from viva_core.data import TensorCache
 from viva_core.errors import InputError
+from viva_core.pipeline import encode_frames
 from viva_core.train.config import load_config
 from viva_core.train.trainer import Trainer
 
@@ -239,6 +241,30 @@ def test_grpo_sft_anchor_adds_the_flow_matching_gradient_of_the_steps_records(as
         fms.append(float(fm.detach()))
     assert len(batch) == 2 and stats["loss_sft"] == pytest.approx(sum(fms) / 2, rel=1e-5)
     _assert_grads_match([a - p for a, p in zip(anchored, policy)], [p.grad for p in t.params])
+
+
+def test_encoded_all_encodes_uncached_records_in_one_vae_call_as_each_alone(assets, tmp_path):
+    """A step's uncached records go through the VAE together (one call for 3 records' sources and targets); each
+    record's cached latents, mask and frames are what encoding it alone gives, up to kernel rounding."""
+    cfg = config(assets, tmp_path / "batched", "optim.steps=1", f"data.cache_dir={tmp_path / 'cache_batched'}")
+    t = Trainer(cfg)
+    t._setup()
+    calls = []
+    real = t.editor.vae.encode
+    t.editor.vae.encode = lambda x, *a, **k: calls.append(x.shape[0]) or real(x, *a, **k)
+    records = t.records[:3]
+    batched = t._encoded_all(records + records[:1])  # a repeated record is encoded once
+    assert calls == [6] and len(batched) == 4
+    t.cache = TensorCache(tmp_path / "cache_alone")
+    for rec, got in zip(records, batched):
+        alone, sample = t._encoded(rec), t._sample(rec)
+        assert set(got) == set(alone)
+        for key in alone:
+            assert torch.allclose(got[key], alone[key], atol=1e-5, rtol=1e-5), key
+        for name in ("source", "target"):  # against one clip a VAE call
+            assert torch.allclose(got[name], encode_frames(t.editor, getattr(sample, name)), atol=1e-5, rtol=1e-5)
+    calls.clear()
+    assert len(t._encoded_all(records)) == 3 and calls == []  # all cached now: no encode
 
 
 def test_sft_step_batches_the_records_and_matches_the_per_record_loss_and_gradient(assets):

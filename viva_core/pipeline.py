@@ -124,9 +124,16 @@ def guided_velocity(
 
 def encode_frames(editor: Editor, frames: torch.Tensor) -> torch.Tensor:
     """[T,H,W,C] 0..1 -> normalized latents [1, z, T', H', W'] fp32 (posterior mode, as Lucy-Edit does)."""
+    return encode_frames_batch(editor, frames.unsqueeze(0))
+
+
+def encode_frames_batch(editor: Editor, frames: torch.Tensor) -> torch.Tensor:
+    """Clips of one shape [N,T,H,W,C] 0..1 -> normalized latents [N, z, T', H', W'] fp32, in one VAE call (the
+    causal VAE encodes a clip in per-chunk calls too small to fill a GPU, so clips batched cost about one's time;
+    samples are independent, so each encodes as it would alone, up to kernel rounding)."""
     with editor.on_device(editor.vae) as vae:
         dev, dt = next(vae.parameters()).device, next(vae.parameters()).dtype
-        x = frames.permute(3, 0, 1, 2).unsqueeze(0).to(dev, dt) * 2 - 1
+        x = frames.permute(0, 4, 1, 2, 3).to(dev, dt) * 2 - 1
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()
     return normalize_latents(vae, z.float())

@@ -84,24 +84,34 @@ class TensorCache:
             {"format": CACHE_FORMAT, "key": key_text},
         )
 
+    def get(self, kind: str, key_parts: tuple) -> dict[str, torch.Tensor] | None:
+        """The stored tensors for (kind, key_parts), or None when there are none (or they are unreadable)."""
+        digest, key_text = self._key(kind, key_parts)
+        path = self.root / kind / f"{digest}.safetensors"
+        stored = self._read(path, key_text) if path.is_file() else None
+        if stored is not None:
+            self.hits += 1
+        return stored
+
+    def put(self, kind: str, key_parts: tuple, tensors: dict[str, torch.Tensor]) -> None:
+        """Store `tensors` for (kind, key_parts) (a dict of name -> tensor), replacing any entry there."""
+        if not isinstance(tensors, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
+        ):
+            raise InputError(
+                f"cache kind '{kind}': an entry must be a dict of name → tensor, got {type(tensors).__name__}."
+            )
+        digest, key_text = self._key(kind, key_parts)
+        self._write(self.root / kind / f"{digest}.safetensors", tensors, key_text)
+
     def get_or_compute(
         self, kind: str, key_parts: tuple, compute: Callable[[], dict[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
         """The stored tensors for (kind, key_parts), or `compute()`'s result, stored for next time."""
-        digest, key_text = self._key(kind, key_parts)
-        path = self.root / kind / f"{digest}.safetensors"
-        if path.is_file():
-            stored = self._read(path, key_text)
-            if stored is not None:
-                self.hits += 1
-                return stored
+        stored = self.get(kind, key_parts)
+        if stored is not None:
+            return stored
         self.misses += 1
         result = compute()
-        if not isinstance(result, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in result.items()
-        ):
-            raise InputError(
-                f"cache kind '{kind}': compute must return a dict of name → tensor, got {type(result).__name__}."
-            )
-        self._write(path, result, key_text)
+        self.put(kind, key_parts, result)
         return result

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from .. import compat
-from ..data import EditRecord, TensorCache, file_identity, load_manifest, load_sample, model_identity
+from ..data import EditRecord, EditSample, TensorCache, file_identity, load_manifest, load_sample, model_identity
 from ..editor import Conditioning, Editor, EditorOptions, load_editor
 from ..errors import InputError, NonFiniteError
 from ..lora import save_lora
@@ -28,7 +28,7 @@ from ..pipeline import (
     decode_latents_batch,
     decode_latents_differentiable,
     dit_velocity,
-    encode_frames,
+    encode_frames_batch,
     guided_velocity,
     pad_tokens,
     unconditional,
@@ -258,36 +258,76 @@ class Trainer:
     def _local_batch(self, step: int) -> list[tuple[int, EditRecord]]:
         return self._global_batch(step)[self.world.rank :: self.world.size]
 
-    def _encoded(self, rec: EditRecord) -> dict[str, torch.Tensor]:
-        """Latents of source/target, latent edit mask and text tokens, cached on disk by content and model."""
+    def _latents_key(self, rec: EditRecord) -> tuple:
+        """The cache key of a record's latents: its files' content and everything the encode depends on."""
         cfg = self.cfg
         size = (cfg.data.height, cfg.data.width) if cfg.data.height and cfg.data.width else None
-        files = self._file_ids(rec)
+        return (self._file_ids(rec), cfg.data.max_frames, size, self.vae_id, "frames-v2")
 
-        def compute() -> dict[str, torch.Tensor]:
-            s = load_sample(
-                rec,
-                max_frames=cfg.data.max_frames,
-                size=size,
-                temporal_factor=self.editor.temporal_factor,
-                spatial_multiple=self.editor.spatial_multiple,
-            )
-            out = {"source": encode_frames(self.editor, s.source).cpu(), "source_frames": s.source.contiguous()}
+    def _sample(self, rec: EditRecord) -> EditSample:
+        """The record's frames, conformed to the editor (and to data.height/width when set)."""
+        cfg = self.cfg
+        return load_sample(
+            rec,
+            max_frames=cfg.data.max_frames,
+            size=(cfg.data.height, cfg.data.width) if cfg.data.height and cfg.data.width else None,
+            temporal_factor=self.editor.temporal_factor,
+            spatial_multiple=self.editor.spatial_multiple,
+        )
+
+    def _latent_entries(self, samples: list[EditSample]) -> list[dict[str, torch.Tensor]]:
+        """The latents cache entries of `samples` (source/target latents, latent edit mask, the frames): their clips
+        go through the VAE together, those of one shape in one call (`encode_frames_batch`)."""
+        by_shape: dict[tuple, list] = {}
+        for i, s in enumerate(samples):
+            for name in ("source", "target"):
+                frames = getattr(s, name)
+                if frames is not None:
+                    by_shape.setdefault(tuple(frames.shape), []).append((i, name, frames))
+        latents = {}
+        for group in by_shape.values():
+            z = encode_frames_batch(self.editor, torch.stack([frames for _, _, frames in group])).cpu()
+            latents.update({(i, name): z[k : k + 1] for k, (i, name, _) in enumerate(group)})
+        entries = []
+        for i, s in enumerate(samples):
+            out = {"source": latents[(i, "source")], "source_frames": s.source.contiguous()}
             if s.target is not None:
-                out["target"] = encode_frames(self.editor, s.target).cpu()
+                out["target"] = latents[(i, "target")]
                 out["target_frames"] = s.target.contiguous()
             if s.mask is not None:
                 out["mask"] = L.latent_mask(s.mask, tuple(out["source"].shape[2:]), self.editor.temporal_factor)
                 out["mask_frames"] = s.mask.contiguous()
-            return out
+            entries.append(out)
+        return entries
 
+    def _encoded(self, rec: EditRecord) -> dict[str, torch.Tensor]:
+        """Latents of source/target, latent edit mask and text tokens, cached on disk by content and model."""
         latents = self.cache.get_or_compute(
-            "latents", (files, cfg.data.max_frames, size, self.vae_id, "frames-v2"), compute
+            "latents", self._latents_key(rec), lambda: self._latent_entries([self._sample(rec)])[0]
         )
         text = self.cache.get_or_compute(
             "text", (rec.instruction, self.te_id), lambda: {"tokens": self.editor.encode_text(rec.instruction).embeds}
         )
         return {**latents, "text": text["tokens"]}
+
+    def _encoded_all(self, records: list[EditRecord]) -> list[dict[str, torch.Tensor]]:
+        """`_encoded` of each record, the latents of those not cached yet encoded in batches first: a batch-1 encode of
+        a small clip is launch-bound (~90 ms a record on an H100, bench/RESULTS.md), a batch costs about one. A batch
+        holds AUTO_PIXELS_PER_DECODE frame pixels (one record's clips at least), so big videos go a record at a time."""
+        todo = list(
+            {r.index: r for r in records if not self.cache.path_for("latents", self._latents_key(r)).is_file()}.values()
+        )
+        pending: list[tuple[EditRecord, EditSample]] = []
+        pixels = 0
+        for k, rec in enumerate(todo):
+            sample = self._sample(rec)
+            pending.append((rec, sample))
+            pixels += sum(c[..., 0].numel() for c in (sample.source, sample.target) if c is not None)
+            if pixels >= AUTO_PIXELS_PER_DECODE or k == len(todo) - 1:
+                for (r, _), entry in zip(pending, self._latent_entries([s for _, s in pending]), strict=True):
+                    self.cache.put("latents", self._latents_key(r), entry)
+                pending, pixels = [], 0
+        return [self._encoded(rec) for rec in records]
 
     def _condition(self, rec: EditRecord, enc: dict[str, torch.Tensor]) -> torch.Tensor:
         """Text tokens (+ instructor tokens through the refiner, with grad when the refiner trains), padded."""
@@ -394,14 +434,16 @@ class Trainer:
     def _sft_step(self, step: int) -> dict:
         batch = self._local_batch(step)
         if self.cfg.sft.uso_weight <= 0:  # flow matching only: the records of a chunk share a DiT call
-            items = [(gi, rec, self._encoded(rec)) for gi, rec in batch]
+            encs = self._encoded_all([rec for _, rec in batch])
+            items = [(gi, rec, enc) for (gi, rec), enc in zip(batch, encs)]
             return {"loss": float(self._fm_backward(items, step, 1.0 / len(batch), sync_last=True).sum()) / len(batch)}
         # ReViSE's self-reflection decodes each draw and shows it to the judge: one record a call
         losses, fms, reflections, p_yes = [], [], [], []  # detached, read once after the loop (one host sync)
-        for k, (gi, rec) in enumerate(batch):
+        encs = self._encoded_all([rec for _, rec in batch])
+        for k, ((gi, rec), enc) in enumerate(zip(batch, encs)):
             sync = self._grad_sync(k == len(batch) - 1)
             with sync:
-                fm, reflection, p = self._fm_loss(self.dit, rec, self._encoded(rec), gi, step, uso=True)
+                fm, reflection, p = self._fm_loss(self.dit, rec, enc, gi, step, uso=True)
                 loss = fm if reflection is None else fm + self.cfg.sft.uso_weight * reflection
                 (loss / len(batch)).backward()
             losses.append(loss.detach())
@@ -425,7 +467,8 @@ class Trainer:
         if not self.val_records:
             return None
         model = self.base
-        vals = [float(self._fm_loss(model, r, self._encoded(r), i, -1)[0]) for i, r in enumerate(self.val_records)]
+        encs = self._encoded_all(self.val_records)
+        vals = [float(self._fm_loss(model, r, enc, i, -1)[0]) for i, (r, enc) in enumerate(zip(self.val_records, encs))]
         return sum(vals) / len(vals)
 
     def validation_reward(self) -> dict[str, float]:
@@ -444,7 +487,7 @@ class Trainer:
     def validation_rollout_rewards(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The reward terms [N, K] of G rollouts of each validation record with the validation noise, and each
         rollout's record index [N]: what `validation_reward` averages (recipes/small/val_paired.py pairs them)."""
-        batch = [(i, r, self._encoded(r)) for i, r in enumerate(self.val_records)]
+        batch = [(i, r, enc) for i, (r, enc) in enumerate(zip(self.val_records, self._encoded_all(self.val_records)))]
         _, r, groups, _ = self._scored_rollouts(batch, VALIDATION_STEP)
         return r, groups
 
@@ -614,7 +657,8 @@ class Trainer:
         """G rollouts per local record, rewards on decoded frames, advantages over the gathered global batch.
         Returns (local items, local advantages, stats, global rewards [N, K], global group ids [N])."""
         start_time = time.perf_counter()
-        batch = [(gi, rec, self._encoded(rec)) for gi, rec in self._local_batch(step)]
+        local = self._local_batch(step)
+        batch = [(gi, rec, enc) for (gi, rec), enc in zip(local, self._encoded_all([rec for _, rec in local]))]
         encode_seconds = time.perf_counter() - start_time  # the cache's reads, and the VAE and text encodes of misses
         start_time += encode_seconds
         items, local_r, local_g, reward_seconds = self._scored_rollouts(batch, step)

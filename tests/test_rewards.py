@@ -524,3 +524,53 @@ def test_verifier_reward_on_the_gpu_equals_the_cpu(tmp_path):
                 labels=[lab] * n,
             )
             _close(gpu(batch), cpu(batch), rtol=0, atol=2e-5)
+
+
+# ------------------------------------------------------------------------------------------- spill
+
+
+def _two_squares(t: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """A grey-gradient clip [1,T,64,64,3] with two 8x8 squares on the 4-pixel grid (A at rows/cols 8..15, B at
+    40..47), and A's mask [1,T,64,64]."""
+    ramp = torch.linspace(0.2, 0.6, 64)
+    src = ramp.view(1, 1, 1, 64, 1).expand(1, t, 64, 64, 3).clone()
+    src[:, :, 8:16, 8:16] = torch.tensor([0.9, 0.1, 0.1])
+    src[:, :, 40:48, 40:48] = torch.tensor([0.1, 0.1, 0.9])
+    mask = torch.zeros(1, t, 64, 64)
+    mask[:, :, 8:16, 8:16] = 1.0
+    return src, mask
+
+
+def test_spill_counts_a_second_object_edited_and_not_blur():
+    """Recolouring A (the edit) spills nothing; recolouring B too (the hedge Edit-GRPO learned) spills B's 4 cells a
+    frame against the 4 that A's mask touches: ratio 1, score exp(-1), written out here; a blurred copy of the right
+    edit spills nothing."""
+    from viva_core.eval.metrics import spills
+    from viva_core.train.rewards import VerifierReward
+
+    src, mask = _two_squares()
+    edit = src.clone()
+    edit[:, :, 8:16, 8:16] = torch.tensor([0.9, 0.9, 0.1])  # A yellow
+    hedge = edit.clone()
+    hedge[:, :, 40:48, 40:48] = torch.tensor([0.9, 0.9, 0.1])  # B yellow too
+    box = torch.nn.functional.avg_pool2d(edit[0].permute(0, 3, 1, 2), 3, 1, 1, count_include_pad=False)
+    blurred = box.permute(0, 2, 3, 1)[None]
+    m = mask[0] > 0.5
+    got = spills(src[0], torch.cat([edit, hedge, blurred]), m)
+    assert got[0] == (1.0, 0.0) and got[2] == (1.0, 0.0)
+    assert got[1][1] == pytest.approx(1.0) and got[1][0] == pytest.approx(np.exp(-1.0))
+    # through the verifier reward: SP alone, and the plain `verifier` still means the benchmark's four
+    reward = VerifierReward(("SP",))
+    scores = reward(
+        _batch(
+            src.expand(2, -1, -1, -1, -1),
+            torch.cat([edit, hedge]),
+            masks=mask.expand(2, -1, -1, -1),
+            targets=edit.expand(2, -1, -1, -1, -1),
+            labels=[{}, {}],
+        )
+    )
+    assert scores.tolist() == pytest.approx([1.0, np.exp(-1.0)])
+    assert VerifierReward().dimensions == ("EA", "PC", "GN", "GR")
+    # no cell outside the mask: nothing to spill onto
+    assert spills(src[0], hedge, torch.ones_like(m)) == [(None, None)]

@@ -16,6 +16,8 @@ from ..errors import InputError
 MASK_DERIVE_TOL = 0.1  # no mask video: pixels where source and target differ by more (any channel)
 PRESERVE_MARGIN = 2  # pixels around the mask left out of preservation
 MIN_OUTSIDE_FRACTION = 0.01
+# spill: cells of SPILL_CELL^2 pixels outside the edit whose mean colour moved by > SPILL_THRESHOLD (any channel)
+SPILL_CELL, SPILL_THRESHOLD = 4, 0.15
 PSNR_CAP, PSNR_FLOOR, PSNR_SPAN = 100.0, 10.0, 40.0
 SSIM_WINDOW, SSIM_SIGMA, SSIM_C1, SSIM_C2 = 11, 1.5, 0.01**2, 0.03**2
 TAU_FLICKER = 0.02
@@ -209,6 +211,29 @@ def preservations(
     except InputError:  # the outside lies only within a window radius of the border
         values_ssim = [None] * outputs.shape[0]
     return [(_mean([psnr_score(p), s]), p, s) for p, s in zip(values_psnr, values_ssim)]
+
+
+def spills(source: torch.Tensor, outputs: torch.Tensor, mask: torch.Tensor) -> list[tuple[float | None, float | None]]:
+    """(score, ratio) of each output of outputs [B,T,H,W,3] against one source and mask [T,H,W]: how much the edit
+    spilled onto what it should have left alone. ratio = the SPILL_CELL^2 cells outside the (dilated) mask whose mean
+    colour moved by more than SPILL_THRESHOLD, over the cells the mask touches (per frame where it touches none);
+    score = exp(-ratio). Recolouring a second object the size of the edited one costs ratio ~1 (score 0.37) where
+    PC's PSNR barely moves (Edit-GRPO learned exactly that hedge: docs/small_models.md, section 59); cell means
+    ignore the blur an editor leaves on edges. (None, None) when no cell lies outside the mask."""
+
+    def cells(x: torch.Tensor) -> torch.Tensor:  # [N,H,W,C] -> [N,C,H',W'] cell means
+        return F.avg_pool2d(x.permute(0, 3, 1, 2).float(), SPILL_CELL, ceil_mode=True)
+
+    edit = dilate(mask, PRESERVE_MARGIN).float()[:, None]
+    outside = F.max_pool2d(edit, SPILL_CELL, ceil_mode=True)[:, 0] == 0  # [T,H',W']
+    if not outside.any():
+        return [(None, None)] * outputs.shape[0]
+    touched = int((F.max_pool2d(mask.float()[:, None], SPILL_CELL, ceil_mode=True) > 0).sum())
+    b, t = outputs.shape[:2]
+    moved = (cells(outputs.reshape(b * t, *outputs.shape[2:])) - cells(source).repeat(b, 1, 1, 1)).abs().amax(dim=1)
+    changed = (moved.reshape(b, t, *moved.shape[1:]) > SPILL_THRESHOLD) & outside
+    ratios = (changed.sum(dim=(1, 2, 3)).double() / max(touched, t)).tolist()
+    return [(math.exp(-r), r) for r in ratios]
 
 
 # ================================================================================ temporal naturalness

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from .metrics import _frames, _mask, _mean, derive_mask, naturalness, preservations, psnr_score, realism
+from .metrics import _frames, _mask, _mean, derive_mask, naturalness, preservations, psnr_score, realism, spills
 from .verifiers import edit_accuracies, operation_parts
 
 JUDGE_THRESHOLD = 0.5
@@ -60,6 +60,8 @@ def batch_dimension_scores(
         out["EA"] = edit_accuracies(s, outputs, y, m, verify, operation)
     if "PC" in dimensions:
         out["PC"] = preservations(s, outputs, m)
+    if "SP" in dimensions:
+        out["SP"] = spills(s, outputs, m)
     if "GN" in dimensions:
         out["GN"] = [naturalness(o, y, m) for o in outputs]
     if "GR" in dimensions:
@@ -89,14 +91,14 @@ def score_edit(
     m = derive_mask(s, y) if mask is None else _mask(mask)
     if m.shape != s.shape[:3]:
         raise InputError(f"mask {tuple(m.shape)} does not match the frames {tuple(s.shape[:3])} (T, H, W).")
-    r = dimension_scores(s, o, y, m, verify, operation, ("EA", "PC", "GN", "GR"))
+    r = dimension_scores(s, o, y, m, verify, operation, ("EA", "PC", "GN", "GR", "SP"))
     ea, ea_details = r["EA"]
     pc, value_psnr, value_ssim = r["PC"]
     gn, gn_details = r["GN"]
     gr, gr_details = r["GR"]
     details = {
         "ea": ea_details,
-        "pc": {"psnr_score": None if value_psnr is None else psnr_score(value_psnr)},
+        "pc": {"psnr_score": None if value_psnr is None else psnr_score(value_psnr), "spill": r["SP"][1]},
         "gn": gn_details,
         "gr": gr_details,
         "mask_fraction": float(m.float().mean()),

@@ -8,7 +8,9 @@ normalizes per group and term. Scores are plain numbers (no grad): the policy gr
 Built-in names:
     judge[:EA+PC+...]    mean P(Yes) of the ReViSE judge over all (or the listed) dimensions, in [0, 1]
     verifier[:EA+PC+...] mean of `viva eval`'s exact scores against the data's ground truth (EA edit accuracy, PC
-                         preservation, GN naturalness, GR realism), in [0, 1]: synthetic data's perfect reward
+                         preservation, GN naturalness, GR realism; default all four), in [0, 1]: synthetic data's
+                         perfect reward; SP (spill, not in the default) penalizes changes to what the edit should
+                         leave alone by the area changed, which PC's PSNR barely sees (`eval.metrics.spills`)
     preservation         1 - mean |source - edit| outside the edit mask, in [0, 1]
     clip                 VIVA instruction following: CLIP(V_edit, t_edit) - CLIP(V_edit, t_src), in [-2, 2]
     callable:mod:fn      any Python function (RewardInput) -> Tensor[N], imported by name (never eval'd)
@@ -36,7 +38,7 @@ REWARD_NAMES = (
     "judge",
     "judge:<EA+PC+GN+GR subset>",
     "verifier",
-    "verifier:<EA+PC+GN+GR subset>",
+    "verifier:<EA+PC+GN+GR+SP subset>",
     "preservation",
     "clip",
     "callable:<module>:<function>",
@@ -154,10 +156,11 @@ class VerifierReward:
     dimension that is undefined for a sample (PC when the mask covers every pixel) is left out of its mean."""
 
     needs_labels = True
-    FIELDS = {"EA": "ea", "PC": "pc", "GN": "gn", "GR": "gr"}
+    FIELDS = {"EA": "ea", "PC": "pc", "GN": "gn", "GR": "gr", "SP": "spill"}
+    BENCHMARK = ("EA", "PC", "GN", "GR")  # plain `verifier`: the benchmark's four dimensions
 
     def __init__(
-        self, dimensions: Sequence[str] = tuple(FIELDS), name: str = "verifier", device: str | torch.device = "cpu"
+        self, dimensions: Sequence[str] = BENCHMARK, name: str = "verifier", device: str | torch.device = "cpu"
     ):
         dims = tuple(dimensions)
         unknown = [d for d in dims if d not in self.FIELDS]
@@ -430,7 +433,7 @@ def build_rewards(
             dims = (
                 [d.strip() for d in arg.replace(",", "+").split("+") if d.strip()]
                 if arg
-                else list(VerifierReward.FIELDS)
+                else list(VerifierReward.BENCHMARK)
             )
             rewards.append(VerifierReward(dims, name=key, device=device))
         elif key == "preservation":

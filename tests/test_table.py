@@ -8,7 +8,7 @@ from pathlib import Path
 TABLE = Path(__file__).resolve().parent.parent / "recipes" / "small" / "table.py"
 
 
-def _report(folder: Path, scores: list[tuple[float, float]]) -> str:
+def _report(folder: Path, scores: list[tuple[float, float]], spill: list | None = None) -> str:
     folder.mkdir()
     rows = [
         {
@@ -23,6 +23,8 @@ def _report(folder: Path, scores: list[tuple[float, float]]) -> str:
         }
         for ea, pc in scores
     ]
+    for row, value in zip(rows, spill or []):
+        row["details"] = {"pc": {"spill": value}}
     (folder / "report.json").write_text(json.dumps({"manifest": "m.jsonl", "scores": rows}))
     return str(folder)
 
@@ -38,7 +40,7 @@ def test_paired_splits_the_pc_change_by_whether_ea_moved(tmp_path):
             str(TABLE),
             "--paired",
             f"base={_report(tmp_path / 'a', base)}",
-            f"new={_report(tmp_path / 'b', other)}",
+            f"new={_report(tmp_path / 'b', other, spill=[0.5, 1.0, None, 2.0, 0.0])}",
         ],
         capture_output=True,
         text=True,
@@ -51,4 +53,5 @@ def test_paired_splits_the_pc_change_by_whether_ea_moved(tmp_path):
     dx = [0 - 0.03375, 0.005 - 0.03375, 0.1 - 0.03375, 0.03 - 0.03375]
     dy = [-0.04 + 0.0375, -0.02 + 0.0375, -0.1 + 0.0375, 0.01 + 0.0375]
     r = sum(a * b for a, b in zip(dx, dy)) / (sum(a * a for a in dx) * sum(b * b for b in dy)) ** 0.5
-    assert cells[2:] == ["75%", "-0.030 (2)", "-0.100 (1)", f"{r:+.2f}"]
+    # spill: the base's reports have none ('-'); the new one's mean over the clips that have one, (0.5+1+2+0)/4
+    assert cells[2:] == ["75%", "-0.030 (2)", "-0.100 (1)", f"{r:+.2f}", "- -> 0.88"]

@@ -113,15 +113,16 @@ def paired(reports: list[tuple[str, dict]]) -> None:
 
 
 def pc_drift(reports: list[tuple[str, dict]], still: float = 0.01, rose: float = 0.05) -> None:
-    """Where each report's preservation moved against the first's, clip by clip: a PC loss spread over the clips whose
-    EA did not move is a drift of the whole model (a group-relative reward cannot see it: every sample of a group
-    shares it), one confined to the clips whose EA rose is the price of the edits (docs/small_models.md, section 59)."""
+    """Where each report's preservation moved against the first's, clip by clip: a PC loss confined to the clips whose
+    EA rose is the price of the edits; one spread over the clips whose EA did not move is something else (grpo_v11's
+    was a learned hedge, other objects edited too: docs/small_models.md, section 59), which the spill column (mean
+    spill ratio of each report, `pc.spill` in its details; '-' for reports made before it) shows directly."""
     (base_label, base), *others = reports
     print(
         f"\n| vs {base_label} | clips | PC down | dPC, EA still (abs dEA < {still}) | dPC, EA up (dEA > {rose}) "
-        "| corr(dEA, dPC) |"
+        f"| corr(dEA, dPC) | spill {base_label} -> this |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for label, r in others:
         pairs = [
             (a["ea"] - b["ea"], a["pc"] - b["pc"])
@@ -134,8 +135,16 @@ def pc_drift(reports: list[tuple[str, dict]], still: float = 0.01, rose: float =
         print(
             f"| {label} | {n} | {down:.0%} | {mean_pc(pairs, lambda e: abs(e) < still)} "
             f"| {mean_pc(pairs, lambda e: e > rose)} "
-            f"| {correlation(pairs)} |"
+            f"| {correlation(pairs)} | {mean_spill(base)} -> {mean_spill(r)} |"
         )
+
+
+def mean_spill(report: dict) -> str:
+    """The mean spill ratio over a report's clips that have one (`eval.metrics.spills`), '-' when none does."""
+    values = [
+        v for v in (score.get("details", {}).get("pc", {}).get("spill") for score in report["scores"]) if v is not None
+    ]
+    return f"{sum(values) / len(values):.2f}" if values else "-"
 
 
 def mean_pc(pairs: list[tuple[float, float]], keep) -> str:

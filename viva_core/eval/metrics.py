@@ -217,9 +217,10 @@ def spills(source: torch.Tensor, outputs: torch.Tensor, mask: torch.Tensor) -> l
     """(score, ratio) of each output of outputs [B,T,H,W,3] against one source and mask [T,H,W]: how much the edit
     spilled onto what it should have left alone. ratio = the SPILL_CELL^2 cells outside the (dilated) mask whose mean
     colour moved by more than SPILL_THRESHOLD, over the cells the mask touches (per frame where it touches none);
-    score = exp(-ratio). Recolouring a second object the size of the edited one costs ratio ~1 (score 0.37) where
-    PC's PSNR barely moves (Edit-GRPO learned exactly that hedge: docs/small_models.md, section 59); cell means
-    ignore the blur an editor leaves on edges. (None, None) when no cell lies outside the mask."""
+    score = exp(-ratio). Recolouring a second object the size of the edited one costs ratio ~1 (score 0.37) whatever
+    else the edit got wrong, where PC's PSNR, already low on an editor's imperfect background, moves little (Edit-GRPO
+    learned exactly that hedge: docs/small_models.md, section 59); cell means ignore the blur an editor leaves on
+    edges. (None, None) when no cell lies outside the mask."""
 
     def cells(x: torch.Tensor) -> torch.Tensor:  # [N,H,W,C] -> [N,C,H',W'] cell means
         return F.avg_pool2d(x.permute(0, 3, 1, 2).float(), SPILL_CELL, ceil_mode=True)

@@ -283,7 +283,8 @@ class TrainLoRA(io.ComfyNode):
                     default="preservation=1.0",
                     tooltip="grpo/rwo: name=weight pairs, e.g. "
                     "'preservation=1.0, judge=0.5' (judge or judge:EA+PC needs judge_vlm; verifier:EA+PC "
-                    "scores against the data's ground truth, e.g. `viva synth` clips). Ignored by sft.",
+                    "scores against the data's ground truth, e.g. `viva synth` clips; verifier:SP penalizes edits "
+                    "that spill onto other objects). Ignored by sft.",
                 ),
                 io.Combo.Input(
                     "judge_vlm",

@@ -300,11 +300,13 @@ class Trainer:
             entries.append(out)
         return entries
 
-    def _encoded(self, rec: EditRecord) -> dict[str, torch.Tensor]:
-        """Latents of source/target, latent edit mask and text tokens, cached on disk by content and model."""
-        latents = self.cache.get_or_compute(
-            "latents", self._latents_key(rec), lambda: self._latent_entries([self._sample(rec)])[0]
-        )
+    def _encoded(self, rec: EditRecord, latents: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Latents of source/target, latent edit mask and text tokens, cached on disk by content and model
+        (`latents`: the record's latents entry, already at hand)."""
+        if latents is None:
+            latents = self.cache.get_or_compute(
+                "latents", self._latents_key(rec), lambda: self._latent_entries([self._sample(rec)])[0]
+            )
         text = self.cache.get_or_compute(
             "text", (rec.instruction, self.te_id), lambda: {"tokens": self.editor.encode_text(rec.instruction).embeds}
         )
@@ -314,20 +316,24 @@ class Trainer:
         """`_encoded` of each record, the latents of those not cached yet encoded in batches first: a batch-1 encode of
         a small clip is launch-bound (~90 ms a record on an H100, bench/RESULTS.md), a batch costs about one. A batch
         holds AUTO_PIXELS_PER_DECODE frame pixels (one record's clips at least), so big videos go a record at a time."""
-        todo = list(
-            {r.index: r for r in records if not self.cache.path_for("latents", self._latents_key(r)).is_file()}.values()
-        )
-        pending: list[tuple[EditRecord, EditSample]] = []
+        todo = {}  # record index -> (record, cache key) of the records with no latents entry
+        for r in records:
+            key = self._latents_key(r)
+            if r.index not in todo and not self.cache.path_for("latents", key).is_file():
+                todo[r.index] = (r, key)
+        fresh: dict[int, dict[str, torch.Tensor]] = {}  # written now: used as computed, not read back
+        pending: list[tuple[EditRecord, tuple, EditSample]] = []
         pixels = 0
-        for k, rec in enumerate(todo):
+        for k, (rec, key) in enumerate(todo.values()):
             sample = self._sample(rec)
-            pending.append((rec, sample))
+            pending.append((rec, key, sample))
             pixels += sum(c[..., 0].numel() for c in (sample.source, sample.target) if c is not None)
             if pixels >= AUTO_PIXELS_PER_DECODE or k == len(todo) - 1:
-                for (r, _), entry in zip(pending, self._latent_entries([s for _, s in pending]), strict=True):
-                    self.cache.put("latents", self._latents_key(r), entry)
+                for (r, key, _), entry in zip(pending, self._latent_entries([s for *_, s in pending]), strict=True):
+                    self.cache.put("latents", key, entry)
+                    fresh[r.index] = entry
                 pending, pixels = [], 0
-        return [self._encoded(rec) for rec in records]
+        return [self._encoded(rec, fresh.get(rec.index)) for rec in records]
 
     def _condition(self, rec: EditRecord, enc: dict[str, torch.Tensor]) -> torch.Tensor:
         """Text tokens (+ instructor tokens through the refiner, with grad when the refiner trains), padded."""
@@ -433,14 +439,12 @@ class Trainer:
 
     def _sft_step(self, step: int) -> dict:
         batch = self._local_batch(step)
+        items = [(gi, rec, enc) for (gi, rec), enc in zip(batch, self._encoded_all([rec for _, rec in batch]))]
         if self.cfg.sft.uso_weight <= 0:  # flow matching only: the records of a chunk share a DiT call
-            encs = self._encoded_all([rec for _, rec in batch])
-            items = [(gi, rec, enc) for (gi, rec), enc in zip(batch, encs)]
             return {"loss": float(self._fm_backward(items, step, 1.0 / len(batch), sync_last=True).sum()) / len(batch)}
         # ReViSE's self-reflection decodes each draw and shows it to the judge: one record a call
         losses, fms, reflections, p_yes = [], [], [], []  # detached, read once after the loop (one host sync)
-        encs = self._encoded_all([rec for _, rec in batch])
-        for k, ((gi, rec), enc) in enumerate(zip(batch, encs)):
+        for k, (gi, rec, enc) in enumerate(items):
             sync = self._grad_sync(k == len(batch) - 1)
             with sync:
                 fm, reflection, p = self._fm_loss(self.dit, rec, enc, gi, step, uso=True)
@@ -656,11 +660,11 @@ class Trainer:
     def _rollouts_and_advantages(self, step: int) -> tuple[list, torch.Tensor, dict, torch.Tensor, torch.Tensor]:
         """G rollouts per local record, rewards on decoded frames, advantages over the gathered global batch.
         Returns (local items, local advantages, stats, global rewards [N, K], global group ids [N])."""
-        start_time = time.perf_counter()
+        encode_start = time.perf_counter()
         local = self._local_batch(step)
         batch = [(gi, rec, enc) for (gi, rec), enc in zip(local, self._encoded_all([rec for _, rec in local]))]
-        encode_seconds = time.perf_counter() - start_time  # the cache's reads, and the VAE and text encodes of misses
-        start_time += encode_seconds
+        start_time = time.perf_counter()
+        encode_seconds = start_time - encode_start  # the cache's reads, and the VAE and text encodes of misses
         items, local_r, local_g, reward_seconds = self._scored_rollouts(batch, step)
         dev = self.device if self.world.active and self.device.type == "cuda" else torch.device("cpu")
         all_r = all_gather_cat(self.world, local_r.to(dev)).cpu()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU session v11 (one H200 or H100), planned in docs/small_models.md section 53: unguided Edit-GRPO
-# (recipes/small/grpo_v11.toml; NAME=grpo_v12 runs recipes/small/grpo_v12.toml, section 57) measured, timed and
+# (recipes/small/grpo_v11.toml; NAME=grpo_v12 or grpo_v13 runs that recipe, sections 57, 59) measured, timed and
 # trained, resumable across sessions. Phases (PHASES to pick some), most wanted first:
 #   data       N training clips (default 4096, seed 0, with the val split the run validates on) and the benchmark sets
 #   agree      recipes/small/grpo_agreement.py: K = 4 rollout batches of 32 records x G 16, unguided (section 51
@@ -118,7 +118,7 @@ if has eval; then
         other=()
         [ "$with_v11" = 1 ] && other=("grpo_v11=runs/eval/grpo_v11_cfg${cfg}_$set")
         python3 recipes/small/table.py --paired "shipped=runs/eval/shipped_cfg${cfg}_$set" \
-          "$NAME=runs/eval/${NAME}_cfg${cfg}_$set" "${other[@]}" 2>&1 | tail -5
+          "$NAME=runs/eval/${NAME}_cfg${cfg}_$set" "${other[@]}" 2>&1 | grep "^|"  # the paired and drift tables
       done
     done
   else

@@ -252,7 +252,8 @@ class TrainLoRA(io.ComfyNode):
                     options=list(METHODS),
                     default="sft",
                     tooltip="sft: learn the target "
-                    "videos. grpo: Edit-GRPO on rewards. rwo: reward-weighted flow matching.",
+                    "videos. grpo: Edit-GRPO on rewards (its rollouts run without guidance: edit with its LoRA at "
+                    "cfg 1, where it was trained). rwo: reward-weighted flow matching.",
                 ),
                 io.Int.Input(
                     "steps",

@@ -93,6 +93,21 @@ def test_lora_changes_the_edit_and_strength_zero_does_not(assets):
     assert not torch.equal(outs["base"], outs["lora"])
 
 
+def test_edit_warns_once_when_a_grpo_lora_meets_another_cfg(assets, caplog):
+    """A LoRA trained on rollouts at CFG 1 sampled at CFG 5 overshoots (docs/small_models.md, section 61): the edit
+    runs and says so once a process, naming the file; at its own CFG it says nothing."""
+    from viva_core.lora import read_lora
+
+    layers, _, _ = read_lora(assets["lora"])
+    meta = {"method": "grpo", "rollout_cfg": 1}
+    grpo = save_lora(assets["root"] / "grpo_unguided.safetensors", layers, metadata=meta)
+    with caplog.at_level("WARNING", logger="viva_core.pipeline"):
+        for cfg in ("1", "5", "5"):
+            assert main(_edit_args(assets, assets["root"] / f"g{cfg}.mp4", "--lora", str(grpo), "--cfg", cfg)) == 0
+    (note,) = [r.getMessage() for r in caplog.records if "grpo_unguided.safetensors" in r.getMessage()]
+    assert "CFG 1" in note and "CFG 5" in note
+
+
 def test_edit_with_instructor_and_judge(assets, capsys):
     out = assets["root"] / "instr.mp4"
     args = _edit_args(

@@ -21,11 +21,13 @@ from viva_core.lora import (
     LoraSpec,
     applied_loras,
     diffusers_to_wan,
+    guidance_notes,
     key_report,
     lora_delta,
     lora_target_names,
     read_lora,
     save_lora,
+    trained_cfg,
     wan_to_diffusers,
 )
 
@@ -676,3 +678,34 @@ def test_fp8_nested_loras_stack_and_unwind(tmp_path, permanent):
         torch.testing.assert_close(forward(model), ref["outer"], atol=2e-5, rtol=1e-5)
     assert torch.equal(forward(model), before) and [len(m._forward_hooks) for m in model.modules()] == hooks
     torch.testing.assert_close(before, base, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "meta, want",
+    [
+        ({"rollout_cfg": 1.0}, 1.0),  # save_lora JSON-encodes it: "1.0"
+        ({"rollout_cfg": "5"}, 5.0),
+        ({"rollout_cfg": None}, None),  # an SFT LoRA: "null"
+        ({"rollout_cfg": "high"}, None),  # not JSON
+        ({"rollout_cfg": "true"}, None),
+        ({"rollout_cfg": "NaN"}, None),
+        ({}, None),
+    ],
+)
+def test_trained_cfg_reads_the_rollout_guidance_from_the_metadata(tmp_path, meta, want):
+    layers = {n: LoraLayer(down=a, up=b) for n, (a, b) in random_layers(tiny_dit(), ORIG, seed=2).items()}
+    path = save_lora(tmp_path / "l.safetensors", layers, metadata={"method": "grpo", **meta})
+    assert trained_cfg(path) == want
+
+
+def test_guidance_notes_name_each_lora_trained_at_another_cfg(tmp_path):
+    """An Edit-GRPO LoRA trained on unguided rollouts overshoots under CFG 5 (docs/small_models.md, section 61):
+    the note names the file and the scale to use; the same scale, strength 0 or an unrecorded one give none."""
+    layers = {n: LoraLayer(down=a, up=b) for n, (a, b) in random_layers(tiny_dit(), ORIG, seed=3).items()}
+    grpo = save_lora(tmp_path / "grpo.safetensors", layers, metadata={"method": "grpo", "rollout_cfg": 1.0})
+    sft = save_lora(tmp_path / "sft.safetensors", layers, metadata={"method": "sft", "rollout_cfg": None})
+    stack = [LoraSpec(str(grpo), 1.0), LoraSpec(str(sft), 1.0)]
+    (note,) = guidance_notes(stack, 5.0)
+    assert note.startswith("grpo.safetensors:") and "CFG 1" in note and "CFG 5" in note and "cfg to 1" in note
+    assert guidance_notes(stack, 1.0) == []
+    assert guidance_notes([LoraSpec(str(grpo), 0.0)], 5.0) == []

@@ -967,7 +967,7 @@ def test_grpo_with_the_verifier_reward_reads_npz_clips_and_their_labels(assets, 
     mp.setattr(R.VerifierReward, "__call__", spy)
     try:
         out = tmp_path / "o"
-        Trainer(
+        result = Trainer(
             config(
                 assets,
                 out,
@@ -988,6 +988,9 @@ def test_grpo_with_the_verifier_reward_reads_npz_clips_and_their_labels(assets, 
     ops = {json.loads(line)["operation"] for line in Path(manifest).read_text().splitlines()}
     assert len(seen) == 2 and {op for op, _ in seen} == ops and all(has for _, has in seen)
     assert 0.0 <= rows(out)[0]["reward_verifier:EA+PC"] <= 1.0
+    from viva_core.lora import trained_cfg
+
+    assert trained_cfg(result.lora_path) == 2.0  # the guidance the rollouts ran at, for lora.guidance_notes
 
 
 def test_checkpointing_the_optimizer_leaves_its_live_state_alone():

@@ -424,6 +424,36 @@ def read_lora(path: str | os.PathLike) -> tuple[dict[str, LoraLayer], str, dict[
     return dict(f.layers), f.format, dict(f.metadata)
 
 
+def trained_cfg(path: str | os.PathLike) -> float | None:
+    """The CFG scale an Edit-GRPO LoRA's rollouts were sampled at (``rollout_cfg`` in the metadata viva_core's
+    trainer writes), or None when the file does not say."""
+    raw = _load(path).metadata.get("rollout_cfg")
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def guidance_notes(specs: Sequence[LoraSpec], cfg: float) -> list[str]:
+    """One note for each LoRA of the stack that learned under another guidance scale than `cfg`. Why: Edit-GRPO on
+    unguided rollouts moves the conditioned velocity itself, so CFG on top of it overshoots; grpo_v13 at CFG 5 lost
+    0.08 preservation and 0.10 realism against its base, and at CFG 1 beat the base at CFG 5 by 13% in edit
+    accuracy (docs/small_models.md, section 61)."""
+    notes = []
+    for spec in specs:
+        trained = trained_cfg(spec.path) if spec.strength != 0 else None
+        if trained is not None and not math.isclose(trained, cfg):
+            notes.append(
+                f"{Path(spec.path).name}: this Edit-GRPO LoRA learned from rollouts sampled at CFG {trained:g} "
+                f"(its metadata), and this edit samples at CFG {cfg:g}: on the bundled editor such a LoRA overshoots "
+                f"(preservation and realism fall). Set cfg to {trained:g} for its edits."
+            )
+    return notes
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Matching
 # ---------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ the source's size) -> check output.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
@@ -15,12 +16,14 @@ import torch
 
 from .editor import Conditioning, Editor
 from .errors import InputError, NonFiniteError
-from .lora import LoraKeyReport
+from .lora import LoraKeyReport, guidance_notes
 from .runtime import ProgressFn, no_progress
 from .sampling import NUM_TRAIN_TIMESTEPS, Trunk, branch_starts, sample, shared_trunk
 from .settings import EditSettings
 from .step_cache import StepCacheCount, step_cached
 from .video import Audio, ConformReport, conform_frames, format_size, trim_audio, unconform_frames
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -293,11 +296,18 @@ def seed_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(int(seed)), dtype=torch.float32)
 
 
+_GUIDANCE_NOTED: set[str] = set()
+
+
 def _rows_velocity(
     editor: Editor, dit, source: EncodedSource, cond: Conditioning, negative: Optional[Conditioning], cfg: float, k: int
 ):
     """The velocity of k candidate rows of one edit: one DiT call a step, CFG's negative rows after the k
     conditioned ones."""
+    for note in guidance_notes(editor.loras, cfg):
+        if note not in _GUIDANCE_NOTED:  # once a process: a ComfyUI queue would repeat it every run
+            _GUIDANCE_NOTED.add(note)
+            log.warning(note)
     guided = cfg != 1.0
     length = max(editor.max_text_tokens, cond.embeds.shape[1], negative.embeds.shape[1] if guided else 0)
     rows = [pad_tokens(cond.embeds, length)] * k + ([pad_tokens(negative.embeds, length)] * k if guided else [])

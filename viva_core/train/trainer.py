@@ -882,6 +882,9 @@ class Trainer:
             "lr": c.optim.lr,
             "rewards": c.rewards.weights if c.method != "sft" else None,
             "mask_weight": c.sft.mask_weight if c.method == "sft" else None,
+            # the guidance the policy learned under: sampled at another CFG an Edit-GRPO LoRA can overshoot
+            # (lora.guidance_notes; docs/small_models.md, section 61)
+            "rollout_cfg": c.rollout.cfg if c.method == "grpo" else None,
             "trainer": "viva_core",
         }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU session v11 (one H200 or H100), planned in docs/small_models.md section 53: unguided Edit-GRPO
-# (recipes/small/grpo_v11.toml; NAME=grpo_v12 or grpo_v13 runs that recipe, sections 57, 59) measured, timed and
-# trained, resumable across sessions. Phases (PHASES to pick some), most wanted first:
+# (recipes/small/grpo_v11.toml; NAME=grpo_v12, grpo_v13 or grpo_v14 runs that recipe, sections 57, 59, 61) measured,
+# timed and trained, resumable across sessions. Phases (PHASES to pick some), most wanted first:
 #   data       N training clips (default 4096, seed 0, with the val split the run validates on) and the benchmark sets
 #   agree      recipes/small/grpo_agreement.py: K = 4 rollout batches of 32 records x G 16, unguided (section 51
 #              predicts a mean cosine of ~0.4; under 0.2 the grpo phase is skipped unless FORCE=1); AGREE_GUIDED=1
@@ -15,8 +15,9 @@
 #              step-N folder put in recipes/small/checkpoints/$NAME beside its metrics.jsonl (from
 #              pack/checkpoint.tar.NN and pack/models.tar.NN; leave out the folder's lora.safetensors and curves.png,
 #              which resume does not read: the device takes a working tree of 64 MiB at most)
-#   eval       the shipped editor with and without the LoRA (and grpo_v11's, for another NAME) on both benchmark
-#              sets at the protocol's CFG 5 and at CFG 1; paired tables (recipes/small/table.py --paired)
+#   eval       the shipped editor with and without the LoRA (and the committed grpo_v11 and grpo_v13 LoRAs beside it)
+#              on both benchmark sets at the protocol's CFG 5 and at CFG 1; paired tables (recipes/small/table.py
+#              --paired), and the LoRAs at CFG 1 against the shipped editor at CFG 5 (section 61)
 #   pack       pack/results.tar (logs, metrics, reports), pack/models.tar.NN (the LoRA, metrics.jsonl, curves) and
 #              pack/checkpoint.tar.NN (the latest checkpoint), <= 15 MB parts; with $OUT set also copied there
 # The device allows 10 minutes a call and may go back between calls, so each call runs a few phases and makes its
@@ -33,7 +34,9 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 source recipes/small/session_lib.sh  # $V $R $B, stamp, has, make_data, eval_line, pack_results
 NAME="${NAME:-grpo_v11}"  # the recipe, recipes/small/$NAME.toml (grpo_v12: section 57)
 CONFIG=recipes/small/$NAME.toml
-V11=recipes/small/checkpoints/grpo_v11/viva_small_edit_grpo_v11.safetensors  # section 56's LoRA, evaluated beside
+# the committed LoRAs evaluated beside another recipe's: section 56's (CFG 5's best) and section 61's (CFG 1's)
+BESIDE=(grpo_v11=recipes/small/checkpoints/grpo_v11/viva_small_edit_grpo_v11.safetensors
+  grpo_v13=recipes/small/checkpoints/grpo_v13/viva_small_edit_grpo_v13.safetensors)
 CARRIED=recipes/small/checkpoints/$NAME  # an earlier session's results: metrics.jsonl, the LoRA, a step-*/ to resume
 SHIPPED=$B/diffusers/viva-small-editor
 BG=(optim.batch_size=32 rollout.group_size=16)
@@ -101,25 +104,35 @@ if has eval; then
   lora=$(ls $R/$NAME/viva_small_edit_$NAME*.safetensors $CARRIED/viva_small_edit_$NAME*.safetensors 2>/dev/null | head -1)
   if [ -n "$lora" ]; then
     stamp "eval $lora"
-    with_v11=0  # another recipe's LoRA is also compared with section 56's
-    [ "$NAME" != grpo_v11 ] && [ -f $V11 ] && with_v11=1
+    others=()  # the committed LoRAs of other recipes, evaluated beside this one
+    for kv in "${BESIDE[@]}"; do
+      [ "${kv%%=*}" != "$NAME" ] && [ -f "${kv#*=}" ] && others+=("${kv%%=*}") && eval "lora_${kv%%=*}=${kv#*=}"
+    done
     {
       for cfg in 5 1; do
         eval_lines "shipped_cfg$cfg" "--editor $SHIPPED --cfg $cfg"
         eval_lines "${NAME}_cfg$cfg" "--editor $SHIPPED --lora $lora --cfg $cfg"
-        [ "$with_v11" = 1 ] && eval_lines "grpo_v11_cfg$cfg" "--editor $SHIPPED --lora $V11 --cfg $cfg"
+        for o in "${others[@]}"; do
+          v="lora_$o"
+          eval_lines "${o}_cfg$cfg" "--editor $SHIPPED --lora ${!v} --cfg $cfg"
+        done
       done
     } > runs/eval_jobs.txt
     xargs -P "${JOBS:-8}" -I{} bash -c {} < runs/eval_jobs.txt
     grep -H "^all " runs/eval/*.log
-    for cfg in 5 1; do
-      for set in heldout id; do
+    for set in heldout id; do  # each at the guidance it is meant for: the LoRAs at their rollouts' CFG 1 (section 61)
+      for cfg in 5 1; do
         echo "CFG $cfg, $set:"
-        other=()
-        [ "$with_v11" = 1 ] && other=("grpo_v11=runs/eval/grpo_v11_cfg${cfg}_$set")
+        beside=()
+        for o in "${others[@]}"; do beside+=("$o=runs/eval/${o}_cfg${cfg}_$set"); done
         python3 recipes/small/table.py --paired "shipped=runs/eval/shipped_cfg${cfg}_$set" \
-          "$NAME=runs/eval/${NAME}_cfg${cfg}_$set" "${other[@]}" 2>&1 | grep "^|"  # the paired and drift tables
+          "$NAME=runs/eval/${NAME}_cfg${cfg}_$set" "${beside[@]}" 2>&1 | grep "^|"  # the paired and drift tables
       done
+      echo "LoRAs at CFG 1 against the shipped editor at CFG 5, $set:"
+      beside=()
+      for o in "${others[@]}"; do beside+=("${o}_cfg1=runs/eval/${o}_cfg1_$set"); done
+      python3 recipes/small/table.py --paired "shipped_cfg5=runs/eval/shipped_cfg5_$set" \
+        "${NAME}_cfg1=runs/eval/${NAME}_cfg1_$set" "${beside[@]}" 2>&1 | grep "^|"
     done
   else
     stamp "eval skipped: no $NAME LoRA"

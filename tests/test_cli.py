@@ -108,6 +108,29 @@ def test_edit_warns_once_when_a_grpo_lora_meets_another_cfg(assets, caplog):
     assert "CFG 1" in note and "CFG 5" in note
 
 
+def test_without_cfg_an_edit_samples_at_the_grpo_loras_trained_guidance(assets, capsys):
+    """No --cfg: the scale the --lora stack's Edit-GRPO LoRAs trained at (their `rollout_cfg`), said on the console;
+    LoRAs that disagree or record none leave the default; --cfg always wins."""
+    from viva_core.cli import build_parser, sampling_settings
+    from viva_core.lora import read_lora
+    from viva_core.settings import DEFAULTS
+
+    layers, _, _ = read_lora(assets["lora"])
+    one = save_lora(assets["root"] / "rollout1.safetensors", layers, metadata={"method": "grpo", "rollout_cfg": 1})
+    two = save_lora(assets["root"] / "rollout2.safetensors", layers, metadata={"method": "grpo", "rollout_cfg": 2})
+    parser = build_parser()
+
+    def cfg(*flags):
+        return sampling_settings(parser.parse_args(_edit_args(assets, assets["root"] / "x.mp4", *flags))).cfg
+
+    assert cfg("--lora", str(one)) == 1.0 and "cfg 1: the guidance the LoRA's Edit-GRPO" in capsys.readouterr().out
+    assert cfg("--lora", str(one), "--lora", str(assets["lora"])) == 1.0  # the other records none
+    assert cfg("--lora", str(one), "--lora", str(two)) == DEFAULTS.cfg  # they disagree
+    assert cfg("--lora", f"{one}:0") == DEFAULTS.cfg  # switched off
+    assert cfg("--lora", str(one), "--cfg", "3") == 3.0
+    assert cfg("--lora", str(assets["lora"])) == DEFAULTS.cfg
+
+
 def test_edit_with_instructor_and_judge(assets, capsys):
     out = assets["root"] / "instr.mp4"
     args = _edit_args(
@@ -274,8 +297,9 @@ def test_bundled_editor_defaults_to_its_steps_and_flags_show_their_defaults(caps
     with pytest.raises(SystemExit):
         parser.parse_args(["edit", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for flag, default in (("--cfg", DEFAULTS.cfg), ("--seed", DEFAULTS.seed)):
-        assert f"(default {default})" in text.rsplit(flag, 1)[1][:200], flag  # its entry, after the usage line
+    assert f"(default {DEFAULTS.seed})" in text.rsplit("--seed", 1)[1][:200]  # its entry, after the usage line
+    assert f"(default {DEFAULTS.cfg}, or with an Edit-GRPO --lora" in text.rsplit("--cfg", 1)[1][:200]
+    assert sampling_settings(parser.parse_args(base)).cfg == DEFAULTS.cfg
     for flag, default in (("--shift", DEFAULTS.shift), ("--sampler", DEFAULTS.sampler)):
         assert (
             f"(default: from the model folder's scheduler config, else {default})" in text.rsplit(flag, 1)[1][:200]

@@ -617,8 +617,9 @@ def add_sampling_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--cfg",
         type=number(float, 0, 100),
-        default=d.cfg,
-        help="classifier-free guidance scale; 1 = off, one DiT pass per step (default %(default)s)",
+        default=None,
+        help=f"classifier-free guidance scale; 1 = off, one DiT pass per step (default {d.cfg}, or with an Edit-GRPO "
+        "--lora the scale its rollouts ran at, from its metadata)",
     )
     sp.add_argument("--seed", type=SEED, default=d.seed, help="noise seed (default %(default)s)")
     sp.add_argument(
@@ -644,15 +645,24 @@ def add_sampling_options(sp: argparse.ArgumentParser) -> None:
 
 def sampling_settings(args: argparse.Namespace) -> EditSettings:
     """EditSettings of the sampling flags; without --steps, the default (BUNDLED_STEPS for the bundled editor);
-    without --shift / --sampler, None: the edit takes the editor's (its scheduler config), else the default."""
+    without --cfg, the guidance the --lora stack's Edit-GRPO LoRAs trained at, else the default (such a LoRA
+    overshoots under another: lora.guidance_notes); without --shift / --sampler, None: the edit takes the editor's
+    (its scheduler config), else the default."""
     from . import bundled
+    from .lora import LoraSpec, stack_cfg
 
     steps = args.steps
     if steps is None:
         small = bool(args.editor) and Path(args.editor).resolve() == bundled.EDITOR.resolve()
         steps = BUNDLED_STEPS if small else DEFAULTS.steps
+    cfg = args.cfg
+    if cfg is None:
+        trained = stack_cfg([LoraSpec(*parse_lora_arg(x)) for x in getattr(args, "lora", None) or []])
+        cfg = DEFAULTS.cfg if trained is None else trained
+        if trained is not None:
+            print(f"cfg {trained:g}: the guidance the LoRA's Edit-GRPO rollouts ran at (--cfg to choose another)")
     return EditSettings(
-        steps=steps, cfg=args.cfg, seed=args.seed, shift=args.shift, strength=args.strength, sampler=args.sampler
+        steps=steps, cfg=cfg, seed=args.seed, shift=args.shift, strength=args.strength, sampler=args.sampler
     )
 
 

@@ -437,6 +437,13 @@ def trained_cfg(path: str | os.PathLike) -> float | None:
     return float(value)
 
 
+def stack_cfg(specs: Sequence[LoraSpec]) -> float | None:
+    """The guidance the stack's Edit-GRPO LoRAs were trained at, when those that record one agree (None otherwise):
+    what `viva edit --lora` samples at without --cfg."""
+    found = {trained_cfg(s.path) for s in specs if s.strength != 0} - {None}
+    return found.pop() if len(found) == 1 else None
+
+
 def guidance_notes(specs: Sequence[LoraSpec], cfg: float) -> list[str]:
     """One note for each LoRA of the stack that learned under another guidance scale than `cfg`. Why: Edit-GRPO on
     unguided rollouts moves the conditioned velocity itself, so CFG on top of it overshoots; grpo_v13 at CFG 5 lost

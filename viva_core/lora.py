@@ -455,8 +455,8 @@ def guidance_notes(specs: Sequence[LoraSpec], cfg: float) -> list[str]:
         if trained is not None and not math.isclose(trained, cfg):
             notes.append(
                 f"{Path(spec.path).name}: this Edit-GRPO LoRA learned from rollouts sampled at CFG {trained:g} "
-                f"(its metadata), and this edit samples at CFG {cfg:g}: on the bundled editor such a LoRA overshoots "
-                f"(preservation and realism fall). Set cfg to {trained:g} for its edits."
+                f"(its metadata), and this edit samples at CFG {cfg:g} (on the bundled editor, such a LoRA trained at "
+                f"CFG 1 overshoots at CFG 5: preservation and realism fall). Set cfg to {trained:g} for its edits."
             )
     return notes
 

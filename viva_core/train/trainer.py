@@ -258,19 +258,21 @@ class Trainer:
     def _local_batch(self, step: int) -> list[tuple[int, EditRecord]]:
         return self._global_batch(step)[self.world.rank :: self.world.size]
 
+    def _frame_size(self) -> tuple[int, int] | None:
+        """data.height x data.width when both are set, else None (each video's own size)."""
+        d = self.cfg.data
+        return (d.height, d.width) if d.height and d.width else None
+
     def _latents_key(self, rec: EditRecord) -> tuple:
         """The cache key of a record's latents: its files' content and everything the encode depends on."""
-        cfg = self.cfg
-        size = (cfg.data.height, cfg.data.width) if cfg.data.height and cfg.data.width else None
-        return (self._file_ids(rec), cfg.data.max_frames, size, self.vae_id, "frames-v2")
+        return (self._file_ids(rec), self.cfg.data.max_frames, self._frame_size(), self.vae_id, "frames-v2")
 
     def _sample(self, rec: EditRecord) -> EditSample:
         """The record's frames, conformed to the editor (and to data.height/width when set)."""
-        cfg = self.cfg
         return load_sample(
             rec,
-            max_frames=cfg.data.max_frames,
-            size=(cfg.data.height, cfg.data.width) if cfg.data.height and cfg.data.width else None,
+            max_frames=self.cfg.data.max_frames,
+            size=self._frame_size(),
             temporal_factor=self.editor.temporal_factor,
             spatial_multiple=self.editor.spatial_multiple,
         )

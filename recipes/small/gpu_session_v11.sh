@@ -104,17 +104,16 @@ if has eval; then
   lora=$(ls $R/$NAME/viva_small_edit_$NAME*.safetensors $CARRIED/viva_small_edit_$NAME*.safetensors 2>/dev/null | head -1)
   if [ -n "$lora" ]; then
     stamp "eval $lora"
-    others=()  # the committed LoRAs of other recipes, evaluated beside this one
+    others=()  # name=LoRA of the committed LoRAs of other recipes, evaluated beside this one
     for kv in "${BESIDE[@]}"; do
-      [ "${kv%%=*}" != "$NAME" ] && [ -f "${kv#*=}" ] && others+=("${kv%%=*}") && eval "lora_${kv%%=*}=${kv#*=}"
+      [ "${kv%%=*}" != "$NAME" ] && [ -f "${kv#*=}" ] && others+=("$kv")
     done
     {
       for cfg in 5 1; do
         eval_lines "shipped_cfg$cfg" "--editor $SHIPPED --cfg $cfg"
         eval_lines "${NAME}_cfg$cfg" "--editor $SHIPPED --lora $lora --cfg $cfg"
-        for o in "${others[@]}"; do
-          v="lora_$o"
-          eval_lines "${o}_cfg$cfg" "--editor $SHIPPED --lora ${!v} --cfg $cfg"
+        for kv in "${others[@]}"; do
+          eval_lines "${kv%%=*}_cfg$cfg" "--editor $SHIPPED --lora ${kv#*=} --cfg $cfg"
         done
       done
     } > runs/eval_jobs.txt
@@ -124,13 +123,13 @@ if has eval; then
       for cfg in 5 1; do
         echo "CFG $cfg, $set:"
         beside=()
-        for o in "${others[@]}"; do beside+=("$o=runs/eval/${o}_cfg${cfg}_$set"); done
+        for kv in "${others[@]}"; do beside+=("${kv%%=*}=runs/eval/${kv%%=*}_cfg${cfg}_$set"); done
         python3 recipes/small/table.py --paired "shipped=runs/eval/shipped_cfg${cfg}_$set" \
           "$NAME=runs/eval/${NAME}_cfg${cfg}_$set" "${beside[@]}" 2>&1 | grep "^|"  # the paired and drift tables
       done
       echo "LoRAs at CFG 1 against the shipped editor at CFG 5, $set:"
       beside=()
-      for o in "${others[@]}"; do beside+=("${o}_cfg1=runs/eval/${o}_cfg1_$set"); done
+      for kv in "${others[@]}"; do beside+=("${kv%%=*}_cfg1=runs/eval/${kv%%=*}_cfg1_$set"); done
       python3 recipes/small/table.py --paired "shipped_cfg5=runs/eval/shipped_cfg5_$set" \
         "${NAME}_cfg1=runs/eval/${NAME}_cfg1_$set" "${beside[@]}" 2>&1 | grep "^|"
     done

@@ -43,7 +43,12 @@ def register_model_folders() -> None:
     for base in folder_paths.get_folder_paths(VLM_FOLDER):
         os.makedirs(base, exist_ok=True)
     # The small models shipped in the package: listed after the user's own (e.g. "folder: viva-small-editor").
-    for name, sub in (("diffusers", "diffusers"), (VLM_FOLDER, "vlm"), (REFINER_FOLDER, "refiners")):
+    for name, sub in (
+        ("diffusers", "diffusers"),
+        ("loras", "loras"),
+        (VLM_FOLDER, "vlm"),
+        (REFINER_FOLDER, "refiners"),
+    ):
         if (bundled.ROOT / sub).is_dir():
             folder_paths.add_model_folder_path(name, str(bundled.ROOT / sub), is_default=False)
 

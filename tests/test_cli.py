@@ -10,6 +10,7 @@ from tiny_editor import build_editor_folder
 from tiny_vlm import build_tiny_vlm
 
 from viva_core.cli import main, parse_lora_arg
+from viva_core.errors import InputError
 from viva_core.instructor import RefinerConfig, TokenRefiner, save_refiner
 from viva_core.lora import LoraLayer, lora_target_names, save_lora
 from viva_core.video import Audio, probe_video, read_video, write_video
@@ -129,6 +130,35 @@ def test_without_cfg_an_edit_samples_at_the_grpo_loras_trained_guidance(assets, 
     assert cfg("--lora", f"{one}:0") == DEFAULTS.cfg  # switched off
     assert cfg("--lora", str(one), "--cfg", "3") == 3.0
     assert cfg("--lora", str(assets["lora"])) == DEFAULTS.cfg
+
+
+def test_lora_bundled_and_none_and_the_bundled_editors_default(tmp_path):
+    """`viva edit` with no --editor adds the bundled editor's Edit-GRPO LoRA unless --lora is given; 'bundled' names
+    that LoRA (its :STRENGTH kept) in edit and eval; 'none' means no LoRA at all; eval's `--editor bundled` is the
+    editor alone, as the benchmark's rows name it."""
+    from viva_core import bundled
+    from viva_core.cli import build_parser, resolve_loras, use_bundled_models
+
+    parser = build_parser()
+    shipped = str(bundled.EDITOR_LORA)
+
+    def edit_loras(*flags):
+        args = parser.parse_args(["edit", "example", "x", "-o", str(tmp_path / "o.mp4"), *flags])
+        use_bundled_models(args)
+        return [parse_lora_arg(x) for x in args.lora]
+
+    assert edit_loras() == [(shipped, 1.0)]
+    assert edit_loras("--lora", "none") == []
+    assert edit_loras("--lora", "bundled:0.5") == [(shipped, 0.5)]
+    assert edit_loras("--lora", "mine.safetensors") == [("mine.safetensors", 1.0)]  # the user's instead
+    assert edit_loras("--editor", "/models/Lucy-Edit-Dev") == []
+    with pytest.raises(InputError, match="--lora none means no LoRA"):
+        edit_loras("--lora", "none", "--lora", "bundled")
+    assert resolve_loras(None, bundled_default=False) == []
+    assert resolve_loras(["bundled", "a.safetensors:0.3"], bundled_default=False) == [
+        f"{shipped}:1",
+        "a.safetensors:0.3",
+    ]
 
 
 def test_edit_with_instructor_and_judge(assets, capsys):
@@ -357,7 +387,6 @@ def test_commands_run_with_fewer_gc_passes_and_restore_the_callers_setting(monke
     import gc
 
     import viva_core.cli as cli
-    from viva_core.errors import InputError
 
     seen = []
 

@@ -600,10 +600,10 @@ def test_bundled_models_edit_the_bundled_example_above_the_bar() -> None:
 
 
 def test_bundled_models_fit_the_size_budget() -> None:
-    # 46.6 MB today: the 20 M-parameter DiT in bf16 is 40.7 MB of it. The wheel and the repository carry these
-    # files, so a bigger bundled model has to earn its size in the README's ablation table.
+    # 48.2 MB today: the 20 M-parameter DiT in bf16 is 40.7 MB of it, its Edit-GRPO LoRA 1.6 MB. The wheel and the
+    # repository carry these files, so a bigger bundled model has to earn its size in the README's ablation table.
     total = sum(p.stat().st_size for p in bundled.ROOT.rglob("*.safetensors"))
-    assert total <= 48e6
+    assert total <= 49e6
     assert not [p for p in bundled.ROOT.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
 
 
@@ -629,7 +629,20 @@ def test_cli_edit_without_editor_uses_bundled_models(tmp_path, capsys) -> None:
         )
         == 0
     )  # 5 of the example's 17 frames: the VAE is most of the time
-    assert out.is_file() and "bundled small models" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert out.is_file() and "bundled small models and its Edit-GRPO LoRA" in printed.err
+    assert "cfg 1: the guidance the LoRA's Edit-GRPO rollouts ran at" in printed.out  # its rollout_cfg
+
+
+def test_the_bundled_lora_is_an_unguided_edit_grpo_lora_of_the_bundled_editor() -> None:
+    """What `viva edit` adds to the bundled editor: every key a module of its DiT, trained on CFG-1 rollouts."""
+    from viva_core.editor import EditorOptions, load_editor
+    from viva_core.lora import check_lora_fits, trained_cfg
+
+    editor = load_editor(bundled.path(bundled.EDITOR), options=EditorOptions(dtype="fp32", device="cpu"))
+    report = check_lora_fits(bundled.EDITOR_LORA, editor.transformer)
+    assert report.matched and not report.unmatched, report.summary()
+    assert trained_cfg(bundled.EDITOR_LORA) == 1.0
 
 
 def test_editor_loss_weights_are_the_clip_masks_at_latent_size(tmp_path) -> None:

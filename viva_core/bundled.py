@@ -13,10 +13,17 @@ from pathlib import Path
 from .errors import ModelLoadError
 
 ROOT = Path(__file__).resolve().parent / "small_models"
-# Laid out as ComfyUI model folders: diffusers/ (the editor), vlm/ (the judge). The editor is conditioned on text
-# alone: in the measured ablation its 20 M DiT doubled the edit accuracy of the earlier 7 M DiT with a jointly
-# trained instructor (README, "Small models"), so no bundled instructor or refiner is paired with it.
+# Laid out as ComfyUI model folders: diffusers/ (the editor), loras/ (its LoRA), vlm/ (the judge). The editor is
+# conditioned on text alone: in the measured ablation its 20 M DiT doubled the edit accuracy of the earlier 7 M DiT
+# with a jointly trained instructor (README, "Small models"), so no bundled instructor or refiner is paired with it.
 EDITOR = ROOT / "diffusers" / "viva-small-editor"
+# The editor's Edit-GRPO LoRA (recipes/small/grpo_v13.toml, 218 steps), a LoRA beside the editor and not merged into
+# it: it trained on unguided rollouts and gains only at CFG 1 (+13% held-out EA over the editor alone at its best
+# CFG 5, PC held); at CFG 5 its edits overshoot (docs/small_models.md, section 61). Its `rollout_cfg` metadata says
+# so to `viva edit` (which applies it to the bundled editor unless --lora is given) and to ComfyUI users.
+EDITOR_LORA = ROOT / "loras" / "viva-small-editor-grpo.safetensors"
+LORA_ALIAS = "bundled"  # what --lora accepts in place of EDITOR_LORA's path
+NO_LORA = "none"  # `viva edit --lora none`: the bundled editor without EDITOR_LORA
 JUDGE = ROOT / "vlm" / "viva-small-judge"
 EXAMPLE = ROOT / "examples" / "shapes.mp4"
 EXAMPLE_ALIAS = "example"  # what `viva edit` and `viva judge` accept in place of a source path

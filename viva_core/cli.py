@@ -240,6 +240,8 @@ def use_bundled_models(args: argparse.Namespace) -> None:
     args.source = bundled.source_path(args.source)
     if getattr(args, "judge", None) == "bundled":
         args.judge = bundled.path(bundled.JUDGE)
+    default_lora = args.lora is None and not args.editor
+    args.lora = resolve_loras(args.lora, bundled_default=default_lora)
     if args.editor:
         return
     args.editor = bundled.path(bundled.EDITOR)
@@ -253,10 +255,30 @@ def use_bundled_models(args: argparse.Namespace) -> None:
         args.vlm_dtype = "fp32"
         if not bf16_is_fast("cpu"):
             args.dtype = "fp32"
+    lora = " and its Edit-GRPO LoRA (--lora none: the editor alone)" if default_lora else ""
     print(
-        "using the bundled small models (64x64 synthetic shapes world); pass --editor for a real editor",
+        f"using the bundled small models{lora} (64x64 synthetic shapes world); pass --editor for a real editor",
         file=sys.stderr,
     )
+
+
+def resolve_loras(specs: list[str] | None, bundled_default: bool) -> list[str]:
+    """The --lora list with 'bundled' made the bundled editor's Edit-GRPO LoRA (keeping its :STRENGTH) and 'none'
+    made no LoRA; with no --lora, that LoRA alone when `bundled_default` (the bundled editor in `viva edit`: it
+    gains only with the LoRA at CFG 1, docs/small_models.md, section 61), else none."""
+    from . import bundled
+
+    if specs is None:
+        return [bundled.path(bundled.EDITOR_LORA)] if bundled_default else []
+    if bundled.NO_LORA in specs:
+        if len(specs) > 1:
+            raise InputError("--lora none means no LoRA at all; leave out the other --lora flags.")
+        return []
+    resolved = []
+    for spec in specs:
+        path, strength = parse_lora_arg(spec)
+        resolved.append(f"{bundled.path(bundled.EDITOR_LORA)}:{strength:g}" if path == bundled.LORA_ALIAS else spec)
+    return resolved
 
 
 def _cuda() -> bool:
@@ -394,6 +416,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.editor == "bundled":
         args.editor = bundled.path(bundled.EDITOR)
+    args.lora = resolve_loras(args.lora, bundled_default=False)
     if args.judge == "bundled":
         args.judge = bundled.path(bundled.JUDGE)
     if not args.outputs and not args.editor:
@@ -717,7 +740,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--instructor", help="VLM folder: grounded instructor tokens (with --refiner) or a rewritten prompt")
     e.add_argument("--refiner", help="token refiner .safetensors trained for this instructor and editor")
     e.add_argument("--reference", help="optional reference image for the instructor")
-    e.add_argument("--lora", action="append", type=lora_arg, metavar="FILE[:STRENGTH]", help="LoRA file, repeatable")
+    e.add_argument(
+        "--lora",
+        action="append",
+        type=lora_arg,
+        metavar="FILE[:STRENGTH]",
+        help="LoRA file, repeatable; 'bundled': the bundled editor's Edit-GRPO LoRA, which an edit with no --editor "
+        "applies unless --lora is given; 'none': no LoRA",
+    )
     e.add_argument(
         "--judge",
         help="VLM folder: score the edit (and pick the best of --candidates); 'bundled' for the bundled small judge",
@@ -817,7 +847,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--previews", type=COUNT, default=8, help="edits shown as frame strips in the HTML report")
     v.add_argument("--vae", help="Wan VAE .safetensors (with a single-file --editor)")
     v.add_argument("--text-encoder", help="UMT5 folder (transformers format) if the editor folder has none")
-    v.add_argument("--lora", action="append", type=lora_arg, metavar="FILE[:STRENGTH]", help="LoRA file, repeatable")
+    v.add_argument(
+        "--lora",
+        action="append",
+        type=lora_arg,
+        metavar="FILE[:STRENGTH]",
+        help="LoRA file, repeatable; 'bundled': the bundled editor's Edit-GRPO LoRA (--editor bundled is the editor "
+        "alone)",
+    )
     v.add_argument("--negative", type=text_arg, default="", help="negative prompt for CFG")
     add_step_cache_option(v)
     add_sampling_options(v)

@@ -36,7 +36,7 @@ NAME="${NAME:-grpo_v11}"  # the recipe, recipes/small/$NAME.toml (grpo_v12: sect
 CONFIG=recipes/small/$NAME.toml
 # the committed LoRAs evaluated beside another recipe's: section 56's (CFG 5's best) and section 61's (CFG 1's)
 BESIDE=(grpo_v11=recipes/small/checkpoints/grpo_v11/viva_small_edit_grpo_v11.safetensors
-  grpo_v13=recipes/small/checkpoints/grpo_v13/viva_small_edit_grpo_v13.safetensors)
+  grpo_v13=viva_core/small_models/loras/viva-small-editor-grpo.safetensors)
 CARRIED=recipes/small/checkpoints/$NAME  # an earlier session's results: metrics.jsonl, the LoRA, a step-*/ to resume
 SHIPPED=$B/diffusers/viva-small-editor
 BG=(optim.batch_size=32 rollout.group_size=16)

@@ -43,7 +43,8 @@ function notSaved(widget) {
   return widget;
 }
 
-const TEXT_FONT_PX = 11, TEXT_LINE_PX = 14, TEXT_CHAR_PX = 6.7; // monospace 11px: ~6.7 px a character
+const TEXT_FONT_PX = 11, TEXT_LINE_PX = 14, TEXT_MAX_ROWS = 16;
+let textCharPx = 0; // the width of a character of the box's font, measured once (fonts differ between systems)
 const TEXT_CHROME_PX = 14 + 2 * 10; // the box's padding and border, and the frontend's DOM widget margin (10 px)
 const TABLE_NODE = "VIVA_BestOfN"; // its text is a table: columns kept (no wrapping), the node widened to fit it
 
@@ -75,17 +76,29 @@ function textWidget(node) {
   return widget;
 }
 
-// Rows and width the text needs: every line of a table (up to 16) at its full width; other text wraps at the
-// node's width, up to 12 rows (scroll for more: a VLM's rationale can be long).
+// Rows and width the text needs, up to 16 rows (scroll for more: a VLM's rationale can be long): every line of a
+// table at its full width; other text wraps at the node's width.
 function textLayout(node, value) {
   const lines = value.split("\n");
+  const charPx = charWidth();
   if (nodeId(node) === TABLE_NODE) {
     const longest = Math.max(...lines.map((l) => l.length));
-    return { rows: Math.min(16, Math.max(2, lines.length)), width: Math.min(640, Math.ceil(longest * TEXT_CHAR_PX) + 48) };
+    return { rows: Math.min(TEXT_MAX_ROWS, Math.max(2, lines.length)), width: Math.min(640, Math.ceil(longest * charPx) + 48) };
   }
-  const perLine = Math.max(20, Math.floor((node.size[0] - 56) / TEXT_CHAR_PX)); // margins, padding, scroll bar
+  const perLine = Math.max(20, Math.floor((node.size[0] - 56) / charPx)); // margins, padding, scroll bar
   const rows = lines.reduce((n, l) => n + wrappedRows(l, perLine), 0);
-  return { rows: Math.min(12, Math.max(2, rows)), width: 0 };
+  return { rows: Math.min(TEXT_MAX_ROWS, Math.max(2, rows)), width: 0 };
+}
+
+// The box's monospace font measured on a canvas (a fixed 6.7 px, right for one system's font, came a row short a
+// line on another's, and the Judge's text scrolled).
+function charWidth() {
+  if (!textCharPx) {
+    const ctx = document.createElement("canvas").getContext("2d");
+    ctx.font = `${TEXT_FONT_PX}px monospace`;
+    textCharPx = ctx.measureText("0".repeat(100)).width / 100 || 6.7;
+  }
+  return textCharPx;
 }
 
 // Rows one line takes when the box wraps it (pre-wrap breaks at spaces, so a row holds whole words: counting

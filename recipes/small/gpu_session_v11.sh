@@ -14,7 +14,8 @@
 #              last finished step); continues (`--resume latest`) an earlier call's run on a warm machine, or a
 #              step-N folder put in recipes/small/checkpoints/$NAME beside its metrics.jsonl (from
 #              pack/checkpoint.tar.NN and pack/models.tar.NN; leave out the folder's lora.safetensors and curves.png,
-#              which resume does not read: the device takes a working tree of 64 MiB at most)
+#              which resume does not read: the device takes a working tree of 64 MiB at most); or INIT=<LoRA>
+#              starts the run from that LoRA with a fresh optimizer (a step folder, 9.5 MB, no longer fits the tree)
 #   eval       the shipped editor with and without the LoRA (and the committed grpo_v11 and grpo_v13 LoRAs beside it)
 #              on both benchmark sets at the protocol's CFG 5 and at CFG 1; paired tables (recipes/small/table.py
 #              --paired), and the LoRAs at CFG 1 against the shipped editor at CFG 5 (section 61)
@@ -89,6 +90,8 @@ if has grpo; then
     elif [ -n "$carried_step" ]; then  # continue the committed run
       mkdir -p $R/$NAME/checkpoints && cp -r "$carried_step" $R/$NAME/checkpoints/ && cp $CARRIED/metrics.jsonl $R/$NAME/
       resume=(--resume latest)
+    elif [ -n "${INIT:-}" ]; then  # start from a committed LoRA with a fresh optimizer (section 63)
+      resume=(--set "lora.init_from=$INIT")
     fi
     stamp "grpo ${resume[*]:-from the start} (agreement ${cosine:-not measured})"
     # shellcheck disable=SC2046  # the --set pairs, as separate words

@@ -30,6 +30,30 @@ def assets(tmp_path_factory):
     }
 
 
+RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes" / "small").glob("*.toml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_shipped_recipe_loads_and_names_models_that_exist(recipe, monkeypatch):
+    """A typo in a recipe would cost a GPU session (30 minutes) before it showed: each loads and validates as
+    `viva train` / `viva pretrain` read it, and the repository's models it names (the bundled editor and judge, a
+    committed LoRA to start from) are there."""
+    import tomllib
+
+    from viva_core.train.pretrain.config import load_scratch_config
+
+    monkeypatch.chdir(recipe.parent.parent.parent)  # recipes name repository paths, as the GPU sessions run them
+    if "method" in tomllib.loads(recipe.read_text(encoding="utf-8")):
+        cfg = load_config(str(recipe))
+        named = [cfg.model.editor, cfg.rewards.judge_vlm, cfg.lora.init_from]
+    else:
+        load_scratch_config(str(recipe))
+        named = []
+    for path in named:
+        if path.startswith(("viva_core/", "recipes/")):
+            assert Path(path).exists(), f"{recipe.name}: {path}"
+
+
 def config(assets, out, *extra):
     return load_config(
         None,

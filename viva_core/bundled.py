@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent / "small_models"
 # with a jointly trained instructor (README, "Small models"), so no bundled instructor or refiner is paired with it.
 EDITOR = ROOT / "diffusers" / "viva-small-editor"
 # The editor's Edit-GRPO LoRA (recipes/small/grpo_v13.toml, 218 steps), a LoRA beside the editor and not merged into
-# it: it trained on unguided rollouts and gains only at CFG 1 (+13% held-out EA over the editor alone at its best
+# it: it trained on unguided rollouts and gains at their CFG 1 (+13% held-out EA over the editor alone at its best
 # CFG 5, PC held); at CFG 5 its edits overshoot (docs/small_models.md, section 61). Its `rollout_cfg` metadata says
 # so to `viva edit` (which applies it to the bundled editor unless --lora is given) and to ComfyUI users.
 EDITOR_LORA = ROOT / "loras" / "viva-small-editor-grpo.safetensors"

@@ -264,8 +264,8 @@ def use_bundled_models(args: argparse.Namespace) -> None:
 
 def resolve_loras(specs: list[str] | None, bundled_default: bool) -> list[str]:
     """The --lora list with 'bundled' made the bundled editor's Edit-GRPO LoRA (keeping its :STRENGTH) and 'none'
-    made no LoRA; with no --lora, that LoRA alone when `bundled_default` (the bundled editor in `viva edit`: it
-    gains only with the LoRA at CFG 1, docs/small_models.md, section 61), else none."""
+    made no LoRA; with no --lora, that LoRA alone when `bundled_default` (the bundled editor in `viva edit`, which
+    edits better with it: docs/small_models.md, section 61), else none."""
     from . import bundled
 
     if specs is None:

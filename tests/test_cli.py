@@ -94,19 +94,35 @@ def test_lora_changes_the_edit_and_strength_zero_does_not(assets):
     assert not torch.equal(outs["base"], outs["lora"])
 
 
-def test_edit_warns_once_when_a_grpo_lora_meets_another_cfg(assets, caplog):
+def test_an_edit_says_when_a_grpo_lora_meets_another_cfg(assets, capsys, caplog):
     """A LoRA trained on rollouts at CFG 1 sampled at CFG 5 overshoots (docs/small_models.md, section 61): the edit
-    runs and says so once a process, naming the file; at its own CFG it says nothing."""
+    runs and its summary (the ComfyUI node's report, `viva edit`'s output) names the file and both scales; at its own
+    CFG it says nothing. `viva eval` says it once a run, not once an edit."""
     from viva_core.lora import read_lora
 
     layers, _, _ = read_lora(assets["lora"])
     meta = {"method": "grpo", "rollout_cfg": 1}
     grpo = save_lora(assets["root"] / "grpo_unguided.safetensors", layers, metadata=meta)
-    with caplog.at_level("WARNING", logger="viva_core.pipeline"):
-        for cfg in ("1", "5", "5"):
-            assert main(_edit_args(assets, assets["root"] / f"g{cfg}.mp4", "--lora", str(grpo), "--cfg", cfg)) == 0
-    (note,) = [r.getMessage() for r in caplog.records if "grpo_unguided.safetensors" in r.getMessage()]
-    assert "CFG 1" in note and "CFG 5" in note
+    said = {}
+    for cfg in ("1", "5"):
+        assert main(_edit_args(assets, assets["root"] / f"g{cfg}.mp4", "--lora", str(grpo), "--cfg", cfg)) == 0
+        said[cfg] = [line for line in capsys.readouterr().out.splitlines() if "grpo_unguided.safetensors: this" in line]
+    assert said["1"] == [] and len(said["5"]) == 1
+    assert "CFG 1" in said["5"][0] and "CFG 5" in said["5"][0]
+    from viva_core.synth import generate
+
+    manifest = generate(assets["root"] / "d", n=2, seed=1, format="npz", splits=(1, 0, 0), frames=5, size=32)["train"]
+    flags = ["--editor", str(assets["editor"]), "--steps", "1", "--dtype", "fp32", "--device", "cpu"]
+    report = assets["root"] / "eval_g5"
+    with caplog.at_level("WARNING", logger="viva"):
+        assert main(["eval", str(manifest), "--report", str(report), "--no-outputs", *flags, "--lora", str(grpo)]) == 0
+    notes = [r.getMessage() for r in caplog.records if "grpo_unguided.safetensors: this" in r.getMessage()]
+    assert notes == [], "without --cfg, eval samples at the LoRA's own CFG 1"
+    with caplog.at_level("WARNING", logger="viva"):
+        args = ["eval", str(manifest), "--report", str(report) + "b", "--no-outputs", *flags, "--lora", str(grpo)]
+        assert main([*args, "--cfg", "5"]) == 0
+    notes = [r.getMessage() for r in caplog.records if "grpo_unguided.safetensors: this" in r.getMessage()]
+    assert len(notes) == 1, notes  # two edits, one note
 
 
 def test_without_cfg_an_edit_samples_at_the_grpo_loras_trained_guidance(assets, capsys):

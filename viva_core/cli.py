@@ -459,6 +459,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             return reconstruct(editor, read_frames(record.target_video, args.max_frames, "target_video")[0])
     elif args.editor:
         from .conditioning import build_conditioning, negative_conditioning
+        from .lora import guidance_notes
         from .pipeline import edit
 
         vlm, mode = load_instructor_from_args(args)
@@ -471,6 +472,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         editor = editor.with_step_cache(args.step_cache)
         negative = negative_conditioning(editor, args.negative)
         settings = sampling_settings(args)
+        for note in guidance_notes(editor.loras, settings.cfg):  # once a run, not in every edit's summary
+            logging.getLogger("viva").warning(note)
         encoded = {}
         if mode == "text":
             from .data import load_manifest

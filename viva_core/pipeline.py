@@ -7,7 +7,6 @@ the source's size) -> check output.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
@@ -23,8 +22,6 @@ from .settings import EditSettings
 from .step_cache import StepCacheCount, step_cached
 from .video import Audio, ConformReport, conform_frames, format_size, trim_audio, unconform_frames
 
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class EditResult:
@@ -36,6 +33,9 @@ class EditResult:
     seed: int = 0
     seconds: float = 0.0
     step_cache: Optional[StepCacheCount] = None  # with a step cache: how many DiT calls of its sampling run computed
+    # lora.guidance_notes: a LoRA of the stack learned under another CFG than this edit's; in the report, so a ComfyUI
+    # user sees it on the node
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         size = format_size(self.frames.shape[1], self.frames.shape[2])
@@ -45,6 +45,7 @@ class EditResult:
         lines += [r.summary() for r in self.lora_reports]
         if self.step_cache is not None:
             lines.append(self.step_cache.summary())
+        lines += self.notes
         return "\n".join(line for line in lines if line)
 
 
@@ -296,18 +297,11 @@ def seed_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(int(seed)), dtype=torch.float32)
 
 
-_GUIDANCE_NOTED: set[str] = set()
-
-
 def _rows_velocity(
     editor: Editor, dit, source: EncodedSource, cond: Conditioning, negative: Optional[Conditioning], cfg: float, k: int
 ):
     """The velocity of k candidate rows of one edit: one DiT call a step, CFG's negative rows after the k
     conditioned ones."""
-    for note in guidance_notes(editor.loras, cfg):
-        if note not in _GUIDANCE_NOTED:  # once a process: a ComfyUI queue would repeat it every run
-            _GUIDANCE_NOTED.add(note)
-            log.warning(note)
     guided = cfg != 1.0
     length = max(editor.max_text_tokens, cond.embeds.shape[1], negative.embeds.shape[1] if guided else 0)
     rows = [pad_tokens(cond.embeds, length)] * k + ([pad_tokens(negative.embeds, length)] * k if guided else [])
@@ -424,6 +418,7 @@ def edit_encoded_batch(
             int(seed),
             seconds,
             step_cache=cached,
+            notes=guidance_notes(editor.loras, settings.cfg),
         )
         for out, seed in zip(videos, seeds)
     ]

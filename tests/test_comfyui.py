@@ -418,13 +418,17 @@ def test_lora_written_by_viva_loads_in_native_comfyui(comfy, tmp_path):
 
 
 def test_bundled_small_models_are_listed_and_edit(models, tmp_path):
-    """The package's small models appear in the loaders' lists (beside the user's) and run an instructor edit."""
+    """The package's small models appear in the loaders' lists (beside the user's) and run an instructor edit, with
+    the bundled editor's Edit-GRPO LoRA at CFG 5: the edit runs, and its report on the node says that the LoRA
+    learned at CFG 1 (a note in the server's log alone would not reach the user)."""
     rc, out, report = run_harness(models, tmp_path, "bundled_edit.json")
     assert rc == EXIT_OK, out[-4000:]
     assert report["execution"]["status"] == "success"
     mp4s = saved_mp4s(report)
     assert len(mp4s) == 1, report["execution"]
-    assert "64x64" in output_text(out, "5")  # resized to the small editor's native size
+    edited = output_text(out, "5")
+    assert "64x64" in edited  # resized to the small editor's native size
+    assert "viva-small-editor-grpo.safetensors: this Edit-GRPO LoRA learned" in edited  # the harness keeps 200 chars
     judged = output_text(out, "9")  # the small judge was asked for a rationale it cannot write: a note, no junk
     assert re.search(r"EA \d\.\d{3}", judged) and "(no rationale: this judge answers Yes/No only" in judged, judged
     assert "assistant" not in judged, judged

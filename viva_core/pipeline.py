@@ -42,10 +42,10 @@ class EditResult:
         lines = [f"seed {self.seed}, {self.frames.shape[0]} frames {size} @ {self.fps:g} fps in {self.seconds:.1f} s"]
         if self.conform.changed:
             lines.append(self.conform.message())
+        lines += self.notes  # before the LoRA key reports: what to change comes first
         lines += [r.summary() for r in self.lora_reports]
         if self.step_cache is not None:
             lines.append(self.step_cache.summary())
-        lines += self.notes
         return "\n".join(line for line in lines if line)
 
 

@@ -408,6 +408,7 @@ def edit_encoded_batch(
                 )
             videos.append(unconform_frames(out, source.conform))
     seconds = source.seconds + time.perf_counter() - t0
+    notes = guidance_notes(editor.loras, settings.cfg)  # one stack, one CFG: the same notes for every seed
     return [
         EditResult(
             out,
@@ -418,7 +419,7 @@ def edit_encoded_batch(
             int(seed),
             seconds,
             step_cache=cached,
-            notes=guidance_notes(editor.loras, settings.cfg),
+            notes=notes,
         )
         for out, seed in zip(videos, seeds)
     ]

@@ -84,18 +84,18 @@ if has grpo; then
   cosine=$(sed -n 's/.*pairwise cosine mean \([-0-9.]*\).*/\1/p' runs/agree_cfg1.log 2>/dev/null)
   carried_step=$(ls -d $CARRIED/step-* 2>/dev/null | tail -1)
   if [ "${FORCE:-0}" = 1 ] || [ -n "$carried_step" ] || awk -v c="${cosine:-0}" 'BEGIN { exit !(c + 0 >= 0.2) }'; then
-    resume=()
+    start=()
     if [ -d $R/$NAME/checkpoints ]; then  # an earlier call on this machine (a warm one keeps $WORK)
-      resume=(--resume latest)
+      start=(--resume latest)
     elif [ -n "$carried_step" ]; then  # continue the committed run
       mkdir -p $R/$NAME/checkpoints && cp -r "$carried_step" $R/$NAME/checkpoints/ && cp $CARRIED/metrics.jsonl $R/$NAME/
-      resume=(--resume latest)
+      start=(--resume latest)
     elif [ -n "${INIT:-}" ]; then  # start from a committed LoRA with a fresh optimizer (section 63)
-      resume=(--set "lora.init_from=$INIT")
+      start=(--set "lora.init_from=$INIT")
     fi
-    stamp "grpo ${resume[*]:-from the start} (agreement ${cosine:-not measured})"
+    stamp "grpo ${start[*]:-from the start} (agreement ${cosine:-not measured})"
     # shellcheck disable=SC2046  # the --set pairs, as separate words
-    timeout -s INT "${GRPO_SECONDS:-420}" $V train $CONFIG "${resume[@]}" $(sets "${BG[@]}" "${G[@]}") \
+    timeout -s INT "${GRPO_SECONDS:-420}" $V train $CONFIG "${start[@]}" $(sets "${BG[@]}" "${G[@]}") \
       > runs/grpo.log 2>&1
     grep -h '"val_reward"' $R/$NAME/metrics.jsonl | cut -c1-200
     tail -2 runs/grpo.log

@@ -18,7 +18,9 @@
 #              starts the run from that LoRA with a fresh optimizer (a step folder, 9.5 MB, no longer fits the tree)
 #   eval       the shipped editor with and without the LoRA (and the committed grpo_v11 and grpo_v13 LoRAs beside it)
 #              on both benchmark sets at the protocol's CFG 5 and at CFG 1; paired tables (recipes/small/table.py
-#              --paired), and the LoRAs at CFG 1 against the shipped editor at CFG 5 (section 61)
+#              --paired), and the LoRAs at CFG 1 against the shipped editor at CFG 5 (section 61); EVAL_CFGS="5"
+#              keeps one CFG, EVAL_BESIDE=0 leaves the committed LoRAs out, EVAL_SETS="heldout id fresh" adds the
+#              192-clip set of synth seed 17 (made by the data phase when EVAL_SETS names it)
 #   pack       pack/results.tar (logs, metrics, reports), pack/models.tar.NN (the LoRA, metrics.jsonl, curves) and
 #              pack/checkpoint.tar.NN (the latest checkpoint), <= 15 MB parts; with $OUT set also copied there
 # The device allows 10 minutes a call and may go back between calls, so each call runs a few phases and makes its
@@ -43,7 +45,7 @@ SHIPPED=$B/diffusers/viva-small-editor
 BG=(optim.batch_size=32 rollout.group_size=16)
 G=(data.cache_dir=$R/cache)  # every phase's settings: one cache of encoded clips (SMOKE: tiny runs)
 if [ "${SMOKE:-0}" = 1 ]; then
-  export N=48 EVAL_DEVICE=cpu OBJECT_CLIPS=4
+  export N=48 EVAL_DEVICE=cpu OBJECT_CLIPS=4 FRESH_CLIPS=4
   BG=(optim.batch_size=2 rollout.group_size=2)
   G+=(model.dtype=fp32 rollout.steps=2 rollout.window=1 data.val_limit=2 log.checkpoint_every=1)
   GRPO_SECONDS="${GRPO_SECONDS:-60}" FORCE=1
@@ -108,11 +110,14 @@ if has eval; then
   if [ -n "$lora" ]; then
     stamp "eval $lora"
     others=()  # name=LoRA of the committed LoRAs of other recipes, evaluated beside this one
-    for kv in "${BESIDE[@]}"; do
-      [ "${kv%%=*}" != "$NAME" ] && [ -f "${kv#*=}" ] && others+=("$kv")
-    done
+    if [ "${EVAL_BESIDE:-1}" = 1 ]; then
+      for kv in "${BESIDE[@]}"; do
+        [ "${kv%%=*}" != "$NAME" ] && [ -f "${kv#*=}" ] && others+=("$kv")
+      done
+    fi
+    cfgs="${EVAL_CFGS:-5 1}"
     {
-      for cfg in 5 1; do
+      for cfg in $cfgs; do
         eval_lines "shipped_cfg$cfg" "--editor $SHIPPED --cfg $cfg"
         eval_lines "${NAME}_cfg$cfg" "--editor $SHIPPED --lora $lora --cfg $cfg"
         for kv in "${others[@]}"; do
@@ -122,14 +127,15 @@ if has eval; then
     } > runs/eval_jobs.txt
     xargs -P "${JOBS:-8}" -I{} bash -c {} < runs/eval_jobs.txt
     grep -H "^all " runs/eval/*.log
-    for set in heldout id; do  # each at the guidance it is meant for: the LoRAs at their rollouts' CFG 1 (section 61)
-      for cfg in 5 1; do
+    for set in ${EVAL_SETS:-heldout id}; do  # each at the guidance it is meant for (CFG 1: section 61)
+      for cfg in $cfgs; do
         echo "CFG $cfg, $set:"
         beside=()
         for kv in "${others[@]}"; do beside+=("${kv%%=*}=runs/eval/${kv%%=*}_cfg${cfg}_$set"); done
         python3 recipes/small/table.py --paired "shipped=runs/eval/shipped_cfg${cfg}_$set" \
           "$NAME=runs/eval/${NAME}_cfg${cfg}_$set" "${beside[@]}" 2>&1 | grep "^|"  # the paired and drift tables
       done
+      [[ " $cfgs " == *" 1 "* && " $cfgs " == *" 5 "* ]] || continue
       echo "LoRAs at CFG 1 against the shipped editor at CFG 5, $set:"
       beside=()
       for kv in "${others[@]}"; do beside+=("${kv%%=*}_cfg1=runs/eval/${kv%%=*}_cfg1_$set"); done

@@ -9,7 +9,8 @@ stamp() { echo "== $* $(date +%T)" | tee -a runs/stamps.log; }
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 steps() { echo --set "optim.steps=$1" --set "optim.warmup_steps=$(($1 / 10))"; }  # warm-up a tenth of the run
 
-# The 10,000 training clips (seed 0) and the two 96-clip benchmark sets (make_benchmarks), each made once.
+# The 10,000 training clips (seed 0) and the two 96-clip benchmark sets (make_benchmarks), each made once; with
+# EVAL_SETS naming "fresh", also the 192-clip held-out set of synth seed 17 (section 63's confirmation set).
 make_data() {
   [ -f data/small/train.jsonl ] || $V synth --out data/small --n "${N:-10000}" --seed 0 --format npz --workers 14
   make_benchmarks
@@ -17,6 +18,9 @@ make_data() {
 make_benchmarks() {
   [ -f data/eval_id/train.jsonl ] || $V synth --out data/eval_id --n 96 --seed 8 --format npz --splits 1,0,0 --workers 14
   [ -f data/eval_heldout/heldout.jsonl ] || $V synth --out data/eval_heldout --n 96 --seed 7 --format npz --splits 0,0,1 --workers 14
+  if [[ " ${EVAL_SETS:-} " == *" fresh "* ]] && [ ! -f data/eval_fresh/heldout.jsonl ]; then
+    $V synth --out data/eval_fresh --n "${FRESH_CLIPS:-192}" --seed 17 --format npz --splits 0,0,1 --workers 14
+  fi
 }
 
 # eval_line NAME MANIFEST "MODEL ARGS": the benchmark's eval command of one model on one set (for xargs -P); later
@@ -26,10 +30,18 @@ eval_line() {
     --dtype fp32 --vlm-dtype fp32 $3 > runs/eval/$1.log 2>&1"
 }
 
-# eval_lines NAME "MODEL ARGS": the eval commands of one variant on both sets (one line each, for xargs -P).
+# eval_lines NAME "MODEL ARGS": the eval commands of one variant on each set of EVAL_SETS (default: the two 96-clip
+# sets; "fresh" is make_benchmarks' 192-clip one), one line each, for xargs -P.
 eval_lines() {
-  eval_line "${1}_id" data/eval_id/train.jsonl "$2"
-  eval_line "${1}_heldout" data/eval_heldout/heldout.jsonl "$2"
+  local set
+  for set in ${EVAL_SETS:-id heldout}; do
+    case $set in
+      id) eval_line "${1}_id" data/eval_id/train.jsonl "$2" ;;
+      heldout) eval_line "${1}_heldout" data/eval_heldout/heldout.jsonl "$2" ;;
+      fresh) eval_line "${1}_fresh" data/eval_fresh/heldout.jsonl "$2" ;;
+      *) echo "echo 'unknown EVAL_SETS entry $set (id, heldout, fresh)' >&2; exit 2" ;;
+    esac
+  done
 }
 
 # The 96 object-edit clips (recipes/small/object_edits.sh's set: synth seed 11, add/move/resize/replace shape); with
@@ -39,8 +51,8 @@ make_objects() {
   [ -f $OBJECTS ] || $V synth --out data/objects --n "${OBJECT_CLIPS:-96}" --seed 11 --format npz \
     --ops add,move,resize,replace_shape --categories basic --splits 1,0,0 --workers 14
   if [ "${SMOKE:-0}" = 1 ]; then
-    for m in data/eval_id/train.jsonl data/eval_heldout/heldout.jsonl $OBJECTS; do
-      head -4 "$m" > "$m.4" && mv "$m.4" "$m"
+    for m in data/eval_id/train.jsonl data/eval_heldout/heldout.jsonl data/eval_fresh/heldout.jsonl $OBJECTS; do
+      [ -f "$m" ] && head -4 "$m" > "$m.4" && mv "$m.4" "$m"
     done
   fi
 }

@@ -26,7 +26,9 @@ from viva_core.lora import (
     lora_delta,
     lora_target_names,
     read_lora,
+    sampling_cfg,
     save_lora,
+    stack_cfg,
     trained_cfg,
     wan_to_diffusers,
 )
@@ -709,3 +711,24 @@ def test_guidance_notes_name_each_lora_trained_at_another_cfg(tmp_path):
     assert note.startswith("grpo.safetensors:") and "CFG 1" in note and "CFG 5" in note and "cfg to 1" in note
     assert guidance_notes(stack, 1.0) == []
     assert guidance_notes([LoraSpec(str(grpo), 0.0)], 5.0) == []
+
+
+@pytest.mark.parametrize(
+    "meta, want",
+    [
+        ({"rollout_cfg": 1.0}, 1.0),  # written before kl_beta was recorded: unanchored, as grpo_v13
+        ({"rollout_cfg": 1.0, "kl_beta": 0.0}, 1.0),
+        ({"rollout_cfg": 1.0, "kl_beta": 0.05}, None),  # anchored, as grpo_v14: gains at the base's CFG 5
+        ({"rollout_cfg": 1.0, "kl_beta": "junk"}, 1.0),  # unreadable anchor: the rollouts' CFG, as before
+        ({"rollout_cfg": None, "kl_beta": None}, None),  # SFT
+    ],
+)
+def test_an_anchored_grpo_lora_binds_no_cfg(tmp_path, meta, want):
+    """A KL-anchored Edit-GRPO LoRA moved little, and CFG 5 turns that move into its gain (grpo_v14: held-out EA
+    0.357 at CFG 5, 0.301 at CFG 1; docs/small_models.md, section 63): no CFG is forced on it and no note says to
+    change it. An unanchored one (grpo_v13) overshoots at CFG 5: `viva edit` samples it at its rollouts' CFG."""
+    layers = {n: LoraLayer(down=a, up=b) for n, (a, b) in random_layers(tiny_dit(), ORIG, seed=4).items()}
+    path = save_lora(tmp_path / "l.safetensors", layers, metadata={"method": "grpo", **meta})
+    assert sampling_cfg(path) == want
+    assert stack_cfg([LoraSpec(str(path), 1.0)]) == want
+    assert bool(guidance_notes([LoraSpec(str(path), 1.0)], 5.0)) == (want is not None)

@@ -1003,6 +1003,7 @@ def test_grpo_with_the_verifier_reward_reads_npz_clips_and_their_labels(assets, 
                 "rollout.steps=2",
                 "rollout.window=1",
                 "rollout.cfg=2.0",
+                "rollout.kl_beta=0.05",
                 "log.checkpoint_every=0",
                 'rewards.weights={"verifier:EA+PC": 1.0}',
             )
@@ -1012,9 +1013,12 @@ def test_grpo_with_the_verifier_reward_reads_npz_clips_and_their_labels(assets, 
     ops = {json.loads(line)["operation"] for line in Path(manifest).read_text().splitlines()}
     assert len(seen) == 2 and {op for op, _ in seen} == ops and all(has for _, has in seen)
     assert 0.0 <= rows(out)[0]["reward_verifier:EA+PC"] <= 1.0
-    from viva_core.lora import trained_cfg
+    from viva_core.lora import read_lora, sampling_cfg, trained_cfg
 
     assert trained_cfg(result.lora_path) == 2.0  # the guidance the rollouts ran at, for lora.guidance_notes
+    meta = read_lora(result.lora_path)[2]
+    assert (meta["kl_beta"], meta["clip_range"], meta["inner_updates"]) == ("0.05", "0.001", "1")
+    assert sampling_cfg(result.lora_path) is None  # anchored to its base: it binds no CFG (section 63)
 
 
 def test_checkpointing_the_optimizer_leaves_its_live_state_alone():

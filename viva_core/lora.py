@@ -424,10 +424,9 @@ def read_lora(path: str | os.PathLike) -> tuple[dict[str, LoraLayer], str, dict[
     return dict(f.layers), f.format, dict(f.metadata)
 
 
-def trained_cfg(path: str | os.PathLike) -> float | None:
-    """The CFG scale an Edit-GRPO LoRA's rollouts were sampled at (``rollout_cfg`` in the metadata viva_core's
-    trainer writes), or None when the file does not say."""
-    raw = _load(path).metadata.get("rollout_cfg")
+def _metadata_number(path: str | os.PathLike, key: str) -> float | None:
+    """A finite number the trainer JSON-encoded into the LoRA's metadata under `key`, or None."""
+    raw = _load(path).metadata.get(key)
     try:
         value = json.loads(raw) if raw is not None else None
     except json.JSONDecodeError:
@@ -437,26 +436,43 @@ def trained_cfg(path: str | os.PathLike) -> float | None:
     return float(value)
 
 
+def trained_cfg(path: str | os.PathLike) -> float | None:
+    """The CFG scale an Edit-GRPO LoRA's rollouts were sampled at (``rollout_cfg`` in the metadata viva_core's
+    trainer writes), or None when the file does not say."""
+    return _metadata_number(path, "rollout_cfg")
+
+
+def sampling_cfg(path: str | os.PathLike) -> float | None:
+    """The CFG an Edit-GRPO LoRA's edits should sample at, when it binds one: its rollouts' (`trained_cfg`) if it
+    learned without a KL anchor to its base; None if it had one (``kl_beta`` > 0 in its metadata) or says nothing.
+    Why: unanchored, grpo_v13 moved the conditioned velocity so far that CFG 5 on top overshoots (its gain is at
+    CFG 1); anchored, grpo_v14 moved it a little, CFG 5 amplifies that move into its gain and CFG 1 loses it
+    (docs/small_models.md, sections 61 and 63)."""
+    anchor = _metadata_number(path, "kl_beta")
+    return None if anchor is not None and anchor > 0 else trained_cfg(path)
+
+
 def stack_cfg(specs: Sequence[LoraSpec]) -> float | None:
-    """The guidance the stack's Edit-GRPO LoRAs were trained at, when those that record one agree (None otherwise):
-    what `viva edit --lora` samples at without --cfg."""
-    found = {trained_cfg(s.path) for s in specs if s.strength != 0} - {None}
+    """The guidance the stack's Edit-GRPO LoRAs bind (`sampling_cfg`), when those that bind one agree (None
+    otherwise): what `viva edit --lora` samples at without --cfg."""
+    found = {sampling_cfg(s.path) for s in specs if s.strength != 0} - {None}
     return found.pop() if len(found) == 1 else None
 
 
 def guidance_notes(specs: Sequence[LoraSpec], cfg: float) -> list[str]:
-    """One note for each LoRA of the stack that learned under another guidance scale than `cfg`. Why: Edit-GRPO on
-    unguided rollouts moves the conditioned velocity itself, so CFG on top of it overshoots; grpo_v13 at CFG 5 lost
-    0.08 preservation and 0.10 realism against its base, and at CFG 1 beat the base at CFG 5 by 13% in edit
-    accuracy (docs/small_models.md, section 61)."""
+    """One note for each LoRA of the stack that binds another guidance scale than `cfg` (`sampling_cfg`). Why:
+    Edit-GRPO on unguided rollouts without a KL anchor moves the conditioned velocity itself, so CFG on top of it
+    overshoots; grpo_v13 at CFG 5 lost 0.08 preservation and 0.10 realism against its base, and at CFG 1 beat the
+    base at CFG 5 by 13% in edit accuracy (docs/small_models.md, section 61)."""
     notes = []
     for spec in specs:
-        trained = trained_cfg(spec.path) if spec.strength != 0 else None
+        trained = sampling_cfg(spec.path) if spec.strength != 0 else None
         if trained is not None and not math.isclose(trained, cfg):
             notes.append(
                 f"{Path(spec.path).name}: this Edit-GRPO LoRA learned from rollouts sampled at CFG {trained:g} "
-                f"(its metadata), and this edit samples at CFG {cfg:g} (on the bundled editor, such a LoRA trained at "
-                f"CFG 1 overshoots at CFG 5: preservation and realism fall). Set cfg to {trained:g} for its edits."
+                f"without a KL anchor (its metadata), and this edit samples at CFG {cfg:g} (on the bundled editor, "
+                f"such a LoRA overshoots at CFG 5: preservation and realism fall). Set cfg to {trained:g} for its "
+                "edits."
             )
     return notes
 

@@ -887,6 +887,10 @@ class Trainer:
             # the guidance the policy learned under: sampled at another CFG an Edit-GRPO LoRA can overshoot
             # (lora.guidance_notes; docs/small_models.md, section 61)
             "rollout_cfg": c.rollout.cfg if c.method == "grpo" else None,
+            # anchored, it moves less and gains at the base's CFG (lora.sampling_cfg; docs/small_models.md, section 63)
+            "kl_beta": c.rollout.kl_beta if c.method in ("grpo", "rwo") else None,
+            "clip_range": c.rollout.clip_range if c.method == "grpo" else None,
+            "inner_updates": c.rollout.inner_updates if c.method in ("grpo", "rwo") else None,
             "trainer": "viva_core",
         }
 

@@ -55,3 +55,14 @@ def test_paired_splits_the_pc_change_by_whether_ea_moved(tmp_path):
     r = sum(a * b for a, b in zip(dx, dy)) / (sum(a * a for a in dx) * sum(b * b for b in dy)) ** 0.5
     # spill: the base's reports have none ('-'); the new one's mean over the clips that have one, (0.5+1+2+0)/4
     assert cells[2:] == ["75%", "-0.030 (2)", "-0.100 (1)", f"{r:+.2f}", "- -> 0.88"]
+
+
+def test_a_folder_without_a_report_names_itself_and_the_usage(tmp_path):
+    """A mistyped report folder ends with what was expected, not a traceback; --help prints the usage."""
+    run = subprocess.run(
+        [sys.executable, str(TABLE), "--paired", f"base={tmp_path}"], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 1 and f"'base={tmp_path}'" in run.stderr and "report.json" in run.stderr
+    assert "Traceback" not in run.stderr
+    shown = subprocess.run([sys.executable, str(TABLE), "--help"], capture_output=True, text=True, check=True)
+    assert "--paired" in shown.stdout

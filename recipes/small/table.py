@@ -24,10 +24,14 @@ def fmt(x) -> str:
 
 
 def load(args: list[str]) -> list[tuple[str, dict]]:
+    """(label, report) of each "label=REPORT_DIR"; a missing or mistyped one ends the script with the usage."""
     out = []
     for item in args:
         label, _, folder = item.partition("=")
-        out.append((label, json.loads((Path(folder) / "report.json").read_text())))
+        report = Path(folder) / "report.json"
+        if not folder or not report.is_file():
+            sys.exit(f"{item!r}: expected label=REPORT_DIR, a folder holding `viva eval`'s report.json\n{__doc__}")
+        out.append((label, json.loads(report.read_text())))
     return out
 
 
@@ -241,11 +245,16 @@ def judges(reports: list[tuple[str, dict]], draws: int = 2000) -> None:
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    if argv and argv[0] == "--by-operation":
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        sys.exit(0)
+    if not argv:
+        sys.exit(__doc__)
+    if argv[0] == "--by-operation":
         by_operation(load(argv[1:]))
-    elif argv and argv[0] == "--paired":
+    elif argv[0] == "--paired":
         paired(load(argv[1:]))
-    elif argv and argv[0] == "--judges":
+    elif argv[0] == "--judges":
         judges(load(argv[1:]))
     else:
         by_variant(load(argv))

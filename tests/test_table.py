@@ -66,3 +66,24 @@ def test_a_folder_without_a_report_names_itself_and_the_usage(tmp_path):
     assert "Traceback" not in run.stderr
     shown = subprocess.run([sys.executable, str(TABLE), "--help"], capture_output=True, text=True, check=True)
     assert "--paired" in shown.stdout
+
+
+def test_paired_pools_several_sets_clip_by_clip(tmp_path):
+    """Pooled reports ("label=DIR1,DIR2"): the paired mean is over all 5 clips, not the mean of the two sets'
+    means; a label whose sets differ in count from the base's is refused."""
+    base1, new1 = [(0.2, 0.6), (0.4, 0.6)], [(0.3, 0.6), (0.4, 0.6)]  # dEA +0.1, 0
+    base2, new2 = [(0.1, 0.5)] * 3, [(0.1, 0.5), (0.1, 0.5), (0.4, 0.5)]  # dEA 0, 0, +0.3
+    args = [
+        f"base={_report(tmp_path / 'b1', base1)},{_report(tmp_path / 'b2', base2)}",
+        f"new={_report(tmp_path / 'n1', new1)},{_report(tmp_path / 'n2', new2)}",
+    ]
+    out = subprocess.run([sys.executable, str(TABLE), "--paired", *args], capture_output=True, text=True, check=True)
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| new | 5 |"))
+    assert row.split("|")[3].strip().startswith(f"{(0.1 + 0.3) / 5:+.3f} (")  # +0.080; the sets' means give +0.075
+    short = subprocess.run(
+        [sys.executable, str(TABLE), "--paired", args[0], f"new={tmp_path / 'n1'}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert short.returncode != 0 and "not the same clips" in short.stderr

@@ -3,7 +3,8 @@
 python recipes/small/table.py "label=REPORT_DIR" ...             one row per report: scores, EA per category
 python recipes/small/table.py --by-operation "label=REPORT_DIR" ... one row per operation: EA of each report
 python recipes/small/table.py --paired "base=DIR" "label=DIR" ...  each against the base on the same clips (and, for
-    reports of `viva eval --judge`, the judge's P(Yes) on the edits, each against the base's)
+    reports of `viva eval --judge`, the judge's P(Yes) on the edits, each against the base's); "label=DIR1,DIR2"
+    pools several sets' reports (the same sets, in the same order, for every label)
 PYTHONPATH=. python recipes/small/table.py --judges "base=DIR" "label=DIR" ...  reports of `viva eval --judge` on the
     same outputs: each judge's ROC-AUC against the verifiers per question (95% bootstrap interval over items), and
     each one's difference from the first judge's on the same resampled items
@@ -24,14 +25,24 @@ def fmt(x) -> str:
 
 
 def load(args: list[str]) -> list[tuple[str, dict]]:
-    """(label, report) of each "label=REPORT_DIR"; a missing or mistyped one ends the script with the usage."""
+    """(label, report) of each "label=REPORT_DIR"; a missing or mistyped one ends the script with the usage.
+    "label=DIR1,DIR2,..." pools the reports of several sets into one (their clips in that order), so --paired can
+    pool sets that each alone leave a difference inside the noise (docs/small_models.md, section 65)."""
     out = []
     for item in args:
-        label, _, folder = item.partition("=")
-        report = Path(folder) / "report.json"
-        if not folder or not report.is_file():
-            sys.exit(f"{item!r}: expected label=REPORT_DIR, a folder holding `viva eval`'s report.json\n{__doc__}")
-        out.append((label, json.loads(report.read_text())))
+        label, _, folders = item.partition("=")
+        pooled = {"manifest": [], "scores": []}
+        for folder in folders.split(","):
+            report = Path(folder) / "report.json"
+            if not folder or not report.is_file():
+                sys.exit(f"{item!r}: expected label=REPORT_DIR, a folder holding `viva eval`'s report.json\n{__doc__}")
+            one = json.loads(report.read_text())
+            if "," not in folders:
+                pooled = one
+                break
+            pooled["manifest"].append(one["manifest"])
+            pooled["scores"].extend(one["scores"])
+        out.append((label, pooled))
     return out
 
 

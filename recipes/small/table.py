@@ -31,18 +31,16 @@ def load(args: list[str]) -> list[tuple[str, dict]]:
     out = []
     for item in args:
         label, _, folders = item.partition("=")
-        pooled = {"manifest": [], "scores": []}
+        reports = []
         for folder in folders.split(","):
             report = Path(folder) / "report.json"
             if not folder or not report.is_file():
                 sys.exit(f"{item!r}: expected label=REPORT_DIR, a folder holding `viva eval`'s report.json\n{__doc__}")
-            one = json.loads(report.read_text())
-            if "," not in folders:
-                pooled = one
-                break
-            pooled["manifest"].append(one["manifest"])
-            pooled["scores"].extend(one["scores"])
-        out.append((label, pooled))
+            reports.append(json.loads(report.read_text()))
+        if len(reports) > 1:  # pooled: the sets' clips in order
+            scores = [clip for r in reports for clip in r["scores"]]
+            reports = [{"manifest": [r["manifest"] for r in reports], "scores": scores}]
+        out.append((label, reports[0]))
     return out
 
 

@@ -127,7 +127,7 @@ if has eval; then
     } > runs/eval_jobs.txt
     xargs -P "${JOBS:-8}" -I{} bash -c {} < runs/eval_jobs.txt
     grep -H "^all " runs/eval/*.log
-    for set in ${EVAL_SETS:-heldout id}; do  # each at the guidance it is meant for (CFG 1: section 61)
+    for set in $EVAL_SETS; do  # each at the guidance it is meant for (CFG 1: section 61)
       for cfg in $cfgs; do
         echo "CFG $cfg, $set:"
         beside=()

@@ -5,6 +5,7 @@ V="python3 -m viva_core.cli"
 R=runs/small
 B=viva_core/small_models
 mkdir -p "$R" runs/eval pack
+EVAL_SETS="${EVAL_SETS:-heldout id}"  # the benchmark sets eval_lines scores: heldout, id and/or fresh
 stamp() { echo "== $* $(date +%T)" | tee -a runs/stamps.log; }
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 steps() { echo --set "optim.steps=$1" --set "optim.warmup_steps=$(($1 / 10))"; }  # warm-up a tenth of the run
@@ -18,7 +19,7 @@ make_data() {
 make_benchmarks() {
   [ -f data/eval_id/train.jsonl ] || $V synth --out data/eval_id --n 96 --seed 8 --format npz --splits 1,0,0 --workers 14
   [ -f data/eval_heldout/heldout.jsonl ] || $V synth --out data/eval_heldout --n 96 --seed 7 --format npz --splits 0,0,1 --workers 14
-  if [[ " ${EVAL_SETS:-} " == *" fresh "* ]] && [ ! -f data/eval_fresh/heldout.jsonl ]; then
+  if [[ " $EVAL_SETS " == *" fresh "* ]] && [ ! -f data/eval_fresh/heldout.jsonl ]; then
     $V synth --out data/eval_fresh --n "${FRESH_CLIPS:-192}" --seed 17 --format npz --splits 0,0,1 --workers 14
   fi
 }
@@ -34,7 +35,7 @@ eval_line() {
 # sets; "fresh" is make_benchmarks' 192-clip one), one line each, for xargs -P.
 eval_lines() {
   local set
-  for set in ${EVAL_SETS:-id heldout}; do
+  for set in $EVAL_SETS; do
     case $set in
       id) eval_line "${1}_id" data/eval_id/train.jsonl "$2" ;;
       heldout) eval_line "${1}_heldout" data/eval_heldout/heldout.jsonl "$2" ;;

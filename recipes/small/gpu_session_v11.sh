@@ -26,7 +26,7 @@
 # The device allows 10 minutes a call and may go back between calls, so each call runs a few phases and makes its
 # own data (docs/small_models.md, section 33), e.g.
 #   PHASES="data agree gbench pack"   PHASES="data grpo pack"   PHASES="data direction pack"   PHASES="data eval pack"
-# (eval reads the LoRA of an earlier call: committed to recipes/small/checkpoints/$NAME or carried in runs/).
+# (eval scores this machine's newest LoRA of $NAME in runs/, else the one committed to recipes/small/checkpoints/$NAME).
 # Works in $WORK (default /tmp/viva_v11). SMOKE=1: a CPU check of the script (tiny data, 2 records x G 2, CPU evals).
 set -uo pipefail
 WORK="${WORK:-/tmp/viva_v11}"
@@ -106,7 +106,9 @@ if has grpo; then
   fi
 fi
 if has eval; then
-  lora=$(ls $R/$NAME/viva_small_edit_$NAME*.safetensors $CARRIED/viva_small_edit_$NAME*.safetensors 2>/dev/null | head -1)
+  # this machine's run first, its newest LoRA (`ls` of both folders sorted recipes/ before runs/: section 67)
+  lora=$(ls -t $R/$NAME/viva_small_edit_$NAME*.safetensors 2>/dev/null | head -1)
+  [ -n "$lora" ] || lora=$(ls $CARRIED/viva_small_edit_$NAME*.safetensors 2>/dev/null | head -1)
   if [ -n "$lora" ]; then
     stamp "eval $lora"
     others=()  # name=LoRA of the committed LoRAs of other recipes, evaluated beside this one

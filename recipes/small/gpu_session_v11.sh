@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU session v11 (one H200 or H100), planned in docs/small_models.md section 53: unguided Edit-GRPO
 # (recipes/small/grpo_v11.toml; NAME=grpo_v12 ... grpo_v16 runs recipes/small/$NAME.toml, sections 57, 59, 61,
-# 63-66) measured, timed and trained, resumable across sessions. Phases (PHASES to pick some), most wanted first:
+# 63-68) measured, timed and trained, resumable across sessions. Phases (PHASES to pick some), most wanted first:
 #   data       N training clips (default 4096, seed 0, with the val split the run validates on) and the benchmark sets
 #   agree      recipes/small/grpo_agreement.py: K = 4 rollout batches of 32 records x G 16, unguided (section 51
 #              predicts a mean cosine of ~0.4; under 0.2 the grpo phase is skipped unless FORCE=1); AGREE_GUIDED=1

@@ -1,7 +1,8 @@
 """One Edit-GRPO step of the real trainer on the bundled small editor, end to end (rollouts, VAE decode, rewards,
 PPO pass, AdamW), per-record DiT calls vs all records batched: the step `bench/bench_train.py`'s grpo case leaves
 out (it times the 1.3B DiT alone). Each variant runs in this process on the same records and settings; the split
-comes from timers around the DiT call, the VAE decode, the reward terms and the PPO pass.
+comes from timers around the DiT call, the VAE decode, the reward terms and the PPO pass (an RWO recipe, `--config
+recipes/small/rwo_v8.toml`: its step and its flow-matching passes in the PPO pass's columns).
 
     python -m viva_core.cli synth --out /tmp/grpo_data --n 64 --seed 0 --format npz
     python bench/bench_grpo_step.py --data /tmp/grpo_data/train.jsonl [--steps 2] [--set rollout.group_size=8 ...]
@@ -48,6 +49,8 @@ def timed_step(mod, cfg, steps: int, warmup: int, cpu_rewards: bool = False) -> 
 
     t = mod.Trainer(cfg)
     t._setup()
+    step_fn = t._rwo_step if cfg.method == "rwo" else t._grpo_step  # an RWO recipe times its step and pass
+    pass_name = "_rwo_pass" if cfg.method == "rwo" else "_ppo_pass"
     if cpu_rewards:
         for rw in t.rewards:
             if isinstance(rw, R.VerifierReward):
@@ -74,7 +77,7 @@ def timed_step(mod, cfg, steps: int, warmup: int, cpu_rewards: bool = False) -> 
 
     for s in range(warmup):  # encodes (cached on disk), allocator and kernel warm-up
         t.optimizer.zero_grad(set_to_none=True)
-        t._grpo_step(s)
+        step_fn(s)
         t._apply_update(s)
     phase = {"ppo": False}
     velocity = t._policy_velocity  # what rollouts and PPO passes call (guided or not)
@@ -90,7 +93,7 @@ def timed_step(mod, cfg, steps: int, warmup: int, cpu_rewards: bool = False) -> 
         return out
 
     t._policy_velocity = dit
-    ppo_pass = t._ppo_pass
+    ppo_pass = getattr(t, pass_name)
 
     def ppo(*a, **k):
         phase["ppo"] = True
@@ -99,19 +102,19 @@ def timed_step(mod, cfg, steps: int, warmup: int, cpu_rewards: bool = False) -> 
         finally:
             phase["ppo"] = False
 
-    t._ppo_pass = ppo
+    setattr(t, pass_name, ppo)
     for name in ("decode_latents", "decode_latents_batch"):
         if hasattr(mod, name):
             wrap(mod, name, "decode", "decode")
     originals = [(cls, cls.__call__) for cls in (R.VerifierReward, R.PreservationReward, R.JudgeReward, R.ClipReward)]
     for cls, _ in originals:
         wrap(cls, "__call__", "reward")
-    wrap(t, "_ppo_pass", "ppo_pass")
+    wrap(t, pass_name, "ppo_pass")
     try:
         t0 = time.perf_counter()
         for s in range(warmup, warmup + steps):
             t.optimizer.zero_grad(set_to_none=True)
-            stats = t._grpo_step(s)
+            stats = step_fn(s)
             t._apply_update(s)
         sync()
         dt = (time.perf_counter() - t0) / steps

@@ -410,3 +410,71 @@ def test_differentiable_p_yes_equals_score_and_its_gradient_the_finite_differenc
     assert float((x64.grad * direction).sum()) == pytest.approx((up - down) / (2 * eps), rel=5e-3)
     with pytest.raises(InputError, match="one of"):
         j.differentiable_yes_probabilities(src, edit, "make it blue", ("XX",))
+
+
+@pytest.mark.parametrize("difference", [False, True])
+def test_score_batch_equals_score_for_each_edit_and_question(vlm, tmp_path, difference):
+    """Many edits in shared forwards give `score`'s P(Yes) for each asked question, in the asked order: edits of
+    different sizes, lengths and instructions in one chunk (left padding), across chunk boundaries, frames at the
+    processor's grid (laid out in torch) and frames that `max_side` shrinks (laid out by the processor); the vision
+    tower sees each edit's images once, and a repeated (question, instruction, sizes) is tokenized once."""
+    import shutil
+
+    from viva_core.judge import JUDGE_INFO_FILE
+
+    folder = tmp_path / "judge"
+    shutil.copytree(vlm.path, folder)
+    (folder / JUDGE_INFO_FILE).write_text(json.dumps({"difference_frames": difference}))
+    j = Judge(load_vlm(folder, dtype="fp32", device="cpu"))
+    g = torch.Generator().manual_seed(11)
+    shapes = [(5, 48, 64), (3, 56, 56), (5, 48, 64), (7, 40, 48), (1, 32, 32)]
+    sources = [torch.rand(*s, 3, generator=g) for s in shapes]
+    edits = [torch.rand(*s, 3, generator=g) for s in shapes]
+    texts = ["make the sky red", "remove the car", "make the sky red", "  turn it blue ", "add a dog"]
+    want = torch.tensor(
+        [[j.score(s, e, t, num_frames=2).scores[q] for q in ("PC", "EA")] for s, e, t in zip(sources, edits, texts)]
+    )
+    patches = []
+    hook = j.vlm.model.model.visual.register_forward_hook(lambda m, args, out: patches.append(args[0].shape[0]))
+    calls = []
+    real = judge_mod.processor_inputs
+    judge_mod.processor_inputs = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        got = j.score_batch(sources, edits, texts, questions=("PC", "EA"), num_frames=2, chunk=2)
+    finally:
+        hook.remove()
+        judge_mod.processor_inputs = real
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    per_edit = [  # the patches of one chat of each edit, as `score` builds it
+        build_inputs(
+            j.vlm,
+            Judge.messages(
+                j._frames(s, 2), j._frames(e, 2), "q", judge_mod.difference_images(s, e, 2) if difference else ()
+            ),
+        )["pixel_values"].shape[0]
+        for s, e in zip(sources, edits)
+    ]
+    assert sum(patches) == sum(per_edit)  # each edit's images once, not once per question
+    assert len(calls) == 2 * (len(shapes) - 1)  # the repeated (question, instruction, sizes) came from the cache
+    shrunk = Judge(j.vlm, max_side=24)
+    want = torch.tensor(
+        [
+            [shrunk.score(s, e, t, num_frames=2).scores[q] for q in DIMENSIONS]
+            for s, e, t in zip(sources[:2], edits[:2], texts[:2])
+        ]
+    )
+    torch.testing.assert_close(
+        shrunk.score_batch(sources[:2], edits[:2], texts[:2], num_frames=2), want, rtol=0, atol=1e-5
+    )
+
+
+def test_score_batch_refuses_bad_inputs(judge, videos):
+    src, edit = videos
+    with pytest.raises(InputError, match="2 sources, 1 edits"):
+        judge.score_batch([src, src], [edit], ["a", "b"])
+    with pytest.raises(InputError, match="instruction"):
+        judge.score_batch([src], [edit], ["  "])
+    with pytest.raises(InputError, match="XX"):
+        judge.score_batch([src], [edit], ["a"], questions=("XX",))
+    with pytest.raises(InputError, match="num_frames"):
+        judge.score_batch([src], [edit], ["a"], num_frames=0)

@@ -417,23 +417,28 @@ def test_grpo_batched_update_equals_the_per_sample_reference(assets, block, unco
     _assert_grads_match(batched, [p.grad for p in t.params])
 
 
-@pytest.mark.parametrize("micro_batch", [0, 1])
-def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets, micro_batch):
+@pytest.mark.parametrize("micro_batch", [0, 1, "split"])
+def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets, micro_batch, monkeypatch):
     """RWO's batched group step must equal the loss written out sample by sample: mean over samples of
     w_i mean_r ||v(x_r,i) - (noise_r - x0_i)||^2, weighted 1 + M by the record's edit mask, where the draws
     (sigma_r, noise_r) are the group's and the same for every sample of it (common random numbers),
     x_r,i = (1 - sigma_r) x0_i + sigma_r noise_r, w from rwo_weights, and v the velocity guided by rollout.cfg,
-    as the rollouts sampled; plus the anchor kl_beta mean ||v - v_base||^2 (v_base: the LoRA off). micro_batch 1:
-    a group's 6 rows in two DiT calls of 3 (a record's group), the same loss and gradient."""
+    as the rollouts sampled; plus the anchor kl_beta mean ||v - v_base||^2 (v_base: the LoRA off). micro_batch 0:
+    both records' groups (12 rows) in one DiT call; 1: one record's group (6 rows) a call; "split": a call's token
+    budget under a group's rows (a 480p Wan record), each group in calls of 2 rows; the same loss and gradient."""
+    import viva_core.train.trainer as trainer_mod
     from viva_core.train import losses as L
     from viva_core.train.adapters import adapter_disabled
     from viva_core.train.trainer import _gen
 
+    if micro_batch == "split":  # a call's budget: 2 guided rows
+        tokens = trainer_mod.AUTO_TOKENS_PER_CALL // 4
+        monkeypatch.setattr(trainer_mod.Trainer, "_tokens_per_sample", lambda self, enc: tokens)
     cfg = config(
         assets,
         assets["root"] / f"rwo_ref{micro_batch}",
         "method=rwo",
-        f"rollout.micro_batch={micro_batch}",
+        f"rollout.micro_batch={0 if micro_batch == 'split' else micro_batch}",
         "optim.batch_size=2",
         "rollout.group_size=3",
         "rollout.steps=3",
@@ -461,10 +466,17 @@ def test_rwo_step_equals_the_per_sample_reference_with_shared_draws(assets, micr
             loss = (fm + 0.5 * ((v - v_base) ** 2).mean()) / (2 * len(items))
             loss.backward()
             total += float(loss)
-    assert t._rows_per_call(items[0][2]) == (3 if micro_batch else 2**16 // (t._tokens_per_sample(items[0][2]) * 2))
+    records = [items[i][:3] for i in range(0, len(items), 3)]
+    assert t._record_chunks(records, rows=3 * 2 * 2) == ([[0], [1]] if micro_batch else [[0, 1]])
     assert len(items) == 6 and all(enc.get("mask") is not None for _, _, enc, *_ in items)
     assert stats["loss"] == pytest.approx(total, rel=1e-5) and stats["loss_kl"] > 0
     _assert_grads_match(batched, [p.grad for p in t.params])
+    calls = []
+    velocity = t._policy_velocity
+    t._policy_velocity = lambda model, x, *a: calls.append(x.shape[0]) or velocity(model, x, *a)
+    t.optimizer.zero_grad()
+    t._rwo_pass(items, w, 0, 0)
+    assert calls == {0: [12, 12], 1: [6, 6, 6, 6], "split": [2] * 12}[micro_batch]  # policy and anchor rows a call
 
 
 def _after_inner_updates(assets, method: str, *extra: str):

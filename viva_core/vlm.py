@@ -312,10 +312,16 @@ def to_pil_image(image: torch.Tensor | Image.Image, *, max_side: int | None = No
         if arr.shape[-1] == 1:
             arr = np.repeat(arr, 3, axis=-1)
         pil = Image.fromarray(np.ascontiguousarray(arr[..., :3]))  # uint8 [H,W,3] -> RGB
-    if max_side is not None and max(pil.size) > max_side:
-        scale = max_side / max(pil.size)
-        pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BICUBIC)
-    return pil
+    size = shrunk_size(pil.width, pil.height, max_side)
+    return pil if size == pil.size else pil.resize(size, Image.BICUBIC)
+
+
+def shrunk_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) of an image that `to_pil_image` fits into `max_side` (unchanged when it fits)."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def fit_max_side(images: torch.Tensor, max_side: int | None) -> torch.Tensor:
@@ -445,7 +451,8 @@ def forward_shared_images(vlm: VLM, inputs, copies: int, host_positions: bool = 
     it runs once per edit instead of once per question. Same logits as `forward` (tests/test_judge.py); models
     other than Qwen2-VL / Qwen2.5-VL take the plain path. `host_positions`: the M-RoPE position ids from host copies
     of the batch (compat.qwen2_vl_position_ids), 1.9x faster a judge training forward on an H200 (docs/small_models.md,
-    section 32)."""
+    section 32). `pixel_values` may hold every chat's patches (as the processor returns them) or only the first
+    chat's of each run (`Judge.score_batch`, which never lays out the copies)."""
     embed = qwen2_vl_vision(vlm.model)
     if copies == 1 or embed is None or "pixel_values" not in inputs:
         return forward(vlm, inputs, **kwargs)
@@ -458,9 +465,16 @@ def forward_shared_images(vlm: VLM, inputs, copies: int, host_positions: bool = 
     first = (torch.arange(per_chat)[None] + per_run * torch.arange(runs)[:, None]).flatten()  # each run's 1st chat
     patches = grid.prod(-1)
     starts = torch.cumsum(patches, 0) - patches
-    rows = torch.cat([torch.arange(int(starts[i]), int(starts[i] + patches[i])) for i in first.tolist()])
     pixels = inputs["pixel_values"]
-    feats = embed(pixels[rows.to(pixels.device)], thw[first.to(thw.device)])
+    if pixels.shape[0] == int(patches.sum()) != int(patches[first].sum()):  # every chat's: each run's first chat's
+        rows = torch.cat([torch.arange(int(starts[i]), int(starts[i] + patches[i])) for i in first.tolist()])
+        pixels = pixels[rows.to(pixels.device)]
+    elif pixels.shape[0] != int(patches[first].sum()):
+        raise InputError(
+            f"{pixels.shape[0]} pixel patches fit neither all {int(patches.sum())} of the image grids nor the "
+            f"{int(patches[first].sum())} of each run's first chat."
+        )
+    feats = embed(pixels, thw[first.to(thw.device)])
     merge = vlm.model.config.vision_config.spatial_merge_size
     per_run_tokens = (patches[first] // merge**2).view(runs, per_chat).sum(1)  # a run's images are contiguous
     run_starts = torch.cumsum(per_run_tokens, 0) - per_run_tokens

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU session v11 (one H200 or H100), planned in docs/small_models.md section 53: unguided Edit-GRPO
-# (recipes/small/grpo_v11.toml; NAME=grpo_v12 ... grpo_v16 runs recipes/small/$NAME.toml, sections 57, 59, 61,
-# 63-68) measured, timed and trained, resumable across sessions. Phases (PHASES to pick some), most wanted first:
+# (recipes/small/grpo_v11.toml; NAME=grpo_v12 ... grpo_v16, rwo_v8 runs recipes/small/$NAME.toml, sections 57, 59, 61,
+# 63-69) measured, timed and trained, resumable across sessions. Phases (PHASES to pick some), most wanted first:
 #   data       N training clips (default 4096, seed 0, with the val split the run validates on) and the benchmark sets
 #   agree      recipes/small/grpo_agreement.py: K = 4 rollout batches of 32 records x G 16, unguided (section 51
 #              predicts a mean cosine of ~0.4; under 0.2 the grpo phase is skipped unless FORCE=1); AGREE_GUIDED=1
@@ -16,7 +16,7 @@
 #              pack/checkpoint.tar.NN and pack/models.tar.NN; leave out the folder's lora.safetensors and curves.png,
 #              which resume does not read: the device takes a working tree of 64 MiB at most); or INIT=<LoRA>
 #              starts the run from that LoRA with a fresh optimizer (a step folder, 9.5 MB, no longer fits the tree)
-#   eval       the shipped editor with and without the LoRA (and the committed grpo_v11 and grpo_v13 LoRAs beside it)
+#   eval       the shipped editor with and without the LoRA (and the committed grpo_v16 and grpo_v13 LoRAs beside it)
 #              on both benchmark sets at the protocol's CFG 5 and at CFG 1; paired tables (recipes/small/table.py
 #              --paired), and the LoRAs at CFG 1 against the shipped editor at CFG 5 (section 61); EVAL_CFGS="5"
 #              keeps one CFG, EVAL_BESIDE=0 leaves the committed LoRAs out, EVAL_SETS="heldout id fresh" adds the
@@ -37,8 +37,8 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 source recipes/small/session_lib.sh  # $V $R $B, stamp, has, make_data, eval_line, pack_results
 NAME="${NAME:-grpo_v11}"  # the recipe, recipes/small/$NAME.toml (grpo_v12: section 57)
 CONFIG=recipes/small/$NAME.toml
-# the committed LoRAs evaluated beside another recipe's: section 56's (CFG 5's best) and section 61's (CFG 1's)
-BESIDE=(grpo_v11=recipes/small/checkpoints/grpo_v11/viva_small_edit_grpo_v11.safetensors
+# the committed LoRAs evaluated beside another recipe's: section 67's (CFG 5's best) and section 61's (CFG 1's)
+BESIDE=(grpo_v16=recipes/small/checkpoints/grpo_v16/viva_small_edit_grpo_v16.safetensors
   grpo_v13=viva_core/small_models/loras/viva-small-editor-grpo.safetensors)
 CARRIED=recipes/small/checkpoints/$NAME  # an earlier session's results: metrics.jsonl, the LoRA, a step-*/ to resume
 SHIPPED=$B/diffusers/viva-small-editor

@@ -137,11 +137,11 @@ class JudgeReward:
 
     @torch.no_grad()
     def __call__(self, batch: RewardInput) -> torch.Tensor:
-        out = []
-        for i in range(batch.n):
-            res = self.judge.score(batch.source[i], batch.edited[i], batch.instructions[i], num_frames=self.num_frames)
-            out.append(sum(res.scores[d] for d in self.dimensions) / len(self.dimensions))
-        return torch.tensor(out, dtype=torch.float32)
+        """All the batch's edits in `Judge.score_batch`'s shared forwards, asking only this reward's questions."""
+        scores = self.judge.score_batch(
+            batch.source, batch.edited, batch.instructions, questions=self.dimensions, num_frames=self.num_frames
+        )
+        return scores.mean(dim=1)
 
 
 # ------------------------------------------------------------------------------------------- verifier

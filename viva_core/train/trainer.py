@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -515,15 +514,6 @@ class Trainer:
         rows = rows or r.group_size * (1 if r.cfg == 1.0 else 2)
         return max(1, AUTO_TOKENS_PER_CALL // (self._tokens_per_sample(enc) * rows))
 
-    def _rows_per_call(self, enc: dict) -> int:
-        """Flow-matching rows per DiT call in RWO's pass: rollout.micro_batch records' groups (G rows each), or under
-        0 as many rows as fit AUTO_TOKENS_PER_CALL latent tokens counting CFG's doubled rows (at least 1). Under FSDP
-        the ranks agree on it (collective forwards: every rank makes the same calls)."""
-        r = self.cfg.rollout
-        guided = 1 if r.cfg == 1.0 else 2
-        per = r.micro_batch * r.group_size or max(1, AUTO_TOKENS_PER_CALL // (self._tokens_per_sample(enc) * guided))
-        return self._fsdp_agreed(per)
-
     def _fsdp_agreed(self, per: int) -> int:
         """A per-call size every rank uses: under FSDP the forwards are collective, so all ranks take the smallest."""
         if self.world.active and self.cfg.optim.parallel == "fsdp":
@@ -813,20 +803,74 @@ class Trainer:
 
     def _rwo_pass(self, items: list, weights: torch.Tensor, step: int, update: int) -> dict:
         """One backward pass: per group, its G samples x `rollout.rwo_draws` (sigma, noise) draws that all G samples
-        share, so two samples' terms differ only by their results (`_rows_per_call` rows a DiT call: one call per
-        group for the bundled editor). The loss is mean_i w_i mean_r FM(x0_i; sigma_r, noise_r) over the local
-        samples, plus, with rollout.kl_beta > 0, kl_beta mean ||v - v_base||^2 at the same inputs (v_base: the LoRA
-        off, the SFT base): the anchor that signed weights need (unbounded otherwise: the pushed-away samples' loss
-        can grow without end)."""
+        share, so two samples' terms differ only by their results; the groups of a `_record_chunks` chunk share each
+        DiT call (one call per group took 14 of rwo_v8's 17-19 s steps on an H100: docs/small_models.md, section
+        69). The loss is mean_i w_i mean_r FM(x0_i; sigma_r, noise_r) over the local samples, plus, with
+        rollout.kl_beta > 0, kl_beta mean ||v - v_base||^2 at the same inputs (v_base: the LoRA off, the SFT base):
+        the anchor that signed weights need (unbounded otherwise: the pushed-away samples' loss can grow without
+        end)."""
         r = self.cfg.rollout
         g, draws = r.group_size, r.rwo_draws
         starts = list(range(0, len(items), g))
-        per = self._rows_per_call(items[0][2]) if items else 1
-        n_calls = sum(math.ceil(min(g, len(items) - i0) * draws / per) for i0 in starts)
+        records = [items[i0][:3] for i0 in starts]
+        guided = 1 if r.cfg == 1.0 else 2
+        chunks = self._record_chunks(records, rows=g * draws * guided)
+        # a group bigger than one call's rows (a 480p Wan record) is split into calls of `per` rows, as before
+        tokens = self._tokens_per_sample(records[0][2]) if records else 1
+        per = self._fsdp_agreed(r.micro_batch * g * draws or max(1, AUTO_TOKENS_PER_CALL // (tokens * guided)))
+        calls = [
+            (chunk, slice(c, c + per) if len(chunk) == 1 else slice(None))
+            for chunk in chunks
+            for c in (range(0, g * draws, per) if len(chunk) == 1 else [0])
+        ]
         sums = {"loss": [], "loss_fm": [], "loss_kl": []}
-        k = 0
-        for i0 in starts:
-            gi, rec, enc = items[i0][:3]
+        weighted = self.cfg.sft.mask_weight != 0.0
+        built: dict = {}
+        for k, (chunk, rows) in enumerate(calls, 1):
+            if built.get("chunk") is not chunk:
+                built = {"chunk": chunk, **self._rwo_rows(items, records, starts, chunk, weights, step, update)}
+                built["mask"] = self._stacked_masks(built["masks"]) if weighted else None
+            x_t, v_target, sigma, w = (built[key][rows] for key in ("x_t", "v_target", "sigma", "w"))
+            source, text, mask = built["source"], built["text"], built["mask"]  # a chunk of one: [1, ...], broadcast
+            share = x_t.shape[0] / (draws * len(items))  # this call's rows' share of the mean
+            with self._grad_sync(k == len(calls)):
+                v = self._policy_velocity(self.dit, x_t, source, sigma, text)
+                fm = L.reward_weighted_fm_loss(v, v_target, w, mask, self.cfg.sft.mask_weight)
+                loss = fm
+                if r.kl_beta > 0:
+                    with torch.no_grad(), adapter_disabled(self.base):
+                        v_ref = self._policy_velocity(self.base, x_t, source, sigma, text)
+                    kl = ((v - v_ref) ** 2).mean()
+                    loss = loss + r.kl_beta * kl
+                    sums["loss_kl"].append(kl.detach().double() * share)
+                (loss * share).backward()
+            sums["loss"].append(loss.detach().double() * share)
+            sums["loss_fm"].append(fm.detach().double() * share)
+        names = [key for key, v in sums.items() if v]
+        if not names:
+            return {}
+        values = torch.stack([torch.stack(sums[key]).sum() for key in names]).tolist()  # the one host transfer
+        return dict(zip(names, values))
+
+    def _rwo_rows(
+        self,
+        items: list,
+        records: list,
+        starts: list[int],
+        chunk: list[int],
+        weights: torch.Tensor,
+        step: int,
+        update: int,
+    ) -> dict:
+        """The flow-matching rows of a chunk's groups: per group its G samples x `rollout.rwo_draws` draws from the
+        group's own generator (the same rows however the groups are batched), draw-major; with the chunk's stacked
+        source latents and conditioning, and its (mask, rows) pairs."""
+        r = self.cfg.rollout
+        g, draws = r.group_size, r.rwo_draws
+        out: dict = {"x_t": [], "v_target": [], "sigma": [], "w": [], "masks": []}
+        for c in chunk:
+            i0 = starts[c]
+            gi, _, enc = records[c]
             x0 = torch.cat([item[4] for item in items[i0 : i0 + g]]).to(self.device, torch.float32)  # [G, C, T, H, W]
             gen = _gen(self.cfg.seed, step, gi, 4, *([update] if update else []))
             sigma = L.sample_sigmas(draws, gen, shift=self.cfg.sft.shift, mode=self.cfg.sft.sigma_sampling)
@@ -834,36 +878,24 @@ class Trainer:
             n = x0.shape[0]  # rows draw-major: draw r of every sample, then draw r + 1
             sigma = sigma.to(self.device).repeat_interleave(n)
             x_t, v_target = L.flow_matching_pair(x0.repeat(draws, 1, 1, 1, 1), noise.repeat_interleave(n, 0), sigma)
-            w = weights[i0 : i0 + n].repeat(draws)
-            text, mask = self._condition(rec, enc), enc.get("mask")
-            for c in range(0, n * draws, per):
-                rows = slice(c, min(c + per, n * draws))
-                share = (rows.stop - rows.start) / (draws * len(items))  # this call's rows' share of the mean
-                k += 1
-                with self._grad_sync(k == n_calls):
-                    v = self._policy_velocity(self.dit, x_t[rows], enc["source"], sigma[rows], text)
-                    fm = L.reward_weighted_fm_loss(
-                        v,
-                        v_target[rows],
-                        w[rows],
-                        mask.to(self.device) if mask is not None else None,
-                        self.cfg.sft.mask_weight,
-                    )
-                    loss = fm
-                    if r.kl_beta > 0:
-                        with torch.no_grad(), adapter_disabled(self.base):
-                            v_ref = self._policy_velocity(self.base, x_t[rows], enc["source"], sigma[rows], text)
-                        kl = ((v - v_ref) ** 2).mean()
-                        loss = loss + r.kl_beta * kl
-                        sums["loss_kl"].append(kl.detach().double() * share)
-                    (loss * share).backward()
-                sums["loss"].append(loss.detach().double() * share)
-                sums["loss_fm"].append(fm.detach().double() * share)
-        names = [key for key, v in sums.items() if v]
-        if not names:
-            return {}
-        values = torch.stack([torch.stack(sums[key]).sum() for key in names]).tolist()  # the one host transfer
-        return dict(zip(names, values))
+            for key, v in (("x_t", x_t), ("v_target", v_target), ("sigma", sigma)):
+                out[key].append(v)
+            out["w"].append(weights[i0 : i0 + n].repeat(draws))
+            out["masks"].append((enc.get("mask"), n * draws))
+        source, text = self._stacked([records[c] for c in chunk], g * draws)
+        rows = {key: torch.cat(out[key]) for key in ("x_t", "v_target", "sigma", "w")}
+        return {**rows, "masks": out["masks"], "source": source, "text": text}
+
+    def _stacked_masks(self, masks: list[tuple[Optional[torch.Tensor], int]]) -> Optional[torch.Tensor]:
+        """The chunk's edit masks (mask or None, rows) as one [rows, ...] tensor; a record without a mask weighs every
+        element alike, as an all-zero mask does (1 + w * 0). None when no record has one."""
+        shape = next((m.shape for m, _ in masks if m is not None), None)
+        if shape is None:
+            return None
+        full = [(m if m is not None else torch.zeros(shape)).to(self.device, torch.float32) for m, _ in masks]
+        if len(full) == 1:
+            return full[0]
+        return torch.cat([m.expand(rows, *m.shape[1:]) for m, (_, rows) in zip(full, masks)])
 
     # ------------------------------------------------------------------ loop
     def _rng_state(self) -> dict[str, torch.Tensor]:
@@ -886,7 +918,7 @@ class Trainer:
             "mask_weight": c.sft.mask_weight if c.method == "sft" else None,
             # the guidance the policy learned under: sampled at another CFG an Edit-GRPO LoRA can overshoot
             # (lora.guidance_notes; docs/small_models.md, section 61)
-            "rollout_cfg": c.rollout.cfg if c.method == "grpo" else None,
+            "rollout_cfg": c.rollout.cfg if c.method in ("grpo", "rwo") else None,
             # anchored, it moves less and gains at the base's CFG (lora.sampling_cfg; docs/small_models.md, section 63)
             "kl_beta": c.rollout.kl_beta if c.method in ("grpo", "rwo") else None,
             "clip_range": c.rollout.clip_range if c.method == "grpo" else None,

@@ -10,6 +10,9 @@
 #              rollouts) on 32 unseen records x G 8, at CFG 1 and 5 (section 52 on the CPU, at 256 rollouts)
 #   gbench     bench/bench_grpo_step.py --variants batched,cpu_rewards at grpo_v11.toml's settings: the step's
 #              time split, the verifiers on the GPU against the CPU's threads
+#   jbench     bench/bench_judge_reward.py on a step's layout (32 records x G 16): the bundled judge one edit at a time
+#              against `Judge.score_batch` (section 69); with NAME=rwo_v8, gbench times RWO's step (GBENCH_VARIANTS=
+#              per_record,batched: its flow-matching passes one group a DiT call against batched groups)
 #   grpo       $NAME.toml for GRPO_SECONDS (default 420), stopped with SIGINT (the trainer checkpoints the
 #              last finished step); continues (`--resume latest`) an earlier call's run on a warm machine, or a
 #              step-N folder put in recipes/small/checkpoints/$NAME beside its metrics.jsonl (from
@@ -44,9 +47,11 @@ CARRIED=recipes/small/checkpoints/$NAME  # an earlier session's results: metrics
 SHIPPED=$B/diffusers/viva-small-editor
 BG=(optim.batch_size=32 rollout.group_size=16)
 G=(data.cache_dir=$R/cache)  # every phase's settings: one cache of encoded clips (SMOKE: tiny runs)
+JB="--records 32 --group 16"  # jbench: a step's 512 rollouts
 if [ "${SMOKE:-0}" = 1 ]; then
   export N=48 EVAL_DEVICE=cpu OBJECT_CLIPS=4 FRESH_CLIPS=4
   BG=(optim.batch_size=2 rollout.group_size=2)
+  JB="--records 2 --group 2 --dtype fp32"
   G+=(model.dtype=fp32 rollout.steps=2 rollout.window=1 data.val_limit=2 log.checkpoint_every=1)
   GRPO_SECONDS="${GRPO_SECONDS:-60}" FORCE=1
 fi
@@ -81,6 +86,13 @@ if has gbench; then
     --variants "${GBENCH_VARIANTS:-batched,cpu_rewards}" $(sets "${BG[@]}" "${G[@]}") --json runs/bench_grpo_step.json \
     > runs/bench_grpo_step.log 2>&1
   tail -12 runs/bench_grpo_step.log
+fi
+if has jbench; then
+  stamp jbench
+  # shellcheck disable=SC2086  # JB: the options, as separate words
+  PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_judge_reward.py $JB --json runs/bench_judge_reward.json \
+    > runs/bench_judge_reward.log 2>&1
+  tail -16 runs/bench_judge_reward.log
 fi
 if has grpo; then
   cosine=$(sed -n 's/.*pairwise cosine mean \([-0-9.]*\).*/\1/p' runs/agree_cfg1.log 2>/dev/null)

@@ -283,6 +283,10 @@ class FakeJudge:
             instruction=instruction,
         )
 
+    def score_batch(self, sources, editeds, instructions, *, questions=("EA", "PC", "GN", "GR"), num_frames=4):
+        rows = [self.score(s, e, t, num_frames=num_frames).scores for s, e, t in zip(sources, editeds, instructions)]
+        return torch.tensor([[row[q] for q in questions] for row in rows])
+
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):

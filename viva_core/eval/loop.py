@@ -12,6 +12,7 @@ import torch
 
 from ..data import EditRecord, load_manifest, read_frames
 from ..errors import InputError
+from ..judge import DIMENSIONS
 from ..runtime import ProgressFn
 from ..video import PathLike, read_video, write_video
 from .alignment import _shift_boxes, align
@@ -121,16 +122,19 @@ def evaluate(
             **{k: extra[k] for k in ("attribute", "referring") if k in extra},
         )
         if judge is not None:
-            verdict = judge.score(source, output, record.instruction, num_frames=judge_frames)
-            baseline = judge.score(source, source, record.instruction, num_frames=judge_frames)
+            # the output and the unedited source (the EA baseline) in one shared forward
+            rows = judge.score_batch(
+                [source, source], [output, source], [record.instruction] * 2, num_frames=judge_frames
+            ).tolist()
+            verdict, baseline = (dict(zip(DIMENSIONS, row)) for row in rows)
             edit_region = derive_mask(source, target) if mask is None else _mask(mask)
             source_ea = edit_accuracy(source, source, target, edit_region, verify, operation)[0]
-            score.details["judge"] = dict(verdict.scores)
+            score.details["judge"] = verdict
             for question in JUDGE_QUESTIONS:  # each question against its own verifier, on the output
                 verifier = getattr(score, question.lower())
-                if question in verdict.scores and verifier is not None:  # PC of a whole-frame edit: no label
-                    judged.append(judge_item(record.index, "output", question, verdict.scores[question], verifier))
-            judged.append(judge_item(record.index, "source", "EA", baseline.scores["EA"], source_ea))
+                if question in verdict and verifier is not None:  # PC of a whole-frame edit: no label
+                    judged.append(judge_item(record.index, "output", question, verdict[question], verifier))
+            judged.append(judge_item(record.index, "source", "EA", baseline["EA"], source_ea))
         scores.append(score)
         if len(shown) < previews:
             shown.append(make_preview(record.index, record.instruction, source, output, target))

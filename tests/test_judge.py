@@ -455,6 +455,15 @@ def test_score_batch_equals_score_for_each_edit_and_question(vlm, tmp_path, diff
         for s, e in zip(sources, edits)
     ]
     assert sum(patches) == sum(per_edit)  # each edit's images once, not once per question
+    assert len(patches) == 3  # chunks of 2 edits
+    patches.clear()
+    hook = j.vlm.model.model.visual.register_forward_hook(lambda m, args, out: patches.append(args[0].shape[0]))
+    try:  # a token budget under one edit's chats: one edit a forward, the same scores
+        alone = j.score_batch(sources, edits, texts, questions=("PC", "EA"), num_frames=2, max_tokens=1)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(alone, want, rtol=0, atol=1e-5)
+    assert patches == per_edit
     assert len(calls) == 2 * (len(shapes) - 1)  # the repeated (question, instruction, sizes) came from the cache
     shrunk = Judge(j.vlm, max_side=24)
     want = torch.tensor(

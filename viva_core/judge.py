@@ -453,12 +453,14 @@ class Judge:
         questions: Sequence[str] = DIMENSIONS,
         num_frames: int = 4,
         chunk: int = 64,
+        max_tokens: int = 2**16,
     ) -> torch.Tensor:
         """P(Yes) [N, len(questions)] of N edits, `score`'s numbers (to float rounding) for many edits at once: the
-        chats of `chunk` edits share one forward, each edit's images are laid out once for all its questions (in
-        torch when no resize is needed), and a chat's tokens are made once per (question, instruction, sizes). Why:
-        judged one at a time, the 512 rollouts of an Edit-GRPO step took 45-58 s of a 52 s step on an H100
-        (grpo_v15_judge, docs/small_models.md, section 69). Qwen2-VL-family judges; others go through `score`."""
+        chats of up to `chunk` edits, and of at most `max_tokens` tokens (at least one edit; a 7B judge's 8 frames of
+        448 pixels are ~2,000 tokens a chat), share one forward; each edit's images are laid out once for all its
+        questions (in torch when no resize is needed), and a chat's tokens are made once per (question, instruction,
+        sizes). Why: judged one at a time, the 512 rollouts of an Edit-GRPO step took 45-58 s of a 52 s step on an
+        H100 (grpo_v15_judge, docs/small_models.md, section 69). Qwen2-VL-family judges; others go through `score`."""
         n = len(sources)
         if len(editeds) != n or len(instructions) != n:
             raise InputError(f"score_batch: {n} sources, {len(editeds)} edits and {len(instructions)} instructions.")
@@ -473,34 +475,44 @@ class Judge:
         if qwen2_vl_vision(self.vlm.model) is None:
             rows = [self.score(s, e, t, num_frames=num_frames).scores for s, e, t in zip(sources, editeds, texts)]
             return torch.tensor([[r[q] for q in questions] for r in rows], dtype=torch.float32)
-        out = []
-        for c0 in range(0, n, max(1, chunk)):
-            ids, extra, grids, pixels = [], {}, [], []
-            for i in range(c0, min(c0 + max(1, chunk), n)):
-                shown = self._shown(sources[i], editeds[i], num_frames)
-                k_src = min(num_frames, _as_video(sources[i], "source").shape[0])
-                k_edit = min(num_frames, _as_video(editeds[i], "edited").shape[0])
-                groups = (k_src, k_edit, len(shown) - k_src - k_edit)
-                sized = tuple(shrunk_size(int(x.shape[1]), int(x.shape[0]), self.max_side) for x in shown)
-                for q in questions:
-                    tok = self._tokens(q, texts[i], sized, groups)
-                    ids.append(tok["input_ids"][0])
-                    for key, v in tok.items():
-                        if key not in ("input_ids", "image_grid_thw"):
-                            extra.setdefault(key, []).append(v[0])
-                    grids.append(tok["image_grid_thw"])
-                pixels.append(self._pixels(shown))
-            inputs = self._left_padded(ids, extra)
-            inputs["image_grid_thw"] = torch.cat(grids)
-            inputs["pixel_values"] = torch.cat(pixels)
-            logits = forward_shared_images(self.vlm, to_model(self.vlm, inputs), len(questions)).logits[:, -1]
-            out.append(yes_probability(logits, self.yes_ids, self.no_ids).float().view(-1, len(questions)).cpu())
+        out: list[torch.Tensor] = []
+        part: dict = {"ids": [], "extra": {}, "grids": [], "pixels": [], "size": 0}
+        for i in range(n):
+            shown = self._shown(sources[i], editeds[i], num_frames)
+            k_src = min(num_frames, _as_video(sources[i], "source").shape[0])
+            k_edit = min(num_frames, _as_video(editeds[i], "edited").shape[0])
+            groups = (k_src, k_edit, len(shown) - k_src - k_edit)
+            sized = tuple(shrunk_size(int(x.shape[1]), int(x.shape[0]), self.max_side) for x in shown)
+            tokens = [self._tokens(q, texts[i], sized, groups) for q in questions]
+            size = sum(int(t["input_ids"].shape[1]) for t in tokens)
+            edits = len(part["pixels"])
+            if edits and (edits >= max(1, chunk) or part["size"] + size > max_tokens):
+                out.append(self._forward_part(part, len(questions)))
+                part = {"ids": [], "extra": {}, "grids": [], "pixels": [], "size": 0}
+            for tok in tokens:
+                part["ids"].append(tok["input_ids"][0])
+                for key, v in tok.items():
+                    if key not in ("input_ids", "image_grid_thw"):
+                        part["extra"].setdefault(key, []).append(v[0])
+                part["grids"].append(tok["image_grid_thw"])
+            part["pixels"].append(self._pixels(shown))
+            part["size"] += size
+        if part["pixels"]:
+            out.append(self._forward_part(part, len(questions)))
         scores = torch.cat(out)
         if not bool(torch.isfinite(scores).all()):
             raise NonFiniteError(
                 f"{self.vlm.path}: the judge produced a non-finite P(Yes); load the VLM in bf16 or fp32, not fp16."
             )
         return scores
+
+    def _forward_part(self, part: dict, questions: int) -> torch.Tensor:
+        """P(Yes) [edits, questions] of one `score_batch` chunk: its chats left-padded into one shared-image forward."""
+        inputs = self._left_padded(part["ids"], part["extra"])
+        inputs["image_grid_thw"] = torch.cat(part["grids"])
+        inputs["pixel_values"] = torch.cat(part["pixels"])
+        logits = forward_shared_images(self.vlm, to_model(self.vlm, inputs), questions).logits[:, -1]
+        return yes_probability(logits, self.yes_ids, self.no_ids).float().view(-1, questions).cpu()
 
     def _left_padded(self, ids: list[torch.Tensor], extra: dict[str, list[torch.Tensor]]):
         """Chats' token rows left-padded into one batch, as the processor pads (pad id, attention 0, other rows 0)."""

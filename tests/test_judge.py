@@ -109,6 +109,14 @@ def test_shared_images_forward_equals_plain_and_encodes_each_edit_once(vlm, host
     torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
     assert patches == [inputs["pixel_values"].shape[0], inputs["pixel_values"].shape[0] // len(DIMENSIONS)]
     assert not torch.allclose(plain[0], plain[4], atol=1e-3)  # the two edits' answers differ
+    # only each run's first chat's patches (what Judge.score_batch passes): the same logits; any other count refused
+    per_chat = inputs["pixel_values"].shape[0] // len(chats)
+    first = torch.cat([inputs["pixel_values"][r * 4 * per_chat : (r * 4 + 1) * per_chat] for r in range(2)])
+    with torch.no_grad():
+        given = forward_shared_images(vlm, {**inputs, "pixel_values": first}, len(DIMENSIONS)).logits[:, -1]
+        torch.testing.assert_close(given, plain, rtol=0, atol=1e-5)
+        with pytest.raises(InputError, match="pixel patches fit neither"):
+            forward_shared_images(vlm, {**inputs, "pixel_values": first[:-1]}, len(DIMENSIONS))
 
 
 def test_result_format(judge, videos):

@@ -10,7 +10,7 @@ from tiny_editor import build_editor_folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes" / "small"))
 
-from reward_spread import main, spread  # noqa: E402
+from reward_spread import corr_interval, group_stats, main, spread  # noqa: E402
 
 
 def test_spread_is_the_mean_within_group_std_and_correlation():
@@ -25,6 +25,25 @@ def test_spread_is_the_mean_within_group_std_and_correlation():
     assert np.isclose(float(corr[0, 1]), want) and np.isclose(float(corr[1, 0]), want)
     assert np.isclose(float(corr[0, 2]), np.corrcoef(b[:, 0], b[:, 2])[0, 1])  # group b only
     assert np.allclose(np.diag(corr.numpy()), 1.0)
+
+
+def test_corr_interval_brackets_the_mean_over_groups():
+    """The bootstrap interval over groups: a point where every group agrees; otherwise it holds the mean and stays
+    inside the per-group values."""
+    rng = np.random.default_rng(1)
+    same = torch.tensor(np.tile(rng.normal(size=(6, 2)), (5, 1)))
+    groups = torch.arange(5).repeat_interleave(6)
+    _, corrs, boths = group_stats([same], [groups])
+    low, high = corr_interval(corrs, boths)
+    assert torch.allclose(low, high) and torch.allclose(low, corrs[0])
+    mixed = torch.tensor(rng.normal(size=(60, 2)))
+    groups = torch.arange(10).repeat_interleave(6)
+    _, corrs, boths = group_stats([mixed], [groups])
+    low, high = corr_interval(corrs, boths)
+    mean = float(corrs[:, 0, 1].mean())
+    per_group = corrs[:, 0, 1]
+    assert float(low[0, 1]) < mean < float(high[0, 1])
+    assert float(per_group.min()) <= float(low[0, 1]) and float(high[0, 1]) <= float(per_group.max())
 
 
 def test_reward_spread_runs_a_recipe(tmp_path, capsys):
@@ -51,3 +70,4 @@ def test_reward_spread_runs_a_recipe(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     rows = [line for line in out if line.startswith("| verifier:")]
     assert out[0] == "2 batches of 2 records x G 3" and [r.split(" | ")[1] for r in rows] == ["1", "0.5"]
+    assert any(line.startswith("  verifier:EA x verifier:SP: ") and ".." in line for line in out)

@@ -264,6 +264,11 @@ def _as_video(frames: torch.Tensor, what: str) -> torch.Tensor:
     return frames
 
 
+def _check_questions(questions: Sequence[str]) -> None:
+    if not questions or any(q not in DIMENSIONS for q in questions):
+        raise InputError(f"judge questions {list(questions)}: each must be one of {list(DIMENSIONS)}.")
+
+
 class Judge:
     """Scores (source, edited, instruction) with a VLM on the four ReViSE dimensions.
 
@@ -370,9 +375,7 @@ class Judge:
         `score`'s, but the pixels go to the model through `vlm.image_patches` instead of PIL and the processor, so
         they are not rounded to 8 bits (`score`'s values for frames already on that grid). The model's own
         parameters get no gradient when frozen. Qwen2-VL-family judges only."""
-        unknown = [q for q in questions if q not in DIMENSIONS]
-        if unknown or not questions:
-            raise InputError(f"judge questions {list(questions)}: each must be one of {list(DIMENSIONS)}.")
+        _check_questions(questions)
         edited = _as_video(edited, "edited")
         source = _as_video(source, "source").to(edited.device)
         k = min(num_frames, source.shape[0], edited.shape[0])
@@ -403,9 +406,12 @@ class Judge:
         return dict(zip(questions, yes_probability(logits, self.yes_ids, self.no_ids).unbind(0)))
 
     # ------------------------------------------------------------------------------------------ batched scoring
-    def _shown(self, source: torch.Tensor, edited: torch.Tensor, num_frames: int) -> list[torch.Tensor]:
+    def _shown(
+        self, source: torch.Tensor, edited: torch.Tensor, num_frames: int
+    ) -> tuple[list[torch.Tensor], tuple[int, ...]]:
         """The frames `score` shows of one edit, as RGB [H,W,3] tensors on the 8-bit grid its PIL images hold: the
-        source's, the edit's, then the difference frames when this judge reads them (at their own size)."""
+        source's, the edit's, then the difference frames when this judge reads them (at their own size); and how many
+        of each (source, edit, difference)."""
         source, edited = _as_video(source, "source"), _as_video(edited, "edited")
         rgb = [v[..., :3] if v.shape[-1] != 1 else v.expand(*v.shape[:-1], 3) for v in (source, edited)]
         frames = [v[uniform_frame_indices(v.shape[0], num_frames)] for v in rgb]
@@ -413,9 +419,11 @@ class Judge:
             k = min(num_frames, source.shape[0], edited.shape[0])
             pairs = zip(uniform_frame_indices(source.shape[0], k), uniform_frame_indices(edited.shape[0], k))
             frames.append(torch.cat([difference_frames(rgb[0][i : i + 1], rgb[1][j : j + 1]) for i, j in pairs]))
-        return [f for group in frames for f in ((group.detach().float().clamp(0, 1) * 255).round() / 255)]
+        shown = [f for group in frames for f in ((group.detach().float().clamp(0, 1) * 255).round() / 255)]
+        counts = tuple(len(group) for group in frames)
+        return shown, counts if self.difference else (*counts, 0)
 
-    def _tokens(self, question: str, instruction: str, sizes: tuple, groups: tuple[int, int, int]) -> dict:
+    def _tokens(self, question: str, instruction: str, sizes: tuple, groups: tuple[int, ...]) -> dict:
         """The processor's text inputs (ids, its other per-token rows, image grids) for one chat whose images have
         these (width, height) `sizes`: they depend on the text and the sizes only, so blank images of those sizes
         stand in, and the result is kept (a group of G samples of one record is tokenized once)."""
@@ -464,9 +472,7 @@ class Judge:
         n = len(sources)
         if len(editeds) != n or len(instructions) != n:
             raise InputError(f"score_batch: {n} sources, {len(editeds)} edits and {len(instructions)} instructions.")
-        unknown = [q for q in questions if q not in DIMENSIONS]
-        if unknown or not questions:
-            raise InputError(f"judge questions {list(questions)}: each must be one of {list(DIMENSIONS)}.")
+        _check_questions(questions)
         if num_frames < 1:
             raise InputError(f"num_frames must be ≥ 1, got {num_frames}.")
         texts = [t.strip() if isinstance(t, str) else "" for t in instructions]
@@ -478,10 +484,7 @@ class Judge:
         out: list[torch.Tensor] = []
         part: dict = {"ids": [], "extra": {}, "grids": [], "pixels": [], "size": 0}
         for i in range(n):
-            shown = self._shown(sources[i], editeds[i], num_frames)
-            k_src = min(num_frames, _as_video(sources[i], "source").shape[0])
-            k_edit = min(num_frames, _as_video(editeds[i], "edited").shape[0])
-            groups = (k_src, k_edit, len(shown) - k_src - k_edit)
+            shown, groups = self._shown(sources[i], editeds[i], num_frames)
             sized = tuple(shrunk_size(int(x.shape[1]), int(x.shape[0]), self.max_side) for x in shown)
             tokens = [self._tokens(q, texts[i], sized, groups) for q in questions]
             size = sum(int(t["input_ids"].shape[1]) for t in tokens)

@@ -328,11 +328,12 @@ def fit_max_side(images: torch.Tensor, max_side: int | None) -> torch.Tensor:
     """`to_pil_image`'s shrink in torch, differentiable: [N,H,W,C] 0..1 fit into `max_side` (bicubic, antialiased;
     PIL's resampling up to rounding), unchanged when it already fits."""
     h, w = images.shape[1:3]
-    if max_side is None or max(h, w) <= max_side:
+    width, height = shrunk_size(w, h, max_side)
+    if (width, height) == (w, h):
         return images
-    scale = max_side / max(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    out = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), size=size, mode="bicubic", antialias=True)
+    out = torch.nn.functional.interpolate(
+        images.permute(0, 3, 1, 2), size=(height, width), mode="bicubic", antialias=True
+    )
     return out.permute(0, 2, 3, 1).clamp(0, 1)
 
 

@@ -818,34 +818,33 @@ class Trainer:
         # a group bigger than one call's rows (a 480p Wan record) is split into calls of `per` rows, as before
         tokens = self._tokens_per_sample(records[0][2]) if records else 1
         per = self._fsdp_agreed(r.micro_batch * g * draws or max(1, AUTO_TOKENS_PER_CALL // (tokens * guided)))
-        calls = [
-            (chunk, slice(c, c + per) if len(chunk) == 1 else slice(None))
-            for chunk in chunks
-            for c in (range(0, g * draws, per) if len(chunk) == 1 else [0])
-        ]
+
+        def slices(chunk: list[int]) -> list[slice]:
+            return [slice(c, c + per) for c in range(0, g * draws, per)] if len(chunk) == 1 else [slice(None)]
+
+        n_calls, k = sum(len(slices(chunk)) for chunk in chunks), 0
         sums = {"loss": [], "loss_fm": [], "loss_kl": []}
-        weighted = self.cfg.sft.mask_weight != 0.0
-        built: dict = {}
-        for k, (chunk, rows) in enumerate(calls, 1):
-            if built.get("chunk") is not chunk:
-                built = {"chunk": chunk, **self._rwo_rows(items, records, starts, chunk, weights, step, update)}
-                built["mask"] = self._stacked_masks(built["masks"]) if weighted else None
-            x_t, v_target, sigma, w = (built[key][rows] for key in ("x_t", "v_target", "sigma", "w"))
-            source, text, mask = built["source"], built["text"], built["mask"]  # a chunk of one: [1, ...], broadcast
-            share = x_t.shape[0] / (draws * len(items))  # this call's rows' share of the mean
-            with self._grad_sync(k == len(calls)):
-                v = self._policy_velocity(self.dit, x_t, source, sigma, text)
-                fm = L.reward_weighted_fm_loss(v, v_target, w, mask, self.cfg.sft.mask_weight)
-                loss = fm
-                if r.kl_beta > 0:
-                    with torch.no_grad(), adapter_disabled(self.base):
-                        v_ref = self._policy_velocity(self.base, x_t, source, sigma, text)
-                    kl = ((v - v_ref) ** 2).mean()
-                    loss = loss + r.kl_beta * kl
-                    sums["loss_kl"].append(kl.detach().double() * share)
-                (loss * share).backward()
-            sums["loss"].append(loss.detach().double() * share)
-            sums["loss_fm"].append(fm.detach().double() * share)
+        for chunk in chunks:
+            built = self._rwo_rows(items, records, starts, chunk, weights, step, update)
+            source, text = built["source"], built["text"]  # a chunk of one: [1, ...], broadcast
+            mask = self._stacked_masks(built["masks"]) if self.cfg.sft.mask_weight != 0.0 else None
+            for rows in slices(chunk):
+                k += 1
+                x_t, v_target, sigma, w = (built[key][rows] for key in ("x_t", "v_target", "sigma", "w"))
+                share = x_t.shape[0] / (draws * len(items))  # this call's rows' share of the mean
+                with self._grad_sync(k == n_calls):
+                    v = self._policy_velocity(self.dit, x_t, source, sigma, text)
+                    fm = L.reward_weighted_fm_loss(v, v_target, w, mask, self.cfg.sft.mask_weight)
+                    loss = fm
+                    if r.kl_beta > 0:
+                        with torch.no_grad(), adapter_disabled(self.base):
+                            v_ref = self._policy_velocity(self.base, x_t, source, sigma, text)
+                        kl = ((v - v_ref) ** 2).mean()
+                        loss = loss + r.kl_beta * kl
+                        sums["loss_kl"].append(kl.detach().double() * share)
+                    (loss * share).backward()
+                sums["loss"].append(loss.detach().double() * share)
+                sums["loss_fm"].append(fm.detach().double() * share)
         names = [key for key, v in sums.items() if v]
         if not names:
             return {}

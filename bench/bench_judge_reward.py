@@ -1,10 +1,12 @@
 """The judge as an Edit-GRPO reward: `Judge.score` one edit at a time (all four questions, what `JudgeReward` did
 until the twenty-eighth session) against `Judge.score_batch` (the reward's questions for many edits in shared
-forwards). On an H100 the one-at-a-time judge took 45-58 s of each 52 s `grpo_v15_judge` step for its 512 rollouts
-(docs/small_models.md, section 69). Random 64x64x17 clips stand in for rollouts: R records x G samples, each group
-sharing its source and instruction, as in a step. Wall time around synchronized calls (the host side is what costs).
+forwards), and the trainer's call (`score_records` of one RewardInput per record, a new instruction each time, as a
+step passes them). On an H100 the one-at-a-time judge took 45-58 s of each 52 s `grpo_v15_judge` step for its 512
+rollouts (docs/small_models.md, section 69); `score_batch` on all 512 took 3.1 s, yet one call a record still took
+9-11 s of a step (section 71). `--breakdown` times the parts of one trainer call with synchronized timers. Random
+64x64x17 clips stand in for rollouts: R records x G samples, each group sharing its source and instruction.
 
-    PYTHONPATH=. python bench/bench_judge_reward.py [--records 8 --group 8 --questions EA,PC --json out.json]
+    PYTHONPATH=. python bench/bench_judge_reward.py [--records 8 --group 8 --breakdown --json out.json]
 """
 
 from __future__ import annotations
@@ -17,12 +19,64 @@ import torch
 
 from viva_core import bundled
 from viva_core.judge import Judge
+from viva_core.train.rewards import JudgeReward, RewardInput, score_records
 from viva_core.vlm import load_vlm
 
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def _timed(fn, label: str, spent: dict[str, float], device: str):
+    """`fn` adding its synchronized wall time to spent[label]."""
+
+    def timed(*a, **k):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn(*a, **k)
+        _sync(device)
+        spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
+        return out
+
+    return timed
+
+
+def breakdown(call, judge: Judge, device: str) -> dict[str, float]:
+    """Seconds of one `call` spent in each part of the judge's forward, each part wrapped in synchronized timers: the
+    host's frame and token work, the vision tower (and inside it transformers' per-image index loops and its
+    attention, which runs one image or window at a time outside flash attention), the M-RoPE ids, the language
+    model. Parts are looked up by name and skipped where this transformers lacks them; nested parts overlap."""
+    import importlib
+
+    from viva_core import vlm as vlm_module
+
+    qwen = importlib.import_module("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl")
+    spots = [(Judge, "_shown"), (Judge, "_tokens"), (Judge, "_pixels"), (vlm_module, "qwen2_vl_position_ids")]
+    spots += [(qwen, f) for f in ("get_vision_position_ids", "get_vision_window_index", "get_vision_attention_seqlens")]
+    spots += [
+        (getattr(qwen, c, None), "forward")
+        for c in ("Qwen2_5_VisionTransformerPretrainedModel", "Qwen2_5_VLVisionAttention", "Qwen2_5_VLTextModel")
+    ]
+    spent: dict[str, float] = {}
+    saved = []
+    for owner, name in spots:
+        fn = getattr(owner, name, None) if owner is not None else None
+        if fn is None:
+            continue
+        label = f"{owner.__name__.rsplit('.', 1)[-1]}.{name}"
+        saved.append((owner, name, fn))
+        setattr(owner, name, _timed(fn, label, spent, device))
+    try:
+        _sync(device)
+        t0 = time.perf_counter()
+        call()
+        _sync(device)
+        spent["total"] = time.perf_counter() - t0
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+    return {k: round(v, 4) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
 
 
 def main() -> None:
@@ -36,6 +90,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--variants", default="score_one_at_a_time,score_batch,trainer_layout")
+    ap.add_argument("--breakdown", action="store_true", help="time the parts of one trainer-layout call (synchronized)")
     args = ap.parse_args()
 
     vlm = load_vlm(args.judge or bundled.path(bundled.JUDGE), dtype=args.dtype, device=args.device)
@@ -58,9 +114,29 @@ def main() -> None:
     def batched() -> torch.Tensor:
         return judge.score_batch(sources, edits, texts, questions=questions, chunk=args.chunk)
 
+    reward = JudgeReward(judge, dimensions=questions)
+    calls = [0]
+
+    def trainer_layout() -> torch.Tensor:
+        """What a training step does: `score_records` of one RewardInput per record, a new instruction each step
+        (the token cache misses), the source an `expand`ed view."""
+        calls[0] += 1
+        inputs = [
+            RewardInput(
+                source=sources[r * args.group][None].expand(args.group, -1, -1, -1, -1),
+                edited=torch.stack(edits[r * args.group : (r + 1) * args.group]),
+                instructions=[f"{texts[r * args.group]} ({calls[0]})"] * args.group,
+            )
+            for r in range(args.records)
+        ]
+        return torch.cat(score_records([reward], inputs))[:, None]
+
     results: dict = {"edits": n, "questions": list(questions), "device": args.device, "dtype": args.dtype}
     outs = {}
-    for name, fn in (("score_one_at_a_time", one_at_a_time), ("score_batch", batched)):
+    variants = (("score_one_at_a_time", one_at_a_time), ("score_batch", batched), ("trainer_layout", trainer_layout))
+    for name, fn in variants:
+        if name not in args.variants.split(","):
+            continue
         fn()  # warm-up (and score_batch's token cache, as a training run's later steps have it)
         times = []
         for _ in range(args.repeats):
@@ -71,9 +147,13 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         results[f"{name}_s"] = min(times)
         results[f"{name}_ms_per_edit"] = 1000 * min(times) / n
-    results["speedup"] = results["score_one_at_a_time_s"] / results["score_batch_s"]
-    results["max_abs_diff"] = float((outs["score_one_at_a_time"] - outs["score_batch"]).abs().max())
-    print(json.dumps(results, indent=1))
+    if "score_one_at_a_time" in outs and "score_batch" in outs:
+        results["speedup"] = results["score_one_at_a_time_s"] / results["score_batch_s"]
+        results["max_abs_diff"] = float((outs["score_one_at_a_time"] - outs["score_batch"]).abs().max())
+    print(json.dumps(results, indent=1), flush=True)
+    if args.breakdown:
+        results["breakdown_s"] = breakdown(trainer_layout, judge, args.device)
+        print(json.dumps(results["breakdown_s"], indent=1))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -204,6 +204,32 @@ def test_judge_reward_is_mean_p_yes_of_chosen_dimensions(judge):
         JudgeReward(judge, dimensions=("EA", "XX"))
 
 
+def test_judge_reward_scores_many_records_in_one_judge_call(judge, monkeypatch):
+    """The trainer's layout (one RewardInput per record, its source expanded over the group): score_records hands
+    the judge every record's edits in one score_batch call, with each record's scores those of scoring it alone."""
+    from viva_core.train.rewards import score_records
+
+    batches = []
+    for r, n in enumerate((3, 1, 2)):
+        src, edit = _videos(n=n, t=3, h=32, w=32, seed=10 + r)
+        batches.append(
+            RewardInput(source=src[:1].expand(n, -1, -1, -1, -1), edited=edit, instructions=[f"make {r} red"] * n)
+        )
+    reward = JudgeReward(judge, dimensions=("EA", "PC"), num_frames=2)
+    alone = [reward(b) for b in batches]
+    calls = []
+    real = Judge.score_batch
+    monkeypatch.setattr(Judge, "score_batch", lambda self, *a, **k: calls.append(len(a[0])) or real(self, *a, **k))
+    got = score_records([reward, PreservationReward(outside_mask=False)], batches)
+    assert calls == [6]
+    for g, a, b in zip(got, alone, batches):
+        assert g.shape == (b.n, 2)
+        _close(g[:, 0], a, rtol=0, atol=1e-6)
+        for i in range(b.n):
+            s = judge.score(b.source[i], b.edited[i], b.instructions[i], num_frames=2).scores
+            assert float(g[i, 0]) == pytest.approx((s["EA"] + s["PC"]) / 2, abs=1e-5)
+
+
 # ------------------------------------------------------------------------------------------- CLIP
 
 

@@ -3,7 +3,7 @@ until the twenty-eighth session) against `Judge.score_batch` (the reward's quest
 forwards), and the trainer's call (`score_records` of one RewardInput per record, a new instruction each time, as a
 step passes them). On an H100 the one-at-a-time judge took 45-58 s of each 52 s `grpo_v15_judge` step for its 512
 rollouts (docs/small_models.md, section 69); `score_batch` on all 512 took 3.1 s, yet one call a record still took
-9-11 s of a step (section 71). `--breakdown` times the parts of one trainer call with synchronized timers. Random
+8-12 s of a step (section 71). `--breakdown` times the parts of one trainer call with synchronized timers. Random
 64x64x17 clips stand in for rollouts: R records x G samples, each group sharing its source and instruction.
 
     PYTHONPATH=. python bench/bench_judge_reward.py [--records 8 --group 8 --breakdown --json out.json]

@@ -142,7 +142,7 @@ class JudgeReward:
     @torch.no_grad()
     def score_many(self, batches: Sequence[RewardInput]) -> list[torch.Tensor]:
         """Every batch's edits in one `Judge.score_batch` (its shared forwards, only this reward's questions), so the
-        G rollouts of many records fill a forward: one call per record, 16 edits each, took 9-11 s of a 15 s step
+        G rollouts of many records fill a forward: one call per record, 16 edits each, took 8-12 s of a ~15 s step
         on an H100, where the judge scores 512 edits in 64-edit forwards in 3 s (docs/small_models.md, section 71)."""
         pick = [(b, i) for b in batches for i in range(b.n)]
         scores = self.judge.score_batch(

@@ -1,10 +1,12 @@
-"""The judge as an Edit-GRPO reward: `Judge.score` one edit at a time (all four questions, what `JudgeReward` did
-until the twenty-eighth session) against `Judge.score_batch` (the reward's questions for many edits in shared
-forwards), and the trainer's call (`score_records` of one RewardInput per record, a new instruction each time, as a
-step passes them). On an H100 the one-at-a-time judge took 45-58 s of each 52 s `grpo_v15_judge` step for its 512
-rollouts (docs/small_models.md, section 69); `score_batch` on all 512 took 3.1 s, yet one call a record still took
-8-12 s of a step (section 71). `--breakdown` times the parts of one trainer call with synchronized timers. Random
-64x64x17 clips stand in for rollouts: R records x G samples, each group sharing its source and instruction.
+"""The judge as an Edit-GRPO reward. Variants: `Judge.score` one edit at a time (all four questions, what
+`JudgeReward` did until the twenty-eighth session); `Judge.score_batch` on all the edits (the reward's questions, many
+edits a forward, token cache warm); `per_record_and_term` (each judge term of a recipe on each record, one call each,
+what the trainer did until the twenty-ninth session); `trainer_layout` (`score_records` per decode chunk of records, as
+the trainer calls it now: one call for all the chunk's records and terms). The last two empty the token cache first,
+as a step's new instructions do. On an H100 the one-at-a-time judge took 45-58 s of each 52 s `grpo_v15_judge` step
+for its 512 rollouts (docs/small_models.md, section 69); `score_batch` on all 512 took 3.1 s, yet per record and term
+the reward still took 8-12 s of a step (section 71). `--breakdown` times the parts of one trainer call with
+synchronized timers. Random 64x64x17 clips stand in for rollouts: R records x G samples sharing source and instruction.
 
     PYTHONPATH=. python bench/bench_judge_reward.py [--records 8 --group 8 --breakdown --json out.json]
 """
@@ -90,7 +92,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--variants", default="score_one_at_a_time,score_batch,trainer_layout")
+    ap.add_argument("--records-per-call", type=int, default=3, help="records a score_records call gets (decode chunk)")
+    ap.add_argument("--variants", default="score_one_at_a_time,score_batch,per_record_and_term,trainer_layout")
     ap.add_argument("--breakdown", action="store_true", help="time the parts of one trainer-layout call (synchronized)")
     args = ap.parse_args()
 
@@ -114,26 +117,38 @@ def main() -> None:
     def batched() -> torch.Tensor:
         return judge.score_batch(sources, edits, texts, questions=questions, chunk=args.chunk)
 
-    reward = JudgeReward(judge, dimensions=questions)
-    calls = [0]
+    terms = [JudgeReward(judge, dimensions=(q,), name=f"judge:{q}") for q in questions]  # a recipe's terms
 
-    def trainer_layout() -> torch.Tensor:
-        """What a training step does: `score_records` of one RewardInput per record, a new instruction each step
-        (the token cache misses), the source an `expand`ed view."""
-        calls[0] += 1
-        inputs = [
+    def step_inputs() -> list[RewardInput]:
+        """A step's RewardInputs, one per record as the trainer builds them (the source an `expand`ed view), with the
+        judge's token cache emptied: a training step's records bring new instructions, so every chat misses."""
+        judge._chat_tokens.clear()
+        return [
             RewardInput(
                 source=sources[r * args.group][None].expand(args.group, -1, -1, -1, -1),
                 edited=torch.stack(edits[r * args.group : (r + 1) * args.group]),
-                instructions=[f"{texts[r * args.group]} ({calls[0]})"] * args.group,
+                instructions=[texts[r * args.group]] * args.group,
             )
             for r in range(args.records)
         ]
-        return torch.cat(score_records([reward], inputs))[:, None]
+
+    def trainer_layout() -> torch.Tensor:
+        """A training step's reward calls: `score_records` per decode chunk of `--records-per-call` records."""
+        inputs, per = step_inputs(), args.records_per_call
+        return torch.cat([torch.cat(score_records(terms, inputs[c : c + per])) for c in range(0, len(inputs), per)])
+
+    def per_record_and_term() -> torch.Tensor:
+        """What the trainer did before section 72: each judge term on each record, one `score_batch` call each."""
+        return torch.cat([torch.stack([t(b) for t in terms], dim=1) for b in step_inputs()])
 
     results: dict = {"edits": n, "questions": list(questions), "device": args.device, "dtype": args.dtype}
     outs = {}
-    variants = (("score_one_at_a_time", one_at_a_time), ("score_batch", batched), ("trainer_layout", trainer_layout))
+    variants = (
+        ("score_one_at_a_time", one_at_a_time),
+        ("score_batch", batched),
+        ("per_record_and_term", per_record_and_term),
+        ("trainer_layout", trainer_layout),
+    )
     for name, fn in variants:
         if name not in args.variants.split(","):
             continue
@@ -147,13 +162,18 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         results[f"{name}_s"] = min(times)
         results[f"{name}_ms_per_edit"] = 1000 * min(times) / n
+    if "per_record_and_term" in outs and "trainer_layout" in outs:
+        results["trainer_speedup"] = results["per_record_and_term_s"] / results["trainer_layout_s"]
+        results["trainer_max_abs_diff"] = float((outs["per_record_and_term"] - outs["trainer_layout"]).abs().max())
     if "score_one_at_a_time" in outs and "score_batch" in outs:
         results["speedup"] = results["score_one_at_a_time_s"] / results["score_batch_s"]
         results["max_abs_diff"] = float((outs["score_one_at_a_time"] - outs["score_batch"]).abs().max())
     print(json.dumps(results, indent=1), flush=True)
     if args.breakdown:
-        results["breakdown_s"] = breakdown(trainer_layout, judge, args.device)
-        print(json.dumps(results["breakdown_s"], indent=1))
+        for name, fn in variants[2:]:
+            if name in args.variants.split(","):
+                results[f"breakdown_{name}_s"] = breakdown(fn, judge, args.device)
+                print(name, json.dumps(results[f"breakdown_{name}_s"], indent=1))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

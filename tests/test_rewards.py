@@ -206,7 +206,8 @@ def test_judge_reward_is_mean_p_yes_of_chosen_dimensions(judge):
 
 def test_judge_reward_scores_many_records_in_one_judge_call(judge, monkeypatch):
     """The trainer's layout (one RewardInput per record, its source expanded over the group): score_records hands
-    the judge every record's edits in one score_batch call, with each record's scores those of scoring it alone."""
+    the judge every record's edits, and every judge term's questions, in one score_batch call, with each record's
+    scores those of scoring it alone (and of `Judge.score`)."""
     from viva_core.train.rewards import score_records
 
     batches = []
@@ -228,6 +229,27 @@ def test_judge_reward_scores_many_records_in_one_judge_call(judge, monkeypatch):
         for i in range(b.n):
             s = judge.score(b.source[i], b.edited[i], b.instructions[i], num_frames=2).scores
             assert float(g[i, 0]) == pytest.approx((s["EA"] + s["PC"]) / 2, abs=1e-5)
+    # a recipe's separate judge terms (judge:EA 1.0, judge:PC 0.25) share that one call, each its own column
+    calls.clear()
+    terms, _ = build_rewards({"judge:EA": 1.0, "verifier:EA": 0.0, "judge:PC+GR": 0.25}, judge=judge)
+    for t in terms:
+        if isinstance(t, JudgeReward):
+            t.num_frames = 2
+    labelled = [
+        RewardInput(source=b.source, edited=b.edited, instructions=b.instructions, targets=b.edited.clone())
+        for b in batches
+    ]
+    got = score_records(terms, labelled)
+    assert len(calls) == 1 and calls[0] == 6
+    for g, b in zip(got, batches):
+        for i in range(b.n):
+            s = judge.score(b.source[i], b.edited[i], b.instructions[i], num_frames=2).scores
+            assert float(g[i, 0]) == pytest.approx(s["EA"], abs=1e-5)
+            assert float(g[i, 2]) == pytest.approx((s["PC"] + s["GR"]) / 2, abs=1e-5)
+    other = JudgeReward(judge, dimensions=("EA",), num_frames=3)  # another frame count: its own call
+    calls.clear()
+    score_records([reward, other], batches)
+    assert calls == [6, 6]
 
 
 # ------------------------------------------------------------------------------------------- CLIP

@@ -10,10 +10,10 @@
 #              rollouts) on 32 unseen records x G 8, at CFG 1 and 5 (section 52 on the CPU, at 256 rollouts)
 #   gbench     bench/bench_grpo_step.py --variants batched,cpu_rewards at grpo_v11.toml's settings: the step's
 #              time split, the verifiers on the GPU against the CPU's threads
-#   jbench     bench/bench_judge_reward.py on a step's layout (32 records x G 16): `Judge.score_batch` on all 512 edits
-#              against the trainer's call (`score_records`, a new instruction a record), and the synchronized time of
-#              each part of that call (--breakdown; JBENCH_VARIANTS=score_one_at_a_time,... adds the one-at-a-time
-#              judge, section 69); with NAME=rwo_v8, gbench times RWO's step (GBENCH_VARIANTS=per_record,batched: its
+#   jbench     bench/bench_judge_reward.py on a step's layout (32 records x G 16): `Judge.score_batch` on all 512 edits,
+#              the trainer's reward calls before (a call per record and judge term) and now (one per decode chunk),
+#              and the synchronized time of each part of a call (--breakdown; JBENCH_VARIANTS=score_one_at_a_time,...
+#              adds the one-at-a-time judge, section 69); with NAME=rwo_v8, gbench times RWO's step (GBENCH_VARIANTS=per_record,batched: its
 #              flow-matching passes one group a DiT call against batched groups)
 #   grpo       $NAME.toml for GRPO_SECONDS (default 420), stopped with SIGINT (the trainer checkpoints the
 #              last finished step); continues (`--resume latest`) an earlier call's run on a warm machine, or a
@@ -93,7 +93,7 @@ if has jbench; then
   stamp jbench
   # shellcheck disable=SC2086  # JB: the options, as separate words
   PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_judge_reward.py $JB --breakdown \
-    --variants "${JBENCH_VARIANTS:-score_batch,trainer_layout}" --json runs/bench_judge_reward.json \
+    --variants "${JBENCH_VARIANTS:-score_batch,per_record_and_term,trainer_layout}" --json runs/bench_judge_reward.json \
     > runs/bench_judge_reward.log 2>&1
   grep -v Loading runs/bench_judge_reward.log | tail -32
 fi

@@ -114,7 +114,8 @@ class RewardInput:
 
 class Reward(Protocol):
     """What the trainer needs from a reward term. Optional: `parallel_safe = True` (a pure function of the frames,
-    whose batches may run in threads) or `score_many(batches) -> list of [n]` (many batches in one call)."""
+    whose batches may run in threads), or a `joint_key` and a static `score_joint(terms, batches)` that scores the
+    terms of one key over many batches in one call (`JudgeReward`)."""
 
     name: str
 
@@ -137,22 +138,35 @@ class JudgeReward:
         self.judge, self.dimensions, self.num_frames, self.name = judge, dims, num_frames, name
 
     def __call__(self, batch: RewardInput) -> torch.Tensor:
-        return self.score_many([batch])[0]
+        return self.score_joint([self], [batch])[0][0]
 
+    @property
+    def joint_key(self) -> tuple[int, int]:
+        """Judge terms with the same key (one judge, one frame count) are scored together (`score_joint`)."""
+        return id(self.judge), self.num_frames
+
+    @staticmethod
     @torch.no_grad()
-    def score_many(self, batches: Sequence[RewardInput]) -> list[torch.Tensor]:
-        """Every batch's edits in one `Judge.score_batch` (its shared forwards, only this reward's questions), so the
-        G rollouts of many records fill a forward: one call per record, 16 edits each, took 8-12 s of a ~15 s step
-        on an H100, where the judge scores 512 edits in 64-edit forwards in 3 s (docs/small_models.md, section 71)."""
+    def score_joint(terms: Sequence[JudgeReward], batches: Sequence[RewardInput]) -> list[list[torch.Tensor]]:
+        """Each term's scores of each batch ([term][batch] -> [n]) from one `Judge.score_batch` over every batch's
+        edits asking the terms' questions once: a recipe's `judge:EA` and `judge:PC` terms share the vision tower and
+        the forwards, and the G rollouts of many records fill a forward. Judged one record and one term a call (32 x 2
+        calls of 16 edits), the reward took 8-12 s of a ~15 s step on an H100, where the judge scores 512 edits in
+        64-edit forwards in 3 s (docs/small_models.md, sections 71-72)."""
+        judge, frames = terms[0].judge, terms[0].num_frames
+        if any(t.joint_key != terms[0].joint_key for t in terms):
+            raise InputError("JudgeReward.score_joint: the terms must share one judge and frame count.")
+        questions = [d for d in DIMENSIONS if any(d in t.dimensions for t in terms)]
         pick = [(b, i) for b in batches for i in range(b.n)]
-        scores = self.judge.score_batch(
+        scores = judge.score_batch(
             [b.source[i] for b, i in pick],
             [b.edited[i] for b, i in pick],
             [b.instructions[i] for b, i in pick],
-            questions=self.dimensions,
-            num_frames=self.num_frames,
+            questions=questions,
+            num_frames=frames,
         )
-        return list(scores.mean(dim=1).split([b.n for b in batches]))
+        sizes = [b.n for b in batches]
+        return [list(scores[:, [questions.index(d) for d in t.dimensions]].mean(dim=1).split(sizes)) for t in terms]
 
 
 # ------------------------------------------------------------------------------------------- verifier
@@ -467,42 +481,50 @@ MAX_REWARD_THREADS = 8
 
 
 def score_records(rewards: Sequence[Reward], batches: Sequence[RewardInput]) -> list[torch.Tensor]:
-    """`score_all` of each batch (one record's group each), in order, a reward at a time: a reward with
-    `score_many` (the judge) takes all the batches in one call; one that says it is `parallel_safe` (a pure
-    function of the frames: the verifiers, preservation) runs the batches in a thread pool; other models (CLIP)
-    and user callables score one batch after another."""
+    """`score_all` of each batch (one record's group each), in order, a reward at a time: rewards with a
+    `score_joint` (the judge's terms) are scored together, all the batches in one call per `joint_key`; one that says
+    it is `parallel_safe` (a pure function of the frames: the verifiers, preservation) runs the batches in a thread
+    pool; other models (CLIP) and user callables score one batch after another."""
     if not rewards:
         raise InputError("score_all: no rewards to compute.")
-    columns = [_outputs(r, batches) for r in rewards]
+    outputs: list = [None] * len(rewards)  # each reward's outputs of each batch
+    joint: dict = {}  # (type, joint_key) -> indices of the rewards scored together
+    for k, r in enumerate(rewards):
+        if hasattr(r, "score_joint"):
+            joint.setdefault((type(r), r.joint_key), []).append(k)
+        else:
+            outputs[k] = _outputs(r, batches)
+    for (kind, _), ks in joint.items():
+        for k, outs in zip(ks, kind.score_joint([rewards[k] for k in ks], batches), strict=True):
+            outputs[k] = outs
+    columns = [[_checked(r, b, out) for b, out in zip(batches, outs, strict=True)] for r, outs in zip(rewards, outputs)]
     return [torch.stack([col[b] for col in columns], dim=1) for b in range(len(batches))]
 
 
-def _outputs(reward: Reward, batches: Sequence[RewardInput]) -> list[torch.Tensor]:
-    """One reward's checked scores of each batch: [n] fp32 on CPU, finite (NaN/Inf raises NonFiniteError naming the
-    reward: it would poison the group statistics)."""
+def _outputs(reward: Reward, batches: Sequence[RewardInput]) -> list:
+    """One reward's outputs of each batch: the batches in threads when it is `parallel_safe`, else in turn."""
     threads = min(len(batches), os.cpu_count() or 1, MAX_REWARD_THREADS)
-    if hasattr(reward, "score_many"):
-        outs = reward.score_many(batches)
-    elif threads >= 2 and getattr(reward, "parallel_safe", False):
+    if threads >= 2 and getattr(reward, "parallel_safe", False):
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(threads) as pool:
-            outs = list(pool.map(reward, batches))
-    else:
-        outs = [reward(b) for b in batches]
-    checked = []
-    for batch, out in zip(batches, outs, strict=True):
-        out = torch.as_tensor(out).detach().float().cpu()
-        if tuple(out.shape) != (batch.n,):
-            raise InputError(f"reward '{reward.name}' returned shape {tuple(out.shape)}; expected [N] = [{batch.n}].")
-        bad = torch.nonzero(~torch.isfinite(out)).flatten().tolist()
-        if bad:
-            raise NonFiniteError(
-                f"reward '{reward.name}' returned NaN/Inf for samples {bad}; nothing was trained on "
-                "this batch. Check the reward's inputs (empty masks, blank frames) or its code."
-            )
-        checked.append(out)
-    return checked
+            return list(pool.map(reward, batches))
+    return [reward(b) for b in batches]
+
+
+def _checked(reward: Reward, batch: RewardInput, out: Any) -> torch.Tensor:
+    """A reward's output for one batch as [n] fp32 on CPU, finite (NaN/Inf raises NonFiniteError naming the reward:
+    it would poison the group statistics)."""
+    out = torch.as_tensor(out).detach().float().cpu()
+    if tuple(out.shape) != (batch.n,):
+        raise InputError(f"reward '{reward.name}' returned shape {tuple(out.shape)}; expected [N] = [{batch.n}].")
+    bad = torch.nonzero(~torch.isfinite(out)).flatten().tolist()
+    if bad:
+        raise NonFiniteError(
+            f"reward '{reward.name}' returned NaN/Inf for samples {bad}; nothing was trained on "
+            "this batch. Check the reward's inputs (empty masks, blank frames) or its code."
+        )
+    return out
 
 
 def score_all(rewards: Sequence[Reward], batch: RewardInput) -> torch.Tensor:

@@ -138,7 +138,7 @@ def main() -> None:
         return torch.cat([torch.cat(score_records(terms, inputs[c : c + per])) for c in range(0, len(inputs), per)])
 
     def per_record_and_term() -> torch.Tensor:
-        """What the trainer did before section 72: each judge term on each record, one `score_batch` call each."""
+        """What the trainer did until section 71: each judge term on each record, one `score_batch` call each."""
         return torch.cat([torch.stack([t(b) for t in terms], dim=1) for b in step_inputs()])
 
     results: dict = {"edits": n, "questions": list(questions), "device": args.device, "dtype": args.dtype}

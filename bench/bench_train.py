@@ -4,7 +4,9 @@ self/cross-attention q,k,v,o), random weights, 480x832x33 frames (14,040 tokens)
 Times with CUDA events, using the trainer's own pieces (add_lora, sde_step_with_logprob, the losses):
   sft     one SFT step: mask-weighted flow-matching forward + backward + AdamW;
   grpo    one Edit-GRPO iteration: G rollouts x S steps (no grad, SDE on a window of W steps), then the update
-          on the window steps (forward + backward per stored transition), then AdamW.
+          on the window steps (forward + backward per stored transition), then AdamW; and the rollouts again with
+          the LoRA cast to bf16 (`rollout.lora_dtype = "model"`), with the largest |log ratio| the first update sees
+          after either (what the PPO clip must tolerate).
 VAE and reward time are not included (they depend on the reward); the DiT is what dominates at this size.
 The whole trainer's Edit-GRPO step on the bundled small editor (VAE decode, verifier rewards, records batched per
 DiT call vs one record per call) is `bench/bench_grpo_step.py`.
@@ -21,6 +23,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -30,10 +33,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_dit import WAN_1_3B, dit_flops, matmul_rate, time_cuda  # noqa: E402
 
+SMOKE = {"on": False}  # --device cpu: a check that the script runs before a GPU session (timings meaningless)
+
 
 def cuda_time(fn) -> float:
-    """One timed call (the callers do their own warm-up and repeats)."""
+    """One timed call (the callers do their own warm-up and repeats); wall time in a CPU smoke run."""
+    if SMOKE["on"]:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
     return time_cuda(fn, 0, 1)[0]
+
+
+def peak_gib(reset: bool = False) -> float:
+    if SMOKE["on"]:
+        return 0.0
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def main() -> None:
@@ -49,13 +66,15 @@ def main() -> None:
     ap.add_argument("--only", default="sft,grpo")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke check of the script at a tiny shape")
     args = ap.parse_args()
+    SMOKE["on"] = args.device == "cpu"
 
     from diffusers import WanTransformer3DModel
 
     from viva_core.sampling import sde_step_with_logprob, shifted_sigmas
     from viva_core.train import losses as L
-    from viva_core.train.adapters import add_lora
+    from viva_core.train.adapters import add_lora, lora_cast
     from viva_core.train.config import LoraConfig
     from viva_core.train.rollout import Transition, sde_rollout
 
@@ -64,7 +83,7 @@ def main() -> None:
     if world > 1:
         torch.distributed.init_process_group("nccl")
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dev, dt = torch.device("cuda"), torch.bfloat16
+    dev, dt = torch.device(args.device), torch.bfloat16
     torch.manual_seed(0)
     model = WanTransformer3DModel(**WAN_1_3B).to(dev, dt)
     params = add_lora(model, LoraConfig(rank=args.rank, alpha=2 * args.rank, targets="attn"))
@@ -83,13 +102,13 @@ def main() -> None:
     mask = torch.zeros(1, 1, lt, lh, lw, device=dev)
     mask[..., lh // 4 : lh // 2, lw // 4 : lw // 2] = 1
     fwd = dit_flops(WAN_1_3B, tokens, 512)
-    rate = matmul_rate()
+    rate = 1e12 if SMOKE["on"] else matmul_rate()
     results = {
         "tokens": tokens,
         "fwd_tflop": fwd / 1e12,
         "matmul_tflops": rate / 1e12,
         "world": world,
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": "cpu (smoke)" if SMOKE["on"] else torch.cuda.get_device_name(),
         "checkpointing": args.checkpointing,
     }
 
@@ -117,11 +136,8 @@ def main() -> None:
         base = timed()
         model.enable_adapters()
         lora32 = timed()
-        for p in params:
-            p.data = p.data.to(dt)
-        lora16 = timed()
-        for p in params:
-            p.data = p.data.float()
+        with torch.no_grad(), lora_cast(params, dt):
+            lora16 = timed()
         results["forward"] = {"no_lora_s": base, "lora_fp32_s": lora32, "lora_bf16_s": lora16, "floor_s": fwd / rate}
 
     if "sft" in args.only:
@@ -137,13 +153,13 @@ def main() -> None:
             opt.step()
 
         sft_step()
-        torch.cuda.reset_peak_memory_stats()
+        peak_gib(reset=True)
         times = [cuda_time(sft_step) for _ in range(args.repeats)]
         t = statistics.median(times)
         results["sft"] = {
             "seconds": t,
             "samples_per_s_total": world / t,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_gib": peak_gib(),
             "mfu_3x": 3 * fwd / t / rate,
             "floor_3x_s": 3 * fwd / rate,
         }
@@ -171,8 +187,11 @@ def main() -> None:
                 for k, t in enumerate(parts[0][1])
             ]
 
-        def update(rollout):
+        def update(rollout) -> float:
+            """One PPO update on the rollout; returns the largest |log ratio| it saw (the rollouts' log-probs against
+            the update's, on policy: 0 up to the kernels' and the LoRA dtype's rounding)."""
             _, transitions = rollout
+            worst = torch.zeros((), device=dev)
             opt.zero_grad(set_to_none=True)
             adv = torch.randn(args.group, device=dev)
             n = args.group * len(transitions)
@@ -183,19 +202,29 @@ def main() -> None:
                     st = sde_step_with_logprob(
                         x, velocity(model, x, s), s, s2, 0.7, float(sigmas[1]), prev_sample=tr.x_next[m : m + 1].to(dev)
                     )
-                    loss, _ = L.clipped_policy_loss(st.log_prob, tr.log_prob[m : m + 1].to(dev), adv[m].view(1), 1e-3)
+                    old = tr.log_prob[m : m + 1].to(dev)
+                    loss, _ = L.clipped_policy_loss(st.log_prob, old, adv[m].view(1), 1e-3)
                     (loss / n).backward()
+                    worst = torch.maximum(worst, (st.log_prob.detach() - old).abs().max())
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            return float(worst)
+
+        def rollouts_bf16_lora():
+            """rollout.lora_dtype "model": the LoRA cast to the DiT's dtype for the rollouts (adapters.lora_cast)."""
+            with torch.no_grad(), lora_cast(params, dt):
+                return rollouts()
 
         update(rollouts())  # warm-up
-        torch.cuda.reset_peak_memory_stats()
-        roll, seq, upd = [], [], []
+        peak_gib(reset=True)
+        roll, seq, upd, roll16, worst = [], [], [], [], {}
         for _ in range(max(1, args.repeats - 1)):
             holder = {}
             seq.append(cuda_time(lambda: rollouts(batched=False)))
             roll.append(cuda_time(lambda: holder.setdefault("r", rollouts())))  # noqa: B023 (timed right here)
-            upd.append(cuda_time(lambda: update(holder["r"])))  # noqa: B023 (timed right here)
+            upd.append(cuda_time(lambda: holder.setdefault("w", update(holder["r"]))))  # noqa: B023 (timed right here)
+            roll16.append(cuda_time(lambda: holder.setdefault("r16", rollouts_bf16_lora())))  # noqa: B023
+            worst = {"fp32_lora": holder["w"], "bf16_lora": update(holder["r16"])}
         r, q, u = statistics.median(roll), statistics.median(seq), statistics.median(upd)
         n_fwd, n_upd = args.group * args.steps, args.group * args.window
         results["grpo"] = {
@@ -203,7 +232,10 @@ def main() -> None:
             "rollout_sequential_s": q,
             "update_s": u,
             "iteration_s": r + u,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "rollout_bf16_lora_s": statistics.median(roll16),
+            "iteration_bf16_lora_s": statistics.median(roll16) + u,
+            "max_abs_log_ratio_first_update": worst,
+            "peak_gib": peak_gib(),
             "rollout_mfu": n_fwd * fwd / r / rate,
             "update_mfu_3x": n_upd * 3 * fwd / u / rate,
             "floor_s": (n_fwd * fwd + n_upd * 3 * fwd) / rate,

@@ -1163,3 +1163,75 @@ def test_noise_block_setting_is_checked(assets, tmp_path, value, problem):
 
     with pytest.raises(ConfigError, match=rf"rollout.noise_block.*{problem}"):
         config(assets, tmp_path / "out", "method=grpo", f"rollout.noise_block={value}")
+
+
+def test_lora_cast_runs_the_lora_in_the_models_dtype_and_gives_back_the_masters():
+    """adapters.lora_cast: inside, the LoRA weights are bf16 copies (a bf16 linear's side path then runs in bf16);
+    after, each parameter holds its own fp32 master again (the same storage, bit for bit); under autograd it raises."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    from viva_core.train.adapters import lora_cast
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        torch.nn.Sequential(torch.nn.Linear(16, 16)).to(torch.bfloat16),
+        PeftLoraConfig(r=4, lora_alpha=4, target_modules=["0"], init_lora_weights=False),
+    )
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+    masters = [(p.data_ptr(), p.data.clone()) for p in params]
+    x = torch.randn(3, 16).to(torch.bfloat16)
+    with torch.no_grad():
+        want = model(x).float()
+        with lora_cast(params, torch.bfloat16):
+            assert all(p.dtype == torch.bfloat16 for p in params)
+            got = model(x).float()
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)  # bf16 rounding of the side path only
+    for p, (storage, copy) in zip(params, masters):
+        assert p.data_ptr() == storage and torch.equal(p.data, copy) and p.dtype == torch.float32
+    with pytest.raises(RuntimeError, match="no-grad"):
+        with lora_cast(params, torch.bfloat16):
+            pass
+
+
+def test_grpo_rollouts_with_the_lora_in_bf16_stay_close_to_the_fp32_masters(assets):
+    """rollout.lora_dtype "model" on a bf16 DiT: the rollouts' transitions and log-probs (the PPO pass's old log-probs)
+    against the same rollouts with the fp32 LoRA, the LoRA moved off its zero start; the masters fp32 and unchanged
+    after. The log-prob difference is what the first PPO pass then sees as a ratio off 1 (docs/small_models.md,
+    section 73)."""
+    cfg = config(
+        assets,
+        assets["root"] / "lora_bf16",
+        "method=grpo",
+        "model.dtype=bf16",
+        "rollout.group_size=2",
+        "rollout.steps=3",
+        "rollout.window=2",
+        "optim.batch_size=2",
+    )
+    t = Trainer(cfg)
+    t._setup()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in t.lora_params:
+            p.add_(0.3 * torch.randn_like(p))
+    before = [p.detach().clone() for p in t.lora_params]
+    batch = [
+        (gi, rec, enc) for (gi, rec), enc in zip(t._local_batch(0), t._encoded_all([r for _, r in t._local_batch(0)]))
+    ]
+    fp32 = t._rollout_groups(batch, 0)
+    t.cfg.rollout.lora_dtype = "model"
+    seen = []
+    hook = t.base.register_forward_pre_hook(lambda m, a: seen.append(t.lora_params[0].dtype))
+    bf16 = t._rollout_groups(batch, 0)
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 and torch.equal(p, b) for p, b in zip(t.lora_params, before))
+    for (lat_a, tr_a), (lat_b, tr_b) in zip(fp32, bf16):
+        assert not torch.equal(lat_a, lat_b)  # the side path did run in bf16
+        torch.testing.assert_close(lat_b, lat_a, rtol=0, atol=0.1)
+        for a, b in zip(tr_a, tr_b):
+            rel = (b.log_prob - a.log_prob).abs() / a.log_prob.abs()
+            assert float(rel.max()) < 1e-2

@@ -15,6 +15,9 @@
 #              and the synchronized time of each part of a call (--breakdown; JBENCH_VARIANTS=score_one_at_a_time,...
 #              adds the one-at-a-time judge, section 69); with NAME=rwo_v8, gbench times RWO's step (GBENCH_VARIANTS=per_record,batched: its
 #              flow-matching passes one group a DiT call against batched groups)
+#   tbench     bench/bench_train.py --only forward,grpo at the Wan2.1-1.3B shape (random weights, ~3 minutes): the LoRA's
+#              cost per DiT forward in fp32 and bf16, and the Edit-GRPO iteration with the rollouts' LoRA in fp32
+#              against bf16 (`rollout.lora_dtype`, issue 13 target 5, section 73); SMOKE: a CPU run at a tiny shape
 #   grpo       $NAME.toml for GRPO_SECONDS (default 420), stopped with SIGINT (the trainer checkpoints the
 #              last finished step); continues (`--resume latest`) an earlier call's run on a warm machine, or a
 #              step-N folder put in recipes/small/checkpoints/$NAME beside its metrics.jsonl (from
@@ -54,6 +57,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   export N=48 EVAL_DEVICE=cpu OBJECT_CLIPS=4 FRESH_CLIPS=4
   BG=(optim.batch_size=2 rollout.group_size=2)
   JB="--records 2 --group 2 --dtype fp32"
+  TBENCH_ARGS="--device cpu --frames 1 --height 32 --width 32 --group 2 --steps 3 --window 1 --rank 4"
   G+=(model.dtype=fp32 rollout.steps=2 rollout.window=1 data.val_limit=2 log.checkpoint_every=1)
   GRPO_SECONDS="${GRPO_SECONDS:-60}" FORCE=1
 fi
@@ -96,6 +100,13 @@ if has jbench; then
     --variants "${JBENCH_VARIANTS:-score_batch,per_record_and_term,trainer_layout}" --json runs/bench_judge_reward.json \
     > runs/bench_judge_reward.log 2>&1
   grep -v Loading runs/bench_judge_reward.log | tail -32
+fi
+if has tbench; then
+  stamp tbench
+  # shellcheck disable=SC2086  # TBENCH_ARGS: the options, as separate words
+  PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_train.py --only forward,grpo --repeats 2 ${TBENCH_ARGS:-} \
+    --json runs/bench_train.json > runs/bench_train.log 2>&1
+  tail -40 runs/bench_train.log
 fi
 if has grpo; then
   cosine=$(sed -n 's/.*pairwise cosine mean \([-0-9.]*\).*/\1/p' runs/agree_cfg1.log 2>/dev/null)

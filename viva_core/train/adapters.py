@@ -4,7 +4,7 @@ ComfyUI-native file format that `viva_core.lora` reads back."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -133,6 +133,23 @@ def adapter_disabled(transformer: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         transformer.enable_adapters()
+
+
+@contextlib.contextmanager
+def lora_cast(params: Sequence[torch.nn.Parameter], dtype: torch.dtype) -> Iterator[None]:
+    """The LoRA's weights in `dtype` for a no-grad block (Edit-GRPO's rollouts), its fp32 masters put back unchanged
+    after. PEFT casts each adapted linear's input to the LoRA's dtype, so fp32 LoRA weights run the side path in
+    fp32 on a bf16 DiT. Raises under autograd: the update must train the masters."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("lora_cast is for no-grad rollouts; the update trains the fp32 masters.")
+    masters = [p.data for p in params]
+    try:
+        for p in params:
+            p.data = p.data.to(dtype)
+        yield
+    finally:
+        for p, master in zip(params, masters):
+            p.data = master
 
 
 def trainable_state(transformer: torch.nn.Module, refiner: Optional[torch.nn.Module]) -> dict[str, torch.Tensor]:

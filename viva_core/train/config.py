@@ -161,6 +161,11 @@ class RolloutConfig:
     # adding each sample's own flow-matching noise. More draws cost a DiT pass each and did not make batches agree
     # better on the CPU (docs/small_models.md, section 40), hence 1.
     rwo_draws: int = 1
+    # dtype of the LoRA's side path in the rollouts (no grad): "fp32" (its trained masters) or "model" (cast to
+    # model.dtype for the rollouts, the fp32 masters back for the update). fp32 LoRA weights make every adapted linear
+    # run in fp32: +39% a DiT forward at the Wan-1.3B shape on an H100, +13% in bf16 (bench/RESULTS.md); the rollouts'
+    # log-probs then differ slightly from the update's (docs/small_models.md, section 73)
+    lora_dtype: str = "fp32"
 
 
 @dataclass
@@ -252,8 +257,11 @@ class TrainConfig:
                 ("model.dtype", self.model.dtype, ("auto", *DTYPES)),
                 ("sft.sigma_sampling", self.sft.sigma_sampling, SIGMA_MODES),
                 ("rollout.rwo_mode", self.rollout.rwo_mode, RWO_MODES),
+                ("rollout.lora_dtype", self.rollout.lora_dtype, ("fp32", "model")),
             ]
         )
+        if self.rollout.lora_dtype == "model" and self.optim.parallel == "fsdp":
+            problems.append('rollout.lora_dtype "model" needs optim.parallel "ddp" (FSDP2 owns its sharded weights)')
         if not DEVICE.match(self.model.device):
             problems.append(f"model.device '{self.model.device}' is not a device; use auto, cpu, cuda, cuda:N or mps")
         o, r = self.optim, self.rollout

@@ -152,7 +152,7 @@ class JudgeReward:
         edits asking the terms' questions once: a recipe's `judge:EA` and `judge:PC` terms share the vision tower and
         the forwards, and the G rollouts of many records fill a forward. Judged one record and one term a call (32 x 2
         calls of 16 edits), the reward took 8-12 s of a ~15 s step on an H100, where the judge scores 512 edits in
-        64-edit forwards in 3 s (docs/small_models.md, sections 71-72)."""
+        64-edit forwards in 3 s (docs/small_models.md, section 71)."""
         judge, frames = terms[0].judge, terms[0].num_frames
         if any(t.joint_key != terms[0].joint_key for t in terms):
             raise InputError("JudgeReward.score_joint: the terms must share one judge and frame count.")

@@ -43,6 +43,7 @@ from .adapters import (
     full_tensor,
     load_optimizer_state,
     load_trainable_state,
+    lora_cast,
     trainable_state,
 )
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -141,6 +142,7 @@ class Trainer:
         dit = self.editor.transformer
         dit.requires_grad_(False)
         self.params = add_lora(dit, cfg.lora, seed=cfg.seed) if cfg.lora.rank > 0 else []
+        self.lora_params = list(self.params)  # what rollout.lora_dtype "model" casts for the rollouts
         if cfg.model.allow_t2v:
             dit.patch_embedding.requires_grad_(True)
             self.params += list(dit.patch_embedding.parameters())
@@ -571,7 +573,7 @@ class Trainer:
                 if r.shared_start
                 else None
             )
-            with torch.no_grad():
+            with torch.no_grad(), self._rollout_lora():
                 source, text = self._stacked(part, g)
                 latents, transitions = sde_rollout(
                     lambda x, s, src=source, txt=text: self._policy_velocity(model, x, src, s, txt),
@@ -593,6 +595,12 @@ class Trainer:
                     )
                 )
         return out
+
+    def _rollout_lora(self) -> contextlib.AbstractContextManager:
+        """rollout.lora_dtype "model": the LoRA in the DiT's dtype for the rollouts (its fp32 masters train)."""
+        if self.cfg.rollout.lora_dtype == "model" and self.editor.dtype != torch.float32:
+            return lora_cast(self.lora_params, self.editor.dtype)
+        return contextlib.nullcontext()
 
     def _decode_batch(self, clip_shape: torch.Size) -> int:
         """Clips per VAE decode: rollout.decode_batch, or under 0 as many as fit AUTO_PIXELS_PER_DECODE frame

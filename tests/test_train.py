@@ -93,6 +93,10 @@ def test_config_file_and_overrides(tmp_path):
         load_config(None, ["method=dpo", "model.editor=e", "data.manifest=m"])
     with pytest.raises(InputError, match="group_size"):
         load_config(None, ["method=grpo", "model.editor=e", "data.manifest=m", "rollout.group_size=1"])
+    with pytest.raises(InputError, match="rollout.lora_dtype"):
+        load_config(None, ["method=grpo", "model.editor=e", "data.manifest=m", "rollout.lora_dtype=bf16"])
+    with pytest.raises(InputError, match='lora_dtype "model" needs optim.parallel "ddp"'):
+        load_config(None, ["model.editor=e", "data.manifest=m", "rollout.lora_dtype=model", "optim.parallel=fsdp"])
 
 
 def test_sft_lowers_held_out_loss_and_writes_a_comfyui_lora(assets):

@@ -51,10 +51,12 @@ def breakdown(call, judge: Judge, device: str) -> dict[str, float]:
     model. Parts are looked up by name and skipped where this transformers lacks them; nested parts overlap."""
     import importlib
 
+    from viva_core import vision_attention
     from viva_core import vlm as vlm_module
 
     qwen = importlib.import_module("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl")
     spots = [(Judge, "_shown"), (Judge, "_tokens"), (Judge, "_pixels"), (vlm_module, "qwen2_vl_position_ids")]
+    spots += [(vision_attention, "vision_indices")]
     spots += [(qwen, f) for f in ("get_vision_position_ids", "get_vision_window_index", "get_vision_attention_seqlens")]
     spots += [
         (getattr(qwen, c, None), "forward")

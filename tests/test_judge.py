@@ -14,6 +14,7 @@ import torch
 from tiny_vlm import build_tiny_vlm
 
 import viva_core.judge as judge_mod
+import viva_core.vlm as vlm_mod
 from viva_core.errors import InputError, ModelLoadError
 from viva_core.judge import DIMENSIONS, QUESTIONS, Judge, JudgeResult, yes_no_token_ids, yes_probability
 from viva_core.vlm import VLM, build_inputs, load_vlm, to_pil_image
@@ -444,15 +445,20 @@ def test_score_batch_equals_score_for_each_edit_and_question(vlm, tmp_path, diff
     )
     patches = []
     hook = j.vlm.model.model.visual.register_forward_hook(lambda m, args, out: patches.append(args[0].shape[0]))
-    calls = []
+    calls, host_positions = [], []
     real = judge_mod.processor_inputs
     judge_mod.processor_inputs = lambda *a, **k: calls.append(1) or real(*a, **k)
+    real_positions = vlm_mod.qwen2_vl_position_ids
+    vlm_mod.qwen2_vl_position_ids = lambda *a, **k: host_positions.append(1) or real_positions(*a, **k)
     try:
         got = j.score_batch(sources, edits, texts, questions=("PC", "EA"), num_frames=2, chunk=2)
     finally:
         hook.remove()
         judge_mod.processor_inputs = real
+        vlm_mod.qwen2_vl_position_ids = real_positions
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    # each chat's M-RoPE ids came with its tokens (made once per tokenization), none from the batch's host loop
+    assert not host_positions and all("positions" in entry for entry in j._chat_tokens.values())
     per_edit = [  # the patches of one chat of each edit, as `score` builds it
         build_inputs(
             j.vlm,

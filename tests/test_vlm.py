@@ -185,6 +185,39 @@ def test_vlm_vision_tower_runs_packed_and_equals_sdpa(tiny_dir, vlm):
         assert torch.allclose(packed, plain, atol=1e-5), (packed - plain).abs().max()
 
 
+def test_vision_indices_equal_transformers_own_and_leave_the_tower_unchanged(vlm):
+    """vision_indices (computed once per image size, tiled) against transformers' per-image loops on images of mixed
+    sizes (windows padded at the edges, a two-frame grid); the tower's output with them equals its output without,
+    under the packed attention (boundaries on the host) and under SDPA."""
+    from viva_core.vision_attention import NAME, vision_indices
+
+    vu = pytest.importorskip("transformers.vision_utils")
+    visual = vlm.model.model.visual
+    grid = torch.tensor([[1, 4, 4], [1, 4, 4], [1, 2, 6], [2, 4, 4], [1, 12, 18], [1, 4, 4], [1, 10, 8]])
+    got = vision_indices(visual, grid)
+    merge = visual.spatial_merge_size
+    order, cu_windows = vu.get_vision_window_index(
+        grid, spatial_merge_size=merge, window_size=visual.window_size, patch_size=visual.patch_size
+    )
+    cu = vu.get_vision_cu_seqlens(grid)
+    assert torch.equal(got["position_ids"], vu.get_vision_position_ids(grid, merge))
+    assert torch.equal(got["window_index"], order) and torch.equal(got["cu_window_seqlens"], cu_windows)
+    assert torch.equal(got["cu_seqlens"], cu) and got["max_seqlen"] == int((cu[1:] - cu[:-1]).max())
+    assert got["max_window_seqlen"] == int((cu_windows[1:] - cu_windows[:-1]).max())
+    assert len(cu_windows) > len(grid) + 1  # the big images span several windows
+    pe = visual.patch_embed
+    pixels = torch.randn(int(grid.prod(-1).sum()), pe.in_channels * pe.temporal_patch_size * pe.patch_size**2)
+    with torch.no_grad():
+        for attention in (NAME, "sdpa"):
+            vlm.model.config.vision_config._attn_implementation = attention
+            try:
+                plain = visual(pixels, grid_thw=grid).pooler_output
+                fast = visual(pixels, grid_thw=grid, **vision_indices(visual, grid)).pooler_output
+            finally:
+                vlm.model.config.vision_config._attn_implementation = NAME
+            torch.testing.assert_close(fast, plain, rtol=0, atol=1e-6)
+
+
 def _grid_frames(n: int, h: int, w: int, seed: int) -> torch.Tensor:
     """Frames whose values are exact 8-bit levels, so the PIL path's rounding changes nothing."""
     return torch.randint(0, 256, (n, h, w, 3), generator=torch.Generator().manual_seed(seed)).float() / 255

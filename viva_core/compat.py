@@ -245,7 +245,9 @@ def qwen2_vl_vision(model: torch.nn.Module) -> Optional[Callable[[torch.Tensor, 
         return None
 
     def embed(pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        out = visual(pixel_values.type(visual.dtype), grid_thw=grid_thw)
+        from .vision_attention import vision_indices  # imported here: vision_attention imports this module
+
+        out = visual(pixel_values.type(visual.dtype), grid_thw=grid_thw, **vision_indices(visual, grid_thw))
         return getattr(out, "pooler_output", out)  # transformers >= 5.x returns a ModelOutput, older a tensor
 
     return embed

@@ -11,6 +11,7 @@ tests/test_vlm.py.
 from __future__ import annotations
 
 import logging
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -77,15 +78,15 @@ def vision_indices(visual: torch.nn.Module, grid_thw: torch.Tensor) -> dict[str,
     every image, with a few device operations each (a 64-edit judge forward shows 768 images) and a device sync per
     maximum. The boundaries stay on the host for `packed_sdpa`, which reads them as Python lengths. {} where this
     transformers has no `vision_utils` or the tower is not Qwen2.5-VL's (it then builds them itself)."""
-    import sys
-
     try:
         from transformers import vision_utils as vu
     except ImportError:
         return {}
     uses = vars(sys.modules[type(visual).__module__])  # the tower's module reads the kwargs through these
     wanted = ("get_vision_position_ids", "get_vision_window_index", "get_vision_attention_seqlens")
-    if not all(n in uses and hasattr(vu, n) for n in wanted) or not hasattr(visual, "window_size"):
+    if not all(n in uses and hasattr(vu, n) for n in wanted) or not hasattr(vu, "get_vision_cu_seqlens"):
+        return {}
+    if not hasattr(visual, "window_size"):  # Qwen2-VL's tower: no windows
         return {}
     merge, grid = visual.spatial_merge_size, grid_thw.cpu()
     per_size: dict[tuple, tuple] = {}

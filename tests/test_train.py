@@ -1195,6 +1195,11 @@ def test_lora_cast_runs_the_lora_in_the_models_dtype_and_gives_back_the_masters(
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)  # bf16 rounding of the side path only
     for p, (storage, copy) in zip(params, masters):
         assert p.data_ptr() == storage and torch.equal(p.data, copy) and p.dtype == torch.float32
+    with torch.no_grad(), pytest.raises(KeyboardInterrupt):  # an interrupted rollout gives the masters back too
+        with lora_cast(params, torch.bfloat16):
+            raise KeyboardInterrupt
+    for p, (storage, copy) in zip(params, masters):
+        assert p.data_ptr() == storage and torch.equal(p.data, copy)
     with pytest.raises(RuntimeError, match="no-grad"):
         with lora_cast(params, torch.bfloat16):
             pass

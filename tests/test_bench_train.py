@@ -1,6 +1,6 @@
 """bench/bench_train.py on the CPU (`--device cpu`: a two-layer DiT of the Wan-1.3B layout): the GPU session's
 training benchmark runs end to end, and the rollouts with the LoRA in bf16 give log-probs the first update sees as
-a small ratio off 1 (what `rollout.lora_dtype = "model"` costs; docs/small_models.md, section 73)."""
+a small ratio off 1 (what `rollout.lora_dtype = "model"` costs; docs/small_models.md, section 72)."""
 
 from __future__ import annotations
 

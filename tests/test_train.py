@@ -1209,7 +1209,7 @@ def test_grpo_rollouts_with_the_lora_in_bf16_stay_close_to_the_fp32_masters(asse
     """rollout.lora_dtype "model" on a bf16 DiT: the rollouts' transitions and log-probs (the PPO pass's old log-probs)
     against the same rollouts with the fp32 LoRA, the LoRA moved off its zero start; the masters fp32 and unchanged
     after. The log-prob difference is what the first PPO pass then sees as a ratio off 1 (docs/small_models.md,
-    section 73)."""
+    section 72)."""
     cfg = config(
         assets,
         assets["root"] / "lora_bf16",

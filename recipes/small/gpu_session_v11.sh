@@ -17,7 +17,7 @@
 #              flow-matching passes one group a DiT call against batched groups)
 #   tbench     bench/bench_train.py --only forward,grpo at the Wan2.1-1.3B shape (random weights, ~3 minutes): the LoRA's
 #              cost per DiT forward in fp32 and bf16, and the Edit-GRPO iteration with the rollouts' LoRA in fp32
-#              against bf16 (`rollout.lora_dtype`, issue 13 target 5, section 73); SMOKE: a CPU run at a tiny shape
+#              against bf16 (`rollout.lora_dtype`, issue 13 target 5, section 72); SMOKE: a CPU run at a tiny shape
 #   grpo       $NAME.toml for GRPO_SECONDS (default 420), stopped with SIGINT (the trainer checkpoints the
 #              last finished step); continues (`--resume latest`) an earlier call's run on a warm machine, or a
 #              step-N folder put in recipes/small/checkpoints/$NAME beside its metrics.jsonl (from

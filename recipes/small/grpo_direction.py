@@ -116,10 +116,16 @@ def main(argv: list[str]) -> None:
                 se = float(d.std() / math.sqrt(len(d))) if label != "0" else 0.0
                 se_rec = float(per_record.std() / math.sqrt(len(records))) if len(records) > 1 else 0.0
                 terms = " ".join(f"{nm} {float(v):.4f}" for nm, v in zip(names, r.mean(0)))
+                moved = r[:, :-1] - base[:, :-1]  # each term's paired change, weighted 0 or not (a judge-only run's
+                # logged verifiers: does the judge's ascent raise the exact scores?)
+                spread = moved.std(0) / math.sqrt(len(d)) if label != "0" else torch.zeros(moved.shape[1])
+                changes = " ".join(
+                    f"{nm} {float(m):+.4f} ({float(e):.4f})" for nm, m, e in zip(names, moved.mean(0), spread)
+                )
                 print(
                     f"{which} cfg {trainer.cfg.rollout.cfg:g} {label:>10}: {terms} | change {float(d.mean()):+.4f} "
                     f"(se {se:.4f} rollouts, {se_rec:.4f} records; {int((per_record > 0).sum())} of {len(records)} "
-                    f"records up, x {len(d) // len(records)} rollouts)",
+                    f"records up, x {len(d) // len(records)} rollouts) | terms {changes}",
                     flush=True,
                 )
     set_params(trainer, p0)

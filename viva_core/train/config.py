@@ -164,7 +164,7 @@ class RolloutConfig:
     # dtype of the LoRA's side path in the rollouts (no grad): "fp32" (its trained masters) or "model" (cast to
     # model.dtype for the rollouts, the fp32 masters back for the update). fp32 LoRA weights make every adapted linear
     # run in fp32: +39% a DiT forward at the Wan-1.3B shape on an H100, +13% in bf16 (bench/RESULTS.md); the rollouts'
-    # log-probs then differ slightly from the update's (docs/small_models.md, section 73)
+    # log-probs then differ slightly from the update's (docs/small_models.md, section 72)
     lora_dtype: str = "fp32"
 
 

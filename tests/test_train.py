@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -783,6 +784,12 @@ def test_two_processes_equal_one_process(assets, parallel):
     ] + [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        # a rank aborted inside torch's gloo/FSDP2 threads at start (seen once in this project's CI runs on 2 CPU
+        # cores, never alone; pytorch/pytorch#90549 is the kind): one more launch. Any other failure, or a second
+        # abort, fails.
+        shutil.rmtree(two, ignore_errors=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = load_file(str(one / "viva_lora.safetensors")), load_file(str(two / "viva_lora.safetensors"))
     assert a.keys() == b.keys()

@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--records-per-call", type=int, default=3, help="records a score_records call gets (decode chunk)")
     ap.add_argument("--variants", default="score_one_at_a_time,score_batch,per_record_and_term,trainer_layout")
-    ap.add_argument("--breakdown", action="store_true", help="time the parts of one trainer-layout call (synchronized)")
+    ap.add_argument("--breakdown", action="store_true", help="time one call of each trainer variant by parts")
     args = ap.parse_args()
 
     vlm = load_vlm(args.judge or bundled.path(bundled.JUDGE), dtype=args.dtype, device=args.device)

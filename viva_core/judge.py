@@ -153,16 +153,19 @@ def difference_frames(source: torch.Tensor, edited: torch.Tensor, gain: float = 
     return ((edit - src).abs() * gain).clamp(0, 1)
 
 
+def shown_differences(source: torch.Tensor, edited: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The difference frames a judge sees [k,H,W,C], at the moments of the source and edited frames it is shown: as
+    many as the shorter video shows."""
+    k = min(num_frames, source.shape[0], edited.shape[0])
+    pairs = zip(uniform_frame_indices(source.shape[0], k), uniform_frame_indices(edited.shape[0], k))
+    return torch.cat([difference_frames(source[i : i + 1], edited[j : j + 1]) for i, j in pairs])
+
+
 def difference_images(
     source: torch.Tensor, edited: torch.Tensor, num_frames: int, max_side: int | None = None
 ) -> list[Image.Image]:
-    """The difference frames a judge sees, at the moments of the source and edited frames it is shown (the judge
-    trainer builds its inputs with this too)."""
-    k = min(num_frames, source.shape[0], edited.shape[0])  # as many as the shorter video shows
-    pairs = zip(uniform_frame_indices(source.shape[0], k), uniform_frame_indices(edited.shape[0], k))
-    return [
-        to_pil_image(difference_frames(source[i : i + 1], edited[j : j + 1])[0], max_side=max_side) for i, j in pairs
-    ]
+    """`shown_differences` as the images a judge's chat holds (the judge trainer builds its inputs with this too)."""
+    return [to_pil_image(f, max_side=max_side) for f in shown_differences(source, edited, num_frames)]
 
 
 def judge_info(vlm_path: str | Path) -> dict | None:
@@ -416,9 +419,7 @@ class Judge:
         rgb = [v[..., :3] if v.shape[-1] != 1 else v.expand(*v.shape[:-1], 3) for v in (source, edited)]
         frames = [v[uniform_frame_indices(v.shape[0], num_frames)] for v in rgb]
         if self.difference:
-            k = min(num_frames, source.shape[0], edited.shape[0])
-            pairs = zip(uniform_frame_indices(source.shape[0], k), uniform_frame_indices(edited.shape[0], k))
-            frames.append(torch.cat([difference_frames(rgb[0][i : i + 1], rgb[1][j : j + 1]) for i, j in pairs]))
+            frames.append(shown_differences(rgb[0], rgb[1], num_frames))
         shown = [f for group in frames for f in ((group.detach().float().clamp(0, 1) * 255).round() / 255)]
         counts = tuple(len(group) for group in frames)
         return shown, counts if self.difference else (*counts, 0)

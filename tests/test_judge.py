@@ -18,7 +18,7 @@ import viva_core.judge as judge_mod
 import viva_core.vlm as vlm_mod
 from viva_core.errors import InputError, ModelLoadError
 from viva_core.judge import DIMENSIONS, QUESTIONS, Judge, JudgeResult, yes_no_token_ids, yes_probability
-from viva_core.vlm import VLM, build_inputs, load_vlm, to_pil_image
+from viva_core.vlm import VLM, build_inputs, load_vlm, processor_inputs, to_pil_image
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +155,44 @@ def test_one_question_forward_equals_plain_without_the_per_image_index_loops(vlm
     torch.testing.assert_close(one, plain, rtol=0, atol=1e-5)
     assert computed == []  # every index came from vision_indices (once per image size), none from the 12-image loop
     assert not torch.allclose(plain[0], plain[1], atol=1e-3)
+
+
+def test_chat_tokens_without_the_image_processor_equal_the_processors(vlm, monkeypatch):
+    """`Judge._tokens` past the first chat of each image sizes skips the image processor: every key and value
+    (ids, per-token rows, grids, M-RoPE ids) equals what the processor gives for the same chat, over questions,
+    instructions, image sizes and frame groups; a shortcut that differs from the processor is never used."""
+    from PIL import Image
+
+    j = Judge(vlm)
+    layouts = [(((64, 48),) * 6, (2, 2, 2)), (((56, 56),) * 4, (2, 2, 0)), (((32, 64),) * 3, (1, 1, 1))]
+    texts = ["make the sky red", "remove the car on the left", "turn it blue"]
+
+    def by_processor(question, instruction, sizes, groups):
+        blank = [Image.new("RGB", wh) for wh in sizes]
+        a, b = groups[0], groups[0] + groups[1]
+        chat = j.messages(blank[:a], blank[a:b], j.question_text(question, instruction), blank[b:], j.lead(instruction))
+        return processor_inputs(j.vlm.processor, [chat])
+
+    for sizes, groups in layouts:
+        for question in DIMENSIONS:
+            for text in texts:
+                got, want = j._tokens(question, text, sizes, groups), by_processor(question, text, sizes, groups)
+                assert set(got) - {"positions"} == set(want) - {"attention_mask", "pixel_values"}
+                for k in set(got) - {"positions"}:
+                    assert torch.equal(got[k], want[k]), k
+                positions = vlm_mod.qwen2_vl_position_ids(j.vlm.model, want)
+                if positions is not None:
+                    assert torch.equal(got["positions"], positions.to(torch.int32))
+    assert len(j._layouts) == len(layouts) and all(layout["checked"] for layout in j._layouts.values())
+    # a shortcut whose ids differ (as another transformers' processor might make them) is refused at the check
+    fresh = Judge(vlm)
+    real = Judge._expanded
+    monkeypatch.setattr(Judge, "_expanded", lambda self, *a: {**real(self, *a), "input_ids": torch.zeros(1, 3)})
+    sizes, groups = layouts[0]
+    fresh._tokens("EA", texts[0], sizes, groups)
+    assert not fresh._layouts[sizes]["checked"]
+    got = fresh._tokens("EA", texts[1], sizes, groups)
+    assert torch.equal(got["input_ids"], by_processor("EA", texts[1], sizes, groups)["input_ids"])
 
 
 def test_result_format(judge, videos):
@@ -515,7 +553,9 @@ def test_score_batch_equals_score_for_each_edit_and_question(vlm, tmp_path, diff
         hook.remove()
     torch.testing.assert_close(alone, want, rtol=0, atol=1e-5)
     assert patches == per_edit
-    assert len(calls) == 2 * (len(shapes) - 1)  # the repeated (question, instruction, sizes) came from the cache
+    assert len(j._chat_tokens) == 2 * (len(shapes) - 1)  # the repeated (question, instruction, sizes) from the cache
+    assert len(calls) == len(set(shapes)) == len(j._layouts)  # the processor once per image sizes, checked there
+    assert all(layout["checked"] for layout in j._layouts.values())
     shrunk = Judge(j.vlm, max_side=24)
     want = torch.tensor(
         [

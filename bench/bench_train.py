@@ -12,7 +12,7 @@ The whole trainer's Edit-GRPO step on the bundled small editor (VAE decode, veri
 DiT call vs one record per call) is `bench/bench_grpo_step.py`.
 Under torchrun the SFT step runs data-parallel (DDP) and reports samples/s per GPU count.
 
-    python bench/bench_train.py [--frames 33] [--group 8 --steps 10 --window 2] [--checkpointing]
+    python bench/bench_train.py [--frames 33] [--group 8 --steps 10 --window 2] [--checkpointing] [--compile blocks]
     torchrun --nproc_per_node=2 bench/bench_train.py --only sft
 """
 
@@ -85,6 +85,9 @@ def main() -> None:
         "agree trivially; grpo_v16's trained LoRA has a median 0.027 on the small editor)",
     )
     ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument(
+        "--compile", default="off", choices=["off", "blocks"], help="the trainer's model.compile (warm-ups compile)"
+    )
     ap.add_argument("--only", default="sft,grpo")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
@@ -113,6 +116,10 @@ def main() -> None:
     model = WanTransformer3DModel(**shape).to(dev, dt)
     params = add_lora(model, LoraConfig(rank=args.rank, alpha=2 * args.rank, targets="attn"))
     trained_size_lora(model, args.lora_scale)
+    if args.compile != "off":
+        from viva_core.editor import compile_dit
+
+        compile_dit(model, args.compile)  # as the trainer does: after the LoRA
     if args.checkpointing:
         model.enable_gradient_checkpointing()
     net = model
@@ -136,6 +143,7 @@ def main() -> None:
         "world": world,
         "gpu": "cpu (smoke)" if SMOKE["on"] else torch.cuda.get_device_name(),
         "checkpointing": args.checkpointing,
+        "compile": args.compile,
     }
 
     def velocity(m, x, sigma, batch=1):
@@ -242,6 +250,9 @@ def main() -> None:
                 return rollouts()
 
         update(rollouts())  # warm-up
+        if args.compile != "off":  # the other graphs the timed calls use (batch 1, the LoRA in bf16), compiled first
+            rollouts(batched=False)
+            update(rollouts_bf16_lora())
         peak_gib(reset=True)
         roll, seq, upd, roll16, worst = [], [], [], [], {}
         for _ in range(max(1, args.repeats - 1)):

@@ -1193,15 +1193,18 @@ def test_lora_cast_runs_the_lora_in_the_models_dtype_and_gives_back_the_masters(
     for p in params:
         p.data = p.data.float()
     masters = [(p.data_ptr(), p.data.clone()) for p in params]
+    grads = [torch.randn_like(p) for p in params]  # held from an update: set aside inside, the same tensors after
+    for p, g in zip(params, grads):
+        p.grad = g
     x = torch.randn(3, 16).to(torch.bfloat16)
     with torch.no_grad():
         want = model(x).float()
         with lora_cast(params, torch.bfloat16):
-            assert all(p.dtype == torch.bfloat16 for p in params)
+            assert all(p.dtype == torch.bfloat16 and p.grad is None for p in params)
             got = model(x).float()
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)  # bf16 rounding of the side path only
-    for p, (storage, copy) in zip(params, masters):
-        assert p.data_ptr() == storage and torch.equal(p.data, copy) and p.dtype == torch.float32
+    for p, (storage, copy), g in zip(params, masters, grads):
+        assert p.data_ptr() == storage and torch.equal(p.data, copy) and p.dtype == torch.float32 and p.grad is g
     with torch.no_grad(), pytest.raises(KeyboardInterrupt):  # an interrupted rollout gives the masters back too
         with lora_cast(params, torch.bfloat16):
             raise KeyboardInterrupt
@@ -1251,3 +1254,82 @@ def test_grpo_rollouts_with_the_lora_in_bf16_stay_close_to_the_fp32_masters(asse
         for a, b in zip(tr_a, tr_b):
             rel = (b.log_prob - a.log_prob).abs() / a.log_prob.abs()
             assert float(rel.max()) < 1e-2
+
+
+@pytest.mark.slow  # torch.compile on the CPU: ~1 minute with a cold inductor cache
+def test_compiled_blocks_train_as_the_eager_dit_does_and_are_undone(assets):
+    """model.compile "blocks": the same rollouts, rewards and PPO gradient as the eager DiT (the LoRA moved off its
+    start so its side path counts), each block's compiled forward in place; `remove_lora` gives the DiT back
+    uncompiled and without the LoRA."""
+    from viva_core.train.adapters import remove_lora
+
+    runs = {}
+    for mode in ("off", "blocks"):
+        cfg = config(
+            assets,
+            assets["root"] / f"compile_{mode}",
+            "method=grpo",
+            f"model.compile={mode}",
+            "rollout.group_size=2",
+            "rollout.steps=3",
+            "rollout.window=2",
+            "rollout.inner_updates=1",
+            "optim.batch_size=2",
+        )
+        t = Trainer(cfg)
+        t._setup()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in t.lora_params:
+                p.add_(0.3 * torch.randn_like(p))
+        stats = t._grpo_step(0)
+        runs[mode] = (t, stats, [p.grad.clone() for p in t.params])
+    (eager, s_eager, g_eager), (compiled, s_compiled, g_compiled) = runs["off"], runs["blocks"]
+    blocks = compiled.base.blocks
+    assert all(hasattr(b.__dict__.get("forward"), "_torchdynamo_orig_callable") for b in blocks)
+    assert not any("forward" in b.__dict__ for b in eager.base.blocks)
+    for key in ("reward", "loss_policy"):
+        assert s_compiled[key] == pytest.approx(s_eager[key], rel=1e-4, abs=1e-6), key
+    for a, b in zip(g_compiled, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+    assert any(float(g.abs().max()) > 0 for g in g_eager)
+    remove_lora(compiled.base)
+    assert not any("forward" in b.__dict__ for b in blocks)
+    assert not any("lora_" in n for n, _ in compiled.base.named_parameters())
+
+
+@pytest.mark.slow  # torch.compile on the CPU
+def test_compiled_blocks_roll_out_with_the_lora_in_bf16_while_the_masters_hold_gradients(assets):
+    """rollout.lora_dtype "model" under model.compile "blocks": the validation rollouts after a step run while the fp32
+    masters still hold that step's gradient, which torch.compile refuses on a bf16 weight unless lora_cast sets it
+    aside; the rollouts run compiled and the gradients are there again after."""
+    cfg = config(
+        assets,
+        assets["root"] / "compile_bf16",
+        "method=grpo",
+        "model.dtype=bf16",
+        "model.compile=blocks",
+        "rollout.lora_dtype=model",
+        "rollout.group_size=2",
+        "rollout.steps=3",
+        "rollout.window=2",
+        "optim.batch_size=2",
+    )
+    t = Trainer(cfg)
+    t._setup()
+    grads = [torch.randn_like(p) for p in t.lora_params]
+    for p, g in zip(t.lora_params, grads):
+        p.grad = g
+    batch = [
+        (gi, rec, enc) for (gi, rec), enc in zip(t._local_batch(0), t._encoded_all([r for _, r in t._local_batch(0)]))
+    ]
+    rolled = t._rollout_groups(batch, 0)
+    assert all(torch.isfinite(lat).all() for lat, _ in rolled)
+    assert all(p.grad is g and p.dtype == torch.float32 for p, g in zip(t.lora_params, grads))
+
+
+def test_compile_is_checked_in_the_config():
+    with pytest.raises(InputError, match="model.compile"):
+        load_config(None, ["model.editor=e", "data.manifest=m", "model.compile=full"])
+    with pytest.raises(InputError, match='model.compile "blocks" needs optim.parallel "ddp"'):
+        load_config(None, ["model.editor=e", "data.manifest=m", "model.compile=blocks", "optim.parallel=fsdp"])

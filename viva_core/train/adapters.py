@@ -57,8 +57,12 @@ def add_lora(transformer: torch.nn.Module, cfg: LoraConfig, *, seed: int = 0) ->
 
 
 def remove_lora(transformer: torch.nn.Module) -> None:
-    """Undo `add_lora`: every PEFT layer is replaced by its base layer (the original module and Parameters), so a
-    DiT that is used on after training (ComfyUI's loaded editor) is the model it was before."""
+    """Undo `add_lora` (and the trainer's `model.compile`): every PEFT layer is replaced by its base layer (the
+    original module and Parameters), so a DiT that is used on after training (ComfyUI's loaded editor, which training
+    takes uncompiled) is the model it was before."""
+    from ..editor import uncompile_dit
+
+    uncompile_dit(transformer)
     if getattr(transformer, "peft_config", None):
         transformer.unload_lora()
     transformer.requires_grad_(False)
@@ -139,17 +143,20 @@ def adapter_disabled(transformer: torch.nn.Module) -> Iterator[None]:
 def lora_cast(params: Sequence[torch.nn.Parameter], dtype: torch.dtype) -> Iterator[None]:
     """The LoRA's weights in `dtype` for a no-grad block (Edit-GRPO's rollouts), its fp32 masters put back unchanged
     after. PEFT casts each adapted linear's input to the LoRA's dtype, so fp32 LoRA weights run the side path in
-    fp32 on a bf16 DiT. Raises under autograd: the update must train the masters."""
+    fp32 on a bf16 DiT. Raises under autograd: the update must train the masters. Gradients the masters hold are set
+    aside meanwhile (a bf16 weight with an fp32 gradient is refused by torch.compile's blocks, `model.compile`)."""
     if torch.is_grad_enabled():
         raise RuntimeError("lora_cast is for no-grad rollouts; the update trains the fp32 masters.")
-    masters = [p.data for p in params]
+    masters, grads = [p.data for p in params], [p.grad for p in params]
     try:
         for p in params:
+            p.grad = None
             p.data = p.data.to(dtype)
         yield
     finally:
-        for p, master in zip(params, masters):
+        for p, master, grad in zip(params, masters, grads):
             p.data = master
+            p.grad = grad
 
 
 def trainable_state(transformer: torch.nn.Module, refiner: Optional[torch.nn.Module]) -> dict[str, torch.Tensor]:

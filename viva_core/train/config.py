@@ -56,6 +56,10 @@ class ModelConfig:
     dtype: str = "bf16"
     device: str = "auto"
     allow_t2v: bool = False  # zero-init source channels of a T2V base and train them (SFT only)
+    # "blocks": torch.compile each repeated DiT block (LoRA included) for the rollouts, updates and SFT steps (the
+    # editor's compile=blocks: 1.45x against 1.68x its FLOP floor at inference, bench/RESULTS.md); a first step
+    # compiles for minutes on a big DiT, and each new shape (frames, batch rows, the rollouts' LoRA dtype) again
+    compile: str = "off"
     max_text_tokens: int = 0  # text padding length; 0 = the editor's own (512 for Wan, viva_editor.json for ours)
     instructor: str = ""  # VLM folder: condition on instructor tokens through the refiner
     refiner: str = ""  # start from this refiner (.safetensors); empty = new refiner when train_refiner
@@ -258,8 +262,11 @@ class TrainConfig:
                 ("sft.sigma_sampling", self.sft.sigma_sampling, SIGMA_MODES),
                 ("rollout.rwo_mode", self.rollout.rwo_mode, RWO_MODES),
                 ("rollout.lora_dtype", self.rollout.lora_dtype, ("fp32", "model")),
+                ("model.compile", self.model.compile, ("off", "blocks")),
             ]
         )
+        if self.model.compile != "off" and self.optim.parallel == "fsdp":
+            problems.append('model.compile "blocks" needs optim.parallel "ddp" (not measured with FSDP2\'s sharding)')
         if self.rollout.lora_dtype == "model" and self.optim.parallel == "fsdp":
             problems.append('rollout.lora_dtype "model" needs optim.parallel "ddp" (FSDP2 owns its sharded weights)')
         if not DEVICE.match(self.model.device):

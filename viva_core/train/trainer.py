@@ -20,7 +20,7 @@ import torch
 
 from .. import compat
 from ..data import EditRecord, EditSample, TensorCache, file_identity, load_manifest, load_sample, model_identity
-from ..editor import Conditioning, Editor, EditorOptions, load_editor
+from ..editor import Conditioning, Editor, EditorOptions, compile_dit, load_editor
 from ..errors import InputError, NonFiniteError
 from ..lora import save_lora
 from ..pipeline import (
@@ -149,6 +149,8 @@ class Trainer:
         self.refiner, self.instructor = None, None
         if cfg.model.instructor:
             self._setup_instructor()
+        if cfg.model.compile == "blocks":
+            compile_dit(dit, "blocks")  # after the LoRA, so its side paths fuse with the blocks' own work
         self.base, self.dit = dit, dit  # base: the module itself; dit: what training calls (DDP wrapper)
         if self.world.active and cfg.optim.parallel == "fsdp":
             fully_shard = compat.fully_shard()

@@ -453,13 +453,14 @@ def forward_shared_images(vlm: VLM, inputs, copies: int, host_positions: bool = 
     other than Qwen2-VL / Qwen2.5-VL take the plain path. `host_positions`: the M-RoPE position ids from host copies
     of the batch (compat.qwen2_vl_position_ids), 1.9x faster a judge training forward on an H200 (docs/small_models.md,
     section 32). `pixel_values` may hold every chat's patches (as the processor returns them) or only the first
-    chat's of each run (`Judge.score_batch`, which never lays out the copies)."""
+    chat's of each run (`Judge.score_batch`, which never lays out the copies). `copies` 1 shares nothing but still
+    embeds the images here, where the tower's index tensors come once per image size (`vision_indices`)."""
     embed = qwen2_vl_vision(vlm.model)
     if embed is None or "pixel_values" not in inputs:
         return forward(vlm, inputs, **kwargs)
     ids, thw = inputs["input_ids"], inputs["image_grid_thw"]
-    if copies == 1:  # nothing to share, but the tower still skips transformers' per-image index loops (3.1 of 7.0 s
-        full = embed(inputs["pixel_values"], thw)  # of one-question calls on 512 edits, H100: docs section 75)
+    if copies == 1:  # transformers' per-image index loops took 3.1 of 7.0 s of one-question calls on 512 edits (H100)
+        full = embed(inputs["pixel_values"], thw)
     else:
         full = _shared_image_features(vlm, embed, inputs["pixel_values"], ids, thw, copies)
     embeds = vlm.model.get_input_embeddings()(ids)

@@ -1215,31 +1215,43 @@ def test_lora_cast_runs_the_lora_in_the_models_dtype_and_gives_back_the_masters(
             pass
 
 
+def _small_grpo_trainer(assets, name: str, *extra: str, move: bool = True) -> Trainer:
+    """A set-up GRPO trainer of 2 records x G 2, 3 SDE steps on a window of 2, `extra` settings; with `move` its
+    LoRA moved off PEFT's zero start (seeded), so the side path counts."""
+    cfg = config(
+        assets,
+        assets["root"] / name,
+        "method=grpo",
+        "rollout.group_size=2",
+        "rollout.steps=3",
+        "rollout.window=2",
+        "optim.batch_size=2",
+        *extra,
+    )
+    t = Trainer(cfg)
+    t._setup()
+    if move:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in t.lora_params:
+                p.add_(0.3 * torch.randn_like(p))
+    return t
+
+
+def _first_batch(t: Trainer) -> list:
+    """Step 0's (global index, record, encodings) of a set-up trainer."""
+    local = t._local_batch(0)
+    return [(gi, rec, enc) for (gi, rec), enc in zip(local, t._encoded_all([r for _, r in local]))]
+
+
 def test_grpo_rollouts_with_the_lora_in_bf16_stay_close_to_the_fp32_masters(assets):
     """rollout.lora_dtype "model" on a bf16 DiT: the rollouts' transitions and log-probs (the PPO pass's old log-probs)
     against the same rollouts with the fp32 LoRA, the LoRA moved off its zero start; the masters fp32 and unchanged
     after. The log-prob difference is what the first PPO pass then sees as a ratio off 1 (docs/small_models.md,
     section 72)."""
-    cfg = config(
-        assets,
-        assets["root"] / "lora_bf16",
-        "method=grpo",
-        "model.dtype=bf16",
-        "rollout.group_size=2",
-        "rollout.steps=3",
-        "rollout.window=2",
-        "optim.batch_size=2",
-    )
-    t = Trainer(cfg)
-    t._setup()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in t.lora_params:
-            p.add_(0.3 * torch.randn_like(p))
+    t = _small_grpo_trainer(assets, "lora_bf16", "model.dtype=bf16")
     before = [p.detach().clone() for p in t.lora_params]
-    batch = [
-        (gi, rec, enc) for (gi, rec), enc in zip(t._local_batch(0), t._encoded_all([r for _, r in t._local_batch(0)]))
-    ]
+    batch = _first_batch(t)
     fp32 = t._rollout_groups(batch, 0)
     t.cfg.rollout.lora_dtype = "model"
     seen = []
@@ -1265,23 +1277,7 @@ def test_compiled_blocks_train_as_the_eager_dit_does_and_are_undone(assets):
 
     runs = {}
     for mode in ("off", "blocks"):
-        cfg = config(
-            assets,
-            assets["root"] / f"compile_{mode}",
-            "method=grpo",
-            f"model.compile={mode}",
-            "rollout.group_size=2",
-            "rollout.steps=3",
-            "rollout.window=2",
-            "rollout.inner_updates=1",
-            "optim.batch_size=2",
-        )
-        t = Trainer(cfg)
-        t._setup()
-        torch.manual_seed(0)
-        with torch.no_grad():
-            for p in t.lora_params:
-                p.add_(0.3 * torch.randn_like(p))
+        t = _small_grpo_trainer(assets, f"compile_{mode}", f"model.compile={mode}", "rollout.inner_updates=1")
         stats = t._grpo_step(0)
         runs[mode] = (t, stats, [p.grad.clone() for p in t.params])
     (eager, s_eager, g_eager), (compiled, s_compiled, g_compiled) = runs["off"], runs["blocks"]
@@ -1303,27 +1299,13 @@ def test_compiled_blocks_roll_out_with_the_lora_in_bf16_while_the_masters_hold_g
     """rollout.lora_dtype "model" under model.compile "blocks": the validation rollouts after a step run while the fp32
     masters still hold that step's gradient, which torch.compile refuses on a bf16 weight unless lora_cast sets it
     aside; the rollouts run compiled and the gradients are there again after."""
-    cfg = config(
-        assets,
-        assets["root"] / "compile_bf16",
-        "method=grpo",
-        "model.dtype=bf16",
-        "model.compile=blocks",
-        "rollout.lora_dtype=model",
-        "rollout.group_size=2",
-        "rollout.steps=3",
-        "rollout.window=2",
-        "optim.batch_size=2",
+    t = _small_grpo_trainer(
+        assets, "compile_bf16", "model.dtype=bf16", "model.compile=blocks", "rollout.lora_dtype=model", move=False
     )
-    t = Trainer(cfg)
-    t._setup()
     grads = [torch.randn_like(p) for p in t.lora_params]
     for p, g in zip(t.lora_params, grads):
         p.grad = g
-    batch = [
-        (gi, rec, enc) for (gi, rec), enc in zip(t._local_batch(0), t._encoded_all([r for _, r in t._local_batch(0)]))
-    ]
-    rolled = t._rollout_groups(batch, 0)
+    rolled = t._rollout_groups(_first_batch(t), 0)
     assert all(torch.isfinite(lat).all() for lat, _ in rolled)
     assert all(p.grad is g and p.dtype == torch.float32 for p, g in zip(t.lora_params, grads))
 

@@ -11,8 +11,9 @@ recipes/small/rwo_v8.toml`: its step and its flow-matching passes in the PPO pas
 
 Variants: per_record (rollout.micro_batch=1, rollout.decode_batch=1: one record's G samples per DiT call, one clip
 per decode), batched (both 0 = auto: all records of the step in one call on this editor), cpu_rewards (batched, the
-verifier rewards on the CPU in threads instead of the trainer's device), and `file` with
---trainer-file (its own defaults). Default settings: recipes/small/grpo_v4.toml (bf16 on CUDA, fp32 on the CPU).
+verifier rewards on the CPU in threads instead of the trainer's device), compiled (batched with `model.compile =
+"blocks"`: give it --warmup 2 or more, each new shape of a step compiles), and `file` with --trainer-file (its own
+defaults). Default settings: recipes/small/grpo_v4.toml (bf16 on CUDA, fp32 on the CPU).
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ def main() -> None:
         "per_record": ["rollout.micro_batch=1", "rollout.decode_batch=1"],
         "batched": ["rollout.micro_batch=0", "rollout.decode_batch=0"],
         "cpu_rewards": ["rollout.micro_batch=0", "rollout.decode_batch=0"],
+        "compiled": ["rollout.micro_batch=0", "rollout.decode_batch=0", "model.compile=blocks"],
         "file": [],
     }
     names = [v for v in args.variants.split(",") if v] + (["file"] if args.trainer_file else [])
@@ -186,6 +188,8 @@ def main() -> None:
         results["speedup_batched_vs_per_record"] = results["per_record"]["step_s"] / results["batched"]["step_s"]
     if "cpu_rewards" in results and "batched" in results:
         results["speedup_batched_vs_cpu_rewards"] = results["cpu_rewards"]["step_s"] / results["batched"]["step_s"]
+    if "compiled" in results and "batched" in results:
+        results["speedup_compiled_vs_batched"] = results["batched"]["step_s"] / results["compiled"]["step_s"]
     if "file" in results and "batched" in results:
         results["speedup_batched_vs_file"] = results["file"]["step_s"] / results["batched"]["step_s"]
     print(json.dumps(results, indent=1))

@@ -14,13 +14,14 @@
 #              the trainer's reward calls before (a call per record and judge term) and now (one per decode chunk),
 #              and the synchronized time of each part of a call (--breakdown; JBENCH_VARIANTS=score_one_at_a_time,...
 #              adds the one-at-a-time judge, section 69); with NAME=rwo_v8, gbench times RWO's step (GBENCH_VARIANTS=per_record,batched: its
-#              flow-matching passes one group a DiT call against batched groups)
+#              flow-matching passes one group a DiT call against batched groups); GBENCH_VARIANTS=batched,compiled
+#              GBENCH_WARMUP=3: the step with model.compile "blocks" (the warm-up steps compile)
 #   tbench     bench/bench_train.py --only forward,grpo at the Wan2.1-1.3B shape (random weights, ~3 minutes): the LoRA's
 #              cost per DiT forward in fp32 and bf16, and the Edit-GRPO iteration with the rollouts' LoRA in fp32
 #              against bf16 (`rollout.lora_dtype`, issue 13 target 5, section 72); SMOKE: a CPU run at a tiny shape
-#   grpo       $NAME.toml for GRPO_SECONDS (default 420), stopped with SIGINT (the trainer checkpoints the
-#              last finished step); continues (`--resume latest`) an earlier call's run on a warm machine, or a
-#              step-N folder put in recipes/small/checkpoints/$NAME beside its metrics.jsonl (from
+#   grpo       $NAME.toml for GRPO_SECONDS (default 420; GRPO_SETS="k=v ..." adds settings), stopped with SIGINT
+#              (the trainer checkpoints the last finished step); continues (`--resume latest`) an earlier call's run
+#              on a warm machine, or a step-N folder put in recipes/small/checkpoints/$NAME beside its metrics.jsonl (from
 #              pack/checkpoint.tar.NN and pack/models.tar.NN; leave out the folder's lora.safetensors and curves.png,
 #              which resume does not read: the device takes a working tree of 64 MiB at most); or INIT=<LoRA>
 #              starts the run from that LoRA with a fresh optimizer (a step folder, 9.5 MB, no longer fits the tree)
@@ -89,7 +90,8 @@ if has gbench; then
   stamp gbench
   # shellcheck disable=SC2046  # the --set pairs, as separate words
   PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_grpo_step.py --data data/small/train.jsonl --config $CONFIG \
-    --variants "${GBENCH_VARIANTS:-batched,cpu_rewards}" $(sets "${BG[@]}" "${G[@]}") --json runs/bench_grpo_step.json \
+    --variants "${GBENCH_VARIANTS:-batched,cpu_rewards}" --warmup "${GBENCH_WARMUP:-1}" $(sets "${BG[@]}" "${G[@]}") \
+    --json runs/bench_grpo_step.json \
     > runs/bench_grpo_step.log 2>&1
   tail -12 runs/bench_grpo_step.log
 fi
@@ -123,7 +125,8 @@ if has grpo; then
     fi
     stamp "grpo ${start[*]:-from the start} (agreement ${cosine:-not measured})"
     # shellcheck disable=SC2046  # the --set pairs, as separate words
-    timeout -s INT "${GRPO_SECONDS:-420}" $V train $CONFIG "${start[@]}" $(sets "${BG[@]}" "${G[@]}") \
+    # shellcheck disable=SC2086  # GRPO_SETS: extra key=value settings, as separate words (model.compile=blocks)
+    timeout -s INT "${GRPO_SECONDS:-420}" $V train $CONFIG "${start[@]}" $(sets "${BG[@]}" "${G[@]}" ${GRPO_SETS:-}) \
       > runs/grpo.log 2>&1
     grep -h '"val_reward"' $R/$NAME/metrics.jsonl | cut -c1-200
     tail -2 runs/grpo.log

@@ -33,12 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_dit import WAN_1_3B, dit_flops, matmul_rate, time_cuda  # noqa: E402
 
-SMOKE = {"on": False}  # --device cpu: a check that the script runs before a GPU session (timings meaningless)
-
 
 def cuda_time(fn) -> float:
-    """One timed call (the callers do their own warm-up and repeats); wall time in a CPU smoke run."""
-    if SMOKE["on"]:
+    """One timed call (the callers do their own warm-up and repeats); wall time where CUDA is not in use (the CPU
+    smoke run of `--device cpu`, whose timings mean nothing)."""
+    if not torch.cuda.is_initialized():
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
@@ -46,7 +45,7 @@ def cuda_time(fn) -> float:
 
 
 def peak_gib(reset: bool = False) -> float:
-    if SMOKE["on"]:
+    if not torch.cuda.is_initialized():
         return 0.0
     if reset:
         torch.cuda.reset_peak_memory_stats()
@@ -93,7 +92,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke check of the script (a two-layer DiT)")
     args = ap.parse_args()
-    SMOKE["on"] = args.device == "cpu"
+    smoke = args.device == "cpu"  # a check that the script runs before a GPU session (a two-layer DiT)
 
     from diffusers import WanTransformer3DModel
 
@@ -112,7 +111,7 @@ def main() -> None:
     torch.manual_seed(0)
     # the CPU smoke run: the same code on a two-layer DiT of the 1.3B's layout (a check that the script runs)
     shape = dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=16, text_dim=32, ffn_dim=64, num_layers=2)
-    shape = shape if SMOKE["on"] else WAN_1_3B
+    shape = shape if smoke else WAN_1_3B
     model = WanTransformer3DModel(**shape).to(dev, dt)
     params = add_lora(model, LoraConfig(rank=args.rank, alpha=2 * args.rank, targets="attn"))
     trained_size_lora(model, args.lora_scale)
@@ -135,13 +134,13 @@ def main() -> None:
     mask = torch.zeros(1, 1, lt, lh, lw, device=dev)
     mask[..., lh // 4 : lh // 2, lw // 4 : lw // 2] = 1
     fwd = dit_flops(shape, tokens, 512)
-    rate = 1e12 if SMOKE["on"] else matmul_rate()
+    rate = 1e12 if smoke else matmul_rate()
     results = {
         "tokens": tokens,
         "fwd_tflop": fwd / 1e12,
         "matmul_tflops": rate / 1e12,
         "world": world,
-        "gpu": "cpu (smoke)" if SMOKE["on"] else torch.cuda.get_device_name(),
+        "gpu": "cpu (smoke)" if smoke else torch.cuda.get_device_name(),
         "checkpointing": args.checkpointing,
         "compile": args.compile,
     }

@@ -15,6 +15,8 @@ Measurements (`--only a,b,...`; default: lucy, lucy-offload-model, lucy-release-
                                 drops it and places the DiT and VAE, then the edit runs with the negative given
   lucy-offload-model, wan1.3b-offload-model   `offload=model`: each part visits the GPU only while it runs
   lucy-offload-block, wan1.3b-offload-block   `offload=block`: DiT blocks streamed from the CPU, VAE / UMT5 visit
+  wan14b-release-text, wan14b-offload-block    the Wan2.1-14B shape (28.6 GB of bf16 DiT), resident and block-offloaded
+                                (run them in this order: the block run leaves its hooks on the DiT)
   judge-7b, judge-3b            viva_core.judge.Judge(...).score of one (source, edit) pair, defaults (4 frames of
                                 each, max_side 448, the four questions as one batch)
 For each `offload=none` edit a derived row gives the peak without the text encoder on the GPU (conditioning from
@@ -81,6 +83,23 @@ LUCY_DIT = dict(
     freq_dim=256,
     ffn_dim=14336,
     num_layers=30,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
+# Wan-AI/Wan2.1-T2V-14B-Diffusers transformer/config.json (dim 5120 = 40 heads x 128, 40 layers), as an editor: in 32
+# (noise + source latents) / out 16, as the 1.3B editor shape.
+WAN_14B = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=40,
+    attention_head_dim=128,
+    in_channels=32,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=13824,
+    num_layers=40,
     cross_attn_norm=True,
     qk_norm="rms_norm_across_heads",
     eps=1e-6,
@@ -195,6 +214,12 @@ SHAPES = {
         "wan1.3b": dict(
             label="Wan2.1-1.3B editor (in 32/out 16, Wan2.1 VAE, UMT5-XXL)", dit=WAN_1_3B, vae=WAN21_VAE, te=UMT5_XXL
         ),
+        "wan14b": dict(
+            label="Wan2.1-14B-shaped editor (in 32/out 16, Wan2.1 VAE, UMT5-XXL)",
+            dit=WAN_14B,
+            vae=WAN21_VAE,
+            te=UMT5_XXL,
+        ),
         "qwen7b": dict(label="Qwen2.5-VL-7B-Instruct", vlm=QWEN_7B),
         "qwen3b": dict(label="Qwen2.5-VL-3B-Instruct", vlm=QWEN_3B),
         "video": (81, 480, 832),
@@ -218,6 +243,7 @@ SHAPES = {
             te=TINY_UMT5,
         ),
         "wan1.3b": dict(label="tiny Wan2.1-shaped", dit=TINY_DIT, vae=TINY_VAE, te=TINY_UMT5),
+        "wan14b": dict(label="tiny Wan2.1-shaped (14B's stand-in)", dit=TINY_DIT, vae=TINY_VAE, te=TINY_UMT5),
         "qwen7b": dict(label="tiny Qwen2.5-VL", vlm=TINY_QWEN),
         "qwen3b": dict(label="tiny Qwen2.5-VL (tied)", vlm=dict(TINY_QWEN, tie_word_embeddings=True)),
         "video": (5, 32, 32),
@@ -248,6 +274,9 @@ MEASUREMENTS = {
         Measurement("wan1.3b-offload-model", "wan1.3b", "edit", "model"),
         Measurement("wan1.3b-release-text", "wan1.3b", "edit", release_text=True, vae_dtype="auto"),
         Measurement("wan1.3b-offload-block", "wan1.3b", "edit", "block"),
+        # issue 13 target 3: the 14B shape within 24 GiB with block offload, its time against the resident edit
+        Measurement("wan14b-release-text", "wan14b", "edit", release_text=True, vae_dtype="auto"),
+        Measurement("wan14b-offload-block", "wan14b", "edit", "block", vae_dtype="auto"),
         Measurement("judge-7b", "qwen7b", "judge"),
         Measurement("judge-3b", "qwen3b", "judge"),
     )
@@ -660,6 +689,11 @@ class Runner:
         )
         row = self.row(m)
         row.weights_gib = parts["sizes"]
+        if m.offload == "block" and "dit" in parts:  # built on the GPU; block offload streams it from the host, where
+            parts["dit"].to("cpu")  # load_editor leaves a block-offloaded DiT
+            gc.collect()
+            if self.cuda:
+                torch.cuda.empty_cache()
         t0 = time.perf_counter()
         if self.args.via_folder:
             editor = load_editor(str(self.folders[m.model]), options=options, encode_first=m.release_text)

@@ -39,6 +39,16 @@ def test_tiny_run_goes_through_edit_offload_and_judge(capsys):
     assert out.count('{"measurement": ') == 4 and "| judge-3b | tiny Qwen2.5-VL (tied) |" in out
 
 
+def test_tiny_run_of_the_14b_rows_resident_then_block_offloaded():
+    """Issue 13 target 3's 14B rows in their order: the `viva edit` flow (text encoder released), then the same DiT
+    block-offloaded (moved to the host first, as load_editor leaves it; the text encoder built again)."""
+    rm = _module()
+    rows = rm.main(["--shape", "tiny", "--only", "wan14b-release-text,wan14b-offload-block"])
+    assert [r.measurement for r in rows] == ["wan14b-release-text", "wan14b-offload-block"]
+    assert all(not r.note for r in rows), [r.note for r in rows]
+    assert "offload=block" in rows[1].what and "text_encoder" in rows[1].phases_gib
+
+
 def test_peak_without_the_text_encoder_is_derived_from_the_other_phases():
     rm = _module()
     row = rm.Row(
@@ -65,6 +75,7 @@ def test_real_configs_have_the_real_parameter_counts():
 
     assert abs(billions(rm.build_dit(rm.LUCY_DIT, meta, bf16)) - 5.00) < 0.01  # Wan2.2-TI2V-5B
     assert abs(billions(rm.build_dit(rm.WAN_1_3B, meta, bf16)) - 1.42) < 0.01  # Wan2.1-T2V-1.3B
+    assert abs(billions(rm.build_dit(rm.WAN_14B, meta, bf16)) - 14.29) < 0.01  # Wan2.1-T2V-14B, 32 input channels
     assert abs(billions(rm.build_text_encoder(rm.UMT5_XXL, meta, bf16)) - 5.68) < 0.01  # the 11.4 GB bf16 encoder
     tok = rm.qwen_tokenizer()
     # the exact counts of the Hub's Qwen2.5-VL-7B-Instruct / -3B-Instruct safetensors

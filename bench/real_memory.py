@@ -88,23 +88,9 @@ LUCY_DIT = dict(
     eps=1e-6,
     rope_max_seq_len=1024,
 )
-# Wan-AI/Wan2.1-T2V-14B-Diffusers transformer/config.json (dim 5120 = 40 heads x 128, 40 layers), as an editor: in 32
-# (noise + source latents) / out 16, as the 1.3B editor shape.
-WAN_14B = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=40,
-    attention_head_dim=128,
-    in_channels=32,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=13824,
-    num_layers=40,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    rope_max_seq_len=1024,
-)
+# Wan-AI/Wan2.1-T2V-14B-Diffusers transformer/config.json as an editor: the 1.3B editor shape (in 32 / out 16) at the
+# 14B's width (40 heads x 128 = 5120), FFN and depth; its other fields are diffusers' defaults, as in both configs.
+WAN_14B = dict(WAN_1_3B, num_attention_heads=40, ffn_dim=13824, num_layers=40)
 # decart-ai/Lucy-Edit-Dev vae/config.json = Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json (the Wan2.2 VAE). The
 # latents' mean/std are placeholders (48 zeros / ones): they scale values, not memory.
 WAN22_VAE = dict(

@@ -1310,6 +1310,35 @@ def test_compiled_blocks_roll_out_with_the_lora_in_bf16_while_the_masters_hold_g
     assert all(p.grad is g and p.dtype == torch.float32 for p, g in zip(t.lora_params, grads))
 
 
+def test_gradient_checkpointing_gives_the_same_gradients_and_is_undone(assets, monkeypatch):
+    """optim.gradient_checkpointing: the SFT step's and the GRPO step's LoRA gradients as without it (the blocks'
+    activations recomputed in the backward, not kept), the rollouts unchanged; `remove_lora` turns it off again."""
+    import torch.utils.checkpoint as tc
+
+    from viva_core.train.adapters import remove_lora
+
+    checkpointed = []
+    real = tc.checkpoint
+    monkeypatch.setattr(tc, "checkpoint", lambda *a, **k: checkpointed.append(1) or real(*a, **k))
+    grads = {}
+    for ckpt in (False, True):
+        sft = Trainer(config(assets, assets["root"] / f"ckpt_sft_{ckpt}", f"optim.gradient_checkpointing={ckpt}"))
+        sft._setup()
+        sft._sft_step(0)
+        grpo = _small_grpo_trainer(
+            assets, f"ckpt_grpo_{ckpt}", f"optim.gradient_checkpointing={ckpt}", "rollout.inner_updates=1"
+        )
+        stats = grpo._grpo_step(0)
+        assert sft.base.gradient_checkpointing is ckpt and grpo.base.gradient_checkpointing is ckpt
+        grads[ckpt] = ([p.grad.clone() for p in sft.params], [p.grad.clone() for p in grpo.params], stats)
+        assert bool(checkpointed) is ckpt  # each block's forward went through torch's checkpoint only when asked
+    for plain, recomputed in zip(grads[False][0] + grads[False][1], grads[True][0] + grads[True][1]):
+        torch.testing.assert_close(recomputed, plain, rtol=1e-5, atol=1e-7)
+    assert grads[True][2]["reward"] == grads[False][2]["reward"]  # the same rollouts
+    remove_lora(grpo.base)
+    assert not grpo.base.gradient_checkpointing
+
+
 def test_compile_is_checked_in_the_config():
     with pytest.raises(InputError, match="model.compile"):
         load_config(None, ["model.editor=e", "data.manifest=m", "model.compile=full"])

@@ -57,12 +57,14 @@ def add_lora(transformer: torch.nn.Module, cfg: LoraConfig, *, seed: int = 0) ->
 
 
 def remove_lora(transformer: torch.nn.Module) -> None:
-    """Undo `add_lora` (and the trainer's `model.compile`): every PEFT layer is replaced by its base layer (the
-    original module and Parameters), so a DiT that is used on after training (ComfyUI's loaded editor, which training
-    takes uncompiled) is the model it was before."""
+    """Undo `add_lora` (and the trainer's `model.compile` and `optim.gradient_checkpointing`): every PEFT layer is
+    replaced by its base layer (the original module and Parameters), so a DiT that is used on after training
+    (ComfyUI's loaded editor, which training takes uncompiled) is the model it was before."""
     from ..editor import uncompile_dit
 
     uncompile_dit(transformer)
+    if getattr(transformer, "gradient_checkpointing", False):
+        transformer.disable_gradient_checkpointing()
     if getattr(transformer, "peft_config", None):
         transformer.unload_lora()
     transformer.requires_grad_(False)

@@ -149,6 +149,8 @@ class Trainer:
         self.refiner, self.instructor = None, None
         if cfg.model.instructor:
             self._setup_instructor()
+        if cfg.optim.gradient_checkpointing:
+            dit.enable_gradient_checkpointing()  # only under autograd: the rollouts' no-grad forwards are unchanged
         if cfg.model.compile == "blocks":
             compile_dit(dit, "blocks")  # after the LoRA, so its side paths fuse with the blocks' own work
         self.base, self.dit = dit, dit  # base: the module itself; dit: what training calls (DDP wrapper)

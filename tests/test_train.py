@@ -1322,11 +1322,12 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_is_undone(assets, m
     monkeypatch.setattr(tc, "checkpoint", lambda *a, **k: checkpointed.append(1) or real(*a, **k))
     grads = {}
     for ckpt in (False, True):
-        sft = Trainer(config(assets, assets["root"] / f"ckpt_sft_{ckpt}", f"optim.gradient_checkpointing={ckpt}"))
+        setting = "on" if ckpt else "off"
+        sft = Trainer(config(assets, assets["root"] / f"ckpt_sft_{ckpt}", f"optim.gradient_checkpointing={setting}"))
         sft._setup()
         sft._sft_step(0)
         grpo = _small_grpo_trainer(
-            assets, f"ckpt_grpo_{ckpt}", f"optim.gradient_checkpointing={ckpt}", "rollout.inner_updates=1"
+            assets, f"ckpt_grpo_{ckpt}", f"optim.gradient_checkpointing={setting}", "rollout.inner_updates=1"
         )
         stats = grpo._grpo_step(0)
         assert sft.base.gradient_checkpointing is ckpt and grpo.base.gradient_checkpointing is ckpt
@@ -1337,6 +1338,19 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_is_undone(assets, m
     assert grads[True][2]["reward"] == grads[False][2]["reward"]  # the same rollouts
     remove_lora(grpo.base)
     assert not grpo.base.gradient_checkpointing
+
+
+def test_gradient_checkpointing_auto_follows_the_dit_size(monkeypatch):
+    """ "auto" is on from 1 B DiT parameters (counted, not guessed from a name), off below; "on" and "off" as said."""
+    import viva_core.train.trainer as trainer_mod
+
+    small = torch.nn.Linear(10, 10)  # 110 parameters
+    assert not trainer_mod.checkpointing_wanted("auto", small)
+    assert trainer_mod.checkpointing_wanted("on", small) and not trainer_mod.checkpointing_wanted("off", small)
+    monkeypatch.setattr(trainer_mod, "AUTO_CHECKPOINTING_PARAMS", 110)
+    assert trainer_mod.checkpointing_wanted("auto", small)
+    with pytest.raises(InputError, match="optim.gradient_checkpointing"):
+        load_config(None, ["model.editor=e", "data.manifest=m", "optim.gradient_checkpointing=true"])
 
 
 def test_compile_is_checked_in_the_config():

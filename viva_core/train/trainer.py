@@ -47,7 +47,7 @@ from .adapters import (
     trainable_state,
 )
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .config import TrainConfig, scheduled_lr
+from .config import AUTO_CHECKPOINTING_PARAMS, TrainConfig, scheduled_lr
 from .distributed import World, all_gather_cat, init_world, shutdown
 from .metrics import MetricsLog
 from .rollout import Transition, sde_rollout
@@ -81,6 +81,13 @@ def _seed(*parts: int) -> int:
 
 def _gen(*parts: int, device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device).manual_seed(_seed(*parts))
+
+
+def checkpointing_wanted(setting: str, dit: torch.nn.Module) -> bool:
+    """optim.gradient_checkpointing: "on", "off", or "auto" (on from AUTO_CHECKPOINTING_PARAMS of DiT weights)."""
+    if setting == "auto":
+        return sum(p.numel() for p in dit.parameters()) >= AUTO_CHECKPOINTING_PARAMS
+    return setting == "on"
 
 
 class Trainer:
@@ -149,7 +156,7 @@ class Trainer:
         self.refiner, self.instructor = None, None
         if cfg.model.instructor:
             self._setup_instructor()
-        if cfg.optim.gradient_checkpointing:
+        if checkpointing_wanted(cfg.optim.gradient_checkpointing, dit):
             dit.enable_gradient_checkpointing()  # only under autograd: the rollouts' no-grad forwards are unchanged
         if cfg.model.compile == "blocks":
             compile_dit(dit, "blocks")  # after the LoRA, so its side paths fuse with the blocks' own work

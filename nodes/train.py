@@ -225,7 +225,7 @@ class TrainLoRA(io.ComfyNode):
             description="Trains a LoRA for the editor on a manifest of edits: sft (mask-weighted flow matching on "
             "target videos), grpo (Edit-GRPO on rewards) or rwo (reward-weighted flow matching). Saves "
             "checkpoints under output/viva_training/<output_name>/ and the LoRA into models/loras. DiTs of 1 B "
-            "parameters or more train with gradient checkpointing (less memory, about a third more time).",
+            "parameters or more train with gradient checkpointing (far less memory, one more forward pass a step).",
             inputs=[
                 io.Combo.Input(
                     "editor",

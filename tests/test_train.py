@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -793,17 +794,23 @@ def test_two_processes_equal_one_process(assets, parallel):
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = load_file(str(one / "viva_lora.safetensors")), load_file(str(two / "viva_lora.safetensors"))
     assert a.keys() == b.keys()
-    # Norm-wise, not element-wise: the ranks sum the batch's gradients in another order, so an element whose
-    # gradient nearly cancels carries a large *relative* rounding error, which Adam's per-element normalisation
-    # turns into an update error of up to ~lr on that element (measured: 1.9% on 1 of 128 elements). Norm-wise the
-    # tensors agree to 3e-5..1.4e-4 (measured); a real replica/shard bug (a rank's gradient lost, the wrong rows)
-    # moves every element by O(lr), a norm-wise error of O(1), 100x the bound.
+    # Norm-wise, and over the tensors: the ranks sum the batch's gradients in another order, so an element whose
+    # gradient nearly cancels carries a large *relative* rounding error, which Adam's first, sign-like step turns into
+    # an update error of up to 2 lr on that element: up to ~2 / sqrt(2 n) of a tensor of n elements (~0.13 for 128;
+    # measured 1.9% on 1 of 128 elements, and once a tensor at 1.1e-2 norm-wise). Most tensors agree to 3e-5..1.4e-4
+    # (measured). A real replica/shard bug (a rank's gradient lost, the wrong rows) moves every element of every
+    # tensor by O(lr), a norm-wise error of O(1): it fails both the median and the maximum below.
+    errors = {}
     for k in a:
         if "lora_B" in k or "lora_A" in k:
-            err = float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12))
-            assert err < 1e-2, f"{k}: relative error {err:.2e} between 1 process and 2 {parallel} ranks"
+            errors[k] = float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12))
         else:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)  # alpha: a constant
+    worst = max(errors, key=errors.get)
+    assert statistics.median(errors.values()) < 1e-3 and errors[worst] < 0.3, (
+        f"1 process vs 2 {parallel} ranks: median relative error {statistics.median(errors.values()):.2e}, "
+        f"{worst} {errors[worst]:.2e}"
+    )
 
 
 @pytest.fixture(scope="module")

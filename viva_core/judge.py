@@ -527,7 +527,11 @@ class Judge:
             rows = [self.score(s, e, t, num_frames=num_frames).scores for s, e, t in zip(sources, editeds, texts)]
             return torch.tensor([[r[q] for q in questions] for r in rows], dtype=torch.float32)
         out: list[torch.Tensor] = []
-        part: dict = {"ids": [], "extra": {}, "grids": [], "pixels": [], "positions": [], "size": 0}
+
+        def new_part() -> dict:  # one forward's chats: their tokens, per-token rows, grids, patches, M-RoPE ids
+            return {"ids": [], "extra": {}, "grids": [], "pixels": [], "positions": [], "size": 0}
+
+        part = new_part()
         for i in range(n):
             shown, groups = self._shown(sources[i], editeds[i], num_frames)
             sized = tuple(shrunk_size(int(x.shape[1]), int(x.shape[0]), self.max_side) for x in shown)
@@ -536,7 +540,7 @@ class Judge:
             edits = len(part["pixels"])
             if edits and (edits >= max(1, chunk) or part["size"] + size > max_tokens):
                 out.append(self._forward_part(part, len(questions)))
-                part = {"ids": [], "extra": {}, "grids": [], "pixels": [], "positions": [], "size": 0}
+                part = new_part()
             for tok in tokens:
                 part["ids"].append(tok["input_ids"][0])
                 for key, v in tok.items():

@@ -11,7 +11,9 @@
 #            so every editor stays valid), outline-weighted loss; DECODER_MINUTES (default 7) on DECODER_CLIPS (16,000),
 #            DECODER_STEPS (default the recipe's 3,000) to end the cosine inside the minutes
 #   eval     v5 (shipped), v6, and v6 with the new decoder ("v6dec": v6's folder with vae/ replaced) on both benchmark
-#            sets and on the object clips (GPU, fp32: eval_all.sh's protocol), for paired tables
+#            sets and on the object clips (GPU, fp32: eval_all.sh's protocol), for paired tables, and the old and
+#            new decoder's ceilings (--ceiling); without an editor phase, the shipped editor with the new decoder
+#            (OLD=v6: "v6dec"), e.g. PHASES="data decoder eval pack" DECODER_STEPS=2700
 #   pack     pack/results.tar (logs, metrics, eval reports, bench JSON) and pack/models.tar.NN (<= 15 MB parts)
 #   setsid bash recipes/small/gpu_session_v9.sh > /tmp/v9.log 2>&1 < /dev/null &
 # OLD / NEW (default v5 / v6, as run in session v9) label the shipped editor and its continuation; the next
@@ -63,23 +65,36 @@ if has decoder; then
 fi
 if has eval; then
   stamp eval
-  if [ -d $R/$NEW/editor ] && [ -f $R/decoder/vae/config.json ]; then  # NEW with the new decoder: only vae/ differs
-    rm -rf $R/${NEW}dec && cp -r $R/$NEW/editor $R/${NEW}dec
-    cp $R/decoder/vae/config.json $R/decoder/vae/diffusion_pytorch_model.safetensors $R/${NEW}dec/vae/
+  # the new decoder goes into a copy of NEW's folder (only vae/ differs), or of the shipped editor's when this run
+  # trained no editor (PHASES="data decoder eval pack": a decoder-only session, labelled ${OLD}dec)
+  base=$NEW; [ -d $R/$NEW/editor ] || base=$OLD
+  if [ -f $R/decoder/vae/config.json ]; then
+    src=$R/$NEW/editor; [ $base = "$OLD" ] && src=$SHIPPED
+    rm -rf $R/${base}dec && cp -r $src $R/${base}dec
+    cp $R/decoder/vae/config.json $R/decoder/vae/diffusion_pytorch_model.safetensors $R/${base}dec/vae/
   fi
   objects() { eval_line "${1}_objects" $OBJECTS "$2"; }
   {
     eval_lines $OLD "--editor $SHIPPED"; objects $OLD "--editor $SHIPPED"
-    for v in $NEW ${NEW}dec; do
+    for v in $NEW ${base}dec; do
       d=$R/$v; [ "$v" = "$NEW" ] && d=$R/$NEW/editor
       [ -d "$d" ] && { eval_lines $v "--editor $d"; objects $v "--editor $d"; }
+    done
+    # the decoder's ceilings (the ground truth through the VAE), old and new, on every set
+    for v in $OLD ${base}dec; do
+      d=$R/$v; [ "$v" = "$OLD" ] && d=$SHIPPED
+      [ -d "$d" ] && { eval_lines ${v}_ceiling "--editor $d --ceiling"; objects ${v}_ceiling "--editor $d --ceiling"; }
     done
   } > runs/eval_jobs.txt
   xargs -P "${JOBS:-5}" -I{} bash -c {} < runs/eval_jobs.txt
   grep -H "^all " runs/eval/*.log
-  for set in heldout id objects; do
-    python3 recipes/small/table.py --paired "$OLD=runs/eval/${OLD}_$set" "$NEW=runs/eval/${NEW}_$set" 2>&1 | tail -4
-    python3 recipes/small/table.py --paired "$NEW=runs/eval/${NEW}_$set" "${NEW}dec=runs/eval/${NEW}dec_$set" 2>&1 | tail -4
+  for set in $EVAL_SETS objects; do
+    [ $base = "$NEW" ] &&
+      python3 recipes/small/table.py --paired "$OLD=runs/eval/${OLD}_$set" "$NEW=runs/eval/${NEW}_$set" 2>&1 | head -3
+    python3 recipes/small/table.py --paired "$base=runs/eval/${base}_$set" "${base}dec=runs/eval/${base}dec_$set" 2>&1 |
+      head -3
+    python3 recipes/small/table.py --paired "$OLD=runs/eval/${OLD}_ceiling_$set" \
+      "${base}dec=runs/eval/${base}dec_ceiling_$set" 2>&1 | head -3
   done
 fi
 has pack && pack_results $NEW/editor decoder/vae

@@ -543,6 +543,30 @@ def test_vae_decoder_only_keeps_the_encoder_and_its_latent_statistics(synth_npz,
     with pytest.raises(InputError, match="vae.init"):
         _cfg("vae", tmp_path / "v2", manifest, **{"vae.decoder_only": "true"})
 
+    # a wider decoder on the same frozen encoder: fresh decoder weights of the new width, encoder bit-identical, and
+    # the folder loads and decodes the encoder's latents to frames of the same size
+    from diffusers import AutoencoderKLWan
+
+    wide = S.run_stage(
+        _cfg(
+            "vae",
+            tmp_path / "v3",
+            manifest,
+            **tiny,
+            **{"vae.init": base, "vae.decoder_only": "true", "vae.decoder_base_dim": 12},
+        )
+    )
+    after = _safetensors(wide)
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert json.loads((wide / "config.json").read_text())["decoder_base_dim"] == 12
+    assert after["decoder.conv_in.weight"].shape[1] == before["decoder.conv_in.weight"].shape[1]  # z in, as before
+    assert after["decoder.conv_in.weight"].shape[0] > before["decoder.conv_in.weight"].shape[0]  # wider inside
+    vae = AutoencoderKLWan.from_pretrained(wide)
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    assert vae.decode(vae.encode(x).latent_dist.mode()).sample.shape == x.shape
+    with pytest.raises(InputError, match="decoder_only"):
+        _cfg("vae", tmp_path / "v4", manifest, **{"vae.init": base, "vae.decoder_base_dim": 12})
+
 
 def test_pretrain_refuses_mp4_manifests_and_bad_configs(tmp_path) -> None:
     (tmp_path / "m.jsonl").write_text(json.dumps({"source_video": "a.mp4", "instruction": "x"}) + "\n")

@@ -9,7 +9,8 @@
 #            draws), EDITOR_STEPS (default 7000) capped at EDITOR_MINUTES (default 9.5), peak lr EDITOR_LR (3e-4)
 #   decoder  recipes/small/vae4_decoder.toml: the shipped VAE's decoder trained on, encoder frozen (every latent and
 #            so every editor stays valid), outline-weighted loss; DECODER_MINUTES (default 7) on DECODER_CLIPS (16,000),
-#            DECODER_STEPS (default the recipe's 3,000) to end the cosine inside the minutes
+#            DECODER_STEPS (default the recipe's 3,000) to end the cosine inside the minutes; DECODER_RECIPE another
+#            decoder recipe (recipes/small/vae4_decoder_wide.toml: a fresh decoder twice as wide, section 78)
 #   eval     v5 (shipped), v6, and v6 with the new decoder ("v6dec": v6's folder with vae/ replaced) on both benchmark
 #            sets and on the object clips (GPU, fp32: eval_all.sh's protocol), for paired tables, and the old and
 #            new decoder's ceilings (--ceiling); without an editor phase, the shipped editor with the new decoder
@@ -60,7 +61,8 @@ if has editor; then
 fi
 if has decoder; then
   stamp decoder
-  $V pretrain recipes/small/vae4_decoder.toml --set output_dir=$R/decoder "${D[@]}" > runs/decoder.log 2>&1
+  $V pretrain "${DECODER_RECIPE:-recipes/small/vae4_decoder.toml}" --set output_dir=$R/decoder "${D[@]}" \
+    > runs/decoder.log 2>&1
   grep -h '"steps_done"\|"seconds"\|"val_psnr"' $R/decoder/vae_summary.json
 fi
 if has eval; then

@@ -54,6 +54,10 @@ class VaeSection:
     # Reconstruction loss weight 1 + edge_weight * |image gradient| (0..1 per pixel): small shapes' corners and edges
     # are few pixels of a frame, and the plain loss lets the 4x VAE round them off (docs/small_models.md, section 26).
     edge_weight: float = 0.0
+    # The decoder's width (diffusers' `decoder_base_dim`; 0 = base_dim). With init and decoder_only, a width other than
+    # the init's starts a fresh decoder of that width on the frozen encoder: is the decoder's capacity or the latent the
+    # limit of the shapes it draws (docs/small_models.md, section 78)?
+    decoder_base_dim: int = 0
 
 
 @dataclass
@@ -216,6 +220,13 @@ class ScratchConfig:
             problems.append(f"judge.gt_source_steps must be >= 0, got {self.judge.gt_source_steps}")
         if self.vae.decoder_only and not self.vae.init:
             problems.append("vae.decoder_only trains the decoder of an existing VAE: set vae.init to its folder")
+        if self.vae.decoder_base_dim < 0:
+            problems.append(f"vae.decoder_base_dim must be 0 (base_dim) or a width, got {self.vae.decoder_base_dim}")
+        if self.vae.decoder_base_dim and self.vae.init and not self.vae.decoder_only:
+            problems.append(
+                "vae.decoder_base_dim with vae.init gives the VAE a fresh decoder: set vae.decoder_only too, so the "
+                "encoder (and every editor trained on its latents) stays as it was"
+            )
         if self.vae.edge_weight < 0:
             problems.append(f"vae.edge_weight must be >= 0, got {self.vae.edge_weight}")
         if self.vae.spatial not in VAE_LEVELS:

@@ -25,6 +25,7 @@ def new_vae(sec: VaeSection):
         attn_scales=[],
         temperal_downsample=temporal,
         scale_factor_spatial=sec.spatial,
+        decoder_base_dim=sec.decoder_base_dim or None,
         latents_mean=[0.0] * sec.z_dim,
         latents_std=[1.0] * sec.z_dim,
     )

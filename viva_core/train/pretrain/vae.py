@@ -33,6 +33,9 @@ def train_vae(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
         vae = AutoencoderKLWan.from_pretrained(cfg.vae.init, torch_dtype=torch.float32)
         kept_statistics = list(vae.config.latents_mean), list(vae.config.latents_std)
         vae.register_to_config(latents_mean=[0.0] * vae.config.z_dim, latents_std=[1.0] * vae.config.z_dim)
+        width = cfg.vae.decoder_base_dim
+        if width and width != (vae.config.decoder_base_dim or vae.config.base_dim):
+            vae = with_fresh_decoder(vae, width)
     else:
         vae = new_vae(cfg.vae)
     vae = vae.to(device).train()
@@ -78,6 +81,22 @@ def train_vae(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     _write_json(out / "vae_summary.json", {"config": dataclasses.asdict(cfg), "result": summary})
     log.info("VAE: %s", summary)
     return out / "vae"
+
+
+def with_fresh_decoder(vae, width: int):
+    """The same VAE with a newly initialized decoder of `width` channels at its first level: the encoder, quant_conv
+    and post_quant_conv (z -> z, the decoder's input) are copied, so every latent stays as it was."""
+    from diffusers import AutoencoderKLWan
+
+    wider = AutoencoderKLWan.from_config({**vae.config, "decoder_base_dim": width})
+    kept = {k: v for k, v in vae.state_dict().items() if not k.startswith("decoder.")}
+    missing, unexpected = wider.load_state_dict(kept, strict=False)
+    if unexpected or any(not k.startswith("decoder.") for k in missing):
+        raise InputError(
+            f"vae.decoder_base_dim={width}: the init VAE's encoder does not fit this architecture "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); is vae.init an AutoencoderKLWan folder?"
+        )
+    return wider
 
 
 def edge_weights(x: torch.Tensor, edge_weight: float) -> torch.Tensor | float:

@@ -93,6 +93,7 @@ if has eval; then
   for set in $EVAL_SETS objects; do
     [ $base = "$NEW" ] &&
       python3 recipes/small/table.py --paired "$OLD=runs/eval/${OLD}_$set" "$NEW=runs/eval/${NEW}_$set" 2>&1 | head -3
+    [ -d runs/eval/${base}dec_$set ] || continue  # no new decoder this run
     python3 recipes/small/table.py --paired "$base=runs/eval/${base}_$set" "${base}dec=runs/eval/${base}dec_$set" 2>&1 |
       head -3
     python3 recipes/small/table.py --paired "$OLD=runs/eval/${OLD}_ceiling_$set" \

@@ -99,6 +99,12 @@ def test_config_file_and_overrides(tmp_path):
         load_config(None, ["method=grpo", "model.editor=e", "data.manifest=m", "rollout.lora_dtype=bf16"])
     with pytest.raises(InputError, match='lora_dtype "model" needs optim.parallel "ddp"'):
         load_config(None, ["model.editor=e", "data.manifest=m", "rollout.lora_dtype=model", "optim.parallel=fsdp"])
+    # "auto" (the default) casts the rollouts' LoRA to the DiT's dtype unless FSDP2 owns the weights
+    base = ["model.editor=e", "data.manifest=m"]
+    assert load_config(None, base).rollout.lora_dtype == "auto"
+    for extra, cast in (([], True), (["optim.parallel=fsdp"], False), (["rollout.lora_dtype=fp32"], False)):
+        cfg = load_config(None, base + extra)
+        assert cfg.rollout.lora_in_model_dtype(cfg.optim.parallel) is cast, extra
 
 
 def test_sft_lowers_held_out_loss_and_writes_a_comfyui_lora(assets):
@@ -1252,15 +1258,15 @@ def _first_batch(t: Trainer) -> list:
 
 
 def test_grpo_rollouts_with_the_lora_in_bf16_stay_close_to_the_fp32_masters(assets):
-    """rollout.lora_dtype "model" on a bf16 DiT: the rollouts' transitions and log-probs (the PPO pass's old log-probs)
-    against the same rollouts with the fp32 LoRA, the LoRA moved off its zero start; the masters fp32 and unchanged
-    after. The log-prob difference is what the first PPO pass then sees as a ratio off 1 (docs/small_models.md,
-    section 72)."""
-    t = _small_grpo_trainer(assets, "lora_bf16", "model.dtype=bf16")
+    """rollout.lora_dtype "auto" ("model") on a bf16 DiT: the rollouts' transitions and log-probs (the PPO pass's old
+    log-probs) against the same rollouts with the fp32 LoRA, the LoRA moved off its zero start; the masters fp32 and
+    unchanged after. The log-prob difference is what the first PPO pass then sees as a ratio off 1
+    (docs/small_models.md, section 72)."""
+    t = _small_grpo_trainer(assets, "lora_bf16", "model.dtype=bf16", "rollout.lora_dtype=fp32")
     before = [p.detach().clone() for p in t.lora_params]
     batch = _first_batch(t)
     fp32 = t._rollout_groups(batch, 0)
-    t.cfg.rollout.lora_dtype = "model"
+    t.cfg.rollout.lora_dtype = "auto"  # the default: "model" here (no FSDP)
     seen = []
     hook = t.base.register_forward_pre_hook(lambda m, a: seen.append(t.lora_params[0].dtype))
     bf16 = t._rollout_groups(batch, 0)

@@ -171,11 +171,16 @@ class RolloutConfig:
     # adding each sample's own flow-matching noise. More draws cost a DiT pass each and did not make batches agree
     # better on the CPU (docs/small_models.md, section 40), hence 1.
     rwo_draws: int = 1
-    # dtype of the LoRA's side path in the rollouts (no grad): "fp32" (its trained masters) or "model" (cast to
-    # model.dtype for the rollouts, the fp32 masters back for the update). fp32 LoRA weights make every adapted linear
-    # run in fp32: +39% a DiT forward at the Wan-1.3B shape on an H100, +13% in bf16 (bench/RESULTS.md); the rollouts'
-    # log-probs then differ slightly from the update's (docs/small_models.md, section 72)
-    lora_dtype: str = "fp32"
+    # dtype of the LoRA's side path in the rollouts (no grad): "fp32" (its trained masters), "model" (cast to
+    # model.dtype for the rollouts, the fp32 masters back for the update) or "auto" ("model" unless FSDP2 shards the
+    # weights). fp32 LoRA weights make every adapted linear run in fp32: +39% a DiT forward at the Wan-1.3B shape on an
+    # H100, +13% in bf16, the Edit-GRPO iteration 1.14x; with a trained-size LoRA the first update's |log ratio| is
+    # 4e-7 either way, far under any clip (bench/RESULTS.md; docs/small_models.md, sections 72 and 79)
+    lora_dtype: str = "auto"
+
+    def lora_in_model_dtype(self, parallel: str) -> bool:
+        """Whether the rollouts run the LoRA in the DiT's dtype ("auto": yes, except under FSDP2)."""
+        return self.lora_dtype == "model" or (self.lora_dtype == "auto" and parallel != "fsdp")
 
 
 @dataclass
@@ -267,7 +272,7 @@ class TrainConfig:
                 ("model.dtype", self.model.dtype, ("auto", *DTYPES)),
                 ("sft.sigma_sampling", self.sft.sigma_sampling, SIGMA_MODES),
                 ("rollout.rwo_mode", self.rollout.rwo_mode, RWO_MODES),
-                ("rollout.lora_dtype", self.rollout.lora_dtype, ("fp32", "model")),
+                ("rollout.lora_dtype", self.rollout.lora_dtype, ("auto", "fp32", "model")),
                 ("model.compile", self.model.compile, ("off", "blocks")),
                 ("optim.gradient_checkpointing", self.optim.gradient_checkpointing, GRADIENT_CHECKPOINTING),
             ]

@@ -608,8 +608,9 @@ class Trainer:
         return out
 
     def _rollout_lora(self) -> contextlib.AbstractContextManager:
-        """rollout.lora_dtype "model": the LoRA in the DiT's dtype for the rollouts (its fp32 masters train)."""
-        if self.cfg.rollout.lora_dtype == "model" and self.editor.dtype != torch.float32:
+        """rollout.lora_dtype "model" (or "auto"): the LoRA in the DiT's dtype for the rollouts (its fp32 masters
+        train)."""
+        if self.cfg.rollout.lora_in_model_dtype(self.cfg.optim.parallel) and self.editor.dtype != torch.float32:
             return lora_cast(self.lora_params, self.editor.dtype)
         return contextlib.nullcontext()
 

@@ -87,3 +87,12 @@ def test_paired_pools_several_sets_clip_by_clip(tmp_path):
         check=False,
     )
     assert short.returncode != 0 and "not the same clips" in short.stderr
+
+
+def test_a_closed_pipe_ends_the_tables_quietly(tmp_path):
+    """`table.py --paired ... | head -1`: the reader goes away mid-table; no BrokenPipeError traceback."""
+    reports = [f"{n}={_report(tmp_path / n, [(0.2, 0.6), (0.3, 0.5)])}" for n in ("a", "b")]
+    shell = f"{sys.executable} {TABLE} --paired {' '.join(reports)} | head -1"
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=True)
+    assert done.stdout.startswith("| vs a |")
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr

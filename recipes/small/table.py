@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import sys
 from pathlib import Path
 
@@ -253,6 +254,8 @@ def judges(reports: list[tuple[str, dict]], draws: int = 2000) -> None:
 
 
 if __name__ == "__main__":
+    if hasattr(signal, "SIGPIPE"):  # `table.py ... | head` ends quietly, as a shell tool does (not on Windows)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     argv = sys.argv[1:]
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)

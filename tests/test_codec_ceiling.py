@@ -50,3 +50,30 @@ def test_lossless_codec_scores_the_ground_truth_and_a_blur_scores_less(tmp_path,
     blurred = json.loads((report / "8_bicubic" / "report.json").read_text())["overall"]
     assert exact["ea"] == pytest.approx(1.0) and exact["pc"] == pytest.approx(1.0)
     assert blurred["pc"] < 0.9 and blurred["ea"] < exact["ea"]
+
+
+def test_a_bare_vae_scores_as_the_editors_ceiling_through_the_same_vae(tmp_path, monkeypatch):
+    """`--vae label=FOLDER` (no editor: a VAE of another latent shape has none yet) gives the report `viva eval
+    --ceiling` gives through an editor holding that VAE, on the same clips."""
+    from viva_core import bundled
+    from viva_core.cli import main
+    from viva_core.synth import generate
+
+    manifest = generate(tmp_path / "d", n=2, seed=11, format="npz", splits=(1, 0, 0), frames=5)["train"]
+    editor = bundled.path(bundled.EDITOR)
+    report = tmp_path / "codec"
+    argv = ["x", str(manifest), "--report", str(report), "--vae", f"shipped={editor}/vae", "--device", "cpu"]
+    monkeypatch.setattr(sys, "argv", argv)
+    codec.main()
+    assert [p.name for p in report.iterdir()] == ["vae_shipped"]  # no box codecs unless asked for
+    args = ["eval", str(manifest), "--editor", editor, "--ceiling", "--no-outputs", "--device", "cpu"]
+    args += ["--dtype", "fp32"]
+    assert main([*args, "--report", str(tmp_path / "ceiling")]) == 0
+    bare = json.loads((report / "vae_shipped" / "report.json").read_text())["scores"]
+    via_editor = json.loads((tmp_path / "ceiling" / "report.json").read_text())["scores"]
+    for a, b in zip(bare, via_editor, strict=True):
+        for key in ("ea", "pc", "gn", "gr", "psnr"):
+            assert a[key] == pytest.approx(b[key], abs=1e-3), key
+    monkeypatch.setattr(sys, "argv", ["x", str(manifest), "--report", str(report), "--vae", str(tmp_path)])
+    with pytest.raises(SystemExit, match="LABEL=FOLDER"):
+        codec.main()

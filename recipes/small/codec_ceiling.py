@@ -4,12 +4,18 @@ VAE's round trip: the most an editor decoding through such a codec could score. 
 on the same clips, it says which blur the verifiers tolerate and how sharp the VAE already is.
 
     PYTHONPATH=. python recipes/small/codec_ceiling.py data/objects/train.jsonl --report runs/codec
-docs/small_models.md, section 77.
+    PYTHONPATH=. python recipes/small/codec_ceiling.py MANIFEST --report runs/vaes --vae z32=runs/small/vae_z32/vae
+
+`--vae label=FOLDER` scores a bare diffusers VAE folder's round trip (posterior mode, as `viva eval --ceiling` does
+through an editor's VAE), so a VAE of another latent shape is measured before any editor is trained on it.
+docs/small_models.md, sections 77 and 80.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,9 +38,30 @@ def box_codec(frames: torch.Tensor, k: int, mode: str) -> torch.Tensor:
     return back.clamp(float(frames.min()), float(frames.max())).permute(0, 2, 3, 1).to(frames.dtype)
 
 
+def vae_codec(folder: str, device: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """[T, H, W, 3] frames in 0..1 through the AutoencoderKLWan in `folder` and back (fp32, posterior mode), as
+    `viva_core.pipeline.reconstruct` does through an editor's VAE; T must be 4k+1 and H, W multiples of the VAE's
+    spatial factor (synth clips are), since a bare VAE has no editor to conform the clip to."""
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(folder, torch_dtype=torch.float32).to(device).eval()
+    space = vae.config.scale_factor_spatial
+
+    def through(frames: torch.Tensor) -> torch.Tensor:
+        t, h, w = frames.shape[:3]
+        if (t - 1) % 4 or h % space or w % space:
+            raise SystemExit(f"--vae {folder}: a {t}x{h}x{w} clip; it needs 4k+1 frames and sides that {space} divides")
+        x = frames.permute(3, 0, 1, 2)[None].to(device, torch.float32) * 2 - 1
+        with torch.no_grad():
+            video = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        return ((video.float().clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 3, 0).cpu()
+
+    return through
+
+
 def parse_codecs(text: str) -> list[tuple[int, str]]:
     codecs = []
-    for item in text.split(","):
+    for item in filter(None, text.split(",")):
         k, _, mode = item.partition(":")
         if not k.isdigit() or int(k) < 1 or mode not in ("nearest", "bilinear", "bicubic"):
             raise SystemExit(f"--codecs {item!r}: write k:mode, k a block size >= 1, mode nearest|bilinear|bicubic")
@@ -46,17 +73,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("manifest", help="a synth manifest with ground truth (e.g. recipes/small/object_edits.sh's clips)")
     ap.add_argument("--report", required=True, help="folder: one eval report per codec, <k>_<mode>/")
-    ap.add_argument("--codecs", default=CODECS, help=f"comma-separated k:mode (default {CODECS})")
+    ap.add_argument("--codecs", help=f"comma-separated k:mode (default {CODECS}; none with --vae unless given)")
+    ap.add_argument("--vae", action="append", default=[], metavar="LABEL=FOLDER", help="a VAE folder's round trip")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for --vae")
     args = ap.parse_args()
-    for k, mode in parse_codecs(args.codecs):
+    codecs: list[tuple[str, str, Callable[[torch.Tensor], torch.Tensor]]] = [
+        (f"{k}_{mode}", f"{k}x{k} blocks, {mode} back", partial(box_codec, k=k, mode=mode))
+        for k, mode in parse_codecs(args.codecs or ("" if args.vae else CODECS))
+    ]
+    for spec in args.vae:
+        label, _, folder = spec.partition("=")
+        if not label or not folder or not Path(folder, "config.json").is_file():
+            raise SystemExit(f"--vae {spec!r}: write LABEL=FOLDER, FOLDER a diffusers VAE folder with config.json")
+        codecs.append((f"vae_{label}", f"the VAE {folder}", vae_codec(folder, args.device)))
+    for name, title, through in codecs:
 
-        def through_codec(record, frames, k=k, mode=mode):
-            truth = read_frames(record.target_video, None, "target_video")[0]
-            return box_codec(truth, k, mode)
+        def through_codec(record, frames, through=through):
+            return through(read_frames(record.target_video, None, "target_video")[0])
 
         report = evaluate(args.manifest, through_codec, previews=0)
-        report.write(Path(args.report) / f"{k}_{mode}")
-        print(f"## {k}x{k} blocks, {mode} back\n{report.table()}\n")
+        report.write(Path(args.report) / name)
+        print(f"## {title}\n{report.table()}\n")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@
 #            so every editor stays valid), outline-weighted loss; DECODER_MINUTES (default 7) on DECODER_CLIPS (16,000),
 #            DECODER_STEPS (default the recipe's 3,000) to end the cosine inside the minutes; DECODER_RECIPE another
 #            decoder recipe (recipes/small/vae4_decoder_wide.toml: a fresh decoder twice as wide, section 78)
+#   vae      issue 10 item 3's latent (docs/small_models.md, section 80): for each z in VAE_Z (default 32), a fresh 4x
+#            VAE of z channels through the v2 VAE's own recipes (vae4.toml 3 min, then vae4_long.toml 3.5 min), then
+#            the ceilings (codec_ceiling.py --vae) of every such VAE this machine holds and of the shipped VAE, on the
+#            held-out set and the object clips; VAE_Z="32" then "16" in two warm calls gives a paired baseline
 #   eval     v5 (shipped), v6, and v6 with the new decoder ("v6dec": v6's folder with vae/ replaced) on both benchmark
 #            sets and on the object clips (GPU, fp32: eval_all.sh's protocol), for paired tables, and the old and
 #            new decoder's ceilings (--ceiling); without an editor phase, the shipped editor with the new decoder
@@ -36,7 +40,11 @@ E=(--set editor.init=$SHIPPED --set editor.vae=$SHIPPED/vae --set data.balance="
    --set optim.lr="${EDITOR_LR:-3e-4}" --set optim.max_minutes="${EDITOR_MINUTES:-9.5}")
 D=(--set vae.init=$SHIPPED/vae --set data.limit="${DECODER_CLIPS:-16000}" --set optim.max_minutes="${DECODER_MINUTES:-7}")
 [ -n "${DECODER_STEPS:-}" ] && D+=(--set optim.steps="$DECODER_STEPS")  # sized to the minutes, so the cosine ends
+VS=()  # more --set pairs for the vae phase's runs (SMOKE: 2 steps)
+CEIL_DEVICE=()
 if [ "${SMOKE:-0}" = 1 ]; then
+  VS+=(--set optim.steps=2 --set optim.batch_size=2 --set optim.warmup_steps=1 --set optim.workers=0)
+  CEIL_DEVICE=(--device cpu)
   export N=40; E+=(--set optim.batch_size=2 --set optim.workers=0 --set optim.compile=false); EDITOR_STEPS=2
   D+=(--set optim.steps=2 --set optim.batch_size=2 --set optim.warmup_steps=1); EVAL_DEVICE=cpu; export EVAL_DEVICE
 fi
@@ -64,6 +72,25 @@ if has decoder; then
   $V pretrain "${DECODER_RECIPE:-recipes/small/vae4_decoder.toml}" --set output_dir=$R/decoder "${D[@]}" \
     > runs/decoder.log 2>&1
   grep -h '"steps_done"\|"seconds"\|"val_psnr"' $R/decoder/vae_summary.json
+fi
+if has vae; then
+  stamp vae
+  for z in ${VAE_Z:-32}; do
+    $V pretrain recipes/small/vae4.toml --set output_dir=$R/vae_z$z --set vae.z_dim=$z "${VS[@]}" > runs/vae_z$z.log 2>&1
+    $V pretrain recipes/small/vae4_long.toml --set output_dir=$R/vae_z${z}_long --set vae.init=$R/vae_z$z/vae \
+      "${VS[@]}" > runs/vae_z${z}_long.log 2>&1
+    grep -h '"steps_done"\|"seconds"\|"val_psnr"' $R/vae_z$z/vae_summary.json $R/vae_z${z}_long/vae_summary.json
+  done
+  vaes=(--vae shipped=$SHIPPED/vae)
+  for d in $R/vae_z*_long/vae; do [ -f "$d/config.json" ] && vaes+=(--vae "$(basename "$(dirname "$d")")=$d"); done
+  for set in heldout objects; do
+    m=data/eval_heldout/heldout.jsonl; [ $set = objects ] && m=$OBJECTS
+    PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/codec_ceiling.py $m --report runs/eval/vae_ceilings_$set \
+      "${vaes[@]}" "${CEIL_DEVICE[@]}" > runs/vae_ceilings_$set.log 2>&1
+    labels=(); for r in runs/eval/vae_ceilings_$set/vae_*; do labels+=("${r##*/vae_}=$r"); done
+    python3 recipes/small/table.py "${labels[@]}" 2>&1 | grep "^|"
+    python3 recipes/small/table.py --by-operation "${labels[@]}" 2>&1 | grep "^|"
+  done
 fi
 if has eval; then
   stamp eval
@@ -100,5 +127,5 @@ if has eval; then
       "${base}dec=runs/eval/${base}dec_ceiling_$set" 2>&1 | head -3
   done
 fi
-has pack && pack_results $NEW/editor decoder/vae
+has pack && pack_results $NEW/editor decoder/vae $(for z in ${VAE_Z:-32}; do echo vae_z${z}_long/vae; done)
 stamp done

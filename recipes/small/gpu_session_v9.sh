@@ -81,12 +81,17 @@ if has vae; then
       "${VS[@]}" > runs/vae_z${z}_long.log 2>&1
     grep -h '"steps_done"\|"seconds"\|"val_psnr"' $R/vae_z$z/vae_summary.json $R/vae_z${z}_long/vae_summary.json
   done
-  vaes=(--vae shipped=$SHIPPED/vae)
-  for d in $R/vae_z*_long/vae; do [ -f "$d/config.json" ] && vaes+=(--vae "$(basename "$(dirname "$d")")=$d"); done
-  for set in heldout objects; do
+  vaes=("shipped=$SHIPPED/vae")
+  for d in $R/vae_z*_long/vae; do [ -f "$d/config.json" ] && vaes+=("$(basename "$(dirname "$d")")=$d"); done
+  for set in heldout objects; do  # one process per (set, VAE), in parallel: the verifiers are CPU work
     m=data/eval_heldout/heldout.jsonl; [ $set = objects ] && m=$OBJECTS
-    PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/codec_ceiling.py $m --report runs/eval/vae_ceilings_$set \
-      "${vaes[@]}" "${CEIL_DEVICE[@]}" > runs/vae_ceilings_$set.log 2>&1
+    for v in "${vaes[@]}"; do
+      PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/codec_ceiling.py $m --report runs/eval/vae_ceilings_$set \
+        --vae "$v" "${CEIL_DEVICE[@]}" > "runs/vae_ceilings_${set}_${v%%=*}.log" 2>&1 &
+    done
+  done
+  wait
+  for set in heldout objects; do
     labels=(); for r in runs/eval/vae_ceilings_$set/vae_*; do labels+=("${r##*/vae_}=$r"); done
     python3 recipes/small/table.py "${labels[@]}" 2>&1 | grep "^|"
     python3 recipes/small/table.py --by-operation "${labels[@]}" 2>&1 | grep "^|"

@@ -96,3 +96,24 @@ def test_a_closed_pipe_ends_the_tables_quietly(tmp_path):
     done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=True)
     assert done.stdout.startswith("| vs a |")
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_select_takes_the_best_ea_whose_pc_holds(tmp_path):
+    """--select: the highest mean EA among the candidates whose mean PC is at most 0.01 under the base's; a
+    candidate with more EA but PC down 0.02 is passed over; None EAs are left out of the means."""
+    base = [(0.2, 0.60), (0.4, 0.60), (None, 0.60)]  # EA 0.3, PC 0.6
+    candidates = {
+        "step-25": [(0.3, 0.60), (0.5, 0.59), (None, 0.60)],  # EA 0.4, PC 0.5967: eligible
+        "step-50": [(0.6, 0.58), (0.6, 0.58), (None, 0.58)],  # EA 0.6, PC 0.58: PC down 0.02
+        "step-75": [(0.4, 0.61), (0.5, 0.59), (None, 0.60)],  # EA 0.45, PC 0.60: eligible, best
+    }
+    args = [f"base={_report(tmp_path / 'base', base)}"]
+    args += [f"{name}={_report(tmp_path / name, scores)}" for name, scores in candidates.items()]
+    out = subprocess.run([sys.executable, str(TABLE), "--select", *args], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "selected: step-75"
+    assert "| step-50 | 0.600 | 0.580 | -0.020 | no |" in lines
+    assert "| step-25 | 0.400 | 0.597 | -0.003 | yes |" in lines
+    worse = [f"base={_report(tmp_path / 'b2', base)}", f"step-50={tmp_path / 'step-50'}"]
+    out = subprocess.run([sys.executable, str(TABLE), "--select", *worse], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == "selected: none"

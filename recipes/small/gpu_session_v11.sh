@@ -25,6 +25,11 @@
 #              pack/checkpoint.tar.NN and pack/models.tar.NN; leave out the folder's lora.safetensors and curves.png,
 #              which resume does not read: the device takes a working tree of 64 MiB at most); or INIT=<LoRA>
 #              starts the run from that LoRA with a fresh optimizer (a step folder, 9.5 MB, no longer fits the tree)
+#   select     a checkpoint chosen on clips the benchmark does not hold (docs/small_models.md, section 80): the run's
+#              step LoRAs (one every log.checkpoint_every steps; GRPO_SETS="log.keep_checkpoints=0" keeps them all)
+#              and the shipped editor on SELECT_CLIPS (96) held-out combinations of synth seed 27 at SELECT_CFG (5);
+#              the best EA whose PC falls by at most 0.01 (table.py --select) is copied to the run's
+#              viva_small_edit_${NAME}_selected.safetensors, the newest LoRA, which eval then scores
 #   eval       the shipped editor with and without the LoRA (and the committed grpo_v16 and grpo_v13 LoRAs beside it)
 #              on both benchmark sets at the protocol's CFG 5 and at CFG 1; paired tables (recipes/small/table.py
 #              --paired), and the LoRAs at CFG 1 against the shipped editor at CFG 5 (section 61); EVAL_CFGS="5"
@@ -55,7 +60,7 @@ BG=(optim.batch_size=32 rollout.group_size=16)
 G=(data.cache_dir=$R/cache)  # every phase's settings: one cache of encoded clips (SMOKE: tiny runs)
 JB="--records 32 --group 16"  # jbench: a step's 512 rollouts
 if [ "${SMOKE:-0}" = 1 ]; then
-  export N=48 EVAL_DEVICE=cpu OBJECT_CLIPS=4 FRESH_CLIPS=4
+  export N=48 EVAL_DEVICE=cpu OBJECT_CLIPS=4 FRESH_CLIPS=4 SELECT_CLIPS=4
   BG=(optim.batch_size=2 rollout.group_size=2)
   JB="--records 2 --group 2 --dtype fp32"
   TBENCH_ARGS="--device cpu --frames 1 --height 32 --width 32 --group 2 --steps 3 --window 1 --rank 4"
@@ -132,6 +137,29 @@ if has grpo; then
     tail -2 runs/grpo.log
   else
     stamp "grpo skipped: the unguided agreement ${cosine:-(not measured)} is under 0.2 (FORCE=1 runs it)"
+  fi
+fi
+if has select; then
+  stamp select
+  SEL=data/eval_select/heldout.jsonl
+  [ -f $SEL ] || $V synth --out data/eval_select --n "${SELECT_CLIPS:-96}" --seed 27 --format npz --splits 0,0,1 \
+    --workers 14 > runs/select_data.log 2>&1
+  {
+    eval_line shipped_select $SEL "--editor $SHIPPED --cfg ${SELECT_CFG:-5}"
+    for d in $R/$NAME/checkpoints/step-*; do
+      [ -f "$d/lora.safetensors" ] &&
+        eval_line "select_${d##*/}" $SEL "--editor $SHIPPED --lora $d/lora.safetensors --cfg ${SELECT_CFG:-5}"
+    done
+  } > runs/select_jobs.txt
+  xargs -P "${JOBS:-8}" -I{} bash -c {} < runs/select_jobs.txt
+  labels=(shipped=runs/eval/shipped_select)
+  for r in runs/eval/select_step-*; do [ -d "$r" ] && labels+=("${r##*/select_}=$r"); done
+  choice=$(python3 recipes/small/table.py --select "${labels[@]}" 2>&1)
+  echo "$choice"
+  best=$(sed -n 's/^selected: //p' <<< "$choice")
+  if [ -n "$best" ] && [ "$best" != none ]; then
+    cp "$R/$NAME/checkpoints/$best/lora.safetensors" "$R/$NAME/viva_small_edit_${NAME}_selected.safetensors"
+    stamp "selected $best"
   fi
 fi
 if has eval; then

@@ -5,6 +5,9 @@ python recipes/small/table.py --by-operation "label=REPORT_DIR" ... one row per 
 python recipes/small/table.py --paired "base=DIR" "label=DIR" ...  each against the base on the same clips (and, for
     reports of `viva eval --judge`, the judge's P(Yes) on the edits, each against the base's); "label=DIR1,DIR2"
     pools several sets' reports (the same sets, in the same order, for every label)
+python recipes/small/table.py --select "base=DIR" "label=DIR" ...  a checkpoint chosen on a selection set: the label of
+    the highest mean EA among those whose mean PC is at most 0.01 under the base's on the same clips ("selected: none"
+    when none is); never run it on the benchmark's sets (docs/small_models.md, section 80)
 PYTHONPATH=. python recipes/small/table.py --judges "base=DIR" "label=DIR" ...  reports of `viva eval --judge` on the
     same outputs: each judge's ROC-AUC against the verifiers per question (95% bootstrap interval over items), and
     each one's difference from the first judge's on the same resampled items
@@ -124,6 +127,32 @@ def paired(reports: list[tuple[str, dict]]) -> None:
     pc_drift(reports)
     if all(r.get("judge_agreement") for _, r in reports):
         judged_outputs(reports)
+
+
+def mean_of(report: dict, key: str) -> float:
+    values = [clip[key] for clip in report["scores"] if clip[key] is not None]
+    return sum(values) / len(values)
+
+
+def select(reports: list[tuple[str, dict]], max_pc_drop: float = 0.01) -> str | None:
+    """The label of the highest mean EA among the reports (after the first, the base) whose mean PC is at most
+    `max_pc_drop` under the base's (issue 10 item 4's bar), or None; prints each candidate's means first. Meant for
+    choosing one of a run's checkpoints on clips the benchmark does not hold, so the benchmark scores it once."""
+    (base_label, base), *others = reports
+    base_pc = mean_of(base, "pc")
+    print(f"| candidate | EA | PC | dPC vs {base_label} | eligible |")
+    print("|---|---|---|---|---|")
+    best, best_ea = None, None
+    for label, r in others:
+        if r["manifest"] != base["manifest"] or len(r["scores"]) != len(base["scores"]):
+            raise SystemExit(f"{label}: not the same clips as {base_label} (manifest or count differs)")
+        ea, pc = mean_of(r, "ea"), mean_of(r, "pc")
+        eligible = pc >= base_pc - max_pc_drop
+        print(f"| {label} | {ea:.3f} | {pc:.3f} | {pc - base_pc:+.3f} | {'yes' if eligible else 'no'} |")
+        if eligible and (best_ea is None or ea > best_ea):
+            best, best_ea = label, ea
+    print(f"selected: {best or 'none'}")
+    return best
 
 
 def pc_drift(reports: list[tuple[str, dict]], still: float = 0.01, rose: float = 0.05) -> None:
@@ -266,6 +295,8 @@ if __name__ == "__main__":
         by_operation(load(argv[1:]))
     elif argv[0] == "--paired":
         paired(load(argv[1:]))
+    elif argv[0] == "--select":
+        select(load(argv[1:]))
     elif argv[0] == "--judges":
         judges(load(argv[1:]))
     else:

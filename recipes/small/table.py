@@ -131,6 +131,8 @@ def paired(reports: list[tuple[str, dict]]) -> None:
 
 def mean_of(report: dict, key: str) -> float:
     values = [clip[key] for clip in report["scores"] if clip[key] is not None]
+    if not values:
+        raise SystemExit(f"{report['manifest']}: no clip of this report has a {key.upper()} score to compare")
     return sum(values) / len(values)
 
 

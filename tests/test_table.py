@@ -117,3 +117,10 @@ def test_select_takes_the_best_ea_whose_pc_holds(tmp_path):
     worse = [f"base={_report(tmp_path / 'b2', base)}", f"step-50={tmp_path / 'step-50'}"]
     out = subprocess.run([sys.executable, str(TABLE), "--select", *worse], capture_output=True, text=True, check=True)
     assert out.stdout.splitlines()[-1] == "selected: none"
+
+
+def test_select_names_a_report_without_the_scores_it_compares(tmp_path):
+    base = f"base={_report(tmp_path / 'base', [(0.3, 0.6), (0.4, 0.6)])}"
+    other = f"step-25={_report(tmp_path / 'step', [(None, 0.6), (None, 0.6)])}"  # no EA verifier on any clip
+    done = subprocess.run([sys.executable, str(TABLE), "--select", base, other], capture_output=True, text=True)
+    assert done.returncode != 0 and "m.jsonl: no clip of this report has a EA score" in done.stderr

@@ -6,7 +6,8 @@ Times with CUDA events, using the trainer's own pieces (add_lora, sde_step_with_
   grpo    one Edit-GRPO iteration: G rollouts x S steps (no grad, SDE on a window of W steps), then the update
           on the window steps (forward + backward per stored transition), then AdamW; and the rollouts again with
           the LoRA cast to bf16 (`rollout.lora_dtype = "model"`), with the largest |log ratio| the first update sees
-          after either (what the PPO clip must tolerate).
+          after either (what the PPO clip must tolerate); eager only, the update with the LoRA's side path in bf16
+          too (`adapters.lora_cast_trainable`), after bf16 rollouts.
 VAE and reward time are not included (they depend on the reward); the DiT is what dominates at this size.
 The whole trainer's Edit-GRPO step on the bundled small editor (VAE decode, verifier rewards, records batched per
 DiT call vs one record per call) is `bench/bench_grpo_step.py`.
@@ -98,7 +99,7 @@ def main() -> None:
 
     from viva_core.sampling import sde_step_with_logprob, shifted_sigmas
     from viva_core.train import losses as L
-    from viva_core.train.adapters import add_lora, lora_cast
+    from viva_core.train.adapters import add_lora, lora_cast, lora_cast_trainable
     from viva_core.train.config import LoraConfig
     from viva_core.train.rollout import Transition, sde_rollout
 
@@ -248,12 +249,18 @@ def main() -> None:
             with torch.no_grad(), lora_cast(params, dt):
                 return rollouts()
 
+        def update_bf16_lora(rollout) -> float:
+            """The update with the LoRA's side path in bf16 too (adapters.lora_cast_trainable: bf16 copies made
+            differentiably, the gradients on the fp32 masters): what the rollouts computed, forward and backward."""
+            with lora_cast_trainable(model, params, dt):
+                return update(rollout)
+
         sequential = args.compile == "off"  # one member at a time: eager only (2% slower, measured; another graph)
         update(rollouts())  # warm-up
         if not sequential:  # the other graph the timed calls use (the LoRA in bf16), compiled before timing
             update(rollouts_bf16_lora())
         peak_gib(reset=True)
-        roll, seq, upd, roll16, worst = [], [], [], [], {}
+        roll, seq, upd, roll16, upd16, worst = [], [], [], [], [], {}
         for _ in range(max(1, args.repeats - 1)):
             holder = {}
             if sequential:
@@ -262,6 +269,10 @@ def main() -> None:
             upd.append(cuda_time(lambda: holder.setdefault("w", update(holder["r"]))))  # noqa: B023 (timed right here)
             roll16.append(cuda_time(lambda: holder.setdefault("r16", rollouts_bf16_lora())))  # noqa: B023
             worst = {"fp32_lora": holder["w"], "bf16_lora": update(holder["r16"])}
+            if sequential:  # eager: parametrized modules are other graphs under compiled blocks (not measured)
+                holder["r16b"] = rollouts_bf16_lora()
+                upd16.append(cuda_time(lambda: holder.setdefault("w16", update_bf16_lora(holder["r16b"]))))  # noqa: B023
+                worst["bf16_lora_rollouts_and_update"] = holder["w16"]
         r, q, u = statistics.median(roll), statistics.median(seq) if seq else None, statistics.median(upd)
         n_fwd, n_upd = args.group * args.steps, args.group * args.window
         results["grpo"] = {
@@ -271,6 +282,8 @@ def main() -> None:
             "iteration_s": r + u,
             "rollout_bf16_lora_s": statistics.median(roll16),
             "iteration_bf16_lora_s": statistics.median(roll16) + u,
+            "update_bf16_lora_s": statistics.median(upd16) if upd16 else None,
+            "iteration_all_bf16_lora_s": statistics.median(roll16) + statistics.median(upd16) if upd16 else None,
             "max_abs_log_ratio_first_update": worst,
             "peak_gib": peak_gib(),
             "rollout_mfu": n_fwd * fwd / r / rate,

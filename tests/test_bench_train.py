@@ -27,8 +27,9 @@ def test_bench_train_runs_on_the_cpu_and_reports_the_bf16_lora_rollouts(tmp_path
     assert r["sft"]["seconds"] > 0
     g = r["grpo"]
     assert g["rollout_bf16_lora_s"] > 0 and g["iteration_bf16_lora_s"] > g["rollout_bf16_lora_s"]
+    assert g["update_bf16_lora_s"] > 0 and g["iteration_all_bf16_lora_s"] > g["rollout_bf16_lora_s"]
     ratios = g["max_abs_log_ratio_first_update"]
-    assert set(ratios) == {"fp32_lora", "bf16_lora"}
+    assert set(ratios) == {"fp32_lora", "bf16_lora", "bf16_lora_rollouts_and_update"}
     assert all(math.isfinite(v) and 0 <= v < 1e-2 for v in ratios.values())
 
 

@@ -1228,6 +1228,51 @@ def test_lora_cast_runs_the_lora_in_the_models_dtype_and_gives_back_the_masters(
             pass
 
 
+def test_lora_cast_trainable_computes_what_the_rollouts_did_and_trains_the_fp32_masters():
+    """adapters.lora_cast_trainable: the output equals lora_cast's (the rollouts' numbers) bit for bit; the gradients
+    land in fp32 on the same Parameter objects and equal those of bf16 leaf copies of the weights (the independent
+    reference: a cast's backward is the gradient cast back); after, names, state-dict keys and masters as before."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    from viva_core.train.adapters import lora_cast, lora_cast_trainable
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.Linear(16, 8)).to(torch.bfloat16),
+        PeftLoraConfig(r=4, lora_alpha=4, target_modules=["0", "2"], init_lora_weights=False),
+    )
+    names = [n for n, _ in model.named_parameters() if "lora_" in n]
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+    keys, masters = list(model.state_dict()), [p.detach().clone() for p in params]
+    x = torch.randn(3, 16).to(torch.bfloat16)
+    with torch.no_grad(), lora_cast(params, torch.bfloat16):
+        rollout = model(x)
+    with lora_cast_trainable(model, params, torch.bfloat16):
+        out = model(x)
+        out.float().square().sum().backward()
+    assert torch.equal(out.detach(), rollout)
+    assert [n for n, _ in model.named_parameters() if "lora_" in n] == names and list(model.state_dict()) == keys
+    assert [id(p) for n, p in model.named_parameters() if "lora_" in n] == [id(p) for p in params]
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in params)
+    assert all(torch.equal(p.detach(), m) for p, m in zip(params, masters))
+    # the reference: the same model with bf16 leaf weights in the masters' place
+    got = [p.grad.clone() for p in params]
+    leaves = [m.to(torch.bfloat16).requires_grad_() for m in masters]
+    for p, leaf in zip(params, leaves):
+        p.grad, p.data = None, leaf.detach()
+    owners = {id(p): (mod, n) for mod in model.modules() for n, p in mod.named_parameters(recurse=False)}
+    for p, leaf in zip(params, leaves):
+        mod, n = owners[id(p)]
+        del mod._parameters[n]
+        setattr(mod, n, leaf)
+    model(x).float().square().sum().backward()
+    for g, leaf in zip(got, leaves):
+        assert torch.equal(g, leaf.grad.float())
+
+
 def _small_grpo_trainer(assets, name: str, *extra: str, move: bool = True) -> Trainer:
     """A set-up GRPO trainer of 2 records x G 2, 3 SDE steps on a window of 2, `extra` settings; with `move` its
     LoRA moved off PEFT's zero start (seeded), so the side path counts."""

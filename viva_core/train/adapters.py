@@ -161,6 +161,37 @@ def lora_cast(params: Sequence[torch.nn.Parameter], dtype: torch.dtype) -> Itera
             p.grad = grad
 
 
+class _CastTo(torch.nn.Module):
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.to(self.dtype)
+
+
+@contextlib.contextmanager
+def lora_cast_trainable(
+    model: torch.nn.Module, params: Sequence[torch.nn.Parameter], dtype: torch.dtype
+) -> Iterator[None]:
+    """`lora_cast` for a pass that trains: inside, each LoRA weight reads as a `dtype` copy of its fp32 master, made
+    differentiably (`torch.nn.utils.parametrize`), so the side path runs in `dtype` forward and backward, computes what
+    `lora_cast`'s rollouts computed, and the gradients land in fp32 on the same Parameter objects an optimizer holds.
+    Module names and state dicts are as before after the block. Measured in bench/bench_train.py before any use."""
+    from torch.nn.utils import parametrize
+
+    wanted = {id(p) for p in params}
+    owners = [(m, n) for m in model.modules() for n, p in m.named_parameters(recurse=False) if id(p) in wanted]
+    try:
+        for module, name in owners:
+            parametrize.register_parametrization(module, name, _CastTo(dtype), unsafe=True)
+        yield
+    finally:
+        for module, name in owners:
+            if parametrize.is_parametrized(module, name):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+
+
 def trainable_state(transformer: torch.nn.Module, refiner: Optional[torch.nn.Module]) -> dict[str, torch.Tensor]:
     """Everything training changes (LoRA, opt-in source channels, refiner), by stable names, for checkpoints."""
     state = {

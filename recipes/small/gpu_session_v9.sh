@@ -83,10 +83,14 @@ if has vae; then
   done
   vaes=("shipped=$SHIPPED/vae")
   for d in $R/vae_z*_long/vae; do [ -f "$d/config.json" ] && vaes+=("$(basename "$(dirname "$d")")=$d"); done
-  for set in heldout objects; do  # one process per (set, VAE), in parallel: the verifiers are CPU work
+  # one process per (set, VAE), in parallel: the verifiers are CPU work. Each gets its share of the cores: at the
+  # session's 8 threads each, four processes on 16 cores had not finished in ~2 minutes (at torch's default of 16 each,
+  # not in 5); at 4 threads each they took 23 s (docs/small_models.md, section 81)
+  threads=$(( $(nproc) / (2 * ${#vaes[@]}) )); [ "$threads" -ge 1 ] || threads=1
+  for set in heldout objects; do
     m=data/eval_heldout/heldout.jsonl; [ $set = objects ] && m=$OBJECTS
     for v in "${vaes[@]}"; do
-      PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/codec_ceiling.py $m --report runs/eval/vae_ceilings_$set \
+      OMP_NUM_THREADS=$threads PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/codec_ceiling.py $m --report runs/eval/vae_ceilings_$set \
         --vae "$v" "${CEIL_DEVICE[@]}" > "runs/vae_ceilings_${set}_${v%%=*}.log" 2>&1 &
     done
   done

@@ -17,6 +17,8 @@ Measurements (`--only a,b,...`; default: lucy, lucy-offload-model, lucy-release-
   lucy-offload-block, wan1.3b-offload-block   `offload=block`: DiT blocks streamed from the CPU, VAE / UMT5 visit
   wan14b-release-text, wan14b-offload-block    the Wan2.1-14B shape (28.6 GB of bf16 DiT), resident and block-offloaded
                                 (run them in this order: the block run leaves its hooks on the DiT)
+  wan14b-offload-block-prefetch  the same with the next block copied on a side stream from pinned host memory
+                                (`viva_core.editor.BLOCK_OFFLOAD_PREFETCH`, off by default until this row is measured)
   judge-7b, judge-3b            viva_core.judge.Judge(...).score of one (source, edit) pair, defaults (4 frames of
                                 each, max_side 448, the four questions as one batch)
 For each `offload=none` edit a derived row gives the peak without the text encoder on the GPU (conditioning from
@@ -245,6 +247,7 @@ class Measurement:
     offload: str = "none"
     release_text: bool = False  # the `viva edit` flow: load with encode_first, encode, release the text encoder
     vae_dtype: str = "fp32"  # the rows before the bf16 default keep the fp32 VAE they were measured with
+    prefetch: bool = False  # block offload with the next block copied on a side stream (editor.BLOCK_OFFLOAD_PREFETCH)
 
 
 MEASUREMENTS = {
@@ -263,6 +266,7 @@ MEASUREMENTS = {
         # issue 13 target 3: the 14B shape within 24 GiB with block offload, its time against the resident edit
         Measurement("wan14b-release-text", "wan14b", "edit", release_text=True, vae_dtype="auto"),
         Measurement("wan14b-offload-block", "wan14b", "edit", "block", vae_dtype="auto"),
+        Measurement("wan14b-offload-block-prefetch", "wan14b", "edit", "block", vae_dtype="auto", prefetch=True),
         Measurement("judge-7b", "qwen7b", "judge"),
         Measurement("judge-3b", "qwen3b", "judge"),
     )
@@ -595,8 +599,11 @@ class Runner:
         from viva_core.editor import vae_dtype_for
 
         vae = str(vae_dtype_for(m.vae_dtype, self.dtype, self.device)).removeprefix("torch.")
-        edit = f", offload={m.offload}, VAE {vae}" + (
-            ", encode first + release text encoder (the `viva edit` flow)" if m.release_text else ""
+        edit = (
+            f", offload={m.offload}"
+            + (" prefetched" if m.prefetch else "")
+            + f", VAE {vae}"
+            + (", encode first + release text encoder (the `viva edit` flow)" if m.release_text else "")
         )
         return Row(
             m.name,
@@ -664,6 +671,7 @@ class Runner:
         return self.parts[model]
 
     def run_edit(self, m: Measurement) -> Row:
+        import viva_core.editor as editor_module
         from viva_core.conditioning import negative_conditioning
         from viva_core.editor import Conditioning, EditorOptions, load_editor
         from viva_core.pipeline import edit
@@ -681,10 +689,14 @@ class Runner:
             if self.cuda:
                 torch.cuda.empty_cache()
         t0 = time.perf_counter()
-        if self.args.via_folder:
-            editor = load_editor(str(self.folders[m.model]), options=options, encode_first=m.release_text)
-        else:
-            editor = editor_in_memory(dict(parts), options, m.model, encode_first=m.release_text)
+        editor_module.BLOCK_OFFLOAD_PREFETCH = m.prefetch  # read where the loader places the DiT
+        try:
+            if self.args.via_folder:
+                editor = load_editor(str(self.folders[m.model]), options=options, encode_first=m.release_text)
+            else:
+                editor = editor_in_memory(dict(parts), options, m.model, encode_first=m.release_text)
+        finally:
+            editor_module.BLOCK_OFFLOAD_PREFETCH = False
         if m.release_text:
             self.drop_text_encoder()
             parts = None

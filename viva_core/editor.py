@@ -754,6 +754,19 @@ def uncompile_dit(t: torch.nn.Module) -> None:
             m._compiled_call_impl = None
 
 
+# Block offload copies each DiT block to the GPU when it is called, synchronously, from pageable host memory: the
+# Wan-14B shape edits in 13.6 GiB at 3.4x the resident edit's time (bench/RESULTS.md). Prefetching (the next block
+# copied on a side stream from pinned host memory while the current one computes) is diffusers' faster path; it pins
+# the DiT in host RAM and holds one more block on the GPU, so it stays off until `bench/real_memory.py`'s
+# `wan14b-offload-block-prefetch` row measures it against the synchronous one (docs/small_models.md, section 82).
+BLOCK_OFFLOAD_PREFETCH = False
+
+
+def block_offload_prefetch(prefetch: bool) -> dict[str, bool]:
+    """`apply_group_offloading`'s arguments for prefetched (True) or synchronous (False) block offload."""
+    return {"use_stream": True, "record_stream": True} if prefetch else {}
+
+
 def _place(editor: Editor, encode_first: bool = False) -> None:
     """Apply the options once, at load time: DiT options, placement / offload (a host places the parts itself,
     except for block offload, which streams DiT blocks), then compile. With `encode_first` the DiT and VAE of an
@@ -782,6 +795,7 @@ def _place(editor: Editor, encode_first: bool = False) -> None:
             offload_device=torch.device("cpu"),
             offload_type="block_level",
             num_blocks_per_group=1,
+            **block_offload_prefetch(BLOCK_OFFLOAD_PREFETCH),
         )
         t._viva_block_offload = True
     else:

@@ -51,6 +51,20 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 source recipes/small/session_lib.sh  # $V $R $B, stamp, has, make_data, eval_line, pack_results
 NAME="${NAME:-grpo_v11}"  # the recipe, recipes/small/$NAME.toml (grpo_v12: section 57)
 CONFIG=recipes/small/$NAME.toml
+# the LoRA, metrics.jsonl and curves.png as pack/models.tar.NN, and the latest step checkpoint (what the next session
+# commits to $CARRIED and continues from) as pack/checkpoint.tar.NN
+pack_session() {
+  pack_results $NAME
+  local latest
+  latest=$(ls -d $R/$NAME/checkpoints/step-* 2>/dev/null | tail -1)
+  if [ -n "$latest" ]; then
+    tar cf pack/checkpoint.tar -C $R/$NAME "checkpoints/$(basename "$latest")"
+    split -b 15M -d pack/checkpoint.tar pack/checkpoint.tar. && rm pack/checkpoint.tar
+    if [ -n "${OUT:-}" ]; then cp pack/checkpoint.tar.* "$OUT"/; fi
+    ls -la pack
+  fi
+}
+has pack && pack_on_stop pack_session  # stopped by the call's timeout: pack what exists
 # the committed LoRAs evaluated beside another recipe's: section 67's (CFG 5's best) and section 61's (CFG 1's)
 BESIDE=(grpo_v16=recipes/small/checkpoints/grpo_v16/viva_small_edit_grpo_v16.safetensors
   grpo_v13=viva_core/small_models/loras/viva-small-editor-grpo.safetensors)
@@ -205,14 +219,5 @@ if has eval; then
     stamp "eval skipped: no $NAME LoRA"
   fi
 fi
-if has pack; then
-  pack_results $NAME  # the LoRA, metrics.jsonl and curves.png as pack/models.tar.NN (no checkpoints)
-  latest=$(ls -d $R/$NAME/checkpoints/step-* 2>/dev/null | tail -1)
-  if [ -n "$latest" ]; then  # what the next session commits to $CARRIED and continues from
-    tar cf pack/checkpoint.tar -C $R/$NAME "checkpoints/$(basename "$latest")"
-    split -b 15M -d pack/checkpoint.tar pack/checkpoint.tar. && rm pack/checkpoint.tar
-    if [ -n "${OUT:-}" ]; then cp pack/checkpoint.tar.* "$OUT"/; fi
-    ls -la pack
-  fi
-fi
+has pack && pack_session
 stamp done

@@ -34,6 +34,8 @@ cd "$WORK" || exit 1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, make_objects, eval_lines, pack_results
 SHIPPED=$B/diffusers/viva-small-editor
+PACKED=($NEW/editor decoder/vae $(for z in ${VAE_Z:-32}; do echo vae_z${z}_long/vae; done))  # pack's model folders
+has pack && pack_on_stop pack_results "${PACKED[@]}"  # stopped by the call's timeout: pack what exists
 # shellcheck disable=SC2206  # EDITOR_SETS: more --set pairs
 E=(--set editor.init=$SHIPPED --set editor.vae=$SHIPPED/vae --set data.balance="${BALANCE:-1}" ${EDITOR_SETS:-}
    --set editor.instructor=false --set optim.compile="${COMPILE:-true}"
@@ -136,5 +138,5 @@ if has eval; then
       "${base}dec=runs/eval/${base}dec_ceiling_$set" 2>&1 | head -3
   done
 fi
-has pack && pack_results $NEW/editor decoder/vae $(for z in ${VAE_Z:-32}; do echo vae_z${z}_long/vae; done)
+has pack && pack_results "${PACKED[@]}"
 stamp done

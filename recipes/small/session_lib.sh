@@ -73,3 +73,13 @@ pack_results() {
   # Inside a device call ($OUT set): what is packed comes back with this call, whatever happens to the next one.
   if [ -n "${OUT:-}" ]; then cp pack/* "$OUT"/; fi
 }
+
+# pack_on_stop COMMAND [ARG...]: when the session is stopped (`timeout 585 bash gpu_session_*.sh` sends SIGTERM to its
+# whole process group, so the running phase's python ends first), run the script's packing command on what exists
+# before exiting, so a call that ran out of time still returns its logs and models (docs/small_models.md, section 81:
+# a VAE trained for 390 s came back with nothing when its ceilings ran past the call's limit). Exit status 124, as
+# timeout's.
+pack_on_stop() {
+  # shellcheck disable=SC2064  # the command and its arguments are fixed when the trap is set
+  trap "echo '== stopped: packing what exists'; $*; exit 124" TERM
+}

@@ -92,8 +92,8 @@ if has vae; then
   for set in heldout objects; do
     m=data/eval_heldout/heldout.jsonl; [ $set = objects ] && m=$OBJECTS
     for v in "${vaes[@]}"; do
-      OMP_NUM_THREADS=$threads PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/codec_ceiling.py $m --report runs/eval/vae_ceilings_$set \
-        --vae "$v" "${CEIL_DEVICE[@]}" > "runs/vae_ceilings_${set}_${v%%=*}.log" 2>&1 &
+      OMP_NUM_THREADS=$threads PYTHONPATH=.:${PYTHONPATH:-} python3 recipes/small/codec_ceiling.py $m \
+        --report runs/eval/vae_ceilings_$set --vae "$v" "${CEIL_DEVICE[@]}" > "runs/vae_ceilings_${set}_${v%%=*}.log" 2>&1 &
     done
   done
   wait

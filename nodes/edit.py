@@ -475,7 +475,8 @@ class JudgeEdit(io.ComfyNode):
             text += "\n" + r.rationale
         elif rationale:
             text += "\n(no rationale: this judge answers Yes/No only; use a chat VLM for one)"
-        text += "".join("\n" + line for line in r.caveat_lines(width=len(text.splitlines()[0])))
+        if r.caveat:  # one line: the node's text box wraps it at its own width (a hard wrap came out ragged)
+            text += "\n" + r.caveat
         return io.NodeOutput(
             s["EA"], s["PC"], s["GN"], s["GR"], r.overall, r.to_json(), ui=c.text_and_scores_ui(text, s)
         )

@@ -201,8 +201,13 @@ def test_bundled_template_runs_as_loaded(driven, server, name):
         with av.open(str(path)) as container:
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         assert len(frames) == 17 and frames[0].shape == (64, 64, 3), (len(frames), frames[0].shape)
-        (scores,) = [o["viva_scores"][0]["scores"] for o in outputs.values() if "viva_scores" in o]
+        (judged,) = [o for o in outputs.values() if "viva_scores" in o]
+        scores = judged["viva_scores"][0]["scores"]
         assert set(scores) == {"EA", "PC", "GN", "GR"} and all(0 <= v <= 1 for v in scores.values()), scores
+        # the bundled judge's caveat is one line, which the text box wraps at its width (hard-wrapped at the scores'
+        # width, it came out ragged in the narrower box)
+        (note,) = [line for line in judged["text"][0].splitlines() if line.startswith("note:")]
+        assert note.endswith("a screen, not a verdict."), judged["text"]
     if "VIVA_TrainLoRA" in {n["class_type"] for n in t["output"].values()}:
         lora = server["root"] / "models" / "loras" / LORA_NAME
         assert lora.is_file() and trained_by_viva(lora), sorted((server["root"] / "models").rglob("*"))

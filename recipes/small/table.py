@@ -101,6 +101,12 @@ def by_operation(reports: list[tuple[str, dict]]) -> None:
         print(f"| {op} | {n} | " + " | ".join(cells) + " |")
 
 
+def require_same_clips(label: str, r: dict, base_label: str, base: dict) -> None:
+    """Clip-by-clip comparisons need the base's clips: the same manifest and as many scores."""
+    if r["manifest"] != base["manifest"] or len(r["scores"]) != len(base["scores"]):
+        raise SystemExit(f"{label}: not the same clips as {base_label} (manifest or count differs)")
+
+
 def paired(reports: list[tuple[str, dict]]) -> None:
     """Each report minus the first, clip by clip (same manifest, same seeds): the mean difference and its 95%
     bootstrap interval. Pairing removes the spread between clips, so it resolves differences the rows cannot."""
@@ -109,8 +115,7 @@ def paired(reports: list[tuple[str, dict]]) -> None:
     print(f"| vs {base_label} | n | " + " | ".join(f"d{k.upper()} (95% CI)" for k in keys) + " |")
     print("|" + "---|" * (len(keys) + 2))
     for label, r in others:
-        if r["manifest"] != base["manifest"] or len(r["scores"]) != len(base["scores"]):
-            raise SystemExit(f"{label}: not the same clips as {base_label} (manifest or count differs)")
+        require_same_clips(label, r, base_label, base)
         cells = []
         for k in keys:
             diffs = [
@@ -146,8 +151,7 @@ def select(reports: list[tuple[str, dict]], max_pc_drop: float = 0.01) -> str | 
     print("|---|---|---|---|---|")
     best, best_ea = None, None
     for label, r in others:
-        if r["manifest"] != base["manifest"] or len(r["scores"]) != len(base["scores"]):
-            raise SystemExit(f"{label}: not the same clips as {base_label} (manifest or count differs)")
+        require_same_clips(label, r, base_label, base)
         ea, pc = mean_of(r, "ea"), mean_of(r, "pc")
         eligible = pc >= base_pc - max_pc_drop
         print(f"| {label} | {ea:.3f} | {pc:.3f} | {pc - base_pc:+.3f} | {'yes' if eligible else 'no'} |")

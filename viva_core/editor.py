@@ -762,11 +762,6 @@ def uncompile_dit(t: torch.nn.Module) -> None:
 BLOCK_OFFLOAD_PREFETCH = False
 
 
-def block_offload_prefetch(prefetch: bool) -> dict[str, bool]:
-    """`apply_group_offloading`'s arguments for prefetched (True) or synchronous (False) block offload."""
-    return {"use_stream": True, "record_stream": True} if prefetch else {}
-
-
 def _place(editor: Editor, encode_first: bool = False) -> None:
     """Apply the options once, at load time: DiT options, placement / offload (a host places the parts itself,
     except for block offload, which streams DiT blocks), then compile. With `encode_first` the DiT and VAE of an
@@ -795,7 +790,7 @@ def _place(editor: Editor, encode_first: bool = False) -> None:
             offload_device=torch.device("cpu"),
             offload_type="block_level",
             num_blocks_per_group=1,
-            **block_offload_prefetch(BLOCK_OFFLOAD_PREFETCH),
+            **({"use_stream": True, "record_stream": True} if BLOCK_OFFLOAD_PREFETCH else {}),
         )
         t._viva_block_offload = True
     else:

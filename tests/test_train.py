@@ -177,6 +177,53 @@ def test_stop_request_saves_a_checkpoint_and_exits_cleanly(assets):
     assert resumed.steps == 3 and not resumed.interrupted
 
 
+def test_time_limit_stops_like_an_interrupt_and_resumes(assets, monkeypatch):
+    """optim.max_minutes: a clock that reads 25 s more after each step passes 1 minute during step 3; the run stops
+    before step 4 and saves as a stop request does."""
+    import viva_core.train.trainer as trainer_module
+
+    clock = [0.0]
+
+    def perf_counter() -> float:  # a millisecond a read (steps time themselves), 25 s a step (below)
+        clock[0] += 1e-3
+        return clock[0]
+
+    monkeypatch.setattr(trainer_module.time, "perf_counter", perf_counter)
+    out = assets["root"] / "time_limit"
+    result = Trainer(
+        config(assets, out, "optim.steps=10", "log.checkpoint_every=0", "optim.max_minutes=1"),
+        progress=lambda d, t, p=None: clock.__setitem__(0, clock[0] + 25.0),
+    ).run()
+    assert result.interrupted and result.steps == 3
+    assert result.lora_path.name == "viva_lora_interrupted.safetensors" and result.lora_path.is_file()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000003"]
+    resumed = Trainer(config(assets, out, "optim.steps=4", "log.checkpoint_every=0")).run(resume=True)
+    assert resumed.steps == 4 and not resumed.interrupted
+
+
+def _any_rank_worker(rank: int, init: str, flags: list[bool], out: str) -> None:
+    import torch.distributed as dist
+
+    from viva_core.train.distributed import World, any_rank
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        Path(out, str(rank)).write_text(str(any_rank(World(rank, 2, rank), flags[rank], torch.device("cpu"))))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo process groups are exercised on Linux")
+@pytest.mark.parametrize("flags", [[True, False], [False, False]])
+def test_a_stop_on_one_rank_stops_every_rank(tmp_path, flags):
+    """A stop seen by one rank only (its own clock, its own signal) must stop all of them at the same step."""
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'store'}"
+    mp.spawn(_any_rank_worker, args=(init, flags, str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / str(r)).read_text() for r in (0, 1)] == [str(any(flags))] * 2
+
+
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(assets, monkeypatch):
     import viva_core.train.checkpoint as ckpt
 

@@ -19,8 +19,8 @@
 #   tbench     bench/bench_train.py --only forward,grpo at the Wan2.1-1.3B shape (random weights, ~3 minutes): the LoRA's
 #              cost per DiT forward in fp32 and bf16, and the Edit-GRPO iteration with the rollouts' LoRA in fp32
 #              against bf16 (`rollout.lora_dtype`, issue 13 target 5, section 72); SMOKE: a CPU run at a tiny shape
-#   grpo       $NAME.toml for GRPO_SECONDS (default 420; GRPO_SETS="k=v ..." adds settings), stopped with SIGINT
-#              (the trainer checkpoints the last finished step); continues (`--resume latest`) an earlier call's run
+#   grpo       $NAME.toml for GRPO_SECONDS of training (default 420; GRPO_SETS="k=v ..." adds settings), stopped by
+#              optim.max_minutes (the trainer checkpoints the last finished step; SIGINT 90 s later as a backstop); continues (`--resume latest`) an earlier call's run
 #              on a warm machine, or a step-N folder put in recipes/small/checkpoints/$NAME beside its metrics.jsonl (from
 #              pack/checkpoint.tar.NN and pack/models.tar.NN; leave out the folder's lora.safetensors and curves.png,
 #              which resume does not read: the device takes a working tree of 64 MiB at most); or INIT=<LoRA>
@@ -145,8 +145,11 @@ if has grpo; then
     stamp "grpo ${start[*]:-from the start} (agreement ${cosine:-not measured})"
     # shellcheck disable=SC2046  # the --set pairs, as separate words
     # shellcheck disable=SC2086  # GRPO_SETS: extra key=value settings, as separate words (model.compile=blocks)
-    timeout -s INT "${GRPO_SECONDS:-420}" $V train $CONFIG "${start[@]}" $(sets "${BG[@]}" "${G[@]}" ${GRPO_SETS:-}) \
-      > runs/grpo.log 2>&1
+    # the trainer stops itself after GRPO_SECONDS of its loop (optim.max_minutes, saving as Ctrl-C does); SIGINT 90 s
+    # later is the backstop: a compiled run on an H100 died at SIGINT without saving (docs/small_models.md section 83)
+    secs="${GRPO_SECONDS:-420}"
+    timeout -s INT $((secs + 90)) $V train $CONFIG "${start[@]}" $(sets "${BG[@]}" "${G[@]}" ${GRPO_SETS:-}) \
+      --set optim.max_minutes="$(awk -v s="$secs" 'BEGIN { print s / 60 }')" > runs/grpo.log 2>&1
     grep -h '"val_reward"' $R/$NAME/metrics.jsonl | cut -c1-200
     tail -2 runs/grpo.log
   else

@@ -105,6 +105,11 @@ class OptimConfig:
     # checkpointing): about one more forward per step for far less memory. "auto": on for a DiT of at least
     # 1 B parameters (the 1.3B's SFT step at 480x832x33 peaked at 43.7 GiB without it), off for smaller ones
     gradient_checkpointing: str = "off"
+    # stop after this much wall time in the training loop, saving as a Ctrl-C does (a checkpoint, the LoRA named
+    # *_interrupted; --resume continues); 0 = run all steps. For time-boxed jobs (a cluster's wall-time limit, a lent
+    # GPU): a signal can be lost (a compiled run on an H100 died at SIGINT without saving, docs/small_models.md
+    # section 83), a time limit cannot
+    max_minutes: float = 0.0
 
 
 @dataclass
@@ -291,6 +296,7 @@ class TrainConfig:
                 ("optim.weight_decay", o.weight_decay, 0, None),
                 ("optim.grad_clip", o.grad_clip, 0, None, True),
                 ("optim.warmup_steps", o.warmup_steps, 0, None),
+                ("optim.max_minutes", o.max_minutes, 0, None),
                 ("optim.batch_size", o.batch_size, 1, None),
                 ("data.max_frames", self.data.max_frames, 1, None),
                 ("data.val_limit", self.data.val_limit, 0, None),

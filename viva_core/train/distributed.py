@@ -46,6 +46,16 @@ def all_gather_cat(world: World, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def any_rank(world: World, flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on any: a stop that every rank takes at the same step (one rank
+    leaving the loop alone would hang the others at their next collective)."""
+    if not world.active:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def shutdown(world: World) -> None:
     if world.active and dist.is_initialized():
         dist.destroy_process_group()

@@ -48,7 +48,7 @@ from .adapters import (
 )
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import AUTO_CHECKPOINTING_PARAMS, TrainConfig, scheduled_lr
-from .distributed import World, all_gather_cat, init_world, shutdown
+from .distributed import World, all_gather_cat, any_rank, init_world, shutdown
 from .metrics import MetricsLog
 from .rollout import Transition, sde_rollout
 
@@ -991,7 +991,12 @@ class Trainer:
         return ck.step
 
     def _stop(self) -> bool:
-        return self.stop_requested or self.should_stop()
+        """A stop request (Ctrl-C, a host's interrupt) or optim.max_minutes of training passed, on any rank."""
+        limit = self.cfg.optim.max_minutes
+        over_time = bool(limit) and time.perf_counter() - self._started > 60 * limit
+        if over_time and not self.stop_requested:
+            log.warning("optim.max_minutes = %g reached: saving a checkpoint and stopping", limit)
+        return any_rank(self.world, self.stop_requested or self.should_stop() or over_time, self.device)
 
     def run(self, resume: bool | str = False) -> TrainResult:
         """Train for optim.steps; saves checkpoints, the final LoRA (and refiner). A stop request (Ctrl-C, ComfyUI
@@ -1010,6 +1015,7 @@ class Trainer:
             if self.world.is_main:
                 metrics.log(0, val)  # the curves start at the base model's loss and reward
         step_fn = {"sft": self._sft_step, "grpo": self._grpo_step, "rwo": self._rwo_step}[cfg.method]
+        self._started = time.perf_counter()  # optim.max_minutes counts from here: setup and loading excluded
         interrupted, last = False, {}
         step = start
         try:

@@ -26,6 +26,7 @@ VARIANTS = {
     "bf16": {},
     "offload=model": {"offload": "model"},
     "offload=block": {"offload": "block"},
+    "offload=block_prefetch": {"offload": "block_prefetch"},
     "fp8_storage": {"fp8_storage": True},
     "attention=sdpa_cudnn": {"attention": "sdpa_cudnn"},
     "compile=blocks": {"compile": "blocks"},

@@ -17,8 +17,8 @@ Measurements (`--only a,b,...`; default: lucy, lucy-offload-model, lucy-release-
   lucy-offload-block, wan1.3b-offload-block   `offload=block`: DiT blocks streamed from the CPU, VAE / UMT5 visit
   wan14b-release-text, wan14b-offload-block    the Wan2.1-14B shape (28.6 GB of bf16 DiT), resident and block-offloaded
                                 (run them in this order: the block run leaves its hooks on the DiT)
-  wan14b-offload-block-prefetch  the same with the next block copied on a side stream from pinned host memory
-                                (`viva_core.editor.BLOCK_OFFLOAD_PREFETCH`, off by default until this row is measured)
+  wan14b-offload-block-prefetch  `offload=block_prefetch`: the next block copied on a side stream from pinned host
+                                memory while the current one runs
   judge-7b, judge-3b            viva_core.judge.Judge(...).score of one (source, edit) pair, defaults (4 frames of
                                 each, max_side 448, the four questions as one batch)
 For each `offload=none` edit a derived row gives the peak without the text encoder on the GPU (conditioning from
@@ -247,7 +247,6 @@ class Measurement:
     offload: str = "none"
     release_text: bool = False  # the `viva edit` flow: load with encode_first, encode, release the text encoder
     vae_dtype: str = "fp32"  # the rows before the bf16 default keep the fp32 VAE they were measured with
-    prefetch: bool = False  # block offload with the next block copied on a side stream (editor.BLOCK_OFFLOAD_PREFETCH)
 
 
 MEASUREMENTS = {
@@ -266,7 +265,7 @@ MEASUREMENTS = {
         # issue 13 target 3: the 14B shape within 24 GiB with block offload, its time against the resident edit
         Measurement("wan14b-release-text", "wan14b", "edit", release_text=True, vae_dtype="auto"),
         Measurement("wan14b-offload-block", "wan14b", "edit", "block", vae_dtype="auto"),
-        Measurement("wan14b-offload-block-prefetch", "wan14b", "edit", "block", vae_dtype="auto", prefetch=True),
+        Measurement("wan14b-offload-block-prefetch", "wan14b", "edit", "block_prefetch", vae_dtype="auto"),
         Measurement("judge-7b", "qwen7b", "judge"),
         Measurement("judge-3b", "qwen3b", "judge"),
     )
@@ -601,7 +600,6 @@ class Runner:
         vae = str(vae_dtype_for(m.vae_dtype, self.dtype, self.device)).removeprefix("torch.")
         edit = (
             f", offload={m.offload}"
-            + (" prefetched" if m.prefetch else "")
             + f", VAE {vae}"
             + (", encode first + release text encoder (the `viva edit` flow)" if m.release_text else "")
         )
@@ -671,9 +669,8 @@ class Runner:
         return self.parts[model]
 
     def run_edit(self, m: Measurement) -> Row:
-        import viva_core.editor as editor_module
         from viva_core.conditioning import negative_conditioning
-        from viva_core.editor import Conditioning, EditorOptions, load_editor
+        from viva_core.editor import BLOCK_OFFLOAD_MODES, Conditioning, EditorOptions, load_editor
         from viva_core.pipeline import edit
         from viva_core.settings import EditSettings
 
@@ -683,20 +680,16 @@ class Runner:
         )
         row = self.row(m)
         row.weights_gib = parts["sizes"]
-        if m.offload == "block" and "dit" in parts:  # built on the GPU; block offload streams it from the host, where
-            parts["dit"].to("cpu")  # load_editor leaves a block-offloaded DiT
+        if m.offload in BLOCK_OFFLOAD_MODES and "dit" in parts:  # built on the GPU; block offload streams it from the
+            parts["dit"].to("cpu")  # host, where load_editor leaves a block-offloaded DiT
             gc.collect()
             if self.cuda:
                 torch.cuda.empty_cache()
         t0 = time.perf_counter()
-        editor_module.BLOCK_OFFLOAD_PREFETCH = m.prefetch  # read where the loader places the DiT
-        try:
-            if self.args.via_folder:
-                editor = load_editor(str(self.folders[m.model]), options=options, encode_first=m.release_text)
-            else:
-                editor = editor_in_memory(dict(parts), options, m.model, encode_first=m.release_text)
-        finally:
-            editor_module.BLOCK_OFFLOAD_PREFETCH = False
+        if self.args.via_folder:
+            editor = load_editor(str(self.folders[m.model]), options=options, encode_first=m.release_text)
+        else:
+            editor = editor_in_memory(dict(parts), options, m.model, encode_first=m.release_text)
         if m.release_text:
             self.drop_text_encoder()
             parts = None

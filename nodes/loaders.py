@@ -106,7 +106,9 @@ class LoadEditor(io.ComfyNode):
                     default="none",
                     tooltip="none / model: ComfyUI's model management loads each part onto the GPU when "
                     "it runs and offloads it when memory is needed, as for native models. block: "
-                    "DiT blocks are streamed from RAM one at a time (least VRAM, slowest).",
+                    "DiT blocks are streamed from RAM one at a time (least VRAM, slowest). block_prefetch: "
+                    "the next block is copied while the current one runs (about 2x faster than block, more "
+                    "VRAM, the DiT pinned in RAM).",
                 ),
                 io.Combo.Input(
                     "attention",

@@ -24,7 +24,7 @@ import comfy.model_patcher
 import latent_preview
 import torch
 
-from ..viva_core.editor import Editor
+from ..viva_core.editor import BLOCK_OFFLOAD_MODES, Editor
 from ..viva_core.errors import InputError
 from ..viva_core.lora import FP8_DTYPES, LoraSpec, read_lora
 from ..viva_core.preview import preview_rgb_factors
@@ -154,7 +154,7 @@ def _has_fp8_weights(module: torch.nn.Module) -> bool:
 def editor_host(editor: Editor) -> ComfyHost:
     """The host of a freshly loaded editor (viva_core.editor.load_editor's `host`). With block offload the DiT's
     blocks are streamed by diffusers, so ComfyUI keeps the DiT on the CPU (it still patches LoRAs and unloads)."""
-    block = editor.options.offload == "block" and editor.device.type == "cuda"
+    block = editor.options.offload in BLOCK_OFFLOAD_MODES and editor.device.type == "cuda"
     offload = mm.unet_offload_device()
     return ComfyHost(editor.device, offload, dit=editor.transformer, dit_load_device=offload if block else None)
 
@@ -171,7 +171,7 @@ def lent_for_training(editor: Editor) -> Iterator[Editor]:
             "loaded_editor: connect VIVA Load Editor directly, not through a LoRA loader (training "
             "starts from the base weights)."
         )
-    if o.fp8_storage or o.offload == "block" or o.compile != "off":
+    if o.fp8_storage or o.offload in BLOCK_OFFLOAD_MODES or o.compile != "off":
         raise InputError(
             "loaded_editor: training needs the editor loaded with fp8_storage off, offload none or "
             f"model, compile off (it has fp8_storage {o.fp8_storage}, offload {o.offload}, "

@@ -230,11 +230,11 @@ def test_auto_vae_dtype_is_bf16_on_a_gpu_unless_the_dit_runs_in_fp32(editor_dir,
     assert next(editor.vae.parameters()).dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
-def test_block_offload_hands_diffusers_the_prefetch_setting(editor_dir, monkeypatch, prefetch):
-    """offload "block" on a GPU places the DiT through diffusers' group offloading, one block a group, synchronous
-    unless `BLOCK_OFFLOAD_PREFETCH` (the benchmark's switch until prefetch is measured: bench/real_memory.py) asks for
-    the side stream. The GPU is faked: only the hand-over is checked, with diffusers' function recorded."""
+@pytest.mark.parametrize("offload", ["block", "block_prefetch"])
+def test_block_offload_hands_diffusers_the_prefetch_setting(editor_dir, monkeypatch, offload):
+    """offload "block" on a GPU places the DiT through diffusers' group offloading, one block a group, synchronous;
+    "block_prefetch" asks for the side stream. The GPU is faked: only the hand-over is checked, with diffusers'
+    function recorded."""
     import dataclasses
 
     import diffusers.hooks
@@ -243,8 +243,7 @@ def test_block_offload_hands_diffusers_the_prefetch_setting(editor_dir, monkeypa
 
     calls = []
     monkeypatch.setattr(diffusers.hooks, "apply_group_offloading", lambda module, **kw: calls.append((module, kw)))
-    monkeypatch.setattr(editor_module, "BLOCK_OFFLOAD_PREFETCH", prefetch)
-    editor = load_editor(str(editor_dir), options=EditorOptions(dtype="fp32", device="cpu", offload="block"))
+    editor = load_editor(str(editor_dir), options=EditorOptions(dtype="fp32", device="cpu", offload=offload))
     assert calls == []  # on the CPU there is nothing to offload to
     on_gpu = dataclasses.replace(editor, device=torch.device("cuda"))
     editor_module._place(on_gpu)
@@ -252,6 +251,7 @@ def test_block_offload_hands_diffusers_the_prefetch_setting(editor_dir, monkeypa
     assert module is editor.transformer and getattr(module, "_viva_block_offload", False)
     assert kw["offload_type"] == "block_level" and kw["num_blocks_per_group"] == 1
     assert kw["onload_device"] == torch.device("cuda") and kw["offload_device"] == torch.device("cpu")
+    prefetch = offload == "block_prefetch"
     assert kw.get("use_stream", False) is prefetch and kw.get("record_stream", False) is prefetch
 
 

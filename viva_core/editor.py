@@ -34,7 +34,8 @@ from .step_cache import StepCache, check_step_cache
 
 log = logging.getLogger(__name__)
 
-OFFLOAD_MODES = ("none", "model", "block")
+OFFLOAD_MODES = ("none", "model", "block", "block_prefetch")
+BLOCK_OFFLOAD_MODES = ("block", "block_prefetch")  # the DiT streamed block by block from host memory
 ATTENTION_BACKENDS = ("sdpa", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "flash", "sage")
 COMPILE_MODES = ("off", "blocks", "full")
 WAN_HEAD_DIM = 128  # every released Wan DiT (1.3B, 5B, 14B) uses 128-dim heads; weights do not record it
@@ -47,7 +48,8 @@ class EditorOptions:
 
     dtype: str = "bf16"  # Wan must run in bf16, not fp16 (fp16 overflows in its FFN)
     device: str = "auto"
-    offload: str = "none"  # none | model (whole parts to CPU between uses) | block (DiT blocks streamed)
+    # none | model (whole parts to CPU between uses) | block (DiT blocks streamed) | block_prefetch (streamed ahead)
+    offload: str = "none"
     attention: str = "sdpa"
     compile: str = "off"
     fp8_storage: bool = False  # store DiT weights in float8_e4m3fn, compute in `dtype`
@@ -754,12 +756,10 @@ def uncompile_dit(t: torch.nn.Module) -> None:
             m._compiled_call_impl = None
 
 
-# Block offload copies each DiT block to the GPU when it is called, synchronously, from pageable host memory: the
-# Wan-14B shape edits in 13.6 GiB at 3.4x the resident edit's time (bench/RESULTS.md). Prefetching (the next block
-# copied on a side stream from pinned host memory while the current one computes) is diffusers' faster path; it pins
-# the DiT in host RAM and holds one more block on the GPU, so it stays off until `bench/real_memory.py`'s
-# `wan14b-offload-block-prefetch` row measures it against the synchronous one (docs/small_models.md, section 82).
-BLOCK_OFFLOAD_PREFETCH = False
+# Block offload copies each DiT block to the GPU when it is called. "block": synchronously, from pageable host memory;
+# "block_prefetch": the next block on a side stream from pinned host memory while the current one computes (diffusers'
+# `use_stream`), which pins the whole DiT in host RAM and holds more on the GPU. At the Wan-14B shape (480x832x81, H100,
+# bench/RESULTS.md): resident 22.7 s in 42.0 GiB, block 69.2 s in 13.6 GiB, block_prefetch 32.7 s in 23.1 GiB.
 
 
 def _place(editor: Editor, encode_first: bool = False) -> None:
@@ -781,7 +781,7 @@ def _place(editor: Editor, encode_first: bool = False) -> None:
     editor.vae.to(target)
     if editor.text_encoder is not None:
         editor.text_encoder.to(target)
-    if o.offload == "block" and editor.device.type == "cuda":
+    if o.offload in BLOCK_OFFLOAD_MODES and editor.device.type == "cuda":
         from diffusers.hooks import apply_group_offloading
 
         apply_group_offloading(
@@ -790,7 +790,7 @@ def _place(editor: Editor, encode_first: bool = False) -> None:
             offload_device=torch.device("cpu"),
             offload_type="block_level",
             num_blocks_per_group=1,
-            **({"use_stream": True, "record_stream": True} if BLOCK_OFFLOAD_PREFETCH else {}),
+            **({"use_stream": True, "record_stream": True} if o.offload == "block_prefetch" else {}),
         )
         t._viva_block_offload = True
     else:

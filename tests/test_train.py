@@ -994,6 +994,37 @@ def test_sft_trains_the_token_refiner_with_a_vlm_instructor(assets):
     assert only.lora_path is None and only.refiner_path.is_file()  # "a LoRA and/or the token refiner"
 
 
+def test_cli_train_at_its_time_limit_says_so_and_exits_0(assets, tmp_path, capsys):
+    """`viva train` stopped by optim.max_minutes did what the job asked: exit 0 (Ctrl-C's is 130), its own message."""
+    from viva_core.cli import main
+
+    out = tmp_path / "timed"
+    sets = [
+        f"model.editor={assets['editor']}",
+        f"data.manifest={assets['train']}",
+        "model.dtype=fp32",
+        "model.device=cpu",
+        f"output_dir={out}",
+        "lora.rank=4",
+        "optim.steps=500",
+        "optim.max_minutes=0.0001",  # 6 ms: one step, then the limit
+        "log.checkpoint_every=0",
+        f"data.cache_dir={assets['root'] / 'cache'}",
+        "log.tensorboard=false",
+        "log.plot=false",
+    ]
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)  # `viva train` installs its Ctrl-C handler in this process
+    try:
+        assert main(["train"] + [a for s in sets for a in ("--set", s)]) == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    printed = capsys.readouterr().out
+    assert "stopped at optim.max_minutes, at step" in printed and "viva_lora_interrupted.safetensors" in printed
+    assert list((out / "checkpoints").glob("step-*")) and (out / "viva_lora_interrupted.safetensors").is_file()
+
+
 def test_ctrl_c_saves_a_checkpoint_and_exits(assets, tmp_path):
     import signal
     import time

@@ -994,12 +994,9 @@ def test_sft_trains_the_token_refiner_with_a_vlm_instructor(assets):
     assert only.lora_path is None and only.refiner_path.is_file()  # "a LoRA and/or the token refiner"
 
 
-def test_cli_train_at_its_time_limit_says_so_and_exits_0(assets, tmp_path, capsys):
-    """`viva train` stopped by optim.max_minutes did what the job asked: exit 0 (Ctrl-C's is 130), its own message."""
-    from viva_core.cli import main
-
-    out = tmp_path / "timed"
-    sets = [
+def _cli_sets(assets, out: Path, *extra: str) -> list[str]:
+    """`viva train --set` pairs of a 500-step CPU run of the tiny editor, for the tests that stop one."""
+    return [
         f"model.editor={assets['editor']}",
         f"data.manifest={assets['train']}",
         "model.dtype=fp32",
@@ -1007,12 +1004,20 @@ def test_cli_train_at_its_time_limit_says_so_and_exits_0(assets, tmp_path, capsy
         f"output_dir={out}",
         "lora.rank=4",
         "optim.steps=500",
-        "optim.max_minutes=0.0001",  # 6 ms: one step, then the limit
         "log.checkpoint_every=0",
         f"data.cache_dir={assets['root'] / 'cache'}",
         "log.tensorboard=false",
         "log.plot=false",
+        *extra,
     ]
+
+
+def test_cli_train_at_its_time_limit_says_so_and_exits_0(assets, tmp_path, capsys):
+    """`viva train` stopped by optim.max_minutes did what the job asked: exit 0 (Ctrl-C's is 130), its own message."""
+    from viva_core.cli import main
+
+    out = tmp_path / "timed"
+    sets = _cli_sets(assets, out, "optim.max_minutes=0.0001")  # 6 ms: one step, then the limit
     import signal
 
     previous = signal.getsignal(signal.SIGINT)  # `viva train` installs its Ctrl-C handler in this process
@@ -1030,19 +1035,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(assets, tmp_path):
     import time
 
     out = tmp_path / "sigint"
-    sets = [
-        f"model.editor={assets['editor']}",
-        f"data.manifest={assets['train']}",
-        "model.dtype=fp32",
-        "model.device=cpu",
-        f"output_dir={out}",
-        "lora.rank=4",
-        "optim.steps=500",
-        "log.checkpoint_every=0",
-        f"data.cache_dir={assets['root'] / 'cache'}",
-        "log.tensorboard=false",
-        "log.plot=false",
-    ]
+    sets = _cli_sets(assets, out)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "viva_core.cli", "train", "-v"] + [a for s in sets for a in ("--set", s)],

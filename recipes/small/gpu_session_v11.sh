@@ -22,8 +22,9 @@
 #   grpo       $NAME.toml for GRPO_SECONDS of training (default 420; GRPO_SETS="k=v ..." adds settings), stopped by
 #              optim.max_minutes (the trainer checkpoints the last finished step; SIGINT 90 s later as a backstop);
 #              continues (`--resume latest`) an earlier call's run on a warm machine, or a step-N folder put in
-#              recipes/small/checkpoints/$NAME beside its metrics.jsonl (from pack/checkpoint.tar.NN and pack/models.tar.NN; leave out the folder's lora.safetensors and curves.png,
-#              which resume does not read: the device takes a working tree of 64 MiB at most); or INIT=<LoRA>
+#              recipes/small/checkpoints/$NAME beside its metrics.jsonl (from pack/checkpoint.tar.NN and
+#              pack/models.tar.NN; leave out the folder's lora.safetensors and curves.png, which resume does not read:
+#              the device takes a working tree of 64 MiB at most); or INIT=<LoRA>
 #              starts the run from that LoRA with a fresh optimizer (a step folder, 9.5 MB, no longer fits the tree)
 #   select     a checkpoint chosen on clips the benchmark does not hold (docs/small_models.md, section 80): the run's
 #              step LoRAs (one every log.checkpoint_every steps; GRPO_SETS="log.keep_checkpoints=0" keeps them all)

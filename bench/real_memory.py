@@ -598,10 +598,8 @@ class Runner:
         from viva_core.editor import vae_dtype_for
 
         vae = str(vae_dtype_for(m.vae_dtype, self.dtype, self.device)).removeprefix("torch.")
-        edit = (
-            f", offload={m.offload}"
-            + f", VAE {vae}"
-            + (", encode first + release text encoder (the `viva edit` flow)" if m.release_text else "")
+        edit = f", offload={m.offload}, VAE {vae}" + (
+            ", encode first + release text encoder (the `viva edit` flow)" if m.release_text else ""
         )
         return Row(
             m.name,

@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -396,6 +398,32 @@ def test_bad_npz_clips_are_named_in_one_error(tmp_path):
     assert "npz 'short_target.npz' is unreadable" in t1 and "shapes" in t1
     assert "float32" in t2 and "'mask.npy'" in t3 and "not a readable npz clip" in t4 and "keep one" in t5
     assert any(".npz clip" in t for t in lines[6])
+
+
+def test_npz_header_reads_take_turns_across_the_probe_threads(tmp_path, monkeypatch):
+    """numpy parses .npy headers with ast, which CPython 3.11 cannot run in two threads at once (SystemError seen in
+    CI): the probe threads must never be inside a header read together."""
+    inside, overlaps, lock = [0], [0], threading.Lock()
+    real = np.lib.format.read_array_header_1_0
+
+    def slow_header(f, *args, **kwargs):
+        with lock:
+            inside[0] += 1
+            overlaps[0] += inside[0] > 1
+        time.sleep(0.02)
+        try:
+            return real(f, *args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(np.lib.format, "read_array_header_1_0", slow_header)
+    lines = []
+    for i in range(6):
+        npz_clip(tmp_path / f"c{i}.npz")
+        lines.append({"npz": f"c{i}.npz", "instruction": str(i)})
+    assert len(load_manifest(manifest(tmp_path / "m.jsonl", *lines))) == 6
+    assert overlaps[0] == 0
 
 
 def test_source_target_and_mask_take_the_same_frames(tmp_path):

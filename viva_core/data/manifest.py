@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -95,6 +96,12 @@ class ManifestError(InputError):
         return "\n".join([head, *rows])
 
 
+# numpy parses .npy headers with `ast.literal_eval`, and CPython 3.11's AST constructor keeps its recursion depth in
+# interpreter-wide state: two threads parsing at once can raise "SystemError: AST constructor recursion depth
+# mismatch" (python/cpython#106905; seen in CI). The header reads of `_probe_all`'s threads take turns.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 @dataclass(frozen=True)
 class _Media:
     """What validation needs to know of one file, found without decoding frames."""
@@ -115,7 +122,8 @@ def _probe_clip(path: Path) -> _Media | str:
                     read_header = (
                         np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
                     )
-                    shape, _, dtype = read_header(f)
+                    with _NPY_HEADER_LOCK:
+                        shape, _, dtype = read_header(f)
                     if dtype != np.uint8:
                         return f"array '{name}' is {dtype}, expected uint8 (as `viva synth --format npz` writes)"
                     shapes[name] = shape

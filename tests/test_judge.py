@@ -445,8 +445,8 @@ def test_the_clear_pair_agreement_decides_where_it_is_recorded(vlm, tmp_path, ev
     assert f"in {clear:.2f} of the pairs they tell clearly apart (0.5 is chance)" in judge_caveat(folder)
 
 
-@pytest.mark.parametrize("difference", [False, True])
-def test_differentiable_p_yes_equals_score_and_its_gradient_the_finite_difference(vlm, tmp_path, difference):
+@pytest.mark.parametrize("difference, pairs", [(False, False), (True, False), (True, True)])
+def test_differentiable_p_yes_equals_score_and_its_gradient_the_finite_difference(vlm, tmp_path, difference, pairs):
     """The judge as a differentiable reward: for frames on the processor's grid at exact 8-bit levels (where PIL and
     the processor round nothing) it gives `score`'s P(Yes) for each asked question; its gradient reaches only the
     shown edited frames and matches a central finite difference along a random direction (an independent check of
@@ -457,7 +457,7 @@ def test_differentiable_p_yes_equals_score_and_its_gradient_the_finite_differenc
 
     folder = tmp_path / "judge"
     shutil.copytree(vlm.path, folder)
-    (folder / JUDGE_INFO_FILE).write_text(json.dumps({"difference_frames": difference}))
+    (folder / JUDGE_INFO_FILE).write_text(json.dumps({"difference_frames": difference, "frame_pairs": pairs}))
     j = Judge(load_vlm(folder, dtype="fp32", device="cpu"))
     g = torch.Generator().manual_seed(5)
     src = torch.randint(0, 256, (5, 56, 56, 3), generator=g).float() / 255
@@ -470,7 +470,8 @@ def test_differentiable_p_yes_equals_score_and_its_gradient_the_finite_differenc
         assert float(got[q].detach()) == pytest.approx(want[q], abs=1e-5)
     got["EA"].backward()
     shown = (x.grad != 0).flatten(1).any(1).tolist()
-    assert shown == [True, False, False, False, True]  # frames 0 and 4 of 5, as score shows them
+    # frames 0 and 4 of 5, as score shows them; with frame pairs (0, 1) and (3, 4)
+    assert shown == ([True, True, False, True, True] if pairs else [True, False, False, False, True])
     assert all(p.grad is None for p in j.vlm.model.parameters())  # the judge stays frozen
     # the finite difference in float64 (P(Yes) in fp32 rounds away a small step's change), on an edit that differs
     # from the source by 25 levels everywhere: no step crosses a kink of the difference frames (abs at 0, clamp at 1)
@@ -482,22 +483,23 @@ def test_differentiable_p_yes_equals_score_and_its_gradient_the_finite_differenc
     x64 = near.clone().requires_grad_(True)
     j64.differentiable_yes_probabilities(mid, x64, "make it blue", ("EA",), num_frames=2)["EA"].backward()
     direction, eps = torch.randn(edit.shape, generator=g, dtype=torch.float64), 1e-3
-    with torch.no_grad():
-        up, down = (
-            float(
+    with torch.no_grad():  # the fourth-order central stencil: frame pairs curve P(Yes) more than eps^2 allows
+        f = {
+            k: float(
                 j64.differentiable_yes_probabilities(
-                    mid, near + sign * eps * direction, "make it blue", ("EA",), num_frames=2
+                    mid, near + k * eps * direction, "make it blue", ("EA",), num_frames=2
                 )["EA"]
             )
-            for sign in (1, -1)
-        )
-    assert float((x64.grad * direction).sum()) == pytest.approx((up - down) / (2 * eps), rel=5e-3)
+            for k in (2, 1, -1, -2)
+        }
+    slope = (8 * (f[1] - f[-1]) - (f[2] - f[-2])) / (12 * eps)
+    assert float((x64.grad * direction).sum()) == pytest.approx(slope, rel=5e-3)
     with pytest.raises(InputError, match="one of"):
         j.differentiable_yes_probabilities(src, edit, "make it blue", ("XX",))
 
 
-@pytest.mark.parametrize("difference", [False, True])
-def test_score_batch_equals_score_for_each_edit_and_question(vlm, tmp_path, difference):
+@pytest.mark.parametrize("difference, pairs", [(False, False), (True, False), (True, True)])
+def test_score_batch_equals_score_for_each_edit_and_question(vlm, tmp_path, difference, pairs):
     """Many edits in shared forwards give `score`'s P(Yes) for each asked question, in the asked order: edits of
     different sizes, lengths and instructions in one chunk (left padding), across chunk boundaries, frames at the
     processor's grid (laid out in torch) and frames that `max_side` shrinks (laid out by the processor); the vision
@@ -508,8 +510,9 @@ def test_score_batch_equals_score_for_each_edit_and_question(vlm, tmp_path, diff
 
     folder = tmp_path / "judge"
     shutil.copytree(vlm.path, folder)
-    (folder / JUDGE_INFO_FILE).write_text(json.dumps({"difference_frames": difference}))
+    (folder / JUDGE_INFO_FILE).write_text(json.dumps({"difference_frames": difference, "frame_pairs": pairs}))
     j = Judge(load_vlm(folder, dtype="fp32", device="cpu"))
+    assert j.frame_pairs == pairs
     g = torch.Generator().manual_seed(11)
     shapes = [(5, 48, 64), (3, 56, 56), (5, 48, 64), (7, 40, 48), (1, 32, 32)]
     sources = [torch.rand(*s, 3, generator=g) for s in shapes]
@@ -538,7 +541,10 @@ def test_score_batch_equals_score_for_each_edit_and_question(vlm, tmp_path, diff
         build_inputs(
             j.vlm,
             Judge.messages(
-                j._frames(s, 2), j._frames(e, 2), "q", judge_mod.difference_images(s, e, 2) if difference else ()
+                j._frames(s, 2),
+                j._frames(e, 2),
+                "q",
+                judge_mod.difference_images(s, e, 2, pairs=pairs) if difference else (),
             ),
         )["pixel_values"].shape[0]
         for s, e in zip(sources, edits)
@@ -566,6 +572,76 @@ def test_score_batch_equals_score_for_each_edit_and_question(vlm, tmp_path, diff
     torch.testing.assert_close(
         shrunk.score_batch(sources[:2], edits[:2], texts[:2], num_frames=2), want, rtol=0, atol=1e-5
     )
+
+
+def test_shown_moments_pair_each_frame_with_the_next():
+    from viva_core.judge import moment_frames, shown_moments
+
+    assert shown_moments(17, 4) == [(0, 0), (5, 5), (11, 11), (16, 16)]
+    assert shown_moments(17, 4, pairs=True) == [(0, 1), (5, 6), (11, 12), (15, 16)]  # the last: the change into 16
+    assert shown_moments(5, 2, pairs=True) == [(0, 1), (3, 4)]
+    assert shown_moments(1, 4, pairs=True) == [(0, 0)]  # one image: nothing to pair it with
+    video = torch.arange(5.0).view(5, 1)
+    first, second = moment_frames(video, 2, pairs=True)
+    assert first.flatten().tolist() == [0, 3] and second.flatten().tolist() == [1, 4]
+    first, second = moment_frames(video, 2)
+    assert second is first and first.flatten().tolist() == [0, 4]
+
+
+def test_frame_pairs_reach_the_patch_embedding_as_two_time_steps(vlm):
+    """`temporal_pairs` against an independent computation: the vision tower's Conv3d patch embedding of each laid-out
+    row equals the convolution of the two normalised frames' patch at its place, stacked in time (first, then
+    second), as a Qwen2-VL model embeds a video's two frames; the same frame twice embeds as the image alone."""
+    ip = vlm.processor.image_processor
+    p, m = ip.patch_size, ip.merge_size
+    g = torch.Generator().manual_seed(2)
+    a, b = (torch.randint(0, 256, (56, 56, 3), generator=g).float() / 255 for _ in range(2))
+    rows = [ip(images=[to_pil_image(x)], return_tensors="pt")["pixel_values"] for x in (a, b)]
+    paired = vlm_mod.temporal_pairs(rows[0], rows[1], vlm.processor)
+    embed = vlm.model.model.visual.patch_embed
+    with torch.no_grad():
+        got = embed(paired)
+        torch.testing.assert_close(embed(vlm_mod.temporal_pairs(rows[0], rows[0], vlm.processor)), embed(rows[0]))
+    mean, std = torch.tensor(ip.image_mean).view(3, 1, 1), torch.tensor(ip.image_std).view(3, 1, 1)
+    frames = [(x.permute(2, 0, 1) - mean) / std for x in (a, b)]
+    conv = embed.proj
+    gw = 56 // p
+    for gy in range(56 // p):
+        for gx in range(gw):
+            video = torch.stack([f[:, gy * p : (gy + 1) * p, gx * p : (gx + 1) * p] for f in frames], dim=1)
+            want = torch.nn.functional.conv3d(video[None], conv.weight, conv.bias).flatten()
+            row = ((gy // m) * (gw // m) + gx // m) * m * m + (gy % m) * m + gx % m  # the processor's block order
+            torch.testing.assert_close(got[row], want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match="one size"):
+        vlm_mod.temporal_pairs(rows[0], rows[1][:-1], vlm.processor)
+
+
+def test_a_frame_pairs_judge_sees_motion_and_a_still_video_as_the_plain_judge(vlm, tmp_path):
+    """On a still video each pair is one frame twice, which is how the processor lays out an image: the same scores
+    as a judge of single frames. On a moving one they differ (the second frame reaches the model); a chat of pairs
+    and a chat of singles have the same tokens."""
+    import shutil
+
+    from viva_core.judge import JUDGE_INFO_FILE
+
+    folder = tmp_path / "judge"
+    shutil.copytree(vlm.path, folder)
+    (folder / JUDGE_INFO_FILE).write_text(json.dumps({"difference_frames": True, "frame_pairs": True}))
+    pairs, plain = Judge(load_vlm(folder, dtype="fp32", device="cpu")), Judge(vlm, difference=True)
+    g = torch.Generator().manual_seed(4)
+    still_src = torch.rand(1, 56, 56, 3, generator=g).expand(6, -1, -1, -1)
+    still_edit = torch.rand(1, 56, 56, 3, generator=g).expand(6, -1, -1, -1)
+    a, b = (j.score(still_src, still_edit, "make it blue", num_frames=3).scores for j in (pairs, plain))
+    assert a == pytest.approx(b, abs=1e-6)
+    moving = torch.rand(6, 56, 56, 3, generator=g)
+    a, b = (j.score(still_src, moving, "make it blue", num_frames=3).scores for j in (pairs, plain))
+    assert any(abs(a[d] - b[d]) > 1e-4 for d in DIMENSIONS)
+    chats = [j.messages(j._frames(moving, 3), j._frames(moving, 3), "q") for j in (pairs, plain)]
+    ids = [processor_inputs(vlm.processor, [c])["input_ids"] for c in chats]
+    assert torch.equal(ids[0], ids[1])
+    mixed = chats[0][0]["content"][:3] + chats[1][0]["content"][3:]
+    with pytest.raises(InputError, match="pair every image"):
+        processor_inputs(vlm.processor, [[{"role": "user", "content": mixed}]])
 
 
 def test_score_batch_refuses_bad_inputs(judge, videos):

@@ -114,22 +114,28 @@ def test_grounding_targets_follow_the_processors_token_order(tmp_path) -> None:
     assert int(per_token.argmax()) == hot  # the processor put the white block's patches in that token
 
 
-@pytest.mark.parametrize("patch, tokens_per_frame, first", [(8, 16, False), (4, 64, False), (8, 16, True)])
-def test_judge_training_forward_equals_the_judge_class(synth_npz, tmp_path, patch, tokens_per_frame, first) -> None:
+@pytest.mark.parametrize(
+    "patch, tokens_per_frame, first, pairs",
+    [(8, 16, False, False), (4, 64, False, False), (8, 16, True, False), (8, 16, False, True)],
+)
+def test_judge_training_forward_equals_the_judge_class(
+    synth_npz, tmp_path, patch, tokens_per_frame, first, pairs
+) -> None:
     """P(Yes) of the trainer's path (item -> collate -> judge_margins) equals `Judge.score` on the same source,
     candidate and instruction, through a folder with the trainer's viva_judge.json: same frames, difference frames,
     prompts (the instruction also before the frames with `judge.instruction_first`), image order and answer position.
     Without the difference frames, or with the other instruction layout, the scores differ (the check can fail). A
-    judge built with `vlm.patch` 4 sees each 64x64 frame as 64 tokens, not 16, both ways."""
+    judge built with `vlm.patch` 4 sees each 64x64 frame as 64 tokens, not 16, both ways; `judge.frame_pairs` shows
+    the same tokens with each moment's next frame in the temporal patch, and the Judge reads it from the folder."""
     from viva_core.judge import DIMENSIONS, Judge, yes_no_token_ids
     from viva_core.train.pretrain.judge import _collate_judge, judge_margins
     from viva_core.vlm import load_vlm
 
     clips = S.load_clip_set(synth_npz / "train.jsonl")
-    sec = S.JudgeSection(vlm=S.VLMSection(hidden=32, layers=1, patch=patch), instruction_first=first)
+    sec = S.JudgeSection(vlm=S.VLMSection(hidden=32, layers=1, patch=patch), instruction_first=first, frame_pairs=pairs)
     tok = S.word_tokenizer(S.vocabulary(S.prompt_texts(clips.records)), kind="qwen")
     folder = S.write_vlm_folder(tmp_path / "judge", tok, sec.vlm, 0)
-    info = {"difference_frames": True, "frames": sec.frames, "instruction_first": first}
+    info = {"difference_frames": True, "frames": sec.frames, "instruction_first": first, "frame_pairs": pairs}
     (folder / "viva_judge.json").write_text(json.dumps(info))
     vlm = load_vlm(folder, dtype="fp32", device="cpu")
     g = torch.Generator().manual_seed(0)
@@ -144,7 +150,7 @@ def test_judge_training_forward_equals_the_judge_class(synth_npz, tmp_path, patc
         assert (merged == tokens_per_frame).all()
         trained = torch.sigmoid(judge_margins(vlm, inputs, yes, no)).view(len(data), len(DIMENSIONS))
     judge, blind = Judge(vlm), Judge(vlm, difference=False)
-    assert judge.difference
+    assert judge.difference and judge.frame_pairs == pairs
     for i in range(len(data)):
         c, src, cand, _, _ = data.example(i)
         instruction = clips.records[c]["instruction"]
@@ -152,6 +158,8 @@ def test_judge_training_forward_equals_the_judge_class(synth_npz, tmp_path, patc
         torch.testing.assert_close(trained[i], torch.tensor([got[d] for d in DIMENSIONS]), rtol=0, atol=1e-5)
     without = blind.score(src, cand, instruction, num_frames=sec.frames).scores
     assert max(abs(without[d] - got[d]) for d in DIMENSIONS) > 1e-3
+    unpaired = Judge(vlm, frame_pairs=not pairs).score(src, cand, instruction, num_frames=sec.frames).scores
+    assert max(abs(unpaired[d] - got[d]) for d in DIMENSIONS) > 5e-5  # the clips move: the second frames count
     assert judge.instruction_first == first
     judge.instruction_first = not first
     other = judge.score(src, cand, instruction, num_frames=sec.frames).scores
@@ -412,11 +420,12 @@ def test_editor_and_judge_continue_from_the_bundled_folders(synth_npz, tmp_path)
     before, after = _safetensors(bundled.EDITOR / "transformer"), _safetensors(moved / "transformer")
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
 
-    judge = S.run_stage(_cfg("judge", tmp_path / "j0", manifest, **{"judge.init": bundled.JUDGE, "optim.lr": 0.0}))
+    paired = {"judge.init": bundled.JUDGE, "optim.lr": 0.0, "judge.frame_pairs": True}  # a single-frame judge goes on
+    judge = S.run_stage(_cfg("judge", tmp_path / "j0", manifest, **paired))  # with frame pairs
     before, after = _safetensors(bundled.JUDGE), _safetensors(judge)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     info = json.loads((judge / "viva_judge.json").read_text())
-    assert info["difference_frames"] and "held_out_roc_auc" not in info
+    assert info["difference_frames"] and info["frame_pairs"] and "held_out_roc_auc" not in info
     finer = S.run_stage(  # judge.vlm.patch 4 continues it with the patch embedding resampled, 64 tokens a frame
         _cfg("judge", tmp_path / "j1", manifest, **{"judge.init": bundled.JUDGE, "optim.lr": 0.0, "judge.vlm.patch": 4})
     )

@@ -11,7 +11,9 @@ where Yes/No are the single-token spellings "Yes", " Yes", "yes" / "No", " No", 
 
 Optionally (`difference=True`, or a judge folder whose `viva_judge.json` says `"difference_frames": true`, as
 `viva pretrain judge` writes) the VLM also sees |edited - source| frames: a small judge learns from them what it
-cannot learn from the two videos side by side (docs/small_models.md, section 5).
+cannot learn from the two videos side by side (docs/small_models.md, section 5). A judge whose `viva_judge.json` says
+`"frame_pairs": true` sees each shown moment as two adjacent frames in one temporal patch (`shown_moments`), which
+carries the frame-to-frame change that temporal naturalness is about, at no extra token (section 85).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .errors import InputError, ModelLoadError, NonFiniteError
 from .safe_io import read_json_object
 from .video import uniform_frame_indices
 from .vlm import (
+    PAIRED_WITH,
     VLM,
     build_inputs,
     fit_max_side,
@@ -39,6 +42,7 @@ from .vlm import (
     image_patches,
     processor_inputs,
     shrunk_size,
+    temporal_pairs,
     to_model,
     to_pil_image,
 )
@@ -153,19 +157,56 @@ def difference_frames(source: torch.Tensor, edited: torch.Tensor, gain: float = 
     return ((edit - src).abs() * gain).clamp(0, 1)
 
 
-def shown_differences(source: torch.Tensor, edited: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """The difference frames a judge sees [k,H,W,C], at the moments of the source and edited frames it is shown: as
-    many as the shorter video shows."""
+def shown_moments(length: int, count: int, pairs: bool = False) -> list[tuple[int, int]]:
+    """The frames a judge sees of a video of `length` frames, as the (first, second) frame of each temporal patch:
+    `count` moments spread from first to last (`uniform_frame_indices`); for a judge that reads frame pairs, each
+    moment's frame and the next (at the end the last two: the change into the last frame), else the frame twice (an
+    image). Pairs carry what the GN verifier measures, frame-to-frame change, which frames spread over the clip do not
+    (docs/small_models.md, section 83)."""
+    moments = uniform_frame_indices(length, count)
+    if not pairs:
+        return [(i, i) for i in moments]
+    last = max(length - 2, 0)
+    return [(min(i, last), min(min(i, last) + 1, length - 1)) for i in moments]
+
+
+def moment_frames(video: torch.Tensor, count: int, pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`shown_moments` of a video [T,...] as frames: (first frames [k,...], second frames [k,...]); without `pairs`
+    the second is the first, the same tensor."""
+    moments = shown_moments(video.shape[0], count, pairs)
+    first = video[[i for i, _ in moments]]
+    return first, (video[[j for _, j in moments]] if pairs else first)
+
+
+def shown_differences(
+    source: torch.Tensor, edited: torch.Tensor, num_frames: int, pairs: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The difference frames a judge sees, at the moments of the source and edited frames it is shown (as many as the
+    shorter video shows): (first frames [k,H,W,C], second frames), as `moment_frames`."""
     k = min(num_frames, source.shape[0], edited.shape[0])
-    pairs = zip(uniform_frame_indices(source.shape[0], k), uniform_frame_indices(edited.shape[0], k))
-    return torch.cat([difference_frames(source[i : i + 1], edited[j : j + 1]) for i, j in pairs])
+    moments = zip(shown_moments(source.shape[0], k, pairs), shown_moments(edited.shape[0], k, pairs))
+    diffs = [[difference_frames(source[a : a + 1], edited[b : b + 1]) for a, b in zip(s, e)] for s, e in moments]
+    first = torch.cat([d[0] for d in diffs])
+    return first, (torch.cat([d[1] for d in diffs]) if pairs else first)
+
+
+Shown = Image.Image | tuple[Image.Image, Image.Image]  # a frame a chat shows; a pair shares one temporal patch
+
+
+def frame_images(first: torch.Tensor, second: torch.Tensor, max_side: int | None = None) -> list[Shown]:
+    """Frames as the images of a judge's chat: PIL images, or (image, next frame's image) pairs where `second` is
+    not `first` (`moment_frames`)."""
+    images = [to_pil_image(f, max_side=max_side) for f in first]
+    if second is first:
+        return images
+    return [(a, to_pil_image(f, max_side=max_side)) for a, f in zip(images, second)]
 
 
 def difference_images(
-    source: torch.Tensor, edited: torch.Tensor, num_frames: int, max_side: int | None = None
-) -> list[Image.Image]:
+    source: torch.Tensor, edited: torch.Tensor, num_frames: int, max_side: int | None = None, pairs: bool = False
+) -> list[Shown]:
     """`shown_differences` as the images a judge's chat holds (the judge trainer builds its inputs with this too)."""
-    return [to_pil_image(f, max_side=max_side) for f in shown_differences(source, edited, num_frames)]
+    return frame_images(*shown_differences(source, edited, num_frames, pairs), max_side=max_side)
 
 
 def judge_info(vlm_path: str | Path) -> dict | None:
@@ -189,6 +230,11 @@ def reads_instruction_first(vlm_path: str | Path) -> bool:
 def reads_difference_frames(vlm_path: str | Path) -> bool:
     """Whether the judge folder says it was trained with difference frames."""
     return bool((judge_info(vlm_path) or {}).get("difference_frames", False))
+
+
+def reads_frame_pairs(vlm_path: str | Path) -> bool:
+    """Whether the judge folder says it was trained on frame pairs (`shown_moments`)."""
+    return bool((judge_info(vlm_path) or {}).get("frame_pairs", False))
 
 
 CHANCE_AUC = 0.6  # a recorded held-out ROC-AUC below this: the scores carry no evidence of edit quality
@@ -277,14 +323,27 @@ class Judge:
 
     `max_side` shrinks frames (longest side, pixels) before the processor sees them, which bounds the
     number of visual tokens; `batch_questions` runs the four questions as one left-padded batch (same
-    scores as one at a time, more memory); `difference` also shows |edited - source| frames (None: what the
-    judge folder's viva_judge.json says, else off)."""
+    scores as one at a time, more memory); `difference` also shows |edited - source| frames, `frame_pairs` each
+    moment as two adjacent frames (None: what the judge folder's viva_judge.json says, else off)."""
 
     def __init__(
-        self, vlm: VLM, *, max_side: int | None = 448, batch_questions: bool = True, difference: bool | None = None
+        self,
+        vlm: VLM,
+        *,
+        max_side: int | None = 448,
+        batch_questions: bool = True,
+        difference: bool | None = None,
+        frame_pairs: bool | None = None,
     ):
         self.vlm = vlm
         self.difference = reads_difference_frames(vlm.path) if difference is None else difference
+        self.frame_pairs = reads_frame_pairs(vlm.path) if frame_pairs is None else frame_pairs
+        ip = getattr(vlm.processor, "image_processor", None)
+        if self.frame_pairs and getattr(ip, "temporal_patch_size", None) != 2:
+            raise ModelLoadError(
+                f"{vlm.path}: frame pairs need a Qwen2-VL-family image processor (a temporal patch of 2 frames), "
+                f"not {type(ip).__name__}; turn frame_pairs off."
+            )
         self.instruction_first = reads_instruction_first(vlm.path)
         self.generates_text = judge_generates_text(vlm.path)
         self.caveat = judge_caveat(vlm.path)
@@ -301,31 +360,36 @@ class Judge:
             )
 
     # ------------------------------------------------------------------------------------------ prompts
-    def _frames(self, frames: torch.Tensor, num_frames: int) -> list[Image.Image]:
-        return [
-            to_pil_image(frames[i], max_side=self.max_side) for i in uniform_frame_indices(frames.shape[0], num_frames)
-        ]
+    def _frames(self, frames: torch.Tensor, num_frames: int) -> list[Shown]:
+        return frame_images(*moment_frames(frames, num_frames, self.frame_pairs), max_side=self.max_side)
 
     @staticmethod
     def messages(
-        source: list[Image.Image],
-        edited: list[Image.Image],
+        source: Sequence[Shown],
+        edited: Sequence[Shown],
         text: str,
-        difference: Sequence[Image.Image] = (),
+        difference: Sequence[Shown] = (),
         lead: str = "",
     ) -> list[dict]:
-        """One user turn: [`lead`,] labelled source frames, labelled edited frames, [difference frames,] then `text`."""
+        """One user turn: [`lead`,] labelled source frames, labelled edited frames, [difference frames,] then `text`.
+        A frame given as an (image, next image) pair is one image part carrying both (`vlm.PAIRED_WITH`)."""
+
+        def image(shown: Shown) -> dict:
+            if isinstance(shown, tuple):
+                return {"type": "image", "image": shown[0], PAIRED_WITH: shown[1]}
+            return {"type": "image", "image": shown}
+
         content: list[dict] = [{"type": "text", "text": lead + "\n"}] if lead else []
         content.append({"type": "text", "text": "Source video, before the edit (frames in time order):\n"})
         for i, img in enumerate(source):
-            content += [{"type": "text", "text": f"Source frame {i + 1}: "}, {"type": "image", "image": img}]
+            content += [{"type": "text", "text": f"Source frame {i + 1}: "}, image(img)]
         content.append({"type": "text", "text": "\nEdited video, after the edit (frames in time order):\n"})
         for i, img in enumerate(edited):
-            content += [{"type": "text", "text": f"Edited frame {i + 1}: "}, {"type": "image", "image": img}]
+            content += [{"type": "text", "text": f"Edited frame {i + 1}: "}, image(img)]
         if difference:
             content.append({"type": "text", "text": "\nDifference, edited minus source (bright = changed):\n"})
             for i, img in enumerate(difference):
-                content += [{"type": "text", "text": f"Difference frame {i + 1}: "}, {"type": "image", "image": img}]
+                content += [{"type": "text", "text": f"Difference frame {i + 1}: "}, image(img)]
         content.append({"type": "text", "text": "\n" + text})
         return [{"role": "user", "content": content}]
 
@@ -341,10 +405,10 @@ class Judge:
     # ------------------------------------------------------------------------------------------ scoring
     def yes_probabilities(
         self,
-        source_images: list[Image.Image],
-        edited_images: list[Image.Image],
+        source_images: Sequence[Shown],
+        edited_images: Sequence[Shown],
         instruction: str,
-        difference_images: Sequence[Image.Image] = (),
+        difference_images: Sequence[Shown] = (),
     ) -> dict[str, torch.Tensor]:
         """P(Yes) per dimension as 0-d fp32 tensors, under the caller's grad mode."""
         conversations = [
@@ -383,12 +447,16 @@ class Judge:
         edited = _as_video(edited, "edited")
         source = _as_video(source, "source").to(edited.device)
         k = min(num_frames, source.shape[0], edited.shape[0])
-        src = source.detach()[uniform_frame_indices(source.shape[0], k)][..., :3]
-        edit = edited[uniform_frame_indices(edited.shape[0], k)][..., :3]
-        shown = [fit_max_side(src, self.max_side), fit_max_side(edit, self.max_side)]
-        if self.difference:  # as difference_images: full-size |edited - source| at the shown moments, then shrunk
-            shown.append(fit_max_side(difference_frames(src, edit), self.max_side))
-        pils = [[to_pil_image(f) for f in group] for group in shown]
+        srcs = moment_frames(source.detach()[..., :3], k, self.frame_pairs)
+        edits = moment_frames(edited[..., :3], k, self.frame_pairs)
+        layouts = []  # the shown images of the moments' first frames, then (frame pairs) of their second frames
+        for src, edit in zip(srcs, edits) if self.frame_pairs else [(srcs[0], edits[0])]:
+            shown = [fit_max_side(src, self.max_side), fit_max_side(edit, self.max_side)]
+            if self.difference:  # as difference_images: full-size |edited - source| at the shown moments, then shrunk
+                shown.append(fit_max_side(difference_frames(src, edit), self.max_side))
+            layouts.append(shown)
+        shown = layouts[0]
+        pils = [[to_pil_image(f) for f in group] for group in shown]  # the chat's text and grids; pixels below
         conversations = [
             self.messages(
                 pils[0],
@@ -405,6 +473,10 @@ class Judge:
             raise InputError(
                 f"{self.vlm.path}: the processor's image grid differs from image_patches' {grid.tolist()}."
             )
+        if self.frame_pairs:
+            pixels = temporal_pairs(
+                pixels, image_patches(self.vlm.processor, torch.cat(layouts[1]))[0], self.vlm.processor
+            )
         inputs["pixel_values"] = pixels.to(self.vlm.device, self.vlm.dtype).repeat(len(questions), 1)
         logits = forward_shared_images(self.vlm, inputs, len(questions)).logits[:, -1]
         return dict(zip(questions, yes_probability(logits, self.yes_ids, self.no_ids).unbind(0)))
@@ -412,18 +484,24 @@ class Judge:
     # ------------------------------------------------------------------------------------------ batched scoring
     def _shown(
         self, source: torch.Tensor, edited: torch.Tensor, num_frames: int
-    ) -> tuple[list[torch.Tensor], tuple[int, ...]]:
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[int, ...]]:
         """The frames `score` shows of one edit, as RGB [H,W,3] tensors on the 8-bit grid its PIL images hold: the
-        source's, the edit's, then the difference frames when this judge reads them (at their own size); and how many
-        of each (source, edit, difference)."""
+        source's, the edit's, then the difference frames when this judge reads them (at their own size); the second
+        frames of their temporal patches (the same list without frame pairs); and how many of each (source, edit,
+        difference)."""
         source, edited = _as_video(source, "source"), _as_video(edited, "edited")
         rgb = [v[..., :3] if v.shape[-1] != 1 else v.expand(*v.shape[:-1], 3) for v in (source, edited)]
-        frames = [v[uniform_frame_indices(v.shape[0], num_frames)] for v in rgb]
+        moments = [moment_frames(v, num_frames, self.frame_pairs) for v in rgb]
         if self.difference:
-            frames.append(shown_differences(rgb[0], rgb[1], num_frames))
-        shown = [f for group in frames for f in ((group.detach().float().clamp(0, 1) * 255).round() / 255)]
-        counts = tuple(len(group) for group in frames)
-        return shown, counts if self.difference else (*counts, 0)
+            moments.append(shown_differences(rgb[0], rgb[1], num_frames, self.frame_pairs))
+
+        def on_8_bits(groups) -> list[torch.Tensor]:
+            return [f for group in groups for f in ((group.detach().float().clamp(0, 1) * 255).round() / 255)]
+
+        shown = on_8_bits(m[0] for m in moments)
+        seconds = on_8_bits(m[1] for m in moments) if self.frame_pairs else shown
+        counts = tuple(len(m[0]) for m in moments)
+        return shown, seconds, counts if self.difference else (*counts, 0)
 
     def _tokens(self, question: str, instruction: str, sizes: tuple, groups: tuple[int, ...]) -> dict:
         """The processor's text inputs (ids, its other per-token rows, image grids) for one chat whose images have
@@ -533,7 +611,7 @@ class Judge:
 
         part = new_part()
         for i in range(n):
-            shown, groups = self._shown(sources[i], editeds[i], num_frames)
+            shown, seconds, groups = self._shown(sources[i], editeds[i], num_frames)
             sized = tuple(shrunk_size(int(x.shape[1]), int(x.shape[0]), self.max_side) for x in shown)
             tokens = [self._tokens(q, texts[i], sized, groups) for q in questions]
             size = sum(int(t["input_ids"].shape[1]) for t in tokens)
@@ -549,7 +627,10 @@ class Judge:
                 part["grids"].append(tok["image_grid_thw"])
                 if "positions" in tok:
                     part["positions"].append(tok["positions"][:, 0])
-            part["pixels"].append(self._pixels(shown))
+            pixels = self._pixels(shown)
+            if self.frame_pairs:
+                pixels = temporal_pairs(pixels, self._pixels(seconds), self.vlm.processor)
+            part["pixels"].append(pixels)
             part["size"] += size
         if part["pixels"]:
             out.append(self._forward_part(part, len(questions)))
@@ -619,7 +700,9 @@ class Judge:
         source, edited = _as_video(source, "source"), _as_video(edited, "edited")
         instruction = instruction.strip()
         src_imgs, edit_imgs = self._frames(source, num_frames), self._frames(edited, num_frames)
-        diff_imgs = difference_images(source, edited, num_frames, self.max_side) if self.difference else []
+        diff_imgs = (
+            difference_images(source, edited, num_frames, self.max_side, self.frame_pairs) if self.difference else []
+        )
         probs = self.yes_probabilities(src_imgs, edit_imgs, instruction, diff_imgs)
         scores = {d: float(p) for d, p in probs.items()}
         for d, s in scores.items():

@@ -67,6 +67,9 @@ QWEN_VL_CHAT_TEMPLATE = (
 )
 
 # Files that make a folder a complete VLM; each part is satisfied by any one of its files.
+# An image part of a chat may carry the next video frame under this key: `processor_inputs` puts the two in one
+# temporal patch (`temporal_pairs`); the chat template ignores the key.
+PAIRED_WITH = "paired_with"
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
 _PREPROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 _CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
@@ -390,29 +393,61 @@ def image_patches(processor, images: torch.Tensor) -> tuple[torch.Tensor, torch.
     return x.reshape(n * gh * gw, c * tp * p * p), grid
 
 
-def _images_of(conversation: list[dict]) -> list[Image.Image]:
-    images = []
-    for message in conversation:
-        content = message.get("content")
-        if isinstance(content, list):
-            for part in content:
-                if part.get("type") == "image":
-                    images.append(to_pil_image(part["image"]))
-    return images
+def temporal_pairs(first: torch.Tensor, second: torch.Tensor, processor) -> torch.Tensor:
+    """Pixel patches whose temporal patch holds two images (`first`'s, then `second`'s) instead of one image repeated:
+    how a Qwen2-VL-family model takes two adjacent video frames as one video patch, here behind the same image tokens
+    (same count, same positions). `first` and `second` are rows [patches, C * 2 * p * p] of images of the same sizes in
+    the same order, as the processor or `image_patches` lays them out. A judge reads frame-to-frame change from them
+    at no extra token (docs/small_models.md, section 85)."""
+    ip = getattr(processor, "image_processor", processor)
+    tp, p = getattr(ip, "temporal_patch_size", None), getattr(ip, "patch_size", None)
+    if tp != 2 or not p:
+        raise InputError(
+            f"{type(ip).__name__} has a temporal patch of {tp}, not 2, so it cannot take a pair of frames as one "
+            "patch; use a Qwen2-VL / Qwen2.5-VL judge."
+        )
+    if first.shape != second.shape:
+        raise InputError(
+            f"paired frames laid out as {tuple(first.shape)} and {tuple(second.shape)}: each pair needs two "
+            "frames of one size."
+        )
+    a, b = (x.reshape(x.shape[0], -1, tp, p * p) for x in (first, second))  # [patches, C, t, p * p]
+    return torch.stack((a[:, :, 0], b[:, :, 0]), dim=2).reshape(first.shape)
+
+
+def _image_parts(conversation: list[dict]) -> list[dict]:
+    return [
+        part
+        for message in conversation
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if part.get("type") == "image"
+    ]
 
 
 def processor_inputs(processor, conversations: list[list[dict]], *, add_generation_prompt: bool = True):
     """Chat conversations with PIL images -> the processor's BatchFeature on the CPU (left-padded, so that
-    position -1 is the last real token of every row). Picklable work: trainers call it in loader workers."""
+    position -1 is the last real token of every row); image parts with a `PAIRED_WITH` frame get it in their temporal
+    patch. Picklable work: trainers call it in loader workers."""
     texts = [
         processor.apply_chat_template(conv, add_generation_prompt=add_generation_prompt, tokenize=False)
         for conv in conversations
     ]
-    images = [img for conv in conversations for img in _images_of(conv)]
+    parts = [part for conv in conversations for part in _image_parts(conv)]
     kwargs: dict[str, Any] = dict(text=texts, return_tensors="pt", padding=True, padding_side="left")
-    if images:
-        kwargs["images"] = images
-    return processor(**kwargs)
+    if parts:
+        kwargs["images"] = [to_pil_image(part["image"]) for part in parts]
+    out = processor(**kwargs)
+    paired = [part.get(PAIRED_WITH) for part in parts]
+    if any(x is not None for x in paired):
+        if any(x is None for x in paired):
+            raise InputError(
+                f"a batch of chats pairs {sum(x is not None for x in paired)} of {len(parts)} images; "
+                "pair every image with its next frame or none."
+            )
+        second = processor.image_processor(images=[to_pil_image(x) for x in paired], return_tensors="pt")
+        out["pixel_values"] = temporal_pairs(out["pixel_values"], second["pixel_values"], processor)
+    return out
 
 
 def to_model(vlm: VLM, inputs):

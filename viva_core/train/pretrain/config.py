@@ -111,6 +111,10 @@ class JudgeSection:
     frames: int = 4  # frames of each video the judge sees (as at inference)
     threshold: float = 0.5  # EA verifier score >= threshold -> "Yes" where CANDIDATE_LABELS leaves it to the verifier
     difference: bool = True  # also show |edited - source| frames (written to viva_judge.json; docs/small_models.md)
+    # Show each moment as two adjacent frames in one temporal patch (judge.shown_moments; written to viva_judge.json):
+    # frame-to-frame change, what the GN verifier measures, at no extra token (section 85). A judge trained on single
+    # frames may be continued with it: its patch embedding reads both temporal slots already.
+    frame_pairs: bool = False
     # Share of items drawn as the ground truth or the unedited source (half each), the rest uniform over CANDIDATES.
     # Uniform draws teach "more change = worse edit" first (another clip's edit changes most and is an EA "No"),
     # which ranks the unchanged source above the truth on EA; docs/small_models.md, section 17.

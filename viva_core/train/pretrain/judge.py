@@ -200,22 +200,19 @@ class _JudgeData(torch.utils.data.Dataset):
 
     def edit_masks(self, c: int) -> torch.Tensor:
         """Clip c's edit mask [frames, H, W] at the frames the judge sees (the grounding loss's targets)."""
-        from ...video import uniform_frame_indices
+        from ...judge import moment_frames
 
-        mask = self.clips.mask[c]
-        return mask[uniform_frame_indices(mask.shape[0], self.sec.frames)]
+        return moment_frames(self.clips.mask[c], self.sec.frames, self.sec.frame_pairs)[0]
 
     def chats(self, c: int, src: torch.Tensor, cand: torch.Tensor, answers: dict[str, Optional[bool]], kind: str):
         """The four question chats of one example and their labels (-1: left out of the loss)."""
-        from ...judge import DIMENSIONS, INSTRUCTION_LEAD, Judge, difference_images
-        from ...video import uniform_frame_indices
-        from ...vlm import to_pil_image
+        from ...judge import DIMENSIONS, INSTRUCTION_LEAD, Judge, difference_images, frame_images, moment_frames
 
         instruction = self.clips.records[c]["instruction"]
-        picks = uniform_frame_indices(src.shape[0], self.sec.frames)
-        s_img = [to_pil_image(src[k]) for k in picks]
-        e_img = [to_pil_image(cand[k]) for k in picks]
-        d_img = difference_images(src, cand, self.sec.frames) if self.sec.difference else []
+        pairs = self.sec.frame_pairs
+        s_img = frame_images(*moment_frames(src, self.sec.frames, pairs))
+        e_img = frame_images(*moment_frames(cand, self.sec.frames, pairs))
+        d_img = difference_images(src, cand, self.sec.frames, pairs=pairs) if self.sec.difference else []
         lead = INSTRUCTION_LEAD.format(instruction=instruction) if self.sec.instruction_first else ""
         chats, labels = [], []
         for d in DIMENSIONS:
@@ -366,9 +363,10 @@ def ground_targets(masks: torch.Tensor, grid_thw: torch.Tensor, merge: int) -> t
 
 def _continued_judge(init: Path, folder: Path, sec: JudgeSection, words: list[str]) -> Path:
     """A copy of a judge folder this stage wrote, to continue training: it must see what this run shows (frames,
-    difference frames) and know every training word. Its held-out scores describe the old weights, so they stay
-    behind (`judge_check.py --record` measures the new ones). A smaller `judge.vlm.patch` than the folder's resamples
-    its patch embedding (`resample_vision_patch`): more visual tokens per frame, starting from what it learned."""
+    difference frames; frame pairs may change, the patch embedding reads both temporal slots) and know every training
+    word. Its held-out scores describe the old weights, so they stay behind (`judge_check.py --record` measures the
+    new ones). A smaller `judge.vlm.patch` than the folder's resamples its patch embedding (`resample_vision_patch`):
+    more visual tokens per frame, starting from what it learned."""
     from transformers import AutoTokenizer
 
     from ...judge import JUDGE_INFO_FILE, judge_info
@@ -465,6 +463,7 @@ def train_judge(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
         {
             "difference_frames": sec.difference,
             "frames": sec.frames,
+            "frame_pairs": sec.frame_pairs,
             "instruction_first": sec.instruction_first,
             "generates_text": False,  # trained on Yes/No answers only
             "trained_by": "viva pretrain judge",

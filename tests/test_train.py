@@ -169,7 +169,7 @@ def test_stop_request_saves_a_checkpoint_and_exits_cleanly(assets):
         progress=lambda d, t, p=None: done.append(d),
     )
     result = trainer.run()
-    assert result.interrupted and result.steps == 2
+    assert result.interrupted and result.steps == 2 and not result.timed_out
     assert result.lora_path.name == "viva_lora_interrupted.safetensors" and result.lora_path.is_file()
     ck = sorted((out / "checkpoints").iterdir())
     assert [p.name for p in ck] == ["step-0000002"]
@@ -194,9 +194,17 @@ def test_time_limit_stops_like_an_interrupt_and_resumes(assets, monkeypatch):
         config(assets, out, "optim.steps=10", "log.checkpoint_every=0", "optim.max_minutes=1"),
         progress=lambda d, t, p=None: clock.__setitem__(0, clock[0] + 25.0),
     ).run()
-    assert result.interrupted and result.steps == 3
+    assert result.interrupted and result.timed_out and result.steps == 3
     assert result.lora_path.name == "viva_lora_interrupted.safetensors" and result.lora_path.is_file()
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000003"]
+    asked = Trainer(  # a stop request at the same step as the limit: a stop the job did not ask for
+        config(assets, assets["root"] / "both", "optim.steps=10", "log.checkpoint_every=0", "optim.max_minutes=1"),
+        should_stop=lambda: clock[0] > 60,
+        progress=lambda d, t, p=None: clock.__setitem__(0, clock[0] + 25.0),
+    )
+    clock[0] = 0.0
+    result = asked.run()
+    assert result.interrupted and result.steps == 3 and not result.timed_out
     resumed = Trainer(config(assets, out, "optim.steps=4", "log.checkpoint_every=0")).run(resume=True)
     assert resumed.steps == 4 and not resumed.interrupted
 
@@ -204,11 +212,14 @@ def test_time_limit_stops_like_an_interrupt_and_resumes(assets, monkeypatch):
 def _any_rank_worker(rank: int, init: str, flags: list[bool], out: str) -> None:
     import torch.distributed as dist
 
-    from viva_core.train.distributed import World, any_rank
+    from viva_core.train.distributed import World, any_rank, any_ranks
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     try:
-        Path(out, str(rank)).write_text(str(any_rank(World(rank, 2, rank), flags[rank], torch.device("cpu"))))
+        world, cpu = World(rank, 2, rank), torch.device("cpu")
+        Path(out, str(rank)).write_text(str(any_rank(world, flags[rank], cpu)))
+        # a stop asked on rank 0 and a time limit on rank 1: both ranks see both reasons
+        Path(out, f"{rank}.reasons").write_text(str(any_ranks(world, [rank == 0, rank == 1, False], cpu)))
     finally:
         dist.destroy_process_group()
 
@@ -222,6 +233,7 @@ def test_a_stop_on_one_rank_stops_every_rank(tmp_path, flags):
     init = f"file://{tmp_path / 'store'}"
     mp.spawn(_any_rank_worker, args=(init, flags, str(tmp_path)), nprocs=2, join=True)
     assert [(tmp_path / str(r)).read_text() for r in (0, 1)] == [str(any(flags))] * 2
+    assert [(tmp_path / f"{r}.reasons").read_text() for r in (0, 1)] == [str([True, True, False])] * 2
 
 
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(assets, monkeypatch):

@@ -567,14 +567,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = trainer.run(resume=args.resume if args.resume != "latest" else True)
     bar.close()
     # a stop at optim.max_minutes is what the job asked for (exit 0); a Ctrl-C is not (130, as a shell reports it)
-    timed_out = result.interrupted and not trainer.stop_requested and cfg.optim.max_minutes > 0
-    state = "stopped at optim.max_minutes, at" if timed_out else "interrupted at" if result.interrupted else "finished"
+    state = (
+        "stopped at optim.max_minutes, at"
+        if result.timed_out
+        else "interrupted at"
+        if result.interrupted
+        else "finished"
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"{state} step {result.steps}; LoRA: {result.lora_path}"
             + (f"; refiner: {result.refiner_path}" if result.refiner_path else "")
         )
-    return 130 if result.interrupted and not timed_out else 0
+    return 130 if result.interrupted and not result.timed_out else 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -49,11 +50,16 @@ def all_gather_cat(world: World, x: torch.Tensor) -> torch.Tensor:
 def any_rank(world: World, flag: bool, device: torch.device) -> bool:
     """True on every rank when `flag` is true on any: a stop that every rank takes at the same step (one rank
     leaving the loop alone would hang the others at their next collective)."""
+    return any_ranks(world, [flag], device)[0]
+
+
+def any_ranks(world: World, flags: Sequence[bool], device: torch.device) -> list[bool]:
+    """`any_rank` of several flags in one all-reduce (a stop, and why: every rank must report the same reason)."""
     if not world.active:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
+        return [bool(f) for f in flags]
+    t = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(x) for x in t.tolist()]
 
 
 def shutdown(world: World) -> None:

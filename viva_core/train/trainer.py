@@ -48,7 +48,7 @@ from .adapters import (
 )
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import AUTO_CHECKPOINTING_PARAMS, TrainConfig, scheduled_lr
-from .distributed import World, all_gather_cat, any_rank, init_world, shutdown
+from .distributed import World, all_gather_cat, any_ranks, init_world, shutdown
 from .metrics import MetricsLog
 from .rollout import Transition, sde_rollout
 
@@ -69,6 +69,7 @@ class TrainResult:
     steps: int
     interrupted: bool
     last_metrics: dict = field(default_factory=dict)
+    timed_out: bool = False  # interrupted by optim.max_minutes alone (no stop request on any rank): what the job asked
 
 
 # The step index the validation rollouts' noise is seeded with: never a training step's (those count from 0).
@@ -107,6 +108,7 @@ class Trainer:
         self.loaded_editor = editor
         self.out = Path(cfg.output_dir)
         self.stop_requested = False
+        self.timed_out = False  # the loop stopped at optim.max_minutes and no rank was asked to stop (`_stop`)
         self._negative: Optional[torch.Tensor] = None
         self._orders: dict[int, torch.Tensor] = {}
         self._ids: dict[int, tuple[str, ...]] = {}
@@ -994,9 +996,13 @@ class Trainer:
         """A stop request (Ctrl-C, a host's interrupt) or optim.max_minutes of training passed, on any rank."""
         limit = self.cfg.optim.max_minutes
         over_time = bool(limit) and time.perf_counter() - self._started > 60 * limit
-        if over_time and not self.stop_requested:
+        requested, over_time = any_ranks(
+            self.world, [self.stop_requested or self.should_stop(), over_time], self.device
+        )  # every rank agrees on the reason as well, so each tells the job the same (cli: exit 0 or 130)
+        self.timed_out = over_time and not requested
+        if self.timed_out:
             log.warning("optim.max_minutes = %g reached: saving a checkpoint and stopping", limit)
-        return any_rank(self.world, self.stop_requested or self.should_stop() or over_time, self.device)
+        return requested or over_time
 
     def run(self, resume: bool | str = False) -> TrainResult:
         """Train for optim.steps; saves checkpoints, the final LoRA (and refiner). A stop request (Ctrl-C, ComfyUI
@@ -1066,7 +1072,7 @@ class Trainer:
         lora_path, refiner_path = self._write_outputs(finished, interrupted)
         metrics.close()
         shutdown(self.world)
-        return TrainResult(lora_path, refiner_path, finished, interrupted, last)
+        return TrainResult(lora_path, refiner_path, finished, interrupted, last, interrupted and self.timed_out)
 
     def _apply_update(self, step: int) -> float:
         """Clip the accumulated gradient, refuse a non-finite one, take one optimizer step; the gradient norm."""

@@ -17,12 +17,13 @@ from ..viva_core.editor import (
 )
 from ..viva_core.errors import InputError
 from ..viva_core.lora import check_lora_fits
+from ..viva_core.runtime import DTYPE_NAMES
 from ..viva_core.step_cache import DEFAULT_THRESHOLD, MAX_THRESHOLD, STEP_CACHE_METHODS, step_cache_for
 from ..viva_core.vlm import load_vlm
 from . import common as c
 from .model_management import editor_host, vlm_host
 
-DTYPES = ["auto", "bf16", "fp16", "fp32"]  # auto: bf16 on a GPU, fp32 on a CPU
+DTYPES = ["auto", *DTYPE_NAMES]  # auto: bf16 on a GPU, fp32 on a CPU
 FOLDER_TAG, FILE_TAG = "folder: ", "file: "
 
 

@@ -714,8 +714,10 @@ def add_step_cache_option(sp: argparse.ArgumentParser) -> None:
 
 def add_editor_options(sp: argparse.ArgumentParser) -> None:
     """How the editor runs (the options of EditorOptions), shared by every command that loads one."""
-    sp.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    from .editor import OFFLOAD_MODES
+    from .editor import COMPILE_MODES, OFFLOAD_MODES
+    from .runtime import DTYPE_NAMES
+
+    sp.add_argument("--dtype", default="bf16", choices=DTYPE_NAMES)
 
     sp.add_argument(
         "--offload",
@@ -726,7 +728,7 @@ def add_editor_options(sp: argparse.ArgumentParser) -> None:
         "in RAM)",
     )
     sp.add_argument("--attention", default="sdpa")
-    sp.add_argument("--compile", default="off", choices=["off", "blocks", "full"])
+    sp.add_argument("--compile", default="off", choices=COMPILE_MODES)
     sp.add_argument("--fp8", action="store_true", help="store DiT weights in fp8")
     sp.add_argument("--vae-tiling", action="store_true")
 
@@ -739,9 +741,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
+    from .runtime import DTYPE_NAMES
+
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--device", type=device_arg, default="auto", help="auto | cpu | cuda | cuda:N")
-        sp.add_argument("--vlm-dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+        sp.add_argument("--vlm-dtype", default="bf16", choices=DTYPE_NAMES)
         sp.add_argument("--max-frames", type=POSITIVE_INT, default=None, help="read at most this many frames")
         sp.add_argument("-v", "--verbose", action="store_true")
 

@@ -12,6 +12,7 @@ import torch
 
 from .errors import InputError
 
+DTYPE_NAMES = ("bf16", "fp16", "fp32")  # what the CLI and the nodes offer; DTYPES also reads torch's spellings
 DTYPES = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,

@@ -1,12 +1,17 @@
 """recipes/small/judge_output_aucs.py: per-question AUCs against a direct pair count, clip-level resampling."""
 
+import json
 import random
 import sys
 from pathlib import Path
 
+import torch
+
+from viva_core.video import write_video
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes" / "small"))
 
-from judge_output_aucs import aucs, clip_bootstrap  # noqa: E402
+from judge_output_aucs import aucs, clip_bootstrap, load_outputs  # noqa: E402
 
 
 def _pair_count_auc(scores: list[float], labels: list[bool]) -> float:
@@ -47,3 +52,14 @@ def test_the_bootstrap_draws_whole_clips():
     for drawn in sizes:
         for g in groups:  # a clip's outputs come together or not at all, as often as the clip is drawn
             assert len({drawn.count(j) for j in g}) == 1
+
+
+def test_a_viva_eval_report_gives_its_outputs_at_their_brightness_and_its_verifier_scores(tmp_path):
+    (tmp_path / "outputs").mkdir()
+    grey = torch.full((5, 32, 32, 3), 0.6)
+    write_video(tmp_path / "outputs" / "3.mp4", grey, fps=8)
+    score = {"index": 3, "ea": 0.7, "pc": 0.2, "gn": 0.5, "gr": None}
+    (tmp_path / "report.json").write_text(json.dumps({"scores": [score]}))
+    clip, groups, truth, frames = load_outputs(None, tmp_path)
+    assert clip == [3] and groups == [[0]] and truth == [{"EA": 0.7, "PC": 0.2, "GN": 0.5, "GR": None}]
+    assert frames[0].shape == (5, 32, 32, 3) and abs(float(frames[0].mean()) - 0.6) < 0.02  # 0..1, not 0..1/255

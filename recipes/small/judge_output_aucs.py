@@ -1,12 +1,13 @@
-"""How well judges tell an editor's good outputs from its bad ones, per question: each judge's ROC-AUC over the outputs
-of stage judge_data (the verifiers' exact scores, an output labelled Yes at score >= 0.5), with a 95% bootstrap
+"""How well judges tell an editor's good outputs from its bad ones, per question: each judge's ROC-AUC over an
+editor's outputs against the verifiers' exact scores (an output labelled Yes at score >= 0.5), with a 95% bootstrap
 interval over clips (a clip's outputs drawn together), and each judge's AUC minus the first one's on the same draws.
 Issue 10 item 2 asks >= 0.9 per dimension; judges are scored as `best_of_n` scores candidates (`Judge.score`, 4
-frames, what their viva_judge.json says: difference frames, frame pairs).
+frames, what their viva_judge.json says: difference frames, frame pairs). The outputs: a stage judge_data folder
+(several seeds a clip, the frames as made), or a `viva eval` report folder with its outputs/ (one a clip, the frames
+as the saved videos hold them, what `viva eval --judge` reports on).
 
-    viva pretrain recipes/small/judge_data.toml --set data.manifest=data/eval_heldout/heldout.jsonl --set data.limit=0 \
-        --set output_dir=runs/jd_heldout
-    PYTHONPATH=. python recipes/small/judge_output_aucs.py data/eval_heldout/heldout.jsonl runs/jd_heldout/judge_data \
+    viva eval data/eval_heldout/heldout.jsonl --editor bundled --report runs/ev_heldout
+    PYTHONPATH=. python recipes/small/judge_output_aucs.py data/eval_heldout/heldout.jsonl runs/ev_heldout \
         shipped=viva_core/small_models/vlm/viva-small-judge pairs=runs/judge_pairs/judge/judge [--json OUT]
 """
 
@@ -18,11 +19,15 @@ import random
 import sys
 from pathlib import Path
 
-from best_of_n_check import candidates, judge_scores
+import numpy as np
+import torch
+from best_of_n_check import candidates
 
 from viva_core.eval import roc_auc
 from viva_core.judge import DIMENSIONS, Judge
-from viva_core.train.pretrain import load_clip_set
+from viva_core.train.pretrain import frames_float, load_clip_set
+from viva_core.train.pretrain.judge_data import FRAMES_FILE
+from viva_core.video import read_video
 from viva_core.vlm import load_vlm
 
 THRESHOLD = 0.5  # a verifier score at or above it labels an output Yes (the judge's training threshold)
@@ -81,6 +86,30 @@ def aucs(
     return out
 
 
+def load_outputs(clips, folder: Path) -> tuple[list[int], list[list[int]], list[dict], list[torch.Tensor]]:
+    """(clip of each output, the outputs of each clip, each output's verifier scores by question, its frames 0..1)."""
+    report = folder / "report.json"
+    if report.is_file():
+        scores = json.loads(report.read_text())["scores"]
+        clip = [int(s["index"]) for s in scores]
+        truth = [{q: s.get(q.lower()) for q in DIMENSIONS} for s in scores]
+        frames = [read_video(folder / "outputs" / f"{c}.mp4").frames for c in clip]  # float 0..1
+        return clip, [[j] for j in range(len(clip))], truth, frames
+    clip, groups, truth = candidates(clips, folder)
+    stored = np.load(folder / FRAMES_FILE, mmap_mode="r")
+    return clip, groups, truth, [frames_float(torch.from_numpy(np.array(stored[j]))) for j in range(len(clip))]
+
+
+def judged_outputs(folder: str, clips, clip: list[int], frames: list[torch.Tensor]) -> list[dict[str, float]]:
+    """A judge's P(Yes) per question for every output, as `best_of_n` scores a candidate."""
+    judge = Judge(load_vlm(folder, dtype="fp32", device="cpu"))
+    with torch.no_grad():
+        return [
+            judge.score(frames_float(clips.source[c]), f, clips.records[c]["instruction"], num_frames=4).scores
+            for c, f in zip(clip, frames)
+        ]
+
+
 def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
@@ -88,21 +117,19 @@ def fmt(x: float | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("manifest")
-    ap.add_argument("outputs", help="a stage judge_data folder (outputs and their verifier scores)")
+    ap.add_argument("outputs", help="a stage judge_data folder, or a `viva eval` report folder with outputs/")
     ap.add_argument("judges", nargs="+", help="label=JUDGE_FOLDER; differences are against the first")
     ap.add_argument("--json", help="write the table here as JSON")
     ap.add_argument("--draws", type=int, default=1000)
     args = ap.parse_args()
     clips = load_clip_set(args.manifest)
-    clip, groups, truth = candidates(clips, Path(args.outputs))
+    clip, groups, truth, frames = load_outputs(clips, Path(args.outputs))
     judged = {}
     for item in args.judges:
         name, _, folder = item.partition("=")
         if not folder:
             sys.exit(f"{item!r}: expected label=JUDGE_FOLDER")
-        judged[name] = judge_scores(
-            Judge(load_vlm(folder, dtype="fp32", device="cpu")), clips, Path(args.outputs), clip
-        )
+        judged[name] = judged_outputs(folder, clips, clip, frames)
     table = aucs(groups, truth, judged, args.draws)
     print(f"{len(clip)} outputs of {len(groups)} clips; ROC-AUC per question (95% interval over clips)")
     for name, rows in table.items():

@@ -9,21 +9,13 @@
 #      loss between two outputs of one clip): single frames as today, and frame pairs
 #   3. recipes/small/judge_output_aucs.py: each question's ROC-AUC over the held-out outputs against the verifiers,
 #      the bundled judge first, with intervals over clips and paired differences
-# ~1.5 hours on 2 cores (judge_data ~10-20 s a clip, the eval ~8 minutes). Run from the repository root:
+# ~1 hour 45 minutes on 2 cores (judge_data 72 minutes, the eval ~8, each judge 21). Run from the repository root:
 #   bash recipes/small/judge_pairs_cpu_trial.sh [WORK]   (WORK default /tmp/judge_pairs_trial)
 set -euo pipefail
 WORK="${1:-/tmp/judge_pairs_trial}"
-CLIPS="${CLIPS:-160}" STEPS="${STEPS:-300}"
-V="python3 -m viva_core.cli"
-B=viva_core/small_models
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$WORK"
-[ -f "$WORK/data/train/train.jsonl" ] || $V synth --out "$WORK/data/train" --n 2000 --seed 0 --format npz --splits 1,0,0
-[ -f "$WORK/data/heldout/heldout.jsonl" ] || $V synth --out "$WORK/data/heldout" --n 96 --seed 7 --format npz --splits 0,0,1
-JD=(--set judge.editor=$B/diffusers/viva-small-editor --set optim.batch_size=16 --set optim.workers=1 --set device=cpu)
-[ -f "$WORK/jd_train/judge_data/labels.jsonl" ] || $V pretrain recipes/small/judge_data.toml "${JD[@]}" \
-  --set data.manifest="$WORK/data/train/train.jsonl" --set data.limit="$CLIPS" --set output_dir="$WORK/jd_train" \
-  > "$WORK/jd_train.log" 2>&1
+CLIPS="${CLIPS:-160}" STEPS="${STEPS:-240}"
+source recipes/small/cpu_trial_lib.sh  # $V $B $JD, trial_data
+trial_data
 [ -f "$WORK/ev_heldout/report.json" ] || $V eval "$WORK/data/heldout/heldout.jsonl" --editor bundled --steps 20 \
   --device cpu --dtype fp32 --vlm-dtype fp32 --report "$WORK/ev_heldout" > "$WORK/ev_heldout.log" 2>&1
 judge() {  # NAME, then --set words: the bundled judge continued as judge v5 was (gpu_session_v10.sh), on these outputs

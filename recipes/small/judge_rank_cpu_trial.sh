@@ -14,17 +14,9 @@
 set -euo pipefail
 WORK="${1:-/tmp/judge_rank_trial}"
 CLIPS="${CLIPS:-160}" STEPS="${STEPS:-300}"
-V="python3 -m viva_core.cli"
-B=viva_core/small_models
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$WORK"
-[ -f "$WORK/data/train/train.jsonl" ] || $V synth --out "$WORK/data/train" --n 2000 --seed 0 --format npz --splits 1,0,0
-[ -f "$WORK/data/heldout/heldout.jsonl" ] || $V synth --out "$WORK/data/heldout" --n 96 --seed 7 --format npz --splits 0,0,1
+source recipes/small/cpu_trial_lib.sh  # $V $B $JD, trial_data
+trial_data
 [ -f "$WORK/data/unseen/train.jsonl" ] || $V synth --out "$WORK/data/unseen" --n 96 --seed 8 --format npz --splits 1,0,0
-JD=(--set judge.editor=$B/diffusers/viva-small-editor --set optim.batch_size=16 --set optim.workers=1 --set device=cpu)
-[ -f "$WORK/jd_train/judge_data/labels.jsonl" ] || $V pretrain recipes/small/judge_data.toml "${JD[@]}" \
-  --set data.manifest="$WORK/data/train/train.jsonl" --set data.limit="$CLIPS" --set output_dir="$WORK/jd_train" \
-  > "$WORK/jd_train.log" 2>&1
 HELD="${HELDOUT_CANDIDATES:-$WORK/jd_heldout/judge_data}"
 [ -f "$HELD/labels.jsonl" ] || $V pretrain recipes/small/judge_data.toml "${JD[@]}" \
   --set data.manifest="$WORK/data/heldout/heldout.jsonl" --set data.limit=0 --set output_dir="$WORK/jd_heldout" \

@@ -567,13 +567,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = trainer.run(resume=args.resume if args.resume != "latest" else True)
     bar.close()
     # a stop at optim.max_minutes is what the job asked for (exit 0); a Ctrl-C is not (130, as a shell reports it)
-    state = (
-        "stopped at optim.max_minutes, at"
-        if result.timed_out
-        else "interrupted at"
-        if result.interrupted
-        else "finished"
-    )
+    state = "finished"
+    if result.interrupted:
+        state = "stopped at optim.max_minutes, at" if result.timed_out else "interrupted at"
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"{state} step {result.steps}; LoRA: {result.lora_path}"

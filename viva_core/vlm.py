@@ -66,10 +66,10 @@ QWEN_VL_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Files that make a folder a complete VLM; each part is satisfied by any one of its files.
 # An image part of a chat may carry the next video frame under this key: `processor_inputs` puts the two in one
 # temporal patch (`temporal_pairs`); the chat template ignores the key.
 PAIRED_WITH = "paired_with"
+# Files that make a folder a complete VLM; each part is satisfied by any one of its files.
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
 _PREPROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 _CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")

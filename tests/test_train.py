@@ -212,12 +212,12 @@ def test_time_limit_stops_like_an_interrupt_and_resumes(assets, monkeypatch):
 def _any_rank_worker(rank: int, init: str, flags: list[bool], out: str) -> None:
     import torch.distributed as dist
 
-    from viva_core.train.distributed import World, any_rank, any_ranks
+    from viva_core.train.distributed import World, any_ranks
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     try:
         world, cpu = World(rank, 2, rank), torch.device("cpu")
-        Path(out, str(rank)).write_text(str(any_rank(world, flags[rank], cpu)))
+        Path(out, str(rank)).write_text(str(any_ranks(world, [flags[rank]], cpu)[0]))
         # a stop asked on rank 0 and a time limit on rank 1: both ranks see both reasons
         Path(out, f"{rank}.reasons").write_text(str(any_ranks(world, [rank == 0, rank == 1, False], cpu)))
     finally:

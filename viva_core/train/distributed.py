@@ -47,14 +47,10 @@ def all_gather_cat(world: World, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def any_rank(world: World, flag: bool, device: torch.device) -> bool:
-    """True on every rank when `flag` is true on any: a stop that every rank takes at the same step (one rank
-    leaving the loop alone would hang the others at their next collective)."""
-    return any_ranks(world, [flag], device)[0]
-
-
 def any_ranks(world: World, flags: Sequence[bool], device: torch.device) -> list[bool]:
-    """`any_rank` of several flags in one all-reduce (a stop, and why: every rank must report the same reason)."""
+    """Each flag true on every rank when it is true on any, in one all-reduce: a stop that every rank takes at the
+    same step (one rank leaving the loop alone would hang the others at their next collective), and why (every rank
+    must report the same reason)."""
     if not world.active:
         return [bool(f) for f in flags]
     t = torch.tensor([float(f) for f in flags], device=device)

@@ -25,6 +25,7 @@ import torch
 
 from viva_core.data import load_manifest, load_sample
 from viva_core.eval import roc_auc
+from viva_core.judge import shown_moments
 from viva_core.video import read_video, uniform_frame_indices
 
 CHANGED = 0.1  # a pixel whose edit differs from the source by more than this (0..1, any channel) is edited
@@ -39,7 +40,7 @@ def statistics(edit: torch.Tensor, source: torch.Tensor, frames: int) -> dict[st
     region = (edited[1:] | edited[:-1]).float()  # either frame of a transition edited
     gap = (de - ds).abs().mean(-1)
     shown = uniform_frame_indices(t, frames)
-    pairs = [min(i, t - 2) for i in shown]  # the transition starting at each shown frame
+    pairs = [a for a, _ in shown_moments(t, frames, pairs=True)]  # the transition a frame-pairs judge sees
     es, ss = e[shown], s[shown]
 
     def temporal(g: torch.Tensor, r: torch.Tensor) -> float:

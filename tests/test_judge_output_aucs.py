@@ -60,6 +60,6 @@ def test_a_viva_eval_report_gives_its_outputs_at_their_brightness_and_its_verifi
     write_video(tmp_path / "outputs" / "3.mp4", grey, fps=8)
     score = {"index": 3, "ea": 0.7, "pc": 0.2, "gn": 0.5, "gr": None}
     (tmp_path / "report.json").write_text(json.dumps({"scores": [score]}))
-    clip, groups, truth, frames = load_outputs(None, tmp_path)
+    clip, groups, truth, edit_of = load_outputs(None, tmp_path)
     assert clip == [3] and groups == [[0]] and truth == [{"EA": 0.7, "PC": 0.2, "GN": 0.5, "GR": None}]
-    assert frames[0].shape == (5, 32, 32, 3) and abs(float(frames[0].mean()) - 0.6) < 0.02  # 0..1, not 0..1/255
+    assert edit_of(0).shape == (5, 32, 32, 3) and abs(float(edit_of(0).mean()) - 0.6) < 0.02  # 0..1, not 0..1/255

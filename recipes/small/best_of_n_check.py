@@ -62,15 +62,22 @@ def candidates(clips, folder: Path) -> tuple[list[int], list[list[int]], list[di
 
 
 def judge_scores(judge: Judge, clips, folder: Path, clip: list[int]) -> list[dict[str, float]]:
-    """The judge's P(Yes) per question and their mean ("overall", what best_of_n ranks by) for every output."""
+    """`score_outputs` of every output of a stage judge_data folder."""
     import numpy as np
 
     frames = np.load(folder / FRAMES_FILE, mmap_mode="r")
+    return score_outputs(judge, clips, clip, lambda j: frames_float(torch.from_numpy(np.array(frames[j]))))
+
+
+def score_outputs(judge: Judge, clips, clip: list[int], edit_of) -> list[dict[str, float]]:
+    """The judge's P(Yes) per question and their mean ("overall", what best_of_n ranks by) for every output j: an edit
+    of clip `clip[j]`, its frames `edit_of(j)` (0..1), read one at a time."""
     out = []
     with torch.no_grad():
         for j, c in enumerate(clip):
-            edit = frames_float(torch.from_numpy(np.array(frames[j])))
-            verdict = judge.score(frames_float(clips.source[c]), edit, clips.records[c]["instruction"], num_frames=4)
+            verdict = judge.score(
+                frames_float(clips.source[c]), edit_of(j), clips.records[c]["instruction"], num_frames=4
+            )
             out.append(dict(verdict.scores, overall=verdict.overall))
     return out
 

@@ -17,11 +17,12 @@ import argparse
 import json
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from best_of_n_check import candidates
+from best_of_n_check import candidates, score_outputs
 
 from viva_core.eval import roc_auc
 from viva_core.judge import DIMENSIONS, Judge
@@ -86,28 +87,19 @@ def aucs(
     return out
 
 
-def load_outputs(clips, folder: Path) -> tuple[list[int], list[list[int]], list[dict], list[torch.Tensor]]:
-    """(clip of each output, the outputs of each clip, each output's verifier scores by question, its frames 0..1)."""
+def load_outputs(clips, folder: Path) -> tuple[list[int], list[list[int]], list[dict], Callable[[int], torch.Tensor]]:
+    """(clip of each output, the outputs of each clip, each output's verifier scores by question, output j's frames
+    0..1): a report's few saved videos decoded once, a judge_data folder's outputs read from its memory map as asked."""
     report = folder / "report.json"
     if report.is_file():
         scores = json.loads(report.read_text())["scores"]
         clip = [int(s["index"]) for s in scores]
         truth = [{q: s.get(q.lower()) for q in DIMENSIONS} for s in scores]
         frames = [read_video(folder / "outputs" / f"{c}.mp4").frames for c in clip]  # float 0..1
-        return clip, [[j] for j in range(len(clip))], truth, frames
+        return clip, [[j] for j in range(len(clip))], truth, frames.__getitem__
     clip, groups, truth = candidates(clips, folder)
     stored = np.load(folder / FRAMES_FILE, mmap_mode="r")
-    return clip, groups, truth, [frames_float(torch.from_numpy(np.array(stored[j]))) for j in range(len(clip))]
-
-
-def judged_outputs(folder: str, clips, clip: list[int], frames: list[torch.Tensor]) -> list[dict[str, float]]:
-    """A judge's P(Yes) per question for every output, as `best_of_n` scores a candidate."""
-    judge = Judge(load_vlm(folder, dtype="fp32", device="cpu"))
-    with torch.no_grad():
-        return [
-            judge.score(frames_float(clips.source[c]), f, clips.records[c]["instruction"], num_frames=4).scores
-            for c, f in zip(clip, frames)
-        ]
+    return clip, groups, truth, lambda j: frames_float(torch.from_numpy(np.array(stored[j])))
 
 
 def fmt(x: float | None) -> str:
@@ -123,13 +115,13 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=1000)
     args = ap.parse_args()
     clips = load_clip_set(args.manifest)
-    clip, groups, truth, frames = load_outputs(clips, Path(args.outputs))
+    clip, groups, truth, edit_of = load_outputs(clips, Path(args.outputs))
     judged = {}
     for item in args.judges:
         name, _, folder = item.partition("=")
         if not folder:
             sys.exit(f"{item!r}: expected label=JUDGE_FOLDER")
-        judged[name] = judged_outputs(folder, clips, clip, frames)
+        judged[name] = score_outputs(Judge(load_vlm(folder, dtype="fp32", device="cpu")), clips, clip, edit_of)
     table = aucs(groups, truth, judged, args.draws)
     print(f"{len(clip)} outputs of {len(groups)} clips; ROC-AUC per question (95% interval over clips)")
     for name, rows in table.items():

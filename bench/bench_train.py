@@ -6,8 +6,10 @@ Times with CUDA events, using the trainer's own pieces (add_lora, sde_step_with_
   grpo    one Edit-GRPO iteration: G rollouts x S steps (no grad, SDE on a window of W steps), then the update
           on the window steps (forward + backward per stored transition), then AdamW; and the rollouts again with
           the LoRA cast to bf16 (`rollout.lora_dtype = "model"`), with the largest |log ratio| the first update sees
-          after either (what the PPO clip must tolerate); eager only, the update with the LoRA's side path in bf16
-          too (`adapters.lora_cast_trainable`), after bf16 rollouts.
+          after either (what the PPO clip must tolerate); the rollouts with the LoRA merged into the DiT's weights
+          (`rollout.lora_dtype = "merged"`, adapters.lora_merged: no side path, the merge and restore timed with
+          them) and their |log ratio|; eager only, the update with the LoRA's side path in bf16 too
+          (`adapters.lora_cast_trainable`), after bf16 rollouts.
 VAE and reward time are not included (they depend on the reward); the DiT is what dominates at this size.
 The whole trainer's Edit-GRPO step on the bundled small editor (VAE decode, verifier rewards, records batched per
 DiT call vs one record per call) is `bench/bench_grpo_step.py`.
@@ -99,7 +101,7 @@ def main() -> None:
 
     from viva_core.sampling import sde_step_with_logprob, shifted_sigmas
     from viva_core.train import losses as L
-    from viva_core.train.adapters import add_lora, lora_cast, lora_cast_trainable
+    from viva_core.train.adapters import add_lora, lora_cast, lora_cast_trainable, lora_merged
     from viva_core.train.config import LoraConfig
     from viva_core.train.rollout import Transition, sde_rollout
 
@@ -249,6 +251,11 @@ def main() -> None:
             with torch.no_grad(), lora_cast(params, dt):
                 return rollouts()
 
+        def rollouts_merged_lora():
+            """rollout.lora_dtype "merged": the LoRA merged into the DiT's weights for the rollouts, restored after."""
+            with torch.no_grad(), lora_merged(model):
+                return rollouts()
+
         def update_bf16_lora(rollout) -> float:
             """The update with the LoRA's side path in bf16 too (adapters.lora_cast_trainable: bf16 copies made
             differentiably, the gradients on the fp32 masters): what the rollouts computed, forward and backward."""
@@ -257,10 +264,11 @@ def main() -> None:
 
         sequential = args.compile == "off"  # one member at a time: eager only (2% slower, measured; another graph)
         update(rollouts())  # warm-up
-        if not sequential:  # the other graph the timed calls use (the LoRA in bf16), compiled before timing
+        if not sequential:  # the other graphs the timed calls use (the LoRA in bf16, merged), compiled before timing
             update(rollouts_bf16_lora())
+            update(rollouts_merged_lora())
         peak_gib(reset=True)
-        roll, seq, upd, roll16, upd16, worst = [], [], [], [], [], {}
+        roll, seq, upd, roll16, rollm, upd16, worst = [], [], [], [], [], [], {}
         for _ in range(max(1, args.repeats - 1)):
             holder = {}
             if sequential:
@@ -269,6 +277,8 @@ def main() -> None:
             upd.append(cuda_time(lambda: holder.setdefault("w", update(holder["r"]))))  # noqa: B023 (timed right here)
             roll16.append(cuda_time(lambda: holder.setdefault("r16", rollouts_bf16_lora())))  # noqa: B023
             worst = {"fp32_lora": holder["w"], "bf16_lora": update(holder["r16"])}
+            rollm.append(cuda_time(lambda: holder.setdefault("rm", rollouts_merged_lora())))  # noqa: B023
+            worst["merged_lora"] = update(holder["rm"])
             if sequential:  # eager: parametrized modules are other graphs under compiled blocks (not measured)
                 holder["r16b"] = rollouts_bf16_lora()
                 upd16.append(cuda_time(lambda: holder.setdefault("w16", update_bf16_lora(holder["r16b"]))))  # noqa: B023
@@ -282,6 +292,8 @@ def main() -> None:
             "iteration_s": r + u,
             "rollout_bf16_lora_s": statistics.median(roll16),
             "iteration_bf16_lora_s": statistics.median(roll16) + u,
+            "rollout_merged_lora_s": statistics.median(rollm),
+            "iteration_merged_lora_s": statistics.median(rollm) + u,
             "update_bf16_lora_s": statistics.median(upd16) if upd16 else None,
             "iteration_all_bf16_lora_s": statistics.median(roll16) + statistics.median(upd16) if upd16 else None,
             "max_abs_log_ratio_first_update": worst,

@@ -1,6 +1,7 @@
 """bench/bench_train.py on the CPU (`--device cpu`: a two-layer DiT of the Wan-1.3B layout): the GPU session's
 training benchmark runs end to end, and the rollouts with the LoRA in bf16 give log-probs the first update sees as
-a small ratio off 1 (what `rollout.lora_dtype = "model"` costs; docs/small_models.md, section 72)."""
+a small ratio off 1 (what `rollout.lora_dtype = "model"` costs; docs/small_models.md, section 72), as do the rollouts
+with the LoRA merged (`"merged"`)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def test_bench_train_runs_on_the_cpu_and_reports_the_bf16_lora_rollouts(tmp_path
     assert g["rollout_bf16_lora_s"] > 0 and g["iteration_bf16_lora_s"] > g["rollout_bf16_lora_s"]
     assert g["update_bf16_lora_s"] > 0 and g["iteration_all_bf16_lora_s"] > g["rollout_bf16_lora_s"]
     ratios = g["max_abs_log_ratio_first_update"]
-    assert set(ratios) == {"fp32_lora", "bf16_lora", "bf16_lora_rollouts_and_update"}
+    assert g["rollout_merged_lora_s"] > 0 and g["iteration_merged_lora_s"] > g["rollout_merged_lora_s"]
+    assert set(ratios) == {"fp32_lora", "bf16_lora", "merged_lora", "bf16_lora_rollouts_and_update"}
     assert all(math.isfinite(v) and 0 <= v < 1e-2 for v in ratios.values())
 
 

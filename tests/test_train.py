@@ -97,8 +97,10 @@ def test_config_file_and_overrides(tmp_path):
         load_config(None, ["method=grpo", "model.editor=e", "data.manifest=m", "rollout.group_size=1"])
     with pytest.raises(InputError, match="rollout.lora_dtype"):
         load_config(None, ["method=grpo", "model.editor=e", "data.manifest=m", "rollout.lora_dtype=bf16"])
-    with pytest.raises(InputError, match='lora_dtype "model" needs optim.parallel "ddp"'):
-        load_config(None, ["model.editor=e", "data.manifest=m", "rollout.lora_dtype=model", "optim.parallel=fsdp"])
+    for mode in ("model", "merged"):
+        with pytest.raises(InputError, match=f'lora_dtype "{mode}" needs optim.parallel "ddp"'):
+            sets = ["model.editor=e", "data.manifest=m", f"rollout.lora_dtype={mode}", "optim.parallel=fsdp"]
+            load_config(None, sets)
     # "auto" (the default) casts the rollouts' LoRA to the DiT's dtype unless FSDP2 owns the weights
     base = ["model.editor=e", "data.manifest=m"]
     assert load_config(None, base).rollout.lora_dtype == "auto"
@@ -1409,6 +1411,64 @@ def test_grpo_rollouts_with_the_lora_in_bf16_stay_close_to_the_fp32_masters(asse
             assert float(rel.max()) < 1e-2
 
 
+def test_lora_merged_merges_as_the_lora_loader_does_and_restores_the_weights_bit_exactly(assets):
+    """adapters.lora_merged on a bf16 DiT: inside, each adapted weight is what the inference loader merges from the
+    trainer's own LoRA file (`applied_loras` on a fresh copy of the editor: names, alpha and scale agree) and the DiT
+    computes what that merged copy does; after, and after an exception, the weights are the originals bit for bit and
+    the LoRA's side path is on again; under autograd it raises."""
+    from viva_core.editor import EditorOptions, load_editor
+    from viva_core.lora import LoraSpec, applied_loras, save_lora
+    from viva_core.train.adapters import _peft_modules, export_lora, lora_merged
+
+    t = _small_grpo_trainer(assets, "merged_unit", "model.dtype=bf16")
+    path = save_lora(assets["root"] / "merged_unit.safetensors", export_lora(t.base))
+    fresh = load_editor(str(assets["editor"]), options=EditorOptions(dtype="bf16", device="cpu")).transformer
+    g = torch.Generator().manual_seed(0)
+    x, text, step = torch.randn(1, 32, 3, 4, 4, generator=g), torch.randn(1, 7, 64, generator=g), torch.tensor([500.0])
+    x, text = x.to(torch.bfloat16), text.to(torch.bfloat16)
+    fresh_linears = dict(fresh.named_modules())
+    modules = dict(_peft_modules(t.base))
+    originals = {n: m.base_layer.weight.detach().clone() for n, m in modules.items()}
+    with torch.no_grad():
+        side_path = t.base(x, step, text, return_dict=False)[0]
+        with applied_loras(fresh, [LoraSpec(str(path), 1.0)]):
+            loader = {n: fresh_linears[n].weight.detach().clone() for n in modules}
+            want = fresh(x, step, text, return_dict=False)[0]
+        with lora_merged(t.base):
+            assert all(torch.equal(m.base_layer.weight, loader[n]) for n, m in modules.items())
+            got = t.base(x, step, text, return_dict=False)[0]
+        assert torch.equal(got, want)
+        assert not torch.equal(got, side_path)  # merged in bf16: the sum's rounding, not the side path's
+        torch.testing.assert_close(got.float(), side_path.float(), rtol=0, atol=0.1)
+        assert all(torch.equal(m.base_layer.weight, originals[n]) for n, m in modules.items())
+        assert torch.equal(t.base(x, step, text, return_dict=False)[0], side_path)  # the side path is back on
+        with pytest.raises(KeyboardInterrupt), lora_merged(t.base):
+            raise KeyboardInterrupt
+        assert all(torch.equal(m.base_layer.weight, originals[n]) for n, m in modules.items())
+        assert torch.equal(t.base(x, step, text, return_dict=False)[0], side_path)
+    with pytest.raises(RuntimeError, match="no-grad"), lora_merged(t.base):
+        pass
+
+
+def test_grpo_rollouts_with_the_lora_merged_match_the_side_path(assets):
+    """rollout.lora_dtype "merged": on an fp32 DiT the rollouts equal those through PEFT's side path up to fp32
+    rounding (the merge is the same linear map), on a bf16 DiT they stay as close to the fp32 masters' rollouts as the
+    bf16 side path's do; the weights and the LoRA are unchanged after."""
+    for dtype, tol in (("fp32", 1e-5), ("bf16", 0.1)):
+        t = _small_grpo_trainer(assets, f"merged_{dtype}", f"model.dtype={dtype}", "rollout.lora_dtype=fp32")
+        state = {k: v.clone() for k, v in t.base.state_dict().items()}
+        batch = _first_batch(t)
+        side = t._rollout_groups(batch, 0)
+        t.cfg.rollout.lora_dtype = "merged"
+        merged = t._rollout_groups(batch, 0)
+        assert all(torch.equal(v, state[k]) for k, v in t.base.state_dict().items())
+        for (lat_a, tr_a), (lat_b, tr_b) in zip(side, merged):
+            torch.testing.assert_close(lat_b, lat_a, rtol=0, atol=tol)
+            for a, b in zip(tr_a, tr_b):
+                rel = (b.log_prob - a.log_prob).abs() / a.log_prob.abs()
+                assert float(rel.max()) < (1e-5 if dtype == "fp32" else 1e-2), dtype
+
+
 @pytest.mark.slow  # torch.compile on the CPU: ~1 minute with a cold inductor cache
 def test_compiled_blocks_train_as_the_eager_dit_does_and_are_undone(assets):
     """model.compile "blocks": the same rollouts, rewards and PPO gradient as the eager DiT (the LoRA moved off its
@@ -1436,19 +1496,23 @@ def test_compiled_blocks_train_as_the_eager_dit_does_and_are_undone(assets):
 
 
 @pytest.mark.slow  # torch.compile on the CPU
-def test_compiled_blocks_roll_out_with_the_lora_in_bf16_while_the_masters_hold_gradients(assets):
-    """rollout.lora_dtype "model" under model.compile "blocks": the validation rollouts after a step run while the fp32
-    masters still hold that step's gradient, which torch.compile refuses on a bf16 weight unless lora_cast sets it
-    aside; the rollouts run compiled and the gradients are there again after."""
+@pytest.mark.parametrize("mode", ["model", "merged"])
+def test_compiled_blocks_roll_out_with_the_lora_in_bf16_while_the_masters_hold_gradients(assets, mode):
+    """rollout.lora_dtype "model" or "merged" under model.compile "blocks": the validation rollouts after a step run
+    while the fp32 masters still hold that step's gradient, which torch.compile refuses on a bf16 weight unless
+    lora_cast sets it aside; the rollouts run compiled, the gradients are there again after, and a merged rollout
+    leaves the weights as they were."""
     t = _small_grpo_trainer(
-        assets, "compile_bf16", "model.dtype=bf16", "model.compile=blocks", "rollout.lora_dtype=model", move=False
+        assets, f"compile_{mode}", "model.dtype=bf16", "model.compile=blocks", f"rollout.lora_dtype={mode}", move=False
     )
     grads = [torch.randn_like(p) for p in t.lora_params]
     for p, g in zip(t.lora_params, grads):
         p.grad = g
+    state = {k: v.clone() for k, v in t.base.state_dict().items()}
     rolled = t._rollout_groups(_first_batch(t), 0)
     assert all(torch.isfinite(lat).all() for lat, _ in rolled)
     assert all(p.grad is g and p.dtype == torch.float32 for p, g in zip(t.lora_params, grads))
+    assert all(torch.equal(v, state[k]) for k, v in t.base.state_dict().items())
 
 
 def test_gradient_checkpointing_gives_the_same_gradients_and_is_undone(assets, monkeypatch):

@@ -9,7 +9,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from ..errors import InputError
-from ..lora import LoraLayer, read_lora
+from ..lora import LoraLayer, lora_delta, read_lora
 from .config import LORA_TARGETS, LoraConfig
 
 ADAPTER = "default"
@@ -159,6 +159,32 @@ def lora_cast(params: Sequence[torch.nn.Parameter], dtype: torch.dtype) -> Itera
         for p, master, grad in zip(params, masters, grads):
             p.data = master
             p.grad = grad
+
+
+@contextlib.contextmanager
+def lora_merged(transformer: torch.nn.Module) -> Iterator[None]:
+    """The LoRA merged into the DiT's weights for a no-grad block (Edit-GRPO's rollouts at a plain DiT's speed: no
+    side path), PEFT's adapters switched off meanwhile. Each adapted weight becomes W + (alpha / rank) B @ A, summed
+    in fp32 and cast once to W's dtype (`viva_core.lora.lora_delta`, as the LoRA loader merges), after a clone of W that
+    is copied back on exit, also on an exception: the update trains on bit-identical weights. Costs a copy of the
+    adapted weights (~1.1 GB in bf16 at the Wan-1.3B shape) and, in bf16, the rounding of the merged sum, which the
+    first PPO pass sees as a ratio off 1 (bench/bench_train.py measures it)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("lora_merged is for no-grad rollouts; the update trains the LoRA's own weights.")
+    modules = [m for _, m in _peft_modules(transformer)]
+    backups: list[torch.Tensor] = []
+    try:
+        for m in modules:
+            weight = m.base_layer.weight
+            backups.append(weight.detach().clone())
+            layer = LoraLayer(m.lora_A[ADAPTER].weight, m.lora_B[ADAPTER].weight, float(m.lora_alpha[ADAPTER]))
+            weight.copy_((weight.float() + lora_delta(layer, 1.0, device=weight.device)).to(weight.dtype))
+        transformer.disable_adapters()
+        yield
+    finally:
+        transformer.enable_adapters()
+        for m, backup in zip(modules, backups):
+            m.base_layer.weight.copy_(backup)
 
 
 class _CastTo(torch.nn.Module):

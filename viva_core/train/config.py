@@ -20,6 +20,7 @@ except ImportError:  # Python 3.10
 
 METHODS = ("sft", "grpo", "rwo")
 GRADIENT_CHECKPOINTING = ("off", "on", "auto")
+ROLLOUT_LORA_DTYPES = ("auto", "fp32", "model", "merged")  # RolloutConfig.lora_dtype
 AUTO_CHECKPOINTING_PARAMS = 1e9  # "auto" turns gradient checkpointing on from this DiT size
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # output names: no folders, no leading dot
 # devices torch and ComfyUI use (DirectML is privateuseone); checked by name so a typo fails before any load
@@ -180,7 +181,10 @@ class RolloutConfig:
     # model.dtype for the rollouts, the fp32 masters back for the update) or "auto" ("model" unless FSDP2 shards the
     # weights). fp32 LoRA weights make every adapted linear run in fp32: +39% a DiT forward at the Wan-1.3B shape on an
     # H100, +13% in bf16, the Edit-GRPO iteration 1.14x; with a trained-size LoRA the first update's |log ratio| is
-    # 4e-7 either way, far under any clip (bench/RESULTS.md; docs/small_models.md, sections 72 and 79)
+    # 4e-7 either way, far under any clip (bench/RESULTS.md; docs/small_models.md, sections 72 and 79). "merged": the
+    # LoRA merged into the DiT's weights for the rollouts (no side path; the weights restored bit-exactly after,
+    # adapters.lora_merged), at the cost of the merged sum's rounding in the DiT's dtype (docs/small_models.md,
+    # section 87)
     lora_dtype: str = "auto"
 
     def lora_in_model_dtype(self, parallel: str) -> bool:
@@ -277,15 +281,18 @@ class TrainConfig:
                 ("model.dtype", self.model.dtype, ("auto", *DTYPES)),
                 ("sft.sigma_sampling", self.sft.sigma_sampling, SIGMA_MODES),
                 ("rollout.rwo_mode", self.rollout.rwo_mode, RWO_MODES),
-                ("rollout.lora_dtype", self.rollout.lora_dtype, ("auto", "fp32", "model")),
+                ("rollout.lora_dtype", self.rollout.lora_dtype, ROLLOUT_LORA_DTYPES),
                 ("model.compile", self.model.compile, ("off", "blocks")),
                 ("optim.gradient_checkpointing", self.optim.gradient_checkpointing, GRADIENT_CHECKPOINTING),
             ]
         )
         if self.model.compile != "off" and self.optim.parallel == "fsdp":
             problems.append('model.compile "blocks" needs optim.parallel "ddp" (not measured with FSDP2\'s sharding)')
-        if self.rollout.lora_dtype == "model" and self.optim.parallel == "fsdp":
-            problems.append('rollout.lora_dtype "model" needs optim.parallel "ddp" (FSDP2 owns its sharded weights)')
+        if self.rollout.lora_dtype in ("model", "merged") and self.optim.parallel == "fsdp":
+            problems.append(
+                f'rollout.lora_dtype "{self.rollout.lora_dtype}" needs optim.parallel "ddp" (FSDP2 owns its sharded '
+                "weights)"
+            )
         if not DEVICE.match(self.model.device):
             problems.append(f"model.device '{self.model.device}' is not a device; use auto, cpu, cuda, cuda:N or mps")
         o, r = self.optim, self.rollout

@@ -44,6 +44,7 @@ from .adapters import (
     load_optimizer_state,
     load_trainable_state,
     lora_cast,
+    lora_merged,
     trainable_state,
 )
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -611,7 +612,9 @@ class Trainer:
 
     def _rollout_lora(self) -> contextlib.AbstractContextManager:
         """rollout.lora_dtype "model" (or "auto"): the LoRA in the DiT's dtype for the rollouts (its fp32 masters
-        train)."""
+        train); "merged": the LoRA merged into the DiT's weights for them."""
+        if self.cfg.rollout.lora_dtype == "merged":
+            return lora_merged(self.base)
         if self.cfg.rollout.lora_in_model_dtype(self.cfg.optim.parallel) and self.editor.dtype != torch.float32:
             return lora_cast(self.lora_params, self.editor.dtype)
         return contextlib.nullcontext()

@@ -9,7 +9,7 @@ Times with CUDA events, using the trainer's own pieces (add_lora, sde_step_with_
           after either (what the PPO clip must tolerate); the rollouts with the LoRA merged into the DiT's weights
           (`rollout.lora_dtype = "merged"`, adapters.lora_merged: no side path, the merge and restore timed with
           them) and their |log ratio|; eager only, the update with the LoRA's side path in bf16 too
-          (`adapters.lora_cast_trainable`), after bf16 rollouts.
+          (`adapters.lora_cast_trainable`), after bf16 rollouts; under --compile blocks, without the fp32-LoRA rollouts.
 VAE and reward time are not included (they depend on the reward); the DiT is what dominates at this size.
 The whole trainer's Edit-GRPO step on the bundled small editor (VAE decode, verifier rewards, records batched per
 DiT call vs one record per call) is `bench/bench_grpo_step.py`.
@@ -262,34 +262,40 @@ def main() -> None:
             with lora_cast_trainable(model, params, dt):
                 return update(rollout)
 
-        sequential = args.compile == "off"  # one member at a time: eager only (2% slower, measured; another graph)
-        update(rollouts())  # warm-up
-        if not sequential:  # the other graphs the timed calls use (the LoRA in bf16, merged), compiled before timing
-            update(rollouts_bf16_lora())
-            update(rollouts_merged_lora())
+        # one member at a time: eager only (2% slower, measured; another graph). Under compiled blocks the fp32-LoRA
+        # rollouts are left out: the trainer compiles only the bf16 ("auto") or merged ones, and in one process with
+        # the bf16 ones torch 2.11 reused one no-grad graph for both, an fp32 input times a bf16 LoRA weight
+        # (RuntimeError; docs/small_models.md, section 87)
+        eager = args.compile == "off"
+        if eager:
+            update(rollouts())  # warm-up
+        update(rollouts_bf16_lora())  # warm-ups: under compiled blocks, the graphs the timed calls use
+        update(rollouts_merged_lora())
         peak_gib(reset=True)
         roll, seq, upd, roll16, rollm, upd16, worst = [], [], [], [], [], [], {}
         for _ in range(max(1, args.repeats - 1)):
             holder = {}
-            if sequential:
+            if eager:
                 seq.append(cuda_time(lambda: rollouts(batched=False)))
-            roll.append(cuda_time(lambda: holder.setdefault("r", rollouts())))  # noqa: B023 (timed right here)
-            upd.append(cuda_time(lambda: holder.setdefault("w", update(holder["r"]))))  # noqa: B023 (timed right here)
+                roll.append(cuda_time(lambda: holder.setdefault("r", rollouts())))  # noqa: B023 (timed right here)
+                worst["fp32_lora"] = update(holder["r"])
             roll16.append(cuda_time(lambda: holder.setdefault("r16", rollouts_bf16_lora())))  # noqa: B023
-            worst = {"fp32_lora": holder["w"], "bf16_lora": update(holder["r16"])}
+            upd.append(cuda_time(lambda: holder.setdefault("w", update(holder["r16"]))))  # noqa: B023 (timed right here)
+            worst["bf16_lora"] = holder["w"]
             rollm.append(cuda_time(lambda: holder.setdefault("rm", rollouts_merged_lora())))  # noqa: B023
             worst["merged_lora"] = update(holder["rm"])
-            if sequential:  # eager: parametrized modules are other graphs under compiled blocks (not measured)
+            if eager:  # parametrized modules are other graphs under compiled blocks (not measured)
                 holder["r16b"] = rollouts_bf16_lora()
                 upd16.append(cuda_time(lambda: holder.setdefault("w16", update_bf16_lora(holder["r16b"]))))  # noqa: B023
                 worst["bf16_lora_rollouts_and_update"] = holder["w16"]
-        r, q, u = statistics.median(roll), statistics.median(seq) if seq else None, statistics.median(upd)
+        r, q = (statistics.median(roll) if roll else None), (statistics.median(seq) if seq else None)
+        u = statistics.median(upd)
         n_fwd, n_upd = args.group * args.steps, args.group * args.window
         results["grpo"] = {
             "rollout_s": r,
             "rollout_sequential_s": q,
             "update_s": u,
-            "iteration_s": r + u,
+            "iteration_s": r + u if r else None,
             "rollout_bf16_lora_s": statistics.median(roll16),
             "iteration_bf16_lora_s": statistics.median(roll16) + u,
             "rollout_merged_lora_s": statistics.median(rollm),
@@ -298,7 +304,8 @@ def main() -> None:
             "iteration_all_bf16_lora_s": statistics.median(roll16) + statistics.median(upd16) if upd16 else None,
             "max_abs_log_ratio_first_update": worst,
             "peak_gib": peak_gib(),
-            "rollout_mfu": n_fwd * fwd / r / rate,
+            "rollout_mfu": n_fwd * fwd / r / rate if r else None,
+            "rollout_bf16_lora_mfu": n_fwd * fwd / statistics.median(roll16) / rate,
             "update_mfu_3x": n_upd * 3 * fwd / u / rate,
             "floor_s": (n_fwd * fwd + n_upd * 3 * fwd) / rate,
         }

@@ -1515,6 +1515,25 @@ def test_compiled_blocks_roll_out_with_the_lora_in_bf16_while_the_masters_hold_g
     assert all(torch.equal(v, state[k]) for k, v in t.base.state_dict().items())
 
 
+@pytest.mark.slow  # torch.compile on the CPU
+def test_compiled_blocks_follow_the_merged_rollouts_switch_of_the_side_path(assets):
+    """rollout.lora_dtype "merged" under model.compile "blocks", after the compiled blocks ran with PEFT's side path
+    on: the merged rollouts equal the eager DiT's (a compiled graph that kept the side path would add the LoRA twice,
+    and one that kept it off would drop it from the side-path rollouts)."""
+    runs = {}
+    for mode in ("off", "blocks"):
+        t = _small_grpo_trainer(assets, f"merged_compile_{mode}", f"model.compile={mode}", "rollout.lora_dtype=fp32")
+        batch = _first_batch(t)
+        side = t._rollout_groups(batch, 0)
+        t.cfg.rollout.lora_dtype = "merged"
+        merged = t._rollout_groups(batch, 0)
+        t.cfg.rollout.lora_dtype = "fp32"
+        runs[mode] = (side, merged, t._rollout_groups(batch, 0))
+    for eager, compiled in zip(runs["off"], runs["blocks"]):
+        for (lat_e, _), (lat_c, _) in zip(eager, compiled):
+            torch.testing.assert_close(lat_c, lat_e, rtol=1e-4, atol=1e-4)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients_and_is_undone(assets, monkeypatch):
     """optim.gradient_checkpointing: the SFT step's and the GRPO step's LoRA gradients as without it (the blocks'
     activations recomputed in the backward, not kept), the rollouts unchanged; `remove_lora` turns it off again."""

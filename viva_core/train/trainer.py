@@ -571,43 +571,46 @@ class Trainer:
         """G Flow-SDE samples of the current policy per local record (gi, rec, enc): (latents [G, ...], transitions).
         The groups of a `_record_chunks` chunk share each DiT call; every sample draws its noise from its own
         generator (seed, step, gi, member), so it is the same sample however the records are batched."""
+        with torch.no_grad(), self._rollout_lora():  # one merge (or cast) of the LoRA for all the chunks
+            return [group for chunk in self._record_chunks(batch) for group in self._rollout_chunk(batch, chunk, step)]
+
+    def _rollout_chunk(self, batch: list, chunk: list[int], step: int) -> list[tuple[torch.Tensor, list[Transition]]]:
+        """`_rollout_groups` of the records `chunk` of `batch`, their G samples each sharing every DiT call."""
         r = self.cfg.rollout
         g, model, out, dev = r.group_size, self.base, [], self.device
-        for chunk in self._record_chunks(batch):
-            part = [batch[i] for i in chunk]
-            gens = [_gen(self.cfg.seed, step, gi, m, 2, device=dev) for gi, _, _ in part for m in range(g)]
-            shape = part[0][2]["source"].shape[1:]
-            start = (
-                torch.stack(
-                    [
-                        torch.randn(tuple(shape), generator=_gen(self.cfg.seed, step, gi, 3, device=dev), device=dev)
-                        for gi, _, _ in part
-                    ]
-                ).repeat_interleave(g, dim=0)
-                if r.shared_start
-                else None
+        part = [batch[i] for i in chunk]
+        gens = [_gen(self.cfg.seed, step, gi, m, 2, device=dev) for gi, _, _ in part for m in range(g)]
+        shape = part[0][2]["source"].shape[1:]
+        start = (
+            torch.stack(
+                [
+                    torch.randn(tuple(shape), generator=_gen(self.cfg.seed, step, gi, 3, device=dev), device=dev)
+                    for gi, _, _ in part
+                ]
+            ).repeat_interleave(g, dim=0)
+            if r.shared_start
+            else None
+        )
+        source, text = self._stacked(part, g)
+        latents, transitions = sde_rollout(
+            lambda x, s, src=source, txt=text: self._policy_velocity(model, x, src, s, txt),
+            shape,
+            shifted_sigmas(r.steps, r.shift),
+            self._sde_steps(),
+            r.noise_level,
+            gens,
+            dev,
+            start=start,
+            noise_block=tuple(r.noise_block),
+        )
+        for j in range(len(part)):
+            rows = slice(j * g, (j + 1) * g)
+            out.append(
+                (
+                    latents[rows],
+                    [Transition(t.step, t.x[rows], t.x_next[rows], t.log_prob[rows]) for t in transitions],
+                )
             )
-            with torch.no_grad(), self._rollout_lora():
-                source, text = self._stacked(part, g)
-                latents, transitions = sde_rollout(
-                    lambda x, s, src=source, txt=text: self._policy_velocity(model, x, src, s, txt),
-                    shape,
-                    shifted_sigmas(r.steps, r.shift),
-                    self._sde_steps(),
-                    r.noise_level,
-                    gens,
-                    dev,
-                    start=start,
-                    noise_block=tuple(r.noise_block),
-                )
-            for j in range(len(part)):
-                rows = slice(j * g, (j + 1) * g)
-                out.append(
-                    (
-                        latents[rows],
-                        [Transition(t.step, t.x[rows], t.x_next[rows], t.log_prob[rows]) for t in transitions],
-                    )
-                )
         return out
 
     def _rollout_lora(self) -> contextlib.AbstractContextManager:

@@ -8,6 +8,8 @@ Times, in one process and with CUDA events:
 and prints seconds, the ratio to the FLOP floor (FLOPs / measured bf16 matmul rate) and to the baseline.
 
     python bench/bench_dit.py [--frames 81 --height 480 --width 832] [--variants sdpa,sdpa_cudnn,compile_blocks]
+(a variant is an `attention` option, compiled blocks with "+compile": flash4,flash4+compile; "compile_blocks" is
+sdpa+compile)
 """
 
 from __future__ import annotations
@@ -134,7 +136,10 @@ def main() -> None:
     )
 
     for variant in [v for v in args.variants.split(",") if v]:
+        # "compile_blocks" = sdpa compiled; "<attention>+compile" any other attention option compiled
         attention, compile_mode = ("sdpa", "blocks") if variant == "compile_blocks" else (variant, "off")
+        if variant.endswith("+compile"):
+            attention, compile_mode = variant.removesuffix("+compile"), "blocks"
         model.set_attention_backend("native")  # reset before each variant
         opts = EditorOptions(dtype="bf16", device="cuda", attention=attention, compile=compile_mode)
         t0 = time.perf_counter()

@@ -29,6 +29,8 @@ VARIANTS = {
     "offload=block_prefetch": {"offload": "block_prefetch"},
     "fp8_storage": {"fp8_storage": True},
     "attention=sdpa_cudnn": {"attention": "sdpa_cudnn"},
+    "attention=flash4 (flash-attn-4 installed)": {"attention": "flash4"},
+    "attention=flash4, compile=blocks": {"attention": "flash4", "compile": "blocks"},
     "compile=blocks": {"compile": "blocks"},
     "vae_tiling": {"vae_tiling": True},
 }

@@ -103,3 +103,69 @@ def test_the_floors_named_in_errors_are_pyprojects():
         ("diffusers", compat.MIN_DIFFUSERS),
     ):
         assert f"{package}>={floor}" in deps["dependencies"]
+
+
+@pytest.fixture
+def fake_flash_attn_4(monkeypatch):
+    """A stand-in `flash_attn.cute` whose flash_attn_func is attention written out on FA4's (B, S, H, D) layout
+    (softmax(q k^T / sqrt(d)) v, an independent reference), returning (out, lse) as FA4 does; diffusers' registry
+    and process-wide backend are put back after."""
+    import types
+
+    from diffusers.models.attention_dispatch import (
+        _HUB_KERNELS_REGISTRY,
+        AttentionBackendName,
+        _AttentionBackendRegistry,
+    )
+
+    calls = []
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
+        calls.append(tuple(q.shape))
+        scale = softmax_scale or q.shape[-1] ** -0.5
+        scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
+        out = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v.float()).to(q.dtype)
+        return out, scores.logsumexp(-1)
+
+    cute = types.ModuleType("flash_attn.cute")
+    cute.flash_attn_func = flash_attn_func
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    config = _HUB_KERNELS_REGISTRY[AttentionBackendName.FLASH_4_HUB]
+    kernel_fn, active = config.kernel_fn, _AttentionBackendRegistry.get_active_backend()
+    yield calls
+    config.kernel_fn = kernel_fn
+    _AttentionBackendRegistry.set_active_backend(active[0] if isinstance(active, tuple) else active)
+
+
+def test_flash4_attention_runs_the_installed_fa4_function_in_the_dit(fake_flash_attn_4):
+    from tiny_editor import tiny_transformer
+
+    model = tiny_transformer().eval()
+    x = torch.randn(1, 32, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 7, model.config.text_dim, generator=torch.Generator().manual_seed(1))
+    t = torch.full((1,), 500.0)
+
+    def forward():
+        with torch.no_grad():
+            return model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+
+    compat.set_attention_backend(model, "sdpa")
+    reference = forward()
+    compat.set_attention_backend(model, "flash4")  # no `kernels` package, no Hub: the installed function
+    out = forward()
+    heads, dim = model.config.num_attention_heads, model.config.attention_head_dim
+    tokens = 3 * 4 * 4
+    per_block = [(1, tokens, heads, dim), (1, tokens, heads, dim)]  # self-attention, then cross-attention
+    assert fake_flash_attn_4 == per_block * model.config.num_layers
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    compat.set_attention_backend(model, "sdpa")  # and back: SDPA again, FA4 not called
+    torch.testing.assert_close(forward(), reference, rtol=0, atol=0)
+    assert len(fake_flash_attn_4) == 2 * model.config.num_layers
+
+
+def test_flash4_attention_without_the_package_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", None)
+    from tiny_editor import tiny_transformer
+
+    with pytest.raises(DependencyError, match=r"pip install flash-attn-4.*Hopper or Blackwell"):
+        compat.set_attention_backend(tiny_transformer(), "flash4")

@@ -14,7 +14,7 @@ from tiny_editor import (
     write_scheduler_config,
 )
 
-from viva_core.editor import Conditioning, EditorOptions, load_editor
+from viva_core.editor import Conditioning, EditorOptions, available_attention_backends, load_editor
 from viva_core.errors import InputError, ModelLoadError, NonFiniteError
 from viva_core.pipeline import EditSettings, edit, encode_frames, pad_tokens
 
@@ -123,6 +123,26 @@ def _has(mod):
     import importlib.util
 
     return importlib.util.find_spec(mod) is not None
+
+
+def test_fa4_alone_offers_flash4_on_a_gpu_not_flash(tmp_path, monkeypatch):
+    """flash-attn-4 installs flash_attn/cute/ with no flash_attn/__init__.py: a namespace, which is not FA2."""
+    import viva_core.editor as editor_mod
+
+    if editor_mod._installed("flash_attn"):
+        pytest.skip("FA2 installed here")
+    (tmp_path / "flash_attn" / "cute").mkdir(parents=True)
+    (tmp_path / "flash_attn" / "cute" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert editor_mod._installed("flash_attn.cute") and not editor_mod._installed("flash_attn")
+    assert not editor_mod._installed("flash_attn.nothing") and not editor_mod._installed("no_such_package.cute")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "flash4" not in available_attention_backends() and "flash" not in available_attention_backends()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    found = available_attention_backends()
+    assert "flash4" in found and "flash" not in found
+    (tmp_path / "flash_attn" / "__init__.py").write_text("")  # FA2's package beside it
+    assert "flash" in available_attention_backends()
 
 
 def test_edit_is_deterministic_and_snaps_frames(editor_dir):

@@ -122,7 +122,11 @@ ATTENTION_BACKEND_NAMES = {
     "sdpa_efficient": "_native_efficient",
     "flash": "flash",
     "sage": "sage",
+    "flash4": "flash_4_hub",
 }
+# The FA4 package's import name: its CuTe DSL kernels (Hopper and Blackwell) live under the flash_attn namespace,
+# beside (not inside) FA2's flash_attn package.
+FLASH_ATTN_4_MODULE = "flash_attn.cute"
 
 
 def _diffusers_backend_names() -> Optional[frozenset[str]]:
@@ -155,7 +159,50 @@ def set_attention_backend(model: torch.nn.Module, option: str) -> None:
     """Set a diffusers model's attention backend from one of our options (ATTENTION_BACKEND_NAMES' keys)."""
     if not hasattr(model, "set_attention_backend"):
         raise _needs("diffusers", MIN_DIFFUSERS, "choosing the DiT's attention backend")
+    if option == "flash4":
+        _set_flash_attn_4(model)
+        return
     model.set_attention_backend(diffusers_attention_backend(option))
+
+
+def _flash_attn_4_func() -> Callable:
+    """FA4's attention function from the locally installed `flash-attn-4` package, kept out of torch.compile's
+    graphs (its CuTe DSL kernels are launched from Python, which dynamo cannot trace; a compiled block then runs in
+    two pieces around each attention call)."""
+    import importlib
+
+    try:
+        flash_attn_func = importlib.import_module(FLASH_ATTN_4_MODULE).flash_attn_func
+    except Exception as e:  # an ImportError, or the CuTe DSL failing to load its CUDA libraries
+        raise DependencyError(
+            f"attention 'flash4' needs the flash-attn-4 package (pip install flash-attn-4) and a Hopper or Blackwell "
+            f"GPU; importing {FLASH_ATTN_4_MODULE} failed: {type(e).__name__}: {e}"
+        ) from e
+    return torch.compiler.disable(flash_attn_func)
+
+
+def _set_flash_attn_4(model: torch.nn.Module) -> None:
+    """diffusers reaches FA4 only as a kernel fetched from the Hub (`flash_4_hub`, through the `kernels` package,
+    remote code); its dispatch function calls the registered `kernel_fn`, so the installed package's function is
+    registered there and each attention processor pointed at that backend, as `set_attention_backend` does after
+    its `kernels` check."""
+    try:
+        from diffusers.models.attention_dispatch import (
+            _HUB_KERNELS_REGISTRY,
+            AttentionBackendName,
+            _AttentionBackendRegistry,
+        )
+
+        backend = AttentionBackendName(ATTENTION_BACKEND_NAMES["flash4"])
+        config = _HUB_KERNELS_REGISTRY[backend]
+    except (ImportError, ValueError, KeyError, AttributeError):
+        raise _needs("diffusers", "0.42", "attention 'flash4' (diffusers backend 'flash_4_hub')") from None
+    config.kernel_fn = _flash_attn_4_func()
+    for module in model.modules():
+        processor = getattr(module, "processor", None)
+        if processor is not None and hasattr(processor, "_attention_backend"):
+            processor._attention_backend = backend
+    _AttentionBackendRegistry.set_active_backend(backend)
 
 
 # Wan's own list (diffusers 0.35): used when a diffusers release drops the private class attribute.

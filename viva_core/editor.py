@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .compat import keep_in_fp32_modules, set_attention_backend, wan_single_file_converter
+from .compat import FLASH_ATTN_4_MODULE, keep_in_fp32_modules, set_attention_backend, wan_single_file_converter
 from .errors import InputError, ModelLoadError, NonFiniteError
 from .lora import LoraKeyReport, LoraSpec, applied_loras, check_lora_fits, install_fp8_lora_hooks
 from .runtime import ModelHost, bf16_is_fast, parse_device, parse_dtype
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 OFFLOAD_MODES = ("none", "model", "block", "block_prefetch")
 BLOCK_OFFLOAD_MODES = ("block", "block_prefetch")  # the DiT streamed block by block from host memory
-ATTENTION_BACKENDS = ("sdpa", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "flash", "sage")
+ATTENTION_BACKENDS = ("sdpa", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "flash", "sage", "flash4")
 COMPILE_MODES = ("off", "blocks", "full")
 WAN_HEAD_DIM = 128  # every released Wan DiT (1.3B, 5B, 14B) uses 128-dim heads; weights do not record it
 SINGLE_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
@@ -686,14 +686,29 @@ def expand_input_channels(transformer: torch.nn.Module, extra: int) -> torch.nn.
 
 
 def available_attention_backends() -> list[str]:
-    """Attention options usable here: the SDPA family always; flash / sage only if their packages import."""
-    import importlib.util
-
+    """Attention options usable here: the SDPA family always; flash / sage / flash4 only if their packages are
+    installed (flash4 on a CUDA GPU: FA4's kernels are Hopper / Blackwell only)."""
     found = ["sdpa"]
     if torch.cuda.is_available():
         found += ["sdpa_cudnn", "sdpa_flash", "sdpa_efficient"]
-    found += [b for b, mod in (("flash", "flash_attn"), ("sage", "sageattention")) if importlib.util.find_spec(mod)]
+    found += [b for b, mod in (("flash", "flash_attn"), ("sage", "sageattention")) if _installed(mod)]
+    if torch.cuda.is_available() and _installed(FLASH_ATTN_4_MODULE):
+        found.append("flash4")
     return found
+
+
+def _installed(module: str) -> bool:
+    """Whether a module is installed, importing none of it. A top-level name must be a real module or package: FA4
+    alone leaves `flash_attn` a bare namespace (no FA2); a dotted name is looked for in its parent's folders."""
+    import importlib.util
+
+    top, _, rest = module.partition(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        return False
+    if not rest:
+        return spec.origin is not None
+    return any((Path(p) / rest.replace(".", "/")).is_dir() for p in spec.submodule_search_locations or ())
 
 
 @contextlib.contextmanager

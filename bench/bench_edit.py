@@ -17,6 +17,7 @@ Variants (`--variants`, in this fixed order: the compiled ones last, un-compiled
              first, added when not chosen) and how many DiT calls ran all blocks
   compile    compile=blocks
   best       sdpa_cudnn + vae bf16 + compile=blocks
+  best_fa4   best with attention=flash4 (the flash-attn-4 package installed)
   best+fbcT  best with the step cache at threshold T (0.1, 0.2, 0.5, 1, 2: random weights change more between steps
              than trained ones, so the larger ones show the time a skipped call saves at this shape)
 Each: one warm-up edit of `--warmup-steps` (same shapes, so every kernel and the compile are warm; its seconds are
@@ -126,6 +127,7 @@ VARIANTS = {
         *(Variant(f"fast+fbc{t:g}", **FAST, step_cache=t) for t in (0.05, 0.1, 0.2)),
         Variant("compile", compile="blocks"),
         Variant("best", attention="sdpa_cudnn", vae_dtype="bf16", compile="blocks"),
+        Variant("best_fa4", attention="flash4", vae_dtype="bf16", compile="blocks"),  # flash-attn-4 installed
         *(
             Variant(f"best+fbc{t:g}", attention="sdpa_cudnn", vae_dtype="bf16", compile="blocks", step_cache=t)
             for t in (0.1, 0.2, 0.5, 1, 2)

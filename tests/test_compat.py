@@ -169,3 +169,23 @@ def test_flash4_attention_without_the_package_names_it(monkeypatch):
 
     with pytest.raises(DependencyError, match=r"pip install flash-attn-4.*Hopper or Blackwell"):
         compat.set_attention_backend(tiny_transformer(), "flash4")
+
+
+def test_flash4_attention_is_one_custom_op_under_compile_and_keeps_gradients(fake_flash_attn_4):
+    """Without gradients FA4 runs as torch.ops.viva.flash_attn_4, which dynamo keeps in one graph (fullgraph: a graph
+    break would raise); with gradients its own autograd function runs, and the gradients are attention's."""
+    fa4 = compat._flash_attn_4_func()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 6, 2, 8, generator=g) for _ in "qkv")
+    reference = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)))
+    compiled = torch.compile(lambda q, k, v: fa4(q, k, v) * 2, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(q, k, v), 2 * reference.transpose(1, 2), rtol=1e-5, atol=1e-5)
+        scaled = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), scale=0.5)
+        torch.testing.assert_close(fa4(q, k, v, softmax_scale=0.5), scaled.transpose(1, 2), rtol=1e-5, atol=1e-5)
+    qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
+    fa4(qg, kg, vg).square().sum().backward()
+    qr, kr, vr = (x.clone().transpose(1, 2).requires_grad_(True) for x in (q, k, v))
+    torch.nn.functional.scaled_dot_product_attention(qr, kr, vr).square().sum().backward()
+    for got, want in ((qg, qr), (kg, kr), (vg, vr)):
+        torch.testing.assert_close(got.grad, want.grad.transpose(1, 2), rtol=1e-5, atol=1e-5)

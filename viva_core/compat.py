@@ -166,9 +166,9 @@ def set_attention_backend(model: torch.nn.Module, option: str) -> None:
 
 
 def _flash_attn_4_func() -> Callable:
-    """FA4's attention function from the locally installed `flash-attn-4` package, kept out of torch.compile's
-    graphs (its CuTe DSL kernels are launched from Python, which dynamo cannot trace; a compiled block then runs in
-    two pieces around each attention call)."""
+    """FA4's attention function from the locally installed `flash-attn-4` package. Without gradients it runs as a
+    torch custom op, so compiled blocks keep one graph around it (dynamo cannot trace the CuTe DSL launcher); with
+    gradients it is called as is (its own autograd function), which runs eager but not inside compiled blocks."""
     import importlib
 
     try:
@@ -178,7 +178,39 @@ def _flash_attn_4_func() -> Callable:
             f"attention 'flash4' needs the flash-attn-4 package (pip install flash-attn-4) and a Hopper or Blackwell "
             f"GPU; importing {FLASH_ATTN_4_MODULE} failed: {type(e).__name__}: {e}"
         ) from e
-    return torch.compiler.disable(flash_attn_func)
+    global _FA4_KERNEL
+    _FA4_KERNEL = flash_attn_func
+    op = _flash_attn_4_op()
+
+    def attention(q, k, v, softmax_scale=None, causal=False):
+        if causal or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+            out = flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=causal)
+            return out[0] if isinstance(out, tuple) else out
+        return op(q, k, v, -1.0 if softmax_scale is None else float(softmax_scale))
+
+    return attention
+
+
+_FA4_KERNEL: Optional[Callable] = None
+_FA4_OP: Optional[Callable] = None
+
+
+def _flash_attn_4_op() -> Callable:
+    """torch.ops.viva.flash_attn_4 (registered once a process): FA4's forward as an opaque op with a fake kernel."""
+    global _FA4_OP
+    if _FA4_OP is None:
+
+        @torch.library.custom_op("viva::flash_attn_4", mutates_args=())
+        def flash_attn_4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+            out = _FA4_KERNEL(q, k, v, softmax_scale=None if scale < 0 else scale)
+            return out[0] if isinstance(out, tuple) else out
+
+        @flash_attn_4.register_fake
+        def _(q, k, v, scale):
+            return q.new_empty(q.shape[:-1] + v.shape[-1:])
+
+        _FA4_OP = flash_attn_4
+    return _FA4_OP
 
 
 def _set_flash_attn_4(model: torch.nn.Module) -> None:

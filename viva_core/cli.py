@@ -710,7 +710,7 @@ def add_step_cache_option(sp: argparse.ArgumentParser) -> None:
 
 def add_editor_options(sp: argparse.ArgumentParser) -> None:
     """How the editor runs (the options of EditorOptions), shared by every command that loads one."""
-    from .editor import COMPILE_MODES, OFFLOAD_MODES
+    from .editor import ATTENTION_BACKENDS, COMPILE_MODES, OFFLOAD_MODES
     from .runtime import DTYPE_NAMES
 
     sp.add_argument("--dtype", default="bf16", choices=DTYPE_NAMES)
@@ -723,7 +723,12 @@ def add_editor_options(sp: argparse.ArgumentParser) -> None:
         "block_prefetch: streamed ahead on a side stream (about 2x faster than block, more GPU memory, the DiT pinned "
         "in RAM)",
     )
-    sp.add_argument("--attention", default="sdpa")
+    sp.add_argument(
+        "--attention",
+        default="sdpa",
+        choices=ATTENTION_BACKENDS,
+        help="DiT attention; flash / sage / flash4 need their packages (flash4: flash-attn-4, Hopper or Blackwell)",
+    )
     sp.add_argument("--compile", default="off", choices=COMPILE_MODES)
     sp.add_argument("--fp8", action="store_true", help="store DiT weights in fp8")
     sp.add_argument("--vae-tiling", action="store_true")

@@ -16,6 +16,7 @@ DiT call vs one record per call) is `bench/bench_grpo_step.py`.
 Under torchrun the SFT step runs data-parallel (DDP) and reports samples/s per GPU count.
 
     python bench/bench_train.py [--frames 33] [--group 8 --steps 10 --window 2] [--checkpointing] [--compile blocks]
+        [--attention flash4]
     torchrun --nproc_per_node=2 bench/bench_train.py --only sft
 """
 
@@ -90,6 +91,9 @@ def main() -> None:
     ap.add_argument(
         "--compile", default="off", choices=["off", "blocks"], help="the trainer's model.compile (warm-ups compile)"
     )
+    ap.add_argument(
+        "--attention", default="sdpa", help="the trainer's model.attention (flash4: flash-attn-4 forward and backward)"
+    )
     ap.add_argument("--only", default="sft,grpo")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
@@ -118,6 +122,9 @@ def main() -> None:
     model = WanTransformer3DModel(**shape).to(dev, dt)
     params = add_lora(model, LoraConfig(rank=args.rank, alpha=2 * args.rank, targets="attn"))
     trained_size_lora(model, args.lora_scale)
+    from viva_core.compat import set_attention_backend
+
+    set_attention_backend(model, args.attention)  # as load_editor does for the trainer's model.attention
     if args.compile != "off":
         from viva_core.editor import compile_dit
 

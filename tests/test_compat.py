@@ -105,38 +105,6 @@ def test_the_floors_named_in_errors_are_pyprojects():
         assert f"{package}>={floor}" in deps["dependencies"]
 
 
-@pytest.fixture
-def fake_flash_attn_4(monkeypatch):
-    """A stand-in `flash_attn.cute` whose flash_attn_func is attention written out on FA4's (B, S, H, D) layout
-    (softmax(q k^T / sqrt(d)) v, an independent reference), returning (out, lse) as FA4 does; diffusers' registry
-    and process-wide backend are put back after."""
-    import types
-
-    from diffusers.models.attention_dispatch import (
-        _HUB_KERNELS_REGISTRY,
-        AttentionBackendName,
-        _AttentionBackendRegistry,
-    )
-
-    calls = []
-
-    def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
-        calls.append(tuple(q.shape))
-        scale = softmax_scale or q.shape[-1] ** -0.5
-        scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
-        out = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v.float()).to(q.dtype)
-        return out, scores.logsumexp(-1)
-
-    cute = types.ModuleType("flash_attn.cute")
-    cute.flash_attn_func = flash_attn_func
-    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
-    config = _HUB_KERNELS_REGISTRY[AttentionBackendName.FLASH_4_HUB]
-    kernel_fn, active = config.kernel_fn, _AttentionBackendRegistry.get_active_backend()
-    yield calls
-    config.kernel_fn = kernel_fn
-    _AttentionBackendRegistry.set_active_backend(active[0] if isinstance(active, tuple) else active)
-
-
 def test_flash4_attention_runs_the_installed_fa4_function_in_the_dit(fake_flash_attn_4):
     from tiny_editor import tiny_transformer
 
@@ -171,21 +139,27 @@ def test_flash4_attention_without_the_package_names_it(monkeypatch):
         compat.set_attention_backend(tiny_transformer(), "flash4")
 
 
-def test_flash4_attention_is_one_custom_op_under_compile_and_keeps_gradients(fake_flash_attn_4):
-    """Without gradients FA4 runs as torch.ops.viva.flash_attn_4, which dynamo keeps in one graph (fullgraph: a graph
-    break would raise); with gradients its own autograd function runs, and the gradients are attention's."""
+def test_flash4_attention_is_one_custom_op_under_compile_with_gradients(fake_flash_attn_4):
+    """FA4 runs as torch.ops.viva.flash_attn_4 (and its backward op), which dynamo keeps in one graph (fullgraph: a
+    graph break would raise), forward and backward; the scale passes through; the gradients are attention's."""
     fa4 = compat._flash_attn_4_func()
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 6, 2, 8, generator=g) for _ in "qkv")
-    reference = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)))
+
+    def sdpa(q, k, v, **kw):
+        return torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), **kw)
+
     compiled = torch.compile(lambda q, k, v: fa4(q, k, v) * 2, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(q, k, v), 2 * reference.transpose(1, 2), rtol=1e-5, atol=1e-5)
-        scaled = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), scale=0.5)
-        torch.testing.assert_close(fa4(q, k, v, softmax_scale=0.5), scaled.transpose(1, 2), rtol=1e-5, atol=1e-5)
-    qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
-    fa4(qg, kg, vg).square().sum().backward()
-    qr, kr, vr = (x.clone().transpose(1, 2).requires_grad_(True) for x in (q, k, v))
-    torch.nn.functional.scaled_dot_product_attention(qr, kr, vr).square().sum().backward()
-    for got, want in ((qg, qr), (kg, kr), (vg, vr)):
-        torch.testing.assert_close(got.grad, want.grad.transpose(1, 2), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(compiled(q, k, v), 2 * sdpa(q, k, v).transpose(1, 2), rtol=1e-5, atol=1e-5)
+        scaled = sdpa(q, k, v, scale=0.5).transpose(1, 2)
+        torch.testing.assert_close(fa4(q, k, v, softmax_scale=0.5), scaled, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="non-causal"):
+        fa4(q, k, v, causal=True)
+    qr, kr, vr = (x.clone().requires_grad_(True) for x in (q, k, v))
+    sdpa(qr, kr, vr).square().sum().backward()
+    for run, factor in ((fa4, 1), (compiled, 4)):  # compiled: (2 a)^2, four times the loss and its gradients
+        qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
+        run(qg, kg, vg).square().sum().backward()
+        for got, want in ((qg, qr), (kg, kr), (vg, vr)):
+            torch.testing.assert_close(got.grad, factor * want.grad, rtol=1e-5, atol=1e-5)

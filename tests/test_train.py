@@ -15,7 +15,7 @@ from tiny_data import build_dataset
 from tiny_editor import build_editor_folder
 
 from viva_core.data import TensorCache
-from viva_core.errors import InputError
+from viva_core.errors import ConfigError, InputError
 from viva_core.pipeline import encode_frames
 from viva_core.train.config import load_config
 from viva_core.train.trainer import Trainer
@@ -392,6 +392,30 @@ def test_sft_step_batches_the_records_and_matches_the_per_record_loss_and_gradie
         fms.append(float(fm.detach()))
     assert len(batch) == 3 and loss == pytest.approx(sum(fms) / 3, rel=1e-5)
     _assert_grads_match(batched, [p.grad for p in t.params])
+
+
+def test_sft_step_with_flash4_attention_trains_as_sdpa(assets, fake_flash_attn_4, monkeypatch):
+    """model.attention reaches the training DiT: with "flash4" (FA4's forward and backward ops, here the written-out
+    stand-in of conftest.py) one SFT step gives SDPA's loss and LoRA gradients, and FA4 ran in it."""
+    import viva_core.editor as editor_mod
+
+    found = editor_mod.available_attention_backends()
+    monkeypatch.setattr(editor_mod, "available_attention_backends", lambda: [*found, "flash4"])  # a GPU with FA4
+    steps = {}
+    for attention in ("sdpa", "flash4"):
+        cfg = config(assets, assets["root"] / f"sft_{attention}", "optim.steps=1", f"model.attention={attention}")
+        t = Trainer(cfg)
+        t._setup()
+        loss = t._sft_step(0)["loss"]
+        steps[attention] = loss, [p.grad.clone() for p in t.params]
+        processors = [m.processor for m in t.dit.modules() if getattr(m, "processor", None) is not None]
+        backends = {getattr(p._attention_backend, "value", None) for p in processors}
+        assert backends == {"native" if attention == "sdpa" else "flash_4_hub"}
+    assert fake_flash_attn_4, "FA4's stand-in never ran"
+    assert steps["flash4"][0] == pytest.approx(steps["sdpa"][0], rel=1e-5)
+    _assert_grads_match(steps["flash4"][1], steps["sdpa"][1])
+    with pytest.raises(ConfigError, match="model.attention"):
+        config(assets, assets["root"] / "sft_bad", "model.attention=fast")
 
 
 def _assert_grads_match(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:

@@ -166,51 +166,86 @@ def set_attention_backend(model: torch.nn.Module, option: str) -> None:
 
 
 def _flash_attn_4_func() -> Callable:
-    """FA4's attention function from the locally installed `flash-attn-4` package. Without gradients it runs as a
-    torch custom op, so compiled blocks keep one graph around it (dynamo cannot trace the CuTe DSL launcher); with
-    gradients it is called as is (its own autograd function), which runs eager but not inside compiled blocks."""
+    """FA4's attention (B, S, H, D) from the locally installed `flash-attn-4` package, as the custom ops
+    torch.ops.viva.flash_attn_4 and its backward: dynamo cannot trace FA4's CuTe DSL launcher, and an opaque op keeps a
+    compiled block one graph, at inference and in training alike."""
     import importlib
 
+    global _FA4_INTERFACE
     try:
-        flash_attn_func = importlib.import_module(FLASH_ATTN_4_MODULE).flash_attn_func
+        importlib.import_module(FLASH_ATTN_4_MODULE)
+        _FA4_INTERFACE = importlib.import_module(FLASH_ATTN_4_MODULE + ".interface")
     except Exception as e:  # an ImportError, or the CuTe DSL failing to load its CUDA libraries
         raise DependencyError(
             f"attention 'flash4' needs the flash-attn-4 package (pip install flash-attn-4) and a Hopper or Blackwell "
             f"GPU; importing {FLASH_ATTN_4_MODULE} failed: {type(e).__name__}: {e}"
         ) from e
-    global _FA4_KERNEL
-    _FA4_KERNEL = flash_attn_func
     op = _flash_attn_4_op()
 
     def attention(q, k, v, softmax_scale=None, causal=False):
-        if causal or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
-            out = flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=causal)
-            return out[0] if isinstance(out, tuple) else out
-        return op(q, k, v, -1.0 if softmax_scale is None else float(softmax_scale))
+        if causal:
+            raise ValueError("attention 'flash4' is wired for non-causal attention (Wan's) only")
+        return op(q, k, v, -1.0 if softmax_scale is None else float(softmax_scale))[0]
 
     return attention
 
 
-_FA4_KERNEL: Optional[Callable] = None
+# FA4's module holding _flash_attn_fwd / _flash_attn_bwd (what its own autograd function calls; 4.0.0b40's
+# signatures), and the ops registered once a process around them
+_FA4_INTERFACE: Any = None
 _FA4_OP: Optional[Callable] = None
 
 
+def _fa4_scale(scale: float) -> Optional[float]:
+    return None if scale < 0 else scale  # ops take no Optional float: -1 stands for FA4's default 1/sqrt(d)
+
+
 def _flash_attn_4_op() -> Callable:
-    """torch.ops.viva.flash_attn_4 (registered once a process): FA4's forward as an opaque op with a fake kernel."""
+    """torch.ops.viva.flash_attn_4 (q, k, v, scale) -> (out, lse), differentiable in q, k, v through
+    torch.ops.viva.flash_attn_4_backward; both with fake kernels, so torch.compile sees their shapes."""
     global _FA4_OP
-    if _FA4_OP is None:
+    if _FA4_OP is not None:
+        return _FA4_OP
 
-        @torch.library.custom_op("viva::flash_attn_4", mutates_args=())
-        def flash_attn_4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-            out = _FA4_KERNEL(q, k, v, softmax_scale=None if scale < 0 else scale)
-            return out[0] if isinstance(out, tuple) else out
+    @torch.library.custom_op("viva::flash_attn_4", mutates_args=())
+    def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        out, lse = _FA4_INTERFACE._flash_attn_fwd(q, k, v, softmax_scale=_fa4_scale(scale), return_lse=True)[:2]
+        return out, lse
 
-        @flash_attn_4.register_fake
-        def _(q, k, v, scale):
-            return q.new_empty(q.shape[:-1] + v.shape[-1:])
+    @forward.register_fake
+    def _(q, k, v, scale):
+        batch, tokens, heads = q.shape[:3]
+        return q.new_empty(q.shape[:-1] + v.shape[-1:]), q.new_empty((batch, heads, tokens), dtype=torch.float32)
 
-        _FA4_OP = flash_attn_4
-    return _FA4_OP
+    @torch.library.custom_op("viva::flash_attn_4_backward", mutates_args=())
+    def backward_op(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        out: torch.Tensor,
+        grad_out: torch.Tensor,
+        lse: torch.Tensor,
+        scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dq, dk, dv = _FA4_INTERFACE._flash_attn_bwd(q, k, v, out, grad_out, lse, _fa4_scale(scale))[:3]
+        return dq, dk, dv
+
+    @backward_op.register_fake
+    def _(q, k, v, out, grad_out, lse, scale):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, scale = inputs
+        ctx.save_for_backward(q, k, v, *output)
+        ctx.scale = scale
+
+    def backward(ctx, grad_out, grad_lse):  # the lse is an internal output: its gradient is never used
+        q, k, v, out, lse = ctx.saved_tensors
+        return (*backward_op(q, k, v, out, grad_out.contiguous(), lse, ctx.scale), None)
+
+    forward.register_autograd(backward, setup_context=setup_context)
+    _FA4_OP = forward
+    return forward
 
 
 def _set_flash_attn_4(model: torch.nn.Module) -> None:

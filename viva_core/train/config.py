@@ -63,6 +63,9 @@ class ModelConfig:
     # editor's compile=blocks: 1.45x against 1.68x its FLOP floor at inference, bench/RESULTS.md); a first step
     # compiles for minutes on a big DiT, and each new shape (frames, batch rows, the rollouts' LoRA dtype) again
     compile: str = "off"
+    # the DiT's attention for the rollouts, updates and SFT steps: the editor's option ("flash4": flash-attn-4 on
+    # Hopper / Blackwell, its forward and backward 16-19% past cuDNN's at the Wan shapes, bench/RESULTS.md)
+    attention: str = "sdpa"
     max_text_tokens: int = 0  # text padding length; 0 = the editor's own (512 for Wan, viva_editor.json for ours)
     instructor: str = ""  # VLM folder: condition on instructor tokens through the refiner
     refiner: str = ""  # start from this refiner (.safetensors); empty = new refiner when train_refiner
@@ -273,6 +276,7 @@ class TrainConfig:
             problems.append(
                 f"output_dir '{self.output_dir}' is a file; name a folder (it holds checkpoints and the LoRA)"
             )
+        from ..editor import ATTENTION_BACKENDS
         from ..runtime import DTYPES
         from .losses import RWO_MODES, SIGMA_MODES
 
@@ -283,6 +287,7 @@ class TrainConfig:
                 ("rollout.rwo_mode", self.rollout.rwo_mode, RWO_MODES),
                 ("rollout.lora_dtype", self.rollout.lora_dtype, ROLLOUT_LORA_DTYPES),
                 ("model.compile", self.model.compile, ("off", "blocks")),
+                ("model.attention", self.model.attention, ATTENTION_BACKENDS),
                 ("optim.gradient_checkpointing", self.optim.gradient_checkpointing, GRADIENT_CHECKPOINTING),
             ]
         )

@@ -127,7 +127,9 @@ class Trainer:
         )
         self.world: World = init_world("cuda" if want_cuda else "cpu")
         device = f"cuda:{self.world.local_rank}" if want_cuda else "cpu"
-        opts = EditorOptions(dtype=cfg.model.dtype, device=device, allow_t2v=cfg.model.allow_t2v)
+        opts = EditorOptions(
+            dtype=cfg.model.dtype, device=device, allow_t2v=cfg.model.allow_t2v, attention=cfg.model.attention
+        )
         src = Path(cfg.model.editor)
         if self.loaded_editor is not None:
             log.info(

@@ -1509,8 +1509,11 @@ def test_compiled_blocks_train_as_the_eager_dit_does_and_are_undone(assets):
     blocks = compiled.base.blocks
     assert all(hasattr(b.__dict__.get("forward"), "_torchdynamo_orig_callable") for b in blocks)
     assert not any("forward" in b.__dict__ for b in eager.base.blocks)
-    for key in ("reward", "loss_policy"):
-        assert s_compiled[key] == pytest.approx(s_eager[key], rel=1e-4, abs=1e-6), key
+    assert s_compiled["reward"] == pytest.approx(s_eager["reward"], rel=1e-4, abs=1e-6)
+    # the first update's policy loss is -mean(A * ratio) at ratio 1: zero-mean advantages leave only rounding
+    # (1e-5 either side, its sign set by the CPU's kernels), so it is compared at that scale; the gradient below
+    # carries the check
+    assert s_compiled["loss_policy"] == pytest.approx(s_eager["loss_policy"], abs=1e-4)
     for a, b in zip(g_compiled, g_eager):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
     assert any(float(g.abs().max()) > 0 for g in g_eager)

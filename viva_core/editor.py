@@ -703,7 +703,10 @@ def _installed(module: str) -> bool:
     import importlib.util
 
     top, _, rest = module.partition(".")
-    spec = importlib.util.find_spec(top)
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):  # a broken install, or a module object without a spec in sys.modules
+        return False
     if spec is None:
         return False
     if not rest:

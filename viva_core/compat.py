@@ -177,8 +177,9 @@ def _flash_attn_4_func() -> Callable:
         _FA4_INTERFACE = importlib.import_module(FLASH_ATTN_4_MODULE + ".interface")
     except Exception as e:  # an ImportError, or the CuTe DSL failing to load its CUDA libraries
         raise DependencyError(
-            f"attention 'flash4' needs the flash-attn-4 package (pip install flash-attn-4) and a Hopper or Blackwell "
-            f"GPU; importing {FLASH_ATTN_4_MODULE} failed: {type(e).__name__}: {e}"
+            f"attention 'flash4' needs the flash-attn-4 package (pip install flash-attn-4, or \"flash-attn-4[cu13]\" "
+            f"with a CUDA 13 torch) and a Hopper or Blackwell GPU; importing {FLASH_ATTN_4_MODULE} failed: "
+            f"{type(e).__name__}: {e}"
         ) from e
     op = _flash_attn_4_op()
 

@@ -9,8 +9,8 @@ Times in one process with CUDA events (median), bf16, head dim 128, inputs laid 
             the largest difference from the flash kernel's output;
   model     the Wan2.1-1.3B editor-shaped DiT forward (480x832x81) per diffusers attention backend, and the top CUDA
             kernels of one forward of each (torch.profiler), which shows what each backend actually runs.
-Where the `flash-attn-4` package (CuTe DSL, `flash_attn.cute`) imports, its kernel is one more variant in both parts
-(in the model, through SDPA's entry point, since diffusers 0.42 reaches FA4 only through the `kernels` hub).
+Where the `flash-attn-4` package (CuTe DSL, `flash_attn.cute`) imports, the editor's `attention="flash4"` is one more
+variant in both parts (viva_core.compat: FA4's kernel as a custom op, in the model through diffusers' dispatch).
 
     python bench/bench_attention.py [--parts kernels,model] [--iters 10] [--json out.json]
 """
@@ -47,18 +47,14 @@ SDPA_BACKENDS = {
 
 
 def flash_attn_4() -> Callable | None:
-    """FA4's attention on (B, S, H, D) inputs, or None where the package is missing or cannot load."""
+    """The editor's flash4 attention on (B, S, H, D) inputs, or None where flash-attn-4 is missing or cannot load."""
+    from viva_core.compat import DependencyError, _flash_attn_4_func
+
     try:
-        from flash_attn.cute import flash_attn_func
-    except Exception as e:  # noqa: BLE001 (a missing or broken optional kernel is a result, printed)
-        print(f"flash-attn-4 not usable: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+        return _flash_attn_4_func()
+    except DependencyError as e:  # a missing or broken optional kernel is a result, printed
+        print(f"flash-attn-4 not usable: {str(e).splitlines()[0][:200]}")
         return None
-
-    def run(q, k, v):
-        out = flash_attn_func(q, k, v)
-        return out[0] if isinstance(out, tuple) else out
-
-    return run
 
 
 def sdpa_variants(dispatch: Callable | None) -> dict[str, Callable]:
@@ -142,21 +138,16 @@ def bench_model(iters: int) -> list[dict]:
         with torch.no_grad():
             return model(hidden_states=inp, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
 
-    fa4 = flash_attn_4()
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-
-    def sdpa_as_fa4(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        """diffusers' native backend calls SDPA on (B, H, S, D); FA4 takes (B, S, H, D) views of the same."""
-        assert attn_mask is None and not is_causal and dropout_p == 0.0 and scale is None
-        return fa4(*(x.transpose(1, 2) for x in (query, key, value))).transpose(1, 2)
+    from viva_core.compat import set_attention_backend
 
     rows, reference = [], None
-    for backend in ("native", "_native_cudnn", "_native_flash") + (("flash-attn-4",) if fa4 else ()):
+    for backend in ("native", "_native_cudnn", "_native_flash") + (("flash4",) if flash_attn_4() else ()):
         row = {"model": "Wan 1.3B editor shape, 480x832x81", "backend": backend}
         try:
-            model.set_attention_backend("native" if backend == "flash-attn-4" else backend)
-            if backend == "flash-attn-4":
-                torch.nn.functional.scaled_dot_product_attention = sdpa_as_fa4
+            if backend == "flash4":  # the editor's option (diffusers' own name for FA4 fetches it from the Hub)
+                set_attention_backend(model, backend)
+            else:
+                model.set_attention_backend(backend)
             out = forward()
             reference = out.float() if reference is None else reference
             row["max_abs_diff"] = float((out.float() - reference).abs().max())
@@ -170,8 +161,6 @@ def bench_model(iters: int) -> list[dict]:
             ]
         except Exception as e:  # noqa: BLE001
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        finally:
-            torch.nn.functional.scaled_dot_product_attention = sdpa
         rows.append(row)
         print(json.dumps(row, indent=1), flush=True)
     return rows

@@ -8,15 +8,16 @@ Times with CUDA events, using the trainer's own pieces (add_lora, sde_step_with_
           the LoRA cast to bf16 (`rollout.lora_dtype = "model"`), with the largest |log ratio| the first update sees
           after either (what the PPO clip must tolerate); the rollouts with the LoRA merged into the DiT's weights
           (`rollout.lora_dtype = "merged"`, adapters.lora_merged: no side path, the merge and restore timed with
-          them) and their |log ratio|; eager only, the update with the LoRA's side path in bf16 too
-          (`adapters.lora_cast_trainable`), after bf16 rollouts; under --compile blocks, without the fp32-LoRA rollouts.
+          them) and their |log ratio|; under --compile blocks, without the fp32-LoRA rollouts. `--lora-compute model`
+          runs the LoRA's side path in bf16 wherever gradients flow too (the trainer's lora.compute_dtype,
+          adapters.lora_side_path_in_model_dtype), the fp32 masters still trained.
 VAE and reward time are not included (they depend on the reward); the DiT is what dominates at this size.
 The whole trainer's Edit-GRPO step on the bundled small editor (VAE decode, verifier rewards, records batched per
 DiT call vs one record per call) is `bench/bench_grpo_step.py`.
 Under torchrun the SFT step runs data-parallel (DDP) and reports samples/s per GPU count.
 
     python bench/bench_train.py [--frames 33] [--group 8 --steps 10 --window 2] [--checkpointing] [--compile blocks]
-        [--attention flash4]
+        [--attention flash4] [--lora-compute model]
     torchrun --nproc_per_node=2 bench/bench_train.py --only sft
 """
 
@@ -94,6 +95,12 @@ def main() -> None:
     ap.add_argument(
         "--attention", default="sdpa", help="the trainer's model.attention (flash4: flash-attn-4 forward and backward)"
     )
+    ap.add_argument(
+        "--lora-compute",
+        default="fp32",
+        choices=["fp32", "model"],
+        help="the trainer's lora.compute_dtype (model: the side path in bf16 in SFT and the update too)",
+    )
     ap.add_argument("--only", default="sft,grpo")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
@@ -105,7 +112,7 @@ def main() -> None:
 
     from viva_core.sampling import sde_step_with_logprob, shifted_sigmas
     from viva_core.train import losses as L
-    from viva_core.train.adapters import add_lora, lora_cast, lora_cast_trainable, lora_merged
+    from viva_core.train.adapters import add_lora, lora_cast, lora_merged, lora_side_path_in_model_dtype
     from viva_core.train.config import LoraConfig
     from viva_core.train.rollout import Transition, sde_rollout
 
@@ -122,6 +129,8 @@ def main() -> None:
     model = WanTransformer3DModel(**shape).to(dev, dt)
     params = add_lora(model, LoraConfig(rank=args.rank, alpha=2 * args.rank, targets="attn"))
     trained_size_lora(model, args.lora_scale)
+    if args.lora_compute == "model":
+        lora_side_path_in_model_dtype(model)  # as the trainer does: after the LoRA, before compiling
     from viva_core.compat import set_attention_backend
 
     set_attention_backend(model, args.attention)  # as load_editor does for the trainer's model.attention
@@ -153,6 +162,8 @@ def main() -> None:
         "gpu": "cpu (smoke)" if smoke else torch.cuda.get_device_name(),
         "checkpointing": args.checkpointing,
         "compile": args.compile,
+        "attention": args.attention,
+        "lora_compute": args.lora_compute,
     }
 
     def velocity(m, x, sigma, batch=1):
@@ -263,12 +274,6 @@ def main() -> None:
             with torch.no_grad(), lora_merged(model):
                 return rollouts()
 
-        def update_bf16_lora(rollout) -> float:
-            """The update with the LoRA's side path in bf16 too (adapters.lora_cast_trainable: bf16 copies made
-            differentiably, the gradients on the fp32 masters): what the rollouts computed, forward and backward."""
-            with lora_cast_trainable(model, params, dt):
-                return update(rollout)
-
         # one member at a time: eager only (2% slower, measured; another graph). Under compiled blocks the fp32-LoRA
         # rollouts are left out: the trainer compiles only the bf16 ("auto") or merged ones, and in one process with
         # the bf16 ones torch 2.11 reused one no-grad graph for both, an fp32 input times a bf16 LoRA weight
@@ -279,7 +284,7 @@ def main() -> None:
         update(rollouts_bf16_lora())  # warm-ups: under compiled blocks, the graphs the timed calls use
         update(rollouts_merged_lora())
         peak_gib(reset=True)
-        roll, seq, upd, roll16, rollm, upd16, worst = [], [], [], [], [], [], {}
+        roll, seq, upd, roll16, rollm, worst = [], [], [], [], [], {}
         for _ in range(max(1, args.repeats - 1)):
             holder = {}
             if eager:
@@ -291,10 +296,6 @@ def main() -> None:
             worst["bf16_lora"] = holder["w"]
             rollm.append(cuda_time(lambda: holder.setdefault("rm", rollouts_merged_lora())))  # noqa: B023
             worst["merged_lora"] = update(holder["rm"])
-            if eager:  # parametrized modules are other graphs under compiled blocks (not measured)
-                holder["r16b"] = rollouts_bf16_lora()
-                upd16.append(cuda_time(lambda: holder.setdefault("w16", update_bf16_lora(holder["r16b"]))))  # noqa: B023
-                worst["bf16_lora_rollouts_and_update"] = holder["w16"]
         r, q = (statistics.median(roll) if roll else None), (statistics.median(seq) if seq else None)
         u = statistics.median(upd)
         n_fwd, n_upd = args.group * args.steps, args.group * args.window
@@ -307,8 +308,6 @@ def main() -> None:
             "iteration_bf16_lora_s": statistics.median(roll16) + u,
             "rollout_merged_lora_s": statistics.median(rollm),
             "iteration_merged_lora_s": statistics.median(rollm) + u,
-            "update_bf16_lora_s": statistics.median(upd16) if upd16 else None,
-            "iteration_all_bf16_lora_s": statistics.median(roll16) + statistics.median(upd16) if upd16 else None,
             "max_abs_log_ratio_first_update": worst,
             "peak_gib": peak_gib(),
             "rollout_mfu": n_fwd * fwd / r / rate if r else None,

@@ -21,6 +21,16 @@ diffusers.utils.logging.get_logger("diffusers")
 transformers.utils.logging.get_logger("transformers")
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo_for_slow_tests(request):
+    """The slow tests compile DiT blocks in many variants (dtypes, LoRA side paths, merged weights); in one process
+    they share each block's code object and would pass dynamo's recompile limit (8) together, which no single test
+    does. Each starts from an empty dynamo cache instead (inductor's on-disk cache still serves)."""
+    if request.node.get_closest_marker("slow"):
+        torch._dynamo.reset()
+    yield
+
+
 @pytest.fixture
 def fake_flash_attn_4(monkeypatch):
     """A stand-in `flash_attn.cute` whose interface's _flash_attn_fwd / _flash_attn_bwd (what FA4's own autograd

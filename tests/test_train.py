@@ -1337,14 +1337,15 @@ def test_lora_cast_runs_the_lora_in_the_models_dtype_and_gives_back_the_masters(
             pass
 
 
-def test_lora_cast_trainable_computes_what_the_rollouts_did_and_trains_the_fp32_masters():
-    """adapters.lora_cast_trainable: the output equals lora_cast's (the rollouts' numbers) bit for bit; the gradients
-    land in fp32 on the same Parameter objects and equal those of bf16 leaf copies of the weights (the independent
-    reference: a cast's backward is the gradient cast back); after, names, state-dict keys and masters as before."""
+def test_lora_side_path_in_model_dtype_computes_what_the_rollouts_did_and_trains_the_fp32_masters():
+    """adapters.lora_side_path_in_model_dtype (lora.compute_dtype "model"): the output equals lora_cast's (the
+    rollouts' numbers) bit for bit; the gradients land in fp32 on the same Parameter objects and equal those of bf16
+    leaf copies of the weights (the independent reference: a cast's backward is the gradient cast back); names,
+    state-dict keys and masters as before; the fp32 side path (the default) differs."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    from viva_core.train.adapters import lora_cast, lora_cast_trainable
+    from viva_core.train.adapters import lora_cast, lora_side_path_in_model_dtype
 
     torch.manual_seed(0)
     model = get_peft_model(
@@ -1357,12 +1358,14 @@ def test_lora_cast_trainable_computes_what_the_rollouts_did_and_trains_the_fp32_
         p.data = p.data.float()
     keys, masters = list(model.state_dict()), [p.detach().clone() for p in params]
     x = torch.randn(3, 16).to(torch.bfloat16)
-    with torch.no_grad(), lora_cast(params, torch.bfloat16):
-        rollout = model(x)
-    with lora_cast_trainable(model, params, torch.bfloat16):
-        out = model(x)
-        out.float().square().sum().backward()
-    assert torch.equal(out.detach(), rollout)
+    with torch.no_grad():
+        fp32_side_path = model(x)
+        with lora_cast(params, torch.bfloat16):
+            rollout = model(x)
+    assert lora_side_path_in_model_dtype(model) == 2
+    out = model(x)
+    out.float().square().sum().backward()
+    assert torch.equal(out.detach(), rollout) and not torch.equal(out.detach(), fp32_side_path)
     assert [n for n, _ in model.named_parameters() if "lora_" in n] == names and list(model.state_dict()) == keys
     assert [id(p) for n, p in model.named_parameters() if "lora_" in n] == [id(p) for p in params]
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in params)
@@ -1370,8 +1373,6 @@ def test_lora_cast_trainable_computes_what_the_rollouts_did_and_trains_the_fp32_
     # the reference: the same model with bf16 leaf weights in the masters' place
     got = [p.grad.clone() for p in params]
     leaves = [m.to(torch.bfloat16).requires_grad_() for m in masters]
-    for p, leaf in zip(params, leaves):
-        p.grad, p.data = None, leaf.detach()
     owners = {id(p): (mod, n) for mod in model.modules() for n, p in mod.named_parameters(recurse=False)}
     for p, leaf in zip(params, leaves):
         mod, n = owners[id(p)]
@@ -1433,6 +1434,22 @@ def test_grpo_rollouts_with_the_lora_in_bf16_stay_close_to_the_fp32_masters(asse
         for a, b in zip(tr_a, tr_b):
             rel = (b.log_prob - a.log_prob).abs() / a.log_prob.abs()
             assert float(rel.max()) < 1e-2
+
+
+def test_grpo_with_the_lora_computed_in_bf16_starts_its_ppo_pass_at_ratio_exactly_one(assets):
+    """lora.compute_dtype "model" on a bf16 DiT, the rollouts' LoRA in bf16 ("auto"): the first PPO pass recomputes
+    the rollouts' log-probs exactly (ratio 1, KL 0), where the fp32 side path of the
+    default sees bf16 rounding; the LoRA still trains in fp32 and the config names a wrong value."""
+    stats = {}
+    for compute in ("fp32", "model"):
+        t = _small_grpo_trainer(assets, f"compute_{compute}", "model.dtype=bf16", f"lora.compute_dtype={compute}")
+        stats[compute] = t._grpo_step(0)
+        assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32 for p in t.params)
+    assert stats["model"]["ratio_std"] == 0.0 and stats["model"]["approx_kl"] == 0.0
+    assert stats["model"]["ratio_mean"] == 1.0
+    assert stats["fp32"]["ratio_std"] > 0.0
+    with pytest.raises(InputError, match="lora.compute_dtype"):
+        load_config(None, ["model.editor=e", "data.manifest=m", "lora.compute_dtype=bf16"])
 
 
 def test_lora_merged_merges_as_the_lora_loader_does_and_restores_the_weights_bit_exactly(assets):
@@ -1540,6 +1557,20 @@ def test_compiled_blocks_roll_out_with_the_lora_in_bf16_while_the_masters_hold_g
     assert all(torch.isfinite(lat).all() for lat, _ in rolled)
     assert all(p.grad is g and p.dtype == torch.float32 for p, g in zip(t.lora_params, grads))
     assert all(torch.equal(v, state[k]) for k, v in t.base.state_dict().items())
+
+
+@pytest.mark.slow  # torch.compile on the CPU
+def test_compiled_blocks_train_with_the_lora_computed_in_bf16(assets):
+    """lora.compute_dtype "model" under model.compile "blocks" on a bf16 DiT: the swapped LoRA factors trace into the
+    compiled blocks, the PPO pass's gradient reaches the fp32 masters, and its ratio stays at bf16 rounding (the
+    no-grad and the training graphs fuse differently, so not exactly 1 as eager)."""
+    t = _small_grpo_trainer(
+        assets, "compile_compute_model", "model.dtype=bf16", "model.compile=blocks", "lora.compute_dtype=model"
+    )
+    stats = t._grpo_step(0)
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in t.params)
+    assert all(torch.isfinite(p.grad).all() for p in t.params) and any(float(p.grad.abs().max()) > 0 for p in t.params)
+    assert abs(stats["ratio_mean"] - 1.0) < 1e-3 and stats["ratio_std"] < 1e-2
 
 
 @pytest.mark.slow  # torch.compile on the CPU

@@ -187,35 +187,34 @@ def lora_merged(transformer: torch.nn.Module) -> Iterator[None]:
             m.base_layer.weight.copy_(backup)
 
 
-class _CastTo(torch.nn.Module):
-    def __init__(self, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.dtype = dtype
+class _LinearInInputDtype(torch.nn.Linear):
+    """A LoRA factor whose fp32 weight (the master an optimizer steps) is cast to its input's dtype on the way in,
+    differentiably: the matmul runs in the activations' dtype and the gradient lands on the master in fp32."""
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.to(self.dtype)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
 
 
-@contextlib.contextmanager
-def lora_cast_trainable(
-    model: torch.nn.Module, params: Sequence[torch.nn.Parameter], dtype: torch.dtype
-) -> Iterator[None]:
-    """`lora_cast` for a pass that trains: inside, each LoRA weight reads as a `dtype` copy of its fp32 master, made
-    differentiably (`torch.nn.utils.parametrize`), so the side path runs in `dtype` forward and backward, computes what
-    `lora_cast`'s rollouts computed, and the gradients land in fp32 on the same Parameter objects an optimizer holds.
-    Module names and state dicts are as before after the block. Measured in bench/bench_train.py before any use."""
-    from torch.nn.utils import parametrize
-
-    wanted = {id(p) for p in params}
-    owners = [(m, n) for m in model.modules() for n, p in m.named_parameters(recurse=False) if id(p) in wanted]
-    try:
-        for module, name in owners:
-            parametrize.register_parametrization(module, name, _CastTo(dtype), unsafe=True)
-        yield
-    finally:
-        for module, name in owners:
-            if parametrize.is_parametrized(module, name):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+def lora_side_path_in_model_dtype(model: torch.nn.Module) -> int:
+    """lora.compute_dtype "model": every PEFT LoRA layer of `model` runs its side path in the activations' dtype (bf16
+    in a bf16 DiT) instead of casting its input up to the fp32 LoRA weights, forward and backward: what the rollouts
+    compute under `lora_cast`, bit for bit, so training and rollouts agree and the first PPO ratio is exactly 1. The
+    weights stay the same fp32 Parameters (names, state dicts, checkpoints, the optimizer unchanged); a class swap of
+    the factors, done once, so compiled blocks see one module type. Returns the number of layers switched."""
+    switched = 0
+    for module in model.modules():
+        factors = getattr(module, "lora_A", None)
+        if not isinstance(factors, torch.nn.ModuleDict):
+            continue
+        module.cast_input_dtype_enabled = False  # PEFT's cast of the input to the LoRA weights' dtype
+        for name in factors:
+            for factor in (module.lora_A[name], module.lora_B[name]):
+                if type(factor) is not torch.nn.Linear:
+                    raise InputError(f"lora.compute_dtype 'model' needs plain linear LoRA factors, not {type(factor)}.")
+                factor.__class__ = _LinearInInputDtype
+        switched += 1
+    return switched
 
 
 def trainable_state(transformer: torch.nn.Module, refiner: Optional[torch.nn.Module]) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ except ImportError:  # Python 3.10
 METHODS = ("sft", "grpo", "rwo")
 GRADIENT_CHECKPOINTING = ("off", "on", "auto")
 ROLLOUT_LORA_DTYPES = ("auto", "fp32", "model", "merged")  # RolloutConfig.lora_dtype
+LORA_COMPUTE_DTYPES = ("fp32", "model")  # LoraConfig.compute_dtype
 AUTO_CHECKPOINTING_PARAMS = 1e9  # "auto" turns gradient checkpointing on from this DiT size
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # output names: no folders, no leading dot
 # devices torch and ComfyUI use (DirectML is privateuseone); checked by name so a typo fails before any load
@@ -93,6 +94,12 @@ class LoraConfig:
     alpha: float = 64.0
     targets: str = "attn"
     init_from: str = ""  # continue from a LoRA file (any supported format)
+    # dtype of the LoRA's side path where gradients flow (SFT, the PPO and RWO passes): "fp32" (PEFT's way: the
+    # activations cast up to the fp32 LoRA weights) or "model" (the weights cast down to the activations' dtype,
+    # differentiably, the fp32 masters still what the optimizer steps: adapters.lora_side_path_in_model_dtype). In a
+    # bf16 DiT "model" computes what the rollouts' bf16 side path ("auto") does, so the first PPO ratio is exactly 1,
+    # and costs less (bench/RESULTS.md, "Training steps"); an fp32 DiT is the same either way
+    compute_dtype: str = "fp32"
 
 
 @dataclass
@@ -286,6 +293,7 @@ class TrainConfig:
                 ("sft.sigma_sampling", self.sft.sigma_sampling, SIGMA_MODES),
                 ("rollout.rwo_mode", self.rollout.rwo_mode, RWO_MODES),
                 ("rollout.lora_dtype", self.rollout.lora_dtype, ROLLOUT_LORA_DTYPES),
+                ("lora.compute_dtype", self.lora.compute_dtype, LORA_COMPUTE_DTYPES),
                 ("model.compile", self.model.compile, ("off", "blocks")),
                 ("model.attention", self.model.attention, ATTENTION_BACKENDS),
                 ("optim.gradient_checkpointing", self.optim.gradient_checkpointing, GRADIENT_CHECKPOINTING),

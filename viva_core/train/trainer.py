@@ -45,6 +45,7 @@ from .adapters import (
     load_trainable_state,
     lora_cast,
     lora_merged,
+    lora_side_path_in_model_dtype,
     trainable_state,
 )
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -155,6 +156,8 @@ class Trainer:
         dit.requires_grad_(False)
         self.params = add_lora(dit, cfg.lora, seed=cfg.seed) if cfg.lora.rank > 0 else []
         self.lora_params = list(self.params)  # what rollout.lora_dtype "model" casts for the rollouts
+        if self.params and cfg.lora.compute_dtype == "model":
+            lora_side_path_in_model_dtype(dit)
         if cfg.model.allow_t2v:
             dit.patch_embedding.requires_grad_(True)
             self.params += list(dit.patch_embedding.parameters())

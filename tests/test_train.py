@@ -1452,6 +1452,47 @@ def test_grpo_with_the_lora_computed_in_bf16_starts_its_ppo_pass_at_ratio_exactl
         load_config(None, ["model.editor=e", "data.manifest=m", "lora.compute_dtype=bf16"])
 
 
+def test_rewards_scored_beside_the_next_decode_are_the_sequential_ones(assets, monkeypatch):
+    """overlap_rewards (on by default on a GPU): a chunk's rewards are scored in a worker thread while the next chunk
+    decodes (the first chunk's scoring waits here until the second decode has started: it would time out if they ran
+    in turn), and the rewards and groups equal the sequential path's bit for bit."""
+    import threading
+
+    from viva_core.train import rewards as rewards_module
+
+    score = rewards_module.score_records
+    out = {}
+    for overlap in (False, True):
+        t = _small_grpo_trainer(assets, f"overlap_{overlap}", "rollout.decode_batch=2")  # 2 records: 2 chunks
+        t.overlap_rewards = overlap
+        decodes, threads, waits = [], [], []
+        second_decode = threading.Event()
+        decoded = t._decoded
+
+        def counting_decode(latents, decoded=decoded, decodes=decodes, second_decode=second_decode):
+            decodes.append(latents.shape[0])
+            if len(decodes) == 2:
+                second_decode.set()
+            return decoded(latents)
+
+        def watched_score(rewards, inputs, threads=threads, waits=waits, second_decode=second_decode, overlap=overlap):
+            threads.append(threading.current_thread().name)
+            if len(threads) == 1 and overlap:
+                waits.append(second_decode.wait(timeout=30))
+            return score(rewards, inputs)
+
+        monkeypatch.setattr(t, "_decoded", counting_decode)
+        monkeypatch.setattr(rewards_module, "score_records", watched_score)
+        _, r, groups, waited = t._scored_rollouts(_first_batch(t), 0)
+        out[overlap] = (r, groups)
+        assert decodes == [2, 2] and len(threads) == 2 and waited >= 0
+        if overlap:
+            assert waits == [True] and all(name.startswith("viva-rewards") for name in threads)
+        else:
+            assert threads == [threading.current_thread().name] * 2
+    assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
+
+
 def test_lora_merged_merges_as_the_lora_loader_does_and_restores_the_weights_bit_exactly(assets):
     """adapters.lora_merged on a bf16 DiT: inside, each adapted weight is what the inference loader merges from the
     trainer's own LoRA file (`applied_loras` on a fresh copy of the editor: names, alpha and scale agree) and the DiT

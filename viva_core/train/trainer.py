@@ -150,6 +150,9 @@ class Trainer:
                 options=opts,
             )
         self.device = self.editor.device
+        # a chunk's rewards scored on the host while the GPU decodes the next (`_scored_rollouts`); on a CPU both
+        # would share the same cores
+        self.overlap_rewards = self.device.type == "cuda"
         if cfg.model.max_text_tokens:
             self.editor.max_text_tokens = cfg.model.max_text_tokens
         dit = self.editor.transformer
@@ -645,42 +648,64 @@ class Trainer:
 
     def _scored_rollouts(self, batch: list, step: int) -> tuple[list, torch.Tensor, torch.Tensor, float]:
         """G rollouts of each (gi, rec, enc) of `batch` (noise seeded by step, gi and member), decoded and scored.
-        Returns (items, rewards [N, K], group ids [N], seconds spent in the rewards)."""
+        Returns (items, rewards [N, K], group ids [N], seconds the phase waited on the rewards). With
+        `overlap_rewards` (on a GPU) a chunk's rewards are scored in a host thread while the next chunk decodes,
+        one chunk at a time, in order: the same rewards, one chunk's frames more held."""
+        from concurrent.futures import Future, ThreadPoolExecutor
+
         from .rewards import RewardInput, score_records
 
         rolled = self._rollout_groups(batch, step)
-        reward_seconds = 0.0  # host time in the rewards; the rest of the phase is sampling and decoding
+        waited = 0.0  # wall time spent waiting on the rewards; the rest of the phase is sampling and decoding
         g = self.cfg.rollout.group_size
         # records are decoded a chunk at a time (whole groups, >= one group) and scored per record, so at most
-        # max(G, decode batch) clips of frames are held at once
+        # max(G, decode batch) clips of frames are held at once (twice that while a chunk is scored beside a decode)
         per_chunk = max(1, self._decode_batch(rolled[0][0].shape) // g) if rolled else 1
         items, rewards, groups = [], [], []
-        for c in range(0, len(batch), per_chunk):
-            frames_all = self._decoded(torch.cat([lat for lat, _ in rolled[c : c + per_chunk]]))
-            inputs = []  # the chunk's records, scored together (in threads where the rewards allow)
-            for j, ((gi, rec, enc), (latents, transitions)) in enumerate(
-                zip(batch[c : c + per_chunk], rolled[c : c + per_chunk])
-            ):
-                n, mask = latents.shape[0], enc.get("mask_frames")
-                frames = frames_all[j * g : j * g + n]
-                batch_in = RewardInput(
-                    source=enc["source_frames"].expand(n, -1, -1, -1, -1),
-                    edited=frames,
-                    instructions=[rec.instruction] * n,
-                    masks=mask.expand(n, -1, -1, -1) if mask is not None else None,
-                    source_captions=[rec.source_caption] * n,
-                    target_captions=[rec.target_caption] * n,
-                    latents=latents,
-                    targets=enc["target_frames"].expand(n, -1, -1, -1, -1) if "target_frames" in enc else None,
-                    labels=[self.labels.get(rec.line, {})] * n,
-                )
-                inputs.append(batch_in)
-                groups.append(torch.full((n,), gi))
-                items += [(gi, rec, enc, m, latents[m : m + 1], transitions) for m in range(n)]
+        pending: Optional[Future] = None
+        on_cuda = self.device.type == "cuda"  # the thread's CUDA device is this rank's (a new thread's is cuda:0)
+        overlap = (
+            ThreadPoolExecutor(
+                1, "viva-rewards", initializer=torch.cuda.set_device if on_cuda else None, initargs=(self.device,)
+            )
+            if self.overlap_rewards
+            else None
+        )
+        with overlap or contextlib.nullcontext():
+            for c in range(0, len(batch), per_chunk):
+                frames_all = self._decoded(torch.cat([lat for lat, _ in rolled[c : c + per_chunk]]))
+                inputs = []  # the chunk's records, scored together (in threads where the rewards allow)
+                for j, ((gi, rec, enc), (latents, transitions)) in enumerate(
+                    zip(batch[c : c + per_chunk], rolled[c : c + per_chunk])
+                ):
+                    n, mask = latents.shape[0], enc.get("mask_frames")
+                    frames = frames_all[j * g : j * g + n]
+                    batch_in = RewardInput(
+                        source=enc["source_frames"].expand(n, -1, -1, -1, -1),
+                        edited=frames,
+                        instructions=[rec.instruction] * n,
+                        masks=mask.expand(n, -1, -1, -1) if mask is not None else None,
+                        source_captions=[rec.source_caption] * n,
+                        target_captions=[rec.target_caption] * n,
+                        latents=latents,
+                        targets=enc["target_frames"].expand(n, -1, -1, -1, -1) if "target_frames" in enc else None,
+                        labels=[self.labels.get(rec.line, {})] * n,
+                    )
+                    inputs.append(batch_in)
+                    groups.append(torch.full((n,), gi))
+                    items += [(gi, rec, enc, m, latents[m : m + 1], transitions) for m in range(n)]
+                t = time.perf_counter()
+                if pending is not None:  # the previous chunk's, scored while this one decoded
+                    rewards += pending.result()
+                if overlap is None:
+                    rewards += score_records(self.rewards, inputs)
+                else:
+                    pending = overlap.submit(score_records, self.rewards, inputs)
+                waited += time.perf_counter() - t
             t = time.perf_counter()
-            rewards += score_records(self.rewards, inputs)
-            reward_seconds += time.perf_counter() - t
-        return items, torch.cat(rewards).float(), torch.cat(groups), reward_seconds
+            rewards += pending.result() if pending is not None else []
+            waited += time.perf_counter() - t
+        return items, torch.cat(rewards).float(), torch.cat(groups), waited
 
     def _rollouts_and_advantages(self, step: int) -> tuple[list, torch.Tensor, dict, torch.Tensor, torch.Tensor]:
         """G rollouts per local record, rewards on decoded frames, advantages over the gathered global batch.

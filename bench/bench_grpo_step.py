@@ -11,12 +11,12 @@ recipes/small/rwo_v8.toml`: its step and its flow-matching passes in the PPO pas
 
 Variants: per_record (rollout.micro_batch=1, rollout.decode_batch=1: one record's G samples per DiT call, one clip
 per decode), batched (both 0 = auto: all records of the step in one call on this editor), cpu_rewards (batched, the
-verifier rewards on the CPU in threads instead of the trainer's device), sequential_rewards (batched, each chunk's
-rewards scored before the next chunk decodes, as before `overlap_rewards`; on a GPU the trainer scores a chunk in a
-thread beside the next decode: a recipe of several decode chunks, e.g. recipes/small/grpo_v16.toml, shows it), compiled
-(batched with `model.compile = "blocks"`: give it --warmup 2 or more, each new shape of a step compiles), and `file`
-with --trainer-file (its own defaults). The reward split is the rewards' own time, in whichever thread they ran.
-Default settings: recipes/small/grpo_v4.toml (bf16 on CUDA, fp32 on the CPU).
+verifier rewards on the CPU in threads instead of the trainer's device), sequential_rewards (batched with
+`rollout.overlap_rewards = false`: each chunk's rewards scored before the next chunk decodes; on a GPU the trainer
+scores a chunk in a thread beside the next decode: a recipe of several decode chunks, e.g. grpo_v16.toml, shows it),
+compiled (batched with `model.compile = "blocks"`: give it --warmup 2 or more, each new shape of a step compiles),
+and `file` with --trainer-file (its own defaults). The reward split is the rewards' own time, in whichever thread
+they ran. Default settings: recipes/small/grpo_v4.toml (bf16 on CUDA, fp32 on the CPU).
 """
 
 from __future__ import annotations
@@ -46,16 +46,13 @@ def load_trainer_module(path: str | None):
     return mod
 
 
-def timed_step(mod, cfg, steps: int, warmup: int, cpu_rewards: bool = False, sequential_rewards: bool = False) -> dict:
+def timed_step(mod, cfg, steps: int, warmup: int, cpu_rewards: bool = False) -> dict:
     """Mean seconds of `steps` GRPO steps (after `warmup`), and the split of the last timed ones. `cpu_rewards`: the
-    verifier rewards computed on the CPU in threads, as before they ran on the trainer's device; `sequential_rewards`:
-    the trainer's overlap_rewards off."""
+    verifier rewards computed on the CPU in threads, as before they ran on the trainer's device."""
     import viva_core.train.rewards as R
 
     t = mod.Trainer(cfg)
     t._setup()
-    if sequential_rewards:
-        t.overlap_rewards = False
     step_fn = t._rwo_step if cfg.method == "rwo" else t._grpo_step  # an RWO recipe times its step and pass
     pass_name = "_rwo_pass" if cfg.method == "rwo" else "_ppo_pass"
     if cpu_rewards:
@@ -175,7 +172,7 @@ def main() -> None:
         "per_record": ["rollout.micro_batch=1", "rollout.decode_batch=1"],
         "batched": ["rollout.micro_batch=0", "rollout.decode_batch=0"],
         "cpu_rewards": ["rollout.micro_batch=0", "rollout.decode_batch=0"],
-        "sequential_rewards": ["rollout.micro_batch=0", "rollout.decode_batch=0"],
+        "sequential_rewards": ["rollout.micro_batch=0", "rollout.decode_batch=0", "rollout.overlap_rewards=false"],
         "compiled": ["rollout.micro_batch=0", "rollout.decode_batch=0", "model.compile=blocks"],
         "file": [],
     }
@@ -189,14 +186,7 @@ def main() -> None:
         mod = load_trainer_module(args.trainer_file if name == "file" else None)
         sets = base + ([] if name == "file" else variants[name])
         cfg = load_config(args.config, sets)
-        results[name] = timed_step(
-            mod,
-            cfg,
-            args.steps,
-            args.warmup,
-            cpu_rewards=name == "cpu_rewards",
-            sequential_rewards=name == "sequential_rewards",
-        )
+        results[name] = timed_step(mod, cfg, args.steps, args.warmup, cpu_rewards=name == "cpu_rewards")
         print(name, json.dumps(results[name]), flush=True)
     if "per_record" in results and "batched" in results:
         results["speedup_batched_vs_per_record"] = results["per_record"]["step_s"] / results["batched"]["step_s"]

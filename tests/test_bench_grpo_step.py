@@ -23,7 +23,8 @@ def test_bench_grpo_step_times_an_rwo_step_per_record_and_batched(tmp_path) -> N
     out = tmp_path / "bench.json"
     subprocess.run(
         [sys.executable, "bench/bench_grpo_step.py", "--data", str(tmp_path / "clips" / "train.jsonl"),
-         "--config", "recipes/small/rwo_v8.toml", "--steps", "1", "--warmup", "0", "--variants", "per_record,batched,sequential_rewards",
+         "--config", "recipes/small/rwo_v8.toml", "--steps", "1", "--warmup", "0",
+         "--variants", "per_record,batched,sequential_rewards",
          "--set", "optim.batch_size=2", "--set", "rollout.group_size=2", "--set", "rollout.steps=2",
          "--set", "rollout.window=1", "--set", "data.val_manifest=", "--out", str(tmp_path / "run"),
          "--json", str(out)],

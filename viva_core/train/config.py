@@ -180,6 +180,9 @@ class RolloutConfig:
     micro_batch: int = 0
     # clips per VAE decode of the rollouts; 1 = one at a time; 0 = auto: as many as fit AUTO_PIXELS_PER_DECODE pixels
     decode_batch: int = 0
+    # on a CUDA device, score a decode chunk's rewards in a worker thread while the next chunk decodes (the same
+    # rewards, in order; one chunk's frames more held); false: in turn, as on the CPU (docs/small_models.md, section 91)
+    overlap_rewards: bool = True
     rwo_mode: str = "softmax"
     rwo_temperature: float = 1.0
     # RWO: flow-matching draws (sigma, noise) per rollout, the same draws for every sample of a group (common random

@@ -150,9 +150,9 @@ class Trainer:
                 options=opts,
             )
         self.device = self.editor.device
-        # a chunk's rewards scored on the host while the GPU decodes the next (`_scored_rollouts`); on a CPU both
+        # a chunk's rewards scored in a thread while the GPU decodes the next (`_scored_rollouts`); on a CPU both
         # would share the same cores
-        self.overlap_rewards = self.device.type == "cuda"
+        self.overlap_rewards = cfg.rollout.overlap_rewards and self.device.type == "cuda"
         if cfg.model.max_text_tokens:
             self.editor.max_text_tokens = cfg.model.max_text_tokens
         dit = self.editor.transformer

@@ -663,14 +663,14 @@ class Trainer:
         per_chunk = max(1, self._decode_batch(rolled[0][0].shape) // g) if rolled else 1
         items, rewards, groups = [], [], []
         pending: Optional[Future] = None
-        on_cuda = self.device.type == "cuda"  # the thread's CUDA device is this rank's (a new thread's is cuda:0)
-        overlap = (
-            ThreadPoolExecutor(
-                1, "viva-rewards", initializer=torch.cuda.set_device if on_cuda else None, initargs=(self.device,)
+        overlap = None
+        if self.overlap_rewards:
+            on_cuda, index = self.device.type == "cuda", self.device.index
+            if on_cuda and index is None:
+                index = torch.cuda.current_device()
+            overlap = ThreadPoolExecutor(  # on this thread's CUDA device (a new thread's would be cuda:0)
+                1, "viva-rewards", initializer=torch.cuda.set_device if on_cuda else None, initargs=(index,)
             )
-            if self.overlap_rewards
-            else None
-        )
         with overlap or contextlib.nullcontext():
             for c in range(0, len(batch), per_chunk):
                 frames_all = self._decoded(torch.cat([lat for lat, _ in rolled[c : c + per_chunk]]))

@@ -172,8 +172,7 @@ def _flash_attn_4_func() -> Callable:
     import importlib
 
     global _FA4_INTERFACE
-    try:
-        importlib.import_module(FLASH_ATTN_4_MODULE)
+    try:  # importing the interface imports the package above it
         _FA4_INTERFACE = importlib.import_module(FLASH_ATTN_4_MODULE + ".interface")
     except Exception as e:  # an ImportError, or the CuTe DSL failing to load its CUDA libraries
         raise DependencyError(

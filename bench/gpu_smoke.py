@@ -39,33 +39,29 @@ VARIANTS = {
 def flash4_gradients() -> None:
     """FA4's op pair (viva::flash_attn_4 and its backward) against fp32 SDPA, eager and compiled, beside bf16 SDPA's
     own error at the same shapes: the training path's check (the rows above run inference only)."""
-    from viva_core.compat import DependencyError, _flash_attn_4_func
+    from bench.bench_attention import flash_attn_4
 
-    try:
-        fa4 = _flash_attn_4_func()
-    except DependencyError as e:
-        print(f"flash4 gradients: skipped ({str(e)[:120]})")
+    fa4 = flash_attn_4()  # None (the reason printed) where flash-attn-4 is missing or cannot load
+    if fa4 is None:
         return
 
     def sdpa(q, k, v):
         return torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
 
+    def output_and_gradients(fn, dtype, q, k, v, grad) -> list[torch.Tensor]:
+        qs = [x.detach().to(dtype).requires_grad_(True) for x in (q, k, v)]  # leaves of their own
+        out = fn(*qs)
+        out.backward(grad.to(dtype))
+        return [out.detach().float()] + [x.grad.float() for x in qs]
+
     print("| attention (B, S, H, D) | variant | max rel err out | dq | dk | dv |")
     print("|---|---|---|---|---|---|")
     for shape in ((2, 2048, 6, 64), (1, 14040, 12, 128)):
         g = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v, grad = (torch.randn(shape, device="cuda", generator=g) for _ in range(4))
-        ref = []
-        for fn, dtype in ((sdpa, torch.float32),):
-            qs = [x.to(dtype).requires_grad_(True) for x in (q, k, v)]
-            out = fn(*qs)
-            out.backward(grad.to(dtype))
-            ref = [out.detach().float()] + [x.grad.float() for x in qs]
+        inputs = [torch.randn(shape, device="cuda", generator=g) for _ in range(4)]  # q, k, v, grad
+        ref = output_and_gradients(sdpa, torch.float32, *inputs)
         for name, fn in (("sdpa bf16", sdpa), ("flash4", fa4), ("flash4 compiled", torch.compile(fa4, fullgraph=True))):
-            qs = [x.bfloat16().requires_grad_(True) for x in (q, k, v)]
-            out = fn(*qs)
-            out.backward(grad.bfloat16())
-            got = [out.detach().float()] + [x.grad.float() for x in qs]
+            got = output_and_gradients(fn, torch.bfloat16, *inputs)
             errs = [float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, ref)]
             print(f"| {shape} | {name} | " + " | ".join(f"{e:.4f}" for e in errs) + " |")
 

@@ -104,6 +104,7 @@ def test_config_file_and_overrides(tmp_path):
     # "auto" (the default) casts the rollouts' LoRA to the DiT's dtype unless FSDP2 owns the weights
     base = ["model.editor=e", "data.manifest=m"]
     assert load_config(None, base).rollout.lora_dtype == "auto"
+    assert load_config(None, base).lora.compute_dtype == "model"  # the side path in the DiT's dtype (section 93)
     for extra, cast in (([], True), (["optim.parallel=fsdp"], False), (["rollout.lora_dtype=fp32"], False)):
         cfg = load_config(None, base + extra)
         assert cfg.rollout.lora_in_model_dtype(cfg.optim.parallel) is cast, extra
@@ -1417,7 +1418,9 @@ def test_grpo_rollouts_with_the_lora_in_bf16_stay_close_to_the_fp32_masters(asse
     log-probs) against the same rollouts with the fp32 LoRA, the LoRA moved off its zero start; the masters fp32 and
     unchanged after. The log-prob difference is what the first PPO pass then sees as a ratio off 1
     (docs/small_models.md, section 72)."""
-    t = _small_grpo_trainer(assets, "lora_bf16", "model.dtype=bf16", "rollout.lora_dtype=fp32")
+    t = _small_grpo_trainer(
+        assets, "lora_bf16", "model.dtype=bf16", "rollout.lora_dtype=fp32", "lora.compute_dtype=fp32"
+    )
     before = [p.detach().clone() for p in t.lora_params]
     batch = _first_batch(t)
     fp32 = t._rollout_groups(batch, 0)
@@ -1537,7 +1540,8 @@ def test_grpo_rollouts_with_the_lora_merged_match_the_side_path(assets):
     rounding (the merge is the same linear map), on a bf16 DiT they stay as close to the fp32 masters' rollouts as the
     bf16 side path's do; the weights and the LoRA are unchanged after."""
     for dtype, tol in (("fp32", 1e-5), ("bf16", 0.1)):
-        t = _small_grpo_trainer(assets, f"merged_{dtype}", f"model.dtype={dtype}", "rollout.lora_dtype=fp32")
+        sets = (f"model.dtype={dtype}", "rollout.lora_dtype=fp32", "lora.compute_dtype=fp32")
+        t = _small_grpo_trainer(assets, f"merged_{dtype}", *sets)
         state = {k: v.clone() for k, v in t.base.state_dict().items()}
         batch = _first_batch(t)
         side = t._rollout_groups(batch, 0)

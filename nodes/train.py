@@ -25,7 +25,13 @@ from ..viva_core.errors import InputError
 from ..viva_core.safe_io import atomic_path
 from ..viva_core.train.checkpoint import PREFIX as CHECKPOINT_PREFIX
 from ..viva_core.train.checkpoint import latest_checkpoint, trained_by_viva
-from ..viva_core.train.config import METHODS, check_output_name, load_config, parse_reward_weights
+from ..viva_core.train.config import (
+    METHODS,
+    TRAIN_COMPILE_MODES,
+    check_output_name,
+    load_config,
+    parse_reward_weights,
+)
 from ..viva_core.train.trainer import Trainer
 from . import common as c
 from .loaders import DTYPES, editor_choices, resolve_editor
@@ -330,6 +336,15 @@ class TrainLoRA(io.ComfyNode):
                     tooltip="Continue from the latest checkpoint of "
                     "output_name (after an interrupt, or to train further).",
                 ),
+                io.Combo.Input(
+                    "compile",
+                    options=list(TRAIN_COMPILE_MODES),
+                    default="off",
+                    optional=True,  # API prompts written before it stay valid
+                    tooltip="blocks: torch.compile each DiT block with its LoRA (needs Triton on a GPU; the first "
+                    "steps pay the compile, minutes for a big DiT). An Edit-GRPO iteration of a 1.3B DiT ran ~1.35x "
+                    "faster on an H100.",
+                ),
                 c.Editor.Input(
                     "loaded_editor",
                     optional=True,
@@ -370,6 +385,7 @@ class TrainLoRA(io.ComfyNode):
         output_name: str,
         dtype: str,
         resume: bool,
+        compile: str = "off",
         loaded_editor=None,
     ) -> io.NodeOutput:
         name = output_name.strip()
@@ -406,6 +422,7 @@ class TrainLoRA(io.ComfyNode):
                 f"model.text_encoder={files.text_encoder or ''}",
                 f"model.dtype={dtype}",
                 f"model.device={mm.get_torch_device()}",
+                f"model.compile={compile}",
                 f"data.manifest={manifest_path}",
                 f"data.max_frames={max_frames}",
                 f"data.height={height}",

@@ -627,8 +627,9 @@ def test_unload_models_and_interrupt_in_a_running_server(models, tmp_path):
 
 def test_train_lora_on_the_graphs_loaded_editor(models, tmp_path):
     """VIVA Train LoRA with `loaded_editor` connected trains the editor the graph already holds (its Load Editor
-    node comes from the cache; no second load), writes the LoRA, and gives the editor back unchanged: the same edit
-    before and after training saves the identical video."""
+    node comes from the cache; no second load), with its blocks compiled (`compile` "blocks"), writes the LoRA, and
+    gives the editor back unchanged and uncompiled: the same edit before and after training saves the identical
+    video."""
     import numpy as np
 
     plain = json.loads((PROMPTS / "edit.json").read_text())
@@ -641,7 +642,7 @@ def test_train_lora_on_the_graphs_loaded_editor(models, tmp_path):
             if isinstance(value, list):
                 node["inputs"][name] = [str(10 + int(value[0])), value[1]]
         train[str(10 + int(node_id))] = node
-    train["12"]["inputs"].update(output_name="viva_lent_lora", loaded_editor=["2", 0])
+    train["12"]["inputs"].update(output_name="viva_lent_lora", loaded_editor=["2", 0], compile="blocks")
     server = HeldServer(models, tmp_path)
     try:
         before = server.wait(server.queue(plain))
@@ -652,13 +653,16 @@ def test_train_lora_on_the_graphs_loaded_editor(models, tmp_path):
         assert cached and "2" in cached[0]["nodes"], trained["status"]  # the graph's editor, not a new load
         assert "training on the loaded editor tiny-editor (torch.float32 on cpu), no second copy" in server.log()
         assert (Path(models["models"]) / "loras" / "viva_lent_lora.safetensors").is_file()
+        run = tmp_path / "run" / "output" / "viva_training" / "viva_lent_lora" / "checkpoints" / "step-0000003"
+        assert json.loads((run / "state.json").read_text())["config"]["model"]["compile"] == "blocks"
         plain["5"]["inputs"]["max_frames"] = 10  # reruns the Edit node only: the same edit
         after = server.wait(server.queue(plain))
         assert after["status"]["status_str"] == "success", server.log()[-3000:]
         assert np.array_equal(decoded_frames(before, tmp_path / "run"), decoded_frames(after, tmp_path / "run"))
-        # the same run on a copy the trainer loads itself gives the same LoRA, up to float noise: the lent weights
-        # are copies out of inference mode (model_management.usable_by_autograd), whose new allocations take
-        # another CPU BLAS path (the DiT's forward moves by 3.6e-7); 3 Adam steps of lr 1e-3 make B about 3e-3
+        # the same run on a copy the trainer loads itself, eager, gives the same LoRA, up to float noise: the lent
+        # weights are copies out of inference mode (model_management.usable_by_autograd), whose new allocations take
+        # another CPU BLAS path (the DiT's forward moves by 3.6e-7), and the compiled blocks round in another order;
+        # 3 Adam steps of lr 1e-3 make B about 3e-3
         own = json.loads((PROMPTS / "train.json").read_text())
         own["2"]["inputs"]["output_name"] = "viva_own_lora"
         assert server.wait(server.queue(own))["status"]["status_str"] == "success", server.log()[-3000:]

@@ -22,6 +22,7 @@ METHODS = ("sft", "grpo", "rwo")
 GRADIENT_CHECKPOINTING = ("off", "on", "auto")
 ROLLOUT_LORA_DTYPES = ("auto", "fp32", "model", "merged")  # RolloutConfig.lora_dtype
 LORA_COMPUTE_DTYPES = ("fp32", "model")  # LoraConfig.compute_dtype
+TRAIN_COMPILE_MODES = ("off", "blocks")  # ModelConfig.compile: each DiT block compiled, LoRA included
 AUTO_CHECKPOINTING_PARAMS = 1e9  # "auto" turns gradient checkpointing on from this DiT size
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # output names: no folders, no leading dot
 # devices torch and ComfyUI use (DirectML is privateuseone); checked by name so a typo fails before any load
@@ -300,7 +301,7 @@ class TrainConfig:
                 ("rollout.rwo_mode", self.rollout.rwo_mode, RWO_MODES),
                 ("rollout.lora_dtype", self.rollout.lora_dtype, ROLLOUT_LORA_DTYPES),
                 ("lora.compute_dtype", self.lora.compute_dtype, LORA_COMPUTE_DTYPES),
-                ("model.compile", self.model.compile, ("off", "blocks")),
+                ("model.compile", self.model.compile, TRAIN_COMPILE_MODES),
                 ("model.attention", self.model.attention, ATTENTION_BACKENDS),
                 ("optim.gradient_checkpointing", self.optim.gradient_checkpointing, GRADIENT_CHECKPOINTING),
             ]

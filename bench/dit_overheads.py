@@ -9,7 +9,8 @@ targets 1-2). Random weights at a real shape (bench/real_memory.py), bf16 on a G
             where they win the autotuning) against the default mode;
   vae       the VAE's encode and decode (81 frames) with its Conv3d weights in channels_last_3d against contiguous.
 
-    PYTHONPATH=. python bench/dit_overheads.py [--model lucy|wan1.3b] [--parts profile,graph,autotune,vae] [--json F]
+    PYTHONPATH=. python bench/dit_overheads.py [--model lucy|wan1.3b] [--parts profile,graph,autotune,vae]
+        [--attention sdpa|flash4|...] [--json F]
 `--device cpu` runs a smoke check of the script at the tiny shapes (eager, the profile and vae parts).
 """
 
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench.real_memory as rm  # noqa: E402
 from bench.bench_dit import dit_flops, matmul_rate  # noqa: E402
+from viva_core.editor import EditorOptions, configure_dit  # noqa: E402
 
 TEXT_TOKENS = 512
 ATTENTION_WORDS = ("sdpa", "flash", "fmha", "attention", "attn")
@@ -100,13 +102,18 @@ class Bench:
         shape = "real" if self.cuda else "tiny"
         self.spec = rm.SHAPES[shape][args.model if self.cuda else "lucy"]
         self.frames, self.height, self.width = rm.SHAPES[shape]["video"]
-        self.results: dict = {"model": self.spec["label"], "device": args.device}
+        self.attention = args.attention
+        self.results: dict = {"model": self.spec["label"], "device": args.device, "attention": args.attention}
 
     def dit(self, mode: str = "default") -> tuple[torch.nn.Module, Callable[[], torch.Tensor], int]:
         """A fresh DiT (seeded), compiled per block on a GPU, and its forward on fixed inputs; and the token count."""
         torch.manual_seed(0)
         cfg = self.spec["dit"]
         dit = rm.build_dit(cfg, self.device, self.dtype)
+        options = EditorOptions(
+            dtype="bf16" if self.cuda else "fp32", device=self.args.device, attention=self.attention
+        )
+        configure_dit(dit, options, self.dtype)  # the editor's attention option, as a loaded editor sets it
         vae_cfg = self.spec["vae"]
         ts, ss = (vae_cfg.get("scale_factor_temporal", 4), vae_cfg.get("scale_factor_spatial", 8))
         latent = ((self.frames - 1) // ts + 1, self.height // ss, self.width // ss)
@@ -221,6 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default="lucy", choices=["lucy", "wan1.3b"])
     ap.add_argument("--parts", default="profile,graph,autotune,vae")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--attention", default="sdpa", help="the editor's attention option (flash4: flash-attn-4)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     bench = Bench(args)

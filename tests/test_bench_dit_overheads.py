@@ -47,6 +47,7 @@ def test_dit_overheads_runs_on_the_cpu(tmp_path) -> None:
     )  # fmt: skip
     assert "graph: needs a GPU, skipped" in done.stdout
     r = json.loads(out.read_text())
+    assert r["attention"] == "sdpa"
     p = r["profile"]
     assert p["matmul_s"] > 0 and p["attention_s"] > 0 and p["forward_s"] > 0
     assert abs(p["matmul_s"] + p["attention_s"] + p["other_s"] - p["kernels_s"]) < 1e-9

@@ -105,6 +105,8 @@ def test_config_file_and_overrides(tmp_path):
     base = ["model.editor=e", "data.manifest=m"]
     assert load_config(None, base).rollout.lora_dtype == "auto"
     assert load_config(None, base).lora.compute_dtype == "model"  # the side path in the DiT's dtype (section 93)
+    with pytest.raises(InputError, match="model.attention 'sage' has no backward pass"):
+        load_config(None, base + ["model.attention=sage"])
     for extra, cast in (([], True), (["optim.parallel=fsdp"], False), (["rollout.lora_dtype=fp32"], False)):
         cfg = load_config(None, base + extra)
         assert cfg.rollout.lora_in_model_dtype(cfg.optim.parallel) is cast, extra
@@ -1206,6 +1208,20 @@ def test_training_a_loaded_editor_equals_loading_one_and_gives_it_back(assets):
     a, b, c = (load_file(r.lora_path) for r in (own, lent, again))
     assert a.keys() == b.keys() == c.keys()
     assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_loaded_editor_with_inference_only_attention_is_refused(assets):
+    """A graph's editor loaded with SageAttention (forward-only kernels) cannot be trained: its q, k, v LoRA would get
+    no gradient. The trainer says so before touching the modules."""
+    import dataclasses
+
+    from viva_core.editor import EditorOptions, load_editor
+
+    editor = load_editor(str(assets["editor"]), options=EditorOptions(dtype="fp32", device="cpu"))
+    editor = dataclasses.replace(editor, options=dataclasses.replace(editor.options, attention="sage"))
+    with pytest.raises(InputError, match="attention 'sage', which has no backward pass"):
+        Trainer(config(assets, assets["root"] / "sage", "optim.steps=1"), editor=editor).run()
+    assert not any("lora_" in n for n, _ in editor.transformer.named_parameters())
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 OFFLOAD_MODES = ("none", "model", "block", "block_prefetch")
 BLOCK_OFFLOAD_MODES = ("block", "block_prefetch")  # the DiT streamed block by block from host memory
 ATTENTION_BACKENDS = ("sdpa", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "flash", "sage", "flash4")
+# forward-only kernels: SageAttention has no backward (diffusers raises in it only under context parallelism; a plain
+# call returns an output without a gradient path, so a LoRA on q, k, v would silently not train)
+INFERENCE_ONLY_ATTENTION = ("sage",)
 COMPILE_MODES = ("off", "blocks", "full")
 WAN_HEAD_DIM = 128  # every released Wan DiT (1.3B, 5B, 14B) uses 128-dim heads; weights do not record it
 SINGLE_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")

@@ -290,7 +290,7 @@ class TrainConfig:
             problems.append(
                 f"output_dir '{self.output_dir}' is a file; name a folder (it holds checkpoints and the LoRA)"
             )
-        from ..editor import ATTENTION_BACKENDS
+        from ..editor import ATTENTION_BACKENDS, INFERENCE_ONLY_ATTENTION
         from ..runtime import DTYPES
         from .losses import RWO_MODES, SIGMA_MODES
 
@@ -306,6 +306,11 @@ class TrainConfig:
                 ("optim.gradient_checkpointing", self.optim.gradient_checkpointing, GRADIENT_CHECKPOINTING),
             ]
         )
+        if self.model.attention in INFERENCE_ONLY_ATTENTION:
+            problems.append(
+                f"model.attention '{self.model.attention}' has no backward pass (inference only), so training "
+                "cannot use it; pick sdpa (or flash4 where flash-attn-4 is installed)"
+            )
         if self.model.compile != "off" and self.optim.parallel == "fsdp":
             problems.append('model.compile "blocks" needs optim.parallel "ddp" (not measured with FSDP2\'s sharding)')
         if self.rollout.lora_dtype in ("model", "merged") and self.optim.parallel == "fsdp":

@@ -20,7 +20,7 @@ import torch
 
 from .. import compat
 from ..data import EditRecord, EditSample, TensorCache, file_identity, load_manifest, load_sample, model_identity
-from ..editor import Conditioning, Editor, EditorOptions, compile_dit, load_editor
+from ..editor import INFERENCE_ONLY_ATTENTION, Conditioning, Editor, EditorOptions, compile_dit, load_editor
 from ..errors import InputError, NonFiniteError
 from ..lora import save_lora
 from ..pipeline import (
@@ -133,6 +133,12 @@ class Trainer:
         )
         src = Path(cfg.model.editor)
         if self.loaded_editor is not None:
+            if self.loaded_editor.options.attention in INFERENCE_ONLY_ATTENTION:
+                raise InputError(
+                    f"the loaded editor runs attention '{self.loaded_editor.options.attention}', which has no "
+                    "backward pass (inference only): training would leave the LoRA's q, k, v untrained. Load the "
+                    "editor with attention sdpa (or flash4) to train it."
+                )
             log.info(
                 "training on the loaded editor %s (%s on %s), no second copy",
                 self.loaded_editor.name,

@@ -75,8 +75,9 @@ def timed(fn: Callable[[], object], cuda: bool, reps: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def profile_classes(fn: Callable[[], object], cuda: bool) -> dict[str, float]:
-    """Seconds of one call of `fn` per kernel class (self time of each kernel, or of each aten op on the CPU)."""
+def profile_classes(fn: Callable[[], object], cuda: bool, top: int = 8) -> tuple[dict[str, float], list[dict]]:
+    """Seconds of one call of `fn` per kernel class (self time of each kernel, or of each aten op on the CPU), and
+    the `top` kernels of the 'other' class by time (name, calls, microseconds a call): where the rest goes."""
     from torch.profiler import ProfilerActivity, profile
 
     activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
@@ -84,13 +85,16 @@ def profile_classes(fn: Callable[[], object], cuda: bool) -> dict[str, float]:
         fn()
         if cuda:
             torch.cuda.synchronize()
-    out = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    out, others = {"matmul": 0.0, "attention": 0.0, "other": 0.0}, []
     for row in prof.key_averages():
         us = row.self_device_time_total if cuda else row.self_cpu_time_total
         if cuda and row.device_type != torch.autograd.DeviceType.CUDA:
             continue
-        out[kernel_class(row.key)] += us / 1e6
-    return out
+        kind = kernel_class(row.key)
+        out[kind] += us / 1e6
+        if kind == "other" and us > 0:
+            others.append({"kernel": row.key[:120], "calls": row.count, "us_per_call": us / row.count, "us": us})
+    return out, sorted(others, key=lambda r: -r["us"])[:top]
 
 
 class Bench:
@@ -137,7 +141,7 @@ class Bench:
         cfg = self.spec["dit"]
         _, forward, tokens = self.dit()
         seconds = timed(forward, self.cuda)
-        classes = profile_classes(forward, self.cuda)
+        classes, top_other = profile_classes(forward, self.cuda)
         total = dit_flops(cfg, tokens, TEXT_TOKENS)
         attn = attention_flops(cfg, tokens, TEXT_TOKENS)
         rate = matmul_rate() if self.cuda else None
@@ -157,6 +161,9 @@ class Bench:
             }
         self.results["profile"] = row
         print("profile", json.dumps(row), flush=True)
+        self.results["profile_top_other"] = top_other
+        for r in top_other:
+            print(f"  other: {r['us_per_call']:9.1f} us x {r['calls']:4d}  {r['kernel']}", flush=True)
 
     def graph(self) -> None:
         _, forward, _ = self.dit()

@@ -51,5 +51,9 @@ def test_dit_overheads_runs_on_the_cpu(tmp_path) -> None:
     p = r["profile"]
     assert p["matmul_s"] > 0 and p["attention_s"] > 0 and p["forward_s"] > 0
     assert abs(p["matmul_s"] + p["attention_s"] + p["other_s"] - p["kernels_s"]) < 1e-9
+    top = r["profile_top_other"]
+    assert top and [t["us"] for t in top] == sorted((t["us"] for t in top), reverse=True)
+    assert sum(t["us"] for t in top) / 1e6 <= p["other_s"] + 1e-9
+    assert all(kernel_class(t["kernel"]) == "other" for t in top)
     v = r["vae"]
     assert v["decode_contiguous_s"] > 0 and v["decode_channels_last_3d_s"] > 0 and v["max_abs_diff"] < 1e-4

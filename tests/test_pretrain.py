@@ -435,6 +435,73 @@ def test_editor_and_judge_continue_from_the_bundled_folders(synth_npz, tmp_path)
     assert json.loads((finer / "preprocessor_config.json").read_text())["patch_size"] == 4
 
 
+def test_a_text_only_editor_gains_the_judge_as_a_frozen_instructor(synth_npz, tmp_path) -> None:
+    """editor.init (text-only) with editor.instructor_init = a judge and instructor_frozen: the judge's VLM (its own
+    files left behind) conditions the editor through a refiner whose output layer starts at zero, so before any
+    update the editor in instructor mode edits exactly as the text-only one does (its tokens are the padding); after
+    updates the refiner and the DiT have moved and the instructor is still the judge, weight for weight."""
+    from viva_core.conditioning import build_conditioning
+    from viva_core.editor import EditorOptions, load_editor
+    from viva_core.instructor import load_refiner
+    from viva_core.pipeline import EditSettings, edit
+    from viva_core.vlm import load_vlm
+
+    manifest = synth_npz / "train.jsonl"
+    sets = {
+        "editor.init": bundled.EDITOR,
+        "editor.instructor_init": bundled.JUDGE,
+        "editor.instructor_frozen": True,
+        "optim.steps": 1,
+        "optim.lr": 0.0,
+    }
+    ed = S.run_stage(_cfg("editor", tmp_path / "ed0", manifest, **sets))
+    instructor = tmp_path / "ed0" / "instructor"
+    assert not (instructor / "viva_judge.json").exists()
+    judge_weights, kept = _safetensors(bundled.JUDGE), _safetensors(instructor)
+    assert judge_weights.keys() == kept.keys() and all(torch.equal(judge_weights[k], kept[k]) for k in kept)
+    refiner = load_refiner(str(tmp_path / "ed0" / "refiner.safetensors"))
+    assert not refiner.proj_out.weight.any() and not refiner.proj_out.bias.any()
+    assert json.loads((ed / "viva_editor.json").read_text())["instructor"] is True
+
+    options = EditorOptions(dtype="fp32", device="cpu")
+    frames = torch.rand(5, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    text_only = load_editor(str(bundled.EDITOR), options=options)
+    plain, _ = build_conditioning(text_only, "make the red circle blue", frames[0])
+    continued = load_editor(str(ed), options=options)
+    vlm = load_vlm(instructor, dtype="fp32", device="cpu")
+    refiner_path = str(tmp_path / "ed0" / "refiner.safetensors")
+    cond, _ = build_conditioning(
+        continued, "make the red circle blue", frames[0], mode="instructor", vlm=vlm, refiner_path=refiner_path
+    )
+    settings = EditSettings(steps=2, cfg=1.0, seed=0)
+    a, b = edit(text_only, frames, plain, settings=settings).frames, edit(continued, frames, cond, settings=settings)
+    assert torch.equal(a, b.frames)
+
+    trained = S.run_stage(_cfg("editor", tmp_path / "ed1", manifest, **{**sets, "optim.lr": 1e-3, "optim.steps": 2}))
+    kept = _safetensors(tmp_path / "ed1" / "instructor")
+    assert all(torch.equal(judge_weights[k], kept[k]) for k in kept)  # frozen
+    assert load_refiner(str(tmp_path / "ed1" / "refiner.safetensors")).proj_out.weight.any()
+    before, after = _safetensors(bundled.EDITOR / "transformer"), _safetensors(trained / "transformer")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_frozen_instructors_tokens_computed_once_are_each_clips_own(synth_npz) -> None:
+    """`frozen_instructor_tokens` (chunks of clips) gives each clip what `instructor_hidden` gives its chat alone."""
+    from viva_core.train.pretrain.editor import frozen_instructor_tokens, instructor_rows, prepare_instructor_inputs
+    from viva_core.vlm import load_vlm
+
+    clips = S.load_clip_set(synth_npz / "train.jsonl", 5)
+    vlm = load_vlm(bundled.JUDGE, dtype="fp32", device="cpu")
+    chats = prepare_instructor_inputs(clips, vlm.processor)
+    hidden, lengths = frozen_instructor_tokens(vlm, chats, chunk=2)
+    assert hidden.shape[0] == lengths.shape[0] == 5
+    for i in range(5):
+        alone, n = S.instructor_hidden(vlm, instructor_rows(chats, torch.tensor([i])))
+        assert int(n[0]) == int(lengths[i])
+        torch.testing.assert_close(hidden[i, : int(n[0])], alone[0, : int(n[0])], rtol=1e-4, atol=1e-5)
+        assert not hidden[i, int(n[0]) :].any()  # zeros after the real tokens
+
+
 def test_a_finer_vision_patch_continues_the_same_model(tmp_path) -> None:
     """`resample_vision_patch` 8 -> 4: the rewritten vision tower on a 64x64 frame equals the old one on that frame
     upsampled 2x (nearest), against the old model run directly; a patch that does not divide the old one is refused."""
@@ -491,8 +558,21 @@ def test_operation_weights_even_out_the_operations() -> None:
 
 def test_continuing_refuses_folders_that_do_not_fit(synth_npz, tmp_path) -> None:
     manifest = synth_npz / "train.jsonl"
-    with pytest.raises(InputError, match="editor.instructor=false"):
-        _cfg("editor", tmp_path / "a", manifest, **{"editor.init": bundled.EDITOR})
+    with pytest.raises(InputError, match="set editor.instructor=true"):
+        _cfg(
+            "editor", tmp_path / "a", manifest, **{"editor.instructor": False, "editor.instructor_init": bundled.JUDGE}
+        )
+    with pytest.raises(InputError, match="set editor.instructor_init to one"):
+        _cfg("editor", tmp_path / "a", manifest, **{"editor.vae": "v", "editor.instructor_frozen": True})
+    with pytest.raises(InputError, match="not a VLM folder"):
+        S.run_stage(
+            _cfg(
+                "editor",
+                tmp_path / "a",
+                manifest,
+                **{"editor.init": bundled.EDITOR, "editor.instructor_init": tmp_path},
+            )
+        )
     with pytest.raises(InputError, match="use another output_dir"):
         _cfg("judge", tmp_path, manifest, **{"judge.init": tmp_path / "judge"})
     other_vae = tmp_path / "vae"

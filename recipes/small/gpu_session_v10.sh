@@ -32,10 +32,18 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 source recipes/small/session_lib.sh  # $V $R $B, stamp, has, steps, make_data, make_objects, eval_line, pack_results
 SHIPPED=$B/diffusers/viva-small-editor
 JUDGE=$B/vlm/viva-small-judge
-# shellcheck disable=SC2206  # EDITOR_SETS: more --set pairs
-E=(--set editor.init=$SHIPPED --set editor.vae=$SHIPPED/vae --set data.balance="${BALANCE:-1}" ${EDITOR_SETS:-}
+# shellcheck disable=SC2206  # EDITOR_SETS: more --set pairs, last, so they override these (e.g. the judge as a frozen
+# instructor: EDITOR_SETS="--set editor.instructor=true --set editor.instructor_init=viva_core/small_models/vlm/viva-small-judge
+# --set editor.instructor_frozen=true"; docs/small_models.md, section 93)
+E=(--set editor.init=$SHIPPED --set editor.vae=$SHIPPED/vae --set data.balance="${BALANCE:-1}"
    --set editor.instructor=false --set optim.compile="${COMPILE:-true}"
-   --set optim.lr="${EDITOR_LR:-3e-4}" --set optim.max_minutes="${EDITOR_MINUTES:-5.5}")
+   --set optim.lr="${EDITOR_LR:-3e-4}" --set optim.max_minutes="${EDITOR_MINUTES:-5.5}" ${EDITOR_SETS:-})
+# NEW's model arguments for viva eval: its editor, and its instructor and refiner where the run trained them
+new_model() {
+  echo "--editor $R/$NEW/editor"
+  [ -f $R/$NEW/refiner.safetensors ] && echo "--instructor $R/$NEW/instructor --refiner $R/$NEW/refiner.safetensors"
+}
+NEW_PACK=("$NEW/editor" "$NEW/instructor" "$NEW/refiner.safetensors")
 # shellcheck disable=SC2206  # JUDGE_DATA_SETS / JUDGE_SETS: more --set pairs (section 31: bf16, 2,048 clips)
 JD=(--set judge.editor=$SHIPPED ${JUDGE_DATA_SETS:-})
 J=(--set judge.init=$JUDGE --set judge.candidates=target,source,other,blend,flicker,blur,shifted,wrong
@@ -78,7 +86,7 @@ if has judge; then
     > runs/judge.log 2>&1
   grep -h '"steps_done"\|"seconds"\|"accuracy"' $R/judge/judge_summary.json
   # inside a device call: the judge comes back now, whatever happens to the phases after it (docs section 34)
-  [ -n "${OUT:-}" ] && has pack && pack_results $NEW/editor judge/judge
+  [ -n "${OUT:-}" ] && has pack && pack_results "${NEW_PACK[@]}" judge/judge
 fi
 if has jeval; then
   stamp jeval
@@ -105,7 +113,7 @@ if has bon; then  # both benchmark sets: held-out combinations, and unseen clips
       grep -v "Loading\|clips, pointing" runs/ground_$name.log
     fi
   done
-  [ -n "${OUT:-}" ] && has pack && pack_results $NEW/editor judge/judge
+  [ -n "${OUT:-}" ] && has pack && pack_results "${NEW_PACK[@]}" judge/judge
 fi
 if has editor; then
   stamp editor
@@ -118,7 +126,7 @@ if has eval; then
   {
     for set in id:data/eval_id/train.jsonl heldout:data/eval_heldout/heldout.jsonl objects:$OBJECTS; do
       eval_line "${OLD}_${set%%:*}" "${set#*:}" "--editor $SHIPPED"
-      [ -d $R/$NEW/editor ] && eval_line "${NEW}_${set%%:*}" "${set#*:}" "--editor $R/$NEW/editor"
+      [ -d $R/$NEW/editor ] && eval_line "${NEW}_${set%%:*}" "${set#*:}" "$(new_model | tr '\n' ' ')"
     done
   } > runs/eval_jobs.txt
   xargs -P "${JOBS:-6}" -I{} bash -c {} < runs/eval_jobs.txt
@@ -127,12 +135,12 @@ if has eval; then
     python3 recipes/small/table.py --paired "$OLD=runs/eval/${OLD}_$set" "$NEW=runs/eval/${NEW}_$set" 2>&1 | tail -4
   done
 fi
-has pack && pack_results $NEW/editor judge/judge
+has pack && pack_results "${NEW_PACK[@]}" judge/judge
 if has bench; then
   stamp bench
   PYTHONPATH=.:${PYTHONPATH:-} python3 bench/bench_edit.py --variants best --best-of 4 --best-of-batch 2 \
     --json runs/bench_best_of_4.json > runs/bench_best_of_4.log 2>&1
   tail -12 runs/bench_best_of_4.log
-  has pack && pack_results $NEW/editor judge/judge
+  has pack && pack_results "${NEW_PACK[@]}" judge/judge
 fi
 stamp done

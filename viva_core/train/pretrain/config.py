@@ -92,8 +92,15 @@ class EditorSection:
     refiner_heads: int = 4
     mask_weight: float = 1.0  # VIVA's (1 + w M) edit-mask weight; 0 = plain flow matching
     # Continue from an editor folder written by this stage (its DiT, text encoder and tokenizer; its architecture,
-    # not the fields above; `vae` defaults to the folder's own): a longer run without the first one's optimizer.
+    # not the fields above; `vae` defaults to the folder's own): a longer run without the first one's optimizer. A
+    # text-only folder continued with `instructor` on gains an instructor and a refiner whose output layer starts at
+    # zero: its tokens are then the zero padding the editor already reads, so the run starts from the editor's edits.
     init: str = ""
+    # Start the instructor from a VLM folder instead of random weights, e.g. the judge `viva pretrain judge` wrote: a
+    # VLM that has already learned to read these clips' instructions against their frames, as VIVA's instructor is a
+    # pretrained VLM. With `instructor_frozen` its weights stay as they are and only the refiner learns to use it.
+    instructor_init: str = ""
+    instructor_frozen: bool = False
     # Instructor grounding: weight of a BCE loss on the VLM's image tokens predicting the edit mask of the frame it
     # sees. Without it the jointly trained instructor ignores its image (docs/small_models.md, sections 7 and 10).
     grounding_weight: float = 0.0
@@ -189,8 +196,10 @@ class ScratchConfig:
         init = {"editor": self.editor.init, "judge": self.judge.init}.get(self.stage, "")
         if init and Path(init).resolve() == (Path(self.output_dir) / self.stage).resolve():
             problems.append(f"{self.stage}.init is the folder this run writes ({init}): use another output_dir")
-        if self.stage == "editor" and self.editor.init and self.editor.instructor:
-            problems.append("editor.init continues a text-only editor: set editor.instructor=false")
+        if self.stage == "editor" and self.editor.instructor_init and not self.editor.instructor:
+            problems.append("editor.instructor_init starts an instructor: set editor.instructor=true")
+        if self.stage == "editor" and self.editor.instructor_frozen and not self.editor.instructor_init:
+            problems.append("editor.instructor_frozen keeps a VLM as it is: set editor.instructor_init to one")
         if self.optim.steps < 1 or self.optim.batch_size < 1:
             problems.append("optim.steps and optim.batch_size must be >= 1")
         if len(self.editor.patch) != 3:

@@ -125,6 +125,23 @@ def instructor_hidden(vlm, inputs) -> tuple[torch.Tensor, torch.Tensor]:
     return right_packed(last_hidden(vlm, inputs), inputs["attention_mask"])
 
 
+def frozen_instructor_tokens(
+    vlm, chats: dict[str, torch.Tensor], chunk: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every clip's instructor tokens (`instructor_hidden` of its chat) [N, L, H] and lengths [N], computed once in
+    chunks: a frozen VLM gives each clip the same tokens at every step, so training gathers them instead of running
+    the VLM (the refiner, which trains, still runs every step)."""
+    device = chats["input_ids"].device
+    hidden, lengths = [], []
+    with torch.no_grad(), _autocast(device), _masked_attention(device):
+        for lo in range(0, chats["input_ids"].shape[0], chunk):
+            idx = torch.arange(lo, min(lo + chunk, chats["input_ids"].shape[0]), device=device)
+            h, n = instructor_hidden(vlm, instructor_rows(chats, idx))
+            hidden.append(h)
+            lengths.append(n)
+    return torch.cat(hidden), torch.cat(lengths)
+
+
 def last_hidden(vlm, inputs) -> torch.Tensor:
     """The VLM's last hidden states [B, L, H] (fp32) of a batch of chats, as the processor padded them."""
     from ...vlm import forward
@@ -161,6 +178,8 @@ class EditorData:
     text_ids: torch.Tensor  # UMT5 ids [N + 1, max_text_tokens]; row N is the empty prompt (CFG's negative)
     text_mask: torch.Tensor
     chats: Optional[dict[str, torch.Tensor]]  # prepared instructor inputs, or None (text only)
+    # a frozen instructor's tokens, computed once (`frozen_instructor_tokens`): [N, L, H] right-packed and [N] lengths
+    instructor_tokens: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
     @property
     def empty(self) -> int:
@@ -249,6 +268,23 @@ def _continued_editor(folder: Path, vae_dir: Path, words: list[str], max_text_to
     return tokenizer, text_encoder, dit
 
 
+def _instructor_copy(init: Path, folder: Path, words: list[str]) -> Path:
+    """A copy of a VLM folder for `editor.instructor_init` (a judge's own files left behind: the editor's instructor
+    answers no questions), checked to know every training word."""
+    from transformers import AutoTokenizer
+
+    from ...judge import JUDGE_INFO_FILE
+    from .judge import GROUND_HEAD_FILE
+
+    if not (init / "config.json").is_file():
+        raise InputError(f"{init}: not a VLM folder (no config.json); editor.instructor_init takes one, e.g. a judge.")
+    check_vocabulary(AutoTokenizer.from_pretrained(init), words, init)
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(init, folder, ignore=shutil.ignore_patterns(JUDGE_INFO_FILE, GROUND_HEAD_FILE))
+    return folder
+
+
 def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path:
     from diffusers import AutoencoderKLWan
 
@@ -281,9 +317,12 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
         from ...instructor import RefinerConfig, TokenRefiner
         from ...vlm import load_vlm
 
-        folder = write_vlm_folder(out / "instructor", word_tokenizer(words, kind="qwen"), sec.vlm, cfg.seed)
+        if sec.instructor_init:
+            folder = _instructor_copy(Path(sec.instructor_init), out / "instructor", words)
+        else:
+            folder = write_vlm_folder(out / "instructor", word_tokenizer(words, kind="qwen"), sec.vlm, cfg.seed)
         vlm = load_vlm(folder, dtype="fp32", device=device)
-        vlm.model.train().requires_grad_(True)
+        vlm.model.train(not sec.instructor_frozen).requires_grad_(not sec.instructor_frozen)
         refiner = (
             TokenRefiner(
                 RefinerConfig(
@@ -297,7 +336,10 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
             .to(device)
             .train()
         )
-        params += list(vlm.model.parameters()) + list(refiner.parameters())
+        if sec.init:  # a text-only editor gains the instructor: its tokens start as the padding it already reads
+            torch.nn.init.zeros_(refiner.proj_out.weight)
+            torch.nn.init.zeros_(refiner.proj_out.bias)
+        params += ([] if sec.instructor_frozen else list(vlm.model.parameters())) + list(refiner.parameters())
     grounding_head = None
     if vlm is not None and sec.grounding_weight > 0:
         grounding_head = torch.nn.Linear(vlm.hidden_size, 1).to(device)  # training-only probe: not saved
@@ -307,6 +349,8 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
         clips, vae, text_tok, sec, device, vlm.processor if vlm else None, cfg.optim.workers, merge
     )
     del vae
+    if vlm is not None and sec.instructor_frozen and grounding_head is None:
+        data.instructor_tokens = frozen_instructor_tokens(vlm, data.chats)
     model = torch.compile(dit) if cfg.optim.compile else dit
 
     gen = torch.Generator(device).manual_seed(cfg.seed)  # every draw on the training device: no host round trips
@@ -325,14 +369,17 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
             text_hidden = text_encoder(ids, mask).last_hidden_state.float()
             extra = extra_len = ground = None
             if vlm is not None:
-                rows = instructor_rows(data.chats, idx)
-                with _masked_attention(device):
-                    raw = last_hidden(vlm, rows)
-                hidden, lengths = right_packed(raw, rows["attention_mask"])
-                if grounding_head is not None:  # every chat has the same number of image tokens
-                    image = rows["input_ids"] == vlm.model.config.image_token_id
-                    logits = grounding_head(raw[image].view(batch, -1, raw.shape[-1])).squeeze(-1).float()
-                    ground = F.binary_cross_entropy_with_logits(logits, data.grounding[idx])
+                if data.instructor_tokens is not None:  # a frozen instructor's, computed once
+                    hidden, lengths = data.instructor_tokens[0][idx], data.instructor_tokens[1][idx]
+                else:
+                    rows = instructor_rows(data.chats, idx)
+                    with _masked_attention(device), torch.set_grad_enabled(not sec.instructor_frozen):
+                        raw = last_hidden(vlm, rows)
+                    hidden, lengths = right_packed(raw, rows["attention_mask"])
+                    if grounding_head is not None:  # every chat has the same number of image tokens
+                        image = rows["input_ids"] == vlm.model.config.image_token_id
+                        logits = grounding_head(raw[image].view(batch, -1, raw.shape[-1])).squeeze(-1).float()
+                        ground = F.binary_cross_entropy_with_logits(logits, data.grounding[idx])
                 pad = torch.arange(hidden.shape[1], device=device)[None] >= lengths[:, None]
                 extra = refiner(hidden, pad).float()
                 extra_len = torch.where(drop, torch.zeros_like(lengths), lengths)

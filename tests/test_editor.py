@@ -346,3 +346,18 @@ def test_broken_scheduler_config_is_named(tmp_path, editor_dir, bad, words):
     with pytest.raises(ModelLoadError, match="scheduler") as e:
         load_editor(str(ed), options=FP32)
     assert str(path) in str(e.value) and words in str(e.value) and "delete" in str(e.value)
+
+
+def test_compile_on_a_cuda_machine_without_triton_says_what_to_install(monkeypatch) -> None:
+    """torch.compile on a GPU needs Triton (often missing on Windows installs): the editor and the trainer say so
+    before compiling, instead of inductor failing at the first step; a CPU machine compiles with its C++ backend."""
+    import viva_core.editor as E
+
+    monkeypatch.setattr(E, "_has_triton", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(InputError, match="compile 'blocks' on a CUDA machine needs Triton.*pip install triton"):
+        E.compile_dit(torch.nn.Linear(2, 2), "blocks")
+    E.compile_dit(torch.nn.Linear(2, 2), "off")  # nothing compiled, nothing needed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="names its repeated blocks"):  # past the Triton check on a CPU machine
+        E.compile_dit(torch.nn.Linear(2, 2), "blocks")

@@ -755,6 +755,11 @@ def compile_dit(t: torch.nn.Module, mode: str) -> None:
     for all of them), not the module's call as `compile_repeated_blocks` does: hooks that wrap a block's forward later
     then call the compiled forward instead of being traced into it (the step cache's hooks: dynamo cannot trace them
     with fullgraph)."""
+    if mode != "off" and torch.cuda.is_available() and not _has_triton():
+        raise InputError(
+            f"compile '{mode}' on a CUDA machine needs Triton, which is not installed: `pip install triton` "
+            "(`triton-windows` on Windows), or use compile off."
+        )
     if mode == "blocks":
         names = set(getattr(t, "_repeated_blocks", None) or ())
         blocks = [m for m in t.modules() if type(m).__name__ in names]
@@ -766,6 +771,15 @@ def compile_dit(t: torch.nn.Module, mode: str) -> None:
             block.forward = torch.compile(block.forward, fullgraph=True)
     elif mode == "full":
         t.compile()
+
+
+def _has_triton() -> bool:
+    """Whether torch.compile can build GPU kernels here (inductor's own check; its private home may move)."""
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return True  # unknown: let torch.compile say what it lacks
+    return has_triton()
 
 
 def uncompile_dit(t: torch.nn.Module) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench.real_memory as rm  # noqa: E402
-from bench.bench_dit import dit_flops, matmul_rate  # noqa: E402
+from bench.bench_dit import dit_flops, matmul_rate, time_cuda  # noqa: E402
 from viva_core.editor import EditorOptions, configure_dit  # noqa: E402
 
 TEXT_TOKENS = 512
@@ -56,23 +57,16 @@ def attention_flops(cfg: dict, tokens: int, text: int) -> float:
 
 
 def timed(fn: Callable[[], object], cuda: bool, reps: int = 5) -> float:
-    """Median seconds of `fn` after one warm call (CUDA events on a GPU)."""
+    """Median seconds of `fn` after one warm call (CUDA events on a GPU: bench_dit.time_cuda)."""
+    if cuda:
+        return statistics.median(time_cuda(fn, 1, reps))
     fn()
     times = []
     for _ in range(reps):
-        if cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def profile_classes(fn: Callable[[], object], cuda: bool, top: int = 8) -> tuple[dict[str, float], list[dict]]:

@@ -141,6 +141,9 @@ def timed_step(mod, cfg, steps: int, warmup: int, cpu_rewards: bool = False) -> 
         "decode_calls_per_step": calls["decode"] / steps,
         "reward": stats["reward"],
         "loss": stats["loss"],
+        # the last PPO pass's ratio of the last step: with `--set rollout.inner_updates=1` that pass is on-policy, so
+        # ratio_std and approx_kl measure how far the PPO pass's log-probs sit from the rollouts' (kernel noise)
+        **{k: stats[k] for k in ("ratio_mean", "ratio_std", "clip_frac", "approx_kl") if k in stats},
     }
 
 

@@ -485,6 +485,56 @@ def test_a_text_only_editor_gains_the_judge_as_a_frozen_instructor(synth_npz, tm
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_grown_editor_starts_at_the_old_edits_and_trains_its_new_blocks(synth_npz, tmp_path) -> None:
+    """editor.grow_layers appends blocks whose residual outputs start at zero: at lr 0 the grown editor edits exactly
+    as the editor it grew from, and the bundled LoRA (trained on the old DiT) still applies to every module it names;
+    trained, the new blocks move."""
+    from viva_core.conditioning import build_conditioning
+    from viva_core.editor import EditorOptions, load_editor
+    from viva_core.pipeline import EditSettings, edit
+
+    manifest = synth_npz / "train.jsonl"
+    sets = {"editor.init": bundled.EDITOR, "editor.instructor": "false", "editor.grow_layers": 2, "optim.steps": 1}
+    ed = S.run_stage(_cfg("editor", tmp_path / "g0", manifest, **{**sets, "optim.lr": 0.0}))
+    layers = json.loads((bundled.EDITOR / "transformer" / "config.json").read_text())["num_layers"]
+    assert json.loads((ed / "transformer" / "config.json").read_text())["num_layers"] == layers + 2
+    new = _safetensors(ed / "transformer")
+    assert (
+        not new[f"blocks.{layers}.ffn.net.2.weight"].any() and not new[f"blocks.{layers + 1}.attn1.to_out.0.bias"].any()
+    )
+    assert new[f"blocks.{layers}.attn1.to_q.weight"].equal(new[f"blocks.{layers - 1}.attn1.to_q.weight"])
+
+    options = EditorOptions(dtype="fp32", device="cpu")
+    frames = torch.rand(5, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    settings = EditSettings(steps=2, cfg=3.0, seed=0)
+    edits = []
+    for folder in (bundled.EDITOR, ed):
+        editor = load_editor(str(folder), options=options)
+        cond, _ = build_conditioning(editor, "make the red circle blue", frames[0])
+        edits.append(edit(editor, frames, cond, settings=settings).frames)
+        with editor.with_lora(str(bundled.EDITOR_LORA), 1.0).dit_with_loras() as (_, reports):
+            assert not reports[0].unmatched and not reports[0].shape_mismatch and reports[0].matched
+    assert torch.equal(edits[0], edits[1])
+
+    trained = S.run_stage(_cfg("editor", tmp_path / "g1", manifest, **{**sets, "optim.lr": 1e-3, "optim.steps": 2}))
+    moved = _safetensors(trained / "transformer")
+    assert (
+        moved[f"blocks.{layers}.ffn.net.2.weight"].any() and moved[f"blocks.{layers + 1}.attn2.to_out.0.weight"].any()
+    )
+
+
+def test_growing_an_editor_needs_one_to_grow(tmp_path) -> None:
+    with pytest.raises(InputError, match="editor.grow_layers grows a trained DiT"):
+        _cfg("editor", tmp_path / "g", tmp_path / "train.jsonl", **{"editor.grow_layers": 2})
+    with pytest.raises(InputError, match="editor.grow_layers must be >= 0"):
+        _cfg(
+            "editor",
+            tmp_path / "g",
+            tmp_path / "train.jsonl",
+            **{"editor.init": bundled.EDITOR, "editor.grow_layers": -1},
+        )
+
+
 def test_a_frozen_instructors_tokens_computed_once_are_each_clips_own(synth_npz) -> None:
     """`frozen_instructor_tokens` (chunks of clips) gives each clip what `instructor_hidden` gives its chat alone."""
     from viva_core.train.pretrain.editor import frozen_instructor_tokens, instructor_rows, prepare_instructor_inputs

@@ -101,6 +101,10 @@ class EditorSection:
     # pretrained VLM. With `instructor_frozen` its weights stay as they are and only the refiner learns to use it.
     instructor_init: str = ""
     instructor_frozen: bool = False
+    # With `init`: this many more DiT blocks after its last, each starting as a copy of the last whose output
+    # projections are zero, so the grown DiT edits exactly as the old one and training starts from there (block
+    # expansion, as LLaMA Pro grows a trained model): what more depth buys without training from scratch.
+    grow_layers: int = 0
     # Instructor grounding: weight of a BCE loss on the VLM's image tokens predicting the edit mask of the frame it
     # sees. Without it the jointly trained instructor ignores its image (docs/small_models.md, sections 7 and 10).
     grounding_weight: float = 0.0
@@ -200,6 +204,10 @@ class ScratchConfig:
             problems.append("editor.instructor_init starts an instructor: set editor.instructor=true")
         if self.stage == "editor" and self.editor.instructor_frozen and not self.editor.instructor_init:
             problems.append("editor.instructor_frozen keeps a VLM as it is: set editor.instructor_init to one")
+        if self.stage == "editor" and self.editor.grow_layers and not self.editor.init:
+            problems.append("editor.grow_layers grows a trained DiT: set editor.init to its folder")
+        if self.editor.grow_layers < 0:
+            problems.append(f"editor.grow_layers must be >= 0, got {self.editor.grow_layers}")
         if self.optim.steps < 1 or self.optim.batch_size < 1:
             problems.append("optim.steps and optim.batch_size must be >= 1")
         if len(self.editor.patch) != 3:

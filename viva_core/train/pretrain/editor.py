@@ -268,6 +268,28 @@ def _continued_editor(folder: Path, vae_dir: Path, words: list[str], max_text_to
     return tokenizer, text_encoder, dit
 
 
+# A Wan block's residual branches end in these projections: zero them and the block adds nothing to its input.
+_BLOCK_OUTPUTS = ("attn1.to_out.", "attn2.to_out.", "ffn.net.2.")
+
+
+def grown_dit(dit, layers: int):
+    """`dit` with `layers` more blocks after its last, each a copy of the last with its three residual outputs
+    (self-attention, cross-attention, FFN) zeroed: the grown DiT computes exactly what `dit` does, and the old blocks
+    keep their names, so LoRAs trained on the old DiT still load. Gradients reach the zeroed projections at once (their
+    inputs are the copied block's), and the rest of each new block from the first update on."""
+    from diffusers import WanTransformer3DModel
+
+    old = int(dit.config.num_layers)
+    grown = WanTransformer3DModel.from_config({**dit.config, "num_layers": old + layers})
+    state = dit.state_dict()
+    last = dit.blocks[old - 1].state_dict()
+    for i in range(old, old + layers):
+        for key, value in last.items():
+            state[f"blocks.{i}.{key}"] = torch.zeros_like(value) if key.startswith(_BLOCK_OUTPUTS) else value.clone()
+    grown.load_state_dict(state)
+    return grown
+
+
 def _instructor_copy(init: Path, folder: Path, words: list[str]) -> Path:
     """A copy of a VLM folder for `editor.instructor_init` (a judge's own files left behind: the editor's instructor
     answers no questions), checked to know every training word."""
@@ -310,6 +332,8 @@ def train_editor(cfg: ScratchConfig, progress: ProgressFn = no_progress) -> Path
     else:
         text_tok = word_tokenizer(words, kind="umt5")
         text_encoder, dit = new_text_encoder(sec, len(text_tok)), new_dit(sec, int(vae.config.z_dim))
+    if sec.grow_layers:
+        dit = grown_dit(dit, sec.grow_layers)
     text_encoder, dit = text_encoder.to(device).train(), dit.to(device).train()
     params = list(text_encoder.parameters()) + list(dit.parameters())
     vlm = refiner = None

@@ -45,7 +45,7 @@ def test_bench_grpo_step_times_an_rwo_step_per_record_and_batched(tmp_path) -> N
 @pytest.mark.slow
 def test_bench_grpo_step_reports_the_on_policy_ratio(tmp_path) -> None:
     """One PPO pass a step: that pass is on-policy, so the ratio the bench reports is 1 to float rounding (the GPU
-    check of section 94 reads the same fields with bf16 kernels and compiled blocks)."""
+    check of docs/small_models.md section 96 reads the same fields with bf16 kernels and compiled blocks)."""
     from viva_core.synth import generate
 
     generate(tmp_path / "clips", n=4, seed=2, format="npz", splits=(1.0, 0.0, 0.0))

@@ -350,9 +350,10 @@ def test_commonsense_first_wall_hit_is_the_earliest_contact():
 # ------------------------------------------------------------------------------------------------- splits
 
 
-def record_pairs(record: dict) -> set[tuple[str, str, str]]:
-    ops, attrs, refs = (record[k].split("+") for k in ("operation", "attribute", "referring"))
-    return {(o, "attribute", a) for o, a in zip(ops, attrs)} | {(o, "referring", r) for o, r in zip(ops, refs)}
+def test_record_pairs_reads_a_clips_pairs_back_from_its_manifest_record():
+    for i in range(60):  # every category, hybrids of two and three edits among them
+        clip = synth.make_clip(np.random.default_rng([11, i]), frames=5, size=32, category=synth.CATEGORIES[i % 6])
+        assert synth.record_pairs(clip.record()) == set(clip.pairs), clip.operation
 
 
 def test_heldout_split_holds_combinations_unseen_in_train(tmp_path):
@@ -361,11 +362,11 @@ def test_heldout_split_holds_combinations_unseen_in_train(tmp_path):
     assert {s: len(r) for s, r in rows.items()} == {"train": 48, "val": 8, "heldout": 24}
     held = set(map(tuple, json.loads((tmp_path / "synth_config.json").read_text())["heldout"]))
     assert held == set(synth.DEFAULT_HELDOUT)
-    seen = set().union(*(record_pairs(r) for r in rows["train"] + rows["val"]))
+    seen = set().union(*(synth.record_pairs(r) for r in rows["train"] + rows["val"]))
     assert not seen & held
     for r in rows["heldout"]:
-        assert record_pairs(r) & held and record_pairs(r) - seen, r["operation"]
-    assert {t for r in rows["heldout"] for t in record_pairs(r) & held} == held  # every held-out pair was used
+        assert synth.record_pairs(r) & held and synth.record_pairs(r) - seen, r["operation"]
+    assert {t for r in rows["heldout"] for t in synth.record_pairs(r) & held} == held  # every held-out pair was used
     assert {r["type"] for r in rows["train"]} == set(synth.CATEGORIES)
 
 

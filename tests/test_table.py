@@ -1,6 +1,7 @@
 """recipes/small/table.py --paired's preservation-drift table, on hand-made reports, numbers worked out here."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,34 @@ def test_select_names_a_report_without_the_scores_it_compares(tmp_path):
     other = f"step-25={_report(tmp_path / 'step', [(None, 0.6), (None, 0.6)])}"  # no EA verifier on any clip
     done = subprocess.run([sys.executable, str(TABLE), "--select", base, other], capture_output=True, text=True)
     assert done.returncode != 0 and "m.jsonl: no clip of this report has a EA score" in done.stderr
+
+
+def test_by_heldout_splits_ea_by_the_triples_each_clip_carries(tmp_path):
+    """A hybrid carrying two held-out triples counts under both; a clip without a verifier (EA None) is left out."""
+    held = [["move", "attribute", "top"], ["remove", "referring", "size"]]
+    (tmp_path / "synth_config.json").write_text(json.dumps({"heldout": held}))
+    records = [  # move top | move top + remove size | remove size (no EA) | recolour, carrying neither
+        {"operation": "move", "attribute": "top", "referring": "colour"},
+        {"operation": "move+remove", "attribute": "top+red", "referring": "speed+size"},
+        {"operation": "remove", "attribute": "red", "referring": "size"},
+        {"operation": "recolour", "attribute": "top", "referring": "size"},
+    ]
+    manifest = tmp_path / "heldout.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    reports = []
+    for name, eas in (("a", [0.1, 0.5, None, 0.9]), ("b", [0.2, 0.2, 0.7, 0.0])):
+        folder = tmp_path / name
+        folder.mkdir()
+        scores = [{"index": i, "ea": ea} for i, ea in enumerate(eas)]
+        (folder / "report.json").write_text(json.dumps({"manifest": str(manifest), "scores": scores}))
+        reports.append(f"{name}={folder}")
+    root = str(TABLE.parent.parent.parent)
+    out = subprocess.run(
+        [sys.executable, str(TABLE), "--by-heldout", str(manifest), *reports],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": root},
+    ).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| move") or line.startswith("| remove")]
+    assert rows == ["| move attribute top | 2 | 0.30 | 0.20 |", "| remove referring size | 1 | 0.50 | 0.45 |"]

@@ -2,6 +2,9 @@
 
 python recipes/small/table.py "label=REPORT_DIR" ...             one row per report: scores, EA per category
 python recipes/small/table.py --by-operation "label=REPORT_DIR" ... one row per operation: EA of each report
+PYTHONPATH=. python recipes/small/table.py --by-heldout MANIFEST "label=REPORT_DIR" ...  one row per held-out triple
+    of a `viva synth` heldout manifest (the triples its synth_config.json lists): EA of each report over the clips
+    carrying it
 python recipes/small/table.py --paired "base=DIR" "label=DIR" ...  each against the base on the same clips (and, for
     reports of `viva eval --judge`, the judge's P(Yes) on the edits, each against the base's); "label=DIR1,DIR2"
     pools several sets' reports (the same sets, in the same order, for every label)
@@ -99,6 +102,27 @@ def by_operation(reports: list[tuple[str, dict]]) -> None:
         n = next(len(t[op]) for _, t in tables if op in t)
         cells = [fmt(sum(t[op]) / len(t[op])) if op in t else "-" for _, t in tables]
         print(f"| {op} | {n} | " + " | ".join(cells) + " |")
+
+
+def by_heldout(manifest: str, reports: list[tuple[str, dict]]) -> None:
+    """EA per held-out (operation, field, value) triple: which unseen combinations an editor fails. A clip counts under
+    every triple it carries (`viva_core.synth.record_pairs`; a hybrid's EA is the whole clip's)."""
+    from viva_core.synth import record_pairs
+
+    path = Path(manifest)
+    config = path.parent / "synth_config.json"
+    if not path.is_file() or not config.is_file():
+        sys.exit(f"{manifest!r}: expected a `viva synth` manifest with its synth_config.json beside it\n{__doc__}")
+    held = [tuple(t) for t in json.loads(config.read_text())["heldout"]]
+    carried = [record_pairs(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    ea = [{s["index"]: s["ea"] for s in r["scores"] if s["ea"] is not None} for _, r in reports]
+    print("| held-out triple | n | " + " | ".join(f"EA {label}" for label, _ in reports) + " |")
+    print("|" + "---|" * (len(reports) + 2))
+    for triple in held:
+        clips = [i for i, pairs in enumerate(carried) if triple in pairs]
+        values = [[e[i] for i in clips if i in e] for e in ea]
+        cells = [fmt(sum(v) / len(v)) if v else "-" for v in values]
+        print(f"| {' '.join(triple)} | {len(values[0])} | " + " | ".join(cells) + " |")
 
 
 def require_same_clips(label: str, r: dict, base_label: str, base: dict) -> None:
@@ -299,6 +323,8 @@ if __name__ == "__main__":
         sys.exit(__doc__)
     if argv[0] == "--by-operation":
         by_operation(load(argv[1:]))
+    elif argv[0] == "--by-heldout" and len(argv) > 2:
+        by_heldout(argv[1], load(argv[2:]))
     elif argv[0] == "--paired":
         paired(load(argv[1:]))
     elif argv[0] == "--select":

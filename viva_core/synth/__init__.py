@@ -73,6 +73,7 @@ from .clips import (
     TEMPORAL_OPS,
     Clip,
     make_clip,
+    record_pairs,
 )
 from .dataset import DEFAULT_HELDOUT, FORMATS, SPLITS, generate, split_counts
 from .language import REGION_TEXT, TEMPLATES, caption
@@ -130,6 +131,7 @@ __all__ = [
     "generate",
     "make_clip",
     "radius_for",
+    "record_pairs",
     "referents",
     "referring_text",
     "render",

@@ -3,7 +3,7 @@ the mask and the labels."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +64,15 @@ class Clip:
             "referring": self.referring,
             "verify": self.verify,
         }
+
+
+def record_pairs(record: Mapping[str, str]) -> set[tuple[str, str, str]]:
+    """`Clip.pairs` read back from a manifest record (a hybrid joins its edits' fields with "+", in order), so a
+    benchmark's scores can be split by the held-out (operation, field, value) triples its clips carry. A single edit's
+    values are taken whole: a time shift's attribute is signed ("+4")."""
+    ops = record["operation"].split("+")
+    attrs, refs = ([record[k]] if len(ops) == 1 else record[k].split("+") for k in ("attribute", "referring"))
+    return {(o, "attribute", a) for o, a in zip(ops, attrs)} | {(o, "referring", r) for o, r in zip(ops, refs)}
 
 
 def _feasible_ops(category: str, ops: Sequence[str]) -> list[str]:

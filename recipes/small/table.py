@@ -106,7 +106,8 @@ def by_operation(reports: list[tuple[str, dict]]) -> None:
 
 def by_heldout(manifest: str, reports: list[tuple[str, dict]]) -> None:
     """EA per held-out (operation, field, value) triple: which unseen combinations an editor fails. A clip counts under
-    every triple it carries (`viva_core.synth.record_pairs`; a hybrid's EA is the whole clip's)."""
+    every triple it carries (`viva_core.synth.record_pairs`; a hybrid's EA is the whole clip's); n counts the first
+    report's clips with an EA verifier."""
     from viva_core.synth import record_pairs
 
     path = Path(manifest)
@@ -323,7 +324,9 @@ if __name__ == "__main__":
         sys.exit(__doc__)
     if argv[0] == "--by-operation":
         by_operation(load(argv[1:]))
-    elif argv[0] == "--by-heldout" and len(argv) > 2:
+    elif argv[0] == "--by-heldout":
+        if len(argv) < 3:
+            sys.exit(f"--by-heldout needs a manifest and at least one report\n{__doc__}")
         by_heldout(argv[1], load(argv[2:]))
     elif argv[0] == "--paired":
         paired(load(argv[1:]))

@@ -66,12 +66,21 @@ class Clip:
         }
 
 
-def record_pairs(record: Mapping[str, str]) -> set[tuple[str, str, str]]:
-    """`Clip.pairs` read back from a manifest record (a hybrid joins its edits' fields with "+", in order), so a
-    benchmark's scores can be split by the held-out (operation, field, value) triples its clips carry. A single edit's
-    values are taken whole: a time shift's attribute is signed ("+4")."""
+def record_edits(record: Mapping[str, str]) -> tuple[list[str], list[str], list[str]]:
+    """A manifest record's operations and their attribute and referring values, edit by edit (`Clip.record`: a hybrid
+    joins each field with "+", in order). A single edit's values are taken whole: a time shift's attribute is signed
+    ("+4"). A missing field reads as empty."""
     ops = record["operation"].split("+")
-    attrs, refs = ([record[k]] if len(ops) == 1 else record[k].split("+") for k in ("attribute", "referring"))
+    attrs, refs = (
+        [record.get(k, "")] if len(ops) == 1 else record.get(k, "").split("+") for k in ("attribute", "referring")
+    )
+    return ops, attrs, refs
+
+
+def record_pairs(record: Mapping[str, str]) -> set[tuple[str, str, str]]:
+    """`Clip.pairs` read back from a manifest record, so a benchmark's scores can be split by the held-out (operation,
+    field, value) triples its clips carry."""
+    ops, attrs, refs = record_edits(record)
     return {(o, "attribute", a) for o, a in zip(ops, attrs)} | {(o, "referring", r) for o, r in zip(ops, refs)}
 
 

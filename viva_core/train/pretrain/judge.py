@@ -52,19 +52,14 @@ def wrong_edit(clips: ClipSet, c: int, rng: np.random.Generator, exclude=()) -> 
     npz holds no worlds or no such edit was found. Half of them use one of the truth's operations (another value or
     object: a change of the truth's size and kind, e.g. the wrong colour or the wrong square), the rest any."""
     from ...synth import OBJECT_OPS, OPERATIONS, World
-    from ...synth.clips import another_edit, changed_objects
+    from ...synth.clips import another_edit, changed_objects, record_edits
 
     rec = clips.records[c]
     if c >= len(clips.worlds) or clips.worlds[c] is None or "operation" not in rec:
         return None
     world, target_world = (World.from_json(w) for w in clips.worlds[c])
     changed = changed_objects(world, target_world) or {None}
-    ops, values = rec["operation"].split("+"), []
-    for v in rec.get("attribute", "").split("+"):  # values joined by "+"; a time shift's own "+8" splits into "", "8"
-        if values and values[-1] == "":
-            values[-1] = "+" + v
-        else:
-            values.append(v)
+    ops, values, _ = record_edits(rec)
     truth = list(zip(ops, values if len(values) == len(ops) else [None] * len(ops)))  # None: any value
     avoid = [(op, a, o) for op, a in truth for o in (changed if op in OBJECT_OPS else [None])]
     frames, same = clips.source.shape[1], rng.random() < 0.5
